@@ -1,0 +1,474 @@
+//! The catalog: the admin-written, multi-writer part of the replicated state, an automerge
+//! document.
+//!
+//! ## Shape
+//! The document is one flat root map from keys (`patch/<content id>`, `rollout/<id>`,
+//! `command/<id>`) to byte values holding the canonical encoding of a [`CatalogEntry`]. A flat
+//! map of immutable-ish entries avoids automerge's classic pitfall of two admins concurrently
+//! creating the same nested map (where one map would hide the other's entries).
+//!
+//! ## Authority
+//! Automerge changes carry no author. Every change travels inside an [`Envelope`] with domain
+//! `patchmesh/v1/catalog-change`, signed by exactly one admin key, and the change's actor id must
+//! be that key followed by an 8-byte session tag ([`actor_for`]). A node applies a change only
+//! after verifying all of this, so a valid signature cannot be reused to smuggle another actor's
+//! change. Changes by a revoked admin are accepted only up to the sequence numbers its
+//! revocation keeps.
+//!
+//! ## Sync
+//! New changes are pushed by gossip as envelopes. Anti-entropy uses automerge's own sync protocol
+//! per peer (heads, needs and bloom filters), with one difference: the protocol is held to its
+//! per-change (V1) message format and the raw changes it would send are replaced by our signed
+//! envelopes of the same change hashes, which the receiver verifies before applying anything.
+
+use crate::crypto::{decode, encode, DecodeError, Domain, Envelope, SecretKey, SignatureCheck};
+use crate::ids::{ContentId, KeyId, MeshId, Millis, ObjectId, RolloutId, StateHash};
+use crate::limits;
+use crate::trust::{expect_domain, Trust, TrustError};
+use automerge::sync::{Capability, SyncDoc};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc, ScalarValue, Value, ROOT};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Why a catalog change or sync message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// The signer, signature or domain failed the trust checks.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// Bytes could not be decoded within limits.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The change bytes are not a valid automerge change.
+    #[error("invalid automerge change: {0}")]
+    BadChange(String),
+    /// The change's actor is not bound to the key that signed it.
+    #[error("change actor is not bound to signer {0:?}")]
+    ActorMismatch(KeyId),
+    /// A revoked admin's change beyond what its revocation keeps.
+    #[error("change seq {seq} by revoked key {key:?} is past the kept history")]
+    RevokedHistory {
+        /// The revoked key.
+        key: KeyId,
+        /// The change's sequence number.
+        seq: u64,
+    },
+    /// The catalog is full.
+    #[error("catalog holds {0} changes, the limit")]
+    Full(usize),
+    /// An automerge sync message was malformed or carried unsigned changes.
+    #[error("bad sync message: {0}")]
+    BadSync(String),
+    /// Too many envelopes in one sync message.
+    #[error("{0} changes in one sync message exceed the limit")]
+    TooManyChanges(usize),
+    /// The local edit could not be made.
+    #[error("edit failed: {0}")]
+    Edit(String),
+}
+
+/// How a patch is installed; executors interpret it (see the node's executors).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorSpec {
+    /// `file`, `command` or `dpkg`.
+    pub kind: String,
+    /// Install command or target path, by kind.
+    pub install: Option<String>,
+    /// Verification command.
+    pub verify: Option<String>,
+    /// Rollback command.
+    pub rollback: Option<String>,
+    /// Timeout of each step.
+    pub timeout_ms: u64,
+}
+
+/// A patch: a payload by content id, with how to install it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchEntry {
+    /// BLAKE3 of the payload.
+    pub content_id: ContentId,
+    /// Exact payload size; bytes past it are refused.
+    pub size_bytes: u64,
+    /// Human name.
+    pub name: String,
+    /// Vendor version string.
+    pub version: String,
+    /// How to install, verify and roll back.
+    pub executor: ExecutorSpec,
+}
+
+/// A ring of a rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingSpec {
+    /// Ring name (e.g. `canary`).
+    pub name: String,
+    /// Cumulative percentile of the fleet this ring reaches (0..=100).
+    pub percent: u8,
+    /// Nodes with all these labels belong to this ring regardless of percentile.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A rollout of one patch through rings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutEntry {
+    /// The rollout id.
+    pub id: RolloutId,
+    /// The patch it rolls out.
+    pub content_id: ContentId,
+    /// Rings in order.
+    pub rings: Vec<RingSpec>,
+    /// When an admin created it.
+    pub created_at: Millis,
+}
+
+/// What an admin command does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandAction {
+    /// Stop starting new installs.
+    Pause,
+    /// Undo a pause.
+    Resume,
+    /// Stop and roll back.
+    Abort,
+    /// Count towards the approval threshold.
+    Approve,
+}
+
+/// A signed admin command about a rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCommand {
+    /// The rollout it is about.
+    pub rollout: RolloutId,
+    /// What to do.
+    pub action: CommandAction,
+    /// When it was issued.
+    pub issued_at: Millis,
+    /// The admin who issued it.
+    pub admin: KeyId,
+}
+
+/// One entry of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogEntry {
+    /// A patch.
+    Patch(PatchEntry),
+    /// A rollout.
+    Rollout(RolloutEntry),
+    /// An admin command.
+    Command(AdminCommand),
+}
+
+impl CatalogEntry {
+    /// The key this entry is stored under.
+    pub fn key(&self) -> String {
+        match self {
+            CatalogEntry::Patch(p) => format!("patch/{}", p.content_id),
+            CatalogEntry::Rollout(r) => format!("rollout/{}", r.id),
+            CatalogEntry::Command(c) => {
+                let id = crate::crypto::hash_parts(&[&encode(c)]);
+                format!("command/{}", hex::encode(id))
+            }
+        }
+    }
+}
+
+/// The body of a catalog-change envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBody {
+    /// The mesh, so a change cannot be replayed into another mesh.
+    pub mesh: MeshId,
+    /// The raw automerge change.
+    pub change: Vec<u8>,
+}
+
+/// An automerge sync exchange carrying signed changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSync {
+    /// The encoded automerge sync message with its change list emptied.
+    pub sync: Vec<u8>,
+    /// Signed envelopes of the changes the sync protocol chose to send.
+    pub changes: Vec<Envelope>,
+}
+
+/// The actor id an admin uses: its public key followed by a session tag, so one admin may sign
+/// from several nodes without two writers sharing one actor.
+pub fn actor_for(admin: &KeyId, session: [u8; 8]) -> ActorId {
+    let mut bytes = admin.0.to_vec();
+    bytes.extend_from_slice(&session);
+    ActorId::from(bytes)
+}
+
+/// Outcome of offering a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// New and valid: stored, and worth relaying.
+    New,
+    /// Already held.
+    Duplicate,
+}
+
+/// A node's catalog replica.
+pub struct Catalog {
+    mesh: MeshId,
+    doc: Automerge,
+    /// Signed envelopes by automerge change hash: what we can prove and relay.
+    signed: BTreeMap<[u8; 32], Envelope>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Catalog({} changes)", self.signed.len())
+    }
+}
+
+/// Per-peer catalog sync state.
+#[derive(Debug, Default)]
+pub struct PeerSync(automerge::sync::State);
+
+impl Catalog {
+    /// An empty catalog for a mesh.
+    pub fn new(mesh: MeshId) -> Catalog {
+        // The local actor only matters for local edits, which always set an admin actor first.
+        let doc = Automerge::new().with_actor(ActorId::from(mesh.0.to_vec()));
+        Catalog { mesh, doc, signed: BTreeMap::new() }
+    }
+
+    /// Number of signed changes held.
+    pub fn len(&self) -> usize {
+        self.signed.len()
+    }
+    /// True when no change is held.
+    pub fn is_empty(&self) -> bool {
+        self.signed.is_empty()
+    }
+
+    /// All signed envelopes held, in change-hash order (for persistence and full sync).
+    pub fn envelopes(&self) -> impl Iterator<Item = &Envelope> {
+        self.signed.values()
+    }
+
+    /// True if a change with this automerge hash is held.
+    pub fn has(&self, change_hash: &[u8; 32]) -> bool {
+        self.signed.contains_key(change_hash)
+    }
+
+    /// Hash over the sorted heads: equal on two replicas iff they hold the same history.
+    pub fn state_hash(&self) -> StateHash {
+        let mut heads: Vec<[u8; 32]> = self.doc.get_heads().iter().map(|h| h.0).collect();
+        heads.sort_unstable();
+        let mut h = blake3::Hasher::new();
+        h.update(b"catalog");
+        for head in &heads {
+            h.update(head);
+        }
+        h.update(&(self.signed.len() as u64).to_le_bytes());
+        StateHash(*h.finalize().as_bytes())
+    }
+
+    /// Verifies a change envelope: domain, one admin signature, actor bound to the signer,
+    /// revocation history, mesh. Returns the parsed change; stores nothing.
+    pub fn verify(
+        &self,
+        env: &Envelope,
+        trust: &Trust,
+        check: &dyn SignatureCheck,
+    ) -> Result<Change, CatalogError> {
+        expect_domain(env, Domain::CatalogChange)?;
+        if env.signatures.len() != 1 {
+            return Err(TrustError::Invalid("a catalog change needs exactly one signature").into());
+        }
+        let signer = env.signatures[0].key;
+        let revoked = trust.admins().revocation(&signer).cloned();
+        if revoked.is_none() {
+            trust.check_admin(&signer)?;
+        }
+        env.verify_all(check).map_err(TrustError::from)?;
+        let body: ChangeBody = env.open("catalog change")?;
+        if body.mesh != self.mesh {
+            return Err(TrustError::WrongMesh { ours: self.mesh, got: body.mesh }.into());
+        }
+        if body.change.len() > limits::CATALOG_CHANGE_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                what: "automerge change",
+                size_bytes: body.change.len(),
+                limit_bytes: limits::CATALOG_CHANGE_BYTES_MAX,
+            }
+            .into());
+        }
+        let change =
+            Change::from_bytes(body.change).map_err(|e| CatalogError::BadChange(e.to_string()))?;
+        let actor = change.actor_id().to_bytes();
+        if actor.len() != 40 || actor[..32] != signer.0 {
+            return Err(CatalogError::ActorMismatch(signer));
+        }
+        if let Some(rev) = revoked {
+            let kept = rev.kept_seq.get(actor).copied().unwrap_or(0);
+            if change.seq() > kept {
+                return Err(CatalogError::RevokedHistory { key: signer, seq: change.seq() });
+            }
+        }
+        Ok(change)
+    }
+
+    /// Verifies and applies one signed change.
+    pub fn offer(
+        &mut self,
+        env: &Envelope,
+        trust: &Trust,
+        check: &dyn SignatureCheck,
+    ) -> Result<Offer, CatalogError> {
+        let change = self.verify(env, trust, check)?;
+        self.insert(change, env.clone())
+    }
+
+    fn insert(&mut self, change: Change, env: Envelope) -> Result<Offer, CatalogError> {
+        let hash = change.hash().0;
+        if self.signed.contains_key(&hash) {
+            return Ok(Offer::Duplicate);
+        }
+        if self.signed.len() >= limits::CATALOG_CHANGES_MAX {
+            return Err(CatalogError::Full(self.signed.len()));
+        }
+        // Changes whose dependencies have not arrived wait in automerge's queue; they are
+        // signed and held, and become visible once their dependencies are applied.
+        self.doc.apply_changes([change]).map_err(|e| CatalogError::BadChange(e.to_string()))?;
+        self.signed.insert(hash, env);
+        Ok(Offer::New)
+    }
+
+    /// Makes a signed change as `admin` putting (or deleting, with `None`) entries. The caller
+    /// must be an admin; the change is applied locally and returned for publication.
+    pub fn author(
+        &mut self,
+        admin: &SecretKey,
+        session: [u8; 8],
+        now: Millis,
+        trust: &Trust,
+        edits: &[(String, Option<CatalogEntry>)],
+    ) -> Result<Envelope, CatalogError> {
+        trust.check_admin(&admin.public())?;
+        self.doc.set_actor(actor_for(&admin.public(), session));
+        let mut tx = self.doc.transaction();
+        for (key, entry) in edits {
+            let result = match entry {
+                Some(entry) => {
+                    let bytes = encode(entry);
+                    if bytes.len() > limits::CATALOG_VALUE_BYTES_MAX {
+                        return Err(CatalogError::Edit(format!("entry {key} is too large")));
+                    }
+                    automerge::transaction::Transactable::put(
+                        &mut tx,
+                        ROOT,
+                        key.as_str(),
+                        ScalarValue::Bytes(bytes),
+                    )
+                }
+                None => automerge::transaction::Transactable::delete(&mut tx, ROOT, key.as_str()),
+            };
+            result.map_err(|e| CatalogError::Edit(e.to_string()))?;
+        }
+        let time_s = i64::try_from(now.0 / 1000).unwrap_or(i64::MAX);
+        let (hash, _) = tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time_s));
+        let hash = hash.ok_or_else(|| CatalogError::Edit("empty edit".into()))?;
+        let change = self
+            .doc
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| CatalogError::Edit("committed change vanished".into()))?;
+        let body = ChangeBody { mesh: self.mesh, change: change.raw_bytes().to_vec() };
+        let env = Envelope::seal(Domain::CatalogChange, &body, &[admin]);
+        self.signed.insert(hash.0, env.clone());
+        Ok(env)
+    }
+
+    /// All decodable entries, by key.
+    pub fn entries(&self) -> BTreeMap<String, CatalogEntry> {
+        let mut out = BTreeMap::new();
+        for key in self.doc.keys(ROOT) {
+            if let Ok(Some((Value::Scalar(v), _))) = self.doc.get(ROOT, key.as_str()) {
+                if let ScalarValue::Bytes(bytes) = v.as_ref() {
+                    if let Ok(entry) =
+                        decode::<CatalogEntry>("catalog entry", bytes, limits::CATALOG_VALUE_BYTES_MAX)
+                    {
+                        out.insert(key, entry);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// True once a change with this object id (envelope id) is applied.
+    pub fn holds_envelope(&self, id: &ObjectId) -> bool {
+        self.signed.values().any(|e| e.id() == *id)
+    }
+
+    /// Produces the next sync message for a peer, if any is due.
+    pub fn sync_message(&mut self, peer: &mut PeerSync) -> Option<CatalogSync> {
+        // Hold the protocol to per-change chunks so each maps to one signed envelope.
+        peer.0.their_capabilities = Some(vec![Capability::MessageV1]);
+        let mut msg = self.doc.generate_sync_message(&mut peer.0)?;
+        let chunks = std::mem::replace(&mut msg.changes, automerge::sync::ChunkList::empty());
+        let mut changes = Vec::new();
+        for chunk in chunks.iter() {
+            let Ok(change) = Change::from_bytes(chunk.to_vec()) else { continue };
+            let hash = change.hash();
+            match self.signed.get(&hash.0) {
+                Some(env) if changes.len() < limits::CATALOG_CHANGES_PER_SYNC_MAX => {
+                    changes.push(env.clone())
+                }
+                // Not sent this round: forget we "sent" it so a later round does.
+                _ => {
+                    peer.0.sent_hashes.remove(&hash);
+                }
+            }
+        }
+        let sync = msg.encode();
+        Some(CatalogSync { sync, changes })
+    }
+
+    /// Handles a peer's sync message: verifies every envelope first, applies none if any fails.
+    /// Returns the envelopes that were new.
+    pub fn receive_sync(
+        &mut self,
+        peer: &mut PeerSync,
+        msg: &CatalogSync,
+        trust: &Trust,
+        check: &dyn SignatureCheck,
+    ) -> Result<Vec<Envelope>, CatalogError> {
+        if msg.changes.len() > limits::CATALOG_CHANGES_PER_SYNC_MAX {
+            return Err(CatalogError::TooManyChanges(msg.changes.len()));
+        }
+        if msg.sync.len() > limits::CATALOG_SYNC_BYTES_MAX {
+            return Err(DecodeError::TooLarge {
+                what: "catalog sync",
+                size_bytes: msg.sync.len(),
+                limit_bytes: limits::CATALOG_SYNC_BYTES_MAX,
+            }
+            .into());
+        }
+        let sync = automerge::sync::Message::decode(&msg.sync)
+            .map_err(|e| CatalogError::BadSync(e.to_string()))?;
+        if !sync.changes.is_empty() {
+            return Err(CatalogError::BadSync("unsigned changes in sync message".into()));
+        }
+        let mut verified = Vec::with_capacity(msg.changes.len());
+        for env in &msg.changes {
+            verified.push((self.verify(env, trust, check)?, env));
+        }
+        let mut fresh = Vec::new();
+        for (change, env) in verified {
+            if self.insert(change, env.clone())? == Offer::New {
+                fresh.push(env.clone());
+            }
+        }
+        self.doc
+            .receive_sync_message(&mut peer.0, sync)
+            .map_err(|e| CatalogError::BadSync(e.to_string()))?;
+        Ok(fresh)
+    }
+
+    /// Heads of the document (for persistence checks and tests).
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+}

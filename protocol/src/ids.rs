@@ -1,0 +1,116 @@
+//! Identifier newtypes. Every id that crosses the wire is a fixed-size byte array or a bounded
+//! string, so decoding can never allocate without limit.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! hash_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// The id as lowercase hex.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            /// Parses 64 hex digits.
+            pub fn from_hex(s: &str) -> Option<Self> {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(s, &mut out).ok()?;
+                Some(Self(out))
+            }
+            /// The first eight hex digits, for logs and tables.
+            pub fn short(&self) -> String {
+                hex::encode(&self.0[..4])
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+    };
+}
+
+hash_id!(
+    /// A node's identity: its ed25519 public key. Transport identities (libp2p PeerIds) are
+    /// separate; authority always comes from signatures by this key.
+    NodeId
+);
+hash_id!(
+    /// An admin or root public key.
+    KeyId
+);
+hash_id!(
+    /// BLAKE3 of a patch payload: the value `b3sum` prints.
+    ContentId
+);
+hash_id!(
+    /// A mesh: BLAKE3 of the genesis' canonical encoding.
+    MeshId
+);
+hash_id!(
+    /// A rollout, chosen by the admin who creates it.
+    RolloutId
+);
+hash_id!(
+    /// Content hash of a signed object; gossip message ids are these.
+    ObjectId
+);
+hash_id!(
+    /// A hash committing to some replicated state.
+    StateHash
+);
+
+/// A site (branch office) name. Bounded in length by [`crate::limits::SITE_NAME_BYTES_MAX`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct SiteId(pub String);
+
+impl fmt::Debug for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Site({})", self.0)
+    }
+}
+
+impl fmt::Display for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for SiteId {
+    fn from(s: &str) -> Self {
+        SiteId(s.to_string())
+    }
+}
+
+/// Milliseconds since the Unix epoch, as told by the driver. The protocol core never reads a
+/// clock: every input carries its time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// `self + ms`, saturating.
+    pub fn plus(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+    /// `self - earlier` in milliseconds, zero if `earlier` is later.
+    pub fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl fmt::Debug for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}

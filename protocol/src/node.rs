@@ -1,0 +1,891 @@
+//! The node state machine: one per endpoint, driven by the real node and by the simulator.
+//!
+//! It routes inputs to sub-machines — membership (peers and their admission), trust (admin sets),
+//! catalog (signed automerge changes), site state (records and evidence) and summaries — and
+//! queues outputs for the driver. See the crate docs for the drive contract.
+//!
+//! ## Gossip and anti-entropy
+//! New objects are pushed at once to every admitted peer that should hold them (catalog changes
+//! and summaries to all peers, site objects to peers of the same site), except the peer they came
+//! from; a node relays only what it verified and stored as new. Because pushes can be lost, every
+//! `anti_entropy_interval_ms` (jittered) a node sends a [`Message::Digest`] to one random admitted
+//! peer, and to each peer once on connect; any digest that differs starts a repair exchange
+//! (automerge sync for the catalog, key lists for site objects, rank lists for summaries).
+//!
+//! ## Misbehaviour
+//! Anything that fails verification is refused, counted in [`Stats`], reported as
+//! [`Event::Rejected`] and answered with [`Output::Penalize`]; it is never stored or relayed. A
+//! peer without a valid admission certificate gets nothing and is disconnected.
+
+use crate::catalog::{Catalog, CatalogEntry, CatalogError, Offer, PeerSync};
+use crate::crypto::{DecodeError, Domain, Envelope, SecretKey, SignatureCheck};
+use crate::ids::{Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
+use crate::limits;
+use crate::site::{
+    self, Bundle, Evidence, EvidenceKind, HeldSummary, InventorySummary, Merge, NodeRecord,
+    RolloutStatus, SiteError, SiteState, Summaries,
+};
+use crate::trust::{Admitted, Trust, TrustError};
+use crate::wire::Message;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// A connection handle chosen by the driver. Transport identity only: authority comes from the
+/// admission certificate the peer presents, which must name the node key the transport
+/// authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub u64);
+
+/// Static configuration of a node.
+#[derive(Clone)]
+pub struct Config {
+    /// The node's key.
+    pub key: SecretKey,
+    /// The node's admission certificate, signed by an admin.
+    pub admission: Envelope,
+    /// The mesh genesis.
+    pub genesis: Envelope,
+    /// Mean anti-entropy period.
+    pub anti_entropy_interval_ms: u64,
+    /// Minimum time between two summaries this node publishes for its site.
+    pub summary_interval_ms: u64,
+    /// Seed of the node's RNG (peer choice, jitter).
+    pub seed: u64,
+    /// The highest record version this node ever signed (persisted by the driver).
+    pub record_version_floor: u64,
+    /// Signature checker.
+    pub check: Arc<dyn SignatureCheck>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Config({:?})", self.key.public())
+    }
+}
+
+/// Something the node must act on.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// The transport connected to a peer whose node key it authenticated.
+    Connected {
+        /// Connection handle.
+        peer: PeerId,
+        /// The node key the transport authenticated.
+        node: NodeId,
+    },
+    /// The connection closed.
+    Disconnected {
+        /// Connection handle.
+        peer: PeerId,
+    },
+    /// A decoded message from a peer.
+    Message {
+        /// Sender.
+        peer: PeerId,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// Raw bytes from a peer; decoded with limits first.
+    Bytes {
+        /// Sender.
+        peer: PeerId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The deadline from [`Node::poll_timeout`] passed.
+    Timer,
+    /// A local command (from the CLI or an admin on this node).
+    Command(Command),
+}
+
+/// A local command.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Sign and publish catalog edits as an admin.
+    Publish {
+        /// The admin key.
+        admin: SecretKey,
+        /// Entries to put (`Some`) or delete (`None`).
+        edits: Vec<(String, Option<CatalogEntry>)>,
+    },
+    /// Apply and spread a root-signed admin set.
+    AdminSet(Envelope),
+    /// Re-sign this node's record with new contents.
+    UpdateRecord {
+        /// Inventory summary.
+        inventory: InventorySummary,
+        /// Rollout statuses.
+        rollouts: BTreeMap<RolloutId, RolloutStatus>,
+    },
+    /// Sign and publish evidence.
+    Report {
+        /// The rollout observed.
+        rollout: RolloutId,
+        /// What happened.
+        kind: EvidenceKind,
+        /// Detail for audit.
+        detail: String,
+    },
+}
+
+/// What the driver must persist before it acknowledges anything depending on it.
+#[derive(Clone, Debug)]
+pub enum Persist {
+    /// A verified catalog change.
+    CatalogChange(Envelope),
+    /// A verified admin set (the version floor rises with it).
+    AdminSet(Envelope),
+    /// A verified record or evidence bundle.
+    SiteObject(Arc<Bundle>),
+    /// A verified summary.
+    Summary(Arc<Bundle>),
+    /// The highest record version signed: must be flushed before the record is sent.
+    RecordVersionFloor(u64),
+}
+
+/// Something that happened, for logs, tests and the simulator.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A peer presented a valid admission certificate.
+    PeerAdmitted {
+        /// Connection.
+        peer: PeerId,
+        /// Its node.
+        node: NodeId,
+        /// Its site.
+        site: SiteId,
+    },
+    /// New catalog changes were applied.
+    CatalogChanged {
+        /// The new state hash.
+        state: StateHash,
+    },
+    /// An object was refused.
+    Rejected {
+        /// Who sent it (None for local commands).
+        peer: Option<PeerId>,
+        /// Why, as text.
+        reason: String,
+    },
+}
+
+/// What the node asks the driver to do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send a message to a peer.
+    Send {
+        /// Recipient.
+        peer: PeerId,
+        /// The message (shared: relaying to many peers copies nothing).
+        msg: Arc<Message>,
+    },
+    /// Persist this (and flush, for floors) before continuing.
+    Persist(Persist),
+    /// Close the connection.
+    Disconnect {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Lower the peer's score (it sent something invalid).
+    Penalize {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// An event.
+    Event(Event),
+}
+
+/// Counters of what the node accepted and refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Objects refused, by reason kind.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// New objects accepted.
+    pub accepted: u64,
+    /// Messages dropped because the sender was not admitted.
+    pub unadmitted_dropped: u64,
+    /// Outputs dropped because the driver did not drain the queue.
+    pub outputs_dropped: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    node: NodeId,
+    admitted: Option<Admitted>,
+    catalog: PeerSync,
+}
+
+impl Peer {
+    fn site(&self) -> Option<&SiteId> {
+        self.admitted.as_ref().map(|a| &a.cert.site)
+    }
+}
+
+/// Why an object from a peer was refused; the kind string is what [`Stats`] counts.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("hello names node {0:?} but the transport authenticated another key")]
+    HelloMismatch(NodeId),
+}
+
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        use crate::crypto::SignatureError as S;
+        let trust_kind = |t: &TrustError| match t {
+            TrustError::Signature(S::Duplicate(_)) => "duplicate_signer",
+            TrustError::Signature(_) => "bad_signature",
+            TrustError::Decode(_) => "malformed",
+            TrustError::WrongDomain { .. } => "wrong_domain",
+            TrustError::WrongMesh { .. } => "wrong_mesh",
+            TrustError::UnknownKey(_) => "unknown_key",
+            TrustError::BelowThreshold { .. } => "below_threshold",
+            TrustError::Revoked(_) => "revoked",
+            TrustError::Replay { .. } => "replay",
+            TrustError::Gap { .. } => "gap",
+            TrustError::Expired { .. } => "expired",
+            TrustError::Invalid(_) => "invalid",
+        };
+        match self {
+            Refusal::Trust(t) => trust_kind(t),
+            Refusal::Catalog(CatalogError::Trust(t)) => trust_kind(t),
+            Refusal::Catalog(CatalogError::RevokedHistory { .. }) => "revoked",
+            Refusal::Catalog(CatalogError::Decode(_)) => "malformed",
+            Refusal::Catalog(_) => "bad_catalog",
+            Refusal::Site(SiteError::Trust(t)) => trust_kind(t),
+            Refusal::Site(SiteError::Replay { .. }) => "replay",
+            Refusal::Site(SiteError::Decode(_)) => "malformed",
+            Refusal::Site(_) => "bad_site_object",
+            Refusal::Decode(DecodeError::TooLarge { .. }) => "oversized",
+            Refusal::Decode(_) => "malformed",
+            Refusal::HelloMismatch(_) => "hello_mismatch",
+        }
+    }
+}
+
+/// The protocol state machine of one node.
+pub struct Node {
+    config: Config,
+    id: NodeId,
+    own: Admitted,
+    trust: Trust,
+    catalog: Catalog,
+    site: SiteState,
+    summaries: Summaries,
+    peers: BTreeMap<PeerId, Peer>,
+    outputs: VecDeque<Output>,
+    rng: ChaCha8Rng,
+    now: Millis,
+    next_tick: Millis,
+    record_version: u64,
+    last_summary_at: Option<Millis>,
+    last_summary_digest: Option<StateHash>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({:?})", self.id)
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The genesis or the node's own certificate does not verify.
+    #[error("trust: {0}")]
+    Trust(#[from] TrustError),
+    /// The certificate names another key.
+    #[error("admission certificate is for {cert:?}, this node is {node:?}")]
+    NotOurCert {
+        /// The certificate's node.
+        cert: NodeId,
+        /// Our key.
+        node: NodeId,
+    },
+}
+
+impl Node {
+    /// A node at time `now`. It signs and publishes its first record at once.
+    pub fn new(config: Config, now: Millis) -> Result<Node, StartError> {
+        let trust = Trust::new(config.genesis.clone(), config.check.as_ref())?;
+        let own = trust.check_admission(&config.admission, now, config.check.as_ref())?;
+        let id = NodeId(config.key.public().0);
+        if own.cert.node != id {
+            return Err(StartError::NotOurCert { cert: own.cert.node, node: id });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let first_tick = now.plus(rng.gen_range(0..=config.anti_entropy_interval_ms.max(1)));
+        let mut node = Node {
+            catalog: Catalog::new(trust.mesh()),
+            site: SiteState::new(own.cert.site.clone()),
+            summaries: Summaries::default(),
+            peers: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            rng,
+            now,
+            next_tick: first_tick,
+            record_version: config.record_version_floor,
+            last_summary_at: None,
+            last_summary_digest: None,
+            stats: Stats::default(),
+            id,
+            own,
+            trust,
+            config,
+        };
+        node.update_record(InventorySummary::default(), BTreeMap::new());
+        Ok(node)
+    }
+
+    /// Restores verified state from the driver's store. Every object is verified again: a
+    /// store is no more trusted than a peer.
+    pub fn restore(&mut self, persisted: &[Persist]) -> usize {
+        let mut refused = 0;
+        for p in persisted {
+            let ok = match p {
+                Persist::AdminSet(env) => {
+                    self.trust.apply_admin_set(env, self.config.check.as_ref()).is_ok()
+                }
+                Persist::CatalogChange(env) => self
+                    .catalog
+                    .offer(env, &self.trust, self.config.check.as_ref())
+                    .is_ok(),
+                Persist::SiteObject(b) => self.accept_site_object(b).is_ok(),
+                Persist::Summary(b) => self.accept_summary(b).is_ok(),
+                Persist::RecordVersionFloor(v) => {
+                    self.record_version = self.record_version.max(*v);
+                    true
+                }
+            };
+            if !ok {
+                refused += 1;
+            }
+        }
+        self.outputs.clear();
+        refused
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    /// This node's site.
+    pub fn site_id(&self) -> &SiteId {
+        self.site.site()
+    }
+    /// The catalog replica.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+    /// Trust state.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+    /// The site state.
+    pub fn site(&self) -> &SiteState {
+        &self.site
+    }
+    /// Site summaries held.
+    pub fn summaries(&self) -> &Summaries {
+        &self.summaries
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Admitted peers.
+    pub fn admitted_peers(&self) -> impl Iterator<Item = (PeerId, NodeId, &SiteId)> {
+        self.peers.iter().filter_map(|(p, peer)| peer.site().map(|s| (*p, peer.node, s)))
+    }
+
+    /// Hash of everything replicated that every node of this site should agree on: trust
+    /// version, catalog and site state.
+    pub fn state_hash(&mut self) -> StateHash {
+        let catalog = self.catalog.state_hash();
+        let site = self.site.digest();
+        StateHash(crate::crypto::hash_parts(&[
+            &self.trust.version().to_le_bytes(),
+            &catalog.0,
+            &site.0,
+        ]))
+    }
+
+    /// The next time [`Input::Timer`] is due.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        Some(self.next_tick)
+    }
+
+    /// Next output for the driver, if any. Drain after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Feeds one input at time `now`.
+    pub fn handle_input(&mut self, now: Millis, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Connected { peer, node } => self.on_connected(peer, node),
+            Input::Disconnected { peer } => {
+                self.peers.remove(&peer);
+            }
+            Input::Message { peer, msg } => self.on_message(peer, msg),
+            Input::Bytes { peer, bytes } => match Message::from_bytes(&bytes) {
+                Ok(msg) => self.on_message(peer, Arc::new(msg)),
+                Err(e) => self.refuse(Some(peer), e.into()),
+            },
+            Input::Timer => {
+                if self.now >= self.next_tick {
+                    self.on_tick();
+                }
+            }
+            Input::Command(cmd) => self.on_command(cmd),
+        }
+    }
+
+    fn push(&mut self, out: Output) {
+        if self.outputs.len() >= limits::OUTPUT_QUEUE_MAX {
+            self.stats.outputs_dropped += 1;
+            return;
+        }
+        self.outputs.push_back(out);
+    }
+
+    fn send(&mut self, peer: PeerId, msg: Arc<Message>) {
+        self.push(Output::Send { peer, msg });
+    }
+
+    fn refuse(&mut self, peer: Option<PeerId>, why: Refusal) {
+        *self.stats.rejected.entry(why.kind()).or_default() += 1;
+        if let Some(peer) = peer {
+            self.push(Output::Penalize { peer });
+        }
+        self.push(Output::Event(Event::Rejected { peer, reason: why.to_string() }));
+    }
+
+    fn hello(&self) -> Arc<Message> {
+        Arc::new(Message::Hello {
+            mesh: self.trust.mesh(),
+            admission: self.config.admission.clone(),
+            trust_version: self.trust.version(),
+        })
+    }
+
+    fn on_connected(&mut self, peer: PeerId, node: NodeId) {
+        if self.peers.len() >= limits::PEERS_MAX && !self.peers.contains_key(&peer) {
+            self.push(Output::Disconnect { peer });
+            return;
+        }
+        self.peers.insert(peer, Peer { node, admitted: None, catalog: PeerSync::default() });
+        let hello = self.hello();
+        self.send(peer, hello);
+    }
+
+    fn on_message(&mut self, peer: PeerId, msg: Arc<Message>) {
+        let Some(state) = self.peers.get(&peer) else { return };
+        if let Message::Hello { admission, .. } = msg.as_ref() {
+            let node = state.node;
+            return self.on_hello(peer, node, admission);
+        }
+        if state.admitted.is_none() {
+            // No certificate, no state exchange: its data is ignored and it is dropped.
+            self.stats.unadmitted_dropped += 1;
+            self.peers.remove(&peer);
+            self.push(Output::Disconnect { peer });
+            return;
+        }
+        match msg.as_ref() {
+            Message::Hello { .. } => {}
+            Message::AdminSets(sets) => self.on_admin_sets(peer, sets),
+            Message::CatalogChange(env) => self.on_catalog_change(peer, env, &msg),
+            Message::CatalogSync(sync) => self.on_catalog_sync(peer, sync),
+            Message::Digest { catalog, site, summaries, trust_version } => {
+                self.on_digest(peer, *catalog, *site, *summaries, *trust_version)
+            }
+            Message::SiteKeys { keys, reply } => {
+                if self.peer_site(peer) == Some(self.site.site().clone()) {
+                    let missing = self.site.missing_from(keys, limits::OBJECTS_PER_SYNC_MAX);
+                    if !missing.is_empty() {
+                        self.send(peer, Arc::new(Message::SiteObjects(missing)));
+                    }
+                    let mine = self.site.keys();
+                    if *reply && keys.iter().any(|k| !mine.contains(k)) {
+                        self.send(peer, Arc::new(Message::SiteKeys { keys: mine, reply: false }));
+                    }
+                }
+            }
+            Message::SiteObjects(bundles) => self.on_site_objects(peer, bundles),
+            Message::SummaryRanks { ranks, reply } => {
+                let newer = self.summaries.newer_than(ranks, limits::OBJECTS_PER_SYNC_MAX);
+                if !newer.is_empty() {
+                    self.send(peer, Arc::new(Message::Summaries(newer)));
+                }
+                let mine = self.summaries.ranks();
+                let theirs_newer = ranks.iter().any(|(s, r)| {
+                    mine.iter().find(|(m, _)| m == s).is_none_or(|(_, mr)| mr < r)
+                });
+                if *reply && theirs_newer {
+                    self.send(peer, Arc::new(Message::SummaryRanks { ranks: mine, reply: false }));
+                }
+            }
+            Message::Summaries(bundles) => self.on_summaries(peer, bundles),
+        }
+    }
+
+    fn peer_site(&self, peer: PeerId) -> Option<SiteId> {
+        self.peers.get(&peer).and_then(|p| p.site().cloned())
+    }
+
+    fn on_hello(&mut self, peer: PeerId, node: NodeId, admission: &Envelope) {
+        match self.trust.check_admission(admission, self.now, self.config.check.as_ref()) {
+            Ok(admitted) if admitted.cert.node == node => {
+                let site = admitted.cert.site.clone();
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    let first = p.admitted.is_none();
+                    p.admitted = Some(admitted);
+                    if first {
+                        self.push(Output::Event(Event::PeerAdmitted { peer, node, site }));
+                        // Anti-entropy on connect.
+                        let digest = self.digest();
+                        self.send(peer, digest);
+                    }
+                }
+            }
+            Ok(_) => {
+                self.refuse(Some(peer), Refusal::HelloMismatch(node));
+                self.peers.remove(&peer);
+                self.push(Output::Disconnect { peer });
+            }
+            Err(e) => {
+                self.refuse(Some(peer), e.into());
+                self.peers.remove(&peer);
+                self.push(Output::Disconnect { peer });
+            }
+        }
+    }
+
+    fn digest(&mut self) -> Arc<Message> {
+        Arc::new(Message::Digest {
+            catalog: self.catalog.state_hash(),
+            site: self.site.digest(),
+            summaries: self.summaries.digest(),
+            trust_version: self.trust.version(),
+        })
+    }
+
+    fn on_digest(
+        &mut self,
+        peer: PeerId,
+        catalog: StateHash,
+        site: StateHash,
+        summaries: StateHash,
+        trust_version: u64,
+    ) {
+        if trust_version < self.trust.version() {
+            let chain = self.trust.chain().to_vec();
+            self.send(peer, Arc::new(Message::AdminSets(chain)));
+        }
+        if catalog != self.catalog.state_hash() {
+            self.catalog_sync_to(peer);
+        }
+        if self.peer_site(peer) == Some(self.site.site().clone()) && site != self.site.digest() {
+            let keys = self.site.keys();
+            self.send(peer, Arc::new(Message::SiteKeys { keys, reply: true }));
+        }
+        if summaries != self.summaries.digest() {
+            let ranks = self.summaries.ranks();
+            self.send(peer, Arc::new(Message::SummaryRanks { ranks, reply: true }));
+        }
+    }
+
+    fn catalog_sync_to(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if let Some(sync) = self.catalog.sync_message(&mut p.catalog) {
+            self.send(peer, Arc::new(Message::CatalogSync(sync)));
+        }
+    }
+
+    fn relay(&mut self, from: Option<PeerId>, msg: Arc<Message>, same_site_only: bool) {
+        let targets: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(p, peer)| Some(**p) != from && peer.admitted.is_some())
+            .filter(|(_, peer)| !same_site_only || peer.site() == Some(self.site.site()))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in targets {
+            self.send(p, msg.clone());
+        }
+    }
+
+    fn on_admin_sets(&mut self, peer: PeerId, sets: &[Envelope]) {
+        let mut advanced = false;
+        for env in sets {
+            match self.trust.apply_admin_set(env, self.config.check.as_ref()) {
+                Ok(true) => {
+                    advanced = true;
+                    self.stats.accepted += 1;
+                    self.push(Output::Persist(Persist::AdminSet(env.clone())));
+                }
+                Ok(false) => {}
+                // Versions we already passed are harmless in a chain someone sends whole.
+                Err(TrustError::Replay { .. }) if self.is_in_chain(env) => {}
+                Err(e) => {
+                    self.refuse(Some(peer), e.into());
+                    break;
+                }
+            }
+        }
+        if advanced {
+            let chain = self.trust.chain().to_vec();
+            self.relay(Some(peer), Arc::new(Message::AdminSets(chain)), false);
+        }
+    }
+
+    fn is_in_chain(&self, env: &Envelope) -> bool {
+        self.trust.chain().iter().any(|e| e == env)
+    }
+
+    fn on_catalog_change(&mut self, peer: PeerId, env: &Envelope, msg: &Arc<Message>) {
+        match self.catalog.offer(env, &self.trust, self.config.check.as_ref()) {
+            Ok(Offer::New) => {
+                self.stats.accepted += 1;
+                self.push(Output::Persist(Persist::CatalogChange(env.clone())));
+                let state = self.catalog.state_hash();
+                self.push(Output::Event(Event::CatalogChanged { state }));
+                self.relay(Some(peer), msg.clone(), false);
+            }
+            Ok(Offer::Duplicate) => {}
+            Err(e) => self.refuse(Some(peer), e.into()),
+        }
+    }
+
+    fn on_catalog_sync(&mut self, peer: PeerId, sync: &crate::catalog::CatalogSync) {
+        let Some(mut p) = self.peers.remove(&peer) else { return };
+        let result =
+            self.catalog.receive_sync(&mut p.catalog, sync, &self.trust, self.config.check.as_ref());
+        let reply = self.catalog.sync_message(&mut p.catalog);
+        self.peers.insert(peer, p);
+        match result {
+            Ok(fresh) => {
+                if !fresh.is_empty() {
+                    self.stats.accepted += fresh.len() as u64;
+                    for env in &fresh {
+                        self.push(Output::Persist(Persist::CatalogChange(env.clone())));
+                    }
+                    let state = self.catalog.state_hash();
+                    self.push(Output::Event(Event::CatalogChanged { state }));
+                    // Changes repaired by sync are pushed on, so a healed partition spreads them
+                    // as fast as fresh gossip.
+                    for env in fresh {
+                        self.relay(Some(peer), Arc::new(Message::CatalogChange(Arc::new(env))), false);
+                    }
+                }
+            }
+            Err(e) => self.refuse(Some(peer), e.into()),
+        }
+        if let Some(reply) = reply {
+            self.send(peer, Arc::new(Message::CatalogSync(reply)));
+        }
+    }
+
+    fn accept_site_object(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
+        let check = self.config.check.clone();
+        match bundle.object.domain {
+            Domain::NodeRecord => {
+                let held = site::verify_record(bundle, &self.trust, self.now, check.as_ref())?;
+                Ok(self.site.merge_record(held)?)
+            }
+            Domain::Evidence => {
+                let ev = site::verify_evidence(bundle, &self.trust, self.now, check.as_ref())?;
+                Ok(self.site.merge_evidence(ev, bundle.clone())?)
+            }
+            other => Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: other }.into()),
+        }
+    }
+
+    fn on_site_objects(&mut self, peer: PeerId, bundles: &[Arc<Bundle>]) {
+        let mut fresh = Vec::new();
+        for bundle in bundles {
+            match self.accept_site_object(bundle) {
+                Ok(Merge::New) => {
+                    self.stats.accepted += 1;
+                    self.push(Output::Persist(Persist::SiteObject(bundle.clone())));
+                    fresh.push(bundle.clone());
+                }
+                Ok(Merge::Duplicate) => {}
+                // Another site's object is not ours to keep; not misbehaviour by itself.
+                Err(Refusal::Site(SiteError::ForeignSite(_))) => {}
+                Err(e) => self.refuse(Some(peer), e),
+            }
+        }
+        if !fresh.is_empty() {
+            self.relay(Some(peer), Arc::new(Message::SiteObjects(fresh)), true);
+        }
+    }
+
+    fn accept_summary(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
+        let check = self.config.check.clone();
+        let held: HeldSummary = site::verify_summary(bundle, &self.trust, self.now, check.as_ref())?;
+        Ok(self.summaries.merge(held)?)
+    }
+
+    fn on_summaries(&mut self, peer: PeerId, bundles: &[Arc<Bundle>]) {
+        let mut fresh = Vec::new();
+        for bundle in bundles {
+            match self.accept_summary(bundle) {
+                Ok(Merge::New) => {
+                    self.stats.accepted += 1;
+                    self.push(Output::Persist(Persist::Summary(bundle.clone())));
+                    fresh.push(bundle.clone());
+                }
+                Ok(Merge::Duplicate) => {}
+                Err(e) => self.refuse(Some(peer), e),
+            }
+        }
+        if !fresh.is_empty() {
+            self.relay(Some(peer), Arc::new(Message::Summaries(fresh)), false);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let interval = self.config.anti_entropy_interval_ms.max(1);
+        let jitter = self.rng.gen_range(0..=interval / 2);
+        self.next_tick = self.now.plus(interval - interval / 4 + jitter);
+        let admitted: Vec<PeerId> =
+            self.peers.iter().filter(|(_, p)| p.admitted.is_some()).map(|(id, _)| *id).collect();
+        if !admitted.is_empty() {
+            let peer = admitted[self.rng.gen_range(0..admitted.len())];
+            let digest = self.digest();
+            self.send(peer, digest);
+        }
+        self.maybe_publish_summary();
+    }
+
+    /// The site's reporter is the member whose id hashes lowest with the site name: every
+    /// member holding the same records elects the same one, with no coordination.
+    fn is_reporter(&self) -> bool {
+        let score = |n: &NodeId| crate::crypto::hash_parts(&[self.site.site().0.as_bytes(), &n.0]);
+        let mine = score(&self.id);
+        self.site.records().keys().all(|n| *n == self.id || score(n) > mine)
+    }
+
+    fn maybe_publish_summary(&mut self) {
+        let due = self
+            .last_summary_at
+            .is_none_or(|t| self.now.since(t) >= self.config.summary_interval_ms);
+        if !due || !self.is_reporter() {
+            return;
+        }
+        let digest = self.site.digest();
+        if self.last_summary_digest == Some(digest) {
+            return;
+        }
+        let summary = self.site.summarise(self.trust.mesh(), self.id);
+        let bundle = Arc::new(Bundle {
+            object: Envelope::seal(Domain::SiteSummary, &summary, &[&self.config.key]),
+            admission: self.config.admission.clone(),
+        });
+        self.last_summary_at = Some(self.now);
+        self.last_summary_digest = Some(digest);
+        if let Ok(Merge::New) = self.accept_summary(&bundle) {
+            self.push(Output::Persist(Persist::Summary(bundle.clone())));
+            self.relay(None, Arc::new(Message::Summaries(vec![bundle])), false);
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { admin, edits } => {
+                let mut session = [0u8; 8];
+                session.copy_from_slice(&self.id.0[..8]);
+                match self.catalog.author(&admin, session, self.now, &self.trust, &edits) {
+                    Ok(env) => {
+                        self.push(Output::Persist(Persist::CatalogChange(env.clone())));
+                        let state = self.catalog.state_hash();
+                        self.push(Output::Event(Event::CatalogChanged { state }));
+                        self.relay(None, Arc::new(Message::CatalogChange(Arc::new(env))), false);
+                    }
+                    Err(e) => self.refuse(None, e.into()),
+                }
+            }
+            Command::AdminSet(env) => {
+                match self.trust.apply_admin_set(&env, self.config.check.as_ref()) {
+                    Ok(advanced) => {
+                        if advanced {
+                            self.push(Output::Persist(Persist::AdminSet(env)));
+                            let chain = self.trust.chain().to_vec();
+                            self.relay(None, Arc::new(Message::AdminSets(chain)), false);
+                        }
+                    }
+                    Err(e) => self.refuse(None, e.into()),
+                }
+            }
+            Command::UpdateRecord { inventory, rollouts } => self.update_record(inventory, rollouts),
+            Command::Report { rollout, kind, detail } => {
+                let ev = Evidence {
+                    mesh: self.trust.mesh(),
+                    node: self.id,
+                    site: self.site.site().clone(),
+                    rollout,
+                    kind,
+                    at: self.now,
+                    detail,
+                };
+                let bundle = Arc::new(Bundle {
+                    object: Envelope::seal(Domain::Evidence, &ev, &[&self.config.key]),
+                    admission: self.config.admission.clone(),
+                });
+                self.publish_site_object(bundle);
+            }
+        }
+    }
+
+    fn update_record(
+        &mut self,
+        inventory: InventorySummary,
+        rollouts: BTreeMap<RolloutId, RolloutStatus>,
+    ) {
+        self.record_version += 1;
+        self.push(Output::Persist(Persist::RecordVersionFloor(self.record_version)));
+        let record = NodeRecord {
+            mesh: self.trust.mesh(),
+            node: self.id,
+            site: self.own.cert.site.clone(),
+            version: self.record_version,
+            written_at: self.now,
+            inventory,
+            rollouts,
+        };
+        let bundle = Arc::new(Bundle {
+            object: Envelope::seal(Domain::NodeRecord, &record, &[&self.config.key]),
+            admission: self.config.admission.clone(),
+        });
+        self.publish_site_object(bundle);
+    }
+
+    fn publish_site_object(&mut self, bundle: Arc<Bundle>) {
+        match self.accept_site_object(&bundle) {
+            Ok(Merge::New) => {
+                self.push(Output::Persist(Persist::SiteObject(bundle.clone())));
+                self.relay(None, Arc::new(Message::SiteObjects(vec![bundle])), true);
+            }
+            Ok(Merge::Duplicate) => {}
+            Err(e) => self.refuse(None, e),
+        }
+    }
+
+    /// Envelope ids of every catalog change held (for tests and invariant checks).
+    pub fn catalog_change_ids(&self) -> Vec<ObjectId> {
+        self.catalog.envelopes().map(|e| e.id()).collect()
+    }
+}

@@ -1,0 +1,634 @@
+//! Site-scoped replicated state: node records, evidence, and the per-site summaries that stand
+//! for them across sites.
+//!
+//! ## Node records
+//! A [`NodeRecord`] is written only by its node and signed with its key (domain
+//! `patchmesh/v1/node-record`). It carries a version; the highest version wins, and a version at
+//! or below the one held is a replay unless it is the very same object. This makes the record set
+//! a state-based CRDT (a map of max-registers): merge is commutative, associative and idempotent,
+//! and reconciliation compares digests rather than replaying a history.
+//!
+//! ## Evidence
+//! [`Evidence`] (install results, health checks) is signed by the node that observed it and
+//! kept as a grow-only set keyed by content hash. Gates are functions of this set, so a gate
+//! that opened stays open.
+//!
+//! ## Bound on per-node state
+//! A node holds records and evidence of **its own site only** (plus its own objects). For every
+//! other site it holds one [`SiteSummary`]: counts per (rollout, status) and a hash committing to
+//! the exact signed objects behind them. So a node holds
+//! `O(site size + evidence of its site + number of sites)` objects, not `O(fleet)`: at 100,000
+//! nodes in 500 sites that is about 200 records and 500 summaries. A summary is signed by a node
+//! admitted to that site; any node that fetches the site's records can recompute the roots with
+//! [`SiteState::check_summary`], so a lying summary is caught.
+//!
+//! Every object travels with its author's admission certificate, so a receiver can check it
+//! without any other state.
+
+use crate::crypto::{encode, DecodeError, Domain, Envelope, SignatureCheck};
+use crate::ids::{MeshId, Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
+use crate::limits;
+use crate::trust::{expect_domain, Admitted, Trust, TrustError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where a node is with one rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RolloutStatus {
+    /// Targeted, waiting for its ring, window or gate.
+    Pending,
+    /// An install is in progress.
+    Installing,
+    /// Installed, verified and soaked.
+    Succeeded,
+    /// Install or verification failed.
+    Failed,
+    /// Rolled back after a failure or a halt.
+    RolledBack,
+    /// Not targeted by the rollout.
+    NotTargeted,
+}
+
+/// A summary of a node's installed software; the full list is served on request.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InventorySummary {
+    /// Operating system (e.g. `Debian GNU/Linux 12`).
+    pub os: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Installed package count.
+    pub package_count: u32,
+    /// BLAKE3 over the sorted package list.
+    pub packages_digest: [u8; 32],
+}
+
+/// A node's self-description, signed by the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The node.
+    pub node: NodeId,
+    /// Its site (must match its admission certificate).
+    pub site: SiteId,
+    /// Version; the highest wins.
+    pub version: u64,
+    /// When the node wrote it (its own clock).
+    pub written_at: Millis,
+    /// Inventory summary.
+    pub inventory: InventorySummary,
+    /// Status per rollout.
+    pub rollouts: BTreeMap<RolloutId, RolloutStatus>,
+}
+
+/// What a piece of evidence reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EvidenceKind {
+    /// Install and verify succeeded.
+    InstallSucceeded,
+    /// Install or verify failed.
+    InstallFailed,
+    /// A health check passed.
+    HealthOk,
+    /// A health check failed.
+    HealthFailed,
+    /// The patch was rolled back.
+    RolledBack,
+}
+
+/// A signed observation by a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The observing node.
+    pub node: NodeId,
+    /// Its site.
+    pub site: SiteId,
+    /// The rollout observed.
+    pub rollout: RolloutId,
+    /// What happened.
+    pub kind: EvidenceKind,
+    /// When (node clock).
+    pub at: Millis,
+    /// Free text for audit (bounded).
+    pub detail: String,
+}
+
+/// A per-site summary: what a site's records and evidence say, committed to by hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteSummary {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The site summarised.
+    pub site: SiteId,
+    /// The node that computed and signed it (admitted to `site`).
+    pub author: NodeId,
+    /// Records behind it.
+    pub record_count: u32,
+    /// Evidence behind it.
+    pub evidence_count: u32,
+    /// Sum of record versions: grows whenever any record does, so newer summaries rank higher.
+    pub version_sum: u64,
+    /// Hash over the sorted (node, version, body hash) of the records.
+    pub records_root: [u8; 32],
+    /// Hash over the sorted evidence ids.
+    pub evidence_root: [u8; 32],
+    /// Nodes per (rollout, status).
+    pub counts: BTreeMap<(RolloutId, RolloutStatus), u32>,
+    /// Evidence reports per (rollout, kind).
+    pub evidence: BTreeMap<(RolloutId, EvidenceKind), u32>,
+}
+
+impl SiteSummary {
+    /// Newer summaries of a site rank higher; ties break on the body hash so every node keeps
+    /// the same one.
+    pub fn rank(&self, body_hash: [u8; 32]) -> (u64, u32, [u8; 32]) {
+        (self.version_sum, self.evidence_count, body_hash)
+    }
+}
+
+/// Why a site object was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SiteError {
+    /// Trust checks (signature, domain, admission) failed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The body did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The object is signed by a key other than the node it names (or the certificate names
+    /// another node).
+    #[error("object names node {claimed:?} but is signed/admitted for {signer:?}")]
+    WrongSigner {
+        /// The node the body names.
+        claimed: NodeId,
+        /// The signing key or certificate subject.
+        signer: NodeId,
+    },
+    /// The object's site differs from the author's admitted site.
+    #[error("object claims site {claimed} but its author is admitted to {admitted}")]
+    WrongSite {
+        /// The site in the body.
+        claimed: SiteId,
+        /// The site in the certificate.
+        admitted: SiteId,
+    },
+    /// An older version of a record we hold a newer one of.
+    #[error("replay: record version {got} is not above {floor}")]
+    Replay {
+        /// Version held.
+        floor: u64,
+        /// Version offered.
+        got: u64,
+    },
+    /// The object belongs to another site; this node keeps only its own site in full.
+    #[error("object of site {0} is not kept here")]
+    ForeignSite(SiteId),
+    /// A store limit was reached.
+    #[error("{0} is full")]
+    Full(&'static str),
+    /// A field is out of range.
+    #[error("invalid field: {0}")]
+    Invalid(&'static str),
+    /// A summary does not match the records and evidence it commits to.
+    #[error("summary of {site} does not match its records: {reason}")]
+    SummaryMismatch {
+        /// The site.
+        site: SiteId,
+        /// What differs.
+        reason: &'static str,
+    },
+}
+
+/// A signed site object with its author's admission certificate, as it travels and is stored.
+/// Shared by reference count: relaying or storing one never copies it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// The signed object.
+    pub object: Envelope,
+    /// The author's admission certificate.
+    pub admission: Envelope,
+}
+
+impl Bundle {
+    /// Content id of the signed object.
+    pub fn id(&self) -> ObjectId {
+        self.object.id()
+    }
+    /// Size on the wire.
+    pub fn wire_bytes(&self) -> usize {
+        self.object.wire_bytes() + self.admission.wire_bytes()
+    }
+}
+
+/// A verified record as held.
+#[derive(Clone, Debug)]
+pub struct HeldRecord {
+    /// The decoded record.
+    pub record: NodeRecord,
+    /// BLAKE3 of the signed body.
+    pub body_hash: [u8; 32],
+    /// The bundle it came in (relayed as is).
+    pub bundle: Arc<Bundle>,
+}
+
+/// A verified summary as held.
+#[derive(Clone, Debug)]
+pub struct HeldSummary {
+    /// The decoded summary.
+    pub summary: SiteSummary,
+    /// Its rank.
+    pub rank: (u64, u32, [u8; 32]),
+    /// The bundle it came in.
+    pub bundle: Arc<Bundle>,
+}
+
+/// Checks the author side of any site object: signature by the node key, admission valid,
+/// site matching. Returns the admission.
+fn check_author(
+    bundle: &Bundle,
+    domain: Domain,
+    node: NodeId,
+    site: &SiteId,
+    trust: &Trust,
+    now: Millis,
+    check: &dyn SignatureCheck,
+) -> Result<Admitted, SiteError> {
+    let admitted = trust.check_admission(&bundle.admission, now, check)?;
+    if admitted.cert.node != node {
+        return Err(SiteError::WrongSigner { claimed: node, signer: admitted.cert.node });
+    }
+    if admitted.cert.site != *site {
+        return Err(SiteError::WrongSite { claimed: site.clone(), admitted: admitted.cert.site });
+    }
+    let _ = domain;
+    Ok(admitted)
+}
+
+/// Verifies the envelope signature of a site object: exactly one signature, by `node`.
+fn check_object_signature(
+    env: &Envelope,
+    domain: Domain,
+    check: &dyn SignatureCheck,
+) -> Result<NodeId, SiteError> {
+    expect_domain(env, domain)?;
+    if env.signatures.len() != 1 {
+        return Err(SiteError::Invalid("site objects carry exactly one signature"));
+    }
+    env.verify_all(check).map_err(TrustError::from)?;
+    Ok(NodeId(env.signatures[0].key.0))
+}
+
+/// Verifies a record bundle completely. Stores nothing.
+pub fn verify_record(
+    bundle: &Arc<Bundle>,
+    trust: &Trust,
+    now: Millis,
+    check: &dyn SignatureCheck,
+) -> Result<HeldRecord, SiteError> {
+    let signer = check_object_signature(&bundle.object, Domain::NodeRecord, check)?;
+    let record: NodeRecord = bundle.object.open("node record")?;
+    if record.node != signer {
+        return Err(SiteError::WrongSigner { claimed: record.node, signer });
+    }
+    if record.mesh != trust.mesh() {
+        return Err(TrustError::WrongMesh { ours: trust.mesh(), got: record.mesh }.into());
+    }
+    if record.rollouts.len() > limits::ROLLOUT_STATUS_PER_RECORD_MAX
+        || record.inventory.os.len() > limits::TEXT_BYTES_MAX
+        || record.inventory.kernel.len() > limits::TEXT_BYTES_MAX
+    {
+        return Err(SiteError::Invalid("record field too large"));
+    }
+    check_author(bundle, Domain::NodeRecord, record.node, &record.site, trust, now, check)?;
+    Ok(HeldRecord { body_hash: bundle.object.body_hash(), record, bundle: bundle.clone() })
+}
+
+/// Verifies an evidence bundle completely. Stores nothing.
+pub fn verify_evidence(
+    bundle: &Arc<Bundle>,
+    trust: &Trust,
+    now: Millis,
+    check: &dyn SignatureCheck,
+) -> Result<Evidence, SiteError> {
+    let signer = check_object_signature(&bundle.object, Domain::Evidence, check)?;
+    let ev: Evidence = bundle.object.open("evidence")?;
+    if ev.node != signer {
+        return Err(SiteError::WrongSigner { claimed: ev.node, signer });
+    }
+    if ev.mesh != trust.mesh() {
+        return Err(TrustError::WrongMesh { ours: trust.mesh(), got: ev.mesh }.into());
+    }
+    if ev.detail.len() > limits::TEXT_BYTES_MAX {
+        return Err(SiteError::Invalid("evidence detail too long"));
+    }
+    check_author(bundle, Domain::Evidence, ev.node, &ev.site, trust, now, check)?;
+    Ok(ev)
+}
+
+/// Verifies a summary bundle. Stores nothing.
+pub fn verify_summary(
+    bundle: &Arc<Bundle>,
+    trust: &Trust,
+    now: Millis,
+    check: &dyn SignatureCheck,
+) -> Result<HeldSummary, SiteError> {
+    let signer = check_object_signature(&bundle.object, Domain::SiteSummary, check)?;
+    let summary: SiteSummary = bundle.object.open("site summary")?;
+    if summary.author != signer {
+        return Err(SiteError::WrongSigner { claimed: summary.author, signer });
+    }
+    if summary.mesh != trust.mesh() {
+        return Err(TrustError::WrongMesh { ours: trust.mesh(), got: summary.mesh }.into());
+    }
+    if summary.counts.len() + summary.evidence.len() > limits::SUMMARY_COUNTERS_MAX {
+        return Err(SiteError::Invalid("too many summary counters"));
+    }
+    check_author(bundle, Domain::SiteSummary, summary.author, &summary.site, trust, now, check)?;
+    let rank = summary.rank(bundle.object.body_hash());
+    Ok(HeldSummary { summary, rank, bundle: bundle.clone() })
+}
+
+/// Outcome of merging one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// It changed our state: relay it.
+    New,
+    /// We already held it (or something that dominates it).
+    Duplicate,
+}
+
+/// One site's records and evidence, held in full by that site's nodes.
+#[derive(Clone, Debug)]
+pub struct SiteState {
+    site: SiteId,
+    records: BTreeMap<NodeId, HeldRecord>,
+    evidence: BTreeMap<ObjectId, (Evidence, Arc<Bundle>)>,
+    digest: Option<StateHash>,
+}
+
+/// A key in the site digest: a record (by node, with its version) or a piece of evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SiteKey {
+    /// A node's record at a version.
+    Record(NodeId, u64),
+    /// A piece of evidence.
+    Evidence(ObjectId),
+}
+
+impl SiteState {
+    /// An empty state for `site`.
+    pub fn new(site: SiteId) -> SiteState {
+        SiteState { site, records: BTreeMap::new(), evidence: BTreeMap::new(), digest: None }
+    }
+
+    /// The site.
+    pub fn site(&self) -> &SiteId {
+        &self.site
+    }
+    /// Records held.
+    pub fn records(&self) -> &BTreeMap<NodeId, HeldRecord> {
+        &self.records
+    }
+    /// Evidence held.
+    pub fn evidence(&self) -> impl Iterator<Item = &Evidence> {
+        self.evidence.values().map(|(e, _)| e)
+    }
+    /// Number of evidence reports held.
+    pub fn evidence_count(&self) -> usize {
+        self.evidence.len()
+    }
+
+    /// Merges a verified record: the highest version wins.
+    pub fn merge_record(&mut self, held: HeldRecord) -> Result<Merge, SiteError> {
+        if held.record.site != self.site {
+            return Err(SiteError::ForeignSite(held.record.site));
+        }
+        if let Some(have) = self.records.get(&held.record.node) {
+            if have.record.version > held.record.version
+                || (have.record.version == held.record.version && have.body_hash == held.body_hash)
+            {
+                return Ok(Merge::Duplicate);
+            }
+            if have.record.version == held.record.version {
+                // Two different bodies at one version: the node equivocated. Keep the higher
+                // body hash so every replica picks the same one.
+                if have.body_hash >= held.body_hash {
+                    return Ok(Merge::Duplicate);
+                }
+            }
+        } else if self.records.len() >= limits::RECORDS_MAX {
+            return Err(SiteError::Full("site records"));
+        }
+        self.records.insert(held.record.node, held);
+        self.digest = None;
+        Ok(Merge::New)
+    }
+
+    /// Merges verified evidence (grow-only).
+    pub fn merge_evidence(&mut self, ev: Evidence, bundle: Arc<Bundle>) -> Result<Merge, SiteError> {
+        if ev.site != self.site {
+            return Err(SiteError::ForeignSite(ev.site));
+        }
+        let id = bundle.id();
+        if self.evidence.contains_key(&id) {
+            return Ok(Merge::Duplicate);
+        }
+        if self.evidence.len() >= limits::EVIDENCE_MAX {
+            return Err(SiteError::Full("site evidence"));
+        }
+        self.evidence.insert(id, (ev, bundle));
+        self.digest = None;
+        Ok(Merge::New)
+    }
+
+    /// The version of a node's record held, if any.
+    pub fn record_version(&self, node: &NodeId) -> Option<u64> {
+        self.records.get(node).map(|r| r.record.version)
+    }
+
+    /// Digest of the whole site state; equal on two replicas iff they hold the same objects.
+    pub fn digest(&mut self) -> StateHash {
+        if let Some(d) = self.digest {
+            return d;
+        }
+        let (records_root, evidence_root) = self.roots();
+        let d = StateHash(crate::crypto::hash_parts(&[
+            b"site",
+            self.site.0.as_bytes(),
+            &records_root,
+            &evidence_root,
+        ]));
+        self.digest = Some(d);
+        d
+    }
+
+    fn roots(&self) -> ([u8; 32], [u8; 32]) {
+        let mut h = blake3::Hasher::new();
+        for (node, held) in &self.records {
+            h.update(&node.0);
+            h.update(&held.record.version.to_le_bytes());
+            h.update(&held.body_hash);
+        }
+        let records_root = *h.finalize().as_bytes();
+        let mut h = blake3::Hasher::new();
+        for id in self.evidence.keys() {
+            h.update(&id.0);
+        }
+        (records_root, *h.finalize().as_bytes())
+    }
+
+    /// Every key held, in order (for digest exchange).
+    pub fn keys(&self) -> Vec<SiteKey> {
+        let mut out: Vec<SiteKey> =
+            self.records.iter().map(|(n, r)| SiteKey::Record(*n, r.record.version)).collect();
+        out.extend(self.evidence.keys().map(|id| SiteKey::Evidence(*id)));
+        out
+    }
+
+    /// Bundles we hold that a peer holding `theirs` lacks (or holds older), at most `max`.
+    pub fn missing_from(&self, theirs: &[SiteKey], max: usize) -> Vec<Arc<Bundle>> {
+        let mut their_records: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut their_evidence = std::collections::BTreeSet::new();
+        for k in theirs {
+            match k {
+                SiteKey::Record(n, v) => {
+                    their_records.insert(*n, *v);
+                }
+                SiteKey::Evidence(id) => {
+                    their_evidence.insert(*id);
+                }
+            }
+        }
+        let records = self
+            .records
+            .iter()
+            .filter(|(n, r)| their_records.get(n).is_none_or(|v| *v < r.record.version))
+            .map(|(_, r)| r.bundle.clone());
+        let evidence = self
+            .evidence
+            .iter()
+            .filter(|(id, _)| !their_evidence.contains(id))
+            .map(|(_, (_, b))| b.clone());
+        records.chain(evidence).take(max).collect()
+    }
+
+    /// Computes this site's summary as `author` would sign it.
+    pub fn summarise(&self, mesh: MeshId, author: NodeId) -> SiteSummary {
+        let (records_root, evidence_root) = self.roots();
+        let mut counts: BTreeMap<(RolloutId, RolloutStatus), u32> = BTreeMap::new();
+        for held in self.records.values() {
+            for (rollout, status) in &held.record.rollouts {
+                *counts.entry((*rollout, *status)).or_default() += 1;
+            }
+        }
+        let mut evidence: BTreeMap<(RolloutId, EvidenceKind), u32> = BTreeMap::new();
+        for (ev, _) in self.evidence.values() {
+            *evidence.entry((ev.rollout, ev.kind)).or_default() += 1;
+        }
+        SiteSummary {
+            mesh,
+            site: self.site.clone(),
+            author,
+            record_count: self.records.len() as u32,
+            evidence_count: self.evidence.len() as u32,
+            version_sum: self.records.values().map(|r| r.record.version).sum(),
+            records_root,
+            evidence_root,
+            counts,
+            evidence,
+        }
+    }
+
+    /// Checks a summary of this site against the records and evidence held: the audit that
+    /// catches a lying summary once the site's signed objects are fetched.
+    pub fn check_summary(&self, summary: &SiteSummary) -> Result<(), SiteError> {
+        let mine = self.summarise(summary.mesh, summary.author);
+        let mismatch = |reason| Err(SiteError::SummaryMismatch { site: self.site.clone(), reason });
+        if summary.site != self.site {
+            return mismatch("site");
+        }
+        if mine.records_root != summary.records_root || mine.record_count != summary.record_count {
+            return mismatch("records root");
+        }
+        if mine.evidence_root != summary.evidence_root
+            || mine.evidence_count != summary.evidence_count
+        {
+            return mismatch("evidence root");
+        }
+        if mine.counts != summary.counts || mine.evidence != summary.evidence {
+            return mismatch("counts");
+        }
+        if mine.version_sum != summary.version_sum {
+            return mismatch("version sum");
+        }
+        Ok(())
+    }
+}
+
+/// Summaries of every site, one per site, the highest-ranked kept.
+#[derive(Clone, Debug, Default)]
+pub struct Summaries {
+    by_site: BTreeMap<SiteId, HeldSummary>,
+    digest: Option<StateHash>,
+}
+
+impl Summaries {
+    /// Merges a verified summary.
+    pub fn merge(&mut self, held: HeldSummary) -> Result<Merge, SiteError> {
+        match self.by_site.get(&held.summary.site) {
+            Some(have) if have.rank >= held.rank => return Ok(Merge::Duplicate),
+            None if self.by_site.len() >= limits::SITES_MAX => {
+                return Err(SiteError::Full("site summaries"))
+            }
+            _ => {}
+        }
+        self.by_site.insert(held.summary.site.clone(), held);
+        self.digest = None;
+        Ok(Merge::New)
+    }
+
+    /// The summaries held.
+    pub fn all(&self) -> &BTreeMap<SiteId, HeldSummary> {
+        &self.by_site
+    }
+
+    /// (site, rank) of every summary held, for digest exchange.
+    pub fn ranks(&self) -> Vec<(SiteId, (u64, u32, [u8; 32]))> {
+        self.by_site.iter().map(|(s, h)| (s.clone(), h.rank)).collect()
+    }
+
+    /// Summaries that outrank what a peer holding `theirs` has, at most `max`.
+    pub fn newer_than(
+        &self,
+        theirs: &[(SiteId, (u64, u32, [u8; 32]))],
+        max: usize,
+    ) -> Vec<Arc<Bundle>> {
+        let theirs: BTreeMap<&SiteId, &(u64, u32, [u8; 32])> =
+            theirs.iter().map(|(s, r)| (s, r)).collect();
+        self.by_site
+            .iter()
+            .filter(|(s, h)| theirs.get(s).is_none_or(|r| **r < h.rank))
+            .map(|(_, h)| h.bundle.clone())
+            .take(max)
+            .collect()
+    }
+
+    /// Digest over all held summaries.
+    pub fn digest(&mut self) -> StateHash {
+        if let Some(d) = self.digest {
+            return d;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"summaries");
+        for (site, held) in &self.by_site {
+            h.update(&encode(site));
+            h.update(&held.rank.2);
+        }
+        let d = StateHash(*h.finalize().as_bytes());
+        self.digest = Some(d);
+        d
+    }
+}

@@ -1,0 +1,420 @@
+//! The trust chain: genesis → root-signed admin key sets → admin-signed admission certificates.
+//!
+//! A mesh starts from a [`Genesis`]: its name, the root keys and the root threshold k-of-n. The
+//! mesh id is the BLAKE3 of the genesis body, so a genesis cannot be swapped without changing
+//! every id derived from it. Root keys sign [`AdminSet`]s: versioned, sequential, each one signed
+//! by a threshold of the previous version's root keys *and* of its own (so rotating the root
+//! needs both the old and the new holders). A revoked admin is listed with the last change
+//! sequence of each of its catalog actors that stays accepted; anything it signs later is refused.
+//! Admins sign [`AdmissionCert`]s binding a node key to a site and labels, with an expiry.
+//!
+//! Every check counts each key once (an envelope with a key twice is refused outright) and
+//! refuses versions below the persisted floor as replays.
+
+use crate::crypto::{DecodeError, Domain, Envelope, SignatureCheck, SignatureError};
+use crate::ids::{KeyId, MeshId, Millis, NodeId, SiteId};
+use crate::limits;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why a trust object was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    /// A signature failed, a key was malformed, or a key signed twice.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The body could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The envelope's domain is not the one this object needs (a signature made for another kind).
+    #[error("wrong signature domain: expected {expected:?}, got {got:?}")]
+    WrongDomain {
+        /// The domain this object must carry.
+        expected: Domain,
+        /// The domain it carried.
+        got: Domain,
+    },
+    /// The object belongs to another mesh.
+    #[error("object is for mesh {got:?}, this is {ours:?}")]
+    WrongMesh {
+        /// Our mesh.
+        ours: MeshId,
+        /// The mesh the object names.
+        got: MeshId,
+    },
+    /// A signer is not in the key set that must sign this object.
+    #[error("key {0:?} is not authorised for this object")]
+    UnknownKey(KeyId),
+    /// Too few distinct authorised keys signed.
+    #[error("{have} of {need} required signatures")]
+    BelowThreshold {
+        /// Distinct authorised signers.
+        have: usize,
+        /// The threshold.
+        need: usize,
+    },
+    /// The signer is a revoked admin.
+    #[error("key {0:?} is revoked")]
+    Revoked(KeyId),
+    /// A version at or below the persisted floor with different content: a replay.
+    #[error("replay: version {got} is not above floor {floor}")]
+    Replay {
+        /// The highest version accepted so far.
+        floor: u64,
+        /// The version offered.
+        got: u64,
+    },
+    /// A version that skips ahead; the versions between must be verified first.
+    #[error("version {got} skips ahead of {floor}")]
+    Gap {
+        /// The highest version accepted so far.
+        floor: u64,
+        /// The version offered.
+        got: u64,
+    },
+    /// The certificate has expired (or is not yet valid).
+    #[error("certificate for {node:?} valid {from:?}..{until:?}, now {now:?}")]
+    Expired {
+        /// The node named.
+        node: NodeId,
+        /// Issued at.
+        from: Millis,
+        /// Expires at.
+        until: Millis,
+        /// The node's clock.
+        now: Millis,
+    },
+    /// A field is out of range (empty key set, threshold of zero, oversized label, ...).
+    #[error("invalid field: {0}")]
+    Invalid(&'static str),
+}
+
+/// The root of a mesh's trust.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    /// Human name of the mesh.
+    pub mesh_name: String,
+    /// Root keys.
+    pub root_keys: Vec<KeyId>,
+    /// How many root keys must sign an admin set.
+    pub root_threshold: u8,
+    /// The first admin keys (admin set version 1 is implied by these).
+    pub admins: Vec<KeyId>,
+    /// Admin signatures a large rollout needs before any node installs it.
+    pub approval_threshold: u8,
+    /// When the mesh was made.
+    pub created_at: Millis,
+}
+
+impl Genesis {
+    /// The mesh id: BLAKE3 of the canonical genesis body.
+    pub fn mesh_id(&self) -> MeshId {
+        MeshId(*blake3::hash(&crate::crypto::encode(self)).as_bytes())
+    }
+
+    fn validate(&self) -> Result<(), TrustError> {
+        validate_key_set(&self.root_keys, self.root_threshold)?;
+        validate_key_set(&self.admins, 1)?;
+        if self.mesh_name.len() > limits::TEXT_BYTES_MAX {
+            return Err(TrustError::Invalid("mesh name too long"));
+        }
+        Ok(())
+    }
+
+    /// The admin set implied by the genesis (version 1).
+    pub fn initial_admin_set(&self) -> AdminSet {
+        AdminSet {
+            mesh: self.mesh_id(),
+            version: 1,
+            root_keys: self.root_keys.clone(),
+            root_threshold: self.root_threshold,
+            admins: self.admins.clone(),
+            approval_threshold: self.approval_threshold,
+            revoked: Vec::new(),
+        }
+    }
+
+    /// Verifies a genesis envelope: root-threshold self-signed.
+    pub fn verify(env: &Envelope, check: &dyn SignatureCheck) -> Result<Genesis, TrustError> {
+        expect_domain(env, Domain::Genesis)?;
+        let signers = env.verify_all(check)?;
+        let genesis: Genesis = env.open("genesis")?;
+        genesis.validate()?;
+        count_threshold(&signers, &genesis.root_keys, genesis.root_threshold)?;
+        Ok(genesis)
+    }
+}
+
+/// A revoked admin key and the catalog history of it that stays valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The revoked key.
+    pub key: KeyId,
+    /// For each catalog actor of this key (actor id bytes), the last change sequence number that
+    /// stays accepted. Changes past it, or by actors not listed, are refused.
+    pub kept_seq: BTreeMap<Vec<u8>, u64>,
+}
+
+/// A versioned admin key set, signed by root keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminSet {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// Version; sequential from 1 (the genesis).
+    pub version: u64,
+    /// Root keys from this version on.
+    pub root_keys: Vec<KeyId>,
+    /// Root threshold from this version on.
+    pub root_threshold: u8,
+    /// Active admin keys.
+    pub admins: Vec<KeyId>,
+    /// Admin signatures a large rollout needs.
+    pub approval_threshold: u8,
+    /// Revoked admins.
+    pub revoked: Vec<Revocation>,
+}
+
+impl AdminSet {
+    /// True if `key` is an active admin.
+    pub fn is_admin(&self, key: &KeyId) -> bool {
+        self.admins.contains(key)
+    }
+
+    /// The revocation entry of `key`, if revoked.
+    pub fn revocation(&self, key: &KeyId) -> Option<&Revocation> {
+        self.revoked.iter().find(|r| r.key == *key)
+    }
+
+    fn validate(&self) -> Result<(), TrustError> {
+        validate_key_set(&self.root_keys, self.root_threshold)?;
+        validate_key_set(&self.admins, 1)?;
+        if self.revoked.len() > limits::KEYS_PER_SET_MAX {
+            return Err(TrustError::Invalid("too many revocations"));
+        }
+        if self.revoked.iter().any(|r| self.admins.contains(&r.key)) {
+            return Err(TrustError::Invalid("a key is both admin and revoked"));
+        }
+        Ok(())
+    }
+}
+
+/// A node admission certificate: an admin vouches that this node key belongs to the mesh, at
+/// this site, with these labels, until the expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionCert {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The node's public key.
+    pub node: NodeId,
+    /// The node's site.
+    pub site: SiteId,
+    /// Labels (e.g. `ring=canary`, `role=pos`).
+    pub labels: BTreeMap<String, String>,
+    /// Valid from.
+    pub issued_at: Millis,
+    /// Valid until.
+    pub expires_at: Millis,
+}
+
+impl AdmissionCert {
+    fn validate(&self) -> Result<(), TrustError> {
+        if self.site.0.is_empty() || self.site.0.len() > limits::SITE_NAME_BYTES_MAX {
+            return Err(TrustError::Invalid("site name empty or too long"));
+        }
+        if self.labels.len() > limits::LABELS_PER_NODE_MAX {
+            return Err(TrustError::Invalid("too many labels"));
+        }
+        if self
+            .labels
+            .iter()
+            .any(|(k, v)| k.len() > limits::LABEL_BYTES_MAX || v.len() > limits::LABEL_BYTES_MAX)
+        {
+            return Err(TrustError::Invalid("label too long"));
+        }
+        if self.expires_at <= self.issued_at {
+            return Err(TrustError::Invalid("expiry before issue"));
+        }
+        Ok(())
+    }
+}
+
+/// A verified admission certificate with the envelope it came in (for relaying).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The certificate.
+    pub cert: AdmissionCert,
+    /// The admin who signed it.
+    pub signer: KeyId,
+    /// The signed envelope.
+    pub envelope: Envelope,
+}
+
+/// The trust state a node holds: genesis, the current admin set, and every admin set version
+/// (the chain is short and a newcomer needs all of it to verify the current one).
+#[derive(Clone, Debug)]
+pub struct Trust {
+    genesis: Genesis,
+    genesis_envelope: Envelope,
+    mesh: MeshId,
+    chain: Vec<Envelope>,
+    current: AdminSet,
+}
+
+impl Trust {
+    /// Trust rooted at a verified genesis.
+    pub fn new(genesis_envelope: Envelope, check: &dyn SignatureCheck) -> Result<Trust, TrustError> {
+        let genesis = Genesis::verify(&genesis_envelope, check)?;
+        let current = genesis.initial_admin_set();
+        Ok(Trust { mesh: genesis.mesh_id(), genesis, genesis_envelope, chain: Vec::new(), current })
+    }
+
+    /// The mesh id.
+    pub fn mesh(&self) -> MeshId {
+        self.mesh
+    }
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+    /// The signed genesis.
+    pub fn genesis_envelope(&self) -> &Envelope {
+        &self.genesis_envelope
+    }
+    /// The current admin set.
+    pub fn admins(&self) -> &AdminSet {
+        &self.current
+    }
+    /// Admin set envelopes after the genesis, in version order.
+    pub fn chain(&self) -> &[Envelope] {
+        &self.chain
+    }
+    /// The admin-set version floor.
+    pub fn version(&self) -> u64 {
+        self.current.version
+    }
+
+    /// Verifies an admin set without applying it. `Ok(None)` means it is the version we hold.
+    pub fn check_admin_set(
+        &self,
+        env: &Envelope,
+        check: &dyn SignatureCheck,
+    ) -> Result<Option<AdminSet>, TrustError> {
+        expect_domain(env, Domain::AdminSet)?;
+        let signers = env.verify_all(check)?;
+        let next: AdminSet = env.open("admin set")?;
+        if next.mesh != self.mesh {
+            return Err(TrustError::WrongMesh { ours: self.mesh, got: next.mesh });
+        }
+        if next.version <= self.current.version {
+            if next == self.current {
+                return Ok(None);
+            }
+            return Err(TrustError::Replay { floor: self.current.version, got: next.version });
+        }
+        if next.version != self.current.version + 1 {
+            return Err(TrustError::Gap { floor: self.current.version, got: next.version });
+        }
+        next.validate()?;
+        // Both the old and the new root must agree, so neither a stolen old root nor a
+        // self-appointed new one can move the mesh alone.
+        count_threshold(&signers, &self.current.root_keys, self.current.root_threshold)?;
+        count_threshold(&signers, &next.root_keys, next.root_threshold)?;
+        Ok(Some(next))
+    }
+
+    /// Verifies and applies an admin set. Returns true if it advanced the version.
+    pub fn apply_admin_set(
+        &mut self,
+        env: &Envelope,
+        check: &dyn SignatureCheck,
+    ) -> Result<bool, TrustError> {
+        match self.check_admin_set(env, check)? {
+            None => Ok(false),
+            Some(next) => {
+                self.current = next;
+                self.chain.push(env.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    /// Verifies that `key` may sign admin objects now.
+    pub fn check_admin(&self, key: &KeyId) -> Result<(), TrustError> {
+        if self.current.is_admin(key) {
+            Ok(())
+        } else if self.current.revocation(key).is_some() {
+            Err(TrustError::Revoked(*key))
+        } else {
+            Err(TrustError::UnknownKey(*key))
+        }
+    }
+
+    /// Verifies an admission certificate at time `now`.
+    pub fn check_admission(
+        &self,
+        env: &Envelope,
+        now: Millis,
+        check: &dyn SignatureCheck,
+    ) -> Result<Admitted, TrustError> {
+        expect_domain(env, Domain::Admission)?;
+        if env.signatures.len() != 1 {
+            return Err(TrustError::Invalid("admission needs exactly one admin signature"));
+        }
+        let signer = env.signatures[0].key;
+        self.check_admin(&signer)?;
+        env.verify_all(check)?;
+        let cert: AdmissionCert = env.open("admission")?;
+        if cert.mesh != self.mesh {
+            return Err(TrustError::WrongMesh { ours: self.mesh, got: cert.mesh });
+        }
+        cert.validate()?;
+        // Only expiry is enforced: a node whose clock runs behind must still accept a
+        // certificate issued "in its future"; trusting a slow clock past expiry is the risk.
+        if now >= cert.expires_at {
+            return Err(TrustError::Expired {
+                node: cert.node,
+                from: cert.issued_at,
+                until: cert.expires_at,
+                now,
+            });
+        }
+        Ok(Admitted { cert, signer, envelope: env.clone() })
+    }
+}
+
+/// Refuses an envelope signed for another kind of object.
+pub fn expect_domain(env: &Envelope, expected: Domain) -> Result<(), TrustError> {
+    if env.domain != expected {
+        return Err(TrustError::WrongDomain { expected, got: env.domain });
+    }
+    Ok(())
+}
+
+fn validate_key_set(keys: &[KeyId], threshold: u8) -> Result<(), TrustError> {
+    if keys.is_empty() || keys.len() > limits::KEYS_PER_SET_MAX {
+        return Err(TrustError::Invalid("key set empty or too large"));
+    }
+    let distinct: BTreeSet<_> = keys.iter().collect();
+    if distinct.len() != keys.len() {
+        return Err(TrustError::Invalid("key listed twice"));
+    }
+    if threshold == 0 || usize::from(threshold) > keys.len() {
+        return Err(TrustError::Invalid("threshold out of range"));
+    }
+    Ok(())
+}
+
+/// Counts distinct signers that are in `authorised`; each key counts once by construction of the
+/// signer set.
+fn count_threshold(
+    signers: &BTreeSet<KeyId>,
+    authorised: &[KeyId],
+    threshold: u8,
+) -> Result<(), TrustError> {
+    let have = signers.iter().filter(|k| authorised.contains(k)).count();
+    let need = usize::from(threshold);
+    if have < need {
+        return Err(TrustError::BelowThreshold { have, need });
+    }
+    Ok(())
+}
