@@ -47,6 +47,7 @@ pub mod catalog;
 pub mod crypto;
 pub mod ids;
 pub mod limits;
+pub mod mesh;
 pub mod node;
 pub mod site;
 pub mod trust;

@@ -287,6 +287,7 @@ pub struct Node {
     now: Millis,
     next_tick: Millis,
     record_version: u64,
+    started: bool,
     last_summary_at: Option<Millis>,
     last_summary_digest: Option<StateHash>,
     stats: Stats,
@@ -315,7 +316,8 @@ pub enum StartError {
 }
 
 impl Node {
-    /// A node at time `now`. It signs and publishes its first record at once.
+    /// A node at time `now`. Call [`Node::restore`] (if there is a store) before the first input;
+    /// the first input starts the node, which signs its first record unless it restored one.
     pub fn new(config: Config, now: Millis) -> Result<Node, StartError> {
         let trust = Trust::new(config.genesis.clone(), config.check.as_ref())?;
         let own = trust.check_admission(&config.admission, now, config.check.as_ref())?;
@@ -325,7 +327,7 @@ impl Node {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let first_tick = now.plus(rng.gen_range(0..=config.anti_entropy_interval_ms.max(1)));
-        let mut node = Node {
+        let node = Node {
             catalog: Catalog::new(trust.mesh()),
             site: SiteState::new(own.cert.site.clone()),
             summaries: Summaries::default(),
@@ -335,6 +337,7 @@ impl Node {
             now,
             next_tick: first_tick,
             record_version: config.record_version_floor,
+            started: false,
             last_summary_at: None,
             last_summary_digest: None,
             stats: Stats::default(),
@@ -343,7 +346,6 @@ impl Node {
             trust,
             config,
         };
-        node.update_record(InventorySummary::default(), BTreeMap::new());
         Ok(node)
     }
 
@@ -433,6 +435,12 @@ impl Node {
     /// Feeds one input at time `now`.
     pub fn handle_input(&mut self, now: Millis, input: Input) {
         self.now = self.now.max(now);
+        if !self.started {
+            self.started = true;
+            if self.site.record_version(&self.id).is_none() {
+                self.update_record(InventorySummary::default(), BTreeMap::new());
+            }
+        }
         match input {
             Input::Connected { peer, node } => self.on_connected(peer, node),
             Input::Disconnected { peer } => {
@@ -465,8 +473,11 @@ impl Node {
     }
 
     fn refuse(&mut self, peer: Option<PeerId>, why: Refusal) {
-        *self.stats.rejected.entry(why.kind()).or_default() += 1;
-        if let Some(peer) = peer {
+        let kind = why.kind();
+        *self.stats.rejected.entry(kind).or_default() += 1;
+        // A stale version can arrive from an honest peer through a gossip race; only outright
+        // invalid objects cost the sender score.
+        if let (Some(peer), false) = (peer, matches!(kind, "replay" | "gap")) {
             self.push(Output::Penalize { peer });
         }
         self.push(Output::Event(Event::Rejected { peer, reason: why.to_string() }));

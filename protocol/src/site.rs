@@ -407,9 +407,10 @@ impl SiteState {
             return Err(SiteError::ForeignSite(held.record.site));
         }
         if let Some(have) = self.records.get(&held.record.node) {
-            if have.record.version > held.record.version
-                || (have.record.version == held.record.version && have.body_hash == held.body_hash)
-            {
+            if have.record.version > held.record.version {
+                return Err(SiteError::Replay { floor: have.record.version, got: held.record.version });
+            }
+            if have.record.version == held.record.version && have.body_hash == held.body_hash {
                 return Ok(Merge::Duplicate);
             }
             if have.record.version == held.record.version {

@@ -1,0 +1,71 @@
+//! Making a mesh: genesis, admin sets and admission certificates from keys the caller holds.
+//! Used by `patchmesh init`/`admit`, by the simulator and by tests, so all three build meshes
+//! the same way.
+
+use crate::crypto::{Domain, Envelope, SecretKey};
+use crate::ids::{KeyId, Millis, NodeId, SiteId};
+use crate::trust::{AdminSet, AdmissionCert, Genesis, Revocation};
+use std::collections::BTreeMap;
+
+/// Signs a genesis with every root key given (they must meet the threshold to verify).
+pub fn genesis(
+    mesh_name: &str,
+    roots: &[&SecretKey],
+    root_threshold: u8,
+    admins: &[KeyId],
+    approval_threshold: u8,
+    now: Millis,
+) -> Envelope {
+    let g = Genesis {
+        mesh_name: mesh_name.to_string(),
+        root_keys: roots.iter().map(|k| k.public()).collect(),
+        root_threshold,
+        admins: admins.to_vec(),
+        approval_threshold,
+        created_at: now,
+    };
+    Envelope::seal(Domain::Genesis, &g, roots)
+}
+
+/// Signs an admission certificate as `admin`.
+pub fn admit(
+    admin: &SecretKey,
+    genesis: &Genesis,
+    node: NodeId,
+    site: &SiteId,
+    labels: BTreeMap<String, String>,
+    issued_at: Millis,
+    valid_for_ms: u64,
+) -> Envelope {
+    let cert = AdmissionCert {
+        mesh: genesis.mesh_id(),
+        node,
+        site: site.clone(),
+        labels,
+        issued_at,
+        expires_at: issued_at.plus(valid_for_ms),
+    };
+    Envelope::seal(Domain::Admission, &cert, &[admin])
+}
+
+/// The next admin set after `current`: `admins` become the active set, `revoked` are revoked
+/// keeping the listed history. Sign it with [`Envelope::cosign`] by enough old and new roots.
+pub fn next_admin_set(
+    current: &AdminSet,
+    admins: Vec<KeyId>,
+    revoked: Vec<Revocation>,
+    signers: &[&SecretKey],
+) -> Envelope {
+    let mut all_revoked = current.revoked.clone();
+    all_revoked.extend(revoked);
+    let next = AdminSet {
+        mesh: current.mesh,
+        version: current.version + 1,
+        root_keys: current.root_keys.clone(),
+        root_threshold: current.root_threshold,
+        admins,
+        approval_threshold: current.approval_threshold,
+        revoked: all_revoked,
+    };
+    Envelope::seal(Domain::AdminSet, &next, signers)
+}

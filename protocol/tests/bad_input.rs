@@ -1,0 +1,269 @@
+//! Every kind of bad input is refused with a typed error, counted, never stored or relayed.
+
+mod common;
+
+use common::{key, Harness, Keys, T0};
+use patchmesh_protocol::catalog::{Catalog, CatalogEntry, CatalogError, ChangeBody, ExecutorSpec, PatchEntry};
+use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope, SignatureError};
+use patchmesh_protocol::ids::{ContentId, Millis, ObjectId};
+use patchmesh_protocol::limits;
+use patchmesh_protocol::mesh;
+use patchmesh_protocol::node::{Command, Input, PeerId};
+use patchmesh_protocol::trust::{Revocation, Trust, TrustError};
+use patchmesh_protocol::wire::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+fn patch(n: u8) -> CatalogEntry {
+    CatalogEntry::Patch(PatchEntry {
+        content_id: ContentId([n; 32]),
+        size_bytes: 1000 + u64::from(n),
+        name: format!("patch-{n}"),
+        version: "1.0".into(),
+        executor: ExecutorSpec {
+            kind: "file".into(),
+            install: Some("/opt/x".into()),
+            verify: None,
+            rollback: None,
+            timeout_ms: 1000,
+        },
+    })
+}
+
+/// A change authored on a scratch catalog by `signer` (which may not be an admin).
+fn change_signed_by(keys: &Keys, signer: &patchmesh_protocol::crypto::SecretKey, n: u8) -> Envelope {
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let mut scratch = Catalog::new(trust.mesh());
+    // Author as a real admin, then re-sign the same change bytes with `signer`.
+    let env = scratch
+        .author(&keys.admins[0], [1; 8], T0, &trust, &[(patch(n).key(), Some(patch(n)))])
+        .unwrap();
+    let body: ChangeBody = env.open("c").unwrap();
+    Envelope::seal(Domain::CatalogChange, &body, &[signer])
+}
+
+/// Three nodes in a line: 0 – 1 – 2. Node 0 is the attacker's entry point into node 1.
+fn line() -> Harness {
+    let mut h = Harness::new(&["a", "a", "a"]);
+    h.connect(0, 1);
+    h.connect(1, 2);
+    h.run_for(3000);
+    h.sent.clear();
+    h.penalized.clear();
+    h
+}
+
+/// Delivers `msg` from node 0 to node 1 and checks it was refused as `kind`, penalised, and
+/// that node 1 relayed nothing to node 2.
+fn assert_refused(h: &mut Harness, msg: Message, kind: &str) {
+    let before = h.nodes[1].stats().rejected.get(kind).copied().unwrap_or(0);
+    let state_before = h.nodes[1].state_hash();
+    h.queue.push_back((0, 1, Arc::new(msg)));
+    h.settle();
+    let after = h.nodes[1].stats().rejected.get(kind).copied().unwrap_or(0);
+    assert_eq!(after, before + 1, "expected one {kind} rejection, stats {:?}", h.nodes[1].stats());
+    assert_eq!(h.nodes[1].state_hash(), state_before, "refused object changed state");
+    assert!(
+        !h.sent.iter().any(|(from, to, _)| *from == 1 && *to == 2),
+        "node 1 relayed something after a refused object"
+    );
+}
+
+#[test]
+fn forged_signature_is_refused() {
+    let mut h = line();
+    let mut env = change_signed_by(&h.keys, &h.keys.admins[0], 1);
+    env.signatures[0].signature.0[5] ^= 0x40;
+    let id = env.id();
+    assert_refused(&mut h, Message::CatalogChange(Arc::new(env)), "bad_signature");
+    assert!(!h.nodes[1].catalog_change_ids().contains(&id));
+    assert!(h.penalized.contains(&(1, PeerId(0))));
+}
+
+#[test]
+fn signature_for_another_domain_is_refused() {
+    let mut h = line();
+    let good = change_signed_by(&h.keys, &h.keys.admins[0], 2);
+    // The same body signed under the admission domain, relabelled as a catalog change.
+    let sig = h.keys.admins[0].sign(Domain::Admission, &good.body);
+    let relabelled = Envelope { domain: Domain::CatalogChange, body: good.body.clone(), signatures: vec![sig] };
+    assert_refused(&mut h, Message::CatalogChange(Arc::new(relabelled)), "bad_signature");
+    // And an envelope that says what it is, but is the wrong kind for the message.
+    let wrong = Envelope { domain: Domain::Admission, ..good };
+    assert_refused(&mut h, Message::CatalogChange(Arc::new(wrong)), "wrong_domain");
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let mut h = line();
+    let stranger = key(77);
+    let env = change_signed_by(&h.keys, &stranger, 3);
+    assert_refused(&mut h, Message::CatalogChange(Arc::new(env)), "unknown_key");
+}
+
+#[test]
+fn actor_not_bound_to_signer_is_refused() {
+    let keys = Keys::new();
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    // admin 1 re-signs a change whose actor is admin 0's.
+    let env = change_signed_by(&keys, &keys.admins[1], 4);
+    let catalog = Catalog::new(trust.mesh());
+    let err = catalog.verify(&env, &trust, &Ed25519).unwrap_err();
+    assert_eq!(err, CatalogError::ActorMismatch(keys.admins[1].public()));
+}
+
+#[test]
+fn admin_set_below_threshold_and_duplicate_signer_are_refused() {
+    let mut h = line();
+    let current = h.nodes[1].trust().admins().clone();
+    let one = mesh::next_admin_set(&current, vec![h.keys.admins[0].public()], vec![], &[&h.keys.roots[0]]);
+    assert_refused(&mut h, Message::AdminSets(vec![one]), "below_threshold");
+    let mut twice = mesh::next_admin_set(&current, vec![h.keys.admins[0].public()], vec![], &[&h.keys.roots[0]]);
+    let dup = twice.signatures[0];
+    twice.signatures.push(dup);
+    assert_refused(&mut h, Message::AdminSets(vec![twice.clone()]), "duplicate_signer");
+    let trust = h.nodes[1].trust();
+    assert_eq!(trust.check_admin_set(&twice, &Ed25519).unwrap_err(), TrustError::Signature(SignatureError::Duplicate(h.keys.roots[0].public())));
+    assert_eq!(trust.version(), 1);
+}
+
+#[test]
+fn revoked_admin_and_replayed_admin_set_are_refused() {
+    let mut h = line();
+    let (r0, r2) = (h.keys.roots[0].clone(), h.keys.roots[2].clone());
+    let roots = [&r0, &r2];
+    let v1 = h.nodes[1].trust().admins().clone();
+    // v2 revokes admin 1, keeping none of its history.
+    let v2 = mesh::next_admin_set(
+        &v1,
+        vec![h.keys.admins[0].public()],
+        vec![Revocation { key: h.keys.admins[1].public(), kept_seq: BTreeMap::new() }],
+        &roots,
+    );
+    h.input(1, Input::Command(Command::AdminSet(v2.clone())));
+    h.settle();
+    assert!(h.nodes.iter().all(|n| n.trust().version() == 2), "admin set v2 did not spread");
+    h.sent.clear();
+
+    // A change by the revoked admin (its own actor, valid signature).
+    let trust = Trust::new(h.keys.genesis.clone(), &Ed25519).unwrap();
+    let mut scratch = Catalog::new(trust.mesh());
+    let env = scratch.author(&h.keys.admins[1], [2; 8], T0, &trust, &[(patch(5).key(), Some(patch(5)))]).unwrap();
+    assert_refused(&mut h, Message::CatalogChange(Arc::new(env)), "revoked");
+
+    // v3, then a replay of a different v2.
+    let v2_set = h.nodes[1].trust().admins().clone();
+    let v3 = mesh::next_admin_set(&v2_set, vec![h.keys.admins[0].public()], vec![], &roots);
+    h.input(1, Input::Command(Command::AdminSet(v3)));
+    h.settle();
+    h.sent.clear();
+    let other_v2 = mesh::next_admin_set(&v1, vec![h.keys.admins[1].public()], vec![], &roots);
+    assert_refused(&mut h, Message::AdminSets(vec![other_v2]), "replay");
+    assert_eq!(h.nodes[1].trust().version(), 3);
+}
+
+#[test]
+fn replayed_record_is_refused() {
+    let mut h = line();
+    // Capture node 0's current record bundle, then make it write a newer one.
+    let old = h.nodes[1].site().records()[&h.nodes[0].id()].bundle.clone();
+    h.input(0, Input::Command(Command::UpdateRecord { inventory: Default::default(), rollouts: BTreeMap::new() }));
+    h.settle();
+    assert_eq!(h.nodes[1].site().record_version(&h.nodes[0].id()), Some(2));
+    h.sent.clear();
+    assert_refused(&mut h, Message::SiteObjects(vec![old]), "replay");
+    assert_eq!(h.nodes[1].site().record_version(&h.nodes[0].id()), Some(2));
+}
+
+#[test]
+fn oversized_truncated_and_garbage_bytes_are_refused() {
+    let mut h = line();
+    for (bytes, kind) in [
+        (vec![0u8; limits::MESSAGE_BYTES_MAX + 1], "oversized"),
+        (vec![0xff; 64], "malformed"),
+        (Message::CatalogChange(Arc::new(change_signed_by(&h.keys, &h.keys.admins[0], 6))).to_bytes()[..40].to_vec(), "malformed"),
+    ] {
+        let before = h.nodes[1].stats().rejected.get(kind).copied().unwrap_or(0);
+        h.input(1, Input::Bytes { peer: PeerId(0), bytes });
+        h.settle();
+        assert_eq!(h.nodes[1].stats().rejected.get(kind).copied().unwrap_or(0), before + 1, "{kind}");
+    }
+    // A well-formed message round-trips through bytes and is accepted.
+    let env = change_signed_by(&h.keys, &h.keys.admins[0], 7);
+    let id = env.id();
+    h.input(1, Input::Bytes { peer: PeerId(0), bytes: Message::CatalogChange(Arc::new(env)).to_bytes() });
+    h.settle();
+    assert!(h.nodes[2].catalog_change_ids().contains(&id));
+}
+
+#[test]
+fn forged_record_for_another_node_is_refused() {
+    let mut h = line();
+    // Node 0 signs a record that claims to be node 2's.
+    let mut rec: patchmesh_protocol::site::NodeRecord =
+        h.nodes[1].site().records()[&h.nodes[2].id()].record.clone();
+    rec.version = 99;
+    let forged = patchmesh_protocol::site::Bundle {
+        object: Envelope::seal(Domain::NodeRecord, &rec, &[&key(100)]),
+        admission: h.keys.admit(&key(100), "a"),
+    };
+    assert_refused(&mut h, Message::SiteObjects(vec![Arc::new(forged)]), "bad_site_object");
+    assert_eq!(h.nodes[1].site().record_version(&h.nodes[2].id()), Some(1));
+}
+
+#[test]
+fn peer_without_admission_gets_nothing_and_is_dropped() {
+    let mut h = line();
+    // A stranger connects to node 1 and pushes a valid admin-signed change without a hello.
+    let stranger = key(99);
+    let env = change_signed_by(&h.keys, &h.keys.admins[0], 8);
+    let id = env.id();
+    h.input(1, Input::Connected { peer: PeerId(9), node: patchmesh_protocol::ids::NodeId(stranger.public().0) });
+    h.queue.retain(|(_, to, _)| *to != 9);
+    h.nodes[1].handle_input(h.now, Input::Message { peer: PeerId(9), msg: Arc::new(Message::CatalogChange(Arc::new(env))) });
+    h.drain(1);
+    assert!(h.disconnected.contains(&(1, PeerId(9))));
+    assert!(!h.nodes[1].catalog_change_ids().contains(&id));
+    assert_eq!(h.nodes[1].stats().unadmitted_dropped, 1);
+
+    // A hello with a certificate for a different key is refused too.
+    let cert_for_other = h.keys.admit(&key(98), "a");
+    h.input(1, Input::Connected { peer: PeerId(10), node: patchmesh_protocol::ids::NodeId(stranger.public().0) });
+    let mesh_id = h.nodes[1].trust().mesh();
+    h.nodes[1].handle_input(h.now, Input::Message {
+        peer: PeerId(10),
+        msg: Arc::new(Message::Hello { mesh: mesh_id, admission: cert_for_other, trust_version: 1 }),
+    });
+    h.drain(1);
+    assert!(h.disconnected.contains(&(1, PeerId(10))));
+    assert_eq!(h.nodes[1].stats().rejected.get("hello_mismatch"), Some(&1));
+}
+
+#[test]
+fn expired_admission_is_refused() {
+    let keys = Keys::new();
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let cert = keys.admit(&key(50), "a");
+    let later = Millis(T0.0 + 366 * common::DAY_MS);
+    assert!(matches!(trust.check_admission(&cert, later, &Ed25519), Err(TrustError::Expired { .. })));
+    // A node clock a day behind still accepts a fresh certificate.
+    assert!(trust.check_admission(&cert, Millis(T0.0 - common::DAY_MS), &Ed25519).is_ok());
+}
+
+#[test]
+fn too_many_sync_changes_are_refused() {
+    let keys = Keys::new();
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let mut catalog = Catalog::new(trust.mesh());
+    let env = change_signed_by(&keys, &keys.admins[0], 9);
+    let sync = patchmesh_protocol::catalog::CatalogSync {
+        sync: vec![],
+        changes: vec![env; limits::CATALOG_CHANGES_PER_SYNC_MAX + 1],
+    };
+    let mut peer = Default::default();
+    assert_eq!(
+        catalog.receive_sync(&mut peer, &sync, &trust, &Ed25519).unwrap_err(),
+        CatalogError::TooManyChanges(limits::CATALOG_CHANGES_PER_SYNC_MAX + 1)
+    );
+    let _ = ObjectId::default();
+}

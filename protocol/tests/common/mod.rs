@@ -1,0 +1,188 @@
+//! A protocol harness: a few nodes stepped in virtual time with in-memory delivery.
+#![allow(dead_code)]
+
+use patchmesh_protocol::crypto::{Ed25519, Envelope, SecretKey};
+use patchmesh_protocol::ids::{Millis, NodeId, SiteId};
+use patchmesh_protocol::mesh;
+use patchmesh_protocol::node::{Config, Input, Node, Output, PeerId};
+use patchmesh_protocol::trust::Genesis;
+use patchmesh_protocol::wire::Message;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+pub const T0: Millis = Millis(1_800_000_000_000);
+pub const DAY_MS: u64 = 86_400_000;
+
+pub fn key(n: u8) -> SecretKey {
+    SecretKey::from_seed([n; 32])
+}
+
+/// Keys of a test mesh: three roots (2-of-3) and two admins.
+pub struct Keys {
+    pub roots: Vec<SecretKey>,
+    pub admins: Vec<SecretKey>,
+    pub genesis: Envelope,
+    pub genesis_body: Genesis,
+}
+
+impl Keys {
+    pub fn new() -> Keys {
+        let roots = vec![key(1), key(2), key(3)];
+        let admins = vec![key(10), key(11)];
+        let genesis = mesh::genesis(
+            "test",
+            &[&roots[0], &roots[1]],
+            2,
+            &[admins[0].public(), admins[1].public()],
+            1,
+            T0,
+        );
+        // The genesis lists all three roots; only two signed.
+        let mut g: Genesis = genesis.open("genesis").unwrap();
+        g.root_keys = roots.iter().map(|k| k.public()).collect();
+        let genesis = Envelope::seal(
+            patchmesh_protocol::crypto::Domain::Genesis,
+            &g,
+            &[&roots[0], &roots[1]],
+        );
+        Keys { roots, admins, genesis_body: g, genesis }
+    }
+
+    pub fn admit(&self, node: &SecretKey, site: &str) -> Envelope {
+        mesh::admit(
+            &self.admins[0],
+            &self.genesis_body,
+            NodeId(node.public().0),
+            &SiteId::from(site),
+            BTreeMap::new(),
+            T0,
+            365 * DAY_MS,
+        )
+    }
+
+    pub fn config(&self, node_key: SecretKey, site: &str) -> Config {
+        Config {
+            admission: self.admit(&node_key, site),
+            key: node_key,
+            genesis: self.genesis.clone(),
+            anti_entropy_interval_ms: 1000,
+            summary_interval_ms: 2000,
+            seed: 7,
+            record_version_floor: 0,
+            check: Arc::new(Ed25519),
+        }
+    }
+}
+
+/// Nodes joined by in-memory links. Peer handles: node i sees node j as PeerId(j).
+pub struct Harness {
+    pub keys: Keys,
+    pub nodes: Vec<Node>,
+    pub now: Millis,
+    pub queue: VecDeque<(usize, usize, Arc<Message>)>,
+    pub sent: Vec<(usize, usize, Arc<Message>)>,
+    pub penalized: Vec<(usize, PeerId)>,
+    pub disconnected: Vec<(usize, PeerId)>,
+    pub links: Vec<(usize, usize)>,
+    pub cut: bool,
+}
+
+impl Harness {
+    /// `sites[i]` is node i's site; node keys are seeded 100 + i.
+    pub fn new(sites: &[&str]) -> Harness {
+        let keys = Keys::new();
+        let nodes = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut c = keys.config(key(100 + i as u8), s);
+                c.seed = i as u64;
+                Node::new(c, T0).unwrap()
+            })
+            .collect();
+        Harness {
+            keys,
+            nodes,
+            now: T0,
+            queue: VecDeque::new(),
+            sent: Vec::new(),
+            penalized: Vec::new(),
+            disconnected: Vec::new(),
+            links: Vec::new(),
+            cut: false,
+        }
+    }
+
+    pub fn connect(&mut self, a: usize, b: usize) {
+        self.links.push((a, b));
+        let (na, nb) = (self.nodes[a].id(), self.nodes[b].id());
+        self.nodes[a].handle_input(self.now, Input::Connected { peer: PeerId(b as u64), node: nb });
+        self.nodes[b].handle_input(self.now, Input::Connected { peer: PeerId(a as u64), node: na });
+        self.drain_all();
+    }
+
+    pub fn connect_all(&mut self) {
+        for a in 0..self.nodes.len() {
+            for b in a + 1..self.nodes.len() {
+                self.connect(a, b);
+            }
+        }
+    }
+
+    pub fn drain(&mut self, i: usize) {
+        while let Some(out) = self.nodes[i].poll_output() {
+            match out {
+                Output::Send { peer, msg } => {
+                    self.sent.push((i, peer.0 as usize, msg.clone()));
+                    self.queue.push_back((i, peer.0 as usize, msg));
+                }
+                Output::Penalize { peer } => self.penalized.push((i, peer)),
+                Output::Disconnect { peer } => self.disconnected.push((i, peer)),
+                Output::Persist(_) | Output::Event(_) => {}
+            }
+        }
+    }
+
+    pub fn drain_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.drain(i);
+        }
+    }
+
+    pub fn input(&mut self, i: usize, input: Input) {
+        self.nodes[i].handle_input(self.now, input);
+        self.drain(i);
+    }
+
+    /// Delivers until no message is in flight.
+    pub fn settle(&mut self) {
+        let mut steps = 0;
+        while let Some((from, to, msg)) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 1_000_000, "messages never settle");
+            if self.cut || to >= self.nodes.len() {
+                continue;
+            }
+            self.nodes[to].handle_input(self.now, Input::Message { peer: PeerId(from as u64), msg });
+            self.drain(to);
+        }
+    }
+
+    /// Advances virtual time by `ms`, firing timers every 100 ms, delivering everything.
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.now.plus(ms);
+        while self.now < end {
+            self.now = self.now.plus(100);
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
+                    self.input(i, Input::Timer);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    pub fn state_hashes(&mut self) -> Vec<patchmesh_protocol::ids::StateHash> {
+        self.nodes.iter_mut().map(|n| n.state_hash()).collect()
+    }
+}

@@ -1,0 +1,156 @@
+//! Merge laws: record, evidence and catalog merges are commutative, associative and idempotent;
+//! any delivery order or duplication of the same messages gives the same state hash.
+
+mod common;
+
+use common::{key, Keys, T0};
+use patchmesh_protocol::catalog::{AdminCommand, Catalog, CatalogEntry, CommandAction};
+use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope};
+use patchmesh_protocol::ids::{Millis, NodeId, RolloutId, SiteId};
+use patchmesh_protocol::node::{Input, Node, PeerId};
+use patchmesh_protocol::site::{self, Bundle, NodeRecord, RolloutStatus, SiteState};
+use patchmesh_protocol::trust::Trust;
+use patchmesh_protocol::wire::Message;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Records of 3 nodes at versions 1..=4, all signed and admitted.
+fn record_bundles(keys: &Keys) -> Vec<Arc<Bundle>> {
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let mut out = Vec::new();
+    for n in 0..3u8 {
+        let k = key(40 + n);
+        let admission = keys.admit(&k, "s");
+        for v in 1..=4u64 {
+            let mut rollouts = BTreeMap::new();
+            rollouts.insert(RolloutId([v as u8; 32]), RolloutStatus::Pending);
+            let rec = NodeRecord {
+                mesh: trust.mesh(),
+                node: NodeId(k.public().0),
+                site: SiteId::from("s"),
+                version: v,
+                written_at: Millis(T0.0 + v),
+                inventory: Default::default(),
+                rollouts,
+            };
+            out.push(Arc::new(Bundle {
+                object: Envelope::seal(Domain::NodeRecord, &rec, &[&k]),
+                admission: admission.clone(),
+            }));
+        }
+    }
+    out
+}
+
+fn merged(trust: &Trust, bundles: &[Arc<Bundle>], order: &[usize]) -> patchmesh_protocol::ids::StateHash {
+    let mut state = SiteState::new(SiteId::from("s"));
+    for &i in order {
+        let held = site::verify_record(&bundles[i], trust, T0, &Ed25519).unwrap();
+        // Stale versions are refused as replays; either way the state is unchanged by them.
+        let _ = state.merge_record(held);
+    }
+    state.digest()
+}
+
+/// Catalog changes by two admins on two diverging replicas (so they have concurrent heads).
+fn catalog_changes(keys: &Keys) -> Vec<Envelope> {
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let mut a = Catalog::new(trust.mesh());
+    let mut b = Catalog::new(trust.mesh());
+    let mut out = Vec::new();
+    for i in 0..4u8 {
+        for (cat, admin, session) in [(&mut a, &keys.admins[0], [1u8; 8]), (&mut b, &keys.admins[1], [2u8; 8])] {
+            let c = CatalogEntry::Command(AdminCommand {
+                rollout: RolloutId([i; 32]),
+                action: if i % 2 == 0 { CommandAction::Pause } else { CommandAction::Resume },
+                issued_at: Millis(T0.0 + u64::from(i)),
+                admin: admin.public(),
+            });
+            // Both write the same key sometimes, to exercise conflict resolution.
+            let key = if i == 3 { "command/shared".to_string() } else { c.key() };
+            out.push(cat.author(admin, session, T0, &trust, &[(key, Some(c))]).unwrap());
+        }
+    }
+    out
+}
+
+fn order_strategy(n: usize) -> impl Strategy<Value = Vec<usize>> {
+    // A permutation of all items followed by random duplicates.
+    (Just((0..n).collect::<Vec<_>>()).prop_shuffle(), prop::collection::vec(0..n, 0..n))
+        .prop_map(|(mut perm, dups)| {
+            perm.extend(dups);
+            perm
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn record_merge_is_order_and_duplicate_insensitive(a in order_strategy(12), b in order_strategy(12)) {
+        let keys = Keys::new();
+        let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+        let bundles = record_bundles(&keys);
+        prop_assert_eq!(merged(&trust, &bundles, &a), merged(&trust, &bundles, &b));
+    }
+
+    #[test]
+    fn record_merge_is_associative(split in 0usize..12, order in order_strategy(12)) {
+        // (x ⊔ y) ⊔ z == x ⊔ (y ⊔ z): merge a prefix and suffix into separate states, then one
+        // into the other, and compare with merging everything into one.
+        let keys = Keys::new();
+        let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+        let bundles = record_bundles(&keys);
+        let (x, rest) = order.split_at(split.min(order.len()));
+        let mut left = SiteState::new(SiteId::from("s"));
+        for &i in x { let _ = left.merge_record(site::verify_record(&bundles[i], &trust, T0, &Ed25519).unwrap()); }
+        let mut right = SiteState::new(SiteId::from("s"));
+        for &i in rest { let _ = right.merge_record(site::verify_record(&bundles[i], &trust, T0, &Ed25519).unwrap()); }
+        for held in right.records().values() { let _ = left.merge_record(held.clone()); }
+        let all: Vec<usize> = (0..12).collect();
+        prop_assert_eq!(left.digest(), merged(&trust, &bundles, &all));
+    }
+
+    #[test]
+    fn catalog_merge_is_order_and_duplicate_insensitive(a in order_strategy(8), b in order_strategy(8)) {
+        let keys = Keys::new();
+        let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+        let changes = catalog_changes(&keys);
+        let apply = |order: &[usize]| {
+            let mut c = Catalog::new(trust.mesh());
+            for &i in order { c.offer(&changes[i], &trust, &Ed25519).unwrap(); }
+            (c.state_hash(), c.entries())
+        };
+        let (ha, ea) = apply(&a);
+        let (hb, eb) = apply(&b);
+        prop_assert_eq!(ha, hb);
+        prop_assert_eq!(ea.len(), 7);
+        prop_assert_eq!(ea, eb);
+    }
+
+    #[test]
+    fn node_state_is_delivery_order_insensitive(a in order_strategy(8), b in order_strategy(8)) {
+        // The same messages (catalog changes and records) delivered to a node in any order,
+        // with duplicates, give the same state hash.
+        let keys = Keys::new();
+        let mut msgs: Vec<Message> = catalog_changes(&keys).into_iter().take(4)
+            .map(|e| Message::CatalogChange(Arc::new(e))).collect();
+        let bundles = record_bundles(&keys);
+        for chunk in bundles.chunks(3) {
+            msgs.push(Message::SiteObjects(chunk.to_vec()));
+        }
+        let run = |order: &[usize]| {
+            let mut node = Node::new(keys.config(key(90), "s"), T0).unwrap();
+            node.handle_input(T0, Input::Connected { peer: PeerId(1), node: NodeId(key(40).public().0) });
+            node.handle_input(T0, Input::Message { peer: PeerId(1), msg: Arc::new(Message::Hello {
+                mesh: node.trust().mesh(), admission: keys.admit(&key(40), "s"), trust_version: 1 }) });
+            for &i in order {
+                node.handle_input(T0, Input::Message { peer: PeerId(1), msg: Arc::new(msgs[i % msgs.len()].clone()) });
+            }
+            while node.poll_output().is_some() {}
+            node.state_hash()
+        };
+        prop_assert_eq!(run(&a), run(&b));
+    }
+}
