@@ -72,8 +72,16 @@ hash_id!(
 );
 
 /// A site (branch office) name. Bounded in length by [`crate::limits::SITE_NAME_BYTES_MAX`].
+/// Shared, so the many copies a fleet-wide summary table holds cost a pointer each.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-pub struct SiteId(pub String);
+pub struct SiteId(pub std::sync::Arc<str>);
+
+impl SiteId {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Debug for SiteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,7 +97,7 @@ impl fmt::Display for SiteId {
 
 impl From<&str> for SiteId {
     fn from(s: &str) -> Self {
-        SiteId(s.to_string())
+        SiteId(std::sync::Arc::from(s))
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Config {
     pub anti_entropy_interval_ms: u64,
     /// Minimum time between two summaries this node publishes for its site.
     pub summary_interval_ms: u64,
+    /// Site objects and summaries to relay are batched and flushed at this period, so a burst
+    /// of many small objects costs one message per peer rather than one per object.
+    pub gossip_flush_ms: u64,
     /// Seed of the node's RNG (peer choice, jitter).
     pub seed: u64,
     /// The highest record version this node ever signed (persisted by the driver).
@@ -286,6 +289,11 @@ pub struct Node {
     rng: ChaCha8Rng,
     now: Millis,
     next_tick: Millis,
+    next_flush: Option<Millis>,
+    /// Fresh site objects to relay to same-site peers, with the peer each came from.
+    outbox_site: Vec<(Arc<Bundle>, Option<PeerId>)>,
+    /// Fresh summaries to relay to all peers, with the peer each came from.
+    outbox_summaries: Vec<(Arc<Bundle>, Option<PeerId>)>,
     record_version: u64,
     started: bool,
     last_summary_at: Option<Millis>,
@@ -336,6 +344,9 @@ impl Node {
             rng,
             now,
             next_tick: first_tick,
+            next_flush: None,
+            outbox_site: Vec::new(),
+            outbox_summaries: Vec::new(),
             record_version: config.record_version_floor,
             started: false,
             last_summary_at: None,
@@ -424,7 +435,7 @@ impl Node {
 
     /// The next time [`Input::Timer`] is due.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        Some(self.next_tick)
+        Some(self.next_flush.map_or(self.next_tick, |f| f.min(self.next_tick)))
     }
 
     /// Next output for the driver, if any. Drain after every input.
@@ -452,6 +463,9 @@ impl Node {
                 Err(e) => self.refuse(Some(peer), e.into()),
             },
             Input::Timer => {
+                if self.next_flush.is_some_and(|f| self.now >= f) {
+                    self.flush();
+                }
                 if self.now >= self.next_tick {
                     self.on_tick();
                 }
@@ -638,6 +652,61 @@ impl Node {
         }
     }
 
+    /// True if we hold this exact record already; such a copy needs no verification.
+    fn holds_record_bytes(&self, bundle: &Bundle) -> bool {
+        let (Some(hash), Some(signer)) = (bundle.body_hash(), bundle.object().signatures.first())
+        else {
+            return false;
+        };
+        self.site
+            .records()
+            .get(&NodeId(signer.key.0))
+            .is_some_and(|held| held.body_hash() == hash)
+    }
+
+    fn queue_relay(&mut self, bundle: Arc<Bundle>, from: Option<PeerId>, site_object: bool) {
+        let outbox = if site_object { &mut self.outbox_site } else { &mut self.outbox_summaries };
+        if outbox.len() < limits::OBJECTS_PER_SYNC_MAX * 4 {
+            outbox.push((bundle, from));
+        }
+        if self.next_flush.is_none() {
+            self.next_flush = Some(self.now.plus(self.config.gossip_flush_ms));
+        }
+    }
+
+    /// Sends each peer one batch of the fresh objects it did not send us.
+    fn flush(&mut self) {
+        self.next_flush = None;
+        let site_objects = std::mem::take(&mut self.outbox_site);
+        let summaries = std::mem::take(&mut self.outbox_summaries);
+        let peers: Vec<(PeerId, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.admitted.is_some())
+            .map(|(id, p)| (*id, p.site() == Some(self.site.site())))
+            .collect();
+        for (peer, same_site) in peers {
+            let pick = |items: &[(Arc<Bundle>, Option<PeerId>)]| -> Vec<Arc<Bundle>> {
+                items
+                    .iter()
+                    .filter(|(_, from)| *from != Some(peer))
+                    .map(|(b, _)| b.clone())
+                    .take(limits::OBJECTS_PER_SYNC_MAX)
+                    .collect()
+            };
+            if same_site {
+                let batch = pick(&site_objects);
+                if !batch.is_empty() {
+                    self.send(peer, Arc::new(Message::SiteObjects(batch)));
+                }
+            }
+            let batch = pick(&summaries);
+            if !batch.is_empty() {
+                self.send(peer, Arc::new(Message::Summaries(batch)));
+            }
+        }
+    }
+
     fn on_admin_sets(&mut self, peer: PeerId, sets: &[Envelope]) {
         let mut advanced = false;
         for env in sets {
@@ -711,7 +780,7 @@ impl Node {
 
     fn accept_site_object(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
         let check = self.config.check.clone();
-        match bundle.object.domain {
+        match bundle.object().domain {
             Domain::NodeRecord => {
                 let held = site::verify_record(bundle, &self.trust, self.now, check.as_ref())?;
                 Ok(self.site.merge_record(held)?)
@@ -725,22 +794,21 @@ impl Node {
     }
 
     fn on_site_objects(&mut self, peer: PeerId, bundles: &[Arc<Bundle>]) {
-        let mut fresh = Vec::new();
-        for bundle in bundles {
+        for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
+            if self.holds_record_bytes(bundle) {
+                continue;
+            }
             match self.accept_site_object(bundle) {
                 Ok(Merge::New) => {
                     self.stats.accepted += 1;
                     self.push(Output::Persist(Persist::SiteObject(bundle.clone())));
-                    fresh.push(bundle.clone());
+                    self.queue_relay(bundle.clone(), Some(peer), true);
                 }
                 Ok(Merge::Duplicate) => {}
                 // Another site's object is not ours to keep; not misbehaviour by itself.
                 Err(Refusal::Site(SiteError::ForeignSite(_))) => {}
                 Err(e) => self.refuse(Some(peer), e),
             }
-        }
-        if !fresh.is_empty() {
-            self.relay(Some(peer), Arc::new(Message::SiteObjects(fresh)), true);
         }
     }
 
@@ -751,20 +819,16 @@ impl Node {
     }
 
     fn on_summaries(&mut self, peer: PeerId, bundles: &[Arc<Bundle>]) {
-        let mut fresh = Vec::new();
-        for bundle in bundles {
+        for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
             match self.accept_summary(bundle) {
                 Ok(Merge::New) => {
                     self.stats.accepted += 1;
                     self.push(Output::Persist(Persist::Summary(bundle.clone())));
-                    fresh.push(bundle.clone());
+                    self.queue_relay(bundle.clone(), Some(peer), false);
                 }
                 Ok(Merge::Duplicate) => {}
                 Err(e) => self.refuse(Some(peer), e),
             }
-        }
-        if !fresh.is_empty() {
-            self.relay(Some(peer), Arc::new(Message::Summaries(fresh)), false);
         }
     }
 
@@ -802,15 +866,15 @@ impl Node {
             return;
         }
         let summary = self.site.summarise(self.trust.mesh(), self.id);
-        let bundle = Arc::new(Bundle {
-            object: Envelope::seal(Domain::SiteSummary, &summary, &[&self.config.key]),
-            admission: self.config.admission.clone(),
-        });
+        let bundle = Arc::new(Bundle::new(
+            Envelope::seal(Domain::SiteSummary, &summary, &[&self.config.key]),
+            self.config.admission.clone(),
+        ));
         self.last_summary_at = Some(self.now);
         self.last_summary_digest = Some(digest);
         if let Ok(Merge::New) = self.accept_summary(&bundle) {
             self.push(Output::Persist(Persist::Summary(bundle.clone())));
-            self.relay(None, Arc::new(Message::Summaries(vec![bundle])), false);
+            self.queue_relay(bundle, None, false);
         }
     }
 
@@ -852,10 +916,10 @@ impl Node {
                     at: self.now,
                     detail,
                 };
-                let bundle = Arc::new(Bundle {
-                    object: Envelope::seal(Domain::Evidence, &ev, &[&self.config.key]),
-                    admission: self.config.admission.clone(),
-                });
+                let bundle = Arc::new(Bundle::new(
+                    Envelope::seal(Domain::Evidence, &ev, &[&self.config.key]),
+                    self.config.admission.clone(),
+                ));
                 self.publish_site_object(bundle);
             }
         }
@@ -877,10 +941,10 @@ impl Node {
             inventory,
             rollouts,
         };
-        let bundle = Arc::new(Bundle {
-            object: Envelope::seal(Domain::NodeRecord, &record, &[&self.config.key]),
-            admission: self.config.admission.clone(),
-        });
+        let bundle = Arc::new(Bundle::new(
+            Envelope::seal(Domain::NodeRecord, &record, &[&self.config.key]),
+            self.config.admission.clone(),
+        ));
         self.publish_site_object(bundle);
     }
 
@@ -888,7 +952,7 @@ impl Node {
         match self.accept_site_object(&bundle) {
             Ok(Merge::New) => {
                 self.push(Output::Persist(Persist::SiteObject(bundle.clone())));
-                self.relay(None, Arc::new(Message::SiteObjects(vec![bundle])), true);
+                self.queue_relay(bundle, None, true);
             }
             Ok(Merge::Duplicate) => {}
             Err(e) => self.refuse(None, e),

@@ -28,7 +28,7 @@
 use crate::crypto::{encode, DecodeError, Domain, Envelope, SignatureCheck};
 use crate::ids::{MeshId, Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
 use crate::limits;
-use crate::trust::{expect_domain, Admitted, Trust, TrustError};
+use crate::trust::{Trust, TrustError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -204,81 +204,192 @@ pub enum SiteError {
 
 /// A signed site object with its author's admission certificate, as it travels and is stored.
 /// Shared by reference count: relaying or storing one never copies it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The bundle memoises the pure parts of checking it — signature validity and decoding, both
+/// functions of its bytes alone — so a bundle relayed through many hands is verified once per
+/// process. Everything that depends on a node's trust state or clock (admin membership,
+/// revocation, expiry, site) is checked by every node every time.
+#[derive(Serialize, Deserialize)]
 pub struct Bundle {
-    /// The signed object.
-    pub object: Envelope,
-    /// The author's admission certificate.
-    pub admission: Envelope,
+    object: Envelope,
+    admission: Envelope,
+    #[serde(skip)]
+    cache: BundleCache,
+}
+
+#[derive(Default)]
+struct BundleCache {
+    pure: std::sync::OnceLock<Result<Checked, SiteError>>,
+    id: std::sync::OnceLock<ObjectId>,
+}
+
+/// What the pure checks of a bundle establish.
+#[derive(Debug)]
+struct Checked {
+    body_hash: [u8; 32],
+    cert: crate::trust::AdmissionCert,
+    cert_signer: crate::ids::KeyId,
+    signer: NodeId,
+    body: Body,
+}
+
+/// The decoded body of a site object.
+#[derive(Debug)]
+enum Body {
+    Record(NodeRecord),
+    Evidence(Evidence),
+    Summary(SiteSummary),
+}
+
+impl Clone for Bundle {
+    fn clone(&self) -> Self {
+        Bundle::new(self.object.clone(), self.admission.clone())
+    }
+}
+
+impl PartialEq for Bundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.object == other.object && self.admission == other.admission
+    }
+}
+
+impl Eq for Bundle {}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bundle({:?} by {:?})", self.object.domain, self.object.signatures.first().map(|s| s.key))
+    }
 }
 
 impl Bundle {
+    /// A bundle of a signed object and its author's admission certificate.
+    pub fn new(object: Envelope, admission: Envelope) -> Bundle {
+        Bundle { object, admission, cache: BundleCache::default() }
+    }
+    /// The signed object.
+    pub fn object(&self) -> &Envelope {
+        &self.object
+    }
+    /// The author's admission certificate.
+    pub fn admission(&self) -> &Envelope {
+        &self.admission
+    }
     /// Content id of the signed object.
     pub fn id(&self) -> ObjectId {
-        self.object.id()
+        *self.cache.id.get_or_init(|| self.object.id())
     }
     /// Size on the wire.
     pub fn wire_bytes(&self) -> usize {
         self.object.wire_bytes() + self.admission.wire_bytes()
     }
+
+    fn pure(&self, check: &dyn SignatureCheck) -> Result<&Checked, SiteError> {
+        self.cache
+            .pure
+            .get_or_init(|| self.check_pure(check))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn check_pure(&self, check: &dyn SignatureCheck) -> Result<Checked, SiteError> {
+        let domain = self.object.domain;
+        if !matches!(domain, Domain::NodeRecord | Domain::Evidence | Domain::SiteSummary) {
+            return Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: domain }.into());
+        }
+        if self.object.signatures.len() != 1 {
+            return Err(SiteError::Invalid("site objects carry exactly one signature"));
+        }
+        self.object.verify_all(check).map_err(TrustError::from)?;
+        let signer = NodeId(self.object.signatures[0].key.0);
+        let (cert, cert_signer) = crate::trust::verify_admission_signature(&self.admission, check)?;
+        let body = match domain {
+            Domain::NodeRecord => Body::Record(self.object.open("node record")?),
+            Domain::Evidence => Body::Evidence(self.object.open("evidence")?),
+            _ => Body::Summary(self.object.open("site summary")?),
+        };
+        Ok(Checked { body_hash: self.object.body_hash(), cert, cert_signer, signer, body })
+    }
+
+    /// The decoded record, once verified by [`verify_record`].
+    pub fn record(&self) -> Option<&NodeRecord> {
+        match self.cache.pure.get()?.as_ref().ok()?.body {
+            Body::Record(ref r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The decoded summary, once verified by [`verify_summary`].
+    pub fn summary(&self) -> Option<&SiteSummary> {
+        match self.cache.pure.get()?.as_ref().ok()?.body {
+            Body::Summary(ref s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// BLAKE3 of the signed body, once verified.
+    pub fn body_hash(&self) -> Option<[u8; 32]> {
+        Some(self.cache.pure.get()?.as_ref().ok()?.body_hash)
+    }
+
+    /// Checks authorship against a node's trust state and clock: the object is signed by the
+    /// node it names, that node's certificate is from a current admin of our mesh and has not
+    /// expired, and the object's site is the certificate's site.
+    fn authorize(
+        &self,
+        checked: &Checked,
+        named: NodeId,
+        site: &SiteId,
+        trust: &Trust,
+        now: Millis,
+    ) -> Result<(), SiteError> {
+        if checked.signer != named {
+            return Err(SiteError::WrongSigner { claimed: named, signer: checked.signer });
+        }
+        trust.authorize_admission(&checked.cert, &checked.cert_signer, now)?;
+        if checked.cert.node != named {
+            return Err(SiteError::WrongSigner { claimed: named, signer: checked.cert.node });
+        }
+        if checked.cert.site != *site {
+            return Err(SiteError::WrongSite { claimed: site.clone(), admitted: checked.cert.site.clone() });
+        }
+        Ok(())
+    }
 }
 
-/// A verified record as held.
+/// A verified record as held: its version and the bundle (decoded record inside).
 #[derive(Clone, Debug)]
 pub struct HeldRecord {
-    /// The decoded record.
-    pub record: NodeRecord,
-    /// BLAKE3 of the signed body.
-    pub body_hash: [u8; 32],
+    /// The record's version.
+    pub version: u64,
     /// The bundle it came in (relayed as is).
     pub bundle: Arc<Bundle>,
+}
+
+impl HeldRecord {
+    /// The record.
+    pub fn record(&self) -> &NodeRecord {
+        self.bundle.record().expect("held records are verified")
+    }
+    /// BLAKE3 of the signed body.
+    pub fn body_hash(&self) -> [u8; 32] {
+        self.bundle.body_hash().expect("held records are verified")
+    }
 }
 
 /// A verified summary as held.
 #[derive(Clone, Debug)]
 pub struct HeldSummary {
-    /// The decoded summary.
-    pub summary: SiteSummary,
-    /// Its rank.
+    /// Its rank among summaries of the same site.
     pub rank: (u64, u32, [u8; 32]),
-    /// The bundle it came in.
+    /// The bundle it came in (decoded summary inside).
     pub bundle: Arc<Bundle>,
 }
 
-/// Checks the author side of any site object: signature by the node key, admission valid,
-/// site matching. Returns the admission.
-fn check_author(
-    bundle: &Bundle,
-    domain: Domain,
-    node: NodeId,
-    site: &SiteId,
-    trust: &Trust,
-    now: Millis,
-    check: &dyn SignatureCheck,
-) -> Result<Admitted, SiteError> {
-    let admitted = trust.check_admission(&bundle.admission, now, check)?;
-    if admitted.cert.node != node {
-        return Err(SiteError::WrongSigner { claimed: node, signer: admitted.cert.node });
+impl HeldSummary {
+    /// The summary.
+    pub fn summary(&self) -> &SiteSummary {
+        self.bundle.summary().expect("held summaries are verified")
     }
-    if admitted.cert.site != *site {
-        return Err(SiteError::WrongSite { claimed: site.clone(), admitted: admitted.cert.site });
-    }
-    let _ = domain;
-    Ok(admitted)
-}
-
-/// Verifies the envelope signature of a site object: exactly one signature, by `node`.
-fn check_object_signature(
-    env: &Envelope,
-    domain: Domain,
-    check: &dyn SignatureCheck,
-) -> Result<NodeId, SiteError> {
-    expect_domain(env, domain)?;
-    if env.signatures.len() != 1 {
-        return Err(SiteError::Invalid("site objects carry exactly one signature"));
-    }
-    env.verify_all(check).map_err(TrustError::from)?;
-    Ok(NodeId(env.signatures[0].key.0))
 }
 
 /// Verifies a record bundle completely. Stores nothing.
@@ -288,11 +399,10 @@ pub fn verify_record(
     now: Millis,
     check: &dyn SignatureCheck,
 ) -> Result<HeldRecord, SiteError> {
-    let signer = check_object_signature(&bundle.object, Domain::NodeRecord, check)?;
-    let record: NodeRecord = bundle.object.open("node record")?;
-    if record.node != signer {
-        return Err(SiteError::WrongSigner { claimed: record.node, signer });
-    }
+    let checked = bundle.pure(check)?;
+    let Body::Record(record) = &checked.body else {
+        return Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: bundle.object.domain }.into());
+    };
     if record.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: record.mesh }.into());
     }
@@ -302,8 +412,8 @@ pub fn verify_record(
     {
         return Err(SiteError::Invalid("record field too large"));
     }
-    check_author(bundle, Domain::NodeRecord, record.node, &record.site, trust, now, check)?;
-    Ok(HeldRecord { body_hash: bundle.object.body_hash(), record, bundle: bundle.clone() })
+    bundle.authorize(checked, record.node, &record.site, trust, now)?;
+    Ok(HeldRecord { version: record.version, bundle: bundle.clone() })
 }
 
 /// Verifies an evidence bundle completely. Stores nothing.
@@ -313,19 +423,18 @@ pub fn verify_evidence(
     now: Millis,
     check: &dyn SignatureCheck,
 ) -> Result<Evidence, SiteError> {
-    let signer = check_object_signature(&bundle.object, Domain::Evidence, check)?;
-    let ev: Evidence = bundle.object.open("evidence")?;
-    if ev.node != signer {
-        return Err(SiteError::WrongSigner { claimed: ev.node, signer });
-    }
+    let checked = bundle.pure(check)?;
+    let Body::Evidence(ev) = &checked.body else {
+        return Err(TrustError::WrongDomain { expected: Domain::Evidence, got: bundle.object.domain }.into());
+    };
     if ev.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: ev.mesh }.into());
     }
     if ev.detail.len() > limits::TEXT_BYTES_MAX {
         return Err(SiteError::Invalid("evidence detail too long"));
     }
-    check_author(bundle, Domain::Evidence, ev.node, &ev.site, trust, now, check)?;
-    Ok(ev)
+    bundle.authorize(checked, ev.node, &ev.site, trust, now)?;
+    Ok(ev.clone())
 }
 
 /// Verifies a summary bundle. Stores nothing.
@@ -335,20 +444,18 @@ pub fn verify_summary(
     now: Millis,
     check: &dyn SignatureCheck,
 ) -> Result<HeldSummary, SiteError> {
-    let signer = check_object_signature(&bundle.object, Domain::SiteSummary, check)?;
-    let summary: SiteSummary = bundle.object.open("site summary")?;
-    if summary.author != signer {
-        return Err(SiteError::WrongSigner { claimed: summary.author, signer });
-    }
+    let checked = bundle.pure(check)?;
+    let Body::Summary(summary) = &checked.body else {
+        return Err(TrustError::WrongDomain { expected: Domain::SiteSummary, got: bundle.object.domain }.into());
+    };
     if summary.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: summary.mesh }.into());
     }
     if summary.counts.len() + summary.evidence.len() > limits::SUMMARY_COUNTERS_MAX {
         return Err(SiteError::Invalid("too many summary counters"));
     }
-    check_author(bundle, Domain::SiteSummary, summary.author, &summary.site, trust, now, check)?;
-    let rank = summary.rank(bundle.object.body_hash());
-    Ok(HeldSummary { summary, rank, bundle: bundle.clone() })
+    bundle.authorize(checked, summary.author, &summary.site, trust, now)?;
+    Ok(HeldSummary { rank: summary.rank(checked.body_hash), bundle: bundle.clone() })
 }
 
 /// Outcome of merging one object.
@@ -403,27 +510,24 @@ impl SiteState {
 
     /// Merges a verified record: the highest version wins.
     pub fn merge_record(&mut self, held: HeldRecord) -> Result<Merge, SiteError> {
-        if held.record.site != self.site {
-            return Err(SiteError::ForeignSite(held.record.site));
+        let record = held.record();
+        if record.site != self.site {
+            return Err(SiteError::ForeignSite(record.site.clone()));
         }
-        if let Some(have) = self.records.get(&held.record.node) {
-            if have.record.version > held.record.version {
-                return Err(SiteError::Replay { floor: have.record.version, got: held.record.version });
+        let node = record.node;
+        if let Some(have) = self.records.get(&node) {
+            if have.version > held.version {
+                return Err(SiteError::Replay { floor: have.version, got: held.version });
             }
-            if have.record.version == held.record.version && have.body_hash == held.body_hash {
+            // Equal versions with different bodies mean the node equivocated: keep the higher
+            // body hash so every replica picks the same one.
+            if have.version == held.version && have.body_hash() >= held.body_hash() {
                 return Ok(Merge::Duplicate);
-            }
-            if have.record.version == held.record.version {
-                // Two different bodies at one version: the node equivocated. Keep the higher
-                // body hash so every replica picks the same one.
-                if have.body_hash >= held.body_hash {
-                    return Ok(Merge::Duplicate);
-                }
             }
         } else if self.records.len() >= limits::RECORDS_MAX {
             return Err(SiteError::Full("site records"));
         }
-        self.records.insert(held.record.node, held);
+        self.records.insert(node, held);
         self.digest = None;
         Ok(Merge::New)
     }
@@ -447,7 +551,7 @@ impl SiteState {
 
     /// The version of a node's record held, if any.
     pub fn record_version(&self, node: &NodeId) -> Option<u64> {
-        self.records.get(node).map(|r| r.record.version)
+        self.records.get(node).map(|r| r.version)
     }
 
     /// Digest of the whole site state; equal on two replicas iff they hold the same objects.
@@ -470,8 +574,8 @@ impl SiteState {
         let mut h = blake3::Hasher::new();
         for (node, held) in &self.records {
             h.update(&node.0);
-            h.update(&held.record.version.to_le_bytes());
-            h.update(&held.body_hash);
+            h.update(&held.version.to_le_bytes());
+            h.update(&held.body_hash());
         }
         let records_root = *h.finalize().as_bytes();
         let mut h = blake3::Hasher::new();
@@ -484,7 +588,7 @@ impl SiteState {
     /// Every key held, in order (for digest exchange).
     pub fn keys(&self) -> Vec<SiteKey> {
         let mut out: Vec<SiteKey> =
-            self.records.iter().map(|(n, r)| SiteKey::Record(*n, r.record.version)).collect();
+            self.records.iter().map(|(n, r)| SiteKey::Record(*n, r.version)).collect();
         out.extend(self.evidence.keys().map(|id| SiteKey::Evidence(*id)));
         out
     }
@@ -506,7 +610,7 @@ impl SiteState {
         let records = self
             .records
             .iter()
-            .filter(|(n, r)| their_records.get(n).is_none_or(|v| *v < r.record.version))
+            .filter(|(n, r)| their_records.get(n).is_none_or(|v| *v < r.version))
             .map(|(_, r)| r.bundle.clone());
         let evidence = self
             .evidence
@@ -521,7 +625,7 @@ impl SiteState {
         let (records_root, evidence_root) = self.roots();
         let mut counts: BTreeMap<(RolloutId, RolloutStatus), u32> = BTreeMap::new();
         for held in self.records.values() {
-            for (rollout, status) in &held.record.rollouts {
+            for (rollout, status) in &held.record().rollouts {
                 *counts.entry((*rollout, *status)).or_default() += 1;
             }
         }
@@ -535,7 +639,7 @@ impl SiteState {
             author,
             record_count: self.records.len() as u32,
             evidence_count: self.evidence.len() as u32,
-            version_sum: self.records.values().map(|r| r.record.version).sum(),
+            version_sum: self.records.values().map(|r| r.version).sum(),
             records_root,
             evidence_root,
             counts,
@@ -579,14 +683,15 @@ pub struct Summaries {
 impl Summaries {
     /// Merges a verified summary.
     pub fn merge(&mut self, held: HeldSummary) -> Result<Merge, SiteError> {
-        match self.by_site.get(&held.summary.site) {
+        let site = held.summary().site.clone();
+        match self.by_site.get(&site) {
             Some(have) if have.rank >= held.rank => return Ok(Merge::Duplicate),
             None if self.by_site.len() >= limits::SITES_MAX => {
                 return Err(SiteError::Full("site summaries"))
             }
             _ => {}
         }
-        self.by_site.insert(held.summary.site.clone(), held);
+        self.by_site.insert(site, held);
         self.digest = None;
         Ok(Merge::New)
     }

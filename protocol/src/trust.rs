@@ -349,25 +349,30 @@ impl Trust {
         }
     }
 
-    /// Verifies an admission certificate at time `now`.
+    /// Verifies an admission certificate at time `now`: signature, then authority.
     pub fn check_admission(
         &self,
         env: &Envelope,
         now: Millis,
         check: &dyn SignatureCheck,
     ) -> Result<Admitted, TrustError> {
-        expect_domain(env, Domain::Admission)?;
-        if env.signatures.len() != 1 {
-            return Err(TrustError::Invalid("admission needs exactly one admin signature"));
-        }
-        let signer = env.signatures[0].key;
-        self.check_admin(&signer)?;
-        env.verify_all(check)?;
-        let cert: AdmissionCert = env.open("admission")?;
+        let (cert, signer) = verify_admission_signature(env, check)?;
+        self.authorize_admission(&cert, &signer, now)?;
+        Ok(Admitted { cert, signer, envelope: env.clone() })
+    }
+
+    /// The trust-dependent half of admission: the signer is an admin now, the mesh is ours and
+    /// the certificate has not expired. [`verify_admission_signature`] is the other half.
+    pub fn authorize_admission(
+        &self,
+        cert: &AdmissionCert,
+        signer: &KeyId,
+        now: Millis,
+    ) -> Result<(), TrustError> {
+        self.check_admin(signer)?;
         if cert.mesh != self.mesh {
             return Err(TrustError::WrongMesh { ours: self.mesh, got: cert.mesh });
         }
-        cert.validate()?;
         // Only expiry is enforced: a node whose clock runs behind must still accept a
         // certificate issued "in its future"; trusting a slow clock past expiry is the risk.
         if now >= cert.expires_at {
@@ -378,8 +383,25 @@ impl Trust {
                 now,
             });
         }
-        Ok(Admitted { cert, signer, envelope: env.clone() })
+        Ok(())
     }
+}
+
+/// The pure half of admission checking (no trust state): domain, exactly one signature, the
+/// signature verifies, the body decodes and its fields are in range. Returns the certificate
+/// and its signer, whose authority [`Trust::authorize_admission`] checks.
+pub fn verify_admission_signature(
+    env: &Envelope,
+    check: &dyn SignatureCheck,
+) -> Result<(AdmissionCert, KeyId), TrustError> {
+    expect_domain(env, Domain::Admission)?;
+    if env.signatures.len() != 1 {
+        return Err(TrustError::Invalid("admission needs exactly one admin signature"));
+    }
+    env.verify_all(check)?;
+    let cert: AdmissionCert = env.open("admission")?;
+    cert.validate()?;
+    Ok((cert, env.signatures[0].key))
 }
 
 /// Refuses an envelope signed for another kind of object.

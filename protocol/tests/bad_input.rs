@@ -168,7 +168,7 @@ fn replayed_record_is_refused() {
     // Capture node 0's current record bundle, then make it write a newer one.
     let old = h.nodes[1].site().records()[&h.nodes[0].id()].bundle.clone();
     h.input(0, Input::Command(Command::UpdateRecord { inventory: Default::default(), rollouts: BTreeMap::new() }));
-    h.settle();
+    h.run_for(500);
     assert_eq!(h.nodes[1].site().record_version(&h.nodes[0].id()), Some(2));
     h.sent.clear();
     assert_refused(&mut h, Message::SiteObjects(vec![old]), "replay");
@@ -201,12 +201,12 @@ fn forged_record_for_another_node_is_refused() {
     let mut h = line();
     // Node 0 signs a record that claims to be node 2's.
     let mut rec: patchmesh_protocol::site::NodeRecord =
-        h.nodes[1].site().records()[&h.nodes[2].id()].record.clone();
+        h.nodes[1].site().records()[&h.nodes[2].id()].record().clone();
     rec.version = 99;
-    let forged = patchmesh_protocol::site::Bundle {
-        object: Envelope::seal(Domain::NodeRecord, &rec, &[&key(100)]),
-        admission: h.keys.admit(&key(100), "a"),
-    };
+    let forged = patchmesh_protocol::site::Bundle::new(
+        Envelope::seal(Domain::NodeRecord, &rec, &[&key(100)]),
+        h.keys.admit(&key(100), "a"),
+    );
     assert_refused(&mut h, Message::SiteObjects(vec![Arc::new(forged)]), "bad_site_object");
     assert_eq!(h.nodes[1].site().record_version(&h.nodes[2].id()), Some(1));
 }

@@ -46,7 +46,7 @@ fn publish_reaches_every_node_and_sites_agree() {
         assert_eq!(sites, vec![&SiteId::from("a"), &SiteId::from("b")], "summaries at {:?}", n.id());
     }
     // The summary node 0 holds for site b checks out against node 3's records.
-    let b = &h.nodes[0].summaries().all()[&SiteId::from("b")].summary;
+    let b = h.nodes[0].summaries().all()[&SiteId::from("b")].summary();
     h.nodes[3].site().check_summary(b).unwrap();
 }
 
@@ -55,11 +55,11 @@ fn lying_summary_is_detected() {
     let mut h = Harness::new(&["a", "a"]);
     h.connect(0, 1);
     h.run_for(5_000);
-    let mut s = h.nodes[0].summaries().all()[&SiteId::from("a")].summary.clone();
+    let mut s = h.nodes[0].summaries().all()[&SiteId::from("a")].summary().clone();
     h.nodes[1].site().check_summary(&s).unwrap();
     s.record_count += 1;
     assert!(h.nodes[1].site().check_summary(&s).is_err());
-    let mut s2 = h.nodes[0].summaries().all()[&SiteId::from("a")].summary.clone();
+    let mut s2 = h.nodes[0].summaries().all()[&SiteId::from("a")].summary().clone();
     s2.counts.insert((RolloutId([1; 32]), patchmesh_protocol::site::RolloutStatus::Succeeded), 2);
     assert!(h.nodes[1].site().check_summary(&s2).is_err());
 }

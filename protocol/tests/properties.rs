@@ -34,10 +34,7 @@ fn record_bundles(keys: &Keys) -> Vec<Arc<Bundle>> {
                 inventory: Default::default(),
                 rollouts,
             };
-            out.push(Arc::new(Bundle {
-                object: Envelope::seal(Domain::NodeRecord, &rec, &[&k]),
-                admission: admission.clone(),
-            }));
+            out.push(Arc::new(Bundle::new(Envelope::seal(Domain::NodeRecord, &rec, &[&k]), admission.clone())));
         }
     }
     out

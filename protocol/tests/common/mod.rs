@@ -67,6 +67,7 @@ impl Keys {
             genesis: self.genesis.clone(),
             anti_entropy_interval_ms: 1000,
             summary_interval_ms: 2000,
+            gossip_flush_ms: 50,
             seed: 7,
             record_version_floor: 0,
             check: Arc::new(Ed25519),
