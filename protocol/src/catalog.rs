@@ -472,3 +472,9 @@ impl Catalog {
         self.doc.get_heads()
     }
 }
+
+/// The automerge change hash inside a change envelope, if it decodes (unverified).
+pub fn change_hash(env: &Envelope) -> Option<[u8; 32]> {
+    let body: ChangeBody = env.open("catalog change").ok()?;
+    Change::from_bytes(body.change).ok().map(|c| c.hash().0)
+}

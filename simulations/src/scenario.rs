@@ -1,0 +1,282 @@
+//! Scenario files: what an admin writes to rehearse a rollout. Every field has a default, so a
+//! scenario names only what it changes. `patchmesh-sim --help` prints [`FIELDS_HELP`].
+
+use serde::Deserialize;
+
+/// Help text for every scenario field, printed by `--help`.
+pub const FIELDS_HELP: &str = "\
+SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
+  name                      label echoed in the report
+  nodes                     honest nodes in the fleet
+  sites                     sites (branch offices); nodes are spread evenly over them
+  seed                      default seed (--seed overrides); one seed = one run, bit for bit
+  duration_ms               simulated time the run lasts
+  warmup_ms                 time for nodes to connect and exchange records before anything else
+  publish_at_ms             when an admin publishes the measured catalog change, at a random node
+  clock_skew_ms             each node's clock is off by a uniform amount in +/- this
+  adversaries               extra admitted-but-compromised nodes that inject forged, unsigned,
+                            under-threshold, revoked, replayed and garbage objects
+  revoke_admin_at_ms        when the root revokes the second admin (whose key the adversaries
+                            then use); 0 disables
+  [lan]  latency_ms         one-way delay between nodes of one site
+         bandwidth_mbps     per-link bandwidth inside a site
+         loss               fraction of messages lost inside a site (0.0-1.0)
+  [wan]  rtt_ms             round-trip time between sites
+         bandwidth_mbps     per-link bandwidth between sites
+         loss               fraction of messages lost between sites
+  [topology] lan_degree     links each node opens to random nodes of its own site
+             wan_links_per_site  links each site opens to random other sites (plus a ring
+                            that keeps the sites connected)
+  [protocol] anti_entropy_interval_ms  mean period of digest exchange with one random peer
+             summary_interval_ms       minimum period between a site's summaries
+             gossip_flush_ms           batching period for relayed records and summaries
+  [[partition]] sites       how many sites lose their WAN links
+                start_ms, end_ms   when the partition starts and heals
+                publish_inside     admins publish on both sides while it lasts
+  [[crash]]  nodes          how many random nodes crash (losing what they had not persisted)
+             at_ms, down_ms when, and for how long, before they restart from their store
+";
+
+fn d_duration() -> u64 {
+    20_000
+}
+fn d_warmup() -> u64 {
+    4_000
+}
+fn d_publish() -> u64 {
+    6_000
+}
+fn d_one() -> f64 {
+    1.0
+}
+
+/// A scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Label.
+    #[serde(default)]
+    pub name: String,
+    /// Honest nodes.
+    pub nodes: usize,
+    /// Sites.
+    pub sites: usize,
+    /// Default seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Simulated run length.
+    #[serde(default = "d_duration")]
+    pub duration_ms: u64,
+    /// Warm-up.
+    #[serde(default = "d_warmup")]
+    pub warmup_ms: u64,
+    /// When the measured change is published.
+    #[serde(default = "d_publish")]
+    pub publish_at_ms: u64,
+    /// Clock skew bound.
+    #[serde(default)]
+    pub clock_skew_ms: u64,
+    /// Byzantine nodes.
+    #[serde(default)]
+    pub adversaries: usize,
+    /// Revocation time (0: none).
+    #[serde(default)]
+    pub revoke_admin_at_ms: u64,
+    /// LAN links.
+    #[serde(default = "Link::lan")]
+    pub lan: Link,
+    /// WAN links.
+    #[serde(default = "Link::wan")]
+    pub wan: Link,
+    /// Overlay shape.
+    #[serde(default)]
+    pub topology: Topology,
+    /// Protocol timing.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Partitions.
+    #[serde(default)]
+    pub partition: Vec<Partition>,
+    /// Crashes.
+    #[serde(default)]
+    pub crash: Vec<Crash>,
+}
+
+/// A kind of link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// One-way latency (LAN).
+    #[serde(default)]
+    pub latency_ms: f64,
+    /// Round trip (WAN); one-way delay is half.
+    #[serde(default)]
+    pub rtt_ms: f64,
+    /// Bandwidth per link.
+    #[serde(default = "d_one")]
+    pub bandwidth_mbps: f64,
+    /// Loss fraction.
+    #[serde(default)]
+    pub loss: f64,
+}
+
+impl Link {
+    fn lan() -> Link {
+        Link { latency_ms: 1.0, rtt_ms: 0.0, bandwidth_mbps: 1000.0, loss: 0.0 }
+    }
+    fn wan() -> Link {
+        Link { latency_ms: 0.0, rtt_ms: 80.0, bandwidth_mbps: 20.0, loss: 0.0 }
+    }
+    /// One-way delay in microseconds.
+    pub fn one_way_us(&self) -> u64 {
+        ((self.latency_ms + self.rtt_ms / 2.0) * 1000.0) as u64
+    }
+    /// Microseconds to serialise `bytes`.
+    pub fn transmit_us(&self, bytes: usize) -> u64 {
+        ((bytes as f64 * 8.0) / self.bandwidth_mbps.max(0.001)) as u64
+    }
+}
+
+/// Overlay shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topology {
+    /// Links each node opens inside its site.
+    pub lan_degree: usize,
+    /// Inter-site links per site.
+    pub wan_links_per_site: usize,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology { lan_degree: 3, wan_links_per_site: 3 }
+    }
+}
+
+/// Protocol timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Protocol {
+    /// Anti-entropy period.
+    pub anti_entropy_interval_ms: u64,
+    /// Summary period.
+    pub summary_interval_ms: u64,
+    /// Relay batching period.
+    pub gossip_flush_ms: u64,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Protocol { anti_entropy_interval_ms: 1000, summary_interval_ms: 3000, gossip_flush_ms: 50 }
+    }
+}
+
+/// A partition of some sites from the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// How many sites are cut off.
+    pub sites: usize,
+    /// Start.
+    pub start_ms: u64,
+    /// Heal.
+    pub end_ms: u64,
+    /// Publish on both sides during it.
+    #[serde(default)]
+    pub publish_inside: bool,
+}
+
+/// Crash of some nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    /// How many nodes.
+    pub nodes: usize,
+    /// When.
+    pub at_ms: u64,
+    /// For how long.
+    pub down_ms: u64,
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a valid scenario.
+    #[error("invalid scenario {path}: {source}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+}
+
+/// Largest scenario file read.
+const SCENARIO_BYTES_MAX: u64 = 1024 * 1024;
+
+impl Scenario {
+    /// Loads and validates a scenario file.
+    pub fn load(path: &str) -> Result<Scenario, ScenarioError> {
+        let read = |source| ScenarioError::Read { path: path.to_string(), source };
+        let len = std::fs::metadata(path).map_err(read)?.len();
+        if len > SCENARIO_BYTES_MAX {
+            return Err(ScenarioError::Invalid(format!("{path} is {len} bytes, limit {SCENARIO_BYTES_MAX}")));
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates scenario text.
+    pub fn parse(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text)
+            .map_err(|source| ScenarioError::Parse { path: path.to_string(), source })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |m: &str| Err(ScenarioError::Invalid(m.to_string()));
+        if self.nodes == 0 || self.nodes > 200_000 {
+            return bad("nodes must be 1..=200000");
+        }
+        if self.sites == 0 || self.sites > self.nodes || self.sites > 4000 {
+            return bad("sites must be 1..=min(nodes, 4000)");
+        }
+        for l in [&self.lan, &self.wan] {
+            if !(0.0..=1.0).contains(&l.loss) || l.bandwidth_mbps <= 0.0 || l.latency_ms < 0.0 || l.rtt_ms < 0.0 {
+                return bad("link loss must be 0..=1, bandwidth > 0, delays >= 0");
+            }
+        }
+        if self.publish_at_ms >= self.duration_ms || self.warmup_ms > self.publish_at_ms {
+            return bad("need warmup_ms <= publish_at_ms < duration_ms");
+        }
+        if self.protocol.anti_entropy_interval_ms == 0 || self.protocol.gossip_flush_ms == 0 {
+            return bad("protocol intervals must be > 0");
+        }
+        for p in &self.partition {
+            if p.start_ms >= p.end_ms || p.sites >= self.sites {
+                return bad("partition needs start_ms < end_ms and fewer sites than the fleet");
+            }
+        }
+        for c in &self.crash {
+            if c.nodes > self.nodes {
+                return bad("crash nodes exceed the fleet");
+            }
+        }
+        if self.adversaries > 64 {
+            return bad("at most 64 adversaries");
+        }
+        Ok(())
+    }
+}
