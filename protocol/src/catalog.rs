@@ -368,7 +368,8 @@ impl Catalog {
             result.map_err(|e| CatalogError::Edit(e.to_string()))?;
         }
         let time_s = i64::try_from(now.0 / 1000).unwrap_or(i64::MAX);
-        let (hash, _) = tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time_s));
+        let (hash, _) =
+            tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time_s));
         let hash = hash.ok_or_else(|| CatalogError::Edit("empty edit".into()))?;
         let change = self
             .doc
@@ -386,9 +387,11 @@ impl Catalog {
         for key in self.doc.keys(ROOT) {
             if let Ok(Some((Value::Scalar(v), _))) = self.doc.get(ROOT, key.as_str()) {
                 if let ScalarValue::Bytes(bytes) = v.as_ref() {
-                    if let Ok(entry) =
-                        decode::<CatalogEntry>("catalog entry", bytes, limits::CATALOG_VALUE_BYTES_MAX)
-                    {
+                    if let Ok(entry) = decode::<CatalogEntry>(
+                        "catalog entry",
+                        bytes,
+                        limits::CATALOG_VALUE_BYTES_MAX,
+                    ) {
                         out.insert(key, entry);
                     }
                 }

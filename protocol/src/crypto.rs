@@ -206,7 +206,12 @@ pub struct SignatureEntry {
 /// every decision is unchanged; only the CPU is saved).
 pub trait SignatureCheck: Send + Sync {
     /// True iff `entry` is a valid signature by `entry.key` over `domain` and `body`.
-    fn check(&self, domain: Domain, body: &[u8], entry: &SignatureEntry) -> Result<(), SignatureError>;
+    fn check(
+        &self,
+        domain: Domain,
+        body: &[u8],
+        entry: &SignatureEntry,
+    ) -> Result<(), SignatureError>;
 }
 
 /// Plain ed25519 verification.
@@ -214,7 +219,12 @@ pub trait SignatureCheck: Send + Sync {
 pub struct Ed25519;
 
 impl SignatureCheck for Ed25519 {
-    fn check(&self, domain: Domain, body: &[u8], entry: &SignatureEntry) -> Result<(), SignatureError> {
+    fn check(
+        &self,
+        domain: Domain,
+        body: &[u8],
+        entry: &SignatureEntry,
+    ) -> Result<(), SignatureError> {
         let key = ed25519_dalek::VerifyingKey::from_bytes(&entry.key.0)
             .map_err(|_| SignatureError::BadKey(entry.key))?;
         let sig = ed25519_dalek::Signature::from_bytes(&entry.signature.0);
@@ -266,7 +276,10 @@ impl Envelope {
 
     /// Verifies every signature and returns the set of distinct keys that signed. Any invalid
     /// signature fails the whole envelope: a valid object has no reason to carry a bad one.
-    pub fn verify_all(&self, check: &dyn SignatureCheck) -> Result<BTreeSet<KeyId>, SignatureError> {
+    pub fn verify_all(
+        &self,
+        check: &dyn SignatureCheck,
+    ) -> Result<BTreeSet<KeyId>, SignatureError> {
         if self.signatures.len() > limits::SIGNATURES_PER_ENVELOPE_MAX {
             return Err(SignatureError::TooMany(self.signatures.len()));
         }

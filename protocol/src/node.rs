@@ -369,10 +369,9 @@ impl Node {
                 Persist::AdminSet(env) => {
                     self.trust.apply_admin_set(env, self.config.check.as_ref()).is_ok()
                 }
-                Persist::CatalogChange(env) => self
-                    .catalog
-                    .offer(env, &self.trust, self.config.check.as_ref())
-                    .is_ok(),
+                Persist::CatalogChange(env) => {
+                    self.catalog.offer(env, &self.trust, self.config.check.as_ref()).is_ok()
+                }
                 Persist::SiteObject(b) => self.accept_site_object(b).is_ok(),
                 Persist::Summary(b) => self.accept_summary(b).is_ok(),
                 Persist::RecordVersionFloor(v) => {
@@ -555,9 +554,9 @@ impl Node {
                     self.send(peer, Arc::new(Message::Summaries(newer)));
                 }
                 let mine = self.summaries.ranks();
-                let theirs_newer = ranks.iter().any(|(s, r)| {
-                    mine.iter().find(|(m, _)| m == s).is_none_or(|(_, mr)| mr < r)
-                });
+                let theirs_newer = ranks
+                    .iter()
+                    .any(|(s, r)| mine.iter().find(|(m, _)| m == s).is_none_or(|(_, mr)| mr < r));
                 if *reply && theirs_newer {
                     self.send(peer, Arc::new(Message::SummaryRanks { ranks: mine, reply: false }));
                 }
@@ -658,10 +657,7 @@ impl Node {
         else {
             return false;
         };
-        self.site
-            .records()
-            .get(&NodeId(signer.key.0))
-            .is_some_and(|held| held.body_hash() == hash)
+        self.site.records().get(&NodeId(signer.key.0)).is_some_and(|held| held.body_hash() == hash)
     }
 
     fn queue_relay(&mut self, bundle: Arc<Bundle>, from: Option<PeerId>, site_object: bool) {
@@ -751,8 +747,12 @@ impl Node {
 
     fn on_catalog_sync(&mut self, peer: PeerId, sync: &crate::catalog::CatalogSync) {
         let Some(mut p) = self.peers.remove(&peer) else { return };
-        let result =
-            self.catalog.receive_sync(&mut p.catalog, sync, &self.trust, self.config.check.as_ref());
+        let result = self.catalog.receive_sync(
+            &mut p.catalog,
+            sync,
+            &self.trust,
+            self.config.check.as_ref(),
+        );
         let reply = self.catalog.sync_message(&mut p.catalog);
         self.peers.insert(peer, p);
         match result {
@@ -767,7 +767,11 @@ impl Node {
                     // Changes repaired by sync are pushed on, so a healed partition spreads them
                     // as fast as fresh gossip.
                     for env in fresh {
-                        self.relay(Some(peer), Arc::new(Message::CatalogChange(Arc::new(env))), false);
+                        self.relay(
+                            Some(peer),
+                            Arc::new(Message::CatalogChange(Arc::new(env))),
+                            false,
+                        );
                     }
                 }
             }
@@ -789,7 +793,9 @@ impl Node {
                 let ev = site::verify_evidence(bundle, &self.trust, self.now, check.as_ref())?;
                 Ok(self.site.merge_evidence(ev, bundle.clone())?)
             }
-            other => Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: other }.into()),
+            other => {
+                Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: other }.into())
+            }
         }
     }
 
@@ -814,7 +820,8 @@ impl Node {
 
     fn accept_summary(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
         let check = self.config.check.clone();
-        let held: HeldSummary = site::verify_summary(bundle, &self.trust, self.now, check.as_ref())?;
+        let held: HeldSummary =
+            site::verify_summary(bundle, &self.trust, self.now, check.as_ref())?;
         Ok(self.summaries.merge(held)?)
     }
 
@@ -905,7 +912,9 @@ impl Node {
                     Err(e) => self.refuse(None, e.into()),
                 }
             }
-            Command::UpdateRecord { inventory, rollouts } => self.update_record(inventory, rollouts),
+            Command::UpdateRecord { inventory, rollouts } => {
+                self.update_record(inventory, rollouts)
+            }
             Command::Report { rollout, kind, detail } => {
                 let ev = Evidence {
                     mesh: self.trust.mesh(),

@@ -257,7 +257,12 @@ impl Eq for Bundle {}
 
 impl std::fmt::Debug for Bundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bundle({:?} by {:?})", self.object.domain, self.object.signatures.first().map(|s| s.key))
+        write!(
+            f,
+            "Bundle({:?} by {:?})",
+            self.object.domain,
+            self.object.signatures.first().map(|s| s.key)
+        )
     }
 }
 
@@ -284,17 +289,15 @@ impl Bundle {
     }
 
     fn pure(&self, check: &dyn SignatureCheck) -> Result<&Checked, SiteError> {
-        self.cache
-            .pure
-            .get_or_init(|| self.check_pure(check))
-            .as_ref()
-            .map_err(Clone::clone)
+        self.cache.pure.get_or_init(|| self.check_pure(check)).as_ref().map_err(Clone::clone)
     }
 
     fn check_pure(&self, check: &dyn SignatureCheck) -> Result<Checked, SiteError> {
         let domain = self.object.domain;
         if !matches!(domain, Domain::NodeRecord | Domain::Evidence | Domain::SiteSummary) {
-            return Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: domain }.into());
+            return Err(
+                TrustError::WrongDomain { expected: Domain::NodeRecord, got: domain }.into()
+            );
         }
         if self.object.signatures.len() != 1 {
             return Err(SiteError::Invalid("site objects carry exactly one signature"));
@@ -350,7 +353,10 @@ impl Bundle {
             return Err(SiteError::WrongSigner { claimed: named, signer: checked.cert.node });
         }
         if checked.cert.site != *site {
-            return Err(SiteError::WrongSite { claimed: site.clone(), admitted: checked.cert.site.clone() });
+            return Err(SiteError::WrongSite {
+                claimed: site.clone(),
+                admitted: checked.cert.site.clone(),
+            });
         }
         Ok(())
     }
@@ -401,7 +407,11 @@ pub fn verify_record(
 ) -> Result<HeldRecord, SiteError> {
     let checked = bundle.pure(check)?;
     let Body::Record(record) = &checked.body else {
-        return Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: bundle.object.domain }.into());
+        return Err(TrustError::WrongDomain {
+            expected: Domain::NodeRecord,
+            got: bundle.object.domain,
+        }
+        .into());
     };
     if record.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: record.mesh }.into());
@@ -425,7 +435,11 @@ pub fn verify_evidence(
 ) -> Result<Evidence, SiteError> {
     let checked = bundle.pure(check)?;
     let Body::Evidence(ev) = &checked.body else {
-        return Err(TrustError::WrongDomain { expected: Domain::Evidence, got: bundle.object.domain }.into());
+        return Err(TrustError::WrongDomain {
+            expected: Domain::Evidence,
+            got: bundle.object.domain,
+        }
+        .into());
     };
     if ev.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: ev.mesh }.into());
@@ -446,7 +460,11 @@ pub fn verify_summary(
 ) -> Result<HeldSummary, SiteError> {
     let checked = bundle.pure(check)?;
     let Body::Summary(summary) = &checked.body else {
-        return Err(TrustError::WrongDomain { expected: Domain::SiteSummary, got: bundle.object.domain }.into());
+        return Err(TrustError::WrongDomain {
+            expected: Domain::SiteSummary,
+            got: bundle.object.domain,
+        }
+        .into());
     };
     if summary.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: summary.mesh }.into());
@@ -533,7 +551,11 @@ impl SiteState {
     }
 
     /// Merges verified evidence (grow-only).
-    pub fn merge_evidence(&mut self, ev: Evidence, bundle: Arc<Bundle>) -> Result<Merge, SiteError> {
+    pub fn merge_evidence(
+        &mut self,
+        ev: Evidence,
+        bundle: Arc<Bundle>,
+    ) -> Result<Merge, SiteError> {
         if ev.site != self.site {
             return Err(SiteError::ForeignSite(ev.site));
         }

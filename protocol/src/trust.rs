@@ -262,7 +262,10 @@ pub struct Trust {
 
 impl Trust {
     /// Trust rooted at a verified genesis.
-    pub fn new(genesis_envelope: Envelope, check: &dyn SignatureCheck) -> Result<Trust, TrustError> {
+    pub fn new(
+        genesis_envelope: Envelope,
+        check: &dyn SignatureCheck,
+    ) -> Result<Trust, TrustError> {
         let genesis = Genesis::verify(&genesis_envelope, check)?;
         let current = genesis.initial_admin_set();
         Ok(Trust { mesh: genesis.mesh_id(), genesis, genesis_envelope, chain: Vec::new(), current })

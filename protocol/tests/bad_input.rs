@@ -3,7 +3,9 @@
 mod common;
 
 use common::{key, Harness, Keys, T0};
-use patchmesh_protocol::catalog::{Catalog, CatalogEntry, CatalogError, ChangeBody, ExecutorSpec, PatchEntry};
+use patchmesh_protocol::catalog::{
+    Catalog, CatalogEntry, CatalogError, ChangeBody, ExecutorSpec, PatchEntry,
+};
 use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope, SignatureError};
 use patchmesh_protocol::ids::{ContentId, Millis, ObjectId};
 use patchmesh_protocol::limits;
@@ -31,7 +33,11 @@ fn patch(n: u8) -> CatalogEntry {
 }
 
 /// A change authored on a scratch catalog by `signer` (which may not be an admin).
-fn change_signed_by(keys: &Keys, signer: &patchmesh_protocol::crypto::SecretKey, n: u8) -> Envelope {
+fn change_signed_by(
+    keys: &Keys,
+    signer: &patchmesh_protocol::crypto::SecretKey,
+    n: u8,
+) -> Envelope {
     let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
     let mut scratch = Catalog::new(trust.mesh());
     // Author as a real admin, then re-sign the same change bytes with `signer`.
@@ -86,7 +92,8 @@ fn signature_for_another_domain_is_refused() {
     let good = change_signed_by(&h.keys, &h.keys.admins[0], 2);
     // The same body signed under the admission domain, relabelled as a catalog change.
     let sig = h.keys.admins[0].sign(Domain::Admission, &good.body);
-    let relabelled = Envelope { domain: Domain::CatalogChange, body: good.body.clone(), signatures: vec![sig] };
+    let relabelled =
+        Envelope { domain: Domain::CatalogChange, body: good.body.clone(), signatures: vec![sig] };
     assert_refused(&mut h, Message::CatalogChange(Arc::new(relabelled)), "bad_signature");
     // And an envelope that says what it is, but is the wrong kind for the message.
     let wrong = Envelope { domain: Domain::Admission, ..good };
@@ -116,14 +123,27 @@ fn actor_not_bound_to_signer_is_refused() {
 fn admin_set_below_threshold_and_duplicate_signer_are_refused() {
     let mut h = line();
     let current = h.nodes[1].trust().admins().clone();
-    let one = mesh::next_admin_set(&current, vec![h.keys.admins[0].public()], vec![], &[&h.keys.roots[0]]);
+    let one = mesh::next_admin_set(
+        &current,
+        vec![h.keys.admins[0].public()],
+        vec![],
+        &[&h.keys.roots[0]],
+    );
     assert_refused(&mut h, Message::AdminSets(vec![one]), "below_threshold");
-    let mut twice = mesh::next_admin_set(&current, vec![h.keys.admins[0].public()], vec![], &[&h.keys.roots[0]]);
+    let mut twice = mesh::next_admin_set(
+        &current,
+        vec![h.keys.admins[0].public()],
+        vec![],
+        &[&h.keys.roots[0]],
+    );
     let dup = twice.signatures[0];
     twice.signatures.push(dup);
     assert_refused(&mut h, Message::AdminSets(vec![twice.clone()]), "duplicate_signer");
     let trust = h.nodes[1].trust();
-    assert_eq!(trust.check_admin_set(&twice, &Ed25519).unwrap_err(), TrustError::Signature(SignatureError::Duplicate(h.keys.roots[0].public())));
+    assert_eq!(
+        trust.check_admin_set(&twice, &Ed25519).unwrap_err(),
+        TrustError::Signature(SignatureError::Duplicate(h.keys.roots[0].public()))
+    );
     assert_eq!(trust.version(), 1);
 }
 
@@ -148,7 +168,9 @@ fn revoked_admin_and_replayed_admin_set_are_refused() {
     // A change by the revoked admin (its own actor, valid signature).
     let trust = Trust::new(h.keys.genesis.clone(), &Ed25519).unwrap();
     let mut scratch = Catalog::new(trust.mesh());
-    let env = scratch.author(&h.keys.admins[1], [2; 8], T0, &trust, &[(patch(5).key(), Some(patch(5)))]).unwrap();
+    let env = scratch
+        .author(&h.keys.admins[1], [2; 8], T0, &trust, &[(patch(5).key(), Some(patch(5)))])
+        .unwrap();
     assert_refused(&mut h, Message::CatalogChange(Arc::new(env)), "revoked");
 
     // v3, then a replay of a different v2.
@@ -167,7 +189,13 @@ fn replayed_record_is_refused() {
     let mut h = line();
     // Capture node 0's current record bundle, then make it write a newer one.
     let old = h.nodes[1].site().records()[&h.nodes[0].id()].bundle.clone();
-    h.input(0, Input::Command(Command::UpdateRecord { inventory: Default::default(), rollouts: BTreeMap::new() }));
+    h.input(
+        0,
+        Input::Command(Command::UpdateRecord {
+            inventory: Default::default(),
+            rollouts: BTreeMap::new(),
+        }),
+    );
     h.run_for(500);
     assert_eq!(h.nodes[1].site().record_version(&h.nodes[0].id()), Some(2));
     h.sent.clear();
@@ -181,17 +209,29 @@ fn oversized_truncated_and_garbage_bytes_are_refused() {
     for (bytes, kind) in [
         (vec![0u8; limits::MESSAGE_BYTES_MAX + 1], "oversized"),
         (vec![0xff; 64], "malformed"),
-        (Message::CatalogChange(Arc::new(change_signed_by(&h.keys, &h.keys.admins[0], 6))).to_bytes()[..40].to_vec(), "malformed"),
+        (
+            Message::CatalogChange(Arc::new(change_signed_by(&h.keys, &h.keys.admins[0], 6)))
+                .to_bytes()[..40]
+                .to_vec(),
+            "malformed",
+        ),
     ] {
         let before = h.nodes[1].stats().rejected.get(kind).copied().unwrap_or(0);
         h.input(1, Input::Bytes { peer: PeerId(0), bytes });
         h.settle();
-        assert_eq!(h.nodes[1].stats().rejected.get(kind).copied().unwrap_or(0), before + 1, "{kind}");
+        assert_eq!(
+            h.nodes[1].stats().rejected.get(kind).copied().unwrap_or(0),
+            before + 1,
+            "{kind}"
+        );
     }
     // A well-formed message round-trips through bytes and is accepted.
     let env = change_signed_by(&h.keys, &h.keys.admins[0], 7);
     let id = env.id();
-    h.input(1, Input::Bytes { peer: PeerId(0), bytes: Message::CatalogChange(Arc::new(env)).to_bytes() });
+    h.input(
+        1,
+        Input::Bytes { peer: PeerId(0), bytes: Message::CatalogChange(Arc::new(env)).to_bytes() },
+    );
     h.settle();
     assert!(h.nodes[2].catalog_change_ids().contains(&id));
 }
@@ -218,9 +258,18 @@ fn peer_without_admission_gets_nothing_and_is_dropped() {
     let stranger = key(99);
     let env = change_signed_by(&h.keys, &h.keys.admins[0], 8);
     let id = env.id();
-    h.input(1, Input::Connected { peer: PeerId(9), node: patchmesh_protocol::ids::NodeId(stranger.public().0) });
+    h.input(
+        1,
+        Input::Connected {
+            peer: PeerId(9),
+            node: patchmesh_protocol::ids::NodeId(stranger.public().0),
+        },
+    );
     h.queue.retain(|(_, to, _)| *to != 9);
-    h.nodes[1].handle_input(h.now, Input::Message { peer: PeerId(9), msg: Arc::new(Message::CatalogChange(Arc::new(env))) });
+    h.nodes[1].handle_input(
+        h.now,
+        Input::Message { peer: PeerId(9), msg: Arc::new(Message::CatalogChange(Arc::new(env))) },
+    );
     h.drain(1);
     assert!(h.disconnected.contains(&(1, PeerId(9))));
     assert!(!h.nodes[1].catalog_change_ids().contains(&id));
@@ -228,12 +277,25 @@ fn peer_without_admission_gets_nothing_and_is_dropped() {
 
     // A hello with a certificate for a different key is refused too.
     let cert_for_other = h.keys.admit(&key(98), "a");
-    h.input(1, Input::Connected { peer: PeerId(10), node: patchmesh_protocol::ids::NodeId(stranger.public().0) });
+    h.input(
+        1,
+        Input::Connected {
+            peer: PeerId(10),
+            node: patchmesh_protocol::ids::NodeId(stranger.public().0),
+        },
+    );
     let mesh_id = h.nodes[1].trust().mesh();
-    h.nodes[1].handle_input(h.now, Input::Message {
-        peer: PeerId(10),
-        msg: Arc::new(Message::Hello { mesh: mesh_id, admission: cert_for_other, trust_version: 1 }),
-    });
+    h.nodes[1].handle_input(
+        h.now,
+        Input::Message {
+            peer: PeerId(10),
+            msg: Arc::new(Message::Hello {
+                mesh: mesh_id,
+                admission: cert_for_other,
+                trust_version: 1,
+            }),
+        },
+    );
     h.drain(1);
     assert!(h.disconnected.contains(&(1, PeerId(10))));
     assert_eq!(h.nodes[1].stats().rejected.get("hello_mismatch"), Some(&1));
@@ -245,7 +307,10 @@ fn expired_admission_is_refused() {
     let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
     let cert = keys.admit(&key(50), "a");
     let later = Millis(T0.0 + 366 * common::DAY_MS);
-    assert!(matches!(trust.check_admission(&cert, later, &Ed25519), Err(TrustError::Expired { .. })));
+    assert!(matches!(
+        trust.check_admission(&cert, later, &Ed25519),
+        Err(TrustError::Expired { .. })
+    ));
     // A node clock a day behind still accepts a fresh certificate.
     assert!(trust.check_admission(&cert, Millis(T0.0 - common::DAY_MS), &Ed25519).is_ok());
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Harness;
-use patchmesh_protocol::catalog::{CatalogEntry, CommandAction, AdminCommand};
+use patchmesh_protocol::catalog::{AdminCommand, CatalogEntry, CommandAction};
 use patchmesh_protocol::ids::{RolloutId, SiteId};
 use patchmesh_protocol::node::{Command, Input};
 
@@ -27,7 +27,10 @@ fn publish_reaches_every_node_and_sites_agree() {
     }
     h.run_for(10_000);
     let admin = h.keys.admins[0].clone();
-    h.input(4, Input::Command(Command::Publish { admin: admin.clone(), edits: vec![command(1, &admin)] }));
+    h.input(
+        4,
+        Input::Command(Command::Publish { admin: admin.clone(), edits: vec![command(1, &admin)] }),
+    );
     h.settle();
     let cat: Vec<_> = h.nodes.iter().map(|n| n.catalog().state_hash()).collect();
     assert!(cat.windows(2).all(|w| w[0] == w[1]), "catalog diverged: {cat:?}");
@@ -43,7 +46,12 @@ fn publish_reaches_every_node_and_sites_agree() {
     assert_eq!(h.nodes[4].site().records().len(), 2);
     for n in &h.nodes {
         let sites: Vec<&SiteId> = n.summaries().all().keys().collect();
-        assert_eq!(sites, vec![&SiteId::from("a"), &SiteId::from("b")], "summaries at {:?}", n.id());
+        assert_eq!(
+            sites,
+            vec![&SiteId::from("a"), &SiteId::from("b")],
+            "summaries at {:?}",
+            n.id()
+        );
     }
     // The summary node 0 holds for site b checks out against node 3's records.
     let b = h.nodes[0].summaries().all()[&SiteId::from("b")].summary();
@@ -74,8 +82,14 @@ fn partition_heals_by_anti_entropy() {
     // Partition: every message is lost while two admins publish on both sides.
     h.cut = true;
     let (a0, a1) = (h.keys.admins[0].clone(), h.keys.admins[1].clone());
-    h.input(0, Input::Command(Command::Publish { admin: a0.clone(), edits: vec![command(2, &a0)] }));
-    h.input(3, Input::Command(Command::Publish { admin: a1.clone(), edits: vec![command(3, &a1)] }));
+    h.input(
+        0,
+        Input::Command(Command::Publish { admin: a0.clone(), edits: vec![command(2, &a0)] }),
+    );
+    h.input(
+        3,
+        Input::Command(Command::Publish { admin: a1.clone(), edits: vec![command(3, &a1)] }),
+    );
     h.run_for(3_000);
     assert_ne!(h.nodes[0].catalog().state_hash(), h.nodes[3].catalog().state_hash());
     h.cut = false;
@@ -90,7 +104,10 @@ fn restart_restores_verified_state() {
     let mut h = Harness::new(&["a", "a"]);
     h.connect(0, 1);
     let admin = h.keys.admins[0].clone();
-    h.input(0, Input::Command(Command::Publish { admin: admin.clone(), edits: vec![command(4, &admin)] }));
+    h.input(
+        0,
+        Input::Command(Command::Publish { admin: admin.clone(), edits: vec![command(4, &admin)] }),
+    );
     h.run_for(5_000);
     // Collect node 1's persisted objects by replaying its outputs into a fresh node.
     let mut persisted = Vec::new();

@@ -34,13 +34,20 @@ fn record_bundles(keys: &Keys) -> Vec<Arc<Bundle>> {
                 inventory: Default::default(),
                 rollouts,
             };
-            out.push(Arc::new(Bundle::new(Envelope::seal(Domain::NodeRecord, &rec, &[&k]), admission.clone())));
+            out.push(Arc::new(Bundle::new(
+                Envelope::seal(Domain::NodeRecord, &rec, &[&k]),
+                admission.clone(),
+            )));
         }
     }
     out
 }
 
-fn merged(trust: &Trust, bundles: &[Arc<Bundle>], order: &[usize]) -> patchmesh_protocol::ids::StateHash {
+fn merged(
+    trust: &Trust,
+    bundles: &[Arc<Bundle>],
+    order: &[usize],
+) -> patchmesh_protocol::ids::StateHash {
     let mut state = SiteState::new(SiteId::from("s"));
     for &i in order {
         let held = site::verify_record(&bundles[i], trust, T0, &Ed25519).unwrap();
@@ -57,7 +64,9 @@ fn catalog_changes(keys: &Keys) -> Vec<Envelope> {
     let mut b = Catalog::new(trust.mesh());
     let mut out = Vec::new();
     for i in 0..4u8 {
-        for (cat, admin, session) in [(&mut a, &keys.admins[0], [1u8; 8]), (&mut b, &keys.admins[1], [2u8; 8])] {
+        for (cat, admin, session) in
+            [(&mut a, &keys.admins[0], [1u8; 8]), (&mut b, &keys.admins[1], [2u8; 8])]
+        {
             let c = CatalogEntry::Command(AdminCommand {
                 rollout: RolloutId([i; 32]),
                 action: if i % 2 == 0 { CommandAction::Pause } else { CommandAction::Resume },
@@ -74,11 +83,12 @@ fn catalog_changes(keys: &Keys) -> Vec<Envelope> {
 
 fn order_strategy(n: usize) -> impl Strategy<Value = Vec<usize>> {
     // A permutation of all items followed by random duplicates.
-    (Just((0..n).collect::<Vec<_>>()).prop_shuffle(), prop::collection::vec(0..n, 0..n))
-        .prop_map(|(mut perm, dups)| {
+    (Just((0..n).collect::<Vec<_>>()).prop_shuffle(), prop::collection::vec(0..n, 0..n)).prop_map(
+        |(mut perm, dups)| {
             perm.extend(dups);
             perm
-        })
+        },
+    )
 }
 
 proptest! {

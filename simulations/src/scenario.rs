@@ -231,7 +231,9 @@ impl Scenario {
         let read = |source| ScenarioError::Read { path: path.to_string(), source };
         let len = std::fs::metadata(path).map_err(read)?.len();
         if len > SCENARIO_BYTES_MAX {
-            return Err(ScenarioError::Invalid(format!("{path} is {len} bytes, limit {SCENARIO_BYTES_MAX}")));
+            return Err(ScenarioError::Invalid(format!(
+                "{path} is {len} bytes, limit {SCENARIO_BYTES_MAX}"
+            )));
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
         Self::parse(&text, path)
@@ -254,7 +256,11 @@ impl Scenario {
             return bad("sites must be 1..=min(nodes, 4000)");
         }
         for l in [&self.lan, &self.wan] {
-            if !(0.0..=1.0).contains(&l.loss) || l.bandwidth_mbps <= 0.0 || l.latency_ms < 0.0 || l.rtt_ms < 0.0 {
+            if !(0.0..=1.0).contains(&l.loss)
+                || l.bandwidth_mbps <= 0.0
+                || l.latency_ms < 0.0
+                || l.rtt_ms < 0.0
+            {
                 return bad("link loss must be 0..=1, bandwidth > 0, delays >= 0");
             }
         }

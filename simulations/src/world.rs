@@ -14,7 +14,9 @@
 
 use crate::scenario::{Link, Scenario};
 use patchmesh_protocol::catalog::{self, AdminCommand, CatalogEntry, CommandAction};
-use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope, SecretKey, SignatureCheck, SignatureEntry, SignatureError};
+use patchmesh_protocol::crypto::{
+    Domain, Ed25519, Envelope, SecretKey, SignatureCheck, SignatureEntry, SignatureError,
+};
 use patchmesh_protocol::ids::{Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
 use patchmesh_protocol::limits;
 use patchmesh_protocol::mesh;
@@ -40,7 +42,12 @@ pub struct MemoCheck {
 }
 
 impl SignatureCheck for MemoCheck {
-    fn check(&self, domain: Domain, body: &[u8], entry: &SignatureEntry) -> Result<(), SignatureError> {
+    fn check(
+        &self,
+        domain: Domain,
+        body: &[u8],
+        entry: &SignatureEntry,
+    ) -> Result<(), SignatureError> {
         let mut h = blake3::Hasher::new();
         h.update(domain.tag().as_bytes());
         h.update(&entry.key.0);
@@ -240,12 +247,25 @@ fn derive_keys(rng: &mut ChaCha8Rng, count: usize) -> Vec<[u8; 32]> {
 
 /// Makes node keys and admission certificates on two threads; each item depends only on its
 /// seed, so the result is the same as a sequential loop.
-fn make_nodes(seeds: &[[u8; 32]], sites: &[u32], admin: &SecretKey, g: &Genesis) -> Vec<(SecretKey, Envelope)> {
+fn make_nodes(
+    seeds: &[[u8; 32]],
+    sites: &[u32],
+    admin: &SecretKey,
+    g: &Genesis,
+) -> Vec<(SecretKey, Envelope)> {
     let work = |range: std::ops::Range<usize>| -> Vec<(SecretKey, Envelope)> {
         range
             .map(|i| {
                 let k = SecretKey::from_seed(seeds[i]);
-                let cert = mesh::admit(admin, g, NodeId(k.public().0), &site_name(sites[i]), BTreeMap::new(), Millis(EPOCH_MS), CERT_VALID_MS);
+                let cert = mesh::admit(
+                    admin,
+                    g,
+                    NodeId(k.public().0),
+                    &site_name(sites[i]),
+                    BTreeMap::new(),
+                    Millis(EPOCH_MS),
+                    CERT_VALID_MS,
+                );
                 (k, cert)
             })
             .collect()
@@ -264,8 +284,10 @@ impl World {
     pub fn new(s: Scenario, seed: u64) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let key_seeds = derive_keys(&mut rng, 5);
-        let roots: Vec<SecretKey> = key_seeds[..3].iter().map(|k| SecretKey::from_seed(*k)).collect();
-        let admins: Vec<SecretKey> = key_seeds[3..].iter().map(|k| SecretKey::from_seed(*k)).collect();
+        let roots: Vec<SecretKey> =
+            key_seeds[..3].iter().map(|k| SecretKey::from_seed(*k)).collect();
+        let admins: Vec<SecretKey> =
+            key_seeds[3..].iter().map(|k| SecretKey::from_seed(*k)).collect();
         let genesis = mesh::genesis(
             &s.name,
             &[&roots[0], &roots[1], &roots[2]],
@@ -332,7 +354,11 @@ impl World {
         let mut crash_sets = Vec::new();
         let mut crashing = BTreeSet::new();
         for c in &s.crash {
-            let set: Vec<u32> = (0..c.nodes).map(|_| rng.gen_range(0..s.nodes as u32)).collect::<BTreeSet<_>>().into_iter().collect();
+            let set: Vec<u32> = (0..c.nodes)
+                .map(|_| rng.gen_range(0..s.nodes as u32))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             crashing.extend(set.iter().copied());
             crash_sets.push(set);
         }
@@ -432,7 +458,9 @@ impl World {
         if let Some(store) = &store {
             let refused = node.restore(store);
             if refused > 0 {
-                self.violations.push(format!("node {i} refused {refused} of its own stored objects on restart"));
+                self.violations.push(format!(
+                    "node {i} refused {refused} of its own stored objects on restart"
+                ));
             }
         }
         self.ents[i as usize].node = Some(node);
@@ -441,7 +469,10 @@ impl World {
             if self.ents[j as usize].node.is_none() {
                 continue;
             }
-            let (ni, nj) = (self.ents[i as usize].config.key.public(), self.ents[j as usize].config.key.public());
+            let (ni, nj) = (
+                self.ents[i as usize].config.key.public(),
+                self.ents[j as usize].config.key.public(),
+            );
             self.input(i, Input::Connected { peer: PeerId(u64::from(j)), node: NodeId(nj.0) });
             self.input(j, Input::Connected { peer: PeerId(u64::from(i)), node: NodeId(ni.0) });
         }
@@ -507,12 +538,17 @@ impl World {
         if is_catalog && self.measured_hash.is_some() && self.measure_end_us.is_none() {
             self.catalog_bytes += size as u64;
         }
-        if !is_catalog && !self.ents[from as usize].adversary && self.now_us >= self.background_from_us && self.now_us < self.background_to_us {
+        if !is_catalog
+            && !self.ents[from as usize].adversary
+            && self.now_us >= self.background_from_us
+            && self.now_us < self.background_to_us
+        {
             self.background_bytes += size as u64;
         }
         let (link, wan) = self.link(from, to);
         let (delay, tx, loss) = (link.one_way_us(), link.transmit_us(size), link.loss);
-        let (sa, sb) = (self.ents[from as usize].site as usize, self.ents[to as usize].site as usize);
+        let (sa, sb) =
+            (self.ents[from as usize].site as usize, self.ents[to as usize].site as usize);
         let cut = wan && (self.partitioned[sa] || self.partitioned[sb]);
         if cut || (loss > 0.0 && self.rng.gen::<f64>() < loss) {
             self.lost += 1;
@@ -532,13 +568,18 @@ impl World {
         }
         let bad = match msg {
             Message::CatalogChange(env) => self.forged.envelopes.contains(&env.id()),
-            Message::CatalogSync(s) => s.changes.iter().any(|e| self.forged.envelopes.contains(&e.id())),
+            Message::CatalogSync(s) => {
+                s.changes.iter().any(|e| self.forged.envelopes.contains(&e.id()))
+            }
             Message::AdminSets(v) => v.iter().any(|e| self.forged.envelopes.contains(&e.id())),
-            Message::SiteObjects(v) | Message::Summaries(v) => v.iter().any(|b| self.forged.bundles.contains(&b.id())),
+            Message::SiteObjects(v) | Message::Summaries(v) => {
+                v.iter().any(|b| self.forged.bundles.contains(&b.id()))
+            }
             _ => false,
         };
         if bad {
-            self.violations.push(format!("honest node {from} relayed a forged object ({})", msg.kind()));
+            self.violations
+                .push(format!("honest node {from} relayed a forged object ({})", msg.kind()));
         }
     }
 
@@ -567,11 +608,19 @@ impl World {
             if p.publish_inside {
                 let mid = (p.start_ms + p.end_ms) / 2 * ms;
                 let inside = self.partition_sites[i][0];
-                let node_in = (0..self.s.nodes as u32).find(|n| self.ents[*n as usize].site == inside);
-                let node_out = (0..self.s.nodes as u32).find(|n| !self.partition_sites[i].contains(&self.ents[*n as usize].site));
+                let node_in =
+                    (0..self.s.nodes as u32).find(|n| self.ents[*n as usize].site == inside);
+                let node_out = (0..self.s.nodes as u32)
+                    .find(|n| !self.partition_sites[i].contains(&self.ents[*n as usize].site));
                 if let (Some(a), Some(b)) = (node_in, node_out) {
-                    self.schedule(mid, Ev::Publish { measured: false, node: a, tag: 1 + 2 * i as u8 });
-                    self.schedule(mid, Ev::Publish { measured: false, node: b, tag: 2 + 2 * i as u8 });
+                    self.schedule(
+                        mid,
+                        Ev::Publish { measured: false, node: a, tag: 1 + 2 * i as u8 },
+                    );
+                    self.schedule(
+                        mid,
+                        Ev::Publish { measured: false, node: b, tag: 2 + 2 * i as u8 },
+                    );
                 }
             }
         }
@@ -625,7 +674,8 @@ impl World {
                 self.input(to, Input::Bytes { peer: PeerId(u64::from(from)), bytes });
             }
             Ev::Timer { node } => {
-                if self.ents[node as usize].timer_at != t || self.ents[node as usize].node.is_none() {
+                if self.ents[node as usize].timer_at != t || self.ents[node as usize].node.is_none()
+                {
                     return;
                 }
                 self.ents[node as usize].timer_at = u64::MAX;
@@ -650,7 +700,10 @@ impl World {
                     self.trace(t, 7, n, 0, 0);
                     self.ents[n as usize].node = None;
                     self.ents[n as usize].timer_at = u64::MAX;
-                    if (n as usize) < self.eligible.len() && self.received_us[n as usize] == u64::MAX && self.eligible[n as usize] {
+                    if (n as usize) < self.eligible.len()
+                        && self.received_us[n as usize] == u64::MAX
+                        && self.eligible[n as usize]
+                    {
                         self.eligible[n as usize] = false;
                         self.pending_measure -= 1;
                     }
@@ -694,7 +747,11 @@ impl World {
         self.trace(self.now_us, 4, node, u32::from(tag), 0);
         let edit = self.command_entry(tag);
         let admin = self.keys.admins[0].clone();
-        let before: BTreeSet<ObjectId> = self.ents[node as usize].node.as_ref().map(|n| n.catalog_change_ids().into_iter().collect()).unwrap_or_default();
+        let before: BTreeSet<ObjectId> = self.ents[node as usize]
+            .node
+            .as_ref()
+            .map(|n| n.catalog_change_ids().into_iter().collect())
+            .unwrap_or_default();
         self.input(node, Input::Command(Command::Publish { admin, edits: vec![edit] }));
         if !measured {
             return;
@@ -754,24 +811,47 @@ impl World {
             // revocation removed, then variants of it.
             let trust = adv.trust().clone();
             let mut scratch = patchmesh_protocol::catalog::Catalog::new(mesh_id);
-            let scratch_trust = patchmesh_protocol::trust::Trust::new(self.keys.genesis.clone(), &Ed25519).expect("genesis");
+            let scratch_trust =
+                patchmesh_protocol::trust::Trust::new(self.keys.genesis.clone(), &Ed25519)
+                    .expect("genesis");
             let edit = self.command_entry(200);
-            let by_revoked = scratch.author(&self.keys.admins[1], [9; 8], Millis(EPOCH_MS), &scratch_trust, std::slice::from_ref(&edit)).expect("scratch author");
+            let by_revoked = scratch
+                .author(
+                    &self.keys.admins[1],
+                    [9; 8],
+                    Millis(EPOCH_MS),
+                    &scratch_trust,
+                    std::slice::from_ref(&edit),
+                )
+                .expect("scratch author");
             let body: catalog::ChangeBody = by_revoked.open("c").expect("own change");
             let own_key = self.ents[a as usize].config.key.clone();
             // 1. signed by a non-admin key
             forged_envs.push(Envelope::seal(Domain::CatalogChange, &body, &[&own_key]));
             // 2. an admin's signature from another domain, relabelled
             let admission = self.ents[a as usize].config.admission.clone();
-            forged_envs.push(Envelope { domain: Domain::CatalogChange, body: admission.body.clone(), signatures: admission.signatures.clone() });
+            forged_envs.push(Envelope {
+                domain: Domain::CatalogChange,
+                body: admission.body.clone(),
+                signatures: admission.signatures.clone(),
+            });
             // 3. unsigned
-            forged_envs.push(Envelope { domain: Domain::CatalogChange, body: by_revoked.body.clone(), signatures: vec![] });
+            forged_envs.push(Envelope {
+                domain: Domain::CatalogChange,
+                body: by_revoked.body.clone(),
+                signatures: vec![],
+            });
             // 4. signed by the revoked admin (only forged once the revocation exists)
             if trust.admins().revocation(&self.keys.admins[1].public()).is_some() {
                 forged_envs.push(by_revoked.clone());
             }
             // 5. admin sets: one stolen root (below threshold), the same root twice
-            let grab = mesh::next_admin_set(trust.admins(), vec![own_key.public()], vec![], &[&self.keys.roots[1]]);
+            let grab = mesh::next_admin_set(
+                trust.admins(),
+                vec![own_key.public()],
+                vec![],
+                &[&self.keys.roots[1]],
+            );
             let mut twice = grab.clone();
             twice.signatures.push(twice.signatures[0]);
             let sets = vec![grab, twice];
@@ -798,7 +878,10 @@ impl World {
                     inventory: Default::default(),
                     rollouts: BTreeMap::new(),
                 };
-                let b = Arc::new(Bundle::new(Envelope::seal(Domain::NodeRecord, &rec, &[&own_key]), admission.clone()));
+                let b = Arc::new(Bundle::new(
+                    Envelope::seal(Domain::NodeRecord, &rec, &[&own_key]),
+                    admission.clone(),
+                ));
                 self.forged.bundles.insert(b.id());
                 self.forged.records.push((v, 1_000_000));
                 bundles.push(b);
@@ -817,7 +900,8 @@ impl World {
                 // 7. garbage, truncated and oversized bytes
                 let mut garbage = vec![0u8; 97];
                 self.rng.fill_bytes(&mut garbage);
-                let truncated = Message::CatalogChange(Arc::new(by_revoked.clone())).to_bytes()[..50].to_vec();
+                let truncated =
+                    Message::CatalogChange(Arc::new(by_revoked.clone())).to_bytes()[..50].to_vec();
                 let oversized = vec![7u8; limits::MESSAGE_BYTES_MAX + 1];
                 for bytes in [garbage, truncated, oversized] {
                     let size = bytes.len();
@@ -859,9 +943,15 @@ impl World {
             }
         }
         for (v, max) in &self.forged.records {
-            if let Some(n) = self.ents.iter().filter(|e| !e.adversary).filter_map(|e| e.node.as_ref()).find(|n| {
-                n.site().record_version(&NodeId(self.ents[*v as usize].config.key.public().0)) >= Some(*max)
-            }) {
+            if let Some(n) =
+                self.ents.iter().filter(|e| !e.adversary).filter_map(|e| e.node.as_ref()).find(
+                    |n| {
+                        n.site()
+                            .record_version(&NodeId(self.ents[*v as usize].config.key.public().0))
+                            >= Some(*max)
+                    },
+                )
+            {
                 violations.push(format!("node {:?} stored a forged record", n.id()));
             }
         }
@@ -881,7 +971,8 @@ impl World {
             .map(|(t, _)| (t - self.measured_at_us) / 1000)
             .collect();
         if self.measured_hash.is_some() && self.pending_measure > 0 {
-            violations.push(format!("{} nodes never received the measured change", self.pending_measure));
+            violations
+                .push(format!("{} nodes never received the measured change", self.pending_measure));
         }
         if self.s.adversaries > 0 && rejected.is_empty() {
             violations.push("adversaries attacked but no node refused anything".into());
@@ -900,7 +991,11 @@ impl World {
             policy_convergence_nodes: times.len(),
             policy_convergence_ms: Percentiles::of(times),
             sync_bytes_per_change: (self.catalog_bytes as f64 / nodes * 10.0).round() / 10.0,
-            background_bytes_per_node_per_s: if bg_s > 0.0 { (self.background_bytes as f64 / nodes / bg_s).round() } else { 0.0 },
+            background_bytes_per_node_per_s: if bg_s > 0.0 {
+                (self.background_bytes as f64 / nodes / bg_s).round()
+            } else {
+                0.0
+            },
             bytes_sent_total: self.bytes_total,
             messages_delivered: self.delivered,
             messages_lost: self.lost,

@@ -164,7 +164,8 @@ impl Harness {
             if self.cut || to >= self.nodes.len() {
                 continue;
             }
-            self.nodes[to].handle_input(self.now, Input::Message { peer: PeerId(from as u64), msg });
+            self.nodes[to]
+                .handle_input(self.now, Input::Message { peer: PeerId(from as u64), msg });
             self.drain(to);
         }
     }
