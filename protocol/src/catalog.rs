@@ -165,8 +165,10 @@ impl CatalogEntry {
             CatalogEntry::Patch(p) => format!("patch/{}", p.content_id),
             CatalogEntry::Rollout(r) => format!("rollout/{}", r.id),
             CatalogEntry::Command(c) => {
+                // 128 bits of the command's hash: unique among admin-issued commands and half
+                // the bytes on the wire of a full hash.
                 let id = crate::crypto::hash_parts(&[&encode(c)]);
-                format!("command/{}", hex::encode(id))
+                format!("command/{}", hex::encode(&id[..16]))
             }
         }
     }
@@ -213,6 +215,9 @@ pub struct Catalog {
     doc: Automerge,
     /// Signed envelopes by automerge change hash: what we can prove and relay.
     signed: BTreeMap<[u8; 32], Envelope>,
+    /// BLAKE3 of each held envelope's body: a copy we already hold is recognised without
+    /// parsing or verifying it again (gossip delivers most changes several times).
+    bodies: std::collections::BTreeSet<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -230,7 +235,7 @@ impl Catalog {
     pub fn new(mesh: MeshId) -> Catalog {
         // The local actor only matters for local edits, which always set an admin actor first.
         let doc = Automerge::new().with_actor(ActorId::from(mesh.0.to_vec()));
-        Catalog { mesh, doc, signed: BTreeMap::new() }
+        Catalog { mesh, doc, signed: BTreeMap::new(), bodies: Default::default() }
     }
 
     /// Number of signed changes held.
@@ -245,6 +250,13 @@ impl Catalog {
     /// All signed envelopes held, in change-hash order (for persistence and full sync).
     pub fn envelopes(&self) -> impl Iterator<Item = &Envelope> {
         self.signed.values()
+    }
+
+    /// True if an envelope with exactly this signed body is held (its signature was verified
+    /// when it was first stored; the body names the change, so no other check is needed to
+    /// recognise a duplicate).
+    pub fn holds_body(&self, env: &Envelope) -> bool {
+        self.bodies.contains(&env.body_hash())
     }
 
     /// True if a change with this automerge hash is held.
@@ -317,6 +329,9 @@ impl Catalog {
         trust: &Trust,
         check: &dyn SignatureCheck,
     ) -> Result<Offer, CatalogError> {
+        if self.holds_body(env) {
+            return Ok(Offer::Duplicate);
+        }
         let change = self.verify(env, trust, check)?;
         self.insert(change, env.clone())
     }
@@ -332,6 +347,7 @@ impl Catalog {
         // Changes whose dependencies have not arrived wait in automerge's queue; they are
         // signed and held, and become visible once their dependencies are applied.
         self.doc.apply_changes([change]).map_err(|e| CatalogError::BadChange(e.to_string()))?;
+        self.bodies.insert(env.body_hash());
         self.signed.insert(hash, env);
         Ok(Offer::New)
     }
@@ -377,6 +393,7 @@ impl Catalog {
             .ok_or_else(|| CatalogError::Edit("committed change vanished".into()))?;
         let body = ChangeBody { mesh: self.mesh, change: change.raw_bytes().to_vec() };
         let env = Envelope::seal(Domain::CatalogChange, &body, &[admin]);
+        self.bodies.insert(env.body_hash());
         self.signed.insert(hash.0, env.clone());
         Ok(env)
     }
@@ -455,7 +472,7 @@ impl Catalog {
             return Err(CatalogError::BadSync("unsigned changes in sync message".into()));
         }
         let mut verified = Vec::with_capacity(msg.changes.len());
-        for env in &msg.changes {
+        for env in msg.changes.iter().filter(|e| !self.holds_body(e)) {
             verified.push((self.verify(env, trust, check)?, env));
         }
         let mut fresh = Vec::new();

@@ -54,6 +54,9 @@ pub struct Config {
     /// Site objects and summaries to relay are batched and flushed at this period, so a burst
     /// of many small objects costs one message per peer rather than one per object.
     pub gossip_flush_ms: u64,
+    /// Fresh summaries are pushed to this many random peers (anti-entropy completes the
+    /// spread); site objects go to every same-site peer.
+    pub summary_fanout: usize,
     /// Seed of the node's RNG (peer choice, jitter).
     pub seed: u64,
     /// The highest record version this node ever signed (persisted by the driver).
@@ -297,6 +300,8 @@ pub struct Node {
     record_version: u64,
     started: bool,
     last_summary_at: Option<Millis>,
+    site_changed_at: Millis,
+    reporter_cache: Option<(StateHash, bool)>,
     last_summary_digest: Option<StateHash>,
     stats: Stats,
 }
@@ -350,6 +355,8 @@ impl Node {
             record_version: config.record_version_floor,
             started: false,
             last_summary_at: None,
+            site_changed_at: now,
+            reporter_cache: None,
             last_summary_digest: None,
             stats: Stats::default(),
             id,
@@ -364,16 +371,41 @@ impl Node {
     /// store is no more trusted than a peer.
     pub fn restore(&mut self, persisted: &[Persist]) -> usize {
         let mut refused = 0;
+        let check = self.config.check.clone();
+        // Trust first: later objects are judged by the admin set the store reached.
+        for p in persisted {
+            if let Persist::AdminSet(env) = p {
+                if self.trust.apply_admin_set(env, check.as_ref()).is_err() {
+                    refused += 1;
+                }
+            }
+        }
+        let (mut records, mut summaries) = (Vec::new(), Vec::new());
         for p in persisted {
             let ok = match p {
-                Persist::AdminSet(env) => {
-                    self.trust.apply_admin_set(env, self.config.check.as_ref()).is_ok()
-                }
+                Persist::AdminSet(_) => true,
                 Persist::CatalogChange(env) => {
-                    self.catalog.offer(env, &self.trust, self.config.check.as_ref()).is_ok()
+                    self.catalog.offer(env, &self.trust, check.as_ref()).is_ok()
+                }
+                Persist::SiteObject(b) if b.object().domain == Domain::NodeRecord => {
+                    match site::verify_record(b, &self.trust, self.now, check.as_ref()) {
+                        Ok(h) => {
+                            records.push(h);
+                            true
+                        }
+                        Err(_) => false,
+                    }
                 }
                 Persist::SiteObject(b) => self.accept_site_object(b).is_ok(),
-                Persist::Summary(b) => self.accept_summary(b).is_ok(),
+                Persist::Summary(b) => {
+                    match site::verify_summary(b, &self.trust, self.now, check.as_ref()) {
+                        Ok(h) => {
+                            summaries.push(h);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
                 Persist::RecordVersionFloor(v) => {
                     self.record_version = self.record_version.max(*v);
                     true
@@ -383,7 +415,14 @@ impl Node {
                 refused += 1;
             }
         }
-        self.outputs.clear();
+        // Superseded versions in a store are expected, not refusals.
+        self.site.merge_records(records);
+        self.summaries.merge_all(summaries);
+        // Restoring queued a persist for every object; drop them and their capacity.
+        self.outputs = VecDeque::new();
+        self.outbox_site = Vec::new();
+        self.outbox_summaries = Vec::new();
+        self.next_flush = None;
         refused
     }
 
@@ -537,12 +576,15 @@ impl Node {
             }
             Message::SiteKeys { keys, reply } => {
                 if self.peer_site(peer) == Some(self.site.site().clone()) {
-                    let missing = self.site.missing_from(keys, limits::OBJECTS_PER_SYNC_MAX);
+                    let mut theirs = keys.clone();
+                    theirs.sort_unstable();
+                    theirs.dedup();
+                    let missing = self.site.missing_from(&theirs, limits::OBJECTS_PER_SYNC_MAX);
                     if !missing.is_empty() {
                         self.send(peer, Arc::new(Message::SiteObjects(missing)));
                     }
                     let mine = self.site.keys();
-                    if *reply && keys.iter().any(|k| !mine.contains(k)) {
+                    if *reply && theirs.iter().any(|k| mine.binary_search(k).is_err()) {
                         self.send(peer, Arc::new(Message::SiteKeys { keys: mine, reply: false }));
                     }
                 }
@@ -681,6 +723,12 @@ impl Node {
             .filter(|(_, p)| p.admitted.is_some())
             .map(|(id, p)| (*id, p.site() == Some(self.site.site())))
             .collect();
+        // Summaries go to a random few peers; which ones is drawn from the node's own RNG.
+        let mut summary_targets: Vec<PeerId> = peers.iter().map(|(p, _)| *p).collect();
+        for i in (1..summary_targets.len()).rev() {
+            summary_targets.swap(i, self.rng.gen_range(0..=i));
+        }
+        summary_targets.truncate(self.config.summary_fanout);
         for (peer, same_site) in peers {
             let pick = |items: &[(Arc<Bundle>, Option<PeerId>)]| -> Vec<Arc<Bundle>> {
                 items
@@ -696,7 +744,7 @@ impl Node {
                     self.send(peer, Arc::new(Message::SiteObjects(batch)));
                 }
             }
-            let batch = pick(&summaries);
+            let batch = if summary_targets.contains(&peer) { pick(&summaries) } else { Vec::new() };
             if !batch.is_empty() {
                 self.send(peer, Arc::new(Message::Summaries(batch)));
             }
@@ -807,6 +855,7 @@ impl Node {
             match self.accept_site_object(bundle) {
                 Ok(Merge::New) => {
                     self.stats.accepted += 1;
+                    self.site_changed_at = self.now;
                     self.push(Output::Persist(Persist::SiteObject(bundle.clone())));
                     self.queue_relay(bundle.clone(), Some(peer), true);
                 }
@@ -820,6 +869,10 @@ impl Node {
 
     fn accept_summary(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
         let check = self.config.check.clone();
+        let (site, rank) = site::summary_rank(bundle, check.as_ref())?;
+        if self.summaries.rank_of(site).is_some_and(|held| held >= rank) {
+            return Ok(Merge::Duplicate);
+        }
         let held: HeldSummary =
             site::verify_summary(bundle, &self.trust, self.now, check.as_ref())?;
         Ok(self.summaries.merge(held)?)
@@ -855,16 +908,32 @@ impl Node {
 
     /// The site's reporter is the member whose id hashes lowest with the site name: every
     /// member holding the same records elects the same one, with no coordination.
-    fn is_reporter(&self) -> bool {
-        let score = |n: &NodeId| crate::crypto::hash_parts(&[self.site.site().0.as_bytes(), &n.0]);
+    fn is_reporter(&mut self) -> bool {
+        // Re-elect only when the set of records changed (the digest moved).
+        let digest = self.site.digest();
+        if let Some((at, answer)) = self.reporter_cache {
+            if at == digest {
+                return answer;
+            }
+        }
+        let score = |n: &NodeId| site::reporter_score(self.site.site(), n);
         let mine = score(&self.id);
-        self.site.records().keys().all(|n| *n == self.id || score(n) > mine)
+        let answer = self.site.records().keys().all(|n| *n == self.id || score(n) > mine);
+        self.reporter_cache = Some((digest, answer));
+        answer
     }
 
+    /// A site's summary is published when its state has been quiet for an anti-entropy period
+    /// (so one summary covers a burst of changes), at most once per summary interval, and at
+    /// least every four intervals while the site keeps changing.
     fn maybe_publish_summary(&mut self) {
-        let due = self
-            .last_summary_at
-            .is_none_or(|t| self.now.since(t) >= self.config.summary_interval_ms);
+        let since_last = self.last_summary_at.map(|t| self.now.since(t));
+        let interval = self.config.summary_interval_ms;
+        let quiet = self.now.since(self.site_changed_at) >= self.config.anti_entropy_interval_ms;
+        let due = match since_last {
+            None => quiet,
+            Some(ms) => ms >= interval && (quiet || ms >= 4 * interval),
+        };
         if !due || !self.is_reporter() {
             return;
         }
@@ -873,12 +942,22 @@ impl Node {
             return;
         }
         let summary = self.site.summarise(self.trust.mesh(), self.id);
+        self.last_summary_digest = Some(digest);
+        // A summary already in circulation that says the same (e.g. restored from the store)
+        // is not republished.
+        if let Some(held) = self.summaries.all().get(self.site.site()) {
+            let h = held.summary();
+            if (h.records_root, h.evidence_root, &h.counts, &h.evidence)
+                == (summary.records_root, summary.evidence_root, &summary.counts, &summary.evidence)
+            {
+                return;
+            }
+        }
         let bundle = Arc::new(Bundle::new(
             Envelope::seal(Domain::SiteSummary, &summary, &[&self.config.key]),
             self.config.admission.clone(),
         ));
         self.last_summary_at = Some(self.now);
-        self.last_summary_digest = Some(digest);
         if let Ok(Merge::New) = self.accept_summary(&bundle) {
             self.push(Output::Persist(Persist::Summary(bundle.clone())));
             self.queue_relay(bundle, None, false);
@@ -960,6 +1039,7 @@ impl Node {
     fn publish_site_object(&mut self, bundle: Arc<Bundle>) {
         match self.accept_site_object(&bundle) {
             Ok(Merge::New) => {
+                self.site_changed_at = self.now;
                 self.push(Output::Persist(Persist::SiteObject(bundle.clone())));
                 self.queue_relay(bundle, None, true);
             }

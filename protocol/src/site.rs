@@ -25,7 +25,7 @@
 //! Every object travels with its author's admission certificate, so a receiver can check it
 //! without any other state.
 
-use crate::crypto::{encode, DecodeError, Domain, Envelope, SignatureCheck};
+use crate::crypto::{DecodeError, Domain, Envelope, SignatureCheck};
 use crate::ids::{MeshId, Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
 use crate::limits;
 use crate::trust::{Trust, TrustError};
@@ -221,6 +221,8 @@ pub struct Bundle {
 struct BundleCache {
     pure: std::sync::OnceLock<Result<Checked, SiteError>>,
     id: std::sync::OnceLock<ObjectId>,
+    wire_bytes: std::sync::OnceLock<usize>,
+    lanes: std::sync::OnceLock<[u64; 4]>,
 }
 
 /// What the pure checks of a bundle establish.
@@ -283,9 +285,12 @@ impl Bundle {
     pub fn id(&self) -> ObjectId {
         *self.cache.id.get_or_init(|| self.object.id())
     }
-    /// Size on the wire.
+    /// Exact size of its encoding on the wire.
     pub fn wire_bytes(&self) -> usize {
-        self.object.wire_bytes() + self.admission.wire_bytes()
+        *self.cache.wire_bytes.get_or_init(|| {
+            postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+                .unwrap_or(0)
+        })
     }
 
     fn pure(&self, check: &dyn SignatureCheck) -> Result<&Checked, SiteError> {
@@ -311,6 +316,12 @@ impl Bundle {
             _ => Body::Summary(self.object.open("site summary")?),
         };
         Ok(Checked { body_hash: self.object.body_hash(), cert, cert_signer, signer, body })
+    }
+
+    /// Runs the pure checks (signatures, decoding) now and caches the result; any thread may
+    /// do this ahead of time. The trust-dependent checks still run at each node.
+    pub fn precheck(&self, check: &dyn SignatureCheck) -> Result<(), SiteError> {
+        self.pure(check).map(|_| ())
     }
 
     /// The decoded record, once verified by [`verify_record`].
@@ -385,13 +396,16 @@ impl HeldRecord {
 /// A verified summary as held.
 #[derive(Clone, Debug)]
 pub struct HeldSummary {
-    /// Its rank among summaries of the same site.
-    pub rank: (u64, u32, [u8; 32]),
-    /// The bundle it came in (decoded summary inside).
+    /// The bundle it came in (decoded summary inside). One pointer: a node holds one of these
+    /// per site of the fleet.
     pub bundle: Arc<Bundle>,
 }
 
 impl HeldSummary {
+    /// Its rank among summaries of the same site.
+    pub fn rank(&self) -> (u64, u32, [u8; 32]) {
+        self.summary().rank(self.bundle.body_hash().expect("held summaries are verified"))
+    }
     /// The summary.
     pub fn summary(&self) -> &SiteSummary {
         self.bundle.summary().expect("held summaries are verified")
@@ -473,7 +487,29 @@ pub fn verify_summary(
         return Err(SiteError::Invalid("too many summary counters"));
     }
     bundle.authorize(checked, summary.author, &summary.site, trust, now)?;
-    Ok(HeldSummary { rank: summary.rank(checked.body_hash), bundle: bundle.clone() })
+    Ok(HeldSummary { bundle: bundle.clone() })
+}
+
+/// The site and rank of a summary bundle from its pure checks alone (signature, decoding), so a
+/// stale copy can be dropped before any further work.
+pub fn summary_rank<'a>(
+    bundle: &'a Bundle,
+    check: &dyn SignatureCheck,
+) -> Result<(&'a SiteId, (u64, u32, [u8; 32])), SiteError> {
+    let checked = bundle.pure(check)?;
+    match &checked.body {
+        Body::Summary(s) => Ok((&s.site, s.rank(checked.body_hash))),
+        _ => Err(TrustError::WrongDomain {
+            expected: Domain::SiteSummary,
+            got: bundle.object.domain,
+        }
+        .into()),
+    }
+}
+
+/// The score by which a site elects its summary reporter: the member with the lowest score.
+pub fn reporter_score(site: &SiteId, node: &NodeId) -> [u8; 32] {
+    crate::crypto::hash_parts(&[site.0.as_bytes(), &node.0])
 }
 
 /// Outcome of merging one object.
@@ -550,6 +586,39 @@ impl SiteState {
         Ok(Merge::New)
     }
 
+    /// Merges many verified records. Into an empty state this builds the map in one pass
+    /// (restoring a store of thousands of records at start); otherwise it merges one by one.
+    /// Returns how many were refused.
+    pub fn merge_records(&mut self, mut held: Vec<HeldRecord>) -> usize {
+        if !self.records.is_empty() {
+            return held.into_iter().filter(|h| self.merge_record(h.clone()).is_err()).count();
+        }
+        let before = held.len();
+        held.retain(|h| h.record().site == self.site);
+        // Highest version (then highest body hash) of each node wins, as in merge_record.
+        held.sort_by(|a, b| {
+            (a.record().node, a.version, a.body_hash()).cmp(&(
+                b.record().node,
+                b.version,
+                b.body_hash(),
+            ))
+        });
+        let mut last: Vec<HeldRecord> = Vec::with_capacity(held.len());
+        for h in held {
+            match last.last() {
+                Some(prev) if prev.record().node == h.record().node => {
+                    *last.last_mut().expect("non-empty") = h;
+                }
+                _ => last.push(h),
+            }
+        }
+        last.truncate(limits::RECORDS_MAX);
+        let kept = last.len();
+        self.records = last.into_iter().map(|h| (h.record().node, h)).collect();
+        self.digest = None;
+        before - kept
+    }
+
     /// Merges verified evidence (grow-only).
     pub fn merge_evidence(
         &mut self,
@@ -615,29 +684,29 @@ impl SiteState {
         out
     }
 
-    /// Bundles we hold that a peer holding `theirs` lacks (or holds older), at most `max`.
+    /// Bundles we hold that a peer holding `theirs` (sorted, deduplicated) lacks or holds an
+    /// older version of, at most `max`.
     pub fn missing_from(&self, theirs: &[SiteKey], max: usize) -> Vec<Arc<Bundle>> {
-        let mut their_records: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let mut their_evidence = std::collections::BTreeSet::new();
-        for k in theirs {
-            match k {
-                SiteKey::Record(n, v) => {
-                    their_records.insert(*n, *v);
-                }
-                SiteKey::Evidence(id) => {
-                    their_evidence.insert(*id);
-                }
+        let their_version = |node: &NodeId| -> Option<u64> {
+            // Keys sort by (node, version): the last entry for a node is its highest version.
+            let end = theirs.partition_point(|k| match k {
+                SiteKey::Record(n, _) => n <= node,
+                SiteKey::Evidence(_) => false,
+            });
+            match end.checked_sub(1).map(|i| &theirs[i]) {
+                Some(SiteKey::Record(n, v)) if n == node => Some(*v),
+                _ => None,
             }
-        }
+        };
         let records = self
             .records
             .iter()
-            .filter(|(n, r)| their_records.get(n).is_none_or(|v| *v < r.version))
+            .filter(|(n, r)| their_version(n).is_none_or(|v| v < r.version))
             .map(|(_, r)| r.bundle.clone());
         let evidence = self
             .evidence
             .iter()
-            .filter(|(id, _)| !their_evidence.contains(id))
+            .filter(|(id, _)| theirs.binary_search(&SiteKey::Evidence(**id)).is_err())
             .map(|(_, (_, b))| b.clone());
         records.chain(evidence).take(max).collect()
     }
@@ -699,7 +768,26 @@ impl SiteState {
 #[derive(Clone, Debug, Default)]
 pub struct Summaries {
     by_site: BTreeMap<SiteId, HeldSummary>,
-    digest: Option<StateHash>,
+    /// Lane-wise wrapping sum of the entry hashes of every summary held: updated in O(1) as
+    /// summaries are replaced, so the digest never walks the table (which at 500 sites means
+    /// touching 500 objects on every anti-entropy round). The digest only decides whether two
+    /// peers run a repair exchange; what a summary commits to is in its signed roots.
+    sum: [u64; 4],
+}
+
+fn summary_entry_hash(_site: &SiteId, held: &HeldSummary) -> [u64; 4] {
+    // The body names the site, so the body hash alone identifies the entry.
+    *held.bundle.cache.lanes.get_or_init(|| {
+        let h = held.bundle.body_hash().expect("held summaries are verified");
+        let lane = |i: usize| u64::from_le_bytes(h[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        [lane(0), lane(1), lane(2), lane(3)]
+    })
+}
+
+fn lanes_add(sum: &mut [u64; 4], x: [u64; 4], sign: bool) {
+    for (s, v) in sum.iter_mut().zip(x) {
+        *s = if sign { s.wrapping_add(v) } else { s.wrapping_sub(v) };
+    }
 }
 
 impl Summaries {
@@ -707,15 +795,48 @@ impl Summaries {
     pub fn merge(&mut self, held: HeldSummary) -> Result<Merge, SiteError> {
         let site = held.summary().site.clone();
         match self.by_site.get(&site) {
-            Some(have) if have.rank >= held.rank => return Ok(Merge::Duplicate),
+            Some(have) if have.rank() >= held.rank() => return Ok(Merge::Duplicate),
             None if self.by_site.len() >= limits::SITES_MAX => {
                 return Err(SiteError::Full("site summaries"))
             }
             _ => {}
         }
-        self.by_site.insert(site, held);
-        self.digest = None;
+        lanes_add(&mut self.sum, summary_entry_hash(&site, &held), true);
+        if let Some(old) = self.by_site.insert(site.clone(), held) {
+            lanes_add(&mut self.sum, summary_entry_hash(&site, &old), false);
+        }
         Ok(Merge::New)
+    }
+
+    /// Merges many verified summaries; into an empty table in one pass. Returns how many did
+    /// not end up held (outranked duplicates or over the limit).
+    pub fn merge_all(&mut self, mut held: Vec<HeldSummary>) -> usize {
+        if !self.by_site.is_empty() {
+            return held.into_iter().filter(|h| self.merge(h.clone()) != Ok(Merge::New)).count();
+        }
+        let before = held.len();
+        held.sort_by(|a, b| (&a.summary().site, a.rank()).cmp(&(&b.summary().site, b.rank())));
+        let mut last: Vec<HeldSummary> = Vec::with_capacity(held.len());
+        for h in held {
+            match last.last() {
+                Some(prev) if prev.summary().site == h.summary().site => {
+                    *last.last_mut().expect("non-empty") = h;
+                }
+                _ => last.push(h),
+            }
+        }
+        last.truncate(limits::SITES_MAX);
+        let kept = last.len();
+        for h in &last {
+            lanes_add(&mut self.sum, summary_entry_hash(&h.summary().site, h), true);
+        }
+        self.by_site = last.into_iter().map(|h| (h.summary().site.clone(), h)).collect();
+        before - kept
+    }
+
+    /// The rank of the summary held for `site`, if any.
+    pub fn rank_of(&self, site: &SiteId) -> Option<(u64, u32, [u8; 32])> {
+        self.by_site.get(site).map(HeldSummary::rank)
     }
 
     /// The summaries held.
@@ -725,7 +846,7 @@ impl Summaries {
 
     /// (site, rank) of every summary held, for digest exchange.
     pub fn ranks(&self) -> Vec<(SiteId, (u64, u32, [u8; 32]))> {
-        self.by_site.iter().map(|(s, h)| (s.clone(), h.rank)).collect()
+        self.by_site.iter().map(|(s, h)| (s.clone(), h.rank())).collect()
     }
 
     /// Summaries that outrank what a peer holding `theirs` has, at most `max`.
@@ -738,7 +859,7 @@ impl Summaries {
             theirs.iter().map(|(s, r)| (s, r)).collect();
         self.by_site
             .iter()
-            .filter(|(s, h)| theirs.get(s).is_none_or(|r| **r < h.rank))
+            .filter(|(s, h)| theirs.get(s).is_none_or(|r| **r < h.rank()))
             .map(|(_, h)| h.bundle.clone())
             .take(max)
             .collect()
@@ -746,17 +867,12 @@ impl Summaries {
 
     /// Digest over all held summaries.
     pub fn digest(&mut self) -> StateHash {
-        if let Some(d) = self.digest {
-            return d;
-        }
         let mut h = blake3::Hasher::new();
         h.update(b"summaries");
-        for (site, held) in &self.by_site {
-            h.update(&encode(site));
-            h.update(&held.rank.2);
+        h.update(&(self.by_site.len() as u64).to_le_bytes());
+        for lane in self.sum {
+            h.update(&lane.to_le_bytes());
         }
-        let d = StateHash(*h.finalize().as_bytes());
-        self.digest = Some(d);
-        d
+        StateHash(*h.finalize().as_bytes())
     }
 }

@@ -87,9 +87,16 @@ impl Message {
         Ok(msg)
     }
 
-    /// Encoded size without allocating the encoding.
+    /// Exact encoded size without allocating the encoding. Batches of bundles add up each
+    /// bundle's cached size (variant tag and length prefix included).
     pub fn wire_bytes(&self) -> usize {
-        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).unwrap_or(0)
+        match self {
+            Message::SiteObjects(v) | Message::Summaries(v) => {
+                1 + varint_len(v.len()) + v.iter().map(|b| b.wire_bytes()).sum::<usize>()
+            }
+            other => postcard::serialize_with_flavor(other, postcard::ser_flavors::Size::default())
+                .unwrap_or(0),
+        }
     }
 
     /// Short name for statistics.
@@ -110,5 +117,60 @@ impl Message {
     /// True for messages that carry catalog state.
     pub fn is_catalog(&self) -> bool {
         matches!(self, Message::CatalogChange(_) | Message::CatalogSync(_))
+    }
+}
+
+/// Bytes of postcard's varint encoding of a length.
+fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.leading_zeros();
+    (bits.max(1) as usize).div_ceil(7)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Domain, SecretKey};
+
+    #[test]
+    fn batch_wire_size_matches_the_encoding() {
+        let k = SecretKey::from_seed([1; 32]);
+        let mk = |n: u8| {
+            Arc::new(Bundle::new(
+                Envelope::seal(Domain::Evidence, &vec![n; usize::from(n) * 3], &[&k]),
+                Envelope::seal(Domain::Admission, &vec![n; 5], &[&k]),
+            ))
+        };
+        for count in [0usize, 1, 5, 200] {
+            let msg = Message::SiteObjects((0..count).map(|i| mk(i as u8)).collect());
+            assert_eq!(msg.wire_bytes(), msg.to_bytes().len(), "{count} bundles");
+        }
+        let msg = Message::Digest {
+            catalog: StateHash([1; 32]),
+            site: StateHash([2; 32]),
+            summaries: StateHash([3; 32]),
+            trust_version: 300,
+        };
+        assert_eq!(msg.wire_bytes(), msg.to_bytes().len());
+    }
+
+    #[test]
+    fn oversized_and_overfull_messages_are_refused() {
+        let big = vec![0u8; limits::MESSAGE_BYTES_MAX + 1];
+        assert!(matches!(Message::from_bytes(&big), Err(DecodeError::TooLarge { .. })));
+        let keys = Message::SiteKeys {
+            keys: vec![
+                crate::site::SiteKey::Evidence(crate::ids::ObjectId([0; 32]));
+                limits::DIGEST_ENTRIES_MAX + 1
+            ],
+            reply: false,
+        };
+        // Too large in bytes already; a message under the byte limit but over the entry limit
+        // is refused for its entry count.
+        assert!(Message::from_bytes(&keys.to_bytes()).is_err());
+        let few = Message::SiteKeys { keys: vec![], reply: true };
+        assert_eq!(Message::from_bytes(&few.to_bytes()).unwrap(), few);
+        let mut trailing = few.to_bytes();
+        trailing.push(0);
+        assert!(matches!(Message::from_bytes(&trailing), Err(DecodeError::Malformed { .. })));
     }
 }

@@ -13,6 +13,10 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
   duration_ms               simulated time the run lasts
   warmup_ms                 time for nodes to connect and exchange records before anything else
   publish_at_ms             when an admin publishes the measured catalog change, at a random node
+  start                     'cold': every node boots at once with an empty store and the fleet
+                            warms up live; 'steady': every node starts from a store holding
+                            its site's signed records and every site's signed summary, as a
+                            fleet that has been running (each object is verified on load)
   clock_skew_ms             each node's clock is off by a uniform amount in +/- this
   adversaries               extra admitted-but-compromised nodes that inject forged, unsigned,
                             under-threshold, revoked, replayed and garbage objects
@@ -30,6 +34,7 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
   [protocol] anti_entropy_interval_ms  mean period of digest exchange with one random peer
              summary_interval_ms       minimum period between a site's summaries
              gossip_flush_ms           batching period for relayed records and summaries
+             summary_fanout            random peers each fresh site summary is pushed to
   [[partition]] sites       how many sites lose their WAN links
                 start_ms, end_ms   when the partition starts and heals
                 publish_inside     admins publish on both sides while it lasts
@@ -73,6 +78,9 @@ pub struct Scenario {
     /// When the measured change is published.
     #[serde(default = "d_publish")]
     pub publish_at_ms: u64,
+    /// How the fleet starts.
+    #[serde(default)]
+    pub start: Start,
     /// Clock skew bound.
     #[serde(default)]
     pub clock_skew_ms: u64,
@@ -100,6 +108,17 @@ pub struct Scenario {
     /// Crashes.
     #[serde(default)]
     pub crash: Vec<Crash>,
+}
+
+/// How the fleet starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Empty stores; the fleet warms up live.
+    #[default]
+    Cold,
+    /// Stores hold the site's records and every site's summary.
+    Steady,
 }
 
 /// A kind of link.
@@ -163,11 +182,18 @@ pub struct Protocol {
     pub summary_interval_ms: u64,
     /// Relay batching period.
     pub gossip_flush_ms: u64,
+    /// Peers each fresh summary is pushed to.
+    pub summary_fanout: usize,
 }
 
 impl Default for Protocol {
     fn default() -> Self {
-        Protocol { anti_entropy_interval_ms: 1000, summary_interval_ms: 3000, gossip_flush_ms: 50 }
+        Protocol {
+            anti_entropy_interval_ms: 1000,
+            summary_interval_ms: 3000,
+            gossip_flush_ms: 50,
+            summary_fanout: 2,
+        }
     }
 }
 

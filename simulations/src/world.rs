@@ -117,6 +117,8 @@ pub struct Report {
     pub messages_delivered: u64,
     /// Messages lost to link loss, partitions or crashed receivers.
     pub messages_lost: u64,
+    /// Messages delivered, by kind.
+    pub messages_by_kind: BTreeMap<String, u64>,
     /// Objects refused by honest nodes, by reason.
     pub rejected: BTreeMap<String, u64>,
     /// Site summaries held per node (mean), and records held per node (mean).
@@ -134,7 +136,7 @@ pub struct Report {
 }
 
 enum Ev {
-    Deliver { from: u32, to: u32, msg: Arc<Message> },
+    Deliver { from: u32, to: u32, size: usize, msg: Arc<Message> },
     Bytes { from: u32, to: u32, bytes: Vec<u8> },
     Timer { node: u32 },
     Publish { measured: bool, node: u32, tag: u8 },
@@ -199,6 +201,7 @@ struct Entity {
 
 /// A simulated world.
 pub struct World {
+    started: std::time::Instant,
     s: Scenario,
     seed: u64,
     rng: ChaCha8Rng,
@@ -226,9 +229,67 @@ pub struct World {
     background_from_us: u64,
     background_to_us: u64,
     delivered: u64,
+    by_kind: BTreeMap<&'static str, u64>,
     lost: u64,
     violations: Vec<String>,
     rejected_adversary_free: bool,
+    /// For a steady start: what every node of a site has in its store at time zero.
+    site_stores: Vec<Arc<Vec<Persist>>>,
+}
+
+/// Builds, for a steady start, each site's store: its members' records and one summary per
+/// site signed by that site's elected reporter.
+#[allow(clippy::type_complexity)]
+fn steady_stores(
+    made: Vec<(SecretKey, Envelope, Option<Arc<Bundle>>)>,
+    site_of: &[u32],
+    sites: usize,
+    genesis: &Envelope,
+    check: &Arc<MemoCheck>,
+) -> (Vec<(SecretKey, Envelope, Option<Arc<Bundle>>)>, Vec<Arc<Vec<Persist>>>) {
+    let trust =
+        patchmesh_protocol::trust::Trust::new(genesis.clone(), check.as_ref()).expect("genesis");
+    let mut states: Vec<patchmesh_protocol::site::SiteState> =
+        (0..sites as u32).map(|s| patchmesh_protocol::site::SiteState::new(site_name(s))).collect();
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); sites];
+    for (i, (_, _, rec)) in made.iter().enumerate() {
+        let site = site_of[i] as usize;
+        let held = patchmesh_protocol::site::verify_record(
+            rec.as_ref().expect("steady record"),
+            &trust,
+            Millis(EPOCH_MS),
+            check.as_ref(),
+        )
+        .expect("record verifies");
+        states[site].merge_record(held).expect("record merges");
+        members[site].push(i);
+    }
+    let mut summaries = Vec::with_capacity(sites);
+    for (site, state) in states.iter().enumerate() {
+        let name = site_name(site as u32);
+        let Some(&reporter) = members[site].iter().min_by_key(|i| {
+            patchmesh_protocol::site::reporter_score(&name, &NodeId(made[**i].0.public().0))
+        }) else {
+            continue;
+        };
+        let summary = state.summarise(trust.mesh(), NodeId(made[reporter].0.public().0));
+        let b = Arc::new(Bundle::new(
+            Envelope::seal(Domain::SiteSummary, &summary, &[&made[reporter].0]),
+            made[reporter].1.clone(),
+        ));
+        b.precheck(check.as_ref()).expect("summary verifies");
+        summaries.push(Persist::Summary(b));
+    }
+    let stores = states
+        .iter()
+        .map(|state| {
+            let mut store: Vec<Persist> =
+                state.records().values().map(|h| Persist::SiteObject(h.bundle.clone())).collect();
+            store.extend(summaries.iter().cloned());
+            Arc::new(store)
+        })
+        .collect();
+    (made, stores)
 }
 
 fn site_name(i: u32) -> SiteId {
@@ -252,8 +313,10 @@ fn make_nodes(
     sites: &[u32],
     admin: &SecretKey,
     g: &Genesis,
-) -> Vec<(SecretKey, Envelope)> {
-    let work = |range: std::ops::Range<usize>| -> Vec<(SecretKey, Envelope)> {
+    steady: bool,
+    check: &MemoCheck,
+) -> Vec<(SecretKey, Envelope, Option<Arc<Bundle>>)> {
+    let work = |range: std::ops::Range<usize>| -> Vec<(SecretKey, Envelope, Option<Arc<Bundle>>)> {
         range
             .map(|i| {
                 let k = SecretKey::from_seed(seeds[i]);
@@ -266,7 +329,26 @@ fn make_nodes(
                     Millis(EPOCH_MS),
                     CERT_VALID_MS,
                 );
-                (k, cert)
+                // A running fleet's record of this node, checked here on a worker thread so
+                // the (memoised) signature checks are paid in parallel.
+                let record = steady.then(|| {
+                    let rec = NodeRecord {
+                        mesh: g.mesh_id(),
+                        node: NodeId(k.public().0),
+                        site: site_name(sites[i]),
+                        version: 1,
+                        written_at: Millis(EPOCH_MS),
+                        inventory: Default::default(),
+                        rollouts: BTreeMap::new(),
+                    };
+                    let b = Arc::new(Bundle::new(
+                        Envelope::seal(Domain::NodeRecord, &rec, &[&k]),
+                        cert.clone(),
+                    ));
+                    b.precheck(check).expect("own record verifies");
+                    b
+                });
+                (k, cert, record)
             })
             .collect()
     };
@@ -282,6 +364,7 @@ fn make_nodes(
 impl World {
     /// Builds the world for a scenario and seed.
     pub fn new(s: Scenario, seed: u64) -> World {
+        let t_new = std::time::Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let key_seeds = derive_keys(&mut rng, 5);
         let roots: Vec<SecretKey> =
@@ -313,7 +396,8 @@ impl World {
             site_of.push(site_order[rng.gen_range(max_part..s.sites)]);
         }
         let seeds = derive_keys(&mut rng, total);
-        let made = make_nodes(&seeds, &site_of, &admins[0], &genesis_body);
+        let steady = s.start == crate::scenario::Start::Steady;
+        let made = make_nodes(&seeds, &site_of, &admins[0], &genesis_body, steady, &check);
 
         let mut members: Vec<Vec<u32>> = vec![Vec::new(); s.sites];
         for (i, site) in site_of.iter().enumerate().take(s.nodes) {
@@ -329,7 +413,11 @@ impl World {
         for (i, site) in site_of.iter().enumerate() {
             let m = &members[*site as usize];
             for _ in 0..s.topology.lan_degree.min(m.len().saturating_sub(1)) {
-                let j = m[rng.gen_range(0..m.len())];
+                // A random other member (never itself, so every node has a link).
+                let mut j = m[rng.gen_range(0..m.len())];
+                while j == i as u32 {
+                    j = m[rng.gen_range(0..m.len())];
+                }
                 add(i as u32, j, &mut links);
             }
         }
@@ -364,7 +452,12 @@ impl World {
         }
 
         let mut ents = Vec::with_capacity(total);
-        for (i, (key, admission)) in made.into_iter().enumerate() {
+        let (made, site_stores) = if steady {
+            steady_stores(made, &site_of, s.sites, &genesis, &check)
+        } else {
+            (made, Vec::new())
+        };
+        for (i, (key, admission, _)) in made.into_iter().enumerate() {
             let skew_ms = if s.clock_skew_ms > 0 {
                 rng.gen_range(-(s.clock_skew_ms as i64)..=s.clock_skew_ms as i64)
             } else {
@@ -377,8 +470,9 @@ impl World {
                 anti_entropy_interval_ms: s.protocol.anti_entropy_interval_ms,
                 summary_interval_ms: s.protocol.summary_interval_ms,
                 gossip_flush_ms: s.protocol.gossip_flush_ms,
+                summary_fanout: s.protocol.summary_fanout,
                 seed: rng.gen(),
-                record_version_floor: 0,
+                record_version_floor: u64::from(steady),
                 check: check.clone(),
             };
             ents.push(Entity {
@@ -388,15 +482,22 @@ impl World {
                 skew_ms,
                 links: links[i].iter().copied().collect(),
                 timer_at: u64::MAX,
-                store: crashing.contains(&(i as u32)).then(Vec::new),
+                store: crashing.contains(&(i as u32)).then(|| {
+                    site_stores
+                        .get(site_of[i] as usize)
+                        .map(|st: &Arc<Vec<Persist>>| st.as_ref().clone())
+                        .unwrap_or_default()
+                }),
                 adversary: i >= s.nodes,
             });
         }
         World {
+            started: t_new,
             partitioned: vec![false; s.sites],
             received_us: vec![u64::MAX; s.nodes],
             eligible: vec![false; s.nodes],
             keys: Keys { roots, admins, genesis, genesis_body },
+            site_stores,
             s,
             seed,
             rng,
@@ -419,6 +520,7 @@ impl World {
             background_from_us: 0,
             background_to_us: 0,
             delivered: 0,
+            by_kind: BTreeMap::new(),
             lost: 0,
             violations: Vec::new(),
             rejected_adversary_free: true,
@@ -455,6 +557,19 @@ impl World {
         }
         let now = self.node_now(i);
         let mut node = Node::new(config, now).expect("simulated node config is valid");
+        let fresh_steady = store.as_ref().is_none_or(|st| st.is_empty())
+            && !self.site_stores.is_empty()
+            && self.ents[i as usize].timer_at == u64::MAX
+            && self.now_us == 0;
+        if fresh_steady {
+            let site = self.ents[i as usize].site as usize;
+            let st = self.site_stores[site].clone();
+            let refused = node.restore(&st);
+            if refused > 0 {
+                self.violations
+                    .push(format!("node {i} refused {refused} objects of its initial store"));
+            }
+        }
         if let Some(store) = &store {
             let refused = node.restore(store);
             if refused > 0 {
@@ -529,7 +644,7 @@ impl World {
         if self.honest(from) {
             self.check_relay(from, &msg);
         }
-        self.transmit(from, to, size, Ev::Deliver { from, to, msg });
+        self.transmit(from, to, size, Ev::Deliver { from, to, size, msg });
     }
 
     fn transmit(&mut self, from: u32, to: u32, size: usize, ev: Ev) {
@@ -634,10 +749,11 @@ impl World {
 
     /// Runs to the end and reports.
     pub fn run(mut self) -> Report {
-        let wall = std::time::Instant::now();
+        let wall = self.started;
         for i in 0..self.ents.len() as u32 {
             self.start_node(i);
         }
+
         self.schedule_script();
         let end_us = self.s.duration_ms * 1000;
         self.background_from_us = self.s.warmup_ms * 1000;
@@ -647,22 +763,48 @@ impl World {
                 break;
             }
             self.now_us = q.t;
+            let kind: &'static str = match &q.ev {
+                Ev::Deliver { msg, .. } => msg.kind(),
+                Ev::Timer { .. } => "timer",
+                _ => "other",
+            };
+            let t0 = std::time::Instant::now();
             self.step(q.ev);
+            let e = PROF.with(|p| {
+                let mut p = p.borrow_mut();
+                let x = p.entry(kind).or_insert((0u64, 0u64));
+                x.0 += 1;
+                x.1 += t0.elapsed().as_nanos() as u64;
+            });
+            let _ = e;
         }
         self.now_us = end_us;
-        self.finish(wall.elapsed().as_millis() as u64)
+        if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
+            PROF.with(|p| {
+                for (k, (n, ns)) in p.borrow().iter() {
+                    eprintln!(
+                        "{k:16} {n:10} events {:8} ms {:6} ns/event",
+                        ns / 1_000_000,
+                        ns / n.max(&1)
+                    );
+                }
+            });
+        }
+        let _ = wall;
+        self.finish()
     }
 
     fn step(&mut self, ev: Ev) {
         let t = self.now_us;
         match ev {
-            Ev::Deliver { from, to, msg } => {
+            Ev::Deliver { from, to, size, msg } => {
                 if self.ents[to as usize].node.is_none() {
                     self.lost += 1;
                     return;
                 }
                 self.delivered += 1;
-                self.trace(t, 1, from, to, msg.wire_bytes() as u64);
+                *self.by_kind.entry(msg.kind()).or_default() += 1;
+                self.trace(t, 1, from, to, size as u64);
                 let catalog = msg.is_catalog();
                 self.input(to, Input::Message { peer: PeerId(u64::from(from)), msg });
                 if catalog {
@@ -911,7 +1053,7 @@ impl World {
         }
     }
 
-    fn finish(mut self, wall_ms: u64) -> Report {
+    fn finish(mut self) -> Report {
         let mut violations = std::mem::take(&mut self.violations);
         // Convergence: every live honest node agrees on catalog and trust; each site on its state.
         let mut catalogs: BTreeMap<(StateHash, u64), usize> = BTreeMap::new();
@@ -980,7 +1122,7 @@ impl World {
         let _ = self.rejected_adversary_free;
         let nodes = self.s.nodes.max(1) as f64;
         let bg_s = (self.background_to_us.saturating_sub(self.background_from_us)) as f64 / 1e6;
-        Report {
+        let report = Report {
             scenario: self.s.name.clone(),
             nodes: self.s.nodes,
             sites: self.s.sites,
@@ -999,14 +1141,19 @@ impl World {
             bytes_sent_total: self.bytes_total,
             messages_delivered: self.delivered,
             messages_lost: self.lost,
+            messages_by_kind: self.by_kind.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             rejected,
             summaries_per_node: (summaries as f64 / live.max(1) as f64 * 10.0).round() / 10.0,
             records_per_node: (records as f64 / live.max(1) as f64 * 10.0).round() / 10.0,
             invariant_violations: violations,
             simulated_ms: self.now_us / 1000,
-            wall_ms,
+            // Everything from building the world to this report: keys, topology, run, checks.
+            wall_ms: self.started.elapsed().as_millis() as u64,
             peak_rss_mb: peak_rss_mb(),
-        }
+        };
+        // Freeing a 100,000-node world takes seconds and the report is all that is left to use.
+        std::mem::forget(self.ents);
+        report
     }
 }
 
@@ -1027,3 +1174,5 @@ pub fn peak_rss_mb() -> u64 {
 pub fn run(s: &Scenario, seed: u64) -> Report {
     World::new(s.clone(), seed).run()
 }
+
+thread_local! { static PROF: std::cell::RefCell<BTreeMap<&'static str, (u64, u64)>> = Default::default(); }

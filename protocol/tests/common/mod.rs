@@ -68,6 +68,7 @@ impl Keys {
             anti_entropy_interval_ms: 1000,
             summary_interval_ms: 2000,
             gossip_flush_ms: 50,
+            summary_fanout: 2,
             seed: 7,
             record_version_floor: 0,
             check: Arc::new(Ed25519),
