@@ -541,11 +541,12 @@ impl World {
         !self.ents[i as usize].adversary
     }
 
-    fn start_node(&mut self, i: u32) {
-        let e = &mut self.ents[i as usize];
+    /// Builds node `i` from its config and store (what a process does at boot). Depends only
+    /// on the entity and the initial site stores, so many can be built in parallel.
+    fn build_node(&self, i: u32, first_boot: bool) -> (Node, Option<String>) {
+        let e = &self.ents[i as usize];
         let mut config = e.config.clone();
-        let store = e.store.clone();
-        if let Some(store) = &store {
+        if let Some(store) = &e.store {
             config.record_version_floor = store
                 .iter()
                 .filter_map(|p| match p {
@@ -553,35 +554,64 @@ impl World {
                     _ => None,
                 })
                 .max()
-                .unwrap_or(0);
+                .unwrap_or(config.record_version_floor);
         }
         let now = self.node_now(i);
         let mut node = Node::new(config, now).expect("simulated node config is valid");
-        let fresh_steady = store.as_ref().is_none_or(|st| st.is_empty())
-            && !self.site_stores.is_empty()
-            && self.ents[i as usize].timer_at == u64::MAX
-            && self.now_us == 0;
-        if fresh_steady {
-            let site = self.ents[i as usize].site as usize;
-            let st = self.site_stores[site].clone();
-            let refused = node.restore(&st);
-            if refused > 0 {
-                self.violations
-                    .push(format!("node {i} refused {refused} objects of its initial store"));
+        let store: Option<&[Persist]> = match &e.store {
+            Some(store) if !store.is_empty() => Some(store),
+            _ if first_boot && !self.site_stores.is_empty() => {
+                Some(self.site_stores[e.site as usize].as_slice())
             }
-        }
-        if let Some(store) = &store {
+            _ => None,
+        };
+        let mut problem = None;
+        if let Some(store) = store {
             let refused = node.restore(store);
             if refused > 0 {
-                self.violations.push(format!(
-                    "node {i} refused {refused} of its own stored objects on restart"
-                ));
+                problem = Some(format!("node {i} refused {refused} objects of its store"));
             }
         }
+        (node, problem)
+    }
+
+    /// Boots every node at time zero, two at a time, then connects them in index order.
+    fn boot_all(&mut self) {
+        let n = self.ents.len() as u32;
+        let mid = n / 2;
+        let this = &*self;
+        let build = |range: std::ops::Range<u32>| -> Vec<(Node, Option<String>)> {
+            range.map(|i| this.build_node(i, true)).collect()
+        };
+        let built: Vec<(Node, Option<String>)> = std::thread::scope(|sc| {
+            let h = sc.spawn(|| build(mid..n));
+            let mut a = build(0..mid);
+            a.extend(h.join().expect("boot thread"));
+            a
+        });
+        for (i, (node, problem)) in built.into_iter().enumerate() {
+            if let Some(p) = problem {
+                self.violations.push(p);
+            }
+            self.ents[i].node = Some(node);
+            self.connect_started(i as u32, |j| j < i as u32);
+        }
+    }
+
+    fn start_node(&mut self, i: u32) {
+        let (node, problem) = self.build_node(i, false);
+        if let Some(p) = problem {
+            self.violations.push(p);
+        }
         self.ents[i as usize].node = Some(node);
+        self.connect_started(i, |_| true);
+    }
+
+    /// Connects node `i` to each linked node that is up and passes `filter`.
+    fn connect_started(&mut self, i: u32, filter: impl Fn(u32) -> bool) {
         let links = self.ents[i as usize].links.clone();
         for j in links {
-            if self.ents[j as usize].node.is_none() {
+            if self.ents[j as usize].node.is_none() || !filter(j) {
                 continue;
             }
             let (ni, nj) = (
@@ -750,9 +780,7 @@ impl World {
     /// Runs to the end and reports.
     pub fn run(mut self) -> Report {
         let wall = self.started;
-        for i in 0..self.ents.len() as u32 {
-            self.start_node(i);
-        }
+        self.boot_all();
 
         self.schedule_script();
         let end_us = self.s.duration_ms * 1000;

@@ -103,3 +103,28 @@ fn bad_scenarios_are_refused_with_a_reason() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+#[test]
+fn steady_start_restores_verified_stores_and_converges() {
+    let text = r#"
+        name = "steady"
+        nodes = 60
+        sites = 6
+        start = "steady"
+        duration_ms = 8000
+        warmup_ms = 1000
+        publish_at_ms = 3000
+        adversaries = 1
+        revoke_admin_at_ms = 500
+        [[crash]]
+        nodes = 5
+        at_ms = 2000
+        down_ms = 2000
+    "#;
+    let s = Scenario::parse(text, "inline").unwrap();
+    let r = run(&s, 7);
+    assert!(r.invariant_violations.is_empty(), "{:?}", r.invariant_violations);
+    assert_eq!(r.summaries_per_node, 6.0);
+    // Ten honest nodes a site, plus the adversary in one of them.
+    assert!(r.records_per_node >= 10.0 && r.records_per_node < 11.0, "{}", r.records_per_node);
+}
