@@ -512,6 +512,18 @@ pub fn reporter_score(site: &SiteId, node: &NodeId) -> [u8; 32] {
     crate::crypto::hash_parts(&[site.0.as_bytes(), &node.0])
 }
 
+/// From items sorted by (key, precedence), keeps the last — the winning — item of each key.
+fn keep_last_per_key<T, K: PartialEq>(sorted: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(sorted.len());
+    for item in sorted {
+        match out.last_mut() {
+            Some(prev) if key(prev) == key(&item) => *prev = item,
+            _ => out.push(item),
+        }
+    }
+    out
+}
+
 /// Outcome of merging one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -603,15 +615,7 @@ impl SiteState {
                 b.body_hash(),
             ))
         });
-        let mut last: Vec<HeldRecord> = Vec::with_capacity(held.len());
-        for h in held {
-            match last.last() {
-                Some(prev) if prev.record().node == h.record().node => {
-                    *last.last_mut().expect("non-empty") = h;
-                }
-                _ => last.push(h),
-            }
-        }
+        let mut last = keep_last_per_key(held, |h| h.record().node);
         last.truncate(limits::RECORDS_MAX);
         let kept = last.len();
         self.records = last.into_iter().map(|h| (h.record().node, h)).collect();
@@ -816,15 +820,7 @@ impl Summaries {
         }
         let before = held.len();
         held.sort_by(|a, b| (&a.summary().site, a.rank()).cmp(&(&b.summary().site, b.rank())));
-        let mut last: Vec<HeldSummary> = Vec::with_capacity(held.len());
-        for h in held {
-            match last.last() {
-                Some(prev) if prev.summary().site == h.summary().site => {
-                    *last.last_mut().expect("non-empty") = h;
-                }
-                _ => last.push(h),
-            }
-        }
+        let mut last = keep_last_per_key(held, |h| h.summary().site.clone());
         last.truncate(limits::SITES_MAX);
         let kept = last.len();
         for h in &last {
