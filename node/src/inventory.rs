@@ -6,7 +6,7 @@
 //! digest of the sorted list); the full list is served on request. Every file read is bounded.
 
 use patchmesh_protocol::site::InventorySummary;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Largest dpkg status file read (a desktop with ~5,000 packages has ~10 MB).
@@ -45,7 +45,7 @@ pub enum InventoryError {
 }
 
 /// One installed (or partly installed) package.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Package {
     /// Package name.
     pub name: String,
@@ -58,7 +58,7 @@ pub struct Package {
 }
 
 /// The machine's inventory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     /// Host name.
     pub hostname: String,

@@ -1,11 +1,20 @@
 //! # patchmesh-node: the runtime that drives the protocol core on a real machine
 //!
-//! The tokio driver, libp2p swarm, sled store, executors and control API live here as they are
-//! built. This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
+//! - [`daemon`]: the tokio driver that owns a `protocol::Node`, the libp2p swarm and the store.
+//! - [`net`]: the libp2p swarm (QUIC/TCP, gossipsub, request-response, Kademlia, mDNS, NAT
+//!   traversal) and how its identity binds to the node key.
+//! - [`store`]: the sled store behind the [`store::Store`] trait.
+//! - [`control`]: the local control API the CLI uses (Unix socket + token).
+//! - [`config`]: the daemon's TOML configuration.
+//! - [`files`]: key and trust files on disk.
+//! - [`inventory`]: what the machine is and has installed.
 //!
-//! So far it holds the on-disk form of keys and trust objects ([`files`]), which `patchmesh
-//! init` writes and the daemon will read, and the inventory collector ([`inventory`]) whose
-//! summary goes into the signed node record.
+//! This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
 
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod files;
 pub mod inventory;
+pub mod net;
+pub mod store;

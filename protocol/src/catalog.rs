@@ -352,19 +352,26 @@ impl Catalog {
         Ok(Offer::New)
     }
 
-    /// Makes a signed change as `admin` putting (or deleting, with `None`) entries. The caller
-    /// must be an admin; the change is applied locally and returned for publication.
-    pub fn author(
-        &mut self,
-        admin: &SecretKey,
+    /// Prepares, on a fork of this replica, the unsigned change an admin key would make
+    /// putting (or deleting, with `None`) entries. Nothing is applied here: the caller signs the
+    /// body wherever the admin key lives and offers the envelope back like any peer's change, so
+    /// the key never has to reach the node. `session` must be fresh for every change (the actor
+    /// is key + session, and one actor may not make two different changes with one sequence).
+    pub fn prepare(
+        &self,
+        admin: &KeyId,
         session: [u8; 8],
         now: Millis,
         trust: &Trust,
         edits: &[(String, Option<CatalogEntry>)],
-    ) -> Result<Envelope, CatalogError> {
-        trust.check_admin(&admin.public())?;
-        self.doc.set_actor(actor_for(&admin.public(), session));
-        let mut tx = self.doc.transaction();
+    ) -> Result<ChangeBody, CatalogError> {
+        trust.check_admin(admin)?;
+        if edits.is_empty() {
+            return Err(CatalogError::Edit("empty edit".into()));
+        }
+        let mut fork = self.doc.fork();
+        fork.set_actor(actor_for(admin, session));
+        let mut tx = fork.transaction();
         for (key, entry) in edits {
             let result = match entry {
                 Some(entry) => {
@@ -387,14 +394,31 @@ impl Catalog {
         let (hash, _) =
             tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time_s));
         let hash = hash.ok_or_else(|| CatalogError::Edit("empty edit".into()))?;
-        let change = self
-            .doc
+        let change = fork
             .get_change_by_hash(&hash)
             .ok_or_else(|| CatalogError::Edit("committed change vanished".into()))?;
-        let body = ChangeBody { mesh: self.mesh, change: change.raw_bytes().to_vec() };
+        let change = change.raw_bytes().to_vec();
+        if change.len() > limits::CATALOG_CHANGE_BYTES_MAX {
+            return Err(CatalogError::Edit("change is too large".into()));
+        }
+        Ok(ChangeBody { mesh: self.mesh, change })
+    }
+
+    /// Makes, signs and applies a change as `admin` (who must be an admin); returns the
+    /// envelope for publication.
+    pub fn author(
+        &mut self,
+        admin: &SecretKey,
+        session: [u8; 8],
+        now: Millis,
+        trust: &Trust,
+        edits: &[(String, Option<CatalogEntry>)],
+    ) -> Result<Envelope, CatalogError> {
+        let body = self.prepare(&admin.public(), session, now, trust, edits)?;
+        let change = Change::from_bytes(body.change.clone())
+            .map_err(|e| CatalogError::BadChange(e.to_string()))?;
         let env = Envelope::seal(Domain::CatalogChange, &body, &[admin]);
-        self.bodies.insert(env.body_hash());
-        self.signed.insert(hash.0, env.clone());
+        self.insert(change, env.clone())?;
         Ok(env)
     }
 

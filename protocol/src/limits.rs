@@ -49,3 +49,5 @@ pub const SEEN_IDS_MAX: usize = 65_536;
 pub const REJECTIONS_LOGGED_MAX: usize = 256;
 /// Free-text fields (names, descriptions, inventory summaries).
 pub const TEXT_BYTES_MAX: usize = 256;
+/// A connected peer that has not presented a valid admission certificate by then is dropped.
+pub const HELLO_TIMEOUT_MS: u64 = 10_000;

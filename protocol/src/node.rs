@@ -12,6 +12,14 @@
 //! peer, and to each peer once on connect; any digest that differs starts a repair exchange
 //! (automerge sync for the catalog, key lists for site objects, rank lists for summaries).
 //!
+//! ## Relay modes
+//! With [`RelayMode::Direct`] (the simulator) the node pushes every relay itself, one
+//! [`Output::Send`] per peer. With [`RelayMode::Topics`] (the real node, over gossipsub) the node
+//! emits one [`Output::Broadcast`] per fresh object it originated or repaired, on a [`Topic`];
+//! objects that arrived by [`Input::Gossip`] are not re-sent by the node: the driver's pubsub
+//! forwards them once the node answers with [`Output::GossipVerdict`] `Accept`. Anti-entropy is
+//! the same in both modes.
+//!
 //! ## Misbehaviour
 //! Anything that fails verification is refused, counted in [`Stats`], reported as
 //! [`Event::Rejected`] and answered with [`Output::Penalize`]; it is never stored or relayed. A
@@ -63,6 +71,39 @@ pub struct Config {
     pub record_version_floor: u64,
     /// Signature checker.
     pub check: Arc<dyn SignatureCheck>,
+    /// How fresh objects are spread.
+    pub relay: RelayMode,
+}
+
+/// How fresh objects are spread (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayMode {
+    /// One [`Output::Send`] per peer.
+    Direct,
+    /// One [`Output::Broadcast`] per object on a pubsub topic.
+    Topics,
+}
+
+/// A pubsub topic in [`RelayMode::Topics`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Topic {
+    /// Admin sets and catalog changes: every node.
+    Control,
+    /// Records and evidence of one site: that site's nodes.
+    Site(SiteId),
+    /// Site summaries: every node.
+    Summaries,
+}
+
+/// The node's judgement of a pubsub message, for the driver's pubsub validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new to us: forward it.
+    Accept,
+    /// Invalid: drop it and lower the forwarder's score.
+    Reject,
+    /// Valid but not new (or not ours to judge): drop it without penalty.
+    Ignore,
 }
 
 impl std::fmt::Debug for Config {
@@ -100,6 +141,16 @@ pub enum Input {
         /// The bytes.
         bytes: Vec<u8>,
     },
+    /// Raw bytes a peer forwarded on a pubsub topic ([`RelayMode::Topics`]); the node answers
+    /// with [`Output::GossipVerdict`] carrying the same `token`.
+    Gossip {
+        /// The peer that forwarded it.
+        peer: PeerId,
+        /// The driver's handle on the message.
+        token: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
     /// The deadline from [`Node::poll_timeout`] passed.
     Timer,
     /// A local command (from the CLI or an admin on this node).
@@ -116,6 +167,9 @@ pub enum Command {
         /// Entries to put (`Some`) or delete (`None`).
         edits: Vec<(String, Option<CatalogEntry>)>,
     },
+    /// Verify, apply and spread a catalog change an admin signed elsewhere (see
+    /// [`Catalog::prepare`]); judged exactly like a peer's.
+    Submit(Envelope),
     /// Apply and spread a root-signed admin set.
     AdminSet(Envelope),
     /// Re-sign this node's record with new contents.
@@ -199,6 +253,20 @@ pub enum Output {
         /// The peer.
         peer: PeerId,
     },
+    /// Publish on a pubsub topic ([`RelayMode::Topics`]).
+    Broadcast {
+        /// The topic.
+        topic: Topic,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// The verdict on an [`Input::Gossip`].
+    GossipVerdict {
+        /// The token of the input.
+        token: u64,
+        /// What to do with the message.
+        verdict: Verdict,
+    },
     /// An event.
     Event(Event),
 }
@@ -221,6 +289,7 @@ struct Peer {
     node: NodeId,
     admitted: Option<Admitted>,
     catalog: PeerSync,
+    connected_at: Millis,
 }
 
 impl Peer {
@@ -242,6 +311,10 @@ enum Refusal {
     Decode(#[from] DecodeError),
     #[error("hello names node {0:?} but the transport authenticated another key")]
     HelloMismatch(NodeId),
+    #[error("this message kind may not travel by pubsub")]
+    NotGossip,
+    #[error("no valid hello within the admission timeout")]
+    HelloTimeout,
 }
 
 impl Refusal {
@@ -274,6 +347,8 @@ impl Refusal {
             Refusal::Decode(DecodeError::TooLarge { .. }) => "oversized",
             Refusal::Decode(_) => "malformed",
             Refusal::HelloMismatch(_) => "hello_mismatch",
+            Refusal::NotGossip => "not_gossip",
+            Refusal::HelloTimeout => "hello_timeout",
         }
     }
 }
@@ -304,6 +379,8 @@ pub struct Node {
     reporter_cache: Option<(StateHash, bool)>,
     last_summary_digest: Option<StateHash>,
     stats: Stats,
+    /// While an [`Input::Gossip`] is handled: the verdict so far.
+    gossip: Option<Verdict>,
 }
 
 impl std::fmt::Debug for Node {
@@ -359,6 +436,7 @@ impl Node {
             reporter_cache: None,
             last_summary_digest: None,
             stats: Stats::default(),
+            gossip: None,
             id,
             own,
             trust,
@@ -500,6 +578,7 @@ impl Node {
                 Ok(msg) => self.on_message(peer, Arc::new(msg)),
                 Err(e) => self.refuse(Some(peer), e.into()),
             },
+            Input::Gossip { peer, token, bytes } => self.on_gossip(peer, token, &bytes),
             Input::Timer => {
                 if self.next_flush.is_some_and(|f| self.now >= f) {
                     self.flush();
@@ -524,8 +603,54 @@ impl Node {
         self.push(Output::Send { peer, msg });
     }
 
+    fn on_gossip(&mut self, peer: PeerId, token: u64, bytes: &[u8]) {
+        let admitted = self.peers.get(&peer).is_some_and(|p| p.admitted.is_some());
+        let verdict = match Message::from_bytes(bytes) {
+            // Only fresh-object messages travel by pubsub; anything else there is a violation.
+            Ok(msg)
+                if matches!(
+                    msg,
+                    Message::AdminSets(_)
+                        | Message::CatalogChange(_)
+                        | Message::SiteObjects(_)
+                        | Message::Summaries(_)
+                ) =>
+            {
+                if admitted {
+                    self.gossip = Some(Verdict::Ignore);
+                    self.on_message(peer, Arc::new(msg));
+                    self.gossip.take().unwrap_or(Verdict::Ignore)
+                } else {
+                    // No certificate yet: its data is not judged, and it is not forwarded.
+                    self.stats.unadmitted_dropped += 1;
+                    Verdict::Ignore
+                }
+            }
+            Ok(_) => {
+                self.refuse(Some(peer), Refusal::NotGossip);
+                Verdict::Reject
+            }
+            Err(e) => {
+                self.refuse(Some(peer), e.into());
+                Verdict::Reject
+            }
+        };
+        self.push(Output::GossipVerdict { token, verdict });
+    }
+
+    /// Notes that a gossiped object was new and valid (forward it), unless something in the
+    /// same message was invalid.
+    fn gossip_accepted(&mut self) {
+        if self.gossip == Some(Verdict::Ignore) {
+            self.gossip = Some(Verdict::Accept);
+        }
+    }
+
     fn refuse(&mut self, peer: Option<PeerId>, why: Refusal) {
         let kind = why.kind();
+        if self.gossip.is_some() && !matches!(kind, "replay" | "gap") {
+            self.gossip = Some(Verdict::Reject);
+        }
         *self.stats.rejected.entry(kind).or_default() += 1;
         // A stale version can arrive from an honest peer through a gossip race; only outright
         // invalid objects cost the sender score.
@@ -548,7 +673,11 @@ impl Node {
             self.push(Output::Disconnect { peer });
             return;
         }
-        self.peers.insert(peer, Peer { node, admitted: None, catalog: PeerSync::default() });
+        let connected_at = self.now;
+        self.peers.insert(
+            peer,
+            Peer { node, admitted: None, catalog: PeerSync::default(), connected_at },
+        );
         let hello = self.hello();
         self.send(peer, hello);
     }
@@ -681,6 +810,15 @@ impl Node {
     }
 
     fn relay(&mut self, from: Option<PeerId>, msg: Arc<Message>, same_site_only: bool) {
+        if self.config.relay == RelayMode::Topics {
+            // Pubsub forwards what came by pubsub; the rest is published once.
+            if self.gossip.is_none() {
+                let topic =
+                    if same_site_only { Topic::Site(self.site.site().clone()) } else { Topic::Control };
+                self.push(Output::Broadcast { topic, msg });
+            }
+            return;
+        }
         let targets: Vec<PeerId> = self
             .peers
             .iter()
@@ -703,6 +841,9 @@ impl Node {
     }
 
     fn queue_relay(&mut self, bundle: Arc<Bundle>, from: Option<PeerId>, site_object: bool) {
+        if self.gossip.is_some() && self.config.relay == RelayMode::Topics {
+            return;
+        }
         let outbox = if site_object { &mut self.outbox_site } else { &mut self.outbox_summaries };
         if outbox.len() < limits::OBJECTS_PER_SYNC_MAX * 4 {
             outbox.push((bundle, from));
@@ -717,6 +858,22 @@ impl Node {
         self.next_flush = None;
         let site_objects = std::mem::take(&mut self.outbox_site);
         let summaries = std::mem::take(&mut self.outbox_summaries);
+        if self.config.relay == RelayMode::Topics {
+            let batch = |items: Vec<(Arc<Bundle>, Option<PeerId>)>| -> Vec<Arc<Bundle>> {
+                items.into_iter().map(|(b, _)| b).take(limits::OBJECTS_PER_SYNC_MAX).collect()
+            };
+            let site_batch = batch(site_objects);
+            if !site_batch.is_empty() {
+                let topic = Topic::Site(self.site.site().clone());
+                self.push(Output::Broadcast { topic, msg: Arc::new(Message::SiteObjects(site_batch)) });
+            }
+            let summary_batch = batch(summaries);
+            if !summary_batch.is_empty() {
+                let msg = Arc::new(Message::Summaries(summary_batch));
+                self.push(Output::Broadcast { topic: Topic::Summaries, msg });
+            }
+            return;
+        }
         let peers: Vec<(PeerId, bool)> = self
             .peers
             .iter()
@@ -757,6 +914,7 @@ impl Node {
             match self.trust.apply_admin_set(env, self.config.check.as_ref()) {
                 Ok(true) => {
                     advanced = true;
+                    self.gossip_accepted();
                     self.stats.accepted += 1;
                     self.push(Output::Persist(Persist::AdminSet(env.clone())));
                 }
@@ -782,6 +940,7 @@ impl Node {
     fn on_catalog_change(&mut self, peer: PeerId, env: &Envelope, msg: &Arc<Message>) {
         match self.catalog.offer(env, &self.trust, self.config.check.as_ref()) {
             Ok(Offer::New) => {
+                self.gossip_accepted();
                 self.stats.accepted += 1;
                 self.push(Output::Persist(Persist::CatalogChange(env.clone())));
                 let state = self.catalog.state_hash();
@@ -854,6 +1013,7 @@ impl Node {
             }
             match self.accept_site_object(bundle) {
                 Ok(Merge::New) => {
+                    self.gossip_accepted();
                     self.stats.accepted += 1;
                     self.site_changed_at = self.now;
                     self.push(Output::Persist(Persist::SiteObject(bundle.clone())));
@@ -882,6 +1042,7 @@ impl Node {
         for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
             match self.accept_summary(bundle) {
                 Ok(Merge::New) => {
+                    self.gossip_accepted();
                     self.stats.accepted += 1;
                     self.push(Output::Persist(Persist::Summary(bundle.clone())));
                     self.queue_relay(bundle.clone(), Some(peer), false);
@@ -896,6 +1057,19 @@ impl Node {
         let interval = self.config.anti_entropy_interval_ms.max(1);
         let jitter = self.rng.gen_range(0..=interval / 2);
         self.next_tick = self.now.plus(interval - interval / 4 + jitter);
+        let late: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.admitted.is_none() && self.now.since(p.connected_at) >= limits::HELLO_TIMEOUT_MS
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in late {
+            self.refuse(Some(peer), Refusal::HelloTimeout);
+            self.peers.remove(&peer);
+            self.push(Output::Disconnect { peer });
+        }
         let admitted: Vec<PeerId> =
             self.peers.iter().filter(|(_, p)| p.admitted.is_some()).map(|(id, _)| *id).collect();
         if !admitted.is_empty() {
@@ -976,6 +1150,19 @@ impl Node {
                         self.push(Output::Event(Event::CatalogChanged { state }));
                         self.relay(None, Arc::new(Message::CatalogChange(Arc::new(env))), false);
                     }
+                    Err(e) => self.refuse(None, e.into()),
+                }
+            }
+            Command::Submit(env) => {
+                match self.catalog.offer(&env, &self.trust, self.config.check.as_ref()) {
+                    Ok(Offer::New) => {
+                        self.stats.accepted += 1;
+                        self.push(Output::Persist(Persist::CatalogChange(env.clone())));
+                        let state = self.catalog.state_hash();
+                        self.push(Output::Event(Event::CatalogChanged { state }));
+                        self.relay(None, Arc::new(Message::CatalogChange(Arc::new(env))), false);
+                    }
+                    Ok(Offer::Duplicate) => {}
                     Err(e) => self.refuse(None, e.into()),
                 }
             }

@@ -474,6 +474,7 @@ impl World {
                 seed: rng.gen(),
                 record_version_floor: u64::from(steady),
                 check: check.clone(),
+                relay: patchmesh_protocol::node::RelayMode::Direct,
             };
             ents.push(Entity {
                 node: None,
@@ -648,6 +649,10 @@ impl World {
                     self.input(j, Input::Disconnected { peer: PeerId(u64::from(i)) });
                 }
                 Output::Penalize { .. } | Output::Event(_) => {}
+                // Simulated nodes run in direct relay mode, which never asks for pubsub.
+                Output::Broadcast { .. } | Output::GossipVerdict { .. } => {
+                    unreachable!("pubsub output in direct relay mode")
+                }
             }
         }
         if let Some(t) = timeout {

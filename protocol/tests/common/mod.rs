@@ -4,7 +4,7 @@
 use patchmesh_protocol::crypto::{Ed25519, Envelope, SecretKey};
 use patchmesh_protocol::ids::{Millis, NodeId, SiteId};
 use patchmesh_protocol::mesh;
-use patchmesh_protocol::node::{Config, Input, Node, Output, PeerId};
+use patchmesh_protocol::node::{Config, Input, Node, Output, PeerId, RelayMode};
 use patchmesh_protocol::trust::Genesis;
 use patchmesh_protocol::wire::Message;
 use std::collections::{BTreeMap, VecDeque};
@@ -72,6 +72,7 @@ impl Keys {
             seed: 7,
             record_version_floor: 0,
             check: Arc::new(Ed25519),
+            relay: RelayMode::Direct,
         }
     }
 }
@@ -141,6 +142,9 @@ impl Harness {
                 Output::Penalize { peer } => self.penalized.push((i, peer)),
                 Output::Disconnect { peer } => self.disconnected.push((i, peer)),
                 Output::Persist(_) | Output::Event(_) => {}
+                Output::Broadcast { .. } | Output::GossipVerdict { .. } => {
+                    unreachable!("the harness runs direct relay mode")
+                }
             }
         }
     }

@@ -1,0 +1,197 @@
+//! The daemon's configuration file (TOML). Relative paths are resolved against the file's
+//! directory, so a node directory can be moved as a whole.
+//!
+//! ```toml
+//! data_dir = "data"                 # sled store, control socket and token
+//! key = "node.key"                  # from `patchmesh node keygen`
+//! genesis = "genesis.pm"            # from `patchmesh init`
+//! admission = "admission.pm"        # from `patchmesh admit`
+//! listen = ["/ip4/0.0.0.0/udp/7946/quic-v1", "/ip4/0.0.0.0/tcp/7946"]
+//! bootstrap = ["/ip4/192.0.2.10/udp/7946/quic-v1/p2p/12D3KooW…"]
+//! mdns = true
+//! # psk_file = "mesh.psk"           # 64 hex chars; strangers cannot even handshake
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The configuration of one node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Directory for the store, control socket and token.
+    pub data_dir: PathBuf,
+    /// The node key file.
+    pub key: PathBuf,
+    /// The mesh genesis file.
+    pub genesis: PathBuf,
+    /// This node's admission certificate.
+    pub admission: PathBuf,
+    /// Addresses to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Peers to dial at start (with `/p2p/<peer id>`).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the LAN by mDNS (multicast).
+    #[serde(default = "yes")]
+    pub mdns: bool,
+    /// Act as a relay for nodes behind NAT.
+    #[serde(default)]
+    pub relay_server: bool,
+    /// The mesh pre-shared key file (64 hex characters); TCP only when set.
+    pub psk_file: Option<PathBuf>,
+    /// The control socket (default: `<data_dir>/control.sock`).
+    pub control_socket: Option<PathBuf>,
+    /// Log format.
+    #[serde(default)]
+    pub log: LogFormat,
+    /// Mean anti-entropy period.
+    #[serde(default = "default_anti_entropy")]
+    pub anti_entropy_interval_ms: u64,
+    /// Minimum time between site summaries this node publishes.
+    #[serde(default = "default_summary")]
+    pub summary_interval_ms: u64,
+    /// Relay batching period.
+    #[serde(default = "default_flush")]
+    pub gossip_flush_ms: u64,
+    /// How often the inventory is read again.
+    #[serde(default = "default_inventory")]
+    pub inventory_interval_ms: u64,
+    /// Root of the file system the inventory is read from (tests point it at a fixture).
+    #[serde(default = "default_root")]
+    pub inventory_root: PathBuf,
+    /// Most established connections.
+    #[serde(default = "default_connections")]
+    pub connections_max: u32,
+    /// Connections this node tries to keep (it dials peers the DHT finds until it has them).
+    #[serde(default = "default_peers_target")]
+    pub peers_target: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> Vec<String> {
+    vec!["/ip4/0.0.0.0/udp/7946/quic-v1".into(), "/ip4/0.0.0.0/tcp/7946".into()]
+}
+fn default_anti_entropy() -> u64 {
+    10_000
+}
+fn default_summary() -> u64 {
+    30_000
+}
+fn default_flush() -> u64 {
+    50
+}
+fn default_inventory() -> u64 {
+    3_600_000
+}
+fn default_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_connections() -> u32 {
+    128
+}
+fn default_peers_target() -> usize {
+    8
+}
+
+/// Why a configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Largest configuration file read.
+pub const CONFIG_BYTES_MAX: u64 = 256 * 1024;
+
+impl NodeConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let io = |source| ConfigError::Io { path: path.display().to_string(), source };
+        let invalid =
+            |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > CONFIG_BYTES_MAX {
+            return Err(invalid(format!("{size} bytes, limit {CONFIG_BYTES_MAX}")));
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.data_dir, &mut cfg.key, &mut cfg.genesis, &mut cfg.admission] {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = cfg.psk_file.as_mut() {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = cfg.control_socket.as_mut() {
+            *p = base.join(&*p);
+        }
+        cfg.inventory_root = base.join(&cfg.inventory_root);
+        for addr in cfg.listen.iter().chain(&cfg.bootstrap) {
+            addr.parse::<libp2p::Multiaddr>()
+                .map_err(|e| invalid(format!("address {addr:?}: {e}")))?;
+        }
+        if cfg.anti_entropy_interval_ms < 100 {
+            return Err(invalid("anti_entropy_interval_ms must be at least 100".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// The control socket path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket.clone().unwrap_or_else(|| self.data_dir.join("control.sock"))
+    }
+
+    /// The control token path (always beside the socket's data dir).
+    pub fn token_path(&self) -> PathBuf {
+        self.data_dir.join("control.token")
+    }
+
+    /// Reads the pre-shared key, if configured.
+    pub fn psk(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        let Some(path) = &self.psk_file else { return Ok(None) };
+        let io = |source| ConfigError::Io { path: path.display().to_string(), source };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > 1024 {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: "a PSK file is 64 hex characters".into(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key).map_err(|e| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message: format!("a PSK file is 64 hex characters: {e}"),
+        })?;
+        Ok(Some(key))
+    }
+}

@@ -1,0 +1,146 @@
+//! The local control API: how the CLI talks to a running node.
+//!
+//! A Unix socket (`<data_dir>/control.sock`, mode 0600, in a 0700 directory) carrying one JSON
+//! request line and one JSON response line per connection. Every request also carries the
+//! token from `<data_dir>/control.token` (mode 0600), so reaching the socket is not enough by
+//! itself: both file modes must let the caller read. The API never listens on a network
+//! interface.
+//!
+//! Admin keys never travel over this socket: to publish, the CLI asks the node to *prepare* an
+//! unsigned catalog change against its replica, signs it itself, and *submits* the envelope,
+//! which the node verifies exactly as it would a peer's.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// Largest request line accepted.
+pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+/// Largest response line the client reads.
+pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// A control request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Node, mesh, trust, catalog and traffic summary.
+    Status,
+    /// Connected peers.
+    Peers,
+    /// The full inventory of this node, or of another node by id (fetched from it and checked
+    /// against the digest in its signed record when this node holds that record).
+    Inventory {
+        /// Node id (hex), or none for this node.
+        node: Option<String>,
+    },
+    /// The catalog entries.
+    Catalog,
+    /// The current admin set (and genesis), for building the next one.
+    AdminState,
+    /// An unsigned catalog change for `admin` making `edits` (postcard, hex).
+    Prepare {
+        /// The admin key id (hex).
+        admin: String,
+        /// `Vec<(String, Option<CatalogEntry>)>`, postcard-encoded, hex.
+        edits: String,
+    },
+    /// A signed catalog change envelope (postcard, hex) to verify, apply and spread.
+    Submit {
+        /// The envelope.
+        envelope: String,
+    },
+    /// A root-signed admin set envelope (postcard, hex) to verify, apply and spread.
+    AdminSet {
+        /// The envelope.
+        envelope: String,
+    },
+}
+
+/// A request with its token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Call {
+    /// The control token.
+    pub token: String,
+    /// The request.
+    pub request: Request,
+}
+
+/// Why a control call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The socket or token could not be reached.
+    #[error("cannot reach the node at {path} (is `patchmesh node run` running?): {source}")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token file could not be read.
+    #[error("reading the control token {path}: {source}")]
+    Token {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The exchange failed midway.
+    #[error("control connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The node's answer was not valid.
+    #[error("bad answer from the node: {0}")]
+    BadAnswer(String),
+    /// The node refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Reads a token file (bounded).
+pub fn read_token(path: &Path) -> Result<String, ControlError> {
+    let err = |source| ControlError::Token { path: path.display().to_string(), source };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.len() > 256 {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidData, "token too long")));
+    }
+    Ok(std::fs::read_to_string(path).map_err(err)?.trim().to_string())
+}
+
+/// Sends one request and returns the node's answer (its `result` field).
+pub fn call(
+    socket: &Path,
+    token: &str,
+    request: Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ControlError> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|source| ControlError::Connect { path: socket.display().to_string(), source })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(&Call { token: token.to_string(), request })
+        .map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reader = BufReader::new(std::io::Read::take(stream, RESPONSE_BYTES_MAX as u64));
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    if value["ok"].as_bool() == Some(true) {
+        Ok(value["result"].clone())
+    } else {
+        Err(ControlError::Refused(
+            value["error"].as_str().unwrap_or("the node refused the request").to_string(),
+        ))
+    }
+}
+
+/// A successful answer.
+pub fn ok(result: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"ok": true, "result": result})
+}
+
+/// A refusal.
+pub fn refused(error: impl std::fmt::Display) -> serde_json::Value {
+    serde_json::json!({"ok": false, "error": error.to_string()})
+}

@@ -1,0 +1,430 @@
+//! The libp2p swarm a node runs: transports, protocols and how each maps onto the protocol core.
+//!
+//! ## Transports
+//! QUIC first (`/udp/…/quic-v1`), TCP + noise + yamux as the fallback, and relayed circuits
+//! (`/p2p-circuit`) for nodes behind NAT. With a mesh pre-shared key (`psk_file`) every
+//! connection is wrapped in libp2p's private-network handshake, so a machine without the key
+//! cannot even complete a handshake; QUIC cannot carry that wrapper, so a node with a PSK speaks
+//! TCP only.
+//!
+//! ## Identity
+//! The libp2p identity *is* the node's ed25519 key, so the transport's authenticated `PeerId`
+//! names exactly the key an admission certificate admits: the core is told which node key the
+//! transport authenticated ([`node_of`]) and refuses a hello carrying anyone else's certificate.
+//! libp2p signs its handshakes under its own prefixes and patchmesh signs under
+//! `patchmesh/v1/<kind>`, so no signature made for one can be passed off as the other.
+//!
+//! ## Protocols
+//! - gossipsub carries small signed objects on three topics per mesh (control, this site,
+//!   summaries). The message id is the BLAKE3 of the bytes, messages are anonymous (authority is
+//!   in the signatures inside), and every message is validated by the core before it is
+//!   forwarded: Accept, Reject (score drops) or Ignore.
+//! - request-response `/patchmesh/<mesh>/msg/1` carries the core's point-to-point messages
+//!   (hello, digests, repair exchanges); the response is an empty acknowledgement.
+//! - request-response `/patchmesh/<mesh>/inventory/1` serves this node's full package list to
+//!   admitted peers.
+//! - Kademlia under `/patchmesh/<mesh>/kad/1`, never the public IPFS DHT; mDNS on the LAN
+//!   (optional); identify; ping; connection limits.
+//! - autonat (are we reachable?), relay client and dcutr (hole punching through a relay), and
+//!   optionally a relay server. These are wired in but only exercised on loopback.
+//!
+//! ## Admission in gossipsub
+//! A peer that has not shown a valid certificate gets an application score below gossipsub's
+//! publish and gossip thresholds (but above the graylist, so its subscriptions are still
+//! recorded): nothing is published, forwarded or gossiped to it, and it is never grafted into a
+//! mesh. Its messages are judged Ignore without being read, and the core disconnects it when its
+//! hello fails or never comes.
+
+use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, mdns, noise, ping,
+    relay, request_response, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use patchmesh_protocol::crypto::SecretKey;
+use patchmesh_protocol::ids::{MeshId, NodeId, SiteId};
+use patchmesh_protocol::limits;
+use std::io;
+use std::time::Duration;
+
+/// Largest full inventory served or accepted.
+pub const INVENTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Application score of a connected peer that has not been admitted (see the module docs).
+pub const UNADMITTED_SCORE: f64 = -60.0;
+/// Score lost per invalid object a peer sends.
+pub const PENALTY_SCORE: f64 = -20.0;
+
+/// The swarm's protocols.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Limits on connections.
+    pub limits: connection_limits::Behaviour,
+    /// Pubsub for fresh signed objects.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Point-to-point core messages.
+    pub msg: request_response::Behaviour<BytesCodec>,
+    /// Full inventory on request.
+    pub inventory: request_response::Behaviour<BytesCodec>,
+    /// Peer information exchange.
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Private-protocol DHT for discovery.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// LAN discovery.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Reachability probes.
+    pub autonat: autonat::Behaviour,
+    /// Relayed connections through another node.
+    pub relay_client: relay::client::Behaviour,
+    /// Hole punching over a relayed connection.
+    pub dcutr: dcutr::Behaviour,
+    /// Acting as a relay for others (off unless configured).
+    pub relay: Toggle<relay::Behaviour>,
+}
+
+/// A length-prefixed byte codec with a size limit per direction.
+#[derive(Clone, Debug)]
+pub struct BytesCodec {
+    /// Largest request accepted.
+    pub request_bytes_max: usize,
+    /// Largest response accepted.
+    pub response_bytes_max: usize,
+}
+
+async fn read_frame<T: libp2p::futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: libp2p::futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+impl request_response::Codec for BytesCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.request_bytes_max).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.response_bytes_max).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+/// The libp2p keypair of a node key (the same ed25519 key).
+pub fn keypair_of(key: &SecretKey) -> identity::Keypair {
+    let mut seed = key.seed();
+    identity::Keypair::ed25519_from_bytes(&mut seed).expect("32-byte ed25519 seed")
+}
+
+/// The node key a transport-authenticated peer id carries, if it is an ed25519 key.
+pub fn node_of(peer: &PeerId) -> Option<NodeId> {
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let public = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(NodeId(public.try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// The peer id of a node key.
+pub fn peer_of(node: &NodeId) -> Option<PeerId> {
+    let public = identity::ed25519::PublicKey::try_from_bytes(&node.0).ok()?;
+    Some(PeerId::from_public_key(&identity::PublicKey::from(public)))
+}
+
+/// Topic names of a mesh.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    /// Admin sets and catalog changes.
+    pub control: gossipsub::IdentTopic,
+    /// This node's site.
+    pub site: gossipsub::IdentTopic,
+    /// Site summaries.
+    pub summaries: gossipsub::IdentTopic,
+}
+
+impl Topics {
+    /// The topics of `mesh` for a node of `site`.
+    pub fn new(mesh: &MeshId, site: &SiteId) -> Topics {
+        let m = short(mesh);
+        Topics {
+            control: gossipsub::IdentTopic::new(format!("patchmesh/{m}/control")),
+            site: gossipsub::IdentTopic::new(format!("patchmesh/{m}/site/{}", site_topic(site))),
+            summaries: gossipsub::IdentTopic::new(format!("patchmesh/{m}/summaries")),
+        }
+    }
+}
+
+/// A site name as a topic-safe string (its hash: names may hold any character).
+fn site_topic(site: &SiteId) -> String {
+    hex::encode(&blake3::hash(site.to_string().as_bytes()).as_bytes()[..8])
+}
+
+fn short(mesh: &MeshId) -> String {
+    hex::encode(&mesh.0[..8])
+}
+
+/// Everything needed to build the swarm.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// Run mDNS on the LAN.
+    pub mdns: bool,
+    /// Act as a relay for other nodes.
+    pub relay_server: bool,
+    /// Most established connections.
+    pub connections_max: u32,
+    /// Private-network key, if the mesh uses one.
+    pub psk: Option<[u8; 32]>,
+    /// Idle connections close after this long.
+    pub idle_timeout_ms: u64,
+}
+
+/// Why the swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A transport could not be set up.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// A protocol could not be set up.
+    #[error("protocol: {0}")]
+    Behaviour(String),
+}
+
+fn behaviour(
+    key: &identity::Keypair,
+    relay_client: relay::client::Behaviour,
+    cfg: &NetConfig,
+) -> Result<Behaviour, NetError> {
+    let peer_id = key.public().to_peer_id();
+    let m = short(&cfg.mesh);
+    let gcfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(700))
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .max_transmit_size(limits::MESSAGE_BYTES_MAX)
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        })
+        .protocol_id_prefix(format!("/patchmesh/{m}/meshsub"))
+        .build()
+        .map_err(|e| NetError::Behaviour(e.to_string()))?;
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
+        .map_err(|e| NetError::Behaviour(e.to_string()))?;
+    let params = gossipsub::PeerScoreParams { app_specific_weight: 1.0, ..Default::default() };
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    };
+    gossipsub.with_peer_score(params, thresholds).map_err(NetError::Behaviour)?;
+
+    let msg_codec = BytesCodec {
+        request_bytes_max: limits::MESSAGE_BYTES_MAX,
+        response_bytes_max: 16,
+    };
+    let rr_cfg = request_response::Config::default().with_request_timeout(Duration::from_secs(30));
+    let msg = request_response::Behaviour::with_codec(
+        msg_codec,
+        [(
+            StreamProtocol::try_from_owned(format!("/patchmesh/{m}/msg/1"))
+                .map_err(|e| NetError::Behaviour(e.to_string()))?,
+            request_response::ProtocolSupport::Full,
+        )],
+        rr_cfg.clone(),
+    );
+    let inv_codec = BytesCodec { request_bytes_max: 64, response_bytes_max: INVENTORY_BYTES_MAX };
+    let inventory = request_response::Behaviour::with_codec(
+        inv_codec,
+        [(
+            StreamProtocol::try_from_owned(format!("/patchmesh/{m}/inventory/1"))
+                .map_err(|e| NetError::Behaviour(e.to_string()))?,
+            request_response::ProtocolSupport::Full,
+        )],
+        rr_cfg,
+    );
+    let identify = identify::Behaviour::new(identify::Config::new(
+        format!("/patchmesh/{m}/1"),
+        key.public(),
+    ));
+    let kad_proto = StreamProtocol::try_from_owned(format!("/patchmesh/{m}/kad/1"))
+        .map_err(|e| NetError::Behaviour(e.to_string()))?;
+    let mut kad_cfg = kad::Config::new(kad_proto);
+    kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(120)));
+    let mut kad = kad::Behaviour::with_config(
+        peer_id,
+        kad::store::MemoryStore::new(peer_id),
+        kad_cfg,
+    );
+    // Every node serves the DHT: the mesh is private, and on a LAN or loopback there is no
+    // confirmed external address to switch it on by itself.
+    kad.set_mode(Some(kad::Mode::Server));
+    let mdns = if cfg.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| NetError::Behaviour(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let relay = cfg.relay_server.then(|| relay::Behaviour::new(peer_id, Default::default()));
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(cfg.connections_max))
+                .with_max_established_per_peer(Some(2)),
+        ),
+        gossipsub,
+        msg,
+        inventory,
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(30))),
+        kad,
+        mdns: mdns.into(),
+        autonat: autonat::Behaviour::new(peer_id, Default::default()),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer_id),
+        relay: relay.into(),
+    })
+}
+
+/// Builds the swarm; bandwidth counters are registered in `registry`.
+pub fn build(
+    key: identity::Keypair,
+    cfg: &NetConfig,
+    registry: &mut libp2p::metrics::Registry,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let tr = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let swarm = match cfg.psk {
+        None => builder
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| tr(&e))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| tr(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg)))
+            .map_err(|e| tr(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        Some(psk) => builder
+            .with_other_transport(|k| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                use libp2p::core::upgrade::Version;
+                use libp2p::Transport;
+                let psk = libp2p::pnet::PreSharedKey::new(psk);
+                let noise = noise::Config::new(k)?;
+                Ok(libp2p::tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| libp2p::pnet::PnetConfig::new(psk).handshake(socket))
+                    .upgrade(Version::V1)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20)))
+            })
+            .map_err(|e| tr(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| tr(&e))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg)))
+            .map_err(|e| tr(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
+    Ok(swarm)
+}
+
+fn boxed<T>(r: Result<T, NetError>) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+    r.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+}
+
+/// Total bytes the swarm's transports sent and received, from its bandwidth counters.
+pub fn bandwidth(registry: &libp2p::metrics::Registry) -> (u64, u64) {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return (0, 0);
+    }
+    let (mut sent, mut received) = (0u64, 0u64);
+    for line in text.lines().filter(|l| l.starts_with("libp2p_bandwidth_bytes_total")) {
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        if line.contains("direction=\"Outbound\"") {
+            sent += value as u64;
+        } else if line.contains("direction=\"Inbound\"") {
+            received += value as u64;
+        }
+    }
+    (sent, received)
+}
+
+/// True if an address is a loopback or private one (so not worth telling the DHT about when a
+/// public one is known). Kept simple: used only to order dial candidates.
+pub fn is_local(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback() || ip.is_private(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}

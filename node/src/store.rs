@@ -1,0 +1,269 @@
+//! The node's durable store: everything the protocol core asks to persist, in sled.
+//!
+//! The core emits [`Persist`] outputs; the driver hands each to [`Store::persist`] before it
+//! acts on anything that depends on it. On start the driver loads everything back and hands it
+//! to `protocol::Node::restore`, which verifies every object again: a store that was edited,
+//! truncated or half-written by a kill -9 is no more trusted than a peer.
+//!
+//! ## Layout (one sled tree, keys prefixed by kind)
+//! - `meta/genesis` — the genesis envelope the store belongs to; opening it with another mesh's
+//!   genesis is refused.
+//! - `meta/node` — the node key's public half; opening it with another key is refused.
+//! - `admin/<version, 8 bytes BE>` — admin sets.
+//! - `catalog/<automerge change hash>` — signed catalog changes.
+//! - `record/<node id>` — the newest record of each node (older ones are overwritten).
+//! - `evidence/<object id>` — evidence (grow-only).
+//! - `summary/<site>` — the newest summary of each site.
+//! - `floor/record` — the highest record version this node signed.
+//!
+//! ## Durability points
+//! Version floors and admin sets are flushed before `persist` returns: a floor that went back
+//! after a crash would let this node sign two records with one version, and an admin set that
+//! went back would re-open a replay window. Everything else is replicated and can be fetched
+//! again, so it rides on sled's periodic flush.
+
+use patchmesh_protocol::catalog::change_hash;
+use patchmesh_protocol::crypto::{decode, encode, DecodeError, Envelope};
+use patchmesh_protocol::ids::{KeyId, NodeId};
+use patchmesh_protocol::limits;
+use patchmesh_protocol::node::Persist;
+use patchmesh_protocol::site::Bundle;
+use patchmesh_protocol::trust::AdminSet;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Largest value the store will decode.
+const VALUE_BYTES_MAX: usize = 2 * limits::ENVELOPE_BODY_BYTES_MAX + 16 * 1024;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (disk, permissions, corruption it detected).
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// The store belongs to another mesh.
+    #[error("the store at this path belongs to another mesh")]
+    OtherMesh,
+    /// The store belongs to another node key.
+    #[error("the store at this path belongs to node {0}, not this key")]
+    OtherNode(KeyId),
+    /// A stored value does not decode (reported per entry by [`Store::load`]; fatal only in
+    /// the metadata).
+    #[error("stored value {key}: {source}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// Why.
+        source: DecodeError,
+    },
+    /// An object the store cannot key.
+    #[error("cannot store {0}")]
+    Unkeyable(&'static str),
+}
+
+/// What a store holds: everything to hand to `Node::restore`, and what was unreadable.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Objects in store order (admin sets first).
+    pub persisted: Vec<Persist>,
+    /// Keys of entries that did not decode (they are removed).
+    pub unreadable: Vec<String>,
+}
+
+/// Durable storage for one node.
+pub trait Store {
+    /// Everything stored.
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Stores one object (flushing at durability points).
+    fn persist(&self, p: &Persist) -> Result<(), StoreError>;
+    /// Flushes everything written so far.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SledStore")
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path` for this genesis and node key.
+    pub fn open(path: &Path, genesis: &Envelope, node: KeyId) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new().path(path).flush_every_ms(Some(500)).open()?;
+        let genesis_bytes = encode(genesis);
+        match db.get("meta/genesis")? {
+            Some(held) if held.as_ref() != genesis_bytes.as_slice() => {
+                return Err(StoreError::OtherMesh)
+            }
+            Some(_) => {}
+            None => {
+                db.insert("meta/genesis", genesis_bytes)?;
+            }
+        }
+        match db.get("meta/node")? {
+            Some(held) if held.as_ref() != node.0.as_slice() => {
+                let mut key = [0u8; 32];
+                if held.len() == 32 {
+                    key.copy_from_slice(&held);
+                }
+                return Err(StoreError::OtherNode(KeyId(key)));
+            }
+            Some(_) => {}
+            None => {
+                db.insert("meta/node", node.0.to_vec())?;
+            }
+        }
+        db.flush()?;
+        Ok(SledStore { db })
+    }
+
+    fn key_of(p: &Persist) -> Result<Vec<u8>, StoreError> {
+        let mut key = Vec::with_capacity(48);
+        match p {
+            Persist::AdminSet(env) => {
+                let set: AdminSet = env.open("admin set").map_err(|source| StoreError::Decode {
+                    key: "admin set".into(),
+                    source,
+                })?;
+                key.extend_from_slice(b"admin/");
+                key.extend_from_slice(&set.version.to_be_bytes());
+            }
+            Persist::CatalogChange(env) => {
+                let hash = change_hash(env).ok_or(StoreError::Unkeyable("catalog change"))?;
+                key.extend_from_slice(b"catalog/");
+                key.extend_from_slice(&hash);
+            }
+            Persist::SiteObject(b) if b.object().domain == patchmesh_protocol::crypto::Domain::NodeRecord => {
+                let signer = b.object().signatures.first().ok_or(StoreError::Unkeyable("record"))?;
+                key.extend_from_slice(b"record/");
+                key.extend_from_slice(&signer.key.0);
+            }
+            Persist::SiteObject(b) => {
+                key.extend_from_slice(b"evidence/");
+                key.extend_from_slice(&b.id().0);
+            }
+            Persist::Summary(b) => {
+                let site = b.summary().map(|s| s.site.to_string()).or_else(|| {
+                    b.object().open::<patchmesh_protocol::site::SiteSummary>("summary").ok().map(|s| s.site.to_string())
+                });
+                let site = site.ok_or(StoreError::Unkeyable("summary"))?;
+                key.extend_from_slice(b"summary/");
+                key.extend_from_slice(site.as_bytes());
+            }
+            Persist::RecordVersionFloor(_) => key.extend_from_slice(b"floor/record"),
+        }
+        Ok(key)
+    }
+}
+
+impl Store for SledStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let mut out = Loaded::default();
+        let mut bad = Vec::new();
+        for prefix in ["admin/", "floor/", "catalog/", "record/", "evidence/", "summary/"] {
+            for item in self.db.scan_prefix(prefix) {
+                let (key, value) = item?;
+                let parsed = parse(prefix, &value);
+                match parsed {
+                    Ok(p) => out.persisted.push(p),
+                    Err(source) => {
+                        let name = String::from_utf8_lossy(&key[..prefix.len()]).into_owned()
+                            + &hex::encode(&key[prefix.len()..]);
+                        tracing::warn!(key = %name, error = %source, "unreadable store entry removed");
+                        out.unreadable.push(name);
+                        bad.push(key);
+                    }
+                }
+            }
+        }
+        for key in bad {
+            self.db.remove(key)?;
+        }
+        Ok(out)
+    }
+
+    fn persist(&self, p: &Persist) -> Result<(), StoreError> {
+        let key = Self::key_of(p)?;
+        let value = match p {
+            Persist::AdminSet(env) | Persist::CatalogChange(env) => encode(env),
+            Persist::SiteObject(b) | Persist::Summary(b) => encode(b.as_ref()),
+            Persist::RecordVersionFloor(v) => {
+                // Floors never go down, whatever order writes arrive in.
+                let held = self.db.get(&key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok());
+                let held = held.map_or(0, u64::from_be_bytes);
+                (*v.max(&held)).to_be_bytes().to_vec()
+            }
+        };
+        self.db.insert(key, value)?;
+        if matches!(p, Persist::RecordVersionFloor(_) | Persist::AdminSet(_)) {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn parse(prefix: &str, value: &[u8]) -> Result<Persist, DecodeError> {
+    Ok(match prefix {
+        "admin/" => Persist::AdminSet(decode("stored admin set", value, VALUE_BYTES_MAX)?),
+        "catalog/" => Persist::CatalogChange(decode("stored change", value, VALUE_BYTES_MAX)?),
+        "record/" | "evidence/" => {
+            Persist::SiteObject(Arc::new(decode::<Bundle>("stored site object", value, VALUE_BYTES_MAX)?))
+        }
+        "summary/" => Persist::Summary(Arc::new(decode::<Bundle>("stored summary", value, VALUE_BYTES_MAX)?)),
+        _ => {
+            let bytes: [u8; 8] = value.try_into().map_err(|_| DecodeError::TooLarge {
+                what: "record floor",
+                size_bytes: value.len(),
+                limit_bytes: 8,
+            })?;
+            Persist::RecordVersionFloor(u64::from_be_bytes(bytes))
+        }
+    })
+}
+
+/// The node id a store was created for, without opening it for writing by a new key.
+pub fn node_of(db_key: &[u8]) -> Option<NodeId> {
+    <[u8; 32]>::try_from(db_key).ok().map(NodeId)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patchmesh_protocol::crypto::SecretKey;
+    use patchmesh_protocol::ids::Millis;
+    use patchmesh_protocol::mesh;
+
+    #[test]
+    fn floors_never_go_down_and_foreign_meshes_are_refused() {
+        let dir = std::env::temp_dir().join(format!("pm-store-{}", std::process::id()));
+        let root = SecretKey::from_seed([1; 32]);
+        let admin = SecretKey::from_seed([2; 32]);
+        let node = SecretKey::from_seed([3; 32]);
+        let g = mesh::genesis("m", &[&root], 1, &[admin.public()], 1, Millis(0));
+        {
+            let s = SledStore::open(&dir, &g, node.public()).unwrap();
+            s.persist(&Persist::RecordVersionFloor(7)).unwrap();
+            s.persist(&Persist::RecordVersionFloor(3)).unwrap();
+            let loaded = s.load().unwrap();
+            assert!(matches!(loaded.persisted[..], [Persist::RecordVersionFloor(7)]));
+        }
+        let other = mesh::genesis("other", &[&root], 1, &[admin.public()], 1, Millis(0));
+        assert!(matches!(SledStore::open(&dir, &other, node.public()), Err(StoreError::OtherMesh)));
+        let stranger = SecretKey::from_seed([4; 32]);
+        assert!(matches!(
+            SledStore::open(&dir, &g, stranger.public()),
+            Err(StoreError::OtherNode(k)) if k == node.public()
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
