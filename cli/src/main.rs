@@ -1,15 +1,42 @@
-//! `patchmesh`: the admin's command-line tool.
+//! `patchmesh`: the admin's command-line tool and the node daemon.
+//!
+//! Exit codes: 0 success, 1 failure, 2 bad usage, 3 the node could not be reached, 4 the node
+//! refused the request (for example a signature that does not verify).
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use patchmesh_node::config::NodeConfig;
+use patchmesh_node::control::{self, ControlError, Request};
 use patchmesh_node::files;
-use patchmesh_protocol::crypto::SecretKey;
-use patchmesh_protocol::ids::Millis;
+use patchmesh_protocol::catalog::{CatalogEntry, ChangeBody, ExecutorSpec, PatchEntry};
+use patchmesh_protocol::crypto::{decode, encode, Domain, Envelope, SecretKey};
+use patchmesh_protocol::ids::{ContentId, KeyId, Millis, NodeId, SiteId};
 use patchmesh_protocol::mesh;
+use patchmesh_protocol::trust::{AdminSet, Genesis, Revocation};
 use rand::rngs::OsRng;
-use std::path::PathBuf;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prints a line to stdout; a closed pipe (`patchmesh … | head`) ends the program quietly.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+mod output;
 
 /// patchmesh: peer-to-peer patch management with signed policy, canary rings and no server.
+///
+/// A mesh starts with `patchmesh init` (root and admin keys, genesis). Each machine gets a node
+/// key (`patchmesh node keygen`) and an admission certificate an admin signs (`patchmesh
+/// admit`), then runs `patchmesh node run --config FILE`. Admins publish signed policy from any
+/// node; every node checks every signature itself.
 #[derive(Parser)]
 #[command(name = "patchmesh", version)]
 struct Cli {
@@ -37,50 +64,558 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change the admin key set (signed by root keys up to the threshold).
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// Node keys and the node daemon.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Sign an admission certificate that lets a node key join the mesh.
+    ///
+    /// Runs offline: needs only the admin key and the genesis. Hand the certificate to the
+    /// node's machine and name it in its configuration (`admission = …`).
+    Admit {
+        /// The node's public key, as `patchmesh node keygen` printed it.
+        #[arg(long)]
+        node_key: String,
+        /// The site (branch office, data centre) the node belongs to.
+        #[arg(long)]
+        site: String,
+        /// Labels as key=value (repeatable), e.g. `--label ring=canary`.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// The admin key that signs.
+        #[arg(long)]
+        admin_key: PathBuf,
+        /// The mesh genesis.
+        #[arg(long)]
+        genesis: PathBuf,
+        /// Days the certificate stays valid.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u64,
+        /// Where to write the certificate.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// This node: identity, mesh, trust version, catalog, peers and traffic.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Peers this node is connected to, and whether each showed a valid certificate.
+    Peers {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Installed packages of this node, or of another node by id (checked against the digest
+    /// in its signed record when this node holds that record).
+    Inventory {
+        /// The node id (default: this node).
+        node_id: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The signed catalog: patches, rollouts and admin commands.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Patches in the catalog.
+    #[command(subcommand)]
+    Patch(PatchCmd),
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Make a new admin key (mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add an admin key to the active set.
+    Add {
+        /// The public key to add.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        roots: RootArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace an admin key with another; changes the old key signed stay valid.
+    Rotate {
+        /// The public key to retire.
+        #[arg(long)]
+        old: String,
+        /// The public key that takes its place.
+        #[arg(long)]
+        new: String,
+        #[command(flatten)]
+        roots: RootArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an admin key: changes it signed after what this node holds now are refused
+    /// everywhere.
+    Revoke {
+        /// The public key to revoke.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        roots: RootArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Make a node key (mode 0600) and print the public key an admin admits.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the node daemon in the foreground until SIGINT or SIGTERM.
+    Run {
+        /// The node configuration file (TOML; see the README).
+        #[arg(long, env = "PATCHMESH_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCmd {
+    /// Every catalog entry this node holds.
+    Show {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PatchCmd {
+    /// Publish a signed patch entry from this node.
+    ///
+    /// Give the payload FILE (its BLAKE3 content id and size are computed), or its
+    /// `--content-id` and `--size-bytes`. The admin key signs here; it never leaves this
+    /// process.
+    Add {
+        /// The payload file.
+        file: Option<PathBuf>,
+        /// Name shown to admins.
+        #[arg(long)]
+        name: String,
+        /// Vendor version.
+        #[arg(long, default_value = "")]
+        version: String,
+        /// BLAKE3 of the payload (64 hex), instead of FILE.
+        #[arg(long, conflicts_with = "file", requires = "size_bytes")]
+        content_id: Option<String>,
+        /// Payload size, with --content-id.
+        #[arg(long)]
+        size_bytes: Option<u64>,
+        /// How it is installed: file, command or dpkg.
+        #[arg(long, default_value = "file", value_parser = ["file", "command", "dpkg"])]
+        executor: String,
+        /// Install command, or target path for the file executor.
+        #[arg(long)]
+        install: Option<String>,
+        /// Verification command.
+        #[arg(long)]
+        verify: Option<String>,
+        /// Rollback command.
+        #[arg(long)]
+        rollback: Option<String>,
+        /// Timeout of each step.
+        #[arg(long, default_value_t = 300_000)]
+        timeout_ms: u64,
+        /// The admin key that signs.
+        #[arg(long)]
+        admin_key: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which node to talk to.
+#[derive(Args, Clone)]
+struct NodeArgs {
+    /// The node's configuration file (its control socket and token are found from it).
+    #[arg(long, env = "PATCHMESH_CONFIG", default_value = "/etc/patchmesh/node.toml")]
+    config: PathBuf,
+}
+
+/// Root keys that sign an admin-set change.
+#[derive(Args, Clone)]
+struct RootArgs {
+    /// A root key file (repeat until the root threshold is met).
+    #[arg(long = "root-key", required = true)]
+    root_keys: Vec<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("patchmesh: error: {e:#}");
-        std::process::exit(1);
+        eoutln!("patchmesh: error: {e:#}");
+        let code = match e.downcast_ref::<ControlError>() {
+            Some(ControlError::Connect { .. } | ControlError::Token { .. }) => 3,
+            Some(ControlError::Refused(_)) => 4,
+            _ => 1,
+        };
+        std::process::exit(code);
     }
+}
+
+fn now_ms() -> Millis {
+    patchmesh_node::daemon::now_ms()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Init { mesh: name, dir, approval_threshold, json } => {
+        Cmd::Init { mesh, dir, approval_threshold, json } => {
+            init(&mesh, &dir, approval_threshold, json)
+        }
+        Cmd::Admin(cmd) => admin(cmd),
+        Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),
+        Cmd::Node(NodeCmd::Run { config }) => {
+            let cfg = NodeConfig::load(&config)?;
+            patchmesh_node::daemon::init_logging(cfg.log);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(patchmesh_node::daemon::run(cfg))
+        }
+        Cmd::Admit { node_key, site, labels, admin_key, genesis, valid_days, out, json } => {
+            admit(&node_key, &site, labels, &admin_key, &genesis, valid_days, &out, json)
+        }
+        Cmd::Status { node, json } => {
+            let v = call(&node, Request::Status)?;
+            output::status(&v, json);
+            Ok(())
+        }
+        Cmd::Peers { node, json } => {
+            let v = call(&node, Request::Peers)?;
+            output::peers(&v, json);
+            Ok(())
+        }
+        Cmd::Inventory { node_id, node, json } => {
+            let v = call(&node, Request::Inventory { node: node_id })?;
+            output::inventory(&v, json);
+            Ok(())
+        }
+        Cmd::Catalog(CatalogCmd::Show { node, json }) => {
+            let v = call(&node, Request::Catalog)?;
+            output::catalog(&v, json);
+            Ok(())
+        }
+        Cmd::Patch(PatchCmd::Add {
+            file,
+            name,
+            version,
+            content_id,
+            size_bytes,
+            executor,
+            install,
+            verify,
+            rollback,
+            timeout_ms,
+            admin_key,
+            node,
+            json,
+        }) => {
+            let (content_id, size_bytes) = match (file, content_id, size_bytes) {
+                (Some(f), _, _) => hash_file(&f)?,
+                (None, Some(id), Some(size)) => (ContentId(parse_hex32(&id)?), size),
+                _ => bail!("give the payload FILE, or --content-id with --size-bytes"),
+            };
             if name.is_empty() || name.len() > patchmesh_protocol::limits::TEXT_BYTES_MAX {
-                bail!("mesh name must be 1..={} bytes", patchmesh_protocol::limits::TEXT_BYTES_MAX);
+                bail!("--name must be 1..={} bytes", patchmesh_protocol::limits::TEXT_BYTES_MAX);
             }
-            if approval_threshold == 0 {
-                bail!("--approval-threshold must be at least 1");
-            }
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let root = SecretKey::generate(&mut OsRng);
-            let admin = SecretKey::generate(&mut OsRng);
-            let now = Millis(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()
-                    as u64,
-            );
-            let genesis =
-                mesh::genesis(&name, &[&root], 1, &[admin.public()], approval_threshold, now);
-            let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
-            files::write_key(&dir.join("root.key"), &root)?;
-            files::write_key(&dir.join("admin.key"), &admin)?;
-            files::write_envelope(&dir.join("genesis.pm"), &genesis)?;
+            let entry = CatalogEntry::Patch(PatchEntry {
+                content_id,
+                size_bytes,
+                name,
+                version,
+                executor: ExecutorSpec { kind: executor, install, verify, rollback, timeout_ms },
+            });
+            let key = entry.key();
+            let result = publish(&node, &admin_key, vec![(key.clone(), Some(entry))])?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"mesh": name, "mesh_id": g.mesh_id().to_hex(), "dir": dir, "admin": admin.public().to_hex(), "root": root.public().to_hex()})
-                );
+                outln!("{}", json!({"key": key, "content_id": content_id.to_string(), "size_bytes": size_bytes, "change": result}));
             } else {
-                println!("mesh {name} created: id {}", g.mesh_id());
-                println!("  root key   {}  (keep offline)", dir.join("root.key").display());
-                println!("  admin key  {}", dir.join("admin.key").display());
-                println!("  genesis    {}", dir.join("genesis.pm").display());
+                outln!("published {key}");
+                outln!("  content id  {content_id}");
+                outln!("  size        {size_bytes} bytes");
+                outln!("  change      {}", result["id"].as_str().unwrap_or("?"));
             }
             Ok(())
         }
     }
+}
+
+fn init(name: &str, dir: &Path, approval_threshold: u8, json: bool) -> anyhow::Result<()> {
+    if name.is_empty() || name.len() > patchmesh_protocol::limits::TEXT_BYTES_MAX {
+        bail!("mesh name must be 1..={} bytes", patchmesh_protocol::limits::TEXT_BYTES_MAX);
+    }
+    if approval_threshold == 0 {
+        bail!("--approval-threshold must be at least 1");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let root = SecretKey::generate(&mut OsRng);
+    let admin = SecretKey::generate(&mut OsRng);
+    let genesis = mesh::genesis(name, &[&root], 1, &[admin.public()], approval_threshold, now_ms());
+    let g: Genesis = genesis.open("genesis")?;
+    files::write_key(&dir.join("root.key"), &root)?;
+    files::write_key(&dir.join("admin.key"), &admin)?;
+    files::write_envelope(&dir.join("genesis.pm"), &genesis)?;
+    if json {
+        outln!(
+            "{}",
+            json!({"mesh": name, "mesh_id": g.mesh_id().to_hex(), "dir": dir, "admin": admin.public().to_hex(), "root": root.public().to_hex()})
+        );
+    } else {
+        outln!("mesh {name} created: id {}", g.mesh_id());
+        outln!("  root key   {}  (keep offline)", dir.join("root.key").display());
+        outln!("  admin key  {}", dir.join("admin.key").display());
+        outln!("  genesis    {}", dir.join("genesis.pm").display());
+    }
+    Ok(())
+}
+
+fn keygen(out: &Path, json: bool, what: &str) -> anyhow::Result<()> {
+    let key = SecretKey::generate(&mut OsRng);
+    files::write_key(out, &key)?;
+    if json {
+        outln!("{}", json!({"key_file": out, "public_key": key.public().to_hex()}));
+    } else {
+        outln!("{what} key written to {} (mode 0600)", out.display());
+        outln!("public key: {}", key.public());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    node_key: &str,
+    site: &str,
+    labels: Vec<(String, String)>,
+    admin_key: &Path,
+    genesis: &Path,
+    valid_days: u64,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let node = NodeId(parse_hex32(node_key).context("--node-key")?);
+    if site.is_empty() || site.len() > patchmesh_protocol::limits::SITE_NAME_BYTES_MAX {
+        bail!("--site must be 1..={} bytes", patchmesh_protocol::limits::SITE_NAME_BYTES_MAX);
+    }
+    if labels.len() > patchmesh_protocol::limits::LABELS_PER_NODE_MAX {
+        bail!("at most {} labels", patchmesh_protocol::limits::LABELS_PER_NODE_MAX);
+    }
+    let admin = files::read_key(admin_key).context("reading the admin key")?;
+    let genesis_env = files::read_envelope(genesis).context("reading the genesis")?;
+    let g = Genesis::verify(&genesis_env, &patchmesh_protocol::crypto::Ed25519)
+        .context("the genesis does not verify")?;
+    if !g.admins.contains(&admin.public()) {
+        eoutln!(
+            "patchmesh: warning: {} is not a genesis admin; nodes accept the certificate only if a later admin set made it one",
+            admin.public()
+        );
+    }
+    let labels: BTreeMap<String, String> = labels.into_iter().collect();
+    let cert = mesh::admit(
+        &admin,
+        &g,
+        node,
+        &SiteId::from(site),
+        labels,
+        now_ms(),
+        valid_days.saturating_mul(86_400_000),
+    );
+    files::write_envelope(out, &cert)?;
+    if json {
+        outln!("{}", json!({"node": node.to_hex(), "site": site, "out": out, "valid_days": valid_days}));
+    } else {
+        outln!("admitted {node} to site {site}; certificate written to {}", out.display());
+    }
+    Ok(())
+}
+
+fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
+    let (roots, node, json, change) = match cmd {
+        AdminCmd::Keygen { out, json } => return keygen(&out, json, "admin"),
+        AdminCmd::Add { key, roots, node, json } => {
+            (roots, node, json, AdminChange::Add(KeyId(parse_hex32(&key)?)))
+        }
+        AdminCmd::Rotate { old, new, roots, node, json } => (
+            roots,
+            node,
+            json,
+            AdminChange::Rotate(KeyId(parse_hex32(&old)?), KeyId(parse_hex32(&new)?)),
+        ),
+        AdminCmd::Revoke { key, roots, node, json } => {
+            (roots, node, json, AdminChange::Revoke(KeyId(parse_hex32(&key)?)))
+        }
+    };
+    let roots: Vec<SecretKey> = roots
+        .root_keys
+        .iter()
+        .map(|p| files::read_key(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let state = call(&node, Request::AdminState)?;
+    let current: AdminSet = match state["latest_admin_set"].as_str() {
+        Some(h) => decode::<Envelope>("admin set", &hex::decode(h)?, 1 << 20)?.open("admin set")?,
+        None => {
+            let g: Genesis = decode::<Envelope>(
+                "genesis",
+                &hex::decode(state["genesis"].as_str().unwrap_or_default())?,
+                1 << 20,
+            )?
+            .open("genesis")?;
+            g.initial_admin_set()
+        }
+    };
+    let mut admins = current.admins.clone();
+    let mut revoked = Vec::new();
+    match &change {
+        AdminChange::Add(k) => {
+            if admins.contains(k) {
+                bail!("{k} is already an admin");
+            }
+            admins.push(*k);
+        }
+        AdminChange::Rotate(old, new) => {
+            let Some(pos) = admins.iter().position(|a| a == old) else {
+                bail!("{old} is not an active admin");
+            };
+            admins[pos] = *new;
+        }
+        AdminChange::Revoke(k) => {
+            if !admins.contains(k) {
+                bail!("{k} is not an active admin");
+            }
+            admins.retain(|a| a != k);
+            let kept: BTreeMap<Vec<u8>, u64> = state["history"][k.to_hex()]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(a, s)| Some((hex::decode(a).ok()?, s.as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            revoked.push(Revocation { key: *k, kept_seq: kept });
+        }
+    }
+    if admins.is_empty() {
+        bail!("the mesh must keep at least one admin");
+    }
+    let signers: Vec<&SecretKey> = roots.iter().collect();
+    let env = mesh::next_admin_set(&current, admins, revoked, &signers);
+    let result = call(&node, Request::AdminSet { envelope: hex::encode(encode(&env)) })?;
+    if json {
+        outln!("{result}");
+    } else {
+        outln!(
+            "admin set version {} applied and spreading",
+            result["trust_version"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+enum AdminChange {
+    Add(KeyId),
+    Rotate(KeyId, KeyId),
+    Revoke(KeyId),
+}
+
+/// Prepares a change at the node, signs it here and submits it.
+fn publish(
+    node: &NodeArgs,
+    admin_key: &Path,
+    edits: Vec<(String, Option<CatalogEntry>)>,
+) -> anyhow::Result<Value> {
+    let admin = files::read_key(admin_key).context("reading the admin key")?;
+    let prepared = call(
+        node,
+        Request::Prepare { admin: admin.public().to_hex(), edits: hex::encode(encode(&edits)) },
+    )?;
+    let body: ChangeBody = decode(
+        "prepared change",
+        &hex::decode(prepared["body"].as_str().unwrap_or_default())?,
+        control::REQUEST_BYTES_MAX,
+    )?;
+    let env = Envelope::seal(Domain::CatalogChange, &body, &[&admin]);
+    Ok(call(node, Request::Submit { envelope: hex::encode(encode(&env)) })?)
+}
+
+fn call(node: &NodeArgs, request: Request) -> Result<Value, ControlError> {
+    let (socket, token_path) = match NodeConfig::load(&node.config) {
+        Ok(cfg) => (cfg.control_socket(), cfg.token_path()),
+        Err(e) => {
+            return Err(ControlError::Connect {
+                path: node.config.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        }
+    };
+    let token = control::read_token(&token_path)?;
+    control::call(&socket, &token, request, Duration::from_secs(60))
+}
+
+fn parse_hex32(s: &str) -> anyhow::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out)
+        .with_context(|| format!("{s:?} is not a 64-character hex key or id"))?;
+    Ok(out)
+}
+
+/// BLAKE3 and size of a file, streamed (the value `b3sum` prints).
+fn hash_file(path: &Path) -> anyhow::Result<(ContentId, u64)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = blake3::Hasher::new();
+    let size = std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok((ContentId(*h.finalize().as_bytes()), size))
 }

@@ -601,10 +601,21 @@ impl Daemon {
             Request::AdminState => {
                 let trust = self.node.trust();
                 let latest = trust.chain().last().map(|e| hex::encode(encode(e)));
+                let history: BTreeMap<String, BTreeMap<String, u64>> = trust
+                    .admins()
+                    .admins
+                    .iter()
+                    .map(|k| {
+                        let h = self.node.catalog().history_of(k);
+                        (k.to_string(), h.into_iter().map(|(a, s)| (hex::encode(a), s)).collect())
+                    })
+                    .collect();
                 control::ok(json!({
                     "genesis": hex::encode(encode(trust.genesis_envelope())),
                     "latest_admin_set": latest,
                     "version": trust.version(),
+                    "admins": trust.admins().admins.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                    "history": history,
                 }))
             }
             Request::Prepare { admin, edits } => self.prepare(&admin, &edits),

@@ -422,6 +422,20 @@ impl Catalog {
         Ok(env)
     }
 
+    /// For each catalog actor of `admin` (actor id bytes), the highest change sequence held:
+    /// what a revocation written from this view keeps.
+    pub fn history_of(&self, admin: &KeyId) -> BTreeMap<Vec<u8>, u64> {
+        let mut out = BTreeMap::new();
+        for change in self.doc.get_changes(&[]) {
+            let actor = change.actor_id().to_bytes();
+            if actor.len() == 40 && actor[..32] == admin.0 {
+                let seq = out.entry(actor.to_vec()).or_insert(0);
+                *seq = change.seq().max(*seq);
+            }
+        }
+        out
+    }
+
     /// All decodable entries, by key.
     pub fn entries(&self) -> BTreeMap<String, CatalogEntry> {
         let mut out = BTreeMap::new();
