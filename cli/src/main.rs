@@ -297,7 +297,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eoutln!("patchmesh: error: {e:#}");
+        eprintln!("patchmesh: error: {e:#}");
         let code = match e.downcast_ref::<ControlError>() {
             Some(ControlError::Connect { .. } | ControlError::Token { .. }) => 3,
             Some(ControlError::Refused(_)) => 4,
@@ -459,7 +459,7 @@ fn admit(
     let g = Genesis::verify(&genesis_env, &patchmesh_protocol::crypto::Ed25519)
         .context("the genesis does not verify")?;
     if !g.admins.contains(&admin.public()) {
-        eoutln!(
+        eprintln!(
             "patchmesh: warning: {} is not a genesis admin; nodes accept the certificate only if a later admin set made it one",
             admin.public()
         );
