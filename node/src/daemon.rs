@@ -83,6 +83,8 @@ struct Daemon {
     inventory_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
     listen: Vec<Multiaddr>,
     started: Instant,
+    /// Objects loaded from the store at start, and how many of them failed verification.
+    restored: (usize, usize),
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -189,6 +191,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         inventory_waiting: HashMap::new(),
         listen: Vec::new(),
         started: Instant::now(),
+        restored: (loaded.persisted.len(), refused + loaded.unreadable.len()),
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // The first input starts the core; it carries the real inventory.
@@ -714,6 +717,8 @@ impl Daemon {
             "rejected": stats.rejected,
             "unadmitted_dropped": stats.unadmitted_dropped,
             "pid": std::process::id(),
+            "restored_objects": self.restored.0,
+            "restore_refused": self.restored.1,
         })
     }
 

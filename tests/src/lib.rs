@@ -1,3 +1,314 @@
-//! Multi-process tests of the real `patchmesh` binary (loopback and network namespaces) live in
-//! this crate's `tests/` folder as the node runtime grows; the protocol harness and simulator
-//! tests live beside their crates.
+//! Multi-process tests of the real `patchmesh` binary on loopback.
+//!
+//! [`Mesh`] makes a mesh in a temporary directory the way an admin would — `patchmesh init`,
+//! `node keygen`, `admit` — writes one configuration per node (QUIC on 127.0.0.1 with an OS-chosen
+//! port, mDNS off so nothing leaves loopback), and starts `patchmesh node run` processes. Node 0
+//! starts first; the others bootstrap from its address and find the rest through Kademlia.
+//!
+//! The binary is the one cargo built beside the test (`target/<profile>/patchmesh`), or
+//! `PATCHMESH_BIN`. Tests talk to nodes only through the CLI, as an admin would.
+//!
+//! Mesh tests take a process-wide lock so they run one at a time: each starts several daemons,
+//! and on a two-core machine running them side by side would only make every one slower.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the lock that keeps mesh tests from running side by side.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `patchmesh` binary under test.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("PATCHMESH_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/patchmesh
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let bin = dir.join("patchmesh");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p patchmesh` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the CLI and returns its output.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(binary()).args(args).stdin(Stdio::null()).output().expect("running patchmesh")
+}
+
+/// Runs the CLI, requires success and parses its JSON output.
+pub fn cli_json(args: &[&str]) -> Value {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "patchmesh {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("patchmesh {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A temporary directory removed on drop (kept if `PATCHMESH_KEEP` is set, for debugging).
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after `tag`.
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let p = std::env::temp_dir().join(format!("patchmesh-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("creating a temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("PATCHMESH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// One node of a test mesh.
+#[derive(Debug)]
+pub struct TestNode {
+    /// Its directory (key, certificate, config, data, log).
+    pub dir: PathBuf,
+    /// Its public key.
+    pub key: String,
+    /// Its site.
+    pub site: String,
+    /// The running process.
+    pub child: Option<Child>,
+}
+
+impl TestNode {
+    /// The config path, as the CLI's `--config` wants it.
+    pub fn config(&self) -> String {
+        self.dir.join("node.toml").display().to_string()
+    }
+}
+
+/// A mesh of real node processes.
+#[derive(Debug)]
+pub struct Mesh {
+    /// Everything lives here.
+    pub root: TempDir,
+    /// The nodes.
+    pub nodes: Vec<TestNode>,
+    /// Node 0's address, once it runs.
+    pub bootstrap: Option<String>,
+}
+
+impl Mesh {
+    /// Creates keys, certificates and configs for `n` nodes spread over `sites` sites.
+    pub fn new(tag: &str, n: usize, sites: usize) -> Mesh {
+        let root = TempDir::new(tag);
+        let mesh_dir = root.0.join("mesh");
+        let out = cli(&["init", "--mesh", tag, "--dir", &mesh_dir.display().to_string()]);
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let dir = root.0.join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let keygen = cli_json(&[
+                "node", "keygen", "--out", &dir.join("node.key").display().to_string(), "--json",
+            ]);
+            let key = keygen["public_key"].as_str().unwrap().to_string();
+            let site = format!("site{}", i % sites.max(1));
+            let ring = if i == 1 { "canary" } else { "main" };
+            cli_json(&[
+                "admit",
+                "--node-key",
+                &key,
+                "--site",
+                &site,
+                "--label",
+                &format!("ring={ring}"),
+                "--admin-key",
+                &mesh_dir.join("admin.key").display().to_string(),
+                "--genesis",
+                &mesh_dir.join("genesis.pm").display().to_string(),
+                "--out",
+                &dir.join("admission.pm").display().to_string(),
+                "--json",
+            ]);
+            nodes.push(TestNode { dir, key, site, child: None });
+        }
+        Mesh { root, nodes, bootstrap: None }
+    }
+
+    /// The mesh directory (root.key, admin.key, genesis.pm).
+    pub fn mesh_dir(&self) -> PathBuf {
+        self.root.0.join("mesh")
+    }
+
+    /// The admin key file.
+    pub fn admin_key(&self) -> String {
+        self.mesh_dir().join("admin.key").display().to_string()
+    }
+
+    fn write_config(&self, i: usize) {
+        let bootstrap = match (&self.bootstrap, i) {
+            (Some(b), i) if i != 0 => format!("bootstrap = [\"{b}\"]\n"),
+            _ => String::new(),
+        };
+        let genesis = self.mesh_dir().join("genesis.pm");
+        let cfg = format!(
+            "data_dir = \"data\"\nkey = \"node.key\"\ngenesis = \"{}\"\nadmission = \"admission.pm\"\n\
+             listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\n{bootstrap}mdns = false\n\
+             anti_entropy_interval_ms = 1000\nsummary_interval_ms = 2000\npeers_target = 6\n",
+            genesis.display()
+        );
+        std::fs::write(self.nodes[i].dir.join("node.toml"), cfg).unwrap();
+    }
+
+    /// Starts node `i` and waits until its control socket answers.
+    pub fn start(&mut self, i: usize) {
+        self.write_config(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nodes[i].dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(binary())
+            .args(["node", "run", "--config", &self.nodes[i].config()])
+            .env("PATCHMESH_LOG", "info,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning a node");
+        self.nodes[i].child = Some(child);
+        let status = wait_for(Duration::from_secs(30), || self.try_status(i));
+        let status = status.unwrap_or_else(|| panic!("node {i} did not start:\n{}", self.log(i)));
+        if i == 0 {
+            self.bootstrap = status["listen"][0].as_str().map(str::to_string);
+        }
+    }
+
+    /// Starts every node (node 0 first, the others bootstrapping from it).
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i);
+        }
+    }
+
+    /// Node `i`'s log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("node.log")).unwrap_or_default()
+    }
+
+    /// `patchmesh status --json` of node `i`, if it answers.
+    pub fn try_status(&self, i: usize) -> Option<Value> {
+        let out = cli(&["status", "--json", "--config", &self.nodes[i].config()]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `patchmesh status --json` of node `i`.
+    pub fn status(&self, i: usize) -> Value {
+        self.try_status(i).unwrap_or_else(|| panic!("node {i} does not answer:\n{}", self.log(i)))
+    }
+
+    /// Runs a CLI command against node `i` (appends `--config`).
+    pub fn cli_at(&self, i: usize, args: &[&str]) -> Output {
+        let config = self.nodes[i].config();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", config.as_str()]);
+        cli(&all)
+    }
+
+    /// Publishes a metadata-only patch named `name` as the mesh admin at node `i`.
+    pub fn publish(&self, i: usize, name: &str) -> Output {
+        let admin = self.admin_key();
+        let id = blake3::hash(name.as_bytes()).to_hex().to_string();
+        self.cli_at(
+            i,
+            &[
+                "patch", "add", "--name", name, "--content-id", &id, "--size-bytes", "1",
+                "--admin-key", &admin, "--json",
+            ],
+        )
+    }
+
+    /// SIGKILL (kill -9) node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM node `i` and wait for it to exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let exited = wait_for(Duration::from_secs(20), || c.try_wait().ok().flatten());
+            if exited.is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Waits until every running node holds the same catalog with `changes` changes, and nodes
+    /// of one site agree on the state hash. Returns the time it took, or the statuses seen.
+    pub fn converge(&self, changes: u64, timeout: Duration) -> Result<Duration, Vec<Value>> {
+        let start = Instant::now();
+        let running: Vec<usize> =
+            (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_some()).collect();
+        let mut last = Vec::new();
+        let done = wait_for(timeout, || {
+            last = running.iter().map(|i| self.try_status(*i).unwrap_or(Value::Null)).collect();
+            let catalog_same = last.iter().all(|s| {
+                s["catalog_changes"].as_u64() == Some(changes)
+                    && s["catalog_state"] == last[0]["catalog_state"]
+            });
+            let sites_agree = last.iter().all(|a| {
+                last.iter().filter(|b| b["site"] == a["site"]).all(|b| b["state_hash"] == a["state_hash"])
+            });
+            (catalog_same && sites_agree).then_some(())
+        });
+        done.map(|_| start.elapsed()).ok_or(last)
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Real `patchmesh node run` processes on 127.0.0.1.
+
+use patchmesh_tests::{cli_json, serial, wait_for, Mesh};
+use std::process::Command;
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Refusals other than stale versions (which honest gossip races produce).
+fn refusals(status: &serde_json::Value) -> u64 {
+    status["rejected"]
+        .as_object()
+        .map_or(0, |m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "replay" | "gap")).map(|(_, v)| v.as_u64().unwrap_or(0)).sum())
+}
+
+fn converged(mesh: &Mesh, changes: u64) {
+    if let Err(seen) = mesh.converge(changes, CONVERGE) {
+        let summary: Vec<String> = seen
+            .iter()
+            .map(|s| format!("{} changes={} state={}", s["site"], s["catalog_changes"], s["state_hash"]))
+            .collect();
+        panic!("no convergence on {changes} changes:\n{}\nnode 0 log:\n{}", summary.join("\n"), mesh.log(0));
+    }
+}
+
+#[test]
+fn a_change_published_at_one_node_reaches_all_ten() {
+    let _serial = serial();
+    let mut mesh = Mesh::new("publish", 10, 2);
+    mesh.start_all();
+    let out = mesh.publish(7, "openssl-3.0.13");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    converged(&mesh, 1);
+    for i in 0..10 {
+        let catalog = cli_json(&["catalog", "show", "--json", "--config", &mesh.nodes[i].config()]);
+        let names: Vec<&str> =
+            catalog["entries"].as_array().unwrap().iter().filter_map(|e| e["entry"]["name"].as_str()).collect();
+        assert_eq!(names, ["openssl-3.0.13"], "node {i}");
+        let status = mesh.status(i);
+        assert!(status["peers_admitted"].as_u64().unwrap() >= 1, "node {i}: {status}");
+        assert_eq!(refusals(&status), 0, "honest nodes refused something: {status}");
+    }
+    // A second admin change from another node and site converges too.
+    let out = mesh.publish(2, "curl-8.5.0");
+    assert!(out.status.success());
+    converged(&mesh, 2);
+}
+
+#[test]
+fn a_peer_without_a_certificate_gets_nothing_in_and_is_dropped() {
+    let _serial = serial();
+    let mut mesh = Mesh::new("rogue", 4, 1);
+    mesh.start_all();
+    converged(&mesh, 0);
+    let target = mesh.bootstrap.clone().unwrap();
+    let genesis = mesh.mesh_dir().join("genesis.pm").display().to_string();
+    let rogue = Command::new(env!("CARGO_BIN_EXE_rogue"))
+        .args([&genesis, "site0", &target, "3000", "16000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the rogue is connected (before its hello), the admin publishes: the rogue must not
+    // receive it.
+    let connected = wait_for(Duration::from_secs(20), || {
+        let peers = cli_json(&["peers", "--json", "--config", &mesh.nodes[0].config()]);
+        peers.as_array().unwrap().iter().any(|p| p["admitted"] == false).then_some(())
+    });
+    assert!(connected.is_some(), "the rogue never connected");
+    let out = mesh.publish(0, "honest");
+    assert!(out.status.success());
+    let report = rogue.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert!(report["gossip_published"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(report["gossip_received"], 0, "an unadmitted peer received mesh data: {report}");
+    assert!(report["hello_sent"].as_bool().unwrap(), "{report}");
+    assert!(!report["disconnected_ms"].is_null(), "the rogue was never disconnected: {report}");
+    assert_eq!(report["connected_at_end"], false, "{report}");
+    // Nodes that found the rogue through the DHT and dialled it dropped it too (no valid hello
+    // within the admission timeout).
+    assert_eq!(report["connections_at_end"], 0, "honest nodes stayed connected: {report}");
+    // No honest node stored or relayed the forged change: everyone holds only the honest one.
+    converged(&mesh, 1);
+    for i in 0..4 {
+        let catalog = cli_json(&["catalog", "show", "--json", "--config", &mesh.nodes[i].config()]);
+        let names: Vec<&str> =
+            catalog["entries"].as_array().unwrap().iter().filter_map(|e| e["entry"]["name"].as_str()).collect();
+        assert_eq!(names, ["honest"], "node {i}");
+    }
+    let s0 = mesh.status(0);
+    assert!(s0["unadmitted_dropped"].as_u64().unwrap() >= 1, "{s0}");
+    assert!(refusals(&s0) >= 1, "the self-signed hello was not refused: {s0}\nrogue: {report}");
+    let peers = cli_json(&["peers", "--json", "--config", &mesh.nodes[0].config()]);
+    assert!(peers.as_array().unwrap().iter().all(|p| p["admitted"] == true), "{peers}");
+}
+
+#[test]
+fn restart_and_kill_9_keep_and_reverify_state() {
+    let _serial = serial();
+    let mut mesh = Mesh::new("restart", 5, 1);
+    mesh.start_all();
+    assert!(mesh.publish(1, "first").status.success());
+    converged(&mesh, 1);
+
+    // A clean restart comes back with the same state hash, from its own store.
+    let before = mesh.status(3)["state_hash"].clone();
+    mesh.stop(3);
+    mesh.start(3);
+    let after = mesh.status(3);
+    assert_eq!(after["state_hash"], before, "{after}");
+    assert!(after["restored_objects"].as_u64().unwrap() >= 6, "{after}");
+    assert_eq!(after["restore_refused"], 0, "{after}");
+
+    // kill -9 while changes stream in: the store opens, everything re-verifies, it catches up.
+    let publisher = {
+        let admin = mesh.admin_key();
+        let config = mesh.nodes[0].config();
+        let bin = patchmesh_tests::binary();
+        std::thread::spawn(move || {
+            for k in 0..12 {
+                let id = format!("{:064x}", k + 1000);
+                let name = format!("burst-{k}");
+                let out = Command::new(&bin)
+                    .args(["patch", "add", "--name", &name, "--content-id", &id, "--size-bytes", "1",
+                        "--admin-key", &admin, "--config", &config])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    mesh.kill(2);
+    publisher.join().unwrap();
+    mesh.start(2);
+    let restarted = mesh.status(2);
+    assert_eq!(restarted["restore_refused"], 0, "{restarted}");
+    converged(&mesh, 13);
+}
+
+#[test]
+fn a_revoked_admin_key_is_refused_everywhere() {
+    let _serial = serial();
+    let mut mesh = Mesh::new("revoke", 5, 2);
+    mesh.start_all();
+    let second = mesh.root.0.join("second.key").display().to_string();
+    let key = cli_json(&["admin", "keygen", "--out", &second, "--json"]);
+    let second_pub = key["public_key"].as_str().unwrap().to_string();
+    let root = mesh.mesh_dir().join("root.key").display().to_string();
+
+    let add = mesh.cli_at(0, &["admin", "add", "--key", &second_pub, "--root-key", &root, "--json"]);
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let all_at = |v: u64| {
+        wait_for(CONVERGE, || (0..5).all(|i| mesh.status(i)["trust_version"] == v).then_some(()))
+    };
+    assert!(all_at(2).is_some(), "admin set 2 did not spread");
+
+    // The second admin can publish…
+    let publish_as_second = |i: usize, name: &str| {
+        let id = blake3::hash(name.as_bytes()).to_hex().to_string();
+        mesh.cli_at(i, &["patch", "add", "--name", name, "--content-id", &id, "--size-bytes", "1",
+            "--admin-key", &second])
+    };
+    assert!(publish_as_second(3, "by-second").status.success());
+    converged(&mesh, 1);
+
+    // …until a root revokes it at node 1.
+    let revoke = mesh.cli_at(1, &["admin", "revoke", "--key", &second_pub, "--root-key", &root]);
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    assert!(all_at(3).is_some(), "the revocation did not spread");
+    for i in 0..5 {
+        let out = publish_as_second(i, &format!("after-revoke-{i}"));
+        assert_eq!(out.status.code(), Some(4), "node {i} accepted a revoked admin's change");
+    }
+    // What it signed before the revocation stays; nothing after it got in anywhere.
+    converged(&mesh, 1);
+}
