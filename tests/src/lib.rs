@@ -29,10 +29,14 @@ pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("PATCHMESH_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test> → target/<profile>/patchmesh
+    // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>/patchmesh
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let bin = dir.join("patchmesh");
+    let here = exe.parent().expect("target directory");
+    let bin = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join("patchmesh"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join("patchmesh"));
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p patchmesh` (cargo test --workspace does)",
@@ -127,6 +131,8 @@ pub struct Mesh {
     pub nodes: Vec<TestNode>,
     /// Node 0's address, once it runs.
     pub bootstrap: Option<String>,
+    /// Configuration lines for every node that replace the test defaults (fast anti-entropy).
+    pub extra_config: String,
 }
 
 impl Mesh {
@@ -164,7 +170,7 @@ impl Mesh {
             ]);
             nodes.push(TestNode { dir, key, site, child: None });
         }
-        Mesh { root, nodes, bootstrap: None }
+        Mesh { root, nodes, bootstrap: None, extra_config: String::new() }
     }
 
     /// The mesh directory (root.key, admin.key, genesis.pm).
@@ -185,9 +191,13 @@ impl Mesh {
         let genesis = self.mesh_dir().join("genesis.pm");
         let cfg = format!(
             "data_dir = \"data\"\nkey = \"node.key\"\ngenesis = \"{}\"\nadmission = \"admission.pm\"\n\
-             listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\n{bootstrap}mdns = false\n\
-             anti_entropy_interval_ms = 1000\nsummary_interval_ms = 2000\npeers_target = 6\n",
-            genesis.display()
+             listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\n{bootstrap}mdns = false\n{}",
+            genesis.display(),
+            if self.extra_config.is_empty() {
+                "anti_entropy_interval_ms = 1000\nsummary_interval_ms = 2000\npeers_target = 6\n"
+            } else {
+                &self.extra_config
+            }
         );
         std::fs::write(self.nodes[i].dir.join("node.toml"), cfg).unwrap();
     }

@@ -1,0 +1,158 @@
+//! `scripts/bench-mesh.sh`: 30 real node processes on loopback; one policy published; the time
+//! until all hold it; then idle RSS, CPU and traffic per node.
+//!
+//! Convergence is read from the nodes' own JSON logs: each logs `catalog changed` with a
+//! microsecond timestamp when it applies the change, and all run on this machine's clock, so
+//! `converge_ms` = last node's timestamp − the publishing node's timestamp. The nodes run the
+//! production defaults (anti-entropy every 10 s, summaries every 30 s): idle figures are what a
+//! quiet fleet costs.
+//!
+//! Environment: `BENCH_NODES` (default 30), `BENCH_IDLE_S` (default 60).
+
+use patchmesh_tests::{wait_for, Mesh};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn proc_field(pid: u64, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u64) -> u64 {
+    let stat = proc_field(pid, "stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn rss_mb(pid: u64) -> f64 {
+    proc_field(pid, "status")
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn clock_ticks_per_s() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Microseconds since the epoch of the first `catalog changed` line in node `i`'s log.
+fn applied_at_us(mesh: &Mesh, i: usize) -> Option<i64> {
+    mesh.log(i).lines().find_map(|line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        if v["fields"]["message"] != "catalog changed" {
+            return None;
+        }
+        let ts = v["timestamp"].as_str()?;
+        Some(parse_rfc3339_us(ts)?)
+    })
+}
+
+/// `2026-11-23T21:39:06.634951Z` → µs since the epoch (UTC only, as tracing prints it).
+fn parse_rfc3339_us(ts: &str) -> Option<i64> {
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let (y, m, day) = (d[0], d[1], d[2]);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut us: String = frac.chars().take(6).collect();
+    while us.len() < 6 {
+        us.push('0');
+    }
+    Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1_000_000) + us.parse::<i64>().ok()?)
+}
+
+fn main() {
+    let n = env_or("BENCH_NODES", 30) as usize;
+    let idle_s = env_or("BENCH_IDLE_S", 60);
+    let mut mesh = Mesh::new("bench", n, 3);
+    mesh.extra_config = "log = \"json\"\npeers_target = 8\n".into();
+    let t = Instant::now();
+    mesh.start_all();
+    eprintln!("started {n} nodes in {} ms", t.elapsed().as_millis());
+    // Let the mesh form (every node admitted by at least a few peers).
+    let formed = wait_for(Duration::from_secs(60), || {
+        (0..n).all(|i| mesh.status(i)["peers_admitted"].as_u64().unwrap_or(0) >= 3).then_some(())
+    });
+    assert!(formed.is_some(), "the mesh did not form");
+    std::thread::sleep(Duration::from_secs(3));
+
+    let origin = n / 2;
+    let out = mesh.publish(origin, "bench-policy");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let converged = mesh.converge(1, Duration::from_secs(120));
+    assert!(converged.is_ok(), "not every node got the policy");
+    let origin_us = applied_at_us(&mesh, origin).expect("origin logged the change");
+    let per_node_ms: Vec<f64> = (0..n)
+        .map(|i| (applied_at_us(&mesh, i).expect("node logged the change") - origin_us) as f64 / 1000.0)
+        .collect();
+    let converge_ms = per_node_ms.iter().cloned().fold(0.0, f64::max);
+    let mut sorted = per_node_ms.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "policy held by all {n} nodes {converge_ms:.1} ms after the publishing node applied it (median {:.1} ms)",
+        sorted[n / 2]
+    );
+
+    std::thread::sleep(Duration::from_secs(5));
+    let pids: Vec<u64> = (0..n).map(|i| mesh.status(i)["pid"].as_u64().unwrap()).collect();
+    let bytes = |mesh: &Mesh| -> Vec<u64> {
+        (0..n)
+            .map(|i| {
+                let s = mesh.status(i);
+                s["bytes_sent"].as_u64().unwrap_or(0) + s["bytes_received"].as_u64().unwrap_or(0)
+            })
+            .collect()
+    };
+    let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let bytes0 = bytes(&mesh);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_s));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let bytes1 = bytes(&mesh);
+    let hz = clock_ticks_per_s();
+    let cpu_pct: Vec<f64> =
+        cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / hz / elapsed * 100.0).collect();
+    let rss: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect();
+    // Sent + received over all nodes counts every byte twice (once at each end).
+    let total: u64 = bytes0.iter().zip(&bytes1).map(|(a, b)| b - a).sum();
+    let per_node_bps = total as f64 / 2.0 / n as f64 / elapsed;
+    let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!("nodes                      {n}");
+    println!("converge_ms                {converge_ms:.1}   (goal <= 2000)");
+    println!("idle_rss_mb      max {:.1}  mean {:.1}   (goal <= 40)", max(&rss), mean(&rss));
+    println!("idle_cpu_pct     max {:.2}  mean {:.2}   over {elapsed:.0} s (goal <= 1)", max(&cpu_pct), mean(&cpu_pct));
+    println!("idle_bytes_per_s_per_node  {per_node_bps:.0}   (libp2p stream bytes, both directions / 2)");
+    println!(
+        "{}",
+        json!({
+            "nodes": n,
+            "converge_ms": (converge_ms * 10.0).round() / 10.0,
+            "idle_rss_mb_max": (max(&rss) * 10.0).round() / 10.0,
+            "idle_cpu_pct_max": (max(&cpu_pct) * 100.0).round() / 100.0,
+            "idle_bytes_per_s_per_node": per_node_bps.round(),
+        })
+    );
+}
