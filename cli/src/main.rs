@@ -383,7 +383,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = entry.key();
             let result = publish(&node, &admin_key, vec![(key.clone(), Some(entry))])?;
             if json {
-                outln!("{}", json!({"key": key, "content_id": content_id.to_string(), "size_bytes": size_bytes, "change": result}));
+                outln!(
+                    "{}",
+                    json!({"key": key, "content_id": content_id.to_string(), "size_bytes": size_bytes, "change": result})
+                );
             } else {
                 outln!("published {key}");
                 outln!("  content id  {content_id}");
@@ -476,7 +479,10 @@ fn admit(
     );
     files::write_envelope(out, &cert)?;
     if json {
-        outln!("{}", json!({"node": node.to_hex(), "site": site, "out": out, "valid_days": valid_days}));
+        outln!(
+            "{}",
+            json!({"node": node.to_hex(), "site": site, "out": out, "valid_days": valid_days})
+        );
     } else {
         outln!("admitted {node} to site {site}; certificate written to {}", out.display());
     }
@@ -616,6 +622,7 @@ fn parse_hex32(s: &str) -> anyhow::Result<[u8; 32]> {
 fn hash_file(path: &Path) -> anyhow::Result<(ContentId, u64)> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = blake3::Hasher::new();
-    let size = std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    let size =
+        std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
     Ok((ContentId(*h.finalize().as_bytes()), size))
 }

@@ -78,10 +78,20 @@ pub fn inventory(v: &Value, json: bool) {
     outln!(
         "packages  {}{}",
         pkgs.len(),
-        if verified { " (matches the signed record)" } else { " (no signed record held here to check against)" }
+        if verified {
+            " (matches the signed record)"
+        } else {
+            " (no signed record held here to check against)"
+        }
     );
     for p in pkgs {
-        outln!("  {:<40} {:<32} {:<8} {}", s(&p["name"]), s(&p["version"]), s(&p["arch"]), s(&p["status"]));
+        outln!(
+            "  {:<40} {:<32} {:<8} {}",
+            s(&p["name"]),
+            s(&p["version"]),
+            s(&p["arch"]),
+            s(&p["status"])
+        );
     }
 }
 

@@ -55,8 +55,17 @@ fn admit_refuses_a_malformed_key() {
     let d = dir.display().to_string();
     assert!(run(&["init", "--mesh", "m", "--dir", &d]).status.success());
     let out = run(&[
-        "admit", "--node-key", "zz", "--site", "s", "--admin-key", &format!("{d}/admin.key"),
-        "--genesis", &format!("{d}/genesis.pm"), "--out", &format!("{d}/a.pm"),
+        "admit",
+        "--node-key",
+        "zz",
+        "--site",
+        "s",
+        "--admin-key",
+        &format!("{d}/admin.key"),
+        "--genesis",
+        &format!("{d}/genesis.pm"),
+        "--out",
+        &format!("{d}/a.pm"),
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a 64-character hex"));

@@ -151,7 +151,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     for addr in &cfg.listen {
         let addr: Multiaddr = addr.parse()?;
-        if net_cfg.psk.is_some() && addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)) {
+        if net_cfg.psk.is_some()
+            && addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+        {
             tracing::warn!(%addr, "QUIC cannot carry the private-network handshake; not listening on it");
             continue;
         }
@@ -198,7 +200,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let summary = d.inventory.summary();
     let held = d.node.site().records().get(&d.node.id()).map(|r| r.record().inventory.clone());
     if held.as_ref() != Some(&summary) {
-        d.input(Input::Command(Command::UpdateRecord { inventory: summary, rollouts: BTreeMap::new() }));
+        d.input(Input::Command(Command::UpdateRecord {
+            inventory: summary,
+            rollouts: BTreeMap::new(),
+        }));
     } else {
         d.input(Input::Timer);
     }
@@ -295,29 +300,28 @@ async fn serve_control(
             let mut reader =
                 tokio::io::BufReader::new(read.take(control::REQUEST_BYTES_MAX as u64));
             let mut line = String::new();
-            let answer = match tokio::time::timeout(
-                Duration::from_secs(10),
-                reader.read_line(&mut line),
-            )
-            .await
-            {
-                Ok(Ok(_)) => match serde_json::from_str::<Call>(&line) {
-                    Ok(call) if call.token.as_bytes() == token.as_bytes() => {
-                        let (reply_tx, reply_rx) = oneshot::channel();
-                        if tx.send((call.request, reply_tx)).await.is_err() {
-                            control::refused("the node is shutting down")
-                        } else {
-                            match tokio::time::timeout(Duration::from_secs(60), reply_rx).await {
-                                Ok(Ok(v)) => v,
-                                _ => control::refused("the node did not answer in time"),
+            let answer =
+                match tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+                    .await
+                {
+                    Ok(Ok(_)) => match serde_json::from_str::<Call>(&line) {
+                        Ok(call) if call.token.as_bytes() == token.as_bytes() => {
+                            let (reply_tx, reply_rx) = oneshot::channel();
+                            if tx.send((call.request, reply_tx)).await.is_err() {
+                                control::refused("the node is shutting down")
+                            } else {
+                                match tokio::time::timeout(Duration::from_secs(60), reply_rx).await
+                                {
+                                    Ok(Ok(v)) => v,
+                                    _ => control::refused("the node did not answer in time"),
+                                }
                             }
                         }
-                    }
-                    Ok(_) => control::refused("wrong control token"),
-                    Err(e) => control::refused(format!("bad request: {e}")),
-                },
-                _ => control::refused("no request read"),
-            };
+                        Ok(_) => control::refused("wrong control token"),
+                        Err(e) => control::refused(format!("bad request: {e}")),
+                    },
+                    _ => control::refused("no request read"),
+                };
             let mut out = answer.to_string().into_bytes();
             out.push(b'\n');
             let _ = write.write_all(&out).await;
@@ -365,9 +369,10 @@ impl Daemon {
                         Verdict::Reject => gossipsub::MessageAcceptance::Reject,
                         Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
                     };
-                    self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                        &id, &source, acceptance,
-                    );
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(&id, &source, acceptance);
                 }
             }
             Output::Persist(p) => {
@@ -401,7 +406,10 @@ impl Daemon {
                     if let Some(p) = self.peers.get(&peer.0).copied() {
                         tracing::info!(peer = %p, %node, %site, "peer admitted");
                         self.admitted.insert(p);
-                        let score = self.penalties.get(&p).map_or(0.0, |n| net::PENALTY_SCORE * f64::from(*n));
+                        let score = self
+                            .penalties
+                            .get(&p)
+                            .map_or(0.0, |n| net::PENALTY_SCORE * f64::from(*n));
                         self.swarm.behaviour_mut().gossipsub.set_application_score(&p, score);
                     }
                 }
@@ -490,7 +498,9 @@ impl Daemon {
                     request_response::Message::Response { .. } => {}
                 }
             }
-            BehaviourEvent::Inventory(request_response::Event::Message { peer, message, .. }) => {
+            BehaviourEvent::Inventory(request_response::Event::Message {
+                peer, message, ..
+            }) => {
                 match message {
                     request_response::Message::Request { channel, .. } => {
                         // The full list is for admitted peers only.
@@ -514,7 +524,9 @@ impl Daemon {
                 ..
             }) => {
                 if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
-                    let _ = reply.send(control::refused(format!("fetching the inventory of {node}: {error}")));
+                    let _ = reply.send(control::refused(format!(
+                        "fetching the inventory of {node}: {error}"
+                    )));
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
@@ -522,10 +534,10 @@ impl Daemon {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
-                if self.ids.len() < self.cfg.peers_target && !self.ids.contains_key(&peer) {
-                    let _ = self.swarm.dial(peer);
-                }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
+                if self.ids.len() < self.cfg.peers_target && !self.ids.contains_key(&peer) =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -545,7 +557,10 @@ impl Daemon {
         let changed = inv.summary() != self.inventory.summary();
         self.inventory = inv;
         if changed {
-            tracing::info!(packages = summary.package_count, "inventory changed; re-signing record");
+            tracing::info!(
+                packages = summary.package_count,
+                "inventory changed; re-signing record"
+            );
             let rollouts = self
                 .node
                 .site()
@@ -633,14 +648,13 @@ impl Daemon {
             Ok(k) => KeyId(k),
             Err(e) => return control::refused(e),
         };
-        let edits: Vec<(String, Option<CatalogEntry>)> = match hex::decode(edits)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
+        let edits: Vec<(String, Option<CatalogEntry>)> =
+            match hex::decode(edits).map_err(|e| e.to_string()).and_then(|b| {
                 decode("edits", &b, control::REQUEST_BYTES_MAX).map_err(|e| e.to_string())
             }) {
-            Ok(e) => e,
-            Err(e) => return control::refused(format!("bad edits: {e}")),
-        };
+                Ok(e) => e,
+                Err(e) => return control::refused(format!("bad edits: {e}")),
+            };
         let session: [u8; 8] = rand::random();
         match self.node.catalog().prepare(&admin, session, now_ms(), self.node.trust(), &edits) {
             Ok(body) => control::ok(json!({"body": hex::encode(encode(&body))})),
@@ -649,10 +663,9 @@ impl Daemon {
     }
 
     fn submit(&mut self, envelope: &str, admin_set: bool) -> Value {
-        let env: Envelope = match hex::decode(envelope)
-            .map_err(|e| e.to_string())
-            .and_then(|b| decode("envelope", &b, control::REQUEST_BYTES_MAX).map_err(|e| e.to_string()))
-        {
+        let env: Envelope = match hex::decode(envelope).map_err(|e| e.to_string()).and_then(|b| {
+            decode("envelope", &b, control::REQUEST_BYTES_MAX).map_err(|e| e.to_string())
+        }) {
             Ok(e) => e,
             Err(e) => return control::refused(format!("bad envelope: {e}")),
         };
@@ -660,7 +673,11 @@ impl Daemon {
         let mut reason = None;
         self.node.handle_input(
             now_ms(),
-            Input::Command(if admin_set { Command::AdminSet(env.clone()) } else { Command::Submit(env.clone()) }),
+            Input::Command(if admin_set {
+                Command::AdminSet(env.clone())
+            } else {
+                Command::Submit(env.clone())
+            }),
         );
         while let Some(out) = self.node.poll_output() {
             if let Output::Event(Event::Rejected { peer: None, reason: r }) = &out {
@@ -709,6 +726,11 @@ impl Daemon {
             "site_summaries": self.node.summaries().all().len(),
             "peers_connected": self.ids.len(),
             "peers_admitted": self.admitted.len(),
+            "gossip_mesh": {
+                "control": self.swarm.behaviour().gossipsub.mesh_peers(&self.topics.control.hash()).count(),
+                "site": self.swarm.behaviour().gossipsub.mesh_peers(&self.topics.site.hash()).count(),
+                "summaries": self.swarm.behaviour().gossipsub.mesh_peers(&self.topics.summaries.hash()).count(),
+            },
             "listen": listen,
             "bytes_sent": sent,
             "bytes_received": received,

@@ -40,7 +40,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, mdns, noise, ping,
-    relay, request_response, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    relay, request_response, tcp, yamux, PeerId, StreamProtocol, Swarm,
 };
 use patchmesh_protocol::crypto::SecretKey;
 use patchmesh_protocol::ids::{MeshId, NodeId, SiteId};
@@ -258,6 +258,11 @@ fn behaviour(
     let m = short(&cfg.mesh);
     let gcfg = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(Duration::from_millis(700))
+        // A GRAFT that races a peer's admission is refused (its score is still negative) and
+        // pruned; in a private mesh of admitted nodes a short backoff lets it retry at once
+        // instead of a minute later.
+        .prune_backoff(Duration::from_secs(2))
+        .graft_flood_threshold(Duration::from_secs(1))
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .max_transmit_size(limits::MESSAGE_BYTES_MAX)
@@ -269,7 +274,14 @@ fn behaviour(
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
-    let params = gossipsub::PeerScoreParams { app_specific_weight: 1.0, ..Default::default() };
+    // Sybil resistance comes from admission certificates, not addresses, and the nodes of a
+    // branch office usually share one NAT address: IP colocation must not cost score (with it,
+    // ten nodes behind one address would stop hearing each other).
+    let params = gossipsub::PeerScoreParams {
+        app_specific_weight: 1.0,
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
     let thresholds = gossipsub::PeerScoreThresholds {
         gossip_threshold: -10.0,
         publish_threshold: -50.0,
@@ -279,10 +291,8 @@ fn behaviour(
     };
     gossipsub.with_peer_score(params, thresholds).map_err(NetError::Behaviour)?;
 
-    let msg_codec = BytesCodec {
-        request_bytes_max: limits::MESSAGE_BYTES_MAX,
-        response_bytes_max: 16,
-    };
+    let msg_codec =
+        BytesCodec { request_bytes_max: limits::MESSAGE_BYTES_MAX, response_bytes_max: 16 };
     let rr_cfg = request_response::Config::default().with_request_timeout(Duration::from_secs(30));
     let msg = request_response::Behaviour::with_codec(
         msg_codec,
@@ -303,19 +313,14 @@ fn behaviour(
         )],
         rr_cfg,
     );
-    let identify = identify::Behaviour::new(identify::Config::new(
-        format!("/patchmesh/{m}/1"),
-        key.public(),
-    ));
+    let identify =
+        identify::Behaviour::new(identify::Config::new(format!("/patchmesh/{m}/1"), key.public()));
     let kad_proto = StreamProtocol::try_from_owned(format!("/patchmesh/{m}/kad/1"))
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
     let mut kad_cfg = kad::Config::new(kad_proto);
     kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(120)));
-    let mut kad = kad::Behaviour::with_config(
-        peer_id,
-        kad::store::MemoryStore::new(peer_id),
-        kad_cfg,
-    );
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
     // Every node serves the DHT: the mesh is private, and on a LAN or loopback there is no
     // confirmed external address to switch it on by itself.
     kad.set_mode(Some(kad::Mode::Server));
@@ -359,7 +364,11 @@ pub fn build(
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let swarm = match cfg.psk {
         None => builder
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
             .map_err(|e| tr(&e))?
             .with_quic()
             .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -416,15 +425,4 @@ pub fn bandwidth(registry: &libp2p::metrics::Registry) -> (u64, u64) {
         }
     }
     (sent, received)
-}
-
-/// True if an address is a loopback or private one (so not worth telling the DHT about when a
-/// public one is known). Kept simple: used only to order dial candidates.
-pub fn is_local(addr: &Multiaddr) -> bool {
-    use libp2p::multiaddr::Protocol;
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback() || ip.is_private(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
 }

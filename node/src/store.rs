@@ -24,7 +24,7 @@
 
 use patchmesh_protocol::catalog::change_hash;
 use patchmesh_protocol::crypto::{decode, encode, DecodeError, Envelope};
-use patchmesh_protocol::ids::{KeyId, NodeId};
+use patchmesh_protocol::ids::KeyId;
 use patchmesh_protocol::limits;
 use patchmesh_protocol::node::Persist;
 use patchmesh_protocol::site::Bundle;
@@ -126,10 +126,9 @@ impl SledStore {
         let mut key = Vec::with_capacity(48);
         match p {
             Persist::AdminSet(env) => {
-                let set: AdminSet = env.open("admin set").map_err(|source| StoreError::Decode {
-                    key: "admin set".into(),
-                    source,
-                })?;
+                let set: AdminSet = env
+                    .open("admin set")
+                    .map_err(|source| StoreError::Decode { key: "admin set".into(), source })?;
                 key.extend_from_slice(b"admin/");
                 key.extend_from_slice(&set.version.to_be_bytes());
             }
@@ -138,8 +137,11 @@ impl SledStore {
                 key.extend_from_slice(b"catalog/");
                 key.extend_from_slice(&hash);
             }
-            Persist::SiteObject(b) if b.object().domain == patchmesh_protocol::crypto::Domain::NodeRecord => {
-                let signer = b.object().signatures.first().ok_or(StoreError::Unkeyable("record"))?;
+            Persist::SiteObject(b)
+                if b.object().domain == patchmesh_protocol::crypto::Domain::NodeRecord =>
+            {
+                let signer =
+                    b.object().signatures.first().ok_or(StoreError::Unkeyable("record"))?;
                 key.extend_from_slice(b"record/");
                 key.extend_from_slice(&signer.key.0);
             }
@@ -149,7 +151,10 @@ impl SledStore {
             }
             Persist::Summary(b) => {
                 let site = b.summary().map(|s| s.site.to_string()).or_else(|| {
-                    b.object().open::<patchmesh_protocol::site::SiteSummary>("summary").ok().map(|s| s.site.to_string())
+                    b.object()
+                        .open::<patchmesh_protocol::site::SiteSummary>("summary")
+                        .ok()
+                        .map(|s| s.site.to_string())
                 });
                 let site = site.ok_or(StoreError::Unkeyable("summary"))?;
                 key.extend_from_slice(b"summary/");
@@ -216,10 +221,14 @@ fn parse(prefix: &str, value: &[u8]) -> Result<Persist, DecodeError> {
     Ok(match prefix {
         "admin/" => Persist::AdminSet(decode("stored admin set", value, VALUE_BYTES_MAX)?),
         "catalog/" => Persist::CatalogChange(decode("stored change", value, VALUE_BYTES_MAX)?),
-        "record/" | "evidence/" => {
-            Persist::SiteObject(Arc::new(decode::<Bundle>("stored site object", value, VALUE_BYTES_MAX)?))
+        "record/" | "evidence/" => Persist::SiteObject(Arc::new(decode::<Bundle>(
+            "stored site object",
+            value,
+            VALUE_BYTES_MAX,
+        )?)),
+        "summary/" => {
+            Persist::Summary(Arc::new(decode::<Bundle>("stored summary", value, VALUE_BYTES_MAX)?))
         }
-        "summary/" => Persist::Summary(Arc::new(decode::<Bundle>("stored summary", value, VALUE_BYTES_MAX)?)),
         _ => {
             let bytes: [u8; 8] = value.try_into().map_err(|_| DecodeError::TooLarge {
                 what: "record floor",
@@ -229,11 +238,6 @@ fn parse(prefix: &str, value: &[u8]) -> Result<Persist, DecodeError> {
             Persist::RecordVersionFloor(u64::from_be_bytes(bytes))
         }
     })
-}
-
-/// The node id a store was created for, without opening it for writing by a new key.
-pub fn node_of(db_key: &[u8]) -> Option<NodeId> {
-    <[u8; 32]>::try_from(db_key).ok().map(NodeId)
 }
 
 #[cfg(test)]

@@ -813,8 +813,11 @@ impl Node {
         if self.config.relay == RelayMode::Topics {
             // Pubsub forwards what came by pubsub; the rest is published once.
             if self.gossip.is_none() {
-                let topic =
-                    if same_site_only { Topic::Site(self.site.site().clone()) } else { Topic::Control };
+                let topic = if same_site_only {
+                    Topic::Site(self.site.site().clone())
+                } else {
+                    Topic::Control
+                };
                 self.push(Output::Broadcast { topic, msg });
             }
             return;
@@ -865,7 +868,10 @@ impl Node {
             let site_batch = batch(site_objects);
             if !site_batch.is_empty() {
                 let topic = Topic::Site(self.site.site().clone());
-                self.push(Output::Broadcast { topic, msg: Arc::new(Message::SiteObjects(site_batch)) });
+                self.push(Output::Broadcast {
+                    topic,
+                    msg: Arc::new(Message::SiteObjects(site_batch)),
+                });
             }
             let summary_batch = batch(summaries);
             if !summary_batch.is_empty() {

@@ -12,7 +12,7 @@
 //! and on a two-core machine running them side by side would only make every one slower.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -88,7 +88,8 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let p = std::env::temp_dir().join(format!("patchmesh-{tag}-{}-{nanos}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("patchmesh-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).expect("creating a temp dir");
         TempDir(p)
     }
@@ -147,7 +148,11 @@ impl Mesh {
             let dir = root.0.join(format!("node{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             let keygen = cli_json(&[
-                "node", "keygen", "--out", &dir.join("node.key").display().to_string(), "--json",
+                "node",
+                "keygen",
+                "--out",
+                &dir.join("node.key").display().to_string(),
+                "--json",
             ]);
             let key = keygen["public_key"].as_str().unwrap().to_string();
             let site = format!("site{}", i % sites.max(1));
@@ -267,8 +272,17 @@ impl Mesh {
         self.cli_at(
             i,
             &[
-                "patch", "add", "--name", name, "--content-id", &id, "--size-bytes", "1",
-                "--admin-key", &admin, "--json",
+                "patch",
+                "add",
+                "--name",
+                name,
+                "--content-id",
+                &id,
+                "--size-bytes",
+                "1",
+                "--admin-key",
+                &admin,
+                "--json",
             ],
         )
     }
@@ -307,7 +321,9 @@ impl Mesh {
                     && s["catalog_state"] == last[0]["catalog_state"]
             });
             let sites_agree = last.iter().all(|a| {
-                last.iter().filter(|b| b["site"] == a["site"]).all(|b| b["state_hash"] == a["state_hash"])
+                last.iter()
+                    .filter(|b| b["site"] == a["site"])
+                    .all(|b| b["state_hash"] == a["state_hash"])
             });
             (catalog_same && sites_agree).then_some(())
         });

@@ -8,18 +8,27 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 /// Refusals other than stale versions (which honest gossip races produce).
 fn refusals(status: &serde_json::Value) -> u64 {
-    status["rejected"]
-        .as_object()
-        .map_or(0, |m| m.iter().filter(|(k, _)| !matches!(k.as_str(), "replay" | "gap")).map(|(_, v)| v.as_u64().unwrap_or(0)).sum())
+    status["rejected"].as_object().map_or(0, |m| {
+        m.iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "replay" | "gap"))
+            .map(|(_, v)| v.as_u64().unwrap_or(0))
+            .sum()
+    })
 }
 
 fn converged(mesh: &Mesh, changes: u64) {
     if let Err(seen) = mesh.converge(changes, CONVERGE) {
         let summary: Vec<String> = seen
             .iter()
-            .map(|s| format!("{} changes={} state={}", s["site"], s["catalog_changes"], s["state_hash"]))
+            .map(|s| {
+                format!("{} changes={} state={}", s["site"], s["catalog_changes"], s["state_hash"])
+            })
             .collect();
-        panic!("no convergence on {changes} changes:\n{}\nnode 0 log:\n{}", summary.join("\n"), mesh.log(0));
+        panic!(
+            "no convergence on {changes} changes:\n{}\nnode 0 log:\n{}",
+            summary.join("\n"),
+            mesh.log(0)
+        );
     }
 }
 
@@ -33,8 +42,12 @@ fn a_change_published_at_one_node_reaches_all_ten() {
     converged(&mesh, 1);
     for i in 0..10 {
         let catalog = cli_json(&["catalog", "show", "--json", "--config", &mesh.nodes[i].config()]);
-        let names: Vec<&str> =
-            catalog["entries"].as_array().unwrap().iter().filter_map(|e| e["entry"]["name"].as_str()).collect();
+        let names: Vec<&str> = catalog["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["entry"]["name"].as_str())
+            .collect();
         assert_eq!(names, ["openssl-3.0.13"], "node {i}");
         let status = mesh.status(i);
         assert!(status["peers_admitted"].as_u64().unwrap() >= 1, "node {i}: {status}");
@@ -82,8 +95,12 @@ fn a_peer_without_a_certificate_gets_nothing_in_and_is_dropped() {
     converged(&mesh, 1);
     for i in 0..4 {
         let catalog = cli_json(&["catalog", "show", "--json", "--config", &mesh.nodes[i].config()]);
-        let names: Vec<&str> =
-            catalog["entries"].as_array().unwrap().iter().filter_map(|e| e["entry"]["name"].as_str()).collect();
+        let names: Vec<&str> = catalog["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["entry"]["name"].as_str())
+            .collect();
         assert_eq!(names, ["honest"], "node {i}");
     }
     let s0 = mesh.status(0);
@@ -120,8 +137,20 @@ fn restart_and_kill_9_keep_and_reverify_state() {
                 let id = format!("{:064x}", k + 1000);
                 let name = format!("burst-{k}");
                 let out = Command::new(&bin)
-                    .args(["patch", "add", "--name", &name, "--content-id", &id, "--size-bytes", "1",
-                        "--admin-key", &admin, "--config", &config])
+                    .args([
+                        "patch",
+                        "add",
+                        "--name",
+                        &name,
+                        "--content-id",
+                        &id,
+                        "--size-bytes",
+                        "1",
+                        "--admin-key",
+                        &admin,
+                        "--config",
+                        &config,
+                    ])
                     .output()
                     .unwrap();
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -147,7 +176,8 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     let second_pub = key["public_key"].as_str().unwrap().to_string();
     let root = mesh.mesh_dir().join("root.key").display().to_string();
 
-    let add = mesh.cli_at(0, &["admin", "add", "--key", &second_pub, "--root-key", &root, "--json"]);
+    let add =
+        mesh.cli_at(0, &["admin", "add", "--key", &second_pub, "--root-key", &root, "--json"]);
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
     let all_at = |v: u64| {
         wait_for(CONVERGE, || (0..5).all(|i| mesh.status(i)["trust_version"] == v).then_some(()))
@@ -157,8 +187,21 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     // The second admin can publish…
     let publish_as_second = |i: usize, name: &str| {
         let id = blake3::hash(name.as_bytes()).to_hex().to_string();
-        mesh.cli_at(i, &["patch", "add", "--name", name, "--content-id", &id, "--size-bytes", "1",
-            "--admin-key", &second])
+        mesh.cli_at(
+            i,
+            &[
+                "patch",
+                "add",
+                "--name",
+                name,
+                "--content-id",
+                &id,
+                "--size-bytes",
+                "1",
+                "--admin-key",
+                &second,
+            ],
+        )
     };
     assert!(publish_as_second(3, "by-second").status.success());
     converged(&mesh, 1);
