@@ -341,6 +341,15 @@ impl Daemon {
         while let Some(out) = self.node.poll_output() {
             self.output(out);
         }
+        // The core answers every gossip input at once; should a verdict ever be lost (a full
+        // output queue), the message is ignored rather than left pending in gossipsub.
+        for (_, (id, source)) in self.pending_gossip.drain() {
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &id,
+                &source,
+                gossipsub::MessageAcceptance::Ignore,
+            );
+        }
     }
 
     fn output(&mut self, out: Output) {

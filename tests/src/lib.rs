@@ -196,10 +196,11 @@ impl Mesh {
         let genesis = self.mesh_dir().join("genesis.pm");
         let cfg = format!(
             "data_dir = \"data\"\nkey = \"node.key\"\ngenesis = \"{}\"\nadmission = \"admission.pm\"\n\
-             listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\n{bootstrap}mdns = false\n{}",
+             {bootstrap}mdns = false\n{}",
             genesis.display(),
             if self.extra_config.is_empty() {
-                "anti_entropy_interval_ms = 1000\nsummary_interval_ms = 2000\npeers_target = 6\n"
+                "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nanti_entropy_interval_ms = 1000\n\
+                 summary_interval_ms = 2000\npeers_target = 6\n"
             } else {
                 &self.extra_config
             }
@@ -267,24 +268,27 @@ impl Mesh {
 
     /// Publishes a metadata-only patch named `name` as the mesh admin at node `i`.
     pub fn publish(&self, i: usize, name: &str) -> Output {
-        let admin = self.admin_key();
+        self.publish_as(i, name, &self.admin_key())
+    }
+
+    /// Publishes a metadata-only patch named `name` at node `i`, signed with `admin_key`.
+    pub fn publish_as(&self, i: usize, name: &str, admin_key: &str) -> Output {
         let id = blake3::hash(name.as_bytes()).to_hex().to_string();
-        self.cli_at(
-            i,
-            &[
-                "patch",
-                "add",
-                "--name",
-                name,
-                "--content-id",
-                &id,
-                "--size-bytes",
-                "1",
-                "--admin-key",
-                &admin,
-                "--json",
-            ],
-        )
+        let args = ["patch", "add", "--name", name, "--content-id", &id, "--size-bytes", "1"];
+        let mut all = args.to_vec();
+        all.extend(["--admin-key", admin_key, "--json"]);
+        self.cli_at(i, &all)
+    }
+
+    /// Names of the patches in node `i`'s catalog (`patchmesh catalog show --json`).
+    pub fn catalog_names(&self, i: usize) -> Vec<String> {
+        let catalog = cli_json(&["catalog", "show", "--json", "--config", &self.nodes[i].config()]);
+        catalog["entries"]
+            .as_array()
+            .map(|a| {
+                a.iter().filter_map(|e| e["entry"]["name"].as_str().map(String::from)).collect()
+            })
+            .unwrap_or_default()
     }
 
     /// SIGKILL (kill -9) node `i`.

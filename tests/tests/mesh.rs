@@ -41,13 +41,7 @@ fn a_change_published_at_one_node_reaches_all_ten() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     converged(&mesh, 1);
     for i in 0..10 {
-        let catalog = cli_json(&["catalog", "show", "--json", "--config", &mesh.nodes[i].config()]);
-        let names: Vec<&str> = catalog["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["entry"]["name"].as_str())
-            .collect();
+        let names = mesh.catalog_names(i);
         assert_eq!(names, ["openssl-3.0.13"], "node {i}");
         let status = mesh.status(i);
         assert!(status["peers_admitted"].as_u64().unwrap() >= 1, "node {i}: {status}");
@@ -94,13 +88,7 @@ fn a_peer_without_a_certificate_gets_nothing_in_and_is_dropped() {
     // No honest node stored or relayed the forged change: everyone holds only the honest one.
     converged(&mesh, 1);
     for i in 0..4 {
-        let catalog = cli_json(&["catalog", "show", "--json", "--config", &mesh.nodes[i].config()]);
-        let names: Vec<&str> = catalog["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["entry"]["name"].as_str())
-            .collect();
+        let names = mesh.catalog_names(i);
         assert_eq!(names, ["honest"], "node {i}");
     }
     let s0 = mesh.status(0);
@@ -185,24 +173,7 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     assert!(all_at(2).is_some(), "admin set 2 did not spread");
 
     // The second admin can publish…
-    let publish_as_second = |i: usize, name: &str| {
-        let id = blake3::hash(name.as_bytes()).to_hex().to_string();
-        mesh.cli_at(
-            i,
-            &[
-                "patch",
-                "add",
-                "--name",
-                name,
-                "--content-id",
-                &id,
-                "--size-bytes",
-                "1",
-                "--admin-key",
-                &second,
-            ],
-        )
-    };
+    let publish_as_second = |i: usize, name: &str| mesh.publish_as(i, name, &second);
     assert!(publish_as_second(3, "by-second").status.success());
     converged(&mesh, 1);
 
@@ -216,4 +187,33 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     }
     // What it signed before the revocation stays; nothing after it got in anywhere.
     converged(&mesh, 1);
+}
+
+#[test]
+fn with_a_mesh_psk_members_converge_and_strangers_cannot_handshake() {
+    let _serial = serial();
+    let mut mesh = Mesh::new("psk", 3, 1);
+    let psk = mesh.root.0.join("mesh.psk");
+    std::fs::write(&psk, format!("{}\n", "ab".repeat(32))).unwrap();
+    mesh.extra_config = format!(
+        "listen = [\"/ip4/127.0.0.1/tcp/0\"]\npsk_file = \"{}\"\nanti_entropy_interval_ms = 1000\n",
+        psk.display()
+    );
+    mesh.start_all();
+    assert!(mesh.bootstrap.as_deref().unwrap().contains("/tcp/"), "{:?}", mesh.bootstrap);
+    assert!(mesh.publish(2, "behind-psk").status.success());
+    converged(&mesh, 1);
+
+    // A peer without the key (the rogue speaks every other protocol right) never gets a
+    // connection up.
+    let target = mesh.bootstrap.clone().unwrap();
+    let genesis = mesh.mesh_dir().join("genesis.pm").display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_rogue"))
+        .args([&genesis, "site0", &target, "500", "4000"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["connected_ms"].is_null(), "a stranger completed a handshake: {report}");
+    assert_eq!(report["gossip_received"], 0);
+    assert_eq!(mesh.status(0)["unadmitted_dropped"], 0);
 }

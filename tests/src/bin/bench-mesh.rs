@@ -86,7 +86,8 @@ fn main() {
     let n = env_or("BENCH_NODES", 30) as usize;
     let idle_s = env_or("BENCH_IDLE_S", 60);
     let mut mesh = Mesh::new("bench", n, 3);
-    mesh.extra_config = "log = \"json\"\npeers_target = 8\n".into();
+    mesh.extra_config =
+        "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nlog = \"json\"\npeers_target = 8\n".into();
     let t = Instant::now();
     mesh.start_all();
     eprintln!("started {n} nodes in {} ms", t.elapsed().as_millis());
