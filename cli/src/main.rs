@@ -152,12 +152,7 @@ enum AdminCmd {
         #[arg(long)]
         key: String,
         #[command(flatten)]
-        roots: RootArgs,
-        #[command(flatten)]
-        node: NodeArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        signing: AdminSigning,
     },
     /// Replace an admin key with another; changes the old key signed stay valid.
     Rotate {
@@ -168,12 +163,7 @@ enum AdminCmd {
         #[arg(long)]
         new: String,
         #[command(flatten)]
-        roots: RootArgs,
-        #[command(flatten)]
-        node: NodeArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        signing: AdminSigning,
     },
     /// Revoke an admin key: changes it signed after what this node holds now are refused
     /// everywhere.
@@ -182,12 +172,7 @@ enum AdminCmd {
         #[arg(long)]
         key: String,
         #[command(flatten)]
-        roots: RootArgs,
-        #[command(flatten)]
-        node: NodeArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        signing: AdminSigning,
     },
 }
 
@@ -276,6 +261,18 @@ struct NodeArgs {
     /// The node's configuration file (its control socket and token are found from it).
     #[arg(long, env = "PATCHMESH_CONFIG", default_value = "/etc/patchmesh/node.toml")]
     config: PathBuf,
+}
+
+/// Who signs an admin-set change, which node applies it, and how to print the result.
+#[derive(Args, Clone)]
+struct AdminSigning {
+    #[command(flatten)]
+    roots: RootArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Root keys that sign an admin-set change.
@@ -490,19 +487,14 @@ fn admit(
 }
 
 fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
-    let (roots, node, json, change) = match cmd {
+    let (AdminSigning { roots, node, json }, change) = match cmd {
         AdminCmd::Keygen { out, json } => return keygen(&out, json, "admin"),
-        AdminCmd::Add { key, roots, node, json } => {
-            (roots, node, json, AdminChange::Add(KeyId(parse_hex32(&key)?)))
+        AdminCmd::Add { key, signing } => (signing, AdminChange::Add(KeyId(parse_hex32(&key)?))),
+        AdminCmd::Rotate { old, new, signing } => {
+            (signing, AdminChange::Rotate(KeyId(parse_hex32(&old)?), KeyId(parse_hex32(&new)?)))
         }
-        AdminCmd::Rotate { old, new, roots, node, json } => (
-            roots,
-            node,
-            json,
-            AdminChange::Rotate(KeyId(parse_hex32(&old)?), KeyId(parse_hex32(&new)?)),
-        ),
-        AdminCmd::Revoke { key, roots, node, json } => {
-            (roots, node, json, AdminChange::Revoke(KeyId(parse_hex32(&key)?)))
+        AdminCmd::Revoke { key, signing } => {
+            (signing, AdminChange::Revoke(KeyId(parse_hex32(&key)?)))
         }
     };
     let roots: Vec<SecretKey> = roots

@@ -563,7 +563,7 @@ impl Daemon {
     fn refresh_inventory(&mut self) {
         let inv = read_inventory(&self.cfg.inventory_root);
         let summary = inv.summary();
-        let changed = inv.summary() != self.inventory.summary();
+        let changed = summary != self.inventory.summary();
         self.inventory = inv;
         if changed {
             tracing::info!(
@@ -678,7 +678,6 @@ impl Daemon {
             Ok(e) => e,
             Err(e) => return control::refused(format!("bad envelope: {e}")),
         };
-        let before = self.node.stats().rejected.values().sum::<u64>();
         let mut reason = None;
         self.node.handle_input(
             now_ms(),
@@ -694,10 +693,9 @@ impl Daemon {
             }
             self.output(out);
         }
-        let after = self.node.stats().rejected.values().sum::<u64>();
         match reason {
-            Some(r) if after > before => control::refused(format!("refused: {r}")),
-            _ => {
+            Some(r) => control::refused(format!("refused: {r}")),
+            None => {
                 if let Err(e) = self.store.flush() {
                     return control::refused(format!("stored but not flushed: {e}"));
                 }

@@ -948,14 +948,21 @@ impl Node {
             Ok(Offer::New) => {
                 self.gossip_accepted();
                 self.stats.accepted += 1;
-                self.push(Output::Persist(Persist::CatalogChange(env.clone())));
-                let state = self.catalog.state_hash();
-                self.push(Output::Event(Event::CatalogChanged { state }));
-                self.relay(Some(peer), msg.clone(), false);
+                self.catalog_changed(Some(peer), env.clone(), Some(msg.clone()));
             }
             Ok(Offer::Duplicate) => {}
             Err(e) => self.refuse(Some(peer), e.into()),
         }
+    }
+
+    /// A new change was applied: persist it, report it, spread it (reusing the message it came
+    /// in, if any).
+    fn catalog_changed(&mut self, from: Option<PeerId>, env: Envelope, msg: Option<Arc<Message>>) {
+        self.push(Output::Persist(Persist::CatalogChange(env.clone())));
+        let state = self.catalog.state_hash();
+        self.push(Output::Event(Event::CatalogChanged { state }));
+        let msg = msg.unwrap_or_else(|| Arc::new(Message::CatalogChange(Arc::new(env))));
+        self.relay(from, msg, false);
     }
 
     fn on_catalog_sync(&mut self, peer: PeerId, sync: &crate::catalog::CatalogSync) {
@@ -1150,12 +1157,7 @@ impl Node {
                 let mut session = [0u8; 8];
                 session.copy_from_slice(&self.id.0[..8]);
                 match self.catalog.author(&admin, session, self.now, &self.trust, &edits) {
-                    Ok(env) => {
-                        self.push(Output::Persist(Persist::CatalogChange(env.clone())));
-                        let state = self.catalog.state_hash();
-                        self.push(Output::Event(Event::CatalogChanged { state }));
-                        self.relay(None, Arc::new(Message::CatalogChange(Arc::new(env))), false);
-                    }
+                    Ok(env) => self.catalog_changed(None, env, None),
                     Err(e) => self.refuse(None, e.into()),
                 }
             }
@@ -1163,10 +1165,7 @@ impl Node {
                 match self.catalog.offer(&env, &self.trust, self.config.check.as_ref()) {
                     Ok(Offer::New) => {
                         self.stats.accepted += 1;
-                        self.push(Output::Persist(Persist::CatalogChange(env.clone())));
-                        let state = self.catalog.state_hash();
-                        self.push(Output::Event(Event::CatalogChanged { state }));
-                        self.relay(None, Arc::new(Message::CatalogChange(Arc::new(env))), false);
+                        self.catalog_changed(None, env, None);
                     }
                     Ok(Offer::Duplicate) => {}
                     Err(e) => self.refuse(None, e.into()),
