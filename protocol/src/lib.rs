@@ -50,5 +50,6 @@ pub mod limits;
 pub mod mesh;
 pub mod node;
 pub mod site;
+pub mod transfer;
 pub mod trust;
 pub mod wire;

@@ -51,3 +51,13 @@ pub const REJECTIONS_LOGGED_MAX: usize = 256;
 pub const TEXT_BYTES_MAX: usize = 256;
 /// A connected peer that has not presented a valid admission certificate by then is dropped.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+/// Largest payload the protocol transfers (a node's configured limit may be lower).
+pub const PAYLOAD_BYTES_MAX: u64 = 16 << 30;
+/// Verification groups of the largest payload.
+pub const PAYLOAD_GROUPS_MAX: u64 = PAYLOAD_BYTES_MAX / crate::transfer::GROUP_BYTES;
+/// Groups one range request may ask for (16 MiB).
+pub const RANGE_GROUPS_MAX: u64 = 1024;
+/// One data-stream request or reply header (a `Have` reply carries a bitfield).
+pub const DATA_FRAME_BYTES_MAX: usize = (PAYLOAD_GROUPS_MAX / 8) as usize + 1024;
+/// Sources one download tracks.
+pub const SOURCES_PER_DOWNLOAD_MAX: usize = 64;
