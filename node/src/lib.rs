@@ -12,6 +12,7 @@
 //! This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
 
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod files;
