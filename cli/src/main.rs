@@ -133,6 +133,49 @@ enum Cmd {
     /// Patches in the catalog.
     #[command(subcommand)]
     Patch(PatchCmd),
+    /// Fetch the payload of a catalog patch from the mesh, with a progress bar.
+    ///
+    /// The node fetches it (from its own site when another member has it, across the WAN when
+    /// it is the site's elected fetcher), verifying every 16 KiB group. Interrupted fetches
+    /// resume where they stopped. Exits 0 once the payload is complete and verified.
+    Fetch {
+        /// Content id (64 hex, the patch's `content_id`).
+        id: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print one JSON object when done instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        timeout_s: u64,
+    },
+    /// The payloads this node holds.
+    #[command(subcommand)]
+    Content(ContentCmd),
+}
+
+#[derive(Subcommand)]
+enum ContentCmd {
+    /// Payloads held (complete and partial) and downloads of this run.
+    List {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove payloads that no catalog patch references.
+    Gc {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,9 +254,10 @@ enum CatalogCmd {
 enum PatchCmd {
     /// Publish a signed patch entry from this node.
     ///
-    /// Give the payload FILE (its BLAKE3 content id and size are computed), or its
-    /// `--content-id` and `--size-bytes`. The admin key signs here; it never leaves this
-    /// process.
+    /// Give the payload FILE: the node imports it into its content store (its BLAKE3 content
+    /// id, the value `b3sum` prints, and its size come from there) and serves it to the mesh.
+    /// Or give `--content-id` and `--size-bytes` of a payload some node already holds. The
+    /// admin key signs here; it never leaves this process.
     Add {
         /// The payload file.
         file: Option<PathBuf>,
@@ -318,7 +362,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(NodeCmd::Run { config }) => {
             let cfg = NodeConfig::load(&config)?;
             patchmesh_node::daemon::init_logging(cfg.log);
-            let rt = tokio::runtime::Builder::new_current_thread()
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
@@ -363,7 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => {
             let (content_id, size_bytes) = match (file, content_id, size_bytes) {
-                (Some(f), _, _) => hash_file(&f)?,
+                (Some(f), _, _) => import(&node, &f)?,
                 (None, Some(id), Some(size)) => (ContentId(parse_hex32(&id)?), size),
                 _ => bail!("give the payload FILE, or --content-id with --size-bytes"),
             };
@@ -390,6 +435,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 outln!("  size        {size_bytes} bytes");
                 outln!("  change      {}", result["id"].as_str().unwrap_or("?"));
             }
+            Ok(())
+        }
+        Cmd::Fetch { id, node, json, timeout_s } => {
+            parse_hex32(&id)?;
+            call(&node, Request::Fetch { content: id.clone() })?;
+            output::fetch_progress(
+                || Ok(call(&node, Request::Content { content: id.clone() })?),
+                json,
+                timeout_s,
+            )
+        }
+        Cmd::Content(ContentCmd::List { node, json }) => {
+            let v = call(&node, Request::ContentList)?;
+            output::content_list(&v, json);
+            Ok(())
+        }
+        Cmd::Content(ContentCmd::Gc { node, dry_run, json }) => {
+            let v = call(&node, Request::ContentGc { dry_run })?;
+            output::content_gc(&v, json);
             Ok(())
         }
     }
@@ -610,11 +674,11 @@ fn parse_hex32(s: &str) -> anyhow::Result<[u8; 32]> {
     Ok(out)
 }
 
-/// BLAKE3 and size of a file, streamed (the value `b3sum` prints).
-fn hash_file(path: &Path) -> anyhow::Result<(ContentId, u64)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = blake3::Hasher::new();
-    let size =
-        std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-    Ok((ContentId(*h.finalize().as_bytes()), size))
+/// Has the node import a payload file; returns its content id and size.
+fn import(node: &NodeArgs, path: &Path) -> anyhow::Result<(ContentId, u64)> {
+    let abs = std::fs::canonicalize(path).with_context(|| format!("opening {}", path.display()))?;
+    let v = call(node, Request::Import { path: abs.to_string_lossy().into_owned() })?;
+    let id = v["content_id"].as_str().context("the node gave no content id")?;
+    let size = v["size_bytes"].as_u64().context("the node gave no size")?;
+    Ok((ContentId(parse_hex32(id)?), size))
 }

@@ -122,3 +122,134 @@ pub fn catalog(v: &Value, json: bool) {
         }
     }
 }
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `patchmesh fetch`: a progress bar (bytes, rate, sources, ETA) on a terminal, one JSON
+/// object with `--json`. Polls the node, which owns the download.
+pub fn fetch_progress(
+    mut poll: impl FnMut() -> anyhow::Result<Value>,
+    json: bool,
+    timeout_s: u64,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let started = std::time::Instant::now();
+    let bar = if json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {bytes}/{total_bytes} {msg} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        b
+    };
+    loop {
+        let v = poll()?;
+        let size = v["size_bytes"].as_u64().unwrap_or(0);
+        let have = v["have_bytes"].as_u64().unwrap_or(0);
+        bar.set_length(size);
+        bar.set_position(have);
+        bar.set_message(format!(
+            "{}/s from {} source(s) [{}]",
+            indicatif::HumanBytes(v["rate_bytes_per_s"].as_u64().unwrap_or(0)),
+            v["sources_active"],
+            v["role"].as_str().unwrap_or("-"),
+        ));
+        match v["state"].as_str() {
+            Some("complete") => {
+                bar.finish_and_clear();
+                if json {
+                    outln!("{v}");
+                } else {
+                    outln!(
+                        "complete: {} in {:.1} s ({} from this site, {} from other sites)",
+                        mib(size),
+                        v["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                        mib(v["lan_bytes"].as_u64().unwrap_or(0)),
+                        mib(v["wan_bytes"].as_u64().unwrap_or(0)),
+                    );
+                    if let Some(d) = v["dropped"].as_object().filter(|m| !m.is_empty()) {
+                        let parts: Vec<String> =
+                            d.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                        outln!("dropped sources: {}", parts.join(" "));
+                    }
+                }
+                return Ok(());
+            }
+            Some("failed") => {
+                bar.abandon();
+                if json {
+                    outln!("{v}");
+                }
+                anyhow::bail!(
+                    "fetch failed after {} of {}: {}",
+                    mib(have),
+                    mib(size),
+                    v["error"].as_str().unwrap_or("unknown error")
+                );
+            }
+            Some("absent") => anyhow::bail!("the node is not fetching this content"),
+            _ => {}
+        }
+        if timeout_s > 0 && started.elapsed().as_secs() >= timeout_s {
+            bar.abandon();
+            if json {
+                outln!("{v}");
+            }
+            anyhow::bail!("gave up after {timeout_s} s with {} of {}", mib(have), mib(size));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `patchmesh content list`.
+pub fn content_list(v: &Value, json: bool) {
+    if json {
+        outln!("{v}");
+        return;
+    }
+    let list = v["contents"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        outln!("no payloads held");
+        return;
+    }
+    outln!("{:<64}  {:>12}  {:>6}  {:<9}  PATCH", "CONTENT ID", "SIZE", "HELD", "STATE");
+    for c in list {
+        let size = c["size_bytes"].as_u64().unwrap_or(0);
+        let have = c["have_bytes"].as_u64().unwrap_or(0);
+        let pct = if size == 0 { 100.0 } else { have as f64 * 100.0 / size as f64 };
+        outln!(
+            "{:<64}  {:>12}  {:>5.1}%  {:<9}  {}",
+            s(&c["content_id"]),
+            size,
+            pct,
+            s(&c["state"]),
+            c["patch"].as_str().unwrap_or("(not in catalog)")
+        );
+        if let Some(e) = c["error"].as_str() {
+            outln!("    error: {e}");
+        }
+    }
+    outln!("{} held in total", mib(v["held_bytes"].as_u64().unwrap_or(0)));
+}
+
+/// `patchmesh content gc`.
+pub fn content_gc(v: &Value, json: bool) {
+    if json {
+        outln!("{v}");
+        return;
+    }
+    let removed = v["removed"].as_array().cloned().unwrap_or_default();
+    let verb = if v["dry_run"].as_bool() == Some(true) { "would remove" } else { "removed" };
+    let total: u64 = removed.iter().filter_map(|r| r["size_bytes"].as_u64()).sum();
+    for r in &removed {
+        outln!("{verb} {} ({} bytes)", s(&r["content_id"]), r["size_bytes"]);
+    }
+    outln!("{verb} {} payload(s), {}", removed.len(), mib(total));
+}

@@ -78,6 +78,25 @@ pub struct NodeConfig {
     /// Connections this node tries to keep (it dials peers the DHT finds until it has them).
     #[serde(default = "default_peers_target")]
     pub peers_target: usize,
+    /// Fetch the payload of every patch in the catalog as soon as it is published.
+    #[serde(default = "yes")]
+    pub prefetch: bool,
+    /// Largest payload this node stores.
+    #[serde(default = "default_payload_max")]
+    pub payload_bytes_max: u64,
+    /// All payloads together.
+    #[serde(default = "default_store_max")]
+    pub store_bytes_max: u64,
+    /// Cap on payload bytes this node receives and serves per second (0: none).
+    #[serde(default)]
+    pub rate_bytes_per_s: u64,
+    /// Cap on payload bytes per second fetched from other sites (0: none). Only the site's
+    /// elected node fetches across the WAN, so this is the site's WAN cap; set it on every node.
+    #[serde(default)]
+    pub wan_rate_bytes_per_s: u64,
+    /// A payload source slower than this (after a grace period) is dropped.
+    #[serde(default = "default_min_rate")]
+    pub min_rate_bytes_per_s: u64,
 }
 
 fn yes() -> bool {
@@ -106,6 +125,15 @@ fn default_connections() -> u32 {
 }
 fn default_peers_target() -> usize {
     8
+}
+fn default_payload_max() -> u64 {
+    4 << 30
+}
+fn default_store_max() -> u64 {
+    64 << 30
+}
+fn default_min_rate() -> u64 {
+    16 * 1024
 }
 
 /// Why a configuration could not be read.

@@ -52,7 +52,9 @@ pub enum StoreError {
         limit_bytes: u64,
     },
     /// Storing it would pass the store's limit.
-    #[error("store would hold {needed_bytes} bytes, limit {limit_bytes}; run `patchmesh content gc`")]
+    #[error(
+        "store would hold {needed_bytes} bytes, limit {limit_bytes}; run `patchmesh content gc`"
+    )]
     StoreFull {
         /// Bytes the store would hold.
         needed_bytes: u64,
@@ -179,7 +181,8 @@ impl ContentStore {
 
     fn load(&self, id: &ContentId) -> Result<Entry, StoreError> {
         let data = self.path(id, "");
-        let file = OpenOptions::new().read(true).write(true).open(&data).map_err(io("opening", &data))?;
+        let file =
+            OpenOptions::new().read(true).write(true).open(&data).map_err(io("opening", &data))?;
         let size_bytes = file.metadata().map_err(io("reading", &data))?.len();
         let obao = self.path(id, ".obao");
         let cvs = match std::fs::read(&obao) {
@@ -276,7 +279,8 @@ impl ContentStore {
         std::fs::rename(&tmp, &data).map_err(io("renaming", &data))?;
         let _ = std::fs::remove_file(self.path(&id, ".part"));
         sync_dir(&self.dir);
-        let file = OpenOptions::new().read(true).write(true).open(&data).map_err(io("opening", &data))?;
+        let file =
+            OpenOptions::new().read(true).write(true).open(&data).map_err(io("opening", &data))?;
         self.entries.lock().expect("store lock").insert(
             id,
             Entry {
@@ -316,10 +320,10 @@ impl ContentStore {
         file.set_len(size_bytes).map_err(io("sizing", &data))?;
         sync_dir(&self.dir);
         let have = Bitfield::new(group_count(size_bytes));
-        self.entries.lock().expect("store lock").insert(
-            *id,
-            Entry { size_bytes, have: have.clone(), cvs: None, file: Arc::new(file) },
-        );
+        self.entries
+            .lock()
+            .expect("store lock")
+            .insert(*id, Entry { size_bytes, have: have.clone(), cvs: None, file: Arc::new(file) });
         Ok(have)
     }
 
@@ -399,7 +403,9 @@ impl ContentStore {
     pub fn availability(&self, id: &ContentId) -> (u64, Availability) {
         let entries = self.entries.lock().expect("store lock");
         match entries.get(id) {
-            Some(e) if e.cvs.is_some() && e.have.is_full() => (e.size_bytes, Availability::Complete),
+            Some(e) if e.cvs.is_some() && e.have.is_full() => {
+                (e.size_bytes, Availability::Complete)
+            }
             Some(e) if e.cvs.is_some() && e.have.count() > 0 => {
                 (e.size_bytes, Availability::Partial(e.have.clone()))
             }
@@ -457,7 +463,8 @@ impl ContentStore {
     pub fn gc(&self, keep: &BTreeSet<ContentId>) -> Vec<(ContentId, u64)> {
         let doomed: Vec<(ContentId, u64)> = {
             let mut entries = self.entries.lock().expect("store lock");
-            let ids: Vec<ContentId> = entries.keys().filter(|k| !keep.contains(k)).copied().collect();
+            let ids: Vec<ContentId> =
+                entries.keys().filter(|k| !keep.contains(k)).copied().collect();
             ids.into_iter()
                 .filter_map(|id| entries.remove(&id).map(|e| (id, e.size_bytes)))
                 .collect()
@@ -480,7 +487,8 @@ fn verified_groups(file: &File, size_bytes: u64, cvs: &[[u8; 32]]) -> Bitfield {
     for g in 0..groups {
         let (offset, len) = group_span(size_bytes, g);
         let part = &mut buf[..len as usize];
-        if file.read_exact_at(part, offset).is_ok() && group_cv(size_bytes, g, part) == cvs[g as usize]
+        if file.read_exact_at(part, offset).is_ok()
+            && group_cv(size_bytes, g, part) == cvs[g as usize]
         {
             have.set(g);
         }
@@ -553,7 +561,10 @@ mod tests {
 
         let store = ContentStore::open(&dir.join("b"), limits()).unwrap();
         store.begin(&id, size).unwrap();
-        assert!(store.write_group(&id, 0, &data[..GROUP_BYTES as usize]).is_err(), "no outboard yet");
+        assert!(
+            store.write_group(&id, 0, &data[..GROUP_BYTES as usize]).is_err(),
+            "no outboard yet"
+        );
         let mut forged = outboard.clone();
         forged[0] ^= 1;
         assert!(store.set_outboard(&id, &forged).is_err());
@@ -564,7 +575,10 @@ mod tests {
         };
         let mut bad = group(1);
         bad[5] ^= 0x80;
-        assert!(matches!(store.write_group(&id, 1, &bad), Err(StoreError::Corrupt { group: 1, .. })));
+        assert!(matches!(
+            store.write_group(&id, 1, &bad),
+            Err(StoreError::Corrupt { group: 1, .. })
+        ));
         assert!(store.write_group(&id, 1, &group(1)).unwrap());
         assert!(store.write_group(&id, 5, &group(5)).unwrap());
         assert!(!store.finish(&id).unwrap());

@@ -55,6 +55,28 @@ pub enum Request {
         /// The envelope.
         envelope: String,
     },
+    /// Import a local file into the content store (the node reads it).
+    Import {
+        /// Absolute path.
+        path: String,
+    },
+    /// Fetch the payload of a catalog patch from the mesh.
+    Fetch {
+        /// Content id (hex).
+        content: String,
+    },
+    /// Where one payload stands.
+    Content {
+        /// Content id (hex).
+        content: String,
+    },
+    /// Every payload held and every download of this run.
+    ContentList,
+    /// Remove payloads no catalog patch references (nor an install pins).
+    ContentGc {
+        /// Only say what would go.
+        dry_run: bool,
+    },
 }
 
 /// A request with its token.

@@ -12,12 +12,16 @@
 //! `Penalize` lowers the peer's gossipsub application score (and disconnects it after
 //! [`PENALTIES_MAX`]), `Disconnect` closes every connection to the peer.
 
+mod payload;
+
 use crate::config::{LogFormat, NodeConfig};
+use crate::content::{ContentStore, StoreLimits};
 use crate::control::{self, Call, Request};
 use crate::files;
 use crate::inventory::{self, Inventory};
 use crate::net::{self, Behaviour, BehaviourEvent, Topics};
 use crate::store::{SledStore, Store};
+use crate::transfer::{PeerView, ToDaemon, TransferConfig, Transfers};
 use anyhow::{anyhow, Context};
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
@@ -85,6 +89,9 @@ struct Daemon {
     started: Instant,
     /// Objects loaded from the store at start, and how many of them failed verification.
     restored: (usize, usize),
+    transfers: Arc<Transfers>,
+    view_tx: tokio::sync::watch::Sender<PeerView>,
+    provider_queries: HashMap<kad::QueryId, patchmesh_protocol::ids::ContentId>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -145,6 +152,41 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         idle_timeout_ms: 120_000,
     };
     let mut swarm = net::build(net::keypair_of(&key), &net_cfg, &mut registry)?;
+    let content = Arc::new(
+        ContentStore::open(
+            &cfg.data_dir.join("content"),
+            StoreLimits {
+                payload_bytes_max: cfg.payload_bytes_max,
+                store_bytes_max: cfg.store_bytes_max,
+            },
+        )
+        .context("opening the content store")?,
+    );
+    let (view_tx, view_rx) = tokio::sync::watch::channel(PeerView::default());
+    let (to_daemon, mut from_transfers) = mpsc::channel::<ToDaemon>(1024);
+    let mut stream_control = swarm.behaviour().stream.new_control();
+    let data_protocol = crate::transfer::protocol(&g.mesh_id());
+    let incoming = stream_control
+        .accept(data_protocol.clone())
+        .map_err(|_| anyhow!("data protocol registered twice"))?;
+    let transfers = Transfers::new(
+        NodeId(key.public().0),
+        cert.site.clone(),
+        content,
+        view_rx,
+        stream_control,
+        data_protocol,
+        TransferConfig {
+            rate_bytes_per_s: cfg.rate_bytes_per_s,
+            wan_rate_bytes_per_s: cfg.wan_rate_bytes_per_s,
+            params: patchmesh_protocol::transfer::plan::Params {
+                min_rate_bytes_per_s: cfg.min_rate_bytes_per_s,
+                ..Default::default()
+            },
+        },
+        to_daemon,
+    );
+    tokio::spawn(transfers.clone().serve(incoming));
     let topics = Topics::new(&g.mesh_id(), &cert.site);
     for t in [&topics.control, &topics.site, &topics.summaries] {
         swarm.behaviour_mut().gossipsub.subscribe(t).map_err(|e| anyhow!("subscribe: {e}"))?;
@@ -194,6 +236,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         listen: Vec::new(),
         started: Instant::now(),
         restored: (loaded.persisted.len(), refused + loaded.unreadable.len()),
+        transfers,
+        view_tx,
+        provider_queries: HashMap::new(),
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // The first input starts the core; it carries the real inventory.
@@ -208,9 +253,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         d.input(Input::Timer);
     }
 
+    d.provide_all();
+    d.on_catalog();
     let mut inventory_tick =
         tokio::time::interval(Duration::from_millis(d.cfg.inventory_interval_ms.max(1000)));
     inventory_tick.tick().await;
+    let mut site_tick = tokio::time::interval(Duration::from_secs(5));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let deadline = d.deadline();
@@ -218,7 +266,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             ev = d.swarm.select_next_some() => d.on_swarm(ev),
             () = tokio::time::sleep_until(deadline) => d.input(Input::Timer),
             Some((req, reply)) = ctl_rx.recv() => d.on_control(req, reply),
+            Some(cmd) = from_transfers.recv() => d.on_transfer(cmd),
             _ = inventory_tick.tick() => d.refresh_inventory(),
+            _ = site_tick.tick() => d.connect_site(),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
@@ -399,15 +449,7 @@ impl Daemon {
             }
             Output::Penalize { peer } => {
                 if let Some(p) = self.peers.get(&peer.0).copied() {
-                    let n = self.penalties.entry(p).or_default();
-                    *n += 1;
-                    let score = net::PENALTY_SCORE * f64::from(*n);
-                    let n = *n;
-                    self.swarm.behaviour_mut().gossipsub.set_application_score(&p, score);
-                    if n >= PENALTIES_MAX {
-                        tracing::warn!(peer = %p, "too many invalid objects; disconnecting");
-                        let _ = self.swarm.disconnect_peer_id(p);
-                    }
+                    self.penalize_peer(p);
                 }
             }
             Output::Event(ev) => match ev {
@@ -420,14 +462,31 @@ impl Daemon {
                             .get(&p)
                             .map_or(0.0, |n| net::PENALTY_SCORE * f64::from(*n));
                         self.swarm.behaviour_mut().gossipsub.set_application_score(&p, score);
+                        self.publish_view();
                     }
                 }
-                Event::CatalogChanged { state } => tracing::info!(%state, "catalog changed"),
+                Event::CatalogChanged { state } => {
+                    tracing::info!(%state, "catalog changed");
+                    self.on_catalog();
+                }
                 Event::Rejected { peer, reason } => {
                     let p = peer.and_then(|p| self.peers.get(&p.0).copied());
                     tracing::warn!(peer = ?p, %reason, "refused");
                 }
             },
+        }
+    }
+
+    /// Lowers a peer's score; after [`PENALTIES_MAX`] offences it is disconnected.
+    fn penalize_peer(&mut self, p: PeerId) {
+        let n = self.penalties.entry(p).or_default();
+        *n += 1;
+        let score = net::PENALTY_SCORE * f64::from(*n);
+        let n = *n;
+        self.swarm.behaviour_mut().gossipsub.set_application_score(&p, score);
+        if n >= PENALTIES_MAX {
+            tracing::warn!(peer = %p, "too many offences; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(p);
         }
     }
 
@@ -469,6 +528,7 @@ impl Daemon {
                 if let Some(id) = self.ids.remove(&peer_id) {
                     self.peers.remove(&id);
                     self.input(Input::Disconnected { peer: core::PeerId(id) });
+                    self.publish_view();
                 }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
@@ -547,6 +607,20 @@ impl Daemon {
                 if self.ids.len() < self.cfg.peers_target && !self.ids.contains_key(&peer) =>
             {
                 let _ = self.swarm.dial(peer);
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
+                if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) = result
+                {
+                    self.on_providers(id, providers.into_iter().collect());
+                }
+                if step.last {
+                    self.query_done(id);
+                }
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -648,6 +722,11 @@ impl Daemon {
             Request::Prepare { admin, edits } => self.prepare(&admin, &edits),
             Request::Submit { envelope } => self.submit(&envelope, false),
             Request::AdminSet { envelope } => self.submit(&envelope, true),
+            r @ (Request::Import { .. }
+            | Request::Fetch { .. }
+            | Request::Content { .. }
+            | Request::ContentList
+            | Request::ContentGc { .. }) => self.content_control(r),
         };
         send(reply, answer);
     }
@@ -748,6 +827,8 @@ impl Daemon {
             "pid": std::process::id(),
             "restored_objects": self.restored.0,
             "restore_refused": self.restored.1,
+            "payloads_held": self.transfers.store().list().iter().filter(|c| c.complete).count(),
+            "payload_bytes_held": self.transfers.store().held_bytes_total(),
         })
     }
 

@@ -19,3 +19,4 @@ pub mod files;
 pub mod inventory;
 pub mod net;
 pub mod store;
+pub mod transfer;

@@ -83,6 +83,8 @@ pub struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     /// Acting as a relay for others (off unless configured).
     pub relay: Toggle<relay::Behaviour>,
+    /// Raw streams for payload transfer.
+    pub stream: libp2p_stream::Behaviour,
 }
 
 /// A length-prefixed byte codec with a size limit per direction.
@@ -350,6 +352,7 @@ fn behaviour(
         relay_client,
         dcutr: dcutr::Behaviour::new(peer_id),
         relay: relay.into(),
+        stream: libp2p_stream::Behaviour::new(),
     })
 }
 

@@ -6,6 +6,7 @@
 //! invariants and reports figures as JSON. An admin uses it to rehearse a rollout; we use it to
 //! prove safety. One seed gives one run, bit for bit.
 
+pub mod payload;
 pub mod scenario;
 pub mod world;
 

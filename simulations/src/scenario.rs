@@ -1,6 +1,7 @@
 //! Scenario files: what an admin writes to rehearse a rollout. Every field has a default, so a
 //! scenario names only what it changes. `patchmesh-sim --help` prints [`FIELDS_HELP`].
 
+use patchmesh_protocol::transfer::{check_size, TransferError};
 use serde::Deserialize;
 
 /// Help text for every scenario field, printed by `--help`.
@@ -40,6 +41,14 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
                 publish_inside     admins publish on both sides while it lasts
   [[crash]]  nodes          how many random nodes crash (losing what they had not persisted)
              at_ms, down_ms when, and for how long, before they restart from their store
+  [payload]  size_bytes     a patch payload every honest node fetches with the transfer
+                            planner (1..=16 GiB); reported: wan_bytes_per_site_ratio,
+                            payload_complete_ms, payload_complete_nodes
+             at_ms          when it is published at a random up node (the origin); must be
+                            before duration_ms
+             fetcher_crashes    how many sites lose their elected WAN fetcher mid-transfer
+                            (0: none); every honest node then keeps a store to restart from
+             fetcher_crash_at_ms, fetcher_down_ms  when, and for how long
 ";
 
 fn d_duration() -> u64 {
@@ -108,6 +117,9 @@ pub struct Scenario {
     /// Crashes.
     #[serde(default)]
     pub crash: Vec<Crash>,
+    /// A payload to transfer.
+    #[serde(default)]
+    pub payload: Option<PayloadSpec>,
 }
 
 /// How the fleet starts.
@@ -224,6 +236,25 @@ pub struct Crash {
     pub down_ms: u64,
 }
 
+/// A patch payload every honest node fetches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadSpec {
+    /// Payload size.
+    pub size_bytes: u64,
+    /// Publication time.
+    pub at_ms: u64,
+    /// Sites whose elected fetcher crashes mid-transfer.
+    #[serde(default)]
+    pub fetcher_crashes: usize,
+    /// When they crash.
+    #[serde(default)]
+    pub fetcher_crash_at_ms: u64,
+    /// For how long.
+    #[serde(default)]
+    pub fetcher_down_ms: u64,
+}
+
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -246,6 +277,9 @@ pub enum ScenarioError {
     /// A value is out of range.
     #[error("invalid scenario: {0}")]
     Invalid(String),
+    /// The payload is larger than the protocol accepts.
+    #[error("invalid scenario: payload: {0}")]
+    Payload(#[from] TransferError),
 }
 
 /// Largest scenario file read.
@@ -308,6 +342,24 @@ impl Scenario {
         }
         if self.adversaries > 64 {
             return bad("at most 64 adversaries");
+        }
+        if let Some(p) = &self.payload {
+            check_size(p.size_bytes)?;
+            if p.size_bytes == 0 {
+                return bad("payload size_bytes must be > 0");
+            }
+            if p.at_ms >= self.duration_ms {
+                return bad("payload at_ms must be before duration_ms");
+            }
+            if p.fetcher_crashes > 0
+                && (p.fetcher_crashes > self.sites
+                    || p.fetcher_crash_at_ms <= p.at_ms
+                    || p.fetcher_crash_at_ms >= self.duration_ms)
+            {
+                return bad(
+                    "payload fetcher_crashes must be <= sites, with at_ms < fetcher_crash_at_ms < duration_ms",
+                );
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! garbage and by the protocol tests), and signature checks of identical bytes are memoised
 //! across nodes ([`MemoCheck`]): ed25519 verification is a pure function.
 
+use crate::payload::{Host, PayloadEv, PayloadModel};
 use crate::scenario::{Link, Scenario};
 use patchmesh_protocol::catalog::{self, AdminCommand, CatalogEntry, CommandAction};
 use patchmesh_protocol::crypto::{
@@ -75,7 +76,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut v: Vec<u64>) -> Percentiles {
+    pub(crate) fn of(mut v: Vec<u64>) -> Percentiles {
         if v.is_empty() {
             return Percentiles::default();
         }
@@ -133,6 +134,14 @@ pub struct Report {
     pub wall_ms: u64,
     /// Peak resident set size of the process.
     pub peak_rss_mb: u64,
+    /// Max over sites of payload bytes entering the site over the WAN (with `Have` replies)
+    /// divided by the payload size; 0 without a payload.
+    pub wan_bytes_per_site_ratio: f64,
+    /// Publication → each node holds the whole payload verified, simulated milliseconds, over
+    /// nodes live at the end.
+    pub payload_complete_ms: Percentiles,
+    /// Nodes counted in `payload_complete_ms`.
+    pub payload_complete_nodes: usize,
 }
 
 enum Ev {
@@ -146,6 +155,8 @@ enum Ev {
     Restart(u32),
     Revoke,
     Attack,
+    Payload(PayloadEv),
+    CrashFetchers,
 }
 
 struct Queued {
@@ -235,6 +246,8 @@ pub struct World {
     rejected_adversary_free: bool,
     /// For a steady start: what every node of a site has in its store at time zero.
     site_stores: Vec<Arc<Vec<Persist>>>,
+    /// The payload transfer model, when the scenario has a payload.
+    payload: Option<Box<PayloadModel>>,
 }
 
 /// Builds, for a steady start, each site's store: its members' records and one summary per
@@ -441,6 +454,8 @@ impl World {
 
         let mut crash_sets = Vec::new();
         let mut crashing = BTreeSet::new();
+        // Fetchers that crash are chosen during the run, so every node keeps a store.
+        let keep_stores = s.payload.as_ref().is_some_and(|p| p.fetcher_crashes > 0);
         for c in &s.crash {
             let set: Vec<u32> = (0..c.nodes)
                 .map(|_| rng.gen_range(0..s.nodes as u32))
@@ -483,7 +498,7 @@ impl World {
                 skew_ms,
                 links: links[i].iter().copied().collect(),
                 timer_at: u64::MAX,
-                store: crashing.contains(&(i as u32)).then(|| {
+                store: (keep_stores || crashing.contains(&(i as u32))).then(|| {
                     site_stores
                         .get(site_of[i] as usize)
                         .map(|st: &Arc<Vec<Persist>>| st.as_ref().clone())
@@ -492,7 +507,21 @@ impl World {
                 adversary: i >= s.nodes,
             });
         }
+        let payload = s.payload.clone().map(|spec| {
+            let ids = ents[..s.nodes].iter().map(|e| NodeId(e.config.key.public().0)).collect();
+            let sites = site_of[..s.nodes].to_vec();
+            Box::new(PayloadModel::new(
+                spec,
+                seed,
+                ids,
+                sites,
+                s.sites,
+                s.lan.clone(),
+                s.wan.clone(),
+            ))
+        });
         World {
+            payload,
             started: t_new,
             partitioned: vec![false; s.sites],
             received_us: vec![u64::MAX; s.nodes],
@@ -774,6 +803,12 @@ impl World {
                 }
             }
         }
+        if let Some(p) = &self.payload {
+            self.schedule(p.at_us(), Ev::Payload(PayloadEv::Publish));
+        }
+        if let Some(p) = self.s.payload.as_ref().filter(|p| p.fetcher_crashes > 0) {
+            self.schedule(p.fetcher_crash_at_ms * ms, Ev::CrashFetchers);
+        }
         for (i, c) in self.s.crash.clone().iter().enumerate() {
             self.schedule(c.at_ms * ms, Ev::Crash(i));
             for n in self.crash_sets[i].clone() {
@@ -858,41 +893,72 @@ impl World {
                 self.input(node, Input::Timer);
             }
             Ev::Publish { measured, node, tag } => self.publish(measured, node, tag),
-            Ev::PartitionStart(i) => {
-                self.trace(t, 5, i as u32, 0, 0);
+            Ev::PartitionStart(i) | Ev::PartitionEnd(i) => {
+                let cut = matches!(ev, Ev::PartitionStart(_));
+                self.trace(t, if cut { 5 } else { 6 }, i as u32, 0, 0);
                 for s in self.partition_sites[i].clone() {
-                    self.partitioned[s as usize] = true;
-                }
-            }
-            Ev::PartitionEnd(i) => {
-                self.trace(t, 6, i as u32, 0, 0);
-                for s in self.partition_sites[i].clone() {
-                    self.partitioned[s as usize] = false;
+                    self.partitioned[s as usize] = cut;
+                    self.with_payload(|p, w| p.on_partition(w, s, cut));
                 }
             }
             Ev::Crash(i) => {
                 for n in self.crash_sets[i].clone() {
-                    self.trace(t, 7, n, 0, 0);
-                    self.ents[n as usize].node = None;
-                    self.ents[n as usize].timer_at = u64::MAX;
-                    if (n as usize) < self.eligible.len()
-                        && self.received_us[n as usize] == u64::MAX
-                        && self.eligible[n as usize]
-                    {
-                        self.eligible[n as usize] = false;
-                        self.pending_measure -= 1;
-                    }
-                    for j in self.ents[n as usize].links.clone() {
-                        self.input(j, Input::Disconnected { peer: PeerId(u64::from(n)) });
-                    }
+                    self.crash_node(n);
                 }
             }
             Ev::Restart(n) => {
                 self.trace(t, 8, n, 0, 0);
                 self.start_node(n);
+                if self.honest(n) {
+                    self.with_payload(|p, w| p.on_restart(w, n));
+                }
             }
             Ev::Revoke => self.revoke(),
             Ev::Attack => self.attack(),
+            Ev::Payload(e) => self.with_payload(|p, w| p.step(w, e)),
+            Ev::CrashFetchers => {
+                let spec = self.s.payload.clone().expect("scheduled with a payload");
+                let nodes = self
+                    .payload
+                    .as_ref()
+                    .map(|p| p.fetchers(spec.fetcher_crashes))
+                    .unwrap_or_default();
+                for n in nodes {
+                    // A node already down is not brought up early by this crash's restart.
+                    if self.ents[n as usize].node.is_some() {
+                        self.crash_node(n);
+                        self.schedule(t + spec.fetcher_down_ms * 1000, Ev::Restart(n));
+                    }
+                }
+            }
+        }
+    }
+
+    fn crash_node(&mut self, n: u32) {
+        self.trace(self.now_us, 7, n, 0, 0);
+        let was_up = self.ents[n as usize].node.is_some();
+        self.ents[n as usize].node = None;
+        self.ents[n as usize].timer_at = u64::MAX;
+        if (n as usize) < self.eligible.len()
+            && self.received_us[n as usize] == u64::MAX
+            && self.eligible[n as usize]
+        {
+            self.eligible[n as usize] = false;
+            self.pending_measure -= 1;
+        }
+        for j in self.ents[n as usize].links.clone() {
+            self.input(j, Input::Disconnected { peer: PeerId(u64::from(n)) });
+        }
+        if was_up && self.honest(n) {
+            self.with_payload(|p, w| p.on_crash(w, n));
+        }
+    }
+
+    /// Lends the payload model the world for one call (it schedules events and traces).
+    fn with_payload(&mut self, f: impl FnOnce(&mut PayloadModel, &mut World)) {
+        if let Some(mut p) = self.payload.take() {
+            f(&mut p, self);
+            self.payload = Some(p);
         }
     }
 
@@ -1153,6 +1219,8 @@ impl World {
             violations.push("adversaries attacked but no node refused anything".into());
         }
         let _ = self.rejected_adversary_free;
+        let figures = self.payload.as_ref().map(|p| p.finish(self.now_us)).unwrap_or_default();
+        violations.extend(figures.violations);
         let nodes = self.s.nodes.max(1) as f64;
         let bg_s = (self.background_to_us.saturating_sub(self.background_from_us)) as f64 / 1e6;
         let report = Report {
@@ -1183,10 +1251,25 @@ impl World {
             // Everything from building the world to this report: keys, topology, run, checks.
             wall_ms: self.started.elapsed().as_millis() as u64,
             peak_rss_mb: peak_rss_mb(),
+            wan_bytes_per_site_ratio: figures.wan_bytes_per_site_ratio,
+            payload_complete_ms: figures.complete_ms,
+            payload_complete_nodes: figures.complete_nodes,
         };
         // Freeing a 100,000-node world takes seconds and the report is all that is left to use.
         std::mem::forget(self.ents);
         report
+    }
+}
+
+impl Host for World {
+    fn now_us(&self) -> u64 {
+        self.now_us
+    }
+    fn schedule_payload(&mut self, at_us: u64, ev: PayloadEv) {
+        self.schedule(at_us, Ev::Payload(ev));
+    }
+    fn trace_payload(&mut self, code: u8, a: u32, b: u32, extra: u64) {
+        self.trace(self.now_us, code, a, b, extra);
     }
 }
 

@@ -12,7 +12,7 @@
 //! and on a two-core machine running them side by side would only make every one slower.
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -134,6 +134,8 @@ pub struct Mesh {
     pub bootstrap: Option<String>,
     /// Configuration lines for every node that replace the test defaults (fast anti-entropy).
     pub extra_config: String,
+    /// Configuration lines added for one node (index → lines).
+    pub node_config: std::collections::BTreeMap<usize, String>,
 }
 
 impl Mesh {
@@ -175,7 +177,13 @@ impl Mesh {
             ]);
             nodes.push(TestNode { dir, key, site, child: None });
         }
-        Mesh { root, nodes, bootstrap: None, extra_config: String::new() }
+        Mesh {
+            root,
+            nodes,
+            bootstrap: None,
+            extra_config: String::new(),
+            node_config: Default::default(),
+        }
     }
 
     /// The mesh directory (root.key, admin.key, genesis.pm).
@@ -196,8 +204,9 @@ impl Mesh {
         let genesis = self.mesh_dir().join("genesis.pm");
         let cfg = format!(
             "data_dir = \"data\"\nkey = \"node.key\"\ngenesis = \"{}\"\nadmission = \"admission.pm\"\n\
-             {bootstrap}mdns = false\n{}",
+             {bootstrap}mdns = false\n{}{}",
             genesis.display(),
+            self.node_config.get(&i).map_or("", String::as_str),
             if self.extra_config.is_empty() {
                 "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nanti_entropy_interval_ms = 1000\n\
                  summary_interval_ms = 2000\npeers_target = 6\n"
@@ -218,7 +227,10 @@ impl Mesh {
             .unwrap();
         let child = Command::new(binary())
             .args(["node", "run", "--config", &self.nodes[i].config()])
-            .env("PATCHMESH_LOG", "info,libp2p=warn")
+            .env(
+                "PATCHMESH_LOG",
+                std::env::var("PATCHMESH_TEST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -278,6 +290,67 @@ impl Mesh {
         let mut all = args.to_vec();
         all.extend(["--admin-key", admin_key, "--json"]);
         self.cli_at(i, &all)
+    }
+
+    /// Imports `file` at node `i` and publishes it as patch `name`; returns the content id.
+    pub fn publish_file(&self, i: usize, name: &str, file: &Path) -> String {
+        let out = self.cli_at(
+            i,
+            &[
+                "patch",
+                "add",
+                &file.display().to_string(),
+                "--name",
+                name,
+                "--admin-key",
+                &self.admin_key(),
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "patch add: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["content_id"].as_str().unwrap().to_string()
+    }
+
+    /// `patchmesh content list --json` of node `i`: content id → its entry.
+    pub fn contents(&self, i: usize) -> std::collections::BTreeMap<String, Value> {
+        let out = self.cli_at(i, &["content", "list", "--json"]);
+        if !out.status.success() {
+            return Default::default();
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["contents"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| Some((c["content_id"].as_str()?.to_string(), c.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until every running node holds `content` complete.
+    pub fn await_payload(&self, content: &str, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut missing = Vec::new();
+        wait_for(timeout, || {
+            missing = (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].child.is_some())
+                .filter(|i| self.contents(*i).get(content).is_none_or(|c| c["complete"] != true))
+                .collect();
+            missing.is_empty().then_some(())
+        })
+        .map(|()| start.elapsed())
+        .ok_or_else(|| {
+            let detail: Vec<String> = missing
+                .iter()
+                .map(|i| {
+                    let out = self.cli_at(*i, &["fetch", content, "--json", "--timeout-s", "1"]);
+                    format!("node {i}: {}", String::from_utf8_lossy(&out.stdout))
+                })
+                .collect();
+            format!("nodes {missing:?} never completed {content}:\n{}", detail.join("\n"))
+        })
     }
 
     /// Names of the patches in node `i`'s catalog (`patchmesh catalog show --json`).

@@ -231,11 +231,19 @@ impl Download {
         s.banned.is_none() && (s.lan || self.role == Role::Wan)
     }
 
-    /// What to do next.
+    /// What to do next: questions, then ranges.
     pub fn poll(&mut self, now: Millis) -> Vec<Action> {
-        let mut out = Vec::new();
+        let mut out = self.poll_asks(now);
+        out.extend(self.poll_fetches(now));
+        out
+    }
+
+    /// Only the questions: which sources to ask what they hold. A driver that cannot fetch yet
+    /// (it still needs the outboard) polls these alone. A source that said it holds a part is
+    /// asked again every `have_refresh_ms`, one that said it holds nothing four times slower.
+    pub fn poll_asks(&mut self, now: Millis) -> Vec<Action> {
         if self.is_complete() {
-            return out;
+            return Vec::new();
         }
         let refresh = self.params.have_refresh_ms;
         let ask: Vec<NodeId> = self
@@ -243,18 +251,28 @@ impl Download {
             .iter()
             .filter(|(_, s)| self.usable(s) && s.asking_since.is_none())
             .filter(|(_, s)| match (&s.have, s.asked_at) {
-                (None, _) => true,
+                (None, _) | (Some(_), None) => true,
                 (Some(Availability::Complete), _) => false,
-                (Some(_), Some(at)) => now.since(at) >= refresh,
-                (Some(_), None) => true,
+                (Some(Availability::Nothing), Some(at)) => now.since(at) >= 4 * refresh,
+                (Some(Availability::Partial(_)), Some(at)) => now.since(at) >= refresh,
             })
             .map(|(n, _)| *n)
             .collect();
-        for n in ask {
-            let s = self.sources.get_mut(&n).expect("listed");
-            s.asking_since = Some(now);
-            s.asked_at = Some(now);
-            out.push(Action::AskHave(n));
+        ask.into_iter()
+            .map(|n| {
+                let s = self.sources.get_mut(&n).expect("listed");
+                s.asking_since = Some(now);
+                s.asked_at = Some(now);
+                Action::AskHave(n)
+            })
+            .collect()
+    }
+
+    /// Only the ranges to fetch now.
+    pub fn poll_fetches(&mut self, now: Millis) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.is_complete() {
+            return out;
         }
         loop {
             let mut order: Vec<(bool, u32, NodeId)> = self

@@ -1,0 +1,218 @@
+//! The daemon's side of payload transfer: it tells the transfer service who is admitted, starts
+//! downloads for catalog patches, runs DHT provider records and penalties for it, and answers
+//! the content control requests.
+
+use super::{control, parse_id, Daemon};
+use crate::transfer::{PeerView, ToDaemon};
+use libp2p::{kad, PeerId};
+use patchmesh_protocol::catalog::CatalogEntry;
+use patchmesh_protocol::ids::{ContentId, NodeId};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+fn key_of(content: &ContentId) -> kad::RecordKey {
+    kad::RecordKey::new(&content.0)
+}
+
+impl Daemon {
+    /// Publishes the admitted, connected peers to the transfer service.
+    pub(super) fn publish_view(&mut self) {
+        let peers: BTreeMap<NodeId, (PeerId, patchmesh_protocol::ids::SiteId)> = self
+            .node
+            .admitted_peers()
+            .filter_map(|(p, n, s)| self.peers.get(&p.0).map(|peer| (n, (*peer, s.clone()))))
+            .collect();
+        self.view_tx.send_replace(PeerView { peers });
+    }
+
+    /// Dials members of this node's site it is not connected to. Site election assumes the
+    /// members of a site see each other (they share a LAN); this keeps that true beyond what
+    /// mDNS or the DHT's random walk happen to connect.
+    pub(super) fn connect_site(&mut self) {
+        let me = self.node.id();
+        let members: Vec<NodeId> =
+            self.node.site().records().keys().filter(|n| **n != me).copied().collect();
+        for n in members {
+            if self.ids.len() >= self.cfg.connections_max as usize {
+                break;
+            }
+            if let Some(peer) = crate::net::peer_of(&n) {
+                if !self.ids.contains_key(&peer) {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+        }
+    }
+
+    /// Patches in the catalog: content id → signed size.
+    pub(super) fn catalog_payloads(&self) -> BTreeMap<ContentId, u64> {
+        self.node
+            .catalog()
+            .entries()
+            .into_values()
+            .filter_map(|e| match e {
+                CatalogEntry::Patch(p) => Some((p.content_id, p.size_bytes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// After a catalog change: fetch new payloads (when prefetching) and collect unreferenced
+    /// ones.
+    pub(super) fn on_catalog(&mut self) {
+        let payloads = self.catalog_payloads();
+        if self.cfg.prefetch {
+            for (content, size) in &payloads {
+                if self.transfers.want(*content, *size) {
+                    tracing::info!(%content, size_bytes = size, "fetching payload");
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_transfer(&mut self, cmd: ToDaemon) {
+        match cmd {
+            ToDaemon::Penalize(peer, why) => {
+                tracing::warn!(%peer, why, "payload source penalised");
+                self.penalize_peer(peer);
+            }
+            ToDaemon::Provide(content) => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key_of(&content)) {
+                    tracing::debug!(error = %e, "start providing");
+                }
+            }
+            ToDaemon::FindProviders(content) => {
+                let q = self.swarm.behaviour_mut().kad.get_providers(key_of(&content));
+                self.provider_queries.insert(q, content);
+            }
+        }
+    }
+
+    pub(super) fn on_providers(&mut self, id: kad::QueryId, providers: BTreeSet<PeerId>) {
+        let Some(content) = self.provider_queries.get(&id).copied() else { return };
+        let nodes: Vec<NodeId> = providers.iter().filter_map(crate::net::node_of).collect();
+        for p in providers {
+            if !self.ids.contains_key(&p) && p != *self.swarm.local_peer_id() {
+                let _ = self.swarm.dial(p);
+            }
+        }
+        self.transfers.add_providers(content, nodes);
+    }
+
+    pub(super) fn query_done(&mut self, id: kad::QueryId) {
+        self.provider_queries.remove(&id);
+    }
+
+    /// Announces every complete payload (after start).
+    pub(super) fn provide_all(&mut self) {
+        for c in self.transfers.store().list() {
+            if c.complete {
+                let _ = self.swarm.behaviour_mut().kad.start_providing(key_of(&c.content));
+            }
+        }
+    }
+
+    pub(super) fn content_control(&mut self, req: control::Request) -> Value {
+        use control::Request as R;
+        match req {
+            R::Import { path } => {
+                let store = self.transfers.store().clone();
+                match store.import(std::path::Path::new(&path)) {
+                    Ok((content, size)) => {
+                        let _ = self.swarm.behaviour_mut().kad.start_providing(key_of(&content));
+                        control::ok(json!({"content_id": content.to_string(), "size_bytes": size}))
+                    }
+                    Err(e) => control::refused(format!("importing {path}: {e}")),
+                }
+            }
+            R::Fetch { content } => {
+                let content = match parse_id(&content) {
+                    Ok(c) => ContentId(c),
+                    Err(e) => return control::refused(e),
+                };
+                let Some(size) = self.catalog_payloads().get(&content).copied() else {
+                    return control::refused(format!(
+                        "{content} is not the content id of any patch in the catalog"
+                    ));
+                };
+                self.transfers.want(content, size);
+                control::ok(self.content_json(&content))
+            }
+            R::Content { content } => match parse_id(&content) {
+                Ok(c) => control::ok(self.content_json(&ContentId(c))),
+                Err(e) => control::refused(e),
+            },
+            R::ContentList => {
+                let progress = self.transfers.progress();
+                let names: BTreeMap<ContentId, String> = self
+                    .node
+                    .catalog()
+                    .entries()
+                    .into_values()
+                    .filter_map(|e| match e {
+                        CatalogEntry::Patch(p) => {
+                            Some((p.content_id, format!("{} {}", p.name, p.version)))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let items: Vec<Value> = self
+                    .transfers
+                    .store()
+                    .list()
+                    .into_iter()
+                    .map(|c| {
+                        let p = progress.get(&c.content);
+                        json!({
+                            "content_id": c.content.to_string(),
+                            "size_bytes": c.size_bytes,
+                            "have_bytes": c.have_bytes,
+                            "complete": c.complete,
+                            "patch": names.get(&c.content),
+                            "state": p.map_or(if c.complete { "complete" } else { "partial" }, |p| p.state),
+                            "error": p.and_then(|p| p.error.clone()),
+                        })
+                    })
+                    .collect();
+                control::ok(json!({
+                    "held_bytes": self.transfers.store().held_bytes_total(),
+                    "contents": items,
+                }))
+            }
+            R::ContentGc { dry_run } => {
+                let keep: BTreeSet<ContentId> = self.catalog_payloads().into_keys().collect();
+                let store = self.transfers.store();
+                let doomed: Vec<Value> = if dry_run {
+                    store
+                        .list()
+                        .into_iter()
+                        .filter(|c| !keep.contains(&c.content))
+                        .map(|c| json!({"content_id": c.content.to_string(), "size_bytes": c.size_bytes}))
+                        .collect()
+                } else {
+                    store
+                        .gc(&keep)
+                        .into_iter()
+                        .map(|(c, s)| json!({"content_id": c.to_string(), "size_bytes": s}))
+                        .collect()
+                };
+                control::ok(json!({"removed": doomed, "dry_run": dry_run}))
+            }
+            _ => control::refused("not a content request"),
+        }
+    }
+
+    fn content_json(&self, content: &ContentId) -> Value {
+        let progress = self.transfers.progress().remove(content);
+        let held = self.transfers.store().list().into_iter().find(|c| c.content == *content);
+        match (progress, held) {
+            (Some(p), _) => serde_json::to_value(p).unwrap_or(Value::Null),
+            (None, Some(c)) => json!({
+                "content": c.content.to_string(), "size_bytes": c.size_bytes, "have_bytes": c.have_bytes,
+                "state": if c.complete { "complete" } else { "partial" },
+                "rate_bytes_per_s": 0, "sources_active": 0, "sources_known": 0,
+            }),
+            (None, None) => json!({"content": content.to_string(), "state": "absent"}),
+        }
+    }
+}
