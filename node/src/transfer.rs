@@ -143,6 +143,8 @@ pub struct Progress {
     pub wan_bytes: u64,
     /// Sources dropped, by fault.
     pub dropped: BTreeMap<&'static str, u32>,
+    /// Verified bytes already held when this download started (a resume).
+    pub resumed_bytes: u64,
     /// Milliseconds since it started.
     pub elapsed_ms: u64,
 }
@@ -255,6 +257,7 @@ impl Transfers {
                     lan_bytes: 0,
                     wan_bytes: 0,
                     dropped: BTreeMap::new(),
+                    resumed_bytes: 0,
                     elapsed_ms: 0,
                 },
             );
@@ -292,7 +295,7 @@ impl Transfers {
     }
 
     /// Keeps the planner's sources and role in step with the peers and providers.
-    fn sync_sources(&self, d: &mut Download) {
+    fn sync_sources(&self, d: &mut Download, resting: &HashMap<NodeId, Instant>) {
         let view = self.view.borrow().clone();
         let live: Vec<NodeId> =
             view.peers.iter().filter(|(_, (_, s))| *s == self.site).map(|(n, _)| *n).collect();
@@ -306,10 +309,16 @@ impl Transfers {
             .unwrap_or_default();
         let mut wanted: BTreeSet<NodeId> = BTreeSet::new();
         for (n, (_, site)) in &view.peers {
+            if resting.contains_key(n) {
+                continue;
+            }
             d.add_source(*n, *site == self.site);
             wanted.insert(*n);
         }
         for n in providers {
+            if resting.contains_key(&n) {
+                continue;
+            }
             if !view.peers.contains_key(&n) {
                 // A provider we are not connected to yet: its site is unknown, so only the
                 // elected node uses it; opening a stream dials it.
@@ -332,9 +341,14 @@ impl Transfers {
     ) -> Result<(), String> {
         let have = self.store.begin(&content, size_bytes).map_err(|e| e.to_string())?;
         let mut d = Download::new(content, size_bytes, have, self.cfg.params.clone());
+        if let Some(x) = self.progress.lock().expect("progress lock").get_mut(&content) {
+            x.resumed_bytes = d.have_bytes();
+        }
         let (tx, mut rx) = mpsc::channel::<Ev>(1024);
         let mut tasks: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
         let mut outboard_from: Option<NodeId> = None;
+        // Sources whose stream broke (no offence) rest a moment before they are used again.
+        let mut resting: HashMap<NodeId, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_check = Instant::now();
         let mut last_lookup: Option<Instant> = None;
@@ -348,7 +362,8 @@ impl Transfers {
                 let _ = self.to_daemon.try_send(ToDaemon::Provide(content));
                 return Ok(());
             }
-            self.sync_sources(&mut d);
+            resting.retain(|_, until| *until > Instant::now());
+            self.sync_sources(&mut d, &resting);
             let now = crate::daemon::now_ms();
             let outboard = self.store.has_outboard(&content);
             // Without the outboard nothing can be verified: ask what sources hold, take the
@@ -428,7 +443,11 @@ impl Transfers {
                                 self.fault(&mut d, &mut tasks, &mut dropped, n, Fault::Protocol);
                             }
                             Err(Some(f)) => self.fault(&mut d, &mut tasks, &mut dropped, n, f),
-                            Err(None) => d.on_have_failed(&n),
+                            Err(None) => {
+                                d.on_have_failed(&n);
+                                d.remove_source(&n);
+                                resting.insert(n, Instant::now() + Duration::from_secs(1));
+                            }
                         }
                     }
                     Ev::Outboard(n, r) => {
@@ -456,6 +475,14 @@ impl Transfers {
                                 }
                                 d = fresh;
                                 rate = RateMeter::new(d.have_bytes());
+                                if let Some(x) =
+                                    self.progress.lock().expect("progress lock").get_mut(&content)
+                                {
+                                    x.resumed_bytes = d.have_bytes();
+                                }
+                                if d.have_bytes() > 0 {
+                                    tracing::info!(content = %content, resumed_bytes = d.have_bytes(), "resuming a partial payload");
+                                }
                             }
                             Ok(Err(StoreError::DiskFull(_))) => {
                                 return Err(StoreError::DiskFull(content).to_string())
@@ -484,13 +511,17 @@ impl Transfers {
                     }
                     Ev::Fault(n, f) => self.fault(&mut d, &mut tasks, &mut dropped, n, f),
                     Ev::Broken(n) => {
-                        // A dropped connection is no offence, but this source is done for
-                        // this download (it will be a new source if it comes back later).
-                        for id in d.on_fault(&n, Fault::Protocol) {
+                        // A dropped connection is no offence: the source's ranges go back and
+                        // it is asked again after a rest, if it is still there.
+                        if outboard_from == Some(n) {
+                            outboard_from = None;
+                        }
+                        for id in d.remove_source(&n) {
                             if let Some(h) = tasks.remove(&id) {
                                 h.abort();
                             }
                         }
+                        resting.insert(n, Instant::now() + Duration::from_secs(1));
                     }
                     Ev::Stop(e) => {
                         for (_, h) in tasks.drain() {

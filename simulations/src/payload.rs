@@ -90,6 +90,10 @@ fn tree_fanout() -> usize {
     std::env::var("PAYLOAD_K").ok().and_then(|v| v.parse().ok()).unwrap_or(TREE_FANOUT)
 }
 
+fn coalesce_us() -> u64 {
+    std::env::var("PAYLOAD_W").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn remote_sources() -> usize {
     std::env::var("PAYLOAD_R").ok().and_then(|v| v.parse().ok()).unwrap_or(REMOTE_SOURCES)
 }
@@ -160,6 +164,13 @@ struct Holder {
     complete_us: Option<u64>,
     /// The earliest poll queued for this node (`u64::MAX`: none).
     poll_at: u64,
+    /// Whether the planner's state changed since it last planned ranges in a way that may
+    /// let any source serve more.
+    dirty: bool,
+    /// Sources whose answer or finished range may let them serve more.
+    dirty_sources: Vec<u32>,
+    /// When the planner last planned ranges.
+    polled_us: u64,
     /// Providers found unreachable, and until when they are left out.
     avoid: BTreeMap<u32, u64>,
 }
@@ -262,6 +273,9 @@ impl PayloadModel {
                 download: None,
                 complete_us: None,
                 poll_at: u64::MAX,
+                dirty: false,
+                dirty_sources: Vec::new(),
+                polled_us: 0,
                 avoid: BTreeMap::new(),
             })
             .collect();
@@ -318,7 +332,6 @@ impl PayloadModel {
                     }
                     self.drop_if_unreachable(host, node, s);
                 }
-                self.request_poll(host, node, host.now_us());
             }
             PayloadEv::FlowNext { flow } => self.flow_next(host, flow),
             PayloadEv::Arrive(a) => self.arrive(host, *a),
@@ -411,7 +424,47 @@ impl PayloadModel {
         )
     }
 
+    /// The planner's state changed: poll it soon.
     fn request_poll(&mut self, host: &mut impl Host, n: u32, at_us: u64) {
+        let h = &mut self.holders[n as usize];
+        h.dirty = true;
+        let at = at_us.max(h.polled_us + coalesce_us());
+        self.schedule_poll(host, n, at);
+    }
+
+    /// Only source `s` may serve more than at the last poll (it answered, or a range from it
+    /// ended complete): poll soon.
+    fn source_changed(&mut self, host: &mut impl Host, n: u32, s: u32, at_us: u64) {
+        let h = &mut self.holders[n as usize];
+        h.dirty_sources.push(s);
+        let at = at_us.max(h.polled_us + coalesce_us());
+        self.schedule_poll(host, n, at);
+    }
+
+    /// Whether the planner could start a range from `s` now: it is usable, has a free slot and
+    /// claims a group that is neither held nor in flight. The same test `poll_fetches` makes,
+    /// for one source.
+    fn has_work(&self, d: &Download, s: u32) -> bool {
+        let id = &self.ids[s as usize];
+        let Some(src) = d.sources().get(id) else { return false };
+        let Some(avail) = src.have.as_ref() else { return false };
+        if src.banned.is_some() || !(src.lan || d.role() == Role::Wan) {
+            return false;
+        }
+        let active = d.requests().filter(|r| r.source == *id).count();
+        if active >= self.params.requests_per_source as usize {
+            return false;
+        }
+        let mut busy = d.have().clone();
+        for r in d.requests() {
+            for g in r.first..r.first + r.count {
+                busy.set(g);
+            }
+        }
+        (0..self.groups).any(|g| !busy.get(g) && avail.has(g))
+    }
+
+    fn schedule_poll(&mut self, host: &mut impl Host, n: u32, at_us: u64) {
         let h = &mut self.holders[n as usize];
         if h.up && h.download.is_some() && h.poll_at > at_us {
             h.poll_at = at_us;
@@ -592,7 +645,37 @@ impl PayloadModel {
         h.poll_at = u64::MAX;
         let epoch = h.epoch;
         let Some(d) = h.download.as_mut() else { return };
-        let actions = d.poll(Millis(now / 1000));
+        // `poll` is `poll_asks` then `poll_fetches`. The latter plans until nothing more can
+        // be planned, so with no change since its last call it plans nothing: it is skipped
+        // then, which saves the planner's linear scans on every refresh tick.
+        let mut actions = d.poll_asks(Millis(now / 1000));
+        let dirty = std::mem::take(&mut h.dirty);
+        let changed = std::mem::take(&mut h.dirty_sources);
+        let d = self.holders[n as usize].download.as_ref().expect("checked above");
+        let work = dirty || changed.iter().any(|s| self.has_work(d, *s));
+        let h = &mut self.holders[n as usize];
+        let d = h.download.as_mut().expect("checked above");
+        if work {
+            h.polled_us = now;
+            let t0 = std::time::Instant::now();
+            let f = d.poll_fetches(Millis(now / 1000));
+            STATS.with(|x| {
+                let mut x = x.borrow_mut();
+                x[0] += 1;
+                x[1] += t0.elapsed().as_nanos() as u64;
+                x[2] += f.len() as u64;
+                x[3] += d.sources().len() as u64;
+                if f.is_empty() {
+                    x[6] += 1;
+                    x[7] += t0.elapsed().as_nanos() as u64;
+                }
+                if d.role() == Role::Wan {
+                    x[4] += 1;
+                    x[5] += t0.elapsed().as_nanos() as u64;
+                }
+            });
+            actions.extend(f);
+        }
         let (mut lan, mut wan, mut fetches) = (Vec::new(), Vec::new(), Vec::new());
         for a in actions {
             match a {
@@ -616,7 +699,7 @@ impl PayloadModel {
         for req in fetches {
             self.start_flow(host, n, req);
         }
-        self.request_poll(host, n, now + self.params.have_refresh_ms * 1000);
+        self.schedule_poll(host, n, now + self.params.have_refresh_ms * 1000);
     }
 
     fn check(&mut self, host: &mut impl Host, n: u32, epoch: u32) {
@@ -625,11 +708,14 @@ impl PayloadModel {
         }
         let now = host.now_us();
         let Some(d) = self.holders[n as usize].download.as_mut() else { return };
-        for (slow, _) in d.check(Millis(now / 1000)) {
-            host.trace_payload(27, n, self.index[&slow], 0);
+        let slow = d.check(Millis(now / 1000));
+        for (s, _) in &slow {
+            host.trace_payload(27, n, self.index[s], 0);
+        }
+        if !slow.is_empty() {
+            self.request_poll(host, n, now);
         }
         self.refresh_remote(host, n);
-        self.request_poll(host, n, now);
         host.schedule_payload(now + CHECK_MS * 1000, PayloadEv::Check { node: n, epoch });
     }
 
@@ -686,11 +772,12 @@ impl PayloadModel {
                 continue;
             }
             if let Some(d) = self.holders[n as usize].download.as_mut() {
-                d.on_have(&self.ids[s as usize], availability);
+                if d.on_have(&self.ids[s as usize], availability).is_some() {
+                    self.request_poll(host, n, host.now_us());
+                } else {
+                    self.source_changed(host, n, s, host.now_us());
+                }
             }
-        }
-        if alive {
-            self.request_poll(host, n, host.now_us());
         }
     }
 
@@ -822,6 +909,8 @@ impl PayloadModel {
                 h.held_count += 1;
             }
         }
+        // A range that ended short returns groups to the pool that any source may serve.
+        let short = d.requests().any(|r| r.id == a.req && a.first + a.count < r.first + r.count);
         if a.last {
             d.on_done(a.req);
         }
@@ -834,8 +923,10 @@ impl PayloadModel {
             h.download = None;
             h.complete_us.get_or_insert(now);
             host.trace_payload(23, a.node, 0, 0);
-        } else if a.last {
+        } else if a.last && short {
             self.request_poll(host, a.node, now);
+        } else if a.last {
+            self.source_changed(host, a.node, a.source, now);
         }
     }
 
@@ -931,6 +1022,7 @@ impl PayloadModel {
     }
 
     fn debug_dump(&self) {
+        STATS.with(|x| eprintln!("poll_fetches calls {} ns {} fetches {} sources {} wan calls {} wan ns {} empty {} empty ns {}", x.borrow()[0], x.borrow()[1], x.borrow()[2], x.borrow()[3], x.borrow()[4], x.borrow()[5], x.borrow()[6], x.borrow()[7]));
         for site in 0..self.members.len() {
             let mut line = format!(
                 "site {site:3} cut={} wan_in={:9}:",
@@ -999,3 +1091,5 @@ impl PayloadModel {
         }
     }
 }
+
+thread_local! { static STATS: std::cell::RefCell<[u64; 8]> = Default::default(); }

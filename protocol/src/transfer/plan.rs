@@ -200,22 +200,29 @@ impl Download {
         self.role = role;
     }
 
-    /// A peer that may hold the content. Ignored beyond [`limits::SOURCES_PER_DOWNLOAD_MAX`].
+    /// A peer that may hold the content, and whether it is in this node's site (a source first
+    /// known only as a provider may turn out to be local once connected). Ignored beyond
+    /// [`limits::SOURCES_PER_DOWNLOAD_MAX`].
     pub fn add_source(&mut self, node: NodeId, lan: bool) {
-        if self.sources.len() >= limits::SOURCES_PER_DOWNLOAD_MAX
-            && !self.sources.contains_key(&node)
-        {
+        if let Some(s) = self.sources.get_mut(&node) {
+            s.lan = lan;
             return;
         }
-        self.sources.entry(node).or_insert(Source {
-            lan,
-            have: None,
-            asking_since: None,
-            asked_at: None,
-            banned: None,
-            active: 0,
-            bytes: 0,
-        });
+        if self.sources.len() >= limits::SOURCES_PER_DOWNLOAD_MAX {
+            return;
+        }
+        self.sources.insert(
+            node,
+            Source {
+                lan,
+                have: None,
+                asking_since: None,
+                asked_at: None,
+                banned: None,
+                active: 0,
+                bytes: 0,
+            },
+        );
     }
 
     /// A peer went away: its ranges go back to the pool (no fault).
