@@ -45,7 +45,7 @@ impl Default for Params {
     fn default() -> Params {
         Params {
             request_groups: 64,
-            requests_per_source: 2,
+            requests_per_source: 4,
             min_rate_bytes_per_s: 16 * 1024,
             grace_ms: 5_000,
             have_refresh_ms: 250,
@@ -129,6 +129,9 @@ pub struct Download {
     size_bytes: u64,
     have: Bitfield,
     pending: Bitfield,
+    /// No group below this is missing and unrequested: picks scan from here, which keeps a
+    /// large payload's planning linear instead of quadratic.
+    frontier: u64,
     role: Role,
     sources: BTreeMap<NodeId, Source>,
     requests: BTreeMap<u64, Request>,
@@ -145,6 +148,7 @@ impl Download {
             content,
             size_bytes,
             pending: Bitfield::new(groups),
+            frontier: 0,
             have,
             role: Role::Lan,
             sources: BTreeMap::new(),
@@ -299,6 +303,11 @@ impl Download {
                     for g in first..first + count {
                         self.pending.set(g);
                     }
+                    while self.frontier < self.have.len()
+                        && (self.have.get(self.frontier) || self.pending.get(self.frontier))
+                    {
+                        self.frontier += 1;
+                    }
                     let req = Request { id, source: n, first, count, sent_at: now, got: 0 };
                     self.requests.insert(id, req.clone());
                     self.sources.get_mut(&n).expect("listed").active += 1;
@@ -319,7 +328,7 @@ impl Download {
         let have = self.sources.get(node)?.have.as_ref()?;
         let groups = self.have.len();
         let needed = |g: u64| !self.have.get(g) && !self.pending.get(g) && have.has(g);
-        let first = (0..groups).find(|g| needed(*g))?;
+        let first = (self.frontier..groups).find(|g| needed(*g))?;
         let mut count = 1;
         while count < self.params.request_groups && first + count < groups && needed(first + count)
         {
@@ -375,6 +384,7 @@ impl Download {
             for g in r.first..r.first + r.count {
                 if !self.have.get(g) {
                     self.pending.clear(g);
+                    self.frontier = self.frontier.min(g);
                 }
             }
             if let Some(s) = self.sources.get_mut(&r.source) {
