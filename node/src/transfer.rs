@@ -172,7 +172,8 @@ pub struct Transfers {
 enum Ev {
     Have(NodeId, Result<(u64, Availability), Option<Fault>>),
     Outboard(NodeId, Result<Vec<u8>, Option<Fault>>),
-    Group(u64, u64, bool),
+    /// Request id, first group, groups, from this site: verified and written.
+    Groups(u64, u64, u64, bool),
     Done(u64),
     Fault(NodeId, Fault),
     Broken(NodeId),
@@ -496,14 +497,16 @@ impl Transfers {
                             }
                         }
                     }
-                    Ev::Group(id, g, lan) => {
-                        let (_, len) = group_span(size_bytes, g);
-                        if lan {
-                            lan_bytes += len;
-                        } else {
-                            wan_bytes += len;
+                    Ev::Groups(id, first, count, lan) => {
+                        for g in first..first + count {
+                            let (_, len) = group_span(size_bytes, g);
+                            if lan {
+                                lan_bytes += len;
+                            } else {
+                                wan_bytes += len;
+                            }
+                            d.on_group(id, g);
                         }
-                        d.on_group(id, g);
                     }
                     Ev::Done(id) => {
                         tasks.remove(&id);
@@ -681,9 +684,18 @@ impl Transfers {
             Err(Some(f)) => return Ev::Fault(n, f),
             Err(None) => return Ev::Broken(n),
         }
-        let mut buf = vec![0u8; patchmesh_protocol::transfer::GROUP_BYTES as usize];
-        for g in req.first..req.first + req.count {
-            let (_, len) = group_span(size_bytes, g);
+        // Read a batch of groups at once, then verify and write each: fewer wake-ups and one
+        // event per batch.
+        const BATCH: u64 = 16;
+        let group = patchmesh_protocol::transfer::GROUP_BYTES;
+        let mut buf = vec![0u8; (BATCH * group) as usize];
+        let end = req.first + req.count;
+        let mut g = req.first;
+        while g < end {
+            let n_groups = BATCH.min(end - g);
+            let (start, _) = group_span(size_bytes, g);
+            let (last_off, last_len) = group_span(size_bytes, g + n_groups - 1);
+            let len = last_off + last_len - start;
             self.node_bucket.take(len).await;
             if !lan {
                 self.wan_bucket.take(len).await;
@@ -694,13 +706,25 @@ impl Transfers {
                 Ok(Err(_)) => return Ev::Broken(n),
                 Err(_) => return Ev::Fault(n, Fault::Slow),
             }
-            match self.store.write_group(&content, g, part) {
-                Ok(_) => {
-                    let _ = tx.send(Ev::Group(req.id, g, lan)).await;
+            let mut written = 0;
+            for k in 0..n_groups {
+                let (off, glen) = group_span(size_bytes, g + k);
+                let at = (off - start) as usize;
+                match self.store.write_group(&content, g + k, &part[at..at + glen as usize]) {
+                    Ok(_) => written += 1,
+                    Err(e) => {
+                        if written > 0 {
+                            let _ = tx.send(Ev::Groups(req.id, g, written, lan)).await;
+                        }
+                        return match e {
+                            StoreError::Corrupt { .. } => Ev::Fault(n, Fault::Corrupt),
+                            other => Ev::Stop(other),
+                        };
+                    }
                 }
-                Err(StoreError::Corrupt { .. }) => return Ev::Fault(n, Fault::Corrupt),
-                Err(e) => return Ev::Stop(e),
             }
+            let _ = tx.send(Ev::Groups(req.id, g, n_groups, lan)).await;
+            g += n_groups;
         }
         // The range is complete: anything more on the stream is past what was promised.
         let mut extra = [0u8; 1];

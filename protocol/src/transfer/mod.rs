@@ -212,6 +212,10 @@ impl Bitfield {
     pub fn is_full(&self) -> bool {
         self.count() == self.len
     }
+    /// The bits, 64 groups a word (group `i` is bit `i % 64` of word `i / 64`).
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
     /// Encodes for disk or wire.
     pub fn to_bytes(&self) -> Vec<u8> {
         encode(self)

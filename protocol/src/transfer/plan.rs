@@ -290,7 +290,9 @@ impl Download {
                 .sources
                 .iter()
                 .filter(|(_, s)| {
-                    self.usable(s) && s.active < self.params.requests_per_source && s.have.is_some()
+                    self.usable(s)
+                        && s.active < self.params.requests_per_source
+                        && s.have.as_ref().is_some_and(|a| *a != Availability::Nothing)
                 })
                 .map(|(n, s)| (!s.lan, s.active, *n))
                 .collect();
@@ -323,12 +325,33 @@ impl Download {
         out
     }
 
-    /// The lowest run of needed groups the source holds.
+    /// The lowest run of needed groups the source holds. Scans 64 groups a step, so a partial
+    /// source or a nearly finished payload costs little to plan.
     fn pick(&self, node: &NodeId) -> Option<(u64, u64)> {
-        let have = self.sources.get(node)?.have.as_ref()?;
+        let avail = self.sources.get(node)?.have.as_ref()?;
+        let src: Option<&[u64]> = match avail {
+            Availability::Nothing => return None,
+            Availability::Complete => None,
+            Availability::Partial(b) => Some(b.words()),
+        };
         let groups = self.have.len();
-        let needed = |g: u64| !self.have.get(g) && !self.pending.get(g) && have.has(g);
-        let first = (self.frontier..groups).find(|g| needed(*g))?;
+        let (have, pending) = (self.have.words(), self.pending.words());
+        let mut first = None;
+        for w in (self.frontier / 64) as usize..have.len() {
+            let mut m = !have[w] & !pending[w] & src.map_or(u64::MAX, |s| s[w]);
+            if w as u64 == self.frontier / 64 {
+                m &= u64::MAX << (self.frontier % 64);
+            }
+            if m != 0 {
+                let g = w as u64 * 64 + u64::from(m.trailing_zeros());
+                if g < groups {
+                    first = Some(g);
+                }
+                break;
+            }
+        }
+        let first = first?;
+        let needed = |g: u64| !self.have.get(g) && !self.pending.get(g) && avail.has(g);
         let mut count = 1;
         while count < self.params.request_groups && first + count < groups && needed(first + count)
         {
@@ -585,5 +608,24 @@ mod tests {
         d.on_group(r[0].id, 6);
         d.on_group(r[0].id, 7);
         assert_eq!(d.have_bytes(), 8 * GROUP_BYTES - 100);
+    }
+
+    #[test]
+    fn picks_the_lowest_needed_group_a_scattered_partial_source_holds() {
+        let mut d = dl(300);
+        d.add_source(n(1), true);
+        d.poll(Millis(0));
+        let mut b = Bitfield::new(300);
+        for g in [70, 71, 72, 200, 299] {
+            b.set(g);
+        }
+        d.on_have(&n(1), Availability::Partial(b));
+        let r = fetches(&d.poll_fetches(Millis(0)));
+        let got: Vec<(u64, u64)> = r.iter().map(|r| (r.first, r.count)).collect();
+        assert_eq!(got, vec![(70, 3), (200, 1)]);
+        // A source that holds nothing gets no range, however often it is polled.
+        d.add_source(n(2), true);
+        d.on_have(&n(2), Availability::Nothing);
+        assert!(fetches(&d.poll_fetches(Millis(1))).iter().all(|r| r.source == n(1)));
     }
 }
