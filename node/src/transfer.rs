@@ -175,6 +175,8 @@ enum Ev {
     /// Request id, first group, groups, from this site: verified and written.
     Groups(u64, u64, u64, bool),
     Done(u64),
+    /// A finished range task with nothing more to say.
+    Idle,
     Fault(NodeId, Fault),
     Broken(NodeId),
     Stop(StoreError),
@@ -513,6 +515,7 @@ impl Transfers {
                         d.on_done(id);
                     }
                     Ev::Fault(n, f) => self.fault(&mut d, &mut tasks, &mut dropped, n, f),
+                    Ev::Idle => {}
                     Ev::Broken(n) => {
                         // A dropped connection is no offence: the source's ranges go back and
                         // it is asked again after a rest, if it is still there.
@@ -726,11 +729,13 @@ impl Transfers {
             let _ = tx.send(Ev::Groups(req.id, g, n_groups, lan)).await;
             g += n_groups;
         }
-        // The range is complete: anything more on the stream is past what was promised.
+        // The range is complete: the source may take the next one at once. Anything more on
+        // this stream is past what was promised, and still costs the source its place.
+        let _ = tx.send(Ev::Done(req.id)).await;
         let mut extra = [0u8; 1];
         match tokio::time::timeout(Duration::from_secs(2), s.read(&mut extra)).await {
             Ok(Ok(n_read)) if n_read > 0 => Ev::Fault(n, Fault::Overrun),
-            _ => Ev::Done(req.id),
+            _ => Ev::Idle,
         }
     }
 

@@ -129,10 +129,11 @@ fn lying_corrupt_slow_and_overrunning_sources_are_dropped_and_the_download_compl
     let _serial = serial();
     let mut mesh = Mesh::new("evil", 2, 1);
     // The honest source is slow enough that every source gets ranges.
-    mesh.node_config.insert(0, "rate_bytes_per_s = 2097152\n".into());
+    mesh.node_config.insert(0, "rate_bytes_per_s = 4194304\n".into());
     mesh.start_all();
     let file = mesh.root.0.join("payload.bin");
-    let expected = random_file(&file, 12 * 1024 * 1024, 2);
+    // Enough 4 MiB ranges that every source is asked for some.
+    let expected = random_file(&file, 32 * 1024 * 1024, 2);
     let modes = ["corrupt", "lie", "slow", "overrun"];
     let evil: Vec<_> = modes.iter().map(|m| spawn_evil(&mesh, 1, &file, m, 40_000)).collect();
     let admitted =

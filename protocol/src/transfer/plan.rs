@@ -44,7 +44,7 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Params {
         Params {
-            request_groups: 64,
+            request_groups: 256,
             requests_per_source: 4,
             min_rate_bytes_per_s: 16 * 1024,
             grace_ms: 5_000,
