@@ -1,0 +1,73 @@
+//! Three sites of four real nodes behind shaped WAN links (network namespaces, see
+//! `scripts/bench-wan.sh`): a payload published at site A reaches all twelve nodes, and each
+//! other site pulls it across its WAN link once.
+//!
+//! The script needs root (it creates network namespaces, bridges and tc qdiscs); run as another
+//! user this test fails and says so rather than passing without having run.
+
+use patchmesh_tests::{binary, serial};
+use serde_json::Value;
+use std::process::{Command, Stdio};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench-wan.sh");
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn a_payload_crosses_each_sites_wan_link_once() {
+    let _serial = serial();
+    assert!(
+        is_root(),
+        "the WAN test must run as root: {SCRIPT} builds network namespaces, bridges and tc \
+         shapers (run `cargo test` as root, e.g. in the CI container)"
+    );
+    let bin = binary();
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
+    let out = Command::new("bash")
+        .arg(SCRIPT)
+        .env("PATCHMESH_BIN", bin)
+        .env("PAYLOAD_MIB", "8")
+        .env("WAN_MBIT", "50")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(out.status.success(), "bench-wan.sh failed ({}):\n{report}", out.status);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}\n{report}"));
+
+    assert_eq!(v["sites"], 3, "{report}");
+    assert_eq!(v["nodes"], 12, "{report}");
+    assert_eq!(v["payload_bytes"], 8 * 1024 * 1024, "{report}");
+    assert!(v["all_complete_ms"].is_u64(), "all_complete_ms is not a number:\n{report}");
+    let ratio = |site: &str, key: &str| {
+        v["per_site"][site][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {site}.{key} in the JSON line:\n{report}"))
+    };
+    // The nodes' own accounting: the origin site fetched nothing from elsewhere, and the nodes
+    // of each other site together fetched exactly one copy from other sites.
+    let origin = ratio("siteA", "node_wan_ratio");
+    assert!(origin < 1e-3, "the origin site fetched {origin} copies from elsewhere:\n{report}");
+    for site in ["siteB", "siteC"] {
+        let copies = ratio(site, "node_wan_ratio");
+        assert!((copies - 1.0).abs() < 1e-3, "{site} nodes fetched {copies} copies:\n{report}");
+        // And the payload did cross that site's WAN link (it did not arrive some other way).
+        let link = ratio(site, "wan_rx_ratio");
+        assert!(link >= 0.95, "only {link} copies entered {site} over its WAN link:\n{report}");
+    }
+    // Bytes into a site over its WAN link, counted by the kernel: the payload plus everything
+    // else on the link (per-datagram Ethernet/IP/UDP/QUIC framing, ACKs, gossip, anti-entropy).
+    let max = v["wan_ratio_max"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("wan_ratio_max is not a number:\n{report}"));
+    assert!(max <= 1.05, "a site's WAN link carried {max} payload sizes inbound:\n{report}");
+}
