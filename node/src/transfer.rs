@@ -501,13 +501,16 @@ impl Transfers {
                     }
                     Ev::Groups(id, first, count, lan) => {
                         for g in first..first + count {
-                            let (_, len) = group_span(size_bytes, g);
-                            if lan {
-                                lan_bytes += len;
-                            } else {
-                                wan_bytes += len;
+                            // A group can arrive twice when a released range was handed to
+                            // another source while the first was still sending; count it once.
+                            if d.on_group(id, g) {
+                                let (_, len) = group_span(size_bytes, g);
+                                if lan {
+                                    lan_bytes += len;
+                                } else {
+                                    wan_bytes += len;
+                                }
                             }
-                            d.on_group(id, g);
                         }
                     }
                     Ev::Done(id) => {

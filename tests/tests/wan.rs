@@ -65,9 +65,12 @@ fn a_payload_crosses_each_sites_wan_link_once() {
         assert!(link >= 0.95, "only {link} copies entered {site} over its WAN link:\n{report}");
     }
     // Bytes into a site over its WAN link, counted by the kernel: the payload plus everything
-    // else on the link (per-datagram Ethernet/IP/UDP/QUIC framing, ACKs, gossip, anti-entropy).
+    // else on the link. QUIC, UDP, IP and Ethernet framing alone take about 5 % of each
+    // 1500-byte frame, then come ACKs, retransmissions behind the shaper, gossip and
+    // anti-entropy, so a link carrying exactly one copy reads about 1.06-1.08. The bound below
+    // would catch a second copy (or a large share of a wasted one) on the link.
     let max = v["wan_ratio_max"]
         .as_f64()
         .unwrap_or_else(|| panic!("wan_ratio_max is not a number:\n{report}"));
-    assert!(max <= 1.05, "a site's WAN link carried {max} payload sizes inbound:\n{report}");
+    assert!(max <= 1.15, "a site's WAN link carried {max} payload sizes inbound:\n{report}");
 }

@@ -96,6 +96,8 @@ pub struct Source {
     active: u32,
     /// Verified bytes it delivered.
     pub bytes: u64,
+    /// Start of the current rate window (while it has ranges in flight) and bytes since.
+    window: Option<(Millis, u64)>,
 }
 
 /// A range in flight.
@@ -225,6 +227,7 @@ impl Download {
                 banned: None,
                 active: 0,
                 bytes: 0,
+                window: None,
             },
         );
     }
@@ -312,7 +315,11 @@ impl Download {
                     }
                     let req = Request { id, source: n, first, count, sent_at: now, got: 0 };
                     self.requests.insert(id, req.clone());
-                    self.sources.get_mut(&n).expect("listed").active += 1;
+                    let s = self.sources.get_mut(&n).expect("listed");
+                    if s.active == 0 {
+                        s.window = Some((now, 0));
+                    }
+                    s.active += 1;
                     out.push(Action::Fetch(req));
                     progressed = true;
                     break;
@@ -393,7 +400,11 @@ impl Download {
         if let Some(r) = self.requests.get_mut(&id) {
             r.got += 1;
             if let Some(s) = self.sources.get_mut(&r.source) {
-                s.bytes += GROUP_BYTES.min(self.size_bytes.saturating_sub(g * GROUP_BYTES));
+                let len = GROUP_BYTES.min(self.size_bytes.saturating_sub(g * GROUP_BYTES));
+                s.bytes += len;
+                if let Some((_, b)) = s.window.as_mut() {
+                    *b += len;
+                }
             }
         }
         self.pending.clear(g);
@@ -412,6 +423,9 @@ impl Download {
             }
             if let Some(s) = self.sources.get_mut(&r.source) {
                 s.active = s.active.saturating_sub(1);
+                if s.active == 0 {
+                    s.window = None;
+                }
             }
         }
     }
@@ -441,25 +455,30 @@ impl Download {
     }
 
     /// Sources below the minimum rate: banned as [`Fault::Slow`]. Returns them with their
-    /// cancelled requests.
+    /// cancelled requests. A source is judged on everything it delivers while it has ranges in
+    /// flight, over windows of `grace_ms`: its ranges share one connection, so one range
+    /// waiting behind another is not slowness, and a link shared by many fetchers still passes
+    /// as long as the source as a whole moves at the minimum rate.
     pub fn check(&mut self, now: Millis) -> Vec<(NodeId, Vec<u64>)> {
         let min = self.params.min_rate_bytes_per_s;
         let grace = self.params.grace_ms;
-        let slow: Vec<NodeId> = self
-            .requests
-            .values()
-            .filter(|r| {
-                let elapsed = now.since(r.sent_at);
-                elapsed >= grace && r.got * GROUP_BYTES * 1000 / elapsed.max(1) < min
-            })
-            .map(|r| r.source)
-            .collect();
+        let mut slow = Vec::new();
+        for (n, s) in self.sources.iter_mut() {
+            let Some((start, bytes)) = s.window else { continue };
+            let elapsed = now.since(start);
+            if s.banned.is_some() || s.active == 0 || elapsed < grace {
+                continue;
+            }
+            if bytes * 1000 / elapsed.max(1) < min {
+                slow.push(*n);
+            } else {
+                s.window = Some((now, 0));
+            }
+        }
         let mut out = Vec::new();
         for n in slow {
-            if self.sources.get(&n).is_some_and(|s| s.banned.is_none()) {
-                let ids = self.ban(&n, Fault::Slow);
-                out.push((n, ids));
-            }
+            let ids = self.ban(&n, Fault::Slow);
+            out.push((n, ids));
         }
         out
     }
