@@ -1,59 +1,69 @@
 //! # Payload transfer model
 //!
 //! Every honest node fetches one patch payload with the protocol core's download planner
-//! ([`Download`]), exactly as the real node does. This module is the driver around the
-//! planners: it decides who the candidate sources are (what mDNS and DHT provider records give
-//! a real node), carries out their actions, and answers them with modelled timing. Every
+//! ([`Download`]), as the real node does. This module is the driver around the planners: it
+//! decides who the candidate sources are (what site membership and DHT provider records give a
+//! real node), carries out the planners' actions and answers them with modelled timing. Every
 //! choice of *what* to fetch from *whom*, when to ask again and whom to drop is the planner's.
 //!
 //! ## Sources and roles
-//! - **LAN**: every live member of the node's site, as the site sees it (a site LAN is fully
+//! - **LAN**: every live member of the node's site as the site sees it (a site LAN is fully
 //!   meshed for the data plane). A member that crashed is seen as gone after [`DETECT_MS`]
-//!   (the driver then calls `remove_source`, which returns its ranges to the pool); a restarted
-//!   member is seen again as soon as it is up.
-//! - **Role**: [`transfer::role_of`] over that view, recomputed whenever the view changes, so
-//!   the next member in rank takes over when the elected one crashes, and hands back when it
-//!   returns.
-//! - **WAN** (only while elected): providers from a directory that models DHT provider
-//!   records: a node is listed once it holds one verified group, visible to others one WAN
-//!   round trip later; a crashed node's record stays (records expire in hours, not seconds).
-//!   A node keeps the [`REMOTE_SOURCES`] providers of other sites that rank highest for it (a
-//!   hash of both ids) and re-ranks every second. Ranking, rather than keeping the first
-//!   providers found, matters: when a payload is published the only providers are the
-//!   origin's site, and every site would otherwise keep them for the whole transfer, sharing
-//!   one site's uplink among all sites. Ranked, each provider ends up serving about
-//!   [`REMOTE_SOURCES`] other nodes once the directory has filled. A provider that cannot be
-//!   reached (crashed, or across a partition) is dropped and avoided for [`AVOID_MS`].
+//!   (then `remove_source`, which returns its ranges to the pool); a restarted member is seen
+//!   again as soon as it is up.
+//! - **Role**: [`transfer::role_of`] over that view, recomputed whenever it changes, so the
+//!   next member in rank takes over when the elected one crashes, and hands back on return.
+//! - **WAN** (used only while elected): providers from a directory that models DHT provider
+//!   records. A node is listed once it holds a verified group, visible to others one WAN round
+//!   trip later; a crashed node's record stays (records expire in hours, not seconds). An
+//!   elected node takes up to [`REMOTE_SOURCES`] providers of one site: the nearest ancestor
+//!   of its own site in a [`TREE_FANOUT`]-ary tree over the sites, rooted at the origin's site
+//!   and ordered by a rendezvous hash of (content, site), so every node computes the same tree.
+//!   It passes over an ancestor that is cut off, has no member up, or whose every provider
+//!   failed, but waits for one that simply holds nothing yet. Sources are re-chosen every
+//!   [`CHECK_MS`]; a provider that cannot be reached is dropped and left out for [`AVOID_MS`].
+//!
+//! Why a tree: the planner asks each source for the *lowest* missing run it holds, so every
+//! site fetching from one source asks it for the same ranges, and that source's uplink is
+//! divided among them; nodes that started together also hold the same prefix, so they have
+//! nothing to give each other. With "any providers", all sites start on the origin's site
+//! (the only provider at first), its 20 Mbit/s is shared by every site, each source's rate
+//! falls under the planner's 16 KiB/s minimum and the origin's site is dropped as `Slow` for
+//! the rest of the download: on branch-offices, sites stall with a few percent of the payload.
+//! In a tree each site's uplink feeds at most [`TREE_FANOUT`] sites, and a site streams from
+//! its parent while the parent is still receiving.
 //!
 //! ## Timing
 //! - A question (`AskHave`) reaches the source after one one-way delay and is answered from
-//!   what the source holds at that moment (`Complete`, `Partial` with its bitfield, or
-//!   `Nothing`); the answer takes another one-way delay. Questions to a source that is down or
-//!   behind a partition fail after [`DETECT_MS`].
-//! - A range is a flow that sends [`SLICE_GROUPS`] groups at a time through every bottleneck
-//!   on its path: the source node's uplink and the destination node's downlink (LAN
-//!   bandwidth), and across sites the source site's WAN uplink and the destination site's WAN
-//!   downlink (WAN bandwidth, shared by every transfer of the site). Each link has a "free at"
-//!   time; a slice starts when all its links are free, and a flow reserves its next slice only
-//!   when the previous one has left, so flows sharing a link take turns (fair sharing at slice
-//!   granularity, like streams of a congestion-controlled transport). Groups are delivered
-//!   (`on_group`) per slice one one-way delay after they left, and `on_done` follows the last.
-//! - A source sends only groups it holds when each slice leaves. A flow whose source goes
-//!   down or whose path is cut stops, and the requester hears `on_done` after [`DETECT_MS`].
-//!   WAN loss is absorbed by the transport's retransmission: WAN bandwidth is taken as
-//!   goodput for payload bytes.
-//! - `check` runs every [`CHECK_MS`]; the planner is polled after every input that reaches
-//!   it, at most once per simulated microsecond per node, and every `have_refresh_ms` while
-//!   the download is incomplete (the real node's timer).
+//!   what the source holds then (`Complete`, `Partial` with its bitfield, or `Nothing`); the
+//!   answer takes another one-way delay. Questions to a source that is down or behind a
+//!   partition fail after [`DETECT_MS`].
+//! - A range is a flow whose bytes cross every bottleneck on the path: the source node's
+//!   uplink and the destination node's downlink (LAN bandwidth) and, between sites, the source
+//!   site's WAN uplink and the destination site's WAN downlink (WAN bandwidth, shared by every
+//!   transfer of the site). Each link has a "free at" time. A flow sends a slice
+//!   ([`WAN_SLICE_GROUPS`] or [`LAN_SLICE_GROUPS`]) and reserves the next only when the slice
+//!   has cleared its links, so flows sharing a link take turns: fair sharing at slice
+//!   granularity, like the streams of a congestion-controlled transport. The groups of a slice
+//!   are verified (`on_group`) one one-way delay after it cleared; `on_done` follows the last.
+//! - A source sends only groups it holds as each slice leaves. A flow whose source went down
+//!   or whose path is cut stops, and the requester hears `on_done` after [`DETECT_MS`]. WAN
+//!   loss is left to the transport's retransmission: WAN bandwidth is taken as goodput.
+//! - The planner is polled after every change that reaches it (at most once per simulated
+//!   instant per node) and every `have_refresh_ms` while the download is incomplete (the real
+//!   node's timer); `check` runs every [`CHECK_MS`]. `poll` is `poll_asks` then
+//!   `poll_fetches`; the latter plans until nothing more can be planned, so it is skipped when
+//!   no source it could use has changed since (`PayloadModel::has_work`): the same
+//!   decisions, without the planner's linear scans on polls that would plan nothing.
 //!
 //! ## Crashes
 //! A crashed node's download stops; its verified groups persist (the real node keeps them on
 //! disk) and it resumes on restart with `Download::new(.., have, ..)`.
 //!
 //! ## Measured
-//! Payload bytes and `Have` replies entering each site over the WAN (the figure the design
-//! promises is about 1x the payload per site), and the time from publication to each node
-//! holding the whole payload verified.
+//! Payload bytes and `Have` replies entering each site over the WAN (the design promises
+//! about one payload per site), and the time from publication to each node holding the whole
+//! payload verified.
 
 use crate::scenario::{Link, PayloadSpec};
 use crate::world::Percentiles;
@@ -70,12 +80,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// long after it went, the time a transport's keep-alive takes to notice a silent peer. Open
 /// questions and ranges to it fail at the same time.
 pub const DETECT_MS: u64 = 2_000;
-/// How often `Download::check` (slow-source detection) runs, and remote sources are re-ranked.
+/// How often `Download::check` (slow-source detection) runs and remote sources are re-chosen.
 pub const CHECK_MS: u64 = 1_000;
-/// Providers of other sites an elected node fetches from at once.
+/// Providers (of one other site) an elected node fetches from at once.
 pub const REMOTE_SOURCES: usize = 2;
-/// How long an unreachable provider is left out of the ranking.
-pub const AVOID_MS: u64 = 5_000;
+/// How long an unreachable provider is left out: the real node rests a source whose stream
+/// broke for a second before it is used again.
+pub const AVOID_MS: u64 = 1_000;
 /// Groups a flow sends per slice across the WAN: the granularity of link sharing. One group
 /// (16 KiB, 6.5 ms at 20 Mbit/s) keeps a flow's progress smooth enough for the planner's
 /// rate check even when a hundred flows share one site's uplink.
@@ -83,16 +94,11 @@ pub const WAN_SLICE_GROUPS: u64 = 1;
 /// Groups per slice inside a site (128 KiB, 1 ms at 1 Gbit/s).
 pub const LAN_SLICE_GROUPS: u64 = 8;
 
-/// Children per site in the distribution tree.
+/// Children per site in the distribution tree: each site's WAN uplink feeds at most this
+/// many sites, each at its share of the uplink, so 2 trades half the rate per edge for a tree
+/// depth of log2(sites) rather than a chain through every site.
 pub const TREE_FANOUT: usize = 2;
 
-fn tree_fanout() -> usize {
-    std::env::var("PAYLOAD_K").ok().and_then(|v| v.parse().ok()).unwrap_or(TREE_FANOUT)
-}
-
-fn remote_sources() -> usize {
-    std::env::var("PAYLOAD_R").ok().and_then(|v| v.parse().ok()).unwrap_or(REMOTE_SOURCES)
-}
 /// A node must have been up this long at the end of a run to be required to hold the
 /// payload: a node restarted just before the end may still be catching up from its LAN.
 pub const COMPLETE_GRACE_MS: u64 = 10_000;
@@ -112,7 +118,7 @@ pub(crate) trait Host {
 pub(crate) enum PayloadEv {
     /// The payload is published at a random up node.
     Publish,
-    /// Poll a node's planner (deduplicated by [`Holder::poll_at`]).
+    /// Poll a node's planner (deduplicated by `Holder::poll_at`).
     Poll { node: u32 },
     /// Periodic `check` and re-ranking of remote sources.
     Check { node: u32, epoch: u32 },
@@ -190,6 +196,8 @@ pub(crate) struct PayloadFigures {
     pub complete_ms: Percentiles,
     /// Nodes counted in `complete_ms`.
     pub complete_nodes: usize,
+    /// Times a downloading node took over its site's WAN fetch from a member seen gone.
+    pub failovers: usize,
     /// Nodes that should have completed and did not.
     pub violations: Vec<String>,
 }
@@ -225,6 +233,20 @@ pub(crate) struct PayloadModel {
     /// Payload bytes (and `Have` replies) entering each site over the WAN.
     wan_in: Vec<u64>,
     published_us: Option<u64>,
+    /// Times a downloading node took over its site's WAN fetch.
+    failovers: usize,
+}
+
+/// Sets bits `from .. to` of a bitfield's words.
+fn set_range(words: &mut [u64], from: u64, to: u64) {
+    let mut g = from;
+    while g < to {
+        let (w, bit) = ((g / 64) as usize, g % 64);
+        let n = (64 - bit).min(to - g);
+        let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
+        words[w] |= mask;
+        g += n;
+    }
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -249,7 +271,7 @@ impl PayloadModel {
         h.update(b"patchmesh-sim payload");
         h.update(&seed.to_le_bytes());
         let content = ContentId(*h.finalize().as_bytes());
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7061_796c_6f61_64);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7061_796c_6f61_6473);
         let salt = rng.gen();
         let groups = group_count(spec.size_bytes);
         let mut members = vec![Vec::new(); sites];
@@ -300,6 +322,7 @@ impl PayloadModel {
             site_down_free: vec![0; sites],
             wan_in: vec![0; sites],
             published_us: None,
+            failovers: 0,
         }
     }
 
@@ -432,27 +455,48 @@ impl PayloadModel {
         self.schedule_poll(host, n, at_us);
     }
 
-    /// Whether the planner could start a range from `s` now: it is usable, has a free slot and
-    /// claims a group that is neither held nor in flight. The same test `poll_fetches` makes,
-    /// for one source.
-    fn has_work(&self, d: &Download, s: u32) -> bool {
-        let id = &self.ids[s as usize];
-        let Some(src) = d.sources().get(id) else { return false };
-        let Some(avail) = src.have.as_ref() else { return false };
-        if src.banned.is_some() || !(src.lan || d.role() == Role::Wan) {
-            return false;
-        }
-        let active = d.requests().filter(|r| r.source == *id).count();
-        if active >= self.params.requests_per_source as usize {
-            return false;
-        }
-        let mut busy = d.have().clone();
-        for r in d.requests() {
-            for g in r.first..r.first + r.count {
-                busy.set(g);
+    /// Whether the planner could start a range from one of `changed` now: the source is
+    /// usable, has a free slot and claims a group that is neither held nor in flight. The test
+    /// `poll_fetches` makes, for these sources only.
+    fn has_work(&self, d: &Download, mut changed: Vec<u32>) -> bool {
+        changed.sort_unstable();
+        changed.dedup();
+        let mut busy: Option<Vec<u64>> = None;
+        for s in changed {
+            let id = &self.ids[s as usize];
+            let Some(src) = d.sources().get(id) else { continue };
+            let Some(avail) = src.have.as_ref() else { continue };
+            if src.banned.is_some() || !(src.lan || d.role() == Role::Wan) {
+                continue;
+            }
+            let active = d.requests().filter(|r| r.source == *id).count();
+            if active >= self.params.requests_per_source as usize {
+                continue;
+            }
+            let busy = busy.get_or_insert_with(|| {
+                let mut b = d.have().words().to_vec();
+                for r in d.requests() {
+                    set_range(&mut b, r.first, r.first + r.count);
+                }
+                b
+            });
+            let open = |w: usize| {
+                let tail = self.groups - w as u64 * 64;
+                let valid = if tail >= 64 { u64::MAX } else { (1u64 << tail) - 1 };
+                !busy[w] & valid
+            };
+            let found = match avail {
+                Availability::Nothing => false,
+                Availability::Complete => (0..busy.len()).any(|w| open(w) != 0),
+                Availability::Partial(b) => {
+                    b.words().iter().enumerate().any(|(w, x)| open(w) & x != 0)
+                }
+            };
+            if found {
+                return true;
             }
         }
-        (0..self.groups).any(|g| !busy.get(g) && avail.has(g))
+        false
     }
 
     fn schedule_poll(&mut self, host: &mut impl Host, n: u32, at_us: u64) {
@@ -535,7 +579,7 @@ impl PayloadModel {
         order.sort_unstable();
         let mut sites = vec![root];
         sites.extend(order.into_iter().map(|(_, s)| s));
-        let fanout = tree_fanout();
+        let fanout = TREE_FANOUT;
         for (pos, s) in sites.iter().enumerate().skip(1) {
             self.parent[*s as usize] = sites[(pos - 1) / fanout];
         }
@@ -571,6 +615,9 @@ impl PayloadModel {
             let visible: Vec<u32> =
                 listed.into_iter().flatten().filter(|(_, v)| **v <= now).map(|(p, _)| *p).collect();
             if visible.is_empty() {
+                if self.seen[at as usize].is_empty() {
+                    continue;
+                }
                 break;
             }
             candidates = visible.into_iter().filter(|p| usable(*p)).collect();
@@ -595,7 +642,7 @@ impl PayloadModel {
             .collect();
         ranked.sort_unstable();
         for (_, p) in ranked {
-            if want.len() >= remote_sources() {
+            if want.len() >= REMOTE_SOURCES {
                 break;
             }
             want.insert(p);
@@ -643,30 +690,11 @@ impl PayloadModel {
         let dirty = std::mem::take(&mut h.dirty);
         let changed = std::mem::take(&mut h.dirty_sources);
         let d = self.holders[n as usize].download.as_ref().expect("checked above");
-        let work = dirty
-            || std::env::var_os("NOGATE").is_some()
-            || changed.iter().any(|s| self.has_work(d, *s));
+        let work = dirty || self.has_work(d, changed);
         let h = &mut self.holders[n as usize];
         let d = h.download.as_mut().expect("checked above");
         if work {
-            let t0 = std::time::Instant::now();
-            let f = d.poll_fetches(Millis(now / 1000));
-            STATS.with(|x| {
-                let mut x = x.borrow_mut();
-                x[0] += 1;
-                x[1] += t0.elapsed().as_nanos() as u64;
-                x[2] += f.len() as u64;
-                x[3] += d.sources().len() as u64;
-                if f.is_empty() {
-                    x[6] += 1;
-                    x[7] += t0.elapsed().as_nanos() as u64;
-                }
-                if d.role() == Role::Wan {
-                    x[4] += 1;
-                    x[5] += t0.elapsed().as_nanos() as u64;
-                }
-            });
-            actions.extend(f);
+            actions.extend(d.poll_fetches(Millis(now / 1000)));
         }
         let (mut lan, mut wan, mut fetches) = (Vec::new(), Vec::new(), Vec::new());
         for a in actions {
@@ -950,6 +978,7 @@ impl PayloadModel {
             d.set_role(role);
             if role == Role::Wan && was != Role::Wan {
                 host.trace_payload(28, m, site, 0);
+                self.failovers += 1;
                 self.refresh_remote(host, m);
             }
             self.request_poll(host, m, now);
@@ -994,8 +1023,8 @@ impl PayloadModel {
         }
     }
 
-    /// The elected fetchers of up to `count` sites still downloading, in site order: the
-    /// nodes a scenario's fetcher crash takes down.
+    /// The elected fetchers of up to `count` sites that are mid-transfer (holding part of the
+    /// payload), in site order: the nodes a scenario's fetcher crash takes down.
     pub(crate) fn fetchers(&self, count: usize) -> Vec<u32> {
         let mut out = Vec::new();
         for site in 0..self.seen.len() {
@@ -1006,42 +1035,15 @@ impl PayloadModel {
             let Some(winner) = transfer::elect(&self.content, ids) else { continue };
             let w = self.index[&winner];
             let h = &self.holders[w as usize];
-            if h.up && h.download.is_some() {
+            if h.up && h.download.is_some() && h.held_count > 0 {
                 out.push(w);
             }
         }
         out
     }
 
-    fn debug_dump(&self) {
-        STATS.with(|x| eprintln!("poll_fetches calls {} ns {} fetches {} sources {} wan calls {} wan ns {} empty {} empty ns {}", x.borrow()[0], x.borrow()[1], x.borrow()[2], x.borrow()[3], x.borrow()[4], x.borrow()[5], x.borrow()[6], x.borrow()[7]));
-        for site in 0..self.members.len() {
-            let mut line = format!(
-                "site {site:3} cut={} wan_in={:9}:",
-                self.partitioned[site], self.wan_in[site]
-            );
-            for m in &self.members[site] {
-                let h = &self.holders[*m as usize];
-                let (role, banned, srcs, reqs) = match &h.download {
-                    Some(d) => (
-                        if d.role() == Role::Wan { "W" } else { "L" },
-                        d.sources().values().filter(|s| s.banned.is_some()).count(),
-                        d.sources().len(),
-                        d.requests().count(),
-                    ),
-                    None => ("-", 0, 0, 0),
-                };
-                line += &format!(" {}{}:{}/b{}/s{}/r{}", m, role, h.held_count, banned, srcs, reqs);
-            }
-            eprintln!("{line}");
-        }
-    }
-
     /// The figures and violations at the end of a run at `end_us`.
     pub(crate) fn finish(&self, end_us: u64) -> PayloadFigures {
-        if std::env::var_os("PAYLOAD_DEBUG").is_some() {
-            self.debug_dump();
-        }
         let Some(at) = self.published_us else {
             return PayloadFigures {
                 violations: vec!["the payload was never published".into()],
@@ -1079,9 +1081,8 @@ impl PayloadModel {
             wan_bytes_per_site_ratio: (worst / size * 1000.0).round() / 1000.0,
             complete_nodes: times.len(),
             complete_ms: Percentiles::of(times),
+            failovers: self.failovers,
             violations,
         }
     }
 }
-
-thread_local! { static STATS: std::cell::RefCell<[u64; 8]> = Default::default(); }

@@ -142,6 +142,9 @@ pub struct Report {
     pub payload_complete_ms: Percentiles,
     /// Nodes counted in `payload_complete_ms`.
     pub payload_complete_nodes: usize,
+    /// Times a downloading node took over its site's WAN fetch because the elected member
+    /// was seen gone.
+    pub payload_failovers: usize,
 }
 
 enum Ev {
@@ -834,6 +837,7 @@ impl World {
             let kind: &'static str = match &q.ev {
                 Ev::Deliver { msg, .. } => msg.kind(),
                 Ev::Timer { .. } => "timer",
+                Ev::Payload(_) => "payload",
                 _ => "other",
             };
             let t0 = std::time::Instant::now();
@@ -1254,6 +1258,7 @@ impl World {
             wan_bytes_per_site_ratio: figures.wan_bytes_per_site_ratio,
             payload_complete_ms: figures.complete_ms,
             payload_complete_nodes: figures.complete_nodes,
+            payload_failovers: figures.failovers,
         };
         // Freeing a 100,000-node world takes seconds and the report is all that is left to use.
         std::mem::forget(self.ents);

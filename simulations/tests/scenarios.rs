@@ -57,7 +57,11 @@ fn same_seed_same_trace_different_seed_different_trace() {
 
 #[test]
 fn branch_offices_converges_with_partition_crashes_and_adversaries() {
-    let s = scenario("branch-offices");
+    let mut s = scenario("branch-offices");
+    // The scenario's payload is checked by `branch_offices_payload` (a release-build test): in
+    // a debug build its planning alone takes minutes.
+    s.payload = None;
+    s.duration_ms = 30_000;
     let seed = seeds()[0];
     let r = run(&s, seed);
     assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
@@ -98,6 +102,17 @@ fn bad_scenarios_are_refused_with_a_reason() {
         ("nodes = 10\nsites = 2\n[wan]\nloss = 1.5", "loss"),
         ("nodes = 10\nsites = 2\nbogus = 1", "unknown field"),
         ("nodes = 10\nsites = 2\nwarmup_ms = 9000\npublish_at_ms = 100", "warmup"),
+        (
+            "nodes = 10\nsites = 2\n[payload]\nsize_bytes = 20000000000\nat_ms = 5000",
+            "exceeds the limit",
+        ),
+        ("nodes = 10\nsites = 2\n[payload]\nsize_bytes = 0\nat_ms = 5000", "size_bytes"),
+        ("nodes = 10\nsites = 2\n[payload]\nsize_bytes = 100\nat_ms = 20000", "at_ms"),
+        (
+            "nodes = 10\nsites = 2\n[payload]\nsize_bytes = 100\nat_ms = 5000\nfetcher_crashes = 1",
+            "fetcher",
+        ),
+        ("nodes = 10\nsites = 2\n[payload]\nsize_bytes = 100", "at_ms"),
     ] {
         let err = Scenario::parse(text, "inline").unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");
@@ -127,4 +142,132 @@ fn steady_start_restores_verified_stores_and_converges() {
     assert_eq!(r.summaries_per_node, 6.0);
     // Ten honest nodes a site, plus the adversary in one of them.
     assert!(r.records_per_node >= 10.0 && r.records_per_node < 11.0, "{}", r.records_per_node);
+}
+
+#[test]
+fn payload_reaches_every_live_node_once_per_site() {
+    let s = scenario("small");
+    assert!(s.payload.is_some(), "small.toml carries a payload");
+    for seed in seeds() {
+        let r = run(&s, seed);
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+        assert_eq!(r.payload_complete_nodes, 20, "seed {seed}");
+        // The site without the origin takes the payload across its WAN link once.
+        let ratio = r.wan_bytes_per_site_ratio;
+        assert!((1.0..=1.05).contains(&ratio), "seed {seed}: ratio {ratio}");
+        assert!(r.payload_complete_ms.max > 0, "seed {seed}");
+    }
+}
+
+/// Four sites of ten; the elected WAN fetcher of every site that is mid-transfer crashes and
+/// stays down to the end, so its site can only finish through the next member taking over.
+const FAILOVER: &str = r#"
+    name = "payload-failover"
+    nodes = 40
+    sites = 4
+    duration_ms = 30000
+    warmup_ms = 2000
+    publish_at_ms = 3000
+    [payload]
+    size_bytes = 8388608
+    at_ms = 4000
+    fetcher_crashes = 4
+    fetcher_crash_at_ms = 5500
+    fetcher_down_ms = 60000
+"#;
+
+#[test]
+fn payload_fails_over_when_the_elected_fetcher_crashes() {
+    let s = Scenario::parse(FAILOVER, "inline").unwrap();
+    for seed in seeds() {
+        let r = run(&s, seed);
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+        assert!(r.payload_failovers >= 1, "seed {seed}: no member took over");
+        // The crashed fetchers are still down; every other node completed.
+        assert!(r.payload_complete_nodes < 40, "seed {seed}: no fetcher crashed");
+        assert_eq!(r.payload_complete_nodes + r.payload_failovers, 40, "seed {seed}");
+        // Groups only the crashed fetcher held (its last quarter second, not yet copied by its
+        // site) cross the WAN again: a few percent, not a second payload.
+        let ratio = r.wan_bytes_per_site_ratio;
+        assert!((1.0..=1.2).contains(&ratio), "seed {seed}: ratio {ratio}");
+    }
+}
+
+#[test]
+fn payload_waits_out_a_partition() {
+    let text = r#"
+        name = "payload-partition"
+        nodes = 30
+        sites = 3
+        duration_ms = 25000
+        warmup_ms = 2000
+        publish_at_ms = 3000
+        [payload]
+        size_bytes = 8388608
+        at_ms = 4000
+        [[partition]]
+        sites = 1
+        start_ms = 5000
+        end_ms = 9000
+    "#;
+    let s = Scenario::parse(text, "inline").unwrap();
+    for seed in seeds() {
+        let r = run(&s, seed);
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+        assert_eq!(r.payload_complete_nodes, 30, "seed {seed}");
+        let ratio = r.wan_bytes_per_site_ratio;
+        assert!((1.0..=1.05).contains(&ratio), "seed {seed}: ratio {ratio}");
+    }
+}
+
+#[test]
+fn a_payload_that_cannot_arrive_is_reported() {
+    // One of two sites is cut off from before publication to the end: whichever holds the
+    // origin, the other site never completes, and the checker says so.
+    let text = r#"
+        name = "payload-cut"
+        nodes = 8
+        sites = 2
+        duration_ms = 20000
+        warmup_ms = 1000
+        publish_at_ms = 2000
+        [payload]
+        size_bytes = 1048576
+        at_ms = 4000
+        [[partition]]
+        sites = 1
+        start_ms = 3000
+        end_ms = 60000
+    "#;
+    let s = Scenario::parse(text, "inline").unwrap();
+    let r = run(&s, 1);
+    assert_eq!(r.payload_complete_nodes, 4);
+    assert!(
+        r.invariant_violations.iter().any(|v| v.contains("never completed the payload")),
+        "{:?}",
+        r.invariant_violations
+    );
+}
+
+#[test]
+fn no_payload_reports_zeros() {
+    let text = "nodes = 6\nsites = 2\nduration_ms = 8000\nwarmup_ms = 1000\npublish_at_ms = 2000";
+    let r = run(&Scenario::parse(text, "inline").unwrap(), 1);
+    assert!(r.invariant_violations.is_empty(), "{:?}", r.invariant_violations);
+    assert_eq!(r.payload_complete_nodes, 0);
+    assert_eq!(r.wan_bytes_per_site_ratio, 0.0);
+}
+
+/// The branch-offices payload: 50 MiB to 1,000 nodes in 50 sites. Slow in a debug build, so
+/// run it with `cargo test --release -p patchmesh-sim -- --ignored`.
+#[test]
+#[ignore = "minutes in a debug build; run with --release -- --ignored"]
+fn branch_offices_payload() {
+    let s = scenario("branch-offices");
+    let seed = seeds()[0];
+    let r = run(&s, seed);
+    assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+    assert_eq!(r.payload_complete_nodes, 1000, "seed {seed}");
+    let ratio = r.wan_bytes_per_site_ratio;
+    assert!(ratio <= 1.05, "seed {seed}: ratio {ratio}");
 }
