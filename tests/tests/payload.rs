@@ -134,10 +134,14 @@ fn lying_corrupt_slow_and_overrunning_sources_are_dropped_and_the_download_compl
     let file = mesh.root.0.join("payload.bin");
     // Enough 4 MiB ranges that every source is asked for some.
     let expected = random_file(&file, 32 * 1024 * 1024, 2);
+    let together = wait_for(Duration::from_secs(30), || {
+        (admitted_peers(&mesh, 0) == 1 && admitted_peers(&mesh, 1) == 1).then_some(())
+    });
+    assert!(together.is_some(), "nodes 0 and 1 never connected:\n{}", mesh.log(1));
     let modes = ["corrupt", "lie", "slow", "overrun"];
-    let evil: Vec<_> = modes.iter().map(|m| spawn_evil(&mesh, 1, &file, m, 40_000)).collect();
+    let evil: Vec<_> = modes.iter().map(|m| spawn_evil(&mesh, 1, &file, m, 60_000)).collect();
     let admitted =
-        wait_for(Duration::from_secs(20), || (admitted_peers(&mesh, 1) >= 5).then_some(()));
+        wait_for(Duration::from_secs(40), || (admitted_peers(&mesh, 1) >= 5).then_some(()));
     assert!(admitted.is_some(), "the evil peers were not admitted:\n{}", mesh.log(1));
     let content = mesh.publish_file(0, "agent-2.2", &file);
     assert_eq!(content, expected);
