@@ -603,20 +603,28 @@ impl Transfers {
         }
     }
 
+    /// Opens a stream to `n`, sends `req` and reads the reply header.
+    async fn ask(
+        &self,
+        n: &NodeId,
+        req: &DataRequest,
+    ) -> Result<(libp2p::Stream, DataReply), Option<Fault>> {
+        let mut s = self.open(n).await.map_err(|()| None)?;
+        write_frame(&mut s, &req.to_bytes()).await.map_err(|_| None)?;
+        let reply = read_reply(&mut s).await?;
+        Ok((s, reply))
+    }
+
     fn spawn_have(self: &Arc<Self>, n: NodeId, content: ContentId, tx: mpsc::Sender<Ev>) {
         let me = self.clone();
         tokio::spawn(async move {
-            let r = async {
-                let mut s = me.open(&n).await.map_err(|()| None)?;
-                write_frame(&mut s, &DataRequest::Have { content }.to_bytes())
-                    .await
-                    .map_err(|_| None)?;
-                match read_reply(&mut s).await? {
-                    DataReply::Have { size_bytes, availability } => Ok((size_bytes, availability)),
-                    _ => Err(Some(Fault::Protocol)),
+            let r = match me.ask(&n, &DataRequest::Have { content }).await {
+                Ok((_, DataReply::Have { size_bytes, availability })) => {
+                    Ok((size_bytes, availability))
                 }
-            }
-            .await;
+                Ok(_) => Err(Some(Fault::Protocol)),
+                Err(e) => Err(e),
+            };
             let _ = tx.send(Ev::Have(n, r)).await;
         });
     }
@@ -631,15 +639,11 @@ impl Transfers {
         let me = self.clone();
         tokio::spawn(async move {
             let r = async {
-                let mut s = me.open(&n).await.map_err(|()| None)?;
-                write_frame(&mut s, &DataRequest::Outboard { content }.to_bytes())
-                    .await
-                    .map_err(|_| None)?;
-                match read_reply(&mut s).await? {
-                    DataReply::Outboard { size_bytes: sz } if sz == size_bytes => {}
-                    DataReply::Missing => return Err(Some(Fault::Lied)),
+                let mut s = match me.ask(&n, &DataRequest::Outboard { content }).await? {
+                    (s, DataReply::Outboard { size_bytes: sz }) if sz == size_bytes => s,
+                    (_, DataReply::Missing) => return Err(Some(Fault::Lied)),
                     _ => return Err(Some(Fault::Protocol)),
-                }
+                };
                 let mut bytes = vec![0u8; (group_count(size_bytes) * 32) as usize];
                 tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(&mut bytes))
                     .await
@@ -677,19 +681,15 @@ impl Transfers {
         tx: &mpsc::Sender<Ev>,
     ) -> Ev {
         let n = req.source;
-        let Ok(mut s) = self.open(&n).await else { return Ev::Broken(n) };
         let ask = DataRequest::Range { content, first: req.first, count: req.count };
-        if write_frame(&mut s, &ask.to_bytes()).await.is_err() {
-            return Ev::Broken(n);
-        }
-        match read_reply(&mut s).await {
-            Ok(DataReply::Range { size_bytes: sz }) if sz == size_bytes => {}
+        let mut s = match self.ask(&n, &ask).await {
+            Ok((s, DataReply::Range { size_bytes: sz })) if sz == size_bytes => s,
             // The planner asks only for groups the source said it holds.
-            Ok(DataReply::Missing) => return Ev::Fault(n, Fault::Lied),
+            Ok((_, DataReply::Missing)) => return Ev::Fault(n, Fault::Lied),
             Ok(_) => return Ev::Fault(n, Fault::Protocol),
             Err(Some(f)) => return Ev::Fault(n, f),
             Err(None) => return Ev::Broken(n),
-        }
+        };
         // Read a batch of groups at once, then verify and write each: fewer wake-ups and one
         // event per batch.
         const BATCH: u64 = 16;

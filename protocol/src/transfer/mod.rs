@@ -169,7 +169,7 @@ impl Bitfield {
     pub fn full(len: u64) -> Bitfield {
         let mut b = Bitfield::new(len);
         b.words.iter_mut().for_each(|w| *w = u64::MAX);
-        if len % 64 != 0 {
+        if !len.is_multiple_of(64) {
             if let Some(last) = b.words.last_mut() {
                 *last = (1u64 << (len % 64)) - 1;
             }
@@ -226,7 +226,8 @@ impl Bitfield {
         let b: Bitfield = decode("bitfield", bytes, limit)?;
         let bad = b.len > limits::PAYLOAD_GROUPS_MAX
             || b.words.len() as u64 != b.len.div_ceil(64)
-            || (b.len % 64 != 0 && b.words.last().is_some_and(|w| w >> (b.len % 64) != 0));
+            || (!b.len.is_multiple_of(64)
+                && b.words.last().is_some_and(|w| w >> (b.len % 64) != 0));
         if bad {
             return Err(DecodeError::Malformed {
                 what: "bitfield",
