@@ -415,3 +415,21 @@ impl Drop for Mesh {
         }
     }
 }
+
+/// A swarm speaking a mesh's real protocols with `key`, for the test peers (`rogue`, `evil`):
+/// no mDNS, no relay, a few connections.
+pub fn test_swarm(
+    mesh: patchmesh_protocol::ids::MeshId,
+    key: &patchmesh_protocol::crypto::SecretKey,
+) -> anyhow::Result<libp2p::Swarm<patchmesh_node::net::Behaviour>> {
+    let cfg = patchmesh_node::net::NetConfig {
+        mesh,
+        mdns: false,
+        relay_server: false,
+        connections_max: 8,
+        psk: None,
+        idle_timeout_ms: 60_000,
+    };
+    let mut registry = libp2p::metrics::Registry::default();
+    Ok(patchmesh_node::net::build(patchmesh_node::net::keypair_of(key), &cfg, &mut registry)?)
+}

@@ -15,7 +15,6 @@
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::Multiaddr;
-use patchmesh_node::net::{self, NetConfig};
 use patchmesh_node::transfer::{read_frame, write_frame};
 use patchmesh_protocol::crypto::Ed25519;
 use patchmesh_protocol::ids::ContentId;
@@ -120,16 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let payload =
         Arc::new(Payload { id: ContentId(*blake3::hash(&data).as_bytes()), data, outboard });
 
-    let cfg = NetConfig {
-        mesh: genesis.mesh_id(),
-        mdns: false,
-        relay_server: false,
-        connections_max: 8,
-        psk: None,
-        idle_timeout_ms: 60_000,
-    };
-    let mut registry = libp2p::metrics::Registry::default();
-    let mut swarm = net::build(net::keypair_of(&key), &cfg, &mut registry)?;
+    let mut swarm = patchmesh_tests::test_swarm(genesis.mesh_id(), &key)?;
     let proto = patchmesh_node::transfer::protocol(&genesis.mesh_id());
     let mut control = swarm.behaviour().stream.new_control();
     let mut incoming = control.accept(proto.clone()).map_err(|_| anyhow::anyhow!("accept"))?;

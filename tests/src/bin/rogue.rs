@@ -15,7 +15,7 @@
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, Multiaddr};
-use patchmesh_node::net::{self, BehaviourEvent, NetConfig, Topics};
+use patchmesh_node::net::{BehaviourEvent, Topics};
 use patchmesh_protocol::catalog::{Catalog, CatalogEntry, ChangeBody, ExecutorSpec, PatchEntry};
 use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope, SecretKey};
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId, SiteId};
@@ -68,16 +68,7 @@ async fn main() -> anyhow::Result<()> {
 
     let key = SecretKey::generate(&mut rand::rngs::OsRng);
     let (forged, unsigned) = forged_change(&genesis, &key);
-    let cfg = NetConfig {
-        mesh: genesis.mesh_id(),
-        mdns: false,
-        relay_server: false,
-        connections_max: 8,
-        psk: None,
-        idle_timeout_ms: 60_000,
-    };
-    let mut registry = libp2p::metrics::Registry::default();
-    let mut swarm = net::build(net::keypair_of(&key), &cfg, &mut registry)?;
+    let mut swarm = patchmesh_tests::test_swarm(genesis.mesh_id(), &key)?;
     let topics = Topics::new(&genesis.mesh_id(), &site);
     for t in [&topics.control, &topics.site, &topics.summaries] {
         swarm.behaviour_mut().gossipsub.subscribe(t)?;
