@@ -60,6 +60,10 @@ enum Cmd {
         /// Admin signatures a large rollout needs before any node installs it.
         #[arg(long, default_value_t = 1)]
         approval_threshold: u8,
+        /// Rollouts that may reach more nodes than this (their --max-targets) are large and
+        /// need --approval-threshold admins; smaller ones need only their author.
+        #[arg(long, default_value_t = 0)]
+        approval_above_nodes: u32,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -354,8 +358,10 @@ fn now_ms() -> Millis {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Init { mesh, dir, approval_threshold, json } => {
-            init(&mesh, &dir, approval_threshold, json)
+        Cmd::Init { mesh, dir, approval_threshold, approval_above_nodes, json } => {
+            let approval =
+                mesh::Approval { threshold: approval_threshold, above_nodes: approval_above_nodes };
+            init(&mesh, &dir, approval, json)
         }
         Cmd::Admin(cmd) => admin(cmd),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),
@@ -459,7 +465,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init(name: &str, dir: &Path, approval_threshold: u8, json: bool) -> anyhow::Result<()> {
+fn init(name: &str, dir: &Path, approval: mesh::Approval, json: bool) -> anyhow::Result<()> {
+    let approval_threshold = approval.threshold;
     if name.is_empty() || name.len() > patchmesh_protocol::limits::TEXT_BYTES_MAX {
         bail!("mesh name must be 1..={} bytes", patchmesh_protocol::limits::TEXT_BYTES_MAX);
     }
@@ -469,7 +476,7 @@ fn init(name: &str, dir: &Path, approval_threshold: u8, json: bool) -> anyhow::R
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let root = SecretKey::generate(&mut OsRng);
     let admin = SecretKey::generate(&mut OsRng);
-    let genesis = mesh::genesis(name, &[&root], 1, &[admin.public()], approval_threshold, now_ms());
+    let genesis = mesh::genesis(name, &[&root], 1, &[admin.public()], approval, now_ms());
     let g: Genesis = genesis.open("genesis")?;
     files::write_key(&dir.join("root.key"), &root)?;
     files::write_key(&dir.join("admin.key"), &admin)?;

@@ -97,6 +97,23 @@ pub struct NodeConfig {
     /// A payload source slower than this (after a grace period) is dropped.
     #[serde(default = "default_min_rate")]
     pub min_rate_bytes_per_s: u64,
+    /// IANA time zone maintenance windows are read in (default: the system's).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// `dpkg` patches install into this root (`--root`/`--admindir`/`--instdir`) instead of
+    /// the system; for sandboxes and tests.
+    #[serde(default)]
+    pub dpkg_root: Option<PathBuf>,
+    /// Added to the system clock: simulates a node whose clock is wrong (tests).
+    #[serde(default)]
+    pub clock_offset_ms: i64,
+    /// How often rollouts are re-evaluated when nothing else triggers it.
+    #[serde(default = "default_rollout_eval")]
+    pub rollout_eval_ms: u64,
+}
+
+fn default_rollout_eval() -> u64 {
+    1_000
 }
 
 fn yes() -> bool {

@@ -12,6 +12,7 @@
 //! `Penalize` lowers the peer's gossipsub application score (and disconnects it after
 //! [`PENALTIES_MAX`]), `Disconnect` closes every connection to the peer.
 
+mod install;
 mod payload;
 
 use crate::config::{LogFormat, NodeConfig};
@@ -45,13 +46,16 @@ pub const PENALTIES_MAX: u32 = 5;
 /// Control requests waiting for the owner task.
 const CONTROL_QUEUE: usize = 64;
 
-/// Wall-clock milliseconds since the Unix epoch.
+/// Offset added to the system clock (`clock_offset_ms`, for tests of skewed clocks).
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Wall-clock milliseconds since the Unix epoch (plus the configured clock offset).
 pub fn now_ms() -> Millis {
-    Millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let offset = CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed);
+    Millis(ms.saturating_add(offset).max(0) as u64)
 }
 
 /// Sets up `tracing` in the configured format.
@@ -92,6 +96,7 @@ struct Daemon {
     transfers: Arc<Transfers>,
     view_tx: tokio::sync::watch::Sender<PeerView>,
     provider_queries: HashMap<kad::QueryId, patchmesh_protocol::ids::ContentId>,
+    effects_tx: mpsc::Sender<patchmesh_protocol::rollout::EffectResult>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -116,7 +121,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         })
         .max()
         .unwrap_or(0);
+    CLOCK_OFFSET_MS.store(cfg.clock_offset_ms, std::sync::atomic::Ordering::Relaxed);
     let now = now_ms();
+    let (effects_tx, mut effects_rx) = install::channel();
     let mut node = Node::new(
         core::Config {
             key: key.clone(),
@@ -130,6 +137,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             record_version_floor: floor,
             check: Arc::new(Ed25519),
             relay: RelayMode::Topics,
+            rollout_eval_ms: cfg.rollout_eval_ms,
         },
         now,
     )
@@ -239,20 +247,19 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         transfers,
         view_tx,
         provider_queries: HashMap::new(),
+        effects_tx,
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // The first input starts the core; it carries the real inventory.
     let summary = d.inventory.summary();
     let held = d.node.site().records().get(&d.node.id()).map(|r| r.record().inventory.clone());
     if held.as_ref() != Some(&summary) {
-        d.input(Input::Command(Command::UpdateRecord {
-            inventory: summary,
-            rollouts: BTreeMap::new(),
-        }));
+        d.input(Input::Command(Command::UpdateRecord { inventory: summary }));
     } else {
         d.input(Input::Timer);
     }
 
+    d.set_facts();
     d.provide_all();
     d.on_catalog();
     let mut inventory_tick =
@@ -267,6 +274,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             () = tokio::time::sleep_until(deadline) => d.input(Input::Timer),
             Some((req, reply)) = ctl_rx.recv() => d.on_control(req, reply),
             Some(cmd) = from_transfers.recv() => d.on_transfer(cmd),
+            Some(result) = effects_rx.recv() => d.on_effect_done(result),
             _ = inventory_tick.tick() => d.refresh_inventory(),
             _ = site_tick.tick() => d.connect_site(),
             _ = tokio::signal::ctrl_c() => break,
@@ -440,6 +448,7 @@ impl Daemon {
                     tracing::error!(error = %e, "store write failed; stopping");
                     std::process::exit(3);
                 }
+                self.crash_hook(&p);
             }
             Output::Disconnect { peer } => {
                 if let Some(p) = self.peers.get(&peer.0).copied() {
@@ -473,7 +482,9 @@ impl Daemon {
                     let p = peer.and_then(|p| self.peers.get(&p.0).copied());
                     tracing::warn!(peer = ?p, %reason, "refused");
                 }
+                Event::Rollout(ev) => self.on_rollout_event(ev),
             },
+            Output::Effect(effect) => self.on_effect(effect),
         }
     }
 
@@ -644,15 +655,29 @@ impl Daemon {
                 packages = summary.package_count,
                 "inventory changed; re-signing record"
             );
-            let rollouts = self
-                .node
-                .site()
-                .records()
-                .get(&self.node.id())
-                .map(|r| r.record().rollouts.clone())
-                .unwrap_or_default();
-            self.input(Input::Command(Command::UpdateRecord { inventory: summary, rollouts }));
+            self.input(Input::Command(Command::UpdateRecord { inventory: summary }));
+            self.set_facts();
         }
+    }
+
+    /// Tells the core what rollout selectors and windows read: OS, packages, time zone.
+    fn set_facts(&mut self) {
+        let tz = match &self.cfg.time_zone {
+            Some(name) => jiff::tz::TimeZone::get(name).unwrap_or_else(|e| {
+                tracing::warn!(zone = %name, error = %e, "unknown time zone; using UTC");
+                jiff::tz::TimeZone::UTC
+            }),
+            None => jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
+        };
+        let packages = self
+            .inventory
+            .packages
+            .iter()
+            .filter(|p| p.status == "installed")
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect();
+        let facts = patchmesh_protocol::rollout::Facts { os: self.inventory.os.clone(), packages, tz };
+        self.input(Input::Command(Command::SetFacts(facts)));
     }
 
     fn remote_inventory(&self, node: NodeId, bytes: &[u8]) -> Value {

@@ -161,6 +161,14 @@ impl SledStore {
                 key.extend_from_slice(site.as_bytes());
             }
             Persist::RecordVersionFloor(_) => key.extend_from_slice(b"floor/record"),
+            Persist::Alarm(b) => {
+                key.extend_from_slice(b"alarm/");
+                key.extend_from_slice(&b.id().0);
+            }
+            Persist::Journal(j) => {
+                key.extend_from_slice(b"journal/");
+                key.extend_from_slice(&j.rollout.0);
+            }
         }
         Ok(key)
     }
@@ -170,7 +178,9 @@ impl Store for SledStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let mut out = Loaded::default();
         let mut bad = Vec::new();
-        for prefix in ["admin/", "floor/", "catalog/", "record/", "evidence/", "summary/"] {
+        for prefix in [
+            "admin/", "floor/", "catalog/", "record/", "evidence/", "summary/", "alarm/", "journal/",
+        ] {
             for item in self.db.scan_prefix(prefix) {
                 let (key, value) = item?;
                 let parsed = parse(prefix, &value);
@@ -196,7 +206,8 @@ impl Store for SledStore {
         let key = Self::key_of(p)?;
         let value = match p {
             Persist::AdminSet(env) | Persist::CatalogChange(env) => encode(env),
-            Persist::SiteObject(b) | Persist::Summary(b) => encode(b.as_ref()),
+            Persist::SiteObject(b) | Persist::Summary(b) | Persist::Alarm(b) => encode(b.as_ref()),
+            Persist::Journal(j) => encode(j),
             Persist::RecordVersionFloor(v) => {
                 // Floors never go down, whatever order writes arrive in.
                 let held = self.db.get(&key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok());
@@ -205,7 +216,10 @@ impl Store for SledStore {
             }
         };
         self.db.insert(key, value)?;
-        if matches!(p, Persist::RecordVersionFloor(_) | Persist::AdminSet(_)) {
+        // The journal is flushed before the step it names runs: after a crash the node must
+        // find the step it was in, never an older one.
+        if matches!(p, Persist::RecordVersionFloor(_) | Persist::AdminSet(_) | Persist::Journal(_))
+        {
             self.db.flush()?;
         }
         Ok(())
@@ -229,6 +243,10 @@ fn parse(prefix: &str, value: &[u8]) -> Result<Persist, DecodeError> {
         "summary/" => {
             Persist::Summary(Arc::new(decode::<Bundle>("stored summary", value, VALUE_BYTES_MAX)?))
         }
+        "alarm/" => {
+            Persist::Alarm(Arc::new(decode::<Bundle>("stored alarm", value, VALUE_BYTES_MAX)?))
+        }
+        "journal/" => Persist::Journal(decode("stored journal entry", value, VALUE_BYTES_MAX)?),
         _ => {
             let bytes: [u8; 8] = value.try_into().map_err(|_| DecodeError::TooLarge {
                 what: "record floor",
@@ -253,7 +271,7 @@ mod tests {
         let root = SecretKey::from_seed([1; 32]);
         let admin = SecretKey::from_seed([2; 32]);
         let node = SecretKey::from_seed([3; 32]);
-        let g = mesh::genesis("m", &[&root], 1, &[admin.public()], 1, Millis(0));
+        let g = mesh::genesis("m", &[&root], 1, &[admin.public()], mesh::Approval::always(1), Millis(0));
         {
             let s = SledStore::open(&dir, &g, node.public()).unwrap();
             s.persist(&Persist::RecordVersionFloor(7)).unwrap();
@@ -261,7 +279,7 @@ mod tests {
             let loaded = s.load().unwrap();
             assert!(matches!(loaded.persisted[..], [Persist::RecordVersionFloor(7)]));
         }
-        let other = mesh::genesis("other", &[&root], 1, &[admin.public()], 1, Millis(0));
+        let other = mesh::genesis("other", &[&root], 1, &[admin.public()], mesh::Approval::always(1), Millis(0));
         assert!(matches!(SledStore::open(&dir, &other, node.public()), Err(StoreError::OtherMesh)));
         let stranger = SecretKey::from_seed([4; 32]);
         assert!(matches!(

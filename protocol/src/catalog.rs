@@ -22,7 +22,7 @@
 //! envelopes of the same change hashes, which the receiver verifies before applying anything.
 
 use crate::crypto::{decode, encode, DecodeError, Domain, Envelope, SecretKey, SignatureCheck};
-use crate::ids::{ContentId, KeyId, MeshId, Millis, ObjectId, RolloutId, StateHash};
+use crate::ids::{ContentId, KeyId, MeshId, Millis, ObjectId, StateHash};
 use crate::limits;
 use crate::trust::{expect_domain, Trust, TrustError};
 use automerge::sync::{Capability, SyncDoc};
@@ -97,55 +97,9 @@ pub struct PatchEntry {
     pub executor: ExecutorSpec,
 }
 
-/// A ring of a rollout.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RingSpec {
-    /// Ring name (e.g. `canary`).
-    pub name: String,
-    /// Cumulative percentile of the fleet this ring reaches (0..=100).
-    pub percent: u8,
-    /// Nodes with all these labels belong to this ring regardless of percentile.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A rollout of one patch through rings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloutEntry {
-    /// The rollout id.
-    pub id: RolloutId,
-    /// The patch it rolls out.
-    pub content_id: ContentId,
-    /// Rings in order.
-    pub rings: Vec<RingSpec>,
-    /// When an admin created it.
-    pub created_at: Millis,
-}
-
-/// What an admin command does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CommandAction {
-    /// Stop starting new installs.
-    Pause,
-    /// Undo a pause.
-    Resume,
-    /// Stop and roll back.
-    Abort,
-    /// Count towards the approval threshold.
-    Approve,
-}
-
-/// A signed admin command about a rollout.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AdminCommand {
-    /// The rollout it is about.
-    pub rollout: RolloutId,
-    /// What to do.
-    pub action: CommandAction,
-    /// When it was issued.
-    pub issued_at: Millis,
-    /// The admin who issued it.
-    pub admin: KeyId,
-}
+pub use crate::rollout::policy::{
+    AdminCommand, CommandAction, Gate, Override, RingSpec, RolloutEntry, Selector, Window,
+};
 
 /// One entry of the catalog.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,6 +404,33 @@ impl Catalog {
                         out.insert(key, entry);
                     }
                 }
+            }
+        }
+        out
+    }
+
+    /// Every decodable entry with the admin who wrote its current value: the key prefix of the
+    /// automerge actor of the winning operation, which [`Catalog::verify`] bound to the key
+    /// that signed the change. Rollout approvals count distinct authors from this.
+    pub fn entries_authored(&self) -> BTreeMap<String, (CatalogEntry, KeyId)> {
+        let mut out = BTreeMap::new();
+        for key in self.doc.keys(ROOT) {
+            let Ok(Some((Value::Scalar(v), automerge::ObjId::Id(_, actor, _)))) =
+                self.doc.get(ROOT, key.as_str())
+            else {
+                continue;
+            };
+            let ScalarValue::Bytes(bytes) = v.as_ref() else { continue };
+            let actor = actor.to_bytes();
+            if actor.len() != 40 {
+                continue;
+            }
+            let mut author = [0u8; 32];
+            author.copy_from_slice(&actor[..32]);
+            if let Ok(entry) =
+                decode::<CatalogEntry>("catalog entry", bytes, limits::CATALOG_VALUE_BYTES_MAX)
+            {
+                out.insert(key, (entry, KeyId(author)));
             }
         }
         out

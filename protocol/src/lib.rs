@@ -38,8 +38,9 @@
 //!
 //! ## Modules
 //! [`limits`] (every bound), [`ids`], [`crypto`] (encoding, envelopes), [`trust`] (genesis, admin
-//! sets, admission), [`catalog`], [`site`] (records, evidence, summaries), [`wire`] (messages),
-//! [`node`] (the state machine that routes between them).
+//! sets, admission), [`catalog`], [`site`] (records, evidence, summaries), [`rollout`] (policies,
+//! rings, gates, halts, the install journal), [`transfer`] (payload verification and download
+//! planning), [`wire`] (messages), [`node`] (the state machine that routes between them).
 
 #![warn(missing_docs)]
 
@@ -49,6 +50,7 @@ pub mod ids;
 pub mod limits;
 pub mod mesh;
 pub mod node;
+pub mod rollout;
 pub mod site;
 pub mod transfer;
 pub mod trust;

@@ -61,3 +61,19 @@ pub const RANGE_GROUPS_MAX: u64 = 1024;
 pub const DATA_FRAME_BYTES_MAX: usize = (PAYLOAD_GROUPS_MAX / 8) as usize + 1024;
 /// Sources one download tracks.
 pub const SOURCES_PER_DOWNLOAD_MAX: usize = 64;
+/// Rings of one rollout.
+pub const RINGS_PER_ROLLOUT_MAX: usize = 16;
+/// Maintenance windows of one rollout.
+pub const WINDOWS_PER_ROLLOUT_MAX: usize = 32;
+/// Sites one selector may name.
+pub const SITES_PER_SELECTOR_MAX: usize = 256;
+/// Package predicates of one selector.
+pub const PREDICATES_PER_SELECTOR_MAX: usize = 32;
+/// Failure reports held per rollout from the whole fleet (a halt needs far fewer).
+pub const ALARMS_PER_ROLLOUT_MAX: usize = 256;
+/// Rollouts failure reports are held for.
+pub const ALARM_ROLLOUTS_MAX: usize = 256;
+/// Install journal entries (one per rollout) a node keeps.
+pub const JOURNAL_ENTRIES_MAX: usize = 256;
+/// Shortest re-verification period during soak.
+pub const RECHECK_MS_MIN: u64 = 100;

@@ -7,13 +7,30 @@ use crate::ids::{KeyId, Millis, NodeId, SiteId};
 use crate::trust::{AdminSet, AdmissionCert, Genesis, Revocation};
 use std::collections::BTreeMap;
 
+/// How many admins must sign a rollout before nodes install it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Approval {
+    /// Distinct admins a large rollout needs (its author counts).
+    pub threshold: u8,
+    /// Rollouts that may reach more nodes than this are large; smaller ones need only their
+    /// author.
+    pub above_nodes: u32,
+}
+
+impl Approval {
+    /// Every rollout needs `threshold` admins.
+    pub fn always(threshold: u8) -> Approval {
+        Approval { threshold, above_nodes: 0 }
+    }
+}
+
 /// Signs a genesis with every root key given (they must meet the threshold to verify).
 pub fn genesis(
     mesh_name: &str,
     roots: &[&SecretKey],
     root_threshold: u8,
     admins: &[KeyId],
-    approval_threshold: u8,
+    approval: Approval,
     now: Millis,
 ) -> Envelope {
     let g = Genesis {
@@ -21,7 +38,8 @@ pub fn genesis(
         root_keys: roots.iter().map(|k| k.public()).collect(),
         root_threshold,
         admins: admins.to_vec(),
-        approval_threshold,
+        approval_threshold: approval.threshold,
+        approval_above_nodes: approval.above_nodes,
         created_at: now,
     };
     Envelope::seal(Domain::Genesis, &g, roots)
@@ -65,6 +83,7 @@ pub fn next_admin_set(
         root_threshold: current.root_threshold,
         admins,
         approval_threshold: current.approval_threshold,
+        approval_above_nodes: current.approval_above_nodes,
         revoked: all_revoked,
     };
     Envelope::seal(Domain::AdminSet, &next, signers)

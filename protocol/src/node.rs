@@ -29,15 +29,18 @@ use crate::catalog::{Catalog, CatalogEntry, CatalogError, Offer, PeerSync};
 use crate::crypto::{DecodeError, Domain, Envelope, SecretKey, SignatureCheck};
 use crate::ids::{Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
 use crate::limits;
+use crate::rollout::alarms::Alarms;
+use crate::rollout::engine::{EngineOut, View};
+use crate::rollout::{EffectResult, Engine, Facts, JournalEntry, Policies, RolloutEvent};
 use crate::site::{
     self, Bundle, Evidence, EvidenceKind, HeldSummary, InventorySummary, Merge, NodeRecord,
-    RolloutStatus, SiteError, SiteState, Summaries,
+    SiteError, SiteState, Summaries,
 };
 use crate::trust::{Admitted, Trust, TrustError};
 use crate::wire::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// A connection handle chosen by the driver. Transport identity only: authority comes from the
@@ -73,6 +76,9 @@ pub struct Config {
     pub check: Arc<dyn SignatureCheck>,
     /// How fresh objects are spread.
     pub relay: RelayMode,
+    /// Rollouts are re-evaluated at least this often (windows, gates, soak timers); failure
+    /// reports, admin commands and effect results trigger an evaluation at once.
+    pub rollout_eval_ms: u64,
 }
 
 /// How fresh objects are spread (see the module docs).
@@ -155,6 +161,8 @@ pub enum Input {
     Timer,
     /// A local command (from the CLI or an admin on this node).
     Command(Command),
+    /// The result of an [`Output::Effect`].
+    EffectDone(EffectResult),
 }
 
 /// A local command.
@@ -172,13 +180,15 @@ pub enum Command {
     Submit(Envelope),
     /// Apply and spread a root-signed admin set.
     AdminSet(Envelope),
-    /// Re-sign this node's record with new contents.
+    /// Re-sign this node's record with a new inventory summary (rollout standings are the
+    /// node's own).
     UpdateRecord {
         /// Inventory summary.
         inventory: InventorySummary,
-        /// Rollout statuses.
-        rollouts: BTreeMap<RolloutId, RolloutStatus>,
     },
+    /// What the node is and has installed, and its time zone: what rollout selectors and
+    /// windows read.
+    SetFacts(Facts),
     /// Sign and publish evidence.
     Report {
         /// The rollout observed.
@@ -203,6 +213,10 @@ pub enum Persist {
     Summary(Arc<Bundle>),
     /// The highest record version signed: must be flushed before the record is sent.
     RecordVersionFloor(u64),
+    /// A verified failure report from anywhere in the fleet.
+    Alarm(Arc<Bundle>),
+    /// An install's journal entry: must be flushed before the effect that follows it runs.
+    Journal(JournalEntry),
 }
 
 /// Something that happened, for logs, tests and the simulator.
@@ -229,6 +243,8 @@ pub enum Event {
         /// Why, as text.
         reason: String,
     },
+    /// A rollout changed on this node.
+    Rollout(RolloutEvent),
 }
 
 /// What the node asks the driver to do.
@@ -269,6 +285,9 @@ pub enum Output {
     },
     /// An event.
     Event(Event),
+    /// Carry out an install step; answer with [`Input::EffectDone`] and the same id. The
+    /// journal entry persisted just before it says which step it is.
+    Effect(crate::rollout::Effect),
 }
 
 /// Counters of what the node accepted and refused.
@@ -381,6 +400,13 @@ pub struct Node {
     stats: Stats,
     /// While an [`Input::Gossip`] is handled: the verdict so far.
     gossip: Option<Verdict>,
+    inventory: InventorySummary,
+    engine: Engine,
+    alarms: Alarms,
+    policies: Arc<Policies>,
+    policies_stale: bool,
+    rollouts_due: bool,
+    next_rollout_eval: Millis,
 }
 
 impl std::fmt::Debug for Node {
@@ -437,6 +463,13 @@ impl Node {
             last_summary_digest: None,
             stats: Stats::default(),
             gossip: None,
+            inventory: InventorySummary::default(),
+            engine: Engine::default(),
+            alarms: Alarms::default(),
+            policies: Arc::new(Policies::default()),
+            policies_stale: true,
+            rollouts_due: true,
+            next_rollout_eval: now,
             id,
             own,
             trust,
@@ -488,6 +521,14 @@ impl Node {
                     self.record_version = self.record_version.max(*v);
                     true
                 }
+                Persist::Alarm(b) => match Alarms::verify(b, &self.trust, self.now, check.as_ref()) {
+                    Ok(a) => self.alarms.merge(a).is_ok(),
+                    Err(_) => false,
+                },
+                Persist::Journal(entry) => {
+                    self.engine.restore(entry.clone());
+                    true
+                }
             };
             if !ok {
                 refused += 1;
@@ -495,6 +536,9 @@ impl Node {
         }
         // Superseded versions in a store are expected, not refusals.
         self.site.merge_records(records);
+        if let Some(held) = self.site.records().get(&self.id) {
+            self.inventory = held.record().inventory.clone();
+        }
         self.summaries.merge_all(summaries);
         // Restoring queued a persist for every object; drop them and their capacity.
         self.outputs = VecDeque::new();
@@ -551,7 +595,14 @@ impl Node {
 
     /// The next time [`Input::Timer`] is due.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        Some(self.next_flush.map_or(self.next_tick, |f| f.min(self.next_tick)))
+        let mut t = self.next_flush.map_or(self.next_tick, |f| f.min(self.next_tick));
+        if !self.policies.rollouts.is_empty() || self.engine.busy() {
+            t = t.min(self.next_rollout_eval);
+        }
+        if let Some(w) = self.engine.next_wake() {
+            t = t.min(w);
+        }
+        Some(t)
     }
 
     /// Next output for the driver, if any. Drain after every input.
@@ -565,7 +616,7 @@ impl Node {
         if !self.started {
             self.started = true;
             if self.site.record_version(&self.id).is_none() {
-                self.update_record(InventorySummary::default(), BTreeMap::new());
+                self.update_record();
             }
         }
         match input {
@@ -588,7 +639,13 @@ impl Node {
                 }
             }
             Input::Command(cmd) => self.on_command(cmd),
+            Input::EffectDone(result) => {
+                let outs = self.engine.on_result(result, &self.policies, self.now);
+                self.apply_engine(outs);
+                self.rollouts_due = true;
+            }
         }
+        self.drive_rollouts();
     }
 
     fn push(&mut self, out: Output) {
@@ -614,6 +671,7 @@ impl Node {
                         | Message::CatalogChange(_)
                         | Message::SiteObjects(_)
                         | Message::Summaries(_)
+                        | Message::Alarms { reply: false, .. }
                 ) =>
             {
                 if admitted {
@@ -700,9 +758,10 @@ impl Node {
             Message::AdminSets(sets) => self.on_admin_sets(peer, sets),
             Message::CatalogChange(env) => self.on_catalog_change(peer, env, &msg),
             Message::CatalogSync(sync) => self.on_catalog_sync(peer, sync),
-            Message::Digest { catalog, site, summaries, trust_version } => {
-                self.on_digest(peer, *catalog, *site, *summaries, *trust_version)
+            Message::Digest { catalog, site, summaries, alarms, trust_version } => {
+                self.on_digest(peer, *catalog, *site, *summaries, *alarms, *trust_version)
             }
+            Message::Alarms { bundles, reply } => self.accept_alarms(Some(peer), bundles, *reply),
             Message::SiteKeys { keys, reply } => {
                 if self.peer_site(peer) == Some(self.site.site().clone()) {
                     let mut theirs = keys.clone();
@@ -773,6 +832,7 @@ impl Node {
             catalog: self.catalog.state_hash(),
             site: self.site.digest(),
             summaries: self.summaries.digest(),
+            alarms: self.alarms.digest(),
             trust_version: self.trust.version(),
         })
     }
@@ -783,8 +843,13 @@ impl Node {
         catalog: StateHash,
         site: StateHash,
         summaries: StateHash,
+        alarms: StateHash,
         trust_version: u64,
     ) {
+        if alarms != self.alarms.digest() {
+            let bundles = self.alarms.bundles_except(&[], limits::OBJECTS_PER_SYNC_MAX);
+            self.send(peer, Arc::new(Message::Alarms { bundles, reply: true }));
+        }
         if trust_version < self.trust.version() {
             let chain = self.trust.chain().to_vec();
             self.send(peer, Arc::new(Message::AdminSets(chain)));
@@ -958,6 +1023,8 @@ impl Node {
     /// A new change was applied: persist it, report it, spread it (reusing the message it came
     /// in, if any).
     fn catalog_changed(&mut self, from: Option<PeerId>, env: Envelope, msg: Option<Arc<Message>>) {
+        self.policies_stale = true;
+        self.rollouts_due = true;
         self.push(Output::Persist(Persist::CatalogChange(env.clone())));
         let state = self.catalog.state_hash();
         self.push(Output::Event(Event::CatalogChanged { state }));
@@ -978,6 +1045,8 @@ impl Node {
         match result {
             Ok(fresh) => {
                 if !fresh.is_empty() {
+                    self.policies_stale = true;
+                    self.rollouts_due = true;
                     self.stats.accepted += fresh.len() as u64;
                     for env in &fresh {
                         self.push(Output::Persist(Persist::CatalogChange(env.clone())));
@@ -1183,33 +1252,158 @@ impl Node {
                     Err(e) => self.refuse(None, e.into()),
                 }
             }
-            Command::UpdateRecord { inventory, rollouts } => {
-                self.update_record(inventory, rollouts)
+            Command::UpdateRecord { inventory } => {
+                self.inventory = inventory;
+                self.update_record();
             }
-            Command::Report { rollout, kind, detail } => {
-                let ev = Evidence {
-                    mesh: self.trust.mesh(),
-                    node: self.id,
-                    site: self.site.site().clone(),
-                    rollout,
-                    kind,
-                    at: self.now,
-                    detail,
-                };
-                let bundle = Arc::new(Bundle::new(
-                    Envelope::seal(Domain::Evidence, &ev, &[&self.config.key]),
-                    self.config.admission.clone(),
-                ));
-                self.publish_site_object(bundle);
+            Command::SetFacts(facts) => {
+                self.engine.facts = facts;
+                self.rollouts_due = true;
+            }
+            Command::Report { rollout, kind, detail } => self.report(rollout, kind, detail),
+        }
+    }
+
+    /// Signs evidence; a failure report also floods fleet-wide as an alarm.
+    fn report(&mut self, rollout: RolloutId, kind: EvidenceKind, detail: String) {
+        let mut detail = detail;
+        if detail.len() > limits::TEXT_BYTES_MAX {
+            let mut cut = limits::TEXT_BYTES_MAX;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        let ev = Evidence {
+            mesh: self.trust.mesh(),
+            node: self.id,
+            site: self.site.site().clone(),
+            rollout,
+            kind,
+            at: self.now,
+            detail,
+        };
+        let bundle = Arc::new(Bundle::new(
+            Envelope::seal(Domain::Evidence, &ev, &[&self.config.key]),
+            self.config.admission.clone(),
+        ));
+        self.publish_site_object(bundle.clone());
+        if kind == EvidenceKind::InstallFailed {
+            self.accept_alarms(None, &[bundle], false);
+        }
+    }
+
+    /// Verifies and keeps failure reports; new ones flood on to every peer at once (a halt
+    /// waits for nothing else).
+    fn accept_alarms(&mut self, peer: Option<PeerId>, bundles: &[Arc<Bundle>], reply: bool) {
+        let check = self.config.check.clone();
+        let mut fresh = Vec::new();
+        for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
+            match Alarms::verify(bundle, &self.trust, self.now, check.as_ref()) {
+                Ok(alarm) => match self.alarms.merge(alarm) {
+                    Ok(Merge::New) => {
+                        self.gossip_accepted();
+                        self.stats.accepted += 1;
+                        self.push(Output::Persist(Persist::Alarm(bundle.clone())));
+                        fresh.push(bundle.clone());
+                    }
+                    Ok(Merge::Duplicate) => {}
+                    Err(e) => self.refuse(peer, e.into()),
+                },
+                Err(e) => self.refuse(peer, e.into()),
+            }
+        }
+        if !fresh.is_empty() {
+            self.rollouts_due = true;
+            self.relay(peer, Arc::new(Message::Alarms { bundles: fresh, reply: false }), false);
+        }
+        if let (Some(peer), true) = (peer, reply) {
+            // An anti-entropy exchange: send back what the peer lacks.
+            let mut theirs: Vec<ObjectId> = bundles.iter().map(|b| b.id()).collect();
+            theirs.sort_unstable();
+            let missing = self.alarms.bundles_except(&theirs, limits::OBJECTS_PER_SYNC_MAX);
+            if !missing.is_empty() {
+                self.send(peer, Arc::new(Message::Alarms { bundles: missing, reply: false }));
             }
         }
     }
 
-    fn update_record(
-        &mut self,
-        inventory: InventorySummary,
-        rollouts: BTreeMap<RolloutId, RolloutStatus>,
-    ) {
+    /// Runs the rollout engine when something it reads changed or its period passed.
+    fn drive_rollouts(&mut self) {
+        if self.now >= self.next_rollout_eval {
+            self.rollouts_due = true;
+        }
+        if !self.rollouts_due && self.engine.next_wake().is_none_or(|w| self.now < w) {
+            return;
+        }
+        self.rollouts_due = false;
+        self.next_rollout_eval = self.now.plus(self.config.rollout_eval_ms.max(1));
+        if self.policies_stale {
+            self.policies_stale = false;
+            self.policies = Arc::new(Policies::parse(self.catalog.entries_authored()));
+        }
+        if self.policies.rollouts.is_empty() && !self.engine.busy() {
+            return;
+        }
+        let live: BTreeSet<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.admitted.as_ref().is_some_and(|a| a.cert.site == *self.site.site()))
+            .map(|p| p.node)
+            .collect();
+        let before = self.engine.standings().clone();
+        let policies = self.policies.clone();
+        let view = View {
+            me: self.id,
+            site_id: self.site.site(),
+            labels: &self.own.cert.labels,
+            trust: &self.trust,
+            site: &self.site,
+            summaries: &self.summaries,
+            alarms: &self.alarms,
+            live: &live,
+            now: self.now,
+        };
+        let outs = self.engine.step(&policies, &view);
+        self.apply_engine(outs);
+        if *self.engine.standings() != before {
+            self.update_record();
+        }
+    }
+
+    fn apply_engine(&mut self, outs: Vec<EngineOut>) {
+        let before = self.engine.standings().clone();
+        for out in outs {
+            match out {
+                EngineOut::Journal(entry) => self.push(Output::Persist(Persist::Journal(entry))),
+                EngineOut::Effect(effect) => self.push(Output::Effect(effect)),
+                EngineOut::Report { rollout, kind, detail } => self.report(rollout, kind, detail),
+                EngineOut::Event(ev) => self.push(Output::Event(Event::Rollout(ev))),
+            }
+        }
+        if *self.engine.standings() != before {
+            self.update_record();
+        }
+    }
+
+    /// The rollout engine's state: verdicts, journal and standings (for status views).
+    pub fn rollouts(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The parsed rollout policies of the catalog.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// Fleet-wide failure reports held.
+    pub fn alarms(&self) -> &Alarms {
+        &self.alarms
+    }
+
+    fn update_record(&mut self) {
+        let inventory = self.inventory.clone();
+        let rollouts = self.engine.standings().clone();
         self.record_version += 1;
         self.push(Output::Persist(Persist::RecordVersionFloor(self.record_version)));
         let record = NodeRecord {

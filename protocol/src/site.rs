@@ -50,6 +50,15 @@ pub enum RolloutStatus {
     NotTargeted,
 }
 
+/// Where a node stands in one rollout: its ring (or [`crate::rollout::NO_RING`]) and status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Standing {
+    /// The node's ring, as every node computes it.
+    pub ring: u8,
+    /// Where the node is.
+    pub status: RolloutStatus,
+}
+
 /// A summary of a node's installed software; the full list is served on request.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct InventorySummary {
@@ -78,8 +87,8 @@ pub struct NodeRecord {
     pub written_at: Millis,
     /// Inventory summary.
     pub inventory: InventorySummary,
-    /// Status per rollout.
-    pub rollouts: BTreeMap<RolloutId, RolloutStatus>,
+    /// Standing per rollout.
+    pub rollouts: BTreeMap<RolloutId, Standing>,
 }
 
 /// What a piece of evidence reports.
@@ -135,8 +144,8 @@ pub struct SiteSummary {
     pub records_root: [u8; 32],
     /// Hash over the sorted evidence ids.
     pub evidence_root: [u8; 32],
-    /// Nodes per (rollout, status).
-    pub counts: BTreeMap<(RolloutId, RolloutStatus), u32>,
+    /// Nodes per (rollout, ring, status).
+    pub counts: BTreeMap<(RolloutId, u8, RolloutStatus), u32>,
     /// Evidence reports per (rollout, kind).
     pub evidence: BTreeMap<(RolloutId, EvidenceKind), u32>,
 }
@@ -465,6 +474,19 @@ pub fn verify_evidence(
     Ok(ev.clone())
 }
 
+/// Verifies an evidence bundle like [`verify_evidence`] and also returns the labels of its
+/// author's admission certificate (which rollout rings are computed from).
+pub fn verify_evidence_labels(
+    bundle: &Arc<Bundle>,
+    trust: &Trust,
+    now: Millis,
+    check: &dyn SignatureCheck,
+) -> Result<(Evidence, BTreeMap<String, String>), SiteError> {
+    let ev = verify_evidence(bundle, trust, now, check)?;
+    let checked = bundle.pure(check)?;
+    Ok((ev, checked.cert.labels.clone()))
+}
+
 /// Verifies a summary bundle. Stores nothing.
 pub fn verify_summary(
     bundle: &Arc<Bundle>,
@@ -718,10 +740,10 @@ impl SiteState {
     /// Computes this site's summary as `author` would sign it.
     pub fn summarise(&self, mesh: MeshId, author: NodeId) -> SiteSummary {
         let (records_root, evidence_root) = self.roots();
-        let mut counts: BTreeMap<(RolloutId, RolloutStatus), u32> = BTreeMap::new();
+        let mut counts: BTreeMap<(RolloutId, u8, RolloutStatus), u32> = BTreeMap::new();
         for held in self.records.values() {
-            for (rollout, status) in &held.record().rollouts {
-                *counts.entry((*rollout, *status)).or_default() += 1;
+            for (rollout, standing) in &held.record().rollouts {
+                *counts.entry((*rollout, standing.ring, standing.status)).or_default() += 1;
             }
         }
         let mut evidence: BTreeMap<(RolloutId, EvidenceKind), u32> = BTreeMap::new();

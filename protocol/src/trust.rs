@@ -102,6 +102,9 @@ pub struct Genesis {
     pub admins: Vec<KeyId>,
     /// Admin signatures a large rollout needs before any node installs it.
     pub approval_threshold: u8,
+    /// A rollout that may reach more nodes than this is large (needs `approval_threshold`
+    /// distinct admins); smaller ones need only their author.
+    pub approval_above_nodes: u32,
     /// When the mesh was made.
     pub created_at: Millis,
 }
@@ -130,6 +133,7 @@ impl Genesis {
             root_threshold: self.root_threshold,
             admins: self.admins.clone(),
             approval_threshold: self.approval_threshold,
+            approval_above_nodes: self.approval_above_nodes,
             revoked: Vec::new(),
         }
     }
@@ -170,6 +174,8 @@ pub struct AdminSet {
     pub admins: Vec<KeyId>,
     /// Admin signatures a large rollout needs.
     pub approval_threshold: u8,
+    /// Rollouts that may reach more nodes than this are large.
+    pub approval_above_nodes: u32,
     /// Revoked admins.
     pub revoked: Vec<Revocation>,
 }

@@ -37,6 +37,8 @@ pub enum Message {
         site: StateHash,
         /// Digest of the site summaries held.
         summaries: StateHash,
+        /// Digest of the fleet-wide failure reports held.
+        alarms: StateHash,
         /// Admin-set version.
         trust_version: u64,
     },
@@ -58,6 +60,13 @@ pub enum Message {
     },
     /// Site summaries.
     Summaries(Vec<Arc<Bundle>>),
+    /// Failure reports, flooded to every node; `reply` asks for the ones the sender lacks.
+    Alarms {
+        /// Evidence bundles of kind `InstallFailed`.
+        bundles: Vec<Arc<Bundle>>,
+        /// True in anti-entropy: answer with what the sender does not hold.
+        reply: bool,
+    },
 }
 
 impl Message {
@@ -73,6 +82,7 @@ impl Message {
             Message::AdminSets(v) => v.len(),
             Message::SiteKeys { keys, .. } => keys.len(),
             Message::SiteObjects(v) | Message::Summaries(v) => v.len(),
+            Message::Alarms { bundles, .. } => bundles.len(),
             Message::SummaryRanks { ranks, .. } => ranks.len(),
             Message::CatalogSync(s) => s.changes.len(),
             _ => 0,
@@ -111,6 +121,7 @@ impl Message {
             Message::SiteObjects(_) => "site_objects",
             Message::SummaryRanks { .. } => "summary_ranks",
             Message::Summaries(_) => "summaries",
+            Message::Alarms { .. } => "alarms",
         }
     }
 
@@ -148,6 +159,7 @@ mod tests {
             catalog: StateHash([1; 32]),
             site: StateHash([2; 32]),
             summaries: StateHash([3; 32]),
+            alarms: StateHash([4; 32]),
             trust_version: 300,
         };
         assert_eq!(msg.wire_bytes(), msg.to_bytes().len());

@@ -191,10 +191,7 @@ fn replayed_record_is_refused() {
     let old = h.nodes[1].site().records()[&h.nodes[0].id()].bundle.clone();
     h.input(
         0,
-        Input::Command(Command::UpdateRecord {
-            inventory: Default::default(),
-            rollouts: BTreeMap::new(),
-        }),
+        Input::Command(Command::UpdateRecord { inventory: Default::default() }),
     );
     h.run_for(500);
     assert_eq!(h.nodes[1].site().record_version(&h.nodes[0].id()), Some(2));

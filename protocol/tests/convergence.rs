@@ -68,7 +68,7 @@ fn lying_summary_is_detected() {
     s.record_count += 1;
     assert!(h.nodes[1].site().check_summary(&s).is_err());
     let mut s2 = h.nodes[0].summaries().all()[&SiteId::from("a")].summary().clone();
-    s2.counts.insert((RolloutId([1; 32]), patchmesh_protocol::site::RolloutStatus::Succeeded), 2);
+    s2.counts.insert((RolloutId([1; 32]), 0, patchmesh_protocol::site::RolloutStatus::Succeeded), 2);
     assert!(h.nodes[1].site().check_summary(&s2).is_err());
 }
 

@@ -24,7 +24,10 @@ fn record_bundles(keys: &Keys) -> Vec<Arc<Bundle>> {
         let admission = keys.admit(&k, "s");
         for v in 1..=4u64 {
             let mut rollouts = BTreeMap::new();
-            rollouts.insert(RolloutId([v as u8; 32]), RolloutStatus::Pending);
+            rollouts.insert(
+                RolloutId([v as u8; 32]),
+                site::Standing { ring: 0, status: RolloutStatus::Pending },
+            );
             let rec = NodeRecord {
                 mesh: trust.mesh(),
                 node: NodeId(k.public().0),
@@ -69,7 +72,7 @@ fn catalog_changes(keys: &Keys) -> Vec<Envelope> {
         {
             let c = CatalogEntry::Command(AdminCommand {
                 rollout: RolloutId([i; 32]),
-                action: if i % 2 == 0 { CommandAction::Pause } else { CommandAction::Resume },
+                action: if i % 2 == 0 { CommandAction::Pause } else { CommandAction::Resume { overrides: None } },
                 issued_at: Millis(T0.0 + u64::from(i)),
                 admin: admin.public(),
             });

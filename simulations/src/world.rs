@@ -392,7 +392,7 @@ impl World {
             &[&roots[0], &roots[1], &roots[2]],
             2,
             &[admins[0].public(), admins[1].public()],
-            1,
+            mesh::Approval::always(1),
             Millis(EPOCH_MS),
         );
         let genesis_body: Genesis = genesis.open("genesis").expect("own genesis decodes");
@@ -493,6 +493,7 @@ impl World {
                 record_version_floor: u64::from(steady),
                 check: check.clone(),
                 relay: patchmesh_protocol::node::RelayMode::Direct,
+                rollout_eval_ms: 1000,
             };
             ents.push(Entity {
                 node: None,
@@ -680,7 +681,7 @@ impl World {
                     self.ents[j as usize].links.retain(|x| *x != i);
                     self.input(j, Input::Disconnected { peer: PeerId(u64::from(i)) });
                 }
-                Output::Penalize { .. } | Output::Event(_) => {}
+                Output::Penalize { .. } | Output::Event(_) | Output::Effect(_) => {}
                 // Simulated nodes run in direct relay mode, which never asks for pubsub.
                 Output::Broadcast { .. } | Output::GossipVerdict { .. } => {
                     unreachable!("pubsub output in direct relay mode")

@@ -34,7 +34,7 @@ impl Keys {
             &[&roots[0], &roots[1]],
             2,
             &[admins[0].public(), admins[1].public()],
-            1,
+            mesh::Approval::always(1),
             T0,
         );
         // The genesis lists all three roots; only two signed.
@@ -73,6 +73,7 @@ impl Keys {
             record_version_floor: 0,
             check: Arc::new(Ed25519),
             relay: RelayMode::Direct,
+            rollout_eval_ms: 1000,
         }
     }
 }
@@ -85,6 +86,10 @@ pub struct Harness {
     pub queue: VecDeque<(usize, usize, Arc<Message>)>,
     pub sent: Vec<(usize, usize, Arc<Message>)>,
     pub penalized: Vec<(usize, PeerId)>,
+    /// Effects the nodes asked for, in order; tests answer them with `Input::EffectDone`.
+    pub effects: Vec<(usize, patchmesh_protocol::rollout::Effect)>,
+    /// Rollout events per node.
+    pub events: Vec<(usize, patchmesh_protocol::rollout::RolloutEvent)>,
     pub disconnected: Vec<(usize, PeerId)>,
     pub links: Vec<(usize, usize)>,
     pub cut: bool,
@@ -110,6 +115,8 @@ impl Harness {
             queue: VecDeque::new(),
             sent: Vec::new(),
             penalized: Vec::new(),
+            effects: Vec::new(),
+            events: Vec::new(),
             disconnected: Vec::new(),
             links: Vec::new(),
             cut: false,
@@ -141,6 +148,8 @@ impl Harness {
                 }
                 Output::Penalize { peer } => self.penalized.push((i, peer)),
                 Output::Disconnect { peer } => self.disconnected.push((i, peer)),
+                Output::Effect(e) => self.effects.push((i, e)),
+                Output::Event(patchmesh_protocol::node::Event::Rollout(e)) => self.events.push((i, e)),
                 Output::Persist(_) | Output::Event(_) => {}
                 Output::Broadcast { .. } | Output::GossipVerdict { .. } => {
                     unreachable!("the harness runs direct relay mode")

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 fn forged_change(genesis: &Genesis, key: &SecretKey) -> (Envelope, Envelope) {
     // Author the change in a throwaway mesh where the rogue key is admin, then re-wrap the raw
     // automerge change for the real mesh: well-formed, but signed by a key that is not an admin.
-    let fake = mesh::genesis("fake", &[key], 1, &[key.public()], 1, Millis(0));
+    let fake = mesh::genesis("fake", &[key], 1, &[key.public()], mesh::Approval::always(1), Millis(0));
     let trust = Trust::new(fake, &Ed25519).expect("fake genesis");
     let mut catalog = Catalog::new(trust.mesh());
     let entry = CatalogEntry::Patch(PatchEntry {

@@ -1,0 +1,228 @@
+//! Carrying out the rollout engine's effects: fetching the payload, and running the patch's
+//! executor one journaled step at a time.
+//!
+//! The core persists the journal entry (flushed) before it emits the effect of that step, so by
+//! the time a step runs, a crash will bring the node back to the same step; executors make every
+//! step idempotent. Each step runs in its own task; its result comes back to the owner task as
+//! `Input::EffectDone`. Every step's output is appended to `<data_dir>/audit.jsonl`.
+//!
+//! For tests, `PATCHMESH_TEST_CRASH_AT=<step>` kills the node with SIGKILL right after the
+//! journal entry for that step was flushed: exactly the crash the journal exists for.
+
+use super::Daemon;
+use crate::executor::{DpkgRoot, ExecKind, ExecSpec, Executor, StepReport, Workspace};
+use patchmesh_protocol::catalog::PatchEntry;
+use patchmesh_protocol::ids::ContentId;
+use patchmesh_protocol::node::{Input, Persist};
+use patchmesh_protocol::rollout::{Action, Effect, EffectResult, RolloutEvent};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Effect results waiting for the owner task.
+pub(super) const EFFECT_QUEUE: usize = 64;
+/// How long a fetch effect waits for the payload before reporting failure (it is retried).
+const FETCH_WAIT: Duration = Duration::from_secs(600);
+
+impl Daemon {
+    /// Kills the process after a journal entry was flushed, when a test asked for it.
+    pub(super) fn crash_hook(&self, p: &Persist) {
+        let Persist::Journal(entry) = p else { return };
+        let Ok(want) = std::env::var("PATCHMESH_TEST_CRASH_AT") else { return };
+        if want == entry.step.name() {
+            let _ = self.store_flush();
+            tracing::warn!(step = want, "PATCHMESH_TEST_CRASH_AT: killing this node");
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            std::process::exit(137);
+        }
+    }
+
+    fn store_flush(&self) -> anyhow::Result<()> {
+        use crate::store::Store;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    pub(super) fn on_rollout_event(&mut self, ev: RolloutEvent) {
+        match &ev {
+            RolloutEvent::Stopped { rollout, control } => {
+                tracing::warn!(%rollout, ?control, "rollout stopped");
+                self.audit(json!({"event": "stopped", "rollout": rollout.to_string(), "control": control}));
+            }
+            RolloutEvent::Step { rollout, ring, step } => {
+                tracing::info!(%rollout, ring, step = step.name(), "install step");
+                self.audit(json!({"event": "step", "rollout": rollout.to_string(), "ring": ring, "step": step.name()}));
+            }
+        }
+    }
+
+    pub(super) fn audit(&self, mut entry: serde_json::Value) {
+        use std::io::Write;
+        entry["at_ms"] = json!(super::now_ms().0);
+        let path = self.cfg.data_dir.join("audit.jsonl");
+        let line = entry.to_string() + "\n";
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, path = %path.display(), "audit log write failed");
+        }
+    }
+
+    fn workspace(&self, effect: &Effect, patch: &PatchEntry) -> Result<Executor, String> {
+        let kind: ExecKind = patch.executor.kind.parse().map_err(|e| format!("{e}"))?;
+        let spec = ExecSpec {
+            kind,
+            install: patch.executor.install.clone(),
+            verify: patch.executor.verify.clone(),
+            rollback: patch.executor.rollback.clone(),
+            timeout_ms: patch.executor.timeout_ms,
+        };
+        let payload = self
+            .transfers
+            .store()
+            .complete_path(&effect.content_id)
+            .ok_or_else(|| "payload is not in the content store".to_string())?;
+        let previous_payload = match kind {
+            ExecKind::Dpkg => self.previous_deb(patch),
+            _ => None,
+        };
+        let ws = Workspace {
+            dir: self.cfg.data_dir.join("installs").join(effect.rollout.to_hex()),
+            payload,
+            content_id: effect.content_id.0,
+            previous_payload,
+            dpkg: DpkgRoot { root: self.cfg.dpkg_root.clone() },
+        };
+        Executor::new(spec, ws).map_err(|e| format!("{e}"))
+    }
+
+    /// The newest other dpkg payload of the same package name that this node committed and
+    /// still holds: what a dpkg rollback reinstalls.
+    fn previous_deb(&self, patch: &PatchEntry) -> Option<PathBuf> {
+        let policies = self.node.policies();
+        let store = self.transfers.store();
+        let mut best: Option<(patchmesh_protocol::ids::Millis, PathBuf)> = None;
+        for entry in self.node.rollouts().journal().values() {
+            if entry.step != patchmesh_protocol::rollout::Step::Committed
+                || entry.content_id == patch.content_id
+            {
+                continue;
+            }
+            let Some(other) = policies.patches.get(&entry.content_id) else { continue };
+            if other.executor.kind != "dpkg" || other.name != patch.name {
+                continue;
+            }
+            if let Some(path) = store.complete_path(&entry.content_id) {
+                if best.as_ref().is_none_or(|(t, _)| entry.step_at > *t) {
+                    best = Some((entry.step_at, path));
+                }
+            }
+        }
+        best.map(|(_, p)| p)
+    }
+
+    pub(super) fn on_effect(&mut self, effect: Effect) {
+        let tx = self.effects_tx.clone();
+        let id = effect.id;
+        let Some(patch) = self.node.policies().patches.get(&effect.content_id).cloned() else {
+            let _ = tx.try_send(EffectResult { id, ok: false, detail: "patch left the catalog".into() });
+            return;
+        };
+        if effect.action == Action::Fetch {
+            self.fetch_effect(effect.content_id, patch.size_bytes, id);
+            return;
+        }
+        let exec = match self.workspace(&effect, &patch) {
+            Ok(e) => e,
+            Err(detail) => {
+                let _ = tx.try_send(EffectResult { id, ok: false, detail });
+                return;
+            }
+        };
+        let audit_path = self.cfg.data_dir.join("audit.jsonl");
+        let rollout = effect.rollout;
+        let action = effect.action;
+        tokio::spawn(async move {
+            let result = match action {
+                Action::Stage => exec.stage().await,
+                Action::Install => exec.install().await,
+                Action::Verify => exec.verify().await,
+                Action::Rollback => exec.rollback().await,
+                Action::Fetch => unreachable!("handled above"),
+            };
+            let (ok, detail, report) = match result {
+                Ok(r) => (r.ok, r.detail.clone(), Some(r)),
+                Err(e) => (false, format!("{e}"), None),
+            };
+            write_audit(&audit_path, rollout.to_string(), action, ok, &detail, report.as_ref());
+            let _ = tx.send(EffectResult { id, ok, detail }).await;
+        });
+    }
+
+    fn fetch_effect(&mut self, content: ContentId, size_bytes: u64, id: u64) {
+        let transfers = self.transfers.clone();
+        let tx = self.effects_tx.clone();
+        transfers.want(content, size_bytes);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let (ok, detail) = loop {
+                if transfers.store().complete_path(&content).is_some() {
+                    break (true, "payload held".to_string());
+                }
+                let state = transfers.progress().get(&content).map(|p| (p.state, p.error.clone()));
+                if let Some(("failed", err)) = state {
+                    break (false, format!("fetch failed: {}", err.unwrap_or_default()));
+                }
+                if started.elapsed() > FETCH_WAIT {
+                    break (false, "fetch timed out".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let _ = tx.send(EffectResult { id, ok, detail }).await;
+        });
+    }
+
+    pub(super) fn on_effect_done(&mut self, result: EffectResult) {
+        self.input(Input::EffectDone(result));
+    }
+}
+
+fn write_audit(
+    path: &std::path::Path,
+    rollout: String,
+    action: Action,
+    ok: bool,
+    detail: &str,
+    report: Option<&StepReport>,
+) {
+    use std::io::Write;
+    let entry = json!({
+        "event": "effect",
+        "at_ms": super::now_ms().0,
+        "rollout": rollout,
+        "action": format!("{action:?}").to_lowercase(),
+        "ok": ok,
+        "detail": detail,
+        "exit_code": report.and_then(|r| r.exit_code),
+        "timed_out": report.is_some_and(|r| r.timed_out),
+        "duration_ms": report.map(|r| r.duration_ms),
+        "output": report.map(|r| r.output.as_str()),
+    });
+    let line = entry.to_string() + "\n";
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+}
+
+/// A channel for effect results.
+pub(super) fn channel() -> (mpsc::Sender<EffectResult>, mpsc::Receiver<EffectResult>) {
+    mpsc::channel(EFFECT_QUEUE)
+}

@@ -1,0 +1,333 @@
+//! The fleet-level verdict on a rollout: approvals, admin commands, ring gates and halts.
+//!
+//! Every input is replicated signed state (catalog entries with their authors, node records,
+//! site summaries and fleet-wide failure reports), so two nodes holding the same state reach
+//! the same verdict, and as state converges so do verdicts.
+//!
+//! ## Rules
+//! - **Approval.** A rollout whose `max_targets` exceeds the mesh's `approval_above_nodes` needs
+//!   `approval_threshold` distinct current admins: its author plus `Approve` commands naming the
+//!   hash of exactly this rollout entry. Below that, its author suffices.
+//! - **Abort** wins over everything unless a later `Resume` names it in `overrides`.
+//! - **Pause/resume**: the latest of the pause and resume commands by `(issued_at, key)` wins,
+//!   so two admins issuing conflicting commands during a partition converge on one answer once
+//!   the catalog merges.
+//! - **Halt**: ring `j` halts the rollout when its failed members exceed `max_failures`, or when
+//!   every targeted member has reported and failures exceed `max_failure_permille`. A `Resume`
+//!   overriding the halt of ring `j` accepts a number of failures; only failures beyond them
+//!   count. Failures are counted from the fleet-wide failure reports, so the count only grows.
+//! - **Promotion**: ring `k` may install once every earlier ring's gate passes: enough
+//!   succeeded members (`min_reports`, and `min_success_permille` of targeted), failures
+//!   within both limits. Anything missing (an empty ring, sites not yet summarised) leaves the
+//!   gate closed: missing evidence pauses, it never promotes.
+
+use super::alarms::Alarms;
+use super::policy::{AdminCommand, CommandAction, Override, RolloutEntry};
+use super::target::ring_of;
+use crate::catalog::{CatalogEntry, PatchEntry};
+use crate::crypto::{encode, hash_parts};
+use crate::ids::{ContentId, KeyId, RolloutId, SiteId};
+use crate::site::{RolloutStatus, SiteState, Summaries};
+use crate::trust::Trust;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A rollout entry with the admin who wrote it and its hash (what approvals name).
+#[derive(Clone, Debug)]
+pub struct Authored {
+    /// The rollout.
+    pub rollout: RolloutEntry,
+    /// Its author.
+    pub author: KeyId,
+    /// Hash of its canonical encoding.
+    pub hash: [u8; 32],
+}
+
+/// Hash of a rollout entry as approvals name it.
+pub fn rollout_hash(r: &RolloutEntry) -> [u8; 32] {
+    hash_parts(&[b"patchmesh/v1/rollout", &encode(r)])
+}
+
+/// The rollout-relevant part of the catalog, parsed once per catalog change.
+#[derive(Clone, Debug, Default)]
+pub struct Policies {
+    /// Valid rollouts by id.
+    pub rollouts: BTreeMap<RolloutId, Authored>,
+    /// Patches by content id.
+    pub patches: BTreeMap<ContentId, PatchEntry>,
+    /// Commands per rollout, with their catalog keys, whose `admin` is their signer.
+    pub commands: BTreeMap<RolloutId, Vec<(String, AdminCommand)>>,
+    /// Entries ignored (malformed policy, key mismatch, forged command author).
+    pub ignored: Vec<(String, String)>,
+}
+
+impl Policies {
+    /// Parses catalog entries (with authors, see `Catalog::entries_authored`).
+    pub fn parse(entries: BTreeMap<String, (CatalogEntry, KeyId)>) -> Policies {
+        let mut p = Policies::default();
+        for (key, (entry, author)) in entries {
+            match entry {
+                CatalogEntry::Patch(patch) => {
+                    if key == format!("patch/{}", patch.content_id) {
+                        p.patches.insert(patch.content_id, patch);
+                    } else {
+                        p.ignored.push((key, "patch key does not match its content id".into()));
+                    }
+                }
+                CatalogEntry::Rollout(rollout) => {
+                    if key != format!("rollout/{}", rollout.id) {
+                        p.ignored.push((key, "rollout key does not match its id".into()));
+                    } else if let Err(e) = rollout.validate() {
+                        p.ignored.push((key, e.to_string()));
+                    } else {
+                        let hash = rollout_hash(&rollout);
+                        p.rollouts.insert(rollout.id, Authored { rollout, author, hash });
+                    }
+                }
+                CatalogEntry::Command(cmd) => {
+                    if cmd.admin != author {
+                        p.ignored.push((key, "command names an admin other than its signer".into()));
+                    } else {
+                        p.commands.entry(cmd.rollout).or_default().push((key, cmd));
+                    }
+                }
+            }
+        }
+        p
+    }
+}
+
+/// Counts of one ring's members as this node sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RingStats {
+    /// Members the rollout targets (every status but not-targeted).
+    pub targeted: u32,
+    /// Waiting for their ring, window or gate.
+    pub pending: u32,
+    /// Installing, verifying or soaking.
+    pub installing: u32,
+    /// Installed, verified and soaked.
+    pub succeeded: u32,
+    /// Members with a failure report (fleet-wide, exact).
+    pub failed: u32,
+    /// Rolled back.
+    pub rolled_back: u32,
+}
+
+/// Collects ring statistics: this site from its records, other sites from their summaries,
+/// failures from the fleet-wide reports.
+pub fn ring_stats(
+    rollout: &RolloutEntry,
+    site: &SiteState,
+    summaries: &Summaries,
+    alarms: &Alarms,
+) -> Vec<RingStats> {
+    let n = rollout.rings.len();
+    let mut rings = vec![RingStats::default(); n];
+    let mut add = |ring: u8, status: RolloutStatus, count: u32| {
+        let Some(r) = rings.get_mut(usize::from(ring)) else { return };
+        match status {
+            RolloutStatus::NotTargeted => return,
+            RolloutStatus::Pending => r.pending += count,
+            RolloutStatus::Installing => r.installing += count,
+            RolloutStatus::Succeeded => r.succeeded += count,
+            RolloutStatus::RolledBack => r.rolled_back += count,
+            RolloutStatus::Failed => {}
+        }
+        r.targeted += count;
+    };
+    for held in site.records().values() {
+        if let Some(s) = held.record().rollouts.get(&rollout.id) {
+            add(s.ring, s.status, 1);
+        }
+    }
+    let own: &SiteId = site.site();
+    for (sid, held) in summaries.all() {
+        if sid == own {
+            continue;
+        }
+        for ((rid, ring, status), count) in &held.summary().counts {
+            if *rid == rollout.id {
+                add(*ring, *status, *count);
+            }
+        }
+    }
+    for alarm in alarms.of(&rollout.id) {
+        if let Some(ring) = ring_of(rollout, &alarm.evidence.node, &alarm.labels) {
+            if let Some(r) = rings.get_mut(usize::from(ring)) {
+                r.failed += 1;
+            }
+        }
+    }
+    rings
+}
+
+/// What stops a rollout, if anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Control {
+    /// Moving.
+    Running,
+    /// Not enough admin approvals yet.
+    AwaitingApproval,
+    /// Paused by an admin.
+    Paused,
+    /// Aborted by an admin: every install rolls back.
+    Aborted,
+    /// Halted by its own failure evidence.
+    Halted {
+        /// The ring whose failures halted it.
+        ring: u8,
+        /// Failures counted against that ring.
+        failures: u32,
+    },
+}
+
+/// The verdict on a rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// What stops it.
+    pub control: Control,
+    /// Distinct admins approving this exact rollout (its author included).
+    pub approvals: u32,
+    /// Approvals it needs.
+    pub approvals_needed: u32,
+    /// Rings whose members may install now: ring `k` may iff `k < open_rings`.
+    pub open_rings: u8,
+    /// Why the next ring is not open yet (empty when all are).
+    pub waiting: String,
+    /// Per-ring counts.
+    pub rings: Vec<RingStats>,
+}
+
+impl Verdict {
+    /// True if ring members may start installs (not paused, halted, aborted or unapproved).
+    pub fn running(&self) -> bool {
+        self.control == Control::Running
+    }
+
+    /// True if installs must be undone (abort, or a halt when the rollout rolls back on halt).
+    pub fn must_roll_back(&self, rollout: &RolloutEntry) -> bool {
+        match self.control {
+            Control::Aborted => true,
+            Control::Halted { .. } => rollout.rollback_on_halt,
+            _ => false,
+        }
+    }
+}
+
+fn cmd_order(key: &str, cmd: &AdminCommand) -> (u64, String) {
+    (cmd.issued_at.0, key.to_string())
+}
+
+/// Judges a rollout from the commands about it, the trust state and ring statistics.
+pub fn judge(
+    authored: &Authored,
+    commands: &[(String, AdminCommand)],
+    trust: &Trust,
+    rings: Vec<RingStats>,
+) -> Verdict {
+    let rollout = &authored.rollout;
+    let admins = trust.admins();
+    let current: Vec<&(String, AdminCommand)> =
+        commands.iter().filter(|(_, c)| admins.is_admin(&c.admin)).collect();
+
+    let mut approvers: BTreeSet<KeyId> = BTreeSet::new();
+    if admins.is_admin(&authored.author) {
+        approvers.insert(authored.author);
+    }
+    for (_, c) in &current {
+        if let CommandAction::Approve { rollout_hash } = &c.action {
+            if *rollout_hash == authored.hash {
+                approvers.insert(c.admin);
+            }
+        }
+    }
+    let needed = if rollout.max_targets > admins.approval_above_nodes {
+        u32::from(admins.approval_threshold.max(1))
+    } else {
+        1
+    };
+
+    // Resumes that lift an abort or a halt.
+    let mut lifted_aborts: BTreeMap<&str, (u64, String)> = BTreeMap::new();
+    let mut accepted_failures: BTreeMap<u8, u32> = BTreeMap::new();
+    for (key, c) in &current {
+        if let CommandAction::Resume { overrides: Some(o) } = &c.action {
+            match o {
+                Override::Abort(abort_key) => {
+                    let e = lifted_aborts.entry(abort_key.as_str()).or_insert((0, String::new()));
+                    *e = (*e).clone().max(cmd_order(key, c));
+                }
+                Override::Halt { ring, failures } => {
+                    let e = accepted_failures.entry(*ring).or_default();
+                    *e = (*e).max(*failures);
+                }
+            }
+        }
+    }
+    let aborted = current.iter().any(|(key, c)| {
+        matches!(c.action, CommandAction::Abort)
+            && !lifted_aborts.get(key.as_str()).is_some_and(|lift| *lift > cmd_order(key, c))
+    });
+    let paused = current
+        .iter()
+        .filter(|(_, c)| matches!(c.action, CommandAction::Pause | CommandAction::Resume { .. }))
+        .max_by_key(|(key, c)| cmd_order(key, c))
+        .is_some_and(|(_, c)| matches!(c.action, CommandAction::Pause));
+
+    let counted = |j: usize, r: &RingStats| {
+        r.failed.saturating_sub(accepted_failures.get(&(j as u8)).copied().unwrap_or(0))
+    };
+    let halt = rings.iter().enumerate().find_map(|(j, r)| {
+        let gate = &rollout.rings[j].gate;
+        let failed = counted(j, r);
+        let all_reported = r.targeted > 0 && r.succeeded + failed + r.rolled_back >= r.targeted;
+        let over_fraction =
+            u64::from(failed) * 1000 > u64::from(gate.max_failure_permille) * u64::from(r.targeted);
+        (failed > gate.max_failures || (all_reported && over_fraction))
+            .then_some(Control::Halted { ring: j as u8, failures: failed })
+    });
+
+    let control = if aborted {
+        Control::Aborted
+    } else if let Some(h) = halt {
+        h
+    } else if (approvers.len() as u32) < needed {
+        Control::AwaitingApproval
+    } else if paused {
+        Control::Paused
+    } else {
+        Control::Running
+    };
+
+    let mut open_rings = 1u8;
+    let mut waiting = String::new();
+    for (j, r) in rings.iter().enumerate().take(rollout.rings.len().saturating_sub(1)) {
+        let gate = &rollout.rings[j].gate;
+        let failed = counted(j, r);
+        let by_fraction =
+            (u64::from(gate.min_success_permille) * u64::from(r.targeted)).div_ceil(1000) as u32;
+        let need = by_fraction.max(gate.min_reports);
+        let name = &rollout.rings[j].name;
+        if r.succeeded < need {
+            waiting = format!("ring {name}: {} of {need} succeeded members", r.succeeded);
+            break;
+        }
+        if failed > gate.max_failures
+            || u64::from(failed) * 1000 > u64::from(gate.max_failure_permille) * u64::from(r.targeted)
+        {
+            waiting = format!("ring {name}: {failed} failures over the gate");
+            break;
+        }
+        open_rings += 1;
+    }
+    Verdict {
+        control,
+        approvals: approvers.len() as u32,
+        approvals_needed: needed,
+        open_rings,
+        waiting,
+        rings,
+    }
+}
