@@ -8,6 +8,7 @@
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`files`]: key and trust files on disk.
 //! - [`inventory`]: what the machine is and has installed.
+//! - [`executor`]: the install steps (stage, install, verify, rollback) for file, command and dpkg patches.
 //!
 //! This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod daemon;
+pub mod executor;
 pub mod files;
 pub mod inventory;
 pub mod net;
