@@ -29,7 +29,9 @@ macro_rules! outln {
     }};
 }
 
+mod demo;
 mod output;
+mod rollout;
 
 /// patchmesh: peer-to-peer patch management with signed policy, canary rings and no server.
 ///
@@ -157,6 +159,12 @@ enum Cmd {
     /// The payloads this node holds.
     #[command(subcommand)]
     Content(ContentCmd),
+    /// Roll a patch out through canary rings, with gates, windows, halts and rollback.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCmd),
+    /// Start a local mesh of real nodes on loopback, roll a good patch through its rings and a
+    /// bad one into an automatic halt and rollback, and print what happened.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -452,6 +460,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 timeout_s,
             )
         }
+        Cmd::Rollout(cmd) => rollout::run(cmd, now_ms()),
+        Cmd::Demo(args) => demo::run(args),
         Cmd::Content(ContentCmd::List { node, json }) => {
             let v = call(&node, Request::ContentList)?;
             output::content_list(&v, json);

@@ -253,3 +253,139 @@ pub fn content_gc(v: &Value, json: bool) {
     }
     outln!("{verb} {} payload(s), {}", removed.len(), mib(total));
 }
+
+fn control_text(r: &Value) -> String {
+    let c = &r["control"];
+    match c["state"].as_str() {
+        Some("halted") => format!(
+            "HALTED by ring {} ({} failures)",
+            r["rings"][c["ring"].as_u64().unwrap_or(0) as usize]["name"].as_str().unwrap_or("?"),
+            c["failures"]
+        ),
+        Some("awaiting_approval") => {
+            format!("awaiting approval ({} of {})", r["approvals"], r["approvals_needed"])
+        }
+        Some(state) => state.replace('_', " "),
+        None => "not evaluated yet".into(),
+    }
+}
+
+/// True once a rollout needs no more watching: stopped, or every ring's members settled.
+pub fn rollout_settled(r: &Value) -> bool {
+    let state = r["control"]["state"].as_str().unwrap_or("");
+    let rings = r["rings"].as_array().cloned().unwrap_or_default();
+    let busy = rings.iter().any(|g| g["installing"].as_u64().unwrap_or(0) > 0);
+    if matches!(state, "halted" | "aborted") {
+        return !busy;
+    }
+    !rings.is_empty()
+        && rings.iter().all(|g| {
+            let t = g["targeted"].as_u64().unwrap_or(0);
+            t > 0
+                && g["succeeded"].as_u64().unwrap_or(0)
+                    + g["failed"].as_u64().unwrap_or(0)
+                    + g["rolled_back"].as_u64().unwrap_or(0)
+                    >= t
+        })
+}
+
+/// One rollout as text: header, then a line per ring.
+pub fn rollout_text(r: &Value) -> String {
+    let mut out = format!(
+        "rollout {} — {} {} — {}\n",
+        short(&r["id"]),
+        r["patch"]["name"].as_str().unwrap_or("?"),
+        r["patch"]["version"].as_str().unwrap_or(""),
+        control_text(r)
+    );
+    out += &format!(
+        "  {:<10} {:>8} {:>8} {:>10} {:>9} {:>6} {:>11}\n",
+        "ring", "targeted", "pending", "installing", "succeeded", "failed", "rolled back"
+    );
+    for g in r["rings"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {:<10} {:>8} {:>8} {:>10} {:>9} {:>6} {:>11}\n",
+            g["name"].as_str().unwrap_or("?"),
+            g["targeted"].as_u64().unwrap_or(0),
+            g["pending"].as_u64().unwrap_or(0),
+            g["installing"].as_u64().unwrap_or(0),
+            g["succeeded"].as_u64().unwrap_or(0),
+            g["failed"].as_u64().unwrap_or(0),
+            g["rolled_back"].as_u64().unwrap_or(0)
+        );
+    }
+    if let Some(w) = r["waiting"].as_str().filter(|w| !w.is_empty()) {
+        out += &format!("  waiting: {w}\n");
+    }
+    if let Some(l) = r["local"].as_object() {
+        out += &format!(
+            "  this node: ring {} step {} {}\n",
+            l["ring"],
+            l["step"].as_str().unwrap_or("?"),
+            l["detail"].as_str().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// `patchmesh rollout status` on a terminal: a bar per ring, refreshed.
+pub struct RolloutBars {
+    multi: indicatif::MultiProgress,
+    bars: std::cell::RefCell<std::collections::BTreeMap<(String, usize), indicatif::ProgressBar>>,
+    headers: std::cell::RefCell<std::collections::BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+impl RolloutBars {
+    /// No bars yet.
+    pub fn new() -> RolloutBars {
+        RolloutBars {
+            multi: indicatif::MultiProgress::new(),
+            bars: Default::default(),
+            headers: Default::default(),
+        }
+    }
+
+    /// Redraws from the node's latest view.
+    pub fn update(&self, rollouts: &[Value]) {
+        let style = indicatif::ProgressStyle::with_template("  {prefix:<10} {bar:30.green/red} {msg}")
+            .expect("static template")
+            .progress_chars("=> ");
+        for r in rollouts {
+            let id = s(&r["id"]).to_string();
+            let mut headers = self.headers.borrow_mut();
+            let header = headers.entry(id.clone()).or_insert_with(|| {
+                let h = self.multi.add(indicatif::ProgressBar::new_spinner());
+                h.set_style(indicatif::ProgressStyle::with_template("{msg}").expect("static template"));
+                h
+            });
+            header.set_message(format!(
+                "rollout {} — {} — {}",
+                short(&r["id"]),
+                r["patch"]["name"].as_str().unwrap_or("?"),
+                control_text(r)
+            ));
+            for (i, g) in r["rings"].as_array().into_iter().flatten().enumerate() {
+                let mut bars = self.bars.borrow_mut();
+                let bar = bars.entry((id.clone(), i)).or_insert_with(|| {
+                    let b = self.multi.add(indicatif::ProgressBar::new(0));
+                    b.set_style(style.clone());
+                    b.set_prefix(g["name"].as_str().unwrap_or("?").to_string());
+                    b
+                });
+                bar.set_length(g["targeted"].as_u64().unwrap_or(0).max(1));
+                bar.set_position(g["succeeded"].as_u64().unwrap_or(0));
+                bar.set_message(format!(
+                    "{} targeted, {} pending, {} installing, {} succeeded, {} failed, {} rolled back",
+                    g["targeted"], g["pending"], g["installing"], g["succeeded"], g["failed"], g["rolled_back"]
+                ));
+            }
+        }
+    }
+
+    /// Leaves the last state on screen.
+    pub fn finish(&self) {
+        for b in self.headers.borrow().values().chain(self.bars.borrow().values()) {
+            b.abandon();
+        }
+    }
+}

@@ -97,6 +97,8 @@ struct Daemon {
     view_tx: tokio::sync::watch::Sender<PeerView>,
     provider_queries: HashMap<kad::QueryId, patchmesh_protocol::ids::ContentId>,
     effects_tx: mpsc::Sender<patchmesh_protocol::rollout::EffectResult>,
+    /// When this node first saw each rollout halted or aborted (its clock).
+    rollout_stopped: BTreeMap<patchmesh_protocol::ids::RolloutId, Millis>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -248,6 +250,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         view_tx,
         provider_queries: HashMap::new(),
         effects_tx,
+        rollout_stopped: BTreeMap::new(),
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // The first input starts the core; it carries the real inventory.
@@ -752,6 +755,7 @@ impl Daemon {
             | Request::Content { .. }
             | Request::ContentList
             | Request::ContentGc { .. }) => self.content_control(r),
+            Request::Rollouts => control::ok(self.rollouts_json()),
         };
         send(reply, answer);
     }

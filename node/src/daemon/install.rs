@@ -50,6 +50,7 @@ impl Daemon {
         match &ev {
             RolloutEvent::Stopped { rollout, control } => {
                 tracing::warn!(%rollout, ?control, "rollout stopped");
+                self.rollout_stopped.entry(*rollout).or_insert_with(super::now_ms);
                 self.audit(json!({"event": "stopped", "rollout": rollout.to_string(), "control": control}));
             }
             RolloutEvent::Step { rollout, ring, step } => {
@@ -76,11 +77,15 @@ impl Daemon {
 
     fn workspace(&self, effect: &Effect, patch: &PatchEntry) -> Result<Executor, String> {
         let kind: ExecKind = patch.executor.kind.parse().map_err(|e| format!("{e}"))?;
+        // `{data_dir}` in a step names this node's data directory, so one signed patch can
+        // target per-node paths (several nodes on one machine, or a sandbox per node).
+        let data_dir = self.cfg.data_dir.to_string_lossy().into_owned();
+        let expand = |s: &Option<String>| s.as_ref().map(|s| s.replace("{data_dir}", &data_dir));
         let spec = ExecSpec {
             kind,
-            install: patch.executor.install.clone(),
-            verify: patch.executor.verify.clone(),
-            rollback: patch.executor.rollback.clone(),
+            install: expand(&patch.executor.install),
+            verify: expand(&patch.executor.verify),
+            rollback: expand(&patch.executor.rollback),
             timeout_ms: patch.executor.timeout_ms,
         };
         let payload = self
@@ -186,6 +191,86 @@ impl Daemon {
             };
             let _ = tx.send(EffectResult { id, ok, detail }).await;
         });
+    }
+
+    /// Every rollout as this node sees it.
+    pub(super) fn rollouts_json(&self) -> serde_json::Value {
+        let policies = self.node.policies();
+        let engine = self.node.rollouts();
+        let mut out = Vec::new();
+        for (id, authored) in &policies.rollouts {
+            let r = &authored.rollout;
+            let verdict = engine.verdicts().get(id);
+            let rings: Vec<serde_json::Value> = r
+                .rings
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    let stats = verdict.and_then(|v| v.rings.get(i)).copied().unwrap_or_default();
+                    json!({
+                        "name": spec.name, "percent": spec.percent, "labels": spec.labels,
+                        "gate": {
+                            "min_success_permille": spec.gate.min_success_permille,
+                            "max_failures": spec.gate.max_failures,
+                            "max_failure_permille": spec.gate.max_failure_permille,
+                            "min_soak_ms": spec.gate.min_soak_ms,
+                            "min_reports": spec.gate.min_reports,
+                        },
+                        "targeted": stats.targeted, "pending": stats.pending,
+                        "installing": stats.installing, "succeeded": stats.succeeded,
+                        "failed": stats.failed, "rolled_back": stats.rolled_back,
+                    })
+                })
+                .collect();
+            let commands: Vec<serde_json::Value> = policies
+                .commands
+                .get(id)
+                .into_iter()
+                .flatten()
+                .map(|(key, c)| json!({
+                    "key": key, "action": c.action, "admin": c.admin.to_string(), "issued_at_ms": c.issued_at.0,
+                }))
+                .collect();
+            let local = engine.journal().get(id).map(|j| json!({
+                "ring": j.ring, "step": j.step.name(), "failed": j.failed,
+                "failed_at_ms": j.failed_at.map(|m| m.0),
+                "started_at_ms": j.started_at.0, "step_at_ms": j.step_at.0,
+                "checks": j.checks, "detail": j.detail,
+            }));
+            let standing = engine.standings().get(id).map(|s| json!({
+                "ring": if s.ring == patchmesh_protocol::rollout::NO_RING { None } else { Some(s.ring) },
+                "status": format!("{:?}", s.status),
+            }));
+            let patch = policies.patches.get(&r.content_id);
+            out.push(json!({
+                "id": id.to_string(),
+                "hash": hex::encode(authored.hash),
+                "author": authored.author.to_string(),
+                "content_id": r.content_id.to_string(),
+                "patch": patch.map(|p| json!({"name": p.name, "version": p.version, "executor": p.executor.kind, "size_bytes": p.size_bytes})),
+                "created_at_ms": r.created_at.0,
+                "control": verdict.map(|v| json!(v.control)),
+                "approvals": verdict.map(|v| v.approvals),
+                "approvals_needed": verdict.map(|v| v.approvals_needed),
+                "open_rings": verdict.map(|v| v.open_rings),
+                "waiting": verdict.map(|v| v.waiting.clone()),
+                "rings": rings,
+                "commands": commands,
+                "local": local,
+                "standing": standing,
+                "stopped_at_ms": self.rollout_stopped.get(id).map(|m| m.0),
+                "max_targets": r.max_targets,
+                "rollback_on_halt": r.rollback_on_halt,
+            }));
+        }
+        json!({
+            "node": self.node.id().to_string(),
+            "site": self.cert.site.to_string(),
+            "now_ms": super::now_ms().0,
+            "rollouts": out,
+            "ignored": policies.ignored,
+            "alarms": self.node.alarms().len(),
+        })
     }
 
     pub(super) fn on_effect_done(&mut self, result: EffectResult) {

@@ -109,6 +109,8 @@ pub struct JournalEntry {
     pub step: Step,
     /// True once this install failed (and its failure was reported).
     pub failed: bool,
+    /// When it failed (node clock).
+    pub failed_at: Option<Millis>,
     /// When the install started (node clock).
     pub started_at: Millis,
     /// When the current step began.
@@ -376,6 +378,7 @@ impl Engine {
                 self.wake_at.remove(&rollout);
                 if !j.failed {
                     j.failed = true;
+                    j.failed_at = Some(now);
                     let detail = bounded(format!("{} failed: {}", j.step.name(), result.detail));
                     out.push(EngineOut::Report { rollout, kind: EvidenceKind::InstallFailed, detail });
                 }
@@ -458,6 +461,7 @@ impl Engine {
                     ring,
                     step: Step::Fetching,
                     failed: false,
+                    failed_at: None,
                     started_at: now,
                     step_at: now,
                     soak_until: None,

@@ -1,0 +1,450 @@
+//! `patchmesh demo`: a whole rollout story on one machine, with real node processes.
+//!
+//! 1. Makes a mesh in a temporary directory (genesis, root and admin keys), admits N nodes in S
+//!    sites — the first node of each site labelled `ring=canary` — and starts them on loopback
+//!    QUIC, each with its own data directory and a target file `{data_dir}/app/app.bin`.
+//! 2. Publishes a good patch (file executor replacing that target) and rolls it through
+//!    canary → 50% → 100%, with gates that need every ring member verified and soaked.
+//! 3. Publishes a bad patch whose verify step fails and rolls it the same way: the canaries
+//!    fail, their signed failure reports halt the rollout on every node, the canaries roll
+//!    back, and no node outside the canary ring installs it.
+//! 4. Prints what happened (or one JSON object with `--json`), stops the nodes and removes the
+//!    directory. Every figure is read back from the nodes: their journals, verdicts, halt
+//!    times and payload byte counters, and the target files on disk.
+
+use crate::{call, NodeArgs};
+use anyhow::{bail, Context};
+use clap::Args;
+use patchmesh_node::control::Request;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 12)]
+    nodes: usize,
+    /// Sites to spread them over (the first node of each is a canary).
+    #[arg(long, default_value_t = 3)]
+    sites: usize,
+    /// Size of each patch payload.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    payload_bytes: u64,
+    /// Soak time of each ring member before it counts as succeeded.
+    #[arg(long, default_value_t = 2)]
+    soak_s: u64,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// Keep the temporary directory (node logs, journals, audit logs).
+    #[arg(long)]
+    keep: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Node {
+    dir: PathBuf,
+    site: usize,
+    canary: bool,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn args(&self) -> NodeArgs {
+        NodeArgs { config: self.dir.join("node.toml") }
+    }
+    fn target(&self) -> PathBuf {
+        self.dir.join("data").join("app").join("app.bin")
+    }
+}
+
+/// Stops every node and removes the directory, however the demo ends.
+struct Demo {
+    root: PathBuf,
+    nodes: Vec<Node>,
+    keep: bool,
+    quiet: bool,
+    started: Instant,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if self.keep {
+            eprintln!("demo directory kept: {}", self.root.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("finding the patchmesh binary")
+}
+
+/// Runs a patchmesh subcommand and parses its `--json` output.
+fn cli(args: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new(exe()?).args(args).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("patchmesh {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("patchmesh {}: output is not JSON", args.join(" ")))
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl Demo {
+    fn say(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("[{:>5.1}s] {}", self.started.elapsed().as_secs_f64(), msg.as_ref());
+        }
+    }
+
+    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return Ok(v);
+            }
+            if Instant::now() > until {
+                bail!("timed out waiting for {what} (logs in {}; rerun with --keep)", self.root.display());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Every node's view of one rollout.
+    fn views(&self, rollout: &str) -> Vec<Option<Value>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let v = call(&n.args(), Request::Rollouts).ok()?;
+                v["rollouts"].as_array()?.iter().find(|r| r["id"] == rollout).cloned()
+            })
+            .collect()
+    }
+
+    fn start(&mut self, i: usize, bootstrap: Option<&str>) -> anyhow::Result<String> {
+        let n = &self.nodes[i];
+        let boot = bootstrap.map(|b| format!("bootstrap = [\"{b}\"]\n")).unwrap_or_default();
+        let cfg = format!(
+            "data_dir = \"{}\"\nkey = \"{}\"\ngenesis = \"{}\"\nadmission = \"{}\"\n{boot}\
+             listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\n\
+             anti_entropy_interval_ms = 500\nsummary_interval_ms = 1000\npeers_target = 6\n\
+             rollout_eval_ms = 500\ninventory_root = \"{}\"\ntime_zone = \"UTC\"\n",
+            s(&n.dir.join("data")),
+            s(&n.dir.join("node.key")),
+            s(&self.root.join("mesh").join("genesis.pm")),
+            s(&n.dir.join("admission.pm")),
+            s(&n.dir.join("sysroot")),
+        );
+        std::fs::create_dir_all(n.dir.join("sysroot"))?;
+        std::fs::write(n.dir.join("node.toml"), cfg)?;
+        let log = std::fs::File::create(n.dir.join("node.log"))?;
+        let child = Command::new(exe()?)
+            .args(["node", "run", "--config", &s(&n.dir.join("node.toml"))])
+            .env("PATCHMESH_LOG", "info,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting a node")?;
+        self.nodes[i].child = Some(child);
+        let args = self.nodes[i].args();
+        let status = self.wait(&format!("node {i} to start"), Duration::from_secs(30), || {
+            call(&args, Request::Status).ok()
+        })?;
+        Ok(status["listen"][0].as_str().unwrap_or_default().to_string())
+    }
+}
+
+pub fn run(a: DemoArgs) -> anyhow::Result<()> {
+    if a.nodes < 2 || a.sites == 0 || a.sites > a.nodes {
+        bail!("need at least 2 nodes and 1..=nodes sites");
+    }
+    if a.payload_bytes == 0 || a.payload_bytes > 256 << 20 {
+        bail!("--payload-bytes must be 1..=256 MiB");
+    }
+    let tag: u64 = rand::random();
+    let root = std::env::temp_dir().join(format!("patchmesh-demo-{}-{tag:x}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let mut d = Demo { root: root.clone(), nodes: Vec::new(), keep: a.keep, quiet: a.json, started: Instant::now() };
+    let timeout = Duration::from_secs(a.timeout_s);
+
+    // The mesh: genesis, keys and one certificate per node.
+    let mesh = root.join("mesh");
+    cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
+    let admin_key = s(&mesh.join("admin.key"));
+    for i in 0..a.nodes {
+        let dir = root.join(format!("node{i:02}"));
+        std::fs::create_dir_all(dir.join("data").join("app"))?;
+        let key = cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
+        let site = i % a.sites;
+        let canary = i < a.sites;
+        let label = if canary { "ring=canary" } else { "ring=main" };
+        cli(&[
+            "admit", "--node-key", key["public_key"].as_str().unwrap_or_default(),
+            "--site", &format!("site-{}", (b'a' + site as u8) as char), "--label", label,
+            "--admin-key", &admin_key, "--genesis", &s(&mesh.join("genesis.pm")),
+            "--out", &s(&dir.join("admission.pm")), "--json",
+        ])?;
+        // The application file the patches replace: version 1 everywhere.
+        std::fs::write(dir.join("data").join("app").join("app.bin"), b"app version 1\n")?;
+        d.nodes.push(Node { dir, site, canary, child: None });
+    }
+    d.say(format!("mesh made in {}; starting {} nodes in {} sites", root.display(), a.nodes, a.sites));
+    let boot = d.start(0, None)?;
+    for i in 1..a.nodes {
+        d.start(i, Some(&boot))?;
+    }
+    let need = (a.nodes - 1).min(3);
+    d.wait("every node to admit its peers", timeout, || {
+        d.nodes.iter().all(|n| {
+            call(&n.args(), Request::Status).ok().is_some_and(|v| {
+                v["peers_admitted"].as_u64().unwrap_or(0) as usize >= need
+                    && v["gossip_mesh"]["control"].as_u64().unwrap_or(0) >= 1
+            })
+        }).then_some(())
+    })?;
+    d.say("all nodes up and admitted");
+
+    let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, None)?;
+    let (good_rollout, good_at) = create_rollout(&d, &admin_key, &good, a.soak_s)?;
+    d.say(format!("good patch {} rolling out as {}", &good[..12], &good_rollout[..12]));
+    let good_views = d.wait("the good rollout to reach every node", timeout, || {
+        let views = d.views(&good_rollout);
+        let done = views.iter().all(|v| {
+            v.as_ref().is_some_and(|v| v["local"]["step"] == "committed" || v["standing"]["status"] == "NotTargeted")
+        });
+        done.then_some(views)
+    })?;
+    let good_rings = ring_table(&good_views, good_at);
+    for r in &good_rings {
+        d.say(format!("  ring {:<7} {} nodes committed in {:.1} s", r["name"].as_str().unwrap_or(""), r["succeeded"], r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0));
+    }
+
+    let bad = publish_patch(
+        &d,
+        &root,
+        "app",
+        "3",
+        a.payload_bytes,
+        Some("echo 'health check: service did not come back' >&2; exit 1"),
+    )?;
+    let (bad_rollout, bad_at) = create_rollout(&d, &admin_key, &bad, a.soak_s)?;
+    d.say(format!("bad patch {} rolling out as {}", &bad[..12], &bad_rollout[..12]));
+    let bad_views = d.wait("every node to halt the bad rollout and the canaries to roll back", timeout, || {
+        let views = d.views(&bad_rollout);
+        let halted = views.iter().all(|v| v.as_ref().is_some_and(|v| v["control"]["state"] == "halted"));
+        let settled = views.iter().all(|v| {
+            v.as_ref().is_some_and(|v| {
+                v["local"].is_null() || matches!(v["local"]["step"].as_str(), Some("rolled_back" | "cancelled" | "failed"))
+            })
+        });
+        (halted && settled).then_some(views)
+    })?;
+    let bad_views: Vec<Value> = bad_views.into_iter().flatten().collect();
+    let first_failure = bad_views
+        .iter()
+        .filter_map(|v| v["local"]["failed_at_ms"].as_u64())
+        .min()
+        .context("no canary reported a failure")?;
+    let last_halt = bad_views.iter().filter_map(|v| v["stopped_at_ms"].as_u64()).max().unwrap_or(first_failure);
+    let halt_latency_ms = last_halt.saturating_sub(first_failure);
+    let blast_radius = bad_views
+        .iter()
+        .filter(|v| {
+            v["local"]["ring"].as_u64().is_some_and(|r| r != 0)
+                && !matches!(v["local"]["step"].as_str(), Some("fetching" | "staging" | "cancelled"))
+        })
+        .count();
+    let bad_rings = ring_table(&bad_views.iter().cloned().map(Some).collect::<Vec<_>>(), bad_at);
+
+    // What is on disk now: every node must hold the good version (canaries rolled back to it).
+    let good_bytes = std::fs::read(root.join("payload-app-2.bin"))?;
+    let on_good = d.nodes.iter().filter(|n| std::fs::read(n.target()).ok().as_deref() == Some(&good_bytes[..])).count();
+    let canaries = d.nodes.iter().filter(|n| n.canary).count();
+
+    // WAN bytes per site over the payload size, for both patches, from the nodes' counters.
+    let mut wan_ratio_max: f64 = 0.0;
+    let mut wan = Vec::new();
+    for content in [&good, &bad] {
+        let mut per_site: BTreeMap<usize, u64> = BTreeMap::new();
+        for n in &d.nodes {
+            let v = call(&n.args(), Request::Content { content: content.clone() }).unwrap_or(Value::Null);
+            *per_site.entry(n.site).or_default() += v["wan_bytes"].as_u64().unwrap_or(0);
+        }
+        for (site, bytes) in per_site {
+            let ratio = bytes as f64 / a.payload_bytes as f64;
+            wan.push(json!({"content_id": content, "site": site, "wan_bytes": bytes, "ratio": ratio}));
+            wan_ratio_max = wan_ratio_max.max(ratio);
+        }
+    }
+    let ok = blast_radius == 0 && on_good == a.nodes;
+    let summary = json!({
+        "nodes": a.nodes,
+        "sites": a.sites,
+        "canaries": canaries,
+        "payload_bytes": a.payload_bytes,
+        "good": {"rollout": good_rollout, "content_id": good, "rings": good_rings},
+        "bad": {"rollout": bad_rollout, "content_id": bad, "rings": bad_rings},
+        "rings": good_rings,
+        "blast_radius": blast_radius,
+        "halt_latency_ms": halt_latency_ms,
+        "nodes_on_good_version": on_good,
+        "wan_ratio_max": (wan_ratio_max * 1000.0).round() / 1000.0,
+        "wan": wan,
+        "elapsed_ms": d.started.elapsed().as_millis() as u64,
+        "ok": ok,
+    });
+    if a.json {
+        outln!("{summary}");
+    } else {
+        print_summary(&summary);
+    }
+    drop(d);
+    if !ok {
+        bail!("the demo did not end as expected: blast radius {blast_radius}, {on_good} of {} nodes on the good version", a.nodes);
+    }
+    Ok(())
+}
+
+/// Writes a payload, imports it at node 0 and publishes it as a file patch.
+fn publish_patch(d: &Demo, root: &Path, name: &str, version: &str, size: u64, verify: Option<&str>) -> anyhow::Result<String> {
+    let path = root.join(format!("payload-{name}-{version}.bin"));
+    let mut body = format!("app version {version}\n").into_bytes();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ version.len() as u64 ^ u64::from(version.as_bytes()[0]);
+    while (body.len() as u64) < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    body.truncate(size as usize);
+    std::fs::write(&path, &body)?;
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let mut args = vec![
+        "patch", "add", path.to_str().unwrap_or_default(), "--name", name, "--version", version,
+        "--executor", "file", "--install", "{data_dir}/app/app.bin", "--timeout-ms", "30000",
+        "--admin-key", "", "--config", &config, "--json",
+    ];
+    let admin = s(&d.root.join("mesh").join("admin.key"));
+    let pos = args.iter().position(|x| *x == "--admin-key").unwrap_or(0) + 1;
+    args[pos] = &admin;
+    if let Some(v) = verify {
+        args.extend(["--verify", v]);
+    }
+    let out = cli(&args)?;
+    out["content_id"].as_str().map(str::to_string).context("patch add gave no content id")
+}
+
+fn create_rollout(d: &Demo, admin_key: &str, content: &str, soak_s: u64) -> anyhow::Result<(String, u64)> {
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let soak = soak_s.to_string();
+    let at = patchmesh_node::daemon::now_ms().0;
+    let out = cli(&[
+        "rollout", "create", "--patch", content,
+        "--ring", "canary:0:ring=canary", "--ring", "half:50", "--ring", "all:100",
+        "--min-success", "1.0", "--max-failures", "0", "--soak-s", &soak, "--recheck-s", "1",
+        "--max-concurrent-per-site", "2",
+        "--admin-key", admin_key, "--config", &config, "--json",
+    ])?;
+    let id = out["rollout"].as_str().context("rollout create gave no id")?.to_string();
+    Ok((id, at))
+}
+
+/// Per ring: targeted, succeeded, failed, rolled back, and time from publication to the last
+/// member settling.
+fn ring_table(views: &[Option<Value>], published_at: u64) -> Vec<Value> {
+    let mut rings: BTreeMap<u64, (String, u64, u64, u64, u64, u64)> = BTreeMap::new();
+    let names: Vec<String> = views
+        .iter()
+        .flatten()
+        .next()
+        .and_then(|v| v["rings"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        rings.insert(i as u64, (name.clone(), 0, 0, 0, 0, 0));
+    }
+    for v in views.iter().flatten() {
+        let Some(ring) = v["standing"]["ring"].as_u64() else { continue };
+        let Some(e) = rings.get_mut(&ring) else { continue };
+        e.1 += 1;
+        match v["local"]["step"].as_str() {
+            Some("committed") => e.2 += 1,
+            Some("rolled_back") | Some("failed") => {
+                e.4 += 1;
+            }
+            _ => {}
+        }
+        if v["local"]["failed"] == true {
+            e.3 += 1;
+        }
+        if let Some(t) = v["local"]["step_at_ms"].as_u64() {
+            if v["local"]["step"] != "cancelled" {
+                e.5 = e.5.max(t.saturating_sub(published_at));
+            }
+        }
+    }
+    rings
+        .into_values()
+        .map(|(name, targeted, succeeded, failed, rolled_back, done)| {
+            json!({"name": name, "targeted": targeted, "succeeded": succeeded, "failed": failed,
+                   "rolled_back": rolled_back, "duration_ms": done})
+        })
+        .collect()
+}
+
+fn print_summary(v: &Value) {
+    outln!(
+        "patchmesh demo: {} nodes in {} sites ({} canaries), {:.2} MiB payloads",
+        v["nodes"],
+        v["sites"],
+        v["canaries"],
+        v["payload_bytes"].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+    );
+    for (title, key) in [("good patch (app 2)", "good"), ("bad patch (app 3, verify fails)", "bad")] {
+        outln!("\n{title}: rollout {}", &v[key]["rollout"].as_str().unwrap_or("")[..12]);
+        outln!("  {:<8} {:>8} {:>9} {:>6} {:>11} {:>12}", "ring", "targeted", "succeeded", "failed", "rolled back", "done after");
+        for r in v[key]["rings"].as_array().into_iter().flatten() {
+            outln!(
+                "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>10.1} s",
+                r["name"].as_str().unwrap_or(""),
+                r["targeted"].as_u64().unwrap_or(0),
+                r["succeeded"].as_u64().unwrap_or(0),
+                r["failed"].as_u64().unwrap_or(0),
+                r["rolled_back"].as_u64().unwrap_or(0),
+                r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            );
+        }
+    }
+    outln!("\nhalt latency (first failed canary report → every node halted): {} ms", v["halt_latency_ms"]);
+    outln!("blast radius (nodes outside the canary ring that installed the bad patch): {}", v["blast_radius"]);
+    outln!("nodes on the good version at the end: {} of {}", v["nodes_on_good_version"], v["nodes"]);
+    outln!("WAN bytes per site ÷ payload (max over sites and patches): {:.3}", v["wan_ratio_max"].as_f64().unwrap_or(0.0));
+    outln!("total time: {:.1} s", v["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0);
+}

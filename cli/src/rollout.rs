@@ -1,0 +1,335 @@
+//! `patchmesh rollout …`: create, approve, pause, resume, abort and watch rollouts.
+//!
+//! Every command is a catalog change the admin signs here (keys never reach the node); the
+//! node verifies it like a peer's and spreads it. `status` reads the node's own view: its
+//! verdict and per-ring counts (its site from records, other sites from signed summaries,
+//! failures from the fleet-wide reports).
+
+use crate::{call, publish, NodeArgs};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use patchmesh_node::control::Request;
+use patchmesh_protocol::catalog::{
+    AdminCommand, CatalogEntry, CommandAction, Gate, Override, RingSpec, RolloutEntry, Selector,
+};
+use patchmesh_protocol::ids::{ContentId, KeyId, Millis, RolloutId, SiteId};
+use patchmesh_protocol::rollout::{parse_predicate, parse_window};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum RolloutCmd {
+    /// Sign and publish a rollout of a patch through rings.
+    Create(Box<CreateArgs>),
+    /// Approve a rollout (counts towards the mesh's k-of-n approval threshold).
+    Approve(CommandArgs),
+    /// Stop starting new installs of a rollout (installs under way finish).
+    Pause(CommandArgs),
+    /// Undo a pause; with --lift-halt or --lift-abort also lift a halt or an abort.
+    Resume {
+        #[command(flatten)]
+        cmd: CommandArgs,
+        /// Accept the failures that halted the rollout (the current halt's ring and count);
+        /// further failures halt it again.
+        #[arg(long)]
+        lift_halt: bool,
+        /// Lift every abort of this rollout issued so far.
+        #[arg(long)]
+        lift_abort: bool,
+    },
+    /// Stop a rollout for good and roll back every install of it.
+    Abort(CommandArgs),
+    /// Show rollouts as this node sees them: per-ring counts, gates, halts, its own install.
+    Status {
+        /// Only this rollout (id or unique prefix).
+        id: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON once.
+        #[arg(long)]
+        json: bool,
+        /// Refresh until every ring is done, the rollout stops, or Ctrl-C (default on a terminal).
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Content id of the patch (from `patchmesh patch add`).
+    #[arg(long)]
+    patch: String,
+    /// A ring: NAME:PERCENT or NAME:PERCENT:KEY=VALUE (label ring), in order; the first is the
+    /// canary ring. PERCENT is cumulative.
+    #[arg(long = "ring", required = true)]
+    rings: Vec<String>,
+    /// Succeeded members a ring needs before the next starts, as a fraction of its targeted.
+    #[arg(long, default_value_t = 0.9)]
+    min_success: f64,
+    /// More failed members than this in a ring halts the rollout.
+    #[arg(long, default_value_t = 0)]
+    max_failures: u32,
+    /// Failed fraction of a ring that blocks promotion (and halts once all have reported).
+    #[arg(long, default_value_t = 0.0)]
+    max_failure_fraction: f64,
+    /// Soak after a member's install verified, re-verifying, before it counts as succeeded.
+    #[arg(long, default_value_t = 60)]
+    soak_s: u64,
+    /// Re-verification period during the soak.
+    #[arg(long, default_value_t = 15)]
+    recheck_s: u64,
+    /// Succeeded members a ring needs at least.
+    #[arg(long, default_value_t = 1)]
+    min_reports: u32,
+    /// Maintenance window in each node's own time zone, e.g. "mon-fri 22:00-04:00" (repeat).
+    #[arg(long = "window")]
+    windows: Vec<String>,
+    /// After this time (RFC 3339) windows no longer hold installs back.
+    #[arg(long)]
+    deadline: Option<String>,
+    /// Installs running at once in one site.
+    #[arg(long, default_value_t = 1)]
+    max_concurrent_per_site: u32,
+    /// The most nodes the rollout may reach (above the mesh's limit it needs approvals).
+    #[arg(long)]
+    max_targets: Option<u32>,
+    /// Leave installs in place when the rollout halts (aborts still roll back).
+    #[arg(long)]
+    no_rollback_on_halt: bool,
+    /// Target only nodes with this certificate label KEY=VALUE (repeat).
+    #[arg(long = "target-label")]
+    target_labels: Vec<String>,
+    /// Target only these sites (repeat).
+    #[arg(long = "target-site")]
+    target_sites: Vec<String>,
+    /// Target only nodes whose OS name contains this.
+    #[arg(long)]
+    target_os: Option<String>,
+    /// Target only nodes where a package predicate holds, e.g. "openssl < 3.0.11" (repeat).
+    #[arg(long = "target-package")]
+    target_packages: Vec<String>,
+    /// Admin key to sign with.
+    #[arg(long)]
+    admin_key: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct CommandArgs {
+    /// Rollout id (or unique prefix).
+    id: String,
+    /// Admin key to sign with.
+    #[arg(long)]
+    admin_key: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn permille(f: f64, what: &str) -> anyhow::Result<u16> {
+    if !(0.0..=1.0).contains(&f) {
+        bail!("{what} must be a fraction between 0 and 1, got {f}");
+    }
+    Ok((f * 1000.0).round() as u16)
+}
+
+fn label(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s.split_once('=').with_context(|| format!("{s:?} is not KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Builds a rollout entry from the command line; every bound is checked before signing.
+pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
+    let content = ContentId::from_hex(a.patch.trim()).context("--patch is not a content id")?;
+    let gate = Gate {
+        min_success_permille: permille(a.min_success, "--min-success")?,
+        max_failures: a.max_failures,
+        max_failure_permille: permille(a.max_failure_fraction, "--max-failure-fraction")?,
+        min_soak_ms: a.soak_s * 1000,
+        min_reports: a.min_reports,
+    };
+    let mut rings = Vec::new();
+    for r in &a.rings {
+        let mut parts = r.splitn(3, ':');
+        let name = parts.next().unwrap_or_default().to_string();
+        let percent: u8 = parts
+            .next()
+            .with_context(|| format!("ring {r:?} is not NAME:PERCENT[:KEY=VALUE]"))?
+            .parse()
+            .with_context(|| format!("ring {r:?}: percent is 0..=100"))?;
+        let labels = match parts.next() {
+            Some(l) => [label(l)?].into_iter().collect(),
+            None => BTreeMap::new(),
+        };
+        rings.push(RingSpec { name, percent, labels, gate: gate.clone() });
+    }
+    let deadline = match &a.deadline {
+        Some(d) => {
+            let ts: jiff::Timestamp = d.parse().with_context(|| format!("--deadline {d:?} is not RFC 3339"))?;
+            Some(Millis(ts.as_millisecond().max(0) as u64))
+        }
+        None => None,
+    };
+    let mut id = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    let rollout = RolloutEntry {
+        id: RolloutId(id),
+        content_id: content,
+        target: Selector {
+            labels: a.target_labels.iter().map(|l| label(l)).collect::<anyhow::Result<_>>()?,
+            sites: a.target_sites.iter().map(|s| SiteId::from(s.as_str())).collect(),
+            os: a.target_os.clone(),
+            packages: a.target_packages.iter().map(|p| parse_predicate(p)).collect::<Result<_, _>>()?,
+        },
+        rings,
+        windows: a.windows.iter().map(|w| parse_window(w)).collect::<Result<_, _>>()?,
+        deadline,
+        max_concurrent_per_site: a.max_concurrent_per_site,
+        max_targets: a.max_targets.unwrap_or(u32::MAX),
+        rollback_on_halt: !a.no_rollback_on_halt,
+        recheck_ms: a.recheck_s.max(1) * 1000,
+        created_at: now,
+    };
+    rollout.validate()?;
+    Ok(rollout)
+}
+
+/// Finds one rollout in the node's view by id or unique prefix.
+fn find(node: &NodeArgs, id: &str) -> anyhow::Result<Value> {
+    let v = call(node, Request::Rollouts)?;
+    let matches: Vec<&Value> = v["rollouts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["id"].as_str().is_some_and(|s| s.starts_with(id.trim())))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("no rollout {id:?} in this node's catalog (yet)"),
+        _ => bail!("{id:?} matches {} rollouts; give more of the id", matches.len()),
+    }
+}
+
+fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Result<()> {
+    let r = find(&c.node, &c.id)?;
+    let rollout = RolloutId::from_hex(r["id"].as_str().unwrap_or_default()).context("rollout id")?;
+    let admin = patchmesh_node::files::read_key(&c.admin_key).context("reading the admin key")?;
+    let cmd = AdminCommand { rollout, action, issued_at: now, admin: KeyId(admin.public().0) };
+    let entry = CatalogEntry::Command(cmd);
+    let result = publish(&c.node, &c.admin_key, vec![(entry.key(), Some(entry))])?;
+    if c.json {
+        outln!("{result}");
+    } else {
+        outln!("signed and published; spreading to the mesh");
+    }
+    Ok(())
+}
+
+pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
+    match cmd {
+        RolloutCmd::Create(a) => {
+            let rollout = build(&a, now)?;
+            let cat = call(&a.node, Request::Catalog)?;
+            let want = format!("patch/{}", rollout.content_id);
+            let known = cat["entries"].as_array().into_iter().flatten().any(|e| e["key"] == want.as_str());
+            if !known {
+                bail!("no patch {} in the catalog: add it with `patchmesh patch add` first", rollout.content_id);
+            }
+            let entry = CatalogEntry::Rollout(rollout.clone());
+            let result = publish(&a.node, &a.admin_key, vec![(entry.key(), Some(entry))])?;
+            if a.json {
+                outln!("{}", serde_json::json!({"rollout": rollout.id.to_string(), "published": result}));
+            } else {
+                outln!("rollout {} published", rollout.id);
+            }
+            Ok(())
+        }
+        RolloutCmd::Approve(c) => {
+            let r = find(&c.node, &c.id)?;
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(r["hash"].as_str().unwrap_or_default(), &mut hash)
+                .context("the node gave no rollout hash")?;
+            command(&c, CommandAction::Approve { rollout_hash: hash }, now)
+        }
+        RolloutCmd::Pause(c) => command(&c, CommandAction::Pause, now),
+        RolloutCmd::Abort(c) => command(&c, CommandAction::Abort, now),
+        RolloutCmd::Resume { cmd: c, lift_halt, lift_abort } => {
+            let r = find(&c.node, &c.id)?;
+            let mut overrides = Vec::new();
+            if lift_halt {
+                if r["control"]["state"] != "halted" {
+                    bail!("rollout is not halted here (state {})", r["control"]["state"]);
+                }
+                overrides.push(Override::Halt {
+                    ring: r["control"]["ring"].as_u64().unwrap_or(0) as u8,
+                    failures: r["control"]["failures"].as_u64().unwrap_or(0) as u32,
+                });
+            }
+            if lift_abort {
+                for c in r["commands"].as_array().into_iter().flatten() {
+                    if c["action"] == "Abort" {
+                        overrides.push(Override::Abort(c["key"].as_str().unwrap_or_default().to_string()));
+                    }
+                }
+            }
+            if overrides.is_empty() {
+                return command(&c, CommandAction::Resume { overrides: None }, now);
+            }
+            for (i, o) in overrides.into_iter().enumerate() {
+                // Distinct issue times keep each resume a distinct signed command.
+                command(&c, CommandAction::Resume { overrides: Some(o) }, Millis(now.0 + i as u64))?;
+            }
+            Ok(())
+        }
+        RolloutCmd::Status { id, node, json, watch } => status(&node, id.as_deref(), json, watch),
+    }
+}
+
+fn status(node: &NodeArgs, id: Option<&str>, json: bool, watch: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let pick = |v: &Value| -> Vec<Value> {
+        v["rollouts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| id.is_none_or(|p| r["id"].as_str().is_some_and(|s| s.starts_with(p))))
+            .cloned()
+            .collect()
+    };
+    let v = call(node, Request::Rollouts)?;
+    if json {
+        outln!("{}", serde_json::json!({"node": v["node"], "site": v["site"], "rollouts": pick(&v)}));
+        return Ok(());
+    }
+    let live = watch || std::io::stdout().is_terminal();
+    if !live {
+        for r in pick(&v) {
+            outln!("{}", crate::output::rollout_text(&r));
+        }
+        return Ok(());
+    }
+    let bars = crate::output::RolloutBars::new();
+    let mut v = v;
+    loop {
+        let rs = pick(&v);
+        if rs.is_empty() {
+            outln!("no rollouts in this node's catalog");
+            return Ok(());
+        }
+        bars.update(&rs);
+        if rs.iter().all(crate::output::rollout_settled) {
+            bars.finish();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        v = call(node, Request::Rollouts)?;
+    }
+}
