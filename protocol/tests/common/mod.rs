@@ -27,6 +27,11 @@ pub struct Keys {
 
 impl Keys {
     pub fn new() -> Keys {
+        Keys::with_approval(mesh::Approval::always(1))
+    }
+
+    /// Keys whose genesis asks for this approval policy.
+    pub fn with_approval(approval: mesh::Approval) -> Keys {
         let roots = vec![key(1), key(2), key(3)];
         let admins = vec![key(10), key(11)];
         let genesis = mesh::genesis(
@@ -34,7 +39,7 @@ impl Keys {
             &[&roots[0], &roots[1]],
             2,
             &[admins[0].public(), admins[1].public()],
-            mesh::Approval::always(1),
+            approval,
             T0,
         );
         // The genesis lists all three roots; only two signed.

@@ -1,0 +1,334 @@
+//! Rollouts stepped in virtual time across a few real protocol nodes: rings, gates, halts,
+//! approvals, conflicting admin commands, forged evidence and journal recovery.
+
+mod common;
+
+use common::{key, Harness, Keys, DAY_MS, T0};
+use patchmesh_protocol::catalog::{
+    AdminCommand, CatalogEntry, CommandAction, ExecutorSpec, Gate, PatchEntry, RingSpec,
+    RolloutEntry, Selector,
+};
+use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope};
+use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
+use patchmesh_protocol::mesh;
+use patchmesh_protocol::node::{Command, Input, Node, PeerId};
+use patchmesh_protocol::rollout::engine::View;
+use patchmesh_protocol::rollout::verdict::rollout_hash;
+use patchmesh_protocol::rollout::{
+    Action, Control, EffectResult, Engine, JournalEntry, Policies, RolloutEvent, Step,
+};
+use patchmesh_protocol::site::{Bundle, Evidence, EvidenceKind, SiteState, Summaries};
+use patchmesh_protocol::trust::Trust;
+use patchmesh_protocol::wire::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+const CONTENT: ContentId = ContentId([9; 32]);
+
+/// `n` nodes over sites `a`/`b`; nodes in `canaries` carry `ring=canary`. Fully connected.
+fn fleet(keys: Keys, n: usize, canaries: &[usize]) -> Harness {
+    let sites: Vec<&str> = (0..n).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect();
+    let mut h = Harness::new(&sites);
+    h.keys = keys;
+    for i in 0..n {
+        let k = key(100 + i as u8);
+        let mut c = h.keys.config(k.clone(), sites[i]);
+        let labels: BTreeMap<String, String> = if canaries.contains(&i) {
+            [("ring".to_string(), "canary".to_string())].into()
+        } else {
+            BTreeMap::new()
+        };
+        c.admission = mesh::admit(
+            &h.keys.admins[0],
+            &h.keys.genesis_body,
+            NodeId(k.public().0),
+            &SiteId::from(sites[i]),
+            labels,
+            T0,
+            365 * DAY_MS,
+        );
+        c.seed = i as u64;
+        h.nodes[i] = Node::new(c, T0).unwrap();
+    }
+    h.connect_all();
+    h.run_for(3_000);
+    h
+}
+
+fn rollout(id: u8, soak_ms: u64) -> RolloutEntry {
+    let gate = Gate {
+        min_success_permille: 1000,
+        max_failures: 0,
+        max_failure_permille: 0,
+        min_soak_ms: soak_ms,
+        min_reports: 1,
+    };
+    let ring = |name: &str, percent: u8, canary: bool| RingSpec {
+        name: name.into(),
+        percent,
+        labels: if canary { [("ring".to_string(), "canary".to_string())].into() } else { BTreeMap::new() },
+        gate: gate.clone(),
+    };
+    RolloutEntry {
+        id: RolloutId([id; 32]),
+        content_id: CONTENT,
+        target: Selector::default(),
+        rings: vec![ring("canary", 0, true), ring("all", 100, false)],
+        windows: vec![],
+        deadline: None,
+        max_concurrent_per_site: 8,
+        max_targets: 1_000,
+        rollback_on_halt: true,
+        recheck_ms: 500,
+        created_at: T0,
+    }
+}
+
+fn patch() -> PatchEntry {
+    PatchEntry {
+        content_id: CONTENT,
+        size_bytes: 10,
+        name: "app".into(),
+        version: "2".into(),
+        executor: ExecutorSpec { kind: "file".into(), install: Some("/tmp/x".into()), verify: None, rollback: None, timeout_ms: 1000 },
+    }
+}
+
+fn publish(h: &mut Harness, at: usize, admin: usize, entries: Vec<CatalogEntry>) {
+    let admin = h.keys.admins[admin].clone();
+    let edits = entries.into_iter().map(|e| (e.key(), Some(e))).collect();
+    h.input(at, Input::Command(Command::Publish { admin, edits }));
+}
+
+/// Runs `ms`, answering every effect: verify fails on nodes where `fails` says so.
+fn run(h: &mut Harness, ms: u64, fails: &dyn Fn(usize) -> bool) {
+    let end = h.now.plus(ms);
+    while h.now < end {
+        h.run_for(100);
+        let effects = std::mem::take(&mut h.effects);
+        for (i, e) in effects {
+            let ok = !(e.action == Action::Verify && fails(i));
+            h.input(i, Input::EffectDone(EffectResult { id: e.id, ok, detail: format!("{:?}", e.action) }));
+        }
+    }
+}
+
+fn control(h: &Harness, i: usize, id: u8) -> Option<Control> {
+    h.nodes[i].rollouts().verdicts().get(&RolloutId([id; 32])).map(|v| v.control.clone())
+}
+
+fn step(h: &Harness, i: usize, id: u8) -> Option<Step> {
+    h.nodes[i].rollouts().journal().get(&RolloutId([id; 32])).map(|j| j.step)
+}
+
+#[test]
+fn a_failing_canary_halts_every_node_and_nothing_outside_the_canary_ring_installs() {
+    let mut h = fleet(Keys::new(), 8, &[0, 1]);
+    publish(&mut h, 3, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(1, 5_000))]);
+    run(&mut h, 30_000, &|_| true);
+    for i in 0..8 {
+        assert!(matches!(control(&h, i, 1), Some(Control::Halted { ring: 0, .. })), "node {i}: {:?}", control(&h, i, 1));
+    }
+    for i in [0, 1] {
+        assert_eq!(step(&h, i, 1), Some(Step::RolledBack), "canary {i} rolled back");
+    }
+    for i in 2..8 {
+        assert_eq!(step(&h, i, 1), None, "node {i} outside the canary ring never started");
+    }
+    let installs: BTreeSet<usize> = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, RolloutEvent::Step { step: Step::Installing, .. }))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(installs, [0, 1].into());
+}
+
+#[test]
+fn a_good_patch_moves_ring_by_ring_after_each_gate() {
+    let mut h = fleet(Keys::new(), 6, &[0, 1]);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(2, 3_000))]);
+    run(&mut h, 40_000, &|_| false);
+    let journal = |i: usize| h.nodes[i].rollouts().journal()[&RolloutId([2; 32])].clone();
+    for i in 0..6 {
+        assert_eq!(journal(i).step, Step::Committed, "node {i}");
+    }
+    let canaries_done = journal(0).step_at.max(journal(1).step_at);
+    for i in 2..6 {
+        assert!(journal(i).started_at >= canaries_done, "node {i} started before the canary gate passed");
+    }
+    assert_eq!(control(&h, 5, 2), Some(Control::Running));
+}
+
+#[test]
+fn large_rollouts_wait_for_k_of_n_approvals_of_exactly_their_content() {
+    let keys = Keys::with_approval(mesh::Approval { threshold: 2, above_nodes: 3 });
+    let mut h = fleet(keys, 4, &[0]);
+    let r = rollout(3, 1_000);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r.clone())]);
+    run(&mut h, 5_000, &|_| false);
+    for i in 0..4 {
+        assert_eq!(control(&h, i, 3), Some(Control::AwaitingApproval), "node {i}");
+        assert_eq!(step(&h, i, 3), None);
+    }
+    // An approval of other content, and a command forged in the other admin's name, count for
+    // nothing.
+    let admin1 = h.keys.admins[1].public();
+    let wrong = AdminCommand { rollout: r.id, action: CommandAction::Approve { rollout_hash: [0; 32] }, issued_at: T0, admin: admin1 };
+    publish(&mut h, 1, 1, vec![CatalogEntry::Command(wrong)]);
+    let forged = AdminCommand { rollout: r.id, action: CommandAction::Approve { rollout_hash: rollout_hash(&r) }, issued_at: T0, admin: admin1 };
+    publish(&mut h, 1, 0, vec![CatalogEntry::Command(forged)]);
+    run(&mut h, 3_000, &|_| false);
+    assert_eq!(control(&h, 2, 3), Some(Control::AwaitingApproval));
+    assert!(!h.nodes[2].policies().ignored.is_empty(), "the forged command is ignored");
+    // The second admin approves this exact rollout.
+    let approve = AdminCommand { rollout: r.id, action: CommandAction::Approve { rollout_hash: rollout_hash(&r) }, issued_at: Millis(T0.0 + 1), admin: admin1 };
+    publish(&mut h, 2, 1, vec![CatalogEntry::Command(approve)]);
+    run(&mut h, 30_000, &|_| false);
+    for i in 0..4 {
+        assert_eq!(step(&h, i, 3), Some(Step::Committed), "node {i}");
+    }
+}
+
+#[test]
+fn conflicting_pause_and_resume_from_two_admins_in_a_partition_converge() {
+    // Sides {0,2} and {1,3} (sites a and b), not connected to each other.
+    let mut h = Harness::new(&["a", "b", "a", "b"]);
+    h.connect(0, 2);
+    h.connect(1, 3);
+    h.run_for(2_000);
+    let r = rollout(4, 1_000);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r.clone())]);
+    publish(&mut h, 1, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r.clone())]);
+    h.run_for(1_000);
+    let pause = AdminCommand { rollout: r.id, action: CommandAction::Pause, issued_at: h.now, admin: h.keys.admins[0].public() };
+    publish(&mut h, 0, 0, vec![CatalogEntry::Command(pause)]);
+    h.run_for(1_000);
+    let resume = AdminCommand { rollout: r.id, action: CommandAction::Resume { overrides: None }, issued_at: h.now, admin: h.keys.admins[1].public() };
+    publish(&mut h, 1, 1, vec![CatalogEntry::Command(resume)]);
+    h.run_for(2_000);
+    assert_eq!(control(&h, 2, 4), Some(Control::Paused), "side a saw only the pause");
+    assert_ne!(control(&h, 3, 4), Some(Control::Paused), "side b saw only the resume");
+    h.connect(2, 3);
+    h.run_for(10_000);
+    let verdicts: Vec<Option<Control>> = (0..4).map(|i| control(&h, i, 4)).collect();
+    assert!(verdicts.iter().all(|v| *v == verdicts[0]), "diverged: {verdicts:?}");
+    assert_ne!(verdicts[0], Some(Control::Paused), "the later resume wins everywhere");
+}
+
+#[test]
+fn an_abort_wins_over_resume_unless_the_resume_names_it() {
+    let mut h = fleet(Keys::new(), 2, &[0]);
+    let r = rollout(5, 1_000);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch())]);
+    let admin = h.keys.admins[0].public();
+    let abort = AdminCommand { rollout: r.id, action: CommandAction::Abort, issued_at: T0, admin };
+    let abort_key = CatalogEntry::Command(abort.clone()).key();
+    let resume = AdminCommand { rollout: r.id, action: CommandAction::Resume { overrides: None }, issued_at: Millis(T0.0 + 5), admin };
+    publish(&mut h, 0, 0, vec![CatalogEntry::Rollout(r.clone()), CatalogEntry::Command(abort), CatalogEntry::Command(resume)]);
+    run(&mut h, 3_000, &|_| false);
+    assert_eq!(control(&h, 1, 5), Some(Control::Aborted));
+    assert_eq!(step(&h, 0, 5), None, "nothing installs an aborted rollout");
+    let lift = AdminCommand {
+        rollout: r.id,
+        action: CommandAction::Resume { overrides: Some(patchmesh_protocol::catalog::Override::Abort(abort_key)) },
+        issued_at: Millis(T0.0 + 10),
+        admin,
+    };
+    publish(&mut h, 1, 0, vec![CatalogEntry::Command(lift)]);
+    run(&mut h, 20_000, &|_| false);
+    assert_eq!(control(&h, 0, 5), Some(Control::Running));
+    assert_eq!(step(&h, 0, 5), Some(Step::Committed));
+}
+
+#[test]
+fn evidence_signed_by_another_node_or_not_a_failure_is_refused() {
+    let mut h = fleet(Keys::new(), 3, &[0]);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(6, 60_000))]);
+    run(&mut h, 2_000, &|_| false);
+    let liar = key(100);
+    let victim = h.nodes[1].id();
+    let ev = |node: NodeId, kind| Evidence {
+        mesh: h.nodes[0].trust().mesh(),
+        node,
+        site: SiteId::from("b"),
+        rollout: RolloutId([6; 32]),
+        kind,
+        at: h.now,
+        detail: "made up".into(),
+    };
+    let admission = h.keys.admit(&liar, "a");
+    // Node 0's key signs a failure in node 1's name.
+    let forged = Arc::new(Bundle::new(Envelope::seal(Domain::Evidence, &ev(victim, EvidenceKind::InstallFailed), &[&liar]), admission.clone()));
+    // A success report pushed as an alarm.
+    let own = ev(NodeId(liar.public().0), EvidenceKind::InstallSucceeded);
+    let mut own = own;
+    own.site = SiteId::from("a");
+    let success = Arc::new(Bundle::new(Envelope::seal(Domain::Evidence, &own, &[&liar]), admission));
+    let before: u64 = h.nodes[2].stats().rejected.values().sum();
+    for b in [forged, success] {
+        h.nodes[2].handle_input(h.now, Input::Message { peer: PeerId(0), msg: Arc::new(Message::Alarms { bundles: vec![b], reply: false }) });
+    }
+    h.drain_all();
+    let after: u64 = h.nodes[2].stats().rejected.values().sum();
+    assert_eq!(after - before, 2, "{:?}", h.nodes[2].stats().rejected);
+    assert!(h.nodes[2].alarms().is_empty());
+    run(&mut h, 2_000, &|_| false);
+    assert!(!matches!(control(&h, 2, 6), Some(Control::Halted { .. })));
+}
+
+#[test]
+fn a_restored_journal_re_runs_the_step_it_was_in() {
+    let keys = Keys::new();
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let site = SiteState::new(SiteId::from("a"));
+    let summaries = Summaries::default();
+    let alarms = Default::default();
+    let live = BTreeSet::new();
+    let labels = BTreeMap::new();
+    for (step, want) in [
+        (Step::Fetching, Some(Action::Fetch)),
+        (Step::Staging, Some(Action::Stage)),
+        (Step::Installing, Some(Action::Install)),
+        (Step::Verifying, Some(Action::Verify)),
+        (Step::Soaking, Some(Action::Verify)),
+        (Step::RollingBack, Some(Action::Rollback)),
+        (Step::Committed, None),
+        (Step::RolledBack, None),
+    ] {
+        let mut engine = Engine::default();
+        engine.restore(JournalEntry {
+            rollout: RolloutId([1; 32]),
+            content_id: CONTENT,
+            ring: 0,
+            step,
+            failed: false,
+            failed_at: None,
+            started_at: T0,
+            step_at: T0,
+            soak_until: None,
+            checks: 0,
+            detail: String::new(),
+        });
+        let view = View {
+            me: NodeId([1; 32]),
+            site_id: &SiteId::from("a"),
+            labels: &labels,
+            trust: &trust,
+            site: &site,
+            summaries: &summaries,
+            alarms: &alarms,
+            live: &live,
+            now: T0,
+        };
+        let outs = engine.step(&Policies::default(), &view);
+        let actions: Vec<Action> = outs
+            .iter()
+            .filter_map(|o| match o {
+                patchmesh_protocol::rollout::engine::EngineOut::Effect(e) => Some(e.action),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(actions, want.into_iter().collect::<Vec<_>>(), "{step:?}");
+    }
+}
