@@ -136,6 +136,8 @@ pub struct Mesh {
     pub extra_config: String,
     /// Configuration lines added for one node (index → lines).
     pub node_config: std::collections::BTreeMap<usize, String>,
+    /// Extra environment for node `i`'s process (e.g. fault injection).
+    pub node_env: std::collections::BTreeMap<usize, Vec<(String, String)>>,
 }
 
 impl Mesh {
@@ -183,6 +185,7 @@ impl Mesh {
             bootstrap: None,
             extra_config: String::new(),
             node_config: Default::default(),
+            node_env: Default::default(),
         }
     }
 
@@ -231,6 +234,7 @@ impl Mesh {
                 "PATCHMESH_LOG",
                 std::env::var("PATCHMESH_TEST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
             )
+            .envs(self.node_env.get(&i).cloned().unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

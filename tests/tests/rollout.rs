@@ -1,0 +1,205 @@
+//! Rollouts on real node processes: the demo end to end, kill -9 at every journal step, a hung
+//! install, a skewed clock, and a rollout signed by someone who is not an admin.
+
+use patchmesh_tests::{binary, serial, wait_for, Mesh};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn rollout_view(m: &Mesh, i: usize, id: &str) -> Option<Value> {
+    let out = m.cli_at(i, &["rollout", "status", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["rollouts"].as_array()?.iter().find(|r| r["id"] == id).cloned()
+}
+
+fn target(m: &Mesh, i: usize) -> PathBuf {
+    m.nodes[i].dir.join("data").join("app").join("app.bin")
+}
+
+/// Imports `body` at node `i` as a file patch replacing `{data_dir}/app/app.bin`.
+fn add_patch(m: &Mesh, i: usize, body: &[u8], extra: &[&str]) -> String {
+    let file = m.root.0.join(format!("payload-{}.bin", blake3::hash(body).to_hex()));
+    std::fs::write(&file, body).unwrap();
+    let mut args = vec![
+        "patch", "add", file.to_str().unwrap(), "--name", "app", "--version", "test",
+        "--install", "{data_dir}/app/app.bin", "--timeout-ms", "20000",
+    ];
+    args.extend_from_slice(extra);
+    let admin = m.admin_key();
+    args.extend(["--admin-key", admin.as_str(), "--json"]);
+    let out = m.cli_at(i, &args);
+    assert!(out.status.success(), "patch add: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["content_id"].as_str().unwrap().to_string()
+}
+
+fn create(m: &Mesh, i: usize, content: &str, rings: &[&str]) -> String {
+    let admin = m.admin_key();
+    let mut args = vec!["rollout", "create", "--patch", content, "--soak-s", "1", "--recheck-s", "1", "--min-success", "1.0"];
+    for r in rings {
+        args.extend(["--ring", r]);
+    }
+    args.extend(["--admin-key", admin.as_str(), "--json"]);
+    let out = m.cli_at(i, &args);
+    assert!(out.status.success(), "rollout create: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["rollout"].as_str().unwrap().to_string()
+}
+
+fn local_step(m: &Mesh, i: usize, id: &str) -> Option<String> {
+    rollout_view(m, i, id)?["local"]["step"].as_str().map(str::to_string)
+}
+
+#[test]
+fn the_demo_rolls_a_good_patch_and_halts_a_bad_one_with_no_blast_radius() {
+    let _guard = serial();
+    let out = Command::new(binary())
+        .args(["demo", "--nodes", "6", "--sites", "2", "--payload-bytes", "262144", "--soak-s", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["blast_radius"], 0, "{v}");
+    assert_eq!(v["nodes_on_good_version"], 6, "{v}");
+    assert!(v["halt_latency_ms"].is_u64(), "{v}");
+    let rings = v["rings"].as_array().unwrap();
+    assert_eq!(rings.len(), 3);
+    let targeted: u64 = rings.iter().map(|r| r["targeted"].as_u64().unwrap()).sum();
+    let succeeded: u64 = rings.iter().map(|r| r["succeeded"].as_u64().unwrap()).sum();
+    assert_eq!((targeted, succeeded), (6, 6), "{v}");
+    let bad = v["bad"]["rings"].as_array().unwrap();
+    assert_eq!(bad[0]["failed"], 2, "both canaries failed verification: {v}");
+    assert_eq!(bad[0]["rolled_back"], 2, "{v}");
+    assert!(v["wan_ratio_max"].as_f64().unwrap() <= 1.05, "{v}");
+}
+
+/// One node, one ring; the node is killed with SIGKILL right after its journal reached `step`,
+/// restarted, and must end in old or new — matching what its journal says.
+fn crash_at(step: &str, bad: bool) {
+    let mut m = Mesh::new(&format!("crash-{step}"), 1, 1);
+    m.node_env.insert(0, vec![("PATCHMESH_TEST_CRASH_AT".into(), step.into())]);
+    m.start(0);
+    std::fs::create_dir_all(target(&m, 0).parent().unwrap()).unwrap();
+    std::fs::write(target(&m, 0), b"old version\n").unwrap();
+    let new_body = format!("new version for {step}\n").into_bytes();
+    let verify: &[&str] = if bad { &["--verify", "exit 1"] } else { &[] };
+    let content = add_patch(&m, 0, &new_body, verify);
+    // The node may die while it answers (its own submit drives it straight into the step),
+    // so the rollout's id is read back after the restart.
+    let admin = m.admin_key();
+    let _ = m.cli_at(0, &[
+        "rollout", "create", "--patch", &content, "--ring", "all:100", "--soak-s", "1",
+        "--recheck-s", "1", "--admin-key", &admin,
+    ]);
+    let child = m.nodes[0].child.as_mut().unwrap();
+    let exited = wait_for(WAIT, || child.try_wait().ok().flatten());
+    assert!(exited.is_some(), "node never reached {step}:\n{}", m.log(0));
+    m.nodes[0].child = None;
+    assert!(m.log(0).contains("PATCHMESH_TEST_CRASH_AT: killing this node"), "died otherwise:\n{}", m.log(0));
+    m.node_env.clear();
+    m.start(0);
+    let out = m.cli_at(0, &["rollout", "status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["rollouts"][0]["id"].as_str().expect("the rollout survived the crash").to_string();
+    let want_terminal = if bad { "rolled_back" } else { "committed" };
+    let end = wait_for(WAIT, || {
+        local_step(&m, 0, &id).filter(|s| matches!(s.as_str(), "committed" | "rolled_back" | "failed"))
+    });
+    let end = end.unwrap_or_else(|| panic!("no terminal step after crash at {step}:\n{}", m.log(0)));
+    assert_eq!(end, want_terminal, "crash at {step}");
+    let on_disk = std::fs::read(target(&m, 0)).unwrap();
+    let expected: &[u8] = if end == "committed" { &new_body } else { b"old version\n" };
+    assert_eq!(on_disk, expected, "crash at {step}: the target is neither consistently old nor new");
+}
+
+#[test]
+fn kill_9_at_every_journal_step_ends_old_or_new() {
+    let _guard = serial();
+    for step in ["fetching", "staging", "installing", "verifying", "soaking", "committed"] {
+        crash_at(step, false);
+    }
+    for step in ["installing", "verifying", "rolling_back", "rolled_back"] {
+        crash_at(step, true);
+    }
+}
+
+#[test]
+fn a_hanging_install_times_out_and_rolls_back() {
+    let _guard = serial();
+    let mut m = Mesh::new("hang", 1, 1);
+    m.start(0);
+    let marker = m.nodes[0].dir.join("data").join("rolled-back");
+    let content = add_patch(&m, 0, b"payload", &[]);
+    // Re-publish as a command patch: an install that never finishes within its 1 s limit.
+    let admin = m.admin_key();
+    let file = m.root.0.join("cmd.bin");
+    std::fs::write(&file, b"command payload").unwrap();
+    let out = m.cli_at(0, &[
+        "patch", "add", file.to_str().unwrap(), "--name", "hang", "--executor", "command",
+        "--install", "sleep 600", "--rollback", "touch {data_dir}/rolled-back", "--timeout-ms", "1000",
+        "--admin-key", &admin, "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cmd_content = serde_json::from_slice::<Value>(&out.stdout).unwrap()["content_id"].as_str().unwrap().to_string();
+    assert_ne!(cmd_content, content);
+    let id = create(&m, 0, &cmd_content, &["all:100"]);
+    let end = wait_for(WAIT, || local_step(&m, 0, &id).filter(|s| s == "rolled_back" || s == "failed"));
+    assert_eq!(end.as_deref(), Some("rolled_back"), "{}", m.log(0));
+    let view = rollout_view(&m, 0, &id).unwrap();
+    assert_eq!(view["local"]["failed"], true);
+    assert!(marker.exists(), "the rollback command ran");
+    let audit = std::fs::read_to_string(m.nodes[0].dir.join("data").join("audit.jsonl")).unwrap();
+    assert!(audit.lines().any(|l| l.contains("\"timed_out\":true")), "audit log records the timeout:\n{audit}");
+    // The halt follows from its own failure report (max failures 0).
+    assert_eq!(view["control"]["state"], "halted", "{view}");
+}
+
+fn wait_halted(m: &Mesh, nodes: &[usize], id: &str) -> bool {
+    wait_for(WAIT, || {
+        nodes.iter().all(|i| rollout_view(m, *i, id).is_some_and(|v| v["control"]["state"] == "halted")).then_some(())
+    })
+    .is_some()
+}
+
+#[test]
+fn a_node_a_day_ahead_still_halts_and_a_non_admin_cannot_create_rollouts() {
+    let _guard = serial();
+    let mut m = Mesh::new("skew", 4, 2);
+    m.node_config.insert(3, "clock_offset_ms = 86400000\n".into());
+    m.start_all();
+    for i in 0..4 {
+        std::fs::create_dir_all(target(&m, i).parent().unwrap()).unwrap();
+        std::fs::write(target(&m, i), b"old\n").unwrap();
+    }
+    let content = add_patch(&m, 0, b"bad build\n", &["--verify", "exit 1"]);
+    // Someone with a node key but no admin key.
+    let outsider = m.root.0.join("outsider.key");
+    let kg = Command::new(binary()).args(["node", "keygen", "--out", outsider.to_str().unwrap(), "--json"]).output().unwrap();
+    assert!(kg.status.success());
+    let out = m.cli_at(0, &[
+        "rollout", "create", "--patch", &content, "--ring", "all:100",
+        "--admin-key", outsider.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(4), "a non-admin rollout is refused: {}", String::from_utf8_lossy(&out.stderr));
+    let out = m.cli_at(0, &["rollout", "status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rollouts"].as_array().unwrap().len(), 0, "nothing was published");
+
+    let id = create(&m, 0, &content, &["canary:0:ring=canary", "all:100"]);
+    assert!(wait_halted(&m, &[0, 1, 2, 3], &id), "not every node halted:\n{}", m.log(3));
+    let end = wait_for(WAIT, || local_step(&m, 1, &id).filter(|s| s == "rolled_back"));
+    assert!(end.is_some(), "the canary rolled back:\n{}", m.log(1));
+    for i in [0, 2, 3] {
+        let v = rollout_view(&m, i, &id).unwrap();
+        assert!(v["local"].is_null(), "node {i} outside the canary ring started an install: {v}");
+        assert_eq!(std::fs::read(target(&m, i)).unwrap(), b"old\n");
+    }
+    assert_eq!(std::fs::read(target(&m, 1)).unwrap(), b"old\n", "the canary is back on the old file");
+    let _ = Path::new(".");
+}
