@@ -268,7 +268,7 @@ pub fn judge(
     }
     let aborted = current.iter().any(|(key, c)| {
         matches!(c.action, CommandAction::Abort)
-            && !lifted_aborts.get(key.as_str()).is_some_and(|lift| *lift > cmd_order(key, c))
+            && lifted_aborts.get(key.as_str()).is_none_or(|lift| *lift <= cmd_order(key, c))
     });
     let paused = current
         .iter()
