@@ -1,6 +1,7 @@
 //! Scenario files: what an admin writes to rehearse a rollout. Every field has a default, so a
 //! scenario names only what it changes. `patchmesh-sim --help` prints [`FIELDS_HELP`].
 
+pub use crate::rollout::{GateSpec, RingToml, RolloutSpec};
 use patchmesh_protocol::transfer::{check_size, TransferError};
 use serde::Deserialize;
 
@@ -36,6 +37,7 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
              summary_interval_ms       minimum period between a site's summaries
              gossip_flush_ms           batching period for relayed records and summaries
              summary_fanout            random peers each fresh site summary is pushed to
+             rollout_eval_ms           rollouts are re-evaluated at least this often (1000)
   [[partition]] sites       how many sites lose their WAN links
                 start_ms, end_ms   when the partition starts and heals
                 publish_inside     admins publish on both sides while it lasts
@@ -50,6 +52,31 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
                             holds part of the payload (0: none); every honest node then keeps
                             a store to restart from
              fetcher_crash_at_ms, fetcher_down_ms  when, and for how long
+  [rollout]  at_ms          when an admin publishes a patch and its rollout (one catalog change)
+                            at a random up node; must be before duration_ms
+             recheck_ms     re-verification period while soaking (>= 100)
+             max_concurrent_per_site  installs running at once in one site (>= 1)
+             windows        maintenance windows in each node's own time zone, e.g.
+                            [\"mon-fri 22:00-04:00\", \"* 16:00-20:00\"]; empty = any time.
+                            Simulated time zero is Friday 2027-01-15 08:00 UTC (clocks skew)
+             deadline_ms    after this (from scenario start) windows hold nothing back
+             rollback_on_halt  installs roll back when the rollout halts (true)
+             time_zones     IANA names assigned to sites round-robin (['UTC'])
+             canary_label, canary_fraction  \"key=value\" given to that fraction of nodes at
+                            admission, so a label ring can pick them
+             fail_label, label_fraction  \"key=value\" given to that fraction of nodes
+             fail_fraction  fraction of the fail_label nodes whose verification fails (the
+                            bad patch); 0 = a good patch
+             fetch_ms, stage_ms, install_ms, verify_ms, rollback_ms  step durations; each
+                            takes its duration times 1 + step_jitter * U[0,1) (step_jitter 0.5)
+             [rollout.gate] shared gate of every ring: min_success_permille (900),
+                            max_failures (0), max_failure_permille (0), min_soak_ms (60000),
+                            min_reports (1)
+             [[rollout.rings]] name, percent (cumulative 0-100), labels = { k = \"v\" }, and
+                            any gate field, overriding the shared gate for that ring
+             Reported: blast_radius, halt_latency_ms, halt_after_heal_ms, halted_nodes,
+             live_nodes, rings_completed, rollout_complete_ms, rollout_committed_nodes,
+             rollout_targeted_nodes, rolled_back_nodes, first_start_ms_by_zone and more
 ";
 
 fn d_duration() -> u64 {
@@ -121,6 +148,9 @@ pub struct Scenario {
     /// A payload to transfer.
     #[serde(default)]
     pub payload: Option<PayloadSpec>,
+    /// A patch rolled out through rings.
+    #[serde(default)]
+    pub rollout: Option<RolloutSpec>,
 }
 
 /// How the fleet starts.
@@ -197,6 +227,8 @@ pub struct Protocol {
     pub gossip_flush_ms: u64,
     /// Peers each fresh summary is pushed to.
     pub summary_fanout: usize,
+    /// Rollout re-evaluation period.
+    pub rollout_eval_ms: u64,
 }
 
 impl Default for Protocol {
@@ -206,6 +238,7 @@ impl Default for Protocol {
             summary_interval_ms: 3000,
             gossip_flush_ms: 50,
             summary_fanout: 2,
+            rollout_eval_ms: 1000,
         }
     }
 }
@@ -328,7 +361,10 @@ impl Scenario {
         if self.publish_at_ms >= self.duration_ms || self.warmup_ms > self.publish_at_ms {
             return bad("need warmup_ms <= publish_at_ms < duration_ms");
         }
-        if self.protocol.anti_entropy_interval_ms == 0 || self.protocol.gossip_flush_ms == 0 {
+        if self.protocol.anti_entropy_interval_ms == 0
+            || self.protocol.gossip_flush_ms == 0
+            || self.protocol.rollout_eval_ms == 0
+        {
             return bad("protocol intervals must be > 0");
         }
         for p in &self.partition {
@@ -361,6 +397,9 @@ impl Scenario {
                     "payload fetcher_crashes must be <= sites, with at_ms < fetcher_crash_at_ms < duration_ms",
                 );
             }
+        }
+        if let Some(r) = &self.rollout {
+            r.validate(self.duration_ms)?;
         }
         Ok(())
     }

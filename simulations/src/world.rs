@@ -13,6 +13,7 @@
 //! across nodes ([`MemoCheck`]): ed25519 verification is a pure function.
 
 use crate::payload::{Host, PayloadEv, PayloadModel};
+use crate::rollout::{assign_labels, NodeInfo, RolloutEv, RolloutFigures, RolloutModel};
 use crate::scenario::{Link, Scenario};
 use patchmesh_protocol::catalog::{self, AdminCommand, CatalogEntry, CommandAction};
 use patchmesh_protocol::crypto::{
@@ -21,7 +22,8 @@ use patchmesh_protocol::crypto::{
 use patchmesh_protocol::ids::{Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
 use patchmesh_protocol::limits;
 use patchmesh_protocol::mesh;
-use patchmesh_protocol::node::{Command, Config, Input, Node, Output, PeerId, Persist};
+use patchmesh_protocol::node::{Command, Config, Event, Input, Node, Output, PeerId, Persist};
+use patchmesh_protocol::rollout::RolloutEvent;
 use patchmesh_protocol::site::{Bundle, NodeRecord};
 use patchmesh_protocol::trust::{Genesis, Revocation};
 use patchmesh_protocol::wire::Message;
@@ -145,6 +147,9 @@ pub struct Report {
     /// Times a downloading node took over its site's WAN fetch because the elected member
     /// was seen gone.
     pub payload_failovers: usize,
+    /// Rollout figures (blast radius, halt latency, completion), present with a `[rollout]`.
+    #[serde(flatten)]
+    pub rollout: Option<RolloutFigures>,
 }
 
 enum Ev {
@@ -160,6 +165,7 @@ enum Ev {
     Attack,
     Payload(PayloadEv),
     CrashFetchers,
+    Rollout(RolloutEv),
 }
 
 struct Queued {
@@ -251,6 +257,8 @@ pub struct World {
     site_stores: Vec<Arc<Vec<Persist>>>,
     /// The payload transfer model, when the scenario has a payload.
     payload: Option<Box<PayloadModel>>,
+    /// The rollout model, when the scenario has a rollout.
+    rollout: Option<Box<RolloutModel>>,
 }
 
 /// Builds, for a steady start, each site's store: its members' records and one summary per
@@ -327,6 +335,7 @@ fn derive_keys(rng: &mut ChaCha8Rng, count: usize) -> Vec<[u8; 32]> {
 fn make_nodes(
     seeds: &[[u8; 32]],
     sites: &[u32],
+    labels: &[BTreeMap<String, String>],
     admin: &SecretKey,
     g: &Genesis,
     steady: bool,
@@ -341,7 +350,7 @@ fn make_nodes(
                     g,
                     NodeId(k.public().0),
                     &site_name(sites[i]),
-                    BTreeMap::new(),
+                    labels.get(i).cloned().unwrap_or_default(),
                     Millis(EPOCH_MS),
                     CERT_VALID_MS,
                 );
@@ -413,7 +422,12 @@ impl World {
         }
         let seeds = derive_keys(&mut rng, total);
         let steady = s.start == crate::scenario::Start::Steady;
-        let made = make_nodes(&seeds, &site_of, &admins[0], &genesis_body, steady, &check);
+        // Certificate labels and the bad patch's victims, for a rollout (adversaries get none).
+        let (labels, bad) = match &s.rollout {
+            Some(r) => assign_labels(r, seed, s.nodes),
+            None => (Vec::new(), Vec::new()),
+        };
+        let made = make_nodes(&seeds, &site_of, &labels, &admins[0], &genesis_body, steady, &check);
 
         let mut members: Vec<Vec<u32>> = vec![Vec::new(); s.sites];
         for (i, site) in site_of.iter().enumerate().take(s.nodes) {
@@ -493,7 +507,7 @@ impl World {
                 record_version_floor: u64::from(steady),
                 check: check.clone(),
                 relay: patchmesh_protocol::node::RelayMode::Direct,
-                rollout_eval_ms: 1000,
+                rollout_eval_ms: s.protocol.rollout_eval_ms,
             };
             ents.push(Entity {
                 node: None,
@@ -524,8 +538,30 @@ impl World {
                 s.wan.clone(),
             ))
         });
+        let rollout = s.rollout.clone().map(|spec| {
+            let nodes = ents
+                .iter()
+                .enumerate()
+                .map(|(i, e)| NodeInfo {
+                    id: NodeId(e.config.key.public().0),
+                    site: e.site,
+                    labels: labels.get(i).cloned().unwrap_or_default(),
+                    bad: bad.get(i).copied().unwrap_or(false),
+                    honest: !e.adversary,
+                })
+                .collect();
+            let cuts = s
+                .partition
+                .iter()
+                .zip(&partition_sites)
+                .map(|(p, sites)| (sites.clone(), p.start_ms * 1000, p.end_ms * 1000))
+                .collect();
+            let eval_ms = s.protocol.rollout_eval_ms;
+            Box::new(RolloutModel::new(spec, seed, nodes, s.sites, cuts, eval_ms, EPOCH_MS))
+        });
         World {
             payload,
+            rollout,
             started: t_new,
             partitioned: vec![false; s.sites],
             received_us: vec![u64::MAX; s.nodes],
@@ -628,6 +664,7 @@ impl World {
                 self.violations.push(p);
             }
             self.ents[i].node = Some(node);
+            self.tell_facts(i as u32);
             self.connect_started(i as u32, |j| j < i as u32);
         }
     }
@@ -637,8 +674,20 @@ impl World {
         if let Some(p) = problem {
             self.violations.push(p);
         }
+        if let Some(m) = self.rollout.as_mut() {
+            m.on_restart(i, node.rollouts().journal().get(&m.id()), self.now_us);
+        }
         self.ents[i as usize].node = Some(node);
+        self.tell_facts(i);
         self.connect_started(i, |_| true);
+    }
+
+    /// Tells a booting node its OS, packages and time zone (what its inventory collector
+    /// reports), before anything else reaches it.
+    fn tell_facts(&mut self, i: u32) {
+        if let Some(facts) = self.rollout.as_ref().map(|m| m.facts(i)) {
+            self.input(i, Input::Command(Command::SetFacts(facts)));
+        }
     }
 
     /// Connects node `i` to each linked node that is up and passes `filter`.
@@ -671,8 +720,22 @@ impl World {
             match o {
                 Output::Send { peer, msg } => self.send(i, peer.0 as u32, msg),
                 Output::Persist(p) => {
+                    if let (Persist::Journal(entry), Some(m)) = (&p, self.rollout.as_mut()) {
+                        m.on_journal(i, entry, self.now_us, now);
+                    }
                     if let Some(store) = self.ents[i as usize].store.as_mut() {
-                        store.push(p);
+                        keep(store, p);
+                    }
+                }
+                Output::Effect(effect) => {
+                    if let Some(m) = self.rollout.as_mut() {
+                        let (at, ev) = m.on_effect(i, effect, self.now_us);
+                        self.schedule(at, Ev::Rollout(ev));
+                    }
+                }
+                Output::Event(Event::Rollout(RolloutEvent::Stopped { rollout, .. })) => {
+                    if let Some(m) = self.rollout.as_mut() {
+                        m.on_stopped(i, rollout, self.now_us);
                     }
                 }
                 Output::Disconnect { peer } => {
@@ -681,7 +744,7 @@ impl World {
                     self.ents[j as usize].links.retain(|x| *x != i);
                     self.input(j, Input::Disconnected { peer: PeerId(u64::from(i)) });
                 }
-                Output::Penalize { .. } | Output::Event(_) | Output::Effect(_) => {}
+                Output::Penalize { .. } | Output::Event(_) => {}
                 // Simulated nodes run in direct relay mode, which never asks for pubsub.
                 Output::Broadcast { .. } | Output::GossipVerdict { .. } => {
                     unreachable!("pubsub output in direct relay mode")
@@ -810,6 +873,9 @@ impl World {
         if let Some(p) = &self.payload {
             self.schedule(p.at_us(), Ev::Payload(PayloadEv::Publish));
         }
+        if let Some(r) = &self.rollout {
+            self.schedule(r.at_us(), Ev::Rollout(RolloutEv::Publish));
+        }
         if let Some(p) = self.s.payload.as_ref().filter(|p| p.fetcher_crashes > 0) {
             self.schedule(p.fetcher_crash_at_ms * ms, Ev::CrashFetchers);
         }
@@ -837,7 +903,9 @@ impl World {
             self.now_us = q.t;
             let kind: &'static str = match &q.ev {
                 Ev::Deliver { msg, .. } => msg.kind(),
+                Ev::Timer { node } if self.ents[*node as usize].timer_at != q.t => "timer_stale",
                 Ev::Timer { .. } => "timer",
+                Ev::Rollout(_) => "rollout",
                 Ev::Payload(_) => "payload",
                 _ => "other",
             };
@@ -921,6 +989,14 @@ impl World {
             Ev::Revoke => self.revoke(),
             Ev::Attack => self.attack(),
             Ev::Payload(e) => self.with_payload(|p, w| p.step(w, e)),
+            Ev::Rollout(RolloutEv::Publish) => self.publish_rollout(),
+            Ev::Rollout(RolloutEv::Done { node, life, result }) => {
+                let Some(m) = self.rollout.as_mut() else { return };
+                if m.deliverable(node, life) {
+                    self.trace(t, 11, node, u32::from(result.ok), result.id);
+                    self.input(node, Input::EffectDone(result));
+                }
+            }
             Ev::CrashFetchers => {
                 let spec = self.s.payload.clone().expect("scheduled with a payload");
                 let nodes = self
@@ -953,6 +1029,9 @@ impl World {
         }
         for j in self.ents[n as usize].links.clone() {
             self.input(j, Input::Disconnected { peer: PeerId(u64::from(n)) });
+        }
+        if let Some(m) = self.rollout.as_mut() {
+            m.on_crash(n, self.now_us);
         }
         if was_up && self.honest(n) {
             self.with_payload(|p, w| p.on_crash(w, n));
@@ -1030,6 +1109,19 @@ impl World {
                 self.measure_end_us = Some(self.now_us);
             }
         }
+    }
+
+    /// An admin publishes the patch and its rollout at a random honest node that is up.
+    fn publish_rollout(&mut self) {
+        let Some(m) = self.rollout.as_mut() else { return };
+        let edits = m.publish(self.now_us);
+        let mut n = self.rng.gen_range(0..self.s.nodes as u32);
+        while self.ents[n as usize].node.is_none() {
+            n = (n + 1) % self.s.nodes as u32;
+        }
+        self.trace(self.now_us, 12, n, 0, 0);
+        let admin = self.keys.admins[0].clone();
+        self.input(n, Input::Command(Command::Publish { admin, edits }));
     }
 
     fn revoke(&mut self) {
@@ -1226,6 +1318,25 @@ impl World {
         let _ = self.rejected_adversary_free;
         let figures = self.payload.as_ref().map(|p| p.finish(self.now_us)).unwrap_or_default();
         violations.extend(figures.violations);
+        let rollout = self.rollout.take().map(|m| {
+            let id = m.id();
+            let live: Vec<_> = self.ents[..self.s.nodes]
+                .iter()
+                .map(|e| {
+                    e.node.as_ref().map(|n| {
+                        let engine = n.rollouts();
+                        (
+                            engine.journal().get(&id).cloned(),
+                            engine.verdicts().get(&id).map(|v| v.control.clone()),
+                        )
+                    })
+                })
+                .collect();
+            m.debug_dump();
+            let (figures, v) = m.finish(&live, self.now_us);
+            violations.extend(v);
+            figures
+        });
         let nodes = self.s.nodes.max(1) as f64;
         let bg_s = (self.background_to_us.saturating_sub(self.background_from_us)) as f64 / 1e6;
         let report = Report {
@@ -1260,6 +1371,7 @@ impl World {
             payload_complete_ms: figures.complete_ms,
             payload_complete_nodes: figures.complete_nodes,
             payload_failovers: figures.failovers,
+            rollout,
         };
         // Freeing a 100,000-node world takes seconds and the report is all that is left to use.
         std::mem::forget(self.ents);
@@ -1277,6 +1389,21 @@ impl Host for World {
     fn trace_payload(&mut self, code: u8, a: u32, b: u32, extra: u64) {
         self.trace(self.now_us, code, a, b, extra);
     }
+}
+
+/// Adds a persisted object to a node's store; an install's journal entry replaces the one of
+/// the same rollout (the latest step is all a restart needs).
+fn keep(store: &mut Vec<Persist>, p: Persist) {
+    if let Persist::Journal(entry) = &p {
+        let slot = store
+            .iter_mut()
+            .find(|q| matches!(q, Persist::Journal(e) if e.rollout == entry.rollout));
+        if let Some(slot) = slot {
+            *slot = p;
+            return;
+        }
+    }
+    store.push(p);
 }
 
 /// Peak resident set size (VmHWM) of this process in MiB; 0 where /proc is not available.

@@ -19,7 +19,10 @@
 //! - **Promotion**: ring `k` may install once every earlier ring's gate passes: enough
 //!   succeeded members (`min_reports`, and `min_success_permille` of targeted), failures
 //!   within both limits. Anything missing (an empty ring, sites not yet summarised) leaves the
-//!   gate closed: missing evidence pauses, it never promotes.
+//!   gate closed: missing evidence pauses, it never promotes. A site is summarised once the
+//!   summary held for it counts its members' standings in this rollout (every member that
+//!   evaluated it has one, `NotTargeted` included); a summary from before the rollout does not.
+//!   The price: a site with no member up to summarise it holds promotion back until one is.
 
 use super::alarms::Alarms;
 use super::policy::{AdminCommand, CommandAction, Override, RolloutEntry};
@@ -112,6 +115,11 @@ pub struct RingStats {
     pub failed: u32,
     /// Rolled back.
     pub rolled_back: u32,
+    /// Other sites whose summary, as held here, does not mention the rollout yet (the same for
+    /// every ring). Their members are missing from the counts above, so while any is missing
+    /// the ring's gate stays closed: an undercounted ring could otherwise pass its gate on a
+    /// few local successes (a site cut off from the fleet sees only its own members).
+    pub unsummarised_sites: u32,
 }
 
 /// Collects ring statistics: this site from its records, other sites from their summaries,
@@ -142,15 +150,22 @@ pub fn ring_stats(
         }
     }
     let own: &SiteId = site.site();
+    let mut unsummarised = 0u32;
     for (sid, held) in summaries.all() {
         if sid == own {
             continue;
         }
+        let mut mentioned = false;
         for ((rid, ring, status), count) in &held.summary().counts {
             if *rid == rollout.id {
+                mentioned = true;
                 add(*ring, *status, *count);
             }
         }
+        unsummarised += u32::from(!mentioned);
+    }
+    for r in &mut rings {
+        r.unsummarised_sites = unsummarised;
     }
     for alarm in alarms.of(&rollout.id) {
         if let Some(ring) = ring_of(rollout, &alarm.evidence.node, &alarm.labels) {
@@ -310,6 +325,13 @@ pub fn judge(
             (u64::from(gate.min_success_permille) * u64::from(r.targeted)).div_ceil(1000) as u32;
         let need = by_fraction.max(gate.min_reports);
         let name = &rollout.rings[j].name;
+        if r.unsummarised_sites > 0 {
+            waiting = format!(
+                "ring {name}: {} sites have not summarised the rollout yet",
+                r.unsummarised_sites
+            );
+            break;
+        }
         if r.succeeded < need {
             waiting = format!("ring {name}: {} of {need} succeeded members", r.succeeded);
             break;

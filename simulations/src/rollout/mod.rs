@@ -1,0 +1,622 @@
+//! # Rollout model
+//!
+//! Plays an admin's rollout (`[rollout]` in a scenario) against the fleet. The decisions —
+//! who is targeted, which ring a node is in, when it may start, when a ring is promoted, when
+//! the rollout halts and what rolls back — are all the protocol core's
+//! ([`patchmesh_protocol::rollout`]); this module is the executor around it and the observer
+//! that checks it.
+//!
+//! ## Fault model
+//! - **Labels.** At admission a seeded draw gives exactly `round(canary_fraction * nodes)`
+//!   honest nodes the canary label and, independently, `round(label_fraction * nodes)` the fail
+//!   label; `round(fail_fraction * labelled)` of the latter are *bad*: the patch fails
+//!   verification there (every verification, the first one after install included).
+//! - **Facts.** Every node is told its OS, packages and time zone at each boot
+//!   (`Command::SetFacts`), as a real node's inventory collector does; time zones are given to
+//!   sites round-robin.
+//! - **Effects.** Each effect completes after its step's duration times `1 + step_jitter *
+//!   U[0,1)` (seeded). Everything succeeds except verification on a bad node. A node that
+//!   crashes loses the effects it had in flight; on restart it is rebuilt from its store (its
+//!   journal entries among it) and the core re-issues the step its journal names.
+//!
+//! ## Measured (all in simulated time)
+//! - **Blast radius**: once the rollout halted, the number of nodes outside ring 0 that ever
+//!   entered `Installing`. The safety claim is that it is zero: the canary's failures halt the
+//!   fleet before any later ring may start.
+//! - **Halt threshold time** T0: per ring, the moment its failures first exceeded
+//!   `max_failures` (the `(max_failures + 1)`-th earliest time a member entered `RollingBack`
+//!   with a failure), earliest over rings.
+//! - **Halt latency**: T0 → the node's first `RolloutEvent::Stopped`, over honest nodes up at
+//!   the end that were up at T0, did not crash before stopping, and whose site was not cut off
+//!   by a partition at T0. Nodes cut off at T0 cannot hear anything until the partition heals;
+//!   they are measured apart, as heal → stopped (`halt_after_heal_ms`).
+//! - **Completion** (good patch): publish → the last targeted live node `Committed`.
+//!
+//! ## Invariants
+//! - blast radius 0;
+//! - a node starts (enters `Fetching`) only inside a window by its own clock and zone, or after
+//!   the deadline;
+//! - with `rollback_on_halt`, a node whose verdict is halted does not keep the patch
+//!   (`Installing` … `Committed`) for longer than [`RolloutModel::hold_grace_ms`];
+//! - once the rollout halted, every live node ends halted;
+//! - with a good patch (no bad node), every targeted live node ends `Committed`.
+
+pub mod spec;
+
+pub use spec::{GateSpec, RingToml, RolloutSpec};
+
+use crate::world::Percentiles;
+use patchmesh_protocol::catalog::{CatalogEntry, ExecutorSpec, PatchEntry, RolloutEntry};
+use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId};
+use patchmesh_protocol::rollout::target::{ring_of, window_open};
+use patchmesh_protocol::rollout::{Action, Control, Effect, EffectResult, Facts, JournalEntry, Step};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Events of the rollout model in the world's queue.
+#[derive(Debug)]
+pub(crate) enum RolloutEv {
+    /// The admin publishes the patch and the rollout.
+    Publish,
+    /// An effect completes on `node`, if the node has not crashed since it began (`life`).
+    Done {
+        /// The node.
+        node: u32,
+        /// The node's life when the effect began.
+        life: u32,
+        /// The outcome.
+        result: EffectResult,
+    },
+}
+
+/// Figures of a run with a rollout (flattened into the JSON report).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RolloutFigures {
+    /// Nodes outside ring 0 that ever entered `Installing`, when the rollout halted (0 when it
+    /// did not halt).
+    pub blast_radius: u64,
+    /// Whether any node's verdict halted the rollout (or a ring's failures crossed its gate).
+    pub rollout_halted: bool,
+    /// T0, the moment a ring's failures first exceeded `max_failures`, scenario time.
+    pub halt_threshold_ms: Option<u64>,
+    /// T0 → each node stopped (nodes reachable and up from T0).
+    pub halt_latency_ms: Percentiles,
+    /// Nodes counted in `halt_latency_ms`.
+    pub halt_latency_nodes: usize,
+    /// Partition heal → stopped, for nodes whose site was cut off at T0.
+    pub halt_after_heal_ms: Percentiles,
+    /// Nodes counted in `halt_after_heal_ms`.
+    pub halt_after_heal_nodes: usize,
+    /// Live nodes whose verdict is halted (or aborted) at the end.
+    pub halted_nodes: usize,
+    /// Honest nodes up at the end.
+    pub live_nodes: usize,
+    /// Rings in the policy.
+    pub rings: usize,
+    /// Rings whose every targeted live member ended `Committed` (and that have one).
+    pub rings_completed: usize,
+    /// Per ring, the first install start (`Fetching`) of a member, scenario time.
+    pub ring_start_ms: Vec<Option<u64>>,
+    /// Per ring, when its last targeted live member committed, if all did, scenario time.
+    pub ring_done_ms: Vec<Option<u64>>,
+    /// Publish → the last targeted live node committed; None unless all did.
+    pub rollout_complete_ms: Option<u64>,
+    /// Targeted live nodes that ended `Committed`.
+    pub rollout_committed_nodes: usize,
+    /// Live nodes the rollout targets.
+    pub rollout_targeted_nodes: usize,
+    /// Live nodes that ended `RolledBack`.
+    pub rolled_back_nodes: usize,
+    /// Live nodes whose install failed (and reported it).
+    pub failed_nodes: usize,
+    /// Honest nodes the patch fails on (the fault model's choice).
+    pub bad_nodes: usize,
+    /// Honest nodes given the canary label.
+    pub canary_nodes: usize,
+    /// Earliest install start (`Fetching`) per time zone, scenario time.
+    pub first_start_ms_by_zone: BTreeMap<String, u64>,
+    /// Most installs of one site in a non-final step at once.
+    pub max_site_concurrency: u32,
+    /// Effects in flight on nodes that crashed (their results were lost).
+    pub effects_lost: u64,
+}
+
+/// What the model knows of one node (honest or adversary).
+#[derive(Debug, Default)]
+struct Member {
+    site: u32,
+    labels: BTreeMap<String, String>,
+    bad: bool,
+    honest: bool,
+    /// Ring in the rollout, None if not targeted.
+    ring: Option<u8>,
+    /// Incremented at each crash; effects of an earlier life are lost.
+    life: u32,
+    up: bool,
+    step: Option<Step>,
+    started_us: Option<u64>,
+    installing_us: Option<u64>,
+    failed_us: Option<u64>,
+    committed_us: Option<u64>,
+    stopped_us: Option<u64>,
+    /// First `Stopped` of the current life.
+    life_stopped_us: Option<u64>,
+    /// Since when the node holds the patch (`Installing` … `Committed`) in this life.
+    hold_since_us: Option<u64>,
+    /// (crash, restart) times; restart `u64::MAX` while down.
+    downs: Vec<(u64, u64)>,
+}
+
+fn holds_patch(step: Step) -> bool {
+    matches!(step, Step::Installing | Step::Verifying | Step::Soaking | Step::Committed)
+}
+
+/// Picks exactly `round(fraction * n)` of `0..n`, seeded.
+fn pick(rng: &mut ChaCha8Rng, n: usize, fraction: f64) -> Vec<usize> {
+    let k = ((n as f64) * fraction).round() as usize;
+    let mut all: Vec<usize> = (0..n).collect();
+    for i in 0..k.min(n) {
+        let j = rng.gen_range(i..n);
+        all.swap(i, j);
+    }
+    all.truncate(k.min(n));
+    all.sort_unstable();
+    all
+}
+
+/// Labels of every honest node's admission certificate, and which nodes are bad. Drawn from
+/// their own RNG stream so a scenario's other draws do not move when a rollout is added.
+pub(crate) fn assign_labels(spec: &RolloutSpec, seed: u64, nodes: usize) -> (Vec<BTreeMap<String, String>>, Vec<bool>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x726f_6c6c_6f75_7473);
+    let mut labels = vec![BTreeMap::new(); nodes];
+    let mut bad = vec![false; nodes];
+    if let Some((k, v)) = spec.canary_label() {
+        for i in pick(&mut rng, nodes, spec.canary_fraction) {
+            labels[i].insert(k.clone(), v.clone());
+        }
+    }
+    if let Some((k, v)) = spec.fail_label() {
+        let labelled = pick(&mut rng, nodes, spec.label_fraction);
+        for &i in &labelled {
+            labels[i].insert(k.clone(), v.clone());
+        }
+        for j in pick(&mut rng, labelled.len(), spec.fail_fraction) {
+            bad[labelled[j]] = true;
+        }
+    }
+    (labels, bad)
+}
+
+/// The rollout model.
+pub(crate) struct RolloutModel {
+    spec: RolloutSpec,
+    entry: RolloutEntry,
+    patch: PatchEntry,
+    zones: Vec<(String, jiff::tz::TimeZone)>,
+    members: Vec<Member>,
+    rng: ChaCha8Rng,
+    published_us: Option<u64>,
+    site_running: Vec<u32>,
+    max_site_running: u32,
+    effects_lost: u64,
+    violations: Vec<String>,
+    /// Partitions: (sites cut off, start, heal), simulated microseconds.
+    cuts: Vec<(Vec<u32>, u64, u64)>,
+    eval_ms: u64,
+}
+
+/// A node as the world describes it to the model.
+pub(crate) struct NodeInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Its site.
+    pub site: u32,
+    /// Its certificate's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the patch fails on it.
+    pub bad: bool,
+    /// False for adversaries (executed for, never measured).
+    pub honest: bool,
+}
+
+impl RolloutModel {
+    /// A model of `spec` over `nodes`; `epoch_ms` is the wall-clock time of scenario time
+    /// zero, `cuts` the scenario's partitions and `eval_ms` the nodes' rollout period.
+    pub(crate) fn new(
+        spec: RolloutSpec,
+        seed: u64,
+        nodes: Vec<NodeInfo>,
+        sites: usize,
+        cuts: Vec<(Vec<u32>, u64, u64)>,
+        eval_ms: u64,
+        epoch_ms: u64,
+    ) -> RolloutModel {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6566_6665_6374_7321);
+        let mut id = [0u8; 32];
+        rng.fill_bytes(&mut id);
+        let content = *blake3::hash(&[b"patchmesh-sim patch".as_slice(), &seed.to_le_bytes()].concat()).as_bytes();
+        let entry = spec
+            .entry(RolloutId(id), ContentId(content), epoch_ms)
+            .expect("rollout policy validated on load");
+        let patch = PatchEntry {
+            content_id: ContentId(content),
+            size_bytes: 8 << 20,
+            name: "openssl".into(),
+            version: "3.0.15-1~deb12u1".into(),
+            executor: ExecutorSpec {
+                kind: "dpkg".into(),
+                install: None,
+                verify: Some("systemctl is-active nginx".into()),
+                rollback: None,
+                timeout_ms: 600_000,
+            },
+        };
+        let zones = spec
+            .time_zones
+            .iter()
+            .map(|z| (z.clone(), jiff::tz::TimeZone::get(z).expect("time zone validated on load")))
+            .collect();
+        let members = nodes
+            .into_iter()
+            .map(|n| Member {
+                ring: ring_of(&entry, &n.id, &n.labels),
+                site: n.site,
+                labels: n.labels,
+                bad: n.bad,
+                honest: n.honest,
+                up: true,
+                ..Member::default()
+            })
+            .collect();
+        RolloutModel {
+            spec,
+            entry,
+            patch,
+            zones,
+            members,
+            rng,
+            published_us: None,
+            site_running: vec![0; sites],
+            max_site_running: 0,
+            effects_lost: 0,
+            violations: Vec::new(),
+            cuts,
+            eval_ms,
+        }
+    }
+
+    /// When the admin publishes, simulated microseconds.
+    pub(crate) fn at_us(&self) -> u64 {
+        self.spec.at_ms * 1000
+    }
+
+    /// The rollout's id.
+    pub(crate) fn id(&self) -> RolloutId {
+        self.entry.id
+    }
+
+    /// How long a halted node may still hold the patch before it counts as a violation: one
+    /// evaluation period for the verdict to be acted on, the longest step (an effect in flight
+    /// is finished before the rollback starts), and a second of slack.
+    pub(crate) fn hold_grace_ms(&self) -> u64 {
+        2 * self.eval_ms + self.spec.step_ms_max() + 1000
+    }
+
+    fn zone_of(&self, node: u32) -> &(String, jiff::tz::TimeZone) {
+        let site = self.members[node as usize].site as usize;
+        &self.zones[site % self.zones.len()]
+    }
+
+    /// What node `node` is told about itself at boot.
+    pub(crate) fn facts(&self, node: u32) -> Facts {
+        Facts {
+            os: "Debian GNU/Linux 12 (bookworm)".into(),
+            packages: [("openssl".to_string(), "3.0.11-1~deb12u2".to_string())].into(),
+            tz: self.zone_of(node).1.clone(),
+        }
+    }
+
+    /// The catalog edits the admin publishes: the patch and its rollout, in one change.
+    pub(crate) fn publish(&mut self, now_us: u64) -> Vec<(String, Option<CatalogEntry>)> {
+        self.published_us = Some(now_us);
+        let patch = CatalogEntry::Patch(self.patch.clone());
+        let rollout = CatalogEntry::Rollout(self.entry.clone());
+        vec![(patch.key(), Some(patch)), (rollout.key(), Some(rollout))]
+    }
+
+    /// Starts an effect; returns when it completes and the event that completes it.
+    pub(crate) fn on_effect(&mut self, node: u32, effect: Effect, now_us: u64) -> (u64, RolloutEv) {
+        let m = &self.members[node as usize];
+        let nominal = self.spec.step_ms(effect.action) as f64;
+        let ms = nominal * (1.0 + self.spec.step_jitter * self.rng.gen::<f64>());
+        let ok = !(effect.action == Action::Verify && m.bad);
+        let detail = match (effect.action, ok) {
+            (Action::Verify, false) => "nginx is not active after the upgrade".to_string(),
+            (a, _) => format!("{a:?} ok"),
+        };
+        let result = EffectResult { id: effect.id, ok, detail };
+        (now_us + (ms * 1000.0) as u64, RolloutEv::Done { node, life: m.life, result })
+    }
+
+    /// Whether a completed effect still reaches its node (it has not crashed since).
+    pub(crate) fn deliverable(&mut self, node: u32, life: u32) -> bool {
+        let m = &self.members[node as usize];
+        let ok = m.up && m.life == life;
+        if !ok {
+            self.effects_lost += 1;
+        }
+        ok
+    }
+
+    fn running(&mut self, site: u32, delta: i32) {
+        let c = &mut self.site_running[site as usize];
+        *c = c.saturating_add_signed(delta);
+        self.max_site_running = self.max_site_running.max(*c);
+    }
+
+    /// A journal entry the node persisted, at simulated `now_us` and node clock `clock`.
+    pub(crate) fn on_journal(&mut self, node: u32, entry: &JournalEntry, now_us: u64, clock: Millis) {
+        if entry.rollout != self.entry.id || !self.members[node as usize].honest {
+            return;
+        }
+        let prev = self.members[node as usize].step;
+        let step = entry.step;
+        if step == Step::Fetching && self.members[node as usize].started_us.is_none() {
+            self.members[node as usize].started_us = Some(now_us);
+            let deadline_passed = self.entry.deadline.is_some_and(|d| clock >= d);
+            let (zone, tz) = self.zone_of(node).clone();
+            if !deadline_passed && !window_open(&self.entry.windows, clock, &tz) {
+                self.violations.push(format!(
+                    "node {node} ({zone}) started at {} ms, its window closed and the deadline not passed",
+                    now_us / 1000
+                ));
+            }
+        }
+        let was_running = prev.is_some_and(|s| !s.is_terminal());
+        let site = self.members[node as usize].site;
+        match (was_running, !step.is_terminal()) {
+            (false, true) => self.running(site, 1),
+            (true, false) => self.running(site, -1),
+            _ => {}
+        }
+        let was_holding = prev.is_some_and(holds_patch);
+        if was_holding && !holds_patch(step) {
+            self.check_hold(node, now_us);
+            self.members[node as usize].hold_since_us = None;
+        } else if !was_holding && holds_patch(step) {
+            self.members[node as usize].hold_since_us = Some(now_us);
+        }
+        let m = &mut self.members[node as usize];
+        m.step = Some(step);
+        match step {
+            Step::Installing => {
+                m.installing_us.get_or_insert(now_us);
+            }
+            Step::RollingBack if entry.failed => {
+                m.failed_us.get_or_insert(now_us);
+            }
+            Step::Committed => m.committed_us = Some(now_us),
+            _ => {}
+        }
+    }
+
+    /// Checks that a halted node did not hold the patch longer than the grace (up to `now_us`).
+    fn check_hold(&mut self, node: u32, now_us: u64) {
+        let grace_ms = self.hold_grace_ms();
+        let m = &self.members[node as usize];
+        if !self.entry.rollback_on_halt {
+            return;
+        }
+        let (Some(held), Some(stopped)) = (m.hold_since_us, m.life_stopped_us) else { return };
+        let from = held.max(stopped);
+        if now_us > from && (now_us - from) / 1000 > grace_ms {
+            let step = m.step.map_or("none", Step::name);
+            self.violations.push(format!(
+                "node {node} held the patch ({step}) {} ms after its verdict halted (grace {grace_ms} ms)",
+                (now_us - from) / 1000
+            ));
+        }
+    }
+
+    /// The node emitted `RolloutEvent::Stopped`.
+    pub(crate) fn on_stopped(&mut self, node: u32, rollout: RolloutId, now_us: u64) {
+        let m = &mut self.members[node as usize];
+        if rollout == self.entry.id && m.honest {
+            m.stopped_us.get_or_insert(now_us);
+            m.life_stopped_us.get_or_insert(now_us);
+        }
+    }
+
+    /// The node crashed: its effects in flight are lost.
+    pub(crate) fn on_crash(&mut self, node: u32, now_us: u64) {
+        if !self.members[node as usize].up {
+            return;
+        }
+        self.check_hold(node, now_us);
+        let m = &mut self.members[node as usize];
+        m.life += 1;
+        m.up = false;
+        m.downs.push((now_us, u64::MAX));
+        m.life_stopped_us = None;
+        m.hold_since_us = None;
+        let running = m.step.is_some_and(|s| !s.is_terminal());
+        let site = m.site;
+        if running && m.honest {
+            self.running(site, -1);
+        }
+    }
+
+    /// The node restarted from its store; `journal` is its restored entry for the rollout.
+    pub(crate) fn on_restart(&mut self, node: u32, journal: Option<&JournalEntry>, now_us: u64) {
+        let m = &mut self.members[node as usize];
+        m.up = true;
+        if let Some(d) = m.downs.last_mut() {
+            d.1 = now_us;
+        }
+        m.step = journal.map(|j| j.step);
+        m.hold_since_us = m.step.filter(|s| holds_patch(*s)).map(|_| now_us);
+        let running = m.step.is_some_and(|s| !s.is_terminal());
+        let site = m.site;
+        if running && m.honest {
+            self.running(site, 1);
+        }
+    }
+
+    fn cut_at(&self, site: u32, t: u64) -> Option<u64> {
+        self.cuts
+            .iter()
+            .filter(|(sites, start, end)| sites.contains(&site) && *start <= t && t < *end)
+            .map(|(_, _, end)| *end)
+            .max()
+    }
+
+    /// T0: per ring, the moment its failures first exceeded `max_failures`; the earliest.
+    fn threshold_us(&self) -> Option<u64> {
+        let mut by_ring: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
+        for m in self.members.iter().filter(|m| m.honest) {
+            if let (Some(r), Some(t)) = (m.ring, m.failed_us) {
+                by_ring.entry(r).or_default().push(t);
+            }
+        }
+        by_ring
+            .into_iter()
+            .filter_map(|(r, mut times)| {
+                times.sort_unstable();
+                let max = self.entry.rings.get(usize::from(r))?.gate.max_failures as usize;
+                times.get(max).copied()
+            })
+            .min()
+    }
+
+    /// Figures and violations at the end. `live[i]` is, for each honest node up at the end,
+    /// its journal entry for the rollout and its verdict's control.
+    pub(crate) fn finish(
+        mut self,
+        live: &[Option<(Option<JournalEntry>, Option<Control>)>],
+        end_us: u64,
+    ) -> (RolloutFigures, Vec<String>) {
+        let t0 = self.threshold_us();
+        let halted = |c: &Option<Control>| matches!(c, Some(Control::Halted { .. } | Control::Aborted));
+        let rollout_halted = t0.is_some() || live.iter().flatten().any(|(_, c)| halted(c));
+        // Nodes still holding the patch at the end, halted.
+        for (i, l) in live.iter().enumerate() {
+            if l.is_some() {
+                self.check_hold(i as u32, end_us);
+            }
+        }
+        let mut v = std::mem::take(&mut self.violations);
+        let honest: Vec<(usize, &Member)> =
+            self.members.iter().enumerate().filter(|(_, m)| m.honest).collect();
+        let blast_radius = if rollout_halted {
+            honest.iter().filter(|(_, m)| m.ring != Some(0) && m.installing_us.is_some()).count() as u64
+        } else {
+            0
+        };
+        if blast_radius > 0 {
+            v.push(format!("blast radius {blast_radius}: nodes outside the canary ring installed a halted rollout"));
+        }
+        let (mut latencies, mut after_heal) = (Vec::new(), Vec::new());
+        let mut never_halted = Vec::new();
+        let mut f = RolloutFigures { rings: self.entry.rings.len(), ..RolloutFigures::default() };
+        // Per ring: live targeted members, committed ones, the last commit.
+        let mut ring_members: BTreeMap<u8, (usize, usize, u64)> = BTreeMap::new();
+        let mut last_commit = 0u64;
+        let mut not_committed = Vec::new();
+        let good = !honest.iter().any(|(_, m)| m.bad);
+        for &(i, m) in &honest {
+            let Some(Some((journal, control))) = live.get(i) else { continue };
+            f.live_nodes += 1;
+            let step = journal.as_ref().map(|j| j.step);
+            if halted(control) {
+                f.halted_nodes += 1;
+            } else if rollout_halted {
+                never_halted.push(i);
+            }
+            f.rolled_back_nodes += usize::from(step == Some(Step::RolledBack));
+            f.failed_nodes += usize::from(journal.as_ref().is_some_and(|j| j.failed));
+            if let Some(r) = m.ring {
+                f.rollout_targeted_nodes += 1;
+                let e = ring_members.entry(r).or_default();
+                e.0 += 1;
+                if step == Some(Step::Committed) {
+                    f.rollout_committed_nodes += 1;
+                    e.1 += 1;
+                    e.2 = e.2.max(m.committed_us.unwrap_or(0));
+                    last_commit = last_commit.max(m.committed_us.unwrap_or(0));
+                } else {
+                    not_committed.push(i);
+                }
+            }
+            if let (Some(t0), Some(stopped)) = (t0, m.stopped_us) {
+                let down_at_t0_or_after = m.downs.iter().any(|(d, u)| *u > t0 && *d <= stopped);
+                if down_at_t0_or_after {
+                    continue;
+                }
+                match self.cut_at(m.site, t0) {
+                    None => latencies.push(stopped.saturating_sub(t0) / 1000),
+                    Some(heal) => after_heal.push(stopped.saturating_sub(heal) / 1000),
+                }
+            }
+        }
+        if !never_halted.is_empty() {
+            v.push(format!(
+                "the rollout halted but {} live nodes did not (first: {:?})",
+                never_halted.len(),
+                &never_halted[..never_halted.len().min(5)]
+            ));
+        }
+        if good && !not_committed.is_empty() {
+            v.push(format!(
+                "good patch: {} targeted live nodes did not commit (first: {:?})",
+                not_committed.len(),
+                &not_committed[..not_committed.len().min(5)]
+            ));
+        }
+        f.rings_completed = ring_members.values().filter(|(n, c, _)| *n > 0 && n == c).count();
+        f.ring_done_ms = (0..f.rings as u8)
+            .map(|r| ring_members.get(&r).filter(|(n, c, _)| *n > 0 && n == c).map(|(_, _, t)| t / 1000))
+            .collect();
+        f.ring_start_ms = (0..f.rings as u8)
+            .map(|r| {
+                let starts = honest.iter().filter(|(_, m)| m.ring == Some(r)).filter_map(|(_, m)| m.started_us);
+                starts.min().map(|t| t / 1000)
+            })
+            .collect();
+        if f.rollout_targeted_nodes > 0 && not_committed.is_empty() {
+            f.rollout_complete_ms = self.published_us.map(|p| last_commit.saturating_sub(p) / 1000);
+        }
+        f.blast_radius = blast_radius;
+        f.rollout_halted = rollout_halted;
+        f.halt_threshold_ms = t0.map(|t| t / 1000);
+        f.halt_latency_nodes = latencies.len();
+        f.halt_latency_ms = Percentiles::of(latencies);
+        f.halt_after_heal_nodes = after_heal.len();
+        f.halt_after_heal_ms = Percentiles::of(after_heal);
+        f.bad_nodes = honest.iter().filter(|(_, m)| m.bad).count();
+        if let Some((k, val)) = self.spec.canary_label() {
+            f.canary_nodes = honest.iter().filter(|(_, m)| m.labels.get(&k) == Some(&val)).count();
+        }
+        for &(i, m) in &honest {
+            if let Some(t) = m.started_us {
+                let zone = self.zone_of(i as u32).0.clone();
+                let e = f.first_start_ms_by_zone.entry(zone).or_insert(u64::MAX);
+                *e = (*e).min(t / 1000);
+            }
+        }
+        f.max_site_concurrency = self.max_site_running;
+        f.effects_lost = self.effects_lost;
+        (f, v)
+    }
+}
+impl RolloutModel {
+    pub(crate) fn debug_dump(&self) {
+        if std::env::var_os("PM_DEBUG").is_none() { return; }
+        for (i, m) in self.members.iter().enumerate() {
+            if m.failed_us.is_some() || m.started_us.is_some() || i % 50 == 0 {
+                eprintln!("node {i} site {} ring {:?} bad {} start {:?} inst {:?} failed {:?} stopped {:?} step {:?} downs {:?}", m.site, m.ring, m.bad, m.started_us.map(|t| t/1000), m.installing_us.map(|t| t/1000), m.failed_us.map(|t| t/1000), m.stopped_us.map(|t| t/1000), m.step, m.downs);
+            }
+        }
+    }
+}
