@@ -911,13 +911,12 @@ impl World {
             };
             let t0 = std::time::Instant::now();
             self.step(q.ev);
-            let e = PROF.with(|p| {
+            PROF.with(|p| {
                 let mut p = p.borrow_mut();
                 let x = p.entry(kind).or_insert((0u64, 0u64));
                 x.0 += 1;
                 x.1 += t0.elapsed().as_nanos() as u64;
             });
-            let _ = e;
         }
         self.now_us = end_us;
         if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
@@ -1332,7 +1331,6 @@ impl World {
                     })
                 })
                 .collect();
-            m.debug_dump();
             let (figures, v) = m.finish(&live, self.now_us);
             violations.extend(v);
             figures

@@ -39,7 +39,7 @@ rollout_eval_ms = 1000
 [rollout]
 at_ms = 3000
 recheck_ms = 5000
-max_concurrent_per_site = 5
+max_concurrent_per_site = 25
 windows = ["mon-fri 01:00-05:00", "* 16:00-21:00"]
 deadline_ms = {deadline}
 time_zones = ["UTC", "America/New_York", "Asia/Tokyo", "Europe/Berlin", "Australia/Sydney"]
@@ -114,7 +114,11 @@ fn a_bad_patch_halts_at_the_canary_ring_everywhere() {
         // install; nothing outside the canary ring ever started.
         assert!(f.failed_nodes > 2, "seed {seed}: {} failures", f.failed_nodes);
         assert!(f.rolled_back_nodes >= f.failed_nodes, "seed {seed}: {f:?}");
-        assert!(f.ring_start_ms[1..].iter().all(Option::is_none), "seed {seed}: {:?}", f.ring_start_ms);
+        assert!(
+            f.ring_start_ms[1..].iter().all(Option::is_none),
+            "seed {seed}: {:?}",
+            f.ring_start_ms
+        );
         assert_eq!(f.rollout_committed_nodes, 0, "seed {seed}");
     }
 }
@@ -122,7 +126,7 @@ fn a_bad_patch_halts_at_the_canary_ring_everywhere() {
 #[test]
 fn a_good_patch_commits_every_targeted_node_ring_by_ring() {
     // Canaries crash mid-install: their in-flight steps are lost and re-run from the journal.
-    let s = scenario(150_000, 20_000, 0.0, CRASHES);
+    let s = scenario(130_000, 20_000, 0.0, CRASHES);
     for seed in seeds(&[1, 2]) {
         let r = run(&s, seed);
         let f = figures(&r);
@@ -134,10 +138,9 @@ fn a_good_patch_commits_every_targeted_node_ring_by_ring() {
         let complete = f.rollout_complete_ms.expect("every targeted node committed");
         assert!(complete > 30_000, "seed {seed}: the canary soak alone is 30 s, got {complete}");
         // A ring starts only after the ring before it soaked.
-        let soaks = [30_000, 10_000, 5_000];
-        for k in 0..3 {
+        for (k, soak) in [30_000, 10_000, 5_000].into_iter().enumerate() {
             let (a, b) = (f.ring_start_ms[k].unwrap(), f.ring_start_ms[k + 1].unwrap());
-            assert!(b >= a + soaks[k], "seed {seed}: ring {} started at {b}, ring {k} at {a}", k + 1);
+            assert!(b >= a + soak, "seed {seed}: ring {} started at {b}, ring {k} at {a}", k + 1);
         }
         assert!(r.state_converged, "seed {seed}");
     }
@@ -147,13 +150,33 @@ fn a_good_patch_commits_every_targeted_node_ring_by_ring() {
 fn crashes_during_installs_lose_steps_that_the_journal_re_runs() {
     // The canaries of the open zones are fetching, staging or installing at 4.5 s.
     let crash = "[[crash]]\nnodes = 200\nat_ms = 4500\ndown_ms = 2000\n";
-    let s = scenario(120_000, 20_000, 0.0, crash);
+    let s = scenario(130_000, 20_000, 0.0, crash);
     let seed = seeds(&[3])[0];
     let r = run(&s, seed);
     let f = figures(&r);
     assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
     assert!(f.effects_lost > 0, "seed {seed}: no install step was interrupted");
     assert_eq!(f.rollout_committed_nodes, 400, "seed {seed}: {f:?}");
+}
+
+#[test]
+fn failures_within_the_gate_halt_no_one() {
+    // gen3 fails on 15%: one or two canaries fail, which the gate tolerates (max_failures 2)
+    // until every canary has reported; in 40 s the closed zones' canaries have not even
+    // started, so no node may see the rollout halted, not even for a moment (failures arrive
+    // from everywhere at once, the counts of other sites only with their summaries).
+    let s = scenario(40_000, 60_000, 0.15, "");
+    let mut failures = 0;
+    for seed in seeds(&[1, 2, 3]) {
+        let r = run(&s, seed);
+        let f = figures(&r);
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+        assert!(f.failed_nodes <= 2, "seed {seed}: {} failures", f.failed_nodes);
+        assert_eq!(f.ever_stopped_nodes, 0, "seed {seed}: {f:?}");
+        assert_eq!(f.rolled_back_nodes, f.failed_nodes, "seed {seed}: only the failed roll back");
+        failures += f.failed_nodes;
+    }
+    assert!(failures > 0, "no canary failed: the test tests nothing");
 }
 
 #[test]
@@ -169,7 +192,11 @@ fn a_partition_longer_than_the_canary_soak_neither_promotes_nor_escapes_the_halt
         let f = figures(&r);
         assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
         assert_eq!(f.blast_radius, 0, "seed {seed}");
-        assert!(f.ring_start_ms[1..].iter().all(Option::is_none), "seed {seed}: {:?}", f.ring_start_ms);
+        assert!(
+            f.ring_start_ms[1..].iter().all(Option::is_none),
+            "seed {seed}: {:?}",
+            f.ring_start_ms
+        );
         assert_eq!(f.halted_nodes, f.live_nodes, "seed {seed}: {f:?}");
         assert!(f.halt_after_heal_nodes > 0, "seed {seed}: no node was cut off at the halt");
         assert!(f.halt_after_heal_ms.max <= 5_000, "seed {seed}: {:?}", f.halt_after_heal_ms);
@@ -181,11 +208,15 @@ fn a_partition_longer_than_the_canary_soak_neither_promotes_nor_escapes_the_halt
 fn closed_windows_hold_their_zones_until_the_deadline() {
     let skew_ms = 2_000;
     // Deadline at 15 s: UTC and Berlin (closed at 08:00 and 09:00 local) start after it.
+    // The run ends long before the rollout could: the only violation is that the (good) patch
+    // did not reach every node.
+    let unfinished =
+        |r: &Report| r.invariant_violations.iter().all(|v| v.starts_with("good patch:"));
     let s = scenario(25_000, 15_000, 0.0, "");
     let seed = seeds(&[1])[0];
     let r = run(&s, seed);
     let f = figures(&r);
-    assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+    assert!(unfinished(&r), "seed {seed}: {:?}", r.invariant_violations);
     let starts = &f.first_start_ms_by_zone;
     for open in ["America/New_York", "Asia/Tokyo", "Australia/Sydney"] {
         assert!(starts[open] < 5_000, "seed {seed}: {open} opened late: {starts:?}");
@@ -198,7 +229,7 @@ fn closed_windows_hold_their_zones_until_the_deadline() {
     let s = scenario(25_000, 3_600_000, 0.0, "");
     let r = run(&s, seed);
     let f = figures(&r);
-    assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+    assert!(unfinished(&r), "seed {seed}: {:?}", r.invariant_violations);
     let zones: Vec<&String> = f.first_start_ms_by_zone.keys().collect();
     assert_eq!(zones, ["America/New_York", "Asia/Tokyo", "Australia/Sydney"], "seed {seed}");
 }

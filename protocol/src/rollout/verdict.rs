@@ -13,7 +13,8 @@
 //!   so two admins issuing conflicting commands during a partition converge on one answer once
 //!   the catalog merges.
 //! - **Halt**: ring `j` halts the rollout when its failed members exceed `max_failures`, or when
-//!   every targeted member has reported and failures exceed `max_failure_permille`. A `Resume`
+//!   every targeted member has reported (which needs every site summarised, see below) and
+//!   failures exceed `max_failure_permille`. A `Resume`
 //!   overriding the halt of ring `j` accepts a number of failures; only failures beyond them
 //!   count. Failures are counted from the fleet-wide failure reports, so the count only grows.
 //! - **Promotion**: ring `k` may install once every earlier ring's gate passes: enough
@@ -297,7 +298,12 @@ pub fn judge(
     let halt = rings.iter().enumerate().find_map(|(j, r)| {
         let gate = &rollout.rings[j].gate;
         let failed = counted(j, r);
-        let all_reported = r.targeted > 0 && r.succeeded + failed + r.rolled_back >= r.targeted;
+        // Failures are counted fleet-wide but members only from the sites summarised here:
+        // with a site missing, "every member reported" cannot be known (and would be judged
+        // against too few members), so only `max_failures` can halt until every site is in.
+        let all_reported = r.targeted > 0
+            && r.unsummarised_sites == 0
+            && r.succeeded + failed + r.rolled_back >= r.targeted;
         let over_fraction =
             u64::from(failed) * 1000 > u64::from(gate.max_failure_permille) * u64::from(r.targeted);
         (failed > gate.max_failures || (all_reported && over_fraction))

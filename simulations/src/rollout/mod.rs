@@ -20,9 +20,10 @@
 //!   journal entries among it) and the core re-issues the step its journal names.
 //!
 //! ## Measured (all in simulated time)
-//! - **Blast radius**: once the rollout halted, the number of nodes outside ring 0 that ever
-//!   entered `Installing`. The safety claim is that it is zero: the canary's failures halt the
-//!   fleet before any later ring may start.
+//! - **Blast radius**: once the rollout halted, the number of nodes in rings after the ring that
+//!   halted it that ever entered `Installing` — with a failing canary ring, every node outside
+//!   ring 0. The safety claim is that it is zero: a ring's failures halt the fleet before any
+//!   later ring may start.
 //! - **Halt threshold time** T0: per ring, the moment its failures first exceeded
 //!   `max_failures` (the `(max_failures + 1)`-th earliest time a member entered `RollingBack`
 //!   with a failure), earliest over rings.
@@ -49,7 +50,9 @@ use crate::world::Percentiles;
 use patchmesh_protocol::catalog::{CatalogEntry, ExecutorSpec, PatchEntry, RolloutEntry};
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId};
 use patchmesh_protocol::rollout::target::{ring_of, window_open};
-use patchmesh_protocol::rollout::{Action, Control, Effect, EffectResult, Facts, JournalEntry, Step};
+use patchmesh_protocol::rollout::{
+    Action, Control, Effect, EffectResult, Facts, JournalEntry, Step,
+};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -74,9 +77,11 @@ pub(crate) enum RolloutEv {
 /// Figures of a run with a rollout (flattened into the JSON report).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct RolloutFigures {
-    /// Nodes outside ring 0 that ever entered `Installing`, when the rollout halted (0 when it
-    /// did not halt).
+    /// Nodes in rings after the ring that halted the rollout (outside ring 0 when the canary
+    /// ring failed) that ever entered `Installing`; 0 when it did not halt.
     pub blast_radius: u64,
+    /// The ring whose failures halted the rollout, if it halted.
+    pub halting_ring: Option<u8>,
     /// Whether any node's verdict halted the rollout (or a ring's failures crossed its gate).
     pub rollout_halted: bool,
     /// T0, the moment a ring's failures first exceeded `max_failures`, scenario time.
@@ -91,6 +96,8 @@ pub struct RolloutFigures {
     pub halt_after_heal_nodes: usize,
     /// Live nodes whose verdict is halted (or aborted) at the end.
     pub halted_nodes: usize,
+    /// Honest nodes that ever emitted `Stopped` (saw the rollout halted or aborted).
+    pub ever_stopped_nodes: usize,
     /// Honest nodes up at the end.
     pub live_nodes: usize,
     /// Rings in the policy.
@@ -168,7 +175,11 @@ fn pick(rng: &mut ChaCha8Rng, n: usize, fraction: f64) -> Vec<usize> {
 
 /// Labels of every honest node's admission certificate, and which nodes are bad. Drawn from
 /// their own RNG stream so a scenario's other draws do not move when a rollout is added.
-pub(crate) fn assign_labels(spec: &RolloutSpec, seed: u64, nodes: usize) -> (Vec<BTreeMap<String, String>>, Vec<bool>) {
+pub(crate) fn assign_labels(
+    spec: &RolloutSpec,
+    seed: u64,
+    nodes: usize,
+) -> (Vec<BTreeMap<String, String>>, Vec<bool>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x726f_6c6c_6f75_7473);
     let mut labels = vec![BTreeMap::new(); nodes];
     let mut bad = vec![false; nodes];
@@ -236,7 +247,9 @@ impl RolloutModel {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6566_6665_6374_7321);
         let mut id = [0u8; 32];
         rng.fill_bytes(&mut id);
-        let content = *blake3::hash(&[b"patchmesh-sim patch".as_slice(), &seed.to_le_bytes()].concat()).as_bytes();
+        let content =
+            *blake3::hash(&[b"patchmesh-sim patch".as_slice(), &seed.to_le_bytes()].concat())
+                .as_bytes();
         let entry = spec
             .entry(RolloutId(id), ContentId(content), epoch_ms)
             .expect("rollout policy validated on load");
@@ -357,7 +370,13 @@ impl RolloutModel {
     }
 
     /// A journal entry the node persisted, at simulated `now_us` and node clock `clock`.
-    pub(crate) fn on_journal(&mut self, node: u32, entry: &JournalEntry, now_us: u64, clock: Millis) {
+    pub(crate) fn on_journal(
+        &mut self,
+        node: u32,
+        entry: &JournalEntry,
+        now_us: u64,
+        clock: Millis,
+    ) {
         if entry.rollout != self.entry.id || !self.members[node as usize].honest {
             return;
         }
@@ -472,8 +491,9 @@ impl RolloutModel {
             .max()
     }
 
-    /// T0: per ring, the moment its failures first exceeded `max_failures`; the earliest.
-    fn threshold_us(&self) -> Option<u64> {
+    /// T0 and its ring: per ring, the moment its failures first exceeded `max_failures`; the
+    /// earliest.
+    fn threshold_us(&self) -> Option<(u64, u8)> {
         let mut by_ring: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
         for m in self.members.iter().filter(|m| m.honest) {
             if let (Some(r), Some(t)) = (m.ring, m.failed_us) {
@@ -485,7 +505,7 @@ impl RolloutModel {
             .filter_map(|(r, mut times)| {
                 times.sort_unstable();
                 let max = self.entry.rings.get(usize::from(r))?.gate.max_failures as usize;
-                times.get(max).copied()
+                times.get(max).map(|t| (*t, r))
             })
             .min()
     }
@@ -497,9 +517,22 @@ impl RolloutModel {
         live: &[Option<(Option<JournalEntry>, Option<Control>)>],
         end_us: u64,
     ) -> (RolloutFigures, Vec<String>) {
-        let t0 = self.threshold_us();
-        let halted = |c: &Option<Control>| matches!(c, Some(Control::Halted { .. } | Control::Aborted));
-        let rollout_halted = t0.is_some() || live.iter().flatten().any(|(_, c)| halted(c));
+        let threshold = self.threshold_us();
+        let t0 = threshold.map(|(t, _)| t);
+        let halted =
+            |c: &Option<Control>| matches!(c, Some(Control::Halted { .. } | Control::Aborted));
+        // The ring that halted the rollout: the first to cross `max_failures`, or the ring
+        // live verdicts name (a halt by `max_failure_permille` once all its members reported).
+        let halting_ring = threshold
+            .map(|(_, r)| r)
+            .into_iter()
+            .chain(live.iter().flatten().filter_map(|(_, c)| match c {
+                Some(Control::Halted { ring, .. }) => Some(*ring),
+                Some(Control::Aborted) => Some(0),
+                _ => None,
+            }))
+            .min();
+        let rollout_halted = halting_ring.is_some();
         // Nodes still holding the patch at the end, halted.
         for (i, l) in live.iter().enumerate() {
             if l.is_some() {
@@ -509,13 +542,20 @@ impl RolloutModel {
         let mut v = std::mem::take(&mut self.violations);
         let honest: Vec<(usize, &Member)> =
             self.members.iter().enumerate().filter(|(_, m)| m.honest).collect();
-        let blast_radius = if rollout_halted {
-            honest.iter().filter(|(_, m)| m.ring != Some(0) && m.installing_us.is_some()).count() as u64
-        } else {
-            0
+        // Installs in rings after the one that halted: with a failing canary ring, every
+        // install outside ring 0.
+        let blast_radius = match halting_ring {
+            Some(h) => honest
+                .iter()
+                .filter(|(_, m)| m.ring.is_some_and(|r| r > h) && m.installing_us.is_some())
+                .count() as u64,
+            None => 0,
         };
         if blast_radius > 0 {
-            v.push(format!("blast radius {blast_radius}: nodes outside the canary ring installed a halted rollout"));
+            v.push(format!(
+                "blast radius {blast_radius}: nodes in rings after ring {} installed a rollout it halted",
+                halting_ring.unwrap_or(0)
+            ));
         }
         let (mut latencies, mut after_heal) = (Vec::new(), Vec::new());
         let mut never_halted = Vec::new();
@@ -560,6 +600,24 @@ impl RolloutModel {
                 }
             }
         }
+        f.ever_stopped_nodes = honest.iter().filter(|(_, m)| m.stopped_us.is_some()).count();
+        // No admin command lifts a halt in a simulated run, so a node that saw the rollout
+        // halted must still see it halted (DESIGN §7: a halt dominates until an admin says).
+        let lifted: Vec<usize> = honest
+            .iter()
+            .filter(|(i, m)| {
+                m.stopped_us.is_some()
+                    && live.get(*i).is_some_and(|l| l.as_ref().is_some_and(|(_, c)| !halted(c)))
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if !lifted.is_empty() {
+            v.push(format!(
+                "{} live nodes saw the rollout halted, then running again with no admin command (first: {:?})",
+                lifted.len(),
+                &lifted[..lifted.len().min(5)]
+            ));
+        }
         if !never_halted.is_empty() {
             v.push(format!(
                 "the rollout halted but {} live nodes did not (first: {:?})",
@@ -576,11 +634,16 @@ impl RolloutModel {
         }
         f.rings_completed = ring_members.values().filter(|(n, c, _)| *n > 0 && n == c).count();
         f.ring_done_ms = (0..f.rings as u8)
-            .map(|r| ring_members.get(&r).filter(|(n, c, _)| *n > 0 && n == c).map(|(_, _, t)| t / 1000))
+            .map(|r| {
+                ring_members.get(&r).filter(|(n, c, _)| *n > 0 && n == c).map(|(_, _, t)| t / 1000)
+            })
             .collect();
         f.ring_start_ms = (0..f.rings as u8)
             .map(|r| {
-                let starts = honest.iter().filter(|(_, m)| m.ring == Some(r)).filter_map(|(_, m)| m.started_us);
+                let starts = honest
+                    .iter()
+                    .filter(|(_, m)| m.ring == Some(r))
+                    .filter_map(|(_, m)| m.started_us);
                 starts.min().map(|t| t / 1000)
             })
             .collect();
@@ -588,6 +651,7 @@ impl RolloutModel {
             f.rollout_complete_ms = self.published_us.map(|p| last_commit.saturating_sub(p) / 1000);
         }
         f.blast_radius = blast_radius;
+        f.halting_ring = halting_ring;
         f.rollout_halted = rollout_halted;
         f.halt_threshold_ms = t0.map(|t| t / 1000);
         f.halt_latency_nodes = latencies.len();
@@ -608,15 +672,5 @@ impl RolloutModel {
         f.max_site_concurrency = self.max_site_running;
         f.effects_lost = self.effects_lost;
         (f, v)
-    }
-}
-impl RolloutModel {
-    pub(crate) fn debug_dump(&self) {
-        if std::env::var_os("PM_DEBUG").is_none() { return; }
-        for (i, m) in self.members.iter().enumerate() {
-            if m.failed_us.is_some() || m.started_us.is_some() || i % 50 == 0 {
-                eprintln!("node {i} site {} ring {:?} bad {} start {:?} inst {:?} failed {:?} stopped {:?} step {:?} downs {:?}", m.site, m.ring, m.bad, m.started_us.map(|t| t/1000), m.installing_us.map(|t| t/1000), m.failed_us.map(|t| t/1000), m.stopped_us.map(|t| t/1000), m.step, m.downs);
-            }
-        }
     }
 }

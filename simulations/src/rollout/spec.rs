@@ -182,10 +182,11 @@ pub fn parse_label(text: &str) -> Option<(String, String)> {
 impl RolloutSpec {
     /// The longest a step can take, jitter included.
     pub fn step_ms_max(&self) -> u64 {
-        let longest = [self.fetch_ms, self.stage_ms, self.install_ms, self.verify_ms, self.rollback_ms]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let longest =
+            [self.fetch_ms, self.stage_ms, self.install_ms, self.verify_ms, self.rollback_ms]
+                .into_iter()
+                .max()
+                .unwrap_or(0);
         (longest as f64 * (1.0 + self.step_jitter)).ceil() as u64
     }
 
@@ -212,7 +213,12 @@ impl RolloutSpec {
 
     /// The rollout entry the admin signs. `epoch_ms` is the wall-clock time of scenario time
     /// zero, so `deadline_ms` becomes an absolute time.
-    pub fn entry(&self, id: RolloutId, content_id: ContentId, epoch_ms: u64) -> Result<RolloutEntry, String> {
+    pub fn entry(
+        &self,
+        id: RolloutId,
+        content_id: ContentId,
+        epoch_ms: u64,
+    ) -> Result<RolloutEntry, String> {
         let shared = self.gate.over(&Gate::default());
         let windows = self
             .windows
@@ -267,15 +273,20 @@ impl RolloutSpec {
             }
             last = r.percent;
             if r.percent == 0 && r.labels.is_empty() {
-                return bad(format!("ring {} has percent 0 and no labels: it holds no node", r.name));
+                return bad(format!(
+                    "ring {} has percent 0 and no labels: it holds no node",
+                    r.name
+                ));
             }
         }
         let per_mille = |g: &GateSpec| {
-            g.min_success_permille.unwrap_or(0) <= 1000 && g.max_failure_permille.unwrap_or(0) <= 1000
+            g.min_success_permille.unwrap_or(0) <= 1000
+                && g.max_failure_permille.unwrap_or(0) <= 1000
         };
         if !per_mille(&self.gate)
             || self.rings.iter().any(|r| {
-                r.min_success_permille.unwrap_or(0) > 1000 || r.max_failure_permille.unwrap_or(0) > 1000
+                r.min_success_permille.unwrap_or(0) > 1000
+                    || r.max_failure_permille.unwrap_or(0) > 1000
             })
         {
             return bad("gate per mille values must be 0..=1000".into());
@@ -317,12 +328,16 @@ impl RolloutSpec {
             }
         }
         if self.fail_fraction > 0.0 && self.label_fraction == 0.0 {
-            return bad("fail_fraction > 0 needs label_fraction > 0 (it is a fraction of the labelled)".into());
+            return bad(
+                "fail_fraction > 0 needs label_fraction > 0 (it is a fraction of the labelled)"
+                    .into(),
+            );
         }
         if self.canary_label.is_some() && self.canary_label() == self.fail_label() {
             return bad("canary_label and fail_label must differ".into());
         }
-        for ms in [self.fetch_ms, self.stage_ms, self.install_ms, self.verify_ms, self.rollback_ms] {
+        for ms in [self.fetch_ms, self.stage_ms, self.install_ms, self.verify_ms, self.rollback_ms]
+        {
             if ms > STEP_MS_MAX {
                 return bad(format!("step durations must be <= {STEP_MS_MAX} ms"));
             }
