@@ -54,8 +54,8 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
              fetcher_crash_at_ms, fetcher_down_ms  when, and for how long
   [rollout]  at_ms          when an admin publishes a patch and its rollout (one catalog change)
                             at a random up node; must be before duration_ms
-             recheck_ms     re-verification period while soaking (>= 100)
-             max_concurrent_per_site  installs running at once in one site (>= 1)
+             recheck_ms     re-verification period while soaking (5000; >= 100)
+             max_concurrent_per_site  installs running at once in one site (5; >= 1)
              windows        maintenance windows in each node's own time zone, e.g.
                             [\"mon-fri 22:00-04:00\", \"* 16:00-20:00\"]; empty = any time.
                             Simulated time zero is Friday 2027-01-15 08:00 UTC (clocks skew)
@@ -67,16 +67,21 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
              fail_label, label_fraction  \"key=value\" given to that fraction of nodes
              fail_fraction  fraction of the fail_label nodes whose verification fails (the
                             bad patch); 0 = a good patch
-             fetch_ms, stage_ms, install_ms, verify_ms, rollback_ms  step durations; each
-                            takes its duration times 1 + step_jitter * U[0,1) (step_jitter 0.5)
+             fetch_ms, stage_ms, install_ms, verify_ms, rollback_ms  step durations (1000,
+                            300, 1500, 500, 1000); each takes its duration times
+                            1 + step_jitter * U[0,1) (step_jitter 0.5). The fetch is this
+                            delay, not the [payload] transfer model (which runs on its own)
              [rollout.gate] shared gate of every ring: min_success_permille (900),
                             max_failures (0), max_failure_permille (0), min_soak_ms (60000),
                             min_reports (1)
              [[rollout.rings]] name, percent (cumulative 0-100), labels = { k = \"v\" }, and
                             any gate field, overriding the shared gate for that ring
-             Reported: blast_radius, halt_latency_ms, halt_after_heal_ms, halted_nodes,
-             live_nodes, rings_completed, rollout_complete_ms, rollout_committed_nodes,
-             rollout_targeted_nodes, rolled_back_nodes, first_start_ms_by_zone and more
+             Reported: blast_radius, halting_ring, halt_threshold_ms, halt_latency_ms,
+             halt_after_heal_ms, halted_nodes, live_nodes, rings_completed, ring_start_ms,
+             ring_done_ms, rollout_complete_ms, rollout_committed_nodes,
+             rollout_targeted_nodes, rolled_back_nodes, failed_nodes,
+             first_start_ms_by_zone, max_site_concurrency, effects_lost (see the rollout
+             module docs for their exact definitions)
 ";
 
 fn d_duration() -> u64 {

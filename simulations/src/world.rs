@@ -11,6 +11,9 @@
 //! computed from the real encoding; decoding from bytes is exercised by the adversaries' raw
 //! garbage and by the protocol tests), and signature checks of identical bytes are memoised
 //! across nodes ([`MemoCheck`]): ed25519 verification is a pure function.
+//!
+//! With a `[rollout]`, the world is also the nodes' executor: it answers each install effect
+//! after its step's simulated duration ([`crate::rollout`]).
 
 use crate::payload::{Host, PayloadEv, PayloadModel};
 use crate::rollout::{assign_labels, NodeInfo, RolloutEv, RolloutFigures, RolloutModel};

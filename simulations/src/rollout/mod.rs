@@ -39,8 +39,14 @@
 //!   the deadline;
 //! - with `rollback_on_halt`, a node whose verdict is halted does not keep the patch
 //!   (`Installing` … `Committed`) for longer than [`RolloutModel::hold_grace_ms`];
-//! - once the rollout halted, every live node ends halted;
+//! - once the rollout halted, every live node ends halted, and a node that saw it halted still
+//!   does (no admin command lifts a halt in a simulated run);
 //! - with a good patch (no bad node), every targeted live node ends `Committed`.
+//!
+//! ## Not checked
+//! `max_concurrent_per_site` is reported (`max_site_concurrency`), not enforced: the core
+//! counts the pending members ahead of a node only among the peers it is connected to, so in
+//! a sparse site overlay (`[topology] lan_degree`) more members can start at once.
 
 pub mod spec;
 
@@ -124,7 +130,8 @@ pub struct RolloutFigures {
     pub canary_nodes: usize,
     /// Earliest install start (`Fetching`) per time zone, scenario time.
     pub first_start_ms_by_zone: BTreeMap<String, u64>,
-    /// Most installs of one site in a non-final step at once.
+    /// Most installs of one site in a non-final step at once (compare with the policy's
+    /// `max_concurrent_per_site`; see the module docs).
     pub max_site_concurrency: u32,
     /// Effects in flight on nodes that crashed (their results were lost).
     pub effects_lost: u64,
