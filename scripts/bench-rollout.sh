@@ -5,7 +5,9 @@
 # (the moment the canary's failures crossed the gate -> each live node stopped, simulated ms),
 # halted/live nodes, rings completed and the run's wall time; then a summary line. Then runs
 # simulations/scenarios/good-patch.toml once and prints how long the good patch took to reach
-# every targeted node.
+# every targeted node. Columns: blast, halt latency p50/p99/max (nodes reachable and up from
+# the halt), halted/live nodes at the end, rings completed (0 for a halted rollout), heal_max
+# (partition heal -> stopped, worst node cut off at the halt), wall_ms, invariant violations.
 #
 # Usage: scripts/bench-rollout.sh [--seeds N] [--jobs J] [--no-good]
 #   --seeds N   seeds 1..N of the bad patch (default 100)
@@ -30,7 +32,7 @@ while (($#)); do
     --seeds) seeds=${2:-}; shift 2 || die "--seeds needs a value" ;;
     --jobs) jobs=${2:-}; shift 2 || die "--jobs needs a value" ;;
     --no-good) good=0; shift ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -56,6 +58,7 @@ run_one() {
   local rc=0
   "$bin" run "$scenario" --seed "$seed" > "$out/$tag.json" 2> "$out/$tag.err" || rc=$?
   echo "$rc" > "$out/$tag.rc"
+  echo "  $tag done (exit $rc)" >&2
 }
 export -f run_one
 export bin out
