@@ -15,7 +15,8 @@
 //! - **Halt**: ring `j` halts the rollout when its failed members exceed `max_failures`, or when
 //!   every targeted member has reported (which needs every site summarised, see below) and
 //!   failures exceed `max_failure_permille`. A `Resume` overriding the halt of ring `j`
-//!   accepts a number of failures; only failures beyond them count. Failures are counted from the fleet-wide failure reports, so the count only grows.
+//!   accepts a number of failures; only failures beyond them count. Failures are counted from
+//!   the fleet-wide failure reports, so the count only grows.
 //! - **Promotion**: ring `k` may install once every earlier ring's gate passes: enough
 //!   succeeded members (`min_reports`, and `min_success_permille` of targeted), failures
 //!   within both limits. Anything missing (an empty ring, sites not yet summarised) leaves the
