@@ -110,6 +110,13 @@ pub struct CreateArgs {
     /// Target only nodes where a package predicate holds, e.g. "openssl < 3.0.11" (repeat).
     #[arg(long = "target-package")]
     target_packages: Vec<String>,
+    #[command(flatten)]
+    sign: Signer,
+}
+
+/// Who signs a rollout change, and where it is published.
+#[derive(Args)]
+pub struct Signer {
     /// Admin key to sign with.
     #[arg(long)]
     admin_key: PathBuf,
@@ -124,14 +131,8 @@ pub struct CreateArgs {
 pub struct CommandArgs {
     /// Rollout id (or unique prefix).
     id: String,
-    /// Admin key to sign with.
-    #[arg(long)]
-    admin_key: PathBuf,
     #[command(flatten)]
-    node: NodeArgs,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    sign: Signer,
 }
 
 fn permille(f: f64, what: &str) -> anyhow::Result<u16> {
@@ -219,13 +220,13 @@ fn find(node: &NodeArgs, id: &str) -> anyhow::Result<Value> {
 }
 
 fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Result<()> {
-    let r = find(&c.node, &c.id)?;
+    let r = find(&c.sign.node, &c.id)?;
     let rollout = RolloutId::from_hex(r["id"].as_str().unwrap_or_default()).context("rollout id")?;
-    let admin = patchmesh_node::files::read_key(&c.admin_key).context("reading the admin key")?;
+    let admin = patchmesh_node::files::read_key(&c.sign.admin_key).context("reading the admin key")?;
     let cmd = AdminCommand { rollout, action, issued_at: now, admin: KeyId(admin.public().0) };
     let entry = CatalogEntry::Command(cmd);
-    let result = publish(&c.node, &c.admin_key, vec![(entry.key(), Some(entry))])?;
-    if c.json {
+    let result = publish(&c.sign.node, &c.sign.admin_key, vec![(entry.key(), Some(entry))])?;
+    if c.sign.json {
         outln!("{result}");
     } else {
         outln!("signed and published; spreading to the mesh");
@@ -237,15 +238,15 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
     match cmd {
         RolloutCmd::Create(a) => {
             let rollout = build(&a, now)?;
-            let cat = call(&a.node, Request::Catalog)?;
+            let cat = call(&a.sign.node, Request::Catalog)?;
             let want = format!("patch/{}", rollout.content_id);
             let known = cat["entries"].as_array().into_iter().flatten().any(|e| e["key"] == want.as_str());
             if !known {
                 bail!("no patch {} in the catalog: add it with `patchmesh patch add` first", rollout.content_id);
             }
             let entry = CatalogEntry::Rollout(rollout.clone());
-            let result = publish(&a.node, &a.admin_key, vec![(entry.key(), Some(entry))])?;
-            if a.json {
+            let result = publish(&a.sign.node, &a.sign.admin_key, vec![(entry.key(), Some(entry))])?;
+            if a.sign.json {
                 outln!("{}", serde_json::json!({"rollout": rollout.id.to_string(), "published": result}));
             } else {
                 outln!("rollout {} published", rollout.id);
@@ -253,7 +254,7 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
             Ok(())
         }
         RolloutCmd::Approve(c) => {
-            let r = find(&c.node, &c.id)?;
+            let r = find(&c.sign.node, &c.id)?;
             let mut hash = [0u8; 32];
             hex::decode_to_slice(r["hash"].as_str().unwrap_or_default(), &mut hash)
                 .context("the node gave no rollout hash")?;
@@ -262,7 +263,7 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
         RolloutCmd::Pause(c) => command(&c, CommandAction::Pause, now),
         RolloutCmd::Abort(c) => command(&c, CommandAction::Abort, now),
         RolloutCmd::Resume { cmd: c, lift_halt, lift_abort } => {
-            let r = find(&c.node, &c.id)?;
+            let r = find(&c.sign.node, &c.id)?;
             let mut overrides = Vec::new();
             if lift_halt {
                 if r["control"]["state"] != "halted" {
