@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WAN benchmark: 3 sites of NODES_PER_SITE real patchmesh nodes, each node in its own network
+# WAN benchmark: SITES sites of NODES_PER_SITE real patchmesh nodes, each node in its own network
 # namespace on its site's bridge; the sites reach each other only through a router namespace
 # over "WAN" veth links shaped with tc tbf to WAN_MBIT in both directions. One node of site A
 # publishes a PAYLOAD_MIB payload; the script waits until every node holds it and reports, per
@@ -9,8 +9,11 @@
 #   10.77.<s>.11.. nodes ── br0 (10.77.<s>.1) [site ns] wan 10.78.<s>.2 ══tbf══ 10.78.<s>.1 [router ns]
 #
 # Must run as root. The last line of stdout is one JSON object:
-#   {"sites":3,"nodes":12,"payload_bytes":…,"wan_ratio_max":…,"all_complete_ms":…,…}
-# Env: PAYLOAD_MIB (50), WAN_MBIT (20), NODES_PER_SITE (4), PATCHMESH_BIN
+#   {"sites":3,"nodes":12,"payload_bytes":…,"wan_ratio_max":…,"all_complete_ms":…,
+#    "penalties":…,…}
+# `penalties` counts the penalties every node gave its peers during the run: all peers here
+# are honest, so anything above 0 means an honest peer was punished (e.g. for being slow).
+# Env: SITES (3, at most 8), PAYLOAD_MIB (50), WAN_MBIT (20), NODES_PER_SITE (4), PATCHMESH_BIN
 # (target/release/patchmesh, built if missing), TIMEOUT_S (600, for the payload to reach every
 # node), MESH_WAIT_S (90, for every node to be connected to its site mates), IDLE_S (5, idle
 # time measured before publishing), KEEP=1 keeps the working directory (configs, data, logs).
@@ -28,16 +31,18 @@ die() {
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (it creates network namespaces, bridges and tc qdiscs)"
 
+SITE_COUNT=${SITES:-3}
 PAYLOAD_MIB=${PAYLOAD_MIB:-50}
 WAN_MBIT=${WAN_MBIT:-20}
 NODES_PER_SITE=${NODES_PER_SITE:-4}
 TIMEOUT_S=${TIMEOUT_S:-600}
 MESH_WAIT_S=${MESH_WAIT_S:-90}
 IDLE_S=${IDLE_S:-5}
-for v in PAYLOAD_MIB WAN_MBIT NODES_PER_SITE TIMEOUT_S MESH_WAIT_S IDLE_S; do
+for v in SITE_COUNT PAYLOAD_MIB WAN_MBIT NODES_PER_SITE TIMEOUT_S MESH_WAIT_S IDLE_S; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 ((NODES_PER_SITE <= 200)) || die "NODES_PER_SITE must be at most 200"
+((SITE_COUNT >= 2 && SITE_COUNT <= 8)) || die "SITES must be between 2 and 8 (got $SITE_COUNT)"
 
 # Tools.
 missing=()
@@ -61,7 +66,8 @@ if [[ ! -x $BIN ]]; then
 fi
 BIN=$(realpath "$BIN")
 
-SITES=(A B C)
+ALL_SITES=(A B C D E F G H)
+SITES=("${ALL_SITES[@]:0:SITE_COUNT}")
 PREFIX="pmw$$-"
 NAMESPACES=()
 PIDS=()
@@ -129,7 +135,7 @@ burst=$((rate_bps / 100)) # 10 ms at line rate
 shape() { # namespace, device
   ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "${WAN_MBIT}mbit" burst "$burst" latency 50ms
 }
-for s in 1 2 3; do
+for s in $(seq "$SITE_COUNT"); do
   name=${SITES[s - 1]}
   site_ns="${PREFIX}${name}"
   mkns "$site_ns"
@@ -161,11 +167,11 @@ for s in 1 2 3; do
     ip -n "$node_ns" route add default via "10.77.$s.1"
   done
 done
-# The path is there: a TCP connect from the last node of site B to the last node of site C,
+# The path is there: a TCP connect from the last node of site B to the last node of site A,
 # through the router, is refused at once (nothing listens on TCP) rather than timing out.
 probe=$(timeout 5 ip netns exec "${PREFIX}B$NODES_PER_SITE" \
-  bash -c "echo > /dev/tcp/10.77.3.$((10 + NODES_PER_SITE))/7946" 2>&1 || true)
-[[ $probe == *refused* ]] || die "no path from site B to site C through the router namespace: ${probe:-timeout}"
+  bash -c "echo > /dev/tcp/10.77.1.$((10 + NODES_PER_SITE))/7946" 2>&1 || true)
+[[ $probe == *refused* ]] || die "no path from site B to site A through the router namespace: ${probe:-timeout}"
 
 # --- Mesh ----------------------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/bench-wan.XXXXXX)
@@ -173,7 +179,7 @@ MESH="$WORK/mesh"
 "$BIN" init --mesh bench-wan --dir "$MESH" > /dev/null
 declare -A NODE_DIR NODE_NS NODE_IP NODE_ADDR NODE_PEER NODE_SITE
 NODES=()
-for s in 1 2 3; do
+for s in $(seq "$SITE_COUNT"); do
   name=${SITES[s - 1]}
   for i in $(seq "$NODES_PER_SITE"); do
     n="$name$i"
@@ -243,7 +249,7 @@ EOF
 # Each node bootstraps from the members of its site started before it and from node A1, so
 # every pair of site members is dialed by one of the two.
 t_start=$(now_ms)
-for s in 1 2 3; do
+for s in $(seq "$SITE_COUNT"); do
   name=${SITES[s - 1]}
   for i in $(seq "$NODES_PER_SITE"); do
     boot=()
@@ -354,7 +360,7 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", a / b }'; }
 
 echo
-echo "WAN benchmark: 3 sites x $NODES_PER_SITE nodes, payload $SIZE bytes ($PAYLOAD_MIB MiB) published at A1, WAN links $WAN_MBIT Mbit/s each way"
+echo "WAN benchmark: $SITE_COUNT sites x $NODES_PER_SITE nodes, payload $SIZE bytes ($PAYLOAD_MIB MiB) published at A1, WAN links $WAN_MBIT Mbit/s each way"
 printf '%-6s %12s %8s %8s %11s %12s %8s %9s %14s %9s %8s\n' site wan_rx_bytes rx/size rx_pkts \
   idle_rx_B/s wan_tx_bytes tx/size drops_i/o node_wan_bytes node/size done_ms
 max_ratio=0
@@ -401,5 +407,13 @@ for n in "${NODES[@]}"; do
     "${APP_LAN[$n]}" "${APP_WAN[$n]}" "${APP_DROPPED[$n]}"
 done
 echo "all ${#NODES[@]} nodes held the payload ${all_ms} ms after it was published (polled every ~0.2 s)"
+# Penalties every node gave its (all honest) peers.
+penalties=0
+for n in "${NODES[@]}"; do
+  p=$("$BIN" peers --json --config "$(cfg "$n")" 2> /dev/null |
+    jq '[.[].penalties // 0] | add // 0' 2> /dev/null || echo 0)
+  penalties=$((penalties + p))
+done
+echo "penalties given to honest peers: $penalties"
 echo
-echo "{\"sites\":3,\"nodes\":${#NODES[@]},\"payload_bytes\":$SIZE,\"wan_ratio_max\":$max_ratio,\"all_complete_ms\":$all_ms,\"wan_mbit\":$WAN_MBIT,\"per_site\":{$sites_json}}"
+echo "{\"sites\":$SITE_COUNT,\"penalties\":$penalties,\"nodes\":${#NODES[@]},\"payload_bytes\":$SIZE,\"wan_ratio_max\":$max_ratio,\"all_complete_ms\":$all_ms,\"wan_mbit\":$WAN_MBIT,\"per_site\":{$sites_json}}"

@@ -189,7 +189,11 @@ impl NodeConfig {
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
         let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Every path is made absolute here, against the config file's own directory, so that
+        // nothing later depends on the working directory the node was started from (installs
+        // run in workspaces that must be absolute paths).
+        let absolute = std::path::absolute(path).map_err(io)?;
+        let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
         for p in [&mut cfg.data_dir, &mut cfg.key, &mut cfg.genesis, &mut cfg.admission] {
             *p = base.join(&*p);
         }
@@ -200,6 +204,9 @@ impl NodeConfig {
             *p = base.join(&*p);
         }
         cfg.inventory_root = base.join(&cfg.inventory_root);
+        if let Some(p) = cfg.dpkg_root.as_mut() {
+            *p = base.join(&*p);
+        }
         for addr in cfg.listen.iter().chain(&cfg.bootstrap) {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| invalid(format!("address {addr:?}: {e}")))?;
@@ -238,5 +245,32 @@ impl NodeConfig {
             message: format!("a PSK file is 64 hex characters: {e}"),
         })?;
         Ok(Some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_made_absolute_against_the_config_file() {
+        // A config reached by a relative path (`--config n2/node.toml` from the mesh folder)
+        // whose paths are relative too: every path comes out absolute, inside that folder,
+        // whatever the working directory does later.
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let name = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+        let text = "data_dir = \"data\"\nkey = \"node.key\"\ngenesis = \"../genesis.pm\"\n\
+                    admission = \"admission.pm\"\ndpkg_root = \"root\"\n";
+        std::fs::write(dir.path().join("node.toml"), text).unwrap();
+        let cfg = NodeConfig::load(Path::new(&format!("{name}/node.toml"))).unwrap();
+        let here = std::env::current_dir().unwrap().join(&name);
+        for p in [&cfg.data_dir, &cfg.key, &cfg.admission] {
+            assert!(p.is_absolute(), "{} is relative", p.display());
+            assert!(p.starts_with(&here), "{} is outside {}", p.display(), here.display());
+        }
+        assert_eq!(cfg.data_dir, here.join("data"));
+        assert_eq!(cfg.dpkg_root, Some(here.join("root")));
+        assert!(cfg.genesis.is_absolute());
+        assert!(cfg.control_socket().is_absolute());
     }
 }

@@ -21,9 +21,10 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId, SiteId};
 use patchmesh_protocol::limits;
-use patchmesh_protocol::transfer::plan::{Action, Download, Fault, Params, Request};
+use patchmesh_protocol::transfer::fetch::{Failure, Fetch, FetchInput, FetchOutput};
+use patchmesh_protocol::transfer::plan::{Fault, Params, Request};
 use patchmesh_protocol::transfer::{
-    check_range, group_count, group_span, role_of, Availability, DataReply, DataRequest, Role,
+    check_range, group_count, group_span, DataReply, DataRequest, Role,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,8 +41,6 @@ const GROUP_TIMEOUT: Duration = Duration::from_secs(30);
 const SERVE_STREAMS_MAX: usize = 128;
 /// Downloads at once.
 const DOWNLOADS_MAX: usize = 16;
-/// How long a download without any source waits before it gives up.
-const NO_SOURCE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bytes read from disk per write to a stream.
 const SERVE_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -131,6 +130,10 @@ pub struct Progress {
     pub sources_active: usize,
     /// Sources known.
     pub sources_known: usize,
+    /// Sources resting after a broken stream, slowness or a fault (each rest ends).
+    pub sources_resting: usize,
+    /// Peers penalised for lies, corruption or protocol breaks (never for slowness).
+    pub penalised: u32,
     /// "wan" if this node fetches for its site across the WAN, else "lan".
     pub role: &'static str,
     /// fetching, complete or failed.
@@ -167,19 +170,13 @@ pub struct Transfers {
     serving: Arc<Semaphore>,
 }
 
-/// Events from a download's small tasks to its loop.
+/// Events from a download's stream tasks to its loop.
 #[derive(Debug)]
 enum Ev {
-    Have(NodeId, Result<(u64, Availability), Option<Fault>>),
-    Outboard(NodeId, Result<Vec<u8>, Option<Fault>>),
-    /// Request id, first group, groups, from this site: verified and written.
-    Groups(u64, u64, u64, bool),
-    Done(u64),
-    /// A finished range task with nothing more to say.
-    Idle,
-    Fault(NodeId, Fault),
-    Broken(NodeId),
-    Stop(StoreError),
+    /// Something for the core, as is.
+    Input(FetchInput),
+    /// Outboard bytes from a source (checked and stored by the loop), or how asking failed.
+    Outboard(NodeId, Result<Vec<u8>, Failure>),
 }
 
 impl Transfers {
@@ -254,6 +251,8 @@ impl Transfers {
                     rate_bytes_per_s: 0,
                     sources_active: 0,
                     sources_known: 0,
+                    sources_resting: 0,
+                    penalised: 0,
                     role: "lan",
                     state: "fetching",
                     error: None,
@@ -297,45 +296,19 @@ impl Transfers {
         }
     }
 
-    /// Keeps the planner's sources and role in step with the peers and providers.
-    fn sync_sources(&self, d: &mut Download, resting: &HashMap<NodeId, Instant>) {
-        let view = self.view.borrow().clone();
-        let live: Vec<NodeId> =
-            view.peers.iter().filter(|(_, (_, s))| *s == self.site).map(|(n, _)| *n).collect();
-        d.set_role(role_of(d.content(), &self.me, &live));
-        let providers = self
-            .providers
-            .lock()
-            .expect("providers lock")
-            .get(d.content())
-            .cloned()
-            .unwrap_or_default();
-        let mut wanted: BTreeSet<NodeId> = BTreeSet::new();
-        for (n, (_, site)) in &view.peers {
-            if resting.contains_key(n) {
-                continue;
-            }
-            d.add_source(*n, *site == self.site);
-            wanted.insert(*n);
-        }
-        for n in providers {
-            if resting.contains_key(&n) {
-                continue;
-            }
-            if !view.peers.contains_key(&n) {
-                // A provider we are not connected to yet: its site is unknown, so only the
-                // elected node uses it; opening a stream dials it.
-                d.add_source(n, false);
-            }
-            wanted.insert(n);
-        }
-        let gone: Vec<NodeId> =
-            d.sources().keys().filter(|n| !wanted.contains(n)).copied().collect();
-        for n in gone {
-            d.remove_source(&n);
-        }
+    /// Connected admitted peers, each with whether it is in this node's site.
+    fn peers_input(&self) -> Vec<(NodeId, bool)> {
+        self.view.borrow().peers.iter().map(|(n, (_, site))| (*n, *site == self.site)).collect()
     }
 
+    fn providers_of(&self, content: &ContentId) -> Vec<NodeId> {
+        let p = self.providers.lock().expect("providers lock");
+        p.get(content).map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// One download: feeds the core's [`Fetch`] with peers, providers and what the stream
+    /// tasks report, and carries out its outputs. Every decision is the core's; this loop
+    /// moves bytes and time. Time is monotonic milliseconds since the download started.
     async fn download(
         self: &Arc<Self>,
         content: ContentId,
@@ -343,252 +316,143 @@ impl Transfers {
         started: Instant,
     ) -> Result<(), String> {
         let have = self.store.begin(&content, size_bytes).map_err(|e| e.to_string())?;
-        let mut d = Download::new(content, size_bytes, have, self.cfg.params.clone());
+        let now = || Millis(started.elapsed().as_millis() as u64);
+        let has_outboard = self.store.has_outboard(&content);
+        let params = self.cfg.params.clone();
+        let mut f = Fetch::new(self.me, content, size_bytes, have, has_outboard, params, now());
         if let Some(x) = self.progress.lock().expect("progress lock").get_mut(&content) {
-            x.resumed_bytes = d.have_bytes();
+            x.resumed_bytes = f.download().have_bytes();
         }
         let (tx, mut rx) = mpsc::channel::<Ev>(1024);
         let mut tasks: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
-        let mut outboard_from: Option<NodeId> = None;
-        // Sources whose stream broke (no offence) rest a moment before they are used again.
-        let mut resting: HashMap<NodeId, Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut last_check = Instant::now();
-        let mut last_lookup: Option<Instant> = None;
-        let mut no_source_since = Instant::now();
-        let mut rate = RateMeter::new(d.have_bytes());
-        let (mut lan_bytes, mut wan_bytes) = (0u64, 0u64);
-        let mut dropped: BTreeMap<&'static str, u32> = BTreeMap::new();
+        let mut view = self.view.clone();
+        f.handle_input(now(), FetchInput::Peers(self.peers_input()));
+        let mut providers_known = 0;
+        let mut rate = RateMeter::new(f.download().have_bytes());
         loop {
-            if d.is_complete() {
-                self.store.finish(&content).map_err(|e| e.to_string())?;
-                let _ = self.to_daemon.try_send(ToDaemon::Provide(content));
-                return Ok(());
-            }
-            resting.retain(|_, until| *until > Instant::now());
-            self.sync_sources(&mut d, &resting);
-            let now = crate::daemon::now_ms();
-            let outboard = self.store.has_outboard(&content);
-            // Without the outboard nothing can be verified: ask what sources hold, take the
-            // outboard from one that holds something, and fetch nothing yet.
-            let actions = if outboard { d.poll(Millis(now.0)) } else { d.poll_asks(Millis(now.0)) };
-            for action in actions {
-                tracing::debug!(content = %content, ?action, "download action");
-                match action {
-                    Action::AskHave(n) => {
-                        self.spawn_have(n, content, tx.clone());
+            while let Some(out) = f.poll_output() {
+                tracing::debug!(content = %content, ?out, "download output");
+                match out {
+                    FetchOutput::AskHave(n) => self.spawn_have(n, content, tx.clone()),
+                    FetchOutput::GetOutboard(n) => {
+                        self.spawn_outboard(n, content, size_bytes, tx.clone())
                     }
-                    Action::Fetch(req) => {
-                        let lan = d.sources().get(&req.source).is_some_and(|s| s.lan);
-                        let id = req.id;
-                        let h = self.spawn_range(req, content, size_bytes, lan, tx.clone());
+                    FetchOutput::FetchRange { request, lan } => {
+                        let id = request.id;
+                        let h = self.spawn_range(request, content, size_bytes, lan, tx.clone());
                         tasks.insert(id, h);
                     }
-                }
-            }
-            if !outboard && outboard_from.is_none() {
-                let holder = d.sources().iter().find(|(_, s)| {
-                    s.banned.is_none()
-                        && (s.lan || d.role() == Role::Wan)
-                        && s.have.as_ref().is_some_and(|a| *a != Availability::Nothing)
-                });
-                if let Some((n, _)) = holder {
-                    outboard_from = Some(*n);
-                    self.spawn_outboard(*n, content, size_bytes, tx.clone());
-                }
-            }
-            let holders = d
-                .sources()
-                .values()
-                .filter(|s| {
-                    s.banned.is_none()
-                        && s.have.as_ref().is_some_and(|a| *a != Availability::Nothing)
-                })
-                .count();
-            if holders > 0 {
-                no_source_since = Instant::now();
-            } else if no_source_since.elapsed() > NO_SOURCE_TIMEOUT {
-                return Err(format!(
-                    "no admitted peer served {content} for {} s",
-                    NO_SOURCE_TIMEOUT.as_secs()
-                ));
-            }
-            // The elected node with nobody to fetch from looks in the DHT.
-            if holders == 0
-                && d.role() == Role::Wan
-                && last_lookup.is_none_or(|t| t.elapsed() > Duration::from_secs(5))
-            {
-                last_lookup = Some(Instant::now());
-                let _ = self.to_daemon.try_send(ToDaemon::FindProviders(content));
-            }
-            let ev = tokio::select! {
-                ev = rx.recv() => ev,
-                _ = tick.tick() => None,
-            };
-            let mut evs: Vec<Ev> = ev.into_iter().collect();
-            while let Ok(more) = rx.try_recv() {
-                evs.push(more);
-            }
-            for ev in evs {
-                tracing::debug!(content = %content, event = ?ev, role = ?d.role(), "download event");
-                match ev {
-                    Ev::Have(n, r) => {
-                        match r {
-                            Ok((size, avail))
-                                if size == size_bytes || avail == Availability::Nothing =>
-                            {
-                                if let Some(f) = d.on_have(&n, avail) {
-                                    self.fault(&mut d, &mut tasks, &mut dropped, n, f);
-                                }
-                            }
-                            Ok(_) => {
-                                // Holds another size under this id: it cannot help this download.
-                                self.fault(&mut d, &mut tasks, &mut dropped, n, Fault::Protocol);
-                            }
-                            Err(Some(f)) => self.fault(&mut d, &mut tasks, &mut dropped, n, f),
-                            Err(None) => {
-                                d.on_have_failed(&n);
-                                d.remove_source(&n);
-                                resting.insert(n, Instant::now() + Duration::from_secs(1));
-                            }
-                        }
-                    }
-                    Ev::Outboard(n, r) => {
-                        outboard_from = None;
-                        match r.map(|bytes| self.store.set_outboard(&content, &bytes)) {
-                            Ok(Ok(())) => {
-                                // The partial file may hold groups from before (a resume).
-                                let have = self
-                                    .store
-                                    .begin(&content, size_bytes)
-                                    .map_err(|e| e.to_string())?;
-                                let mut fresh = Download::new(
-                                    content,
-                                    size_bytes,
-                                    have,
-                                    self.cfg.params.clone(),
-                                );
-                                for (node, s) in d.sources() {
-                                    fresh.add_source(*node, s.lan);
-                                    if let Some(f) = s.banned {
-                                        fresh.on_fault(node, f);
-                                    } else if let Some(a) = &s.have {
-                                        fresh.on_have(node, a.clone());
-                                    }
-                                }
-                                d = fresh;
-                                rate = RateMeter::new(d.have_bytes());
-                                if let Some(x) =
-                                    self.progress.lock().expect("progress lock").get_mut(&content)
-                                {
-                                    x.resumed_bytes = d.have_bytes();
-                                }
-                                if d.have_bytes() > 0 {
-                                    tracing::info!(content = %content, resumed_bytes = d.have_bytes(), "resuming a partial payload");
-                                }
-                            }
-                            Ok(Err(StoreError::DiskFull(_))) => {
-                                return Err(StoreError::DiskFull(content).to_string())
-                            }
-                            Ok(Err(_)) => {
-                                self.fault(&mut d, &mut tasks, &mut dropped, n, Fault::Corrupt)
-                            }
-                            Err(Some(f)) => self.fault(&mut d, &mut tasks, &mut dropped, n, f),
-                            Err(None) => {
-                                self.fault(&mut d, &mut tasks, &mut dropped, n, Fault::Protocol)
-                            }
-                        }
-                    }
-                    Ev::Groups(id, first, count, lan) => {
-                        for g in first..first + count {
-                            // A group can arrive twice when a released range was handed to
-                            // another source while the first was still sending; count it once.
-                            if d.on_group(id, g) {
-                                let (_, len) = group_span(size_bytes, g);
-                                if lan {
-                                    lan_bytes += len;
-                                } else {
-                                    wan_bytes += len;
-                                }
-                            }
-                        }
-                    }
-                    Ev::Done(id) => {
-                        tasks.remove(&id);
-                        d.on_done(id);
-                    }
-                    Ev::Fault(n, f) => self.fault(&mut d, &mut tasks, &mut dropped, n, f),
-                    Ev::Idle => {}
-                    Ev::Broken(n) => {
-                        // A dropped connection is no offence: the source's ranges go back and
-                        // it is asked again after a rest, if it is still there.
-                        if outboard_from == Some(n) {
-                            outboard_from = None;
-                        }
-                        for id in d.remove_source(&n) {
-                            if let Some(h) = tasks.remove(&id) {
-                                h.abort();
-                            }
-                        }
-                        resting.insert(n, Instant::now() + Duration::from_secs(1));
-                    }
-                    Ev::Stop(e) => {
-                        for (_, h) in tasks.drain() {
-                            h.abort();
-                        }
-                        return Err(match e {
-                            StoreError::DiskFull(_) => StoreError::DiskFull(content).to_string(),
-                            other => other.to_string(),
-                        });
-                    }
-                }
-            }
-            if last_check.elapsed() >= Duration::from_secs(1) {
-                last_check = Instant::now();
-                for (n, ids) in d.check(crate::daemon::now_ms()) {
-                    tracing::warn!(peer = %n, content = %content, "source below the minimum rate; dropped");
-                    *dropped.entry(Fault::Slow.kind()).or_default() += 1;
-                    self.penalize(&n, "slow");
-                    for id in ids {
+                    FetchOutput::Cancel(id) => {
                         if let Some(h) = tasks.remove(&id) {
                             h.abort();
                         }
                     }
+                    FetchOutput::FindProviders => {
+                        let _ = self.to_daemon.try_send(ToDaemon::FindProviders(content));
+                    }
+                    FetchOutput::Penalize(n, fault) => {
+                        tracing::warn!(peer = %n, content = %content, fault = fault.kind(), "payload source misbehaved");
+                        self.penalize(&n, fault.kind());
+                    }
+                    FetchOutput::Complete => {
+                        for (_, h) in tasks.drain() {
+                            h.abort();
+                        }
+                        self.store.finish(&content).map_err(|e| e.to_string())?;
+                        let _ = self.to_daemon.try_send(ToDaemon::Provide(content));
+                        self.update_progress(&f, &mut rate, started);
+                        return Ok(());
+                    }
+                    FetchOutput::Failed(reason) => {
+                        for (_, h) in tasks.drain() {
+                            h.abort();
+                        }
+                        return Err(reason);
+                    }
                 }
             }
-            let mut p = self.progress.lock().expect("progress lock");
-            if let Some(x) = p.get_mut(&content) {
-                x.have_bytes = d.have_bytes();
-                x.rate_bytes_per_s = rate.update(d.have_bytes());
-                x.sources_active = d.active_sources();
-                x.sources_known = d.sources().len();
-                x.role = if d.role() == Role::Wan { "wan" } else { "lan" };
-                x.lan_bytes = lan_bytes;
-                x.wan_bytes = wan_bytes;
-                x.dropped = dropped.clone();
-                x.elapsed_ms = started.elapsed().as_millis() as u64;
+            self.update_progress(&f, &mut rate, started);
+            let wait = f
+                .poll_timeout()
+                .map_or(Duration::from_secs(1), |at| Duration::from_millis(at.since(now())));
+            tokio::select! {
+                ev = rx.recv() => {
+                    let mut evs: Vec<Ev> = ev.into_iter().collect();
+                    while let Ok(more) = rx.try_recv() {
+                        evs.push(more);
+                    }
+                    for ev in evs {
+                        let input = self.input_of(ev, &content, size_bytes, &mut tasks);
+                        f.handle_input(now(), input);
+                    }
+                }
+                changed = view.changed() => {
+                    if changed.is_ok() {
+                        f.handle_input(now(), FetchInput::Peers(self.peers_input()));
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {
+                    let providers = self.providers_of(&content);
+                    if providers.len() != providers_known {
+                        providers_known = providers.len();
+                        f.handle_input(now(), FetchInput::Providers(providers));
+                    }
+                    f.handle_timeout(now());
+                }
             }
         }
     }
 
-    fn fault(
+    /// Turns what a stream task reports into the core's input; the outboard is checked and
+    /// stored here, before the core hears of it.
+    fn input_of(
         &self,
-        d: &mut Download,
+        ev: Ev,
+        content: &ContentId,
+        size_bytes: u64,
         tasks: &mut HashMap<u64, tokio::task::AbortHandle>,
-        dropped: &mut BTreeMap<&'static str, u32>,
-        n: NodeId,
-        f: Fault,
-    ) {
-        if d.sources().get(&n).is_some_and(|s| s.banned.is_some()) {
-            return;
-        }
-        tracing::warn!(peer = %n, content = %d.content(), fault = f.kind(), "dropping a payload source");
-        *dropped.entry(f.kind()).or_default() += 1;
-        self.penalize(&n, f.kind());
-        for id in d.on_fault(&n, f) {
-            if let Some(h) = tasks.remove(&id) {
-                h.abort();
+    ) -> FetchInput {
+        match ev {
+            Ev::Input(input) => {
+                if let FetchInput::RangeEnded { request, .. } = &input {
+                    tasks.remove(request);
+                }
+                input
             }
+            Ev::Outboard(source, Err(failure)) => {
+                FetchInput::Outboard { source, result: Err(failure) }
+            }
+            Ev::Outboard(source, Ok(bytes)) => match self.store.set_outboard(content, &bytes) {
+                Ok(()) => match self.store.begin(content, size_bytes) {
+                    Ok(have) => FetchInput::Outboard { source, result: Ok(have) },
+                    Err(e) => FetchInput::Stop(e.to_string()),
+                },
+                Err(StoreError::DiskFull(_)) => {
+                    FetchInput::Stop(StoreError::DiskFull(*content).to_string())
+                }
+                Err(_) => {
+                    FetchInput::Outboard { source, result: Err(Failure::Fault(Fault::Corrupt)) }
+                }
+            },
+        }
+    }
+
+    fn update_progress(&self, f: &Fetch, rate: &mut RateMeter, started: Instant) {
+        let d = f.download();
+        let mut p = self.progress.lock().expect("progress lock");
+        if let Some(x) = p.get_mut(d.content()) {
+            let stats = f.stats();
+            x.have_bytes = d.have_bytes();
+            x.rate_bytes_per_s = rate.update(d.have_bytes());
+            x.sources_active = d.active_sources();
+            x.sources_known = d.sources().len();
+            x.sources_resting = f.resting();
+            x.role = if d.role() == Role::Wan { "wan" } else { "lan" };
+            x.lan_bytes = stats.lan_bytes;
+            x.wan_bytes = stats.wan_bytes;
+            x.dropped = stats.dropped.clone();
+            x.penalised = stats.penalised;
+            x.elapsed_ms = started.elapsed().as_millis() as u64;
         }
     }
 
@@ -608,9 +472,9 @@ impl Transfers {
         &self,
         n: &NodeId,
         req: &DataRequest,
-    ) -> Result<(libp2p::Stream, DataReply), Option<Fault>> {
-        let mut s = self.open(n).await.map_err(|()| None)?;
-        write_frame(&mut s, &req.to_bytes()).await.map_err(|_| None)?;
+    ) -> Result<(libp2p::Stream, DataReply), Failure> {
+        let mut s = self.open(n).await.map_err(|()| Failure::Lost)?;
+        write_frame(&mut s, &req.to_bytes()).await.map_err(|_| Failure::Lost)?;
         let reply = read_reply(&mut s).await?;
         Ok((s, reply))
     }
@@ -618,14 +482,14 @@ impl Transfers {
     fn spawn_have(self: &Arc<Self>, n: NodeId, content: ContentId, tx: mpsc::Sender<Ev>) {
         let me = self.clone();
         tokio::spawn(async move {
-            let r = match me.ask(&n, &DataRequest::Have { content }).await {
+            let reply = match me.ask(&n, &DataRequest::Have { content }).await {
                 Ok((_, DataReply::Have { size_bytes, availability })) => {
                     Ok((size_bytes, availability))
                 }
-                Ok(_) => Err(Some(Fault::Protocol)),
+                Ok(_) => Err(Failure::Fault(Fault::Protocol)),
                 Err(e) => Err(e),
             };
-            let _ = tx.send(Ev::Have(n, r)).await;
+            let _ = tx.send(Ev::Input(FetchInput::Have { source: n, reply })).await;
         });
     }
 
@@ -641,14 +505,14 @@ impl Transfers {
             let r = async {
                 let mut s = match me.ask(&n, &DataRequest::Outboard { content }).await? {
                     (s, DataReply::Outboard { size_bytes: sz }) if sz == size_bytes => s,
-                    (_, DataReply::Missing) => return Err(Some(Fault::Lied)),
-                    _ => return Err(Some(Fault::Protocol)),
+                    (_, DataReply::Missing) => return Err(Failure::Fault(Fault::Lied)),
+                    _ => return Err(Failure::Fault(Fault::Protocol)),
                 };
                 let mut bytes = vec![0u8; (group_count(size_bytes) * 32) as usize];
                 tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(&mut bytes))
                     .await
-                    .map_err(|_| Some(Fault::Slow))?
-                    .map_err(|_| None)?;
+                    .map_err(|_| Failure::Fault(Fault::Slow))?
+                    .map_err(|_| Failure::Lost)?;
                 Ok(bytes)
             }
             .await;
@@ -666,10 +530,33 @@ impl Transfers {
     ) -> tokio::task::AbortHandle {
         let me = self.clone();
         tokio::spawn(async move {
-            let ev = me.fetch_range(&req, content, size_bytes, lan, &tx).await;
-            let _ = tx.send(ev).await;
+            let request = req.id;
+            let (result, stream) = match me.fetch_range(&req, content, size_bytes, lan, &tx).await {
+                Ok(s) => (Ok(()), Some(s)),
+                Err(e) => (Err(e), None),
+            };
+            let _ = tx.send(Ev::Input(FetchInput::RangeEnded { request, result })).await;
+            // The range is complete: the source may take the next one at once. Anything more
+            // on this stream is past what was promised, and still costs the source.
+            if let Some(mut s) = stream {
+                let mut extra = [0u8; 1];
+                let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut extra)).await;
+                if matches!(read, Ok(Ok(n)) if n > 0) {
+                    let input = FetchInput::Fault { source: req.source, fault: Fault::Overrun };
+                    let _ = tx.send(Ev::Input(input)).await;
+                }
+            }
         })
         .abort_handle()
+    }
+
+    /// Reports verified groups at once (`try_send` has no await point, so a cancel that
+    /// aborts the task after a write cannot lose the report of what was written).
+    async fn report(tx: &mpsc::Sender<Ev>, request: u64, first: u64, count: u64) {
+        let ev = Ev::Input(FetchInput::Groups { request, first, count });
+        if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+            let _ = tx.send(ev).await;
+        }
     }
 
     async fn fetch_range(
@@ -679,16 +566,14 @@ impl Transfers {
         size_bytes: u64,
         lan: bool,
         tx: &mpsc::Sender<Ev>,
-    ) -> Ev {
+    ) -> Result<libp2p::Stream, Failure> {
         let n = req.source;
         let ask = DataRequest::Range { content, first: req.first, count: req.count };
-        let mut s = match self.ask(&n, &ask).await {
-            Ok((s, DataReply::Range { size_bytes: sz })) if sz == size_bytes => s,
+        let mut s = match self.ask(&n, &ask).await? {
+            (s, DataReply::Range { size_bytes: sz }) if sz == size_bytes => s,
             // The planner asks only for groups the source said it holds.
-            Ok((_, DataReply::Missing)) => return Ev::Fault(n, Fault::Lied),
-            Ok(_) => return Ev::Fault(n, Fault::Protocol),
-            Err(Some(f)) => return Ev::Fault(n, f),
-            Err(None) => return Ev::Broken(n),
+            (_, DataReply::Missing) => return Err(Failure::Fault(Fault::Lied)),
+            _ => return Err(Failure::Fault(Fault::Protocol)),
         };
         // Read a batch of groups at once, then verify and write each: fewer wake-ups and one
         // event per batch.
@@ -709,8 +594,9 @@ impl Transfers {
             let part = &mut buf[..len as usize];
             match tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(part)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Ev::Broken(n),
-                Err(_) => return Ev::Fault(n, Fault::Slow),
+                Ok(Err(_)) => return Err(Failure::Lost),
+                // A source that sends nothing for this long: slow (rested, no penalty).
+                Err(_) => return Err(Failure::Fault(Fault::Slow)),
             }
             let mut written = 0;
             for k in 0..n_groups {
@@ -720,26 +606,28 @@ impl Transfers {
                     Ok(_) => written += 1,
                     Err(e) => {
                         if written > 0 {
-                            let _ = tx.send(Ev::Groups(req.id, g, written, lan)).await;
+                            Self::report(tx, req.id, g, written).await;
                         }
                         return match e {
-                            StoreError::Corrupt { .. } => Ev::Fault(n, Fault::Corrupt),
-                            other => Ev::Stop(other),
+                            StoreError::Corrupt { .. } => Err(Failure::Fault(Fault::Corrupt)),
+                            other => {
+                                let stop = match other {
+                                    StoreError::DiskFull(_) => {
+                                        StoreError::DiskFull(content).to_string()
+                                    }
+                                    other => other.to_string(),
+                                };
+                                let _ = tx.send(Ev::Input(FetchInput::Stop(stop))).await;
+                                Err(Failure::Lost)
+                            }
                         };
                     }
                 }
             }
-            let _ = tx.send(Ev::Groups(req.id, g, n_groups, lan)).await;
+            Self::report(tx, req.id, g, n_groups).await;
             g += n_groups;
         }
-        // The range is complete: the source may take the next one at once. Anything more on
-        // this stream is past what was promised, and still costs the source its place.
-        let _ = tx.send(Ev::Done(req.id)).await;
-        let mut extra = [0u8; 1];
-        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut extra)).await {
-            Ok(Ok(n_read)) if n_read > 0 => Ev::Fault(n, Fault::Overrun),
-            _ => Ev::Idle,
-        }
+        Ok(s)
     }
 
     /// Serves incoming data streams until the node stops.
@@ -894,12 +782,14 @@ pub async fn read_frame<S: futures::AsyncRead + Unpin>(s: &mut S) -> std::io::Re
     Ok(body)
 }
 
-/// Reads a reply header: `Err(Some(fault))` for a peer's fault, `Err(None)` for a lost stream.
-async fn read_reply<S: futures::AsyncRead + Unpin>(s: &mut S) -> Result<DataReply, Option<Fault>> {
+/// Reads a reply header. A reply that does not come in time is the path's doing (a congested
+/// link queues it behind other streams), not an offence.
+async fn read_reply<S: futures::AsyncRead + Unpin>(s: &mut S) -> Result<DataReply, Failure> {
+    let protocol = Failure::Fault(Fault::Protocol);
     match tokio::time::timeout(REPLY_TIMEOUT, read_frame(s)).await {
-        Err(_) => Err(Some(Fault::Slow)),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(Some(Fault::Protocol)),
-        Ok(Err(_)) => Err(None),
-        Ok(Ok(bytes)) => DataReply::from_bytes(&bytes).map_err(|_| Some(Fault::Protocol)),
+        Err(_) => Err(Failure::Fault(Fault::Slow)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(protocol),
+        Ok(Err(_)) => Err(Failure::Lost),
+        Ok(Ok(bytes)) => DataReply::from_bytes(&bytes).map_err(|_| protocol),
     }
 }

@@ -54,7 +54,9 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// Largest payload the protocol transfers (a node's configured limit may be lower).
 pub const PAYLOAD_BYTES_MAX: u64 = 16 << 30;
 /// Verification groups of the largest payload.
-pub const PAYLOAD_GROUPS_MAX: u64 = PAYLOAD_BYTES_MAX / crate::transfer::GROUP_BYTES;
+pub const PAYLOAD_GROUPS_MAX: u64 = PAYLOAD_BYTES_MAX / GROUP_BYTES;
+/// Bytes of one verification group (16 BLAKE3 chunks); `transfer::GROUP_BYTES` is this.
+pub const GROUP_BYTES: u64 = 16 * 1024;
 /// Groups one range request may ask for (16 MiB).
 pub const RANGE_GROUPS_MAX: u64 = 1024;
 /// One data-stream request or reply header (a `Have` reply carries a bitfield).
@@ -77,3 +79,23 @@ pub const ALARM_ROLLOUTS_MAX: usize = 256;
 pub const JOURNAL_ENTRIES_MAX: usize = 256;
 /// Shortest re-verification period during soak.
 pub const RECHECK_MS_MIN: u64 = 100;
+/// How often a download measures its sources' rates and judges slowness.
+pub const FETCH_CHECK_MS: u64 = 250;
+/// First rest of a source whose stream broke or that was slow; each strike doubles it.
+pub const FETCH_REST_MS: u64 = 1_000;
+/// First rest of a source that lied or sent corrupt data; each strike doubles it.
+pub const FETCH_OFFENCE_REST_MS: u64 = 30_000;
+/// Longest rest of a source: every rest ends, so a download never runs out of sources for good.
+pub const FETCH_REST_MAX_MS: u64 = 600_000;
+/// How often a site's WAN fetcher with no source holding anything looks up providers.
+pub const FETCH_LOOKUP_MS: u64 = 5_000;
+/// A download with no source holding anything for this long fails (visibly, with a reason).
+pub const FETCH_NO_SOURCE_MS: u64 = 600_000;
+/// Sources in other sites a WAN fetcher uses at once.
+pub const FETCH_WAN_SOURCES_MAX: usize = 8;
+/// How often a WAN fetcher with more candidates than slots retires its slowest WAN source to
+/// try another (sites that already hold parts feed each other instead of all pulling from the
+/// origin).
+pub const FETCH_ROTATE_MS: u64 = 10_000;
+/// Strikes remembered per download (sources that were rested).
+pub const FETCH_STRIKES_MAX: usize = 256;

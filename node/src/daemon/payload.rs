@@ -70,6 +70,14 @@ impl Daemon {
         }
     }
 
+    /// What garbage collection must keep: every catalog payload, and every payload an install
+    /// journal names (what a rollback reinstalls must never need the WAN).
+    fn gc_keep(&self) -> BTreeSet<ContentId> {
+        let mut keep: BTreeSet<ContentId> = self.catalog_payloads().into_keys().collect();
+        keep.extend(self.node.rollouts().journal().values().map(|e| e.content_id));
+        keep
+    }
+
     pub(super) fn on_transfer(&mut self, cmd: ToDaemon) {
         match cmd {
             ToDaemon::Penalize(peer, why) => {
@@ -180,7 +188,7 @@ impl Daemon {
                 }))
             }
             R::ContentGc { dry_run } => {
-                let keep: BTreeSet<ContentId> = self.catalog_payloads().into_keys().collect();
+                let keep = self.gc_keep();
                 let store = self.transfers.store();
                 let doomed: Vec<Value> = if dry_run {
                     store

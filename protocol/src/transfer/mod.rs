@@ -29,6 +29,7 @@
 //! [`DataReply`] header, followed for `Range` by exactly the requested bytes and for
 //! `Outboard` by the chaining values.
 
+pub mod fetch;
 pub mod plan;
 
 use crate::crypto::{decode, encode, DecodeError};
@@ -38,7 +39,7 @@ use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mo
 use serde::{Deserialize, Serialize};
 
 /// Bytes of one verification group: 16 BLAKE3 chunks.
-pub const GROUP_BYTES: u64 = 16 * 1024;
+pub const GROUP_BYTES: u64 = limits::GROUP_BYTES;
 
 /// Groups of a payload of `size_bytes` (an empty payload has one empty group).
 pub fn group_count(size_bytes: u64) -> u64 {

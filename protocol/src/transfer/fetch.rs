@@ -1,0 +1,938 @@
+//! One download under the drive contract: every decision about fetching one payload, so the
+//! real node and the simulator run the same policy and differ only in how bytes and time move.
+//!
+//! A driver owns a [`Fetch`] per content it wants and repeats, like [`crate::node::Node`]:
+//! 1. `fetch.handle_input(now, input)` with a [`FetchInput`]: the peers it is connected to
+//!    (and whether each is in its site), providers found in the DHT, answers to questions,
+//!    verified groups, ranges that ended, faults; and `fetch.handle_timeout(now)` at or after
+//!    [`Fetch::poll_timeout`].
+//! 2. `while let Some(out) = fetch.poll_output()` — carry out every [`FetchOutput`]: ask a
+//!    source what it holds, get the outboard, fetch a range, cancel one, look up providers,
+//!    penalise a peer; `Complete` and `Failed` end the download.
+//!
+//! ## The source policy
+//! - **Role**: the live members of the site elect one node per content to fetch across the WAN
+//!   ([`super::role_of`] over the connected members); the others use site members only, and
+//!   stream from the elected node while it is still receiving. A node that loses the role
+//!   cancels its ranges from other sites at once, so its site never pulls a second copy.
+//! - **WAN sources**: the elected node uses up to [`limits::FETCH_WAN_SOURCES_MAX`] peers of
+//!   other sites: those it is connected to and providers from the DHT. It keeps the ones it
+//!   has and fills free slots by a rendezvous hash of (content, itself, candidate), providers
+//!   first (they hold something), so fetchers of different sites spread over different
+//!   holders. Every [`limits::FETCH_ROTATE_MS`], when there are more candidates than slots,
+//!   the slowest WAN source is retired (its ranges finish) and rests, and another is tried: a
+//!   site that already holds parts of the payload is found and feeds its neighbours, instead
+//!   of every site pulling from the origin.
+//! - **Piece order**: each node starts picking at a place of its own (a hash of content and
+//!   node id) and wraps around; sites and site members that fetch at once hold different
+//!   parts, so they have something to give each other.
+//! - **Rests, not bans**: a source whose stream broke, or that is slow *relative to the other
+//!   sources* (see [`super::plan::Download::check`]), rests for [`limits::FETCH_REST_MS`],
+//!   doubling with each strike up to [`limits::FETCH_REST_MAX_MS`]; congestion is never an
+//!   offence and costs no penalty. A source that lies, sends a corrupt group, overruns a range
+//!   or breaks the protocol is penalised and rests from [`limits::FETCH_OFFENCE_REST_MS`]. Every
+//!   rest ends, so a download is never left with no source while a holder is reachable.
+//! - **No source**: while no usable source holds anything, the elected node looks up
+//!   providers every [`limits::FETCH_LOOKUP_MS`]; after [`limits::FETCH_NO_SOURCE_MS`] the
+//!   download fails with a reason (never silently stops).
+//!
+//! ## Time
+//! `now` is the driver's clock in milliseconds. If it goes backwards, elapsed times read as
+//! zero (`Millis::since` saturates): a deadline is delayed, never brought forward.
+
+use super::plan::{Action, Download, Fault, Params, Request};
+use super::{group_count, rendezvous, role_of, Availability, Bitfield, Role};
+use crate::ids::{ContentId, Millis, NodeId};
+use crate::limits;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Requests whose origin (site or not) is remembered: those in flight (at most
+/// `SOURCES_PER_DOWNLOAD_MAX × requests_per_source`) and the latest cancelled ones.
+const REQUESTS_REMEMBERED_MAX: usize = 4_096;
+
+/// How something asked of a source ended badly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The source misbehaved (or, for [`Fault::Slow`], the path was slow).
+    Fault(Fault),
+    /// The stream or connection was lost, or timed out: nobody's fault.
+    Lost,
+}
+
+/// An input to a [`Fetch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchInput {
+    /// The admitted peers this node is connected to now, each with whether it is in this
+    /// node's site. Replaces the previous view.
+    Peers(Vec<(NodeId, bool)>),
+    /// Holders of the content found in the DHT (their site is unknown until connected).
+    Providers(Vec<NodeId>),
+    /// A source's answer to `AskHave`: its payload size and what it holds.
+    Have {
+        /// The source.
+        source: NodeId,
+        /// Size and availability, or how the question failed.
+        reply: Result<(u64, Availability), Failure>,
+    },
+    /// The outboard from `source` was checked against the content id and stored; `Ok` carries
+    /// the groups already verified on disk (a resume).
+    Outboard {
+        /// The source.
+        source: NodeId,
+        /// Groups held, or how it failed (a forged outboard is [`Fault::Corrupt`]).
+        result: Result<Bitfield, Failure>,
+    },
+    /// Groups `first .. first + count` of a request were verified and stored.
+    Groups {
+        /// The request.
+        request: u64,
+        /// First group.
+        first: u64,
+        /// Groups.
+        count: u64,
+    },
+    /// A range ended: all delivered (`Ok`), or stopped.
+    RangeEnded {
+        /// The request.
+        request: u64,
+        /// How it ended.
+        result: Result<(), Failure>,
+    },
+    /// A source misbehaved outside a range in flight (e.g. sent bytes past a finished range).
+    Fault {
+        /// The source.
+        source: NodeId,
+        /// What it did.
+        fault: Fault,
+    },
+    /// The store cannot go on (disk full, I/O error): the download fails with this reason.
+    Stop(String),
+}
+
+/// What the driver must do for a [`Fetch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchOutput {
+    /// Ask the source what it holds; answer with [`FetchInput::Have`].
+    AskHave(NodeId),
+    /// Get the outboard from the source; answer with [`FetchInput::Outboard`].
+    GetOutboard(NodeId),
+    /// Fetch a range; report [`FetchInput::Groups`] as groups verify, then
+    /// [`FetchInput::RangeEnded`].
+    FetchRange {
+        /// The range.
+        request: Request,
+        /// Whether the source is in this node's site.
+        lan: bool,
+    },
+    /// Stop a range in flight. Groups already verified from it are kept: report them with
+    /// [`FetchInput::Groups`] (the fetch still counts them); no `RangeEnded` is expected.
+    Cancel(u64),
+    /// Look up holders in the DHT; answer with [`FetchInput::Providers`].
+    FindProviders,
+    /// The peer misbehaved on a data stream.
+    Penalize(NodeId, Fault),
+    /// Every group is verified: finish the payload.
+    Complete,
+    /// The download stopped for this reason.
+    Failed(String),
+}
+
+/// Where a download stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchState {
+    /// Under way.
+    Fetching,
+    /// Every group verified.
+    Complete,
+    /// Stopped with a reason.
+    Failed,
+}
+
+/// Counters of one download.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Verified payload bytes received from this site.
+    pub lan_bytes: u64,
+    /// Verified payload bytes received from other sites.
+    pub wan_bytes: u64,
+    /// Groups verified more than once (a range handed to another source while the first was
+    /// still sending).
+    pub duplicate_groups: u64,
+    /// Sources rested or dropped, by fault kind (`lost` for broken streams).
+    pub dropped: BTreeMap<&'static str, u32>,
+    /// Peers penalised.
+    pub penalised: u32,
+    /// WAN sources retired to try another.
+    pub rotations: u32,
+}
+
+/// One download: the source policy around a [`Download`] planner.
+#[derive(Debug)]
+pub struct Fetch {
+    me: NodeId,
+    download: Download,
+    params: Params,
+    state: FetchState,
+    has_outboard: bool,
+    outboard_from: Option<NodeId>,
+    /// Connected admitted peers → in this node's site.
+    peers: BTreeMap<NodeId, bool>,
+    providers: BTreeSet<NodeId>,
+    /// Resting sources and when their rest ends.
+    rests: BTreeMap<NodeId, Millis>,
+    strikes: BTreeMap<NodeId, u32>,
+    out: VecDeque<FetchOutput>,
+    /// Requests started (in flight or cancelled lately) → from this site: groups of a
+    /// cancelled range may still be reported, and count where they came from.
+    request_lan: BTreeMap<u64, bool>,
+    next_check: Millis,
+    next_rotate: Millis,
+    last_lookup: Option<Millis>,
+    holder_seen: Millis,
+    stats: FetchStats,
+}
+
+impl Fetch {
+    /// A download of `content` (`size_bytes`, as signed) by node `me`. `have` holds the groups
+    /// verified on disk, `has_outboard` whether the outboard is stored (without it nothing can
+    /// be verified, so it is fetched first).
+    pub fn new(
+        me: NodeId,
+        content: ContentId,
+        size_bytes: u64,
+        have: Bitfield,
+        has_outboard: bool,
+        params: Params,
+        now: Millis,
+    ) -> Fetch {
+        let mut download = Download::new(content, size_bytes, have, params.clone());
+        download.set_start(start_group(&content, &me, size_bytes));
+        let mut f = Fetch {
+            me,
+            download,
+            params,
+            state: FetchState::Fetching,
+            has_outboard,
+            outboard_from: None,
+            peers: BTreeMap::new(),
+            providers: BTreeSet::new(),
+            rests: BTreeMap::new(),
+            strikes: BTreeMap::new(),
+            out: VecDeque::new(),
+            request_lan: BTreeMap::new(),
+            next_check: now.plus(limits::FETCH_CHECK_MS),
+            next_rotate: now.plus(limits::FETCH_ROTATE_MS),
+            last_lookup: None,
+            holder_seen: now,
+            stats: FetchStats::default(),
+        };
+        f.step(now);
+        f
+    }
+
+    // ---- getters ---------------------------------------------------------------------------
+
+    /// The planner (sources, requests, verified groups).
+    pub fn download(&self) -> &Download {
+        &self.download
+    }
+    /// Where the download stands.
+    pub fn state(&self) -> FetchState {
+        self.state
+    }
+    /// Counters.
+    pub fn stats(&self) -> &FetchStats {
+        &self.stats
+    }
+    /// Sources resting now.
+    pub fn resting(&self) -> usize {
+        self.rests.len()
+    }
+    /// Whether the outboard is held (groups can be verified).
+    pub fn has_outboard(&self) -> bool {
+        self.has_outboard
+    }
+
+    // ---- handle_* --------------------------------------------------------------------------
+
+    /// Feeds one input.
+    pub fn handle_input(&mut self, now: Millis, input: FetchInput) {
+        if self.state != FetchState::Fetching {
+            return;
+        }
+        match input {
+            FetchInput::Peers(peers) => {
+                self.peers = peers.into_iter().filter(|(n, _)| *n != self.me).collect();
+                self.sync_sources(now);
+            }
+            FetchInput::Providers(nodes) => {
+                for n in nodes {
+                    if n != self.me && self.providers.len() < limits::SOURCES_PER_DOWNLOAD_MAX {
+                        self.providers.insert(n);
+                    }
+                }
+                self.sync_sources(now);
+            }
+            FetchInput::Have { source, reply } => self.on_have(now, source, reply),
+            FetchInput::Outboard { source, result } => self.on_outboard(now, source, result),
+            FetchInput::Groups { request, first, count } => self.on_groups(request, first, count),
+            FetchInput::RangeEnded { request, result } => self.on_range_ended(now, request, result),
+            FetchInput::Fault { source, fault } => self.fault(now, source, Failure::Fault(fault)),
+            FetchInput::Stop(reason) => self.fail(reason),
+        }
+        self.step(now);
+    }
+
+    /// Periodic work: rests that ended, rate and slowness checks, rotation of WAN sources,
+    /// provider look-ups and the no-source deadline.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.state != FetchState::Fetching {
+            return;
+        }
+        let before = self.rests.len();
+        self.rests.retain(|_, until| *until > now);
+        if self.rests.len() != before {
+            self.sync_sources(now);
+        }
+        if now >= self.next_check {
+            self.next_check = now.plus(limits::FETCH_CHECK_MS);
+            for (n, ids) in self.download.check(now) {
+                self.cancel(ids);
+                *self.stats.dropped.entry(Fault::Slow.kind()).or_default() += 1;
+                self.rest(now, n, limits::FETCH_REST_MS);
+            }
+        }
+        if now >= self.next_rotate {
+            self.next_rotate = now.plus(limits::FETCH_ROTATE_MS);
+            self.rotate(now);
+        }
+        self.finish_retired(now);
+        self.step(now);
+    }
+
+    // ---- poll_* ----------------------------------------------------------------------------
+
+    /// The next output, in order.
+    pub fn poll_output(&mut self) -> Option<FetchOutput> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Fetch::handle_timeout`] next; `None` once the download ended.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        if self.state != FetchState::Fetching {
+            return None;
+        }
+        // The check runs every `FETCH_CHECK_MS`, which is also when partial sources are asked
+        // again (every `have_refresh_ms`, no finer than the check).
+        let mut at = self.next_check.min(self.next_rotate);
+        if let Some(until) = self.rests.values().min() {
+            at = at.min(*until);
+        }
+        Some(at)
+    }
+
+    // ---- internals -------------------------------------------------------------------------
+
+    fn role(&self) -> Role {
+        let site: Vec<&NodeId> =
+            self.peers.iter().filter(|(_, lan)| **lan).map(|(n, _)| n).collect();
+        role_of(self.download.content(), &self.me, site)
+    }
+
+    /// Keeps the planner's sources and role in step with the peers, providers and rests.
+    fn sync_sources(&mut self, _now: Millis) {
+        let role = self.role();
+        let cancelled = self.download.set_role(role);
+        self.cancel(cancelled);
+        let mut wanted: BTreeSet<NodeId> = BTreeSet::new();
+        for (n, lan) in &self.peers {
+            if *lan && !self.rests.contains_key(n) {
+                wanted.insert(*n);
+            }
+        }
+        if role == Role::Wan {
+            wanted.extend(self.wan_sources(wanted.len()));
+        }
+        let gone: Vec<NodeId> =
+            self.download.sources().keys().filter(|n| !wanted.contains(n)).copied().collect();
+        for n in gone {
+            let ids = self.download.forget(&n);
+            self.cancel(ids);
+            if self.outboard_from == Some(n) {
+                self.outboard_from = None;
+            }
+        }
+        for n in wanted {
+            let lan = self.peers.get(&n).copied().unwrap_or(false);
+            self.download.add_source(n, lan);
+        }
+    }
+
+    /// The WAN sources: current ones that are still candidates, then the best-ranked others.
+    fn wan_sources(&self, lan_count: usize) -> Vec<NodeId> {
+        let content = *self.download.content();
+        let current = |n: &NodeId| self.download.sources().get(n).is_some_and(|s| !s.lan);
+        let mut candidates: Vec<(bool, bool, [u8; 32], NodeId)> = self
+            .peers
+            .iter()
+            .filter(|(_, lan)| !**lan)
+            .map(|(n, _)| *n)
+            .chain(self.providers.iter().filter(|n| !self.peers.contains_key(n)).copied())
+            .filter(|n| !self.rests.contains_key(n))
+            .map(|n| (!current(&n), !self.providers.contains(&n), self.rank(&content, &n), n))
+            .collect();
+        candidates.sort();
+        let slots = limits::FETCH_WAN_SOURCES_MAX
+            .min(limits::SOURCES_PER_DOWNLOAD_MAX.saturating_sub(lan_count));
+        candidates.into_iter().take(slots).map(|(_, _, _, n)| n).collect()
+    }
+
+    fn rank(&self, content: &ContentId, n: &NodeId) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&rendezvous(content, n));
+        h.update(&self.me.0);
+        *h.finalize().as_bytes()
+    }
+
+    /// Retires the slowest WAN source when other candidates wait for a slot.
+    fn rotate(&mut self, now: Millis) {
+        if self.download.role() != Role::Wan || !self.has_outboard {
+            return;
+        }
+        let wan: Vec<(&NodeId, &super::plan::Source)> =
+            self.download.sources().iter().filter(|(_, s)| !s.lan && !s.retiring).collect();
+        if wan.len() < limits::FETCH_WAN_SOURCES_MAX {
+            return;
+        }
+        let waiting = self
+            .peers
+            .iter()
+            .filter(|(_, lan)| !**lan)
+            .map(|(n, _)| n)
+            .chain(self.providers.iter())
+            .any(|n| !self.rests.contains_key(n) && !self.download.sources().contains_key(n));
+        if !waiting {
+            return;
+        }
+        // A source that answered it holds nothing goes first, then the slowest holder; one that
+        // has not answered yet is not judged.
+        let slowest = wan
+            .iter()
+            .filter(|(_, s)| s.have.is_some())
+            .min_by_key(|(n, s)| (s.holds_any(), s.judged_rate_bytes_per_s, s.bytes, **n))
+            .map(|(n, _)| **n);
+        if let Some(n) = slowest {
+            self.download.retire(&n);
+            self.stats.rotations += 1;
+            self.finish_retired(now);
+        }
+    }
+
+    /// Retired sources with nothing in flight rest (without a strike), freeing their slot.
+    fn finish_retired(&mut self, now: Millis) {
+        let done: Vec<NodeId> = self
+            .download
+            .sources()
+            .iter()
+            .filter(|(_, s)| s.retiring && s.active() == 0)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in done {
+            self.download.forget(&n);
+            // Not a strike: it rests long enough for the others to be tried.
+            self.rests.insert(n, now.plus(limits::FETCH_ROTATE_MS * 3));
+            self.sync_sources(now);
+        }
+    }
+
+    fn on_have(&mut self, now: Millis, n: NodeId, reply: Result<(u64, Availability), Failure>) {
+        match reply {
+            Ok((size, avail))
+                if size == self.download.size_bytes() || avail == Availability::Nothing =>
+            {
+                if let Some(f) = self.download.on_have(&n, avail) {
+                    self.fault(now, n, Failure::Fault(f));
+                }
+            }
+            // Holds another size under this id: it cannot help this download.
+            Ok(_) => self.fault(now, n, Failure::Fault(Fault::Protocol)),
+            Err(failure) => {
+                self.download.on_have_failed(&n);
+                self.fault(now, n, failure);
+            }
+        }
+    }
+
+    fn on_outboard(&mut self, now: Millis, n: NodeId, result: Result<Bitfield, Failure>) {
+        if self.outboard_from == Some(n) {
+            self.outboard_from = None;
+        }
+        match result {
+            Ok(have) if !self.has_outboard => {
+                // The partial file may hold groups from before (a resume): plan from them.
+                self.has_outboard = true;
+                let d = &self.download;
+                let mut fresh =
+                    Download::new(*d.content(), d.size_bytes(), have, self.params.clone());
+                fresh.set_start(start_group(d.content(), &self.me, d.size_bytes()));
+                fresh.set_role(d.role());
+                for (node, s) in d.sources() {
+                    fresh.add_source(*node, s.lan);
+                    if let Some(a) = &s.have {
+                        fresh.on_have(node, a.clone());
+                    }
+                }
+                self.download = fresh;
+            }
+            Ok(_) => {}
+            Err(failure) => self.fault(now, n, failure),
+        }
+    }
+
+    fn on_groups(&mut self, request: u64, first: u64, count: u64) {
+        let lan = self.request_lan.get(&request).copied();
+        let size = self.download.size_bytes();
+        for g in first..first.saturating_add(count).min(group_count(size)) {
+            if self.download.on_group(request, g) {
+                let (_, len) = super::group_span(size, g);
+                match lan {
+                    Some(false) => self.stats.wan_bytes += len,
+                    _ => self.stats.lan_bytes += len,
+                }
+            } else {
+                self.stats.duplicate_groups += 1;
+            }
+        }
+    }
+
+    fn on_range_ended(&mut self, now: Millis, request: u64, result: Result<(), Failure>) {
+        let Some(source) = self.download.requests().find(|r| r.id == request).map(|r| r.source)
+        else {
+            return;
+        };
+        self.request_lan.remove(&request);
+        match result {
+            Ok(()) => {
+                self.download.on_done(request);
+                self.strikes.remove(&source);
+            }
+            Err(failure) => {
+                self.download.on_done(request);
+                self.fault(now, source, failure);
+            }
+        }
+    }
+
+    /// A source failed: it rests (with a penalty if it is to blame) and its ranges go back.
+    fn fault(&mut self, now: Millis, n: NodeId, failure: Failure) {
+        if self.rests.contains_key(&n) {
+            return;
+        }
+        let (kind, base) = match failure {
+            Failure::Lost => ("lost", limits::FETCH_REST_MS),
+            Failure::Fault(f) if f.is_offence() => {
+                self.out.push_back(FetchOutput::Penalize(n, f));
+                self.stats.penalised += 1;
+                (f.kind(), limits::FETCH_OFFENCE_REST_MS)
+            }
+            Failure::Fault(f) => (f.kind(), limits::FETCH_REST_MS),
+        };
+        *self.stats.dropped.entry(kind).or_default() += 1;
+        if self.outboard_from == Some(n) {
+            self.outboard_from = None;
+        }
+        self.rest(now, n, base);
+    }
+
+    fn rest(&mut self, now: Millis, n: NodeId, base_ms: u64) {
+        let ids = self.download.forget(&n);
+        self.cancel(ids);
+        let strikes =
+            if self.strikes.len() < limits::FETCH_STRIKES_MAX || self.strikes.contains_key(&n) {
+                let s = self.strikes.entry(n).or_default();
+                *s = s.saturating_add(1);
+                *s
+            } else {
+                1
+            };
+        let ms = base_ms.saturating_mul(1 << (strikes - 1).min(20)).min(limits::FETCH_REST_MAX_MS);
+        self.rests.insert(n, now.plus(ms));
+        self.sync_sources(now);
+    }
+
+    fn cancel(&mut self, ids: Vec<u64>) {
+        self.out.extend(ids.into_iter().map(FetchOutput::Cancel));
+    }
+
+    fn fail(&mut self, reason: String) {
+        let ids: Vec<u64> = self.download.requests().map(|r| r.id).collect();
+        self.cancel(ids);
+        self.state = FetchState::Failed;
+        self.out.push_back(FetchOutput::Failed(reason));
+    }
+
+    /// After every input: completion, the outboard, questions and ranges, and the no-source
+    /// rule.
+    fn step(&mut self, now: Millis) {
+        if self.state != FetchState::Fetching {
+            return;
+        }
+        if self.download.is_complete() && self.has_outboard {
+            self.state = FetchState::Complete;
+            self.out.push_back(FetchOutput::Complete);
+            return;
+        }
+        let actions =
+            if self.has_outboard { self.download.poll(now) } else { self.download.poll_asks(now) };
+        for a in actions {
+            self.out.push_back(match a {
+                Action::AskHave(n) => FetchOutput::AskHave(n),
+                Action::Fetch(request) => {
+                    let lan = self.download.sources().get(&request.source).is_some_and(|s| s.lan);
+                    if self.request_lan.len() >= REQUESTS_REMEMBERED_MAX {
+                        self.request_lan.pop_first();
+                    }
+                    self.request_lan.insert(request.id, lan);
+                    FetchOutput::FetchRange { request, lan }
+                }
+            });
+        }
+        let role = self.download.role();
+        let usable = |s: &super::plan::Source| s.banned.is_none() && (s.lan || role == Role::Wan);
+        if !self.has_outboard && self.outboard_from.is_none() {
+            let holder = self.download.sources().iter().find(|(_, s)| usable(s) && s.holds_any());
+            if let Some((n, _)) = holder {
+                self.outboard_from = Some(*n);
+                self.out.push_back(FetchOutput::GetOutboard(*n));
+            }
+        }
+        let holders =
+            self.download.sources().values().filter(|s| usable(s) && s.holds_any()).count();
+        if holders > 0 {
+            self.holder_seen = now;
+            return;
+        }
+        if now.since(self.holder_seen) > limits::FETCH_NO_SOURCE_MS {
+            self.fail(format!(
+                "no admitted peer served {} for {} s",
+                self.download.content(),
+                limits::FETCH_NO_SOURCE_MS / 1000
+            ));
+            return;
+        }
+        // The elected node with nobody to fetch from looks in the DHT.
+        if role == Role::Wan
+            && self.last_lookup.is_none_or(|t| now.since(t) >= limits::FETCH_LOOKUP_MS)
+        {
+            self.last_lookup = Some(now);
+            self.out.push_back(FetchOutput::FindProviders);
+        }
+    }
+}
+
+/// Where node `me` starts picking groups of `content`: a hash of both, so nodes fetching at
+/// once start at different places.
+pub fn start_group(content: &ContentId, me: &NodeId, size_bytes: u64) -> u64 {
+    let h = rendezvous(content, me);
+    u64::from_le_bytes(h[..8].try_into().expect("8 bytes")) % group_count(size_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::GROUP_BYTES;
+
+    fn n(i: u8) -> NodeId {
+        NodeId([i; 32])
+    }
+
+    const ME: u8 = 200;
+    const GROUPS: u64 = 4096;
+
+    fn fetch(has_outboard: bool) -> Fetch {
+        let content = ContentId([9; 32]);
+        let size = GROUPS * GROUP_BYTES;
+        Fetch::new(
+            n(ME),
+            content,
+            size,
+            Bitfield::new(GROUPS),
+            has_outboard,
+            Params::default(),
+            Millis(0),
+        )
+    }
+
+    fn drain(f: &mut Fetch) -> Vec<FetchOutput> {
+        std::iter::from_fn(|| f.poll_output()).collect()
+    }
+
+    fn ranges(out: &[FetchOutput]) -> Vec<Request> {
+        out.iter()
+            .filter_map(|o| match o {
+                FetchOutput::FetchRange { request, .. } => Some(request.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answers every `AskHave` with `Complete`.
+    fn answer_all(f: &mut Fetch, now: Millis, out: &[FetchOutput]) {
+        for o in out {
+            if let FetchOutput::AskHave(s) = o {
+                let reply = Ok((GROUPS * GROUP_BYTES, Availability::Complete));
+                f.handle_input(now, FetchInput::Have { source: *s, reply });
+            }
+        }
+    }
+
+    /// Site members that lose the election to `ME` for this content, so `ME` is elected.
+    fn losers(count: usize) -> Vec<NodeId> {
+        let content = ContentId([9; 32]);
+        (1..=250u8)
+            .map(n)
+            .filter(|x| *x != n(ME))
+            .filter(|x| rendezvous(&content, x) < rendezvous(&content, &n(ME)))
+            .take(count)
+            .collect()
+    }
+
+    #[test]
+    fn a_congested_uplink_never_costs_a_source() {
+        let mut f = fetch(true);
+        // Elected (no site member beats it), with three sources in another site.
+        let wan = [n(1), n(2), n(3)];
+        f.handle_input(Millis(0), FetchInput::Peers(wan.iter().map(|x| (*x, false)).collect()));
+        let out = drain(&mut f);
+        answer_all(&mut f, Millis(0), &out);
+        // Each source trickles 8 KiB/s (half the old fixed floor): one group per range (two
+        // ranges each) every four seconds.
+        let mut t = 0;
+        let mut sent: BTreeMap<u64, (Request, u64)> = BTreeMap::new();
+        while t < 120_000 {
+            for r in ranges(&drain(&mut f)) {
+                sent.insert(r.id, (r.clone(), r.first));
+            }
+            t += 250;
+            if t % 4_000 == 0 {
+                for (id, (r, next)) in sent.iter_mut() {
+                    if *next < r.first + r.count {
+                        f.handle_input(
+                            Millis(t),
+                            FetchInput::Groups { request: *id, first: *next, count: 1 },
+                        );
+                        *next += 1;
+                    }
+                }
+            }
+            f.handle_timeout(Millis(t));
+        }
+        let out = drain(&mut f);
+        assert!(!out.iter().any(|o| matches!(o, FetchOutput::Penalize(..))));
+        assert_eq!(f.resting(), 0);
+        assert_eq!(f.stats().dropped.get("slow"), None);
+        assert_eq!(f.download().active_sources(), 3);
+        assert!(f.stats().wan_bytes > 0);
+    }
+
+    #[test]
+    fn broken_streams_rest_with_backoff_and_come_back() {
+        let mut f = fetch(true);
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false)]));
+        // (Nothing is known to hold the content yet, so the elected node also looks it up.)
+        assert!(drain(&mut f).contains(&FetchOutput::AskHave(n(1))));
+        let lost = FetchInput::Have { source: n(1), reply: Err(Failure::Lost) };
+        f.handle_input(Millis(0), lost.clone());
+        assert_eq!(f.resting(), 1);
+        assert!(f.download().sources().is_empty());
+        // Back after one second, asked again.
+        f.handle_timeout(Millis(999));
+        assert!(!drain(&mut f).contains(&FetchOutput::AskHave(n(1))));
+        assert_eq!(f.poll_timeout(), Some(Millis(1_000)));
+        f.handle_timeout(Millis(1_000));
+        assert!(drain(&mut f).contains(&FetchOutput::AskHave(n(1))));
+        // A second strike rests twice as long.
+        f.handle_input(Millis(1_000), lost);
+        f.handle_timeout(Millis(2_500));
+        assert_eq!(f.resting(), 1);
+        f.handle_timeout(Millis(3_000));
+        assert_eq!(f.resting(), 0);
+        assert!(drain(&mut f).iter().all(|o| !matches!(o, FetchOutput::Penalize(..))));
+        assert_eq!(f.stats().dropped.get("lost"), Some(&2));
+    }
+
+    #[test]
+    fn a_corrupt_source_is_penalised_and_rests_longer() {
+        let mut f = fetch(true);
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false), (n(2), false)]));
+        let out = drain(&mut f);
+        answer_all(&mut f, Millis(0), &out);
+        let rs = ranges(&drain(&mut f));
+        let bad = rs.iter().find(|r| r.source == n(1)).unwrap().id;
+        let corrupt = Err(Failure::Fault(Fault::Corrupt));
+        f.handle_input(Millis(10), FetchInput::RangeEnded { request: bad, result: corrupt });
+        let out = drain(&mut f);
+        assert!(out.contains(&FetchOutput::Penalize(n(1), Fault::Corrupt)));
+        // Its other range is cancelled, and its groups go to the honest source.
+        assert!(out.iter().any(|o| matches!(o, FetchOutput::Cancel(_))));
+        assert!(ranges(&out).iter().all(|r| r.source == n(2)));
+        f.handle_timeout(Millis(29_000));
+        assert!(!f.download().sources().contains_key(&n(1)));
+        f.handle_timeout(Millis(30_010));
+        assert!(f.download().sources().contains_key(&n(1)), "every rest ends");
+    }
+
+    #[test]
+    fn roles_follow_the_site_and_a_lost_role_cancels_wan_ranges() {
+        let mut f = fetch(true);
+        let mate = losers(1)[0];
+        // A site member that wins the election for this content.
+        let content = ContentId([9; 32]);
+        let winner = (1..=250u8)
+            .map(n)
+            .find(|x| rendezvous(&content, x) > rendezvous(&content, &n(ME)))
+            .unwrap();
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(mate, true), (n(252), false)]));
+        assert_eq!(f.download().role(), Role::Wan);
+        drain(&mut f);
+        // The site holds nothing yet; the other site everything.
+        let nothing = Ok((0, Availability::Nothing));
+        f.handle_input(Millis(0), FetchInput::Have { source: mate, reply: nothing });
+        let all = Ok((GROUPS * GROUP_BYTES, Availability::Complete));
+        f.handle_input(Millis(0), FetchInput::Have { source: n(252), reply: all });
+        let rs = ranges(&drain(&mut f));
+        let remote: Vec<u64> = rs.iter().filter(|r| r.source == n(252)).map(|r| r.id).collect();
+        assert!(!remote.is_empty());
+        // The winner joins: this node hands the WAN role back and cancels what it had there.
+        let view = vec![(mate, true), (winner, true), (n(252), false)];
+        f.handle_input(Millis(5), FetchInput::Peers(view));
+        assert_eq!(f.download().role(), Role::Lan);
+        let out = drain(&mut f);
+        for id in remote {
+            assert!(out.contains(&FetchOutput::Cancel(id)));
+        }
+        assert!(!f.download().sources().contains_key(&n(252)));
+        assert!(out.iter().all(|o| !matches!(o, FetchOutput::AskHave(x) if *x == n(252))));
+    }
+
+    #[test]
+    fn with_no_source_the_elected_node_looks_up_providers_then_fails_visibly() {
+        let mut f = fetch(false);
+        f.handle_input(Millis(0), FetchInput::Peers(vec![]));
+        assert!(drain(&mut f).contains(&FetchOutput::FindProviders));
+        f.handle_timeout(Millis(2_000));
+        assert!(!drain(&mut f).contains(&FetchOutput::FindProviders));
+        f.handle_timeout(Millis(5_000));
+        assert!(drain(&mut f).contains(&FetchOutput::FindProviders));
+        // A provider appears: the outboard comes first, from it; no range before it.
+        f.handle_input(Millis(5_100), FetchInput::Providers(vec![n(7)]));
+        let out = drain(&mut f);
+        assert_eq!(out, vec![FetchOutput::AskHave(n(7))]);
+        let reply = Ok((GROUPS * GROUP_BYTES, Availability::Complete));
+        f.handle_input(Millis(5_200), FetchInput::Have { source: n(7), reply });
+        assert_eq!(drain(&mut f), vec![FetchOutput::GetOutboard(n(7))]);
+        let mut held = Bitfield::new(GROUPS);
+        held.set(3);
+        f.handle_input(Millis(5_300), FetchInput::Outboard { source: n(7), result: Ok(held) });
+        let rs = ranges(&drain(&mut f));
+        assert!(!rs.is_empty() && rs.iter().all(|r| !(r.first..r.first + r.count).contains(&3)));
+        // It goes away; nothing holds the content for ten minutes: a visible failure.
+        let mut f = fetch(false);
+        f.handle_input(Millis(0), FetchInput::Peers(vec![]));
+        let mut t = 0;
+        let mut failed = None;
+        while t <= limits::FETCH_NO_SOURCE_MS + 1_000 && failed.is_none() {
+            t += 1_000;
+            f.handle_timeout(Millis(t));
+            failed = drain(&mut f).into_iter().find(|o| matches!(o, FetchOutput::Failed(_)));
+        }
+        assert!(matches!(failed, Some(FetchOutput::Failed(r)) if r.contains("no admitted peer")));
+        assert_eq!(f.state(), FetchState::Failed);
+        assert_eq!(f.poll_timeout(), None);
+    }
+
+    #[test]
+    fn groups_of_a_cancelled_range_are_kept_and_counted() {
+        let mut f = fetch(true);
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false)]));
+        let out = drain(&mut f);
+        answer_all(&mut f, Millis(0), &out);
+        let rs = ranges(&drain(&mut f));
+        assert!(rs.len() >= 2);
+        // One range's stream breaks: the source rests and its other range is cancelled...
+        let lost = FetchInput::RangeEnded { request: rs[0].id, result: Err(Failure::Lost) };
+        f.handle_input(Millis(1), lost);
+        assert!(drain(&mut f).contains(&FetchOutput::Cancel(rs[1].id)));
+        // ...and the groups that range's task had verified before the abort still count, as
+        // WAN bytes.
+        let r = &rs[1];
+        f.handle_input(Millis(2), FetchInput::Groups { request: r.id, first: r.first, count: 2 });
+        assert!(f.download().have().get(r.first) && f.download().have().get(r.first + 1));
+        assert_eq!(f.stats().wan_bytes, 2 * GROUP_BYTES);
+    }
+
+    #[test]
+    fn wan_sources_are_capped_and_the_slowest_rotates_out() {
+        let mut f = fetch(true);
+        let wan: Vec<(NodeId, bool)> = (1..=12u8).map(|i| (n(i), false)).collect();
+        f.handle_input(Millis(0), FetchInput::Peers(wan));
+        assert_eq!(f.download().sources().len(), limits::FETCH_WAN_SOURCES_MAX);
+        let out = drain(&mut f);
+        answer_all(&mut f, Millis(0), &out);
+        let first = ranges(&drain(&mut f));
+        let slowest = first[0].source;
+        // Every 250 ms each range in flight gets a group; the slowest source's only every
+        // other time: half the rate of the rest, not slow enough to be rested.
+        let mut inflight: BTreeMap<u64, (Request, u64)> =
+            first.into_iter().map(|r| (r.id, (r.clone(), r.first))).collect();
+        let mut t = 0;
+        while t < limits::FETCH_ROTATE_MS {
+            t += 250;
+            let mut ended = Vec::new();
+            for (id, (r, next)) in inflight.iter_mut() {
+                if r.source == slowest && (t / 250) % 2 == 1 {
+                    continue;
+                }
+                f.handle_input(
+                    Millis(t),
+                    FetchInput::Groups { request: *id, first: *next, count: 1 },
+                );
+                *next += 1;
+                if *next == r.first + r.count {
+                    ended.push(*id);
+                }
+            }
+            for id in ended {
+                inflight.remove(&id);
+                f.handle_input(Millis(t), FetchInput::RangeEnded { request: id, result: Ok(()) });
+            }
+            f.handle_timeout(Millis(t));
+            let out = drain(&mut f);
+            answer_all(&mut f, Millis(t), &out);
+            for o in out.iter().chain(drain(&mut f).iter()) {
+                match o {
+                    FetchOutput::FetchRange { request, .. } => {
+                        inflight.insert(request.id, (request.clone(), request.first));
+                    }
+                    FetchOutput::Cancel(id) => {
+                        inflight.remove(id);
+                    }
+                    FetchOutput::Penalize(..) => panic!("nobody misbehaved: {o:?}"),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(f.stats().dropped.get("slow"), None);
+        assert_eq!(f.stats().rotations, 1);
+        assert!(f.download().sources()[&slowest].retiring);
+        // Its ranges end; it leaves and another candidate takes the slot.
+        let its: Vec<u64> =
+            inflight.iter().filter(|(_, (r, _))| r.source == slowest).map(|(id, _)| *id).collect();
+        for id in its {
+            f.handle_input(Millis(t), FetchInput::RangeEnded { request: id, result: Ok(()) });
+        }
+        f.handle_timeout(Millis(t + 1));
+        assert!(!f.download().sources().contains_key(&slowest));
+        assert_eq!(f.download().sources().len(), limits::FETCH_WAN_SOURCES_MAX);
+    }
+}
