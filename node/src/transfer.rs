@@ -134,6 +134,8 @@ pub struct Progress {
     pub sources_resting: usize,
     /// Peers penalised for lies, corruption or protocol breaks (never for slowness).
     pub penalised: u32,
+    /// Verified groups received more than once (bytes that crossed a link for nothing).
+    pub duplicate_groups: u64,
     /// "wan" if this node fetches for its site across the WAN, else "lan".
     pub role: &'static str,
     /// fetching, complete or failed.
@@ -253,6 +255,7 @@ impl Transfers {
                     sources_known: 0,
                     sources_resting: 0,
                     penalised: 0,
+                    duplicate_groups: 0,
                     role: "lan",
                     state: "fetching",
                     error: None,
@@ -331,7 +334,7 @@ impl Transfers {
         let mut rate = RateMeter::new(f.download().have_bytes());
         loop {
             while let Some(out) = f.poll_output() {
-                tracing::debug!(content = %content, ?out, "download output");
+                tracing::trace!(content = %content, ?out, "download output");
                 match out {
                     FetchOutput::AskHave(n) => self.spawn_have(n, content, tx.clone()),
                     FetchOutput::GetOutboard(n) => {
@@ -452,18 +455,23 @@ impl Transfers {
             x.wan_bytes = stats.wan_bytes;
             x.dropped = stats.dropped.clone();
             x.penalised = stats.penalised;
+            x.duplicate_groups = stats.duplicate_groups;
             x.elapsed_ms = started.elapsed().as_millis() as u64;
         }
     }
 
-    async fn open(&self, node: &NodeId) -> Result<libp2p::Stream, ()> {
-        let peer = crate::net::peer_of(node).ok_or(())?;
+    async fn open(&self, node: &NodeId) -> Result<libp2p::Stream, Failure> {
+        let peer = crate::net::peer_of(node).ok_or(Failure::Lost)?;
         let mut control = self.control.clone();
         match tokio::time::timeout(REPLY_TIMEOUT, control.open_stream(peer, self.proto.clone()))
             .await
         {
             Ok(Ok(s)) => Ok(s),
-            _ => Err(()),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %node, error = %e, "opening a data stream failed");
+                Err(Failure::Lost)
+            }
+            Err(_) => Err(Failure::Timeout),
         }
     }
 
@@ -473,8 +481,11 @@ impl Transfers {
         n: &NodeId,
         req: &DataRequest,
     ) -> Result<(libp2p::Stream, DataReply), Failure> {
-        let mut s = self.open(n).await.map_err(|()| Failure::Lost)?;
-        write_frame(&mut s, &req.to_bytes()).await.map_err(|_| Failure::Lost)?;
+        let mut s = self.open(n).await?;
+        write_frame(&mut s, &req.to_bytes()).await.map_err(|e| {
+            tracing::debug!(peer = %n, error = %e, "sending a data request failed");
+            Failure::Lost
+        })?;
         let reply = read_reply(&mut s).await?;
         Ok((s, reply))
     }
@@ -511,7 +522,7 @@ impl Transfers {
                 let mut bytes = vec![0u8; (group_count(size_bytes) * 32) as usize];
                 tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(&mut bytes))
                     .await
-                    .map_err(|_| Failure::Fault(Fault::Slow))?
+                    .map_err(|_| Failure::Timeout)?
                     .map_err(|_| Failure::Lost)?;
                 Ok(bytes)
             }
@@ -594,9 +605,13 @@ impl Transfers {
             let part = &mut buf[..len as usize];
             match tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(part)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Failure::Lost),
-                // A source that sends nothing for this long: slow (rested, no penalty).
-                Err(_) => return Err(Failure::Fault(Fault::Slow)),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %n, error = %e, "reading a range failed");
+                    return Err(Failure::Lost);
+                }
+                // Nothing for this long: the range goes back (a source that stays this slow is
+                // rested by the core's rate check; never penalised).
+                Err(_) => return Err(Failure::Timeout),
             }
             let mut written = 0;
             for k in 0..n_groups {
@@ -787,9 +802,12 @@ pub async fn read_frame<S: futures::AsyncRead + Unpin>(s: &mut S) -> std::io::Re
 async fn read_reply<S: futures::AsyncRead + Unpin>(s: &mut S) -> Result<DataReply, Failure> {
     let protocol = Failure::Fault(Fault::Protocol);
     match tokio::time::timeout(REPLY_TIMEOUT, read_frame(s)).await {
-        Err(_) => Err(Failure::Fault(Fault::Slow)),
+        Err(_) => Err(Failure::Timeout),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(protocol),
-        Ok(Err(_)) => Err(Failure::Lost),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading a data reply failed");
+            Err(Failure::Lost)
+        }
         Ok(Ok(bytes)) => DataReply::from_bytes(&bytes).map_err(|_| protocol),
     }
 }

@@ -1,6 +1,7 @@
-//! Three sites of four real nodes behind shaped WAN links (network namespaces, see
-//! `scripts/bench-wan.sh`): a payload published at site A reaches all twelve nodes, and each
-//! other site pulls it across its WAN link once.
+//! Real nodes in sites behind shaped WAN links (network namespaces, see
+//! `scripts/bench-wan.sh`): a payload published at site A reaches every node, and each other
+//! site pulls it across its WAN link once; and the same on slow links shared by many flows,
+//! where no honest peer may be penalised for being slow.
 //!
 //! The script needs root (it creates network namespaces, bridges and tc qdiscs); run as another
 //! user this test fails and says so rather than passing without having run.
@@ -73,4 +74,44 @@ fn a_payload_crosses_each_sites_wan_link_once() {
         .as_f64()
         .unwrap_or_else(|| panic!("wan_ratio_max is not a number:\n{report}"));
     assert!(max <= 1.15, "a site's WAN link carried {max} payload sizes inbound:\n{report}");
+}
+
+#[test]
+fn a_congested_origin_uplink_feeds_every_site_without_penalising_anyone() {
+    let _serial = serial();
+    assert!(is_root(), "the WAN test must run as root (see above)");
+    let bin = binary();
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
+    // Four sites on 4 Mbit/s links: the origin site's uplink is shared by every range the
+    // three other sites ask of it, so each flow gets a small share of a few Mbit/s.
+    let out = Command::new("bash")
+        .arg(SCRIPT)
+        .env("PATCHMESH_BIN", bin)
+        .env("SITES", "4")
+        .env("NODES_PER_SITE", "2")
+        .env("PAYLOAD_MIB", "4")
+        .env("WAN_MBIT", "4")
+        .env("TIMEOUT_S", "300")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(out.status.success(), "bench-wan.sh failed ({}):\n{report}", out.status);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}\n{report}"));
+    assert_eq!(v["sites"], 4, "{report}");
+    assert_eq!(v["nodes"], 8, "{report}");
+    assert_eq!(v["penalties"], 0, "honest peers were penalised:\n{report}");
+    for site in ["siteB", "siteC", "siteD"] {
+        let copies = v["per_site"][site]["node_wan_ratio"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {site}.node_wan_ratio:\n{report}"));
+        assert!(copies <= 1.10, "{site} nodes fetched {copies} copies across the WAN:\n{report}");
+        assert!(copies >= 0.99, "{site} got the payload without crossing the WAN? {copies}");
+    }
+    let max = v["wan_ratio_max"].as_f64().unwrap_or(f64::MAX);
+    assert!(max <= 1.20, "a site's WAN link carried {max} payload sizes inbound:\n{report}");
 }

@@ -55,8 +55,11 @@ const REQUESTS_REMEMBERED_MAX: usize = 4_096;
 pub enum Failure {
     /// The source misbehaved (or, for [`Fault::Slow`], the path was slow).
     Fault(Fault),
-    /// The stream or connection was lost, or timed out: nobody's fault.
+    /// The stream or connection was lost: nobody's fault, but the source rests a moment.
     Lost,
+    /// No answer in time (a congested link queues a stream behind many others): the range or
+    /// question goes back to the pool; the source stays (slowness is judged by its rate).
+    Timeout,
 }
 
 /// An input to a [`Fetch`].
@@ -158,7 +161,8 @@ pub struct FetchStats {
     /// Groups verified more than once (a range handed to another source while the first was
     /// still sending).
     pub duplicate_groups: u64,
-    /// Sources rested or dropped, by fault kind (`lost` for broken streams).
+    /// Sources rested, by fault kind (`lost` for broken streams), and questions or ranges
+    /// that timed out (`timeout`, the source stays).
     pub dropped: BTreeMap<&'static str, u32>,
     /// Peers penalised.
     pub penalised: u32,
@@ -180,6 +184,8 @@ pub struct Fetch {
     providers: BTreeSet<NodeId>,
     /// Resting sources and when their rest ends.
     rests: BTreeMap<NodeId, Millis>,
+    /// Retiring sources that failed (lost or slow): they rest with a strike once idle.
+    struck: BTreeSet<NodeId>,
     strikes: BTreeMap<NodeId, u32>,
     out: VecDeque<FetchOutput>,
     /// Requests started (in flight or cancelled lately) → from this site: groups of a
@@ -217,6 +223,7 @@ impl Fetch {
             peers: BTreeMap::new(),
             providers: BTreeSet::new(),
             rests: BTreeMap::new(),
+            struck: BTreeSet::new(),
             strikes: BTreeMap::new(),
             out: VecDeque::new(),
             request_lan: BTreeMap::new(),
@@ -296,10 +303,9 @@ impl Fetch {
         }
         if now >= self.next_check {
             self.next_check = now.plus(limits::FETCH_CHECK_MS);
-            for (n, ids) in self.download.check(now) {
-                self.cancel(ids);
+            for n in self.download.judge(now) {
                 *self.stats.dropped.entry(Fault::Slow.kind()).or_default() += 1;
-                self.rest(now, n, limits::FETCH_REST_MS);
+                self.retire_then_rest(n);
             }
         }
         if now >= self.next_rotate {
@@ -428,20 +434,40 @@ impl Fetch {
         }
     }
 
-    /// Retired sources with nothing in flight rest (without a strike), freeing their slot.
+    /// A source whose stream broke or that is slow gets no new ranges; what it has on the
+    /// wire still arrives (cancelling would throw those WAN bytes away). It rests once idle.
+    fn retire_then_rest(&mut self, n: NodeId) {
+        if self.download.sources().contains_key(&n) {
+            self.download.retire(&n);
+            self.struck.insert(n);
+        }
+    }
+
+    /// Retired sources with nothing in flight leave and rest: with a strike when they failed,
+    /// without one when rotated out (long enough for the others to be tried), freeing their
+    /// slot. When every other source sits idle, a failed source's ranges are all that is left
+    /// to wait for: they are cancelled and handed to the others (the end game).
     fn finish_retired(&mut self, now: Millis) {
+        let mut others = self.download.sources().values().filter(|s| !s.retiring);
+        let others_idle = others.clone().next().is_some() && others.all(|s| s.active() == 0);
         let done: Vec<NodeId> = self
             .download
             .sources()
             .iter()
-            .filter(|(_, s)| s.retiring && s.active() == 0)
+            .filter(|(n, s)| {
+                s.retiring && (s.active() == 0 || (others_idle && self.struck.contains(n)))
+            })
             .map(|(n, _)| *n)
             .collect();
         for n in done {
-            self.download.forget(&n);
-            // Not a strike: it rests long enough for the others to be tried.
-            self.rests.insert(n, now.plus(limits::FETCH_ROTATE_MS * 3));
-            self.sync_sources(now);
+            if self.struck.remove(&n) {
+                self.rest(now, n, limits::FETCH_REST_MS);
+            } else {
+                let ids = self.download.forget(&n);
+                self.cancel(ids);
+                self.rests.insert(n, now.plus(limits::FETCH_ROTATE_MS * 3));
+                self.sync_sources(now);
+            }
         }
     }
 
@@ -528,20 +554,29 @@ impl Fetch {
         if self.rests.contains_key(&n) {
             return;
         }
-        let (kind, base) = match failure {
-            Failure::Lost => ("lost", limits::FETCH_REST_MS),
-            Failure::Fault(f) if f.is_offence() => {
-                self.out.push_back(FetchOutput::Penalize(n, f));
-                self.stats.penalised += 1;
-                (f.kind(), limits::FETCH_OFFENCE_REST_MS)
-            }
-            Failure::Fault(f) => (f.kind(), limits::FETCH_REST_MS),
-        };
-        *self.stats.dropped.entry(kind).or_default() += 1;
         if self.outboard_from == Some(n) {
             self.outboard_from = None;
         }
-        self.rest(now, n, base);
+        match failure {
+            // The range or question goes back; the source stays.
+            Failure::Timeout => *self.stats.dropped.entry("timeout").or_default() += 1,
+            // The path's doing: the source finishes what is on the wire, then rests.
+            Failure::Lost | Failure::Fault(Fault::Slow) => {
+                if !self.struck.contains(&n) {
+                    let kind = if failure == Failure::Lost { "lost" } else { Fault::Slow.kind() };
+                    *self.stats.dropped.entry(kind).or_default() += 1;
+                }
+                self.retire_then_rest(n);
+                self.finish_retired(now);
+            }
+            Failure::Fault(f) => {
+                self.out.push_back(FetchOutput::Penalize(n, f));
+                self.stats.penalised += 1;
+                *self.stats.dropped.entry(f.kind()).or_default() += 1;
+                self.struck.remove(&n);
+                self.rest(now, n, limits::FETCH_OFFENCE_REST_MS);
+            }
+        }
     }
 
     fn rest(&mut self, now: Millis, n: NodeId, base_ms: u64) {
@@ -577,6 +612,7 @@ impl Fetch {
         if self.state != FetchState::Fetching {
             return;
         }
+        self.finish_retired(now);
         if self.download.is_complete() && self.has_outboard {
             self.state = FetchState::Complete;
             self.out.push_back(FetchOutput::Complete);
@@ -762,6 +798,106 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_stream_lets_the_sources_other_ranges_finish_then_rests_it() {
+        let mut f = fetch(true);
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false), (n(2), false)]));
+        let out = drain(&mut f);
+        answer_all(&mut f, Millis(0), &out);
+        let rs = ranges(&drain(&mut f));
+        let of1: Vec<&Request> = rs.iter().filter(|r| r.source == n(1)).collect();
+        let of2: Vec<&Request> = rs.iter().filter(|r| r.source == n(2)).collect();
+        assert!(of1.len() >= 2 && !of2.is_empty());
+        let lost = FetchInput::RangeEnded { request: of1[0].id, result: Err(Failure::Lost) };
+        f.handle_input(Millis(5), lost);
+        let out = drain(&mut f);
+        // Nothing on the wire is thrown away while the other source is busy...
+        assert!(!out.iter().any(|o| matches!(o, FetchOutput::Cancel(_))));
+        assert!(ranges(&out).iter().all(|r| r.source == n(2)));
+        assert!(f.download().sources()[&n(1)].retiring);
+        assert_eq!(f.resting(), 0);
+        // ...its last range arrives, then it rests.
+        for r in &of1[1..] {
+            let g = FetchInput::Groups { request: r.id, first: r.first, count: r.count };
+            f.handle_input(Millis(6), g);
+            f.handle_input(Millis(6), FetchInput::RangeEnded { request: r.id, result: Ok(()) });
+        }
+        assert_eq!(f.resting(), 1);
+        assert!(!f.download().sources().contains_key(&n(1)));
+        assert_eq!(f.stats().dropped.get("lost"), Some(&1));
+    }
+
+    #[test]
+    fn the_end_game_cuts_a_struck_sources_last_ranges_short() {
+        let content = ContentId([9; 32]);
+        let size = 8 * GROUP_BYTES;
+        let p = Params::default();
+        let mut f = Fetch::new(n(ME), content, size, Bitfield::new(8), true, p, Millis(0));
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false), (n(2), false)]));
+        for o in drain(&mut f) {
+            if let FetchOutput::AskHave(s) = o {
+                let reply = Ok((size, Availability::Complete));
+                f.handle_input(Millis(0), FetchInput::Have { source: s, reply });
+            }
+        }
+        let mut inflight: BTreeMap<u64, Request> =
+            ranges(&drain(&mut f)).into_iter().map(|r| (r.id, r)).collect();
+        let of1: Vec<u64> = inflight.values().filter(|r| r.source == n(1)).map(|r| r.id).collect();
+        assert!(of1.len() >= 2, "{inflight:?}");
+        let lost = FetchInput::RangeEnded { request: of1[0], result: Err(Failure::Lost) };
+        f.handle_input(Millis(5), lost);
+        inflight.remove(&of1[0]);
+        let last = of1[1];
+        // n2 delivers whatever it is given; n1's last range never moves.
+        let mut cancelled = false;
+        for t in 6..50 {
+            let mine: Vec<Request> =
+                inflight.values().filter(|r| r.source == n(2)).cloned().collect();
+            for r in mine {
+                let g = FetchInput::Groups { request: r.id, first: r.first, count: r.count };
+                f.handle_input(Millis(t), g);
+                f.handle_input(Millis(t), FetchInput::RangeEnded { request: r.id, result: Ok(()) });
+                inflight.remove(&r.id);
+            }
+            for o in drain(&mut f) {
+                match o {
+                    FetchOutput::FetchRange { request, .. } => {
+                        assert_eq!(request.source, n(2));
+                        inflight.insert(request.id, request);
+                    }
+                    FetchOutput::Cancel(id) => {
+                        assert_eq!(id, last);
+                        cancelled = true;
+                        inflight.remove(&id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(cancelled, "the struck source's last range was never handed to the other");
+        assert_eq!(f.state(), FetchState::Complete);
+    }
+
+    #[test]
+    fn a_timed_out_range_goes_back_and_the_source_stays() {
+        let mut f = fetch(true);
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false)]));
+        let out = drain(&mut f);
+        answer_all(&mut f, Millis(0), &out);
+        let rs = ranges(&drain(&mut f));
+        let late = FetchInput::RangeEnded { request: rs[0].id, result: Err(Failure::Timeout) };
+        f.handle_input(Millis(10_000), late);
+        let out = drain(&mut f);
+        assert!(!out
+            .iter()
+            .any(|o| matches!(o, FetchOutput::Cancel(_) | FetchOutput::Penalize(..))));
+        assert_eq!(f.resting(), 0);
+        assert_eq!(f.stats().dropped.get("timeout"), Some(&1));
+        // The range's groups are asked for again.
+        let again = ranges(&out);
+        assert!(again.iter().any(|r| r.first == rs[0].first && r.source == n(1)));
+    }
+
+    #[test]
     fn a_corrupt_source_is_penalised_and_rests_longer() {
         let mut f = fetch(true);
         f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false), (n(2), false)]));
@@ -859,9 +995,9 @@ mod tests {
         answer_all(&mut f, Millis(0), &out);
         let rs = ranges(&drain(&mut f));
         assert!(rs.len() >= 2);
-        // One range's stream breaks: the source rests and its other range is cancelled...
-        let lost = FetchInput::RangeEnded { request: rs[0].id, result: Err(Failure::Lost) };
-        f.handle_input(Millis(1), lost);
+        // One range turns out corrupt: the source rests and its other range is cancelled...
+        let corrupt = Err(Failure::Fault(Fault::Corrupt));
+        f.handle_input(Millis(1), FetchInput::RangeEnded { request: rs[0].id, result: corrupt });
         assert!(drain(&mut f).contains(&FetchOutput::Cancel(rs[1].id)));
         // ...and the groups that range's task had verified before the abort still count, as
         // WAN bytes.

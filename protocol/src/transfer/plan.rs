@@ -58,7 +58,7 @@ impl Default for Params {
             grace_ms: 5_000,
             have_refresh_ms: 250,
             inflight_target_ms: 1_000,
-            inflight_min_groups: 16,
+            inflight_min_groups: 4,
             slow_factor: 4,
         }
     }
@@ -633,8 +633,16 @@ impl Download {
 
     /// Updates every busy source's measured rate (samples of at least 250 ms; it rises at once
     /// and falls by quarters, so a burst of congestion does not shrink a source's budget to
-    /// nothing), then finds slow sources: banned as [`Fault::Slow`] and returned with their
-    /// cancelled requests.
+    /// nothing), then finds slow sources ([`Download::judge`]): banned as [`Fault::Slow`] and
+    /// returned with their cancelled requests.
+    pub fn check(&mut self, now: Millis) -> Vec<(NodeId, Vec<u64>)> {
+        let slow = self.judge(now);
+        slow.into_iter().map(|n| (n, self.ban(&n, Fault::Slow))).collect()
+    }
+
+    /// Updates every busy source's measured rate (as [`Download::check`]) and returns the slow
+    /// ones, leaving what to do with them to the caller (the fetch retires them: their ranges
+    /// finish, so nothing already on the wire is thrown away). Retiring sources are not judged.
     ///
     /// A source is judged on everything it delivers while it has ranges in flight, over
     /// windows of `grace_ms`: its ranges share one connection, so one range waiting behind
@@ -644,7 +652,7 @@ impl Download {
     /// share of a few Mbit/s), leaving the download with nothing; relative to the best source
     /// the fetcher only moves work to where the path gives more. Slowness is never an offence:
     /// the driver rests the source and tries it again later.
-    pub fn check(&mut self, now: Millis) -> Vec<(NodeId, Vec<u64>)> {
+    pub fn judge(&mut self, now: Millis) -> Vec<NodeId> {
         self.clock = self.clock.max(now);
         for s in self.sources.values_mut() {
             let Some((start, bytes)) = s.meter else { continue };
@@ -671,7 +679,7 @@ impl Download {
             let mut rate = s.judged_rate_bytes_per_s;
             if let Some((start, bytes)) = s.window {
                 let elapsed = now.since(start);
-                if s.active > 0 && elapsed >= grace {
+                if s.active > 0 && elapsed >= grace && !s.retiring {
                     rate = bytes * 1000 / elapsed;
                     judged.push((*n, rate));
                 }
@@ -690,12 +698,7 @@ impl Download {
                 s.judged_rate_bytes_per_s = rate;
             }
         }
-        let mut out = Vec::new();
-        for n in slow {
-            let ids = self.ban(&n, Fault::Slow);
-            out.push((n, ids));
-        }
-        out
+        slow
     }
 }
 
@@ -718,7 +721,12 @@ mod tests {
     }
 
     fn dl(groups: u64) -> Download {
-        let p = Params { request_groups: 4, requests_per_source: 2, ..Params::default() };
+        let p = Params {
+            request_groups: 4,
+            requests_per_source: 2,
+            inflight_min_groups: 8,
+            ..Params::default()
+        };
         Download::new(ContentId([1; 32]), groups * GROUP_BYTES, Bitfield::new(0), p)
     }
 
@@ -866,7 +874,12 @@ mod tests {
 
     #[test]
     fn inflight_follows_the_measured_rate() {
-        let p = Params { request_groups: 256, requests_per_source: 4, ..Params::default() };
+        let p = Params {
+            request_groups: 256,
+            requests_per_source: 4,
+            inflight_min_groups: 16,
+            ..Params::default()
+        };
         let mut d = Download::new(ContentId([1; 32]), 8192 * GROUP_BYTES, Bitfield::new(0), p);
         d.add_source(n(1), false);
         d.set_role(Role::Wan);
