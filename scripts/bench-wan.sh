@@ -347,12 +347,13 @@ done
 # --- Report --------------------------------------------------------------------------------
 # The nodes' own accounting: payload bytes each fetched from its site (lan) and from other
 # sites (wan).
-declare -A APP_WAN APP_LAN APP_ROLE APP_DROPPED
+declare -A APP_WAN APP_LAN APP_ROLE APP_DROPPED APP_DUP
 for n in "${NODES[@]}"; do
   p=$("$BIN" fetch "$CONTENT" --json --timeout-s 5 --config "$(cfg "$n")" 2> /dev/null || echo '{}')
   APP_WAN[$n]=$(jq -r '.wan_bytes // 0' <<< "$p" 2> /dev/null || echo 0)
   APP_LAN[$n]=$(jq -r '.lan_bytes // 0' <<< "$p" 2> /dev/null || echo 0)
   APP_ROLE[$n]=$(jq -r '.role // "?"' <<< "$p" 2> /dev/null || echo "?")
+  APP_DUP[$n]=$(jq -r '.duplicate_groups // 0' <<< "$p" 2> /dev/null || echo 0)
   APP_DROPPED[$n]=$(jq -r '[(.dropped // {}) | to_entries[] | select(.value > 0) | "\(.key):\(.value)"]
     | if length == 0 then "-" else join(",") end' <<< "$p" 2> /dev/null || echo "?")
 done
@@ -401,10 +402,11 @@ cat << EOF
   node_wan_bytes: payload bytes the site's nodes report fetching from other sites
 
 EOF
-printf '%-4s %-6s %-4s %9s %12s %12s  %s\n' node site role done_ms lan_bytes wan_bytes sources_dropped
+printf '%-4s %-6s %-4s %9s %12s %12s %9s  %s\n' node site role done_ms lan_bytes wan_bytes dup_groups \
+  sources_rested
 for n in "${NODES[@]}"; do
-  printf '%-4s %-6s %-4s %9d %12d %12d  %s\n' "$n" "${NODE_SITE[$n]}" "${APP_ROLE[$n]}" "${DONE_MS[$n]}" \
-    "${APP_LAN[$n]}" "${APP_WAN[$n]}" "${APP_DROPPED[$n]}"
+  printf '%-4s %-6s %-4s %9d %12d %12d %9d  %s\n' "$n" "${NODE_SITE[$n]}" "${APP_ROLE[$n]}" "${DONE_MS[$n]}" \
+    "${APP_LAN[$n]}" "${APP_WAN[$n]}" "${APP_DUP[$n]}" "${APP_DROPPED[$n]}"
 done
 echo "all ${#NODES[@]} nodes held the payload ${all_ms} ms after it was published (polled every ~0.2 s)"
 # Penalties every node gave its (all honest) peers.

@@ -365,8 +365,9 @@ impl Download {
     }
 
     /// Only the questions: which sources to ask what they hold. A driver that cannot fetch yet
-    /// (it still needs the outboard) polls these alone. A source that said it holds a part is
-    /// asked again every `have_refresh_ms`, one that said it holds nothing four times slower.
+    /// (it still needs the outboard) polls these alone. A site member that said it holds a part
+    /// is asked again every `have_refresh_ms`; one in another site, or one that said it holds
+    /// nothing, four times slower.
     pub fn poll_asks(&mut self, now: Millis) -> Vec<Action> {
         self.clock = self.clock.max(now);
         if self.is_complete() {
@@ -381,7 +382,11 @@ impl Download {
                 (None, _) | (Some(_), None) => true,
                 (Some(Availability::Complete), _) => false,
                 (Some(Availability::Nothing), Some(at)) => now.since(at) >= 4 * refresh,
-                (Some(Availability::Partial(_)), Some(at)) => now.since(at) >= refresh,
+                // Another site's partial holder is asked less often: each question opens a
+                // stream across the WAN, and its answer grows only at the WAN's pace.
+                (Some(Availability::Partial(_)), Some(at)) => {
+                    now.since(at) >= if s.lan { refresh } else { 4 * refresh }
+                }
             })
             .map(|(n, _)| *n)
             .collect();
