@@ -89,6 +89,8 @@ pub const FETCH_OFFENCE_REST_MS: u64 = 30_000;
 pub const FETCH_REST_MAX_MS: u64 = 600_000;
 /// How often a site's WAN fetcher with no source holding anything looks up providers.
 pub const FETCH_LOOKUP_MS: u64 = 5_000;
+/// How often a site's WAN fetcher that has sources looks up providers again.
+pub const FETCH_RELOOKUP_MS: u64 = 15_000;
 /// A download with no source holding anything for this long fails (visibly, with a reason).
 pub const FETCH_NO_SOURCE_MS: u64 = 600_000;
 /// Sources in other sites a WAN fetcher uses at once.

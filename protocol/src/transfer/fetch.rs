@@ -32,9 +32,10 @@
 //!   offence and costs no penalty. A source that lies, sends a corrupt group, overruns a range
 //!   or breaks the protocol is penalised and rests from [`limits::FETCH_OFFENCE_REST_MS`]. Every
 //!   rest ends, so a download is never left with no source while a holder is reachable.
-//! - **No source**: while no usable source holds anything, the elected node looks up
-//!   providers every [`limits::FETCH_LOOKUP_MS`]; after [`limits::FETCH_NO_SOURCE_MS`] the
-//!   download fails with a reason (never silently stops).
+//! - **Providers**: while no usable source holds anything, the elected node looks up
+//!   providers every [`limits::FETCH_LOOKUP_MS`], and every [`limits::FETCH_RELOOKUP_MS`] while
+//!   it fetches; after [`limits::FETCH_NO_SOURCE_MS`] with no holder the download fails with a
+//!   reason (never silently stops).
 //!
 //! ## Time
 //! `now` is the driver's clock in milliseconds. If it goes backwards, elapsed times read as
@@ -186,6 +187,9 @@ pub struct Fetch {
     rests: BTreeMap<NodeId, Millis>,
     /// Retiring sources that failed (lost or slow): they rest with a strike once idle.
     struck: BTreeSet<NodeId>,
+    /// What each connected site member last said it holds, kept while it rests: the WAN is
+    /// never asked for what the site has, even while a member is briefly unreachable.
+    lan_avail: BTreeMap<NodeId, Availability>,
     strikes: BTreeMap<NodeId, u32>,
     out: VecDeque<FetchOutput>,
     /// Requests started (in flight or cancelled lately) → from this site: groups of a
@@ -224,6 +228,7 @@ impl Fetch {
             providers: BTreeSet::new(),
             rests: BTreeMap::new(),
             struck: BTreeSet::new(),
+            lan_avail: BTreeMap::new(),
             strikes: BTreeMap::new(),
             out: VecDeque::new(),
             request_lan: BTreeMap::new(),
@@ -270,6 +275,8 @@ impl Fetch {
         match input {
             FetchInput::Peers(peers) => {
                 self.peers = peers.into_iter().filter(|(n, _)| *n != self.me).collect();
+                let peers = &self.peers;
+                self.lan_avail.retain(|n, _| peers.get(n) == Some(&true));
                 self.sync_sources(now);
             }
             FetchInput::Providers(nodes) => {
@@ -476,6 +483,9 @@ impl Fetch {
             Ok((size, avail))
                 if size == self.download.size_bytes() || avail == Availability::Nothing =>
             {
+                if self.peers.get(&n) == Some(&true) {
+                    self.lan_avail.insert(n, avail.clone());
+                }
                 if let Some(f) = self.download.on_have(&n, avail) {
                     self.fault(now, n, Failure::Fault(f));
                 }
@@ -595,6 +605,26 @@ impl Fetch {
         self.sync_sources(now);
     }
 
+    /// Tells the planner what resting site members were last heard to hold.
+    fn note_resting_members(&mut self) {
+        let words = (self.download.have().len().div_ceil(64)) as usize;
+        let mut known: Vec<u64> = Vec::new();
+        for (n, a) in &self.lan_avail {
+            if !self.rests.contains_key(n) {
+                continue;
+            }
+            known.resize(words, 0);
+            match a {
+                Availability::Complete => known.iter_mut().for_each(|w| *w = u64::MAX),
+                Availability::Partial(b) => {
+                    known.iter_mut().zip(b.words()).for_each(|(w, x)| *w |= x)
+                }
+                Availability::Nothing => {}
+            }
+        }
+        self.download.set_site_known(known);
+    }
+
     fn cancel(&mut self, ids: Vec<u64>) {
         self.out.extend(ids.into_iter().map(FetchOutput::Cancel));
     }
@@ -613,6 +643,7 @@ impl Fetch {
             return;
         }
         self.finish_retired(now);
+        self.note_resting_members();
         if self.download.is_complete() && self.has_outboard {
             self.state = FetchState::Complete;
             self.out.push_back(FetchOutput::Complete);
@@ -646,9 +677,7 @@ impl Fetch {
             self.download.sources().values().filter(|s| usable(s) && s.holds_any()).count();
         if holders > 0 {
             self.holder_seen = now;
-            return;
-        }
-        if now.since(self.holder_seen) > limits::FETCH_NO_SOURCE_MS {
+        } else if now.since(self.holder_seen) > limits::FETCH_NO_SOURCE_MS {
             self.fail(format!(
                 "no admitted peer served {} for {} s",
                 self.download.content(),
@@ -656,10 +685,11 @@ impl Fetch {
             ));
             return;
         }
-        // The elected node with nobody to fetch from looks in the DHT.
-        if role == Role::Wan
-            && self.last_lookup.is_none_or(|t| now.since(t) >= limits::FETCH_LOOKUP_MS)
-        {
+        // The elected node with nobody to fetch from looks in the DHT, and looks again now and
+        // then while it fetches: other sites that got parts of the payload since become
+        // candidates for its WAN slots.
+        let every = if holders > 0 { limits::FETCH_RELOOKUP_MS } else { limits::FETCH_LOOKUP_MS };
+        if role == Role::Wan && self.last_lookup.is_none_or(|t| now.since(t) >= every) {
             self.last_lookup = Some(now);
             self.out.push_back(FetchOutput::FindProviders);
         }
@@ -949,6 +979,29 @@ mod tests {
         }
         assert!(!f.download().sources().contains_key(&n(252)));
         assert!(out.iter().all(|o| !matches!(o, FetchOutput::AskHave(x) if *x == n(252))));
+    }
+
+    #[test]
+    fn the_wan_is_not_asked_for_what_a_resting_site_member_holds() {
+        let mut f = fetch(true);
+        let mate = losers(1)[0];
+        f.handle_input(Millis(0), FetchInput::Peers(vec![(mate, true), (n(252), false)]));
+        assert_eq!(f.download().role(), Role::Wan);
+        drain(&mut f);
+        // The other site answers first: nothing is fetched before the site has answered.
+        let all = || Ok((GROUPS * GROUP_BYTES, Availability::Complete));
+        f.handle_input(Millis(1), FetchInput::Have { source: n(252), reply: all() });
+        assert!(ranges(&drain(&mut f)).is_empty());
+        f.handle_input(Millis(2), FetchInput::Have { source: mate, reply: all() });
+        let rs = ranges(&drain(&mut f));
+        assert!(!rs.is_empty() && rs.iter().all(|r| r.source == mate));
+        // The mate's stream breaks and it rests: still nothing from the other site.
+        for r in &rs {
+            let lost = FetchInput::RangeEnded { request: r.id, result: Err(Failure::Lost) };
+            f.handle_input(Millis(3), lost);
+        }
+        assert_eq!(f.resting(), 1);
+        assert!(ranges(&drain(&mut f)).iter().all(|r| r.source != n(252)));
     }
 
     #[test]

@@ -213,6 +213,8 @@ pub struct Download {
     params: Params,
     /// The latest time the driver gave (`poll*`, `check`): when a range ends.
     clock: Millis,
+    /// See [`Download::set_site_known`].
+    site_known: Vec<u64>,
 }
 
 impl Download {
@@ -233,6 +235,7 @@ impl Download {
             next_id: 1,
             params,
             clock: Millis(0),
+            site_known: Vec::new(),
         }
     }
 
@@ -444,14 +447,27 @@ impl Download {
         out
     }
 
+    /// Groups that site members which are not sources now (resting) were last heard to hold:
+    /// the WAN is not asked for them either.
+    pub fn set_site_known(&mut self, words: Vec<u64>) {
+        self.site_known = words;
+    }
+
     /// What the usable sources of this node's site hold, one bit a group (`None` when no WAN
     /// source could use it): a site pulls across its WAN link only what no member has.
     fn site_held(&self) -> Option<Vec<u64>> {
         if self.role != Role::Wan || self.sources.values().all(|s| s.lan) {
             return None;
         }
-        let mut held = vec![0u64; self.words() as usize];
-        for s in self.sources.values().filter(|s| s.lan && s.banned.is_none()) {
+        let site = || self.sources.values().filter(|s| s.lan && s.banned.is_none());
+        // Until every site member has said what it holds, the site's holdings are unknown:
+        // the WAN waits (one LAN round trip) rather than pull what may already be here.
+        if site().any(|s| s.have.is_none()) {
+            return Some(vec![u64::MAX; self.words() as usize]);
+        }
+        let mut held = self.site_known.clone();
+        held.resize(self.words() as usize, 0);
+        for s in site() {
             match &s.have {
                 Some(Availability::Complete) => held.iter_mut().for_each(|w| *w = u64::MAX),
                 Some(Availability::Partial(b)) => {
