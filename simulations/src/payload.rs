@@ -14,13 +14,14 @@
 //!   [`DETECT_MS`]; a restarted member is seen again as soon as it is up. The machine elects
 //!   the site's WAN fetcher from this view, so the next member in rank takes over when the
 //!   elected one crashes, and hands back on its return.
-//! - **Other sites** come from provider records only (`FindProviders`): a node is listed once
+//! - **Other sites**: each node is connected to [`WAN_PEERS`] random nodes of other sites (what
+//!   a real node's DHT routing and bootstrap connections give it; a connection across a cut
+//!   fails like any stream), and learns holders from provider records (`FindProviders`): a
+//!   node is listed once
 //!   it holds a verified group, visible one WAN round trip later; a crashed node's record stays
 //!   (records expire in hours, not seconds). A look-up answers after one WAN round trip with
 //!   up to [`PROVIDERS_PER_LOOKUP`] visible providers, those nearest the content id (a
-//!   rendezvous hash), as a DHT's provider store keeps a bounded set per key. The real node
-//!   also uses peers of other sites it happens to be connected to; the model gives it none,
-//!   which only makes finding sources harder.
+//!   rendezvous hash), as a DHT's provider store keeps a bounded set per key.
 //!
 //! ## Timing
 //! - A question (`AskHave`) reaches the source after one one-way delay and is answered from
@@ -69,6 +70,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub const DETECT_MS: u64 = 2_000;
 /// Providers one look-up returns (a DHT keeps a bounded set of provider records per key).
 pub const PROVIDERS_PER_LOOKUP: usize = 20;
+/// Nodes of other sites each node holds connections to (the real node's DHT routing and
+/// bootstrap connections), chosen at random per run.
+pub const WAN_PEERS: usize = 8;
 /// Groups a flow sends per slice across the WAN: the granularity of link sharing. One group
 /// (16 KiB, 6.5 ms at 20 Mbit/s) keeps a flow's progress smooth enough for the planner's
 /// rate check even when a hundred flows share one site's uplink.
@@ -188,6 +192,8 @@ pub(crate) struct PayloadModel {
     holders: Vec<Holder>,
     /// Per site: the members its nodes see as live.
     seen: Vec<BTreeSet<u32>>,
+    /// Per node: the nodes of other sites it holds connections to.
+    wan_peers: Vec<Vec<u32>>,
     partitioned: Vec<bool>,
     /// The directory: provider → when its record became visible.
     providers: BTreeMap<u32, u64>,
@@ -240,6 +246,22 @@ impl PayloadModel {
             .collect();
         let index = ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
         let n = ids.len();
+        let mut rng = rng;
+        let wan_peers = (0..n)
+            .map(|i| {
+                let mut peers = Vec::new();
+                for _ in 0..WAN_PEERS * 4 {
+                    if peers.len() == WAN_PEERS || sites < 2 {
+                        break;
+                    }
+                    let p = rng.gen_range(0..n as u32);
+                    if site_of[p as usize] != site_of[i] && !peers.contains(&p) {
+                        peers.push(p);
+                    }
+                }
+                peers
+            })
+            .collect();
         PayloadModel {
             spec,
             content,
@@ -254,6 +276,7 @@ impl PayloadModel {
             members,
             holders,
             seen,
+            wan_peers,
             partitioned: vec![false; sites],
             providers: BTreeMap::new(),
             flows: BTreeMap::new(),
@@ -364,7 +387,9 @@ impl PayloadModel {
     /// The site members node `n` sees, as the machine's peer view.
     fn peers_of(&self, n: u32) -> Vec<(NodeId, bool)> {
         let site = self.site_of[n as usize] as usize;
-        self.seen[site].iter().filter(|m| **m != n).map(|m| (self.ids[*m as usize], true)).collect()
+        let members = self.seen[site].iter().filter(|m| **m != n);
+        let remote = self.wan_peers[n as usize].iter().map(|p| (self.ids[*p as usize], false));
+        members.map(|m| (self.ids[*m as usize], true)).chain(remote).collect()
     }
 
     /// Feeds one input to node `n`'s machine (if it is the same life and still fetching) and
