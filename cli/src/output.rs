@@ -155,12 +155,18 @@ pub fn fetch_progress(
         let have = v["have_bytes"].as_u64().unwrap_or(0);
         bar.set_length(size);
         bar.set_position(have);
-        bar.set_message(format!(
-            "{}/s from {} source(s) [{}]",
-            indicatif::HumanBytes(v["rate_bytes_per_s"].as_u64().unwrap_or(0)),
-            v["sources_active"],
-            v["role"].as_str().unwrap_or("-"),
-        ));
+        let waiting_s = v["waiting_ms"].as_u64().unwrap_or(0) / 1000;
+        bar.set_message(if waiting_s > 0 {
+            let role = v["role"].as_str().unwrap_or("-");
+            format!("waiting {waiting_s} s for a peer that holds it [{role}]")
+        } else {
+            format!(
+                "{}/s from {} source(s) [{}]",
+                indicatif::HumanBytes(v["rate_bytes_per_s"].as_u64().unwrap_or(0)),
+                v["sources_active"],
+                v["role"].as_str().unwrap_or("-"),
+            )
+        });
         match v["state"].as_str() {
             Some("complete") => {
                 bar.finish_and_clear();
@@ -177,7 +183,7 @@ pub fn fetch_progress(
                     if let Some(d) = v["dropped"].as_object().filter(|m| !m.is_empty()) {
                         let parts: Vec<String> =
                             d.iter().map(|(k, n)| format!("{k}={n}")).collect();
-                        outln!("dropped sources: {}", parts.join(" "));
+                        outln!("sources rested or retried: {}", parts.join(" "));
                     }
                 }
                 return Ok(());

@@ -136,6 +136,8 @@ pub struct Progress {
     pub penalised: u32,
     /// Verified groups received more than once (bytes that crossed a link for nothing).
     pub duplicate_groups: u64,
+    /// How long no source has held anything (0 while one does).
+    pub waiting_ms: u64,
     /// "wan" if this node fetches for its site across the WAN, else "lan".
     pub role: &'static str,
     /// fetching, complete or failed.
@@ -256,6 +258,7 @@ impl Transfers {
                     sources_resting: 0,
                     penalised: 0,
                     duplicate_groups: 0,
+                    waiting_ms: 0,
                     role: "lan",
                     state: "fetching",
                     error: None,
@@ -456,6 +459,7 @@ impl Transfers {
             x.dropped = stats.dropped.clone();
             x.penalised = stats.penalised;
             x.duplicate_groups = stats.duplicate_groups;
+            x.waiting_ms = f.waiting_ms(Millis(started.elapsed().as_millis() as u64));
             x.elapsed_ms = started.elapsed().as_millis() as u64;
         }
     }
@@ -482,11 +486,18 @@ impl Transfers {
         req: &DataRequest,
     ) -> Result<(libp2p::Stream, DataReply), Failure> {
         let mut s = self.open(n).await?;
+        // A stream the server drops unread fails here or at the reply header: the server's
+        // stream acceptor holds one new stream at a time and drops the rest while busy
+        // (libp2p-stream), which is no failure of the source. A lost connection fails at
+        // `open` instead.
         write_frame(&mut s, &req.to_bytes()).await.map_err(|e| {
-            tracing::debug!(peer = %n, error = %e, "sending a data request failed");
-            Failure::Lost
+            tracing::debug!(peer = %n, error = %e, "a data request was turned away");
+            Failure::Busy
         })?;
-        let reply = read_reply(&mut s).await?;
+        let reply = match read_reply(&mut s).await {
+            Err(Failure::Lost) => Err(Failure::Busy),
+            other => other,
+        }?;
         Ok((s, reply))
     }
 

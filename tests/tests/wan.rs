@@ -19,9 +19,8 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-#[test]
-fn a_payload_crosses_each_sites_wan_link_once() {
-    let _serial = serial();
+/// Runs `scripts/bench-wan.sh` with `env`; returns its JSON line and everything it printed.
+fn bench_wan(env: &[(&str, &str)]) -> (Value, String) {
     assert!(
         is_root(),
         "the WAN test must run as root: {SCRIPT} builds network namespaces, bridges and tc \
@@ -32,8 +31,7 @@ fn a_payload_crosses_each_sites_wan_link_once() {
     let out = Command::new("bash")
         .arg(SCRIPT)
         .env("PATCHMESH_BIN", bin)
-        .env("PAYLOAD_MIB", "8")
-        .env("WAN_MBIT", "50")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running bash");
@@ -44,6 +42,13 @@ fn a_payload_crosses_each_sites_wan_link_once() {
     let last = stdout.lines().last().unwrap_or_default();
     let v: Value = serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}\n{report}"));
+    (v, report)
+}
+
+#[test]
+fn a_payload_crosses_each_sites_wan_link_once() {
+    let _serial = serial();
+    let (v, report) = bench_wan(&[("PAYLOAD_MIB", "8"), ("WAN_MBIT", "50")]);
 
     assert_eq!(v["sites"], 3, "{report}");
     assert_eq!(v["nodes"], 12, "{report}");
@@ -79,29 +84,15 @@ fn a_payload_crosses_each_sites_wan_link_once() {
 #[test]
 fn a_congested_origin_uplink_feeds_every_site_without_penalising_anyone() {
     let _serial = serial();
-    assert!(is_root(), "the WAN test must run as root (see above)");
-    let bin = binary();
-    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
     // Four sites on 4 Mbit/s links: the origin site's uplink is shared by every range the
     // three other sites ask of it, so each flow gets a small share of a few Mbit/s.
-    let out = Command::new("bash")
-        .arg(SCRIPT)
-        .env("PATCHMESH_BIN", bin)
-        .env("SITES", "4")
-        .env("NODES_PER_SITE", "2")
-        .env("PAYLOAD_MIB", "4")
-        .env("WAN_MBIT", "4")
-        .env("TIMEOUT_S", "300")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    assert!(out.status.success(), "bench-wan.sh failed ({}):\n{report}", out.status);
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}\n{report}"));
+    let (v, report) = bench_wan(&[
+        ("SITES", "4"),
+        ("NODES_PER_SITE", "2"),
+        ("PAYLOAD_MIB", "4"),
+        ("WAN_MBIT", "4"),
+        ("TIMEOUT_S", "300"),
+    ]);
     assert_eq!(v["sites"], 4, "{report}");
     assert_eq!(v["nodes"], 8, "{report}");
     assert_eq!(v["penalties"], 0, "honest peers were penalised:\n{report}");

@@ -61,6 +61,9 @@ pub enum Failure {
     /// No answer in time (a congested link queues a stream behind many others): the range or
     /// question goes back to the pool; the source stays (slowness is judged by its rate).
     Timeout,
+    /// The source turned the stream away before reading the request (a busy server drops new
+    /// streams it cannot take yet): as `Timeout`, the range goes back and the source stays.
+    Busy,
 }
 
 /// An input to a [`Fetch`].
@@ -163,7 +166,7 @@ pub struct FetchStats {
     /// still sending).
     pub duplicate_groups: u64,
     /// Sources rested, by fault kind (`lost` for broken streams), and questions or ranges
-    /// that timed out (`timeout`, the source stays).
+    /// that timed out or were turned away (`timeout`, `busy`: the source stays).
     pub dropped: BTreeMap<&'static str, u32>,
     /// Peers penalised.
     pub penalised: u32,
@@ -199,6 +202,8 @@ pub struct Fetch {
     next_rotate: Millis,
     last_lookup: Option<Millis>,
     holder_seen: Millis,
+    /// Usable sources that hold something, as of the last step.
+    holders: usize,
     stats: FetchStats,
 }
 
@@ -236,6 +241,7 @@ impl Fetch {
             next_rotate: now.plus(limits::FETCH_ROTATE_MS),
             last_lookup: None,
             holder_seen: now,
+            holders: 0,
             stats: FetchStats::default(),
         };
         f.step(now);
@@ -259,6 +265,15 @@ impl Fetch {
     /// Sources resting now.
     pub fn resting(&self) -> usize {
         self.rests.len()
+    }
+    /// How long no usable source has held anything (0 while one does): a download that is
+    /// waiting shows it.
+    pub fn waiting_ms(&self, now: Millis) -> u64 {
+        if self.holders > 0 {
+            0
+        } else {
+            now.since(self.holder_seen)
+        }
     }
     /// Whether the outboard is held (groups can be verified).
     pub fn has_outboard(&self) -> bool {
@@ -570,6 +585,7 @@ impl Fetch {
         match failure {
             // The range or question goes back; the source stays.
             Failure::Timeout => *self.stats.dropped.entry("timeout").or_default() += 1,
+            Failure::Busy => *self.stats.dropped.entry("busy").or_default() += 1,
             // The path's doing: the source finishes what is on the wire, then rests.
             Failure::Lost | Failure::Fault(Fault::Slow) => {
                 if !self.struck.contains(&n) {
@@ -675,6 +691,7 @@ impl Fetch {
         }
         let holders =
             self.download.sources().values().filter(|s| usable(s) && s.holds_any()).count();
+        self.holders = holders;
         if holders > 0 {
             self.holder_seen = now;
         } else if now.since(self.holder_seen) > limits::FETCH_NO_SOURCE_MS {
