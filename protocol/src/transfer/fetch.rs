@@ -17,9 +17,10 @@
 //!   cancels its ranges from other sites at once, so its site never pulls a second copy.
 //! - **WAN sources**: the elected node uses up to [`limits::FETCH_WAN_SOURCES_MAX`] peers of
 //!   other sites: those it is connected to and providers from the DHT. It keeps the ones it
-//!   has and fills free slots by a rendezvous hash of (content, itself, candidate), providers
-//!   first (they hold something), so fetchers of different sites spread over different
-//!   holders. Every [`limits::FETCH_ROTATE_MS`], when there are more candidates than slots,
+//!   has and fills free slots by a rendezvous hash of (content, itself, candidate), peers it is
+//!   connected to first: every node's connections go to different nodes, while a DHT keeps
+//!   the same few providers for everyone, so connections spread the fetchers of many sites
+//!   over many uplinks; providers fill what is left. Every [`limits::FETCH_ROTATE_MS`], when there are more candidates than slots,
 //!   the slowest WAN source is retired (its ranges finish) and rests, and another is tried: a
 //!   site that already holds parts of the payload is found and feeds its neighbours, instead
 //!   of every site pulling from the origin.
@@ -407,7 +408,7 @@ impl Fetch {
             .map(|(n, _)| *n)
             .chain(self.providers.iter().filter(|n| !self.peers.contains_key(n)).copied())
             .filter(|n| !self.rests.contains_key(n))
-            .map(|n| (!current(&n), !self.providers.contains(&n), self.rank(&content, &n), n))
+            .map(|n| (!current(&n), !self.peers.contains_key(&n), self.rank(&content, &n), n))
             .collect();
         candidates.sort();
         let slots = limits::FETCH_WAN_SOURCES_MAX
