@@ -397,14 +397,18 @@ impl Transfers {
                         f.handle_input(now(), FetchInput::Peers(self.peers_input()));
                     }
                 }
-                _ = tokio::time::sleep(wait) => {
-                    let providers = self.providers_of(&content);
-                    if providers.len() != providers_known {
-                        providers_known = providers.len();
-                        f.handle_input(now(), FetchInput::Providers(providers));
-                    }
-                    f.handle_timeout(now());
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // The deadline is checked here, not only when the sleep wins: while events keep
+            // coming (a fast transfer reports groups every millisecond) the sleep is made anew
+            // each turn and would never fire, and the core's rate checks would never run.
+            if f.poll_timeout().is_some_and(|at| now() >= at) {
+                let providers = self.providers_of(&content);
+                if providers.len() != providers_known {
+                    providers_known = providers.len();
+                    f.handle_input(now(), FetchInput::Providers(providers));
                 }
+                f.handle_timeout(now());
             }
         }
     }

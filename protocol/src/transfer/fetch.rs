@@ -328,6 +328,8 @@ impl Fetch {
             self.next_check = now.plus(limits::FETCH_CHECK_MS);
             for n in self.download.judge(now) {
                 *self.stats.dropped.entry(Fault::Slow.kind()).or_default() += 1;
+                // What a slow member holds no longer keeps the WAN from fetching it.
+                self.lan_avail.remove(&n);
                 self.retire_then_rest(n);
             }
         }
@@ -589,6 +591,9 @@ impl Fetch {
             Failure::Busy => *self.stats.dropped.entry("busy").or_default() += 1,
             // The path's doing: the source finishes what is on the wire, then rests.
             Failure::Lost | Failure::Fault(Fault::Slow) => {
+                if failure != Failure::Lost {
+                    self.lan_avail.remove(&n);
+                }
                 if !self.struck.contains(&n) {
                     let kind = if failure == Failure::Lost { "lost" } else { Fault::Slow.kind() };
                     *self.stats.dropped.entry(kind).or_default() += 1;
@@ -597,6 +602,8 @@ impl Fetch {
                 self.finish_retired(now);
             }
             Failure::Fault(f) => {
+                // A liar's claims keep nothing from the WAN.
+                self.lan_avail.remove(&n);
                 self.out.push_back(FetchOutput::Penalize(n, f));
                 self.stats.penalised += 1;
                 *self.stats.dropped.entry(f.kind()).or_default() += 1;
@@ -1020,6 +1027,31 @@ mod tests {
         }
         assert_eq!(f.resting(), 1);
         assert!(ranges(&drain(&mut f)).iter().all(|r| r.source != n(252)));
+    }
+
+    #[test]
+    fn a_lying_or_silent_site_member_cannot_hold_the_wan_back() {
+        let content = ContentId([9; 32]);
+        let [mate, silent] = [losers(2)[0], losers(2)[1]];
+        let mut f = fetch(true);
+        let view = vec![(mate, true), (silent, true), (n(252), false)];
+        f.handle_input(Millis(0), FetchInput::Peers(view));
+        assert_eq!(f.download().role(), Role::Wan, "{content:?}");
+        drain(&mut f);
+        let all = || Ok((GROUPS * GROUP_BYTES, Availability::Complete));
+        f.handle_input(Millis(1), FetchInput::Have { source: n(252), reply: all() });
+        // One member claims everything; the other never answers (its question times out).
+        f.handle_input(Millis(1), FetchInput::Have { source: mate, reply: all() });
+        let timeout = Err(Failure::Timeout);
+        f.handle_input(Millis(10_000), FetchInput::Have { source: silent, reply: timeout });
+        let rs = ranges(&drain(&mut f));
+        assert!(!rs.is_empty() && rs.iter().all(|r| r.source == mate));
+        // The claim was a lie: the liar rests, and the WAN takes over its groups.
+        let lied = Err(Failure::Fault(Fault::Lied));
+        f.handle_input(Millis(10_001), FetchInput::RangeEnded { request: rs[0].id, result: lied });
+        let out = drain(&mut f);
+        assert!(out.contains(&FetchOutput::Penalize(mate, Fault::Lied)));
+        assert!(ranges(&out).iter().any(|r| r.source == n(252)));
     }
 
     #[test]

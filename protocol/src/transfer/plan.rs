@@ -113,6 +113,8 @@ pub struct Source {
     pub banned: Option<Fault>,
     /// Given no new ranges; the driver forgets it once its ranges are done.
     pub retiring: bool,
+    /// A question to it failed before it ever answered: the WAN no longer waits for it.
+    unanswered: bool,
     active: u32,
     /// Groups requested from it and not yet delivered.
     inflight_groups: u64,
@@ -139,6 +141,7 @@ impl Source {
             asked_at: None,
             banned: None,
             retiring: false,
+            unanswered: false,
             active: 0,
             inflight_groups: 0,
             bytes: 0,
@@ -461,8 +464,9 @@ impl Download {
         }
         let site = || self.sources.values().filter(|s| s.lan && s.banned.is_none());
         // Until every site member has said what it holds, the site's holdings are unknown:
-        // the WAN waits (one LAN round trip) rather than pull what may already be here.
-        if site().any(|s| s.have.is_none()) {
+        // the WAN waits (one LAN round trip) rather than pull what may already be here; but
+        // not for a member whose question failed (a silent member cannot hold the WAN back).
+        if site().any(|s| s.have.is_none() && !s.unanswered) {
             return Some(vec![u64::MAX; self.words() as usize]);
         }
         let mut held = self.site_known.clone();
@@ -571,6 +575,7 @@ impl Download {
     pub fn on_have_failed(&mut self, node: &NodeId) {
         if let Some(s) = self.sources.get_mut(node) {
             s.asking_since = None;
+            s.unanswered |= s.have.is_none();
         }
     }
 
