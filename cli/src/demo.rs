@@ -1,10 +1,13 @@
 //! `patchmesh demo`: a whole rollout story on one machine, with real node processes.
 //!
 //! 1. Makes a mesh in a temporary directory (genesis, root and admin keys), admits N nodes in S
-//!    sites — the first node of each site labelled `ring=canary` — and starts them on loopback
-//!    QUIC, each with its own data directory and a target file `{data_dir}/app/app.bin`.
+//!    sites — the first node of each site labelled `ring=canary`, every other one of the rest
+//!    `ring=half`, spread over the sites — and starts them on loopback QUIC, each with its own
+//!    data directory and a target file `{data_dir}/app/app.bin`.
 //! 2. Publishes a good patch (file executor replacing that target) and rolls it through
-//!    canary → 50% → 100%, with gates that need every ring member verified and soaked.
+//!    canary → half → all, with gates that need every ring member verified and soaked. The
+//!    rings are by label, not by percent: a percent ring is a hash draw, and a small fleet can
+//!    draw an empty ring, whose gate never passes (an empty ring is missing evidence).
 //! 3. Publishes a bad patch whose verify step fails and rolls it the same way: the canaries
 //!    fail, their signed failure reports halt the rollout on every node, the canaries roll
 //!    back, and no node outside the canary ring installs it.
@@ -68,6 +71,8 @@ struct Demo {
     root: PathBuf,
     nodes: Vec<Node>,
     keep: bool,
+    /// Set when the demo fails: the directory is kept for its logs.
+    failed: std::cell::Cell<bool>,
     quiet: bool,
     started: Instant,
 }
@@ -88,7 +93,7 @@ impl Drop for Demo {
                 let _ = c.wait();
             }
         }
-        if self.keep {
+        if self.keep || self.failed.get() {
             eprintln!("demo directory kept: {}", self.root.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.root);
@@ -121,17 +126,64 @@ impl Demo {
         }
     }
 
-    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    fn wait<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+        self.wait_or(what, timeout, f, String::new)
+    }
+
+    /// Like [`Demo::wait`]; on a timeout the error also says `lagging()`: which nodes are not
+    /// there yet and where they stand. The directory is kept for its logs.
+    fn wait_or<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+        lagging: impl Fn() -> String,
+    ) -> anyhow::Result<T> {
         let until = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
                 return Ok(v);
             }
             if Instant::now() > until {
-                bail!("timed out waiting for {what} (logs in {}; rerun with --keep)", self.root.display());
+                self.failed.set(true);
+                bail!("timed out after {} s waiting for {what}{} (node logs kept in {})", timeout.as_secs(), lagging(), self.root.display());
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// The nodes whose view of `rollout` is not settled by `done`, with their step and where
+    /// their download of `content` stands.
+    fn lagging(&self, rollout: &str, content: &str, done: impl Fn(&Value) -> bool) -> String {
+        let views = self.views(rollout);
+        let mut lines = Vec::new();
+        for (i, (n, v)) in self.nodes.iter().zip(&views).enumerate() {
+            if v.as_ref().is_some_and(&done) {
+                continue;
+            }
+            let step = match v {
+                None => "has not seen the rollout".to_string(),
+                Some(v) => format!(
+                    "step {}, standing {}{}",
+                    v["local"]["step"].as_str().unwrap_or("none"),
+                    v["standing"]["status"].as_str().unwrap_or("?"),
+                    v["waiting"].as_str().filter(|w| !w.is_empty()).map(|w| format!(" ({w})")).unwrap_or_default()
+                ),
+            };
+            let c = call(&n.args(), Request::Content { content: content.to_string() }).unwrap_or(Value::Null);
+            lines.push(format!(
+                "\n  node{i:02} (site {}): {step}; payload {} {}/{} bytes, {} sources active, {} resting, waiting {} ms{}",
+                n.site,
+                c["state"].as_str().unwrap_or("?"),
+                c["have_bytes"].as_u64().unwrap_or(0),
+                c["size_bytes"].as_u64().unwrap_or(0),
+                c["sources_active"].as_u64().unwrap_or(0),
+                c["sources_resting"].as_u64().unwrap_or(0),
+                c["waiting_ms"].as_u64().unwrap_or(0),
+                c["error"].as_str().map(|e| format!(", error: {e}")).unwrap_or_default(),
+            ));
+        }
+        if lines.is_empty() { String::new() } else { format!("; not there yet:{}", lines.concat()) }
     }
 
     /// Every node's view of one rollout.
@@ -189,7 +241,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let tag: u64 = rand::random();
     let root = std::env::temp_dir().join(format!("patchmesh-demo-{}-{tag:x}", std::process::id()));
     std::fs::create_dir_all(&root)?;
-    let mut d = Demo { root: root.clone(), nodes: Vec::new(), keep: a.keep, quiet: a.json, started: Instant::now() };
+    let mut d = Demo { root: root.clone(), nodes: Vec::new(), keep: a.keep, failed: Default::default(), quiet: a.json, started: Instant::now() };
     let timeout = Duration::from_secs(a.timeout_s);
 
     // The mesh: genesis, keys and one certificate per node.
@@ -202,7 +254,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         let key = cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
         let site = i % a.sites;
         let canary = i < a.sites;
-        let label = if canary { "ring=canary" } else { "ring=main" };
+        let label = match i.checked_sub(a.sites) {
+            None => "ring=canary",
+            Some(k) if k % 2 == 0 => "ring=half",
+            Some(_) => "ring=main",
+        };
         cli(&[
             "admit", "--node-key", key["public_key"].as_str().unwrap_or_default(),
             "--site", &format!("site-{}", (b'a' + site as u8) as char), "--label", label,
@@ -232,13 +288,16 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, None)?;
     let (good_rollout, good_at) = create_rollout(&d, &admin_key, &good, a.soak_s)?;
     d.say(format!("good patch {} rolling out as {}", &good[..12], &good_rollout[..12]));
-    let good_views = d.wait("the good rollout to reach every node", timeout, || {
-        let views = d.views(&good_rollout);
-        let done = views.iter().all(|v| {
-            v.as_ref().is_some_and(|v| v["local"]["step"] == "committed" || v["standing"]["status"] == "NotTargeted")
-        });
-        done.then_some(views)
-    })?;
+    let committed = |v: &Value| v["local"]["step"] == "committed" || v["standing"]["status"] == "NotTargeted";
+    let good_views = d.wait_or(
+        "the good rollout to reach every node",
+        timeout,
+        || {
+            let views = d.views(&good_rollout);
+            views.iter().all(|v| v.as_ref().is_some_and(committed)).then_some(views)
+        },
+        || d.lagging(&good_rollout, &good, committed),
+    )?;
     let good_rings = ring_table(&good_views, good_at);
     for r in &good_rings {
         d.say(format!("  ring {:<7} {} nodes committed in {:.1} s", r["name"].as_str().unwrap_or(""), r["succeeded"], r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0));
@@ -254,16 +313,19 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     let (bad_rollout, bad_at) = create_rollout(&d, &admin_key, &bad, a.soak_s)?;
     d.say(format!("bad patch {} rolling out as {}", &bad[..12], &bad_rollout[..12]));
-    let bad_views = d.wait("every node to halt the bad rollout and the canaries to roll back", timeout, || {
-        let views = d.views(&bad_rollout);
-        let halted = views.iter().all(|v| v.as_ref().is_some_and(|v| v["control"]["state"] == "halted"));
-        let settled = views.iter().all(|v| {
-            v.as_ref().is_some_and(|v| {
-                v["local"].is_null() || matches!(v["local"]["step"].as_str(), Some("rolled_back" | "cancelled" | "failed"))
-            })
-        });
-        (halted && settled).then_some(views)
-    })?;
+    let halted_and_settled = |v: &Value| {
+        v["control"]["state"] == "halted"
+            && (v["local"].is_null() || matches!(v["local"]["step"].as_str(), Some("rolled_back" | "cancelled" | "failed")))
+    };
+    let bad_views = d.wait_or(
+        "every node to halt the bad rollout and the canaries to roll back",
+        timeout,
+        || {
+            let views = d.views(&bad_rollout);
+            views.iter().all(|v| v.as_ref().is_some_and(halted_and_settled)).then_some(views)
+        },
+        || d.lagging(&bad_rollout, &bad, halted_and_settled),
+    )?;
     let bad_views: Vec<Value> = bad_views.into_iter().flatten().collect();
     let first_failure = bad_views
         .iter()
@@ -365,7 +427,7 @@ fn create_rollout(d: &Demo, admin_key: &str, content: &str, soak_s: u64) -> anyh
     let at = patchmesh_node::daemon::now_ms().0;
     let out = cli(&[
         "rollout", "create", "--patch", content,
-        "--ring", "canary:0:ring=canary", "--ring", "half:50", "--ring", "all:100",
+        "--ring", "canary:0:ring=canary", "--ring", "half:0:ring=half", "--ring", "all:100",
         "--min-success", "1.0", "--max-failures", "0", "--soak-s", &soak, "--recheck-s", "1",
         "--max-concurrent-per-site", "2",
         "--admin-key", admin_key, "--config", &config, "--json",

@@ -72,9 +72,9 @@ pub enum Request {
     },
     /// Every payload held and every download of this run.
     ContentList,
-    /// Remove payloads no catalog patch references (nor an install pins).
     /// Rollouts as this node sees them: verdicts, ring counts, its own journal.
     Rollouts,
+    /// Remove payloads no catalog patch references (nor an install pins).
     ContentGc {
         /// Only say what would go.
         dry_run: bool,

@@ -161,6 +161,21 @@ fn a_good_patch_moves_ring_by_ring_after_each_gate() {
 }
 
 #[test]
+fn an_empty_ring_holds_the_rollout_and_says_why() {
+    // No node carries `ring=canary`: the canary ring is empty. Missing evidence never
+    // promotes, so nobody installs; the verdict says the gate can never pass, not "0 of 1".
+    let mut h = fleet(Keys::new(), 4, &[]);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(4, 1_000))]);
+    run(&mut h, 20_000, &|_| false);
+    for i in 0..4 {
+        assert_eq!(step(&h, i, 4), None, "node {i} installed past an empty canary ring");
+        let v = &h.nodes[i].rollouts().verdicts()[&RolloutId([4; 32])];
+        assert_eq!(v.open_rings, 1, "node {i}");
+        assert!(v.waiting.contains("no node is in this ring"), "node {i}: {}", v.waiting);
+    }
+}
+
+#[test]
 fn large_rollouts_wait_for_k_of_n_approvals_of_exactly_their_content() {
     let keys = Keys::with_approval(mesh::Approval { threshold: 2, above_nodes: 3 });
     let mut h = fleet(keys, 4, &[0]);

@@ -338,6 +338,14 @@ pub fn judge(
             );
             break;
         }
+        if r.targeted == 0 && need > 0 {
+            // Every site is summarised and none counts a member: the gate can never pass.
+            waiting = format!(
+                "ring {name}: no node is in this ring, so its gate can never pass; abort this \
+                 rollout and create one whose rings all have members"
+            );
+            break;
+        }
         if r.succeeded < need {
             waiting = format!("ring {name}: {} of {need} succeeded members", r.succeeded);
             break;
