@@ -99,6 +99,9 @@ struct Daemon {
     effects_tx: mpsc::Sender<patchmesh_protocol::rollout::EffectResult>,
     /// When this node first saw each rollout halted or aborted (its clock).
     rollout_stopped: BTreeMap<patchmesh_protocol::ids::RolloutId, Millis>,
+    /// Protocol messages this node sent, by kind: (messages, bytes). Direct sends count once
+    /// per peer; a gossip publish counts once (pubsub then forwards it to the mesh peers).
+    sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -251,6 +254,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         provider_queries: HashMap::new(),
         effects_tx,
         rollout_stopped: BTreeMap::new(),
+        sent_by_kind: BTreeMap::new(),
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // The first input starts the core; it carries the real inventory.
@@ -288,6 +292,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     d.store.flush()?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+fn count_sent(by_kind: &mut BTreeMap<&'static str, (u64, u64)>, kind: &'static str, bytes: usize) {
+    let e = by_kind.entry(kind).or_default();
+    e.0 += 1;
+    e.1 += bytes as u64;
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
@@ -417,7 +427,9 @@ impl Daemon {
         match out {
             Output::Send { peer, msg } => {
                 if let Some(p) = self.peers.get(&peer.0) {
-                    self.swarm.behaviour_mut().msg.send_request(p, msg.to_bytes());
+                    let bytes = msg.to_bytes();
+                    count_sent(&mut self.sent_by_kind, msg.kind(), bytes.len());
+                    self.swarm.behaviour_mut().msg.send_request(p, bytes);
                 }
             }
             Output::Broadcast { topic, msg } => {
@@ -426,7 +438,9 @@ impl Daemon {
                     Topic::Site(_) => self.topics.site.clone(),
                     Topic::Summaries => self.topics.summaries.clone(),
                 };
-                match self.swarm.behaviour_mut().gossipsub.publish(t, msg.to_bytes()) {
+                let bytes = msg.to_bytes();
+                count_sent(&mut self.sent_by_kind, msg.kind(), bytes.len());
+                match self.swarm.behaviour_mut().gossipsub.publish(t, bytes) {
                     Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
                     // No peer yet: anti-entropy delivers it when peers come.
                     Err(e) => tracing::debug!(error = %e, "publish"),
@@ -849,6 +863,7 @@ impl Daemon {
             "listen": listen,
             "bytes_sent": sent,
             "bytes_received": received,
+            "messages_sent": self.sent_by_kind.iter().map(|(k, (n, b))| (k.to_string(), json!({"messages": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "accepted": stats.accepted,
             "rejected": stats.rejected,

@@ -87,8 +87,16 @@ pub const FETCH_REST_MS: u64 = 1_000;
 pub const FETCH_OFFENCE_REST_MS: u64 = 30_000;
 /// Longest rest of a source: every rest ends, so a download never runs out of sources for good.
 pub const FETCH_REST_MAX_MS: u64 = 600_000;
-/// How often a site's WAN fetcher with no source holding anything looks up providers.
+/// How soon a site's WAN fetcher with no source holding anything looks up providers again;
+/// each lookup that finds no holder doubles it, up to [`FETCH_LOOKUP_MAX_MS`].
 pub const FETCH_LOOKUP_MS: u64 = 5_000;
+/// Longest wait between provider lookups while nothing holds the payload.
+pub const FETCH_LOOKUP_MAX_MS: u64 = 60_000;
+/// Longest wait before asking a site member that held nothing again (the wait doubles with
+/// each "nothing"; a member that starts receiving is streamed from within this).
+pub const FETCH_NOTHING_ASK_MAX_MS: u64 = 10_000;
+/// Longest wait before asking a peer of another site that held nothing again.
+pub const FETCH_NOTHING_ASK_WAN_MAX_MS: u64 = 60_000;
 /// How often a site's WAN fetcher that has sources looks up providers again.
 pub const FETCH_RELOOKUP_MS: u64 = 15_000;
 /// A download with no source holding anything for this long fails (visibly, with a reason).

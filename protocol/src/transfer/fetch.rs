@@ -34,9 +34,13 @@
 //!   or breaks the protocol is penalised and rests from [`limits::FETCH_OFFENCE_REST_MS`]. Every
 //!   rest ends, so a download is never left with no source while a holder is reachable.
 //! - **Providers**: while no usable source holds anything, the elected node looks up
-//!   providers every [`limits::FETCH_LOOKUP_MS`], and every [`limits::FETCH_RELOOKUP_MS`] while
-//!   it fetches; after [`limits::FETCH_NO_SOURCE_MS`] with no holder the download fails with a
+//!   providers after [`limits::FETCH_LOOKUP_MS`], doubling the wait after each empty lookup up
+//!   to [`limits::FETCH_LOOKUP_MAX_MS`], and every [`limits::FETCH_RELOOKUP_MS`] while it
+//!   fetches; after [`limits::FETCH_NO_SOURCE_MS`] with no holder the download fails with a
 //!   reason (never silently stops).
+//! - **Waiting costs nothing**: a download with nothing in flight wakes only for its next
+//!   question, lookup, end of a rest or deadline ([`Fetch::poll_timeout`]); sources that held
+//!   nothing are asked ever less often (see [`super::plan::Download::next_ask`]).
 //!
 //! ## Time
 //! `now` is the driver's clock in milliseconds. If it goes backwards, elapsed times read as
@@ -202,6 +206,8 @@ pub struct Fetch {
     next_check: Millis,
     next_rotate: Millis,
     last_lookup: Option<Millis>,
+    /// Wait between lookups while nothing holds the payload: doubles with each empty one.
+    lookup_every: u64,
     holder_seen: Millis,
     /// Usable sources that hold something, as of the last step.
     holders: usize,
@@ -241,6 +247,7 @@ impl Fetch {
             next_check: now.plus(limits::FETCH_CHECK_MS),
             next_rotate: now.plus(limits::FETCH_ROTATE_MS),
             last_lookup: None,
+            lookup_every: limits::FETCH_LOOKUP_MS,
             holder_seen: now,
             holders: 0,
             stats: FetchStats::default(),
@@ -353,9 +360,21 @@ impl Fetch {
         if self.state != FetchState::Fetching {
             return None;
         }
-        // The check runs every `FETCH_CHECK_MS`, which is also when partial sources are asked
-        // again (every `have_refresh_ms`, no finer than the check).
-        let mut at = self.next_check.min(self.next_rotate);
+        // Rates are judged every `FETCH_CHECK_MS` while ranges are in flight; a download that
+        // waits for a holder wakes only for its next question, lookup, rest's end or deadline.
+        let mut at = self.no_source_deadline();
+        if self.download.requests().next().is_some() || !self.struck.is_empty() {
+            at = at.min(self.next_check);
+        }
+        if self.download.role() == Role::Wan && self.has_outboard {
+            at = at.min(self.next_rotate);
+        }
+        if let Some(t) = self.download.next_ask() {
+            at = at.min(t);
+        }
+        if let Some(t) = self.next_lookup() {
+            at = at.min(t);
+        }
         if let Some(until) = self.rests.values().min() {
             at = at.min(*until);
         }
@@ -363,6 +382,20 @@ impl Fetch {
     }
 
     // ---- internals -------------------------------------------------------------------------
+
+    /// When the elected node looks up providers next; `None` when not elected.
+    fn next_lookup(&self) -> Option<Millis> {
+        if self.download.role() != Role::Wan {
+            return None;
+        }
+        let every = if self.holders > 0 { limits::FETCH_RELOOKUP_MS } else { self.lookup_every };
+        Some(self.last_lookup.map_or(Millis(0), |t| t.plus(every)))
+    }
+
+    /// When the download fails for want of a holder (if none turns up before).
+    fn no_source_deadline(&self) -> Millis {
+        self.holder_seen.plus(limits::FETCH_NO_SOURCE_MS + 1)
+    }
 
     fn role(&self) -> Role {
         let site: Vec<&NodeId> =
@@ -713,8 +746,15 @@ impl Fetch {
         // The elected node with nobody to fetch from looks in the DHT, and looks again now and
         // then while it fetches: other sites that got parts of the payload since become
         // candidates for its WAN slots.
-        let every = if holders > 0 { limits::FETCH_RELOOKUP_MS } else { limits::FETCH_LOOKUP_MS };
-        if role == Role::Wan && self.last_lookup.is_none_or(|t| now.since(t) >= every) {
+        // With no holder, each lookup doubles the wait before the next (a payload nobody holds
+        // yet costs the fleet little); a holder found resets it.
+        if holders > 0 {
+            self.lookup_every = limits::FETCH_LOOKUP_MS;
+        }
+        if self.next_lookup().is_some_and(|t| now >= t) {
+            if holders == 0 && self.last_lookup.is_some() {
+                self.lookup_every = (self.lookup_every * 2).min(limits::FETCH_LOOKUP_MAX_MS);
+            }
             self.last_lookup = Some(now);
             self.out.push_back(FetchOutput::FindProviders);
         }
@@ -1063,16 +1103,23 @@ mod tests {
         assert!(!drain(&mut f).contains(&FetchOutput::FindProviders));
         f.handle_timeout(Millis(5_000));
         assert!(drain(&mut f).contains(&FetchOutput::FindProviders));
+        // Each empty lookup doubles the wait before the next: 10 s, then 20 s.
+        assert_eq!(f.poll_timeout(), Some(Millis(15_000)));
+        f.handle_timeout(Millis(14_000));
+        assert!(!drain(&mut f).contains(&FetchOutput::FindProviders));
+        f.handle_timeout(Millis(15_000));
+        assert!(drain(&mut f).contains(&FetchOutput::FindProviders));
+        assert_eq!(f.poll_timeout(), Some(Millis(35_000)));
         // A provider appears: the outboard comes first, from it; no range before it.
-        f.handle_input(Millis(5_100), FetchInput::Providers(vec![n(7)]));
+        f.handle_input(Millis(15_100), FetchInput::Providers(vec![n(7)]));
         let out = drain(&mut f);
         assert_eq!(out, vec![FetchOutput::AskHave(n(7))]);
         let reply = Ok((GROUPS * GROUP_BYTES, Availability::Complete));
-        f.handle_input(Millis(5_200), FetchInput::Have { source: n(7), reply });
+        f.handle_input(Millis(15_200), FetchInput::Have { source: n(7), reply });
         assert_eq!(drain(&mut f), vec![FetchOutput::GetOutboard(n(7))]);
         let mut held = Bitfield::new(GROUPS);
         held.set(3);
-        f.handle_input(Millis(5_300), FetchInput::Outboard { source: n(7), result: Ok(held) });
+        f.handle_input(Millis(15_300), FetchInput::Outboard { source: n(7), result: Ok(held) });
         let rs = ranges(&drain(&mut f));
         assert!(!rs.is_empty() && rs.iter().all(|r| !(r.first..r.first + r.count).contains(&3)));
         // It goes away; nothing holds the content for ten minutes: a visible failure.

@@ -19,7 +19,8 @@
 //!   verification, sends bytes past the range, or stays below `min_rate_bytes_per_s` after
 //!   `grace_ms` is banned for this download; its groups go back to the pool.
 //! - A partial source (a node still receiving) is asked again every `have_refresh_ms`, which is
-//!   how a site's members stream from the elected node while it is still downloading.
+//!   how a site's members stream from the elected node while it is still downloading; one
+//!   that holds nothing is asked ever less often (see `Download::ask_due`).
 
 use super::{group_count, Availability, Bitfield, Role, GROUP_BYTES};
 use crate::ids::{ContentId, Millis, NodeId};
@@ -109,6 +110,8 @@ pub struct Source {
     /// When we last asked; `None` when no question is open.
     asking_since: Option<Millis>,
     asked_at: Option<Millis>,
+    /// Answers in a row that said "nothing": each doubles the wait before asking again.
+    nothing_streak: u32,
     /// Why it was dropped, if it was.
     pub banned: Option<Fault>,
     /// Given no new ranges; the driver forgets it once its ranges are done.
@@ -139,6 +142,7 @@ impl Source {
             have: None,
             asking_since: None,
             asked_at: None,
+            nothing_streak: 0,
             banned: None,
             retiring: false,
             unanswered: false,
@@ -371,29 +375,17 @@ impl Download {
     }
 
     /// Only the questions: which sources to ask what they hold. A driver that cannot fetch yet
-    /// (it still needs the outboard) polls these alone. A site member that said it holds a part
-    /// is asked again every `have_refresh_ms`; one in another site, or one that said it holds
-    /// nothing, four times slower.
+    /// (it still needs the outboard) polls these alone. See [`Download::ask_due`] for when.
     pub fn poll_asks(&mut self, now: Millis) -> Vec<Action> {
         self.clock = self.clock.max(now);
         if self.is_complete() {
             return Vec::new();
         }
-        let refresh = self.params.have_refresh_ms;
         let ask: Vec<NodeId> = self
             .sources
             .iter()
             .filter(|(_, s)| self.usable(s) && s.asking_since.is_none())
-            .filter(|(_, s)| match (&s.have, s.asked_at) {
-                (None, _) | (Some(_), None) => true,
-                (Some(Availability::Complete), _) => false,
-                (Some(Availability::Nothing), Some(at)) => now.since(at) >= 4 * refresh,
-                // Another site's partial holder is asked less often: each question opens a
-                // stream across the WAN, and its answer grows only at the WAN's pace.
-                (Some(Availability::Partial(_)), Some(at)) => {
-                    now.since(at) >= if s.lan { refresh } else { 4 * refresh }
-                }
-            })
+            .filter(|(_, s)| self.ask_due(s).is_some_and(|at| now >= at))
             .map(|(n, _)| *n)
             .collect();
         ask.into_iter()
@@ -404,6 +396,47 @@ impl Download {
                 Action::AskHave(n)
             })
             .collect()
+    }
+
+    /// When source `s` is next to be asked what it holds; `None` for never (it holds it all).
+    /// A site member that holds a part is asked again every `have_refresh_ms` (how members
+    /// stream from the elected node while it receives); another site's partial holder four
+    /// times slower (each question opens a stream across the WAN, and its answer grows only at
+    /// the WAN's pace). One that holds nothing is asked after four refreshes, then each
+    /// "nothing" doubles the wait, up to [`limits::FETCH_NOTHING_ASK_MAX_MS`] (a site member)
+    /// or [`limits::FETCH_NOTHING_ASK_WAN_MAX_MS`]: a payload nobody holds yet costs a
+    /// waiting fleet almost nothing.
+    fn ask_due(&self, s: &Source) -> Option<Millis> {
+        let refresh = self.params.have_refresh_ms;
+        let wait = match &s.have {
+            None => 0,
+            Some(Availability::Complete) => return None,
+            Some(Availability::Partial(_)) if s.lan => refresh,
+            Some(Availability::Partial(_)) => 4 * refresh,
+            Some(Availability::Nothing) => {
+                let cap = if s.lan {
+                    limits::FETCH_NOTHING_ASK_MAX_MS
+                } else {
+                    limits::FETCH_NOTHING_ASK_WAN_MAX_MS
+                };
+                (4 * refresh)
+                    .saturating_mul(1 << s.nothing_streak.saturating_sub(1).min(20))
+                    .min(cap)
+            }
+        };
+        Some(s.asked_at.map_or(Millis(0), |at| at.plus(wait)))
+    }
+
+    /// The earliest time a usable source with no open question is due to be asked again.
+    pub fn next_ask(&self) -> Option<Millis> {
+        if self.is_complete() {
+            return None;
+        }
+        self.sources
+            .values()
+            .filter(|s| self.usable(s) && s.asking_since.is_none())
+            .filter_map(|s| self.ask_due(s))
+            .min()
     }
 
     /// Only the ranges to fetch now.
@@ -567,6 +600,10 @@ impl Download {
                 return Some(Fault::Protocol);
             }
         }
+        s.nothing_streak = match availability {
+            Availability::Nothing => s.nothing_streak.saturating_add(1),
+            _ => 0,
+        };
         s.have = Some(availability);
         None
     }
@@ -754,6 +791,35 @@ mod tests {
             ..Params::default()
         };
         Download::new(ContentId([1; 32]), groups * GROUP_BYTES, Bitfield::new(0), p)
+    }
+
+    #[test]
+    fn sources_that_hold_nothing_are_asked_ever_less_often() {
+        let mut d = dl(20);
+        d.add_source(n(1), true);
+        // (time of the question, time the next one is due) for a member that keeps saying
+        // "nothing": the wait doubles from four refreshes up to the cap.
+        let mut t = Millis(0);
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            assert_eq!(d.poll_asks(t), vec![Action::AskHave(n(1))], "asked at {t:?}");
+            d.on_have(&n(1), Availability::Nothing);
+            let next = d.next_ask().expect("asked again");
+            waits.push(next.since(t));
+            assert!(d.poll_asks(Millis(next.0 - 1)).is_empty());
+            t = next;
+        }
+        assert_eq!(waits, vec![1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]);
+        // It starts receiving: asked every refresh again.
+        assert_eq!(d.poll_asks(t), vec![Action::AskHave(n(1))]);
+        let mut part = Bitfield::new(20);
+        part.set(0);
+        d.on_have(&n(1), Availability::Partial(part));
+        assert_eq!(d.next_ask(), Some(t.plus(250)));
+        // Holding it all: never asked again.
+        d.poll_asks(t.plus(250));
+        d.on_have(&n(1), Availability::Complete);
+        assert_eq!(d.next_ask(), None);
     }
 
     #[test]

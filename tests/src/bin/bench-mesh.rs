@@ -11,6 +11,7 @@
 
 use patchmesh_tests::{wait_for, Mesh};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -136,13 +137,29 @@ fn main() {
             })
             .collect()
     };
+    // Protocol messages sent, summed over the nodes, by kind: (messages, bytes).
+    let by_kind = |mesh: &Mesh| -> BTreeMap<String, (u64, u64)> {
+        let mut sum: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for i in 0..n {
+            if let Some(m) = mesh.status(i)["messages_sent"].as_object() {
+                for (k, v) in m {
+                    let e = sum.entry(k.clone()).or_default();
+                    e.0 += v["messages"].as_u64().unwrap_or(0);
+                    e.1 += v["bytes"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        sum
+    };
     let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let bytes0 = bytes(&mesh);
+    let kinds0 = by_kind(&mesh);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_s));
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let bytes1 = bytes(&mesh);
+    let kinds1 = by_kind(&mesh);
     let hz = clock_ticks_per_s();
     let cpu_pct: Vec<f64> =
         cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / hz / elapsed * 100.0).collect();
@@ -164,9 +181,30 @@ fn main() {
     println!(
         "idle_bytes_per_s_per_node  {per_node_bps:.0}   (libp2p stream bytes, both directions / 2)"
     );
+    // What the node's own protocol sent while idle; the rest of the bytes are libp2p's
+    // (gossipsub control, Kademlia, identify, ping, QUIC streams).
+    let mut idle_kinds = serde_json::Map::new();
+    let mut protocol_bps = 0.0;
+    for (k, (m1, b1)) in &kinds1 {
+        let (m0, b0) = kinds0.get(k).copied().unwrap_or_default();
+        if m1 > &m0 {
+            let bps = (b1 - b0) as f64 / n as f64 / elapsed;
+            protocol_bps += bps;
+            println!(
+                "  idle {k:<16} {:>8.2} msg/s/node  {bps:>7.1} B/s/node",
+                (m1 - m0) as f64 / n as f64 / elapsed
+            );
+            idle_kinds.insert(k.clone(), json!((bps * 10.0).round() / 10.0));
+        }
+    }
+    println!(
+        "idle_protocol_bytes_per_s_per_node  {protocol_bps:.0}   (messages the node sent; the rest is libp2p)"
+    );
     println!(
         "{}",
         json!({
+            "idle_protocol_bytes_per_s_per_node": protocol_bps.round(),
+            "idle_bytes_by_kind": idle_kinds,
             "nodes": n,
             "converge_ms": (converge_ms * 10.0).round() / 10.0,
             "idle_rss_mb_max": (max(&rss) * 10.0).round() / 10.0,
