@@ -257,13 +257,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         sent_by_kind: BTreeMap::new(),
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
-    // The first input starts the core; it carries the real inventory.
+    // Start the core, then give it the real inventory if its record does not carry it yet.
+    d.input(Input::Start);
     let summary = d.inventory.summary();
     let held = d.node.site().records().get(&d.node.id()).map(|r| r.record().inventory.clone());
     if held.as_ref() != Some(&summary) {
         d.input(Input::Command(Command::UpdateRecord { inventory: summary }));
-    } else {
-        d.input(Input::Timer);
     }
 
     d.set_facts();

@@ -6,7 +6,8 @@
 //! rollout is a property of the code that runs on endpoints.
 //!
 //! ## The drive contract
-//! A driver owns a [`node::Node`] and repeats:
+//! A driver owns a [`node::Node`], restores it from its store ([`node::Node::restore`]), feeds
+//! [`node::Input::Start`] once, and repeats:
 //! 1. `node.handle_input(now, input)` with one [`node::Input`]: a message or raw bytes from a
 //!    peer, a connection change, a timer, or a local command. `now` is the driver's clock in
 //!    milliseconds since the Unix epoch; the node never reads a clock. Randomness comes from a
@@ -39,8 +40,48 @@
 //! ## Modules
 //! [`limits`] (every bound), [`ids`], [`crypto`] (encoding, envelopes), [`trust`] (genesis, admin
 //! sets, admission), [`catalog`], [`site`] (records, evidence, summaries), [`rollout`] (policies,
-//! rings, gates, halts, the install journal), [`transfer`] (payload verification and download
-//! planning), [`wire`] (messages), [`node`] (the state machine that routes between them).
+//! rings, gates, halts, the install journal), [`transfer`] (payload verification, and the
+//! [`transfer::fetch::Fetch`] machine that makes every decision of a download under the same
+//! drive contract), [`wire`] (messages), and [`node`], which routes inputs to its sub-machines:
+//!
+//! ```text
+//!                        node::Node  (handle_input routes; keep() = count → persist → spread)
+//!   ┌──────────┬───────────┬─────────┬───────────┬────────┬──────────────────────────┐
+//!   peers      replicas    relay     publisher   timers   rollouts
+//!   who is     trust,      spread    record,     one      rollout::Engine
+//!   admitted,  catalog,    now or    evidence,   deadline (rings, gates, halts,
+//!   live,      site,       batched,  summary     per      install journal)
+//!   late       summaries,  outbox    cadence     Timer
+//!              alarms,
+//!              repair
+//! ```
+//!
+//! A driver's loop, in full (the real node and the simulator differ only in how they carry
+//! out outputs and wait):
+//!
+//! ```no_run
+//! use patchmesh_protocol::ids::Millis;
+//! use patchmesh_protocol::node::{Input, Node, Output};
+//!
+//! fn drive(
+//!     mut node: Node,
+//!     clock: impl Fn() -> Millis,
+//!     // Blocks until an input arrives or the deadline passes (then `None`).
+//!     mut wait: impl FnMut(Option<Millis>) -> Option<Input>,
+//!     mut carry_out: impl FnMut(Output),
+//! ) {
+//!     node.handle_input(clock(), Input::Start);
+//!     loop {
+//!         // Every output, in order: a `Persist` is stored (and floors flushed) before the
+//!         // next output is carried out.
+//!         while let Some(out) = node.poll_output() {
+//!             carry_out(out);
+//!         }
+//!         let input = wait(node.poll_timeout()).unwrap_or(Input::Timer);
+//!         node.handle_input(clock(), input);
+//!     }
+//! }
+//! ```
 
 #![warn(missing_docs)]
 

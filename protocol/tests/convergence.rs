@@ -124,7 +124,7 @@ fn restart_restores_verified_state() {
     let mut fresh = patchmesh_protocol::node::Node::new(config, h.now).unwrap();
     assert_eq!(fresh.restore(&persisted), 0);
     assert_eq!(fresh.catalog().state_hash(), h.nodes[1].catalog().state_hash());
-    fresh.handle_input(h.now, Input::Timer);
+    fresh.handle_input(h.now, Input::Start);
     assert_eq!(fresh.site().record_version(&fresh.id()), Some(1));
     assert_eq!(fresh.state_hash(), before);
     // A tampered store entry is refused on load, not trusted.

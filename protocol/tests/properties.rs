@@ -152,6 +152,7 @@ proptest! {
         }
         let run = |order: &[usize]| {
             let mut node = Node::new(keys.config(key(90), "s"), T0).unwrap();
+            node.handle_input(T0, Input::Start);
             node.handle_input(T0, Input::Connected { peer: PeerId(1), node: NodeId(key(40).public().0) });
             node.handle_input(T0, Input::Message { peer: PeerId(1), msg: Arc::new(Message::Hello {
                 mesh: node.trust().mesh(), admission: keys.admit(&key(40), "s"), trust_version: 1 }) });

@@ -48,7 +48,7 @@ fn fleet(keys: Keys, n: usize, canaries: &[usize]) -> Harness {
             365 * DAY_MS,
         );
         c.seed = i as u64;
-        h.nodes[i] = Node::new(c, T0).unwrap();
+        h.nodes[i] = common::started(Node::new(c, T0).unwrap());
     }
     h.connect_all();
     h.run_for(3_000);

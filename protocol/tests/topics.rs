@@ -31,7 +31,7 @@ fn patch(n: u8) -> CatalogEntry {
 fn node(keys: &Keys, k: u8) -> Node {
     let mut cfg = keys.config(key(k), "site-a");
     cfg.relay = RelayMode::Topics;
-    Node::new(cfg, T0).unwrap()
+    common::started(Node::new(cfg, T0).unwrap())
 }
 
 fn drain(n: &mut Node) -> Vec<Output> {

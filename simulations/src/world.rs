@@ -667,6 +667,7 @@ impl World {
                 self.violations.push(p);
             }
             self.ents[i].node = Some(node);
+            self.input(i as u32, Input::Start);
             self.tell_facts(i as u32);
             self.connect_started(i as u32, |j| j < i as u32);
         }
@@ -681,6 +682,7 @@ impl World {
             m.on_restart(i, node.rollouts().journal().get(&m.id()), self.now_us);
         }
         self.ents[i as usize].node = Some(node);
+        self.input(i, Input::Start);
         self.tell_facts(i);
         self.connect_started(i, |_| true);
     }

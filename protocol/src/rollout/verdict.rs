@@ -33,7 +33,7 @@ use crate::crypto::{encode, hash_parts};
 use crate::ids::{ContentId, KeyId, RolloutId, SiteId};
 use crate::site::{RolloutStatus, SiteState, Summaries};
 use crate::trust::Trust;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A rollout entry with the admin who wrote it and its hash (what approvals name).
@@ -179,7 +179,7 @@ pub fn ring_stats(
 }
 
 /// What stops a rollout, if anything.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Control {
     /// Moving.

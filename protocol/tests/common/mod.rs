@@ -110,7 +110,7 @@ impl Harness {
             .map(|(i, s)| {
                 let mut c = keys.config(key(100 + i as u8), s);
                 c.seed = i as u64;
-                Node::new(c, T0).unwrap()
+                started(Node::new(c, T0).unwrap())
             })
             .collect();
         Harness {
@@ -206,4 +206,10 @@ impl Harness {
     pub fn state_hashes(&mut self) -> Vec<patchmesh_protocol::ids::StateHash> {
         self.nodes.iter_mut().map(|n| n.state_hash()).collect()
     }
+}
+
+/// `node` after [`Input::Start`] at `T0`.
+pub fn started(mut node: Node) -> Node {
+    node.handle_input(T0, Input::Start);
+    node
 }

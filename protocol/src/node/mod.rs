@@ -1,0 +1,853 @@
+//! The node state machine: one per endpoint, driven by the real node and by the simulator.
+//!
+//! [`Node::handle_input`] only routes: each input goes to the sub-machine that owns the state
+//! it touches, and every object that turns out new goes through one path ([`Node::keep`]):
+//! count → persist → spread. The sub-machines own their state, take `now` as an argument and
+//! return values or outputs:
+//!
+//! | module | owns | decides |
+//! |---|---|---|
+//! | [`peers`] | connections, admission, per-peer catalog sync | who is who, who is live, late hellos |
+//! | [`replicas`] | trust, catalog, site state, summaries, alarms | digests and anti-entropy answers |
+//! | [`relay`] | relay mode, batches, the output queue | who gets a fresh object, and when |
+//! | [`publisher`] | record version, inventory, summary cadence | what the node signs about itself and its site |
+//! | [`timers`] | one deadline per [`timers::Timer`] | when the node wakes |
+//! | [`rollouts`] | (the [`crate::rollout::Engine`] and its policies) | installs, reports, halts |
+//!
+//! A message that arrived by pubsub gets a verdict from what its handling returned (`Judged`:
+//! anything new → accept; anything invalid → reject; else ignore), never from a flag.
+//!
+//! ## Time
+//! `now` is the driver's clock. The node's clock never goes backwards: an input stamped
+//! earlier than one already seen is handled at the latest time seen, so a deadline is delayed,
+//! never brought forward, and a version or expiry check never sees time undone.
+//!
+//! ## Misbehaviour
+//! Anything that fails verification is refused, counted in [`Stats`], reported as
+//! [`Event::Rejected`] and answered with [`Output::Penalize`]; it is never stored or relayed. A
+//! stale version (a replay or a gap, which an honest peer sends in a gossip race) is counted
+//! but costs no penalty ([`refusal::Offence`]). A peer without a valid admission certificate
+//! gets nothing and is disconnected.
+
+mod io;
+mod peers;
+mod publisher;
+mod refusal;
+mod relay;
+mod replicas;
+mod rollouts;
+mod timers;
+
+use crate::catalog::{Catalog, Offer};
+use crate::crypto::{Domain, Envelope};
+use crate::ids::{Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
+use crate::limits;
+use crate::rollout::alarms::Alarms;
+use crate::rollout::{Engine, Policies};
+use crate::site::{self, Bundle, EvidenceKind, HeldSummary, Merge};
+use crate::site::{SiteError, SiteState, Summaries};
+use crate::trust::{Admitted, Trust, TrustError};
+use crate::wire::Message;
+use peers::{Hello, Peers};
+use publisher::Publisher;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use refusal::{Offence, Refusal};
+use relay::{Batch, Outbox, Relay, Via};
+use replicas::{Digest, Replicas};
+use std::sync::Arc;
+use timers::{Timer, Timers};
+
+pub use io::{
+    Command, Config, Event, Input, Output, PeerId, Persist, RelayMode, Stats, Topic, Verdict,
+};
+
+/// The protocol state machine of one node.
+pub struct Node {
+    config: Config,
+    id: NodeId,
+    own: Admitted,
+    state: Replicas,
+    peers: Peers,
+    relay: Relay,
+    out: Outbox,
+    publisher: Publisher,
+    timers: Timers,
+    rng: ChaCha8Rng,
+    now: Millis,
+    started: bool,
+    stats: Stats,
+    engine: Engine,
+    policies: Arc<Policies>,
+    policies_stale: bool,
+    rollouts_due: bool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({:?})", self.id)
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The genesis or the node's own certificate does not verify.
+    #[error("trust: {0}")]
+    Trust(#[from] TrustError),
+    /// The certificate names another key.
+    #[error("admission certificate is for {cert:?}, this node is {node:?}")]
+    NotOurCert {
+        /// The certificate's node.
+        cert: NodeId,
+        /// Our key.
+        node: NodeId,
+    },
+}
+
+/// What handling one message did, for the verdict on a pubsub message.
+#[derive(Clone, Copy, Debug, Default)]
+struct Judged {
+    /// Something in it was new and valid.
+    fresh: bool,
+    /// Something in it was invalid (not merely stale).
+    invalid: bool,
+}
+
+impl Judged {
+    const FRESH: Judged = Judged { fresh: true, invalid: false };
+
+    fn and(self, other: Judged) -> Judged {
+        Judged { fresh: self.fresh || other.fresh, invalid: self.invalid || other.invalid }
+    }
+
+    fn verdict(self) -> Verdict {
+        if self.invalid {
+            Verdict::Reject
+        } else if self.fresh {
+            Verdict::Accept
+        } else {
+            Verdict::Ignore
+        }
+    }
+}
+
+/// A verified object new to this node, on its way through [`Node::keep`].
+enum Fresh {
+    AdminSet(Envelope),
+    CatalogChange(Envelope),
+    SiteObject(Arc<Bundle>),
+    Summary(Arc<Bundle>),
+    Alarm(Arc<Bundle>),
+}
+
+impl Node {
+    /// A node at time `now`. Call [`Node::restore`] (if there is a store), then send
+    /// [`Input::Start`].
+    pub fn new(config: Config, now: Millis) -> Result<Node, StartError> {
+        let trust = Trust::new(config.genesis.clone(), config.check.as_ref())?;
+        let own = trust.check_admission(&config.admission, now, config.check.as_ref())?;
+        let id = NodeId(config.key.public().0);
+        if own.cert.node != id {
+            return Err(StartError::NotOurCert { cert: own.cert.node, node: id });
+        }
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let publisher = Publisher::new(
+            config.key.clone(),
+            config.admission.clone(),
+            trust.mesh(),
+            own.cert.site.clone(),
+            config.record_version_floor,
+            now,
+        );
+        Ok(Node {
+            state: Replicas {
+                catalog: Catalog::new(trust.mesh()),
+                site: SiteState::new(own.cert.site.clone()),
+                summaries: Summaries::default(),
+                alarms: Alarms::default(),
+                trust,
+            },
+            peers: Peers::default(),
+            relay: Relay::new(config.relay, config.summary_fanout),
+            out: Outbox::default(),
+            publisher,
+            timers: Timers::default(),
+            rng,
+            now,
+            started: false,
+            stats: Stats::default(),
+            engine: Engine::default(),
+            policies: Arc::new(Policies::default()),
+            policies_stale: true,
+            rollouts_due: true,
+            id,
+            own,
+            config,
+        })
+    }
+
+    /// Restores verified state from the driver's store. Every object is verified again: a
+    /// store is no more trusted than a peer.
+    pub fn restore(&mut self, persisted: &[Persist]) -> usize {
+        let mut refused = 0;
+        let check = self.config.check.clone();
+        let now = self.now;
+        // Trust first: later objects are judged by the admin set the store reached.
+        for p in persisted {
+            if let Persist::AdminSet(env) = p {
+                if self.state.trust.apply_admin_set(env, check.as_ref()).is_err() {
+                    refused += 1;
+                }
+            }
+        }
+        let (mut records, mut summaries) = (Vec::new(), Vec::new());
+        for p in persisted {
+            let s = &mut self.state;
+            let ok = match p {
+                Persist::AdminSet(_) => true,
+                Persist::CatalogChange(env) => {
+                    s.catalog.offer(env, &s.trust, check.as_ref()).is_ok()
+                }
+                Persist::SiteObject(b) if b.object().domain == Domain::NodeRecord => {
+                    site::verify_record(b, &s.trust, now, check.as_ref())
+                        .map(|h| records.push(h))
+                        .is_ok()
+                }
+                Persist::SiteObject(b) => self.accept_site_object(b).is_ok(),
+                Persist::Summary(b) => site::verify_summary(b, &s.trust, now, check.as_ref())
+                    .map(|h| summaries.push(h))
+                    .is_ok(),
+                Persist::RecordVersionFloor(v) => {
+                    self.publisher.raise_floor(*v);
+                    true
+                }
+                Persist::Alarm(b) => Alarms::verify(b, &s.trust, now, check.as_ref())
+                    .is_ok_and(|a| s.alarms.merge(a).is_ok()),
+                Persist::Journal(entry) => {
+                    self.engine.restore(entry.clone());
+                    true
+                }
+            };
+            if !ok {
+                refused += 1;
+            }
+        }
+        // Superseded versions in a store are expected, not refusals.
+        self.state.site.merge_records(records);
+        if let Some(held) = self.state.site.records().get(&self.id) {
+            self.publisher.inventory = held.record().inventory.clone();
+        }
+        self.state.summaries.merge_all(summaries);
+        // Restoring queued nothing worth sending: drop it all, with its capacity.
+        self.out.clear();
+        self.relay.clear();
+        self.timers.clear(Timer::Flush);
+        refused
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    /// This node's site.
+    pub fn site_id(&self) -> &SiteId {
+        self.state.site.site()
+    }
+    /// The catalog replica.
+    pub fn catalog(&self) -> &Catalog {
+        &self.state.catalog
+    }
+    /// Trust state.
+    pub fn trust(&self) -> &Trust {
+        &self.state.trust
+    }
+    /// The site state.
+    pub fn site(&self) -> &SiteState {
+        &self.state.site
+    }
+    /// Site summaries held.
+    pub fn summaries(&self) -> &Summaries {
+        &self.state.summaries
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Admitted peers.
+    pub fn admitted_peers(&self) -> impl Iterator<Item = (PeerId, NodeId, &SiteId)> {
+        self.peers.admitted()
+    }
+    /// The rollout engine's state: verdicts, journal and standings (for status views).
+    pub fn rollouts(&self) -> &Engine {
+        &self.engine
+    }
+    /// The parsed rollout policies of the catalog.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+    /// Fleet-wide failure reports held.
+    pub fn alarms(&self) -> &Alarms {
+        &self.state.alarms
+    }
+    /// Envelope ids of every catalog change held (for tests and invariant checks).
+    pub fn catalog_change_ids(&self) -> Vec<ObjectId> {
+        self.state.catalog.envelopes().map(|e| e.id()).collect()
+    }
+
+    /// Hash of everything replicated that every node of this site should agree on: trust
+    /// version, catalog and site state.
+    pub fn state_hash(&mut self) -> StateHash {
+        let catalog = self.state.catalog.state_hash();
+        let site = self.state.site.digest();
+        StateHash(crate::crypto::hash_parts(&[
+            &self.state.trust.version().to_le_bytes(),
+            &catalog.0,
+            &site.0,
+        ]))
+    }
+
+    /// The next time [`Input::Timer`] is due; `None` before [`Input::Start`].
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let rollouts_live = !self.policies.rollouts.is_empty() || self.engine.busy();
+        let t = self.timers.next(|t| t != Timer::RolloutEval || rollouts_live);
+        match (t, self.engine.next_wake()) {
+            (Some(t), Some(w)) => Some(t.min(w)),
+            (t, w) => t.or(w),
+        }
+    }
+
+    /// Next output for the driver, if any. Drain after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop()
+    }
+
+    /// Feeds one input at time `now` (see the module docs for time going backwards).
+    pub fn handle_input(&mut self, now: Millis, input: Input) {
+        self.now = self.now.max(now);
+        if !self.started {
+            debug_assert!(matches!(input, Input::Start), "a node is started before anything else");
+            // A driver that forgot `Start` still gets a node that works.
+            self.start();
+        }
+        match input {
+            Input::Start => {}
+            Input::Connected { peer, node } => {
+                if self.peers.connect(peer, node, self.now) {
+                    let hello = self.hello();
+                    self.out.send(peer, hello);
+                } else {
+                    self.out.push(Output::Disconnect { peer });
+                }
+            }
+            Input::Disconnected { peer } => self.peers.remove(peer),
+            Input::Message { peer, msg } => {
+                self.on_message(Via::Direct(peer), msg);
+            }
+            Input::Bytes { peer, bytes } => match Message::from_bytes(&bytes) {
+                Ok(msg) => {
+                    self.on_message(Via::Direct(peer), Arc::new(msg));
+                }
+                Err(e) => {
+                    self.refuse(Some(peer), e.into());
+                }
+            },
+            Input::Gossip { peer, token, bytes } => {
+                let verdict = self.on_gossip(peer, &bytes);
+                self.out.push(Output::GossipVerdict { token, verdict });
+            }
+            Input::Timer => self.on_timers(),
+            Input::Command(cmd) => self.on_command(cmd),
+            Input::EffectDone(result) => self.on_effect_done(result),
+        }
+        self.drive_rollouts();
+        self.stats.outputs_dropped = self.out.dropped;
+    }
+
+    fn start(&mut self) {
+        self.started = true;
+        if self.state.site.record_version(&self.id).is_none() {
+            self.update_record();
+        }
+        let first_tick =
+            self.now.plus(self.rng.gen_range(0..=self.config.anti_entropy_interval_ms.max(1)));
+        self.timers.set(Timer::AntiEntropy, first_tick);
+        self.timers.set(Timer::RolloutEval, self.now);
+    }
+
+    fn on_timers(&mut self) {
+        if self.timers.due(Timer::Flush, self.now) {
+            self.timers.clear(Timer::Flush);
+            self.relay.flush(self.state.site.site(), &self.peers, &mut self.rng, &mut self.out);
+        }
+        if self.timers.due(Timer::AntiEntropy, self.now) {
+            let interval = self.config.anti_entropy_interval_ms.max(1);
+            let jitter = self.rng.gen_range(0..=interval / 2);
+            self.timers.set(Timer::AntiEntropy, self.now.plus(interval - interval / 4 + jitter));
+            self.anti_entropy();
+        }
+        if self.timers.due(Timer::RolloutEval, self.now) {
+            self.rollouts_due = true;
+        }
+    }
+
+    /// Drops peers whose hello is late, sends one random admitted peer a digest, and
+    /// publishes the site summary if it is due.
+    fn anti_entropy(&mut self) {
+        for peer in self.peers.late(self.now) {
+            self.refuse(Some(peer), Refusal::HelloTimeout);
+            self.peers.remove(peer);
+            self.out.push(Output::Disconnect { peer });
+        }
+        if let Some(peer) = self.peers.random_admitted(&mut self.rng) {
+            let digest = self.state.digest();
+            self.out.send(peer, digest);
+        }
+        let summary = self.publisher.summary_due(
+            &mut self.state.site,
+            &self.state.summaries,
+            self.config.summary_interval_ms,
+            self.config.anti_entropy_interval_ms,
+            self.now,
+        );
+        if let Some(bundle) = summary {
+            if let Ok(Merge::New) = self.accept_summary(&bundle) {
+                self.keep(Via::Local, vec![Fresh::Summary(bundle)]);
+            }
+        }
+    }
+
+    fn hello(&self) -> Arc<Message> {
+        Arc::new(Message::Hello {
+            mesh: self.state.trust.mesh(),
+            admission: self.config.admission.clone(),
+            trust_version: self.state.trust.version(),
+        })
+    }
+
+    /// Refuses an object: counts it, penalises its sender when it is to blame, logs it.
+    fn refuse(&mut self, peer: Option<PeerId>, why: Refusal) -> Judged {
+        *self.stats.rejected.entry(why.kind()).or_default() += 1;
+        let offence = why.offence();
+        if let (Some(peer), Offence::Invalid) = (peer, offence) {
+            self.out.push(Output::Penalize { peer });
+        }
+        self.out.push(Output::Event(Event::Rejected { peer, reason: why.to_string() }));
+        Judged { fresh: false, invalid: offence == Offence::Invalid }
+    }
+
+    /// The one path of every new, verified object: count it, persist it, note what it
+    /// changes, and spread it (at once, or batched for the next flush).
+    fn keep(&mut self, via: Via, fresh: Vec<Fresh>) -> Judged {
+        if fresh.is_empty() {
+            return Judged::default();
+        }
+        let site = self.state.site.site().clone();
+        let (mut admin_sets, mut catalog, mut alarms) = (false, false, Vec::new());
+        for f in fresh {
+            self.stats.accepted += u64::from(via != Via::Local);
+            match f {
+                Fresh::AdminSet(env) => {
+                    admin_sets = true;
+                    self.out.push(Output::Persist(Persist::AdminSet(env)));
+                }
+                Fresh::CatalogChange(env) => {
+                    catalog = true;
+                    self.out.push(Output::Persist(Persist::CatalogChange(env.clone())));
+                    let msg = Arc::new(Message::CatalogChange(Arc::new(env)));
+                    self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+                }
+                Fresh::SiteObject(bundle) => {
+                    self.publisher.site_changed(self.now);
+                    self.out.push(Output::Persist(Persist::SiteObject(bundle.clone())));
+                    self.queue(via, bundle, Batch::SiteObjects);
+                }
+                Fresh::Summary(bundle) => {
+                    self.out.push(Output::Persist(Persist::Summary(bundle.clone())));
+                    self.queue(via, bundle, Batch::Summaries);
+                }
+                Fresh::Alarm(bundle) => {
+                    self.out.push(Output::Persist(Persist::Alarm(bundle.clone())));
+                    alarms.push(bundle);
+                }
+            }
+        }
+        if admin_sets {
+            // The whole chain: a peer that is several versions behind needs all of them.
+            let msg = Arc::new(Message::AdminSets(self.state.trust.chain().to_vec()));
+            self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+        }
+        if catalog {
+            self.policies_stale = true;
+            self.rollouts_due = true;
+            let state = self.state.catalog.state_hash();
+            self.out.push(Output::Event(Event::CatalogChanged { state }));
+        }
+        if !alarms.is_empty() {
+            // A halt waits for nothing else: alarms flood on at once.
+            self.rollouts_due = true;
+            let msg = Arc::new(Message::Alarms { bundles: alarms, reply: false });
+            self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+        }
+        Judged::FRESH
+    }
+
+    fn queue(&mut self, via: Via, bundle: Arc<Bundle>, batch: Batch) {
+        if self.relay.queue(via, bundle, batch) {
+            self.timers.set_if_unset(Timer::Flush, self.now.plus(self.config.gossip_flush_ms));
+        }
+    }
+
+    fn on_gossip(&mut self, peer: PeerId, bytes: &[u8]) -> Verdict {
+        match Message::from_bytes(bytes) {
+            // Only fresh-object messages travel by pubsub; anything else there is a violation.
+            Ok(msg)
+                if matches!(
+                    msg,
+                    Message::AdminSets(_)
+                        | Message::CatalogChange(_)
+                        | Message::SiteObjects(_)
+                        | Message::Summaries(_)
+                        | Message::Alarms { reply: false, .. }
+                ) =>
+            {
+                if self.peers.is_admitted(peer) {
+                    self.on_message(Via::Gossip(peer), Arc::new(msg)).verdict()
+                } else {
+                    // No certificate yet: its data is not judged, and it is not forwarded.
+                    self.stats.unadmitted_dropped += 1;
+                    Verdict::Ignore
+                }
+            }
+            Ok(_) => {
+                self.refuse(Some(peer), Refusal::NotGossip);
+                Verdict::Reject
+            }
+            Err(e) => {
+                self.refuse(Some(peer), e.into());
+                Verdict::Reject
+            }
+        }
+    }
+
+    /// Routes one message from a connected peer.
+    fn on_message(&mut self, via: Via, msg: Arc<Message>) -> Judged {
+        let Some(peer) = via.peer() else { return Judged::default() };
+        let Some(state) = self.peers.get(peer) else { return Judged::default() };
+        if let Message::Hello { admission, .. } = msg.as_ref() {
+            let node = state.node;
+            self.on_hello(peer, node, admission);
+            return Judged::default();
+        }
+        if state.admitted.is_none() {
+            // No certificate, no state exchange: its data is ignored and it is dropped.
+            self.stats.unadmitted_dropped += 1;
+            self.peers.remove(peer);
+            self.out.push(Output::Disconnect { peer });
+            return Judged::default();
+        }
+        let same_site = self.peers.site_of(peer) == Some(self.state.site.site());
+        match msg.as_ref() {
+            Message::Hello { .. } => Judged::default(),
+            Message::AdminSets(sets) => self.on_admin_sets(via, sets),
+            Message::CatalogChange(env) => {
+                let s = &mut self.state;
+                match s.catalog.offer(env, &s.trust, self.config.check.as_ref()) {
+                    Ok(Offer::New) => self.keep(via, vec![Fresh::CatalogChange((**env).clone())]),
+                    Ok(Offer::Duplicate) => Judged::default(),
+                    Err(e) => self.refuse(Some(peer), e.into()),
+                }
+            }
+            Message::CatalogSync(sync) => self.on_catalog_sync(via, peer, sync),
+            Message::Digest { catalog, site, summaries, alarms, trust_version } => {
+                let theirs = Digest {
+                    catalog: *catalog,
+                    site: *site,
+                    summaries: *summaries,
+                    alarms: *alarms,
+                    trust_version: *trust_version,
+                };
+                let (answers, catalog_differs) = self.state.answer_digest(theirs, same_site);
+                // (The catalog sync goes between the admin chain and the site keys, as ever.)
+                let (first, rest): (Vec<_>, Vec<_>) = answers.into_iter().partition(|m| {
+                    matches!(m.as_ref(), Message::Alarms { .. } | Message::AdminSets(_))
+                });
+                for m in first {
+                    self.out.send(peer, m);
+                }
+                if catalog_differs {
+                    self.catalog_sync_to(peer);
+                }
+                for m in rest {
+                    self.out.send(peer, m);
+                }
+                Judged::default()
+            }
+            Message::Alarms { bundles, reply } => {
+                let judged = self.accept_alarms(via, bundles);
+                if *reply {
+                    // An anti-entropy exchange: send back what the peer lacks.
+                    let theirs: Vec<ObjectId> = bundles.iter().map(|b| b.id()).collect();
+                    if let Some(m) = self.state.alarms_missing_from(&theirs) {
+                        self.out.send(peer, m);
+                    }
+                }
+                judged
+            }
+            Message::SiteKeys { keys, reply } => {
+                if same_site {
+                    for m in self.state.answer_site_keys(keys, *reply) {
+                        self.out.send(peer, m);
+                    }
+                }
+                Judged::default()
+            }
+            Message::SiteObjects(bundles) => self.on_site_objects(via, bundles),
+            Message::SummaryRanks { ranks, reply } => {
+                for m in self.state.answer_summary_ranks(ranks, *reply) {
+                    self.out.send(peer, m);
+                }
+                Judged::default()
+            }
+            Message::Summaries(bundles) => {
+                let mut judged = Judged::default();
+                let mut fresh = Vec::new();
+                for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
+                    match self.accept_summary(bundle) {
+                        Ok(Merge::New) => fresh.push(Fresh::Summary(bundle.clone())),
+                        Ok(Merge::Duplicate) => {}
+                        Err(e) => judged = judged.and(self.refuse(Some(peer), e)),
+                    }
+                }
+                judged.and(self.keep(via, fresh))
+            }
+        }
+    }
+
+    fn on_hello(&mut self, peer: PeerId, node: NodeId, admission: &Envelope) {
+        let checked =
+            self.state.trust.check_admission(admission, self.now, self.config.check.as_ref());
+        let why = match checked {
+            Ok(admitted) if admitted.cert.node == node => {
+                let site = admitted.cert.site.clone();
+                if self.peers.admit(peer, admitted) == Hello::Admitted {
+                    self.out.push(Output::Event(Event::PeerAdmitted { peer, node, site }));
+                    // Anti-entropy on connect.
+                    let digest = self.state.digest();
+                    self.out.send(peer, digest);
+                }
+                return;
+            }
+            Ok(_) => Refusal::HelloMismatch(node),
+            Err(e) => e.into(),
+        };
+        self.refuse(Some(peer), why);
+        self.peers.remove(peer);
+        self.out.push(Output::Disconnect { peer });
+    }
+
+    fn catalog_sync_to(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        if let Some(sync) = self.state.catalog.sync_message(&mut p.catalog) {
+            self.out.send(peer, Arc::new(Message::CatalogSync(sync)));
+        }
+    }
+
+    fn on_admin_sets(&mut self, via: Via, sets: &[Envelope]) -> Judged {
+        let mut fresh = Vec::new();
+        let mut judged = Judged::default();
+        for env in sets {
+            match self.state.trust.apply_admin_set(env, self.config.check.as_ref()) {
+                Ok(true) => fresh.push(Fresh::AdminSet(env.clone())),
+                Ok(false) => {}
+                // Versions we already passed are harmless in a chain someone sends whole.
+                Err(TrustError::Replay { .. }) if self.state.trust.chain().contains(env) => {}
+                Err(e) => {
+                    judged = self.refuse(via.peer(), e.into());
+                    break;
+                }
+            }
+        }
+        judged.and(self.keep(via, fresh))
+    }
+
+    fn on_catalog_sync(
+        &mut self,
+        via: Via,
+        peer: PeerId,
+        sync: &crate::catalog::CatalogSync,
+    ) -> Judged {
+        let Some(p) = self.peers.get_mut(peer) else { return Judged::default() };
+        let s = &mut self.state;
+        let result =
+            s.catalog.receive_sync(&mut p.catalog, sync, &s.trust, self.config.check.as_ref());
+        let reply = s.catalog.sync_message(&mut p.catalog);
+        // Changes repaired by sync are pushed on, so a healed partition spreads them as fast
+        // as fresh gossip.
+        let judged = match result {
+            Ok(fresh) => self.keep(via, fresh.into_iter().map(Fresh::CatalogChange).collect()),
+            Err(e) => self.refuse(Some(peer), e.into()),
+        };
+        if let Some(reply) = reply {
+            self.out.send(peer, Arc::new(Message::CatalogSync(reply)));
+        }
+        judged
+    }
+
+    fn accept_site_object(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
+        let check = self.config.check.clone();
+        let s = &mut self.state;
+        match bundle.object().domain {
+            Domain::NodeRecord => {
+                let held = site::verify_record(bundle, &s.trust, self.now, check.as_ref())?;
+                Ok(s.site.merge_record(held)?)
+            }
+            Domain::Evidence => {
+                let ev = site::verify_evidence(bundle, &s.trust, self.now, check.as_ref())?;
+                Ok(s.site.merge_evidence(ev, bundle.clone())?)
+            }
+            other => {
+                Err(TrustError::WrongDomain { expected: Domain::NodeRecord, got: other }.into())
+            }
+        }
+    }
+
+    /// True if we hold this exact record already; such a copy needs no verification.
+    fn holds_record_bytes(&self, bundle: &Bundle) -> bool {
+        let (Some(hash), Some(signer)) = (bundle.body_hash(), bundle.object().signatures.first())
+        else {
+            return false;
+        };
+        self.state
+            .site
+            .records()
+            .get(&NodeId(signer.key.0))
+            .is_some_and(|held| held.body_hash() == hash)
+    }
+
+    fn on_site_objects(&mut self, via: Via, bundles: &[Arc<Bundle>]) -> Judged {
+        let mut judged = Judged::default();
+        let mut fresh = Vec::new();
+        for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
+            if self.holds_record_bytes(bundle) {
+                continue;
+            }
+            match self.accept_site_object(bundle) {
+                Ok(Merge::New) => fresh.push(Fresh::SiteObject(bundle.clone())),
+                Ok(Merge::Duplicate) => {}
+                // Another site's object is not ours to keep; not misbehaviour by itself.
+                Err(Refusal::Site(SiteError::ForeignSite(_))) => {}
+                Err(e) => judged = judged.and(self.refuse(via.peer(), e)),
+            }
+        }
+        judged.and(self.keep(via, fresh))
+    }
+
+    fn accept_summary(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
+        let check = self.config.check.clone();
+        let (site, rank) = site::summary_rank(bundle, check.as_ref())?;
+        if self.state.summaries.rank_of(site).is_some_and(|held| held >= rank) {
+            return Ok(Merge::Duplicate);
+        }
+        let held: HeldSummary =
+            site::verify_summary(bundle, &self.state.trust, self.now, check.as_ref())?;
+        Ok(self.state.summaries.merge(held)?)
+    }
+
+    /// Verifies and keeps failure reports; new ones flood on to every peer at once.
+    fn accept_alarms(&mut self, via: Via, bundles: &[Arc<Bundle>]) -> Judged {
+        let check = self.config.check.clone();
+        let mut judged = Judged::default();
+        let mut fresh = Vec::new();
+        for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
+            let merged = Alarms::verify(bundle, &self.state.trust, self.now, check.as_ref())
+                .map_err(Refusal::from)
+                .and_then(|alarm| self.state.alarms.merge(alarm).map_err(Refusal::from));
+            match merged {
+                Ok(Merge::New) => fresh.push(Fresh::Alarm(bundle.clone())),
+                Ok(Merge::Duplicate) => {}
+                Err(e) => judged = judged.and(self.refuse(via.peer(), e)),
+            }
+        }
+        judged.and(self.keep(via, fresh))
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { admin, edits } => {
+                let mut session = [0u8; 8];
+                session.copy_from_slice(&self.id.0[..8]);
+                let s = &mut self.state;
+                match s.catalog.author(&admin, session, self.now, &s.trust, &edits) {
+                    Ok(env) => {
+                        self.keep(Via::Local, vec![Fresh::CatalogChange(env)]);
+                    }
+                    Err(e) => {
+                        self.refuse(None, e.into());
+                    }
+                }
+            }
+            Command::Submit(env) => {
+                let s = &mut self.state;
+                match s.catalog.offer(&env, &s.trust, self.config.check.as_ref()) {
+                    Ok(Offer::New) => {
+                        self.stats.accepted += 1;
+                        self.keep(Via::Local, vec![Fresh::CatalogChange(env)]);
+                    }
+                    Ok(Offer::Duplicate) => {}
+                    Err(e) => {
+                        self.refuse(None, e.into());
+                    }
+                }
+            }
+            Command::AdminSet(env) => {
+                match self.state.trust.apply_admin_set(&env, self.config.check.as_ref()) {
+                    Ok(true) => {
+                        self.keep(Via::Local, vec![Fresh::AdminSet(env)]);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.refuse(None, e.into());
+                    }
+                }
+            }
+            Command::UpdateRecord { inventory } => {
+                self.publisher.inventory = inventory;
+                self.update_record();
+            }
+            Command::SetFacts(facts) => {
+                self.engine.facts = facts;
+                self.rollouts_due = true;
+            }
+            Command::Report { rollout, kind, detail } => self.report(rollout, kind, detail),
+        }
+    }
+
+    /// Signs evidence; a failure report also floods fleet-wide as an alarm.
+    fn report(&mut self, rollout: RolloutId, kind: EvidenceKind, detail: String) {
+        let bundle = self.publisher.evidence(rollout, kind, detail, self.now);
+        self.publish_site_object(bundle.clone());
+        if kind == EvidenceKind::InstallFailed {
+            self.accept_alarms(Via::Local, &[bundle]);
+        }
+    }
+
+    /// Signs and spreads this node's record (inventory and rollout standings).
+    fn update_record(&mut self) {
+        let (floor, bundle) = self.publisher.record(self.engine.standings().clone(), self.now);
+        self.out.push(Output::Persist(Persist::RecordVersionFloor(floor)));
+        self.publish_site_object(bundle);
+    }
+
+    fn publish_site_object(&mut self, bundle: Arc<Bundle>) {
+        match self.accept_site_object(&bundle) {
+            Ok(Merge::New) => {
+                self.keep(Via::Local, vec![Fresh::SiteObject(bundle)]);
+            }
+            Ok(Merge::Duplicate) => {}
+            Err(e) => {
+                self.refuse(None, e);
+            }
+        }
+    }
+}

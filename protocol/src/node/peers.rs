@@ -1,0 +1,189 @@
+//! Membership: the connections, which of them showed a valid admission certificate, and the
+//! per-peer catalog sync state. It decides nothing about objects; it answers who is who.
+
+use super::PeerId;
+use crate::catalog::PeerSync;
+use crate::ids::{Millis, NodeId, SiteId};
+use crate::limits;
+use crate::trust::Admitted;
+use rand::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One connection.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// The node key the transport authenticated.
+    pub(crate) node: NodeId,
+    /// Its certificate, once its hello verified.
+    pub(crate) admitted: Option<Admitted>,
+    /// Where the catalog sync with it stands.
+    pub(crate) catalog: PeerSync,
+    connected_at: Millis,
+}
+
+impl Peer {
+    /// Its site, once admitted.
+    pub(crate) fn site(&self) -> Option<&SiteId> {
+        self.admitted.as_ref().map(|a| &a.cert.site)
+    }
+}
+
+/// What a hello did to a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Hello {
+    /// First valid hello: the peer is admitted now.
+    Admitted,
+    /// Already admitted (a renewed certificate replaced the old one).
+    Renewed,
+    /// Not connected (it went away).
+    Unknown,
+}
+
+/// The connections of one node.
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    map: BTreeMap<PeerId, Peer>,
+}
+
+impl Peers {
+    /// A new connection; `false` when the node holds [`limits::PEERS_MAX`] already.
+    pub(crate) fn connect(&mut self, peer: PeerId, node: NodeId, now: Millis) -> bool {
+        if self.map.len() >= limits::PEERS_MAX && !self.map.contains_key(&peer) {
+            return false;
+        }
+        self.map.insert(
+            peer,
+            Peer { node, admitted: None, catalog: PeerSync::default(), connected_at: now },
+        );
+        true
+    }
+
+    /// The connection closed (or was dropped).
+    pub(crate) fn remove(&mut self, peer: PeerId) {
+        self.map.remove(&peer);
+    }
+
+    /// A connection.
+    pub(crate) fn get(&self, peer: PeerId) -> Option<&Peer> {
+        self.map.get(&peer)
+    }
+
+    /// A connection, to update its sync state.
+    pub(crate) fn get_mut(&mut self, peer: PeerId) -> Option<&mut Peer> {
+        self.map.get_mut(&peer)
+    }
+
+    /// Records a verified certificate.
+    pub(crate) fn admit(&mut self, peer: PeerId, admitted: Admitted) -> Hello {
+        match self.map.get_mut(&peer) {
+            Some(p) => {
+                let first = p.admitted.is_none();
+                p.admitted = Some(admitted);
+                if first {
+                    Hello::Admitted
+                } else {
+                    Hello::Renewed
+                }
+            }
+            None => Hello::Unknown,
+        }
+    }
+
+    /// Whether the peer showed a valid certificate.
+    pub(crate) fn is_admitted(&self, peer: PeerId) -> bool {
+        self.map.get(&peer).is_some_and(|p| p.admitted.is_some())
+    }
+
+    /// The site of an admitted peer.
+    pub(crate) fn site_of(&self, peer: PeerId) -> Option<&SiteId> {
+        self.map.get(&peer).and_then(Peer::site)
+    }
+
+    /// Admitted peers with their node and site.
+    pub(crate) fn admitted(&self) -> impl Iterator<Item = (PeerId, NodeId, &SiteId)> {
+        self.map.iter().filter_map(|(p, peer)| peer.site().map(|s| (*p, peer.node, s)))
+    }
+
+    /// Admitted peers and whether each is in `site`, in peer order.
+    pub(crate) fn admitted_in(&self, site: &SiteId) -> Vec<(PeerId, bool)> {
+        self.admitted().map(|(p, _, s)| (p, s == site)).collect()
+    }
+
+    /// Nodes of `site` this node is connected to (what rollouts count as live).
+    pub(crate) fn live_members(&self, site: &SiteId) -> BTreeSet<NodeId> {
+        self.admitted().filter(|(_, _, s)| *s == site).map(|(_, n, _)| n).collect()
+    }
+
+    /// One admitted peer drawn from `rng`.
+    pub(crate) fn random_admitted(&self, rng: &mut impl Rng) -> Option<PeerId> {
+        let admitted: Vec<PeerId> = self.admitted().map(|(p, _, _)| p).collect();
+        (!admitted.is_empty()).then(|| admitted[rng.gen_range(0..admitted.len())])
+    }
+
+    /// Connections with no valid hello after [`limits::HELLO_TIMEOUT_MS`].
+    pub(crate) fn late(&self, now: Millis) -> Vec<PeerId> {
+        self.map
+            .iter()
+            .filter(|(_, p)| {
+                p.admitted.is_none() && now.since(p.connected_at) >= limits::HELLO_TIMEOUT_MS
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Domain, Envelope, SecretKey};
+    use crate::trust::AdmissionCert;
+
+    fn admitted(node: NodeId, site: &str) -> Admitted {
+        let cert = AdmissionCert {
+            mesh: Default::default(),
+            node,
+            site: SiteId::from(site),
+            labels: BTreeMap::new(),
+            issued_at: Millis(0),
+            expires_at: Millis(u64::MAX),
+        };
+        let admin = SecretKey::from_seed([7; 32]);
+        let envelope = Envelope::seal(Domain::Admission, &cert, &[&admin]);
+        Admitted { cert, signer: admin.public(), envelope }
+    }
+
+    #[test]
+    fn connections_are_bounded_and_late_hellos_are_found() {
+        let mut peers = Peers::default();
+        for i in 0..limits::PEERS_MAX as u64 {
+            assert!(peers.connect(PeerId(i), NodeId([i as u8; 32]), Millis(0)));
+        }
+        assert!(!peers.connect(PeerId(u64::MAX), NodeId([9; 32]), Millis(0)), "full");
+        assert!(peers.connect(PeerId(0), NodeId([0; 32]), Millis(10)), "a reconnect takes no slot");
+        assert_eq!(peers.late(Millis(limits::HELLO_TIMEOUT_MS)).len(), limits::PEERS_MAX - 1);
+        assert_eq!(peers.late(Millis(limits::HELLO_TIMEOUT_MS + 10)).len(), limits::PEERS_MAX);
+    }
+
+    #[test]
+    fn admission_gives_peers_a_site_and_counts_them_live() {
+        let mut peers = Peers::default();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        peers.connect(PeerId(1), NodeId([1; 32]), Millis(0));
+        peers.connect(PeerId(2), NodeId([2; 32]), Millis(0));
+        assert_eq!(peers.random_admitted(&mut rng), None);
+        assert_eq!(peers.admit(PeerId(1), admitted(NodeId([1; 32]), "a")), Hello::Admitted);
+        assert_eq!(peers.admit(PeerId(1), admitted(NodeId([1; 32]), "a")), Hello::Renewed);
+        assert_eq!(peers.admit(PeerId(3), admitted(NodeId([3; 32]), "a")), Hello::Unknown);
+        peers.admit(PeerId(2), admitted(NodeId([2; 32]), "b"));
+        assert_eq!(peers.site_of(PeerId(2)), Some(&SiteId::from("b")));
+        assert_eq!(peers.live_members(&SiteId::from("a")), [NodeId([1; 32])].into());
+        assert_eq!(
+            peers.admitted_in(&SiteId::from("a")),
+            vec![(PeerId(1), true), (PeerId(2), false)]
+        );
+        assert!(peers.random_admitted(&mut rng).is_some());
+        assert!(peers.late(Millis(limits::HELLO_TIMEOUT_MS * 2)).is_empty());
+        peers.remove(PeerId(1));
+        assert!(!peers.is_admitted(PeerId(1)));
+    }
+}

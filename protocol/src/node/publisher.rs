@@ -1,0 +1,175 @@
+//! What a node signs about itself and its site: its record (versions only rise, across
+//! restarts too), its evidence, and — when it is the site's reporter — the site summary.
+//!
+//! ## Summary cadence
+//! The site's reporter is the member whose id hashes lowest with the site name: every member
+//! holding the same records elects the same one, with no coordination. It publishes a summary
+//! when the site has been quiet for an anti-entropy period (one summary covers a burst of
+//! changes), at most once per `summary_interval_ms`, at least every four intervals while the
+//! site keeps changing, and never one that says what the summary in circulation says.
+
+use crate::crypto::{Domain, Envelope, SecretKey};
+use crate::ids::{MeshId, Millis, NodeId, RolloutId, SiteId, StateHash};
+use crate::limits;
+use crate::site::{self, Bundle, Evidence, EvidenceKind, InventorySummary, NodeRecord};
+use crate::site::{SiteState, Standing, Summaries};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The signing side of one node.
+pub(crate) struct Publisher {
+    key: SecretKey,
+    admission: Envelope,
+    mesh: MeshId,
+    me: NodeId,
+    site: SiteId,
+    /// The highest record version signed.
+    record_version: u64,
+    /// The inventory summary the next record carries.
+    pub(crate) inventory: InventorySummary,
+    last_summary_at: Option<Millis>,
+    last_summary_digest: Option<StateHash>,
+    /// When the site state last changed.
+    site_changed_at: Millis,
+    reporter_cache: Option<(StateHash, bool)>,
+}
+
+impl Publisher {
+    /// The publisher of node `key` (admitted by `admission` to `site` of `mesh`), whose records
+    /// so far reached version `record_version_floor`.
+    pub(crate) fn new(
+        key: SecretKey,
+        admission: Envelope,
+        mesh: MeshId,
+        site: SiteId,
+        record_version_floor: u64,
+        now: Millis,
+    ) -> Publisher {
+        Publisher {
+            me: NodeId(key.public().0),
+            key,
+            admission,
+            mesh,
+            site,
+            record_version: record_version_floor,
+            inventory: InventorySummary::default(),
+            last_summary_at: None,
+            last_summary_digest: None,
+            site_changed_at: now,
+            reporter_cache: None,
+        }
+    }
+
+    /// A record version read from the store: the next record signs above it.
+    pub(crate) fn raise_floor(&mut self, v: u64) {
+        self.record_version = self.record_version.max(v);
+    }
+
+    /// The site state changed at `now` (a summary waits for it to be quiet).
+    pub(crate) fn site_changed(&mut self, now: Millis) {
+        self.site_changed_at = now;
+    }
+
+    /// Signs the next record: the version floor to persist before it leaves, and the record.
+    pub(crate) fn record(
+        &mut self,
+        rollouts: BTreeMap<RolloutId, Standing>,
+        now: Millis,
+    ) -> (u64, Arc<Bundle>) {
+        self.record_version += 1;
+        let record = NodeRecord {
+            mesh: self.mesh,
+            node: self.me,
+            site: self.site.clone(),
+            version: self.record_version,
+            written_at: now,
+            inventory: self.inventory.clone(),
+            rollouts,
+        };
+        (self.record_version, self.seal(Domain::NodeRecord, &record))
+    }
+
+    /// Signs evidence about a rollout; the detail is cut to [`limits::TEXT_BYTES_MAX`].
+    pub(crate) fn evidence(
+        &self,
+        rollout: RolloutId,
+        kind: EvidenceKind,
+        mut detail: String,
+        now: Millis,
+    ) -> Arc<Bundle> {
+        if detail.len() > limits::TEXT_BYTES_MAX {
+            let mut cut = limits::TEXT_BYTES_MAX;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        let ev = Evidence {
+            mesh: self.mesh,
+            node: self.me,
+            site: self.site.clone(),
+            rollout,
+            kind,
+            at: now,
+            detail,
+        };
+        self.seal(Domain::Evidence, &ev)
+    }
+
+    /// A summary of `site` if one is due (see the module docs).
+    pub(crate) fn summary_due(
+        &mut self,
+        site: &mut SiteState,
+        summaries: &Summaries,
+        summary_interval_ms: u64,
+        quiet_ms: u64,
+        now: Millis,
+    ) -> Option<Arc<Bundle>> {
+        let since_last = self.last_summary_at.map(|t| now.since(t));
+        let quiet = now.since(self.site_changed_at) >= quiet_ms;
+        let due = match since_last {
+            None => quiet,
+            Some(ms) => ms >= summary_interval_ms && (quiet || ms >= 4 * summary_interval_ms),
+        };
+        if !due || !self.is_reporter(site) {
+            return None;
+        }
+        let digest = site.digest();
+        if self.last_summary_digest == Some(digest) {
+            return None;
+        }
+        let summary = site.summarise(self.mesh, self.me);
+        self.last_summary_digest = Some(digest);
+        // A summary already in circulation that says the same (e.g. restored from the store)
+        // is not republished.
+        if let Some(held) = summaries.all().get(site.site()) {
+            let h = held.summary();
+            if (h.records_root, h.evidence_root, &h.counts, &h.evidence)
+                == (summary.records_root, summary.evidence_root, &summary.counts, &summary.evidence)
+            {
+                return None;
+            }
+        }
+        self.last_summary_at = Some(now);
+        Some(self.seal(Domain::SiteSummary, &summary))
+    }
+
+    /// Whether this node is its site's reporter; re-elected only when the records changed.
+    fn is_reporter(&mut self, site: &mut SiteState) -> bool {
+        let digest = site.digest();
+        if let Some((at, answer)) = self.reporter_cache {
+            if at == digest {
+                return answer;
+            }
+        }
+        let score = |n: &NodeId| site::reporter_score(site.site(), n);
+        let mine = score(&self.me);
+        let answer = site.records().keys().all(|n| *n == self.me || score(n) > mine);
+        self.reporter_cache = Some((digest, answer));
+        answer
+    }
+
+    fn seal<T: serde::Serialize>(&self, domain: Domain, body: &T) -> Arc<Bundle> {
+        Arc::new(Bundle::new(Envelope::seal(domain, body, &[&self.key]), self.admission.clone()))
+    }
+}

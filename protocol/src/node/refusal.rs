@@ -1,0 +1,114 @@
+//! Why an object was refused, and what the refusal costs its sender.
+
+use crate::catalog::CatalogError;
+use crate::crypto::DecodeError;
+use crate::ids::NodeId;
+use crate::site::SiteError;
+use crate::trust::TrustError;
+
+/// Why an object from a peer (or a local command) was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("hello names node {0:?} but the transport authenticated another key")]
+    HelloMismatch(NodeId),
+    #[error("this message kind may not travel by pubsub")]
+    NotGossip,
+    #[error("no valid hello within the admission timeout")]
+    HelloTimeout,
+}
+
+/// What a refusal says about its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offence {
+    /// A version we already passed, or one ahead of a version we lack: an honest peer sends
+    /// these in a gossip race. Not forwarded, but no penalty and no rejection of the message.
+    Stale,
+    /// Invalid: the sender is penalised and a pubsub message carrying it is rejected.
+    Invalid,
+}
+
+impl Refusal {
+    /// The kind [`super::Stats`] counts it under.
+    pub(crate) fn kind(&self) -> &'static str {
+        use crate::crypto::SignatureError as S;
+        let trust_kind = |t: &TrustError| match t {
+            TrustError::Signature(S::Duplicate(_)) => "duplicate_signer",
+            TrustError::Signature(_) => "bad_signature",
+            TrustError::Decode(_) => "malformed",
+            TrustError::WrongDomain { .. } => "wrong_domain",
+            TrustError::WrongMesh { .. } => "wrong_mesh",
+            TrustError::UnknownKey(_) => "unknown_key",
+            TrustError::BelowThreshold { .. } => "below_threshold",
+            TrustError::Revoked(_) => "revoked",
+            TrustError::Replay { .. } => "replay",
+            TrustError::Gap { .. } => "gap",
+            TrustError::Expired { .. } => "expired",
+            TrustError::Invalid(_) => "invalid",
+        };
+        match self {
+            Refusal::Trust(t) => trust_kind(t),
+            Refusal::Catalog(CatalogError::Trust(t)) => trust_kind(t),
+            Refusal::Catalog(CatalogError::RevokedHistory { .. }) => "revoked",
+            Refusal::Catalog(CatalogError::Decode(_)) => "malformed",
+            Refusal::Catalog(_) => "bad_catalog",
+            Refusal::Site(SiteError::Trust(t)) => trust_kind(t),
+            Refusal::Site(SiteError::Replay { .. }) => "replay",
+            Refusal::Site(SiteError::Decode(_)) => "malformed",
+            Refusal::Site(_) => "bad_site_object",
+            Refusal::Decode(DecodeError::TooLarge { .. }) => "oversized",
+            Refusal::Decode(_) => "malformed",
+            Refusal::HelloMismatch(_) => "hello_mismatch",
+            Refusal::NotGossip => "not_gossip",
+            Refusal::HelloTimeout => "hello_timeout",
+        }
+    }
+
+    /// Whether the sender is to blame.
+    pub(crate) fn offence(&self) -> Offence {
+        let stale =
+            |t: &TrustError| matches!(t, TrustError::Replay { .. } | TrustError::Gap { .. });
+        match self {
+            Refusal::Trust(t) | Refusal::Catalog(CatalogError::Trust(t)) => {
+                if stale(t) {
+                    Offence::Stale
+                } else {
+                    Offence::Invalid
+                }
+            }
+            Refusal::Site(SiteError::Trust(t)) if stale(t) => Offence::Stale,
+            Refusal::Site(SiteError::Replay { .. }) => Offence::Stale,
+            _ => Offence::Invalid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_versions_are_no_offence() {
+        let replay = Refusal::Trust(TrustError::Replay { floor: 3, got: 2 });
+        assert_eq!((replay.kind(), replay.offence()), ("replay", Offence::Stale));
+        let gap = Refusal::Catalog(CatalogError::Trust(TrustError::Gap { floor: 1, got: 3 }));
+        assert_eq!((gap.kind(), gap.offence()), ("gap", Offence::Stale));
+        let too_big = Refusal::Decode(DecodeError::TooLarge {
+            what: "message",
+            size_bytes: 10,
+            limit_bytes: 1,
+        });
+        assert_eq!((too_big.kind(), too_big.offence()), ("oversized", Offence::Invalid));
+        assert_eq!(Refusal::NotGossip.offence(), Offence::Invalid);
+        let site_replay = Refusal::Site(SiteError::Replay { floor: 4, got: 4 });
+        assert_eq!((site_replay.kind(), site_replay.offence()), ("replay", Offence::Stale));
+        assert_eq!(Refusal::HelloTimeout.kind(), "hello_timeout");
+    }
+}

@@ -1,0 +1,79 @@
+//! Driving the rollout engine ([`crate::rollout::Engine`], the sub-machine that owns installs,
+//! reports and halts) from the node: when to evaluate, what it reads, and carrying out what it
+//! asks for.
+//!
+//! The engine is evaluated when something it reads changed (the catalog, a failure report, an
+//! effect result, the node's facts), when one of its own timers is due (soaks, re-checks), and
+//! every `rollout_eval_ms` while a rollout exists (windows open, gates pass on summaries). A
+//! node with no rollout never wakes for it.
+
+use super::timers::Timer;
+use super::{Event, Node, Output, Persist};
+use crate::rollout::engine::{EngineOut, View};
+use crate::rollout::{EffectResult, Policies};
+use std::sync::Arc;
+
+impl Node {
+    /// An install step finished.
+    pub(super) fn on_effect_done(&mut self, result: EffectResult) {
+        let outs = self.engine.on_result(result, &self.policies, self.now);
+        self.apply_engine(outs);
+        self.rollouts_due = true;
+    }
+
+    /// Runs the rollout engine when something it reads changed or its period passed.
+    pub(super) fn drive_rollouts(&mut self) {
+        if self.timers.due(Timer::RolloutEval, self.now) {
+            self.rollouts_due = true;
+        }
+        if !self.rollouts_due && self.engine.next_wake().is_none_or(|w| self.now < w) {
+            return;
+        }
+        self.rollouts_due = false;
+        self.timers.set(Timer::RolloutEval, self.now.plus(self.config.rollout_eval_ms.max(1)));
+        if self.policies_stale {
+            self.policies_stale = false;
+            self.policies = Arc::new(Policies::parse(self.state.catalog.entries_authored()));
+        }
+        if self.policies.rollouts.is_empty() && !self.engine.busy() {
+            return;
+        }
+        let live = self.peers.live_members(self.state.site.site());
+        let before = self.engine.standings().clone();
+        let policies = self.policies.clone();
+        let view = View {
+            me: self.id,
+            site_id: self.state.site.site(),
+            labels: &self.own.cert.labels,
+            trust: &self.state.trust,
+            site: &self.state.site,
+            summaries: &self.state.summaries,
+            alarms: &self.state.alarms,
+            live: &live,
+            now: self.now,
+        };
+        let outs = self.engine.step(&policies, &view);
+        self.apply_engine(outs);
+        if *self.engine.standings() != before {
+            self.update_record();
+        }
+    }
+
+    /// Carries out what the engine asked for; a changed standing re-signs the record.
+    pub(super) fn apply_engine(&mut self, outs: Vec<EngineOut>) {
+        let before = self.engine.standings().clone();
+        for out in outs {
+            match out {
+                EngineOut::Journal(entry) => {
+                    self.out.push(Output::Persist(Persist::Journal(entry)))
+                }
+                EngineOut::Effect(effect) => self.out.push(Output::Effect(effect)),
+                EngineOut::Report { rollout, kind, detail } => self.report(rollout, kind, detail),
+                EngineOut::Event(ev) => self.out.push(Output::Event(Event::Rollout(ev))),
+            }
+        }
+        if *self.engine.standings() != before {
+            self.update_record();
+        }
+    }
+}
