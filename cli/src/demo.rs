@@ -19,7 +19,11 @@ use crate::{call, NodeArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use patchmesh_node::control::Request;
-use serde_json::{json, Value};
+use patchmesh_node::control::{
+    ContentView, DemoReport, DemoRing, DemoRollout, DemoWan, KeygenOutput, PatchAddOutput,
+    RolloutCreateOutput, RolloutView, RolloutsView, StatusView,
+};
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -106,7 +110,7 @@ fn exe() -> anyhow::Result<PathBuf> {
 }
 
 /// Runs a patchmesh subcommand and parses its `--json` output.
-fn cli(args: &[&str]) -> anyhow::Result<Value> {
+fn cli<T: DeserializeOwned>(args: &[&str]) -> anyhow::Result<T> {
     let out = Command::new(exe()?).args(args).stdin(Stdio::null()).output()?;
     if !out.status.success() {
         bail!("patchmesh {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -154,7 +158,7 @@ impl Demo {
 
     /// The nodes whose view of `rollout` is not settled by `done`, with their step and where
     /// their download of `content` stands.
-    fn lagging(&self, rollout: &str, content: &str, done: impl Fn(&Value) -> bool) -> String {
+    fn lagging(&self, rollout: &str, content: &str, done: impl Fn(&RolloutView) -> bool) -> String {
         let views = self.views(rollout);
         let mut lines = Vec::new();
         for (i, (n, v)) in self.nodes.iter().zip(&views).enumerate() {
@@ -165,34 +169,35 @@ impl Demo {
                 None => "has not seen the rollout".to_string(),
                 Some(v) => format!(
                     "step {}, standing {}{}",
-                    v["local"]["step"].as_str().unwrap_or("none"),
-                    v["standing"]["status"].as_str().unwrap_or("?"),
-                    v["waiting"].as_str().filter(|w| !w.is_empty()).map(|w| format!(" ({w})")).unwrap_or_default()
+                    v.step().unwrap_or("none"),
+                    v.standing.as_ref().map_or("?", |s| s.status.as_str()),
+                    v.waiting.as_deref().filter(|w| !w.is_empty()).map(|w| format!(" ({w})")).unwrap_or_default()
                 ),
             };
-            let c = call(&n.args(), Request::Content { content: content.to_string() }).unwrap_or(Value::Null);
+            let c: ContentView = call(&n.args(), Request::Content { content: content.to_string() })
+                .unwrap_or_else(|_| ContentView { state: "unknown (node unreachable)".into(), ..Default::default() });
             lines.push(format!(
                 "\n  node{i:02} (site {}): {step}; payload {} {}/{} bytes, {} sources active, {} resting, waiting {} ms{}",
                 n.site,
-                c["state"].as_str().unwrap_or("?"),
-                c["have_bytes"].as_u64().unwrap_or(0),
-                c["size_bytes"].as_u64().unwrap_or(0),
-                c["sources_active"].as_u64().unwrap_or(0),
-                c["sources_resting"].as_u64().unwrap_or(0),
-                c["waiting_ms"].as_u64().unwrap_or(0),
-                c["error"].as_str().map(|e| format!(", error: {e}")).unwrap_or_default(),
+                c.state,
+                c.have_bytes,
+                c.size_bytes,
+                c.sources_active,
+                c.sources_resting,
+                c.waiting_ms,
+                c.error.as_deref().map(|e| format!(", error: {e}")).unwrap_or_default(),
             ));
         }
         if lines.is_empty() { String::new() } else { format!("; not there yet:{}", lines.concat()) }
     }
 
     /// Every node's view of one rollout.
-    fn views(&self, rollout: &str) -> Vec<Option<Value>> {
+    fn views(&self, rollout: &str) -> Vec<Option<RolloutView>> {
         self.nodes
             .iter()
             .map(|n| {
-                let v = call(&n.args(), Request::Rollouts).ok()?;
-                v["rollouts"].as_array()?.iter().find(|r| r["id"] == rollout).cloned()
+                let v: RolloutsView = call(&n.args(), Request::Rollouts).ok()?;
+                v.rollouts.into_iter().find(|r| r.id == rollout)
             })
             .collect()
     }
@@ -224,10 +229,10 @@ impl Demo {
             .context("starting a node")?;
         self.nodes[i].child = Some(child);
         let args = self.nodes[i].args();
-        let status = self.wait(&format!("node {i} to start"), Duration::from_secs(30), || {
+        let status: StatusView = self.wait(&format!("node {i} to start"), Duration::from_secs(30), || {
             call(&args, Request::Status).ok()
         })?;
-        Ok(status["listen"][0].as_str().unwrap_or_default().to_string())
+        status.listen.into_iter().next().context("the node listens on no address")
     }
 }
 
@@ -246,12 +251,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     // The mesh: genesis, keys and one certificate per node.
     let mesh = root.join("mesh");
-    cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
+    let _: patchmesh_node::control::InitOutput = cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
     let admin_key = s(&mesh.join("admin.key"));
     for i in 0..a.nodes {
         let dir = root.join(format!("node{i:02}"));
         std::fs::create_dir_all(dir.join("data").join("app"))?;
-        let key = cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
+        let key: KeygenOutput = cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
         let site = i % a.sites;
         let canary = i < a.sites;
         let label = match i.checked_sub(a.sites) {
@@ -259,8 +264,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             Some(k) if k % 2 == 0 => "ring=half",
             Some(_) => "ring=main",
         };
-        cli(&[
-            "admit", "--node-key", key["public_key"].as_str().unwrap_or_default(),
+        let _: patchmesh_node::control::AdmitOutput = cli(&[
+            "admit", "--node-key", &key.public_key,
             "--site", &format!("site-{}", (b'a' + site as u8) as char), "--label", label,
             "--admin-key", &admin_key, "--genesis", &s(&mesh.join("genesis.pm")),
             "--out", &s(&dir.join("admission.pm")), "--json",
@@ -277,10 +282,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let need = (a.nodes - 1).min(3);
     d.wait("every node to admit its peers", timeout, || {
         d.nodes.iter().all(|n| {
-            call(&n.args(), Request::Status).ok().is_some_and(|v| {
-                v["peers_admitted"].as_u64().unwrap_or(0) as usize >= need
-                    && v["gossip_mesh"]["control"].as_u64().unwrap_or(0) >= 1
-            })
+            call::<StatusView>(&n.args(), Request::Status)
+                .ok()
+                .is_some_and(|v| v.peers_admitted >= need && v.gossip_mesh.control >= 1)
         }).then_some(())
     })?;
     d.say("all nodes up and admitted");
@@ -288,7 +292,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, None)?;
     let (good_rollout, good_at) = create_rollout(&d, &admin_key, &good, a.soak_s)?;
     d.say(format!("good patch {} rolling out as {}", &good[..12], &good_rollout[..12]));
-    let committed = |v: &Value| v["local"]["step"] == "committed" || v["standing"]["status"] == "NotTargeted";
+    let committed = |v: &RolloutView| {
+        v.step() == Some("committed") || v.standing.as_ref().is_some_and(|s| s.status == "NotTargeted")
+    };
     let good_views = d.wait_or(
         "the good rollout to reach every node",
         timeout,
@@ -300,7 +306,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     let good_rings = ring_table(&good_views, good_at);
     for r in &good_rings {
-        d.say(format!("  ring {:<7} {} nodes committed in {:.1} s", r["name"].as_str().unwrap_or(""), r["succeeded"], r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0));
+        d.say(format!("  ring {:<7} {} nodes committed in {:.1} s", r.name, r.succeeded, r.duration_ms as f64 / 1000.0));
     }
 
     let bad = publish_patch(
@@ -313,9 +319,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     let (bad_rollout, bad_at) = create_rollout(&d, &admin_key, &bad, a.soak_s)?;
     d.say(format!("bad patch {} rolling out as {}", &bad[..12], &bad_rollout[..12]));
-    let halted_and_settled = |v: &Value| {
-        v["control"]["state"] == "halted"
-            && (v["local"].is_null() || matches!(v["local"]["step"].as_str(), Some("rolled_back" | "cancelled" | "failed")))
+    let halted_and_settled = |v: &RolloutView| {
+        v.state() == "halted" && matches!(v.step(), None | Some("rolled_back" | "cancelled" | "failed"))
     };
     let bad_views = d.wait_or(
         "every node to halt the bad rollout and the canaries to roll back",
@@ -326,19 +331,19 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         },
         || d.lagging(&bad_rollout, &bad, halted_and_settled),
     )?;
-    let bad_views: Vec<Value> = bad_views.into_iter().flatten().collect();
+    let bad_views: Vec<RolloutView> = bad_views.into_iter().flatten().collect();
     let first_failure = bad_views
         .iter()
-        .filter_map(|v| v["local"]["failed_at_ms"].as_u64())
+        .filter_map(|v| v.local.as_ref()?.failed_at_ms)
         .min()
         .context("no canary reported a failure")?;
-    let last_halt = bad_views.iter().filter_map(|v| v["stopped_at_ms"].as_u64()).max().unwrap_or(first_failure);
+    let last_halt = bad_views.iter().filter_map(|v| v.stopped_at_ms).max().unwrap_or(first_failure);
     let halt_latency_ms = last_halt.saturating_sub(first_failure);
     let blast_radius = bad_views
         .iter()
         .filter(|v| {
-            v["local"]["ring"].as_u64().is_some_and(|r| r != 0)
-                && !matches!(v["local"]["step"].as_str(), Some("fetching" | "staging" | "cancelled"))
+            v.local.as_ref().is_some_and(|l| l.ring != 0)
+                && !matches!(v.step(), Some("fetching" | "staging" | "cancelled"))
         })
         .count();
     let bad_rings = ring_table(&bad_views.iter().cloned().map(Some).collect::<Vec<_>>(), bad_at);
@@ -354,34 +359,34 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     for content in [&good, &bad] {
         let mut per_site: BTreeMap<usize, u64> = BTreeMap::new();
         for n in &d.nodes {
-            let v = call(&n.args(), Request::Content { content: content.clone() }).unwrap_or(Value::Null);
-            *per_site.entry(n.site).or_default() += v["wan_bytes"].as_u64().unwrap_or(0);
+            let v: ContentView = call(&n.args(), Request::Content { content: content.clone() })?;
+            *per_site.entry(n.site).or_default() += v.wan_bytes;
         }
         for (site, bytes) in per_site {
             let ratio = bytes as f64 / a.payload_bytes as f64;
-            wan.push(json!({"content_id": content, "site": site, "wan_bytes": bytes, "ratio": ratio}));
+            wan.push(DemoWan { content_id: content.clone(), site, wan_bytes: bytes, ratio });
             wan_ratio_max = wan_ratio_max.max(ratio);
         }
     }
     let ok = blast_radius == 0 && on_good == a.nodes;
-    let summary = json!({
-        "nodes": a.nodes,
-        "sites": a.sites,
-        "canaries": canaries,
-        "payload_bytes": a.payload_bytes,
-        "good": {"rollout": good_rollout, "content_id": good, "rings": good_rings},
-        "bad": {"rollout": bad_rollout, "content_id": bad, "rings": bad_rings},
-        "rings": good_rings,
-        "blast_radius": blast_radius,
-        "halt_latency_ms": halt_latency_ms,
-        "nodes_on_good_version": on_good,
-        "wan_ratio_max": (wan_ratio_max * 1000.0).round() / 1000.0,
-        "wan": wan,
-        "elapsed_ms": d.started.elapsed().as_millis() as u64,
-        "ok": ok,
-    });
+    let summary = DemoReport {
+        nodes: a.nodes,
+        sites: a.sites,
+        canaries,
+        payload_bytes: a.payload_bytes,
+        good: DemoRollout { rollout: good_rollout, content_id: good, rings: good_rings.clone() },
+        bad: DemoRollout { rollout: bad_rollout, content_id: bad, rings: bad_rings },
+        rings: good_rings,
+        blast_radius,
+        halt_latency_ms,
+        nodes_on_good_version: on_good,
+        wan_ratio_max: (wan_ratio_max * 1000.0).round() / 1000.0,
+        wan,
+        elapsed_ms: d.started.elapsed().as_millis() as u64,
+        ok,
+    };
     if a.json {
-        outln!("{summary}");
+        outln!("{}", crate::output::json(&summary));
     } else {
         print_summary(&summary);
     }
@@ -417,96 +422,79 @@ fn publish_patch(d: &Demo, root: &Path, name: &str, version: &str, size: u64, ve
     if let Some(v) = verify {
         args.extend(["--verify", v]);
     }
-    let out = cli(&args)?;
-    out["content_id"].as_str().map(str::to_string).context("patch add gave no content id")
+    let out: PatchAddOutput = cli(&args)?;
+    Ok(out.content_id)
 }
 
 fn create_rollout(d: &Demo, admin_key: &str, content: &str, soak_s: u64) -> anyhow::Result<(String, u64)> {
     let config = s(&d.nodes[0].dir.join("node.toml"));
     let soak = soak_s.to_string();
-    let at = patchmesh_node::daemon::now_ms().0;
-    let out = cli(&[
+    let at = patchmesh_node::clock::now_ms().0;
+    let out: RolloutCreateOutput = cli(&[
         "rollout", "create", "--patch", content,
         "--ring", "canary:0:ring=canary", "--ring", "half:0:ring=half", "--ring", "all:100",
         "--min-success", "1.0", "--max-failures", "0", "--soak-s", &soak, "--recheck-s", "1",
         "--max-concurrent-per-site", "2",
         "--admin-key", admin_key, "--config", &config, "--json",
     ])?;
-    let id = out["rollout"].as_str().context("rollout create gave no id")?.to_string();
-    Ok((id, at))
+    Ok((out.rollout, at))
 }
 
 /// Per ring: targeted, succeeded, failed, rolled back, and time from publication to the last
 /// member settling.
-fn ring_table(views: &[Option<Value>], published_at: u64) -> Vec<Value> {
-    let mut rings: BTreeMap<u64, (String, u64, u64, u64, u64, u64)> = BTreeMap::new();
-    let names: Vec<String> = views
+fn ring_table(views: &[Option<RolloutView>], published_at: u64) -> Vec<DemoRing> {
+    let mut rings: Vec<DemoRing> = views
         .iter()
         .flatten()
         .next()
-        .and_then(|v| v["rings"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap_or("?").to_string())
-        .collect();
-    for (i, name) in names.iter().enumerate() {
-        rings.insert(i as u64, (name.clone(), 0, 0, 0, 0, 0));
-    }
+        .map(|v| v.rings.iter().map(|r| DemoRing { name: r.name.clone(), ..Default::default() }).collect())
+        .unwrap_or_default();
     for v in views.iter().flatten() {
-        let Some(ring) = v["standing"]["ring"].as_u64() else { continue };
-        let Some(e) = rings.get_mut(&ring) else { continue };
-        e.1 += 1;
-        match v["local"]["step"].as_str() {
-            Some("committed") => e.2 += 1,
-            Some("rolled_back") | Some("failed") => {
-                e.4 += 1;
-            }
+        let Some(ring) = v.standing.as_ref().and_then(|s| s.ring) else { continue };
+        let Some(e) = rings.get_mut(usize::from(ring)) else { continue };
+        e.targeted += 1;
+        let Some(l) = &v.local else { continue };
+        match l.step.as_str() {
+            "committed" => e.succeeded += 1,
+            "rolled_back" | "failed" => e.rolled_back += 1,
             _ => {}
         }
-        if v["local"]["failed"] == true {
-            e.3 += 1;
+        if l.failed {
+            e.failed += 1;
         }
-        if let Some(t) = v["local"]["step_at_ms"].as_u64() {
-            if v["local"]["step"] != "cancelled" {
-                e.5 = e.5.max(t.saturating_sub(published_at));
-            }
+        if l.step != "cancelled" {
+            e.duration_ms = e.duration_ms.max(l.step_at_ms.saturating_sub(published_at));
         }
     }
     rings
-        .into_values()
-        .map(|(name, targeted, succeeded, failed, rolled_back, done)| {
-            json!({"name": name, "targeted": targeted, "succeeded": succeeded, "failed": failed,
-                   "rolled_back": rolled_back, "duration_ms": done})
-        })
-        .collect()
 }
 
-fn print_summary(v: &Value) {
+fn print_summary(v: &DemoReport) {
     outln!(
         "patchmesh demo: {} nodes in {} sites ({} canaries), {:.2} MiB payloads",
-        v["nodes"],
-        v["sites"],
-        v["canaries"],
-        v["payload_bytes"].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+        v.nodes,
+        v.sites,
+        v.canaries,
+        v.payload_bytes as f64 / (1024.0 * 1024.0)
     );
-    for (title, key) in [("good patch (app 2)", "good"), ("bad patch (app 3, verify fails)", "bad")] {
-        outln!("\n{title}: rollout {}", &v[key]["rollout"].as_str().unwrap_or("")[..12]);
+    for (title, r) in [("good patch (app 2)", &v.good), ("bad patch (app 3, verify fails)", &v.bad)] {
+        outln!("\n{title}: rollout {}", r.rollout.get(..12).unwrap_or(&r.rollout));
         outln!("  {:<8} {:>8} {:>9} {:>6} {:>11} {:>12}", "ring", "targeted", "succeeded", "failed", "rolled back", "done after");
-        for r in v[key]["rings"].as_array().into_iter().flatten() {
+        for g in &r.rings {
             outln!(
                 "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>10.1} s",
-                r["name"].as_str().unwrap_or(""),
-                r["targeted"].as_u64().unwrap_or(0),
-                r["succeeded"].as_u64().unwrap_or(0),
-                r["failed"].as_u64().unwrap_or(0),
-                r["rolled_back"].as_u64().unwrap_or(0),
-                r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                g.name,
+                g.targeted,
+                g.succeeded,
+                g.failed,
+                g.rolled_back,
+                g.duration_ms as f64 / 1000.0
             );
         }
     }
-    outln!("\nhalt latency (first failed canary report → every node halted): {} ms", v["halt_latency_ms"]);
-    outln!("blast radius (nodes outside the canary ring that installed the bad patch): {}", v["blast_radius"]);
-    outln!("nodes on the good version at the end: {} of {}", v["nodes_on_good_version"], v["nodes"]);
-    outln!("WAN bytes per site ÷ payload (max over sites and patches): {:.3}", v["wan_ratio_max"].as_f64().unwrap_or(0.0));
-    outln!("total time: {:.1} s", v["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0);
+    outln!("\nhalt latency (first failed canary report → every node halted): {} ms", v.halt_latency_ms);
+    outln!("blast radius (nodes outside the canary ring that installed the bad patch): {}", v.blast_radius);
+    outln!("nodes on the good version at the end: {} of {}", v.nodes_on_good_version, v.nodes);
+    outln!("WAN bytes per site ÷ payload (max over sites and patches): {:.3}", v.wan_ratio_max);
+    outln!("total time: {:.1} s", v.elapsed_ms as f64 / 1000.0);
 }

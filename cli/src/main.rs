@@ -14,7 +14,6 @@ use patchmesh_protocol::ids::{ContentId, KeyId, Millis, NodeId, SiteId};
 use patchmesh_protocol::mesh;
 use patchmesh_protocol::trust::{AdminSet, Genesis, Revocation};
 use rand::rngs::OsRng;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -361,7 +360,7 @@ fn main() {
 }
 
 fn now_ms() -> Millis {
-    patchmesh_node::daemon::now_ms()
+    patchmesh_node::clock::now_ms()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -387,23 +386,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             admit(&node_key, &site, labels, &admin_key, &genesis, valid_days, &out, json)
         }
         Cmd::Status { node, json } => {
-            let v = call(&node, Request::Status)?;
-            output::status(&v, json);
+            output::status(&call(&node, Request::Status)?, json);
             Ok(())
         }
         Cmd::Peers { node, json } => {
-            let v = call(&node, Request::Peers)?;
+            let v: Vec<control::PeerView> = call(&node, Request::Peers)?;
             output::peers(&v, json);
             Ok(())
         }
         Cmd::Inventory { node_id, node, json } => {
-            let v = call(&node, Request::Inventory { node: node_id })?;
-            output::inventory(&v, json);
+            output::inventory(&call(&node, Request::Inventory { node: node_id })?, json);
             Ok(())
         }
         Cmd::Catalog(CatalogCmd::Show { node, json }) => {
-            let v = call(&node, Request::Catalog)?;
-            output::catalog(&v, json);
+            output::catalog(&call(&node, Request::Catalog)?, json);
             Ok(())
         }
         Cmd::Patch(PatchCmd::Add {
@@ -441,19 +437,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 outln!(
                     "{}",
-                    json!({"key": key, "content_id": content_id.to_string(), "size_bytes": size_bytes, "change": result})
+                    output::json(&control::PatchAddOutput {
+                        key: key.clone(),
+                        content_id: content_id.to_string(),
+                        size_bytes,
+                        change: result.clone(),
+                    })
                 );
             } else {
                 outln!("published {key}");
                 outln!("  content id  {content_id}");
                 outln!("  size        {size_bytes} bytes");
-                outln!("  change      {}", result["id"].as_str().unwrap_or("?"));
+                outln!("  change      {}", result.id);
             }
             Ok(())
         }
         Cmd::Fetch { id, node, json, timeout_s } => {
             parse_hex32(&id)?;
-            call(&node, Request::Fetch { content: id.clone() })?;
+            let _: control::ContentView = call(&node, Request::Fetch { content: id.clone() })?;
             output::fetch_progress(
                 || Ok(call(&node, Request::Content { content: id.clone() })?),
                 json,
@@ -463,13 +464,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Rollout(cmd) => rollout::run(cmd, now_ms()),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Content(ContentCmd::List { node, json }) => {
-            let v = call(&node, Request::ContentList)?;
-            output::content_list(&v, json);
+            output::content_list(&call(&node, Request::ContentList)?, json);
             Ok(())
         }
         Cmd::Content(ContentCmd::Gc { node, dry_run, json }) => {
-            let v = call(&node, Request::ContentGc { dry_run })?;
-            output::content_gc(&v, json);
+            output::content_gc(&call(&node, Request::ContentGc { dry_run })?, json);
             Ok(())
         }
     }
@@ -494,7 +493,13 @@ fn init(name: &str, dir: &Path, approval: mesh::Approval, json: bool) -> anyhow:
     if json {
         outln!(
             "{}",
-            json!({"mesh": name, "mesh_id": g.mesh_id().to_hex(), "dir": dir, "admin": admin.public().to_hex(), "root": root.public().to_hex()})
+            output::json(&control::InitOutput {
+                mesh: name.to_string(),
+                mesh_id: g.mesh_id().to_hex(),
+                dir: dir.to_path_buf(),
+                admin: admin.public().to_hex(),
+                root: root.public().to_hex(),
+            })
         );
     } else {
         outln!("mesh {name} created: id {}", g.mesh_id());
@@ -509,7 +514,8 @@ fn keygen(out: &Path, json: bool, what: &str) -> anyhow::Result<()> {
     let key = SecretKey::generate(&mut OsRng);
     files::write_key(out, &key)?;
     if json {
-        outln!("{}", json!({"key_file": out, "public_key": key.public().to_hex()}));
+        let v = control::KeygenOutput { key_file: out.to_path_buf(), public_key: key.public().to_hex() };
+        outln!("{}", output::json(&v));
     } else {
         outln!("{what} key written to {} (mode 0600)", out.display());
         outln!("public key: {}", key.public());
@@ -559,7 +565,12 @@ fn admit(
     if json {
         outln!(
             "{}",
-            json!({"node": node.to_hex(), "site": site, "out": out, "valid_days": valid_days})
+            output::json(&control::AdmitOutput {
+                node: node.to_hex(),
+                site: site.to_string(),
+                out: out.to_path_buf(),
+                valid_days,
+            })
         );
     } else {
         outln!("admitted {node} to site {site}; certificate written to {}", out.display());
@@ -583,16 +594,12 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
         .iter()
         .map(|p| files::read_key(p).with_context(|| format!("reading {}", p.display())))
         .collect::<anyhow::Result<_>>()?;
-    let state = call(&node, Request::AdminState)?;
-    let current: AdminSet = match state["latest_admin_set"].as_str() {
+    let state: control::AdminStateView = call(&node, Request::AdminState)?;
+    let current: AdminSet = match &state.latest_admin_set {
         Some(h) => decode::<Envelope>("admin set", &hex::decode(h)?, 1 << 20)?.open("admin set")?,
         None => {
-            let g: Genesis = decode::<Envelope>(
-                "genesis",
-                &hex::decode(state["genesis"].as_str().unwrap_or_default())?,
-                1 << 20,
-            )?
-            .open("genesis")?;
+            let g: Genesis = decode::<Envelope>("genesis", &hex::decode(&state.genesis)?, 1 << 20)?
+                .open("genesis")?;
             g.initial_admin_set()
         }
     };
@@ -616,14 +623,10 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
                 bail!("{k} is not an active admin");
             }
             admins.retain(|a| a != k);
-            let kept: BTreeMap<Vec<u8>, u64> = state["history"][k.to_hex()]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(a, s)| Some((hex::decode(a).ok()?, s.as_u64()?)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut kept: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+            for (actor, seq) in state.history.get(&k.to_hex()).into_iter().flatten() {
+                kept.insert(hex::decode(actor).context("the node gave a bad actor id")?, *seq);
+            }
             revoked.push(Revocation { key: *k, kept_seq: kept });
         }
     }
@@ -632,14 +635,12 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
     }
     let signers: Vec<&SecretKey> = roots.iter().collect();
     let env = mesh::next_admin_set(&current, admins, revoked, &signers);
-    let result = call(&node, Request::AdminSet { envelope: hex::encode(encode(&env)) })?;
+    let result: control::SubmittedView =
+        call(&node, Request::AdminSet { envelope: hex::encode(encode(&env)) })?;
     if json {
-        outln!("{result}");
+        outln!("{}", output::json(&result));
     } else {
-        outln!(
-            "admin set version {} applied and spreading",
-            result["trust_version"].as_u64().unwrap_or(0)
-        );
+        outln!("admin set version {} applied and spreading", result.trust_version);
     }
     Ok(())
 }
@@ -655,22 +656,20 @@ fn publish(
     node: &NodeArgs,
     admin_key: &Path,
     edits: Vec<(String, Option<CatalogEntry>)>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<control::SubmittedView> {
     let admin = files::read_key(admin_key).context("reading the admin key")?;
-    let prepared = call(
+    let prepared: control::PreparedView = call(
         node,
         Request::Prepare { admin: admin.public().to_hex(), edits: hex::encode(encode(&edits)) },
     )?;
-    let body: ChangeBody = decode(
-        "prepared change",
-        &hex::decode(prepared["body"].as_str().unwrap_or_default())?,
-        control::REQUEST_BYTES_MAX,
-    )?;
+    let body: ChangeBody =
+        decode("prepared change", &hex::decode(&prepared.body)?, control::REQUEST_BYTES_MAX)?;
     let env = Envelope::seal(Domain::CatalogChange, &body, &[&admin]);
     Ok(call(node, Request::Submit { envelope: hex::encode(encode(&env)) })?)
 }
 
-fn call(node: &NodeArgs, request: Request) -> Result<Value, ControlError> {
+/// One control request to the node of `node`, its answer parsed as the view `T`.
+fn call<T: serde::de::DeserializeOwned>(node: &NodeArgs, request: Request) -> Result<T, ControlError> {
     let (socket, token_path) = match NodeConfig::load(&node.config) {
         Ok(cfg) => (cfg.control_socket(), cfg.token_path()),
         Err(e) => {
@@ -681,7 +680,7 @@ fn call(node: &NodeArgs, request: Request) -> Result<Value, ControlError> {
         }
     };
     let token = control::read_token(&token_path)?;
-    control::call(&socket, &token, request, Duration::from_secs(60))
+    control::call_view(&socket, &token, request, Duration::from_secs(60))
 }
 
 fn parse_hex32(s: &str) -> anyhow::Result<[u8; 32]> {
@@ -694,8 +693,7 @@ fn parse_hex32(s: &str) -> anyhow::Result<[u8; 32]> {
 /// Has the node import a payload file; returns its content id and size.
 fn import(node: &NodeArgs, path: &Path) -> anyhow::Result<(ContentId, u64)> {
     let abs = std::fs::canonicalize(path).with_context(|| format!("opening {}", path.display()))?;
-    let v = call(node, Request::Import { path: abs.to_string_lossy().into_owned() })?;
-    let id = v["content_id"].as_str().context("the node gave no content id")?;
-    let size = v["size_bytes"].as_u64().context("the node gave no size")?;
-    Ok((ContentId(parse_hex32(id)?), size))
+    let v: control::ContentBrief =
+        call(node, Request::Import { path: abs.to_string_lossy().into_owned() })?;
+    Ok((ContentId(parse_hex32(&v.content_id)?), v.size_bytes))
 }

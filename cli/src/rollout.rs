@@ -8,13 +8,14 @@
 use crate::{call, publish, NodeArgs};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use patchmesh_node::control::Request;
+use patchmesh_node::control::{
+    CatalogView, Request, RolloutCreateOutput, RolloutStatusOutput, RolloutView, RolloutsView,
+};
 use patchmesh_protocol::catalog::{
     AdminCommand, CatalogEntry, CommandAction, Gate, Override, RingSpec, RolloutEntry, Selector,
 };
 use patchmesh_protocol::ids::{ContentId, KeyId, Millis, RolloutId, SiteId};
-use patchmesh_protocol::rollout::{parse_predicate, parse_window};
-use serde_json::Value;
+use patchmesh_protocol::rollout::{parse_predicate, parse_window, Control};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -204,30 +205,26 @@ pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
 }
 
 /// Finds one rollout in the node's view by id or unique prefix.
-fn find(node: &NodeArgs, id: &str) -> anyhow::Result<Value> {
-    let v = call(node, Request::Rollouts)?;
-    let matches: Vec<&Value> = v["rollouts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["id"].as_str().is_some_and(|s| s.starts_with(id.trim())))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => bail!("no rollout {id:?} in this node's catalog (yet)"),
-        _ => bail!("{id:?} matches {} rollouts; give more of the id", matches.len()),
+fn find(node: &NodeArgs, id: &str) -> anyhow::Result<RolloutView> {
+    let v: RolloutsView = call(node, Request::Rollouts)?;
+    let mut matches: Vec<RolloutView> =
+        v.rollouts.into_iter().filter(|r| r.id.starts_with(id.trim())).collect();
+    match matches.len() {
+        1 => Ok(matches.remove(0)),
+        0 => bail!("no rollout {id:?} in this node's catalog (yet)"),
+        n => bail!("{id:?} matches {n} rollouts; give more of the id"),
     }
 }
 
 fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Result<()> {
     let r = find(&c.sign.node, &c.id)?;
-    let rollout = RolloutId::from_hex(r["id"].as_str().unwrap_or_default()).context("rollout id")?;
+    let rollout = RolloutId::from_hex(&r.id).context("rollout id")?;
     let admin = patchmesh_node::files::read_key(&c.sign.admin_key).context("reading the admin key")?;
     let cmd = AdminCommand { rollout, action, issued_at: now, admin: KeyId(admin.public().0) };
     let entry = CatalogEntry::Command(cmd);
     let result = publish(&c.sign.node, &c.sign.admin_key, vec![(entry.key(), Some(entry))])?;
     if c.sign.json {
-        outln!("{result}");
+        outln!("{}", crate::output::json(&result));
     } else {
         outln!("signed and published; spreading to the mesh");
     }
@@ -238,16 +235,16 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
     match cmd {
         RolloutCmd::Create(a) => {
             let rollout = build(&a, now)?;
-            let cat = call(&a.sign.node, Request::Catalog)?;
+            let cat: CatalogView = call(&a.sign.node, Request::Catalog)?;
             let want = format!("patch/{}", rollout.content_id);
-            let known = cat["entries"].as_array().into_iter().flatten().any(|e| e["key"] == want.as_str());
-            if !known {
+            if !cat.entries.iter().any(|e| e.key == want) {
                 bail!("no patch {} in the catalog: add it with `patchmesh patch add` first", rollout.content_id);
             }
             let entry = CatalogEntry::Rollout(rollout.clone());
             let result = publish(&a.sign.node, &a.sign.admin_key, vec![(entry.key(), Some(entry))])?;
             if a.sign.json {
-                outln!("{}", serde_json::json!({"rollout": rollout.id.to_string(), "published": result}));
+                let v = RolloutCreateOutput { rollout: rollout.id.to_string(), published: result };
+                outln!("{}", crate::output::json(&v));
             } else {
                 outln!("rollout {} published", rollout.id);
             }
@@ -256,8 +253,7 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
         RolloutCmd::Approve(c) => {
             let r = find(&c.sign.node, &c.id)?;
             let mut hash = [0u8; 32];
-            hex::decode_to_slice(r["hash"].as_str().unwrap_or_default(), &mut hash)
-                .context("the node gave no rollout hash")?;
+            hex::decode_to_slice(&r.hash, &mut hash).context("the node gave no rollout hash")?;
             command(&c, CommandAction::Approve { rollout_hash: hash }, now)
         }
         RolloutCmd::Pause(c) => command(&c, CommandAction::Pause, now),
@@ -266,18 +262,15 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
             let r = find(&c.sign.node, &c.id)?;
             let mut overrides = Vec::new();
             if lift_halt {
-                if r["control"]["state"] != "halted" {
-                    bail!("rollout is not halted here (state {})", r["control"]["state"]);
-                }
-                overrides.push(Override::Halt {
-                    ring: r["control"]["ring"].as_u64().unwrap_or(0) as u8,
-                    failures: r["control"]["failures"].as_u64().unwrap_or(0) as u32,
-                });
+                let Some(Control::Halted { ring, failures }) = r.control else {
+                    bail!("rollout is not halted here (state {})", r.state());
+                };
+                overrides.push(Override::Halt { ring, failures });
             }
             if lift_abort {
-                for c in r["commands"].as_array().into_iter().flatten() {
-                    if c["action"] == "Abort" {
-                        overrides.push(Override::Abort(c["key"].as_str().unwrap_or_default().to_string()));
+                for c in &r.commands {
+                    if c.action == CommandAction::Abort {
+                        overrides.push(Override::Abort(c.key.clone()));
                     }
                 }
             }
@@ -296,23 +289,19 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
 
 fn status(node: &NodeArgs, id: Option<&str>, json: bool, watch: bool) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let pick = |v: &Value| -> Vec<Value> {
-        v["rollouts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| id.is_none_or(|p| r["id"].as_str().is_some_and(|s| s.starts_with(p))))
-            .cloned()
-            .collect()
+    let pick = |v: RolloutsView| -> Vec<RolloutView> {
+        v.rollouts.into_iter().filter(|r| id.is_none_or(|p| r.id.starts_with(p))).collect()
     };
-    let v = call(node, Request::Rollouts)?;
+    let v: RolloutsView = call(node, Request::Rollouts)?;
     if json {
-        outln!("{}", serde_json::json!({"node": v["node"], "site": v["site"], "rollouts": pick(&v)}));
+        let (node, site) = (v.node.clone(), v.site.clone());
+        let out = RolloutStatusOutput { node, site, rollouts: pick(v) };
+        outln!("{}", crate::output::json(&out));
         return Ok(());
     }
     let live = watch || std::io::stdout().is_terminal();
     if !live {
-        for r in pick(&v) {
+        for r in pick(v) {
             outln!("{}", crate::output::rollout_text(&r));
         }
         return Ok(());
@@ -320,7 +309,7 @@ fn status(node: &NodeArgs, id: Option<&str>, json: bool, watch: bool) -> anyhow:
     let bars = crate::output::RolloutBars::new();
     let mut v = v;
     loop {
-        let rs = pick(&v);
+        let rs = pick(v);
         if rs.is_empty() {
             outln!("no rollouts in this node's catalog");
             return Ok(());

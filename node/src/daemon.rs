@@ -34,9 +34,10 @@ use patchmesh_protocol::node::{
     self as core, Command, Event, Input, Node, Output, RelayMode, Topic, Verdict,
 };
 use patchmesh_protocol::trust::AdmissionCert;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use crate::clock::now_ms;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -45,18 +46,6 @@ use tokio::sync::{mpsc, oneshot};
 pub const PENALTIES_MAX: u32 = 5;
 /// Control requests waiting for the owner task.
 const CONTROL_QUEUE: usize = 64;
-
-/// Offset added to the system clock (`clock_offset_ms`, for tests of skewed clocks).
-static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-/// Wall-clock milliseconds since the Unix epoch (plus the configured clock offset).
-pub fn now_ms() -> Millis {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let offset = CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed);
-    Millis(ms.saturating_add(offset).max(0) as u64)
-}
 
 /// Sets up `tracing` in the configured format.
 pub fn init_logging(format: LogFormat) {
@@ -126,7 +115,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         })
         .max()
         .unwrap_or(0);
-    CLOCK_OFFSET_MS.store(cfg.clock_offset_ms, std::sync::atomic::Ordering::Relaxed);
+    crate::clock::set_offset_ms(cfg.clock_offset_ms);
     let now = now_ms();
     let (effects_tx, mut effects_rx) = install::channel();
     let mut node = Node::new(
@@ -708,23 +697,23 @@ impl Daemon {
                 "node {node} sent an inventory that does not match the digest in its signed record"
             ));
         }
-        control::ok(json!({
-            "node": node.to_string(),
-            "verified_against_signed_record": verified.unwrap_or(false),
-            "inventory": inv,
-        }))
+        control::ok_view(&control::InventoryView {
+            node: node.to_string(),
+            verified_against_signed_record: verified.unwrap_or(false),
+            inventory: inv,
+        })
     }
 
     fn on_control(&mut self, req: Request, reply: Reply) {
         let answer = match req {
-            Request::Status => control::ok(self.status()),
-            Request::Peers => control::ok(self.peers_json()),
-            Request::Catalog => control::ok(self.catalog_json()),
-            Request::Inventory { node: None } => control::ok(json!({
-                "node": self.node.id().to_string(),
-                "verified_against_signed_record": true,
-                "inventory": self.inventory,
-            })),
+            Request::Status => control::ok_view(&self.status()),
+            Request::Peers => control::ok_view(&self.peers_view()),
+            Request::Catalog => control::ok_view(&self.catalog_view()),
+            Request::Inventory { node: None } => control::ok_view(&control::InventoryView {
+                node: self.node.id().to_string(),
+                verified_against_signed_record: true,
+                inventory: self.inventory.clone(),
+            }),
             Request::Inventory { node: Some(hex_id) } => {
                 let node = match parse_id(&hex_id) {
                     Ok(n) => NodeId(n),
@@ -752,13 +741,13 @@ impl Daemon {
                         (k.to_string(), h.into_iter().map(|(a, s)| (hex::encode(a), s)).collect())
                     })
                     .collect();
-                control::ok(json!({
-                    "genesis": hex::encode(encode(trust.genesis_envelope())),
-                    "latest_admin_set": latest,
-                    "version": trust.version(),
-                    "admins": trust.admins().admins.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
-                    "history": history,
-                }))
+                control::ok_view(&control::AdminStateView {
+                    genesis: hex::encode(encode(trust.genesis_envelope())),
+                    latest_admin_set: latest,
+                    version: trust.version(),
+                    admins: trust.admins().admins.iter().map(|k| k.to_string()).collect(),
+                    history,
+                })
             }
             Request::Prepare { admin, edits } => self.prepare(&admin, &edits),
             Request::Submit { envelope } => self.submit(&envelope, false),
@@ -768,7 +757,7 @@ impl Daemon {
             | Request::Content { .. }
             | Request::ContentList
             | Request::ContentGc { .. }) => self.content_control(r),
-            Request::Rollouts => control::ok(self.rollouts_json()),
+            Request::Rollouts => control::ok_view(&self.rollouts_view()),
         };
         send(reply, answer);
     }
@@ -787,7 +776,7 @@ impl Daemon {
             };
         let session: [u8; 8] = rand::random();
         match self.node.catalog().prepare(&admin, session, now_ms(), self.node.trust(), &edits) {
-            Ok(body) => control::ok(json!({"body": hex::encode(encode(&body))})),
+            Ok(body) => control::ok_view(&control::PreparedView { body: hex::encode(encode(&body)) }),
             Err(e) => control::refused(e),
         }
     }
@@ -820,16 +809,16 @@ impl Daemon {
                 if let Err(e) = self.store.flush() {
                     return control::refused(format!("stored but not flushed: {e}"));
                 }
-                control::ok(json!({
-                    "id": env.id().to_string(),
-                    "catalog_state": self.node.catalog().state_hash().to_string(),
-                    "trust_version": self.node.trust().version(),
-                }))
+                control::ok_view(&control::SubmittedView {
+                    id: env.id().to_string(),
+                    catalog_state: self.node.catalog().state_hash().to_string(),
+                    trust_version: self.node.trust().version(),
+                })
             }
         }
     }
 
-    fn status(&mut self) -> Value {
+    fn status(&mut self) -> control::StatusView {
         let (sent, received) = net::bandwidth(&self.registry);
         let local = *self.swarm.local_peer_id();
         let listen: Vec<String> = self
@@ -839,97 +828,109 @@ impl Daemon {
             .collect();
         let stats = self.node.stats().clone();
         let state_hash = self.node.state_hash();
-        json!({
-            "node": self.node.id().to_string(),
-            "peer_id": local.to_string(),
-            "site": self.cert.site.to_string(),
-            "labels": self.cert.labels,
-            "mesh": self.mesh_name,
-            "mesh_id": self.node.trust().mesh().to_string(),
-            "trust_version": self.node.trust().version(),
-            "catalog_changes": self.node.catalog().len(),
-            "catalog_state": self.node.catalog().state_hash().to_string(),
-            "state_hash": state_hash.to_string(),
-            "site_records": self.node.site().records().len(),
-            "site_summaries": self.node.summaries().all().len(),
-            "peers_connected": self.ids.len(),
-            "peers_admitted": self.admitted.len(),
-            "gossip_mesh": {
-                "control": self.swarm.behaviour().gossipsub.mesh_peers(&self.topics.control.hash()).count(),
-                "site": self.swarm.behaviour().gossipsub.mesh_peers(&self.topics.site.hash()).count(),
-                "summaries": self.swarm.behaviour().gossipsub.mesh_peers(&self.topics.summaries.hash()).count(),
+        let gossip = &self.swarm.behaviour().gossipsub;
+        control::StatusView {
+            node: self.node.id().to_string(),
+            peer_id: local.to_string(),
+            site: self.cert.site.to_string(),
+            labels: self.cert.labels.clone(),
+            mesh: self.mesh_name.clone(),
+            mesh_id: self.node.trust().mesh().to_string(),
+            trust_version: self.node.trust().version(),
+            catalog_changes: self.node.catalog().len(),
+            catalog_state: self.node.catalog().state_hash().to_string(),
+            state_hash: state_hash.to_string(),
+            site_records: self.node.site().records().len(),
+            site_summaries: self.node.summaries().all().len(),
+            peers_connected: self.ids.len(),
+            peers_admitted: self.admitted.len(),
+            gossip_mesh: control::GossipMeshView {
+                control: gossip.mesh_peers(&self.topics.control.hash()).count(),
+                site: gossip.mesh_peers(&self.topics.site.hash()).count(),
+                summaries: gossip.mesh_peers(&self.topics.summaries.hash()).count(),
             },
-            "listen": listen,
-            "bytes_sent": sent,
-            "bytes_received": received,
-            "messages_sent": self.sent_by_kind.iter().map(|(k, (n, b))| (k.to_string(), json!({"messages": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "accepted": stats.accepted,
-            "rejected": stats.rejected,
-            "unadmitted_dropped": stats.unadmitted_dropped,
-            "pid": std::process::id(),
-            "restored_objects": self.restored.0,
-            "restore_refused": self.restored.1,
-            "payloads_held": self.transfers.store().list().iter().filter(|c| c.complete).count(),
-            "payload_bytes_held": self.transfers.store().held_bytes_total(),
-        })
+            listen,
+            bytes_sent: sent,
+            bytes_received: received,
+            messages_sent: self
+                .sent_by_kind
+                .iter()
+                .map(|(k, (n, b))| (k.to_string(), control::MessageCount { messages: *n, bytes: *b }))
+                .collect(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            accepted: stats.accepted,
+            rejected: stats.rejected.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            unadmitted_dropped: stats.unadmitted_dropped,
+            pid: std::process::id(),
+            restored_objects: self.restored.0,
+            restore_refused: self.restored.1,
+            payloads_held: self.transfers.store().list().iter().filter(|c| c.complete).count(),
+            payload_bytes_held: self.transfers.store().held_bytes_total(),
+        }
     }
 
-    fn peers_json(&self) -> Value {
+    fn peers_view(&self) -> Vec<control::PeerView> {
         let admitted: BTreeMap<NodeId, String> =
             self.node.admitted_peers().map(|(_, n, s)| (n, s.to_string())).collect();
-        let mut out: Vec<Value> = self
+        let mut out: Vec<control::PeerView> = self
             .ids
             .keys()
             .map(|p| {
                 let node = net::node_of(p);
                 let site = node.and_then(|n| admitted.get(&n).cloned());
-                json!({
-                    "peer_id": p.to_string(),
-                    "node": node.map(|n| n.to_string()),
-                    "admitted": site.is_some(),
-                    "site": site,
-                    "penalties": self.penalties.get(p).copied().unwrap_or(0),
-                    "score": self.swarm.behaviour().gossipsub.peer_score(p),
-                })
+                control::PeerView {
+                    peer_id: p.to_string(),
+                    node: node.map(|n| n.to_string()),
+                    admitted: site.is_some(),
+                    site,
+                    penalties: self.penalties.get(p).copied().unwrap_or(0),
+                    score: self.swarm.behaviour().gossipsub.peer_score(p),
+                }
             })
             .collect();
-        out.sort_by(|a, b| a["peer_id"].as_str().cmp(&b["peer_id"].as_str()));
-        Value::Array(out)
+        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        out
     }
 
-    fn catalog_json(&self) -> Value {
-        let entries: Vec<Value> = self
+    fn catalog_view(&self) -> control::CatalogView {
+        use control::CatalogEntryView as E;
+        let entries = self
             .node
             .catalog()
             .entries()
             .into_iter()
             .map(|(key, entry)| {
-                let detail = match &entry {
-                    CatalogEntry::Patch(p) => json!({
-                        "kind": "patch", "name": p.name, "version": p.version,
-                        "content_id": p.content_id.to_string(), "size_bytes": p.size_bytes,
-                        "executor": p.executor.kind,
-                    }),
-                    CatalogEntry::Rollout(r) => json!({
-                        "kind": "rollout", "id": r.id.to_string(),
-                        "content_id": r.content_id.to_string(),
-                        "rings": r.rings.iter().map(|g| json!({"name": g.name, "percent": g.percent})).collect::<Vec<_>>(),
-                    }),
-                    CatalogEntry::Command(c) => json!({
-                        "kind": "command", "rollout": c.rollout.to_string(),
-                        "action": format!("{:?}", c.action).to_lowercase(),
-                        "admin": c.admin.to_string(),
-                    }),
+                let entry = match &entry {
+                    CatalogEntry::Patch(p) => E::Patch {
+                        name: p.name.clone(),
+                        version: p.version.clone(),
+                        content_id: p.content_id.to_string(),
+                        size_bytes: p.size_bytes,
+                        executor: p.executor.kind.clone(),
+                    },
+                    CatalogEntry::Rollout(r) => E::Rollout {
+                        id: r.id.to_string(),
+                        content_id: r.content_id.to_string(),
+                        rings: r
+                            .rings
+                            .iter()
+                            .map(|g| control::RingBrief { name: g.name.clone(), percent: g.percent })
+                            .collect(),
+                    },
+                    CatalogEntry::Command(c) => E::Command {
+                        rollout: c.rollout.to_string(),
+                        action: format!("{:?}", c.action).to_lowercase(),
+                        admin: c.admin.to_string(),
+                    },
                 };
-                json!({"key": key, "entry": detail})
+                control::CatalogItemView { key, entry }
             })
             .collect();
-        json!({
-            "catalog_state": self.node.catalog().state_hash().to_string(),
-            "changes": self.node.catalog().len(),
-            "entries": entries,
-        })
+        control::CatalogView {
+            catalog_state: self.node.catalog().state_hash().to_string(),
+            changes: self.node.catalog().len(),
+            entries,
+        }
     }
 }
 

@@ -4,7 +4,11 @@
 //! - [`net`]: the libp2p swarm (QUIC/TCP, gossipsub, request-response, Kademlia, mDNS, NAT
 //!   traversal) and how its identity binds to the node key.
 //! - [`store`]: the sled store behind the [`store::Store`] trait.
-//! - [`control`]: the local control API the CLI uses (Unix socket + token).
+//! - [`control`]: the local control API the CLI uses (Unix socket + token), and its typed
+//!   views, shared by the daemon, the CLI and the tests.
+//! - [`transfer`]: payload downloads (driving `protocol::transfer::fetch::Fetch`) and serving.
+//! - [`content`]: the content store of verified payloads.
+//! - [`clock`]: the wall clock (with a configurable offset for tests of wrong clocks).
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`files`]: key and trust files on disk.
 //! - [`inventory`]: what the machine is and has installed.
@@ -12,6 +16,7 @@
 //!
 //! This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
 
+pub mod clock;
 pub mod config;
 pub mod content;
 pub mod control;

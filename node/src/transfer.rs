@@ -26,7 +26,6 @@ use patchmesh_protocol::transfer::plan::{Fault, Params, Request};
 use patchmesh_protocol::transfer::{
     check_range, group_count, group_span, DataReply, DataRequest, Role,
 };
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,45 +115,7 @@ impl Bucket {
 }
 
 /// Where a download stands, for `patchmesh fetch` and `content list`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Progress {
-    /// The content id (hex).
-    pub content: String,
-    /// Signed size.
-    pub size_bytes: u64,
-    /// Verified bytes held.
-    pub have_bytes: u64,
-    /// Recent rate.
-    pub rate_bytes_per_s: u64,
-    /// Sources serving a range now.
-    pub sources_active: usize,
-    /// Sources known.
-    pub sources_known: usize,
-    /// Sources resting after a broken stream, slowness or a fault (each rest ends).
-    pub sources_resting: usize,
-    /// Peers penalised for lies, corruption or protocol breaks (never for slowness).
-    pub penalised: u32,
-    /// Verified groups received more than once (bytes that crossed a link for nothing).
-    pub duplicate_groups: u64,
-    /// How long no source has held anything (0 while one does).
-    pub waiting_ms: u64,
-    /// "wan" if this node fetches for its site across the WAN, else "lan".
-    pub role: &'static str,
-    /// fetching, complete or failed.
-    pub state: &'static str,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Bytes received from this site / from other sites.
-    pub lan_bytes: u64,
-    /// Bytes received from other sites.
-    pub wan_bytes: u64,
-    /// Sources dropped, by fault.
-    pub dropped: BTreeMap<&'static str, u32>,
-    /// Verified bytes already held when this download started (a resume).
-    pub resumed_bytes: u64,
-    /// Milliseconds since it started.
-    pub elapsed_ms: u64,
-}
+pub type Progress = crate::control::ContentView;
 
 /// The transfer service, shared by the daemon, the server and the download tasks.
 pub struct Transfers {
@@ -251,22 +212,9 @@ impl Transfers {
                 Progress {
                     content: content.to_string(),
                     size_bytes,
-                    have_bytes: 0,
-                    rate_bytes_per_s: 0,
-                    sources_active: 0,
-                    sources_known: 0,
-                    sources_resting: 0,
-                    penalised: 0,
-                    duplicate_groups: 0,
-                    waiting_ms: 0,
-                    role: "lan",
-                    state: "fetching",
-                    error: None,
-                    lan_bytes: 0,
-                    wan_bytes: 0,
-                    dropped: BTreeMap::new(),
-                    resumed_bytes: 0,
-                    elapsed_ms: 0,
+                    role: "lan".into(),
+                    state: "fetching".into(),
+                    ..Default::default()
                 },
             );
         }
@@ -280,14 +228,14 @@ impl Transfers {
                 x.elapsed_ms = started.elapsed().as_millis() as u64;
                 match result {
                     Ok(()) => {
-                        x.state = "complete";
+                        x.state = "complete".into();
                         x.have_bytes = size_bytes;
                         x.sources_active = 0;
                         tracing::info!(content = %content, size_bytes, ms = x.elapsed_ms, lan_bytes = x.lan_bytes, wan_bytes = x.wan_bytes, "payload complete");
                     }
                     Err(e) => {
                         tracing::warn!(content = %content, error = %e, "download stopped");
-                        x.state = "failed";
+                        x.state = "failed".into();
                         x.error = Some(e);
                     }
                 }
@@ -457,10 +405,10 @@ impl Transfers {
             x.sources_active = d.active_sources();
             x.sources_known = d.sources().len();
             x.sources_resting = f.resting();
-            x.role = if d.role() == Role::Wan { "wan" } else { "lan" };
+            x.role = if d.role() == Role::Wan { "wan" } else { "lan" }.into();
             x.lan_bytes = stats.lan_bytes;
             x.wan_bytes = stats.wan_bytes;
-            x.dropped = stats.dropped.clone();
+            x.dropped = stats.dropped.iter().map(|(k, n)| (k.to_string(), *n)).collect();
             x.penalised = stats.penalised;
             x.duplicate_groups = stats.duplicate_groups;
             x.waiting_ms = f.waiting_ms(Millis(started.elapsed().as_millis() as u64));

@@ -12,6 +12,7 @@
 pub mod payload;
 pub mod rollout;
 pub mod scenario;
+pub mod stats;
 pub mod world;
 
 pub use scenario::Scenario;

@@ -66,7 +66,7 @@
 //! payload verified.
 
 use crate::scenario::{Link, PayloadSpec};
-use crate::world::Percentiles;
+use crate::stats::Percentiles;
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId};
 use patchmesh_protocol::transfer::plan::{Action, Download, Params, Request};
 use patchmesh_protocol::transfer::{

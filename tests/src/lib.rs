@@ -11,7 +11,10 @@
 //! Mesh tests take a process-wide lock so they run one at a time: each starts several daemons,
 //! and on a two-core machine running them side by side would only make every one slower.
 
-use serde_json::Value;
+use patchmesh_node::control::{
+    CatalogEntryView, CatalogView, ContentItemView, KeygenOutput, PeerView, StatusView,
+};
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -50,8 +53,8 @@ pub fn cli(args: &[&str]) -> Output {
     Command::new(binary()).args(args).stdin(Stdio::null()).output().expect("running patchmesh")
 }
 
-/// Runs the CLI, requires success and parses its JSON output.
-pub fn cli_json(args: &[&str]) -> Value {
+/// Runs the CLI, requires success and parses its JSON output as `T`.
+pub fn cli_json<T: DeserializeOwned>(args: &[&str]) -> T {
     let out = cli(args);
     assert!(
         out.status.success(),
@@ -151,17 +154,17 @@ impl Mesh {
         for i in 0..n {
             let dir = root.0.join(format!("node{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            let keygen = cli_json(&[
+            let keygen: KeygenOutput = cli_json(&[
                 "node",
                 "keygen",
                 "--out",
                 &dir.join("node.key").display().to_string(),
                 "--json",
             ]);
-            let key = keygen["public_key"].as_str().unwrap().to_string();
+            let key = keygen.public_key;
             let site = format!("site{}", i % sites.max(1));
             let ring = if i == 1 { "canary" } else { "main" };
-            cli_json(&[
+            let _: patchmesh_node::control::AdmitOutput = cli_json(&[
                 "admit",
                 "--node-key",
                 &key,
@@ -244,7 +247,7 @@ impl Mesh {
         let status = wait_for(Duration::from_secs(30), || self.try_status(i));
         let status = status.unwrap_or_else(|| panic!("node {i} did not start:\n{}", self.log(i)));
         if i == 0 {
-            self.bootstrap = status["listen"][0].as_str().map(str::to_string);
+            self.bootstrap = status.listen.first().cloned();
         }
     }
 
@@ -261,7 +264,7 @@ impl Mesh {
     }
 
     /// `patchmesh status --json` of node `i`, if it answers.
-    pub fn try_status(&self, i: usize) -> Option<Value> {
+    pub fn try_status(&self, i: usize) -> Option<StatusView> {
         let out = cli(&["status", "--json", "--config", &self.nodes[i].config()]);
         if !out.status.success() {
             return None;
@@ -270,7 +273,7 @@ impl Mesh {
     }
 
     /// `patchmesh status --json` of node `i`.
-    pub fn status(&self, i: usize) -> Value {
+    pub fn status(&self, i: usize) -> StatusView {
         self.try_status(i).unwrap_or_else(|| panic!("node {i} does not answer:\n{}", self.log(i)))
     }
 
@@ -312,25 +315,25 @@ impl Mesh {
             ],
         );
         assert!(out.status.success(), "patch add: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["content_id"].as_str().unwrap().to_string()
+        let v: patchmesh_node::control::PatchAddOutput =
+            serde_json::from_slice(&out.stdout).unwrap();
+        v.content_id
     }
 
     /// `patchmesh content list --json` of node `i`: content id → its entry.
-    pub fn contents(&self, i: usize) -> std::collections::BTreeMap<String, Value> {
+    pub fn contents(&self, i: usize) -> std::collections::BTreeMap<String, ContentItemView> {
         let out = self.cli_at(i, &["content", "list", "--json"]);
         if !out.status.success() {
             return Default::default();
         }
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        v["contents"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| Some((c["content_id"].as_str()?.to_string(), c.clone())))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let v: patchmesh_node::control::ContentListView =
+            serde_json::from_slice(&out.stdout).expect("content list --json parses");
+        v.contents.into_iter().map(|c| (c.content_id.clone(), c)).collect()
+    }
+
+    /// `patchmesh peers --json` of node `i`.
+    pub fn peers(&self, i: usize) -> Vec<PeerView> {
+        cli_json(&["peers", "--json", "--config", &self.nodes[i].config()])
     }
 
     /// Waits until every running node holds `content` complete.
@@ -340,7 +343,7 @@ impl Mesh {
         wait_for(timeout, || {
             missing = (0..self.nodes.len())
                 .filter(|i| self.nodes[*i].child.is_some())
-                .filter(|i| self.contents(*i).get(content).is_none_or(|c| c["complete"] != true))
+                .filter(|i| self.contents(*i).get(content).is_none_or(|c| !c.complete))
                 .collect();
             missing.is_empty().then_some(())
         })
@@ -359,13 +362,16 @@ impl Mesh {
 
     /// Names of the patches in node `i`'s catalog (`patchmesh catalog show --json`).
     pub fn catalog_names(&self, i: usize) -> Vec<String> {
-        let catalog = cli_json(&["catalog", "show", "--json", "--config", &self.nodes[i].config()]);
-        catalog["entries"]
-            .as_array()
-            .map(|a| {
-                a.iter().filter_map(|e| e["entry"]["name"].as_str().map(String::from)).collect()
+        let catalog: CatalogView =
+            cli_json(&["catalog", "show", "--json", "--config", &self.nodes[i].config()]);
+        catalog
+            .entries
+            .into_iter()
+            .filter_map(|e| match e.entry {
+                CatalogEntryView::Patch { name, .. } => Some(name),
+                _ => None,
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// SIGKILL (kill -9) node `i`.
@@ -390,21 +396,25 @@ impl Mesh {
 
     /// Waits until every running node holds the same catalog with `changes` changes, and nodes
     /// of one site agree on the state hash. Returns the time it took, or the statuses seen.
-    pub fn converge(&self, changes: u64, timeout: Duration) -> Result<Duration, Vec<Value>> {
+    pub fn converge(
+        &self,
+        changes: usize,
+        timeout: Duration,
+    ) -> Result<Duration, Vec<Option<StatusView>>> {
         let start = Instant::now();
         let running: Vec<usize> =
             (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_some()).collect();
-        let mut last = Vec::new();
+        let mut last: Vec<Option<StatusView>> = Vec::new();
         let done = wait_for(timeout, || {
-            last = running.iter().map(|i| self.try_status(*i).unwrap_or(Value::Null)).collect();
-            let catalog_same = last.iter().all(|s| {
-                s["catalog_changes"].as_u64() == Some(changes)
-                    && s["catalog_state"] == last[0]["catalog_state"]
-            });
-            let sites_agree = last.iter().all(|a| {
-                last.iter()
-                    .filter(|b| b["site"] == a["site"])
-                    .all(|b| b["state_hash"] == a["state_hash"])
+            last = running.iter().map(|i| self.try_status(*i)).collect();
+            let all: Vec<&StatusView> = last.iter().flatten().collect();
+            let first = all.first()?;
+            let catalog_same = all.len() == last.len()
+                && all.iter().all(|s| {
+                    s.catalog_changes == changes && s.catalog_state == first.catalog_state
+                });
+            let sites_agree = all.iter().all(|a| {
+                all.iter().filter(|b| b.site == a.site).all(|b| b.state_hash == a.state_hash)
             });
             (catalog_same && sites_agree).then_some(())
         });
@@ -436,4 +446,72 @@ pub fn test_swarm(
     };
     let mut registry = libp2p::metrics::Registry::default();
     Ok(patchmesh_node::net::build(patchmesh_node::net::keypair_of(key), &cfg, &mut registry)?)
+}
+
+/// What the `rogue` test peer (no valid certificate) prints when it ends.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct RogueReport {
+    /// Its peer id.
+    pub peer_id: String,
+    /// When its connection to the target came up.
+    pub connected_ms: Option<u64>,
+    /// When the target dropped it.
+    pub disconnected_ms: Option<u64>,
+    /// Whether it was still connected at the end.
+    pub connected_at_end: bool,
+    /// Connections it held at the end.
+    pub connections_at_end: usize,
+    /// Mesh messages it received by pubsub.
+    pub gossip_received: u32,
+    /// Messages it published.
+    pub gossip_published: u32,
+    /// Whether it sent its self-signed hello.
+    pub hello_sent: bool,
+}
+
+/// What the `evil` test peer (an admitted source that misbehaves) prints when it ends.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct EvilReport {
+    /// Its peer id.
+    pub peer_id: String,
+    /// How it misbehaved.
+    pub mode: String,
+    /// "What do you hold" questions it answered.
+    pub have_asked: u32,
+    /// Outboard requests it answered.
+    pub outboards_asked: u32,
+    /// Range requests it answered.
+    pub ranges_asked: u32,
+    /// When the target dropped it.
+    pub disconnected_ms: Option<u64>,
+    /// The target's answer to an oversized range request, if it made one.
+    pub big_range_reply: Option<String>,
+}
+
+/// The JSON line `scripts/bench-wan.sh` ends with.
+#[derive(Debug, serde::Deserialize)]
+pub struct WanReport {
+    /// Sites.
+    pub sites: usize,
+    /// Nodes.
+    pub nodes: usize,
+    /// Penalties the nodes gave (all peers are honest).
+    pub penalties: u64,
+    /// Payload size.
+    pub payload_bytes: u64,
+    /// Largest bytes into a site over its WAN link ÷ payload.
+    pub wan_ratio_max: f64,
+    /// Publication → every node holds it.
+    pub all_complete_ms: u64,
+    /// Per site.
+    pub per_site: std::collections::BTreeMap<String, WanSite>,
+}
+
+/// One site of a [`WanReport`].
+#[derive(Debug, serde::Deserialize)]
+pub struct WanSite {
+    /// Bytes into the site over its WAN link ÷ payload (kernel counters).
+    pub wan_rx_ratio: f64,
+    /// Bytes the site's nodes fetched from other sites ÷ payload (their own counters).
+    pub node_wan_ratio: f64,
 }

@@ -1,27 +1,24 @@
 //! Real `patchmesh node run` processes on 127.0.0.1.
 
-use patchmesh_tests::{cli_json, serial, wait_for, Mesh};
+use patchmesh_node::control::{KeygenOutput, StatusView};
+use patchmesh_tests::{cli_json, serial, wait_for, Mesh, RogueReport};
 use std::process::Command;
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
 /// Refusals other than stale versions (which honest gossip races produce).
-fn refusals(status: &serde_json::Value) -> u64 {
-    status["rejected"].as_object().map_or(0, |m| {
-        m.iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "replay" | "gap"))
-            .map(|(_, v)| v.as_u64().unwrap_or(0))
-            .sum()
-    })
+fn refusals(status: &StatusView) -> u64 {
+    status.rejected.iter().filter(|(k, _)| !matches!(k.as_str(), "replay" | "gap")).map(|(_, n)| n).sum()
 }
 
-fn converged(mesh: &Mesh, changes: u64) {
+fn converged(mesh: &Mesh, changes: usize) {
     if let Err(seen) = mesh.converge(changes, CONVERGE) {
         let summary: Vec<String> = seen
             .iter()
-            .map(|s| {
-                format!("{} changes={} state={}", s["site"], s["catalog_changes"], s["state_hash"])
+            .map(|s| match s {
+                Some(s) => format!("{} changes={} state={}", s.site, s.catalog_changes, s.state_hash),
+                None => "(no answer)".to_string(),
             })
             .collect();
         panic!(
@@ -44,8 +41,8 @@ fn a_change_published_at_one_node_reaches_all_ten() {
         let names = mesh.catalog_names(i);
         assert_eq!(names, ["openssl-3.0.13"], "node {i}");
         let status = mesh.status(i);
-        assert!(status["peers_admitted"].as_u64().unwrap() >= 1, "node {i}: {status}");
-        assert_eq!(refusals(&status), 0, "honest nodes refused something: {status}");
+        assert!(status.peers_admitted >= 1, "node {i}: {status:?}");
+        assert_eq!(refusals(&status), 0, "honest nodes refused something: {status:?}");
     }
     // A second admin change from another node and site converges too.
     let out = mesh.publish(2, "curl-8.5.0");
@@ -69,22 +66,21 @@ fn a_peer_without_a_certificate_gets_nothing_in_and_is_dropped() {
     // While the rogue is connected (before its hello), the admin publishes: the rogue must not
     // receive it.
     let connected = wait_for(Duration::from_secs(20), || {
-        let peers = cli_json(&["peers", "--json", "--config", &mesh.nodes[0].config()]);
-        peers.as_array().unwrap().iter().any(|p| p["admitted"] == false).then_some(())
+        mesh.peers(0).iter().any(|p| !p.admitted).then_some(())
     });
     assert!(connected.is_some(), "the rogue never connected");
     let out = mesh.publish(0, "honest");
     assert!(out.status.success());
     let report = rogue.wait_with_output().unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    assert!(report["gossip_published"].as_u64().unwrap() >= 1, "{report}");
-    assert_eq!(report["gossip_received"], 0, "an unadmitted peer received mesh data: {report}");
-    assert!(report["hello_sent"].as_bool().unwrap(), "{report}");
-    assert!(!report["disconnected_ms"].is_null(), "the rogue was never disconnected: {report}");
-    assert_eq!(report["connected_at_end"], false, "{report}");
+    let report: RogueReport = serde_json::from_slice(&report.stdout).unwrap();
+    assert!(report.gossip_published >= 1, "{report:?}");
+    assert_eq!(report.gossip_received, 0, "an unadmitted peer received mesh data: {report:?}");
+    assert!(report.hello_sent, "{report:?}");
+    assert!(report.disconnected_ms.is_some(), "the rogue was never disconnected: {report:?}");
+    assert!(!report.connected_at_end, "{report:?}");
     // Nodes that found the rogue through the DHT and dialled it dropped it too (no valid hello
     // within the admission timeout).
-    assert_eq!(report["connections_at_end"], 0, "honest nodes stayed connected: {report}");
+    assert_eq!(report.connections_at_end, 0, "honest nodes stayed connected: {report:?}");
     // No honest node stored or relayed the forged change: everyone holds only the honest one.
     converged(&mesh, 1);
     for i in 0..4 {
@@ -92,10 +88,10 @@ fn a_peer_without_a_certificate_gets_nothing_in_and_is_dropped() {
         assert_eq!(names, ["honest"], "node {i}");
     }
     let s0 = mesh.status(0);
-    assert!(s0["unadmitted_dropped"].as_u64().unwrap() >= 1, "{s0}");
-    assert!(refusals(&s0) >= 1, "the self-signed hello was not refused: {s0}\nrogue: {report}");
-    let peers = cli_json(&["peers", "--json", "--config", &mesh.nodes[0].config()]);
-    assert!(peers.as_array().unwrap().iter().all(|p| p["admitted"] == true), "{peers}");
+    assert!(s0.unadmitted_dropped >= 1, "{s0:?}");
+    assert!(refusals(&s0) >= 1, "the self-signed hello was not refused: {s0:?}\nrogue: {report:?}");
+    let peers = mesh.peers(0);
+    assert!(peers.iter().all(|p| p.admitted), "{peers:?}");
 }
 
 #[test]
@@ -107,13 +103,13 @@ fn restart_and_kill_9_keep_and_reverify_state() {
     converged(&mesh, 1);
 
     // A clean restart comes back with the same state hash, from its own store.
-    let before = mesh.status(3)["state_hash"].clone();
+    let before = mesh.status(3).state_hash;
     mesh.stop(3);
     mesh.start(3);
     let after = mesh.status(3);
-    assert_eq!(after["state_hash"], before, "{after}");
-    assert!(after["restored_objects"].as_u64().unwrap() >= 6, "{after}");
-    assert_eq!(after["restore_refused"], 0, "{after}");
+    assert_eq!(after.state_hash, before, "{after:?}");
+    assert!(after.restored_objects >= 6, "{after:?}");
+    assert_eq!(after.restore_refused, 0, "{after:?}");
 
     // kill -9 while changes stream in: the store opens, everything re-verifies, it catches up.
     let publisher = {
@@ -150,7 +146,7 @@ fn restart_and_kill_9_keep_and_reverify_state() {
     publisher.join().unwrap();
     mesh.start(2);
     let restarted = mesh.status(2);
-    assert_eq!(restarted["restore_refused"], 0, "{restarted}");
+    assert_eq!(restarted.restore_refused, 0, "{restarted:?}");
     converged(&mesh, 13);
 }
 
@@ -160,15 +156,15 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     let mut mesh = Mesh::new("revoke", 5, 2);
     mesh.start_all();
     let second = mesh.root.0.join("second.key").display().to_string();
-    let key = cli_json(&["admin", "keygen", "--out", &second, "--json"]);
-    let second_pub = key["public_key"].as_str().unwrap().to_string();
+    let key: KeygenOutput = cli_json(&["admin", "keygen", "--out", &second, "--json"]);
+    let second_pub = key.public_key;
     let root = mesh.mesh_dir().join("root.key").display().to_string();
 
     let add =
         mesh.cli_at(0, &["admin", "add", "--key", &second_pub, "--root-key", &root, "--json"]);
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
     let all_at = |v: u64| {
-        wait_for(CONVERGE, || (0..5).all(|i| mesh.status(i)["trust_version"] == v).then_some(()))
+        wait_for(CONVERGE, || (0..5).all(|i| mesh.status(i).trust_version == v).then_some(()))
     };
     assert!(all_at(2).is_some(), "admin set 2 did not spread");
 
@@ -212,8 +208,8 @@ fn with_a_mesh_psk_members_converge_and_strangers_cannot_handshake() {
         .args([&genesis, "site0", &target, "500", "4000"])
         .output()
         .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["connected_ms"].is_null(), "a stranger completed a handshake: {report}");
-    assert_eq!(report["gossip_received"], 0);
-    assert_eq!(mesh.status(0)["unadmitted_dropped"], 0);
+    let report: RogueReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report.connected_ms.is_none(), "a stranger completed a handshake: {report:?}");
+    assert_eq!(report.gossip_received, 0);
+    assert_eq!(mesh.status(0).unadmitted_dropped, 0);
 }

@@ -1,7 +1,7 @@
 //! Payload transfer between real node processes on 127.0.0.1.
 
-use patchmesh_tests::{serial, wait_for, Mesh};
-use serde_json::Value;
+use patchmesh_node::control::{AdmitOutput, ContentView, KeygenOutput, PeerView};
+use patchmesh_tests::{serial, wait_for, EvilReport, Mesh};
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ fn random_file(path: &Path, len: usize, seed: u64) -> String {
 }
 
 /// Where node `i` stands on `content` (`patchmesh fetch --json` once it is complete).
-fn fetched(mesh: &Mesh, i: usize, content: &str) -> Value {
+fn fetched(mesh: &Mesh, i: usize, content: &str) -> ContentView {
     let out = mesh.cli_at(i, &["fetch", content, "--json", "--timeout-s", "120"]);
     assert!(
         out.status.success(),
@@ -58,8 +58,8 @@ fn a_published_payload_reaches_every_node_crossing_each_site_once() {
     let mut wan_by_site = [0u64; 2];
     for i in 1..6 {
         let p = fetched(&mesh, i, &content);
-        assert_eq!(p["state"], "complete", "{p}");
-        wan_by_site[i % 2] += p["wan_bytes"].as_u64().unwrap();
+        assert_eq!(p.state, "complete", "{p:?}");
+        wan_by_site[i % 2] += p.wan_bytes;
     }
     assert_eq!(wan_by_site[0], 0, "site 0 holds the origin and must not fetch from site 1");
     let ratio = wan_by_site[1] as f64 / size as f64;
@@ -72,12 +72,13 @@ fn extra_identity(mesh: &Mesh, name: &str, site: &str) -> (String, String) {
     let dir = mesh.root.0.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let key_path = dir.join("node.key").display().to_string();
-    let keygen = patchmesh_tests::cli_json(&["node", "keygen", "--out", &key_path, "--json"]);
+    let keygen: KeygenOutput =
+        patchmesh_tests::cli_json(&["node", "keygen", "--out", &key_path, "--json"]);
     let cert = dir.join("admission.pm").display().to_string();
-    patchmesh_tests::cli_json(&[
+    let _: AdmitOutput = patchmesh_tests::cli_json(&[
         "admit",
         "--node-key",
-        keygen["public_key"].as_str().unwrap(),
+        &keygen.public_key,
         "--site",
         site,
         "--admin-key",
@@ -92,7 +93,7 @@ fn extra_identity(mesh: &Mesh, name: &str, site: &str) -> (String, String) {
 }
 
 fn listen_addr(mesh: &Mesh, i: usize) -> String {
-    mesh.status(i)["listen"][0].as_str().unwrap().to_string()
+    mesh.status(i).listen[0].clone()
 }
 
 fn spawn_evil(
@@ -120,8 +121,8 @@ fn spawn_evil(
 
 fn admitted_peers(mesh: &Mesh, i: usize) -> usize {
     let out = mesh.cli_at(i, &["peers", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array().map_or(0, |a| a.iter().filter(|p| p["admitted"] == true).count())
+    let peers: Vec<PeerView> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    peers.iter().filter(|p| p.admitted).count()
 }
 
 #[test]
@@ -152,31 +153,25 @@ fn lying_corrupt_slow_and_overrunning_sources_are_dropped_and_the_download_compl
         [("corrupt", "corrupt"), ("lied", "lie"), ("slow", "slow"), ("overrun", "overrun")]
     {
         assert!(
-            p["dropped"][fault].as_u64().unwrap_or(0) >= 1,
-            "the {mode} source was not dropped: {p}\n{}",
+            p.dropped.get(fault).copied().unwrap_or(0) >= 1,
+            "the {mode} source was not dropped: {p:?}\n{}",
             mesh.log(1)
         );
     }
     // Each was asked for data. Each liar was penalised by the node; the slow one was only
     // rested: slowness is the path's doing, never an offence.
-    let peers: Value =
-        serde_json::from_slice(&mesh.cli_at(1, &["peers", "--json"]).stdout).unwrap();
+    let peers = mesh.peers(1);
     for (m, child) in modes.iter().zip(evil) {
         let out = child.wait_with_output().unwrap();
-        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(r["ranges_asked"].as_u64().unwrap() >= 1, "{m}: {r}");
-        let penalties = peers
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["peer_id"] == r["peer_id"])
-            .and_then(|x| x["penalties"].as_u64());
+        let r: EvilReport = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(r.ranges_asked >= 1, "{m}: {r:?}");
+        let penalties = peers.iter().find(|x| x.peer_id == r.peer_id).map(|x| x.penalties);
         if *m == "slow" {
-            assert_eq!(penalties, Some(0), "the slow source was penalised: {r}\n{peers}");
-            assert!(r["disconnected_ms"].is_null(), "the slow source was disconnected: {r}");
+            assert_eq!(penalties, Some(0), "the slow source was penalised: {r:?}\n{peers:?}");
+            assert!(r.disconnected_ms.is_none(), "the slow source was disconnected: {r:?}");
         } else {
-            let penalised = penalties.unwrap_or(0) >= 1 || !r["disconnected_ms"].is_null();
-            assert!(penalised, "{m} was not penalised: {r}\n{peers}");
+            let penalised = penalties.unwrap_or(0) >= 1 || r.disconnected_ms.is_some();
+            assert!(penalised, "{m} was not penalised: {r:?}\n{peers:?}");
         }
     }
 }
@@ -192,19 +187,15 @@ fn an_oversized_range_request_is_refused_and_penalised() {
     let evil = spawn_evil(&mesh, 0, &file, "big-range", 12_000);
     // While it is connected, the node has penalised it.
     let penalised = wait_for(Duration::from_secs(10), || {
-        let peers: Value =
+        let peers: Vec<PeerView> =
             serde_json::from_slice(&mesh.cli_at(0, &["peers", "--json"]).stdout).ok()?;
-        peers
-            .as_array()?
-            .iter()
-            .any(|x| x["admitted"] == true && x["penalties"].as_u64().unwrap_or(0) >= 1)
-            .then_some(())
+        peers.iter().any(|x| x.admitted && x.penalties >= 1).then_some(())
     });
     let out = evil.wait_with_output().unwrap();
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let reply = r["big_range_reply"].as_str().unwrap_or_default();
-    assert!(reply.contains("Refused") && reply.contains("+0 bytes"), "{r}");
-    assert!(penalised.is_some(), "the node never penalised the requester: {r}");
+    let r: EvilReport = serde_json::from_slice(&out.stdout).unwrap();
+    let reply = r.big_range_reply.as_deref().unwrap_or_default();
+    assert!(reply.contains("Refused") && reply.contains("+0 bytes"), "{r:?}");
+    assert!(penalised.is_some(), "the node never penalised the requester: {r:?}");
 }
 
 #[test]
@@ -251,8 +242,8 @@ fn a_catalog_size_that_does_not_match_the_content_is_never_completed() {
     std::thread::sleep(Duration::from_secs(3));
     for i in 0..2 {
         let c = mesh.contents(i);
-        assert_eq!(c[&real]["size_bytes"], 2 * 1024 * 1024, "node {i}: {c:?}");
-        assert_eq!(c[&real]["complete"], true);
+        assert_eq!(c[&real].size_bytes, 2 * 1024 * 1024, "node {i}: {c:?}");
+        assert!(c[&real].complete);
     }
 }
 
@@ -269,18 +260,18 @@ fn a_download_killed_mid_way_resumes_without_fetching_a_verified_group_twice() {
         mesh.publish_file(0, "agent-2.4", &file)
     };
     let before = wait_for(Duration::from_secs(30), || {
-        let have = mesh.contents(1).get(&content)?["have_bytes"].as_u64()?;
+        let have = mesh.contents(1).get(&content)?.have_bytes;
         (have >= 4 * 1024 * 1024).then_some(have)
     })
     .expect("the download never got going");
     mesh.kill(1);
     mesh.start(1);
     let p = fetched(&mesh, 1, &content);
-    let resumed = p["resumed_bytes"].as_u64().unwrap();
-    let received = p["lan_bytes"].as_u64().unwrap() + p["wan_bytes"].as_u64().unwrap();
+    let resumed = p.resumed_bytes;
+    let received = p.lan_bytes + p.wan_bytes;
     assert!(resumed >= before, "kept {resumed} bytes, had verified {before} before the kill");
     assert!(resumed < size as u64);
-    assert_eq!(received, size as u64 - resumed, "{p}");
+    assert_eq!(received, size as u64 - resumed, "{p:?}");
     let data = std::fs::read(mesh.nodes[1].dir.join("data/content").join(&content)).unwrap();
     assert_eq!(blake3::hash(&data).to_hex().to_string(), content);
 }
@@ -311,10 +302,10 @@ fn a_full_disk_stops_the_download_keeps_verified_groups_and_resumes_after() {
     let content = mesh.publish_file(0, "agent-2.5", &file);
     let out = mesh.cli_at(1, &["fetch", &content, "--json", "--timeout-s", "60"]);
     assert!(!out.status.success(), "a 6 MiB payload fit in 3 MiB?");
-    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(p["state"], "failed", "{p}");
-    assert!(p["error"].as_str().unwrap().contains("disk full"), "{p}");
-    let kept = mesh.contents(1)[&content]["have_bytes"].as_u64().unwrap();
+    let p: ContentView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p.state, "failed", "{p:?}");
+    assert!(p.error.as_deref().unwrap_or_default().contains("disk full"), "{p:?}");
+    let kept = mesh.contents(1)[&content].have_bytes;
     assert!(kept > 0 && kept < size as u64, "kept {kept}");
     // More room: the same fetch resumes from what was kept and completes.
     let grown = std::process::Command::new("mount")
@@ -323,8 +314,8 @@ fn a_full_disk_stops_the_download_keeps_verified_groups_and_resumes_after() {
         .unwrap();
     assert!(grown.success());
     let p = fetched(&mesh, 1, &content);
-    assert_eq!(p["resumed_bytes"].as_u64().unwrap(), kept, "{p}");
-    assert_eq!(p["lan_bytes"].as_u64().unwrap(), size as u64 - kept, "{p}");
+    assert_eq!(p.resumed_bytes, kept, "{p:?}");
+    assert_eq!(p.lan_bytes, size as u64 - kept, "{p:?}");
     let data = std::fs::read(store.join(&content)).unwrap();
     assert_eq!(blake3::hash(&data).to_hex().to_string(), content);
 }

@@ -1,21 +1,26 @@
 //! Rollouts on real node processes: the demo end to end, kill -9 at every journal step, a hung
 //! install, a skewed clock, and a rollout signed by someone who is not an admin.
 
+use patchmesh_node::control::{
+    DemoReport, PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
+};
 use patchmesh_tests::{binary, serial, wait_for, Mesh};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn rollout_view(m: &Mesh, i: usize, id: &str) -> Option<Value> {
+fn rollouts(m: &Mesh, i: usize) -> Option<RolloutStatusOutput> {
     let out = m.cli_at(i, &["rollout", "status", "--json"]);
     if !out.status.success() {
         return None;
     }
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["rollouts"].as_array()?.iter().find(|r| r["id"] == id).cloned()
+    Some(serde_json::from_slice(&out.stdout).expect("rollout status --json parses"))
+}
+
+fn rollout_view(m: &Mesh, i: usize, id: &str) -> Option<RolloutView> {
+    rollouts(m, i)?.rollouts.into_iter().find(|r| r.id == id)
 }
 
 fn target(m: &Mesh, i: usize) -> PathBuf {
@@ -35,8 +40,8 @@ fn add_patch(m: &Mesh, i: usize, body: &[u8], extra: &[&str]) -> String {
     args.extend(["--admin-key", admin.as_str(), "--json"]);
     let out = m.cli_at(i, &args);
     assert!(out.status.success(), "patch add: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["content_id"].as_str().unwrap().to_string()
+    let v: PatchAddOutput = serde_json::from_slice(&out.stdout).unwrap();
+    v.content_id
 }
 
 fn create(m: &Mesh, i: usize, content: &str, rings: &[&str]) -> String {
@@ -48,12 +53,12 @@ fn create(m: &Mesh, i: usize, content: &str, rings: &[&str]) -> String {
     args.extend(["--admin-key", admin.as_str(), "--json"]);
     let out = m.cli_at(i, &args);
     assert!(out.status.success(), "rollout create: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["rollout"].as_str().unwrap().to_string()
+    let v: RolloutCreateOutput = serde_json::from_slice(&out.stdout).unwrap();
+    v.rollout
 }
 
 fn local_step(m: &Mesh, i: usize, id: &str) -> Option<String> {
-    rollout_view(m, i, id)?["local"]["step"].as_str().map(str::to_string)
+    rollout_view(m, i, id)?.local.map(|l| l.step)
 }
 
 #[test]
@@ -64,19 +69,19 @@ fn the_demo_rolls_a_good_patch_and_halts_a_bad_one_with_no_blast_radius() {
         .output()
         .unwrap();
     assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["blast_radius"], 0, "{v}");
-    assert_eq!(v["nodes_on_good_version"], 6, "{v}");
-    assert!(v["halt_latency_ms"].is_u64(), "{v}");
-    let rings = v["rings"].as_array().unwrap();
+    let v: DemoReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.blast_radius, 0, "{v:?}");
+    assert_eq!(v.nodes_on_good_version, 6, "{v:?}");
+    assert!(v.ok, "{v:?}");
+    let rings = &v.rings;
     assert_eq!(rings.len(), 3);
-    let targeted: u64 = rings.iter().map(|r| r["targeted"].as_u64().unwrap()).sum();
-    let succeeded: u64 = rings.iter().map(|r| r["succeeded"].as_u64().unwrap()).sum();
-    assert_eq!((targeted, succeeded), (6, 6), "{v}");
-    let bad = v["bad"]["rings"].as_array().unwrap();
-    assert_eq!(bad[0]["failed"], 2, "both canaries failed verification: {v}");
-    assert_eq!(bad[0]["rolled_back"], 2, "{v}");
-    assert!(v["wan_ratio_max"].as_f64().unwrap() <= 1.05, "{v}");
+    let targeted: u64 = rings.iter().map(|r| r.targeted).sum();
+    let succeeded: u64 = rings.iter().map(|r| r.succeeded).sum();
+    assert_eq!((targeted, succeeded), (6, 6), "{v:?}");
+    let bad = &v.bad.rings;
+    assert_eq!(bad[0].failed, 2, "both canaries failed verification: {v:?}");
+    assert_eq!(bad[0].rolled_back, 2, "{v:?}");
+    assert!(v.wan_ratio_max <= 1.05, "{v:?}");
 }
 
 /// One node, one ring; the node is killed with SIGKILL right after its journal reached `step`,
@@ -104,9 +109,8 @@ fn crash_at(step: &str, bad: bool) {
     assert!(m.log(0).contains("PATCHMESH_TEST_CRASH_AT: killing this node"), "died otherwise:\n{}", m.log(0));
     m.node_env.clear();
     m.start(0);
-    let out = m.cli_at(0, &["rollout", "status", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = v["rollouts"][0]["id"].as_str().expect("the rollout survived the crash").to_string();
+    let status = rollouts(&m, 0).expect("the node answers");
+    let id = status.rollouts.first().expect("the rollout survived the crash").id.clone();
     let want_terminal = if bad { "rolled_back" } else { "committed" };
     let end = wait_for(WAIT, || {
         local_step(&m, 0, &id).filter(|s| matches!(s.as_str(), "committed" | "rolled_back" | "failed"))
@@ -146,23 +150,23 @@ fn a_hanging_install_times_out_and_rolls_back() {
         "--admin-key", &admin, "--json",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let cmd_content = serde_json::from_slice::<Value>(&out.stdout).unwrap()["content_id"].as_str().unwrap().to_string();
+    let cmd_content = serde_json::from_slice::<PatchAddOutput>(&out.stdout).unwrap().content_id;
     assert_ne!(cmd_content, content);
     let id = create(&m, 0, &cmd_content, &["all:100"]);
     let end = wait_for(WAIT, || local_step(&m, 0, &id).filter(|s| s == "rolled_back" || s == "failed"));
     assert_eq!(end.as_deref(), Some("rolled_back"), "{}", m.log(0));
     let view = rollout_view(&m, 0, &id).unwrap();
-    assert_eq!(view["local"]["failed"], true);
+    assert!(view.local.as_ref().is_some_and(|l| l.failed), "{view:?}");
     assert!(marker.exists(), "the rollback command ran");
     let audit = std::fs::read_to_string(m.nodes[0].dir.join("data").join("audit.jsonl")).unwrap();
     assert!(audit.lines().any(|l| l.contains("\"timed_out\":true")), "audit log records the timeout:\n{audit}");
     // The halt follows from its own failure report (max failures 0).
-    assert_eq!(view["control"]["state"], "halted", "{view}");
+    assert_eq!(view.state(), "halted", "{view:?}");
 }
 
 fn wait_halted(m: &Mesh, nodes: &[usize], id: &str) -> bool {
     wait_for(WAIT, || {
-        nodes.iter().all(|i| rollout_view(m, *i, id).is_some_and(|v| v["control"]["state"] == "halted")).then_some(())
+        nodes.iter().all(|i| rollout_view(m, *i, id).is_some_and(|v| v.state() == "halted")).then_some(())
     })
     .is_some()
 }
@@ -187,9 +191,7 @@ fn a_node_a_day_ahead_still_halts_and_a_non_admin_cannot_create_rollouts() {
         "--admin-key", outsider.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(4), "a non-admin rollout is refused: {}", String::from_utf8_lossy(&out.stderr));
-    let out = m.cli_at(0, &["rollout", "status", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["rollouts"].as_array().unwrap().len(), 0, "nothing was published");
+    assert_eq!(rollouts(&m, 0).expect("the node answers").rollouts.len(), 0, "nothing was published");
 
     let id = create(&m, 0, &content, &["canary:0:ring=canary", "all:100"]);
     assert!(wait_halted(&m, &[0, 1, 2, 3], &id), "not every node halted:\n{}", m.log(3));
@@ -197,7 +199,7 @@ fn a_node_a_day_ahead_still_halts_and_a_non_admin_cannot_create_rollouts() {
     assert!(end.is_some(), "the canary rolled back:\n{}", m.log(1));
     for i in [0, 2, 3] {
         let v = rollout_view(&m, i, &id).unwrap();
-        assert!(v["local"].is_null(), "node {i} outside the canary ring started an install: {v}");
+        assert!(v.local.is_none(), "node {i} outside the canary ring started an install: {v:?}");
         assert_eq!(std::fs::read(target(&m, i)).unwrap(), b"old\n");
     }
     assert_eq!(std::fs::read(target(&m, 1)).unwrap(), b"old\n", "the canary is back on the old file");

@@ -10,6 +10,7 @@
 //! journal entry for that step was flushed: exactly the crash the journal exists for.
 
 use super::Daemon;
+use crate::control;
 use crate::executor::{DpkgRoot, ExecKind, ExecSpec, Executor, StepReport, Workspace};
 use patchmesh_protocol::catalog::PatchEntry;
 use patchmesh_protocol::ids::ContentId;
@@ -50,7 +51,7 @@ impl Daemon {
         match &ev {
             RolloutEvent::Stopped { rollout, control } => {
                 tracing::warn!(%rollout, ?control, "rollout stopped");
-                self.rollout_stopped.entry(*rollout).or_insert_with(super::now_ms);
+                self.rollout_stopped.entry(*rollout).or_insert_with(crate::clock::now_ms);
                 self.audit(json!({"event": "stopped", "rollout": rollout.to_string(), "control": control}));
             }
             RolloutEvent::Step { rollout, ring, step } => {
@@ -62,7 +63,7 @@ impl Daemon {
 
     pub(super) fn audit(&self, mut entry: serde_json::Value) {
         use std::io::Write;
-        entry["at_ms"] = json!(super::now_ms().0);
+        entry["at_ms"] = json!(crate::clock::now_ms().0);
         let path = self.cfg.data_dir.join("audit.jsonl");
         let line = entry.to_string() + "\n";
         let written = std::fs::OpenOptions::new()
@@ -180,9 +181,13 @@ impl Daemon {
                 if transfers.store().complete_path(&content).is_some() {
                     break (true, "payload held".to_string());
                 }
-                let state = transfers.progress().get(&content).map(|p| (p.state, p.error.clone()));
-                if let Some(("failed", err)) = state {
-                    break (false, format!("fetch failed: {}", err.unwrap_or_default()));
+                let failed = transfers
+                    .progress()
+                    .get(&content)
+                    .filter(|p| p.state == "failed")
+                    .map(|p| p.error.clone().unwrap_or_default());
+                if let Some(err) = failed {
+                    break (false, format!("fetch failed: {err}"));
                 }
                 if started.elapsed() > FETCH_WAIT {
                     break (false, "fetch timed out".to_string());
@@ -194,83 +199,100 @@ impl Daemon {
     }
 
     /// Every rollout as this node sees it.
-    pub(super) fn rollouts_json(&self) -> serde_json::Value {
+    pub(super) fn rollouts_view(&self) -> control::RolloutsView {
         let policies = self.node.policies();
         let engine = self.node.rollouts();
         let mut out = Vec::new();
         for (id, authored) in &policies.rollouts {
             let r = &authored.rollout;
             let verdict = engine.verdicts().get(id);
-            let rings: Vec<serde_json::Value> = r
+            let rings = r
                 .rings
                 .iter()
                 .enumerate()
                 .map(|(i, spec)| {
                     let stats = verdict.and_then(|v| v.rings.get(i)).copied().unwrap_or_default();
-                    json!({
-                        "name": spec.name, "percent": spec.percent, "labels": spec.labels,
-                        "gate": {
-                            "min_success_permille": spec.gate.min_success_permille,
-                            "max_failures": spec.gate.max_failures,
-                            "max_failure_permille": spec.gate.max_failure_permille,
-                            "min_soak_ms": spec.gate.min_soak_ms,
-                            "min_reports": spec.gate.min_reports,
+                    control::RingView {
+                        name: spec.name.clone(),
+                        percent: spec.percent,
+                        labels: spec.labels.clone(),
+                        gate: control::GateView {
+                            min_success_permille: spec.gate.min_success_permille,
+                            max_failures: spec.gate.max_failures,
+                            max_failure_permille: spec.gate.max_failure_permille,
+                            min_soak_ms: spec.gate.min_soak_ms,
+                            min_reports: spec.gate.min_reports,
                         },
-                        "targeted": stats.targeted, "pending": stats.pending,
-                        "installing": stats.installing, "succeeded": stats.succeeded,
-                        "failed": stats.failed, "rolled_back": stats.rolled_back,
-                    })
+                        targeted: stats.targeted,
+                        pending: stats.pending,
+                        installing: stats.installing,
+                        succeeded: stats.succeeded,
+                        failed: stats.failed,
+                        rolled_back: stats.rolled_back,
+                    }
                 })
                 .collect();
-            let commands: Vec<serde_json::Value> = policies
+            let commands = policies
                 .commands
                 .get(id)
                 .into_iter()
                 .flatten()
-                .map(|(key, c)| json!({
-                    "key": key, "action": c.action, "admin": c.admin.to_string(), "issued_at_ms": c.issued_at.0,
-                }))
+                .map(|(key, c)| control::CommandView {
+                    key: key.clone(),
+                    action: c.action.clone(),
+                    admin: c.admin.to_string(),
+                    issued_at_ms: c.issued_at.0,
+                })
                 .collect();
-            let local = engine.journal().get(id).map(|j| json!({
-                "ring": j.ring, "step": j.step.name(), "failed": j.failed,
-                "failed_at_ms": j.failed_at.map(|m| m.0),
-                "started_at_ms": j.started_at.0, "step_at_ms": j.step_at.0,
-                "checks": j.checks, "detail": j.detail,
-            }));
-            let standing = engine.standings().get(id).map(|s| json!({
-                "ring": if s.ring == patchmesh_protocol::rollout::NO_RING { None } else { Some(s.ring) },
-                "status": format!("{:?}", s.status),
-            }));
-            let patch = policies.patches.get(&r.content_id);
-            out.push(json!({
-                "id": id.to_string(),
-                "hash": hex::encode(authored.hash),
-                "author": authored.author.to_string(),
-                "content_id": r.content_id.to_string(),
-                "patch": patch.map(|p| json!({"name": p.name, "version": p.version, "executor": p.executor.kind, "size_bytes": p.size_bytes})),
-                "created_at_ms": r.created_at.0,
-                "control": verdict.map(|v| json!(v.control)),
-                "approvals": verdict.map(|v| v.approvals),
-                "approvals_needed": verdict.map(|v| v.approvals_needed),
-                "open_rings": verdict.map(|v| v.open_rings),
-                "waiting": verdict.map(|v| v.waiting.clone()),
-                "rings": rings,
-                "commands": commands,
-                "local": local,
-                "standing": standing,
-                "stopped_at_ms": self.rollout_stopped.get(id).map(|m| m.0),
-                "max_targets": r.max_targets,
-                "rollback_on_halt": r.rollback_on_halt,
-            }));
+            let local = engine.journal().get(id).map(|j| control::LocalView {
+                ring: j.ring,
+                step: j.step.name().to_string(),
+                failed: j.failed,
+                failed_at_ms: j.failed_at.map(|m| m.0),
+                started_at_ms: j.started_at.0,
+                step_at_ms: j.step_at.0,
+                checks: j.checks,
+                detail: j.detail.clone(),
+            });
+            let standing = engine.standings().get(id).map(|s| control::StandingView {
+                ring: (s.ring != patchmesh_protocol::rollout::NO_RING).then_some(s.ring),
+                status: format!("{:?}", s.status),
+            });
+            let patch = policies.patches.get(&r.content_id).map(|p| control::PatchBrief {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                executor: p.executor.kind.clone(),
+                size_bytes: p.size_bytes,
+            });
+            out.push(control::RolloutView {
+                id: id.to_string(),
+                hash: hex::encode(authored.hash),
+                author: authored.author.to_string(),
+                content_id: r.content_id.to_string(),
+                patch,
+                created_at_ms: r.created_at.0,
+                control: verdict.map(|v| v.control.clone()),
+                approvals: verdict.map(|v| v.approvals),
+                approvals_needed: verdict.map(|v| v.approvals_needed),
+                open_rings: verdict.map(|v| v.open_rings),
+                waiting: verdict.map(|v| v.waiting.clone()),
+                rings,
+                commands,
+                local,
+                standing,
+                stopped_at_ms: self.rollout_stopped.get(id).map(|m| m.0),
+                max_targets: r.max_targets,
+                rollback_on_halt: r.rollback_on_halt,
+            });
         }
-        json!({
-            "node": self.node.id().to_string(),
-            "site": self.cert.site.to_string(),
-            "now_ms": super::now_ms().0,
-            "rollouts": out,
-            "ignored": policies.ignored,
-            "alarms": self.node.alarms().len(),
-        })
+        control::RolloutsView {
+            node: self.node.id().to_string(),
+            site: self.cert.site.to_string(),
+            now_ms: crate::clock::now_ms().0,
+            rollouts: out,
+            ignored: policies.ignored.clone(),
+            alarms: self.node.alarms().len(),
+        }
     }
 
     pub(super) fn on_effect_done(&mut self, result: EffectResult) {
@@ -289,7 +311,7 @@ fn write_audit(
     use std::io::Write;
     let entry = json!({
         "event": "effect",
-        "at_ms": super::now_ms().0,
+        "at_ms": crate::clock::now_ms().0,
         "rollout": rollout,
         "action": format!("{action:?}").to_lowercase(),
         "ok": ok,

@@ -7,7 +7,7 @@ use crate::transfer::{PeerView, ToDaemon};
 use libp2p::{kad, PeerId};
 use patchmesh_protocol::catalog::CatalogEntry;
 use patchmesh_protocol::ids::{ContentId, NodeId};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 fn key_of(content: &ContentId) -> kad::RecordKey {
@@ -128,7 +128,10 @@ impl Daemon {
                 match store.import(std::path::Path::new(&path)) {
                     Ok((content, size)) => {
                         let _ = self.swarm.behaviour_mut().kad.start_providing(key_of(&content));
-                        control::ok(json!({"content_id": content.to_string(), "size_bytes": size}))
+                        control::ok_view(&control::ContentBrief {
+                            content_id: content.to_string(),
+                            size_bytes: size,
+                        })
                     }
                     Err(e) => control::refused(format!("importing {path}: {e}")),
                 }
@@ -144,10 +147,10 @@ impl Daemon {
                     ));
                 };
                 self.transfers.want(content, size);
-                control::ok(self.content_json(&content))
+                control::ok_view(&self.content_view(&content))
             }
             R::Content { content } => match parse_id(&content) {
-                Ok(c) => control::ok(self.content_json(&ContentId(c))),
+                Ok(c) => control::ok_view(&self.content_view(&ContentId(c))),
                 Err(e) => control::refused(e),
             },
             R::ContentList => {
@@ -164,63 +167,72 @@ impl Daemon {
                         _ => None,
                     })
                     .collect();
-                let items: Vec<Value> = self
+                let contents = self
                     .transfers
                     .store()
                     .list()
                     .into_iter()
                     .map(|c| {
                         let p = progress.get(&c.content);
-                        json!({
-                            "content_id": c.content.to_string(),
-                            "size_bytes": c.size_bytes,
-                            "have_bytes": c.have_bytes,
-                            "complete": c.complete,
-                            "patch": names.get(&c.content),
-                            "state": p.map_or(if c.complete { "complete" } else { "partial" }, |p| p.state),
-                            "error": p.and_then(|p| p.error.clone()),
-                        })
+                        control::ContentItemView {
+                            content_id: c.content.to_string(),
+                            size_bytes: c.size_bytes,
+                            have_bytes: c.have_bytes,
+                            complete: c.complete,
+                            patch: names.get(&c.content).cloned(),
+                            state: p.map_or(if c.complete { "complete" } else { "partial" }, |p| {
+                                p.state.as_str()
+                            })
+                            .to_string(),
+                            error: p.and_then(|p| p.error.clone()),
+                        }
                     })
                     .collect();
-                control::ok(json!({
-                    "held_bytes": self.transfers.store().held_bytes_total(),
-                    "contents": items,
-                }))
+                control::ok_view(&control::ContentListView {
+                    held_bytes: self.transfers.store().held_bytes_total(),
+                    contents,
+                })
             }
             R::ContentGc { dry_run } => {
                 let keep = self.gc_keep();
                 let store = self.transfers.store();
-                let doomed: Vec<Value> = if dry_run {
+                let brief = |content: ContentId, size_bytes: u64| control::ContentBrief {
+                    content_id: content.to_string(),
+                    size_bytes,
+                };
+                let removed = if dry_run {
                     store
                         .list()
                         .into_iter()
                         .filter(|c| !keep.contains(&c.content))
-                        .map(|c| json!({"content_id": c.content.to_string(), "size_bytes": c.size_bytes}))
+                        .map(|c| brief(c.content, c.size_bytes))
                         .collect()
                 } else {
-                    store
-                        .gc(&keep)
-                        .into_iter()
-                        .map(|(c, s)| json!({"content_id": c.to_string(), "size_bytes": s}))
-                        .collect()
+                    store.gc(&keep).into_iter().map(|(c, s)| brief(c, s)).collect()
                 };
-                control::ok(json!({"removed": doomed, "dry_run": dry_run}))
+                control::ok_view(&control::GcView { removed, dry_run })
             }
             _ => control::refused("not a content request"),
         }
     }
 
-    fn content_json(&self, content: &ContentId) -> Value {
+    fn content_view(&self, content: &ContentId) -> control::ContentView {
         let progress = self.transfers.progress().remove(content);
         let held = self.transfers.store().list().into_iter().find(|c| c.content == *content);
         match (progress, held) {
-            (Some(p), _) => serde_json::to_value(p).unwrap_or(Value::Null),
-            (None, Some(c)) => json!({
-                "content": c.content.to_string(), "size_bytes": c.size_bytes, "have_bytes": c.have_bytes,
-                "state": if c.complete { "complete" } else { "partial" },
-                "rate_bytes_per_s": 0, "sources_active": 0, "sources_known": 0,
-            }),
-            (None, None) => json!({"content": content.to_string(), "state": "absent"}),
+            (Some(p), _) => p,
+            (None, Some(c)) => control::ContentView {
+                content: c.content.to_string(),
+                size_bytes: c.size_bytes,
+                have_bytes: c.have_bytes,
+                state: if c.complete { "complete" } else { "partial" }.to_string(),
+                ..Default::default()
+            },
+            (None, None) => control::ContentView {
+                content: content.to_string(),
+                state: "absent".to_string(),
+                ..Default::default()
+            },
         }
     }
 }

@@ -52,7 +52,7 @@ pub mod spec;
 
 pub use spec::{GateSpec, RingToml, RolloutSpec};
 
-use crate::world::Percentiles;
+use crate::stats::Percentiles;
 use patchmesh_protocol::catalog::{CatalogEntry, ExecutorSpec, PatchEntry, RolloutEntry};
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId};
 use patchmesh_protocol::rollout::target::{ring_of, window_open};

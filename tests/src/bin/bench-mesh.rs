@@ -10,7 +10,7 @@
 //! Environment: `BENCH_NODES` (default 30), `BENCH_IDLE_S` (default 60).
 
 use patchmesh_tests::{wait_for, Mesh};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -49,15 +49,27 @@ fn clock_ticks_per_s() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// One line of a node's JSON log (the parts read here).
+#[derive(serde::Deserialize)]
+struct LogLine {
+    timestamp: String,
+    fields: LogFields,
+}
+
+#[derive(serde::Deserialize)]
+struct LogFields {
+    #[serde(default)]
+    message: String,
+}
+
 /// Microseconds since the epoch of the first `catalog changed` line in node `i`'s log.
 fn applied_at_us(mesh: &Mesh, i: usize) -> Option<i64> {
     mesh.log(i).lines().find_map(|line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        if v["fields"]["message"] != "catalog changed" {
+        let v: LogLine = serde_json::from_str(line).ok()?;
+        if v.fields.message != "catalog changed" {
             return None;
         }
-        let ts = v["timestamp"].as_str()?;
-        parse_rfc3339_us(ts)
+        parse_rfc3339_us(&v.timestamp)
     })
 }
 
@@ -94,14 +106,14 @@ fn main() {
     eprintln!("started {n} nodes in {} ms", t.elapsed().as_millis());
     // Let the mesh form (every node admitted by at least a few peers).
     let formed = wait_for(Duration::from_secs(60), || {
-        (0..n).all(|i| mesh.status(i)["peers_admitted"].as_u64().unwrap_or(0) >= 3).then_some(())
+        (0..n).all(|i| mesh.status(i).peers_admitted >= 3).then_some(())
     });
     assert!(formed.is_some(), "the mesh did not form");
     std::thread::sleep(Duration::from_secs(3));
     let degrees: Vec<String> = (0..n)
         .map(|i| {
             let s = mesh.status(i);
-            format!("{}/{}", s["gossip_mesh"]["control"], s["peers_admitted"])
+            format!("{}/{}", s.gossip_mesh.control, s.peers_admitted)
         })
         .collect();
     eprintln!("control-topic mesh degree / admitted peers per node: {}", degrees.join(" "));
@@ -128,12 +140,12 @@ fn main() {
     );
 
     std::thread::sleep(Duration::from_secs(5));
-    let pids: Vec<u64> = (0..n).map(|i| mesh.status(i)["pid"].as_u64().unwrap()).collect();
+    let pids: Vec<u64> = (0..n).map(|i| u64::from(mesh.status(i).pid)).collect();
     let bytes = |mesh: &Mesh| -> Vec<u64> {
         (0..n)
             .map(|i| {
                 let s = mesh.status(i);
-                s["bytes_sent"].as_u64().unwrap_or(0) + s["bytes_received"].as_u64().unwrap_or(0)
+                s.bytes_sent + s.bytes_received
             })
             .collect()
     };
@@ -141,12 +153,10 @@ fn main() {
     let by_kind = |mesh: &Mesh| -> BTreeMap<String, (u64, u64)> {
         let mut sum: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for i in 0..n {
-            if let Some(m) = mesh.status(i)["messages_sent"].as_object() {
-                for (k, v) in m {
-                    let e = sum.entry(k.clone()).or_default();
-                    e.0 += v["messages"].as_u64().unwrap_or(0);
-                    e.1 += v["bytes"].as_u64().unwrap_or(0);
-                }
+            for (k, v) in mesh.status(i).messages_sent {
+                let e = sum.entry(k).or_default();
+                e.0 += v.messages;
+                e.1 += v.bytes;
             }
         }
         sum

@@ -11,7 +11,7 @@
 //! `{"payload_bytes":…,"patchmesh_mib_s":…,"quinn_mib_s":…,"ratio":…,"multi_source_mib_s":…}`.
 
 use patchmesh_tests::{wait_for, Mesh};
-use serde_json::Value;
+use patchmesh_node::control::ContentView;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,7 +130,7 @@ fn quinn_baseline(bytes: u64) -> anyhow::Result<f64> {
     Ok(ms)
 }
 
-fn fetch_ms(mesh: &Mesh, i: usize, content: &str) -> anyhow::Result<Value> {
+fn fetch_ms(mesh: &Mesh, i: usize, content: &str) -> anyhow::Result<ContentView> {
     let out = mesh.cli_at(i, &["fetch", content, "--json", "--timeout-s", "1800"]);
     anyhow::ensure!(
         out.status.success(),
@@ -163,12 +163,7 @@ fn main() -> anyhow::Result<()> {
     mesh.start_all();
     let meshed = wait_for(Duration::from_secs(30), || {
         (0..5)
-            .all(|i| {
-                let out = mesh.cli_at(i, &["peers", "--json"]);
-                serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| {
-                    v.as_array().map(|a| a.iter().filter(|p| p["admitted"] == true).count())
-                }) == Some(4)
-            })
+            .all(|i| mesh.peers(i).iter().filter(|p| p.admitted).count() == 4)
             .then_some(())
     });
     anyhow::ensure!(meshed.is_some(), "the five nodes never all connected");
@@ -195,18 +190,18 @@ fn main() -> anyhow::Result<()> {
     );
 
     let one = fetch_ms(&mesh, 1, &content)?;
-    let one_ms = one["elapsed_ms"].as_f64().unwrap_or(f64::NAN).max(1.0);
+    let one_ms = (one.elapsed_ms as f64).max(1.0);
     let patchmesh = mib_s(bytes, one_ms);
     eprintln!("patchmesh 1 source:  {mib} MiB in {one_ms:.0} ms = {patchmesh:.1} MiB/s");
     for i in [2, 3] {
         fetch_ms(&mesh, i, &content)?;
     }
     let multi = fetch_ms(&mesh, 4, &content)?;
-    let multi_ms = multi["elapsed_ms"].as_f64().unwrap_or(f64::NAN).max(1.0);
+    let multi_ms = (multi.elapsed_ms as f64).max(1.0);
     let multi_rate = mib_s(bytes, multi_ms);
     eprintln!(
         "patchmesh 4 sources: {mib} MiB in {multi_ms:.0} ms = {multi_rate:.1} MiB/s ({} sources known)",
-        multi["sources_known"]
+        multi.sources_known
     );
     drop(mesh);
 

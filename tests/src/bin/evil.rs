@@ -174,17 +174,15 @@ async fn main() -> anyhow::Result<()> {
             _ = tick.tick() => {}
         }
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "peer_id": swarm.local_peer_id().to_string(),
-            "mode": mode,
-            "have_asked": counts.have.load(Ordering::Relaxed),
-            "outboards_asked": counts.outboards.load(Ordering::Relaxed),
-            "ranges_asked": counts.ranges.load(Ordering::Relaxed),
-            "disconnected_ms": disconnected_ms,
-            "big_range_reply": big_range_reply,
-        })
-    );
+    let report = patchmesh_tests::EvilReport {
+        peer_id: swarm.local_peer_id().to_string(),
+        mode: mode.to_string(),
+        have_asked: counts.have.load(Ordering::Relaxed),
+        outboards_asked: counts.outboards.load(Ordering::Relaxed),
+        ranges_asked: counts.ranges.load(Ordering::Relaxed),
+        disconnected_ms,
+        big_range_reply,
+    };
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -122,18 +122,16 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "peer_id": swarm.local_peer_id().to_string(),
-            "connected_ms": connected_ms,
-            "disconnected_ms": disconnected_ms,
-            "connected_at_end": swarm.is_connected(&target_peer.unwrap_or(*swarm.local_peer_id())),
-            "connections_at_end": swarm.connected_peers().count(),
-            "gossip_received": gossip_received,
-            "gossip_published": published,
-            "hello_sent": hello_sent,
-        })
-    );
+    let report = patchmesh_tests::RogueReport {
+        peer_id: swarm.local_peer_id().to_string(),
+        connected_ms,
+        disconnected_ms,
+        connected_at_end: swarm.is_connected(&target_peer.unwrap_or(*swarm.local_peer_id())),
+        connections_at_end: swarm.connected_peers().count(),
+        gossip_received,
+        gossip_published: published,
+        hello_sent,
+    };
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

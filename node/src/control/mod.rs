@@ -10,6 +10,10 @@
 //! unsigned catalog change against its replica, signs it itself, and *submits* the envelope,
 //! which the node verifies exactly as it would a peer's.
 
+mod views;
+
+pub use views::*;
+
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -162,6 +166,25 @@ pub fn call(
 /// A successful answer.
 pub fn ok(result: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"ok": true, "result": result})
+}
+
+/// A successful answer carrying a typed view.
+pub fn ok_view(view: &impl Serialize) -> serde_json::Value {
+    match serde_json::to_value(view) {
+        Ok(v) => ok(v),
+        Err(e) => refused(format!("encoding the answer: {e}")),
+    }
+}
+
+/// Sends one request and parses the answer as the view `T`.
+pub fn call_view<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    token: &str,
+    request: Request,
+    timeout: Duration,
+) -> Result<T, ControlError> {
+    let v = call(socket, token, request, timeout)?;
+    serde_json::from_value(v).map_err(|e| ControlError::BadAnswer(e.to_string()))
 }
 
 /// A refusal.

@@ -1,0 +1,640 @@
+//! The typed answers of the control API: what the daemon builds, what the CLI and the tests
+//! read, and (as JSON) what `--json` prints. One struct per answer, shared by both ends, so a
+//! renamed or missing field fails to compile or to parse instead of reading as a silent
+//! default.
+
+use crate::inventory::Inventory;
+use patchmesh_protocol::rollout::Control;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `Request::Status`: this node, its mesh, trust, catalog, peers and traffic.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Node id (hex).
+    pub node: String,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Site from its certificate.
+    pub site: String,
+    /// Labels from its certificate.
+    pub labels: BTreeMap<String, String>,
+    /// Mesh name.
+    pub mesh: String,
+    /// Mesh id (hex).
+    pub mesh_id: String,
+    /// Admin set version.
+    pub trust_version: u64,
+    /// Catalog changes held.
+    pub catalog_changes: usize,
+    /// Catalog state hash.
+    pub catalog_state: String,
+    /// Hash of trust, catalog and site state.
+    pub state_hash: String,
+    /// Node records of its site held.
+    pub site_records: usize,
+    /// Site summaries held.
+    pub site_summaries: usize,
+    /// Connections.
+    pub peers_connected: usize,
+    /// Connections whose certificate verified.
+    pub peers_admitted: usize,
+    /// Gossipsub mesh peers per topic.
+    pub gossip_mesh: GossipMeshView,
+    /// Listen addresses.
+    pub listen: Vec<String>,
+    /// Transport bytes sent.
+    pub bytes_sent: u64,
+    /// Transport bytes received.
+    pub bytes_received: u64,
+    /// Protocol messages sent, by kind.
+    pub messages_sent: BTreeMap<String, MessageCount>,
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+    /// Objects accepted from peers.
+    pub accepted: u64,
+    /// Objects refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Messages dropped from peers without a certificate.
+    pub unadmitted_dropped: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Objects restored from the store at start.
+    pub restored_objects: usize,
+    /// Objects of the store that failed verification at start.
+    pub restore_refused: usize,
+    /// Complete payloads held.
+    pub payloads_held: usize,
+    /// Payload bytes held.
+    pub payload_bytes_held: u64,
+}
+
+/// Gossipsub mesh peers per topic.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct GossipMeshView {
+    /// Control topic (admin sets, catalog, alarms).
+    pub control: usize,
+    /// This site's topic.
+    pub site: usize,
+    /// Summaries topic.
+    pub summaries: usize,
+}
+
+/// Messages of one kind and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageCount {
+    /// Messages.
+    pub messages: u64,
+    /// Encoded bytes.
+    pub bytes: u64,
+}
+
+/// One connection (`Request::Peers` answers a list of them).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Node id (hex), when the peer id carries an ed25519 key.
+    pub node: Option<String>,
+    /// Whether its certificate verified.
+    pub admitted: bool,
+    /// Its site, once admitted.
+    pub site: Option<String>,
+    /// Penalties this node gave it.
+    pub penalties: u32,
+    /// Its gossipsub score.
+    pub score: Option<f64>,
+}
+
+/// `Request::Catalog`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CatalogView {
+    /// Catalog state hash.
+    pub catalog_state: String,
+    /// Changes held.
+    pub changes: usize,
+    /// Entries by key.
+    pub entries: Vec<CatalogItemView>,
+}
+
+/// One catalog entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CatalogItemView {
+    /// Its key.
+    pub key: String,
+    /// What it says.
+    pub entry: CatalogEntryView,
+}
+
+/// What a catalog entry says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CatalogEntryView {
+    /// A patch.
+    Patch {
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+        /// Payload content id (hex).
+        content_id: String,
+        /// Signed payload size.
+        size_bytes: u64,
+        /// Executor kind.
+        executor: String,
+    },
+    /// A rollout.
+    Rollout {
+        /// Rollout id (hex).
+        id: String,
+        /// Payload content id (hex).
+        content_id: String,
+        /// Its rings.
+        rings: Vec<RingBrief>,
+    },
+    /// An admin command.
+    Command {
+        /// Rollout id (hex).
+        rollout: String,
+        /// pause, resume, abort or approve.
+        action: String,
+        /// Admin key id.
+        admin: String,
+    },
+}
+
+/// A ring's name and cumulative percent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RingBrief {
+    /// Name.
+    pub name: String,
+    /// Cumulative percent.
+    pub percent: u8,
+}
+
+/// `Request::AdminState`: what signing the next admin set needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminStateView {
+    /// The genesis envelope (postcard, hex).
+    pub genesis: String,
+    /// The latest admin set envelope (postcard, hex), if any.
+    pub latest_admin_set: Option<String>,
+    /// Admin set version.
+    pub version: u64,
+    /// Current admin key ids.
+    pub admins: Vec<String>,
+    /// Per admin: automerge actor (hex) → highest sequence number held.
+    pub history: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// `Request::Prepare`: an unsigned catalog change body (postcard, hex).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreparedView {
+    /// The body to sign.
+    pub body: String,
+}
+
+/// `Request::Submit` and `Request::AdminSet`: applied, stored and flushed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmittedView {
+    /// Envelope id (hex).
+    pub id: String,
+    /// Catalog state hash after it.
+    pub catalog_state: String,
+    /// Admin set version after it.
+    pub trust_version: u64,
+}
+
+/// `Request::Import`: a payload now held.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentBrief {
+    /// Content id (hex).
+    pub content_id: String,
+    /// Size.
+    pub size_bytes: u64,
+}
+
+/// `Request::Content` and `Request::Fetch`: where one payload stands.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ContentView {
+    /// The content id (hex).
+    pub content: String,
+    /// Signed size.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// Verified bytes held.
+    #[serde(default)]
+    pub have_bytes: u64,
+    /// Recent rate.
+    #[serde(default)]
+    pub rate_bytes_per_s: u64,
+    /// Sources serving a range now.
+    #[serde(default)]
+    pub sources_active: usize,
+    /// Sources known.
+    #[serde(default)]
+    pub sources_known: usize,
+    /// Sources resting after a broken stream, slowness or a fault (each rest ends).
+    #[serde(default)]
+    pub sources_resting: usize,
+    /// Peers penalised for lies, corruption or protocol breaks (never for slowness).
+    #[serde(default)]
+    pub penalised: u32,
+    /// Verified groups received more than once (bytes that crossed a link for nothing).
+    #[serde(default)]
+    pub duplicate_groups: u64,
+    /// How long no source has held anything (0 while one does).
+    #[serde(default)]
+    pub waiting_ms: u64,
+    /// "wan" if this node fetches for its site across the WAN, else "lan" (empty when no
+    /// download ran).
+    #[serde(default)]
+    pub role: String,
+    /// fetching, complete, failed, partial (held, no download running) or absent.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Bytes received from this site.
+    #[serde(default)]
+    pub lan_bytes: u64,
+    /// Bytes received from other sites.
+    #[serde(default)]
+    pub wan_bytes: u64,
+    /// Sources dropped, by fault.
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u32>,
+    /// Verified bytes already held when this download started (a resume).
+    #[serde(default)]
+    pub resumed_bytes: u64,
+    /// Milliseconds since it started.
+    #[serde(default)]
+    pub elapsed_ms: u64,
+}
+
+/// `Request::ContentList`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentListView {
+    /// Bytes of every payload held.
+    pub held_bytes: u64,
+    /// Each payload.
+    pub contents: Vec<ContentItemView>,
+}
+
+/// One payload held.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentItemView {
+    /// Content id (hex).
+    pub content_id: String,
+    /// Size.
+    pub size_bytes: u64,
+    /// Verified bytes held.
+    pub have_bytes: u64,
+    /// Whether every byte is held and verified.
+    pub complete: bool,
+    /// "name version" of the catalog patch naming it.
+    pub patch: Option<String>,
+    /// Its download state, or complete/partial.
+    pub state: String,
+    /// Why its download failed.
+    pub error: Option<String>,
+}
+
+/// `Request::ContentGc`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcView {
+    /// What went (or would go, with `dry_run`).
+    pub removed: Vec<ContentBrief>,
+    /// Only said what would go.
+    pub dry_run: bool,
+}
+
+/// `Request::Inventory`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InventoryView {
+    /// Node id (hex).
+    pub node: String,
+    /// Whether it matched the digest in the node's signed record.
+    pub verified_against_signed_record: bool,
+    /// The inventory.
+    pub inventory: Inventory,
+}
+
+/// `Request::Rollouts`: every rollout as this node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutsView {
+    /// Node id (hex).
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// Its clock.
+    pub now_ms: u64,
+    /// The rollouts.
+    pub rollouts: Vec<RolloutView>,
+    /// Catalog entries ignored, with why.
+    pub ignored: Vec<(String, String)>,
+    /// Failure reports held.
+    pub alarms: usize,
+}
+
+/// One rollout as this node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// Rollout id (hex).
+    pub id: String,
+    /// Hash of the entry (what approvals name).
+    pub hash: String,
+    /// Admin who signed it.
+    pub author: String,
+    /// Payload content id (hex).
+    pub content_id: String,
+    /// The patch it rolls out, if the catalog holds it.
+    pub patch: Option<PatchBrief>,
+    /// When it was created.
+    pub created_at_ms: u64,
+    /// What stops it (none before its first evaluation).
+    pub control: Option<Control>,
+    /// Approvals counted.
+    pub approvals: Option<u32>,
+    /// Approvals needed.
+    pub approvals_needed: Option<u32>,
+    /// Rings open for installs.
+    pub open_rings: Option<u8>,
+    /// Why the next ring is not open yet.
+    pub waiting: Option<String>,
+    /// Per ring: spec and counts.
+    pub rings: Vec<RingView>,
+    /// Admin commands naming it.
+    pub commands: Vec<CommandView>,
+    /// This node's install, if it took part.
+    pub local: Option<LocalView>,
+    /// This node's standing.
+    pub standing: Option<StandingView>,
+    /// When this node first saw it halted or aborted.
+    pub stopped_at_ms: Option<u64>,
+    /// Most nodes it may start on.
+    pub max_targets: u32,
+    /// Whether a halt rolls installs back.
+    pub rollback_on_halt: bool,
+}
+
+impl RolloutView {
+    /// The control state's name (`running`, `halted`, …), or `unknown`.
+    pub fn state(&self) -> &'static str {
+        match &self.control {
+            None => "unknown",
+            Some(Control::Running) => "running",
+            Some(Control::AwaitingApproval) => "awaiting_approval",
+            Some(Control::Paused) => "paused",
+            Some(Control::Aborted) => "aborted",
+            Some(Control::Halted { .. }) => "halted",
+        }
+    }
+
+    /// This node's install step, if it has one.
+    pub fn step(&self) -> Option<&str> {
+        self.local.as_ref().map(|l| l.step.as_str())
+    }
+}
+
+/// The patch a rollout rolls out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PatchBrief {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Executor kind.
+    pub executor: String,
+    /// Payload size.
+    pub size_bytes: u64,
+}
+
+/// One ring: its spec and what this node counts in it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RingView {
+    /// Name.
+    pub name: String,
+    /// Cumulative percent.
+    pub percent: u8,
+    /// Labels that put a node in it.
+    pub labels: BTreeMap<String, String>,
+    /// Its gate.
+    pub gate: GateView,
+    /// Members targeted.
+    pub targeted: u32,
+    /// Not started yet.
+    pub pending: u32,
+    /// Installing now.
+    pub installing: u32,
+    /// Verified and soaked.
+    pub succeeded: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Rolled back.
+    pub rolled_back: u32,
+}
+
+/// A ring's gate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GateView {
+    /// Succeeded fraction of targeted needed, per mille.
+    pub min_success_permille: u16,
+    /// More failures than this halt.
+    pub max_failures: u32,
+    /// Failed fraction that blocks (and halts once all reported), per mille.
+    pub max_failure_permille: u16,
+    /// Soak before a member counts as succeeded.
+    pub min_soak_ms: u64,
+    /// Succeeded members needed at least.
+    pub min_reports: u32,
+}
+
+/// An admin command naming a rollout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommandView {
+    /// Catalog key.
+    pub key: String,
+    /// The action.
+    pub action: patchmesh_protocol::catalog::CommandAction,
+    /// Admin key id.
+    pub admin: String,
+    /// When it was issued.
+    pub issued_at_ms: u64,
+}
+
+/// This node's install of a rollout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalView {
+    /// Its ring.
+    pub ring: u8,
+    /// Its step (fetching, staging, installing, verifying, soaking, committed, …).
+    pub step: String,
+    /// Whether a step failed.
+    pub failed: bool,
+    /// When it failed.
+    pub failed_at_ms: Option<u64>,
+    /// When it started.
+    pub started_at_ms: u64,
+    /// When it entered its step.
+    pub step_at_ms: u64,
+    /// Verifications during the soak.
+    pub checks: u32,
+    /// Last step's detail.
+    pub detail: String,
+}
+
+/// This node's standing in a rollout, as its record says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StandingView {
+    /// Its ring (none: not targeted).
+    pub ring: Option<u8>,
+    /// Pending, Installing, Succeeded, Failed, RolledBack or NotTargeted.
+    pub status: String,
+}
+
+// ---- What the CLI prints with `--json` (read back by scripts and tests) ---------------------
+
+/// `patchmesh init --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InitOutput {
+    /// Mesh name.
+    pub mesh: String,
+    /// Mesh id (hex).
+    pub mesh_id: String,
+    /// Where the keys and genesis were written.
+    pub dir: std::path::PathBuf,
+    /// The first admin key id.
+    pub admin: String,
+    /// The root key id.
+    pub root: String,
+}
+
+/// `patchmesh node keygen --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeygenOutput {
+    /// Where the key was written.
+    pub key_file: std::path::PathBuf,
+    /// Its public key (hex): what an admin admits.
+    pub public_key: String,
+}
+
+/// `patchmesh admit --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdmitOutput {
+    /// The node key admitted (hex).
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// Where the certificate was written.
+    pub out: std::path::PathBuf,
+    /// How long it is valid.
+    pub valid_days: u64,
+}
+
+/// `patchmesh patch add --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PatchAddOutput {
+    /// Catalog key.
+    pub key: String,
+    /// Payload content id (hex).
+    pub content_id: String,
+    /// Payload size.
+    pub size_bytes: u64,
+    /// The catalog change that published it.
+    pub change: SubmittedView,
+}
+
+/// `patchmesh rollout create --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutCreateOutput {
+    /// Rollout id (hex).
+    pub rollout: String,
+    /// The catalog change that published it.
+    pub published: SubmittedView,
+}
+
+/// `patchmesh rollout status --json`: the rollouts a node sees (all, or those matching an id).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutStatusOutput {
+    /// Node id (hex).
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// The rollouts.
+    pub rollouts: Vec<RolloutView>,
+}
+
+/// `patchmesh demo --json`: what happened, every figure read back from the nodes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoReport {
+    /// Nodes started.
+    pub nodes: usize,
+    /// Sites.
+    pub sites: usize,
+    /// Canary nodes (one per site).
+    pub canaries: usize,
+    /// Size of each payload.
+    pub payload_bytes: u64,
+    /// The good patch's rollout.
+    pub good: DemoRollout,
+    /// The bad patch's rollout.
+    pub bad: DemoRollout,
+    /// The good rollout's rings (as in `good`).
+    pub rings: Vec<DemoRing>,
+    /// Nodes outside the canary ring that installed the bad patch.
+    pub blast_radius: usize,
+    /// First failed canary report → every node halted.
+    pub halt_latency_ms: u64,
+    /// Nodes whose target file is the good version at the end.
+    pub nodes_on_good_version: usize,
+    /// Largest WAN bytes per site ÷ payload, over sites and patches.
+    pub wan_ratio_max: f64,
+    /// WAN bytes per site and patch.
+    pub wan: Vec<DemoWan>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+    /// Blast radius 0 and every node on the good version.
+    pub ok: bool,
+}
+
+/// One rollout of the demo.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoRollout {
+    /// Rollout id (hex).
+    pub rollout: String,
+    /// Payload content id (hex).
+    pub content_id: String,
+    /// Per ring.
+    pub rings: Vec<DemoRing>,
+}
+
+/// One ring of a demo rollout.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DemoRing {
+    /// Name.
+    pub name: String,
+    /// Members.
+    pub targeted: u64,
+    /// Committed.
+    pub succeeded: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Rolled back.
+    pub rolled_back: u64,
+    /// Publication → its last member settled.
+    pub duration_ms: u64,
+}
+
+/// WAN bytes one site paid for one payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoWan {
+    /// Payload content id (hex).
+    pub content_id: String,
+    /// Site index.
+    pub site: usize,
+    /// Bytes its nodes received from other sites.
+    pub wan_bytes: u64,
+    /// `wan_bytes` ÷ payload size.
+    pub ratio: f64,
+}

@@ -1,0 +1,624 @@
+//! The deterministic discrete-event world.
+//!
+//! One seed fixes everything: keys, overlay, clock skews, losses, which nodes crash and which
+//! sites are partitioned. Events are ordered by (time, sequence number) and every collection
+//! whose order can change a decision is ordered, so the same seed replays bit for bit; the
+//! `trace_hash` of the report is a hash of the ordered event trace that proves it.
+//!
+//! The world drives real [`patchmesh_protocol::node::Node`]s through the drive contract. Two
+//! things are shared between simulated nodes to fit 100,000 of them on one machine, neither of
+//! which changes a decision: messages are passed as shared typed values (their wire size is
+//! computed from the real encoding; decoding from bytes is exercised by the adversaries' raw
+//! garbage and by the protocol tests), and signature checks of identical bytes are memoised
+//! across nodes ([`MemoCheck`]): ed25519 verification is a pure function.
+//!
+//! With a `[rollout]`, the world is also the nodes' executor: it answers each install effect
+//! after its step's simulated duration ([`crate::rollout`]).
+//!
+//! ## Layout
+//! - `mod.rs`: the world's state, the event queue and dispatch ([`World::run`]), and how one
+//!   input reaches a node and its outputs leave it.
+//! - `build`: keys, topology, node configs, steady stores, booting and restarting nodes.
+//! - `network`: links, bandwidth, loss and partitions; the trace of every event.
+//! - `script`: what the scenario makes happen: publications, crashes, revocations and the
+//!   adversaries' attacks.
+//! - `report`: measurement and the [`Report`].
+//!
+//! Models (payload, rollout) plug in one way: they get the world as their [`Host`] and give
+//! back `(at, event)` pairs it schedules.
+
+mod build;
+mod network;
+mod report;
+mod script;
+
+pub use build::MemoCheck;
+use build::{derive_keys, make_nodes, site_name, steady_stores};
+pub use report::{peak_rss_mb, Report};
+use network::TraceCode;
+
+use crate::payload::{Host, PayloadEv, PayloadModel};
+use crate::stats::Percentiles;
+use crate::rollout::{assign_labels, NodeInfo, RolloutEv, RolloutFigures, RolloutModel};
+use crate::scenario::{Link, Scenario};
+use patchmesh_protocol::catalog::{self, AdminCommand, CatalogEntry, CommandAction};
+use patchmesh_protocol::crypto::{
+    Domain, Ed25519, Envelope, SecretKey, SignatureCheck, SignatureEntry, SignatureError,
+};
+use patchmesh_protocol::ids::{Millis, NodeId, ObjectId, RolloutId, SiteId, StateHash};
+use patchmesh_protocol::limits;
+use patchmesh_protocol::mesh;
+use patchmesh_protocol::node::{Command, Config, Event, Input, Node, Output, PeerId, Persist};
+use patchmesh_protocol::rollout::RolloutEvent;
+use patchmesh_protocol::site::{Bundle, NodeRecord};
+use patchmesh_protocol::trust::{Genesis, Revocation};
+use patchmesh_protocol::wire::Message;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Wall-clock epoch of simulated time zero (node clocks add their skew).
+const EPOCH_MS: u64 = 1_800_000_000_000;
+const CERT_VALID_MS: u64 = 365 * 86_400_000;
+
+enum Ev {
+    Deliver { from: u32, to: u32, size: usize, msg: Arc<Message> },
+    Bytes { from: u32, to: u32, bytes: Vec<u8> },
+    Timer { node: u32 },
+    Publish { measured: bool, node: u32, tag: u8 },
+    PartitionStart(usize),
+    PartitionEnd(usize),
+    Crash(usize),
+    Restart(u32),
+    Revoke,
+    Attack,
+    Payload(PayloadEv),
+    CrashFetchers,
+    Rollout(RolloutEv),
+}
+
+struct Queued {
+    t: u64,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.t, self.seq).cmp(&(o.t, o.seq))
+    }
+}
+
+struct Keys {
+    roots: Vec<SecretKey>,
+    admins: Vec<SecretKey>,
+    genesis: Envelope,
+    genesis_body: Genesis,
+}
+
+/// Forged objects the adversaries injected, to check none is ever stored or relayed.
+#[derive(Default)]
+struct Forged {
+    envelopes: HashSet<ObjectId>,
+    change_hashes: Vec<[u8; 32]>,
+    bundles: HashSet<ObjectId>,
+    /// (honest node, version it must never reach).
+    records: Vec<(u32, u64)>,
+}
+
+struct Entity {
+    node: Option<Node>,
+    config: Config,
+    site: u32,
+    skew_ms: i64,
+    links: Vec<u32>,
+    timer_at: u64,
+    store: Option<Vec<Persist>>,
+    adversary: bool,
+}
+
+/// A simulated world.
+pub struct World {
+    started: std::time::Instant,
+    s: Scenario,
+    seed: u64,
+    rng: ChaCha8Rng,
+    keys: Keys,
+    ents: Vec<Entity>,
+    queue: BinaryHeap<Reverse<Queued>>,
+    seq: u64,
+    now_us: u64,
+    link_free: HashMap<(u32, u32), u64>,
+    partitioned: Vec<bool>,
+    partition_sites: Vec<Vec<u32>>,
+    crash_sets: Vec<Vec<u32>>,
+    trace: blake3::Hasher,
+    forged: Forged,
+    // measurement
+    measured_hash: Option<[u8; 32]>,
+    measured_at_us: u64,
+    received_us: Vec<u64>,
+    eligible: Vec<bool>,
+    pending_measure: usize,
+    measure_end_us: Option<u64>,
+    catalog_bytes: u64,
+    bytes_total: u64,
+    background_bytes: u64,
+    background_from_us: u64,
+    background_to_us: u64,
+    delivered: u64,
+    by_kind: BTreeMap<&'static str, u64>,
+    lost: u64,
+    violations: Vec<String>,
+    rejected_adversary_free: bool,
+    /// For a steady start: what every node of a site has in its store at time zero.
+    site_stores: Vec<Arc<Vec<Persist>>>,
+    /// The payload transfer model, when the scenario has a payload.
+    payload: Option<Box<PayloadModel>>,
+    /// The rollout model, when the scenario has a rollout.
+    rollout: Option<Box<RolloutModel>>,
+}
+
+impl World {
+    /// Builds the world for a scenario and seed.
+    pub fn new(s: Scenario, seed: u64) -> World {
+        let t_new = std::time::Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let key_seeds = derive_keys(&mut rng, 5);
+        let roots: Vec<SecretKey> =
+            key_seeds[..3].iter().map(|k| SecretKey::from_seed(*k)).collect();
+        let admins: Vec<SecretKey> =
+            key_seeds[3..].iter().map(|k| SecretKey::from_seed(*k)).collect();
+        let genesis = mesh::genesis(
+            &s.name,
+            &[&roots[0], &roots[1], &roots[2]],
+            2,
+            &[admins[0].public(), admins[1].public()],
+            mesh::Approval::always(1),
+            Millis(EPOCH_MS),
+        );
+        let genesis_body: Genesis = genesis.open("genesis").expect("own genesis decodes");
+        let check = Arc::new(MemoCheck::default());
+
+        // Sites: partitioned ones first, adversaries never inside a partition.
+        let total = s.nodes + s.adversaries;
+        let mut site_of: Vec<u32> = (0..s.nodes).map(|i| (i % s.sites) as u32).collect();
+        let mut site_order: Vec<u32> = (0..s.sites as u32).collect();
+        for i in (1..site_order.len()).rev() {
+            site_order.swap(i, rng.gen_range(0..=i));
+        }
+        let partition_sites: Vec<Vec<u32>> =
+            s.partition.iter().map(|p| site_order[..p.sites].to_vec()).collect();
+        let max_part = s.partition.iter().map(|p| p.sites).max().unwrap_or(0);
+        for _ in 0..s.adversaries {
+            site_of.push(site_order[rng.gen_range(max_part..s.sites)]);
+        }
+        let seeds = derive_keys(&mut rng, total);
+        let steady = s.start == crate::scenario::Start::Steady;
+        // Certificate labels and the bad patch's victims, for a rollout (adversaries get none).
+        let (labels, bad) = match &s.rollout {
+            Some(r) => assign_labels(r, seed, s.nodes),
+            None => (Vec::new(), Vec::new()),
+        };
+        let made = make_nodes(&seeds, &site_of, &labels, &admins[0], &genesis_body, steady, &check);
+
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); s.sites];
+        for (i, site) in site_of.iter().enumerate().take(s.nodes) {
+            members[*site as usize].push(i as u32);
+        }
+        let mut links: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); total];
+        let add = |a: u32, b: u32, links: &mut Vec<BTreeSet<u32>>| {
+            if a != b {
+                links[a as usize].insert(b);
+                links[b as usize].insert(a);
+            }
+        };
+        for (i, site) in site_of.iter().enumerate() {
+            let m = &members[*site as usize];
+            for _ in 0..s.topology.lan_degree.min(m.len().saturating_sub(1)) {
+                // A random other member (never itself, so every node has a link).
+                let mut j = m[rng.gen_range(0..m.len())];
+                while j == i as u32 {
+                    j = m[rng.gen_range(0..m.len())];
+                }
+                add(i as u32, j, &mut links);
+            }
+        }
+        for site in 0..s.sites {
+            let mut peers_sites: Vec<usize> = Vec::new();
+            if s.sites > 1 {
+                peers_sites.push((site + 1) % s.sites);
+                for _ in 0..s.topology.wan_links_per_site {
+                    peers_sites.push(rng.gen_range(0..s.sites));
+                }
+            }
+            for other in peers_sites {
+                if other == site || members[site].is_empty() || members[other].is_empty() {
+                    continue;
+                }
+                let a = members[site][rng.gen_range(0..members[site].len())];
+                let b = members[other][rng.gen_range(0..members[other].len())];
+                add(a, b, &mut links);
+            }
+        }
+
+        let mut crash_sets = Vec::new();
+        let mut crashing = BTreeSet::new();
+        // Fetchers that crash are chosen during the run, so every node keeps a store.
+        let keep_stores = s.payload.as_ref().is_some_and(|p| p.fetcher_crashes > 0);
+        for c in &s.crash {
+            let set: Vec<u32> = (0..c.nodes)
+                .map(|_| rng.gen_range(0..s.nodes as u32))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            crashing.extend(set.iter().copied());
+            crash_sets.push(set);
+        }
+
+        let mut ents = Vec::with_capacity(total);
+        let (made, site_stores) = if steady {
+            steady_stores(made, &site_of, s.sites, &genesis, &check)
+        } else {
+            (made, Vec::new())
+        };
+        for (i, (key, admission, _)) in made.into_iter().enumerate() {
+            let skew_ms = if s.clock_skew_ms > 0 {
+                rng.gen_range(-(s.clock_skew_ms as i64)..=s.clock_skew_ms as i64)
+            } else {
+                0
+            };
+            let config = Config {
+                key,
+                admission,
+                genesis: genesis.clone(),
+                anti_entropy_interval_ms: s.protocol.anti_entropy_interval_ms,
+                summary_interval_ms: s.protocol.summary_interval_ms,
+                gossip_flush_ms: s.protocol.gossip_flush_ms,
+                summary_fanout: s.protocol.summary_fanout,
+                seed: rng.gen(),
+                record_version_floor: u64::from(steady),
+                check: check.clone(),
+                relay: patchmesh_protocol::node::RelayMode::Direct,
+                rollout_eval_ms: s.protocol.rollout_eval_ms,
+            };
+            ents.push(Entity {
+                node: None,
+                config,
+                site: site_of[i],
+                skew_ms,
+                links: links[i].iter().copied().collect(),
+                timer_at: u64::MAX,
+                store: (keep_stores || crashing.contains(&(i as u32))).then(|| {
+                    site_stores
+                        .get(site_of[i] as usize)
+                        .map(|st: &Arc<Vec<Persist>>| st.as_ref().clone())
+                        .unwrap_or_default()
+                }),
+                adversary: i >= s.nodes,
+            });
+        }
+        let payload = s.payload.clone().map(|spec| {
+            let ids = ents[..s.nodes].iter().map(|e| NodeId(e.config.key.public().0)).collect();
+            let sites = site_of[..s.nodes].to_vec();
+            Box::new(PayloadModel::new(
+                spec,
+                seed,
+                ids,
+                sites,
+                s.sites,
+                s.lan.clone(),
+                s.wan.clone(),
+            ))
+        });
+        let rollout = s.rollout.clone().map(|spec| {
+            let nodes = ents
+                .iter()
+                .enumerate()
+                .map(|(i, e)| NodeInfo {
+                    id: NodeId(e.config.key.public().0),
+                    site: e.site,
+                    labels: labels.get(i).cloned().unwrap_or_default(),
+                    bad: bad.get(i).copied().unwrap_or(false),
+                    honest: !e.adversary,
+                })
+                .collect();
+            let cuts = s
+                .partition
+                .iter()
+                .zip(&partition_sites)
+                .map(|(p, sites)| (sites.clone(), p.start_ms * 1000, p.end_ms * 1000))
+                .collect();
+            let eval_ms = s.protocol.rollout_eval_ms;
+            Box::new(RolloutModel::new(spec, seed, nodes, s.sites, cuts, eval_ms, EPOCH_MS))
+        });
+        World {
+            payload,
+            rollout,
+            started: t_new,
+            partitioned: vec![false; s.sites],
+            received_us: vec![u64::MAX; s.nodes],
+            eligible: vec![false; s.nodes],
+            keys: Keys { roots, admins, genesis, genesis_body },
+            site_stores,
+            s,
+            seed,
+            rng,
+            ents,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now_us: 0,
+            link_free: HashMap::new(),
+            partition_sites,
+            crash_sets,
+            trace: blake3::Hasher::new(),
+            forged: Forged::default(),
+            measured_hash: None,
+            measured_at_us: 0,
+            pending_measure: 0,
+            measure_end_us: None,
+            catalog_bytes: 0,
+            bytes_total: 0,
+            background_bytes: 0,
+            background_from_us: 0,
+            background_to_us: 0,
+            delivered: 0,
+            by_kind: BTreeMap::new(),
+            lost: 0,
+            violations: Vec::new(),
+            rejected_adversary_free: true,
+        }
+    }
+
+    fn schedule(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued { t, seq: self.seq, ev }));
+    }
+
+    fn node_now(&self, i: u32) -> Millis {
+        let ms = (EPOCH_MS + self.now_us / 1000) as i64 + self.ents[i as usize].skew_ms;
+        Millis(ms as u64)
+    }
+
+    fn honest(&self, i: u32) -> bool {
+        !self.ents[i as usize].adversary
+    }
+
+    /// Feeds one input and carries out the node's outputs.
+    fn input(&mut self, i: u32, input: Input) {
+        let now = self.node_now(i);
+        let Some(node) = self.ents[i as usize].node.as_mut() else { return };
+        node.handle_input(now, input);
+        let mut outs = Vec::new();
+        while let Some(o) = node.poll_output() {
+            outs.push(o);
+        }
+        let timeout = node.poll_timeout();
+        for o in outs {
+            match o {
+                Output::Send { peer, msg } => self.send(i, peer.0 as u32, msg),
+                Output::Persist(p) => {
+                    if let (Persist::Journal(entry), Some(m)) = (&p, self.rollout.as_mut()) {
+                        m.on_journal(i, entry, self.now_us, now);
+                    }
+                    if let Some(store) = self.ents[i as usize].store.as_mut() {
+                        keep(store, p);
+                    }
+                }
+                Output::Effect(effect) => {
+                    if let Some(m) = self.rollout.as_mut() {
+                        let (at, ev) = m.on_effect(i, effect, self.now_us);
+                        self.schedule(at, Ev::Rollout(ev));
+                    }
+                }
+                Output::Event(Event::Rollout(RolloutEvent::Stopped { rollout, .. })) => {
+                    if let Some(m) = self.rollout.as_mut() {
+                        m.on_stopped(i, rollout, self.now_us);
+                    }
+                }
+                Output::Disconnect { peer } => {
+                    let j = peer.0 as u32;
+                    self.ents[i as usize].links.retain(|x| *x != j);
+                    self.ents[j as usize].links.retain(|x| *x != i);
+                    self.input(j, Input::Disconnected { peer: PeerId(u64::from(i)) });
+                }
+                Output::Penalize { .. } | Output::Event(_) => {}
+                // Simulated nodes run in direct relay mode, which never asks for pubsub.
+                Output::Broadcast { .. } | Output::GossipVerdict { .. } => {
+                    unreachable!("pubsub output in direct relay mode")
+                }
+            }
+        }
+        if let Some(t) = timeout {
+            let local_ms = t.0 as i64 - self.ents[i as usize].skew_ms - EPOCH_MS as i64;
+            let at = (local_ms.max(0) as u64 * 1000).max(self.now_us);
+            if at != self.ents[i as usize].timer_at {
+                self.ents[i as usize].timer_at = at;
+                self.schedule(at, Ev::Timer { node: i });
+            }
+        }
+    }
+
+    /// Runs to the end and reports.
+    pub fn run(mut self) -> Report {
+        let wall = self.started;
+        self.boot_all();
+
+        self.schedule_script();
+        let end_us = self.s.duration_ms * 1000;
+        self.background_from_us = self.s.warmup_ms * 1000;
+        self.background_to_us = self.s.publish_at_ms * 1000;
+        while let Some(Reverse(q)) = self.queue.pop() {
+            if q.t > end_us {
+                break;
+            }
+            self.now_us = q.t;
+            let kind: &'static str = match &q.ev {
+                Ev::Deliver { msg, .. } => msg.kind(),
+                Ev::Timer { node } if self.ents[*node as usize].timer_at != q.t => "timer_stale",
+                Ev::Timer { .. } => "timer",
+                Ev::Rollout(_) => "rollout",
+                Ev::Payload(_) => "payload",
+                _ => "other",
+            };
+            let t0 = std::time::Instant::now();
+            self.step(q.ev);
+            PROF.with(|p| {
+                let mut p = p.borrow_mut();
+                let x = p.entry(kind).or_insert((0u64, 0u64));
+                x.0 += 1;
+                x.1 += t0.elapsed().as_nanos() as u64;
+            });
+        }
+        self.now_us = end_us;
+        if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
+            PROF.with(|p| {
+                for (k, (n, ns)) in p.borrow().iter() {
+                    eprintln!(
+                        "{k:16} {n:10} events {:8} ms {:6} ns/event",
+                        ns / 1_000_000,
+                        ns / n.max(&1)
+                    );
+                }
+            });
+        }
+        let _ = wall;
+        self.finish()
+    }
+
+    fn step(&mut self, ev: Ev) {
+        let t = self.now_us;
+        match ev {
+            Ev::Deliver { from, to, size, msg } => {
+                if self.ents[to as usize].node.is_none() {
+                    self.lost += 1;
+                    return;
+                }
+                self.delivered += 1;
+                *self.by_kind.entry(msg.kind()).or_default() += 1;
+                self.trace(t, TraceCode::Deliver, from, to, size as u64);
+                let catalog = msg.is_catalog();
+                self.input(to, Input::Message { peer: PeerId(u64::from(from)), msg });
+                if catalog {
+                    self.observe(to);
+                }
+            }
+            Ev::Bytes { from, to, bytes } => {
+                self.trace(t, TraceCode::Bytes, from, to, bytes.len() as u64);
+                self.input(to, Input::Bytes { peer: PeerId(u64::from(from)), bytes });
+            }
+            Ev::Timer { node } => {
+                if self.ents[node as usize].timer_at != t || self.ents[node as usize].node.is_none()
+                {
+                    return;
+                }
+                self.ents[node as usize].timer_at = u64::MAX;
+                self.trace(t, TraceCode::Timer, node, 0, 0);
+                self.input(node, Input::Timer);
+            }
+            Ev::Publish { measured, node, tag } => self.publish(measured, node, tag),
+            Ev::PartitionStart(i) | Ev::PartitionEnd(i) => {
+                let cut = matches!(ev, Ev::PartitionStart(_));
+                let code = if cut { TraceCode::PartitionStart } else { TraceCode::PartitionEnd };
+                self.trace(t, code, i as u32, 0, 0);
+                for s in self.partition_sites[i].clone() {
+                    self.partitioned[s as usize] = cut;
+                    self.with_payload(|p, w| p.on_partition(w, s, cut));
+                }
+            }
+            Ev::Crash(i) => {
+                for n in self.crash_sets[i].clone() {
+                    self.crash_node(n);
+                }
+            }
+            Ev::Restart(n) => {
+                self.trace(t, TraceCode::Restart, n, 0, 0);
+                self.start_node(n);
+                if self.honest(n) {
+                    self.with_payload(|p, w| p.on_restart(w, n));
+                }
+            }
+            Ev::Revoke => self.revoke(),
+            Ev::Attack => self.attack(),
+            Ev::Payload(e) => self.with_payload(|p, w| p.step(w, e)),
+            Ev::Rollout(RolloutEv::Publish) => self.publish_rollout(),
+            Ev::Rollout(RolloutEv::Done { node, life, result }) => {
+                let Some(m) = self.rollout.as_mut() else { return };
+                if m.deliverable(node, life) {
+                    self.trace(t, TraceCode::EffectDone, node, u32::from(result.ok), result.id);
+                    self.input(node, Input::EffectDone(result));
+                }
+            }
+            Ev::CrashFetchers => {
+                let spec = self.s.payload.clone().expect("scheduled with a payload");
+                let nodes = self
+                    .payload
+                    .as_ref()
+                    .map(|p| p.fetchers(spec.fetcher_crashes))
+                    .unwrap_or_default();
+                for n in nodes {
+                    // A node already down is not brought up early by this crash's restart.
+                    if self.ents[n as usize].node.is_some() {
+                        self.crash_node(n);
+                        self.schedule(t + spec.fetcher_down_ms * 1000, Ev::Restart(n));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lends the payload model the world for one call (it schedules events and traces).
+    fn with_payload(&mut self, f: impl FnOnce(&mut PayloadModel, &mut World)) {
+        if let Some(mut p) = self.payload.take() {
+            f(&mut p, self);
+            self.payload = Some(p);
+        }
+    }
+}
+
+impl Host for World {
+    fn now_us(&self) -> u64 {
+        self.now_us
+    }
+    fn schedule_payload(&mut self, at_us: u64, ev: PayloadEv) {
+        self.schedule(at_us, Ev::Payload(ev));
+    }
+    fn trace_payload(&mut self, code: u8, a: u32, b: u32, extra: u64) {
+        self.trace(self.now_us, TraceCode::Payload(code), a, b, extra);
+    }
+}
+
+/// Adds a persisted object to a node's store; an install's journal entry replaces the one of
+/// the same rollout (the latest step is all a restart needs).
+fn keep(store: &mut Vec<Persist>, p: Persist) {
+    if let Persist::Journal(entry) = &p {
+        let slot = store
+            .iter_mut()
+            .find(|q| matches!(q, Persist::Journal(e) if e.rollout == entry.rollout));
+        if let Some(slot) = slot {
+            *slot = p;
+            return;
+        }
+    }
+    store.push(p);
+}
+
+/// Runs a scenario with a seed.
+pub fn run(s: &Scenario, seed: u64) -> Report {
+    World::new(s.clone(), seed).run()
+}
+
+thread_local! { static PROF: std::cell::RefCell<BTreeMap<&'static str, (u64, u64)>> = Default::default(); }
