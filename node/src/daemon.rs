@@ -91,6 +91,8 @@ struct Daemon {
     /// Protocol messages this node sent, by kind: (messages, bytes). Direct sends count once
     /// per peer; a gossip publish counts once (pubsub then forwards it to the mesh peers).
     sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// Set when the node must stop (a store write failed); the main loop returns it.
+    fatal: Option<String>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -244,6 +246,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         effects_tx,
         rollout_stopped: BTreeMap::new(),
         sent_by_kind: BTreeMap::new(),
+        fatal: None,
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // Start the core, then give it the real inventory if its record does not carry it yet.
@@ -263,6 +266,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let mut site_tick = tokio::time::interval(Duration::from_secs(5));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        if let Some(why) = d.fatal.take() {
+            let _ = std::fs::remove_file(&socket);
+            anyhow::bail!(why);
+        }
         let deadline = d.deadline();
         tokio::select! {
             ev = d.swarm.select_next_some() => d.on_swarm(ev),
@@ -398,7 +405,10 @@ impl Daemon {
     fn input(&mut self, input: Input) {
         self.node.handle_input(now_ms(), input);
         while let Some(out) = self.node.poll_output() {
-            self.output(out);
+            // After a failed write, the rest is dropped: it may depend on what was not stored.
+            if self.fatal.is_none() {
+                self.output(out);
+            }
         }
         // The core answers every gossip input at once; should a verdict ever be lost (a full
         // output queue), the message is ignored rather than left pending in gossipsub.
@@ -449,9 +459,11 @@ impl Daemon {
             }
             Output::Persist(p) => {
                 if let Err(e) = self.store.persist(&p) {
-                    // Losing durability silently would break the floors; stop instead.
+                    // Losing durability silently would break the floors: nothing that depends
+                    // on this write may go out, and the node stops.
                     tracing::error!(error = %e, "store write failed; stopping");
-                    std::process::exit(3);
+                    self.fatal = Some(format!("the store could not be written ({e}); the node stopped so that nothing it sends depends on a lost write"));
+                    return;
                 }
                 self.crash_hook(&p);
             }

@@ -6,8 +6,9 @@
 //! step idempotent. Each step runs in its own task; its result comes back to the owner task as
 //! `Input::EffectDone`. Every step's output is appended to `<data_dir>/audit.jsonl`.
 //!
-//! For tests, `PATCHMESH_TEST_CRASH_AT=<step>` kills the node with SIGKILL right after the
-//! journal entry for that step was flushed: exactly the crash the journal exists for.
+//! For tests (built with the `test-hooks` feature only), `PATCHMESH_TEST_CRASH_AT=<step>` kills
+//! the node with SIGKILL right after the journal entry for that step was flushed: exactly the
+//! crash the journal exists for.
 
 use super::Daemon;
 use crate::control;
@@ -28,6 +29,7 @@ const FETCH_WAIT: Duration = Duration::from_secs(600);
 
 impl Daemon {
     /// Kills the process after a journal entry was flushed, when a test asked for it.
+    #[cfg(feature = "test-hooks")]
     pub(super) fn crash_hook(&self, p: &Persist) {
         let Persist::Journal(entry) = p else { return };
         let Ok(want) = std::env::var("PATCHMESH_TEST_CRASH_AT") else { return };
@@ -41,6 +43,11 @@ impl Daemon {
         }
     }
 
+    /// Without the `test-hooks` feature there is no crash hook.
+    #[cfg(not(feature = "test-hooks"))]
+    pub(super) fn crash_hook(&self, _: &Persist) {}
+
+    #[cfg(feature = "test-hooks")]
     fn store_flush(&self) -> anyhow::Result<()> {
         use crate::store::Store;
         self.store.flush()?;
