@@ -25,8 +25,8 @@
 //! ## Misbehaviour
 //! Anything that fails verification is refused, counted in [`Stats`], reported as
 //! [`Event::Rejected`] and answered with [`Output::Penalize`]; it is never stored or relayed. A
-//! stale version (a replay or a gap, which an honest peer sends in a gossip race) is counted
-//! but costs no penalty ([`refusal::Offence`]). A peer without a valid admission certificate
+//! stale version (a replay or a gap, which an honest peer sends in a gossip race) and a hello
+//! that came too late (a slow link) are counted but cost no penalty ([`refusal::Offence`]). A peer without a valid admission certificate
 //! gets nothing and is disconnected.
 
 mod io;

@@ -28,9 +28,11 @@ pub(crate) enum Refusal {
 /// What a refusal says about its sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Offence {
-    /// A version we already passed, or one ahead of a version we lack: an honest peer sends
-    /// these in a gossip race. Not forwarded, but no penalty and no rejection of the message.
-    Stale,
+    /// Nothing an honest peer cannot cause: a version we already passed or one ahead of a
+    /// version we lack (a gossip race), or a hello that did not arrive in time (a slow or
+    /// congested link; the connection is dropped anyway). Not forwarded, but no penalty and
+    /// no rejection of the message.
+    Blameless,
     /// Invalid: the sender is penalised and a pubsub message carrying it is rejected.
     Invalid,
 }
@@ -78,13 +80,14 @@ impl Refusal {
         match self {
             Refusal::Trust(t) | Refusal::Catalog(CatalogError::Trust(t)) => {
                 if stale(t) {
-                    Offence::Stale
+                    Offence::Blameless
                 } else {
                     Offence::Invalid
                 }
             }
-            Refusal::Site(SiteError::Trust(t)) if stale(t) => Offence::Stale,
-            Refusal::Site(SiteError::Replay { .. }) => Offence::Stale,
+            Refusal::Site(SiteError::Trust(t)) if stale(t) => Offence::Blameless,
+            Refusal::Site(SiteError::Replay { .. }) => Offence::Blameless,
+            Refusal::HelloTimeout => Offence::Blameless,
             _ => Offence::Invalid,
         }
     }
@@ -95,11 +98,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_stale_versions_are_no_offence() {
+    fn only_stale_versions_and_late_hellos_are_no_offence() {
         let replay = Refusal::Trust(TrustError::Replay { floor: 3, got: 2 });
-        assert_eq!((replay.kind(), replay.offence()), ("replay", Offence::Stale));
+        assert_eq!((replay.kind(), replay.offence()), ("replay", Offence::Blameless));
         let gap = Refusal::Catalog(CatalogError::Trust(TrustError::Gap { floor: 1, got: 3 }));
-        assert_eq!((gap.kind(), gap.offence()), ("gap", Offence::Stale));
+        assert_eq!((gap.kind(), gap.offence()), ("gap", Offence::Blameless));
         let too_big = Refusal::Decode(DecodeError::TooLarge {
             what: "message",
             size_bytes: 10,
@@ -108,7 +111,12 @@ mod tests {
         assert_eq!((too_big.kind(), too_big.offence()), ("oversized", Offence::Invalid));
         assert_eq!(Refusal::NotGossip.offence(), Offence::Invalid);
         let site_replay = Refusal::Site(SiteError::Replay { floor: 4, got: 4 });
-        assert_eq!((site_replay.kind(), site_replay.offence()), ("replay", Offence::Stale));
+        assert_eq!((site_replay.kind(), site_replay.offence()), ("replay", Offence::Blameless));
         assert_eq!(Refusal::HelloTimeout.kind(), "hello_timeout");
+        assert_eq!(
+            Refusal::HelloTimeout.offence(),
+            Offence::Blameless,
+            "a slow link is no offence"
+        );
     }
 }

@@ -381,11 +381,12 @@ impl Download {
         if self.is_complete() {
             return Vec::new();
         }
+        let flowing = self.flowing();
         let ask: Vec<NodeId> = self
             .sources
             .iter()
             .filter(|(_, s)| self.usable(s) && s.asking_since.is_none())
-            .filter(|(_, s)| self.ask_due(s).is_some_and(|at| now >= at))
+            .filter(|(_, s)| self.ask_due(s, flowing).is_some_and(|at| now >= at))
             .map(|(n, _)| *n)
             .collect();
         ask.into_iter()
@@ -399,20 +400,25 @@ impl Download {
     }
 
     /// When source `s` is next to be asked what it holds; `None` for never (it holds it all).
+    /// `flowing`: some usable source holds part of the payload, so the mesh is moving it.
+    ///
     /// A site member that holds a part is asked again every `have_refresh_ms` (how members
     /// stream from the elected node while it receives); another site's partial holder four
     /// times slower (each question opens a stream across the WAN, and its answer grows only at
-    /// the WAN's pace). One that holds nothing is asked after four refreshes, then each
-    /// "nothing" doubles the wait, up to [`limits::FETCH_NOTHING_ASK_MAX_MS`] (a site member)
-    /// or [`limits::FETCH_NOTHING_ASK_WAN_MAX_MS`]: a payload nobody holds yet costs a
-    /// waiting fleet almost nothing.
-    fn ask_due(&self, s: &Source) -> Option<Millis> {
+    /// the WAN's pace). One that holds nothing is asked again after four refreshes while the
+    /// payload flows (it may get parts any moment, and sites feed each other through such
+    /// answers). While nothing holds it anywhere, each "nothing" doubles the wait, up to
+    /// [`limits::FETCH_NOTHING_ASK_MAX_MS`] (a site member) or
+    /// [`limits::FETCH_NOTHING_ASK_WAN_MAX_MS`]: a fleet waiting for a payload nobody holds
+    /// yet costs almost nothing.
+    fn ask_due(&self, s: &Source, flowing: bool) -> Option<Millis> {
         let refresh = self.params.have_refresh_ms;
         let wait = match &s.have {
             None => 0,
             Some(Availability::Complete) => return None,
             Some(Availability::Partial(_)) if s.lan => refresh,
             Some(Availability::Partial(_)) => 4 * refresh,
+            Some(Availability::Nothing) if flowing => 4 * refresh,
             Some(Availability::Nothing) => {
                 let cap = if s.lan {
                     limits::FETCH_NOTHING_ASK_MAX_MS
@@ -427,15 +433,21 @@ impl Download {
         Some(s.asked_at.map_or(Millis(0), |at| at.plus(wait)))
     }
 
+    /// Whether some usable source holds part of the payload.
+    fn flowing(&self) -> bool {
+        self.sources.values().any(|s| self.usable(s) && s.holds_any())
+    }
+
     /// The earliest time a usable source with no open question is due to be asked again.
     pub fn next_ask(&self) -> Option<Millis> {
         if self.is_complete() {
             return None;
         }
+        let flowing = self.flowing();
         self.sources
             .values()
             .filter(|s| self.usable(s) && s.asking_since.is_none())
-            .filter_map(|s| self.ask_due(s))
+            .filter_map(|s| self.ask_due(s, flowing))
             .min()
     }
 

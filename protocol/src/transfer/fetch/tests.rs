@@ -175,8 +175,7 @@ fn the_end_game_cuts_a_struck_sources_last_ranges_short() {
     // n2 delivers whatever it is given; n1's last range never moves.
     let mut cancelled = false;
     for t in 6..50 {
-        let mine: Vec<Request> =
-            inflight.values().filter(|r| r.source == n(2)).cloned().collect();
+        let mine: Vec<Request> = inflight.values().filter(|r| r.source == n(2)).cloned().collect();
         for r in mine {
             let g = FetchInput::Groups { request: r.id, first: r.first, count: r.count };
             f.handle_input(Millis(t), g);
@@ -212,9 +211,7 @@ fn a_timed_out_range_goes_back_and_the_source_stays() {
     let late = FetchInput::RangeEnded { request: rs[0].id, result: Err(Failure::Timeout) };
     f.handle_input(Millis(10_000), late);
     let out = drain(&mut f);
-    assert!(!out
-        .iter()
-        .any(|o| matches!(o, FetchOutput::Cancel(_) | FetchOutput::Penalize(..))));
+    assert!(!out.iter().any(|o| matches!(o, FetchOutput::Cancel(_) | FetchOutput::Penalize(..))));
     assert_eq!(f.resting(), 0);
     assert_eq!(f.stats().dropped.get("timeout"), Some(&1));
     // The range's groups are asked for again.
@@ -409,10 +406,7 @@ fn wan_sources_are_capped_and_the_slowest_rotates_out() {
             if r.source == slowest && (t / 250) % 2 == 1 {
                 continue;
             }
-            f.handle_input(
-                Millis(t),
-                FetchInput::Groups { request: *id, first: *next, count: 1 },
-            );
+            f.handle_input(Millis(t), FetchInput::Groups { request: *id, first: *next, count: 1 });
             *next += 1;
             if *next == r.first + r.count {
                 ended.push(*id);

@@ -56,6 +56,24 @@ fn sources_that_hold_nothing_are_asked_ever_less_often() {
 }
 
 #[test]
+fn while_the_payload_flows_sources_that_hold_nothing_are_asked_every_second() {
+    let mut d = dl(20);
+    d.add_source(n(1), true);
+    d.add_source(n(2), true);
+    let mut t = Millis(0);
+    assert_eq!(d.poll_asks(t).len(), 2);
+    let mut part = Bitfield::new(20);
+    part.set(3);
+    d.on_have(&n(1), Availability::Partial(part));
+    for _ in 0..5 {
+        d.on_have(&n(2), Availability::Nothing);
+        // n(2) may get parts from n(1) any moment: it is asked again after four refreshes.
+        t = t.plus(1_000);
+        assert!(d.poll_asks(t).contains(&Action::AskHave(n(2))), "at {t:?}");
+    }
+}
+
+#[test]
 fn splits_ranges_over_sources_and_completes() {
     let mut d = dl(20);
     d.set_role(Role::Wan);
@@ -149,10 +167,7 @@ fn faults_ban_and_release_ranges() {
     assert!(again.iter().all(|r| r.source == n(2)));
     assert_eq!(again[0].first, 0);
     // A banned source is never asked again.
-    assert!(d
-        .poll(Millis(10_000))
-        .iter()
-        .all(|a| !matches!(a, Action::AskHave(x) if *x == n(1))));
+    assert!(d.poll(Millis(10_000)).iter().all(|a| !matches!(a, Action::AskHave(x) if *x == n(1))));
 }
 
 #[test]
@@ -302,10 +317,7 @@ fn partial_sources_are_followed_and_liars_caught() {
     // A bitfield of the wrong length is a protocol fault.
     let mut d = dl(8);
     d.add_source(n(3), true);
-    assert_eq!(
-        d.on_have(&n(3), Availability::Partial(Bitfield::new(9))),
-        Some(Fault::Protocol)
-    );
+    assert_eq!(d.on_have(&n(3), Availability::Partial(Bitfield::new(9))), Some(Fault::Protocol));
 }
 
 #[test]
