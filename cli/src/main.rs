@@ -380,7 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(patchmesh_node::daemon::run(cfg))
+            Ok(rt.block_on(patchmesh_node::daemon::run(cfg))?)
         }
         Cmd::Admit { node_key, site, labels, admin_key, genesis, valid_days, out, json } => {
             admit(&node_key, &site, labels, &admin_key, &genesis, valid_days, &out, json)

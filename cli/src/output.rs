@@ -271,14 +271,15 @@ fn control_text(r: &RolloutView) -> String {
 
 /// True once a rollout needs no more watching: stopped, or every ring's members settled.
 pub fn rollout_settled(r: &RolloutView) -> bool {
-    let busy = r.rings.iter().any(|g| g.installing > 0);
+    let busy = r.rings.iter().any(|g| g.counts.installing > 0);
     if matches!(r.control, Some(Control::Halted { .. } | Control::Aborted)) {
         return !busy;
     }
     !r.rings.is_empty()
         && r.rings
             .iter()
-            .all(|g| g.targeted > 0 && g.succeeded + g.failed + g.rolled_back >= g.targeted)
+            .map(|g| &g.counts)
+            .all(|c| c.targeted > 0 && c.succeeded + c.failed + c.rolled_back >= c.targeted)
 }
 
 /// One rollout as text: header, then a line per ring.
@@ -291,9 +292,10 @@ pub fn rollout_text(r: &RolloutView) -> String {
         "ring", "targeted", "pending", "installing", "succeeded", "failed", "rolled back"
     );
     for g in &r.rings {
+        let c = &g.counts;
         out += &format!(
             "  {:<10} {:>8} {:>8} {:>10} {:>9} {:>6} {:>11}\n",
-            g.name, g.targeted, g.pending, g.installing, g.succeeded, g.failed, g.rolled_back
+            g.name, c.targeted, c.pending, c.installing, c.succeeded, c.failed, c.rolled_back
         );
     }
     if let Some(w) = r.waiting.as_deref().filter(|w| !w.is_empty()) {
@@ -351,11 +353,12 @@ impl RolloutBars {
                     b.set_prefix(g.name.clone());
                     b
                 });
-                bar.set_length(u64::from(g.targeted.max(1)));
-                bar.set_position(u64::from(g.succeeded));
+                let c = &g.counts;
+                bar.set_length(u64::from(c.targeted.max(1)));
+                bar.set_position(u64::from(c.succeeded));
                 bar.set_message(format!(
                     "{} targeted, {} pending, {} installing, {} succeeded, {} failed, {} rolled back",
-                    g.targeted, g.pending, g.installing, g.succeeded, g.failed, g.rolled_back
+                    c.targeted, c.pending, c.installing, c.succeeded, c.failed, c.rolled_back
                 ));
             }
         }

@@ -4,7 +4,8 @@
 //! default.
 
 use crate::inventory::Inventory;
-use patchmesh_protocol::rollout::Control;
+use patchmesh_protocol::catalog::Gate;
+use patchmesh_protocol::rollout::{Control, RingStats};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -420,34 +421,10 @@ pub struct RingView {
     /// Labels that put a node in it.
     pub labels: BTreeMap<String, String>,
     /// Its gate.
-    pub gate: GateView,
-    /// Members targeted.
-    pub targeted: u32,
-    /// Not started yet.
-    pub pending: u32,
-    /// Installing now.
-    pub installing: u32,
-    /// Verified and soaked.
-    pub succeeded: u32,
-    /// Failed.
-    pub failed: u32,
-    /// Rolled back.
-    pub rolled_back: u32,
-}
-
-/// A ring's gate.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct GateView {
-    /// Succeeded fraction of targeted needed, per mille.
-    pub min_success_permille: u16,
-    /// More failures than this halt.
-    pub max_failures: u32,
-    /// Failed fraction that blocks (and halts once all reported), per mille.
-    pub max_failure_permille: u16,
-    /// Soak before a member counts as succeeded.
-    pub min_soak_ms: u64,
-    /// Succeeded members needed at least.
-    pub min_reports: u32,
+    pub gate: Gate,
+    /// Its members by status (as the verdict counts them).
+    #[serde(flatten)]
+    pub counts: RingStats,
 }
 
 /// An admin command naming a rollout.

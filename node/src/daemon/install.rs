@@ -48,7 +48,7 @@ impl Daemon {
     pub(super) fn crash_hook(&self, _: &Persist) {}
 
     #[cfg(feature = "test-hooks")]
-    fn store_flush(&self) -> anyhow::Result<()> {
+    fn store_flush(&self) -> Result<(), crate::store::StoreError> {
         use crate::store::Store;
         self.store.flush()?;
         Ok(())
@@ -59,7 +59,9 @@ impl Daemon {
             RolloutEvent::Stopped { rollout, control } => {
                 tracing::warn!(%rollout, ?control, "rollout stopped");
                 self.rollout_stopped.entry(*rollout).or_insert_with(crate::clock::now_ms);
-                self.audit(json!({"event": "stopped", "rollout": rollout.to_string(), "control": control}));
+                self.audit(
+                    json!({"event": "stopped", "rollout": rollout.to_string(), "control": control}),
+                );
             }
             RolloutEvent::Step { rollout, ring, step } => {
                 tracing::info!(%rollout, ring, step = step.name(), "install step");
@@ -144,7 +146,11 @@ impl Daemon {
         let tx = self.effects_tx.clone();
         let id = effect.id;
         let Some(patch) = self.node.policies().patches.get(&effect.content_id).cloned() else {
-            let _ = tx.try_send(EffectResult { id, ok: false, detail: "patch left the catalog".into() });
+            let _ = tx.try_send(EffectResult {
+                id,
+                ok: false,
+                detail: "patch left the catalog".into(),
+            });
             return;
         };
         if effect.action == Action::Fetch {
@@ -223,19 +229,8 @@ impl Daemon {
                         name: spec.name.clone(),
                         percent: spec.percent,
                         labels: spec.labels.clone(),
-                        gate: control::GateView {
-                            min_success_permille: spec.gate.min_success_permille,
-                            max_failures: spec.gate.max_failures,
-                            max_failure_permille: spec.gate.max_failure_permille,
-                            min_soak_ms: spec.gate.min_soak_ms,
-                            min_reports: spec.gate.min_reports,
-                        },
-                        targeted: stats.targeted,
-                        pending: stats.pending,
-                        installing: stats.installing,
-                        succeeded: stats.succeeded,
-                        failed: stats.failed,
-                        rolled_back: stats.rolled_back,
+                        gate: spec.gate.clone(),
+                        counts: stats,
                     }
                 })
                 .collect();

@@ -180,10 +180,11 @@ impl Daemon {
                             have_bytes: c.have_bytes,
                             complete: c.complete,
                             patch: names.get(&c.content).cloned(),
-                            state: p.map_or(if c.complete { "complete" } else { "partial" }, |p| {
-                                p.state.as_str()
-                            })
-                            .to_string(),
+                            state: p
+                                .map_or(if c.complete { "complete" } else { "partial" }, |p| {
+                                    p.state.as_str()
+                                })
+                                .to_string(),
                             error: p.and_then(|p| p.error.clone()),
                         }
                     })

@@ -102,7 +102,7 @@ impl Policies {
 }
 
 /// Counts of one ring's members as this node sees them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingStats {
     /// Members the rollout targets (every status but not-targeted).
     pub targeted: u32,

@@ -1,0 +1,60 @@
+//! What the machine is: its inventory (re-read now and then; a change re-signs the record)
+//! and the facts rollout selectors and windows read.
+
+use super::*;
+
+pub(super) fn read_inventory(root: &Path) -> Inventory {
+    match inventory::collect(&inventory::Sources { root }) {
+        Ok(inv) => inv,
+        Err(e) => {
+            tracing::warn!(error = %e, "inventory could not be read; reporting none");
+            Inventory {
+                hostname: "unknown".into(),
+                os: "unknown".into(),
+                kernel: "unknown".into(),
+                arch: std::env::consts::ARCH.into(),
+                cpus: 1,
+                memory_bytes: 0,
+                packages: Vec::new(),
+            }
+        }
+    }
+}
+
+impl Daemon {
+    pub(super) fn refresh_inventory(&mut self) {
+        let inv = read_inventory(&self.cfg.inventory_root);
+        let summary = inv.summary();
+        let changed = summary != self.inventory.summary();
+        self.inventory = inv;
+        if changed {
+            tracing::info!(
+                packages = summary.package_count,
+                "inventory changed; re-signing record"
+            );
+            self.input(Input::Command(Command::UpdateRecord { inventory: summary }));
+            self.set_facts();
+        }
+    }
+
+    /// Tells the core what rollout selectors and windows read: OS, packages, time zone.
+    pub(super) fn set_facts(&mut self) {
+        let tz = match &self.cfg.time_zone {
+            Some(name) => jiff::tz::TimeZone::get(name).unwrap_or_else(|e| {
+                tracing::warn!(zone = %name, error = %e, "unknown time zone; using UTC");
+                jiff::tz::TimeZone::UTC
+            }),
+            None => jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
+        };
+        let packages = self
+            .inventory
+            .packages
+            .iter()
+            .filter(|p| p.status == "installed")
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect();
+        let facts =
+            patchmesh_protocol::rollout::Facts { os: self.inventory.os.clone(), packages, tz };
+        self.input(Input::Command(Command::SetFacts(facts)));
+    }
+}

@@ -1,0 +1,528 @@
+//! The daemon: a tokio driver feeding `protocol::Node` from the swarm, the clock, the control
+//! socket and the inventory, and carrying out everything it asks.
+//!
+//! One task owns the core, the swarm and the store; nothing else touches them, so the core is
+//! driven exactly as the drive contract says: one input, then drain every output. Time is the
+//! wall clock in milliseconds since the Unix epoch (certificates expire in that clock) and the
+//! core's RNG seed comes from the OS at start. Control connections are served by small tasks
+//! that hand each request to the owner over a bounded channel and wait for the answer.
+//!
+//! Files by role: this one holds the daemon's state, its start and its loop, and carries out
+//! the core's outputs; `swarm` turns swarm events into inputs; `requests` serves the control
+//! socket; `payload` and `install` drive transfers and install steps; `facts` reads the
+//! machine.
+//!
+//! Outputs: `Send` goes out over request-response, `Broadcast` over gossipsub, `Persist` into
+//! sled before the next input is read, `GossipVerdict` back to gossipsub's validation,
+//! `Penalize` lowers the peer's gossipsub application score (and disconnects it after
+//! [`PENALTIES_MAX`]), `Disconnect` closes every connection to the peer.
+
+mod facts;
+mod install;
+mod payload;
+mod requests;
+mod swarm;
+
+use facts::read_inventory;
+use requests::{bind_control, control_token, parse_id, serve_control};
+
+use crate::clock::now_ms;
+use crate::config::{LogFormat, NodeConfig};
+use crate::content::{ContentStore, StoreLimits};
+use crate::control::{self, Call, Request};
+use crate::files;
+use crate::inventory::{self, Inventory};
+use crate::net::{self, Behaviour, BehaviourEvent, Topics};
+use crate::store::{SledStore, Store};
+use crate::transfer::{PeerView, ToDaemon, TransferConfig, Transfers};
+use libp2p::futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, mdns, request_response, Multiaddr, PeerId, Swarm};
+use patchmesh_protocol::catalog::CatalogEntry;
+use patchmesh_protocol::crypto::{decode, encode, Ed25519, Envelope};
+use patchmesh_protocol::ids::{KeyId, Millis, NodeId};
+use patchmesh_protocol::node::{
+    self as core, Command, Event, Input, Node, Output, RelayMode, Topic, Verdict,
+};
+use patchmesh_protocol::trust::AdmissionCert;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Invalid objects a peer may send before it is disconnected.
+pub const PENALTIES_MAX: u32 = 5;
+/// Control requests waiting for the owner task.
+const CONTROL_QUEUE: usize = 64;
+
+/// Sets up `tracing` in the configured format.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+type Reply = oneshot::Sender<Value>;
+
+struct Daemon {
+    node: Node,
+    swarm: Swarm<Behaviour>,
+    store: SledStore,
+    registry: libp2p::metrics::Registry,
+    topics: Topics,
+    cfg: NodeConfig,
+    cert: AdmissionCert,
+    mesh_name: String,
+    ids: HashMap<PeerId, u64>,
+    peers: HashMap<u64, PeerId>,
+    next_peer: u64,
+    admitted: HashSet<PeerId>,
+    penalties: HashMap<PeerId, u32>,
+    pending_gossip: HashMap<u64, (gossipsub::MessageId, PeerId)>,
+    next_token: u64,
+    inventory: Inventory,
+    inventory_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
+    listen: Vec<Multiaddr>,
+    started: Instant,
+    /// Objects loaded from the store at start, and how many of them failed verification.
+    restored: (usize, usize),
+    transfers: Arc<Transfers>,
+    view_tx: tokio::sync::watch::Sender<PeerView>,
+    provider_queries: HashMap<kad::QueryId, patchmesh_protocol::ids::ContentId>,
+    effects_tx: mpsc::Sender<patchmesh_protocol::rollout::EffectResult>,
+    /// When this node first saw each rollout halted or aborted (its clock).
+    rollout_stopped: BTreeMap<patchmesh_protocol::ids::RolloutId, Millis>,
+    /// Protocol messages this node sent, by kind: (messages, bytes). Direct sends count once
+    /// per peer; a gossip publish counts once (pubsub then forwards it to the mesh peers).
+    sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// Set when the node must stop (a store write failed); the main loop returns it.
+    fatal: Option<String>,
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+/// Opens the store, verifies it, builds the core and the swarm, and binds the control socket.
+/// (Long, but one straight sequence of setup steps in the order they depend on each other;
+/// split up, it would only hand its locals around.)
+async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
+    let file = |what: &'static str| move |source| DaemonError::File { what, source };
+    let key = files::read_key(&cfg.key).map_err(file("the node key"))?;
+    let genesis = files::read_envelope(&cfg.genesis).map_err(file("the genesis"))?;
+    let admission = files::read_envelope(&cfg.admission).map_err(file("the admission"))?;
+    let cert: AdmissionCert = admission.open("admission certificate")?;
+    let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
+    set_mode(&cfg.data_dir, 0o700)?;
+    let store = SledStore::open(&cfg.data_dir.join("store"), &genesis, key.public())
+        .map_err(DaemonError::Store)?;
+    let loaded = store.load().map_err(DaemonError::Store)?;
+    let floor = loaded
+        .persisted
+        .iter()
+        .filter_map(|p| match p {
+            core::Persist::RecordVersionFloor(v) => Some(*v),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    crate::clock::set_offset_ms(cfg.clock_offset_ms);
+    let now = now_ms();
+    let (effects_tx, effects_rx) = install::channel();
+    let mut node = Node::new(
+        core::Config {
+            key: key.clone(),
+            admission,
+            genesis: genesis.clone(),
+            anti_entropy_interval_ms: cfg.anti_entropy_interval_ms,
+            summary_interval_ms: cfg.summary_interval_ms,
+            gossip_flush_ms: cfg.gossip_flush_ms,
+            summary_fanout: 4,
+            seed: rand::random(),
+            record_version_floor: floor,
+            check: Arc::new(Ed25519),
+            relay: RelayMode::Topics,
+            rollout_eval_ms: cfg.rollout_eval_ms,
+        },
+        now,
+    )?;
+    let refused = node.restore(&loaded.persisted);
+    tracing::info!(
+        objects = loaded.persisted.len(),
+        refused,
+        unreadable = loaded.unreadable.len(),
+        "store loaded and verified"
+    );
+
+    let mut registry = libp2p::metrics::Registry::default();
+    let net_cfg = net::NetConfig {
+        mesh: g.mesh_id(),
+        mdns: cfg.mdns,
+        relay_server: cfg.relay_server,
+        connections_max: cfg.connections_max,
+        psk: cfg.psk()?,
+        idle_timeout_ms: 120_000,
+    };
+    let mut swarm = net::build(net::keypair_of(&key), &net_cfg, &mut registry)?;
+    let content = Arc::new(
+        ContentStore::open(
+            &cfg.data_dir.join("content"),
+            StoreLimits {
+                payload_bytes_max: cfg.payload_bytes_max,
+                store_bytes_max: cfg.store_bytes_max,
+            },
+        )
+        .map_err(DaemonError::Content)?,
+    );
+    let (view_tx, view_rx) = tokio::sync::watch::channel(PeerView::default());
+    let (to_daemon, from_transfers) = mpsc::channel::<ToDaemon>(1024);
+    let mut stream_control = swarm.behaviour().stream.new_control();
+    let data_protocol = crate::transfer::protocol(&g.mesh_id());
+    let incoming = stream_control
+        .accept(data_protocol.clone())
+        .map_err(|_| DaemonError::Setup("the data protocol was registered twice".into()))?;
+    let transfers = Transfers::new(
+        NodeId(key.public().0),
+        cert.site.clone(),
+        content,
+        view_rx,
+        stream_control,
+        data_protocol,
+        TransferConfig {
+            rate_bytes_per_s: cfg.rate_bytes_per_s,
+            wan_rate_bytes_per_s: cfg.wan_rate_bytes_per_s,
+            params: patchmesh_protocol::transfer::plan::Params {
+                min_rate_bytes_per_s: cfg.min_rate_bytes_per_s,
+                ..Default::default()
+            },
+        },
+        to_daemon,
+    );
+    tokio::spawn(transfers.clone().serve(incoming));
+    let topics = Topics::new(&g.mesh_id(), &cert.site);
+    for t in [&topics.control, &topics.site, &topics.summaries] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| DaemonError::Setup(format!("subscribing to {t}: {e}")))?;
+    }
+    for addr in &cfg.listen {
+        let addr: Multiaddr = parse_addr(addr)?;
+        if net_cfg.psk.is_some()
+            && addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+        {
+            tracing::warn!(%addr, "QUIC cannot carry the private-network handshake; not listening on it");
+            continue;
+        }
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| DaemonError::Setup(format!("listening on {addr}: {e}")))?;
+    }
+    for addr in &cfg.bootstrap {
+        let addr: Multiaddr = parse_addr(addr)?;
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "bootstrap dial failed");
+        }
+    }
+
+    let inventory = read_inventory(&cfg.inventory_root);
+    let (ctl_tx, ctl_rx) = mpsc::channel::<(Request, Reply)>(CONTROL_QUEUE);
+    let token = control_token(&cfg.token_path())?;
+    let socket = cfg.control_socket();
+    let listener = bind_control(&socket)?;
+    tokio::spawn(serve_control(listener, token, ctl_tx));
+
+    let mut d = Daemon {
+        node,
+        swarm,
+        store,
+        registry,
+        topics,
+        mesh_name: g.mesh_name.clone(),
+        cert,
+        cfg,
+        ids: HashMap::new(),
+        peers: HashMap::new(),
+        next_peer: 1,
+        admitted: HashSet::new(),
+        penalties: HashMap::new(),
+        pending_gossip: HashMap::new(),
+        next_token: 1,
+        inventory,
+        inventory_waiting: HashMap::new(),
+        listen: Vec::new(),
+        started: Instant::now(),
+        restored: (loaded.persisted.len(), refused + loaded.unreadable.len()),
+        transfers,
+        view_tx,
+        provider_queries: HashMap::new(),
+        effects_tx,
+        rollout_stopped: BTreeMap::new(),
+        sent_by_kind: BTreeMap::new(),
+        fatal: None,
+    };
+    tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
+    // Start the core, then give it the real inventory if its record does not carry it yet.
+    d.input(Input::Start);
+    let summary = d.inventory.summary();
+    let held = d.node.site().records().get(&d.node.id()).map(|r| r.record().inventory.clone());
+    if held.as_ref() != Some(&summary) {
+        d.input(Input::Command(Command::UpdateRecord { inventory: summary }));
+    }
+    Ok((d, Inbox { ctl_rx, from_transfers, effects_rx, socket }))
+}
+
+pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
+    let (mut d, mut inbox) = start(cfg).await?;
+    let socket = inbox.socket.clone();
+    let result = d.run(&mut inbox).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+/// What the owner task receives besides swarm events.
+struct Inbox {
+    ctl_rx: mpsc::Receiver<(Request, Reply)>,
+    from_transfers: mpsc::Receiver<ToDaemon>,
+    effects_rx: mpsc::Receiver<patchmesh_protocol::rollout::EffectResult>,
+    socket: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// The owner task's loop: one event, one input, every output carried out, until a signal
+    /// or a failed store write.
+    async fn run(&mut self, inbox: &mut Inbox) -> Result<(), DaemonError> {
+        let d = self;
+        d.set_facts();
+        d.provide_all();
+        d.on_catalog();
+        let mut inventory_tick =
+            tokio::time::interval(Duration::from_millis(d.cfg.inventory_interval_ms.max(1000)));
+        inventory_tick.tick().await;
+        let mut site_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(io("handling SIGTERM".into()))?;
+        loop {
+            if let Some(why) = d.fatal.take() {
+                return Err(DaemonError::Stopped(why));
+            }
+            let deadline = d.deadline();
+            tokio::select! {
+                ev = d.swarm.select_next_some() => d.on_swarm(ev),
+                () = tokio::time::sleep_until(deadline) => d.input(Input::Timer),
+                Some((req, reply)) = inbox.ctl_rx.recv() => d.on_control(req, reply),
+                Some(cmd) = inbox.from_transfers.recv() => d.on_transfer(cmd),
+                Some(result) = inbox.effects_rx.recv() => d.on_effect_done(result),
+                _ = inventory_tick.tick() => d.refresh_inventory(),
+                _ = site_tick.tick() => d.connect_site(),
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        tracing::info!("shutting down");
+        d.store.flush().map_err(DaemonError::Store)?;
+        Ok(())
+    }
+}
+
+fn count_sent(by_kind: &mut BTreeMap<&'static str, (u64, u64)>, kind: &'static str, bytes: usize) {
+    let e = by_kind.entry(kind).or_default();
+    e.0 += 1;
+    e.1 += bytes as u64;
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("setting the mode of {}", path.display())))
+}
+
+/// An I/O error with what was being done.
+fn io(what: String) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Io { what, source }
+}
+
+fn parse_addr(addr: &str) -> Result<Multiaddr, DaemonError> {
+    addr.parse().map_err(|e| DaemonError::Setup(format!("address {addr:?}: {e}")))
+}
+
+/// Why a node could not start, or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A key, genesis or certificate file.
+    #[error("reading {what}: {source}")]
+    File {
+        /// Which file.
+        what: &'static str,
+        /// Why.
+        source: files::FileError,
+    },
+    /// A trust file that does not decode.
+    #[error(transparent)]
+    Decode(#[from] patchmesh_protocol::crypto::DecodeError),
+    /// The core refused its own configuration (genesis or certificate).
+    #[error("starting the node: {0}")]
+    Start(#[from] core::StartError),
+    /// The state store.
+    #[error("the store: {0}")]
+    Store(crate::store::StoreError),
+    /// The content store.
+    #[error("the content store: {0}")]
+    Content(crate::content::StoreError),
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The network stack.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The control API.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// Setting up the swarm (addresses, topics, protocols).
+    #[error("{0}")]
+    Setup(String),
+    /// Another node already serves this data directory.
+    #[error("a node is already running with control socket {0}")]
+    AlreadyRunning(std::path::PathBuf),
+    /// A system call.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The node stopped itself (a store write failed).
+    #[error("{0}")]
+    Stopped(String),
+}
+
+impl Daemon {
+    pub(super) fn deadline(&self) -> tokio::time::Instant {
+        let now = now_ms();
+        let wait = self.node.poll_timeout().map_or(60_000, |t| t.0.saturating_sub(now.0));
+        tokio::time::Instant::now() + Duration::from_millis(wait.min(60_000))
+    }
+
+    pub(super) fn input(&mut self, input: Input) {
+        self.node.handle_input(now_ms(), input);
+        while let Some(out) = self.node.poll_output() {
+            // After a failed write, the rest is dropped: it may depend on what was not stored.
+            if self.fatal.is_none() {
+                self.output(out);
+            }
+        }
+        // The core answers every gossip input at once; should a verdict ever be lost (a full
+        // output queue), the message is ignored rather than left pending in gossipsub.
+        for (_, (id, source)) in self.pending_gossip.drain() {
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &id,
+                &source,
+                gossipsub::MessageAcceptance::Ignore,
+            );
+        }
+    }
+
+    pub(super) fn output(&mut self, out: Output) {
+        match out {
+            Output::Send { peer, msg } => {
+                if let Some(p) = self.peers.get(&peer.0) {
+                    let bytes = msg.to_bytes();
+                    count_sent(&mut self.sent_by_kind, msg.kind(), bytes.len());
+                    self.swarm.behaviour_mut().msg.send_request(p, bytes);
+                }
+            }
+            Output::Broadcast { topic, msg } => {
+                let t = match topic {
+                    Topic::Control => self.topics.control.clone(),
+                    Topic::Site(_) => self.topics.site.clone(),
+                    Topic::Summaries => self.topics.summaries.clone(),
+                };
+                let bytes = msg.to_bytes();
+                count_sent(&mut self.sent_by_kind, msg.kind(), bytes.len());
+                match self.swarm.behaviour_mut().gossipsub.publish(t, bytes) {
+                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+                    // No peer yet: anti-entropy delivers it when peers come.
+                    Err(e) => tracing::debug!(error = %e, "publish"),
+                }
+            }
+            Output::GossipVerdict { token, verdict } => {
+                if let Some((id, source)) = self.pending_gossip.remove(&token) {
+                    let acceptance = match verdict {
+                        Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                        Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                        Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    };
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(&id, &source, acceptance);
+                }
+            }
+            Output::Persist(p) => {
+                if let Err(e) = self.store.persist(&p) {
+                    // Losing durability silently would break the floors: nothing that depends
+                    // on this write may go out, and the node stops.
+                    tracing::error!(error = %e, "store write failed; stopping");
+                    self.fatal = Some(format!("the store could not be written ({e}); the node stopped so that nothing it sends depends on a lost write"));
+                    return;
+                }
+                self.crash_hook(&p);
+            }
+            Output::Disconnect { peer } => {
+                if let Some(p) = self.peers.get(&peer.0).copied() {
+                    tracing::info!(peer = %p, "disconnecting peer");
+                    let _ = self.swarm.disconnect_peer_id(p);
+                }
+            }
+            Output::Penalize { peer } => {
+                if let Some(p) = self.peers.get(&peer.0).copied() {
+                    self.penalize_peer(p);
+                }
+            }
+            Output::Event(ev) => match ev {
+                Event::PeerAdmitted { peer, node, site } => {
+                    if let Some(p) = self.peers.get(&peer.0).copied() {
+                        tracing::info!(peer = %p, %node, %site, "peer admitted");
+                        self.admitted.insert(p);
+                        let score = self
+                            .penalties
+                            .get(&p)
+                            .map_or(0.0, |n| net::PENALTY_SCORE * f64::from(*n));
+                        self.swarm.behaviour_mut().gossipsub.set_application_score(&p, score);
+                        self.publish_view();
+                    }
+                }
+                Event::CatalogChanged { state } => {
+                    tracing::info!(%state, "catalog changed");
+                    self.on_catalog();
+                }
+                Event::Rejected { peer, reason } => {
+                    let p = peer.and_then(|p| self.peers.get(&p.0).copied());
+                    tracing::warn!(peer = ?p, %reason, "refused");
+                }
+                Event::Rollout(ev) => self.on_rollout_event(ev),
+            },
+            Output::Effect(effect) => self.on_effect(effect),
+        }
+    }
+
+    /// Lowers a peer's score; after [`PENALTIES_MAX`] offences it is disconnected.
+    pub(super) fn penalize_peer(&mut self, p: PeerId) {
+        let n = self.penalties.entry(p).or_default();
+        *n += 1;
+        let score = net::PENALTY_SCORE * f64::from(*n);
+        let n = *n;
+        self.swarm.behaviour_mut().gossipsub.set_application_score(&p, score);
+        if n >= PENALTIES_MAX {
+            tracing::warn!(peer = %p, "too many offences; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+}

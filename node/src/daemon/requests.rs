@@ -1,0 +1,347 @@
+//! The control socket: serving it, and answering each request with a typed view.
+
+use super::*;
+
+/// The control token: created once (random, mode 0600) and reused.
+pub(super) fn control_token(path: &Path) -> Result<String, DaemonError> {
+    if path.exists() {
+        return Ok(control::read_token(path)?);
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    f.write_all(token.as_bytes()).map_err(io(format!("writing {}", path.display())))?;
+    Ok(token)
+}
+
+pub(super) fn bind_control(socket: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    if socket.exists() {
+        // A socket left by a killed node is removed; a live one means a node already runs here.
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(DaemonError::AlreadyRunning(socket.to_path_buf()));
+        }
+        std::fs::remove_file(socket).map_err(io(format!("removing {}", socket.display())))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(io(format!("binding {}", socket.display())))?;
+    set_mode(socket, 0o600)?;
+    Ok(listener)
+}
+
+pub(super) async fn serve_control(
+    listener: tokio::net::UnixListener,
+    token: String,
+    tx: mpsc::Sender<(Request, Reply)>,
+) {
+    let token = Arc::new(token);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (token, tx) = (token.clone(), tx.clone());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+            let (read, mut write) = stream.into_split();
+            let mut reader =
+                tokio::io::BufReader::new(read.take(control::REQUEST_BYTES_MAX as u64));
+            let mut line = String::new();
+            let answer =
+                match tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+                    .await
+                {
+                    Ok(Ok(_)) => match serde_json::from_str::<Call>(&line) {
+                        Ok(call) if call.token.as_bytes() == token.as_bytes() => {
+                            let (reply_tx, reply_rx) = oneshot::channel();
+                            if tx.send((call.request, reply_tx)).await.is_err() {
+                                control::refused("the node is shutting down")
+                            } else {
+                                match tokio::time::timeout(Duration::from_secs(60), reply_rx).await
+                                {
+                                    Ok(Ok(v)) => v,
+                                    _ => control::refused("the node did not answer in time"),
+                                }
+                            }
+                        }
+                        Ok(_) => control::refused("wrong control token"),
+                        Err(e) => control::refused(format!("bad request: {e}")),
+                    },
+                    _ => control::refused("no request read"),
+                };
+            let mut out = answer.to_string().into_bytes();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+impl Daemon {
+    pub(super) fn remote_inventory(&self, node: NodeId, bytes: &[u8]) -> Value {
+        let inv: Inventory = match serde_json::from_slice(bytes) {
+            Ok(inv) => inv,
+            Err(e) => return control::refused(format!("node {node} sent no valid inventory: {e}")),
+        };
+        let signed = self.node.site().records().get(&node).map(|r| r.record().inventory.clone());
+        let verified = signed.as_ref().map(|s| s.packages_digest == inv.summary().packages_digest);
+        if verified == Some(false) {
+            return control::refused(format!(
+                "node {node} sent an inventory that does not match the digest in its signed record"
+            ));
+        }
+        control::ok_view(&control::InventoryView {
+            node: node.to_string(),
+            verified_against_signed_record: verified.unwrap_or(false),
+            inventory: inv,
+        })
+    }
+
+    pub(super) fn on_control(&mut self, req: Request, reply: Reply) {
+        let answer = match req {
+            Request::Status => control::ok_view(&self.status()),
+            Request::Peers => control::ok_view(&self.peers_view()),
+            Request::Catalog => control::ok_view(&self.catalog_view()),
+            Request::Inventory { node: None } => control::ok_view(&control::InventoryView {
+                node: self.node.id().to_string(),
+                verified_against_signed_record: true,
+                inventory: self.inventory.clone(),
+            }),
+            Request::Inventory { node: Some(hex_id) } => {
+                let node = match parse_id(&hex_id) {
+                    Ok(n) => NodeId(n),
+                    Err(e) => return send(reply, control::refused(e)),
+                };
+                if node == self.node.id() {
+                    return self.on_control(Request::Inventory { node: None }, reply);
+                }
+                let Some(peer) = net::peer_of(&node) else {
+                    return send(reply, control::refused("not a valid node key"));
+                };
+                let id = self.swarm.behaviour_mut().inventory.send_request(&peer, Vec::new());
+                self.inventory_waiting.insert(id, (node, reply));
+                return;
+            }
+            Request::AdminState => {
+                let trust = self.node.trust();
+                let latest = trust.chain().last().map(|e| hex::encode(encode(e)));
+                let history: BTreeMap<String, BTreeMap<String, u64>> = trust
+                    .admins()
+                    .admins
+                    .iter()
+                    .map(|k| {
+                        let h = self.node.catalog().history_of(k);
+                        (k.to_string(), h.into_iter().map(|(a, s)| (hex::encode(a), s)).collect())
+                    })
+                    .collect();
+                control::ok_view(&control::AdminStateView {
+                    genesis: hex::encode(encode(trust.genesis_envelope())),
+                    latest_admin_set: latest,
+                    version: trust.version(),
+                    admins: trust.admins().admins.iter().map(|k| k.to_string()).collect(),
+                    history,
+                })
+            }
+            Request::Prepare { admin, edits } => self.prepare(&admin, &edits),
+            Request::Submit { envelope } => self.submit(&envelope, false),
+            Request::AdminSet { envelope } => self.submit(&envelope, true),
+            r @ (Request::Import { .. }
+            | Request::Fetch { .. }
+            | Request::Content { .. }
+            | Request::ContentList
+            | Request::ContentGc { .. }) => self.content_control(r),
+            Request::Rollouts => control::ok_view(&self.rollouts_view()),
+        };
+        send(reply, answer);
+    }
+
+    pub(super) fn prepare(&mut self, admin: &str, edits: &str) -> Value {
+        let admin = match parse_id(admin) {
+            Ok(k) => KeyId(k),
+            Err(e) => return control::refused(e),
+        };
+        let edits: Vec<(String, Option<CatalogEntry>)> =
+            match hex::decode(edits).map_err(|e| e.to_string()).and_then(|b| {
+                decode("edits", &b, control::REQUEST_BYTES_MAX).map_err(|e| e.to_string())
+            }) {
+                Ok(e) => e,
+                Err(e) => return control::refused(format!("bad edits: {e}")),
+            };
+        let session: [u8; 8] = rand::random();
+        match self.node.catalog().prepare(&admin, session, now_ms(), self.node.trust(), &edits) {
+            Ok(body) => {
+                control::ok_view(&control::PreparedView { body: hex::encode(encode(&body)) })
+            }
+            Err(e) => control::refused(e),
+        }
+    }
+
+    pub(super) fn submit(&mut self, envelope: &str, admin_set: bool) -> Value {
+        let env: Envelope = match hex::decode(envelope).map_err(|e| e.to_string()).and_then(|b| {
+            decode("envelope", &b, control::REQUEST_BYTES_MAX).map_err(|e| e.to_string())
+        }) {
+            Ok(e) => e,
+            Err(e) => return control::refused(format!("bad envelope: {e}")),
+        };
+        let mut reason = None;
+        self.node.handle_input(
+            now_ms(),
+            Input::Command(if admin_set {
+                Command::AdminSet(env.clone())
+            } else {
+                Command::Submit(env.clone())
+            }),
+        );
+        while let Some(out) = self.node.poll_output() {
+            if let Output::Event(Event::Rejected { peer: None, reason: r }) = &out {
+                reason = Some(r.clone());
+            }
+            self.output(out);
+        }
+        match reason {
+            Some(r) => control::refused(format!("refused: {r}")),
+            None => {
+                if let Err(e) = self.store.flush() {
+                    return control::refused(format!("stored but not flushed: {e}"));
+                }
+                control::ok_view(&control::SubmittedView {
+                    id: env.id().to_string(),
+                    catalog_state: self.node.catalog().state_hash().to_string(),
+                    trust_version: self.node.trust().version(),
+                })
+            }
+        }
+    }
+
+    pub(super) fn status(&mut self) -> control::StatusView {
+        let (sent, received) = net::bandwidth(&self.registry);
+        let local = *self.swarm.local_peer_id();
+        let listen: Vec<String> = self
+            .listen
+            .iter()
+            .map(|a| a.clone().with_p2p(local).map_or_else(|a| a.to_string(), |a| a.to_string()))
+            .collect();
+        let stats = self.node.stats().clone();
+        let state_hash = self.node.state_hash();
+        let gossip = &self.swarm.behaviour().gossipsub;
+        control::StatusView {
+            node: self.node.id().to_string(),
+            peer_id: local.to_string(),
+            site: self.cert.site.to_string(),
+            labels: self.cert.labels.clone(),
+            mesh: self.mesh_name.clone(),
+            mesh_id: self.node.trust().mesh().to_string(),
+            trust_version: self.node.trust().version(),
+            catalog_changes: self.node.catalog().len(),
+            catalog_state: self.node.catalog().state_hash().to_string(),
+            state_hash: state_hash.to_string(),
+            site_records: self.node.site().records().len(),
+            site_summaries: self.node.summaries().all().len(),
+            peers_connected: self.ids.len(),
+            peers_admitted: self.admitted.len(),
+            gossip_mesh: control::GossipMeshView {
+                control: gossip.mesh_peers(&self.topics.control.hash()).count(),
+                site: gossip.mesh_peers(&self.topics.site.hash()).count(),
+                summaries: gossip.mesh_peers(&self.topics.summaries.hash()).count(),
+            },
+            listen,
+            bytes_sent: sent,
+            bytes_received: received,
+            messages_sent: self
+                .sent_by_kind
+                .iter()
+                .map(|(k, (n, b))| {
+                    (k.to_string(), control::MessageCount { messages: *n, bytes: *b })
+                })
+                .collect(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            accepted: stats.accepted,
+            rejected: stats.rejected.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            unadmitted_dropped: stats.unadmitted_dropped,
+            pid: std::process::id(),
+            restored_objects: self.restored.0,
+            restore_refused: self.restored.1,
+            payloads_held: self.transfers.store().list().iter().filter(|c| c.complete).count(),
+            payload_bytes_held: self.transfers.store().held_bytes_total(),
+        }
+    }
+
+    pub(super) fn peers_view(&self) -> Vec<control::PeerView> {
+        let admitted: BTreeMap<NodeId, String> =
+            self.node.admitted_peers().map(|(_, n, s)| (n, s.to_string())).collect();
+        let mut out: Vec<control::PeerView> = self
+            .ids
+            .keys()
+            .map(|p| {
+                let node = net::node_of(p);
+                let site = node.and_then(|n| admitted.get(&n).cloned());
+                control::PeerView {
+                    peer_id: p.to_string(),
+                    node: node.map(|n| n.to_string()),
+                    admitted: site.is_some(),
+                    site,
+                    penalties: self.penalties.get(p).copied().unwrap_or(0),
+                    score: self.swarm.behaviour().gossipsub.peer_score(p),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        out
+    }
+
+    pub(super) fn catalog_view(&self) -> control::CatalogView {
+        use control::CatalogEntryView as E;
+        let entries = self
+            .node
+            .catalog()
+            .entries()
+            .into_iter()
+            .map(|(key, entry)| {
+                let entry = match &entry {
+                    CatalogEntry::Patch(p) => E::Patch {
+                        name: p.name.clone(),
+                        version: p.version.clone(),
+                        content_id: p.content_id.to_string(),
+                        size_bytes: p.size_bytes,
+                        executor: p.executor.kind.clone(),
+                    },
+                    CatalogEntry::Rollout(r) => E::Rollout {
+                        id: r.id.to_string(),
+                        content_id: r.content_id.to_string(),
+                        rings: r
+                            .rings
+                            .iter()
+                            .map(|g| control::RingBrief {
+                                name: g.name.clone(),
+                                percent: g.percent,
+                            })
+                            .collect(),
+                    },
+                    CatalogEntry::Command(c) => E::Command {
+                        rollout: c.rollout.to_string(),
+                        action: format!("{:?}", c.action).to_lowercase(),
+                        admin: c.admin.to_string(),
+                    },
+                };
+                control::CatalogItemView { key, entry }
+            })
+            .collect();
+        control::CatalogView {
+            catalog_state: self.node.catalog().state_hash().to_string(),
+            changes: self.node.catalog().len(),
+            entries,
+        }
+    }
+}
+
+pub(super) fn send(reply: Reply, value: Value) {
+    let _ = reply.send(value);
+}
+
+pub(super) fn parse_id(hex_id: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_id.trim(), &mut out)
+        .map_err(|e| format!("{hex_id:?} is not a 64-character hex id: {e}"))?;
+    Ok(out)
+}

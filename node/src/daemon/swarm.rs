@@ -1,0 +1,149 @@
+//! Swarm events into core inputs: connections, messages, pubsub, identify, Kademlia, mDNS.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.listen.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.listen.retain(|a| *a != address),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                if num_established.get() > 1 {
+                    return;
+                }
+                let Some(node) = net::node_of(&peer_id) else {
+                    tracing::warn!(peer = %peer_id, "peer key is not ed25519; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                };
+                let id = self.next_peer;
+                self.next_peer += 1;
+                self.ids.insert(peer_id, id);
+                self.peers.insert(id, peer_id);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .set_application_score(&peer_id, net::UNADMITTED_SCORE);
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().clone();
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                self.input(Input::Connected { peer: core::PeerId(id), node });
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                if num_established > 0 {
+                    return;
+                }
+                self.admitted.remove(&peer_id);
+                if let Some(id) = self.ids.remove(&peer_id) {
+                    self.peers.remove(&id);
+                    self.input(Input::Disconnected { peer: core::PeerId(id) });
+                    self.publish_view();
+                }
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let Some(id) = self.ids.get(&propagation_source).copied() else {
+                    self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Ignore,
+                    );
+                    return;
+                };
+                let token = self.next_token;
+                self.next_token += 1;
+                self.pending_gossip.insert(token, (message_id, propagation_source));
+                self.input(Input::Gossip { peer: core::PeerId(id), token, bytes: message.data });
+            }
+            BehaviourEvent::Msg(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let _ = self.swarm.behaviour_mut().msg.send_response(channel, Vec::new());
+                        if let Some(id) = self.ids.get(&peer).copied() {
+                            self.input(Input::Bytes { peer: core::PeerId(id), bytes: request });
+                        }
+                    }
+                    request_response::Message::Response { .. } => {}
+                }
+            }
+            BehaviourEvent::Inventory(request_response::Event::Message {
+                peer, message, ..
+            }) => {
+                match message {
+                    request_response::Message::Request { channel, .. } => {
+                        // The full list is for admitted peers only.
+                        let body = if self.admitted.contains(&peer) {
+                            serde_json::to_vec(&self.inventory).unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        };
+                        let _ = self.swarm.behaviour_mut().inventory.send_response(channel, body);
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
+                            let _ = reply.send(self.remote_inventory(node, &response));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Inventory(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
+                    let _ = reply.send(control::refused(format!(
+                        "fetching the inventory of {node}: {error}"
+                    )));
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
+                if self.ids.len() < self.cfg.peers_target && !self.ids.contains_key(&peer) =>
+            {
+                let _ = self.swarm.dial(peer);
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
+                if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) = result
+                {
+                    self.on_providers(id, providers.into_iter().collect());
+                }
+                if step.last {
+                    self.query_done(id);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if self.ids.len() < self.cfg.peers_target && !self.ids.contains_key(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
