@@ -7,7 +7,13 @@
 //! production defaults (anti-entropy every 10 s, summaries every 30 s): idle figures are what a
 //! quiet fleet costs.
 //!
-//! Environment: `BENCH_NODES` (default 30), `BENCH_IDLE_S` (default 60).
+//! The published patch names a payload nobody holds, so the idle window includes what a fleet
+//! waiting for a payload costs (questions to site members, provider look-ups, both backing off).
+//! With `BENCH_PAYLOAD_BYTES=N` the patch carries a real N-byte payload instead, which every
+//! node fetches before the idle window: a fleet with nothing to do.
+//!
+//! Environment: `BENCH_NODES` (default 30), `BENCH_IDLE_S` (default 60), `BENCH_PAYLOAD_BYTES`
+//! (default 0: a payload nobody holds).
 
 use patchmesh_tests::{wait_for, Mesh};
 use serde_json::json;
@@ -120,9 +126,18 @@ fn main() {
 
     let origin = n / 2;
     let cli_start = Instant::now();
-    let out = mesh.publish(origin, "bench-policy");
+    let payload_bytes = env_or("BENCH_PAYLOAD_BYTES", 0) as usize;
+    let content = if payload_bytes == 0 {
+        let out = mesh.publish(origin, "bench-policy");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        None
+    } else {
+        let file = mesh.root.0.join("payload.bin");
+        let body: Vec<u8> = (0..payload_bytes).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&file, body).expect("writing the payload");
+        Some(mesh.publish_file(origin, "bench-policy", &file))
+    };
     let publish_cli_ms = cli_start.elapsed().as_secs_f64() * 1000.0;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let converged = mesh.converge(1, Duration::from_secs(120));
     assert!(converged.is_ok(), "not every node got the policy");
     let origin_us = applied_at_us(&mesh, origin).expect("origin logged the change");
@@ -139,6 +154,10 @@ fn main() {
         sorted[n / 2]
     );
 
+    if let Some(content) = &content {
+        let held = mesh.await_payload(content, Duration::from_secs(120));
+        assert!(held.is_ok(), "{held:?}");
+    }
     std::thread::sleep(Duration::from_secs(5));
     let pids: Vec<u64> = (0..n).map(|i| u64::from(mesh.status(i).pid)).collect();
     let bytes = |mesh: &Mesh| -> Vec<u64> {
