@@ -176,7 +176,8 @@ enum ContentCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove payloads that no catalog patch references.
+    /// Remove payloads that no catalog patch references and no install journal pins (a dpkg
+    /// rollback reinstalls the previous version's .deb from this store, never from the network).
     Gc {
         #[command(flatten)]
         node: NodeArgs,

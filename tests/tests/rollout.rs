@@ -1,8 +1,9 @@
 //! Rollouts on real node processes: the demo end to end, kill -9 at every journal step, a hung
-//! install, a skewed clock, and a rollout signed by someone who is not an admin.
+//! install, a skewed clock, a rollout signed by someone who is not an admin, and a dpkg rollback
+//! after garbage collection with no peer to fetch from.
 
 use patchmesh_node::control::{
-    DemoReport, PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
+    DemoReport, GcView, PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
 };
 use patchmesh_tests::{binary, serial, wait_for, Mesh};
 use std::path::{Path, PathBuf};
@@ -204,4 +205,73 @@ fn a_node_a_day_ahead_still_halts_and_a_non_admin_cannot_create_rollouts() {
     }
     assert_eq!(std::fs::read(target(&m, 1)).unwrap(), b"old\n", "the canary is back on the old file");
     let _ = Path::new(".");
+}
+
+/// Builds `pm-gc_<version>.deb` (installs `/opt/pm-gc/version`) under `base`.
+fn deb(base: &Path, version: &str) -> PathBuf {
+    let tree = base.join(format!("deb-tree-{version}"));
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(tree.join("opt/pm-gc")).unwrap();
+    let control = format!(
+        "Package: pm-gc\nVersion: {version}\nArchitecture: all\nMaintainer: Test <test@example.org>\n\
+         Description: rollback after gc\n"
+    );
+    std::fs::write(tree.join("DEBIAN/control"), control).unwrap();
+    std::fs::write(tree.join("opt/pm-gc/version"), version).unwrap();
+    let out_file = base.join(format!("pm-gc_{version}.deb"));
+    let built = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .args([&tree, &out_file])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "dpkg-deb: {}", String::from_utf8_lossy(&built.stderr));
+    out_file
+}
+
+fn publish_deb(m: &Mesh, file: &Path, version: &str, verify: &str) -> String {
+    let admin = m.admin_key();
+    let out = m.cli_at(0, &[
+        "patch", "add", file.to_str().unwrap(), "--name", "pm-gc", "--version", version,
+        "--executor", "dpkg", "--verify", verify, "--timeout-ms", "60000", "--admin-key", &admin,
+        "--json",
+    ]);
+    assert!(out.status.success(), "patch add: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<PatchAddOutput>(&out.stdout).unwrap().content_id
+}
+
+#[test]
+fn a_dpkg_rollback_after_gc_reinstalls_the_previous_deb_with_no_peer_to_fetch_from() {
+    let _guard = serial();
+    // One node and no peer: whatever the rollback needs must already be on this machine.
+    let mut m = Mesh::new("dpkg-gc", 1, 1);
+    let root = m.nodes[0].dir.join("dpkg-root");
+    m.node_config.insert(0, format!("dpkg_root = \"{}\"\n", root.display()));
+    m.start(0);
+    let version_file = root.join("opt/pm-gc/version");
+    let v1 = publish_deb(&m, &deb(&m.root.0, "1.0"), "1.0", "true");
+    let id = create(&m, 0, &v1, &["all:100"]);
+    let end = wait_for(WAIT, || local_step(&m, 0, &id).filter(|s| s == "committed" || s == "rolled_back"));
+    assert_eq!(end.as_deref(), Some("committed"), "{}", m.log(0));
+    assert_eq!(std::fs::read_to_string(&version_file).unwrap(), "1.0");
+
+    // 2.0 installs but fails verification; before its rollout, collect garbage.
+    let v2 = publish_deb(&m, &deb(&m.root.0, "2.0"), "2.0", "exit 1");
+    let gc: GcView = patchmesh_tests::cli_json(&["content", "gc", "--config", &m.nodes[0].config(), "--json"]);
+    assert!(!gc.dry_run);
+    assert!(
+        gc.removed.iter().all(|r| r.content_id != v1),
+        "gc removed the installed version's .deb, which a rollback reinstalls: {gc:?}"
+    );
+    let held = m.contents(0);
+    assert!(held.get(&v1).is_some_and(|c| c.complete), "1.0's .deb is still held: {held:?}");
+
+    let id2 = create(&m, 0, &v2, &["all:100"]);
+    let end = wait_for(WAIT, || local_step(&m, 0, &id2).filter(|s| s == "rolled_back" || s == "failed"));
+    assert_eq!(end.as_deref(), Some("rolled_back"), "{}", m.log(0));
+    assert_eq!(
+        std::fs::read_to_string(&version_file).unwrap(),
+        "1.0",
+        "the rollback reinstalled 1.0 from the node's own store"
+    );
+    assert!(m.peers(0).is_empty(), "the node never had a peer to fetch from");
 }
