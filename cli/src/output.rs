@@ -271,7 +271,7 @@ fn control_text(r: &RolloutView) -> String {
 
 /// True once a rollout needs no more watching: stopped, or every ring's members settled.
 pub fn rollout_settled(r: &RolloutView) -> bool {
-    let busy = r.rings.iter().any(|g| g.counts.installing > 0);
+    let busy = r.rings.iter().any(|g| g.counts.installing + g.counts.soaking > 0);
     if matches!(r.control, Some(Control::Halted { .. } | Control::Aborted)) {
         return !busy;
     }
@@ -288,14 +288,28 @@ pub fn rollout_text(r: &RolloutView) -> String {
         r.patch.as_ref().map_or(("?", ""), |p| (p.name.as_str(), p.version.as_str()));
     let mut out = format!("rollout {} — {name} {version} — {}\n", short(&r.id), control_text(r));
     out += &format!(
-        "  {:<10} {:>8} {:>8} {:>10} {:>9} {:>6} {:>11}\n",
-        "ring", "targeted", "pending", "installing", "succeeded", "failed", "rolled back"
+        "  {:<10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6} {:>11}\n",
+        "ring",
+        "targeted",
+        "pending",
+        "installing",
+        "soaking",
+        "succeeded",
+        "failed",
+        "rolled back"
     );
     for g in &r.rings {
         let c = &g.counts;
         out += &format!(
-            "  {:<10} {:>8} {:>8} {:>10} {:>9} {:>6} {:>11}\n",
-            g.name, c.targeted, c.pending, c.installing, c.succeeded, c.failed, c.rolled_back
+            "  {:<10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6} {:>11}\n",
+            g.name,
+            c.targeted,
+            c.pending,
+            c.installing,
+            c.soaking,
+            c.succeeded,
+            c.failed,
+            c.rolled_back
         );
     }
     if let Some(w) = r.waiting.as_deref().filter(|w| !w.is_empty()) {
@@ -357,8 +371,15 @@ impl RolloutBars {
                 bar.set_length(u64::from(c.targeted.max(1)));
                 bar.set_position(u64::from(c.succeeded));
                 bar.set_message(format!(
-                    "{} targeted, {} pending, {} installing, {} succeeded, {} failed, {} rolled back",
-                    c.targeted, c.pending, c.installing, c.succeeded, c.failed, c.rolled_back
+                    "{} targeted, {} pending, {} installing, {} soaking, {} succeeded, {} failed, \
+                     {} rolled back",
+                    c.targeted,
+                    c.pending,
+                    c.installing,
+                    c.soaking,
+                    c.succeeded,
+                    c.failed,
+                    c.rolled_back
                 ));
             }
         }

@@ -38,7 +38,8 @@ use std::sync::Arc;
 pub enum RolloutStatus {
     /// Targeted, waiting for its ring, window or gate.
     Pending,
-    /// An install is in progress.
+    /// Fetching, staging, installing, verifying or rolling back: holds one of the site's
+    /// install slots (`max_concurrent_per_site`).
     Installing,
     /// Installed, verified and soaked.
     Succeeded,
@@ -48,6 +49,10 @@ pub enum RolloutStatus {
     RolledBack,
     /// Not targeted by the rollout.
     NotTargeted,
+    /// Installed and verified, soaking (re-verified until the ring's soak ends). The machine
+    /// runs the new version and serves; it holds no install slot. (Last, so records written
+    /// before it existed decode unchanged.)
+    Soaking,
 }
 
 /// Where a node stands in one rollout: its ring (or [`crate::rollout::NO_RING`]) and status.
@@ -58,6 +63,9 @@ pub struct Standing {
     /// Where the node is.
     pub status: RolloutStatus,
 }
+
+/// Nodes per (rollout, ring, status), as a site summary carries them.
+pub type Counts = BTreeMap<(RolloutId, u8, RolloutStatus), u32>;
 
 /// A summary of a node's installed software; the full list is served on request.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -145,7 +153,7 @@ pub struct SiteSummary {
     /// Hash over the sorted evidence ids.
     pub evidence_root: [u8; 32],
     /// Nodes per (rollout, ring, status).
-    pub counts: BTreeMap<(RolloutId, u8, RolloutStatus), u32>,
+    pub counts: Counts,
     /// Evidence reports per (rollout, kind).
     pub evidence: BTreeMap<(RolloutId, EvidenceKind), u32>,
 }
@@ -740,7 +748,7 @@ impl SiteState {
     /// Computes this site's summary as `author` would sign it.
     pub fn summarise(&self, mesh: MeshId, author: NodeId) -> SiteSummary {
         let (records_root, evidence_root) = self.roots();
-        let mut counts: BTreeMap<(RolloutId, u8, RolloutStatus), u32> = BTreeMap::new();
+        let mut counts = Counts::new();
         for held in self.records.values() {
             for (rollout, standing) in &held.record().rollouts {
                 *counts.entry((*rollout, standing.ring, standing.status)).or_default() += 1;

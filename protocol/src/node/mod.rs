@@ -444,6 +444,8 @@ impl Node {
         }
         let site = self.state.site.site().clone();
         let (mut admin_sets, mut catalog, mut alarms) = (false, false, Vec::new());
+        // A fresh summary may pass a gate.
+        let mut gate_inputs = false;
         for f in fresh {
             self.stats.accepted += u64::from(via != Via::Local);
             match f {
@@ -463,6 +465,7 @@ impl Node {
                     self.queue(via, bundle, Batch::SiteObjects);
                 }
                 Fresh::Summary(bundle) => {
+                    gate_inputs = true;
                     self.out.push(Output::Persist(Persist::Summary(bundle.clone())));
                     self.queue(via, bundle, Batch::Summaries);
                 }
@@ -482,6 +485,15 @@ impl Node {
             self.rollouts_due = true;
             let state = self.state.catalog.state_hash();
             self.out.push(Output::Event(Event::CatalogChanged { state }));
+        }
+        if gate_inputs && self.waits_on_a_gate() {
+            // A gate this node waits on may pass on what a summary says: evaluate within a
+            // flush period, not a whole `rollout_eval_ms` later (summaries arriving together
+            // share one evaluation). Nodes that wait on no gate keep the period.
+            let soon = self.now.plus(self.config.gossip_flush_ms.max(1));
+            if self.timers.get(Timer::RolloutEval).is_none_or(|at| at > soon) {
+                self.timers.set(Timer::RolloutEval, soon);
+            }
         }
         if !alarms.is_empty() {
             // A halt waits for nothing else: alarms flood on at once.

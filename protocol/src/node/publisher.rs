@@ -7,6 +7,14 @@
 //! when the site has been quiet for an anti-entropy period (one summary covers a burst of
 //! changes), at most once per `summary_interval_ms`, at least every four intervals while the
 //! site keeps changing, and never one that says what the summary in circulation says.
+//!
+//! A site in the middle of a rollout is never quiet (its members change step every second or
+//! two), so waiting for quiet would hold every gate up to four intervals behind the truth. One
+//! change does not wait: a ring of a rollout that *settled* here — none of its members in this
+//! site is installing or soaking any more, and its finished counts differ from the summary in circulation
+//! — is published at the next tick (still at most once per interval). That is the moment a gate
+//! elsewhere can pass on this site's members, and the site says nothing more about that ring
+//! until something changes again, so it costs one summary per site per ring.
 
 use crate::crypto::{Domain, Envelope, SecretKey};
 use crate::ids::{MeshId, Millis, NodeId, RolloutId, SiteId, StateHash};
@@ -126,24 +134,25 @@ impl Publisher {
         now: Millis,
     ) -> Option<Arc<Bundle>> {
         let since_last = self.last_summary_at.map(|t| now.since(t));
-        let quiet = now.since(self.site_changed_at) >= quiet_ms;
-        let due = match since_last {
-            None => quiet,
-            Some(ms) => ms >= summary_interval_ms && (quiet || ms >= 4 * summary_interval_ms),
-        };
-        if !due || !self.is_reporter(site) {
+        if since_last.is_some_and(|ms| ms < summary_interval_ms) || !self.is_reporter(site) {
             return None;
         }
+        let quiet = now.since(self.site_changed_at) >= quiet_ms;
+        let overdue = since_last.is_some_and(|ms| ms >= 4 * summary_interval_ms);
         let digest = site.digest();
         if self.last_summary_digest == Some(digest) {
             return None;
         }
         let summary = site.summarise(self.mesh, self.me);
+        let held = summaries.all().get(site.site()).map(|h| h.summary());
+        let settled = settled_ring_changed(held.map(|h| &h.counts), &summary.counts);
+        if !(quiet || overdue || settled) {
+            return None;
+        }
         self.last_summary_digest = Some(digest);
         // A summary already in circulation that says the same (e.g. restored from the store)
         // is not republished.
-        if let Some(held) = summaries.all().get(site.site()) {
-            let h = held.summary();
+        if let Some(h) = held {
             if (h.records_root, h.evidence_root, &h.counts, &h.evidence)
                 == (summary.records_root, summary.evidence_root, &summary.counts, &summary.evidence)
             {
@@ -172,4 +181,20 @@ impl Publisher {
     fn seal<T: serde::Serialize>(&self, domain: Domain, body: &T) -> Arc<Bundle> {
         Arc::new(Bundle::new(Envelope::seal(domain, body, &[&self.key]), self.admission.clone()))
     }
+}
+
+/// Whether some (rollout, ring) has no member installing or soaking in `now` while its finished counts
+/// (succeeded, failed, rolled back) differ from `held` (the summary in circulation, if any).
+fn settled_ring_changed(held: Option<&site::Counts>, now: &site::Counts) -> bool {
+    use site::RolloutStatus as S;
+    let get = |c: &site::Counts, r: RolloutId, ring: u8, s: S| c.get(&(r, ring, s)).copied();
+    let rings: std::collections::BTreeSet<(RolloutId, u8)> =
+        now.keys().map(|(r, ring, _)| (*r, *ring)).collect();
+    rings.into_iter().any(|(r, ring)| {
+        let busy = [S::Installing, S::Soaking].map(|s| get(now, r, ring, s).unwrap_or(0));
+        busy == [0, 0]
+            && [S::Succeeded, S::Failed, S::RolledBack]
+                .into_iter()
+                .any(|s| get(now, r, ring, s) != held.and_then(|h| get(h, r, ring, s)))
+    })
 }

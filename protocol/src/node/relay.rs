@@ -1,9 +1,9 @@
 //! Spreading fresh objects: at once, or batched and flushed.
 //!
 //! New objects are pushed to every admitted peer that should hold them (catalog changes,
-//! admin sets and alarms to all peers, site objects to peers of the same site, summaries to a
-//! random few), except the peer they came from; a node relays only what it verified and kept
-//! as new. Site objects and summaries are batched for `gossip_flush_ms`, so a burst of many
+//! admin sets and alarms to all peers, site objects to peers of the same site, summaries to
+//! every peer in another site and a random few of this site's), except the peer they came
+//! from; a node relays only what it verified and kept as new. Site objects and summaries are batched for `gossip_flush_ms`, so a burst of many
 //! small objects costs one message per peer rather than one per object.
 //!
 //! With [`RelayMode::Direct`] (the simulator) the node pushes every relay itself, one
@@ -173,8 +173,11 @@ impl Relay {
             return;
         }
         let targets = peers.admitted_in(site);
-        // Summaries go to a random few peers; which ones is drawn from the node's own RNG.
-        let mut summary_targets: Vec<PeerId> = targets.iter().map(|(p, _)| *p).collect();
+        // Summaries go to every peer in another site (they are what other sites read, and a
+        // site's few WAN links are the only way there) and to a random few of this site's
+        // peers, drawn from the node's own RNG.
+        let mut summary_targets: Vec<PeerId> =
+            targets.iter().filter(|(_, same)| *same).map(|(p, _)| *p).collect();
         for i in (1..summary_targets.len()).rev() {
             summary_targets.swap(i, rng.gen_range(0..=i));
         }
@@ -194,7 +197,11 @@ impl Relay {
                     out.send(peer, Arc::new(Message::SiteObjects(batch)));
                 }
             }
-            let batch = if summary_targets.contains(&peer) { pick(&summaries) } else { Vec::new() };
+            let batch = if !same_site || summary_targets.contains(&peer) {
+                pick(&summaries)
+            } else {
+                Vec::new()
+            };
             if !batch.is_empty() {
                 out.send(peer, Arc::new(Message::Summaries(batch)));
             }

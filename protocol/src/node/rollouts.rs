@@ -5,12 +5,15 @@
 //! The engine is evaluated when something it reads changed (the catalog, a failure report, an
 //! effect result, the node's facts), when one of its own timers is due (soaks, re-checks), and
 //! every `rollout_eval_ms` while a rollout exists (windows open, gates pass on summaries). A
-//! node with no rollout never wakes for it.
+//! node with no rollout never wakes for it. A node pending in a running rollout is evaluated
+//! again within a flush period of a fresh summary, so that a gate promotes within about one
+//! gossip round of the summary that passes it.
 
 use super::timers::Timer;
 use super::{Event, Node, Output, Persist};
 use crate::rollout::engine::{EngineOut, View};
 use crate::rollout::{EffectResult, Policies};
+use crate::site::RolloutStatus;
 use std::sync::Arc;
 
 impl Node {
@@ -19,6 +22,14 @@ impl Node {
         let outs = self.engine.on_result(result, &self.policies, self.now);
         self.apply_engine(outs);
         self.rollouts_due = true;
+    }
+
+    /// Whether this node is pending in a running rollout: a gate it waits on may open.
+    pub(super) fn waits_on_a_gate(&self) -> bool {
+        let verdicts = self.engine.verdicts();
+        self.engine.standings().iter().any(|(id, s)| {
+            s.status == RolloutStatus::Pending && verdicts.get(id).is_some_and(|v| v.running())
+        })
     }
 
     /// Runs the rollout engine when something it reads changed or its period passed.

@@ -361,8 +361,11 @@ impl Engine {
             }
             (Action::Verify, true, Step::Soaking) => {
                 j.checks += 1;
+                // The next check, or the soak's end if sooner: a soak ends on time, not up to
+                // a whole re-check period late.
+                let next = now.plus(recheck_ms);
+                self.wake_at.insert(rollout, j.soak_until.map_or(next, |end| next.min(end)));
                 self.journal.insert(rollout, j);
-                self.wake_at.insert(rollout, now.plus(recheck_ms));
             }
             (Action::Rollback, true, Step::RollingBack) => {
                 self.wake_at.remove(&rollout);
@@ -478,6 +481,7 @@ impl Engine {
             Step::RolledBack => RolloutStatus::RolledBack,
             Step::Failed => RolloutStatus::Failed,
             Step::Cancelled => RolloutStatus::Pending,
+            Step::Soaking => RolloutStatus::Soaking,
             _ => RolloutStatus::Installing,
         };
         self.set_standing(id, j.ring, status);
@@ -528,7 +532,8 @@ impl Engine {
             return false;
         }
         // Site concurrency: installs running in the site, plus live pending members of an open
-        // ring that rank before this node, must leave a slot. Ranking by the same hash on every
+        // ring that rank before this node, must leave a slot (and every live member must have
+        // said where it stands, so that the ranking sees them all). Ranking by the same hash on every
         // member keeps members that see the same records from all starting at once; members
         // that are not connected (down) do not hold a slot.
         let mut installing = 0u32;
@@ -538,7 +543,15 @@ impl Engine {
             if *node == view.me {
                 continue;
             }
-            let Some(s) = held.record().rollouts.get(&rollout.id) else { continue };
+            let rollouts = &held.record().rollouts;
+            let Some(s) = rollouts.get(&rollout.id) else {
+                // A connected member that has not said where it stands may be about to start
+                // too: wait for its record (one gossip round) rather than race it for a slot.
+                if view.live.contains(node) && rollouts.len() < limits::ROLLOUT_STATUS_PER_RECORD_MAX {
+                    return false;
+                }
+                continue;
+            };
             match s.status {
                 RolloutStatus::Installing => installing += 1,
                 RolloutStatus::Pending if s.ring < verdict.open_rings && view.live.contains(node) => {

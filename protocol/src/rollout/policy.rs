@@ -121,7 +121,10 @@ pub struct RolloutEntry {
     pub windows: Vec<Window>,
     /// After this time windows no longer hold installs back (critical patches).
     pub deadline: Option<Millis>,
-    /// Installs of this rollout running at once in one site.
+    /// Installs of this rollout running at once in one site: members fetching, staging,
+    /// installing, verifying or rolling back. A member that passed verification and soaks
+    /// no longer holds a slot (what the limit protects is the site's capacity while machines
+    /// install and restart; the soak is judged per ring by the gate).
     pub max_concurrent_per_site: u32,
     /// The most nodes this rollout may reach; more than the mesh's approval limit needs k-of-n
     /// admin approvals.

@@ -90,7 +90,8 @@ impl Policies {
                 }
                 CatalogEntry::Command(cmd) => {
                     if cmd.admin != author {
-                        p.ignored.push((key, "command names an admin other than its signer".into()));
+                        p.ignored
+                            .push((key, "command names an admin other than its signer".into()));
                     } else {
                         p.commands.entry(cmd.rollout).or_default().push((key, cmd));
                     }
@@ -108,8 +109,11 @@ pub struct RingStats {
     pub targeted: u32,
     /// Waiting for their ring, window or gate.
     pub pending: u32,
-    /// Installing, verifying or soaking.
+    /// Fetching, installing, verifying or rolling back (holding an install slot).
     pub installing: u32,
+    /// Verified and soaking.
+    #[serde(default)]
+    pub soaking: u32,
     /// Installed, verified and soaked.
     pub succeeded: u32,
     /// Members with a failure report (fleet-wide, exact).
@@ -139,6 +143,7 @@ pub fn ring_stats(
             RolloutStatus::NotTargeted => return,
             RolloutStatus::Pending => r.pending += count,
             RolloutStatus::Installing => r.installing += count,
+            RolloutStatus::Soaking => r.soaking += count,
             RolloutStatus::Succeeded => r.succeeded += count,
             RolloutStatus::RolledBack => r.rolled_back += count,
             RolloutStatus::Failed => {}
@@ -351,7 +356,8 @@ pub fn judge(
             break;
         }
         if failed > gate.max_failures
-            || u64::from(failed) * 1000 > u64::from(gate.max_failure_permille) * u64::from(r.targeted)
+            || u64::from(failed) * 1000
+                > u64::from(gate.max_failure_permille) * u64::from(r.targeted)
         {
             waiting = format!("ring {name}: {failed} failures over the gate");
             break;

@@ -44,7 +44,8 @@
 //! - with a good patch (no bad node), every targeted live node ends `Committed`.
 //!
 //! ## Not checked
-//! `max_concurrent_per_site` is reported (`max_site_concurrency`), not enforced: the core
+//! `max_concurrent_per_site` is reported (`max_site_concurrency`: members of one site holding
+//! an install slot at once, soaking members not counted), not enforced: the core
 //! counts the pending members ahead of a node only among the peers it is connected to, so in
 //! a sparse site overlay (`[topology] lan_degree`) more members can start at once.
 
@@ -161,6 +162,12 @@ struct Member {
     hold_since_us: Option<u64>,
     /// (crash, restart) times; restart `u64::MAX` while down.
     downs: Vec<(u64, u64)>,
+}
+
+/// Whether a member at `step` holds one of its site's install slots (as the engine counts
+/// them: everything from fetching to rolling back but the soak).
+fn holds_slot(step: Step) -> bool {
+    !step.is_terminal() && step != Step::Soaking
 }
 
 fn holds_patch(step: Step) -> bool {
@@ -400,9 +407,9 @@ impl RolloutModel {
                 ));
             }
         }
-        let was_running = prev.is_some_and(|s| !s.is_terminal());
+        let was_running = prev.is_some_and(holds_slot);
         let site = self.members[node as usize].site;
-        match (was_running, !step.is_terminal()) {
+        match (was_running, holds_slot(step)) {
             (false, true) => self.running(site, 1),
             (true, false) => self.running(site, -1),
             _ => {}
@@ -467,7 +474,7 @@ impl RolloutModel {
         m.downs.push((now_us, u64::MAX));
         m.life_stopped_us = None;
         m.hold_since_us = None;
-        let running = m.step.is_some_and(|s| !s.is_terminal());
+        let running = m.step.is_some_and(holds_slot);
         let site = m.site;
         if running && m.honest {
             self.running(site, -1);
@@ -483,7 +490,7 @@ impl RolloutModel {
         }
         m.step = journal.map(|j| j.step);
         m.hold_since_us = m.step.filter(|s| holds_patch(*s)).map(|_| now_us);
-        let running = m.step.is_some_and(|s| !s.is_terminal());
+        let running = m.step.is_some_and(holds_slot);
         let site = m.site;
         if running && m.honest {
             self.running(site, 1);
