@@ -306,6 +306,54 @@ impl Catalog {
         Ok(Offer::New)
     }
 
+    /// Drops every held change that `trust` no longer accepts: changes by a revoked admin past
+    /// the history its revocation keeps. Returns how many went; on an error (a held change
+    /// that no longer applies, which verification makes impossible) nothing changes.
+    ///
+    /// A node that applied such a change before it heard of the revocation would otherwise
+    /// keep it while every node that heard in the other order refuses it, and the replicas
+    /// would never agree again. Automerge cannot un-apply a change, so the document is rebuilt
+    /// from the changes that stay (rare: only when a revocation arrives and finds something).
+    /// Changes that depended on a dropped one stay held but wait for it, as they do on a node
+    /// that never had it, so both orders end with the same heads and the same state hash.
+    pub fn drop_revoked(&mut self, trust: &Trust) -> Result<usize, CatalogError> {
+        let admins = trust.admins();
+        let doomed: Vec<[u8; 32]> = self
+            .signed
+            .iter()
+            .filter(|(_, env)| {
+                let Some(rev) = env.signatures.first().and_then(|s| admins.revocation(&s.key))
+                else {
+                    return false;
+                };
+                let Ok(body) = env.open::<ChangeBody>("catalog change") else { return true };
+                let Ok(change) = Change::from_bytes(body.change) else { return true };
+                let kept = rev.kept_seq.get(change.actor_id().to_bytes()).copied().unwrap_or(0);
+                change.seq() > kept
+            })
+            .map(|(hash, _)| *hash)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let changes: Vec<Change> = self
+            .signed
+            .iter()
+            .filter(|(hash, _)| !doomed.contains(hash))
+            .filter_map(|(_, env)| env.open::<ChangeBody>("catalog change").ok())
+            .filter_map(|body| Change::from_bytes(body.change).ok())
+            .collect();
+        let mut doc = Automerge::new().with_actor(ActorId::from(self.mesh.0.to_vec()));
+        doc.apply_changes(changes).map_err(|e| CatalogError::BadChange(e.to_string()))?;
+        for hash in &doomed {
+            if let Some(env) = self.signed.remove(hash) {
+                self.bodies.remove(&env.body_hash());
+            }
+        }
+        self.doc = doc;
+        Ok(doomed.len())
+    }
+
     /// Prepares, on a fork of this replica, the unsigned change an admin key would make
     /// putting (or deleting, with `None`) entries. Nothing is applied here: the caller signs the
     /// body wherever the admin key lives and offers the envelope back like any peer's change, so

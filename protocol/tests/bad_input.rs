@@ -185,6 +185,48 @@ fn revoked_admin_and_replayed_admin_set_are_refused() {
 }
 
 #[test]
+fn a_revocation_ends_with_the_same_catalog_whatever_the_arrival_order() {
+    // Two nodes that never talk: node 0 applies admin 1's change and then hears of admin 1's
+    // revocation; node 1 hears of the revocation first and then gets the change. Admin 0 made
+    // a later change on a replica holding admin 1's (so it depends on it).
+    let mut h = Harness::new(&["a", "b"]);
+    let trust = Trust::new(h.keys.genesis.clone(), &Ed25519).unwrap();
+    let mut author = Catalog::new(trust.mesh());
+    let revoked = author
+        .author(&h.keys.admins[1], [3; 8], T0, &trust, &[(patch(6).key(), Some(patch(6)))])
+        .unwrap();
+    let dependent = author
+        .author(&h.keys.admins[0], [4; 8], T0, &trust, &[(patch(7).key(), Some(patch(7)))])
+        .unwrap();
+    let honest = Catalog::new(trust.mesh())
+        .author(&h.keys.admins[0], [5; 8], T0, &trust, &[(patch(8).key(), Some(patch(8)))])
+        .unwrap();
+    let (r0, r2) = (h.keys.roots[0].clone(), h.keys.roots[2].clone());
+    let v2 = mesh::next_admin_set(
+        trust.admins(),
+        vec![h.keys.admins[0].public()],
+        vec![Revocation { key: h.keys.admins[1].public(), kept_seq: BTreeMap::new() }],
+        &[&r0, &r2],
+    );
+    let changes = [revoked, dependent, honest];
+    for env in &changes {
+        h.input(0, Input::Command(Command::Submit(env.clone())));
+    }
+    assert!(h.nodes[0].catalog().entries().contains_key(&patch(6).key()), "applied before the revocation");
+    h.input(0, Input::Command(Command::AdminSet(v2.clone())));
+    h.input(1, Input::Command(Command::AdminSet(v2)));
+    for env in &changes {
+        h.input(1, Input::Command(Command::Submit(env.clone())));
+    }
+    let entries: Vec<Vec<String>> =
+        (0..2).map(|i| h.nodes[i].catalog().entries().into_keys().collect()).collect();
+    assert_eq!(entries[0], entries[1]);
+    assert_eq!(entries[0], vec![patch(8).key()], "only the honest, independent change is visible");
+    assert_eq!(h.nodes[0].catalog().state_hash(), h.nodes[1].catalog().state_hash());
+    assert_eq!(h.nodes[0].catalog().len(), 2, "the dependent change is held, waiting, as on node 1");
+}
+
+#[test]
 fn replayed_record_is_refused() {
     let mut h = line();
     // Capture node 0's current record bundle, then make it write a newer one.

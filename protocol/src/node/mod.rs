@@ -476,6 +476,14 @@ impl Node {
             }
         }
         if admin_sets {
+            // A revocation takes back what this node applied before it heard of it.
+            match self.state.catalog.drop_revoked(&self.state.trust) {
+                Ok(0) => {}
+                Ok(_) => catalog = true,
+                Err(e) => {
+                    self.refuse(None, e.into());
+                }
+            }
             // The whole chain: a peer that is several versions behind needs all of them.
             let msg = Arc::new(Message::AdminSets(self.state.trust.chain().to_vec()));
             self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
