@@ -80,8 +80,12 @@ fn the_demo_rolls_a_good_patch_and_halts_a_bad_one_with_no_blast_radius() {
     let succeeded: u64 = rings.iter().map(|r| r.succeeded).sum();
     assert_eq!((targeted, succeeded), (6, 6), "{v:?}");
     let bad = &v.bad.rings;
-    assert_eq!(bad[0].failed, 2, "both canaries failed verification: {v:?}");
-    assert_eq!(bad[0].rolled_back, 2, "{v:?}");
+    // The canary gate allows no failure: the first failed canary halts the rollout, and a
+    // canary that had not started by then never installs. Every canary that installed failed
+    // verification and rolled back.
+    assert!(bad[0].failed >= 1, "a canary failed verification: {v:?}");
+    assert_eq!(bad[0].rolled_back, bad[0].failed, "every failed canary rolled back: {v:?}");
+    assert!(bad[1..].iter().all(|r| r.failed == 0 && r.rolled_back == 0), "{v:?}");
     assert!(v.wan_ratio_max <= 1.05, "{v:?}");
 }
 

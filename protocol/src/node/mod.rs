@@ -81,6 +81,8 @@ pub struct Node {
     policies: Arc<Policies>,
     policies_stale: bool,
     rollouts_due: bool,
+    /// When this node last pulled from a peer on the hint that a gate it waits on opened.
+    gate_hint_at: Option<Millis>,
 }
 
 impl std::fmt::Debug for Node {
@@ -181,6 +183,7 @@ impl Node {
             policies: Arc::new(Policies::default()),
             policies_stale: true,
             rollouts_due: true,
+            gate_hint_at: None,
             id,
             own,
             config,
@@ -444,7 +447,7 @@ impl Node {
         }
         let site = self.state.site.site().clone();
         let (mut admin_sets, mut catalog, mut alarms) = (false, false, Vec::new());
-        // A fresh summary may pass a gate.
+        // A fresh summary may pass a gate; a site member's record may free an install slot.
         let mut gate_inputs = false;
         for f in fresh {
             self.stats.accepted += u64::from(via != Via::Local);
@@ -460,6 +463,7 @@ impl Node {
                     self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
                 }
                 Fresh::SiteObject(bundle) => {
+                    gate_inputs = true;
                     self.publisher.site_changed(self.now);
                     self.out.push(Output::Persist(Persist::SiteObject(bundle.clone())));
                     self.queue(via, bundle, Batch::SiteObjects);
@@ -495,9 +499,10 @@ impl Node {
             self.out.push(Output::Event(Event::CatalogChanged { state }));
         }
         if gate_inputs && self.waits_on_a_gate() {
-            // A gate this node waits on may pass on what a summary says: evaluate within a
-            // flush period, not a whole `rollout_eval_ms` later (summaries arriving together
-            // share one evaluation). Nodes that wait on no gate keep the period.
+            // A gate this node waits on may pass on what a summary says, or a member's record
+            // free a slot (or say where it stands): evaluate within a flush period, not a whole
+            // `rollout_eval_ms` later (objects arriving together share one evaluation). Nodes
+            // that wait on nothing keep the period.
             let soon = self.now.plus(self.config.gossip_flush_ms.max(1));
             if self.timers.get(Timer::RolloutEval).is_none_or(|at| at > soon) {
                 self.timers.set(Timer::RolloutEval, soon);
@@ -760,6 +765,11 @@ impl Node {
                 Err(e) => judged = judged.and(self.refuse(via.peer(), e)),
             }
         }
+        if let Some(peer) = via.peer() {
+            if self.gate_opened_elsewhere(&fresh) {
+                self.pull_gate_summaries(peer);
+            }
+        }
         judged.and(self.keep(via, fresh))
     }
 
@@ -787,6 +797,11 @@ impl Node {
                 Ok(Merge::New) => fresh.push(Fresh::Alarm(bundle.clone())),
                 Ok(Merge::Duplicate) => {}
                 Err(e) => judged = judged.and(self.refuse(via.peer(), e)),
+            }
+        }
+        if let Some(peer) = via.peer() {
+            if self.gate_opened_elsewhere(&fresh) {
+                self.pull_gate_summaries(peer);
             }
         }
         judged.and(self.keep(via, fresh))

@@ -10,11 +10,11 @@
 //!
 //! A site in the middle of a rollout is never quiet (its members change step every second or
 //! two), so waiting for quiet would hold every gate up to four intervals behind the truth. One
-//! change does not wait: a ring of a rollout that *settled* here — none of its members in this
-//! site is installing or soaking any more, and its finished counts differ from the summary in circulation
-//! — is published at the next tick (still at most once per interval). That is the moment a gate
-//! elsewhere can pass on this site's members, and the site says nothing more about that ring
-//! until something changes again, so it costs one summary per site per ring.
+//! change waits for nothing but the next tick: a ring of a rollout that *settled* here (none of
+//! its members in this site installing or soaking any more, and its finished counts differ
+//! from the summary in circulation). That is the moment a gate elsewhere can pass on this
+//! site's members, and the site says nothing more about that ring until its counts change
+//! again, so it costs about one summary per site per ring.
 
 use crate::crypto::{Domain, Envelope, SecretKey};
 use crate::ids::{MeshId, Millis, NodeId, RolloutId, SiteId, StateHash};
@@ -133,10 +133,11 @@ impl Publisher {
         quiet_ms: u64,
         now: Millis,
     ) -> Option<Arc<Bundle>> {
-        let since_last = self.last_summary_at.map(|t| now.since(t));
-        if since_last.is_some_and(|ms| ms < summary_interval_ms) || !self.is_reporter(site) {
+        if !self.is_reporter(site) {
             return None;
         }
+        let since_last = self.last_summary_at.map(|t| now.since(t));
+        let interval_passed = since_last.is_none_or(|ms| ms >= summary_interval_ms);
         let quiet = now.since(self.site_changed_at) >= quiet_ms;
         let overdue = since_last.is_some_and(|ms| ms >= 4 * summary_interval_ms);
         let digest = site.digest();
@@ -146,7 +147,7 @@ impl Publisher {
         let summary = site.summarise(self.mesh, self.me);
         let held = summaries.all().get(site.site()).map(|h| h.summary());
         let settled = settled_ring_changed(held.map(|h| &h.counts), &summary.counts);
-        if !(quiet || overdue || settled) {
+        if !(settled || interval_passed && (quiet || overdue)) {
             return None;
         }
         self.last_summary_digest = Some(digest);

@@ -6,11 +6,13 @@
 //! effect result, the node's facts), when one of its own timers is due (soaks, re-checks), and
 //! every `rollout_eval_ms` while a rollout exists (windows open, gates pass on summaries). A
 //! node with no rollout never wakes for it. A node pending in a running rollout is evaluated
-//! again within a flush period of a fresh summary, so that a gate promotes within about one
-//! gossip round of the summary that passes it.
+//! again within a flush period of a fresh summary or site record, so that a gate promotes
+//! within about one gossip round of the summary that passes it, and a freed install slot is
+//! taken as soon as the record that frees it arrives.
 
 use super::timers::Timer;
-use super::{Event, Node, Output, Persist};
+use super::{Event, Fresh, Node, Output, PeerId, Persist};
+use crate::ids::{NodeId, RolloutId};
 use crate::rollout::engine::{EngineOut, View};
 use crate::rollout::{EffectResult, Policies};
 use crate::site::RolloutStatus;
@@ -30,6 +32,50 @@ impl Node {
         self.engine.standings().iter().any(|(id, s)| {
             s.status == RolloutStatus::Pending && verdicts.get(id).is_some_and(|v| v.running())
         })
+    }
+
+    /// Whether a fresh record of a site member shows it started in a ring at or after one
+    /// whose gate this node still waits on: the member has seen summaries this node lacks.
+    pub(super) fn gate_opened_elsewhere(&self, fresh: &[Fresh]) -> bool {
+        let (standings, verdicts) = (self.engine.standings(), self.engine.verdicts());
+        let waiting: Vec<(RolloutId, u8)> = standings
+            .iter()
+            .filter(|(id, s)| {
+                s.status == RolloutStatus::Pending
+                    && verdicts.get(*id).is_some_and(|v| v.running() && s.ring >= v.open_rings)
+            })
+            .map(|(id, s)| (*id, s.ring))
+            .collect();
+        if waiting.is_empty() {
+            return false;
+        }
+        fresh.iter().any(|f| {
+            let Fresh::SiteObject(bundle) = f else { return false };
+            let Some(signer) = bundle.object().signatures.first() else { return false };
+            let Some(held) = self.state.site.records().get(&NodeId(signer.key.0)) else {
+                return false;
+            };
+            let theirs = &held.record().rollouts;
+            waiting.iter().any(|(id, ring)| {
+                theirs.get(id).is_some_and(|s| {
+                    s.ring >= *ring
+                        && !matches!(s.status, RolloutStatus::Pending | RolloutStatus::NotTargeted)
+                })
+            })
+        })
+    }
+
+    /// Sends `peer` (who relayed that record) a digest, at most once per anti-entropy period:
+    /// it answers with the summaries this node lacks, so a member that missed the summary that
+    /// opened its gate catches up within a round trip instead of at its next repair.
+    pub(super) fn pull_gate_summaries(&mut self, peer: PeerId) {
+        let period = self.config.anti_entropy_interval_ms.max(1);
+        if self.gate_hint_at.is_some_and(|at| self.now.since(at) < period) {
+            return;
+        }
+        self.gate_hint_at = Some(self.now);
+        let digest = self.state.digest();
+        self.out.send(peer, digest);
     }
 
     /// Runs the rollout engine when something it reads changed or its period passed.
