@@ -136,3 +136,35 @@ fn restart_restores_verified_state() {
     assert_eq!(other.restore(&[patchmesh_protocol::node::Persist::CatalogChange(bad)]), 1);
     assert!(other.catalog().is_empty());
 }
+
+#[test]
+fn a_node_whose_store_lost_its_floor_signs_above_the_record_its_peers_hold() {
+    let mut h = Harness::new(&["a", "a"]);
+    h.connect(0, 1);
+    h.run_for(2_000);
+    for n in 1..=4u32 {
+        let inventory = patchmesh_protocol::site::InventorySummary { package_count: n, ..Default::default() };
+        h.input(0, Input::Command(Command::UpdateRecord { inventory }));
+        h.run_for(500);
+    }
+    let id0 = h.nodes[0].id();
+    let held = h.nodes[1].site().record_version(&id0).unwrap();
+    assert!(held >= 5, "node 1 holds node 0's record v{held}");
+
+    // Node 0 comes back with an empty store: floor 0, as after a lost or corrupted store.
+    let mut config = h.keys.config(common::key(100), "a");
+    config.seed = 9;
+    h.nodes[0] = common::started(patchmesh_protocol::node::Node::new(config, h.now).unwrap());
+    h.links.clear();
+    h.connect(0, 1);
+    h.run_for(5_000);
+    let mine = h.nodes[0].site().record_version(&id0).unwrap();
+    let theirs = h.nodes[1].site().record_version(&id0).unwrap();
+    assert!(mine > held, "node 0 signed v{mine}, not above v{held} it had signed before");
+    assert_eq!(mine, theirs, "node 1 took node 0's new record");
+    assert_eq!(
+        h.nodes[0].site().records()[&id0].body_hash(),
+        h.nodes[1].site().records()[&id0].body_hash(),
+        "both hold the same record"
+    );
+}

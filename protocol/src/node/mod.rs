@@ -238,6 +238,10 @@ impl Node {
         }
         // Superseded versions in a store are expected, not refusals.
         self.state.site.merge_records(records);
+        // Our own newest record bounds the floor too (a floor write lost with a damaged store).
+        if let Some(v) = self.state.site.record_version(&self.id) {
+            self.publisher.raise_floor(v);
+        }
         if let Some(held) = self.state.site.records().get(&self.id) {
             self.publisher.inventory = held.record().inventory.clone();
         }
@@ -497,6 +501,12 @@ impl Node {
             self.rollouts_due = true;
             let state = self.state.catalog.state_hash();
             self.out.push(Output::Event(Event::CatalogChanged { state }));
+        }
+        if via != Via::Local && self.own_record_ahead() {
+            // A peer holds a record of ours newer than anything this node remembers signing:
+            // its floor went back (a damaged or restored store). Sign above it at once, so the
+            // node never signs a version it already used.
+            self.update_record();
         }
         if gate_inputs && self.waits_on_a_gate() {
             // A gate this node waits on may pass on what a summary says, or a member's record
@@ -868,6 +878,17 @@ impl Node {
     }
 
     /// Signs and spreads this node's record (inventory and rollout standings).
+    /// Whether the site holds a record of ours above the version this node last signed (and
+    /// if so, raises the floor to it).
+    fn own_record_ahead(&mut self) -> bool {
+        let held = self.state.site.record_version(&self.id).unwrap_or(0);
+        let ahead = held > self.publisher.record_version();
+        if ahead {
+            self.publisher.raise_floor(held);
+        }
+        ahead
+    }
+
     fn update_record(&mut self) {
         let (floor, bundle) = self.publisher.record(self.engine.standings().clone(), self.now);
         self.out.push(Output::Persist(Persist::RecordVersionFloor(floor)));

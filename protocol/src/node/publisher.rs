@@ -68,9 +68,15 @@ impl Publisher {
         }
     }
 
-    /// A record version read from the store: the next record signs above it.
+    /// A record version read from the store, or seen on a record of ours a peer holds: the
+    /// next record signs above it.
     pub(crate) fn raise_floor(&mut self, v: u64) {
         self.record_version = self.record_version.max(v);
+    }
+
+    /// The highest record version signed (or known to have been signed) by this node.
+    pub(crate) fn record_version(&self) -> u64 {
+        self.record_version
     }
 
     /// The site state changed at `now` (a summary waits for it to be quiet).
