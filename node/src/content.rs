@@ -497,14 +497,7 @@ fn verified_groups(file: &File, size_bytes: u64, cvs: &[[u8; 32]]) -> Bitfield {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("w.tmp");
-    let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
-    let r = f.write_all(bytes).and_then(|()| f.sync_all());
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("writing", path)(e));
-    }
-    std::fs::rename(&tmp, path).map_err(io("renaming", path))
+    crate::files::write_synced(path, bytes).map_err(io("writing", path))
 }
 
 fn sync_dir(dir: &Path) {

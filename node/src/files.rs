@@ -64,7 +64,8 @@ fn create_new(path: &Path, mode: u32, bytes: &[u8]) -> Result<(), FileError> {
     f.sync_all().map_err(io(path))
 }
 
-fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>, FileError> {
+/// Reads a file of at most `limit_bytes` (the size is checked before reading).
+pub fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>, FileError> {
     let size_bytes = std::fs::metadata(path).map_err(io(path))?.len();
     if size_bytes > limit_bytes {
         return Err(FileError::TooLarge {
@@ -74,6 +75,25 @@ fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>, FileError> {
         });
     }
     std::fs::read(path).map_err(io(path))
+}
+
+/// Replaces `path` with `bytes` durably: a temporary file beside it is written and synced,
+/// renamed over `path`, and the directory synced; a crash leaves the old or the new content.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("w.tmp");
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Writes a new secret key file with mode 0600.

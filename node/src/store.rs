@@ -21,6 +21,14 @@
 //! after a crash would let this node sign two records with one version, and an admin set that
 //! went back would re-open a replay window. Everything else is replicated and can be fetched
 //! again, so it rides on sled's periodic flush.
+//!
+//! ## A damaged store
+//! sled checks its files as it opens them, but damage inside its log can also end in a store
+//! that opens and silently holds less than was written. The record floor is therefore also
+//! kept beside the store, in `<store>.floor` (written to a temporary file, synced, renamed):
+//! on load the higher of the two wins, and a store that came back lower says so (the node
+//! then re-fetches the rest from its peers, and the core signs above any record of its own a
+//! peer still holds). A store sled cannot open stops the node with what to do about it.
 
 use patchmesh_protocol::catalog::change_hash;
 use patchmesh_protocol::crypto::{decode, encode, DecodeError, Envelope};
@@ -59,6 +67,14 @@ pub enum StoreError {
     /// An object the store cannot key.
     #[error("cannot store {0}")]
     Unkeyable(&'static str),
+    /// The record floor's copy beside the store could not be written.
+    #[error("writing the record floor to {path}: {source}")]
+    Floor {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What a store holds: everything to hand to `Node::restore`, and what was unreadable.
@@ -68,6 +84,17 @@ pub struct Loaded {
     pub persisted: Vec<Persist>,
     /// Keys of entries that did not decode (they are removed).
     pub unreadable: Vec<String>,
+    /// The store's record floor was below the copy kept beside it: the store lost writes.
+    pub lost_writes: Option<LostWrites>,
+}
+
+/// A store that came back with a lower record floor than the copy beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostWrites {
+    /// The floor the store held (0: none).
+    pub store_floor: u64,
+    /// The floor kept beside it, which is used.
+    pub kept_floor: u64,
 }
 
 /// Durable storage for one node.
@@ -83,6 +110,8 @@ pub trait Store {
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
+    /// The record floor's copy beside the store.
+    floor_file: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -119,7 +148,22 @@ impl SledStore {
             }
         }
         db.flush()?;
-        Ok(SledStore { db })
+        let mut floor_file = path.as_os_str().to_owned();
+        floor_file.push(".floor");
+        Ok(SledStore { db, floor_file: floor_file.into() })
+    }
+
+    /// The floor kept beside the store, if any (a missing or unreadable copy counts as none:
+    /// it only ever raises the store's own).
+    fn kept_floor(&self) -> u64 {
+        let Ok(text) = crate::files::read_limited(&self.floor_file, 64) else { return 0 };
+        String::from_utf8_lossy(&text).trim().parse().unwrap_or(0)
+    }
+
+    fn keep_floor(&self, v: u64) -> Result<(), StoreError> {
+        crate::files::write_synced(&self.floor_file, format!("{v}\n").as_bytes()).map_err(
+            |source| StoreError::Floor { path: self.floor_file.display().to_string(), source },
+        )
     }
 
     fn key_of(p: &Persist) -> Result<Vec<u8>, StoreError> {
@@ -179,7 +223,14 @@ impl Store for SledStore {
         let mut out = Loaded::default();
         let mut bad = Vec::new();
         for prefix in [
-            "admin/", "floor/", "catalog/", "record/", "evidence/", "summary/", "alarm/", "journal/",
+            "admin/",
+            "floor/",
+            "catalog/",
+            "record/",
+            "evidence/",
+            "summary/",
+            "alarm/",
+            "journal/",
         ] {
             for item in self.db.scan_prefix(prefix) {
                 let (key, value) = item?;
@@ -198,6 +249,26 @@ impl Store for SledStore {
         }
         for key in bad {
             self.db.remove(key)?;
+        }
+        let store_floor = out
+            .persisted
+            .iter()
+            .filter_map(|p| match p {
+                Persist::RecordVersionFloor(v) => Some(*v),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let kept_floor = self.kept_floor();
+        if kept_floor > store_floor {
+            tracing::warn!(
+                store_floor,
+                kept_floor,
+                "the store came back with less than was written (its record floor is below the \
+                 copy kept beside it); using the higher floor, the rest is fetched from peers"
+            );
+            out.persisted.push(Persist::RecordVersionFloor(kept_floor));
+            out.lost_writes = Some(LostWrites { store_floor, kept_floor });
         }
         Ok(out)
     }
@@ -221,6 +292,11 @@ impl Store for SledStore {
         if matches!(p, Persist::RecordVersionFloor(_) | Persist::AdminSet(_) | Persist::Journal(_))
         {
             self.db.flush()?;
+        }
+        if let Persist::RecordVersionFloor(v) = p {
+            if *v > self.kept_floor() {
+                self.keep_floor(*v)?;
+            }
         }
         Ok(())
     }
@@ -271,7 +347,14 @@ mod tests {
         let root = SecretKey::from_seed([1; 32]);
         let admin = SecretKey::from_seed([2; 32]);
         let node = SecretKey::from_seed([3; 32]);
-        let g = mesh::genesis("m", &[&root], 1, &[admin.public()], mesh::Approval::always(1), Millis(0));
+        let g = mesh::genesis(
+            "m",
+            &[&root],
+            1,
+            &[admin.public()],
+            mesh::Approval::always(1),
+            Millis(0),
+        );
         {
             let s = SledStore::open(&dir, &g, node.public()).unwrap();
             s.persist(&Persist::RecordVersionFloor(7)).unwrap();
@@ -279,7 +362,14 @@ mod tests {
             let loaded = s.load().unwrap();
             assert!(matches!(loaded.persisted[..], [Persist::RecordVersionFloor(7)]));
         }
-        let other = mesh::genesis("other", &[&root], 1, &[admin.public()], mesh::Approval::always(1), Millis(0));
+        let other = mesh::genesis(
+            "other",
+            &[&root],
+            1,
+            &[admin.public()],
+            mesh::Approval::always(1),
+            Millis(0),
+        );
         assert!(matches!(SledStore::open(&dir, &other, node.public()), Err(StoreError::OtherMesh)));
         let stranger = SecretKey::from_seed([4; 32]);
         assert!(matches!(
@@ -287,5 +377,32 @@ mod tests {
             Err(StoreError::OtherNode(k)) if k == node.public()
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.with_extension("floor"));
+    }
+
+    #[test]
+    fn a_store_that_lost_its_floor_gets_the_copy_kept_beside_it() {
+        let dir = std::env::temp_dir().join(format!("pm-store-lost-{}", std::process::id()));
+        let root = SecretKey::from_seed([1; 32]);
+        let node = SecretKey::from_seed([3; 32]);
+        let g = mesh::genesis("m", &[&root], 1, &[], mesh::Approval::always(1), Millis(0));
+        {
+            let s = SledStore::open(&dir, &g, node.public()).unwrap();
+            s.persist(&Persist::RecordVersionFloor(9)).unwrap();
+            assert!(s.load().unwrap().lost_writes.is_none());
+        }
+        // The store loses its floor (as sled's log cut at damage would); the copy stays.
+        {
+            let db = sled::open(&dir).unwrap();
+            db.remove("floor/record").unwrap();
+            db.flush().unwrap();
+        }
+        let s = SledStore::open(&dir, &g, node.public()).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.lost_writes, Some(LostWrites { store_floor: 0, kept_floor: 9 }));
+        assert!(matches!(loaded.persisted[..], [Persist::RecordVersionFloor(9)]));
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(std::path::PathBuf::from(format!("{}.floor", dir.display()))).unwrap();
     }
 }

@@ -408,6 +408,11 @@ impl HeldRecord {
     pub fn body_hash(&self) -> [u8; 32] {
         self.bundle.body_hash().expect("held records are verified")
     }
+    /// The first 8 bytes of the body hash, as site keys carry it.
+    pub fn tag(&self) -> [u8; 8] {
+        let h = self.body_hash();
+        [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]
+    }
 }
 
 /// A verified summary as held.
@@ -572,11 +577,15 @@ pub struct SiteState {
     digest: Option<StateHash>,
 }
 
-/// A key in the site digest: a record (by node, with its version) or a piece of evidence.
+/// A key in the site digest: a record (by node, with its version and the first bytes of its
+/// body hash) or a piece of evidence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum SiteKey {
-    /// A node's record at a version.
-    Record(NodeId, u64),
+    /// A node's record at a version, and the first 8 bytes of its body hash: two records of
+    /// one version with different bodies (a node that signed a version twice, after losing its
+    /// floor or on purpose) differ here, so repair carries each to the other side and every
+    /// replica settles on the same one (the higher body hash).
+    Record(NodeId, u64, [u8; 8]),
     /// A piece of evidence.
     Evidence(ObjectId),
 }
@@ -713,7 +722,7 @@ impl SiteState {
     /// Every key held, in order (for digest exchange).
     pub fn keys(&self) -> Vec<SiteKey> {
         let mut out: Vec<SiteKey> =
-            self.records.iter().map(|(n, r)| SiteKey::Record(*n, r.version)).collect();
+            self.records.iter().map(|(n, r)| SiteKey::Record(*n, r.version, r.tag())).collect();
         out.extend(self.evidence.keys().map(|id| SiteKey::Evidence(*id)));
         out
     }
@@ -721,21 +730,24 @@ impl SiteState {
     /// Bundles we hold that a peer holding `theirs` (sorted, deduplicated) lacks or holds an
     /// older version of, at most `max`.
     pub fn missing_from(&self, theirs: &[SiteKey], max: usize) -> Vec<Arc<Bundle>> {
-        let their_version = |node: &NodeId| -> Option<u64> {
-            // Keys sort by (node, version): the last entry for a node is its highest version.
+        let their_version = |node: &NodeId| -> Option<(u64, [u8; 8])> {
+            // Keys sort by (node, version, tag): the last entry for a node is its highest.
             let end = theirs.partition_point(|k| match k {
-                SiteKey::Record(n, _) => n <= node,
+                SiteKey::Record(n, _, _) => n <= node,
                 SiteKey::Evidence(_) => false,
             });
             match end.checked_sub(1).map(|i| &theirs[i]) {
-                Some(SiteKey::Record(n, v)) if n == node => Some(*v),
+                Some(SiteKey::Record(n, v, tag)) if n == node => Some((*v, *tag)),
                 _ => None,
             }
         };
         let records = self
             .records
             .iter()
-            .filter(|(n, r)| their_version(n).is_none_or(|v| v < r.version))
+            .filter(|(n, r)| {
+                their_version(n)
+                    .is_none_or(|(v, tag)| v < r.version || v == r.version && tag != r.tag())
+            })
             .map(|(_, r)| r.bundle.clone());
         let evidence = self
             .evidence

@@ -9,7 +9,12 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 /// Refusals other than stale versions (which honest gossip races produce).
 fn refusals(status: &StatusView) -> u64 {
-    status.rejected.iter().filter(|(k, _)| !matches!(k.as_str(), "replay" | "gap")).map(|(_, n)| n).sum()
+    status
+        .rejected
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "replay" | "gap"))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn converged(mesh: &Mesh, changes: usize) {
@@ -17,7 +22,9 @@ fn converged(mesh: &Mesh, changes: usize) {
         let summary: Vec<String> = seen
             .iter()
             .map(|s| match s {
-                Some(s) => format!("{} changes={} state={}", s.site, s.catalog_changes, s.state_hash),
+                Some(s) => {
+                    format!("{} changes={} state={}", s.site, s.catalog_changes, s.state_hash)
+                }
                 None => "(no answer)".to_string(),
             })
             .collect();
@@ -212,4 +219,48 @@ fn with_a_mesh_psk_members_converge_and_strangers_cannot_handshake() {
     assert!(report.connected_ms.is_none(), "a stranger completed a handshake: {report:?}");
     assert_eq!(report.gossip_received, 0);
     assert_eq!(mesh.status(0).unadmitted_dropped, 0);
+}
+
+#[test]
+fn a_damaged_store_stops_the_node_with_what_to_do_and_a_fresh_one_signs_above_its_old_floor() {
+    let _guard = serial();
+    let mut m = Mesh::new("damaged-store", 2, 1);
+    m.start_all();
+    let out = m.publish(0, "before-damage");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    converged(&m, 1);
+    m.stop(1);
+    let data = m.nodes[1].dir.join("data");
+    let floor = |data: &std::path::Path| -> u64 {
+        let text = std::fs::read_to_string(data.join("store.floor")).unwrap_or_default();
+        text.trim().parse().unwrap_or(0)
+    };
+    let old_floor = floor(&data);
+    assert!(old_floor >= 1, "node 1 signed records, and its floor is kept beside the store");
+
+    // sled's own settings file damaged: the node refuses to run and says what to do.
+    let conf = data.join("store").join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes.iter_mut().for_each(|b| *b ^= 0x5A);
+    std::fs::write(&conf, bytes).unwrap();
+    let run = Command::new(patchmesh_tests::binary())
+        .args(["node", "run", "--config", &m.nodes[1].config()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "a damaged store was run on:\n{err}");
+    assert!(err.contains("cannot open the store at") && err.contains("move"), "{err}");
+
+    // Following that advice: the store moved aside, the node starts empty, catches up from
+    // its peer, and signs its record above the versions it had signed before.
+    std::fs::rename(data.join("store"), data.join("store.damaged")).unwrap();
+    std::fs::remove_file(data.join("store.floor")).unwrap();
+    m.start(1);
+    if m.converge(1, CONVERGE).is_err() {
+        panic!("node 0:\n{}\nnode 1:\n{}", m.log(0), m.log(1));
+    }
+    let caught_up = wait_for(Duration::from_secs(30), || (floor(&data) > old_floor).then_some(()));
+    assert!(caught_up.is_some(), "floor {} not above {old_floor}:\n{}", floor(&data), m.log(1));
+    converged(&m, 1);
 }

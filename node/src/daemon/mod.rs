@@ -119,8 +119,14 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
     set_mode(&cfg.data_dir, 0o700)?;
-    let store = SledStore::open(&cfg.data_dir.join("store"), &genesis, key.public())
-        .map_err(DaemonError::Store)?;
+    let store_path = cfg.data_dir.join("store");
+    let store =
+        SledStore::open(&store_path, &genesis, key.public()).map_err(|source| match source {
+            crate::store::StoreError::Sled(_) => {
+                DaemonError::StoreDamaged { path: store_path.display().to_string(), source }
+            }
+            other => DaemonError::Store(other),
+        })?;
     let loaded = store.load().map_err(DaemonError::Store)?;
     let floor = loaded
         .persisted
@@ -372,6 +378,19 @@ pub enum DaemonError {
     /// The state store.
     #[error("the store: {0}")]
     Store(crate::store::StoreError),
+    /// The state store cannot be opened.
+    #[error(
+        "cannot open the store at {path} ({source}): it is damaged, or was written by another \
+         version. Nothing was changed. To recover, move {path} aside and start the node again: \
+         it fetches the mesh's state from its peers, signs its records above the versions they \
+         hold, and starts again any install it had in progress"
+    )]
+    StoreDamaged {
+        /// The store directory.
+        path: String,
+        /// What sled said.
+        source: crate::store::StoreError,
+    },
     /// The content store.
     #[error("the content store: {0}")]
     Content(crate::content::StoreError),

@@ -502,12 +502,6 @@ impl Node {
             let state = self.state.catalog.state_hash();
             self.out.push(Output::Event(Event::CatalogChanged { state }));
         }
-        if via != Via::Local && self.own_record_ahead() {
-            // A peer holds a record of ours newer than anything this node remembers signing:
-            // its floor went back (a damaged or restored store). Sign above it at once, so the
-            // node never signs a version it already used.
-            self.update_record();
-        }
         if gate_inputs && self.waits_on_a_gate() {
             // A gate this node waits on may pass on what a summary says, or a member's record
             // free a slot (or say where it stands): evaluate within a flush period, not a whole
@@ -762,12 +756,17 @@ impl Node {
 
     fn on_site_objects(&mut self, via: Via, bundles: &[Arc<Bundle>]) -> Judged {
         let mut judged = Judged::default();
+        let mut resign = false;
         let mut fresh = Vec::new();
         for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
             if self.holds_record_bytes(bundle) {
                 continue;
             }
-            match self.accept_site_object(bundle) {
+            let merged = self.accept_site_object(bundle);
+            if merged.is_ok() && self.own_record_from_elsewhere(bundle) {
+                resign = true;
+            }
+            match merged {
                 Ok(Merge::New) => fresh.push(Fresh::SiteObject(bundle.clone())),
                 Ok(Merge::Duplicate) => {}
                 // Another site's object is not ours to keep; not misbehaviour by itself.
@@ -780,7 +779,12 @@ impl Node {
                 self.pull_gate_summaries(peer);
             }
         }
-        judged.and(self.keep(via, fresh))
+        let judged = judged.and(self.keep(via, fresh));
+        if resign {
+            // Sign above the version an earlier life used, so this node never signs one twice.
+            self.update_record();
+        }
+        judged
     }
 
     fn accept_summary(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
@@ -807,11 +811,6 @@ impl Node {
                 Ok(Merge::New) => fresh.push(Fresh::Alarm(bundle.clone())),
                 Ok(Merge::Duplicate) => {}
                 Err(e) => judged = judged.and(self.refuse(via.peer(), e)),
-            }
-        }
-        if let Some(peer) = via.peer() {
-            if self.gate_opened_elsewhere(&fresh) {
-                self.pull_gate_summaries(peer);
             }
         }
         judged.and(self.keep(via, fresh))
@@ -878,15 +877,21 @@ impl Node {
     }
 
     /// Signs and spreads this node's record (inventory and rollout standings).
-    /// Whether the site holds a record of ours above the version this node last signed (and
-    /// if so, raises the floor to it).
-    fn own_record_ahead(&mut self) -> bool {
-        let held = self.state.site.record_version(&self.id).unwrap_or(0);
-        let ahead = held > self.publisher.record_version();
-        if ahead {
-            self.publisher.raise_floor(held);
+    /// Whether `bundle` (verified) is a record of ours that this node did not sign in this run,
+    /// at or above the version it last signed: its floor went back (a damaged or replaced
+    /// store) and an earlier life's record is still about. Raises the floor to it if so.
+    fn own_record_from_elsewhere(&mut self, bundle: &Bundle) -> bool {
+        let Some(signer) = bundle.object().signatures.first() else { return false };
+        if NodeId(signer.key.0) != self.id || bundle.body_hash() == self.publisher.last_record_body()
+        {
+            return false;
         }
-        ahead
+        let Ok(record) = bundle.object().open::<site::NodeRecord>("record") else { return false };
+        if record.version < self.publisher.record_version() {
+            return false;
+        }
+        self.publisher.raise_floor(record.version);
+        true
     }
 
     fn update_record(&mut self) {

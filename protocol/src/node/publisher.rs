@@ -33,6 +33,8 @@ pub(crate) struct Publisher {
     site: SiteId,
     /// The highest record version signed.
     record_version: u64,
+    /// Body hash of the last record signed in this run.
+    last_record_body: Option<[u8; 32]>,
     /// The inventory summary the next record carries.
     pub(crate) inventory: InventorySummary,
     last_summary_at: Option<Millis>,
@@ -60,6 +62,7 @@ impl Publisher {
             mesh,
             site,
             record_version: record_version_floor,
+            last_record_body: None,
             inventory: InventorySummary::default(),
             last_summary_at: None,
             last_summary_digest: None,
@@ -77,6 +80,11 @@ impl Publisher {
     /// The highest record version signed (or known to have been signed) by this node.
     pub(crate) fn record_version(&self) -> u64 {
         self.record_version
+    }
+
+    /// The body hash of the last record this node signed in this run, if it signed one.
+    pub(crate) fn last_record_body(&self) -> Option<[u8; 32]> {
+        self.last_record_body
     }
 
     /// The site state changed at `now` (a summary waits for it to be quiet).
@@ -100,7 +108,9 @@ impl Publisher {
             inventory: self.inventory.clone(),
             rollouts,
         };
-        (self.record_version, self.seal(Domain::NodeRecord, &record))
+        let bundle = self.seal(Domain::NodeRecord, &record);
+        self.last_record_body = bundle.body_hash();
+        (self.record_version, bundle)
     }
 
     /// Signs evidence about a rollout; the detail is cut to [`limits::TEXT_BYTES_MAX`].
