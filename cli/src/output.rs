@@ -4,7 +4,7 @@ use patchmesh_node::control::{
     CatalogEntryView, CatalogView, ContentListView, ContentView, GcView, InventoryView, PeerView,
     RolloutView, StatusView,
 };
-use patchmesh_protocol::rollout::Control;
+use patchmesh_protocol::rollout::{Control, RingStats};
 use serde::Serialize;
 
 /// One view as JSON (a view always encodes).
@@ -282,35 +282,32 @@ pub fn rollout_settled(r: &RolloutView) -> bool {
             .all(|c| c.targeted > 0 && c.succeeded + c.failed + c.rolled_back >= c.targeted)
 }
 
+/// The names of a ring's counts as the CLI shows them, in order.
+const RING_COLUMNS: [&str; 7] =
+    ["targeted", "pending", "installing", "soaking", "succeeded", "failed", "rolled back"];
+
+/// The counts in [`RING_COLUMNS`] order.
+fn ring_counts(c: &RingStats) -> [u32; 7] {
+    [c.targeted, c.pending, c.installing, c.soaking, c.succeeded, c.failed, c.rolled_back]
+}
+
 /// One rollout as text: header, then a line per ring.
 pub fn rollout_text(r: &RolloutView) -> String {
     let (name, version) =
         r.patch.as_ref().map_or(("?", ""), |p| (p.name.as_str(), p.version.as_str()));
     let mut out = format!("rollout {} — {name} {version} — {}\n", short(&r.id), control_text(r));
-    out += &format!(
-        "  {:<10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6} {:>11}\n",
-        "ring",
-        "targeted",
-        "pending",
-        "installing",
-        "soaking",
-        "succeeded",
-        "failed",
-        "rolled back"
-    );
+    let widths = [8, 8, 10, 7, 9, 6, 11];
+    out += &format!("  {:<10}", "ring");
+    for (name, w) in RING_COLUMNS.into_iter().zip(widths) {
+        out += &format!(" {name:>w$}");
+    }
+    out += "\n";
     for g in &r.rings {
-        let c = &g.counts;
-        out += &format!(
-            "  {:<10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>6} {:>11}\n",
-            g.name,
-            c.targeted,
-            c.pending,
-            c.installing,
-            c.soaking,
-            c.succeeded,
-            c.failed,
-            c.rolled_back
-        );
+        out += &format!("  {:<10}", g.name);
+        for (n, w) in ring_counts(&g.counts).into_iter().zip(widths) {
+            out += &format!(" {n:>w$}");
+        }
+        out += "\n";
     }
     if let Some(w) = r.waiting.as_deref().filter(|w| !w.is_empty()) {
         out += &format!("  waiting: {w}\n");
@@ -370,17 +367,12 @@ impl RolloutBars {
                 let c = &g.counts;
                 bar.set_length(u64::from(c.targeted.max(1)));
                 bar.set_position(u64::from(c.succeeded));
-                bar.set_message(format!(
-                    "{} targeted, {} pending, {} installing, {} soaking, {} succeeded, {} failed, \
-                     {} rolled back",
-                    c.targeted,
-                    c.pending,
-                    c.installing,
-                    c.soaking,
-                    c.succeeded,
-                    c.failed,
-                    c.rolled_back
-                ));
+                let parts: Vec<String> = ring_counts(c)
+                    .into_iter()
+                    .zip(RING_COLUMNS)
+                    .map(|(n, name)| format!("{n} {name}"))
+                    .collect();
+                bar.set_message(parts.join(", "));
             }
         }
     }

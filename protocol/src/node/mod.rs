@@ -238,11 +238,11 @@ impl Node {
         }
         // Superseded versions in a store are expected, not refusals.
         self.state.site.merge_records(records);
-        // Our own newest record bounds the floor too (a floor write lost with a damaged store).
-        if let Some(v) = self.state.site.record_version(&self.id) {
-            self.publisher.raise_floor(v);
-        }
+        // Our own newest record bounds the floor too (a floor write lost with a damaged store),
+        // and is known as ours: a peer sending it back is no sign of an earlier life.
         if let Some(held) = self.state.site.records().get(&self.id) {
+            self.publisher.raise_floor(held.version);
+            self.publisher.adopt_record(held.body_hash());
             self.publisher.inventory = held.record().inventory.clone();
         }
         self.state.summaries.merge_all(summaries);
@@ -877,8 +877,8 @@ impl Node {
     }
 
     /// Signs and spreads this node's record (inventory and rollout standings).
-    /// Whether `bundle` (verified) is a record of ours that this node did not sign in this run,
-    /// at or above the version it last signed: its floor went back (a damaged or replaced
+    /// Whether `bundle` (verified) is a record of ours that this node neither signed in this
+    /// run nor restored from its store, at or above the version it last signed: its floor went back (a damaged or replaced
     /// store) and an earlier life's record is still about. Raises the floor to it if so.
     fn own_record_from_elsewhere(&mut self, bundle: &Bundle) -> bool {
         let Some(signer) = bundle.object().signatures.first() else { return false };

@@ -82,7 +82,12 @@ impl Publisher {
         self.record_version
     }
 
-    /// The body hash of the last record this node signed in this run, if it signed one.
+    /// A record of ours read back from the store: known as signed by this node.
+    pub(crate) fn adopt_record(&mut self, body_hash: [u8; 32]) {
+        self.last_record_body = Some(body_hash);
+    }
+
+    /// The body hash of the last record this node signed in this run (or restored), if any.
     pub(crate) fn last_record_body(&self) -> Option<[u8; 32]> {
         self.last_record_body
     }
