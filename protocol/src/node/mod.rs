@@ -876,10 +876,10 @@ impl Node {
         }
     }
 
-    /// Signs and spreads this node's record (inventory and rollout standings).
     /// Whether `bundle` (verified) is a record of ours that this node neither signed in this
-    /// run nor restored from its store, at or above the version it last signed: its floor went back (a damaged or replaced
-    /// store) and an earlier life's record is still about. Raises the floor to it if so.
+    /// run nor restored from its store, at or above the version it last signed: its floor went
+    /// back (a damaged or replaced store) and an earlier life's record is still about. Raises
+    /// the floor to it if so.
     fn own_record_from_elsewhere(&mut self, bundle: &Bundle) -> bool {
         let Some(signer) = bundle.object().signatures.first() else { return false };
         if NodeId(signer.key.0) != self.id || bundle.body_hash() == self.publisher.last_record_body()
@@ -894,6 +894,7 @@ impl Node {
         true
     }
 
+    /// Signs and spreads this node's record (inventory and rollout standings).
     fn update_record(&mut self) {
         let (floor, bundle) = self.publisher.record(self.engine.standings().clone(), self.now);
         self.out.push(Output::Persist(Persist::RecordVersionFloor(floor)));
