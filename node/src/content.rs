@@ -378,6 +378,66 @@ impl ContentStore {
         Ok(entries.get_mut(id).is_some_and(|e| e.have.set(g)))
     }
 
+    /// Verifies the consecutive groups from `first` that `data` holds (it must end on a group
+    /// boundary) and writes the verified prefix with one write. Returns how many groups were
+    /// written, and the error that stopped it short, if any (the groups before a corrupt one
+    /// are kept: bytes that crossed a slow link are never thrown away).
+    pub fn write_groups(
+        &self,
+        id: &ContentId,
+        first: u64,
+        data: &[u8],
+    ) -> (u64, Result<(), StoreError>) {
+        let (file, cvs, size_bytes) = {
+            let entries = self.entries.lock().expect("store lock");
+            let Some(e) = entries.get(id) else { return (0, Err(StoreError::NotHeld(*id))) };
+            let Some(cvs) = e.cvs.clone() else { return (0, Err(StoreError::NotHeld(*id))) };
+            (e.file.clone(), cvs, e.size_bytes)
+        };
+        let (start, _) = group_span(size_bytes, first);
+        let mut verified = 0u64;
+        let mut end = 0usize;
+        let mut stopped = Ok(());
+        while end < data.len() {
+            let g = first + verified;
+            let (offset, len) = group_span(size_bytes, g);
+            let at = (offset - start) as usize;
+            let part = data.get(at..at + len as usize);
+            match part {
+                Some(part)
+                    if g < cvs.len() as u64
+                        && len > 0
+                        && group_cv(size_bytes, g, part) == cvs[g as usize] =>
+                {
+                    verified += 1;
+                    end = at + len as usize;
+                }
+                _ => {
+                    stopped = Err(StoreError::Corrupt { content: *id, group: g });
+                    break;
+                }
+            }
+        }
+        if verified == 0 {
+            return (0, stopped);
+        }
+        if let Err(e) = file.write_all_at(&data[..end], start) {
+            let e = if disk_full(&e) {
+                StoreError::DiskFull(*id)
+            } else {
+                io("writing", &self.path(id, ""))(e)
+            };
+            return (0, Err(e));
+        }
+        let mut entries = self.entries.lock().expect("store lock");
+        if let Some(e) = entries.get_mut(id) {
+            for g in first..first + verified {
+                e.have.set(g);
+            }
+        }
+        (verified, stopped)
+    }
+
     /// Marks a payload whose every group verified as complete: flushes the data, then removes
     /// the partial marker. Returns false if groups are still missing.
     pub fn finish(&self, id: &ContentId) -> Result<bool, StoreError> {
@@ -540,6 +600,41 @@ mod tests {
         let store = ContentStore::open(&dir.join("store"), limits()).unwrap();
         assert!(store.list()[0].complete);
         assert_eq!(store.list()[0].have_bytes, 100_000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_run_of_groups_keeps_the_verified_ones_before_a_corrupt_one() {
+        let dir = tempdir("run");
+        let data = payload(6 * GROUP_BYTES as usize + 123, 3);
+        std::fs::write(dir.join("in"), &data).unwrap();
+        let source = ContentStore::open(&dir.join("a"), limits()).unwrap();
+        let (id, size) = source.import(&dir.join("in")).unwrap();
+        let (_, outboard) = source.outboard(&id).unwrap();
+        let store = ContentStore::open(&dir.join("b"), limits()).unwrap();
+        store.begin(&id, size).unwrap();
+        store.set_outboard(&id, &outboard).unwrap();
+        // Groups 1..5 with group 3 damaged: 1 and 2 are written, then it stops at 3.
+        let (from, _) = group_span(size, 1);
+        let mut run = data[from as usize..(5 * GROUP_BYTES) as usize].to_vec();
+        run[(2 * GROUP_BYTES + 7) as usize] ^= 1;
+        let (written, result) = store.write_groups(&id, 1, &run);
+        assert_eq!(written, 2);
+        assert!(matches!(result, Err(StoreError::Corrupt { group: 3, .. })));
+        let Availability::Partial(b) = store.availability(&id).1 else { panic!("partial") };
+        assert_eq!((0..7).filter(|g| b.get(*g)).collect::<Vec<_>>(), vec![1, 2]);
+        // The rest in one run, ending with the short last group, completes it.
+        let (from, _) = group_span(size, 3);
+        let (written, result) = store.write_groups(&id, 3, &data[from as usize..]);
+        assert_eq!((written, result.is_ok()), (4, true));
+        let (written, result) = store.write_groups(&id, 0, &data[..GROUP_BYTES as usize]);
+        assert_eq!((written, result.is_ok()), (1, true));
+        assert!(store.finish(&id).unwrap());
+        assert_eq!(std::fs::read(store.complete_path(&id).unwrap()).unwrap(), data);
+        // A run that stops inside a group is refused at that group.
+        let (written, result) = store.write_groups(&id, 0, &data[..100]);
+        assert_eq!(written, 0);
+        assert!(matches!(result, Err(StoreError::Corrupt { group: 0, .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

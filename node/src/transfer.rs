@@ -576,31 +576,23 @@ impl Transfers {
                 // rested by the core's rate check; never penalised).
                 Err(_) => return Err(Failure::Timeout),
             }
-            let mut written = 0;
-            for k in 0..n_groups {
-                let (off, glen) = group_span(size_bytes, g + k);
-                let at = (off - start) as usize;
-                match self.store.write_group(&content, g + k, &part[at..at + glen as usize]) {
-                    Ok(_) => written += 1,
-                    Err(e) => {
-                        if written > 0 {
-                            Self::report(tx, req.id, g, written).await;
-                        }
-                        return match e {
-                            StoreError::Corrupt { .. } => Err(Failure::Fault(Fault::Corrupt)),
-                            other => {
-                                let stop = match other {
-                                    StoreError::DiskFull(_) => {
-                                        StoreError::DiskFull(content).to_string()
-                                    }
-                                    other => other.to_string(),
-                                };
-                                let _ = tx.send(Ev::Input(FetchInput::Stop(stop))).await;
-                                Err(Failure::Lost)
-                            }
-                        };
-                    }
+            // Verified and written in one go; the groups before a bad one are kept.
+            let (written, result) = self.store.write_groups(&content, g, part);
+            if let Err(e) = result {
+                if written > 0 {
+                    Self::report(tx, req.id, g, written).await;
                 }
+                return match e {
+                    StoreError::Corrupt { .. } => Err(Failure::Fault(Fault::Corrupt)),
+                    other => {
+                        let stop = match other {
+                            StoreError::DiskFull(_) => StoreError::DiskFull(content).to_string(),
+                            other => other.to_string(),
+                        };
+                        let _ = tx.send(Ev::Input(FetchInput::Stop(stop))).await;
+                        Err(Failure::Lost)
+                    }
+                };
             }
             Self::report(tx, req.id, g, n_groups).await;
             g += n_groups;
