@@ -212,7 +212,10 @@ fn a_revocation_ends_with_the_same_catalog_whatever_the_arrival_order() {
     for env in &changes {
         h.input(0, Input::Command(Command::Submit(env.clone())));
     }
-    assert!(h.nodes[0].catalog().entries().contains_key(&patch(6).key()), "applied before the revocation");
+    assert!(
+        h.nodes[0].catalog().entries().contains_key(&patch(6).key()),
+        "applied before the revocation"
+    );
     h.input(0, Input::Command(Command::AdminSet(v2.clone())));
     h.input(1, Input::Command(Command::AdminSet(v2)));
     for env in &changes {
@@ -223,7 +226,11 @@ fn a_revocation_ends_with_the_same_catalog_whatever_the_arrival_order() {
     assert_eq!(entries[0], entries[1]);
     assert_eq!(entries[0], vec![patch(8).key()], "only the honest, independent change is visible");
     assert_eq!(h.nodes[0].catalog().state_hash(), h.nodes[1].catalog().state_hash());
-    assert_eq!(h.nodes[0].catalog().len(), 2, "the dependent change is held, waiting, as on node 1");
+    assert_eq!(
+        h.nodes[0].catalog().len(),
+        2,
+        "the dependent change is held, waiting, as on node 1"
+    );
 }
 
 #[test]
@@ -231,10 +238,7 @@ fn replayed_record_is_refused() {
     let mut h = line();
     // Capture node 0's current record bundle, then make it write a newer one.
     let old = h.nodes[1].site().records()[&h.nodes[0].id()].bundle.clone();
-    h.input(
-        0,
-        Input::Command(Command::UpdateRecord { inventory: Default::default() }),
-    );
+    h.input(0, Input::Command(Command::UpdateRecord { inventory: Default::default() }));
     h.run_for(500);
     assert_eq!(h.nodes[1].site().record_version(&h.nodes[0].id()), Some(2));
     h.sent.clear();
@@ -370,4 +374,33 @@ fn too_many_sync_changes_are_refused() {
         CatalogError::TooManyChanges(limits::CATALOG_CHANGES_PER_SYNC_MAX + 1)
     );
     let _ = ObjectId::default();
+}
+
+#[test]
+fn a_local_command_returns_what_it_did_or_why_it_was_refused() {
+    use patchmesh_protocol::node::{Offence, Outcome, Refusal};
+    let mut h = Harness::new(&["a"]);
+    let trust = Trust::new(h.keys.genesis.clone(), &Ed25519).unwrap();
+    let change = Catalog::new(trust.mesh())
+        .author(&h.keys.admins[0], [9; 8], T0, &trust, &[(patch(1).key(), Some(patch(1)))])
+        .unwrap();
+    let now = h.now;
+    let node = &mut h.nodes[0];
+    assert_eq!(
+        node.command(now, Command::Submit(change.clone())).unwrap(),
+        Outcome::Applied(change.id())
+    );
+    assert_eq!(node.command(now, Command::Submit(change.clone())).unwrap(), Outcome::Unchanged);
+    // Signed by a key that is no admin: refused with the typed reason, nothing stored.
+    let forged = change_signed_by(&h.keys, &key(77), 2);
+    let node = &mut h.nodes[0];
+    let refused = node.command(now, Command::Submit(forged)).unwrap_err();
+    assert!(matches!(refused, Refusal::Catalog(_) | Refusal::Trust(_)), "{refused:?}");
+    assert_eq!(refused.offence(), Offence::Invalid);
+    assert!(!node.catalog().entries().contains_key(&patch(2).key()));
+    assert!(node.catalog().entries().contains_key(&patch(1).key()));
+    assert_eq!(
+        node.command(now, Command::UpdateRecord { inventory: Default::default() }).unwrap(),
+        Outcome::Done
+    );
 }

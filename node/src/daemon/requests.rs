@@ -184,24 +184,15 @@ impl Daemon {
             Ok(e) => e,
             Err(e) => return control::refused(format!("bad envelope: {e}")),
         };
-        let mut reason = None;
-        self.node.handle_input(
-            now_ms(),
-            Input::Command(if admin_set {
-                Command::AdminSet(env.clone())
-            } else {
-                Command::Submit(env.clone())
-            }),
-        );
+        let command =
+            if admin_set { Command::AdminSet(env.clone()) } else { Command::Submit(env.clone()) };
+        let outcome = self.node.command(now_ms(), command);
         while let Some(out) = self.node.poll_output() {
-            if let Output::Event(Event::Rejected { peer: None, reason: r }) = &out {
-                reason = Some(r.clone());
-            }
             self.output(out);
         }
-        match reason {
-            Some(r) => control::refused(format!("refused: {r}")),
-            None => {
+        match outcome {
+            Err(r) => control::refused(format!("refused: {r}")),
+            Ok(_) => {
                 if let Err(e) = self.store.flush() {
                     return control::refused(format!("stored but not flushed: {e}"));
                 }

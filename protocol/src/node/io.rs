@@ -170,6 +170,17 @@ pub enum Command {
     },
 }
 
+/// What a local command did ([`super::Node::command`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A signed object (a catalog change, an admin set) was new: it is kept and spreading.
+    Applied(crate::ids::ObjectId),
+    /// The node already held it: nothing changed.
+    Unchanged,
+    /// Done at once (records, facts and evidence).
+    Done,
+}
+
 /// What the driver must persist before it acknowledges anything depending on it.
 #[derive(Clone, Debug)]
 pub enum Persist {

@@ -52,15 +52,16 @@ use peers::{Hello, Peers};
 use publisher::Publisher;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use refusal::{Offence, Refusal};
 use relay::{Batch, Outbox, Relay, Via};
 use replicas::{Digest, Replicas};
 use std::sync::Arc;
 use timers::{Timer, Timers};
 
 pub use io::{
-    Command, Config, Event, Input, Output, PeerId, Persist, RelayMode, Stats, Topic, Verdict,
+    Command, Config, Event, Input, Outcome, Output, PeerId, Persist, RelayMode, Stats, Topic,
+    Verdict,
 };
+pub use refusal::{Offence, Refusal};
 
 /// The protocol state machine of one node.
 pub struct Node {
@@ -331,12 +332,7 @@ impl Node {
 
     /// Feeds one input at time `now` (see the module docs for time going backwards).
     pub fn handle_input(&mut self, now: Millis, input: Input) {
-        self.now = self.now.max(now);
-        if !self.started {
-            debug_assert!(matches!(input, Input::Start), "a node is started before anything else");
-            // A driver that forgot `Start` still gets a node that works.
-            self.start();
-        }
+        self.begin(now, matches!(input, Input::Start));
         match input {
             Input::Start => {}
             Input::Connected { peer, node } => {
@@ -364,9 +360,38 @@ impl Node {
                 self.out.push(Output::GossipVerdict { token, verdict });
             }
             Input::Timer => self.on_timers(),
-            Input::Command(cmd) => self.on_command(cmd),
+            Input::Command(cmd) => {
+                // The outcome is also in the outputs (a refusal as `Event::Rejected`).
+                let _ = self.on_command(cmd);
+            }
             Input::EffectDone(result) => self.on_effect_done(result),
         }
+        self.end();
+    }
+
+    /// Runs a local command at `now`, like [`Input::Command`], and returns what it did or why
+    /// it was refused. The machine is synchronous, so the outcome is known when the call
+    /// returns: a driver needs no correlation id and never scans the outputs for a refusal.
+    /// The outputs the command causes (persist, relay) are queued as for any input.
+    pub fn command(&mut self, now: Millis, cmd: Command) -> Result<Outcome, Refusal> {
+        self.begin(now, false);
+        let outcome = self.on_command(cmd);
+        self.end();
+        outcome
+    }
+
+    /// Every input's start: time never goes backwards, and a node starts before anything.
+    fn begin(&mut self, now: Millis, is_start: bool) {
+        self.now = self.now.max(now);
+        if !self.started {
+            debug_assert!(is_start, "a node is started before anything else");
+            // A driver that forgot `Start` still gets a node that works.
+            self.start();
+        }
+    }
+
+    /// Every input's end: rollouts are driven on what changed.
+    fn end(&mut self) {
         self.drive_rollouts();
         self.stats.outputs_dropped = self.out.dropped;
     }
@@ -434,6 +459,10 @@ impl Node {
 
     /// Refuses an object: counts it, penalises its sender when it is to blame, logs it.
     fn refuse(&mut self, peer: Option<PeerId>, why: Refusal) -> Judged {
+        self.refuse_ref(peer, &why)
+    }
+
+    fn refuse_ref(&mut self, peer: Option<PeerId>, why: &Refusal) -> Judged {
         *self.stats.rejected.entry(why.kind()).or_default() += 1;
         let offence = why.offence();
         if let (Some(peer), Offence::Invalid) = (peer, offence) {
@@ -816,7 +845,7 @@ impl Node {
         judged.and(self.keep(via, fresh))
     }
 
-    fn on_command(&mut self, cmd: Command) {
+    fn on_command(&mut self, cmd: Command) -> Result<Outcome, Refusal> {
         match cmd {
             Command::Publish { admin, edits } => {
                 let mut session = [0u8; 8];
@@ -824,11 +853,11 @@ impl Node {
                 let s = &mut self.state;
                 match s.catalog.author(&admin, session, self.now, &s.trust, &edits) {
                     Ok(env) => {
+                        let id = env.id();
                         self.keep(Via::Local, vec![Fresh::CatalogChange(env)]);
+                        Ok(Outcome::Applied(id))
                     }
-                    Err(e) => {
-                        self.refuse(None, e.into());
-                    }
+                    Err(e) => self.refuse_command(e.into()),
                 }
             }
             Command::Submit(env) => {
@@ -836,35 +865,46 @@ impl Node {
                 match s.catalog.offer(&env, &s.trust, self.config.check.as_ref()) {
                     Ok(Offer::New) => {
                         self.stats.accepted += 1;
+                        let id = env.id();
                         self.keep(Via::Local, vec![Fresh::CatalogChange(env)]);
+                        Ok(Outcome::Applied(id))
                     }
-                    Ok(Offer::Duplicate) => {}
-                    Err(e) => {
-                        self.refuse(None, e.into());
-                    }
+                    Ok(Offer::Duplicate) => Ok(Outcome::Unchanged),
+                    Err(e) => self.refuse_command(e.into()),
                 }
             }
             Command::AdminSet(env) => {
                 match self.state.trust.apply_admin_set(&env, self.config.check.as_ref()) {
                     Ok(true) => {
+                        let id = env.id();
                         self.keep(Via::Local, vec![Fresh::AdminSet(env)]);
+                        Ok(Outcome::Applied(id))
                     }
-                    Ok(false) => {}
-                    Err(e) => {
-                        self.refuse(None, e.into());
-                    }
+                    Ok(false) => Ok(Outcome::Unchanged),
+                    Err(e) => self.refuse_command(e.into()),
                 }
             }
             Command::UpdateRecord { inventory } => {
                 self.publisher.inventory = inventory;
                 self.update_record();
+                Ok(Outcome::Done)
             }
             Command::SetFacts(facts) => {
                 self.engine.facts = facts;
                 self.rollouts_due = true;
+                Ok(Outcome::Done)
             }
-            Command::Report { rollout, kind, detail } => self.report(rollout, kind, detail),
+            Command::Report { rollout, kind, detail } => {
+                self.report(rollout, kind, detail);
+                Ok(Outcome::Done)
+            }
         }
+    }
+
+    /// A refused command: counted and logged like any refusal, and returned to the caller.
+    fn refuse_command(&mut self, why: Refusal) -> Result<Outcome, Refusal> {
+        self.refuse_ref(None, &why);
+        Err(why)
     }
 
     /// Signs evidence; a failure report also floods fleet-wide as an alarm.

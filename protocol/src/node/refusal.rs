@@ -8,26 +8,33 @@ use crate::trust::TrustError;
 
 /// Why an object from a peer (or a local command) was refused.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Refusal {
+pub enum Refusal {
+    /// Trust: an unknown or superseded admin set, a bad signature or admission.
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The catalog: a change that does not verify or apply.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// Site state: a record, summary or evidence that does not verify.
     #[error(transparent)]
     Site(#[from] SiteError),
+    /// Bytes that do not decode within the limits.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A hello that names another key than the transport authenticated.
     #[error("hello names node {0:?} but the transport authenticated another key")]
     HelloMismatch(NodeId),
+    /// A message kind that may not travel by pubsub.
     #[error("this message kind may not travel by pubsub")]
     NotGossip,
+    /// No valid hello within the admission timeout.
     #[error("no valid hello within the admission timeout")]
     HelloTimeout,
 }
 
 /// What a refusal says about its sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Offence {
+pub enum Offence {
     /// Nothing an honest peer cannot cause: a version we already passed or one ahead of a
     /// version we lack (a gossip race), or a hello that did not arrive in time (a slow or
     /// congested link; the connection is dropped anyway). Not forwarded, but no penalty and
@@ -39,7 +46,7 @@ pub(crate) enum Offence {
 
 impl Refusal {
     /// The kind [`super::Stats`] counts it under.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         use crate::crypto::SignatureError as S;
         let trust_kind = |t: &TrustError| match t {
             TrustError::Signature(S::Duplicate(_)) => "duplicate_signer",
@@ -74,7 +81,7 @@ impl Refusal {
     }
 
     /// Whether the sender is to blame.
-    pub(crate) fn offence(&self) -> Offence {
+    pub fn offence(&self) -> Offence {
         let stale =
             |t: &TrustError| matches!(t, TrustError::Replay { .. } | TrustError::Gap { .. });
         match self {

@@ -154,7 +154,9 @@ impl Harness {
                 Output::Penalize { peer } => self.penalized.push((i, peer)),
                 Output::Disconnect { peer } => self.disconnected.push((i, peer)),
                 Output::Effect(e) => self.effects.push((i, e)),
-                Output::Event(patchmesh_protocol::node::Event::Rollout(e)) => self.events.push((i, e)),
+                Output::Event(patchmesh_protocol::node::Event::Rollout(e)) => {
+                    self.events.push((i, e))
+                }
                 Output::Persist(_) | Output::Event(_) => {}
                 Output::Broadcast { .. } | Output::GossipVerdict { .. } => {
                     unreachable!("the harness runs direct relay mode")
