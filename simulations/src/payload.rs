@@ -887,10 +887,12 @@ impl PayloadModel {
     }
 
     /// Reserves the links a slice of `bytes` crosses from `src` to `dst`, hop by hop: the
-    /// source node's uplink, the WAN path (source site's uplink and destination site's
-    /// downlink together) and the destination node's downlink. A hop starts no earlier than
-    /// the one before it and when it is free; each is then busy for the slice's transmission
-    /// time at its own bandwidth, so a slow WAN queue does not hold the source's LAN uplink.
+    /// source node's uplink, the source site's WAN uplink, the destination site's WAN downlink
+    /// and the destination node's downlink. A hop starts no earlier than the one before it and
+    /// when it is free; each is then busy for the slice's transmission time at its own
+    /// bandwidth. Queues are per hop, as in routers: a busy downlink delays the slice after it
+    /// left the uplink, it does not hold the uplink idle (reserving both at the later free
+    /// time did, and left shared uplinks idle whenever one of their destinations was busy).
     /// Returns when the slice has cleared every hop.
     fn reserve(&mut self, src: u32, dst: u32, bytes: u64, now: u64) -> u64 {
         let (src, dst) = (src as usize, dst as usize);
@@ -901,11 +903,12 @@ impl PayloadModel {
         let (mut ready, mut done) = (start, start + lan_tx);
         if ss != ds {
             let wan_tx = self.wan.transmit_us(bytes as usize);
-            let w = ready.max(self.site_up_free[ss]).max(self.site_down_free[ds]);
-            self.site_up_free[ss] = w + wan_tx;
-            self.site_down_free[ds] = w + wan_tx;
-            ready = w;
-            done = done.max(w + wan_tx);
+            let up = ready.max(self.site_up_free[ss]);
+            self.site_up_free[ss] = up + wan_tx;
+            let down = (up + wan_tx).max(self.site_down_free[ds]);
+            self.site_down_free[ds] = down + wan_tx;
+            ready = down;
+            done = done.max(down + wan_tx);
         }
         let d = ready.max(self.node_down_free[dst]);
         self.node_down_free[dst] = d + lan_tx;

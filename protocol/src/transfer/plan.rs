@@ -458,8 +458,9 @@ impl Download {
         if self.is_complete() {
             return out;
         }
-        // Groups this site already holds: never fetched across the WAN.
-        let in_site = self.site_held();
+        // Groups this site already holds: never fetched across the WAN (worked out once, and
+        // only when a source of another site has room).
+        let mut in_site: Option<Option<Vec<u64>>> = None;
         loop {
             let mut order: Vec<(bool, u32, NodeId, u64)> = self
                 .sources
@@ -478,10 +479,17 @@ impl Download {
                     (!s.lan, s.active, *n, count_max.max(1))
                 })
                 .collect();
+            if order.is_empty() {
+                break;
+            }
             order.sort();
             let mut progressed = false;
             for (remote, _, n, count_max) in order {
-                let exclude = if remote { in_site.as_deref() } else { None };
+                let exclude = if remote {
+                    in_site.get_or_insert_with(|| self.site_held()).as_deref()
+                } else {
+                    None
+                };
                 if let Some((first, count)) = self.pick(&n, count_max, exclude) {
                     out.push(Action::Fetch(self.start_request(n, first, count, now)));
                     progressed = true;
