@@ -253,3 +253,166 @@ impl World {
         }
     }
 }
+
+/// The mesh's root and admin keys and its genesis, from the world's random stream.
+pub(super) fn build_keys(rng: &mut ChaCha8Rng, name: &str) -> Keys {
+    let key_seeds = derive_keys(rng, 5);
+    let roots: Vec<SecretKey> = key_seeds[..3].iter().map(|k| SecretKey::from_seed(*k)).collect();
+    let admins: Vec<SecretKey> = key_seeds[3..].iter().map(|k| SecretKey::from_seed(*k)).collect();
+    let genesis = mesh::genesis(
+        name,
+        &[&roots[0], &roots[1], &roots[2]],
+        2,
+        &[admins[0].public(), admins[1].public()],
+        mesh::Approval::always(1),
+        Millis(EPOCH_MS),
+    );
+    let genesis_body: Genesis = genesis.open("genesis").expect("own genesis decodes");
+    Keys { roots, admins, genesis, genesis_body }
+}
+
+/// Each node's site (honest nodes round-robin, adversaries at random outside any partition),
+/// and the sites each partition cuts off (the first of a shuffled order).
+pub(super) fn place_sites(s: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let mut site_of: Vec<u32> = (0..s.nodes).map(|i| (i % s.sites) as u32).collect();
+    let mut site_order: Vec<u32> = (0..s.sites as u32).collect();
+    for i in (1..site_order.len()).rev() {
+        site_order.swap(i, rng.gen_range(0..=i));
+    }
+    let partition_sites: Vec<Vec<u32>> =
+        s.partition.iter().map(|p| site_order[..p.sites].to_vec()).collect();
+    let max_part = s.partition.iter().map(|p| p.sites).max().unwrap_or(0);
+    for _ in 0..s.adversaries {
+        site_of.push(site_order[rng.gen_range(max_part..s.sites)]);
+    }
+    (site_of, partition_sites)
+}
+
+/// The overlay: `lan_degree` random links per node inside its site, and per site one link to
+/// the next site plus `wan_links_per_site` to random ones.
+pub(super) fn build_links(
+    s: &Scenario,
+    site_of: &[u32],
+    rng: &mut ChaCha8Rng,
+) -> Vec<BTreeSet<u32>> {
+    let mut members: Vec<Vec<u32>> = vec![Vec::new(); s.sites];
+    for (i, site) in site_of.iter().enumerate().take(s.nodes) {
+        members[*site as usize].push(i as u32);
+    }
+    let mut links: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); site_of.len()];
+    let add = |a: u32, b: u32, links: &mut Vec<BTreeSet<u32>>| {
+        if a != b {
+            links[a as usize].insert(b);
+            links[b as usize].insert(a);
+        }
+    };
+    for (i, site) in site_of.iter().enumerate() {
+        let m = &members[*site as usize];
+        for _ in 0..s.topology.lan_degree.min(m.len().saturating_sub(1)) {
+            // A random other member (never itself, so every node has a link).
+            let mut j = m[rng.gen_range(0..m.len())];
+            while j == i as u32 {
+                j = m[rng.gen_range(0..m.len())];
+            }
+            add(i as u32, j, &mut links);
+        }
+    }
+    for site in 0..s.sites {
+        let mut peers_sites: Vec<usize> = Vec::new();
+        if s.sites > 1 {
+            peers_sites.push((site + 1) % s.sites);
+            for _ in 0..s.topology.wan_links_per_site {
+                peers_sites.push(rng.gen_range(0..s.sites));
+            }
+        }
+        for other in peers_sites {
+            if other == site || members[site].is_empty() || members[other].is_empty() {
+                continue;
+            }
+            let a = members[site][rng.gen_range(0..members[site].len())];
+            let b = members[other][rng.gen_range(0..members[other].len())];
+            add(a, b, &mut links);
+        }
+    }
+    links
+}
+
+/// The nodes each `[[crash]]` takes down, and all of them together.
+pub(super) fn pick_crashes(s: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<Vec<u32>>, BTreeSet<u32>) {
+    let mut crash_sets = Vec::new();
+    let mut crashing = BTreeSet::new();
+    for c in &s.crash {
+        let set: Vec<u32> = (0..c.nodes)
+            .map(|_| rng.gen_range(0..s.nodes as u32))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        crashing.extend(set.iter().copied());
+        crash_sets.push(set);
+    }
+    (crash_sets, crashing)
+}
+
+/// What the nodes that keep a store start it from.
+pub(super) struct Stores<'a> {
+    /// Per site, the steady store its members restore (empty when not steady).
+    pub site_stores: &'a [Arc<Vec<Persist>>],
+    /// Nodes that crash (and restart from their store).
+    pub crashing: &'a BTreeSet<u32>,
+}
+
+/// The world's entities: each node's config, clock skew, links and store.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn entities(
+    s: &Scenario,
+    made: Vec<(SecretKey, Envelope, Option<Arc<Bundle>>)>,
+    site_of: &[u32],
+    links: &[BTreeSet<u32>],
+    genesis: &Envelope,
+    check: &Arc<MemoCheck>,
+    stores: Stores<'_>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Entity> {
+    // Fetchers that crash are chosen during the run, so every node keeps a store.
+    let keep_stores = s.payload.as_ref().is_some_and(|p| p.fetcher_crashes > 0);
+    let steady = s.start == crate::scenario::Start::Steady;
+    let mut ents = Vec::with_capacity(made.len());
+    for (i, (key, admission, _)) in made.into_iter().enumerate() {
+        let skew_ms = if s.clock_skew_ms > 0 {
+            rng.gen_range(-(s.clock_skew_ms as i64)..=s.clock_skew_ms as i64)
+        } else {
+            0
+        };
+        let config = Config {
+            key,
+            admission,
+            genesis: genesis.clone(),
+            anti_entropy_interval_ms: s.protocol.anti_entropy_interval_ms,
+            summary_interval_ms: s.protocol.summary_interval_ms,
+            gossip_flush_ms: s.protocol.gossip_flush_ms,
+            summary_fanout: s.protocol.summary_fanout,
+            seed: rng.gen(),
+            record_version_floor: u64::from(steady),
+            check: check.clone(),
+            relay: patchmesh_protocol::node::RelayMode::Direct,
+            rollout_eval_ms: s.protocol.rollout_eval_ms,
+        };
+        ents.push(Entity {
+            node: None,
+            config,
+            site: site_of[i],
+            skew_ms,
+            links: links[i].iter().copied().collect(),
+            timer_at: u64::MAX,
+            store: (keep_stores || stores.crashing.contains(&(i as u32))).then(|| {
+                stores
+                    .site_stores
+                    .get(site_of[i] as usize)
+                    .map(|st| st.as_ref().clone())
+                    .unwrap_or_default()
+            }),
+            adversary: i >= s.nodes,
+        });
+    }
+    ents
+}

@@ -33,14 +33,17 @@ mod report;
 mod script;
 
 pub use build::MemoCheck;
-use build::{derive_keys, make_nodes, site_name, steady_stores};
-pub use report::{peak_rss_mb, Report};
+use build::{
+    build_keys, build_links, derive_keys, entities, make_nodes, pick_crashes, place_sites,
+    site_name, steady_stores, Stores,
+};
 use network::TraceCode;
+pub use report::{peak_rss_mb, Report};
 
 use crate::payload::{Host, PayloadEv, PayloadModel};
-use crate::stats::Percentiles;
 use crate::rollout::{assign_labels, NodeInfo, RolloutEv, RolloutFigures, RolloutModel};
 use crate::scenario::{Link, Scenario};
+use crate::stats::Percentiles;
 use patchmesh_protocol::catalog::{self, AdminCommand, CatalogEntry, CommandAction};
 use patchmesh_protocol::crypto::{
     Domain, Ed25519, Envelope, SecretKey, SignatureCheck, SignatureEntry, SignatureError,
@@ -173,156 +176,44 @@ pub struct World {
 }
 
 impl World {
-    /// Builds the world for a scenario and seed.
+    /// Builds the world for a scenario and seed. The steps draw from one random stream in a
+    /// fixed order (keys, sites, node keys, links, crashes, skews), so a seed gives one world.
     pub fn new(s: Scenario, seed: u64) -> World {
         let t_new = std::time::Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let key_seeds = derive_keys(&mut rng, 5);
-        let roots: Vec<SecretKey> =
-            key_seeds[..3].iter().map(|k| SecretKey::from_seed(*k)).collect();
-        let admins: Vec<SecretKey> =
-            key_seeds[3..].iter().map(|k| SecretKey::from_seed(*k)).collect();
-        let genesis = mesh::genesis(
-            &s.name,
-            &[&roots[0], &roots[1], &roots[2]],
-            2,
-            &[admins[0].public(), admins[1].public()],
-            mesh::Approval::always(1),
-            Millis(EPOCH_MS),
-        );
-        let genesis_body: Genesis = genesis.open("genesis").expect("own genesis decodes");
+        let keys = build_keys(&mut rng, &s.name);
         let check = Arc::new(MemoCheck::default());
-
-        // Sites: partitioned ones first, adversaries never inside a partition.
-        let total = s.nodes + s.adversaries;
-        let mut site_of: Vec<u32> = (0..s.nodes).map(|i| (i % s.sites) as u32).collect();
-        let mut site_order: Vec<u32> = (0..s.sites as u32).collect();
-        for i in (1..site_order.len()).rev() {
-            site_order.swap(i, rng.gen_range(0..=i));
-        }
-        let partition_sites: Vec<Vec<u32>> =
-            s.partition.iter().map(|p| site_order[..p.sites].to_vec()).collect();
-        let max_part = s.partition.iter().map(|p| p.sites).max().unwrap_or(0);
-        for _ in 0..s.adversaries {
-            site_of.push(site_order[rng.gen_range(max_part..s.sites)]);
-        }
-        let seeds = derive_keys(&mut rng, total);
+        let (site_of, partition_sites) = place_sites(&s, &mut rng);
+        let seeds = derive_keys(&mut rng, s.nodes + s.adversaries);
         let steady = s.start == crate::scenario::Start::Steady;
         // Certificate labels and the bad patch's victims, for a rollout (adversaries get none).
         let (labels, bad) = match &s.rollout {
             Some(r) => assign_labels(r, seed, s.nodes),
             None => (Vec::new(), Vec::new()),
         };
-        let made = make_nodes(&seeds, &site_of, &labels, &admins[0], &genesis_body, steady, &check);
-
-        let mut members: Vec<Vec<u32>> = vec![Vec::new(); s.sites];
-        for (i, site) in site_of.iter().enumerate().take(s.nodes) {
-            members[*site as usize].push(i as u32);
-        }
-        let mut links: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); total];
-        let add = |a: u32, b: u32, links: &mut Vec<BTreeSet<u32>>| {
-            if a != b {
-                links[a as usize].insert(b);
-                links[b as usize].insert(a);
-            }
-        };
-        for (i, site) in site_of.iter().enumerate() {
-            let m = &members[*site as usize];
-            for _ in 0..s.topology.lan_degree.min(m.len().saturating_sub(1)) {
-                // A random other member (never itself, so every node has a link).
-                let mut j = m[rng.gen_range(0..m.len())];
-                while j == i as u32 {
-                    j = m[rng.gen_range(0..m.len())];
-                }
-                add(i as u32, j, &mut links);
-            }
-        }
-        for site in 0..s.sites {
-            let mut peers_sites: Vec<usize> = Vec::new();
-            if s.sites > 1 {
-                peers_sites.push((site + 1) % s.sites);
-                for _ in 0..s.topology.wan_links_per_site {
-                    peers_sites.push(rng.gen_range(0..s.sites));
-                }
-            }
-            for other in peers_sites {
-                if other == site || members[site].is_empty() || members[other].is_empty() {
-                    continue;
-                }
-                let a = members[site][rng.gen_range(0..members[site].len())];
-                let b = members[other][rng.gen_range(0..members[other].len())];
-                add(a, b, &mut links);
-            }
-        }
-
-        let mut crash_sets = Vec::new();
-        let mut crashing = BTreeSet::new();
-        // Fetchers that crash are chosen during the run, so every node keeps a store.
-        let keep_stores = s.payload.as_ref().is_some_and(|p| p.fetcher_crashes > 0);
-        for c in &s.crash {
-            let set: Vec<u32> = (0..c.nodes)
-                .map(|_| rng.gen_range(0..s.nodes as u32))
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            crashing.extend(set.iter().copied());
-            crash_sets.push(set);
-        }
-
-        let mut ents = Vec::with_capacity(total);
+        let made = make_nodes(
+            &seeds,
+            &site_of,
+            &labels,
+            &keys.admins[0],
+            &keys.genesis_body,
+            steady,
+            &check,
+        );
+        let links = build_links(&s, &site_of, &mut rng);
+        let (crash_sets, crashing) = pick_crashes(&s, &mut rng);
         let (made, site_stores) = if steady {
-            steady_stores(made, &site_of, s.sites, &genesis, &check)
+            steady_stores(made, &site_of, s.sites, &keys.genesis, &check)
         } else {
             (made, Vec::new())
         };
-        for (i, (key, admission, _)) in made.into_iter().enumerate() {
-            let skew_ms = if s.clock_skew_ms > 0 {
-                rng.gen_range(-(s.clock_skew_ms as i64)..=s.clock_skew_ms as i64)
-            } else {
-                0
-            };
-            let config = Config {
-                key,
-                admission,
-                genesis: genesis.clone(),
-                anti_entropy_interval_ms: s.protocol.anti_entropy_interval_ms,
-                summary_interval_ms: s.protocol.summary_interval_ms,
-                gossip_flush_ms: s.protocol.gossip_flush_ms,
-                summary_fanout: s.protocol.summary_fanout,
-                seed: rng.gen(),
-                record_version_floor: u64::from(steady),
-                check: check.clone(),
-                relay: patchmesh_protocol::node::RelayMode::Direct,
-                rollout_eval_ms: s.protocol.rollout_eval_ms,
-            };
-            ents.push(Entity {
-                node: None,
-                config,
-                site: site_of[i],
-                skew_ms,
-                links: links[i].iter().copied().collect(),
-                timer_at: u64::MAX,
-                store: (keep_stores || crashing.contains(&(i as u32))).then(|| {
-                    site_stores
-                        .get(site_of[i] as usize)
-                        .map(|st: &Arc<Vec<Persist>>| st.as_ref().clone())
-                        .unwrap_or_default()
-                }),
-                adversary: i >= s.nodes,
-            });
-        }
+        let stores = Stores { site_stores: &site_stores, crashing: &crashing };
+        let ents = entities(&s, made, &site_of, &links, &keys.genesis, &check, stores, &mut rng);
         let payload = s.payload.clone().map(|spec| {
             let ids = ents[..s.nodes].iter().map(|e| NodeId(e.config.key.public().0)).collect();
             let sites = site_of[..s.nodes].to_vec();
-            Box::new(PayloadModel::new(
-                spec,
-                seed,
-                ids,
-                sites,
-                s.sites,
-                s.lan.clone(),
-                s.wan.clone(),
-            ))
+            let (lan, wan) = (s.lan.clone(), s.wan.clone());
+            Box::new(PayloadModel::new(spec, seed, ids, sites, s.sites, lan, wan))
         });
         let rollout = s.rollout.clone().map(|spec| {
             let nodes = ents
@@ -352,7 +243,7 @@ impl World {
             partitioned: vec![false; s.sites],
             received_us: vec![u64::MAX; s.nodes],
             eligible: vec![false; s.nodes],
-            keys: Keys { roots, admins, genesis, genesis_body },
+            keys,
             site_stores,
             s,
             seed,
