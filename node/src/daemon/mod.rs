@@ -105,23 +105,18 @@ struct Daemon {
     fatal: Option<String>,
 }
 
-/// Runs a node until SIGINT or SIGTERM.
-/// Opens the store, verifies it, builds the core and the swarm, and binds the control socket.
-/// (Long, but one straight sequence of setup steps in the order they depend on each other;
-/// split up, it would only hand its locals around.)
-async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
-    let file = |what: &'static str| move |source| DaemonError::File { what, source };
-    let key = files::read_key(&cfg.key).map_err(file("the node key"))?;
-    let genesis = files::read_envelope(&cfg.genesis).map_err(file("the genesis"))?;
-    let admission = files::read_envelope(&cfg.admission).map_err(file("the admission"))?;
-    let cert: AdmissionCert = admission.open("admission certificate")?;
-    let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
+/// Opens and loads the store; returns it, what it held, and the record floor it kept.
+fn open_store(
+    cfg: &NodeConfig,
+    genesis: &Envelope,
+    key: &patchmesh_protocol::crypto::SecretKey,
+) -> Result<(SledStore, crate::store::Loaded, u64), DaemonError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
     set_mode(&cfg.data_dir, 0o700)?;
     let store_path = cfg.data_dir.join("store");
     let store =
-        SledStore::open(&store_path, &genesis, key.public()).map_err(|source| match source {
+        SledStore::open(&store_path, genesis, key.public()).map_err(|source| match source {
             crate::store::StoreError::Sled(_) => {
                 DaemonError::StoreDamaged { path: store_path.display().to_string(), source }
             }
@@ -137,6 +132,94 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         })
         .max()
         .unwrap_or(0);
+    Ok((store, loaded, floor))
+}
+
+/// The payload service: serves the data protocol and runs downloads. Returns it, the peer view
+/// it reads, and what it asks of the daemon.
+fn start_transfers(
+    swarm: &mut Swarm<Behaviour>,
+    cfg: &NodeConfig,
+    key: &patchmesh_protocol::crypto::SecretKey,
+    cert: &AdmissionCert,
+    content: Arc<ContentStore>,
+    mesh: &patchmesh_protocol::ids::MeshId,
+) -> Result<
+    (Arc<Transfers>, tokio::sync::watch::Sender<PeerView>, mpsc::Receiver<ToDaemon>),
+    DaemonError,
+> {
+    let (view_tx, view_rx) = tokio::sync::watch::channel(PeerView::default());
+    let (to_daemon, from_transfers) = mpsc::channel::<ToDaemon>(1024);
+    let mut stream_control = swarm.behaviour().stream.new_control();
+    let data_protocol = crate::transfer::protocol(mesh);
+    let incoming = stream_control
+        .accept(data_protocol.clone())
+        .map_err(|_| DaemonError::Setup("the data protocol was registered twice".into()))?;
+    let transfers = Transfers::new(
+        NodeId(key.public().0),
+        cert.site.clone(),
+        content,
+        view_rx,
+        stream_control,
+        data_protocol,
+        TransferConfig {
+            rate_bytes_per_s: cfg.rate_bytes_per_s,
+            wan_rate_bytes_per_s: cfg.wan_rate_bytes_per_s,
+            params: patchmesh_protocol::transfer::plan::Params {
+                min_rate_bytes_per_s: cfg.min_rate_bytes_per_s,
+                ..Default::default()
+            },
+        },
+        to_daemon,
+    );
+    tokio::spawn(transfers.clone().serve(incoming));
+    Ok((transfers, view_tx, from_transfers))
+}
+
+/// Subscribes to the mesh's topics, listens and dials the bootstrap peers.
+fn join(
+    swarm: &mut Swarm<Behaviour>,
+    cfg: &NodeConfig,
+    topics: &Topics,
+    psk: bool,
+) -> Result<(), DaemonError> {
+    for t in [&topics.control, &topics.site, &topics.summaries] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| DaemonError::Setup(format!("subscribing to {t}: {e}")))?;
+    }
+    for addr in &cfg.listen {
+        let addr: Multiaddr = parse_addr(addr)?;
+        if psk && addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)) {
+            tracing::warn!(%addr, "QUIC cannot carry the private-network handshake; not listening on it");
+            continue;
+        }
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| DaemonError::Setup(format!("listening on {addr}: {e}")))?;
+    }
+    for addr in &cfg.bootstrap {
+        let addr: Multiaddr = parse_addr(addr)?;
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "bootstrap dial failed");
+        }
+    }
+
+    Ok(())
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+/// Opens the store, verifies it, builds the core and the swarm, and binds the control socket.
+async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
+    let file = |what: &'static str| move |source| DaemonError::File { what, source };
+    let key = files::read_key(&cfg.key).map_err(file("the node key"))?;
+    let genesis = files::read_envelope(&cfg.genesis).map_err(file("the genesis"))?;
+    let admission = files::read_envelope(&cfg.admission).map_err(file("the admission"))?;
+    let cert: AdmissionCert = admission.open("admission certificate")?;
+    let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
+    let (store, loaded, floor) = open_store(&cfg, &genesis, &key)?;
     crate::clock::set_offset_ms(cfg.clock_offset_ms);
     let now = now_ms();
     let (effects_tx, effects_rx) = install::channel();
@@ -185,57 +268,10 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         )
         .map_err(DaemonError::Content)?,
     );
-    let (view_tx, view_rx) = tokio::sync::watch::channel(PeerView::default());
-    let (to_daemon, from_transfers) = mpsc::channel::<ToDaemon>(1024);
-    let mut stream_control = swarm.behaviour().stream.new_control();
-    let data_protocol = crate::transfer::protocol(&g.mesh_id());
-    let incoming = stream_control
-        .accept(data_protocol.clone())
-        .map_err(|_| DaemonError::Setup("the data protocol was registered twice".into()))?;
-    let transfers = Transfers::new(
-        NodeId(key.public().0),
-        cert.site.clone(),
-        content,
-        view_rx,
-        stream_control,
-        data_protocol,
-        TransferConfig {
-            rate_bytes_per_s: cfg.rate_bytes_per_s,
-            wan_rate_bytes_per_s: cfg.wan_rate_bytes_per_s,
-            params: patchmesh_protocol::transfer::plan::Params {
-                min_rate_bytes_per_s: cfg.min_rate_bytes_per_s,
-                ..Default::default()
-            },
-        },
-        to_daemon,
-    );
-    tokio::spawn(transfers.clone().serve(incoming));
+    let (transfers, view_tx, from_transfers) =
+        start_transfers(&mut swarm, &cfg, &key, &cert, content, &g.mesh_id())?;
     let topics = Topics::new(&g.mesh_id(), &cert.site);
-    for t in [&topics.control, &topics.site, &topics.summaries] {
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(t)
-            .map_err(|e| DaemonError::Setup(format!("subscribing to {t}: {e}")))?;
-    }
-    for addr in &cfg.listen {
-        let addr: Multiaddr = parse_addr(addr)?;
-        if net_cfg.psk.is_some()
-            && addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
-        {
-            tracing::warn!(%addr, "QUIC cannot carry the private-network handshake; not listening on it");
-            continue;
-        }
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| DaemonError::Setup(format!("listening on {addr}: {e}")))?;
-    }
-    for addr in &cfg.bootstrap {
-        let addr: Multiaddr = parse_addr(addr)?;
-        if let Err(e) = swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, error = %e, "bootstrap dial failed");
-        }
-    }
+    join(&mut swarm, &cfg, &topics, net_cfg.psk.is_some())?;
 
     let inventory = read_inventory(&cfg.inventory_root);
     let (ctl_tx, ctl_rx) = mpsc::channel::<(Request, Reply)>(CONTROL_QUEUE);
