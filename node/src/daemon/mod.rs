@@ -135,6 +135,9 @@ fn open_store(
     Ok((store, loaded, floor))
 }
 
+/// The payload service, the peer view it reads, and what it asks of the daemon.
+type TransferParts = (Arc<Transfers>, tokio::sync::watch::Sender<PeerView>, mpsc::Receiver<ToDaemon>);
+
 /// The payload service: serves the data protocol and runs downloads. Returns it, the peer view
 /// it reads, and what it asks of the daemon.
 fn start_transfers(
@@ -144,10 +147,7 @@ fn start_transfers(
     cert: &AdmissionCert,
     content: Arc<ContentStore>,
     mesh: &patchmesh_protocol::ids::MeshId,
-) -> Result<
-    (Arc<Transfers>, tokio::sync::watch::Sender<PeerView>, mpsc::Receiver<ToDaemon>),
-    DaemonError,
-> {
+) -> Result<TransferParts, DaemonError> {
     let (view_tx, view_rx) = tokio::sync::watch::channel(PeerView::default());
     let (to_daemon, from_transfers) = mpsc::channel::<ToDaemon>(1024);
     let mut stream_control = swarm.behaviour().stream.new_control();

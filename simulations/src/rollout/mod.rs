@@ -524,6 +524,19 @@ impl RolloutModel {
             .min()
     }
 
+    /// The first start in each window zone, in milliseconds.
+    fn first_start_by_zone(&self, honest: &[(usize, &Member)]) -> BTreeMap<String, u64> {
+        let mut by_zone: BTreeMap<String, u64> = BTreeMap::new();
+        for &(i, m) in honest {
+            if let Some(t) = m.started_us {
+                let zone = self.zone_of(i as u32).0.clone();
+                let e = by_zone.entry(zone).or_insert(u64::MAX);
+                *e = (*e).min(t / 1000);
+            }
+        }
+        by_zone
+    }
+
     /// Figures and violations at the end. `live[i]` is, for each honest node up at the end,
     /// its journal entry for the rollout and its verdict's control.
     pub(crate) fn finish(
@@ -615,52 +628,8 @@ impl RolloutModel {
             }
         }
         f.ever_stopped_nodes = honest.iter().filter(|(_, m)| m.stopped_us.is_some()).count();
-        // No admin command lifts a halt in a simulated run, so a node that saw the rollout
-        // halted must still see it halted (DESIGN §7: a halt dominates until an admin says).
-        let lifted: Vec<usize> = honest
-            .iter()
-            .filter(|(i, m)| {
-                m.stopped_us.is_some()
-                    && live.get(*i).is_some_and(|l| l.as_ref().is_some_and(|(_, c)| !halted(c)))
-            })
-            .map(|(i, _)| *i)
-            .collect();
-        if !lifted.is_empty() {
-            v.push(format!(
-                "{} live nodes saw the rollout halted, then running again with no admin command (first: {:?})",
-                lifted.len(),
-                &lifted[..lifted.len().min(5)]
-            ));
-        }
-        if !never_halted.is_empty() {
-            v.push(format!(
-                "the rollout halted but {} live nodes did not (first: {:?})",
-                never_halted.len(),
-                &never_halted[..never_halted.len().min(5)]
-            ));
-        }
-        if good && !not_committed.is_empty() {
-            v.push(format!(
-                "good patch: {} targeted live nodes did not commit (first: {:?})",
-                not_committed.len(),
-                &not_committed[..not_committed.len().min(5)]
-            ));
-        }
-        f.rings_completed = ring_members.values().filter(|(n, c, _)| *n > 0 && n == c).count();
-        f.ring_done_ms = (0..f.rings as u8)
-            .map(|r| {
-                ring_members.get(&r).filter(|(n, c, _)| *n > 0 && n == c).map(|(_, _, t)| t / 1000)
-            })
-            .collect();
-        f.ring_start_ms = (0..f.rings as u8)
-            .map(|r| {
-                let starts = honest
-                    .iter()
-                    .filter(|(_, m)| m.ring == Some(r))
-                    .filter_map(|(_, m)| m.started_us);
-                starts.min().map(|t| t / 1000)
-            })
-            .collect();
+        v.extend(outcome_violations(&honest, live, &never_halted, good, &not_committed));
+        ring_timings(&mut f, &honest, &ring_members);
         if f.rollout_targeted_nodes > 0 && not_committed.is_empty() {
             f.rollout_complete_ms = self.published_us.map(|p| last_commit.saturating_sub(p) / 1000);
         }
@@ -676,15 +645,77 @@ impl RolloutModel {
         if let Some((k, val)) = self.spec.canary_label() {
             f.canary_nodes = honest.iter().filter(|(_, m)| m.labels.get(&k) == Some(&val)).count();
         }
-        for &(i, m) in &honest {
-            if let Some(t) = m.started_us {
-                let zone = self.zone_of(i as u32).0.clone();
-                let e = f.first_start_ms_by_zone.entry(zone).or_insert(u64::MAX);
-                *e = (*e).min(t / 1000);
-            }
-        }
+        f.first_start_ms_by_zone = self.first_start_by_zone(&honest);
         f.max_site_concurrency = self.max_site_running;
         f.effects_lost = self.effects_lost;
         (f, v)
     }
+}
+
+/// What the nodes' end states break: a halt seen then lifted with no admin command, a halt
+/// some live nodes never saw, a good patch some targeted live nodes did not commit.
+fn outcome_violations(
+    honest: &[(usize, &Member)],
+    live: &[Option<(Option<JournalEntry>, Option<Control>)>],
+    never_halted: &[usize],
+    good: bool,
+    not_committed: &[usize],
+) -> Vec<String> {
+    let halted = |c: &Option<Control>| matches!(c, Some(Control::Halted { .. } | Control::Aborted));
+    let mut v = Vec::new();
+    // No admin command lifts a halt in a simulated run, so a node that saw the rollout
+    // halted must still see it halted (DESIGN §7: a halt dominates until an admin says).
+    let lifted: Vec<usize> = honest
+        .iter()
+        .filter(|(i, m)| {
+            m.stopped_us.is_some()
+                && live.get(*i).is_some_and(|l| l.as_ref().is_some_and(|(_, c)| !halted(c)))
+        })
+        .map(|(i, _)| *i)
+        .collect();
+    if !lifted.is_empty() {
+        v.push(format!(
+            "{} live nodes saw the rollout halted, then running again with no admin command (first: {:?})",
+            lifted.len(),
+            &lifted[..lifted.len().min(5)]
+        ));
+    }
+    if !never_halted.is_empty() {
+        v.push(format!(
+            "the rollout halted but {} live nodes did not (first: {:?})",
+            never_halted.len(),
+            &never_halted[..never_halted.len().min(5)]
+        ));
+    }
+    if good && !not_committed.is_empty() {
+        v.push(format!(
+            "good patch: {} targeted live nodes did not commit (first: {:?})",
+            not_committed.len(),
+            &not_committed[..not_committed.len().min(5)]
+        ));
+    }
+    v
+}
+
+/// Per ring: when its first member started and when its last live targeted member committed
+/// (`ring_members`: live targeted members, committed ones, the last commit), and how many
+/// rings every live targeted member committed.
+fn ring_timings(
+    f: &mut RolloutFigures,
+    honest: &[(usize, &Member)],
+    ring_members: &BTreeMap<u8, (usize, usize, u64)>,
+) {
+    f.rings_completed = ring_members.values().filter(|(n, c, _)| *n > 0 && n == c).count();
+    f.ring_done_ms = (0..f.rings as u8)
+        .map(|r| {
+            ring_members.get(&r).filter(|(n, c, _)| *n > 0 && n == c).map(|(_, _, t)| t / 1000)
+        })
+        .collect();
+    f.ring_start_ms = (0..f.rings as u8)
+        .map(|r| {
+            let starts =
+                honest.iter().filter(|(_, m)| m.ring == Some(r)).filter_map(|(_, m)| m.started_us);
+            starts.min().map(|t| t / 1000)
+        })
+        .collect();
 }
