@@ -249,45 +249,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut d = Demo { root: root.clone(), nodes: Vec::new(), keep: a.keep, failed: Default::default(), quiet: a.json, started: Instant::now() };
     let timeout = Duration::from_secs(a.timeout_s);
 
-    // The mesh: genesis, keys and one certificate per node.
-    let mesh = root.join("mesh");
-    let _: patchmesh_node::control::InitOutput = cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
-    let admin_key = s(&mesh.join("admin.key"));
-    for i in 0..a.nodes {
-        let dir = root.join(format!("node{i:02}"));
-        std::fs::create_dir_all(dir.join("data").join("app"))?;
-        let key: KeygenOutput = cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
-        let site = i % a.sites;
-        let canary = i < a.sites;
-        let label = match i.checked_sub(a.sites) {
-            None => "ring=canary",
-            Some(k) if k % 2 == 0 => "ring=half",
-            Some(_) => "ring=main",
-        };
-        let _: patchmesh_node::control::AdmitOutput = cli(&[
-            "admit", "--node-key", &key.public_key,
-            "--site", &format!("site-{}", (b'a' + site as u8) as char), "--label", label,
-            "--admin-key", &admin_key, "--genesis", &s(&mesh.join("genesis.pm")),
-            "--out", &s(&dir.join("admission.pm")), "--json",
-        ])?;
-        // The application file the patches replace: version 1 everywhere.
-        std::fs::write(dir.join("data").join("app").join("app.bin"), b"app version 1\n")?;
-        d.nodes.push(Node { dir, site, canary, child: None });
-    }
+    let admin_key = make_mesh(&mut d, &a)?;
     d.say(format!("mesh made in {}; starting {} nodes in {} sites", root.display(), a.nodes, a.sites));
-    let boot = d.start(0, None)?;
-    for i in 1..a.nodes {
-        d.start(i, Some(&boot))?;
-    }
-    let need = (a.nodes - 1).min(3);
-    d.wait("every node to admit its peers", timeout, || {
-        d.nodes.iter().all(|n| {
-            call::<StatusView>(&n.args(), Request::Status)
-                .ok()
-                .is_some_and(|v| v.peers_admitted >= need && v.gossip_mesh.control >= 1)
-        }).then_some(())
-    })?;
-    d.say("all nodes up and admitted");
+    start_mesh(&mut d, a.nodes, timeout)?;
 
     let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, None)?;
     let (good_rollout, good_at) = create_rollout(&d, &admin_key, &good, a.soak_s)?;
@@ -354,20 +318,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let canaries = d.nodes.iter().filter(|n| n.canary).count();
 
     // WAN bytes per site over the payload size, for both patches, from the nodes' counters.
-    let mut wan_ratio_max: f64 = 0.0;
-    let mut wan = Vec::new();
-    for content in [&good, &bad] {
-        let mut per_site: BTreeMap<usize, u64> = BTreeMap::new();
-        for n in &d.nodes {
-            let v: ContentView = call(&n.args(), Request::Content { content: content.clone() })?;
-            *per_site.entry(n.site).or_default() += v.wan_bytes;
-        }
-        for (site, bytes) in per_site {
-            let ratio = bytes as f64 / a.payload_bytes as f64;
-            wan.push(DemoWan { content_id: content.clone(), site, wan_bytes: bytes, ratio });
-            wan_ratio_max = wan_ratio_max.max(ratio);
-        }
-    }
+    let (wan, wan_ratio_max) = wan_figures(&d, &[&good, &bad], a.payload_bytes)?;
     let ok = blast_radius == 0 && on_good == a.nodes;
     let summary = DemoReport {
         nodes: a.nodes,
@@ -395,6 +346,82 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         bail!("the demo did not end as expected: blast radius {blast_radius}, {on_good} of {} nodes on the good version", a.nodes);
     }
     Ok(())
+}
+
+/// Makes the mesh (genesis, admin key) and one key, certificate and data directory per node;
+/// returns the admin key's path.
+fn make_mesh(d: &mut Demo, a: &DemoArgs) -> anyhow::Result<String> {
+    let root = d.root.clone();
+    // The mesh: genesis, keys and one certificate per node.
+    let mesh = root.join("mesh");
+    let _: patchmesh_node::control::InitOutput = cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
+    let admin_key = s(&mesh.join("admin.key"));
+    for i in 0..a.nodes {
+        let dir = root.join(format!("node{i:02}"));
+        std::fs::create_dir_all(dir.join("data").join("app"))?;
+        let key: KeygenOutput = cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
+        let site = i % a.sites;
+        let canary = i < a.sites;
+        let label = match i.checked_sub(a.sites) {
+            None => "ring=canary",
+            Some(k) if k % 2 == 0 => "ring=half",
+            Some(_) => "ring=main",
+        };
+        let _: patchmesh_node::control::AdmitOutput = cli(&[
+            "admit", "--node-key", &key.public_key,
+            "--site", &format!("site-{}", (b'a' + site as u8) as char), "--label", label,
+            "--admin-key", &admin_key, "--genesis", &s(&mesh.join("genesis.pm")),
+            "--out", &s(&dir.join("admission.pm")), "--json",
+        ])?;
+        // The application file the patches replace: version 1 everywhere.
+        std::fs::write(dir.join("data").join("app").join("app.bin"), b"app version 1\n")?;
+        d.nodes.push(Node { dir, site, canary, child: None });
+    }
+    Ok(admin_key)
+}
+
+/// Starts every node (the first is the others' bootstrap) and waits until each has admitted
+/// its peers.
+fn start_mesh(d: &mut Demo, nodes: usize, timeout: Duration) -> anyhow::Result<()> {
+    let boot = d.start(0, None)?;
+    for i in 1..nodes {
+        d.start(i, Some(&boot))?;
+    }
+    let need = (nodes - 1).min(3);
+    d.wait("every node to admit its peers", timeout, || {
+        d.nodes.iter().all(|n| {
+            call::<StatusView>(&n.args(), Request::Status)
+                .ok()
+                .is_some_and(|v| v.peers_admitted >= need && v.gossip_mesh.control >= 1)
+        }).then_some(())
+    })?;
+    d.say("all nodes up and admitted");
+
+    Ok(())
+}
+
+/// Payload bytes each site received across the WAN for each content, over the payload size;
+/// and the largest such ratio.
+fn wan_figures(
+    d: &Demo,
+    contents: &[&String],
+    payload_bytes: u64,
+) -> anyhow::Result<(Vec<DemoWan>, f64)> {
+    let mut wan_ratio_max: f64 = 0.0;
+    let mut wan = Vec::new();
+    for content in contents {
+        let mut per_site: BTreeMap<usize, u64> = BTreeMap::new();
+        for n in &d.nodes {
+            let v: ContentView = call(&n.args(), Request::Content { content: (*content).clone() })?;
+            *per_site.entry(n.site).or_default() += v.wan_bytes;
+        }
+        for (site, bytes) in per_site {
+            let ratio = bytes as f64 / payload_bytes as f64;
+            wan.push(DemoWan { content_id: (*content).clone(), site, wan_bytes: bytes, ratio });
+            wan_ratio_max = wan_ratio_max.max(ratio);
+        }
+    }
+    Ok((wan, wan_ratio_max))
 }
 
 /// Writes a payload, imports it at node 0 and publishes it as a file patch.
