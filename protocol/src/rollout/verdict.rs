@@ -253,50 +253,8 @@ pub fn judge(
     let current: Vec<&(String, AdminCommand)> =
         commands.iter().filter(|(_, c)| admins.is_admin(&c.admin)).collect();
 
-    let mut approvers: BTreeSet<KeyId> = BTreeSet::new();
-    if admins.is_admin(&authored.author) {
-        approvers.insert(authored.author);
-    }
-    for (_, c) in &current {
-        if let CommandAction::Approve { rollout_hash } = &c.action {
-            if *rollout_hash == authored.hash {
-                approvers.insert(c.admin);
-            }
-        }
-    }
-    let needed = if rollout.max_targets > admins.approval_above_nodes {
-        u32::from(admins.approval_threshold.max(1))
-    } else {
-        1
-    };
-
-    // Resumes that lift an abort or a halt.
-    let mut lifted_aborts: BTreeMap<&str, (u64, String)> = BTreeMap::new();
-    let mut accepted_failures: BTreeMap<u8, u32> = BTreeMap::new();
-    for (key, c) in &current {
-        if let CommandAction::Resume { overrides: Some(o) } = &c.action {
-            match o {
-                Override::Abort(abort_key) => {
-                    let e = lifted_aborts.entry(abort_key.as_str()).or_insert((0, String::new()));
-                    *e = (*e).clone().max(cmd_order(key, c));
-                }
-                Override::Halt { ring, failures } => {
-                    let e = accepted_failures.entry(*ring).or_default();
-                    *e = (*e).max(*failures);
-                }
-            }
-        }
-    }
-    let aborted = current.iter().any(|(key, c)| {
-        matches!(c.action, CommandAction::Abort)
-            && lifted_aborts.get(key.as_str()).is_none_or(|lift| *lift <= cmd_order(key, c))
-    });
-    let paused = current
-        .iter()
-        .filter(|(_, c)| matches!(c.action, CommandAction::Pause | CommandAction::Resume { .. }))
-        .max_by_key(|(key, c)| cmd_order(key, c))
-        .is_some_and(|(_, c)| matches!(c.action, CommandAction::Pause));
-
+    let (approvers, needed) = approvals(authored, &current, trust);
+    let Overrides { aborted, paused, accepted_failures } = overrides(&current);
     let counted = |j: usize, r: &RingStats| {
         r.failed.saturating_sub(accepted_failures.get(&(j as u8)).copied().unwrap_or(0))
     };
@@ -327,6 +285,92 @@ pub fn judge(
         Control::Running
     };
 
+    let (open_rings, waiting) = open_rings(rollout, &rings, counted);
+    Verdict {
+        control,
+        approvals: approvers.len() as u32,
+        approvals_needed: needed,
+        open_rings,
+        waiting,
+        rings,
+    }
+}
+
+/// The admins who approved this rollout (its author counts when still an admin) and how many
+/// it needs: the mesh's threshold above `approval_above_nodes` targets, else one.
+fn approvals(
+    authored: &Authored,
+    current: &[&(String, AdminCommand)],
+    trust: &Trust,
+) -> (BTreeSet<KeyId>, u32) {
+    let rollout = &authored.rollout;
+    let admins = trust.admins();
+    let mut approvers: BTreeSet<KeyId> = BTreeSet::new();
+    if admins.is_admin(&authored.author) {
+        approvers.insert(authored.author);
+    }
+    for (_, c) in current {
+        if let CommandAction::Approve { rollout_hash } = &c.action {
+            if *rollout_hash == authored.hash {
+                approvers.insert(c.admin);
+            }
+        }
+    }
+    let needed = if rollout.max_targets > admins.approval_above_nodes {
+        u32::from(admins.approval_threshold.max(1))
+    } else {
+        1
+    };
+
+    (approvers, needed)
+}
+
+/// What current admins' commands say: aborted (an abort no resume lifted), paused (the latest
+/// of pause and resume), and failures accepted per ring by resumes that overrode a halt.
+struct Overrides {
+    aborted: bool,
+    paused: bool,
+    accepted_failures: BTreeMap<u8, u32>,
+}
+
+fn overrides(current: &[&(String, AdminCommand)]) -> Overrides {
+    // Resumes that lift an abort or a halt.
+    let mut lifted_aborts: BTreeMap<&str, (u64, String)> = BTreeMap::new();
+    let mut accepted_failures: BTreeMap<u8, u32> = BTreeMap::new();
+    for (key, c) in current {
+        if let CommandAction::Resume { overrides: Some(o) } = &c.action {
+            match o {
+                Override::Abort(abort_key) => {
+                    let e = lifted_aborts.entry(abort_key.as_str()).or_insert((0, String::new()));
+                    *e = (*e).clone().max(cmd_order(key, c));
+                }
+                Override::Halt { ring, failures } => {
+                    let e = accepted_failures.entry(*ring).or_default();
+                    *e = (*e).max(*failures);
+                }
+            }
+        }
+    }
+    let aborted = current.iter().any(|(key, c)| {
+        matches!(c.action, CommandAction::Abort)
+            && lifted_aborts.get(key.as_str()).is_none_or(|lift| *lift <= cmd_order(key, c))
+    });
+    let paused = current
+        .iter()
+        .filter(|(_, c)| matches!(c.action, CommandAction::Pause | CommandAction::Resume { .. }))
+        .max_by_key(|(key, c)| cmd_order(key, c))
+        .is_some_and(|(_, c)| matches!(c.action, CommandAction::Pause));
+
+    Overrides { aborted, paused, accepted_failures }
+}
+
+/// How many rings are open (the first, and each after a ring whose gate passed), and what the
+/// first closed gate waits for.
+fn open_rings(
+    rollout: &RolloutEntry,
+    rings: &[RingStats],
+    counted: impl Fn(usize, &RingStats) -> u32,
+) -> (u8, String) {
     let mut open_rings = 1u8;
     let mut waiting = String::new();
     for (j, r) in rings.iter().enumerate().take(rollout.rings.len().saturating_sub(1)) {
@@ -364,12 +408,5 @@ pub fn judge(
         }
         open_rings += 1;
     }
-    Verdict {
-        control,
-        approvals: approvers.len() as u32,
-        approvals_needed: needed,
-        open_rings,
-        waiting,
-        rings,
-    }
+    (open_rings, waiting)
 }
