@@ -66,9 +66,23 @@ pub struct Report {
     pub rollout: Option<RolloutFigures>,
 }
 
+/// What the live honest nodes hold at the end.
+struct NodeStates {
+    /// (catalog state, trust version) → nodes holding it.
+    catalogs: BTreeMap<(StateHash, u64), usize>,
+    /// Per site, the site states its members hold.
+    sites: BTreeMap<u32, BTreeSet<StateHash>>,
+    /// Refusals by kind, over all nodes.
+    rejected: BTreeMap<String, u64>,
+    summaries: usize,
+    records: usize,
+    live: usize,
+}
+
 impl World {
-    pub(super) fn finish(mut self) -> Report {
-        let mut violations = std::mem::take(&mut self.violations);
+    /// Walks every live honest node: what it holds (for convergence) and what it must never
+    /// have accepted (forged changes and records, unsigned admin sets).
+    fn node_states(&mut self, violations: &mut Vec<String>) -> NodeStates {
         // Convergence: every live honest node agrees on catalog and trust; each site on its state.
         let mut catalogs: BTreeMap<(StateHash, u64), usize> = BTreeMap::new();
         let mut sites: BTreeMap<u32, BTreeSet<StateHash>> = BTreeMap::new();
@@ -111,6 +125,35 @@ impl World {
                 violations.push(format!("node {:?} stored a forged record", n.id()));
             }
         }
+        NodeStates { catalogs, sites, rejected, summaries, records, live }
+    }
+
+    /// The rollout model's figures from every live honest node's journal and verdict.
+    fn rollout_figures(&mut self, violations: &mut Vec<String>) -> Option<RolloutFigures> {
+        self.rollout.take().map(|m| {
+            let id = m.id();
+            let live: Vec<_> = self.ents[..self.s.nodes]
+                .iter()
+                .map(|e| {
+                    e.node.as_ref().map(|n| {
+                        let engine = n.rollouts();
+                        (
+                            engine.journal().get(&id).cloned(),
+                            engine.verdicts().get(&id).map(|v| v.control.clone()),
+                        )
+                    })
+                })
+                .collect();
+            let (figures, v) = m.finish(&live, self.now_us);
+            violations.extend(v);
+            figures
+        })
+    }
+
+    pub(super) fn finish(mut self) -> Report {
+        let mut violations = std::mem::take(&mut self.violations);
+        let NodeStates { catalogs, sites, rejected, summaries, records, live } =
+            self.node_states(&mut violations);
         let converged = catalogs.len() == 1 && sites.values().all(|s| s.len() == 1);
         if !converged {
             violations.push(format!(
@@ -136,24 +179,7 @@ impl World {
         let _ = self.rejected_adversary_free;
         let figures = self.payload.as_ref().map(|p| p.finish(self.now_us)).unwrap_or_default();
         violations.extend(figures.violations);
-        let rollout = self.rollout.take().map(|m| {
-            let id = m.id();
-            let live: Vec<_> = self.ents[..self.s.nodes]
-                .iter()
-                .map(|e| {
-                    e.node.as_ref().map(|n| {
-                        let engine = n.rollouts();
-                        (
-                            engine.journal().get(&id).cloned(),
-                            engine.verdicts().get(&id).map(|v| v.control.clone()),
-                        )
-                    })
-                })
-                .collect();
-            let (figures, v) = m.finish(&live, self.now_us);
-            violations.extend(v);
-            figures
-        });
+        let rollout = self.rollout_figures(&mut violations);
         let nodes = self.s.nodes.max(1) as f64;
         let bg_s = (self.background_to_us.saturating_sub(self.background_from_us)) as f64 / 1e6;
         let report = Report {
