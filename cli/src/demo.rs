@@ -236,6 +236,8 @@ impl Demo {
     }
 }
 
+/// The demo, top to bottom: make and start the mesh, roll out a good patch, then a bad one,
+/// and report. (About a hundred lines: the script reads in the order it runs.)
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     if a.nodes < 2 || a.sites == 0 || a.sites > a.nodes {
         bail!("need at least 2 nodes and 1..=nodes sites");

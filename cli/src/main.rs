@@ -364,6 +364,7 @@ fn now_ms() -> Millis {
     patchmesh_node::clock::now_ms()
 }
 
+/// Runs one command. (Long: one arm per command, each a few lines handing off to its module.)
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Init { mesh, dir, approval_threshold, approval_above_nodes, json } => {

@@ -251,6 +251,8 @@ pub enum NetError {
     Behaviour(String),
 }
 
+/// Every libp2p behaviour the node runs, configured. (About a hundred lines: one block per
+/// behaviour.)
 fn behaviour(
     key: &identity::Keypair,
     relay_client: relay::client::Behaviour,

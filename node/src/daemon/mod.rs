@@ -212,6 +212,7 @@ fn join(
 
 /// Runs a node until SIGINT or SIGTERM.
 /// Opens the store, verifies it, builds the core and the swarm, and binds the control socket.
+/// (About a hundred lines: the setup steps in the order they depend on each other.)
 async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let file = |what: &'static str| move |source| DaemonError::File { what, source };
     let key = files::read_key(&cfg.key).map_err(file("the node key"))?;

@@ -538,7 +538,8 @@ impl RolloutModel {
     }
 
     /// Figures and violations at the end. `live[i]` is, for each honest node up at the end,
-    /// its journal entry for the rollout and its verdict's control.
+    /// its journal entry for the rollout and its verdict's control. (About a hundred lines:
+    /// one pass over the members fills most figures at once; what stands alone is in helpers.)
     pub(crate) fn finish(
         mut self,
         live: &[Option<(Option<JournalEntry>, Option<Control>)>],

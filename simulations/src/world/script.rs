@@ -167,7 +167,8 @@ impl World {
         self.input(0, Input::Command(Command::AdminSet(env)));
     }
 
-    /// Every adversary sends every kind of bad object to each of its peers.
+    /// Every adversary sends every kind of bad object to each of its peers. (Long: one short
+    /// block per kind of forgery, side by side so the list of attacks reads as one.)
     pub(super) fn attack(&mut self) {
         self.trace(self.now_us, TraceCode::Attack, 0, 0, 0);
         let mesh_id = self.keys.genesis_body.mesh_id();

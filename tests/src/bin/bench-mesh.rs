@@ -101,9 +101,8 @@ fn parse_rfc3339_us(ts: &str) -> Option<i64> {
     Some(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1_000_000) + us.parse::<i64>().ok()?)
 }
 
-fn main() {
-    let n = env_or("BENCH_NODES", 30) as usize;
-    let idle_s = env_or("BENCH_IDLE_S", 60);
+/// Starts `n` nodes in three sites and waits until each has admitted a few peers.
+fn form_mesh(n: usize) -> Mesh {
     let mut mesh = Mesh::new("bench", n, 3);
     mesh.extra_config =
         "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nlog = \"json\"\npeers_target = 8\n".into();
@@ -124,6 +123,13 @@ fn main() {
         .collect();
     eprintln!("control-topic mesh degree / admitted peers per node: {}", degrees.join(" "));
 
+    mesh
+}
+
+/// Publishes a policy (or, with `BENCH_PAYLOAD_BYTES`, a payload) at the middle node and
+/// waits until every node holds it. Returns the time from the publishing node applying it to
+/// the last node applying it, the CLI's time, and the payload's content id.
+fn publish_and_converge(mesh: &Mesh, n: usize) -> (f64, f64, Option<String>) {
     let origin = n / 2;
     let cli_start = Instant::now();
     let payload_bytes = env_or("BENCH_PAYLOAD_BYTES", 0) as usize;
@@ -154,6 +160,14 @@ fn main() {
         sorted[n / 2]
     );
 
+    (converge_ms, publish_cli_ms, content)
+}
+
+fn main() {
+    let n = env_or("BENCH_NODES", 30) as usize;
+    let idle_s = env_or("BENCH_IDLE_S", 60);
+    let mesh = form_mesh(n);
+    let (converge_ms, publish_cli_ms, content) = publish_and_converge(&mesh, n);
     if let Some(content) = &content {
         let held = mesh.await_payload(content, Duration::from_secs(120));
         assert!(held.is_ok(), "{held:?}");
