@@ -107,5 +107,11 @@ pub const FETCH_WAN_SOURCES_MAX: usize = 8;
 /// try another (sites that already hold parts feed each other instead of all pulling from the
 /// origin).
 pub const FETCH_ROTATE_MS: u64 = 10_000;
+/// A member pending in a running rollout (it will want an install slot) re-signs its record
+/// this often, so that every member of its site counts it when ranking for slots.
+pub const PENDING_HEARTBEAT_MS: u64 = 30_000;
+/// A site member counts as live for install-slot ranking while connected, or for this long
+/// after anything it signed last reached this node (three missed heartbeats).
+pub const MEMBER_LIVE_MS: u64 = 3 * PENDING_HEARTBEAT_MS;
 /// Strikes remembered per download (sources that were rested).
 pub const FETCH_STRIKES_MAX: usize = 256;

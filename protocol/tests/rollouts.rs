@@ -195,6 +195,117 @@ fn a_busy_site_reports_its_settled_canaries_at_once_and_the_next_ring_starts_wit
     assert!(start.since(done) <= 2_500, "the next ring started {} ms after the canary committed", start.since(done));
 }
 
+/// `n` nodes of one site `a`, each connected only to its neighbours in a line: no node sees
+/// most of its site directly.
+fn site_in_a_line(n: usize) -> Harness {
+    let sites = vec!["a"; n];
+    let mut h = Harness::new(&sites);
+    for i in 0..n {
+        let k = key(100 + i as u8);
+        let mut c = h.keys.config(k, "a");
+        c.seed = i as u64;
+        h.nodes[i] = common::started(Node::new(c, T0).unwrap());
+    }
+    for i in 1..n {
+        h.connect(i - 1, i);
+    }
+    h.run_for(3_000);
+    h
+}
+
+#[test]
+fn a_sparsely_connected_site_never_installs_on_more_members_than_its_limit() {
+    // Eight members in a line, two slots: each member is connected to at most two others, so
+    // ranking only among connected members would let most of them start at once.
+    let n = 8;
+    let mut h = site_in_a_line(n);
+    let mut r = rollout(9, 1_000);
+    r.rings = vec![RingSpec {
+        name: "all".into(),
+        percent: 100,
+        labels: BTreeMap::new(),
+        gate: r.rings[1].gate.clone(),
+    }];
+    r.max_concurrent_per_site = 2;
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r)]);
+    let id = RolloutId([9; 32]);
+    let mut steps: BTreeMap<usize, Step> = BTreeMap::new();
+    let mut most = 0;
+    for _ in 0..1_200 {
+        run(&mut h, 100, &|_| false);
+        for (i, e) in std::mem::take(&mut h.events) {
+            if let RolloutEvent::Step { rollout, step, .. } = e {
+                if rollout == id {
+                    steps.insert(i, step);
+                }
+            }
+            let holding =
+                steps.values().filter(|s| !s.is_terminal() && **s != Step::Soaking).count();
+            most = most.max(holding);
+            assert!(holding <= 2, "{holding} members hold an install slot at once: {steps:?}");
+        }
+        if (0..n).all(|i| step(&h, i, 9) == Some(Step::Committed)) {
+            break;
+        }
+    }
+    assert!((0..n).all(|i| step(&h, i, 9) == Some(Step::Committed)), "{steps:?}");
+    assert_eq!(most, 2, "both slots were used");
+}
+
+/// Members that ever started rollout `id` (any step of the journal), per site (`i % 2`).
+fn started_per_site(h: &Harness, id: u8) -> [usize; 2] {
+    let mut per = [0; 2];
+    for i in 0..h.nodes.len() {
+        if step(h, i, id).is_some() {
+            per[i % 2] += 1;
+        }
+    }
+    per
+}
+
+fn one_ring(id: u8, max_targets: u32) -> RolloutEntry {
+    let mut r = rollout(id, 500);
+    r.rings = vec![RingSpec {
+        name: "all".into(),
+        percent: 100,
+        labels: BTreeMap::new(),
+        gate: r.rings[1].gate.clone(),
+    }];
+    r.max_targets = max_targets;
+    r
+}
+
+#[test]
+fn max_targets_is_exact_within_a_site() {
+    // Five members in one site, a limit of two: exactly two ever start.
+    let mut h = site_in_a_line(5);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(one_ring(10, 2))]);
+    run(&mut h, 20_000, &|_| false);
+    let started: Vec<usize> = (0..5).filter(|i| step(&h, *i, 10).is_some()).collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert!(started.iter().all(|i| step(&h, *i, 10) == Some(Step::Committed)));
+}
+
+#[test]
+fn max_targets_across_a_partition_spends_what_was_left_on_each_side_and_no_more() {
+    // Two sites of five, a limit of three, cut off from each other once the rollout reached
+    // both: each side may spend the three (the documented bound), never more, and after the
+    // heal nobody else starts.
+    let mut h = fleet(Keys::new(), 10, &[]);
+    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(one_ring(11, 3))]);
+    h.run_for(200);
+    assert!((0..10).all(|i| h.nodes[i].catalog().entries().len() >= 2), "the rollout reached every node");
+    h.sides = Some((0..10).map(|i| (i % 2) as u8).collect());
+    run(&mut h, 20_000, &|_| false);
+    let cut = started_per_site(&h, 11);
+    assert!(cut.iter().all(|n| *n <= 3), "a side passed the limit alone: {cut:?}");
+    assert!(cut.iter().all(|n| *n >= 1), "a side stood still: {cut:?}");
+    h.sides = None;
+    run(&mut h, 20_000, &|_| false);
+    let healed = started_per_site(&h, 11);
+    assert_eq!(healed, cut, "members started after the heal, over a spent limit");
+}
+
 #[test]
 fn a_soaking_member_frees_its_install_slot() {
     // One install slot per site: members install one at a time, and the next starts while the

@@ -54,6 +54,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use relay::{Batch, Outbox, Relay, Via};
 use replicas::{Digest, Replicas};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use timers::{Timer, Timers};
 
@@ -84,6 +85,12 @@ pub struct Node {
     rollouts_due: bool,
     /// When this node last pulled from a peer on the hint that a gate it waits on opened.
     gate_hint_at: Option<Millis>,
+    /// When something each site member signed (a record, evidence) last reached this node, by
+    /// its clock: a member heard from lately is live for install-slot ranking even when this
+    /// node holds no connection to it.
+    member_heard: BTreeMap<NodeId, Millis>,
+    /// When this node first saw each ring of a rollout open (ring 0: the rollout running).
+    ring_opened_at: BTreeMap<(RolloutId, u8), Millis>,
 }
 
 impl std::fmt::Debug for Node {
@@ -185,6 +192,8 @@ impl Node {
             policies_stale: true,
             rollouts_due: true,
             gate_hint_at: None,
+            member_heard: BTreeMap::new(),
+            ring_opened_at: BTreeMap::new(),
             id,
             own,
             config,
@@ -497,6 +506,12 @@ impl Node {
                 }
                 Fresh::SiteObject(bundle) => {
                     gate_inputs = true;
+                    if let Some(signer) = bundle.object().signatures.first() {
+                        let member = NodeId(signer.key.0);
+                        if member != self.id {
+                            self.member_heard.insert(member, self.now);
+                        }
+                    }
                     self.publisher.site_changed(self.now);
                     self.out.push(Output::Persist(Persist::SiteObject(bundle.clone())));
                     self.queue(via, bundle, Batch::SiteObjects);

@@ -35,6 +35,8 @@ pub(crate) struct Publisher {
     record_version: u64,
     /// Body hash of the last record signed in this run.
     last_record_body: Option<[u8; 32]>,
+    /// When this run last signed a record (the node's clock).
+    pub(crate) record_signed_at: Option<Millis>,
     /// The inventory summary the next record carries.
     pub(crate) inventory: InventorySummary,
     last_summary_at: Option<Millis>,
@@ -63,6 +65,7 @@ impl Publisher {
             site,
             record_version: record_version_floor,
             last_record_body: None,
+            record_signed_at: None,
             inventory: InventorySummary::default(),
             last_summary_at: None,
             last_summary_digest: None,
@@ -115,6 +118,7 @@ impl Publisher {
         };
         let bundle = self.seal(Domain::NodeRecord, &record);
         self.last_record_body = bundle.body_hash();
+        self.record_signed_at = Some(now);
         (self.record_version, bundle)
     }
 

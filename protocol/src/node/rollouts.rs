@@ -13,9 +13,11 @@
 use super::timers::Timer;
 use super::{Event, Fresh, Node, Output, PeerId, Persist};
 use crate::ids::{NodeId, RolloutId};
+use crate::limits;
 use crate::rollout::engine::{EngineOut, View};
 use crate::rollout::{EffectResult, Policies};
 use crate::site::RolloutStatus;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 impl Node {
@@ -95,7 +97,7 @@ impl Node {
         if self.policies.rollouts.is_empty() && !self.engine.busy() {
             return;
         }
-        let live = self.peers.live_members(self.state.site.site());
+        let live = self.live_members();
         let before = self.engine.standings().clone();
         let policies = self.policies.clone();
         let view = View {
@@ -111,9 +113,71 @@ impl Node {
         };
         let outs = self.engine.step(&policies, &view);
         self.apply_engine(outs);
-        if *self.engine.standings() != before {
+        self.note_open_rings();
+        let heartbeat_due = self.waits_for_a_slot()
+            && self
+                .publisher
+                .record_signed_at
+                .is_none_or(|at| self.now.since(at) >= limits::PENDING_HEARTBEAT_MS);
+        if *self.engine.standings() != before || heartbeat_due {
             self.update_record();
         }
+    }
+
+    /// The site members that count for install-slot ranking (those not known to be down):
+    /// members connected now, members whose signed objects reached this node within
+    /// [`limits::MEMBER_LIVE_MS`] (every member pending in a running rollout re-signs its
+    /// record every [`limits::PENDING_HEARTBEAT_MS`]), and, for that long after this node saw a
+    /// rollout start running, every member whose record says it is pending in it (it has not
+    /// had the time to re-sign yet). Ranking only among connected members let a sparsely
+    /// connected site start many times its limit; a member that went down stops being heard
+    /// and frees its place.
+    fn live_members(&mut self) -> BTreeSet<NodeId> {
+        let now = self.now;
+        self.member_heard.retain(|_, at| now.since(*at) < limits::MEMBER_LIVE_MS);
+        let records = self.state.site.records();
+        let mut live = self.peers.live_members(self.state.site.site());
+        live.extend(self.member_heard.keys().filter(|n| records.contains_key(*n)).copied());
+        let young: BTreeSet<RolloutId> = self
+            .ring_opened_at
+            .iter()
+            .filter(|((_, ring), at)| *ring == 0 && now.since(**at) < limits::MEMBER_LIVE_MS)
+            .map(|((id, _), _)| *id)
+            .collect();
+        if !young.is_empty() {
+            for (node, held) in records {
+                let pending = held
+                    .record()
+                    .rollouts
+                    .iter()
+                    .any(|(id, s)| s.status == RolloutStatus::Pending && young.contains(id));
+                if pending {
+                    live.insert(*node);
+                }
+            }
+        }
+        live
+    }
+
+    /// Notes when this node first saw each ring of each rollout open; forgets rollouts that
+    /// are gone.
+    fn note_open_rings(&mut self) {
+        let verdicts = self.engine.verdicts();
+        self.ring_opened_at.retain(|(id, _), _| verdicts.contains_key(id));
+        for (id, v) in verdicts {
+            for ring in 0..v.open_rings {
+                self.ring_opened_at.entry((*id, ring)).or_insert(self.now);
+            }
+        }
+    }
+
+    /// Whether this node is pending in a running rollout: it will want an install slot, and
+    /// its site must keep counting it.
+    fn waits_for_a_slot(&self) -> bool {
+        let verdicts = self.engine.verdicts();
+        self.engine.standings().iter().any(|(id, s)| {
+            s.status == RolloutStatus::Pending && verdicts.get(id).is_some_and(|v| v.running())
+        })
     }
 
     /// Carries out what the engine asked for; a changed standing re-signs the record.

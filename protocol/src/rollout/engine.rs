@@ -527,15 +527,22 @@ impl Engine {
         if !deadline_passed && !window_open(&rollout.windows, view.now, &self.facts.tz) {
             return false;
         }
-        let started: u32 = verdict.rings.iter().map(|r| r.installing + r.succeeded + r.failed + r.rolled_back).sum();
+        // Every member that started, wherever it stands now (soaking included).
+        let started: u32 = verdict
+            .rings
+            .iter()
+            .map(|r| r.installing + r.soaking + r.succeeded + r.failed + r.rolled_back)
+            .sum();
         if started >= rollout.max_targets {
             return false;
         }
         // Site concurrency: installs running in the site, plus live pending members of an open
         // ring that rank before this node, must leave a slot (and every live member must have
-        // said where it stands, so that the ranking sees them all). Ranking by the same hash on every
-        // member keeps members that see the same records from all starting at once; members
-        // that are not connected (down) do not hold a slot.
+        // said where it stands, so that the ranking sees them all). Ranking by the same hash on
+        // every member keeps members from all starting at once: a member's standing only moves
+        // forward (pending, installing, soaking, done), so a stale record counts it as ahead or
+        // installing, never as gone. `view.live` leaves out members known to be down (see
+        // `Node::live_members`), which hold no slot.
         let mut installing = 0u32;
         let mut ahead = 0u32;
         let my_rank = (ring, super::target::percentile_bp(&rollout.id, &view.me), view.me);
@@ -563,6 +570,9 @@ impl Engine {
                 _ => {}
             }
         }
+        // `max_targets`: the members of this site ranked ahead may start first, so they count
+        // against what is left (exact within a site; see `RolloutEntry::max_targets`).
         installing + ahead < rollout.max_concurrent_per_site
+            && started.saturating_add(ahead) < rollout.max_targets
     }
 }

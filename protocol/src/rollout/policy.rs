@@ -128,6 +128,16 @@ pub struct RolloutEntry {
     pub max_concurrent_per_site: u32,
     /// The most nodes this rollout may reach; more than the mesh's approval limit needs k-of-n
     /// admin approvals.
+    ///
+    /// What it guarantees: a node starts only while the members it knows to have started (its
+    /// site's records and the other sites' summaries), plus the live members of its site that
+    /// rank before it, are fewer than this. Within one site that is exact. Across sites it is
+    /// not, and no rule without a coordinator could make it so: sites that start at the same
+    /// time each see the others' starts only one summary round later, so the count can pass
+    /// the limit by the installs other sites started within that round (at most
+    /// `max_concurrent_per_site` each), and sites cut off from each other each spend what was
+    /// left when the partition began. Set it with that margin in mind, or use the approval
+    /// threshold (k of n admins) as the hard limit on reach.
     pub max_targets: u32,
     /// Whether nodes that installed it roll back when the rollout halts.
     pub rollback_on_halt: bool,

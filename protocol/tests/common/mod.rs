@@ -98,6 +98,8 @@ pub struct Harness {
     pub disconnected: Vec<(usize, PeerId)>,
     pub links: Vec<(usize, usize)>,
     pub cut: bool,
+    /// A partition: node → side; messages between sides are lost.
+    pub sides: Option<Vec<u8>>,
 }
 
 impl Harness {
@@ -125,6 +127,7 @@ impl Harness {
             disconnected: Vec::new(),
             links: Vec::new(),
             cut: false,
+            sides: None,
         }
     }
 
@@ -183,6 +186,9 @@ impl Harness {
             steps += 1;
             assert!(steps < 1_000_000, "messages never settle");
             if self.cut || to >= self.nodes.len() {
+                continue;
+            }
+            if self.sides.as_ref().is_some_and(|s| s[from] != s[to]) {
                 continue;
             }
             self.nodes[to]
