@@ -603,16 +603,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn a_run_of_groups_keeps_the_verified_ones_before_a_corrupt_one() {
-        let dir = tempdir("run");
-        let data = payload(6 * GROUP_BYTES as usize + 123, 3);
-        std::fs::write(dir.join("in"), &data).unwrap();
+    /// `data` imported by a source store in `dir/a`; a second store in `dir/b` that has begun
+    /// fetching it (no outboard yet). Returns that store, the id, the size and the outboard.
+    fn fetching(dir: &Path, data: &[u8]) -> (ContentStore, ContentId, u64, Vec<u8>) {
+        std::fs::write(dir.join("in"), data).unwrap();
         let source = ContentStore::open(&dir.join("a"), limits()).unwrap();
         let (id, size) = source.import(&dir.join("in")).unwrap();
         let (_, outboard) = source.outboard(&id).unwrap();
         let store = ContentStore::open(&dir.join("b"), limits()).unwrap();
         store.begin(&id, size).unwrap();
+        (store, id, size, outboard)
+    }
+
+    #[test]
+    fn a_run_of_groups_keeps_the_verified_ones_before_a_corrupt_one() {
+        let dir = tempdir("run");
+        let data = payload(6 * GROUP_BYTES as usize + 123, 3);
+        let (store, id, size, outboard) = fetching(&dir, &data);
         store.set_outboard(&id, &outboard).unwrap();
         // Groups 1..5 with group 3 damaged: 1 and 2 are written, then it stops at 3.
         let (from, _) = group_span(size, 1);
@@ -642,13 +649,7 @@ mod tests {
     fn partial_payloads_take_only_verified_groups_and_survive_reopen() {
         let dir = tempdir("partial");
         let data = payload(5 * GROUP_BYTES as usize + 10, 2);
-        std::fs::write(dir.join("in"), &data).unwrap();
-        let source = ContentStore::open(&dir.join("a"), limits()).unwrap();
-        let (id, size) = source.import(&dir.join("in")).unwrap();
-        let (_, outboard) = source.outboard(&id).unwrap();
-
-        let store = ContentStore::open(&dir.join("b"), limits()).unwrap();
-        store.begin(&id, size).unwrap();
+        let (store, id, size, outboard) = fetching(&dir, &data);
         assert!(
             store.write_group(&id, 0, &data[..GROUP_BYTES as usize]).is_err(),
             "no outboard yet"

@@ -219,13 +219,7 @@ fn a_sparsely_connected_site_never_installs_on_more_members_than_its_limit() {
     // ranking only among connected members would let most of them start at once.
     let n = 8;
     let mut h = site_in_a_line(n);
-    let mut r = rollout(9, 1_000);
-    r.rings = vec![RingSpec {
-        name: "all".into(),
-        percent: 100,
-        labels: BTreeMap::new(),
-        gate: r.rings[1].gate.clone(),
-    }];
+    let mut r = one_ring(9, 1_000);
     r.max_concurrent_per_site = 2;
     publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r)]);
     let id = RolloutId([9; 32]);
