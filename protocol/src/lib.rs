@@ -88,6 +88,7 @@
 pub mod catalog;
 pub mod crypto;
 pub mod ids;
+pub mod intel;
 pub mod limits;
 pub mod mesh;
 pub mod node;

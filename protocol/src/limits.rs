@@ -115,3 +115,9 @@ pub const PENDING_HEARTBEAT_MS: u64 = 30_000;
 pub const MEMBER_LIVE_MS: u64 = 3 * PENDING_HEARTBEAT_MS;
 /// Strikes remembered per download (sources that were rested).
 pub const FETCH_STRIKES_MAX: usize = 256;
+/// Largest intel bundle (compressed) a node fetches or opens.
+pub const INTEL_BUNDLE_BYTES_MAX: u64 = 64 << 20;
+/// Largest decompressed intel bundle (a bomb stops here).
+pub const INTEL_BUNDLE_RAW_BYTES_MAX: u64 = 1 << 30;
+/// One frame of an intel bundle.
+pub const INTEL_FRAME_BYTES_MAX: usize = 1 << 20;
