@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod demo;
+mod intel;
 mod output;
 mod rollout;
 
@@ -161,6 +162,42 @@ enum Cmd {
     /// Roll a patch out through canary rings, with gates, windows, halts and rollback.
     #[command(subcommand)]
     Rollout(rollout::RolloutCmd),
+    /// Vulnerability intelligence: build intel bundles and see what they hold.
+    #[command(subcommand)]
+    Intel(intel::IntelCmd),
+    /// CVEs exposing this machine, ranked by risk, with due dates and the fixing version.
+    Vulns {
+        #[command(flatten)]
+        local: intel::LocalArgs,
+        #[command(flatten)]
+        filter: intel::VulnFilter,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Packages apt would upgrade, from the bundle's indexes (same answer as `apt list
+    /// --upgradable` given the same index files).
+    Updates {
+        #[command(flatten)]
+        local: intel::LocalArgs,
+        /// Only updates from a security suite.
+        #[arg(long)]
+        security: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a CVE is (or is not) a finding here: the bundle, each source's record, both
+    /// versions, the comparison, the due class and the score's arithmetic. Offline.
+    Explain {
+        /// The CVE id.
+        cve: String,
+        #[command(flatten)]
+        local: intel::LocalArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a local mesh of real nodes on loopback, roll a good patch through its rings and a
     /// bad one into an automatic halt and rollback, and print what happened.
     Demo(demo::DemoArgs),
@@ -373,6 +410,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init(&mesh, &dir, approval, json)
         }
         Cmd::Admin(cmd) => admin(cmd),
+        Cmd::Intel(intel::IntelCmd::Import { files, out, previous, json }) => {
+            intel::import(&files, &out, previous.as_deref(), json)
+        }
+        Cmd::Intel(intel::IntelCmd::Show { bundle, json }) => intel::show(&bundle, json),
+        Cmd::Vulns { local, filter, json } => intel::vulns(&local, &filter, json),
+        Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
+        Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),
         Cmd::Node(NodeCmd::Run { config }) => {
             let cfg = NodeConfig::load(&config)?;

@@ -1,10 +1,12 @@
 //! Inventory: what a machine is and what it has installed, read from the files the OS keeps.
 //!
 //! Packages come from the dpkg status database (`/var/lib/dpkg/status`): RFC 822-style stanzas
-//! separated by blank lines, of which we keep `Package`, `Version`, `Architecture` and `Status`.
+//! separated by blank lines, of which we keep `Package`, `Version`, `Architecture`, `Source` and
+//! `Status`.
 //! The signed node record carries only an [`InventorySummary`] (OS, kernel, package count and a
 //! digest of the sorted list); the full list is served on request. Every file read is bounded.
 
+use patchmesh_protocol::intel::Installed;
 use patchmesh_protocol::site::InventorySummary;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -55,6 +57,17 @@ pub struct Package {
     pub arch: String,
     /// The status triple's last word (`installed`, `half-configured`, `config-files`, ...).
     pub status: String,
+    /// dpkg's `Source:` field when present (`util-linux (2.38.1-5)`): vulnerability data is
+    /// keyed by source package and source version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl Package {
+    /// The package as vulnerability matching sees it (source name and version resolved).
+    pub fn installed(&self) -> Installed {
+        Installed::from_dpkg(&self.name, &self.arch, &self.version, self.source.as_deref())
+    }
 }
 
 /// The machine's inventory.
@@ -64,6 +77,9 @@ pub struct Inventory {
     pub hostname: String,
     /// OS pretty name from os-release.
     pub os: String,
+    /// Release codename from os-release (`bookworm`); scopes vulnerability look-ups.
+    #[serde(default)]
+    pub codename: String,
     /// Kernel release.
     pub kernel: String,
     /// CPU architecture of this build.
@@ -77,6 +93,11 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// The installed packages (status `installed`) as vulnerability matching sees them.
+    pub fn installed(&self) -> Vec<Installed> {
+        self.packages.iter().filter(|p| p.status == "installed").map(Package::installed).collect()
+    }
+
     /// The summary a node record carries.
     pub fn summary(&self) -> InventorySummary {
         let mut h = blake3::Hasher::new();
@@ -122,7 +143,8 @@ fn read_bounded(path: &Path, limit_bytes: u64) -> Result<String, InventoryError>
 pub fn parse_dpkg_status(text: &str) -> Result<Vec<Package>, InventoryError> {
     let mut out = Vec::new();
     for stanza in text.split("\n\n") {
-        let (mut name, mut version, mut arch, mut status) = (None, None, None, None);
+        let (mut name, mut version, mut arch, mut status, mut source) =
+            (None, None, None, None, None);
         for line in stanza.lines() {
             if line.starts_with([' ', '\t']) {
                 continue;
@@ -133,6 +155,7 @@ pub fn parse_dpkg_status(text: &str) -> Result<Vec<Package>, InventoryError> {
                 "Package" => name = Some(value),
                 "Version" => version = Some(value),
                 "Architecture" => arch = Some(value),
+                "Source" => source = Some(value),
                 "Status" => status = value.split_whitespace().last().map(str::to_string),
                 _ => {}
             }
@@ -146,6 +169,7 @@ pub fn parse_dpkg_status(text: &str) -> Result<Vec<Package>, InventoryError> {
             version: version.unwrap_or_default(),
             arch: arch.unwrap_or_default(),
             status: status.unwrap_or_else(|| "unknown".into()),
+            source,
         });
     }
     out.sort();
@@ -160,6 +184,14 @@ pub fn parse_os_release(text: &str) -> String {
             .map(|v| v.trim().trim_matches('"').to_string())
     };
     field("PRETTY_NAME").or_else(|| field("NAME")).unwrap_or_else(|| "unknown".into())
+}
+
+/// `VERSION_CODENAME` of an os-release file (empty when absent).
+pub fn parse_os_codename(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| truncate(v.trim().trim_matches('"')))
+        .unwrap_or_default()
 }
 
 /// `MemTotal` of a /proc/meminfo text, in bytes.
@@ -200,6 +232,7 @@ pub fn collect(src: &Sources<'_>) -> Result<Inventory, InventoryError> {
             .or_else(|| small("etc/hostname"))
             .map_or_else(|| "unknown".into(), |s| truncate(s.trim())),
         os: small("etc/os-release").map_or_else(|| "unknown".into(), |s| parse_os_release(&s)),
+        codename: small("etc/os-release").map(|s| parse_os_codename(&s)).unwrap_or_default(),
         kernel: small("proc/sys/kernel/osrelease")
             .map_or_else(|| "unknown".into(), |s| truncate(s.trim())),
         arch: std::env::consts::ARCH.to_string(),
@@ -213,7 +246,7 @@ pub fn collect(src: &Sources<'_>) -> Result<Inventory, InventoryError> {
 mod tests {
     use super::*;
 
-    const STATUS: &str = "Package: openssl\nStatus: install ok installed\nArchitecture: amd64\nVersion: 3.0.11-1~deb12u2\nDescription: tools\n long text\n .\n more\n\nPackage: old-lib\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1.0\n\nStatus: install ok installed\nVersion: 9\n\nPackage: adduser\nStatus: install ok installed\nArchitecture: all\nVersion: 3.134\n";
+    const STATUS: &str = "Package: openssl\nStatus: install ok installed\nSource: openssl-src (3.0.11-1~deb12u2)\nArchitecture: amd64\nVersion: 3.0.11-1~deb12u2\nDescription: tools\n long text\n .\n more\n\nPackage: old-lib\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1.0\n\nStatus: install ok installed\nVersion: 9\n\nPackage: adduser\nStatus: install ok installed\nArchitecture: all\nVersion: 3.134\n";
 
     #[test]
     fn dpkg_status_is_parsed_sorted_and_summarised() {
@@ -222,9 +255,12 @@ mod tests {
         assert_eq!(names, ["adduser", "old-lib", "openssl"]);
         assert_eq!(pkgs[2].version, "3.0.11-1~deb12u2");
         assert_eq!(pkgs[1].status, "config-files");
+        assert_eq!(pkgs[2].installed().source, "openssl-src");
+        assert_eq!(pkgs[0].installed().source, "adduser");
         let inv = Inventory {
             hostname: "h".into(),
             os: "Debian".into(),
+            codename: "bookworm".into(),
             kernel: "6.1".into(),
             arch: "x86_64".into(),
             cpus: 2,
@@ -257,13 +293,14 @@ mod tests {
         std::fs::write(root.join("var/lib/dpkg/status"), STATUS).unwrap();
         std::fs::write(
             root.join("etc/os-release"),
-            "NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+            "NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n",
         )
         .unwrap();
         std::fs::write(root.join("etc/hostname"), "branch-7\n").unwrap();
         let inv = collect(&Sources { root: &root }).unwrap();
         assert_eq!(inv.os, "Debian GNU/Linux 12 (bookworm)");
         assert_eq!(inv.hostname, "branch-7");
+        assert_eq!(inv.codename, "bookworm");
         assert_eq!(inv.packages.len(), 3);
         // An oversized status database is refused, not truncated silently.
         let f =

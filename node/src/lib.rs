@@ -23,6 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod executor;
 pub mod files;
+pub mod intel;
 pub mod inventory;
 pub mod net;
 pub mod store;

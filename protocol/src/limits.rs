@@ -121,3 +121,13 @@ pub const INTEL_BUNDLE_BYTES_MAX: u64 = 64 << 20;
 pub const INTEL_BUNDLE_RAW_BYTES_MAX: u64 = 1 << 30;
 /// One frame of an intel bundle.
 pub const INTEL_FRAME_BYTES_MAX: usize = 1 << 20;
+/// Largest input file `intel import` reads (checked on the file's size before reading it).
+pub const INTEL_INPUT_BYTES_MAX: u64 = 1 << 30;
+/// Largest decompressed input (`.gz`, `.xz`, `.lz4`, a zip member).
+pub const INTEL_INPUT_RAW_BYTES_MAX: u64 = 4 << 30;
+/// Largest single JSON record (one tracker source package, one OSV record, the KEV catalog).
+pub const INTEL_RECORD_BYTES_MAX: u64 = 64 << 20;
+/// Bytes of a CVE description kept in a bundle.
+pub const INTEL_DESCRIPTION_BYTES_MAX: usize = 240;
+/// Files one OSV directory or zip may hold.
+pub const INTEL_OSV_FILES_MAX: usize = 1_000_000;

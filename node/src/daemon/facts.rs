@@ -11,6 +11,7 @@ pub(super) fn read_inventory(root: &Path) -> Inventory {
             Inventory {
                 hostname: "unknown".into(),
                 os: "unknown".into(),
+                codename: String::new(),
                 kernel: "unknown".into(),
                 arch: std::env::consts::ARCH.into(),
                 cpus: 1,

@@ -70,7 +70,7 @@ impl NodeIndex {
                     }
                 }
                 Frame::Index(chunk) => {
-                    if chunk.release != release {
+                    if chunk.release != release && chunk.release != super::ANY_RELEASE {
                         continue;
                     }
                     for (name, arch, version) in chunk.packages {

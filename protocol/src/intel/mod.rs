@@ -20,6 +20,7 @@
 pub mod apt;
 pub mod bundle;
 pub mod matching;
+pub mod report;
 pub mod risk;
 
 use crate::ids::Millis;
@@ -50,6 +51,16 @@ pub fn release_of_ecosystem(ecosystem: &str) -> Option<&'static str> {
     RELEASES.iter().find(|(e, _)| *e == key).map(|(_, r)| *r)
 }
 
+/// Whether `codename` is a Debian or Ubuntu release this code scopes by.
+pub fn known_release(codename: &str) -> bool {
+    RELEASES.iter().any(|(_, r)| *r == codename)
+        || matches!(codename, "sid" | "unstable" | "experimental")
+}
+
+/// The release an index of a third-party suite (`nodistro`, `cloud-sdk-bookworm`) applies to:
+/// every release, as apt uses such a suite on whatever machine lists it.
+pub const ANY_RELEASE: &str = "*";
+
 /// The base release of an apt suite codename: `bookworm-security`, `bookworm-updates` and
 /// `bookworm-backports` all belong to `bookworm`.
 pub fn base_release(codename: &str) -> &str {
@@ -69,6 +80,15 @@ pub enum Origin {
     Tracker,
     /// An OSV record, by its id (`DSA-5555-1`, `CVE-…`, `UBUNTU-CVE-…`).
     Osv(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Tracker => f.write_str("Debian Security Tracker"),
+            Origin::Osv(id) => write!(f, "OSV {id}"),
+        }
+    }
 }
 
 /// The tracker's status of a (release, source, CVE).
@@ -119,6 +139,16 @@ pub enum Event {
     Fixed(String),
     /// Affected up to and including this version.
     LastAffected(String),
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Introduced(v) => write!(f, "introduced {v}"),
+            Event::Fixed(v) => write!(f, "fixed {v}"),
+            Event::LastAffected(v) => write!(f, "last affected {v}"),
+        }
+    }
 }
 
 /// What one source says about one (release, source package, CVE).

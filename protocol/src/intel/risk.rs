@@ -288,8 +288,9 @@ pub fn assess(finding: &Finding, info: Option<&CveInfo>, asset: &Asset) -> Risk 
     };
     let asset_factor = f64::from(asset.criticality) / 4.0 * exposure_factor;
     let asset_why = format!(
-        "criticality {}/4 × exposure {:?} {exposure_factor}",
-        asset.criticality, asset.exposure
+        "criticality {}/4 × exposure {} {exposure_factor:.1}",
+        asset.criticality,
+        format!("{:?}", asset.exposure).to_lowercase()
     );
     let score = (1000.0 * likelihood.0 * impact.0 * asset_factor).round() / 10.0;
     Risk {

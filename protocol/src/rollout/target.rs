@@ -42,21 +42,28 @@ fn has_labels(node: &BTreeMap<String, String>, want: &BTreeMap<String, String>) 
 /// The ring of a node (by its id and certificate labels), or `None` if no ring reaches it.
 /// Label rings claim their nodes first; the rest fall into the first ring whose cumulative
 /// percent covers their percentile.
-pub fn ring_of(rollout: &RolloutEntry, node: &NodeId, labels: &BTreeMap<String, String>) -> Option<u8> {
-    if let Some(i) = rollout.rings.iter().position(|r| !r.labels.is_empty() && has_labels(labels, &r.labels)) {
+pub fn ring_of(
+    rollout: &RolloutEntry,
+    node: &NodeId,
+    labels: &BTreeMap<String, String>,
+) -> Option<u8> {
+    if let Some(i) =
+        rollout.rings.iter().position(|r| !r.labels.is_empty() && has_labels(labels, &r.labels))
+    {
         return Some(i as u8);
     }
     let p = percentile_bp(&rollout.id, node);
-    rollout
-        .rings
-        .iter()
-        .position(|r| p < u32::from(r.percent) * 100)
-        .map(|i| i as u8)
+    rollout.rings.iter().position(|r| p < u32::from(r.percent) * 100).map(|i| i as u8)
 }
 
 /// Whether the selector picks this node. Only the node itself can evaluate OS and package
 /// clauses (its inventory); labels and site come from its certificate.
-pub fn selects(sel: &Selector, site: &SiteId, labels: &BTreeMap<String, String>, facts: &Facts) -> bool {
+pub fn selects(
+    sel: &Selector,
+    site: &SiteId,
+    labels: &BTreeMap<String, String>,
+    facts: &Facts,
+) -> bool {
     has_labels(labels, &sel.labels)
         && (sel.sites.is_empty() || sel.sites.contains(site))
         && sel.os.as_deref().is_none_or(|os| facts.os.contains(os))
@@ -101,6 +108,35 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     let (ea, ua, ra) = split(a);
     let (eb, ub, rb) = split(b);
     ea.cmp(&eb).then_with(|| part_cmp(ua, ub)).then_with(|| part_cmp(ra, rb))
+}
+
+/// Whether `v` is a version dpkg accepts: `[epoch:]upstream[-revision]`, the epoch digits, the
+/// upstream part starting with a digit and made of alphanumerics and `.+~-:`, the revision of
+/// alphanumerics and `.+~`.
+pub fn valid_version(v: &str) -> bool {
+    let (epoch, rest) = match v.split_once(':') {
+        Some((e, r)) => (Some(e), r),
+        None => (None, v),
+    };
+    if epoch.is_some_and(|e| e.is_empty() || !e.bytes().all(|c| c.is_ascii_digit())) {
+        return false;
+    }
+    let (upstream, revision) = match rest.rsplit_once('-') {
+        Some((u, r)) => (u, Some(r)),
+        None => (rest, None),
+    };
+    let upstream_ok = upstream.bytes().next().is_some_and(|c| c.is_ascii_digit())
+        && upstream.bytes().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, b'.' | b'+' | b'~')
+                || (c == b'-' && revision.is_some())
+                || (c == b':' && epoch.is_some())
+        });
+    let revision_ok = revision.is_none_or(|r| {
+        !r.is_empty()
+            && r.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'~'))
+    });
+    upstream_ok && revision_ok
 }
 
 fn char_order(c: Option<u8>) -> i32 {
@@ -181,6 +217,24 @@ pub fn window_open(windows: &[Window], now: Millis, tz: &jiff::tz::TimeZone) -> 
 mod tests {
     use super::*;
     use crate::rollout::policy::{parse_window, Gate, RingSpec};
+
+    #[test]
+    fn dpkg_version_syntax() {
+        for ok in [
+            "1.0",
+            "1:2.38.1-5+deb12u3",
+            "3.0.15-1~deb12u1",
+            "5.2.15-2+b7",
+            "2.0-1~bpo12+1",
+            "0",
+            "1.2-3-4",
+        ] {
+            assert!(valid_version(ok), "{ok}");
+        }
+        for bad in ["", "a1.0", "1.0 ", "x:1.0", ":1.0", "1.0-", "1.0-a_b", "1:", "1.0$"] {
+            assert!(!valid_version(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn dpkg_version_order() {

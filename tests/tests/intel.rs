@@ -1,0 +1,448 @@
+//! Vulnerability intelligence end to end through the CLI: importing every source format
+//! (fixtures written here in the real formats, plus the real CISA KEV catalog), Debian
+//! matching on every hard case, risk and due classes, `explain`, bad input, and parity of
+//! `patchmesh updates` with `apt list --upgradable` on this machine.
+
+use patchmesh_tests::{cli, cli_json, TempDir};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const STATUS: &str = "\
+Package: bsdutils
+Status: install ok installed
+Architecture: amd64
+Source: util-linux (2.38.1-5+deb12u1)
+Version: 1:2.38.1-5+deb12u1
+
+Package: bash
+Status: install ok installed
+Architecture: amd64
+Version: 5.2.15-2+b7
+Source: bash (5.2.15-2)
+
+Package: libssl3
+Status: install ok installed
+Architecture: amd64
+Source: openssl
+Version: 3.0.15-1~deb12u1
+
+Package: curl
+Status: install ok installed
+Architecture: amd64
+Version: 7.88.1-10+deb12u5
+
+Package: libcurl4
+Status: install ok installed
+Architecture: amd64
+Source: curl
+Version: 7.88.1-10+deb12u5
+
+Package: openssh-server
+Status: install ok installed
+Architecture: amd64
+Source: openssh
+Version: 1:9.2p1-2+deb12u2
+
+Package: libpolkit-gobject-1-0
+Status: install ok installed
+Architecture: amd64
+Source: policykit-1
+Version: 122-3
+
+Package: foo
+Status: install ok installed
+Architecture: all
+Version: 2.0-1~bpo12+1
+
+Package: zlib1g
+Status: install ok installed
+Architecture: amd64
+Source: zlib
+Version: 1:1.2.13.dfsg-1
+
+Package: removed-thing
+Status: deinstall ok config-files
+Architecture: amd64
+Source: util-linux
+Version: 1.0
+";
+
+fn rel(status: &str, fixed: Option<&str>, extra: Value) -> Value {
+    let mut r = json!({"status": status, "urgency": "medium", "repositories": {"bookworm": "x"}});
+    if let Some(f) = fixed {
+        r["fixed_version"] = json!(f);
+    }
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+/// The Debian Security Tracker JSON, every hard case on one machine.
+fn tracker() -> Value {
+    json!({
+        // Binary bsdutils has epoch 1: and another name; the source version is what counts.
+        "util-linux": {"CVE-2024-28085": {"description": "wall escape sequences", "releases": {
+            "bookworm": rel("resolved", Some("2.38.1-5+deb12u2"), json!({"repositories": {"bookworm-security": "2.38.1-5+deb12u2"}}))}}},
+        // binNMU: binary 5.2.15-2+b7 from source 5.2.15-2, which is the fix.
+        "bash": {
+            "CVE-2022-3715": {"releases": {"bookworm": rel("resolved", Some("5.2.15-2"), json!({}))}},
+            "CVE-2099-0001": {"releases": {"bookworm": rel("undetermined", None, json!({}))}}
+        },
+        "openssl": {
+            // `~deb12u1` sorts before the fix 3.0.15-1.
+            "CVE-2024-9143": {"releases": {"bookworm": rel("resolved", Some("3.0.15-1"), json!({}))}},
+            "CVE-2024-0001": {"releases": {"bookworm": rel("resolved", Some("0"), json!({}))}},
+            "CVE-2024-0002": {"releases": {"bookworm": rel("open", None, json!({"nodsa": "Minor issue", "nodsa_reason": "postponed"}))}},
+            "CVE-2024-0003": {"releases": {"bookworm": rel("resolved", Some("3.0.16-1"), json!({"urgency": "unimportant"}))}},
+            "TEMP-0000000-ABCDEF": {"releases": {"bookworm": rel("open", None, json!({}))}},
+            "CVE-2024-0004": {"releases": {"bookworm": rel("resolved", Some("3.0 beta!"), json!({}))}}
+        },
+        "curl": {
+            "CVE-2023-38545": {"releases": {"bookworm": rel("resolved", Some("7.88.1-10+deb12u4"), json!({}))}},
+            "CVE-2024-2398": {"releases": {"bookworm": rel("resolved", Some("7.88.1-10+deb12u6"), json!({"repositories": {"bookworm-security": "7.88.1-10+deb12u6"}}))}}
+        },
+        // Release scoping: the trixie record must not hit this bookworm node.
+        "openssh": {"CVE-2024-6387": {"releases": {
+            "bookworm": rel("resolved", Some("1:9.2p1-2+deb12u3"), json!({"urgency": "high"})),
+            "trixie": rel("resolved", Some("1:9.7p1-7"), json!({}))}}},
+        "zlib": {"CVE-2023-45853": {"releases": {"trixie": rel("open", None, json!({}))}}},
+        "policykit-1": {"CVE-2021-4034": {"releases": {"bookworm": rel("resolved", Some("122-4"), json!({"urgency": "high"}))}}},
+        // A backport newer than the stable fix is fixed, not a false positive.
+        "foo": {"CVE-2024-0010": {"releases": {"bookworm": rel("resolved", Some("1.5-1+deb12u1"), json!({}))}}}
+    })
+}
+
+fn osv(id: &str, aliases: &[&str], pkg: &str, events: Value, extra: Value) -> Value {
+    let mut r = json!({"id": id, "modified": "2026-01-01T00:00:00Z", "aliases": aliases,
+        "affected": [{"package": {"ecosystem": "Debian:12", "name": pkg},
+                      "ranges": [{"type": "ECOSYSTEM", "events": events}]}]});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+struct Fixture {
+    dir: TempDir,
+    root: PathBuf,
+    bundle: String,
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn fixture(tag: &str) -> Fixture {
+    let dir = TempDir::new(tag);
+    let root = dir.0.join("root");
+    write(&root.join("var/lib/dpkg/status"), STATUS.as_bytes());
+    write(
+        &root.join("etc/os-release"),
+        b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n",
+    );
+    write(&dir.0.join("tracker.json"), tracker().to_string().as_bytes());
+    let osv_dir = dir.0.join("osv");
+    let sev = |v: &str| json!({"severity": [{"type": "CVSS_V3", "score": v}]});
+    let records = [
+        osv(
+            "DSA-5678-1",
+            &["CVE-2024-2398"],
+            "curl",
+            json!([{"introduced": "0"}, {"fixed": "7.88.1-10+deb12u6"}]),
+            sev("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:L"),
+        ),
+        // Disagrees with the tracker (which says fixed at deb12u4).
+        osv(
+            "DEBIAN-CVE-2023-38545",
+            &[],
+            "curl",
+            json!([{"introduced": "0"}]),
+            json!({"upstream": ["CVE-2023-38545"]}),
+        ),
+        osv(
+            "CVE-2024-6387",
+            &[],
+            "openssh",
+            json!([{"introduced": "0"}, {"fixed": "1:9.2p1-2+deb12u3"}]),
+            sev("CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:H/I:H/A:H"),
+        ),
+        osv(
+            "CVE-2021-4034",
+            &[],
+            "policykit-1",
+            json!([{"introduced": "0"}, {"fixed": "122-4"}]),
+            sev("CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:H/A:H"),
+        ),
+        osv(
+            "DSA-0000-1",
+            &["CVE-2024-9143"],
+            "openssl",
+            json!([{"introduced": "0"}, {"fixed": "3.0.15-1"}]),
+            json!({"withdrawn": "2026-02-01T00:00:00Z"}),
+        ),
+        osv(
+            "DSA-0001-1",
+            &["CVE-2024-9143"],
+            "openssl",
+            json!([{"introduced": "0"}, {"fixed": "3.0.15-1"}]),
+            sev("CVSS:3.1/AV:N/garbage"),
+        ),
+    ];
+    for r in &records {
+        write(
+            &osv_dir.join(format!("{}.json", r["id"].as_str().unwrap())),
+            r.to_string().as_bytes(),
+        );
+    }
+    let gz = gzip(b"#model_version:v2025.03.14,score_date:2026-11-28T00:00:00+0000\ncve,epss,percentile\nCVE-2024-2398,0.00150,0.51\nCVE-2024-6387,0.91000,0.99\nCVE-1999-0001,nonsense,0.1\n");
+    let epss = dir.0.join("epss_scores-2026-11-28.csv.gz");
+    std::fs::File::create(&epss).unwrap().write_all(&gz).unwrap();
+    let kev = shared_kev();
+    let bundle = dir.0.join("intel.pmi");
+    let out = cli(&[
+        "intel",
+        "import",
+        dir.0.join("tracker.json").to_str().unwrap(),
+        osv_dir.to_str().unwrap(),
+        kev.to_str().unwrap(),
+        epss.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    Fixture { root, bundle: bundle.display().to_string(), dir }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    // gzip via the system tool keeps this test crate free of a compression dependency.
+    let mut child = Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+/// The real CISA KEV catalog from the shared reference data.
+fn shared_kev() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/kev/known_exploited_vulnerabilities.json");
+    assert!(
+        p.exists(),
+        "{} is missing: the shared reference data must sit beside the project",
+        p.display()
+    );
+    p
+}
+
+fn vulns(f: &Fixture, extra: &[&str]) -> Vec<Value> {
+    let root = f.root.display().to_string();
+    let mut args = vec!["vulns", "--bundle", &f.bundle, "--root", &root, "--json"];
+    args.extend_from_slice(extra);
+    let v: Value = cli_json(&args);
+    v["findings"].as_array().unwrap().clone()
+}
+
+#[test]
+fn debian_matching_gets_every_hard_case_right() {
+    let f = fixture("intel-match");
+    let found = vulns(&f, &["--exposure", "internet"]);
+    let got: BTreeSet<(String, String, String)> = found
+        .iter()
+        .map(|a| {
+            let verdict = a["finding"]["verdict"]
+                .as_object()
+                .map(|o| o.keys().next().unwrap().clone())
+                .unwrap_or_else(|| a["finding"]["verdict"].as_str().unwrap().to_string());
+            (
+                a["finding"]["cve"].as_str().unwrap().into(),
+                a["finding"]["source"].as_str().unwrap().into(),
+                verdict,
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String, String)> = [
+        ("CVE-2024-28085", "util-linux", "Affected"),
+        ("CVE-2099-0001", "bash", "Undetermined"),
+        ("CVE-2024-9143", "openssl", "Affected"),
+        ("CVE-2024-0002", "openssl", "Open"),
+        ("CVE-2024-0003", "openssl", "Affected"),
+        ("CVE-2024-2398", "curl", "Affected"),
+        ("CVE-2023-38545", "curl", "Fixed"),
+        ("CVE-2024-6387", "openssh", "Affected"),
+        ("CVE-2021-4034", "policykit-1", "Affected"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(got, want, "findings: {found:#?}");
+    let by = |cve: &str| found.iter().find(|a| a["finding"]["cve"] == cve).unwrap().clone();
+    // The disagreement is shown, with the tracker's verdict counting.
+    let d = by("CVE-2023-38545");
+    assert_eq!(d["finding"]["origin"], "Tracker");
+    assert_eq!(d["finding"]["disagreements"].as_array().unwrap().len(), 1);
+    // Both binaries of the curl source are named.
+    assert_eq!(by("CVE-2024-2398")["finding"]["binaries"], json!(["curl", "libcurl4"]));
+    assert_eq!(by("CVE-2024-2398")["finding"]["verdict"]["Affected"]["in_security"], true);
+    assert_eq!(
+        by("CVE-2024-0002")["finding"]["verdict"]["Open"]["reason"],
+        "postponed: Minor issue"
+    );
+    // Exposed, automatable, total impact, not in KEV: 3 days (BOD 26-04 row 5).
+    let ssh = by("CVE-2024-6387");
+    assert_eq!(ssh["risk"]["due"], "Days3");
+    assert_eq!(
+        ssh["risk"]["inputs"],
+        json!({"exposed": true, "kev": false, "automatable": true, "total_impact": true})
+    );
+    // PwnKit is in the real KEV catalog: local vector, total impact -> 3 days when exposed.
+    let pwnkit = by("CVE-2021-4034");
+    assert_eq!(pwnkit["risk"]["inputs"]["kev"], true);
+    assert_eq!(pwnkit["risk"]["likelihood"][0], 1.0);
+    assert_eq!(pwnkit["risk"]["due"], "Days3");
+    // No fix: exception needed; unimportant ranks last among exposed findings.
+    assert_eq!(by("CVE-2024-0002")["risk"]["due"], "ExceptionNeeded");
+    let exposed: Vec<&Value> =
+        found.iter().filter(|a| !a["finding"]["verdict"].get("Fixed").is_some()).collect();
+    assert_eq!(exposed.last().unwrap()["finding"]["cve"], "CVE-2024-0003");
+    // Internal by default: the same openssh finding is due in 60 days (row 13).
+    let internal = vulns(&f, &[]);
+    let ssh = internal.iter().find(|a| a["finding"]["cve"] == "CVE-2024-6387").unwrap();
+    assert_eq!(ssh["risk"]["due"], "Days60");
+    // Filters.
+    let kev_only = vulns(&f, &["--kev"]);
+    assert_eq!(kev_only.len(), 1);
+    assert!(vulns(&f, &["--min-score", "101"]).is_empty());
+}
+
+#[test]
+fn import_counts_what_it_skipped_and_explain_shows_the_arithmetic() {
+    let f = fixture("intel-explain");
+    let header: Value = cli_json(&["intel", "show", &f.bundle, "--json"]);
+    let by_kind = |k: &str| {
+        header["sources"].as_array().unwrap().iter().find(|s| s["kind"] == k).unwrap().clone()
+    };
+    let tracker = by_kind("DebianTracker");
+    assert_eq!(tracker["skipped"]["invalid version string"], 1);
+    assert_eq!(tracker["skipped"]["not a CVE id (tracker TEMP- entry)"], 1);
+    let osv = by_kind("Osv");
+    assert_eq!(osv["skipped"]["withdrawn"], 1);
+    assert_eq!(osv["skipped"]["CVSS vector does not parse (record kept without it)"], 1);
+    let epss = by_kind("Epss");
+    assert_eq!(epss["records"], 2);
+    assert_eq!(epss["date"], "2026-11-28");
+    assert!(by_kind("Kev")["records"].as_u64().unwrap() > 1000, "the real KEV catalog");
+    let root = f.root.display().to_string();
+    let out = cli(&["explain", "CVE-2024-28085", "--bundle", &f.bundle, "--root", &root]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("util-linux 2.38.1-5+deb12u1 (binaries: bsdutils)"), "{text}");
+    assert!(text.contains("installed 2.38.1-5+deb12u1 < fixed 2.38.1-5+deb12u2"), "{text}");
+    assert!(text.contains("score") && text.contains("× likelihood"), "{text}");
+    let out = cli(&["explain", "CVE-2023-45853", "--bundle", &f.bundle, "--root", &root]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(
+        "no advisory in this bundle names a source package installed here for release bookworm"
+    ));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_nothing_is_written() {
+    let dir = TempDir::new("intel-bad");
+    let out_path = dir.0.join("b.pmi");
+    let out_s = out_path.display().to_string();
+    // 5 GB: refused by its size, before reading (the file is sparse).
+    let huge = dir.0.join("tracker.json");
+    std::fs::File::create(&huge).unwrap().set_len(5 << 30).unwrap();
+    let out = cli(&["intel", "import", huge.to_str().unwrap(), "--out", &out_s]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("over the limit"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out_path.exists());
+    // A malformed file is refused naming the file and the position.
+    let bad = dir.0.join("data.json");
+    std::fs::write(&bad, "{\"curl\": {\"CVE-1\": {\"releases\": [1, 2,,]}}}").unwrap();
+    let out = cli(&["intel", "import", bad.to_str().unwrap(), "--out", &out_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data.json at line 1 column"), "{err}");
+    assert!(!out_path.exists());
+    // A truncated bundle is refused when read.
+    let f = fixture("intel-trunc");
+    let bytes = std::fs::read(&f.bundle).unwrap();
+    let cut = f.dir.0.join("cut.pmi");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let root = f.root.display().to_string();
+    let out = cli(&["vulns", "--bundle", cut.to_str().unwrap(), "--root", &root]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a readable intel bundle"));
+}
+
+/// The index files apt itself uses (configured sources only), updating the lists first when
+/// this machine has none.
+fn apt_index_files() -> Vec<String> {
+    let list = || -> Vec<String> {
+        let out = Command::new("apt-get")
+            .args(["indextargets", "--format", "$(FILENAME)", "Identifier: Packages"])
+            .output()
+            .expect("apt-get is part of every Debian system");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|p| Path::new(p).exists())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut files = list();
+    if files.is_empty() {
+        let st = Command::new("apt-get").args(["update", "-qq"]).status().expect("apt-get update");
+        assert!(
+            st.success(),
+            "apt-get update failed and this machine has no apt lists to compare with"
+        );
+        files = list();
+    }
+    assert!(!files.is_empty(), "no Packages index on this machine even after apt-get update");
+    files
+}
+
+#[test]
+fn updates_name_exactly_what_apt_list_upgradable_names() {
+    let dir = TempDir::new("intel-apt");
+    let files = apt_index_files();
+    let bundle = dir.0.join("apt.pmi").display().to_string();
+    let mut args = vec!["intel", "import", "--out", &bundle, "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let imported: Value = cli_json(&args);
+    assert!(imported["index_packages"].as_u64().unwrap() > 1000, "{imported}");
+    let ours: Vec<Value> = cli_json(&["updates", "--bundle", &bundle, "--json"]);
+    let ours: BTreeSet<(String, String)> = ours
+        .iter()
+        .map(|u| {
+            (u["name"].as_str().unwrap().to_string(), u["candidate"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let apt = Command::new("apt")
+        .args(["list", "--upgradable"])
+        .env("LC_ALL", "C")
+        .output()
+        .expect("apt");
+    let apt: BTreeSet<(String, String)> = String::from_utf8_lossy(&apt.stdout)
+        .lines()
+        .filter(|l| l.contains("[upgradable from"))
+        .map(|l| {
+            let name = l.split('/').next().unwrap().to_string();
+            let version = l.split_whitespace().nth(1).unwrap().to_string();
+            (name, version)
+        })
+        .collect();
+    println!("compared {} upgradable packages with apt", apt.len());
+    assert_eq!(ours, apt);
+}
