@@ -49,10 +49,25 @@ impl NodeIndex {
         release: &str,
         installed: &[Installed],
     ) -> Result<NodeIndex, BundleError> {
-        let (header, mut reader) = BundleReader::open(input)?;
         let sources: BTreeSet<&str> = installed.iter().map(|p| p.source.as_str()).collect();
         let binaries: BTreeSet<(&str, &str)> =
             installed.iter().map(|p| (p.name.as_str(), p.arch.as_str())).collect();
+        Self::load_where(input, release, |s| sources.contains(s), |n, a| binaries.contains(&(n, a)))
+    }
+
+    /// Streams a bundle and keeps every advisory of `release` (a fleet view), without indexes.
+    pub fn load_release(input: impl Read, release: &str) -> Result<NodeIndex, BundleError> {
+        Self::load_where(input, release, |_| true, |_, _| false)
+    }
+
+    fn load_where(
+        input: impl Read,
+        release: &str,
+        keep_source: impl Fn(&str) -> bool,
+        keep_binary: impl Fn(&str, &str) -> bool,
+    ) -> Result<NodeIndex, BundleError> {
+        let (header, mut reader) = BundleReader::open(input)?;
+        let mut named: BTreeSet<String> = BTreeSet::new();
         let mut index =
             NodeIndex { header: Some(header), release: release.to_string(), ..Default::default() };
         while let Some(frame) = reader.next_frame()? {
@@ -60,12 +75,13 @@ impl NodeIndex {
             match frame {
                 Frame::Header(_) => {}
                 Frame::Source { release: r, source, advisories } => {
-                    if r == release && sources.contains(source.as_str()) {
+                    if r == release && keep_source(&source) {
+                        named.extend(advisories.iter().map(|a| a.cve.clone()));
                         index.advisories.entry(source).or_default().extend(advisories);
                     }
                 }
                 Frame::Cve(info) => {
-                    if index.advisories.values().flatten().any(|a| a.cve == info.cve) {
+                    if named.contains(&info.cve) {
                         index.cves.insert(info.cve.clone(), info);
                     }
                 }
@@ -74,7 +90,7 @@ impl NodeIndex {
                         continue;
                     }
                     for (name, arch, version) in chunk.packages {
-                        if binaries.contains(&(name.as_str(), arch.as_str())) {
+                        if keep_binary(&name, &arch) {
                             index.candidates.entry((name, arch)).or_default().push(Candidate {
                                 version,
                                 suite: chunk.suite.clone(),

@@ -1,10 +1,11 @@
 //! A node's assessed findings, ranked, and the exposure summary its signed record carries.
 
-use super::matching::{match_node, Finding, NodeIndex};
+use super::matching::{match_node, match_source, Finding, NodeIndex, Verdict};
 use super::risk::{assess, Asset, Due, Risk};
 use super::{CveInfo, Installed};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A finding with its risk and the CVE's facts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,4 +88,336 @@ pub fn due_counts(list: &[Assessed]) -> DueCounts {
         c.add(a.risk.due);
     }
     c
+}
+
+/// The distinct (source package, source version) pairs of a fleet, each with a dense id. A
+/// fleet view interns a node's inventory once when it arrives; ranking then reads ids, never
+/// strings.
+#[derive(Debug, Default)]
+pub struct SourceVersions {
+    ids: rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<String, u32>>,
+    list: Vec<(String, String)>,
+}
+
+impl SourceVersions {
+    /// The ids of an inventory's source versions, sorted and without repeats (several binaries
+    /// of one source count once).
+    pub fn intern<'a>(&mut self, installed: impl IntoIterator<Item = &'a Installed>) -> Vec<u32> {
+        let mut out: Vec<u32> = installed
+            .into_iter()
+            .map(|p| {
+                if let Some(id) =
+                    self.ids.get(p.source.as_str()).and_then(|v| v.get(p.source_version.as_str()))
+                {
+                    return *id;
+                }
+                let id = self.list.len() as u32;
+                self.list.push((p.source.clone(), p.source_version.clone()));
+                self.ids.entry(p.source.clone()).or_default().insert(p.source_version.clone(), id);
+                id
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Distinct pairs interned.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Nothing interned yet.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// One node as the fleet view sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct FleetNode<'a> {
+    /// Its site.
+    pub site: &'a str,
+    /// Its asset labels.
+    pub asset: Asset,
+    /// Its source versions, interned by [`SourceVersions::intern`].
+    pub packages: &'a [u32],
+}
+
+/// One CVE across the fleet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetCve {
+    /// The CVE.
+    pub cve: String,
+    /// Nodes exposed to it.
+    pub nodes: u32,
+    /// Exposed nodes per site.
+    pub sites: BTreeMap<String, u32>,
+    /// The highest score on any of them.
+    pub max_score: f64,
+    /// The soonest due class on any of them.
+    pub due: Due,
+    /// Source packages it is found in.
+    pub sources: BTreeSet<String>,
+    /// Versions that fix it (empty: no fix yet).
+    pub fixed_versions: BTreeSet<String>,
+    /// In the KEV catalog.
+    pub kev: bool,
+}
+
+/// Asset classes: three exposures × four criticalities.
+const ASSET_CLASSES: usize = 12;
+
+fn asset_class(a: &Asset) -> usize {
+    let e = match a.exposure {
+        super::risk::Exposure::Internet => 0,
+        super::risk::Exposure::Internal => 1,
+        super::risk::Exposure::Isolated => 2,
+    };
+    e * 4 + usize::from(a.criticality.clamp(1, 4) - 1)
+}
+
+fn class_asset(c: usize) -> Asset {
+    let exposure = match c / 4 {
+        0 => super::risk::Exposure::Internet,
+        1 => super::risk::Exposure::Internal,
+        _ => super::risk::Exposure::Isolated,
+    };
+    Asset { exposure, criticality: (c % 4) as u8 + 1 }
+}
+
+/// One exposed finding of one (source, version), assessed for every asset class.
+struct Scored {
+    cve: u32,
+    by_class: [(f64, Due); ASSET_CLASSES],
+}
+
+/// What the per-node walk updates for one CVE: kept together so one finding touches one
+/// cache line.
+#[derive(Clone, Copy)]
+struct Count {
+    last_node: u32,
+    nodes: u32,
+    site_nodes: u32,
+}
+
+/// Per-CVE facts, indexed by interned CVE id.
+#[derive(Default)]
+struct Tallies {
+    names: Vec<String>,
+    ids: rustc_hash::FxHashMap<String, u32>,
+    counts: Vec<Count>,
+    kev: Vec<bool>,
+    sources: Vec<BTreeSet<String>>,
+    fixed: Vec<BTreeSet<String>>,
+    sites: Vec<Vec<(usize, u32)>>,
+}
+
+impl Tallies {
+    fn id(&mut self, cve: &str) -> u32 {
+        if let Some(id) = self.ids.get(cve) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(cve.to_string(), id);
+        self.names.push(cve.to_string());
+        self.counts.push(Count { last_node: u32::MAX, nodes: 0, site_nodes: 0 });
+        self.kev.push(false);
+        self.sources.push(BTreeSet::new());
+        self.fixed.push(BTreeSet::new());
+        self.sites.push(Vec::new());
+        id
+    }
+
+    /// Moves the per-site counters of the CVEs `touched` into their site lists.
+    fn flush_site(&mut self, touched: &mut Vec<u32>, site: usize) {
+        for &c in touched.iter() {
+            let count = &mut self.counts[c as usize];
+            self.sites[c as usize].push((site, count.site_nodes));
+            count.site_nodes = 0;
+        }
+        touched.clear();
+    }
+}
+
+/// Every exposed CVE of a fleet of one release, ranked by the highest score on any node.
+///
+/// Each distinct (source, source version) is matched and assessed once — for all twelve asset
+/// classes — whatever the number of nodes that have it. A node then costs one array read per
+/// source version, one bit for its asset class, and one counter update per finding; scores and due classes are read at the end from the classes each (source,
+/// version) was seen with. Nodes are walked site by site so per-site counts are dense counters.
+pub fn rank_fleet(
+    index: &NodeIndex,
+    versions: &SourceVersions,
+    nodes: &[FleetNode<'_>],
+) -> Vec<FleetCve> {
+    let mut t = Tallies::default();
+    let mut sv_found: Vec<Option<Vec<Scored>>> = Vec::new();
+    sv_found.resize_with(versions.len(), || None);
+    let mut sv_classes: Vec<u16> = vec![0; versions.len()];
+    let mut site_names: Vec<&str> = Vec::new();
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|&i| nodes[i].site);
+    let mut touched: Vec<u32> = Vec::new();
+    for (pos, &n) in order.iter().enumerate() {
+        let node = &nodes[n];
+        let n = n as u32;
+        if pos == 0 || nodes[order[pos - 1]].site != node.site {
+            if pos > 0 {
+                t.flush_site(&mut touched, site_names.len() - 1);
+            }
+            site_names.push(node.site);
+        }
+        let class_bit = 1u16 << asset_class(&node.asset);
+        for &id in node.packages {
+            let id = id as usize;
+            let Some(slot) = sv_found.get_mut(id) else { continue };
+            let found = match slot {
+                Some(found) => found,
+                None => {
+                    let (source, version) = &versions.list[id];
+                    slot.insert(score_source(index, &mut t, (source, version)))
+                }
+            };
+            sv_classes[id] |= class_bit;
+            for s in found.iter() {
+                let count = &mut t.counts[s.cve as usize];
+                if count.last_node != n {
+                    count.last_node = n;
+                    count.nodes += 1;
+                    if count.site_nodes == 0 {
+                        touched.push(s.cve);
+                    }
+                    count.site_nodes += 1;
+                }
+            }
+        }
+    }
+    if !site_names.is_empty() {
+        t.flush_site(&mut touched, site_names.len() - 1);
+    }
+    let mut best: Vec<(f64, Due)> = vec![(0.0, Due::ExceptionNeeded); t.names.len()];
+    for (found, classes) in sv_found.iter().zip(&sv_classes) {
+        for s in found.iter().flatten() {
+            let b = &mut best[s.cve as usize];
+            for (k, (score, due)) in s.by_class.iter().enumerate() {
+                if classes & (1 << k) != 0 {
+                    b.0 = b.0.max(*score);
+                    b.1 = b.1.min(*due);
+                }
+            }
+        }
+    }
+    let mut out: Vec<FleetCve> = (0..t.names.len())
+        .filter(|&c| t.counts[c].nodes > 0)
+        .map(|c| FleetCve {
+            cve: t.names[c].clone(),
+            nodes: t.counts[c].nodes,
+            sites: t.sites[c].iter().map(|(s, k)| (site_names[*s].to_string(), *k)).collect(),
+            max_score: best[c].0,
+            due: best[c].1,
+            sources: std::mem::take(&mut t.sources[c]),
+            fixed_versions: std::mem::take(&mut t.fixed[c]),
+            kev: t.kev[c],
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.max_score
+            .partial_cmp(&a.max_score)
+            .unwrap_or(Ordering::Equal)
+            .then_with(|| a.due.cmp(&b.due))
+            .then_with(|| b.nodes.cmp(&a.nodes))
+            .then_with(|| a.cve.cmp(&b.cve))
+    });
+    out
+}
+
+/// Matches one (source, version) and assesses its exposed findings for every asset class.
+fn score_source(
+    index: &NodeIndex,
+    t: &mut Tallies,
+    (source, version): (&str, &str),
+) -> Vec<Scored> {
+    let Some(advisories) = index.advisories.get(source) else { return Vec::new() };
+    let mut out = Vec::new();
+    for f in match_source(source, version, advisories).into_iter().filter(|f| f.verdict.exposed()) {
+        let c = t.id(&f.cve);
+        let risk = super::risk::assess(&f, index.cves.get(&f.cve), &class_asset(0));
+        let fix = match &f.verdict {
+            Verdict::Affected { fixed_version, .. } => Some(fixed_version.clone()),
+            _ => None,
+        };
+        let by_class = std::array::from_fn(|k| risk.on(&class_asset(k), fix.is_some()));
+        t.kev[c as usize] |= risk.inputs.kev;
+        t.sources[c as usize].insert(f.source.clone());
+        if let Some(v) = fix {
+            t.fixed[c as usize].insert(v);
+        }
+        out.push(Scored { cve: c, by_class });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intel::risk::Exposure;
+    use crate::intel::{Advisory, Origin, Statement, TrackerStatus, Urgency};
+
+    fn adv(cve: &str, fixed: &str) -> Advisory {
+        Advisory {
+            cve: cve.into(),
+            origin: Origin::Tracker,
+            statement: Statement::Tracker {
+                status: TrackerStatus::Resolved,
+                fixed_version: Some(fixed.into()),
+                urgency: Urgency::High,
+                nodsa: None,
+                fixed_in_security: false,
+            },
+            fix_seen_at: None,
+        }
+    }
+
+    #[test]
+    fn the_fleet_view_counts_each_node_once_per_cve_by_site() {
+        let mut index = NodeIndex { release: "bookworm".into(), ..Default::default() };
+        // CVE-1 hits two sources; a node with both counts once.
+        index.advisories.insert("gcc-12".into(), vec![adv("CVE-1", "12.2-2")]);
+        index
+            .advisories
+            .insert("gcc-13".into(), vec![adv("CVE-1", "13.1-2"), adv("CVE-2", "13.2-1")]);
+        let p = |bin: &str, src: &str, v: &str| Installed::from_dpkg(bin, "amd64", v, Some(src));
+        let a = [
+            p("cpp-12", "gcc-12", "12.2-1"),
+            p("gcc-12", "gcc-12", "12.2-1"),
+            p("cpp-13", "gcc-13", "13.1-1"),
+        ];
+        let b = [p("cpp-13", "gcc-13", "13.1-2")];
+        let c = [p("cpp-12", "gcc-12", "12.2-2")];
+        let mut versions = SourceVersions::default();
+        let (ia, ib, ic) = (versions.intern(&a), versions.intern(&b), versions.intern(&c));
+        assert_eq!(ia.len(), 2, "two binaries of one source version intern once");
+        let internet = Asset { exposure: Exposure::Internet, criticality: 4 };
+        let nodes = [
+            FleetNode { site: "paris", asset: Asset::default(), packages: &ia },
+            FleetNode { site: "lyon", asset: internet, packages: &ib },
+            FleetNode { site: "paris", asset: internet, packages: &ic },
+        ];
+        let ranked = rank_fleet(&index, &versions, &nodes);
+        let one = ranked.iter().find(|c| c.cve == "CVE-1").unwrap();
+        assert_eq!(one.nodes, 1);
+        assert_eq!(one.sites, BTreeMap::from([("paris".to_string(), 1)]));
+        assert_eq!(
+            one.fixed_versions,
+            BTreeSet::from(["12.2-2".to_string(), "13.1-2".to_string()])
+        );
+        let two = &ranked[0];
+        assert_eq!(two.cve, "CVE-2", "ranked by the highest score on any node");
+        assert_eq!(two.nodes, 2);
+        assert_eq!(two.sites, BTreeMap::from([("lyon".to_string(), 1), ("paris".to_string(), 1)]));
+        // Highest on the internet-facing, criticality-4 node: 100 × 0.2 × 0.8 × 1.0.
+        assert_eq!(two.max_score, 16.0);
+        assert_eq!(ranked.len(), 2);
+    }
 }

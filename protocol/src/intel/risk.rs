@@ -94,6 +94,22 @@ impl Asset {
     }
 }
 
+impl Asset {
+    /// The exposure part of the asset factor.
+    pub fn exposure_factor(&self) -> f64 {
+        match self.exposure {
+            Exposure::Internet => 1.0,
+            Exposure::Internal => 0.7,
+            Exposure::Isolated => 0.4,
+        }
+    }
+
+    /// The asset factor of the rank score: criticality / 4 × exposure.
+    pub fn factor(&self) -> f64 {
+        f64::from(self.criticality) / 4.0 * self.exposure_factor()
+    }
+}
+
 impl Default for Asset {
     fn default() -> Self {
         Asset { exposure: Exposure::Internal, criticality: 2 }
@@ -203,6 +219,17 @@ pub struct Risk {
     pub unimportant: bool,
 }
 
+impl Risk {
+    /// The score and due class the same finding has on another asset: the likelihood, impact
+    /// and CVE-side due inputs do not depend on the asset, so a fleet view assesses a finding
+    /// once and rescores it per node.
+    pub fn on(&self, asset: &Asset, fix_available: bool) -> (f64, Due) {
+        let inputs = DueInputs { exposed: asset.exposure == Exposure::Internet, ..self.inputs };
+        let due = if fix_available { due_class(inputs) } else { Due::ExceptionNeeded };
+        ((1000.0 * self.likelihood.0 * self.impact.0 * asset.factor()).round() / 10.0, due)
+    }
+}
+
 /// The value of metric `key` in a validated CVSS vector string.
 fn metric<'a>(vector: &'a str, key: &str) -> Option<&'a str> {
     vector.split('/').find_map(|part| part.strip_prefix(key)?.strip_prefix(':'))
@@ -281,12 +308,8 @@ pub fn assess(finding: &Finding, info: Option<&CveInfo>, asset: &Asset) -> Risk 
             (f, format!("no CVSS vector; tracker urgency {:?}", finding.urgency))
         }
     };
-    let exposure_factor = match asset.exposure {
-        Exposure::Internet => 1.0,
-        Exposure::Internal => 0.7,
-        Exposure::Isolated => 0.4,
-    };
-    let asset_factor = f64::from(asset.criticality) / 4.0 * exposure_factor;
+    let exposure_factor = asset.exposure_factor();
+    let asset_factor = asset.factor();
     let asset_why = format!(
         "criticality {}/4 × exposure {} {exposure_factor:.1}",
         asset.criticality,
