@@ -3,16 +3,21 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use patchmesh_node::control::{ExposureView, IntelView, Request, SiteExposureView, StatusView};
 use patchmesh_node::intel::Import;
 use patchmesh_node::inventory::{self, Inventory};
+use patchmesh_protocol::catalog::{CatalogEntry, IntelEntry, IntelSourceBrief};
+use patchmesh_protocol::ids::Millis;
 use patchmesh_protocol::intel::apt::{updates, Update};
+use patchmesh_protocol::intel::bundle::SourceInfo;
 use patchmesh_protocol::intel::bundle::{BundleReader, Header};
 use patchmesh_protocol::intel::matching::{judge, NodeIndex, Verdict};
 use patchmesh_protocol::intel::report::{assess_node, due_counts, Assessed};
 use patchmesh_protocol::intel::risk::{needs_forensic_triage, Asset, Due, Exposure};
-use patchmesh_protocol::intel::Statement;
+use patchmesh_protocol::intel::{Advisory, Statement};
 use patchmesh_protocol::limits;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// `patchmesh intel …`.
@@ -35,6 +40,21 @@ pub enum IntelCmd {
         /// due dates keep running from the fix's first appearance.
         #[arg(long)]
         previous: Option<PathBuf>,
+        /// Publish the bundle to the mesh, signed with this admin key (through the node of
+        /// --config, which never sees the key); every node then fetches it and reports its
+        /// exposure.
+        #[arg(long)]
+        admin_key: Option<PathBuf>,
+        #[command(flatten)]
+        node: crate::NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The intel bundle this node uses, its age and sources, and this node's exposure.
+    Status {
+        #[command(flatten)]
+        node: crate::NodeArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -49,19 +69,23 @@ pub enum IntelCmd {
     },
 }
 
-/// Where the assessed machine's facts come from.
+/// Where the assessed machine's facts come from: the node of --config (the bundle the mesh
+/// distributed), or, with --bundle, a bundle file read here against the machine under --root.
 #[derive(Args, Clone)]
 pub struct LocalArgs {
-    /// The intel bundle to read.
+    /// Read this bundle file here instead of asking the node (offline).
     #[arg(long)]
-    pub bundle: PathBuf,
-    /// Root of the machine to assess (its dpkg status and os-release are read under it).
+    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: crate::NodeArgs,
+    /// With --bundle: root of the machine to assess (its dpkg status and os-release are read
+    /// under it).
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
-    /// The machine's exposure (as its `exposure` admission label would say).
+    /// With --bundle: the machine's exposure (as its `exposure` admission label would say).
     #[arg(long, default_value = "internal", value_parser = ["internet", "internal", "isolated"])]
     pub exposure: String,
-    /// The machine's criticality, 1 (least) to 4.
+    /// With --bundle: the machine's criticality, 1 (least) to 4.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=4))]
     pub criticality: u8,
 }
@@ -69,6 +93,12 @@ pub struct LocalArgs {
 /// Filters of `patchmesh vulns`.
 #[derive(Args, Clone)]
 pub struct VulnFilter {
+    /// One node's findings (`self`, or this node's id) instead of the fleet.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// One site.
+    #[arg(long)]
+    pub site: Option<String>,
     /// Only findings due in this class or sooner (3d, 14d, 60d, window).
     #[arg(long, value_parser = ["3d", "14d", "60d", "window"])]
     pub due: Option<String>,
@@ -80,6 +110,69 @@ pub struct VulnFilter {
     pub min_score: f64,
 }
 
+/// One machine assessed: from a bundle file read here, or from the node.
+struct Subject {
+    bundle_id: String,
+    created_at_ms: u64,
+    release: String,
+    installed: usize,
+    findings: Vec<Assessed>,
+    updates: Vec<Update>,
+    /// Read here: the index (for `explain`).
+    index: Option<NodeIndex>,
+}
+
+impl Subject {
+    fn advisories(
+        &self,
+        cve: &str,
+        node: &crate::NodeArgs,
+    ) -> anyhow::Result<Vec<(String, Advisory)>> {
+        match &self.index {
+            Some(index) => Ok(index
+                .advisories
+                .iter()
+                .flat_map(|(s, list)| {
+                    list.iter().filter(|a| a.cve == cve).map(move |a| (s.clone(), a.clone()))
+                })
+                .collect()),
+            None => Ok(crate::call(node, Request::Advisories { cve: cve.to_string() })?),
+        }
+    }
+}
+
+fn subject(args: &LocalArgs) -> anyhow::Result<Subject> {
+    let Some(_) = &args.bundle else {
+        let v: IntelView = crate::call(&args.node, Request::Intel)?;
+        let Some(bundle_id) = v.bundle else {
+            match v.loading {
+                Some(c) => anyhow::bail!("the node is still fetching intel bundle {c}; try again shortly"),
+                None => anyhow::bail!("the mesh has no intel bundle yet: an admin publishes one with `patchmesh intel import … --admin-key`"),
+            }
+        };
+        return Ok(Subject {
+            bundle_id,
+            created_at_ms: v.bundle_created_at_ms,
+            release: v.release,
+            installed: 0,
+            findings: v.findings,
+            updates: v.updates,
+            index: None,
+        });
+    };
+    let l = load(args)?;
+    let installed = l.inventory.installed();
+    Ok(Subject {
+        findings: assess_node(&l.index, &installed, &l.asset),
+        updates: updates(&l.index, &installed),
+        bundle_id: l.bundle_id,
+        created_at_ms: l.header.created_at.0,
+        release: l.inventory.codename,
+        installed: installed.len(),
+        index: Some(l.index),
+    })
+}
+
 struct Local {
     header: Header,
     bundle_id: String,
@@ -89,6 +182,7 @@ struct Local {
 }
 
 fn load(args: &LocalArgs) -> anyhow::Result<Local> {
+    let bundle = args.bundle.as_ref().context("no --bundle")?;
     let inventory = inventory::collect(&inventory::Sources { root: &args.root })
         .with_context(|| format!("reading the inventory under {}", args.root.display()))?;
     if inventory.codename.is_empty() {
@@ -97,21 +191,18 @@ fn load(args: &LocalArgs) -> anyhow::Result<Local> {
             args.root.display()
         );
     }
-    let size = std::fs::metadata(&args.bundle)
-        .with_context(|| format!("{}", args.bundle.display()))?
-        .len();
+    let size = std::fs::metadata(bundle).with_context(|| format!("{}", bundle.display()))?.len();
     if size > limits::INTEL_BUNDLE_BYTES_MAX {
         anyhow::bail!(
             "{}: {size} bytes, over the bundle limit of {}",
-            args.bundle.display(),
+            bundle.display(),
             limits::INTEL_BUNDLE_BYTES_MAX
         );
     }
-    let bytes =
-        std::fs::read(&args.bundle).with_context(|| format!("{}", args.bundle.display()))?;
+    let bytes = std::fs::read(bundle).with_context(|| format!("{}", bundle.display()))?;
     let installed = inventory.installed();
     let index = NodeIndex::load(&bytes[..], &inventory.codename, &installed)
-        .with_context(|| format!("{}: not a readable intel bundle", args.bundle.display()))?;
+        .with_context(|| format!("{}: not a readable intel bundle", bundle.display()))?;
     let header = index.header.clone().context("bundle without header")?;
     let exposure = match args.exposure.as_str() {
         "internet" => Exposure::Internet,
@@ -143,14 +234,18 @@ fn date(ms: u64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
-fn banner(l: &Local) {
+fn banner(s: &Subject) {
+    let installed = if s.installed > 0 {
+        format!("  {} packages installed", s.installed)
+    } else {
+        String::new()
+    };
     outln!(
-        "bundle {}  built {} ({})  release {}  {} packages installed",
-        &l.bundle_id[..16],
-        date(l.header.created_at.0),
-        age(l.header.created_at.0),
-        l.inventory.codename,
-        l.inventory.installed().len()
+        "bundle {}  built {} ({})  release {}{installed}",
+        &s.bundle_id[..16.min(s.bundle_id.len())],
+        date(s.created_at_ms),
+        age(s.created_at_ms),
+        s.release,
     );
 }
 
@@ -159,10 +254,13 @@ pub fn import(
     files: &[PathBuf],
     out: &Path,
     previous: Option<&Path>,
+    admin_key: Option<&Path>,
+    node: &crate::NodeArgs,
     json: bool,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let mut imp = Import::new(patchmesh_node::clock::now_ms());
+    let created_at = patchmesh_node::clock::now_ms();
+    let mut imp = Import::new(created_at);
     if let Some(p) = previous {
         imp.previous(p)?;
     }
@@ -178,12 +276,17 @@ pub fn import(
     std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
     let bytes = std::fs::read(out)?;
     let id = hex::encode(blake3::hash(&bytes).as_bytes());
+    let published = match admin_key {
+        Some(k) => Some(publish(node, k, out, &written.sources, created_at)?),
+        None => None,
+    };
     if json {
         #[derive(Serialize)]
         struct View<'a> {
             content_id: &'a str,
             bytes: usize,
             import_ms: u128,
+            published: Option<String>,
             #[serde(flatten)]
             written: &'a patchmesh_node::intel::Written,
         }
@@ -193,6 +296,7 @@ pub fn import(
                 content_id: &id,
                 bytes: bytes.len(),
                 import_ms: started.elapsed().as_millis(),
+                published: published.clone(),
                 written: &written
             })
         );
@@ -209,6 +313,11 @@ pub fn import(
         written.index_packages,
         started.elapsed().as_millis()
     );
+    if let Some(key) = published {
+        outln!(
+            "published {key}: every node fetches it and reports its exposure (`patchmesh vulns`)"
+        );
+    }
     Ok(())
 }
 
@@ -276,11 +385,22 @@ fn fix_text(v: &Verdict) -> String {
     }
 }
 
-/// `patchmesh vulns --bundle`.
+/// `patchmesh vulns`: the fleet (from the node's view), one site, or one machine.
 pub fn vulns(args: &LocalArgs, filter: &VulnFilter, json: bool) -> anyhow::Result<()> {
-    let l = load(args)?;
-    let all = assess_node(&l.index, &l.inventory.installed(), &l.asset);
-    let shown: Vec<&Assessed> = all.iter().filter(|a| keep(a, filter)).collect();
+    if args.bundle.is_none() && filter.node_id.is_none() {
+        return fleet(&args.node, filter, json);
+    }
+    if let Some(id) = &filter.node_id {
+        let me: StatusView = crate::call(&args.node, Request::Status)?;
+        if id != "self" && *id != me.node {
+            anyhow::bail!(
+                "--node {id}: this node shows its own findings (--node self or {}); another node's are on that node (its record's summary is in `patchmesh vulns --site`)",
+                me.node
+            );
+        }
+    }
+    let s = subject(args)?;
+    let shown: Vec<&Assessed> = s.findings.iter().filter(|a| keep(a, filter)).collect();
     if json {
         #[derive(Serialize)]
         struct View<'a> {
@@ -291,62 +411,16 @@ pub fn vulns(args: &LocalArgs, filter: &VulnFilter, json: bool) -> anyhow::Resul
         outln!(
             "{}",
             crate::output::json(&View {
-                bundle: &l.bundle_id,
-                release: &l.inventory.codename,
+                bundle: &s.bundle_id,
+                release: &s.release,
                 findings: &shown
             })
         );
         return Ok(());
     }
-    banner(&l);
-    if shown.is_empty() {
-        outln!("no findings match");
-    } else {
-        outln!(
-            "{:>5} {:<14} {:<16} {:<3} {:<18} {:<24} {}",
-            "SCORE",
-            "DUE",
-            "CVE",
-            "KEV",
-            "SOURCE",
-            "INSTALLED",
-            "FIX"
-        );
-    }
-    for a in &shown {
-        let f = &a.finding;
-        let (score, due) = match a.risk.due_at {
-            _ if !f.verdict.exposed() => ("-".to_string(), "-".to_string()),
-            Some(at) => (
-                format!("{:.1}", a.risk.score),
-                format!("{} {}", a.risk.due.label(), date(at.0).get(..10).unwrap_or("")),
-            ),
-            None => (format!("{:.1}", a.risk.score), a.risk.due.label().to_string()),
-        };
-        outln!(
-            "{:>5} {:<14} {:<16} {:<3} {:<18} {:<24} {}{}",
-            score,
-            due,
-            f.cve,
-            if a.risk.inputs.kev { "yes" } else { "" },
-            f.source,
-            f.source_version,
-            fix_text(&f.verdict),
-            if f.disagreements.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "  [sources disagree: {}]",
-                    f.disagreements
-                        .iter()
-                        .map(|(o, v)| format!("{o} says {}", v.word()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        );
-    }
-    let c = due_counts(&all);
+    banner(&s);
+    findings_table(&shown);
+    let c = due_counts(&s.findings);
     outln!(
         "{} exposed findings: {} due in 3 days, {} in 14 days, {} in 60 days, {} at the next window, {} without a fix (exception needed)",
         c.total(),
@@ -359,18 +433,204 @@ pub fn vulns(args: &LocalArgs, filter: &VulnFilter, json: bool) -> anyhow::Resul
     Ok(())
 }
 
-/// `patchmesh updates --bundle`.
-pub fn updates_cmd(args: &LocalArgs, security: bool, json: bool) -> anyhow::Result<()> {
-    let l = load(args)?;
-    let list: Vec<Update> = updates(&l.index, &l.inventory.installed())
-        .into_iter()
-        .filter(|u| !security || u.security)
+fn findings_table(shown: &[&Assessed]) {
+    if shown.is_empty() {
+        outln!("no findings match");
+        return;
+    }
+    outln!(
+        "{:>5} {:<14} {:<16} {:<3} {:<18} {:<24} {}",
+        "SCORE",
+        "DUE",
+        "CVE",
+        "KEV",
+        "SOURCE",
+        "INSTALLED",
+        "FIX"
+    );
+    for a in shown {
+        let f = &a.finding;
+        let (score, due) = match a.risk.due_at {
+            _ if !f.verdict.exposed() => ("-".to_string(), "-".to_string()),
+            Some(at) => (
+                format!("{:.1}", a.risk.score),
+                format!("{} {}", a.risk.due.label(), date(at.0).get(..10).unwrap_or("")),
+            ),
+            None => (format!("{:.1}", a.risk.score), a.risk.due.label().to_string()),
+        };
+        let disagree = if f.disagreements.is_empty() {
+            String::new()
+        } else {
+            let said: Vec<String> =
+                f.disagreements.iter().map(|(o, v)| format!("{o} says {}", v.word())).collect();
+            format!("  [sources disagree: {}]", said.join(", "))
+        };
+        outln!(
+            "{:>5} {:<14} {:<16} {:<3} {:<18} {:<24} {}{disagree}",
+            score,
+            due,
+            f.cve,
+            if a.risk.inputs.kev { "yes" } else { "" },
+            f.source,
+            f.source_version,
+            fix_text(&f.verdict),
+        );
+    }
+}
+
+/// One CVE across the sites a node sees.
+#[derive(Serialize)]
+struct FleetRow {
+    cve: String,
+    nodes: u32,
+    sites: BTreeMap<String, u32>,
+    score: f64,
+    due: Due,
+    fixed_version: Option<String>,
+    kev: bool,
+}
+
+fn fleet(node: &crate::NodeArgs, filter: &VulnFilter, json: bool) -> anyhow::Result<()> {
+    let v: ExposureView = crate::call(node, Request::Exposure)?;
+    let sites: Vec<&SiteExposureView> =
+        v.sites.iter().filter(|s| filter.site.as_ref().is_none_or(|f| *f == s.site)).collect();
+    if let Some(f) = &filter.site {
+        if sites.is_empty() {
+            anyhow::bail!(
+                "no site {f} in this node's view (sites: {})",
+                v.sites.iter().map(|s| s.site.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut rows: BTreeMap<String, FleetRow> = BTreeMap::new();
+    for s in &sites {
+        for c in &s.exposure.top {
+            let r = rows.entry(c.cve.clone()).or_insert_with(|| FleetRow {
+                cve: c.cve.clone(),
+                nodes: 0,
+                sites: BTreeMap::new(),
+                score: 0.0,
+                due: c.due,
+                fixed_version: None,
+                kev: false,
+            });
+            r.nodes += c.nodes;
+            r.sites.insert(s.site.clone(), c.nodes);
+            r.score = r.score.max(f64::from(c.score_tenths) / 10.0);
+            r.due = r.due.min(c.due);
+            r.kev |= c.kev;
+            if c.fixed_version.is_some() && r.fixed_version.is_none() {
+                r.fixed_version = c.fixed_version.clone();
+            }
+        }
+    }
+    let due_limit = filter.due.as_deref().and_then(Due::parse);
+    let mut list: Vec<FleetRow> = rows
+        .into_values()
+        .filter(|r| {
+            due_limit.is_none_or(|d| r.due <= d)
+                && (!filter.kev || r.kev)
+                && r.score >= filter.min_score
+        })
         .collect();
+    list.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.due.cmp(&b.due))
+            .then(b.nodes.cmp(&a.nodes))
+            .then(a.cve.cmp(&b.cve))
+    });
+    if json {
+        #[derive(Serialize)]
+        struct View<'a> {
+            bundle: &'a Option<String>,
+            sites: &'a [&'a SiteExposureView],
+            cves: &'a [FleetRow],
+        }
+        outln!("{}", crate::output::json(&View { bundle: &v.bundle, sites: &sites, cves: &list }));
+        return Ok(());
+    }
+    match &v.bundle {
+        Some(b) => outln!("bundle {}  built {} ({})", &b[..16], date(v.bundle_created_at_ms), age(v.bundle_created_at_ms)),
+        None => outln!("the mesh has no intel bundle yet: an admin publishes one with `patchmesh intel import … --admin-key`"),
+    }
+    outln!(
+        "{:<16} {:>7} {:>9} {:>4} {:>4} {:>4} {:>6} {:>9} {:>4}",
+        "SITE",
+        "MEMBERS",
+        "ON BUNDLE",
+        "3D",
+        "14D",
+        "60D",
+        "WINDOW",
+        "EXCEPTION",
+        "KEV"
+    );
+    for s in &sites {
+        let on = v
+            .bundle
+            .as_ref()
+            .and_then(|b| s.exposure.bundles.iter().find(|(c, _)| c.to_string() == *b))
+            .map_or(0, |(_, (_, n))| *n);
+        let c = &s.exposure.counts;
+        outln!(
+            "{:<16} {:>7} {:>9} {:>4} {:>4} {:>4} {:>6} {:>9} {:>4}",
+            s.site,
+            s.members,
+            on,
+            c.days3,
+            c.days14,
+            c.days60,
+            c.window,
+            c.exception,
+            s.exposure.kev
+        );
+    }
+    outln!("");
+    if list.is_empty() {
+        outln!("no CVEs match");
+        return Ok(());
+    }
+    outln!(
+        "{:>5} {:<9} {:<16} {:<3} {:>5}  {:<30} {}",
+        "SCORE",
+        "DUE",
+        "CVE",
+        "KEV",
+        "NODES",
+        "BY SITE",
+        "FIX"
+    );
+    for r in &list {
+        let by_site: Vec<String> = r.sites.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        outln!(
+            "{:>5.1} {:<9} {:<16} {:<3} {:>5}  {:<30} {}",
+            r.score,
+            r.due.label(),
+            r.cve,
+            if r.kev { "yes" } else { "" },
+            r.nodes,
+            by_site.join(", "),
+            r.fixed_version.as_deref().unwrap_or("none yet")
+        );
+    }
+    outln!(
+        "(each site summary lists its {} highest-ranked CVEs, counted over its members' {} highest findings each; `--node self` on any node shows all of its own)",
+        patchmesh_protocol::limits::EXPOSURE_TOP_PER_SITE_MAX,
+        patchmesh_protocol::limits::EXPOSURE_TOP_PER_RECORD_MAX
+    );
+    Ok(())
+}
+
+/// `patchmesh updates`.
+pub fn updates_cmd(args: &LocalArgs, security: bool, json: bool) -> anyhow::Result<()> {
+    let s = subject(args)?;
+    let list: Vec<&Update> = s.updates.iter().filter(|u| !security || u.security).collect();
     if json {
         outln!("{}", crate::output::json(&list));
         return Ok(());
     }
-    banner(&l);
+    banner(&s);
     outln!("{:<32} {:<7} {:<28} {:<28} {}", "PACKAGE", "ARCH", "INSTALLED", "CANDIDATE", "FROM");
     for u in &list {
         outln!(
@@ -391,32 +651,46 @@ pub fn updates_cmd(args: &LocalArgs, security: bool, json: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// `patchmesh explain CVE --bundle`.
+/// `patchmesh explain CVE`.
 pub fn explain(cve: &str, args: &LocalArgs, json: bool) -> anyhow::Result<()> {
-    let l = load(args)?;
-    let all = assess_node(&l.index, &l.inventory.installed(), &l.asset);
-    let found: Vec<&Assessed> = all.iter().filter(|a| a.finding.cve == cve).collect();
+    let s = subject(args)?;
+    let found: Vec<&Assessed> = s.findings.iter().filter(|a| a.finding.cve == cve).collect();
+    let advisories = s.advisories(cve, &args.node)?;
     if json {
-        outln!("{}", crate::output::json(&found));
+        #[derive(Serialize)]
+        struct View<'a> {
+            bundle: &'a str,
+            release: &'a str,
+            advisories: &'a [(String, Advisory)],
+            findings: &'a [&'a Assessed],
+        }
+        outln!(
+            "{}",
+            crate::output::json(&View {
+                bundle: &s.bundle_id,
+                release: &s.release,
+                advisories: &advisories,
+                findings: &found
+            })
+        );
         return Ok(());
     }
-    banner(&l);
+    banner(&s);
     if found.is_empty() {
-        let named = l.index.advisories.values().flatten().any(|a| a.cve == cve);
-        if named {
-            outln!("{cve}: the bundle has advisories for installed source packages, and none leaves this machine exposed (fixed or not affected)");
+        if advisories.is_empty() {
+            outln!("{cve}: no advisory in this bundle names a source package installed here for release {}", s.release);
         } else {
-            outln!("{cve}: no advisory in this bundle names a source package installed here for release {}", l.inventory.codename);
+            outln!("{cve}: the bundle has advisories for installed source packages, and none leaves this machine exposed (fixed or not affected)");
         }
         return Ok(());
     }
     for a in found {
-        explain_one(&l, a);
+        explain_one(&s, &advisories, a);
     }
     Ok(())
 }
 
-fn explain_one(l: &Local, a: &Assessed) {
+fn explain_one(s: &Subject, advisories: &[(String, Advisory)], a: &Assessed) {
     let f = &a.finding;
     outln!("");
     outln!(
@@ -431,7 +705,7 @@ fn explain_one(l: &Local, a: &Assessed) {
             outln!("  {}", info.description);
         }
     }
-    for adv in l.index.advisories.get(&f.source).into_iter().flatten().filter(|x| x.cve == f.cve) {
+    for (_, adv) in advisories.iter().filter(|(src, _)| *src == f.source) {
         let v = judge(&adv.statement, &f.source_version);
         let how = match &adv.statement {
             Statement::Tracker { status, fixed_version, urgency, nodsa, fixed_in_security } => {
@@ -455,7 +729,7 @@ fn explain_one(l: &Local, a: &Assessed) {
                 format!("range {}{listed}", ranges.join(" | "))
             }
         };
-        outln!("  {} for {}: {how}", adv.origin, l.index.release);
+        outln!("  {} for {}: {how}", adv.origin, s.release);
         let cmp = match &v {
             Verdict::Affected { fixed_version, .. } => {
                 format!("installed {} < fixed {} (dpkg order)", f.source_version, fixed_version)
@@ -474,7 +748,7 @@ fn explain_one(l: &Local, a: &Assessed) {
             f.origin,
             f.verdict.word()
         );
-        outln!("  bundle {} built {}", &l.bundle_id[..16], date(l.header.created_at.0));
+        outln!("  bundle {} built {}", &s.bundle_id[..16], date(s.created_at_ms));
         return;
     }
     outln!(
@@ -484,7 +758,7 @@ fn explain_one(l: &Local, a: &Assessed) {
         r.inputs.kev,
         r.inputs.automatable,
         r.inputs.total_impact,
-        r.due_at.map(|d| format!(", by {} (fix first seen {})", date(d.0), f.fix_seen_at.map(|s| date(s.0)).unwrap_or_default())).unwrap_or_default(),
+        r.due_at.map(|d| format!(", by {} (fix first seen {})", date(d.0), f.fix_seen_at.map(|x| date(x.0)).unwrap_or_default())).unwrap_or_default(),
         if needs_forensic_triage(r.inputs) { "; the directive also asks for forensic triage" } else { "" }
     );
     outln!(
@@ -497,5 +771,63 @@ fn explain_one(l: &Local, a: &Assessed) {
         r.asset.0,
         r.asset.1
     );
-    outln!("  bundle {} built {}", &l.bundle_id[..16], date(l.header.created_at.0));
+    outln!("  bundle {} built {}", &s.bundle_id[..16], date(s.created_at_ms));
+}
+
+/// `patchmesh intel status`.
+pub fn status(node: &crate::NodeArgs, json: bool) -> anyhow::Result<()> {
+    let v: IntelView = crate::call(node, Request::Intel)?;
+    if json {
+        outln!("{}", crate::output::json(&v));
+        return Ok(());
+    }
+    match &v.bundle {
+        None => outln!(
+            "no intel bundle in use{}",
+            v.loading.as_deref().map(|c| format!(" (fetching {c})")).unwrap_or_default()
+        ),
+        Some(b) => {
+            outln!("bundle    {b}");
+            outln!("built     {} ({})", date(v.bundle_created_at_ms), age(v.bundle_created_at_ms));
+            outln!("release   {}", v.release);
+            outln!("assessed  {}", date(v.assessed_at_ms));
+            if let Some(c) = &v.loading {
+                outln!("fetching  {c} (newer)");
+            }
+            let c = due_counts(&v.findings);
+            outln!("exposed   {} findings (3d {}, 14d {}, 60d {}, window {}, exception {}); {} updates available", c.total(), c.days3, c.days14, c.days60, c.window, c.exception, v.updates.len());
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a bundle file: imports it into the node's content store and signs the catalog
+/// entry with the admin key here.
+fn publish(
+    node: &crate::NodeArgs,
+    admin_key: &Path,
+    bundle: &Path,
+    sources: &[SourceInfo],
+    created_at: Millis,
+) -> anyhow::Result<String> {
+    let (content_id, size_bytes) = crate::import(node, bundle)?;
+    let entry = CatalogEntry::Intel(IntelEntry {
+        content_id,
+        size_bytes,
+        created_at,
+        sources: sources
+            .iter()
+            .map(|s| IntelSourceBrief {
+                kind: s.kind,
+                name: s.name.chars().take(patchmesh_protocol::limits::TEXT_BYTES_MAX).collect(),
+                blake3: s.blake3,
+                date: s.date.clone(),
+                records: s.records,
+                skipped: s.skipped.values().sum(),
+            })
+            .collect(),
+    });
+    let key = entry.key();
+    crate::publish(node, admin_key, vec![(key.clone(), Some(entry))])?;
+    Ok(key)
 }

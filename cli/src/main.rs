@@ -410,9 +410,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init(&mesh, &dir, approval, json)
         }
         Cmd::Admin(cmd) => admin(cmd),
-        Cmd::Intel(intel::IntelCmd::Import { files, out, previous, json }) => {
-            intel::import(&files, &out, previous.as_deref(), json)
+        Cmd::Intel(intel::IntelCmd::Import { files, out, previous, admin_key, node, json }) => {
+            intel::import(&files, &out, previous.as_deref(), admin_key.as_deref(), &node, json)
         }
+        Cmd::Intel(intel::IntelCmd::Status { node, json }) => intel::status(&node, json),
         Cmd::Intel(intel::IntelCmd::Show { bundle, json }) => intel::show(&bundle, json),
         Cmd::Vulns { local, filter, json } => intel::vulns(&local, &filter, json),
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),

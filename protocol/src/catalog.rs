@@ -3,7 +3,7 @@
 //!
 //! ## Shape
 //! The document is one flat root map from keys (`patch/<content id>`, `rollout/<id>`,
-//! `command/<id>`) to byte values holding the canonical encoding of a [`CatalogEntry`]. A flat
+//! `command/<id>`, `intel/<content id>`) to byte values holding the canonical encoding of a [`CatalogEntry`]. A flat
 //! map of immutable-ish entries avoids automerge's classic pitfall of two admins concurrently
 //! creating the same nested map (where one map would hide the other's entries).
 //!
@@ -97,6 +97,53 @@ pub struct PatchEntry {
     pub executor: ExecutorSpec,
 }
 
+/// One input of an intel bundle, as the catalog names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntelSourceBrief {
+    /// Its kind.
+    pub kind: crate::intel::bundle::SourceKind,
+    /// File name.
+    pub name: String,
+    /// BLAKE3 of the file.
+    pub blake3: [u8; 32],
+    /// The date the source states for itself.
+    pub date: Option<String>,
+    /// Records kept.
+    pub records: u64,
+    /// Records skipped.
+    pub skipped: u64,
+}
+
+/// An intel bundle: vulnerability data every node matches against its own inventory. The
+/// newest (by `created_at`, then content id) is the one nodes use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntelEntry {
+    /// BLAKE3 of the bundle.
+    pub content_id: ContentId,
+    /// Its exact size (at most [`limits::INTEL_BUNDLE_BYTES_MAX`]).
+    pub size_bytes: u64,
+    /// When the admin built it.
+    pub created_at: Millis,
+    /// Its inputs.
+    pub sources: Vec<IntelSourceBrief>,
+}
+
+/// The intel bundle nodes use: the newest within the size limit whose key names its content.
+pub fn newest_intel(entries: &BTreeMap<String, CatalogEntry>) -> Option<&IntelEntry> {
+    entries
+        .iter()
+        .filter_map(|(key, e)| match e {
+            CatalogEntry::Intel(i)
+                if i.size_bytes <= limits::INTEL_BUNDLE_BYTES_MAX
+                    && *key == format!("intel/{}", i.content_id) =>
+            {
+                Some(i)
+            }
+            _ => None,
+        })
+        .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.content_id.cmp(&b.content_id)))
+}
+
 pub use crate::rollout::policy::{
     AdminCommand, CommandAction, Gate, Override, RingSpec, RolloutEntry, Selector, Window,
 };
@@ -110,6 +157,8 @@ pub enum CatalogEntry {
     Rollout(RolloutEntry),
     /// An admin command.
     Command(AdminCommand),
+    /// An intel bundle.
+    Intel(IntelEntry),
 }
 
 impl CatalogEntry {
@@ -118,6 +167,7 @@ impl CatalogEntry {
         match self {
             CatalogEntry::Patch(p) => format!("patch/{}", p.content_id),
             CatalogEntry::Rollout(r) => format!("rollout/{}", r.id),
+            CatalogEntry::Intel(i) => format!("intel/{}", i.content_id),
             CatalogEntry::Command(c) => {
                 // 128 bits of the command's hash: unique among admin-issued commands and half
                 // the bytes on the wire of a full hash.

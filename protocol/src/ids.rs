@@ -9,7 +9,12 @@ macro_rules! hash_id {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
         pub struct $name(pub [u8; 32]);
+        hash_id_methods!($name);
+    };
+}
 
+macro_rules! hash_id_methods {
+    ($name:ident) => {
         impl $name {
             /// The id as lowercase hex.
             pub fn to_hex(&self) -> String {
@@ -50,10 +55,33 @@ hash_id!(
     /// An admin or root public key.
     KeyId
 );
-hash_id!(
-    /// BLAKE3 of a patch payload: the value `b3sum` prints.
-    ContentId
-);
+/// BLAKE3 of a payload (a patch or an intel bundle): the value `b3sum` prints. In
+/// human-readable formats (JSON views) it is that hex string; on the wire, 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ContentId(pub [u8; 32]);
+hash_id_methods!(ContentId);
+
+impl Serialize for ContentId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ContentId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            ContentId::from_hex(&s)
+                .ok_or_else(|| serde::de::Error::custom("a content id is 64 hex digits"))
+        } else {
+            <[u8; 32]>::deserialize(d).map(ContentId)
+        }
+    }
+}
 hash_id!(
     /// A mesh: BLAKE3 of the genesis' canonical encoding.
     MeshId

@@ -131,3 +131,11 @@ pub const INTEL_RECORD_BYTES_MAX: u64 = 64 << 20;
 pub const INTEL_DESCRIPTION_BYTES_MAX: usize = 240;
 /// Files one OSV directory or zip may hold.
 pub const INTEL_OSV_FILES_MAX: usize = 1_000_000;
+/// Top findings one node record carries in its exposure summary.
+pub const EXPOSURE_TOP_PER_RECORD_MAX: usize = 16;
+/// Top CVEs one site summary carries.
+pub const EXPOSURE_TOP_PER_SITE_MAX: usize = 32;
+/// Distinct intel bundles one site summary counts nodes on.
+pub const EXPOSURE_BUNDLES_PER_SITE_MAX: usize = 8;
+/// Bytes of a CVE id, a source package name or a version inside an exposure summary.
+pub const EXPOSURE_FIELD_BYTES_MAX: usize = 128;

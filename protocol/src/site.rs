@@ -97,6 +97,8 @@ pub struct NodeRecord {
     pub inventory: InventorySummary,
     /// Standing per rollout.
     pub rollouts: BTreeMap<RolloutId, Standing>,
+    /// Exposure to known vulnerabilities, once the node has an intel bundle.
+    pub exposure: Option<crate::intel::report::ExposureSummary>,
 }
 
 /// What a piece of evidence reports.
@@ -156,6 +158,8 @@ pub struct SiteSummary {
     pub counts: Counts,
     /// Evidence reports per (rollout, kind).
     pub evidence: BTreeMap<(RolloutId, EvidenceKind), u32>,
+    /// The members' exposure to known vulnerabilities.
+    pub exposure: crate::intel::report::SiteExposure,
 }
 
 impl SiteSummary {
@@ -452,7 +456,8 @@ pub fn verify_record(
     if record.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: record.mesh }.into());
     }
-    if record.rollouts.len() > limits::ROLLOUT_STATUS_PER_RECORD_MAX
+    if record.exposure.as_ref().is_some_and(|e| !e.within_limits())
+        || record.rollouts.len() > limits::ROLLOUT_STATUS_PER_RECORD_MAX
         || record.inventory.os.len() > limits::TEXT_BYTES_MAX
         || record.inventory.kernel.len() > limits::TEXT_BYTES_MAX
     {
@@ -518,7 +523,9 @@ pub fn verify_summary(
     if summary.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: summary.mesh }.into());
     }
-    if summary.counts.len() + summary.evidence.len() > limits::SUMMARY_COUNTERS_MAX {
+    if summary.counts.len() + summary.evidence.len() > limits::SUMMARY_COUNTERS_MAX
+        || !summary.exposure.within_limits()
+    {
         return Err(SiteError::Invalid("too many summary counters"));
     }
     bundle.authorize(checked, summary.author, &summary.site, trust, now)?;
@@ -781,6 +788,9 @@ impl SiteState {
             evidence_root,
             counts,
             evidence,
+            exposure: crate::intel::report::site_exposure(
+                self.records.values().filter_map(|r| r.record().exposure.as_ref()),
+            ),
         }
     }
 
@@ -805,6 +815,9 @@ impl SiteState {
         }
         if mine.version_sum != summary.version_sum {
             return mismatch("version sum");
+        }
+        if mine.exposure != summary.exposure {
+            return mismatch("exposure");
         }
         Ok(())
     }

@@ -3,12 +3,13 @@
 //! matching on every hard case, risk and due classes, `explain`, bad input, and parity of
 //! `patchmesh updates` with `apt list --upgradable` on this machine.
 
-use patchmesh_tests::{cli, cli_json, TempDir};
+use patchmesh_tests::{cli, cli_json, serial, wait_for, Mesh, TempDir};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const STATUS: &str = "\
 Package: bsdutils
@@ -137,16 +138,20 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-fn fixture(tag: &str) -> Fixture {
-    let dir = TempDir::new(tag);
-    let root = dir.0.join("root");
-    write(&root.join("var/lib/dpkg/status"), STATUS.as_bytes());
+/// A machine root: a dpkg status database and an os-release naming bookworm.
+fn machine(root: &Path, status: &str) {
+    write(&root.join("var/lib/dpkg/status"), status.as_bytes());
     write(
         &root.join("etc/os-release"),
         b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n",
     );
-    write(&dir.0.join("tracker.json"), tracker().to_string().as_bytes());
-    let osv_dir = dir.0.join("osv");
+}
+
+/// The import inputs in the real formats: tracker JSON, an OSV directory, the real KEV
+/// catalog and a gzipped EPSS file.
+fn inputs(dir: &Path) -> Vec<String> {
+    write(&dir.join("tracker.json"), tracker().to_string().as_bytes());
+    let osv_dir = dir.join("osv");
     let sev = |v: &str| json!({"severity": [{"type": "CVSS_V3", "score": v}]});
     let records = [
         osv(
@@ -199,35 +204,27 @@ fn fixture(tag: &str) -> Fixture {
             r.to_string().as_bytes(),
         );
     }
-    let gz = gzip(b"#model_version:v2025.03.14,score_date:2026-11-28T00:00:00+0000\ncve,epss,percentile\nCVE-2024-2398,0.00150,0.51\nCVE-2024-6387,0.91000,0.99\nCVE-1999-0001,nonsense,0.1\n");
-    let epss = dir.0.join("epss_scores-2026-11-28.csv.gz");
-    std::fs::File::create(&epss).unwrap().write_all(&gz).unwrap();
-    let kev = shared_kev();
-    let bundle = dir.0.join("intel.pmi");
-    let out = cli(&[
-        "intel",
-        "import",
-        dir.0.join("tracker.json").to_str().unwrap(),
-        osv_dir.to_str().unwrap(),
-        kev.to_str().unwrap(),
-        epss.to_str().unwrap(),
-        "--out",
-        bundle.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
-    Fixture { root, bundle: bundle.display().to_string(), dir }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"#model_version:v2025.03.14,score_date:2026-11-28T00:00:00+0000\ncve,epss,percentile\nCVE-2024-2398,0.00150,0.51\nCVE-2024-6387,0.91000,0.99\nCVE-1999-0001,nonsense,0.1\n").unwrap();
+    let epss = dir.join("epss_scores-2026-11-28.csv.gz");
+    write(&epss, &gz.finish().unwrap());
+    [dir.join("tracker.json"), osv_dir, shared_kev(), epss]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    // gzip via the system tool keeps this test crate free of a compression dependency.
-    let mut child = Command::new("gzip")
-        .arg("-c")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("gzip");
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    child.wait_with_output().unwrap().stdout
+fn fixture(tag: &str) -> Fixture {
+    let dir = TempDir::new(tag);
+    let root = dir.0.join("root");
+    machine(&root, STATUS);
+    let bundle = dir.0.join("intel.pmi");
+    let mut args = vec!["intel".to_string(), "import".into()];
+    args.extend(inputs(&dir.0));
+    args.extend(["--out".into(), bundle.display().to_string()]);
+    let out = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    Fixture { root, bundle: bundle.display().to_string(), dir }
 }
 
 /// The real CISA KEV catalog from the shared reference data.
@@ -310,7 +307,7 @@ fn debian_matching_gets_every_hard_case_right() {
     // No fix: exception needed; unimportant ranks last among exposed findings.
     assert_eq!(by("CVE-2024-0002")["risk"]["due"], "ExceptionNeeded");
     let exposed: Vec<&Value> =
-        found.iter().filter(|a| !a["finding"]["verdict"].get("Fixed").is_some()).collect();
+        found.iter().filter(|a| a["finding"]["verdict"].get("Fixed").is_none()).collect();
     assert_eq!(exposed.last().unwrap()["finding"]["cve"], "CVE-2024-0003");
     // Internal by default: the same openssh finding is due in 60 days (row 13).
     let internal = vulns(&f, &[]);
@@ -445,4 +442,86 @@ fn updates_name_exactly_what_apt_list_upgradable_names() {
         .collect();
     println!("compared {} upgradable packages with apt", apt.len());
     assert_eq!(ours, apt);
+}
+
+#[test]
+fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
+    let _serial = serial();
+    let mut mesh = Mesh::new("intel-mesh", 4, 2);
+    // Node 2 already runs the fixed openssh; the others do not.
+    let patched = STATUS.replace("1:9.2p1-2+deb12u2", "1:9.2p1-2+deb12u3");
+    for i in 0..4 {
+        let root = mesh.root.0.join(format!("machine{i}"));
+        machine(&root, if i == 2 { &patched } else { STATUS });
+        mesh.node_config.insert(i, format!("inventory_root = \"{}\"\n", root.display()));
+    }
+    mesh.start_all();
+    let files = inputs(&mesh.root.0.join("inputs"));
+    let bundle = mesh.root.0.join("intel.pmi").display().to_string();
+    let admin = mesh.admin_key();
+    // A node key is no admin key: refused, and nothing is published.
+    let not_admin = mesh.nodes[1].dir.join("node.key").display().to_string();
+    let mut args: Vec<&str> = vec!["intel", "import"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--out", &bundle, "--admin-key", &not_admin]);
+    let out = mesh.cli_at(0, &args);
+    assert!(!out.status.success(), "a non-admin key published a bundle");
+    args.truncate(args.len() - 2);
+    args.extend(["--admin-key", &admin, "--json"]);
+    let out = mesh.cli_at(0, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let content = imported["content_id"].as_str().unwrap().to_string();
+    // Every node fetches it, assesses itself and signs its exposure into its record.
+    for i in 0..4 {
+        let status = wait_for(Duration::from_secs(60), || {
+            let out = mesh.cli_at(i, &["intel", "status", "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["bundle"] == content.as_str() && v["summary"].is_object()).then_some(v)
+        })
+        .unwrap_or_else(|| panic!("node {i} never used the bundle:\n{}", mesh.log(i)));
+        let exposed = status["findings"].as_array().unwrap().iter().any(|a| {
+            a["finding"]["cve"] == "CVE-2024-6387"
+                && a["finding"]["verdict"].get("Affected").is_some()
+        });
+        assert_eq!(exposed, i != 2, "node {i}");
+        assert_eq!(status["summary"]["bundle"], content.as_str());
+    }
+    let catalog: Value =
+        serde_json::from_slice(&mesh.cli_at(3, &["catalog", "show", "--json"]).stdout).unwrap();
+    let intel_entries: Vec<&Value> = catalog["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["key"].as_str().is_some_and(|k| k.starts_with("intel/")))
+        .collect();
+    assert_eq!(intel_entries.len(), 1, "only the admin's entry exists");
+    // The fleet view at node 0: its own site from records, the other from its summary.
+    let row = wait_for(Duration::from_secs(60), || {
+        let out = mesh.cli_at(0, &["vulns", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let row = v["cves"].as_array()?.iter().find(|r| r["cve"] == "CVE-2024-6387")?.clone();
+        (row["nodes"] == 3).then_some(row)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the fleet view never counted 3 exposed nodes: {}",
+            String::from_utf8_lossy(&mesh.cli_at(0, &["vulns", "--json"]).stdout)
+        )
+    });
+    assert_eq!(row["sites"], json!({"site0": 1, "site1": 2}));
+    assert_eq!(row["fixed_version"], "1:9.2p1-2+deb12u3");
+    // A node's own findings, through the node.
+    let own: Value =
+        serde_json::from_slice(&mesh.cli_at(2, &["vulns", "--node-id", "self", "--json"]).stdout)
+            .unwrap();
+    assert!(!own["findings"].as_array().unwrap().is_empty());
+    assert!(own["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["finding"]["cve"] != "CVE-2024-6387"));
+    let text =
+        String::from_utf8_lossy(&mesh.cli_at(0, &["explain", "CVE-2024-6387"]).stdout).to_string();
+    assert!(text.contains("installed 1:9.2p1-2+deb12u2 < fixed 1:9.2p1-2+deb12u3"), "{text}");
 }

@@ -38,6 +38,16 @@ pub enum Request {
         /// Node id (hex), or none for this node.
         node: Option<String>,
     },
+    /// This node's findings against the intel bundle in use, and its available updates.
+    Intel,
+    /// The fleet's exposure as this node sees it: its site's records and every site summary.
+    Exposure,
+    /// What the intel bundle in use says about one CVE for this node's release: every
+    /// advisory on an installed source package, as (source, advisory).
+    Advisories {
+        /// The CVE id.
+        cve: String,
+    },
     /// The catalog entries.
     Catalog,
     /// The current admin set (and genesis), for building the next one.

@@ -162,6 +162,17 @@ pub enum CatalogEntryView {
         /// Admin key id.
         admin: String,
     },
+    /// An intel bundle.
+    Intel {
+        /// Bundle content id (hex).
+        content_id: String,
+        /// Signed size.
+        size_bytes: u64,
+        /// When the admin built it (ms since the epoch).
+        created_at_ms: u64,
+        /// Its input files.
+        sources: Vec<String>,
+    },
 }
 
 /// A ring's name and cumulative percent.
@@ -308,6 +319,49 @@ pub struct GcView {
     pub removed: Vec<ContentBrief>,
     /// Only said what would go.
     pub dry_run: bool,
+}
+
+/// `Request::Intel`: this node against the intel bundle in use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntelView {
+    /// The bundle in use (content id), if any.
+    pub bundle: Option<String>,
+    /// When it was built.
+    pub bundle_created_at_ms: u64,
+    /// This node's release codename.
+    pub release: String,
+    /// When the findings were last computed.
+    pub assessed_at_ms: u64,
+    /// Findings, ranked.
+    pub findings: Vec<patchmesh_protocol::intel::report::Assessed>,
+    /// Available updates.
+    pub updates: Vec<patchmesh_protocol::intel::apt::Update>,
+    /// The exposure summary this node's signed record carries.
+    pub summary: Option<patchmesh_protocol::intel::report::ExposureSummary>,
+    /// A newer bundle being fetched or read.
+    pub loading: Option<String>,
+}
+
+/// One site in `Request::Exposure`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteExposureView {
+    /// The site.
+    pub site: String,
+    /// Members (records behind the summary).
+    pub members: u32,
+    /// Its exposure.
+    pub exposure: patchmesh_protocol::intel::report::SiteExposure,
+}
+
+/// `Request::Exposure`: the fleet's exposure as this node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExposureView {
+    /// The catalog's newest intel bundle, if any.
+    pub bundle: Option<String>,
+    /// When it was built.
+    pub bundle_created_at_ms: u64,
+    /// Per site (this node's own site computed from its members' records).
+    pub sites: Vec<SiteExposureView>,
 }
 
 /// `Request::Inventory`.

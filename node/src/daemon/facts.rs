@@ -35,6 +35,7 @@ impl Daemon {
             );
             self.input(Input::Command(Command::UpdateRecord { inventory: summary }));
             self.set_facts();
+            self.check_intel(true);
         }
     }
 

@@ -19,6 +19,7 @@
 
 mod facts;
 mod install;
+mod intel;
 mod payload;
 mod requests;
 mod swarm;
@@ -103,6 +104,11 @@ struct Daemon {
     sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
     /// Set when the node must stop (a store write failed); the main loop returns it.
     fatal: Option<String>,
+    /// The intel bundle in use and this machine's findings.
+    intel: Option<intel::IntelState>,
+    /// The bundle being fetched or read.
+    intel_loading: Option<patchmesh_protocol::ids::ContentId>,
+    intel_tx: mpsc::Sender<intel::Loaded>,
 }
 
 /// Opens and loads the store; returns it, what it held, and the record floor it kept.
@@ -224,6 +230,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     crate::clock::set_offset_ms(cfg.clock_offset_ms);
     let now = now_ms();
     let (effects_tx, effects_rx) = install::channel();
+    let (intel_tx, intel_rx) = intel::channel();
     let mut node = Node::new(
         core::Config {
             key: key.clone(),
@@ -309,6 +316,9 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         rollout_stopped: BTreeMap::new(),
         sent_by_kind: BTreeMap::new(),
         fatal: None,
+        intel: None,
+        intel_loading: None,
+        intel_tx,
     };
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // Start the core, then give it the real inventory if its record does not carry it yet.
@@ -318,7 +328,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     if held.as_ref() != Some(&summary) {
         d.input(Input::Command(Command::UpdateRecord { inventory: summary }));
     }
-    Ok((d, Inbox { ctl_rx, from_transfers, effects_rx, socket }))
+    Ok((d, Inbox { ctl_rx, from_transfers, effects_rx, intel_rx, socket }))
 }
 
 pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
@@ -334,6 +344,7 @@ struct Inbox {
     ctl_rx: mpsc::Receiver<(Request, Reply)>,
     from_transfers: mpsc::Receiver<ToDaemon>,
     effects_rx: mpsc::Receiver<patchmesh_protocol::rollout::EffectResult>,
+    intel_rx: mpsc::Receiver<intel::Loaded>,
     socket: std::path::PathBuf,
 }
 
@@ -362,6 +373,7 @@ impl Daemon {
                 Some((req, reply)) = inbox.ctl_rx.recv() => d.on_control(req, reply),
                 Some(cmd) = inbox.from_transfers.recv() => d.on_transfer(cmd),
                 Some(result) = inbox.effects_rx.recv() => d.on_effect_done(result),
+                Some(loaded) = inbox.intel_rx.recv() => d.on_intel_loaded(loaded),
                 _ = inventory_tick.tick() => d.refresh_inventory(),
                 _ = site_tick.tick() => d.connect_site(),
                 _ = tokio::signal::ctrl_c() => break,

@@ -60,6 +60,7 @@ impl Daemon {
     /// After a catalog change: fetch new payloads (when prefetching) and collect unreferenced
     /// ones.
     pub(super) fn on_catalog(&mut self) {
+        self.check_intel(false);
         let payloads = self.catalog_payloads();
         if self.cfg.prefetch {
             for (content, size) in &payloads {
@@ -75,6 +76,7 @@ impl Daemon {
     fn gc_keep(&self) -> BTreeSet<ContentId> {
         let mut keep: BTreeSet<ContentId> = self.catalog_payloads().into_keys().collect();
         keep.extend(self.node.rollouts().journal().values().map(|e| e.content_id));
+        keep.extend(self.intel_content());
         keep
     }
 

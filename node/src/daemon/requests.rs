@@ -103,6 +103,9 @@ impl Daemon {
             Request::Status => control::ok_view(&self.status()),
             Request::Peers => control::ok_view(&self.peers_view()),
             Request::Catalog => control::ok_view(&self.catalog_view()),
+            Request::Intel => control::ok_view(&self.intel_view()),
+            Request::Exposure => control::ok_view(&self.exposure_view()),
+            Request::Advisories { cve } => control::ok_view(&self.advisories_of(&cve)),
             Request::Inventory { node: None } => control::ok_view(&control::InventoryView {
                 node: self.node.id().to_string(),
                 verified_against_signed_record: true,
@@ -313,6 +316,12 @@ impl Daemon {
                         rollout: c.rollout.to_string(),
                         action: format!("{:?}", c.action).to_lowercase(),
                         admin: c.admin.to_string(),
+                    },
+                    CatalogEntry::Intel(i) => E::Intel {
+                        content_id: i.content_id.to_string(),
+                        size_bytes: i.size_bytes,
+                        created_at_ms: i.created_at.0,
+                        sources: i.sources.iter().map(|s| s.name.clone()).collect(),
                     },
                 };
                 control::CatalogItemView { key, entry }

@@ -3,6 +3,8 @@
 use super::matching::{match_node, match_source, Finding, NodeIndex, Verdict};
 use super::risk::{assess, Asset, Due, Risk};
 use super::{CveInfo, Installed};
+use crate::ids::{ContentId, Millis};
+use crate::limits;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,6 +90,208 @@ pub fn due_counts(list: &[Assessed]) -> DueCounts {
         c.add(a.risk.due);
     }
     c
+}
+
+/// One of a node's highest-ranked findings, as its record carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopFinding {
+    /// The CVE.
+    pub cve: String,
+    /// The source package.
+    pub source: String,
+    /// Score × 10 (0–1000).
+    pub score_tenths: u16,
+    /// The due class.
+    pub due: Due,
+    /// The fixing version, when there is one.
+    pub fixed_version: Option<String>,
+    /// In the KEV catalog.
+    pub kev: bool,
+}
+
+/// What a node's signed record says about its exposure: counts, the highest-ranked findings
+/// and a digest of the full list, which the node serves on request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposureSummary {
+    /// The intel bundle the findings come from.
+    pub bundle: ContentId,
+    /// When that bundle was built (its age is `now - bundle_created_at`).
+    pub bundle_created_at: Millis,
+    /// Exposed findings by due class.
+    pub counts: DueCounts,
+    /// Exposed findings whose CVE is in KEV.
+    pub kev: u32,
+    /// The highest-ranked exposed findings, best first.
+    pub top: Vec<TopFinding>,
+    /// BLAKE3 of the canonical encoding of the full finding list ([`findings_digest`]).
+    pub findings_digest: [u8; 32],
+}
+
+impl ExposureSummary {
+    /// Checks the bounds a peer's record must keep.
+    pub fn within_limits(&self) -> bool {
+        let field = |s: &str| s.len() <= limits::EXPOSURE_FIELD_BYTES_MAX;
+        self.top.len() <= limits::EXPOSURE_TOP_PER_RECORD_MAX
+            && self.top.iter().all(|t| {
+                field(&t.cve)
+                    && field(&t.source)
+                    && t.fixed_version.as_deref().is_none_or(field)
+                    && t.score_tenths <= 1000
+            })
+    }
+}
+
+/// The digest a record commits to: BLAKE3 over the canonical encoding of the findings.
+pub fn findings_digest(list: &[Assessed]) -> [u8; 32] {
+    let findings: Vec<&Finding> = list.iter().map(|a| &a.finding).collect();
+    crate::crypto::hash_parts(&[b"patchmesh/v1/findings", &crate::crypto::encode(&findings)])
+}
+
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(limits::EXPOSURE_FIELD_BYTES_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// A node's exposure summary from its ranked assessment.
+pub fn exposure_summary(
+    bundle: ContentId,
+    bundle_created_at: Millis,
+    list: &[Assessed],
+) -> ExposureSummary {
+    let exposed = || list.iter().filter(|a| a.finding.verdict.exposed());
+    ExposureSummary {
+        bundle,
+        bundle_created_at,
+        counts: due_counts(list),
+        kev: exposed().filter(|a| a.risk.inputs.kev).count() as u32,
+        top: exposed()
+            .take(limits::EXPOSURE_TOP_PER_RECORD_MAX)
+            .map(|a| TopFinding {
+                cve: clip(&a.finding.cve),
+                source: clip(&a.finding.source),
+                score_tenths: (a.risk.score * 10.0).round().clamp(0.0, 1000.0) as u16,
+                due: a.risk.due,
+                fixed_version: match &a.finding.verdict {
+                    Verdict::Affected { fixed_version, .. } => Some(clip(fixed_version)),
+                    _ => None,
+                },
+                kev: a.risk.inputs.kev,
+            })
+            .collect(),
+        findings_digest: findings_digest(list),
+    }
+}
+
+/// One CVE among a site's highest-ranked, as its summary carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteCve {
+    /// The CVE.
+    pub cve: String,
+    /// Members listing it among their top findings.
+    pub nodes: u32,
+    /// The highest score × 10 among them.
+    pub score_tenths: u16,
+    /// The soonest due class among them.
+    pub due: Due,
+    /// A fixing version (the highest named).
+    pub fixed_version: Option<String>,
+    /// In the KEV catalog.
+    pub kev: bool,
+}
+
+/// A site's exposure, computed from its members' records the same way by every member.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteExposure {
+    /// Members reporting an exposure summary, per intel bundle (the newest bundles when more
+    /// than the limit are in use).
+    pub bundles: BTreeMap<ContentId, (Millis, u32)>,
+    /// Exposed findings by due class, summed over members.
+    pub counts: DueCounts,
+    /// Exposed KEV findings, summed.
+    pub kev: u32,
+    /// Members with at least one exposed finding.
+    pub nodes_exposed: u32,
+    /// The highest-ranked CVEs from the members' top findings.
+    pub top: Vec<SiteCve>,
+}
+
+impl SiteExposure {
+    /// Checks the bounds a peer's summary must keep.
+    pub fn within_limits(&self) -> bool {
+        let field = |s: &str| s.len() <= limits::EXPOSURE_FIELD_BYTES_MAX;
+        self.bundles.len() <= limits::EXPOSURE_BUNDLES_PER_SITE_MAX
+            && self.top.len() <= limits::EXPOSURE_TOP_PER_SITE_MAX
+            && self
+                .top
+                .iter()
+                .all(|t| field(&t.cve) && t.fixed_version.as_deref().is_none_or(field))
+    }
+}
+
+/// A site's exposure from its members' summaries.
+pub fn site_exposure<'a>(members: impl IntoIterator<Item = &'a ExposureSummary>) -> SiteExposure {
+    let mut out = SiteExposure::default();
+    let mut bundles: BTreeMap<ContentId, (Millis, u32)> = BTreeMap::new();
+    let mut cves: BTreeMap<&str, SiteCve> = BTreeMap::new();
+    for e in members {
+        let b = bundles.entry(e.bundle).or_insert((e.bundle_created_at, 0));
+        b.1 += 1;
+        for (sum, add) in [
+            (&mut out.counts.days3, e.counts.days3),
+            (&mut out.counts.days14, e.counts.days14),
+            (&mut out.counts.days60, e.counts.days60),
+            (&mut out.counts.window, e.counts.window),
+            (&mut out.counts.exception, e.counts.exception),
+        ] {
+            *sum = sum.saturating_add(add);
+        }
+        out.kev = out.kev.saturating_add(e.kev);
+        out.nodes_exposed += u32::from(e.counts.total() > 0);
+        let mut seen = BTreeSet::new();
+        for t in &e.top {
+            if !seen.insert(t.cve.as_str()) {
+                continue;
+            }
+            let c = cves.entry(t.cve.as_str()).or_insert_with(|| SiteCve {
+                cve: t.cve.clone(),
+                nodes: 0,
+                score_tenths: 0,
+                due: t.due,
+                fixed_version: None,
+                kev: false,
+            });
+            c.nodes += 1;
+            c.score_tenths = c.score_tenths.max(t.score_tenths);
+            c.due = c.due.min(t.due);
+            c.kev |= t.kev;
+            if let Some(v) = &t.fixed_version {
+                let higher = c.fixed_version.as_deref().is_none_or(|old| {
+                    crate::rollout::target::compare_versions(v, old) == Ordering::Greater
+                });
+                if higher {
+                    c.fixed_version = Some(v.clone());
+                }
+            }
+        }
+    }
+    let mut newest: Vec<(ContentId, (Millis, u32))> = bundles.into_iter().collect();
+    newest.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+    newest.truncate(limits::EXPOSURE_BUNDLES_PER_SITE_MAX);
+    out.bundles = newest.into_iter().collect();
+    let mut top: Vec<SiteCve> = cves.into_values().collect();
+    top.sort_by(|a, b| {
+        b.score_tenths
+            .cmp(&a.score_tenths)
+            .then(a.due.cmp(&b.due))
+            .then(b.nodes.cmp(&a.nodes))
+            .then(a.cve.cmp(&b.cve))
+    });
+    top.truncate(limits::EXPOSURE_TOP_PER_SITE_MAX);
+    out.top = top;
+    out
 }
 
 /// The distinct (source package, source version) pairs of a fleet, each with a dense id. A

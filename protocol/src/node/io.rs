@@ -159,6 +159,10 @@ pub enum Command {
     /// What the node is and has installed, and its time zone: what rollout selectors and
     /// windows read.
     SetFacts(Facts),
+    /// Re-sign this node's record with its exposure to known vulnerabilities (computed by the
+    /// driver from the intel bundle with [`crate::intel::report::exposure_summary`]); unchanged
+    /// exposure signs nothing.
+    SetExposure(Option<crate::intel::report::ExposureSummary>),
     /// Sign and publish evidence.
     Report {
         /// The rollout observed.

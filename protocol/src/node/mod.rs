@@ -254,6 +254,7 @@ impl Node {
             self.publisher.raise_floor(held.version);
             self.publisher.adopt_record(held.body_hash());
             self.publisher.inventory = held.record().inventory.clone();
+            self.publisher.exposure = held.record().exposure.clone();
         }
         self.state.summaries.merge_all(summaries);
         // Restoring queued nothing worth sending: drop it all, with its capacity.
@@ -902,6 +903,16 @@ impl Node {
             Command::UpdateRecord { inventory } => {
                 self.publisher.inventory = inventory;
                 self.update_record();
+                Ok(Outcome::Done)
+            }
+            Command::SetExposure(exposure) => {
+                if exposure.as_ref().is_some_and(|e| !e.within_limits()) {
+                    return self.refuse_command(Refusal::Site(crate::site::SiteError::Invalid("exposure summary over its limits")));
+                }
+                if self.publisher.exposure != exposure {
+                    self.publisher.exposure = exposure;
+                    self.update_record();
+                }
                 Ok(Outcome::Done)
             }
             Command::SetFacts(facts) => {

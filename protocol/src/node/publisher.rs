@@ -39,6 +39,8 @@ pub(crate) struct Publisher {
     pub(crate) record_signed_at: Option<Millis>,
     /// The inventory summary the next record carries.
     pub(crate) inventory: InventorySummary,
+    /// The exposure summary the next record carries.
+    pub(crate) exposure: Option<crate::intel::report::ExposureSummary>,
     last_summary_at: Option<Millis>,
     last_summary_digest: Option<StateHash>,
     /// When the site state last changed.
@@ -67,6 +69,7 @@ impl Publisher {
             last_record_body: None,
             record_signed_at: None,
             inventory: InventorySummary::default(),
+            exposure: None,
             last_summary_at: None,
             last_summary_digest: None,
             site_changed_at: now,
@@ -115,6 +118,7 @@ impl Publisher {
             written_at: now,
             inventory: self.inventory.clone(),
             rollouts,
+            exposure: self.exposure.clone(),
         };
         let bundle = self.seal(Domain::NodeRecord, &record);
         self.last_record_body = bundle.body_hash();

@@ -96,6 +96,8 @@ impl Policies {
                         p.commands.entry(cmd.rollout).or_default().push((key, cmd));
                     }
                 }
+                // Vulnerability data, not rollout policy.
+                CatalogEntry::Intel(_) => {}
             }
         }
         p

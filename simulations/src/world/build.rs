@@ -134,6 +134,7 @@ pub(super) fn make_nodes(
                         written_at: Millis(EPOCH_MS),
                         inventory: Default::default(),
                         rollouts: BTreeMap::new(),
+                        exposure: None,
                     };
                     let b = Arc::new(Bundle::new(
                         Envelope::seal(Domain::NodeRecord, &rec, &[&k]),

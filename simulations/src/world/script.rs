@@ -245,6 +245,7 @@ impl World {
                     written_at: Millis(EPOCH_MS),
                     inventory: Default::default(),
                     rollouts: BTreeMap::new(),
+                    exposure: None,
                 };
                 let b = Arc::new(Bundle::new(
                     Envelope::seal(Domain::NodeRecord, &rec, &[&own_key]),

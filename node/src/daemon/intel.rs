@@ -1,0 +1,222 @@
+//! The daemon's side of vulnerability intelligence. The catalog's newest intel bundle is
+//! fetched like any payload (one WAN copy per site), streamed once into the index of what
+//! applies to this machine (its release, its source packages, its binaries), and assessed; the
+//! core then re-signs the node's record with the exposure summary. A changed inventory
+//! re-reads the bundle (the index holds only what the old inventory needed).
+
+use super::{control, Daemon};
+use patchmesh_protocol::catalog::{newest_intel, IntelEntry};
+use patchmesh_protocol::ids::{ContentId, Millis};
+use patchmesh_protocol::intel::apt::{updates, Update};
+use patchmesh_protocol::intel::matching::NodeIndex;
+use patchmesh_protocol::intel::report::{assess_node, exposure_summary, Assessed};
+use patchmesh_protocol::intel::risk::Asset;
+use patchmesh_protocol::intel::Installed;
+use patchmesh_protocol::node::{Command, Input};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a bundle fetch is waited for before it is retried on the next catalog change or
+/// inventory tick.
+const BUNDLE_WAIT: Duration = Duration::from_secs(600);
+
+/// The bundle in use and what it says about this machine.
+pub(super) struct IntelState {
+    pub entry: IntelEntry,
+    pub index: NodeIndex,
+    pub findings: Vec<Assessed>,
+    pub updates: Vec<Update>,
+    pub assessed_at: Millis,
+}
+
+/// A bundle read (or not) off the owner task.
+pub(super) struct Loaded {
+    entry: IntelEntry,
+    result: Result<NodeIndex, String>,
+}
+
+pub(super) fn channel() -> (mpsc::Sender<Loaded>, mpsc::Receiver<Loaded>) {
+    mpsc::channel(4)
+}
+
+impl Daemon {
+    /// After a catalog change, at start and after an inventory change: starts using the newest
+    /// bundle unless it is in use or being read.
+    pub(super) fn check_intel(&mut self, inventory_changed: bool) {
+        let entries = self.node.catalog().entries();
+        let Some(entry) = newest_intel(&entries).cloned() else { return };
+        let current = self.intel.as_ref().is_some_and(|s| s.entry.content_id == entry.content_id);
+        if (current && !inventory_changed) || self.intel_loading == Some(entry.content_id) {
+            return;
+        }
+        self.intel_loading = Some(entry.content_id);
+        let transfers = self.transfers.clone();
+        if transfers.want(entry.content_id, entry.size_bytes) {
+            tracing::info!(content = %entry.content_id, size_bytes = entry.size_bytes, "fetching intel bundle");
+        }
+        let tx = self.intel_tx.clone();
+        let codename = self.inventory.codename.clone();
+        let installed = self.inventory.installed();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let result = loop {
+                if let Some(path) = transfers.store().complete_path(&entry.content_id) {
+                    let load = move || read_index(&path, &codename, &installed);
+                    break tokio::task::spawn_blocking(load)
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                }
+                let failed = transfers
+                    .progress()
+                    .get(&entry.content_id)
+                    .filter(|p| p.state == "failed")
+                    .and_then(|p| p.error.clone());
+                if let Some(err) = failed {
+                    break Err(format!("fetch failed: {err}"));
+                }
+                if started.elapsed() > BUNDLE_WAIT {
+                    break Err("fetch timed out".into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let _ = tx.send(Loaded { entry, result }).await;
+        });
+    }
+
+    pub(super) fn on_intel_loaded(&mut self, loaded: Loaded) {
+        if self.intel_loading == Some(loaded.entry.content_id) {
+            self.intel_loading = None;
+        }
+        match loaded.result {
+            Ok(index) => {
+                tracing::info!(content = %loaded.entry.content_id, sources = index.advisories.len(), "intel bundle loaded");
+                self.intel = Some(IntelState {
+                    entry: loaded.entry,
+                    index,
+                    findings: Vec::new(),
+                    updates: Vec::new(),
+                    assessed_at: Millis(0),
+                });
+                self.assess_intel();
+            }
+            Err(e) => {
+                tracing::warn!(content = %loaded.entry.content_id, error = %e, "intel bundle not usable")
+            }
+        }
+    }
+
+    /// Assesses this machine against the bundle in use and re-signs the record when the
+    /// exposure changed.
+    pub(super) fn assess_intel(&mut self) {
+        let Some(state) = self.intel.as_mut() else { return };
+        let installed = self.inventory.installed();
+        let asset = Asset::from_labels(&self.cert.labels);
+        state.findings = assess_node(&state.index, &installed, &asset);
+        state.updates = updates(&state.index, &installed);
+        state.assessed_at = super::now_ms();
+        let summary =
+            exposure_summary(state.entry.content_id, state.entry.created_at, &state.findings);
+        tracing::info!(
+            exposed = summary.counts.total(),
+            kev = summary.kev,
+            updates = state.updates.len(),
+            "exposure assessed"
+        );
+        self.input(Input::Command(Command::SetExposure(Some(summary))));
+    }
+
+    /// The content of the bundle in use or being fetched, which garbage collection keeps.
+    pub(super) fn intel_content(&self) -> Option<ContentId> {
+        newest_intel(&self.node.catalog().entries()).map(|e| e.content_id)
+    }
+
+    /// `Request::Vulns` and `Request::Updates` for this node.
+    pub(super) fn intel_view(&self) -> control::IntelView {
+        let record = self
+            .node
+            .site()
+            .records()
+            .get(&self.node.id())
+            .and_then(|r| r.record().exposure.clone());
+        match &self.intel {
+            Some(s) => control::IntelView {
+                bundle: Some(s.entry.content_id.to_string()),
+                bundle_created_at_ms: s.entry.created_at.0,
+                release: self.inventory.codename.clone(),
+                assessed_at_ms: s.assessed_at.0,
+                findings: s.findings.clone(),
+                updates: s.updates.clone(),
+                summary: record,
+                loading: self.intel_loading.map(|c| c.to_string()),
+            },
+            None => control::IntelView {
+                bundle: None,
+                bundle_created_at_ms: 0,
+                release: self.inventory.codename.clone(),
+                assessed_at_ms: 0,
+                findings: Vec::new(),
+                updates: Vec::new(),
+                summary: record,
+                loading: self.intel_loading.map(|c| c.to_string()),
+            },
+        }
+    }
+}
+
+fn read_index(
+    path: &std::path::Path,
+    codename: &str,
+    installed: &[Installed],
+) -> Result<NodeIndex, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    NodeIndex::load(std::io::BufReader::new(file), codename, installed).map_err(|e| e.to_string())
+}
+
+impl Daemon {
+    /// `Request::Advisories`: the advisories on `cve` this node's index holds.
+    pub(super) fn advisories_of(
+        &self,
+        cve: &str,
+    ) -> Vec<(String, patchmesh_protocol::intel::Advisory)> {
+        let Some(state) = &self.intel else { return Vec::new() };
+        state
+            .index
+            .advisories
+            .iter()
+            .flat_map(|(source, list)| {
+                list.iter().filter(|a| a.cve == cve).map(move |a| (source.clone(), a.clone()))
+            })
+            .collect()
+    }
+
+    /// `Request::Exposure`: every site summary held, with this node's own site computed now
+    /// from its members' records.
+    pub(super) fn exposure_view(&self) -> control::ExposureView {
+        let entries = self.node.catalog().entries();
+        let newest = newest_intel(&entries);
+        let me = self.node.id();
+        let own = self.node.site().summarise(self.node.trust().mesh(), me);
+        let mut sites = vec![control::SiteExposureView {
+            site: own.site.to_string(),
+            members: own.record_count,
+            exposure: own.exposure,
+        }];
+        for (site, held) in self.node.summaries().all() {
+            if *site == self.cert.site {
+                continue;
+            }
+            let s = held.summary();
+            sites.push(control::SiteExposureView {
+                site: site.to_string(),
+                members: s.record_count,
+                exposure: s.exposure.clone(),
+            });
+        }
+        sites.sort_by(|a, b| a.site.cmp(&b.site));
+        control::ExposureView {
+            bundle: newest.map(|e| e.content_id.to_string()),
+            bundle_created_at_ms: newest.map_or(0, |e| e.created_at.0),
+            sites,
+        }
+    }
+}
