@@ -4,14 +4,19 @@
 //!    sites — the first node of each site labelled `ring=canary`, every other one of the rest
 //!    `ring=half`, spread over the sites — and starts them on loopback QUIC, each with its own
 //!    data directory and a target file `{data_dir}/app/app.bin`.
-//! 2. Publishes a good patch (file executor replacing that target) and rolls it through
-//!    canary → half → all, with gates that need every ring member verified and soaked. The
+//! 2. Imports a small intel bundle (tracker JSON, OSV, KEV and EPSS files the demo writes in
+//!    the real formats) about the demo's package `demo-app`, which every machine has at 1.0-1,
+//!    publishes it, and shows the fleet's ranked findings once every node reports its exposure.
+//! 3. Publishes the fix as the good patch (replacing that target and recording demo-app 2.0-1
+//!    in the machine's package database, as dpkg would) and remediates the CVE with it: a
+//!    rollout to exactly the exposed nodes through canary → half → all, with gates that need
+//!    every ring member verified and soaked; then waits for the finding to close everywhere. The
 //!    rings are by label, not by percent: a percent ring is a hash draw, and a small fleet can
 //!    draw an empty ring, whose gate never passes (an empty ring is missing evidence).
-//! 3. Publishes a bad patch whose verify step fails and rolls it the same way: the canaries
+//! 4. Publishes a bad patch whose verify step fails and rolls it the same way: the canaries
 //!    fail, their signed failure reports halt the rollout on every node, the canaries roll
 //!    back, and no node outside the canary ring installs it.
-//! 4. Prints what happened (or one JSON object with `--json`), stops the nodes and removes the
+//! 5. Prints what happened (or one JSON object with `--json`), stops the nodes and removes the
 //!    directory. Every figure is read back from the nodes: their journals, verdicts, halt
 //!    times and payload byte counters, and the target files on disk.
 
@@ -20,7 +25,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use patchmesh_node::control::Request;
 use patchmesh_node::control::{
-    ContentView, DemoReport, DemoRing, DemoRollout, DemoWan, KeygenOutput, PatchAddOutput,
+    ContentView, DemoIntel, DemoReport, DemoRing, DemoRollout, DemoWan, KeygenOutput, PatchAddOutput,
     RolloutCreateOutput, RolloutView, RolloutsView, StatusView,
 };
 use serde::de::DeserializeOwned;
@@ -209,14 +214,15 @@ impl Demo {
             "data_dir = \"{}\"\nkey = \"{}\"\ngenesis = \"{}\"\nadmission = \"{}\"\n{boot}\
              listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\n\
              anti_entropy_interval_ms = 500\nsummary_interval_ms = 1000\npeers_target = 6\n\
-             rollout_eval_ms = 500\ninventory_root = \"{}\"\ntime_zone = \"UTC\"\n",
+             rollout_eval_ms = 500\ninventory_root = \"{}\"\ninventory_interval_ms = 1000\n\
+             time_zone = \"UTC\"\n",
             s(&n.dir.join("data")),
             s(&n.dir.join("node.key")),
             s(&self.root.join("mesh").join("genesis.pm")),
             s(&n.dir.join("admission.pm")),
-            s(&n.dir.join("sysroot")),
+            s(&n.dir.join("data").join("sysroot")),
         );
-        std::fs::create_dir_all(n.dir.join("sysroot"))?;
+        crate::demo_intel::write_machine(&n.dir.join("data"))?;
         std::fs::write(n.dir.join("node.toml"), cfg)?;
         let log = std::fs::File::create(n.dir.join("node.log"))?;
         let child = Command::new(exe()?)
@@ -255,9 +261,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     d.say(format!("mesh made in {}; starting {} nodes in {} sites", root.display(), a.nodes, a.sites));
     start_mesh(&mut d, a.nodes, timeout)?;
 
-    let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, None)?;
-    let (good_rollout, good_at) = create_rollout(&d, &admin_key, &good, a.soak_s)?;
-    d.say(format!("good patch {} rolling out as {}", &good[..12], &good_rollout[..12]));
+    let intel = publish_intel(&d, &admin_key, timeout)?;
+    let commands = crate::demo_intel::good_patch_commands();
+    let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, Some(&commands))?;
+    let (good_rollout, good_at) = remediate(&d, &admin_key, &good, a.soak_s)?;
+    d.say(format!("good patch {} (the fix) rolling out as {}", &good[..12], &good_rollout[..12]));
     let committed = |v: &RolloutView| {
         v.step() == Some("committed") || v.standing.as_ref().is_some_and(|s| s.status == "NotTargeted")
     };
@@ -274,15 +282,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     for r in &good_rings {
         d.say(format!("  ring {:<7} {} nodes committed in {:.1} s", r.name, r.succeeded, r.duration_ms as f64 / 1000.0));
     }
+    let intel = finding_closed(&d, intel, good_at, timeout)?;
 
-    let bad = publish_patch(
-        &d,
-        &root,
-        "app",
-        "3",
-        a.payload_bytes,
-        Some("echo 'health check: service did not come back' >&2; exit 1"),
-    )?;
+    let bad = publish_patch(&d, &root, "app", "3", a.payload_bytes, None)?;
     let (bad_rollout, bad_at) = create_rollout(&d, &admin_key, &bad, a.soak_s)?;
     d.say(format!("bad patch {} rolling out as {}", &bad[..12], &bad_rollout[..12]));
     let halted_and_settled = |v: &RolloutView| {
@@ -321,7 +323,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     // WAN bytes per site over the payload size, for both patches, from the nodes' counters.
     let (wan, wan_ratio_max) = wan_figures(&d, &[&good, &bad], a.payload_bytes)?;
-    let ok = blast_radius == 0 && on_good == a.nodes;
+    let ok = blast_radius == 0 && on_good == a.nodes && intel.nodes_exposed_after == 0;
     let summary = DemoReport {
         nodes: a.nodes,
         sites: a.sites,
@@ -336,6 +338,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         wan_ratio_max: (wan_ratio_max * 1000.0).round() / 1000.0,
         wan,
         elapsed_ms: d.started.elapsed().as_millis() as u64,
+        intel,
         ok,
     };
     if a.json {
@@ -427,7 +430,9 @@ fn wan_figures(
 }
 
 /// Writes a payload, imports it at node 0 and publishes it as a file patch.
-fn publish_patch(d: &Demo, root: &Path, name: &str, version: &str, size: u64, verify: Option<&str>) -> anyhow::Result<String> {
+/// `commands` (install, verify, rollback) make a command patch; without them it is a file
+/// patch whose verify step fails (the bad patch).
+fn publish_patch(d: &Demo, root: &Path, name: &str, version: &str, size: u64, commands: Option<&(String, String, String)>) -> anyhow::Result<String> {
     let path = root.join(format!("payload-{name}-{version}.bin"));
     let mut body = format!("app version {version}\n").into_bytes();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ version.len() as u64 ^ u64::from(version.as_bytes()[0]);
@@ -440,19 +445,105 @@ fn publish_patch(d: &Demo, root: &Path, name: &str, version: &str, size: u64, ve
     body.truncate(size as usize);
     std::fs::write(&path, &body)?;
     let config = s(&d.nodes[0].dir.join("node.toml"));
+    let admin = s(&d.root.join("mesh").join("admin.key"));
     let mut args = vec![
         "patch", "add", path.to_str().unwrap_or_default(), "--name", name, "--version", version,
-        "--executor", "file", "--install", "{data_dir}/app/app.bin", "--timeout-ms", "30000",
-        "--admin-key", "", "--config", &config, "--json",
+        "--timeout-ms", "30000", "--admin-key", &admin, "--config", &config, "--json",
     ];
-    let admin = s(&d.root.join("mesh").join("admin.key"));
-    let pos = args.iter().position(|x| *x == "--admin-key").unwrap_or(0) + 1;
-    args[pos] = &admin;
-    if let Some(v) = verify {
-        args.extend(["--verify", v]);
+    match commands {
+        Some((install, verify, rollback)) => {
+            args.extend(["--executor", "command", "--install", install, "--verify", verify, "--rollback", rollback])
+        }
+        None => args.extend([
+            "--executor", "file", "--install", "{data_dir}/app/app.bin",
+            "--verify", "echo 'health check: service did not come back' >&2; exit 1",
+        ]),
     }
     let out: PatchAddOutput = cli(&args)?;
     Ok(out.content_id)
+}
+
+/// Imports the demo's vulnerability data, publishes the bundle, and waits until every node
+/// reports its exposure and the fleet view counts the CVE on every node.
+fn publish_intel(d: &Demo, admin_key: &str, timeout: Duration) -> anyhow::Result<DemoIntel> {
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let files = crate::demo_intel::write_inputs(&d.root.join("intel"), &today)?;
+    let bundle = s(&d.root.join("intel").join("intel.pmi"));
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let mut args: Vec<String> = vec!["intel".into(), "import".into()];
+    args.extend(files.iter().map(|f| s(f)));
+    args.extend(["--out", &bundle, "--admin-key", admin_key, "--config", &config, "--json"].map(String::from));
+    let published_at = patchmesh_node::clock::now_ms().0;
+    let imported: serde_json::Value = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let content = imported["content_id"].as_str().context("import printed no content id")?.to_string();
+    d.say(format!("intel bundle {} published ({} bytes: tracker, OSV, KEV, EPSS)", &content[..12], imported["bytes"]));
+    let n = d.nodes.len() as u64;
+    let row = d.wait("every node to report its exposure to the new bundle", timeout, || {
+        let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).ok()?;
+        let row = v["cves"].as_array()?.iter().find(|r| r["cve"] == crate::demo_intel::CVE)?.clone();
+        (row["nodes"].as_u64() == Some(n)).then_some(row)
+    })?;
+    let visible_ms = patchmesh_node::clock::now_ms().0.saturating_sub(published_at);
+    let score = row["score"].as_f64().unwrap_or(0.0);
+    let due = row["due"].as_str().unwrap_or("").to_string();
+    d.say(format!(
+        "  {} (KEV) on {n} of {n} nodes: score {score:.1}, due {due}, fixed in demo-app {} — visible fleet-wide after {:.1} s",
+        crate::demo_intel::CVE,
+        crate::demo_intel::FIXED,
+        visible_ms as f64 / 1000.0
+    ));
+    Ok(DemoIntel {
+        bundle: content,
+        cve: crate::demo_intel::CVE.into(),
+        score,
+        due,
+        nodes_exposed_before: n as usize,
+        nodes_exposed_after: n as usize,
+        exposure_visible_ms: visible_ms,
+        closed_after_ms: 0,
+    })
+}
+
+/// Waits until no node reports the CVE any more (each re-read its package database after the
+/// fix and re-signed its exposure).
+fn finding_closed(d: &Demo, mut intel: DemoIntel, since: u64, timeout: Duration) -> anyhow::Result<DemoIntel> {
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let exposed = |v: &serde_json::Value| {
+        v["cves"].as_array().and_then(|c| c.iter().find(|r| r["cve"] == intel.cve.as_str())).and_then(|r| r["nodes"].as_u64()).unwrap_or(0)
+    };
+    let left = d.wait_or(
+        "the finding to close on every node",
+        timeout,
+        || {
+            let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).ok()?;
+            (exposed(&v) == 0 && v["sites"].as_array()?.iter().all(|s| s["members"].as_u64() > Some(0))).then_some(0)
+        },
+        || {
+            let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).unwrap_or_default();
+            format!("{} nodes still exposed", exposed(&v))
+        },
+    )?;
+    intel.nodes_exposed_after = left;
+    intel.closed_after_ms = patchmesh_node::clock::now_ms().0.saturating_sub(since);
+    d.say(format!("  {} closed on every node {:.1} s after the remediation was published", intel.cve, intel.closed_after_ms as f64 / 1000.0));
+    Ok(intel)
+}
+
+/// `patchmesh remediate` with the demo's rings: the fix to exactly the exposed nodes.
+fn remediate(d: &Demo, admin_key: &str, content: &str, soak_s: u64) -> anyhow::Result<(String, u64)> {
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let soak = soak_s.to_string();
+    let at = patchmesh_node::clock::now_ms().0;
+    let out: serde_json::Value = cli(&[
+        "remediate", crate::demo_intel::CVE, "--patch", content, "--yes",
+        "--ring", "canary:0:ring=canary", "--ring", "half:0:ring=half", "--ring", "all:100",
+        "--min-success", "1.0", "--max-failures", "0", "--soak-s", &soak, "--recheck-s", "1",
+        "--max-concurrent-per-site", "2",
+        "--admin-key", admin_key, "--config", &config, "--json",
+    ])?;
+    let rollout = out[0]["rollout"].as_str().context("remediate printed no rollout")?.to_string();
+    d.say(format!("  remediation targets `{}`, deadline {}", out[0]["predicate"].as_str().unwrap_or(""), out[0]["deadline"].as_str().unwrap_or("none")));
+    Ok((rollout, at))
 }
 
 fn create_rollout(d: &Demo, admin_key: &str, content: &str, soak_s: u64) -> anyhow::Result<(String, u64)> {
@@ -506,7 +597,18 @@ fn print_summary(v: &DemoReport) {
         v.canaries,
         v.payload_bytes as f64 / (1024.0 * 1024.0)
     );
-    for (title, r) in [("good patch (app 2)", &v.good), ("bad patch (app 3, verify fails)", &v.bad)] {
+    let i = &v.intel;
+    outln!(
+        "\nfinding {} (bundle {}): score {:.1}, due {}; exposed nodes {} before, {} after the fix; closed {:.1} s after the remediation",
+        i.cve,
+        i.bundle.get(..12).unwrap_or(&i.bundle),
+        i.score,
+        i.due,
+        i.nodes_exposed_before,
+        i.nodes_exposed_after,
+        i.closed_after_ms as f64 / 1000.0
+    );
+    for (title, r) in [("good patch (app 2, the fix)", &v.good), ("bad patch (app 3, verify fails)", &v.bad)] {
         outln!("\n{title}: rollout {}", r.rollout.get(..12).unwrap_or(&r.rollout));
         outln!("  {:<8} {:>8} {:>9} {:>6} {:>11} {:>12}", "ring", "targeted", "succeeded", "failed", "rolled back", "done after");
         for g in &r.rings {

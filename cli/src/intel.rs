@@ -482,12 +482,42 @@ fn findings_table(shown: &[&Assessed]) {
 #[derive(Serialize)]
 struct FleetRow {
     cve: String,
+    sources: std::collections::BTreeSet<String>,
     nodes: u32,
     sites: BTreeMap<String, u32>,
     score: f64,
     due: Due,
     fixed_version: Option<String>,
     kev: bool,
+}
+
+/// Merges the sites' top CVEs into one row per CVE.
+fn fleet_rows(sites: &[&SiteExposureView]) -> BTreeMap<String, FleetRow> {
+    let mut rows: BTreeMap<String, FleetRow> = BTreeMap::new();
+    for s in sites {
+        for c in &s.exposure.top {
+            let r = rows.entry(c.cve.clone()).or_insert_with(|| FleetRow {
+                cve: c.cve.clone(),
+                sources: Default::default(),
+                nodes: 0,
+                sites: BTreeMap::new(),
+                score: 0.0,
+                due: c.due,
+                fixed_version: None,
+                kev: false,
+            });
+            r.sources.insert(c.source.clone());
+            r.nodes += c.nodes;
+            r.sites.insert(s.site.clone(), c.nodes);
+            r.score = r.score.max(f64::from(c.score_tenths) / 10.0);
+            r.due = r.due.min(c.due);
+            r.kev |= c.kev;
+            if c.fixed_version.is_some() && r.fixed_version.is_none() {
+                r.fixed_version = c.fixed_version.clone();
+            }
+        }
+    }
+    rows
 }
 
 fn fleet(node: &crate::NodeArgs, filter: &VulnFilter, json: bool) -> anyhow::Result<()> {
@@ -502,28 +532,7 @@ fn fleet(node: &crate::NodeArgs, filter: &VulnFilter, json: bool) -> anyhow::Res
             );
         }
     }
-    let mut rows: BTreeMap<String, FleetRow> = BTreeMap::new();
-    for s in &sites {
-        for c in &s.exposure.top {
-            let r = rows.entry(c.cve.clone()).or_insert_with(|| FleetRow {
-                cve: c.cve.clone(),
-                nodes: 0,
-                sites: BTreeMap::new(),
-                score: 0.0,
-                due: c.due,
-                fixed_version: None,
-                kev: false,
-            });
-            r.nodes += c.nodes;
-            r.sites.insert(s.site.clone(), c.nodes);
-            r.score = r.score.max(f64::from(c.score_tenths) / 10.0);
-            r.due = r.due.min(c.due);
-            r.kev |= c.kev;
-            if c.fixed_version.is_some() && r.fixed_version.is_none() {
-                r.fixed_version = c.fixed_version.clone();
-            }
-        }
-    }
+    let rows = fleet_rows(&sites);
     let due_limit = filter.due.as_deref().and_then(Due::parse);
     let mut list: Vec<FleetRow> = rows
         .into_values()
@@ -830,4 +839,240 @@ fn publish(
     let key = entry.key();
     crate::publish(node, admin_key, vec![(key.clone(), Some(entry))])?;
     Ok(key)
+}
+
+/// `patchmesh remediate`.
+#[derive(Args)]
+pub struct RemediateArgs {
+    /// CVEs to remediate (or select them with --kev / --due).
+    pub cves: Vec<String>,
+    /// Every exposed CVE in the KEV catalog.
+    #[arg(long)]
+    pub kev: bool,
+    /// Every exposed CVE due in this class or sooner.
+    #[arg(long = "due-class", value_parser = ["3d", "14d", "60d", "window"])]
+    pub due_class: Option<String>,
+    /// .deb files with the fix: each is added as a dpkg patch and rolled out.
+    #[arg(long = "deb")]
+    pub debs: Vec<PathBuf>,
+    /// The source package to remediate, when a CVE is found in several.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub rollout: crate::rollout::CreateArgs,
+}
+
+#[derive(Serialize)]
+struct RemediationOut {
+    rollout: String,
+    patch: String,
+    cves: Vec<String>,
+    predicate: String,
+    nodes_exposed: u32,
+    deadline: Option<String>,
+}
+
+/// Adds a .deb as a dpkg patch (name and version read with `dpkg-deb`); returns its content id.
+fn add_deb(node: &crate::NodeArgs, admin_key: &Path, deb: &Path) -> anyhow::Result<String> {
+    let out = std::process::Command::new("dpkg-deb")
+        .args(["--field", &deb.display().to_string(), "Package", "Version"])
+        .output()
+        .context("running dpkg-deb")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{}: not a .deb dpkg-deb reads: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let fields = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |k: &str| {
+        fields
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    };
+    let (Some(name), Some(version)) = (field("Package"), field("Version")) else {
+        anyhow::bail!("{}: no Package or Version field", deb.display());
+    };
+    let (content_id, size_bytes) = crate::import(node, deb)?;
+    let entry = CatalogEntry::Patch(patchmesh_protocol::catalog::PatchEntry {
+        content_id,
+        size_bytes,
+        name,
+        version,
+        executor: patchmesh_protocol::catalog::ExecutorSpec {
+            kind: "dpkg".into(),
+            install: None,
+            verify: None,
+            rollback: None,
+            timeout_ms: 600_000,
+        },
+    });
+    crate::publish(node, admin_key, vec![(entry.key(), Some(entry))])?;
+    Ok(content_id.to_string())
+}
+
+/// Picks the CVEs to remediate and groups them by the (source, fixed version) one rollout
+/// fixes.
+fn remediation_plan<'a>(
+    a: &RemediateArgs,
+    rows: &'a BTreeMap<String, FleetRow>,
+) -> anyhow::Result<BTreeMap<(String, String), Vec<&'a FleetRow>>> {
+    let due_limit = a.due_class.as_deref().and_then(Due::parse);
+    let chosen: Vec<&FleetRow> = if a.cves.is_empty() {
+        if !a.kev && due_limit.is_none() {
+            anyhow::bail!("name the CVEs to remediate, or select them with --kev or --due-class");
+        }
+        rows.values()
+            .filter(|r| (!a.kev || r.kev) && due_limit.is_none_or(|d| r.due <= d))
+            .collect()
+    } else {
+        a.cves
+            .iter()
+            .map(|c| {
+                rows.get(c)
+                    .with_context(|| format!("{c}: no node reports it (see `patchmesh vulns`)"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if chosen.is_empty() {
+        anyhow::bail!("no exposed CVE matches");
+    }
+    let mut groups: BTreeMap<(String, String), Vec<&FleetRow>> = BTreeMap::new();
+    for r in chosen {
+        let Some(fixed) = &r.fixed_version else {
+            anyhow::bail!("{}: no fix exists yet; record an exception instead", r.cve);
+        };
+        let source = match (&a.source, r.sources.len()) {
+            (Some(s), _) if r.sources.contains(s) => s.clone(),
+            (Some(s), _) => anyhow::bail!(
+                "{}: not found in source package {s} (found in {})",
+                r.cve,
+                r.sources.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            (None, 1) => r.sources.iter().next().cloned().unwrap_or_default(),
+            (None, _) => anyhow::bail!(
+                "{} is found in several source packages ({}): pick one with --source",
+                r.cve,
+                r.sources.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        groups.entry((source, fixed.clone())).or_default().push(r);
+    }
+    Ok(groups)
+}
+
+fn confirm(yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("not confirmed: stdin is not a terminal; pass --yes to go ahead");
+    }
+    print!("go ahead? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        anyhow::bail!("not confirmed; nothing was published");
+    }
+    Ok(())
+}
+
+/// `patchmesh remediate`: a rollout of the fix to exactly the exposed nodes.
+pub fn remediate(mut a: RemediateArgs, now: Millis) -> anyhow::Result<()> {
+    let node = a.rollout.sign.node.clone();
+    let v: ExposureView = crate::call(&node, Request::Exposure)?;
+    let sites: Vec<&SiteExposureView> = v.sites.iter().collect();
+    let rows = fleet_rows(&sites);
+    let groups = remediation_plan(&a, &rows)?;
+    if groups.len() > 1 && (!a.debs.is_empty() || a.rollout.patch.is_some()) {
+        anyhow::bail!(
+            "the CVEs need {} different fixes ({}): remediate one fix at a time",
+            groups.len(),
+            groups.keys().map(|(s, f)| format!("{s} {f}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if a.debs.is_empty() && a.rollout.patch.is_none() {
+        anyhow::bail!("give the fix: --deb FILE (added as a dpkg patch) or --patch CONTENT_ID (a catalog patch)");
+    }
+    let ((source, fixed), cves) = groups.into_iter().next().context("nothing to remediate")?;
+    let predicate = format!("src:{source} < {fixed}");
+    let exposed: u32 = cves.iter().map(|r| r.nodes).max().unwrap_or(0);
+    let due = cves.iter().map(|r| r.due).min().unwrap_or(Due::NextWindow);
+    let days = match due {
+        Due::Days3 => Some(3),
+        Due::Days14 => Some(14),
+        Due::Days60 => Some(60),
+        _ => None,
+    };
+    if a.rollout.deadline.is_none() {
+        if let Some(d) = days {
+            let at = jiff::Timestamp::from_millisecond((now.0 + d * 86_400_000) as i64)?;
+            a.rollout.deadline = Some(at.to_string());
+        }
+    }
+    let names: Vec<String> = cves.iter().map(|r| r.cve.clone()).collect();
+    let quiet = a.rollout.sign.json;
+    if !quiet {
+        outln!("remediate {} in source package {source}: fixed in {fixed}", names.join(", "));
+        for r in &cves {
+            let by_site: Vec<String> = r.sites.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            outln!(
+                "  {}  score {:.1}, due {}, {} exposed nodes ({})",
+                r.cve,
+                r.score,
+                r.due.label(),
+                r.nodes,
+                by_site.join(", ")
+            );
+        }
+        outln!(
+            "  targets nodes where `{predicate}`; rings {}; deadline {}",
+            a.rollout_rings(),
+            a.rollout.deadline.as_deref().unwrap_or("none (due at the next window)")
+        );
+    }
+    confirm(a.yes)?;
+    let patches: Vec<String> = if a.debs.is_empty() {
+        vec![a.rollout.patch.clone().unwrap_or_default()]
+    } else {
+        a.debs
+            .iter()
+            .map(|d| add_deb(&node, &a.rollout.sign.admin_key, d))
+            .collect::<anyhow::Result<_>>()?
+    };
+    a.rollout.target_packages.push(predicate.clone());
+    let mut out = Vec::new();
+    for p in patches {
+        a.rollout.patch = Some(p.clone());
+        let (rollout, _) = crate::rollout::create(&a.rollout, now)?;
+        out.push(RemediationOut {
+            rollout: rollout.id.to_string(),
+            patch: p,
+            cves: names.clone(),
+            predicate: predicate.clone(),
+            nodes_exposed: exposed,
+            deadline: a.rollout.deadline.clone(),
+        });
+    }
+    if quiet {
+        outln!("{}", crate::output::json(&out));
+    } else {
+        for o in &out {
+            outln!("rollout {} published for patch {}", o.rollout, &o.patch[..16]);
+        }
+    }
+    Ok(())
+}
+
+impl RemediateArgs {
+    fn rollout_rings(&self) -> String {
+        self.rollout.rings().join(", ")
+    }
 }

@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod demo;
+mod demo_intel;
 mod intel;
 mod output;
 mod rollout;
@@ -198,6 +199,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Roll the fix of exposed CVEs out to exactly the nodes exposed to them.
+    ///
+    /// Selects CVEs by id (or --kev / --due-class) from the fleet view, adds the fix (--deb, a
+    /// dpkg patch; or --patch, a catalog patch) and creates a rollout with the rollout options
+    /// given, targeting nodes whose source package is older than the fix (`src:NAME < FIX`),
+    /// with a deadline from the due class. Asks for confirmation on a terminal (--yes for
+    /// scripts).
+    Remediate(Box<intel::RemediateArgs>),
     /// Start a local mesh of real nodes on loopback, roll a good patch through its rings and a
     /// bad one into an automatic halt and rollback, and print what happened.
     Demo(demo::DemoArgs),
@@ -416,6 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Intel(intel::IntelCmd::Status { node, json }) => intel::status(&node, json),
         Cmd::Intel(intel::IntelCmd::Show { bundle, json }) => intel::show(&bundle, json),
         Cmd::Vulns { local, filter, json } => intel::vulns(&local, &filter, json),
+        Cmd::Remediate(a) => intel::remediate(*a, now_ms()),
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
         Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),

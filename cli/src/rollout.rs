@@ -61,7 +61,7 @@ pub enum RolloutCmd {
 pub struct CreateArgs {
     /// Content id of the patch (from `patchmesh patch add`).
     #[arg(long)]
-    patch: String,
+    pub patch: Option<String>,
     /// A ring: NAME:PERCENT or NAME:PERCENT:KEY=VALUE (label ring), in order; the first is the
     /// canary ring. PERCENT is cumulative.
     #[arg(long = "ring", required = true)]
@@ -89,7 +89,7 @@ pub struct CreateArgs {
     windows: Vec<String>,
     /// After this time (RFC 3339) windows no longer hold installs back.
     #[arg(long)]
-    deadline: Option<String>,
+    pub deadline: Option<String>,
     /// Installs running at once in one site.
     #[arg(long, default_value_t = 1)]
     max_concurrent_per_site: u32,
@@ -110,9 +110,9 @@ pub struct CreateArgs {
     target_os: Option<String>,
     /// Target only nodes where a package predicate holds, e.g. "openssl < 3.0.11" (repeat).
     #[arg(long = "target-package")]
-    target_packages: Vec<String>,
+    pub target_packages: Vec<String>,
     #[command(flatten)]
-    sign: Signer,
+    pub sign: Signer,
 }
 
 /// Who signs a rollout change, and where it is published.
@@ -120,12 +120,12 @@ pub struct CreateArgs {
 pub struct Signer {
     /// Admin key to sign with.
     #[arg(long)]
-    admin_key: PathBuf,
+    pub admin_key: PathBuf,
     #[command(flatten)]
-    node: NodeArgs,
+    pub node: NodeArgs,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -150,7 +150,8 @@ fn label(s: &str) -> anyhow::Result<(String, String)> {
 
 /// Builds a rollout entry from the command line; every bound is checked before signing.
 pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
-    let content = ContentId::from_hex(a.patch.trim()).context("--patch is not a content id")?;
+    let patch = a.patch.as_deref().context("--patch is required")?;
+    let content = ContentId::from_hex(patch.trim()).context("--patch is not a content id")?;
     let gate = Gate {
         min_success_permille: permille(a.min_success, "--min-success")?,
         max_failures: a.max_failures,
@@ -204,6 +205,26 @@ pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
     Ok(rollout)
 }
 
+impl CreateArgs {
+    /// The rings as given.
+    pub fn rings(&self) -> &[String] {
+        &self.rings
+    }
+}
+
+/// Builds, checks and publishes a rollout.
+pub fn create(a: &CreateArgs, now: Millis) -> anyhow::Result<(RolloutEntry, patchmesh_node::control::SubmittedView)> {
+    let rollout = build(a, now)?;
+    let cat: CatalogView = call(&a.sign.node, Request::Catalog)?;
+    let want = format!("patch/{}", rollout.content_id);
+    if !cat.entries.iter().any(|e| e.key == want) {
+        bail!("no patch {} in the catalog: add it with `patchmesh patch add` first", rollout.content_id);
+    }
+    let entry = CatalogEntry::Rollout(rollout.clone());
+    let result = publish(&a.sign.node, &a.sign.admin_key, vec![(entry.key(), Some(entry))])?;
+    Ok((rollout, result))
+}
+
 /// Finds one rollout in the node's view by id or unique prefix.
 fn find(node: &NodeArgs, id: &str) -> anyhow::Result<RolloutView> {
     let v: RolloutsView = call(node, Request::Rollouts)?;
@@ -234,14 +255,7 @@ fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Resul
 pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
     match cmd {
         RolloutCmd::Create(a) => {
-            let rollout = build(&a, now)?;
-            let cat: CatalogView = call(&a.sign.node, Request::Catalog)?;
-            let want = format!("patch/{}", rollout.content_id);
-            if !cat.entries.iter().any(|e| e.key == want) {
-                bail!("no patch {} in the catalog: add it with `patchmesh patch add` first", rollout.content_id);
-            }
-            let entry = CatalogEntry::Rollout(rollout.clone());
-            let result = publish(&a.sign.node, &a.sign.admin_key, vec![(entry.key(), Some(entry))])?;
+            let (rollout, result) = create(&a, now)?;
             if a.sign.json {
                 let v = RolloutCreateOutput { rollout: rollout.id.to_string(), published: result };
                 outln!("{}", crate::output::json(&v));

@@ -294,7 +294,7 @@ fn debian_matching_gets_every_hard_case_right() {
     );
     // Exposed, automatable, total impact, not in KEV: 3 days (BOD 26-04 row 5).
     let ssh = by("CVE-2024-6387");
-    assert_eq!(ssh["risk"]["due"], "Days3");
+    assert_eq!(ssh["risk"]["due"], "3d");
     assert_eq!(
         ssh["risk"]["inputs"],
         json!({"exposed": true, "kev": false, "automatable": true, "total_impact": true})
@@ -303,16 +303,16 @@ fn debian_matching_gets_every_hard_case_right() {
     let pwnkit = by("CVE-2021-4034");
     assert_eq!(pwnkit["risk"]["inputs"]["kev"], true);
     assert_eq!(pwnkit["risk"]["likelihood"][0], 1.0);
-    assert_eq!(pwnkit["risk"]["due"], "Days3");
+    assert_eq!(pwnkit["risk"]["due"], "3d");
     // No fix: exception needed; unimportant ranks last among exposed findings.
-    assert_eq!(by("CVE-2024-0002")["risk"]["due"], "ExceptionNeeded");
+    assert_eq!(by("CVE-2024-0002")["risk"]["due"], "exception");
     let exposed: Vec<&Value> =
         found.iter().filter(|a| a["finding"]["verdict"].get("Fixed").is_none()).collect();
     assert_eq!(exposed.last().unwrap()["finding"]["cve"], "CVE-2024-0003");
     // Internal by default: the same openssh finding is due in 60 days (row 13).
     let internal = vulns(&f, &[]);
     let ssh = internal.iter().find(|a| a["finding"]["cve"] == "CVE-2024-6387").unwrap();
-    assert_eq!(ssh["risk"]["due"], "Days60");
+    assert_eq!(ssh["risk"]["due"], "60d");
     // Filters.
     let kev_only = vulns(&f, &["--kev"]);
     assert_eq!(kev_only.len(), 1);

@@ -63,7 +63,7 @@ fn local_step(m: &Mesh, i: usize, id: &str) -> Option<String> {
 }
 
 #[test]
-fn the_demo_rolls_a_good_patch_and_halts_a_bad_one_with_no_blast_radius() {
+fn the_demo_remediates_a_finding_with_a_good_patch_and_halts_a_bad_one_with_no_blast_radius() {
     let _guard = serial();
     let out = Command::new(binary())
         .args(["demo", "--nodes", "6", "--sites", "2", "--payload-bytes", "262144", "--soak-s", "1", "--json"])
@@ -87,6 +87,9 @@ fn the_demo_rolls_a_good_patch_and_halts_a_bad_one_with_no_blast_radius() {
     assert_eq!(bad[0].rolled_back, bad[0].failed, "every failed canary rolled back: {v:?}");
     assert!(bad[1..].iter().all(|r| r.failed == 0 && r.rolled_back == 0), "{v:?}");
     assert!(v.wan_ratio_max <= 1.05, "{v:?}");
+    // The good patch remediated the demo's finding: every node exposed before, none after.
+    assert_eq!((v.intel.nodes_exposed_before, v.intel.nodes_exposed_after), (6, 0), "{v:?}");
+    assert_eq!(v.intel.due, "3d", "KEV, automatable, total impact: {v:?}");
 }
 
 /// One node, one ring; the node is killed with SIGKILL right after its journal reached `step`,

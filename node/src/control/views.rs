@@ -625,8 +625,31 @@ pub struct DemoReport {
     pub wan: Vec<DemoWan>,
     /// Wall time.
     pub elapsed_ms: u64,
-    /// Blast radius 0 and every node on the good version.
+    /// The finding the good patch remediates.
+    pub intel: DemoIntel,
+    /// Blast radius 0, every node on the good version, and the finding closed everywhere.
     pub ok: bool,
+}
+
+/// The demo's vulnerability finding, before and after its remediation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DemoIntel {
+    /// The intel bundle (content id).
+    pub bundle: String,
+    /// The CVE.
+    pub cve: String,
+    /// Its highest score in the fleet.
+    pub score: f64,
+    /// Its due class.
+    pub due: String,
+    /// Nodes exposed once the bundle was published.
+    pub nodes_exposed_before: usize,
+    /// Nodes exposed after the good patch.
+    pub nodes_exposed_after: usize,
+    /// Publishing the bundle → the fleet view at node 0 counting every node.
+    pub exposure_visible_ms: u64,
+    /// Publishing the remediation → no node exposed.
+    pub closed_after_ms: u64,
 }
 
 /// One rollout of the demo.

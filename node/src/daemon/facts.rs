@@ -2,6 +2,7 @@
 //! and the facts rollout selectors and windows read.
 
 use super::*;
+use std::collections::BTreeMap;
 
 pub(super) fn read_inventory(root: &Path) -> Inventory {
     match inventory::collect(&inventory::Sources { root }) {
@@ -48,13 +49,25 @@ impl Daemon {
             }),
             None => jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
         };
-        let packages = self
+        let mut packages: BTreeMap<String, String> = self
             .inventory
             .packages
             .iter()
             .filter(|p| p.status == "installed")
             .map(|p| (p.name.clone(), p.version.clone()))
             .collect();
+        // Source packages as `src:NAME` (a binary name never holds a colon), at the lowest
+        // source version installed: a remediation's `src:openssh < FIX` reaches a node while any
+        // binary built from an older openssh remains.
+        for p in self.inventory.installed() {
+            let key = format!("src:{}", p.source);
+            let lower = packages.get(&key).is_none_or(|v| {
+                patchmesh_protocol::rollout::target::compare_versions(&p.source_version, v).is_lt()
+            });
+            if lower {
+                packages.insert(key, p.source_version);
+            }
+        }
         let facts =
             patchmesh_protocol::rollout::Facts { os: self.inventory.os.clone(), packages, tz };
         self.input(Input::Command(Command::SetFacts(facts)));

@@ -190,6 +190,8 @@ pub fn exposure_summary(
 pub struct SiteCve {
     /// The CVE.
     pub cve: String,
+    /// The source package it was found in (the first member's, by rank).
+    pub source: String,
     /// Members listing it among their top findings.
     pub nodes: u32,
     /// The highest score × 10 among them.
@@ -257,6 +259,7 @@ pub fn site_exposure<'a>(members: impl IntoIterator<Item = &'a ExposureSummary>)
             }
             let c = cves.entry(t.cve.as_str()).or_insert_with(|| SiteCve {
                 cve: t.cve.clone(),
+                source: t.source.clone(),
                 nodes: 0,
                 score_tenths: 0,
                 due: t.due,

@@ -120,14 +120,19 @@ impl Default for Asset {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Due {
     /// Within 3 days.
+    #[serde(rename = "3d")]
     Days3,
     /// Within 14 days.
+    #[serde(rename = "14d")]
     Days14,
     /// Within 60 days.
+    #[serde(rename = "60d")]
     Days60,
     /// At the next maintenance window.
+    #[serde(rename = "window")]
     NextWindow,
     /// No fix exists: needs a recorded exception.
+    #[serde(rename = "exception")]
     ExceptionNeeded,
 }
 

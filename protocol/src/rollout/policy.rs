@@ -23,7 +23,8 @@ pub struct Selector {
 /// A predicate on an installed package's version, compared the way dpkg compares versions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackagePredicate {
-    /// Package name.
+    /// Binary package name, or `src:NAME` for a source package at its lowest installed source
+    /// version (what vulnerability data is keyed by).
     pub name: String,
     /// Comparison.
     pub op: VersionOp,
