@@ -199,6 +199,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Exceptions: risk accepted for a while, or "not affected" (VEX), per CVE and nodes.
+    #[command(subcommand)]
+    Exception(intel::ExceptionCmd),
     /// Roll the fix of exposed CVEs out to exactly the nodes exposed to them.
     ///
     /// Selects CVEs by id (or --kev / --due-class) from the fleet view, adds the fix (--deb, a
@@ -426,6 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Intel(intel::IntelCmd::Show { bundle, json }) => intel::show(&bundle, json),
         Cmd::Vulns { local, filter, json } => intel::vulns(&local, &filter, json),
         Cmd::Remediate(a) => intel::remediate(*a, now_ms()),
+        Cmd::Exception(cmd) => intel::exception(cmd, now_ms()),
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
         Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),

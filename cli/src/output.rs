@@ -111,6 +111,9 @@ pub fn catalog(v: &CatalogView, json_out: bool) {
             CatalogEntryView::Command { rollout, action, .. } => {
                 outln!("command  {action} on rollout {rollout}")
             }
+            CatalogEntryView::Exception { cve, exception, target, expires_at_ms, .. } => {
+                outln!("exception {exception} {cve} for {target} until {}", crate::intel::date(*expires_at_ms))
+            }
             CatalogEntryView::Intel { content_id, size_bytes, sources, .. } => {
                 outln!("intel    {size_bytes} bytes from {}  id={content_id}", sources.join(", "))
             }

@@ -3,7 +3,7 @@
 //!
 //! ## Shape
 //! The document is one flat root map from keys (`patch/<content id>`, `rollout/<id>`,
-//! `command/<id>`, `intel/<content id>`) to byte values holding the canonical encoding of a [`CatalogEntry`]. A flat
+//! `command/<id>`, `intel/<content id>`, `exception/<id>`) to byte values holding the canonical encoding of a [`CatalogEntry`]. A flat
 //! map of immutable-ish entries avoids automerge's classic pitfall of two admins concurrently
 //! creating the same nested map (where one map would hide the other's entries).
 //!
@@ -159,6 +159,8 @@ pub enum CatalogEntry {
     Command(AdminCommand),
     /// An intel bundle.
     Intel(IntelEntry),
+    /// An exception to a finding.
+    Exception(crate::intel::exception::ExceptionEntry),
 }
 
 impl CatalogEntry {
@@ -168,6 +170,7 @@ impl CatalogEntry {
             CatalogEntry::Patch(p) => format!("patch/{}", p.content_id),
             CatalogEntry::Rollout(r) => format!("rollout/{}", r.id),
             CatalogEntry::Intel(i) => format!("intel/{}", i.content_id),
+            CatalogEntry::Exception(e) => e.key(),
             CatalogEntry::Command(c) => {
                 // 128 bits of the command's hash: unique among admin-issued commands and half
                 // the bytes on the wire of a full hash.

@@ -139,3 +139,5 @@ pub const EXPOSURE_TOP_PER_SITE_MAX: usize = 32;
 pub const EXPOSURE_BUNDLES_PER_SITE_MAX: usize = 8;
 /// Bytes of a CVE id, a source package name or a version inside an exposure summary.
 pub const EXPOSURE_FIELD_BYTES_MAX: usize = 128;
+/// Longest an exception (risk acceptance or "not affected") may run before it must be renewed.
+pub const EXCEPTION_DAYS_MAX: u64 = 90;

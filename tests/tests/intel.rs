@@ -453,7 +453,7 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     for i in 0..4 {
         let root = mesh.root.0.join(format!("machine{i}"));
         machine(&root, if i == 2 { &patched } else { STATUS });
-        mesh.node_config.insert(i, format!("inventory_root = \"{}\"\n", root.display()));
+        mesh.node_config.insert(i, format!("inventory_root = \"{}\"\ninventory_interval_ms = 1000\n", root.display()));
     }
     mesh.start_all();
     let files = inputs(&mesh.root.0.join("inputs"));
@@ -524,4 +524,36 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     let text =
         String::from_utf8_lossy(&mesh.cli_at(0, &["explain", "CVE-2024-6387"]).stdout).to_string();
     assert!(text.contains("installed 1:9.2p1-2+deb12u2 < fixed 1:9.2p1-2+deb12u3"), "{text}");
+
+    // Exceptions: one over 90 days is refused; site1 accepts the risk for a few seconds, its
+    // nodes list the finding as excepted and the fleet count drops; the expiry reopens it.
+    let add = |expires: &str| {
+        mesh.cli_at(0, &[
+            "exception", "add", "--cve", "CVE-2024-6387", "--target-site", "site1",
+            "--justification", "sshd reachable from the bastion only", "--control", "firewall rule 7",
+            "--expires", expires, "--admin-key", &admin,
+        ])
+    };
+    let out = add("91d");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at most 90 days"));
+    let out = add("12s");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let excepted_at_site1 = |want: bool| {
+        wait_for(Duration::from_secs(40), || {
+            let out = mesh.cli_at(3, &["vulns", "--node-id", "self", "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let f = v["findings"].as_array()?.iter().find(|a| a["finding"]["cve"] == "CVE-2024-6387")?.clone();
+            (f["finding"]["excepted"].is_object() == want).then_some(f)
+        })
+    };
+    let f = excepted_at_site1(true).expect("site1's finding never showed the exception");
+    assert_eq!(f["finding"]["excepted"]["kind"], "risk-accepted");
+    assert_eq!(f["finding"]["excepted"]["compensating_control"], "firewall rule 7");
+    let fleet_nodes = || -> Option<u64> {
+        let v: Value = serde_json::from_slice(&mesh.cli_at(0, &["vulns", "--json"]).stdout).ok()?;
+        v["cves"].as_array()?.iter().find(|r| r["cve"] == "CVE-2024-6387").and_then(|r| r["nodes"].as_u64()).or(Some(0))
+    };
+    wait_for(Duration::from_secs(40), || (fleet_nodes()? == 1).then_some(())).expect("the fleet still counts excepted nodes");
+    excepted_at_site1(false).expect("the lapsed exception never reopened the finding");
+    wait_for(Duration::from_secs(40), || (fleet_nodes()? == 3).then_some(())).expect("the reopened finding is not counted again");
 }

@@ -162,6 +162,23 @@ pub enum CatalogEntryView {
         /// Admin key id.
         admin: String,
     },
+    /// An exception to a finding.
+    Exception {
+        /// The CVE.
+        cve: String,
+        /// `risk-accepted` or `not-affected`.
+        exception: String,
+        /// Why.
+        justification: String,
+        /// The compensating control, if any.
+        compensating_control: Option<String>,
+        /// Labels, sites, OS and package predicates the covered nodes match.
+        target: String,
+        /// When it was made.
+        created_at_ms: u64,
+        /// When it lapses.
+        expires_at_ms: u64,
+    },
     /// An intel bundle.
     Intel {
         /// Bundle content id (hex).

@@ -37,11 +37,20 @@ impl Daemon {
             self.input(Input::Command(Command::UpdateRecord { inventory: summary }));
             self.set_facts();
             self.check_intel(true);
+        } else {
+            // Exceptions lapse with time: re-assess when the set in force changed.
+            self.reassess_if_exceptions_changed();
         }
     }
 
     /// Tells the core what rollout selectors and windows read: OS, packages, time zone.
     pub(super) fn set_facts(&mut self) {
+        let facts = self.facts();
+        self.input(Input::Command(Command::SetFacts(facts)));
+    }
+
+    /// What selectors read about this machine.
+    pub(super) fn facts(&self) -> patchmesh_protocol::rollout::Facts {
         let tz = match &self.cfg.time_zone {
             Some(name) => jiff::tz::TimeZone::get(name).unwrap_or_else(|e| {
                 tracing::warn!(zone = %name, error = %e, "unknown time zone; using UTC");
@@ -68,8 +77,6 @@ impl Daemon {
                 packages.insert(key, p.source_version);
             }
         }
-        let facts =
-            patchmesh_protocol::rollout::Facts { os: self.inventory.os.clone(), packages, tz };
-        self.input(Input::Command(Command::SetFacts(facts)));
+        patchmesh_protocol::rollout::Facts { os: self.inventory.os.clone(), packages, tz }
     }
 }

@@ -5,9 +5,11 @@
 //! re-reads the bundle (the index holds only what the old inventory needed).
 
 use super::{control, Daemon};
-use patchmesh_protocol::catalog::{newest_intel, IntelEntry};
+use patchmesh_protocol::catalog::{newest_intel, CatalogEntry, IntelEntry};
+use patchmesh_protocol::ids::KeyId;
 use patchmesh_protocol::ids::{ContentId, Millis};
 use patchmesh_protocol::intel::apt::{updates, Update};
+use patchmesh_protocol::intel::exception::{apply, ExceptionEntry};
 use patchmesh_protocol::intel::matching::NodeIndex;
 use patchmesh_protocol::intel::report::{assess_node, exposure_summary, Assessed};
 use patchmesh_protocol::intel::risk::Asset;
@@ -27,6 +29,8 @@ pub(super) struct IntelState {
     pub findings: Vec<Assessed>,
     pub updates: Vec<Update>,
     pub assessed_at: Millis,
+    /// Keys of the exceptions in force at the last assessment.
+    pub exceptions: Vec<String>,
 }
 
 /// A bundle read (or not) off the owner task.
@@ -96,6 +100,7 @@ impl Daemon {
                     findings: Vec::new(),
                     updates: Vec::new(),
                     assessed_at: Millis(0),
+                    exceptions: Vec::new(),
                 });
                 self.assess_intel();
             }
@@ -108,10 +113,19 @@ impl Daemon {
     /// Assesses this machine against the bundle in use and re-signs the record when the
     /// exposure changed.
     pub(super) fn assess_intel(&mut self) {
+        let exceptions = self.exceptions_in_force();
+        let facts = self.facts();
+        let now = super::now_ms();
+        let (site, labels) = (self.cert.site.clone(), self.cert.labels.clone());
         let Some(state) = self.intel.as_mut() else { return };
         let installed = self.inventory.installed();
         let asset = Asset::from_labels(&self.cert.labels);
         state.findings = assess_node(&state.index, &installed, &asset);
+        let covers = |sel: &patchmesh_protocol::catalog::Selector| {
+            patchmesh_protocol::rollout::target::selects(sel, &site, &labels, &facts)
+        };
+        apply(&mut state.findings, &exceptions, covers, now);
+        state.exceptions = exceptions.iter().map(|(k, _, _)| k.clone()).collect();
         state.updates = updates(&state.index, &installed);
         state.assessed_at = super::now_ms();
         let summary =
@@ -123,6 +137,33 @@ impl Daemon {
             "exposure assessed"
         );
         self.input(Input::Command(Command::SetExposure(Some(summary))));
+    }
+
+    /// Valid exceptions in the catalog that have not expired, with their signers.
+    fn exceptions_in_force(&self) -> Vec<(String, ExceptionEntry, KeyId)> {
+        let now = super::now_ms();
+        self.node
+            .catalog()
+            .entries_authored()
+            .into_iter()
+            .filter_map(|(key, (entry, author))| match entry {
+                CatalogEntry::Exception(e)
+                    if key == e.key() && now < e.expires_at && e.validate().is_ok() =>
+                {
+                    Some((key, e, author))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Re-assesses when exceptions were added, revoked or lapsed since the last assessment.
+    pub(super) fn reassess_if_exceptions_changed(&mut self) {
+        let now_in_force: Vec<String> =
+            self.exceptions_in_force().into_iter().map(|(k, _, _)| k).collect();
+        if self.intel.as_ref().is_some_and(|s| s.exceptions != now_in_force) {
+            self.assess_intel();
+        }
     }
 
     /// The content of the bundle in use or being fetched, which garbage collection keeps.

@@ -61,6 +61,7 @@ impl Daemon {
     /// ones.
     pub(super) fn on_catalog(&mut self) {
         self.check_intel(false);
+        self.reassess_if_exceptions_changed();
         let payloads = self.catalog_payloads();
         if self.cfg.prefetch {
             for (content, size) in &payloads {

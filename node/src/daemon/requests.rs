@@ -317,6 +317,22 @@ impl Daemon {
                         action: format!("{:?}", c.action).to_lowercase(),
                         admin: c.admin.to_string(),
                     },
+                    CatalogEntry::Exception(e) => E::Exception {
+                        cve: e.cve.clone(),
+                        exception: match e.kind {
+                            patchmesh_protocol::intel::exception::ExceptionKind::RiskAccepted => {
+                                "risk-accepted".into()
+                            }
+                            patchmesh_protocol::intel::exception::ExceptionKind::NotAffected => {
+                                "not-affected".into()
+                            }
+                        },
+                        justification: e.justification.clone(),
+                        compensating_control: e.compensating_control.clone(),
+                        target: describe_selector(&e.target),
+                        created_at_ms: e.created_at.0,
+                        expires_at_ms: e.expires_at.0,
+                    },
                     CatalogEntry::Intel(i) => E::Intel {
                         content_id: i.content_id.to_string(),
                         size_bytes: i.size_bytes,
@@ -332,6 +348,26 @@ impl Daemon {
             changes: self.node.catalog().len(),
             entries,
         }
+    }
+}
+
+/// A selector in words (`every node` when it selects everything).
+fn describe_selector(s: &patchmesh_protocol::catalog::Selector) -> String {
+    let mut parts: Vec<String> = s.labels.iter().map(|(k, v)| format!("label {k}={v}")).collect();
+    if !s.sites.is_empty() {
+        parts.push(format!(
+            "site {}",
+            s.sites.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("|")
+        ));
+    }
+    if let Some(os) = &s.os {
+        parts.push(format!("os ~ {os}"));
+    }
+    parts.extend(s.packages.iter().map(|p| format!("{} {:?} {}", p.name, p.op, p.version)));
+    if parts.is_empty() {
+        "every node".into()
+    } else {
+        parts.join(", ")
     }
 }
 

@@ -173,6 +173,10 @@ pub struct Finding {
     pub fix_seen_at: Option<Millis>,
     /// Other sources whose verdict differs, kept and shown, never merged away.
     pub disagreements: Vec<(Origin, Verdict)>,
+    /// The exception covering it, if an admin signed one that has not expired: the finding
+    /// stays listed but out of the due counts.
+    #[serde(default)]
+    pub excepted: Option<super::exception::ExceptionRef>,
 }
 
 /// The verdict of one statement on one installed source version.
@@ -292,6 +296,7 @@ pub fn match_source(source: &str, source_version: &str, advisories: &[Advisory])
             urgency,
             fix_seen_at: primary.fix_seen_at,
             disagreements,
+            excepted: None,
         });
     }
     out

@@ -19,6 +19,7 @@
 
 pub mod apt;
 pub mod bundle;
+pub mod exception;
 pub mod matching;
 pub mod report;
 pub mod risk;

@@ -20,11 +20,11 @@ pub struct Assessed {
     pub info: Option<CveInfo>,
 }
 
-/// Ranking order: exposed findings before ones shown only for a disagreement, unimportant
-/// ones last, then by score (highest first), due class, CVE and source.
+/// Ranking order: exposed findings before ones shown only for a disagreement, excepted ones
+/// after open ones, unimportant ones last, then by score (highest first), due class, CVE and source.
 pub fn rank_order(a: &Assessed, b: &Assessed) -> Ordering {
-    (!a.finding.verdict.exposed(), a.risk.unimportant)
-        .cmp(&(!b.finding.verdict.exposed(), b.risk.unimportant))
+    (!a.finding.verdict.exposed(), a.finding.excepted.is_some(), a.risk.unimportant)
+        .cmp(&(!b.finding.verdict.exposed(), b.finding.excepted.is_some(), b.risk.unimportant))
         .then_with(|| b.risk.score.partial_cmp(&a.risk.score).unwrap_or(Ordering::Equal))
         .then_with(|| a.risk.due.cmp(&b.risk.due))
         .then_with(|| a.finding.cve.cmp(&b.finding.cve))
@@ -83,10 +83,10 @@ impl DueCounts {
     }
 }
 
-/// Counts of the exposed findings of an assessment.
+/// Counts of the exposed findings of an assessment (excepted ones not counted).
 pub fn due_counts(list: &[Assessed]) -> DueCounts {
     let mut c = DueCounts::default();
-    for a in list.iter().filter(|a| a.finding.verdict.exposed()) {
+    for a in list.iter().filter(|a| a.finding.verdict.exposed() && a.finding.excepted.is_none()) {
         c.add(a.risk.due);
     }
     c
@@ -121,7 +121,9 @@ pub struct ExposureSummary {
     pub counts: DueCounts,
     /// Exposed findings whose CVE is in KEV.
     pub kev: u32,
-    /// The highest-ranked exposed findings, best first.
+    /// Exposed findings an unexpired exception covers (not in `counts`).
+    pub excepted: u32,
+    /// The highest-ranked exposed findings without an exception, best first.
     pub top: Vec<TopFinding>,
     /// BLAKE3 of the canonical encoding of the full finding list ([`findings_digest`]).
     pub findings_digest: [u8; 32],
@@ -161,12 +163,13 @@ pub fn exposure_summary(
     bundle_created_at: Millis,
     list: &[Assessed],
 ) -> ExposureSummary {
-    let exposed = || list.iter().filter(|a| a.finding.verdict.exposed());
+    let exposed = || list.iter().filter(|a| a.finding.verdict.exposed() && a.finding.excepted.is_none());
     ExposureSummary {
         bundle,
         bundle_created_at,
         counts: due_counts(list),
         kev: exposed().filter(|a| a.risk.inputs.kev).count() as u32,
+        excepted: list.iter().filter(|a| a.finding.verdict.exposed() && a.finding.excepted.is_some()).count() as u32,
         top: exposed()
             .take(limits::EXPOSURE_TOP_PER_RECORD_MAX)
             .map(|a| TopFinding {
@@ -214,6 +217,8 @@ pub struct SiteExposure {
     pub counts: DueCounts,
     /// Exposed KEV findings, summed.
     pub kev: u32,
+    /// Excepted findings, summed.
+    pub excepted: u32,
     /// Members with at least one exposed finding.
     pub nodes_exposed: u32,
     /// The highest-ranked CVEs from the members' top findings.
@@ -251,6 +256,7 @@ pub fn site_exposure<'a>(members: impl IntoIterator<Item = &'a ExposureSummary>)
             *sum = sum.saturating_add(add);
         }
         out.kev = out.kev.saturating_add(e.kev);
+        out.excepted = out.excepted.saturating_add(e.excepted);
         out.nodes_exposed += u32::from(e.counts.total() > 0);
         let mut seen = BTreeSet::new();
         for t in &e.top {

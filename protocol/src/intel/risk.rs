@@ -349,6 +349,7 @@ mod tests {
             urgency: Urgency::High,
             fix_seen_at: Some(Millis(1_000)),
             disagreements: vec![],
+            excepted: None,
         }
     }
 
