@@ -93,8 +93,9 @@ pub struct LocalArgs {
 /// Filters of `patchmesh vulns`.
 #[derive(Args, Clone)]
 pub struct VulnFilter {
-    /// One node's findings (`self`, or this node's id) instead of the fleet.
-    #[arg(long)]
+    /// One node's findings instead of the fleet: `self`, or a node id (another node of this
+    /// node's site serves its findings, checked against the digest in its signed record).
+    #[arg(long = "node")]
     pub node_id: Option<String>,
     /// One site.
     #[arg(long)]
@@ -393,10 +394,9 @@ pub fn vulns(args: &LocalArgs, filter: &VulnFilter, json: bool) -> anyhow::Resul
     if let Some(id) = &filter.node_id {
         let me: StatusView = crate::call(&args.node, Request::Status)?;
         if id != "self" && *id != me.node {
-            anyhow::bail!(
-                "--node {id}: this node shows its own findings (--node self or {}); another node's are on that node (its record's summary is in `patchmesh vulns --site`)",
-                me.node
-            );
+            let v: patchmesh_node::control::RemoteFindingsView =
+                crate::call(&args.node, Request::Findings { node: id.clone() })?;
+            return remote_vulns(&v, filter, json);
         }
     }
     let s = subject(args)?;
@@ -435,6 +435,30 @@ pub fn vulns(args: &LocalArgs, filter: &VulnFilter, json: bool) -> anyhow::Resul
         c.window,
         c.exception
     );
+    Ok(())
+}
+
+/// Another node's findings, checked against its signed digest by the node asked.
+fn remote_vulns(
+    v: &patchmesh_node::control::RemoteFindingsView,
+    filter: &VulnFilter,
+    json: bool,
+) -> anyhow::Result<()> {
+    let shown: Vec<&Assessed> = v.findings.iter().filter(|a| keep(a, filter)).collect();
+    if json {
+        outln!("{}", crate::output::json(v));
+        return Ok(());
+    }
+    if let Some(s) = &v.summary {
+        outln!(
+            "node {}  bundle {}  built {} ({}); findings checked against its signed record",
+            v.node,
+            &s.bundle.to_string()[..16],
+            date(s.bundle_created_at.0),
+            age(s.bundle_created_at.0)
+        );
+    }
+    findings_table(&shown);
     Ok(())
 }
 

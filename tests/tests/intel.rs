@@ -455,6 +455,8 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
         machine(&root, if i == 2 { &patched } else { STATUS });
         mesh.node_config.insert(i, format!("inventory_root = \"{}\"\ninventory_interval_ms = 1000\n", root.display()));
     }
+    // Node 3 lies: it serves its findings without the openssh one.
+    mesh.node_env.insert(3, vec![("PATCHMESH_TEST_HIDE_FINDING".into(), "CVE-2024-6387".into())]);
     mesh.start_all();
     let files = inputs(&mesh.root.0.join("inputs"));
     let bundle = mesh.root.0.join("intel.pmi").display().to_string();
@@ -513,7 +515,7 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     assert_eq!(row["fixed_version"], "1:9.2p1-2+deb12u3");
     // A node's own findings, through the node.
     let own: Value =
-        serde_json::from_slice(&mesh.cli_at(2, &["vulns", "--node-id", "self", "--json"]).stdout)
+        serde_json::from_slice(&mesh.cli_at(2, &["vulns", "--node", "self", "--json"]).stdout)
             .unwrap();
     assert!(!own["findings"].as_array().unwrap().is_empty());
     assert!(own["findings"]
@@ -524,6 +526,15 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     let text =
         String::from_utf8_lossy(&mesh.cli_at(0, &["explain", "CVE-2024-6387"]).stdout).to_string();
     assert!(text.contains("installed 1:9.2p1-2+deb12u2 < fixed 1:9.2p1-2+deb12u3"), "{text}");
+
+    // Another member's findings, checked against its signed digest: node 1's are served
+    // honestly, node 3's lie is caught.
+    let key = |i: usize| mesh.nodes[i].key.clone();
+    let honest: Value = serde_json::from_slice(&mesh.cli_at(3, &["vulns", "--node", &key(1), "--json"]).stdout).unwrap();
+    assert!(honest["findings"].as_array().unwrap().iter().any(|a| a["finding"]["cve"] == "CVE-2024-6387"));
+    let lie = mesh.cli_at(1, &["vulns", "--node", &key(3), "--json"]);
+    assert!(!lie.status.success());
+    assert!(String::from_utf8_lossy(&lie.stderr).contains("do not match the digest in its signed record"), "{}", String::from_utf8_lossy(&lie.stderr));
 
     // Exceptions: one over 90 days is refused; site1 accepts the risk for a few seconds, its
     // nodes list the finding as excepted and the fleet count drops; the expiry reopens it.
@@ -540,7 +551,7 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let excepted_at_site1 = |want: bool| {
         wait_for(Duration::from_secs(40), || {
-            let out = mesh.cli_at(3, &["vulns", "--node-id", "self", "--json"]);
+            let out = mesh.cli_at(3, &["vulns", "--node", "self", "--json"]);
             let v: Value = serde_json::from_slice(&out.stdout).ok()?;
             let f = v["findings"].as_array()?.iter().find(|a| a["finding"]["cve"] == "CVE-2024-6387")?.clone();
             (f["finding"]["excepted"].is_object() == want).then_some(f)

@@ -40,6 +40,12 @@ pub enum Request {
     },
     /// This node's findings against the intel bundle in use, and its available updates.
     Intel,
+    /// Another node's findings, fetched from it and checked against the digest in its signed
+    /// record.
+    Findings {
+        /// Node id (hex).
+        node: String,
+    },
     /// The fleet's exposure as this node sees it: its site's records and every site summary.
     Exposure,
     /// What the intel bundle in use says about one CVE for this node's release: every

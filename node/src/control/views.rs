@@ -359,6 +359,17 @@ pub struct IntelView {
     pub loading: Option<String>,
 }
 
+/// `Request::Findings`: another node's findings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteFindingsView {
+    /// The node.
+    pub node: String,
+    /// Its signed exposure summary (the digest the findings were checked against).
+    pub summary: Option<patchmesh_protocol::intel::report::ExposureSummary>,
+    /// Its findings as it served them; their verdicts match the signed digest.
+    pub findings: Vec<patchmesh_protocol::intel::report::Assessed>,
+}
+
 /// One site in `Request::Exposure`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SiteExposureView {

@@ -261,3 +261,55 @@ impl Daemon {
         }
     }
 }
+
+impl Daemon {
+    /// This node's findings as served to an admitted peer (JSON; empty without a bundle).
+    pub(super) fn findings_served(&self) -> Vec<u8> {
+        let Some(state) = &self.intel else { return Vec::new() };
+        #[cfg(feature = "test-hooks")]
+        if let Ok(cve) = std::env::var("PATCHMESH_TEST_HIDE_FINDING") {
+            // Tests of a lying node: serve the list without one finding.
+            let kept: Vec<&Assessed> =
+                state.findings.iter().filter(|a| a.finding.cve != cve).collect();
+            return serde_json::to_vec(&kept).unwrap_or_default();
+        }
+        serde_json::to_vec(&state.findings).unwrap_or_default()
+    }
+
+    /// Checks another node's served findings against the digest in its signed record.
+    pub(super) fn remote_findings(
+        &self,
+        node: patchmesh_protocol::ids::NodeId,
+        bytes: &[u8],
+    ) -> serde_json::Value {
+        let summary =
+            self.node.site().records().get(&node).and_then(|r| r.record().exposure.clone());
+        let Some(summary) = summary else {
+            return control::refused(format!(
+                "this node holds no signed exposure summary of {node} (it is in another site, or has no bundle yet): ask a member of its site"
+            ));
+        };
+        if bytes.len() > crate::net::INVENTORY_BYTES_MAX {
+            return control::refused(format!(
+                "node {node} sent {} bytes of findings, over the limit",
+                bytes.len()
+            ));
+        }
+        let findings: Vec<Assessed> = match serde_json::from_slice(bytes) {
+            Ok(f) => f,
+            Err(e) => return control::refused(format!("node {node} sent no valid findings: {e}")),
+        };
+        if patchmesh_protocol::intel::report::findings_digest(&findings) != summary.findings_digest
+        {
+            tracing::warn!(%node, "served findings do not match the signed digest");
+            return control::refused(format!(
+                "node {node} sent findings that do not match the digest in its signed record: it is lying or its record is stale"
+            ));
+        }
+        control::ok_view(&control::RemoteFindingsView {
+            node: node.to_string(),
+            summary: Some(summary),
+            findings,
+        })
+    }
+}

@@ -89,6 +89,7 @@ struct Daemon {
     next_token: u64,
     inventory: Inventory,
     inventory_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
+    findings_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
     listen: Vec<Multiaddr>,
     started: Instant,
     /// Objects loaded from the store at start, and how many of them failed verification.
@@ -306,6 +307,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         next_token: 1,
         inventory,
         inventory_waiting: HashMap::new(),
+        findings_waiting: HashMap::new(),
         listen: Vec::new(),
         started: Instant::now(),
         restored: (loaded.persisted.len(), refused + loaded.unreadable.len()),

@@ -104,6 +104,22 @@ impl Daemon {
             Request::Peers => control::ok_view(&self.peers_view()),
             Request::Catalog => control::ok_view(&self.catalog_view()),
             Request::Intel => control::ok_view(&self.intel_view()),
+            Request::Findings { node: hex_id } => {
+                let node = match parse_id(&hex_id) {
+                    Ok(n) => NodeId(n),
+                    Err(e) => return send(reply, control::refused(e)),
+                };
+                if node == self.node.id() {
+                    return send(reply, control::refused("that is this node: ask with `Intel`"));
+                }
+                let Some(peer) = net::peer_of(&node) else {
+                    return send(reply, control::refused("not a valid node key"));
+                };
+                let id =
+                    self.swarm.behaviour_mut().inventory.send_request(&peer, b"findings".to_vec());
+                self.findings_waiting.insert(id, (node, reply));
+                return;
+            }
             Request::Exposure => control::ok_view(&self.exposure_view()),
             Request::Advisories { cve } => control::ok_view(&self.advisories_of(&cve)),
             Request::Inventory { node: None } => control::ok_view(&control::InventoryView {

@@ -84,18 +84,23 @@ impl Daemon {
                 peer, message, ..
             }) => {
                 match message {
-                    request_response::Message::Request { channel, .. } => {
-                        // The full list is for admitted peers only.
-                        let body = if self.admitted.contains(&peer) {
-                            serde_json::to_vec(&self.inventory).unwrap_or_default()
-                        } else {
-                            Vec::new()
+                    request_response::Message::Request { channel, request, .. } => {
+                        // The full lists are for admitted peers only. An empty request asks
+                        // for the inventory, `findings` for the vulnerability findings.
+                        let body = match (self.admitted.contains(&peer), request.as_slice()) {
+                            (false, _) => Vec::new(),
+                            (true, b"findings") => self.findings_served(),
+                            (true, _) => serde_json::to_vec(&self.inventory).unwrap_or_default(),
                         };
                         let _ = self.swarm.behaviour_mut().inventory.send_response(channel, body);
                     }
                     request_response::Message::Response { request_id, response } => {
                         if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
                             let _ = reply.send(self.remote_inventory(node, &response));
+                        } else if let Some((node, reply)) =
+                            self.findings_waiting.remove(&request_id)
+                        {
+                            let _ = reply.send(self.remote_findings(node, &response));
                         }
                     }
                 }
@@ -108,6 +113,10 @@ impl Daemon {
                 if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
                     let _ = reply.send(control::refused(format!(
                         "fetching the inventory of {node}: {error}"
+                    )));
+                } else if let Some((node, reply)) = self.findings_waiting.remove(&request_id) {
+                    let _ = reply.send(control::refused(format!(
+                        "fetching the findings of {node}: {error}"
                     )));
                 }
             }

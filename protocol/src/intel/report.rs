@@ -143,7 +143,8 @@ impl ExposureSummary {
     }
 }
 
-/// The digest a record commits to: BLAKE3 over the canonical encoding of the findings.
+/// The digest a record commits to: BLAKE3 over the canonical encoding of the findings (their
+/// verdicts, versions and exceptions; not the risk, which a reader recomputes).
 pub fn findings_digest(list: &[Assessed]) -> [u8; 32] {
     let findings: Vec<&Finding> = list.iter().map(|a| &a.finding).collect();
     crate::crypto::hash_parts(&[b"patchmesh/v1/findings", &crate::crypto::encode(&findings)])
