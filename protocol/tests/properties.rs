@@ -36,6 +36,7 @@ fn record_bundles(keys: &Keys) -> Vec<Arc<Bundle>> {
                 written_at: Millis(T0.0 + v),
                 inventory: Default::default(),
                 rollouts,
+                exposure: None,
             };
             out.push(Arc::new(Bundle::new(
                 Envelope::seal(Domain::NodeRecord, &rec, &[&k]),
@@ -72,7 +73,11 @@ fn catalog_changes(keys: &Keys) -> Vec<Envelope> {
         {
             let c = CatalogEntry::Command(AdminCommand {
                 rollout: RolloutId([i; 32]),
-                action: if i % 2 == 0 { CommandAction::Pause } else { CommandAction::Resume { overrides: None } },
+                action: if i % 2 == 0 {
+                    CommandAction::Pause
+                } else {
+                    CommandAction::Resume { overrides: None }
+                },
                 issued_at: Millis(T0.0 + u64::from(i)),
                 admin: admin.public(),
             });

@@ -320,3 +320,107 @@ pub(crate) fn finish(
         skipped: t.skipped,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("pm-intel-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const PACKAGES: &str = "Package: curl\nVersion: 7.88.1-10+deb12u8\nArchitecture: amd64\n\n\
+        Package: tzdata\nVersion: 2025b-0+deb12u1\nArchitecture: all\n\n\
+        Package: broken\nVersion: not a version!\nArchitecture: amd64\n";
+
+    fn index_of(path: &Path) -> (IndexChunk, SourceInfo) {
+        let mut imp = Import::new(Millis(1));
+        let info = imp.add(path).unwrap().clone();
+        (imp.indexes.pop().unwrap(), info)
+    }
+
+    #[test]
+    fn packages_read_the_same_plain_gz_xz_and_lz4_with_their_release_file() {
+        let d = tmp("apt");
+        let prefix = "deb.debian.org_debian-security_dists_bookworm-security_";
+        std::fs::write(
+            d.join(format!("{prefix}InRelease")),
+            "Origin: Debian\nCodename: bookworm-security\nDate: Sat, 28 Nov 2026 10:00:00 UTC\n",
+        )
+        .unwrap();
+        let base = d.join(format!("{prefix}main_binary-amd64_Packages"));
+        let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", base.display()));
+        std::fs::write(&base, PACKAGES).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(PACKAGES.as_bytes()).unwrap();
+        std::fs::write(with("gz"), gz.finish().unwrap()).unwrap();
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(PACKAGES.as_bytes()).unwrap();
+        std::fs::write(with("xz"), xz.finish().unwrap()).unwrap();
+        let mut lz = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        lz.write_all(PACKAGES.as_bytes()).unwrap();
+        std::fs::write(with("lz4"), lz.finish().unwrap()).unwrap();
+        let (plain, info) = index_of(&base);
+        assert_eq!(
+            (plain.release.as_str(), plain.suite.as_str(), plain.security, plain.priority),
+            ("bookworm", "bookworm-security", true, 500)
+        );
+        assert_eq!(plain.packages.len(), 2);
+        assert_eq!(info.skipped.get("invalid version string"), Some(&1));
+        assert_eq!(info.date.as_deref(), Some("Sat, 28 Nov 2026 10:00:00 UTC"));
+        for ext in ["gz", "xz", "lz4"] {
+            assert_eq!(index_of(&with(ext)).0, plain, "{ext}");
+        }
+        // Garbage behind a compressed name is an error naming the file, not a silent empty index.
+        std::fs::write(with("xz"), b"not xz at all").unwrap();
+        let err = Import::new(Millis(1)).add(&with("xz")).unwrap_err();
+        assert!(err.to_string().contains("Packages.xz"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn osv_reads_from_a_zip_and_from_json_lines_alike() {
+        let d = tmp("osv");
+        let rec = |id: &str, withdrawn: bool| {
+            let mut v = serde_json::json!({"id": id, "modified": "2026-01-01T00:00:00Z", "aliases": ["CVE-2026-1"],
+                "affected": [{"package": {"ecosystem": "Debian:12", "name": "curl"},
+                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "7.88.1-10+deb12u9"}]}]}]});
+            if withdrawn {
+                v["withdrawn"] = "2026-02-01T00:00:00Z".into();
+            }
+            v.to_string()
+        };
+        let zip_path = d.join("all.zip");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        for (name, withdrawn) in [("DSA-1.json", false), ("DSA-2.json", true)] {
+            z.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            z.write_all(rec(&name[..5], withdrawn).as_bytes()).unwrap();
+        }
+        z.finish().unwrap();
+        std::fs::write(
+            d.join("osv.jsonl"),
+            format!("{}\n{}\n\n", rec("DSA-1", false), rec("DSA-2", true)),
+        )
+        .unwrap();
+        for path in [zip_path, d.join("osv.jsonl")] {
+            let mut imp = Import::new(Millis(1));
+            let info = imp.add(&path).unwrap().clone();
+            assert_eq!(
+                (info.records, info.skipped.get("withdrawn").copied()),
+                (1, Some(1)),
+                "{}",
+                path.display()
+            );
+            let advisories = &imp.advisories[&("bookworm".to_string(), "curl".to_string())];
+            assert_eq!(advisories.len(), 1);
+            assert_eq!(advisories[0].cve, "CVE-2026-1", "filed under its CVE alias");
+        }
+        std::fs::write(d.join("bad.zip"), b"PK\x03\x04 truncated").unwrap();
+        let err = Import::new(Millis(1)).add(&d.join("bad.zip")).unwrap_err();
+        assert!(err.to_string().contains("not a readable zip"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
