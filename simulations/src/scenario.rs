@@ -82,6 +82,13 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
              rollout_targeted_nodes, rolled_back_nodes, failed_nodes,
              first_start_ms_by_zone, max_site_concurrency, effects_lost (see the rollout
              module docs for their exact definitions)
+  [intel]    at_ms          when an admin publishes an intel bundle (60000)
+             fetch_ms, fetch_jitter  bundle fetch once a node holds its catalog entry (2000,
+                            0.5); the node then assesses itself and signs its exposure
+             check_ms       how often each node's view is checked (1000)
+             Reported: exposure_visible_ms (publication -> the node's view, its site's
+             records and every other site's summary, counts every node on the bundle; over
+             live honest nodes), visible_nodes, live_nodes
 ";
 
 fn d_duration() -> u64 {
@@ -156,6 +163,9 @@ pub struct Scenario {
     /// A patch rolled out through rings.
     #[serde(default)]
     pub rollout: Option<RolloutSpec>,
+    /// An intel bundle published, and how fast the fleet's exposure becomes visible.
+    #[serde(default)]
+    pub intel: Option<crate::intel::IntelSpec>,
 }
 
 /// How the fleet starts.

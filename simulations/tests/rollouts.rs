@@ -310,3 +310,51 @@ fn good_patch_10k() {
     assert_eq!(f.rings_completed, f.rings, "seed {seed}");
     assert!(f.rollout_complete_ms.is_some(), "seed {seed}");
 }
+
+/// An intel bundle in a small fleet: every live node's view ends counting every node on it,
+/// through its site's records and the other sites' summaries, crashes notwithstanding.
+#[test]
+fn an_intel_bundle_becomes_visible_fleet_wide_in_every_node_view() {
+    let text = r#"
+name = "intel-small"
+nodes = 300
+sites = 10
+start = "steady"
+duration_ms = 60000
+warmup_ms = 1000
+publish_at_ms = 2000
+
+[protocol]
+anti_entropy_interval_ms = 2000
+summary_interval_ms = 4000
+
+[[crash]]
+nodes = 5
+at_ms = 6000
+down_ms = 3000
+
+[intel]
+at_ms = 4000
+"#;
+    let s = Scenario::parse(text, "inline").unwrap();
+    for seed in seeds(&[1]) {
+        let r = run(&s, seed);
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+        let f = r.intel.as_ref().expect("an [intel] scenario reports intel figures");
+        assert_eq!(f.visible_nodes, f.live_nodes, "seed {seed}");
+        assert!(f.live_nodes >= 295, "seed {seed}: {f:?}");
+        assert!(f.exposure_visible_ms.p99 < 56_000, "seed {seed}: {f:?}");
+    }
+}
+
+/// The 10,000-node intel publication (`cargo test --release -p patchmesh-sim -- --ignored`).
+#[test]
+#[ignore = "10,000 nodes: run with --release -- --ignored"]
+fn intel_10k() {
+    let s = scenario_file("intel-10k");
+    let seed = seeds(&[1])[0];
+    let r = run(&s, seed);
+    assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+    let f = r.intel.as_ref().expect("intel figures");
+    assert_eq!(f.visible_nodes, f.live_nodes, "seed {seed}");
+}

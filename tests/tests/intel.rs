@@ -372,6 +372,10 @@ fn bad_input_gets_a_clear_error_and_nothing_is_written() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("data.json at line 1 column"), "{err}");
     assert!(!out_path.exists());
+    // An exception needs an expiry: refused before anything is signed or sent.
+    let out = cli(&["exception", "add", "--cve", "CVE-2024-1", "--justification", "x", "--admin-key", "k"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--expires"));
     // A truncated bundle is refused when read.
     let f = fixture("intel-trunc");
     let bytes = std::fs::read(&f.bundle).unwrap();

@@ -81,6 +81,7 @@ enum Ev {
     Payload(PayloadEv),
     CrashFetchers,
     Rollout(RolloutEv),
+    Intel(crate::intel::IntelEv),
 }
 
 struct Queued {
@@ -173,6 +174,8 @@ pub struct World {
     payload: Option<Box<PayloadModel>>,
     /// The rollout model, when the scenario has a rollout.
     rollout: Option<Box<RolloutModel>>,
+    /// The intel model, when the scenario has an `[intel]`.
+    intel: Option<Box<crate::intel::IntelModel>>,
 }
 
 impl World {
@@ -236,9 +239,11 @@ impl World {
             let eval_ms = s.protocol.rollout_eval_ms;
             Box::new(RolloutModel::new(spec, seed, nodes, s.sites, cuts, eval_ms, EPOCH_MS))
         });
+        let intel = s.intel.clone().map(|spec| Box::new(crate::intel::IntelModel::new(spec, s.nodes, EPOCH_MS)));
         World {
             payload,
             rollout,
+            intel,
             started: t_new,
             partitioned: vec![false; s.sites],
             received_us: vec![u64::MAX; s.nodes],
@@ -363,6 +368,7 @@ impl World {
                 Ev::Timer { .. } => "timer",
                 Ev::Rollout(_) => "rollout",
                 Ev::Payload(_) => "payload",
+                Ev::Intel(_) => "intel",
                 _ => "other",
             };
             let t0 = std::time::Instant::now();
@@ -446,6 +452,7 @@ impl World {
             Ev::Attack => self.attack(),
             Ev::Payload(e) => self.with_payload(|p, w| p.step(w, e)),
             Ev::Rollout(RolloutEv::Publish) => self.publish_rollout(),
+            Ev::Intel(e) => self.intel_step(e),
             Ev::Rollout(RolloutEv::Done { node, life, result }) => {
                 let Some(m) = self.rollout.as_mut() else { return };
                 if m.deliverable(node, life) {

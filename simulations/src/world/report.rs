@@ -64,6 +64,9 @@ pub struct Report {
     /// Rollout figures (blast radius, halt latency, completion), present with a `[rollout]`.
     #[serde(flatten)]
     pub rollout: Option<RolloutFigures>,
+    /// Intel figures (exposure visibility), present with an `[intel]`.
+    #[serde(flatten)]
+    pub intel: Option<crate::intel::IntelFigures>,
 }
 
 /// What the live honest nodes hold at the end.
@@ -180,6 +183,10 @@ impl World {
         let figures = self.payload.as_ref().map(|p| p.finish(self.now_us)).unwrap_or_default();
         violations.extend(figures.violations);
         let rollout = self.rollout_figures(&mut violations);
+        let intel = self.intel.take().map(|m| {
+            let live: Vec<bool> = self.ents[..self.s.nodes].iter().map(|e| e.node.is_some()).collect();
+            m.finish(&live, &mut violations)
+        });
         let nodes = self.s.nodes.max(1) as f64;
         let bg_s = (self.background_to_us.saturating_sub(self.background_from_us)) as f64 / 1e6;
         let report = Report {
@@ -215,6 +222,7 @@ impl World {
             payload_complete_nodes: figures.complete_nodes,
             payload_failovers: figures.failovers,
             rollout,
+            intel,
         };
         // Freeing a 100,000-node world takes seconds and the report is all that is left to use.
         std::mem::forget(self.ents);

@@ -41,6 +41,9 @@ impl World {
         if let Some(r) = &self.rollout {
             self.schedule(r.at_us(), Ev::Rollout(RolloutEv::Publish));
         }
+        if let Some(m) = &self.intel {
+            self.schedule(m.at_us(), Ev::Intel(crate::intel::IntelEv::Publish));
+        }
         if let Some(p) = self.s.payload.as_ref().filter(|p| p.fetcher_crashes > 0) {
             self.schedule(p.fetcher_crash_at_ms * ms, Ev::CrashFetchers);
         }
@@ -151,6 +154,65 @@ impl World {
         self.trace(self.now_us, TraceCode::PublishRollout, n, 0, 0);
         let admin = self.keys.admins[0].clone();
         self.input(n, Input::Command(Command::Publish { admin, edits }));
+    }
+
+    /// The `[intel]` model's events: the admin's publication, each node's bundle read, and the
+    /// periodic check of every node's view.
+    pub(super) fn intel_step(&mut self, ev: crate::intel::IntelEv) {
+        use crate::intel::IntelEv;
+        let Some(mut m) = self.intel.take() else { return };
+        match ev {
+            IntelEv::Publish => {
+                let mut n = self.rng.gen_range(0..self.s.nodes as u32);
+                while self.ents[n as usize].node.is_none() {
+                    n = (n + 1) % self.s.nodes as u32;
+                }
+                m.published_us = Some(self.now_us);
+                let admin = self.keys.admins[0].clone();
+                let edits = vec![(m.key.clone(), Some(m.entry.clone()))];
+                self.input(n, Input::Command(Command::Publish { admin, edits }));
+                self.schedule(self.now_us + m.spec.check_ms * 1000, Ev::Intel(IntelEv::Check));
+            }
+            IntelEv::Loaded { node } => {
+                if self.ents[node as usize].node.is_some() {
+                    self.input(node, Input::Command(Command::SetExposure(Some(m.summary.clone()))));
+                } else {
+                    // Down when the read finished: fetched again once it is back.
+                    m.scheduled[node as usize] = false;
+                }
+            }
+            IntelEv::Check => {
+                let mut pending = false;
+                let mut fetches = Vec::new();
+                for i in 0..self.s.nodes {
+                    let e = &self.ents[i];
+                    let Some(node) = e.node.as_ref() else {
+                        pending |= m.visible_us[i].is_none();
+                        continue;
+                    };
+                    if !m.scheduled[i] && m.holds_entry(node) {
+                        m.scheduled[i] = true;
+                        fetches.push(i as u32);
+                    }
+                    if m.visible_us[i].is_none() {
+                        if m.view_complete(node, &site_name(e.site), self.s.sites) {
+                            m.visible_us[i] = Some(self.now_us);
+                        } else {
+                            pending = true;
+                        }
+                    }
+                }
+                for node in fetches {
+                    let jitter = 1.0 + m.spec.fetch_jitter * self.rng.gen::<f64>();
+                    let at = self.now_us + (m.spec.fetch_ms as f64 * jitter * 1000.0) as u64;
+                    self.schedule(at, Ev::Intel(IntelEv::Loaded { node }));
+                }
+                if pending {
+                    self.schedule(self.now_us + m.spec.check_ms * 1000, Ev::Intel(IntelEv::Check));
+                }
+            }
+        }
+        self.intel = Some(m);
     }
 
     pub(super) fn revoke(&mut self) {
