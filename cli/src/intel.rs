@@ -59,6 +59,16 @@ pub enum IntelCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a bundle file built earlier (`intel import --out`), signed with an admin key.
+    Publish {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Admin key to sign with (it stays here; the node never sees it).
+        #[arg(long)]
+        admin_key: PathBuf,
+        #[command(flatten)]
+        node: crate::NodeArgs,
+    },
     /// What a bundle holds: its sources, their dates and hashes, records kept and skipped.
     Show {
         /// The bundle file.
@@ -338,6 +348,22 @@ fn sources_table(sources: &[patchmesh_protocol::intel::bundle::SourceInfo]) {
             outln!("{:<14}   skipped {n}: {reason}", "");
         }
     }
+}
+
+/// `patchmesh intel publish`: checks the file is a readable bundle within the limit, then
+/// publishes it with the sources and date its header states.
+pub fn publish_file(bundle: &Path, admin_key: &Path, node: &crate::NodeArgs) -> anyhow::Result<()> {
+    let size = std::fs::metadata(bundle).with_context(|| format!("{}", bundle.display()))?.len();
+    if size > limits::INTEL_BUNDLE_BYTES_MAX {
+        anyhow::bail!("{}: {size} bytes, over the bundle limit of {}", bundle.display(), limits::INTEL_BUNDLE_BYTES_MAX);
+    }
+    let file = std::fs::File::open(bundle).with_context(|| format!("{}", bundle.display()))?;
+    let (header, mut reader) = BundleReader::open(std::io::BufReader::new(file))
+        .with_context(|| format!("{}: not a readable intel bundle", bundle.display()))?;
+    while reader.next_frame().with_context(|| format!("{}: not a readable intel bundle", bundle.display()))?.is_some() {}
+    let key = publish(node, admin_key, bundle, &header.sources, header.created_at)?;
+    outln!("published {key}: every node fetches it and reports its exposure (`patchmesh vulns`)");
+    Ok(())
 }
 
 /// `patchmesh intel show`.

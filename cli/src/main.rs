@@ -426,6 +426,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             intel::import(&files, &out, previous.as_deref(), admin_key.as_deref(), &node, json)
         }
         Cmd::Intel(intel::IntelCmd::Status { node, json }) => intel::status(&node, json),
+        Cmd::Intel(intel::IntelCmd::Publish { bundle, admin_key, node }) => {
+            intel::publish_file(&bundle, &admin_key, &node)
+        }
         Cmd::Intel(intel::IntelCmd::Show { bundle, json }) => intel::show(&bundle, json),
         Cmd::Vulns { local, filter, json } => intel::vulns(&local, &filter, json),
         Cmd::Remediate(a) => intel::remediate(*a, now_ms()),

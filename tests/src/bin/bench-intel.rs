@@ -14,7 +14,8 @@
 //! - `node_rss_mb`: a process holding this machine's index (a child process, so the import's
 //!   memory does not count), and `base_rss_mb`, the same process before it loads the index.
 //!
-//! Environment: `BENCH_SOURCES` (35000), `BENCH_ENTRIES` (120000), `BENCH_FLEET_NODES` (10000).
+//! Environment: `BENCH_SOURCES` (35000), `BENCH_ENTRIES` (120000), `BENCH_FLEET_NODES` (10000),
+//! `BENCH_KEEP_BUNDLE=PATH` (keep a copy of the bundle, e.g. to publish to a real node).
 
 use patchmesh_node::intel::Import;
 use patchmesh_node::inventory;
@@ -275,6 +276,9 @@ fn main() {
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
+    if let Ok(keep) = std::env::var("BENCH_KEEP_BUNDLE") {
+        std::fs::copy(&bundle, &keep).expect("copying the bundle");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     println!("input_bytes         {input_bytes}");
     println!("import_ms           {import_ms:.0}   (goal: none stated)");
