@@ -88,6 +88,11 @@ pub struct LocalArgs {
     pub bundle: Option<PathBuf>,
     #[command(flatten)]
     pub node: crate::NodeArgs,
+    /// Another node instead of this one (`self`, or a node id of this node's site: it serves
+    /// its findings, checked against the digest in its signed record). For `vulns`, one node
+    /// instead of the fleet.
+    #[arg(long = "node")]
+    pub node_id: Option<String>,
     /// With --bundle: root of the machine to assess (its dpkg status and os-release are read
     /// under it).
     #[arg(long, default_value = "/")]
@@ -103,10 +108,6 @@ pub struct LocalArgs {
 /// Filters of `patchmesh vulns`.
 #[derive(Args, Clone)]
 pub struct VulnFilter {
-    /// One node's findings instead of the fleet: `self`, or a node id (another node of this
-    /// node's site serves its findings, checked against the digest in its signed record).
-    #[arg(long = "node")]
-    pub node_id: Option<String>,
     /// One site.
     #[arg(long)]
     pub site: Option<String>,
@@ -131,6 +132,8 @@ struct Subject {
     updates: Vec<Update>,
     /// Read here: the index (for `explain`).
     index: Option<NodeIndex>,
+    /// Another node, asked through this one.
+    remote: Option<String>,
 }
 
 impl Subject {
@@ -147,12 +150,43 @@ impl Subject {
                     list.iter().filter(|a| a.cve == cve).map(move |a| (s.clone(), a.clone()))
                 })
                 .collect()),
-            None => Ok(crate::call(node, Request::Advisories { cve: cve.to_string() })?),
+            None => Ok(crate::call(
+                node,
+                Request::Advisories { cve: cve.to_string(), node: self.remote.clone() },
+            )?),
         }
     }
 }
 
+/// The node id `--node` names, unless it is this node.
+fn other_node(args: &LocalArgs) -> anyhow::Result<Option<String>> {
+    let Some(id) = &args.node_id else { return Ok(None) };
+    if args.bundle.is_some() {
+        anyhow::bail!("--node asks a node; --bundle reads a file here: give one of them");
+    }
+    if id == "self" {
+        return Ok(None);
+    }
+    let me: StatusView = crate::call(&args.node, Request::Status)?;
+    Ok((*id != me.node).then(|| id.clone()))
+}
+
 fn subject(args: &LocalArgs) -> anyhow::Result<Subject> {
+    if let Some(id) = other_node(args)? {
+        let v: patchmesh_node::control::RemoteFindingsView =
+            crate::call(&args.node, Request::Findings { node: id.clone() })?;
+        let summary = v.summary.context("the node gave no signed summary")?;
+        return Ok(Subject {
+            bundle_id: summary.bundle.to_string(),
+            created_at_ms: summary.bundle_created_at.0,
+            release: v.release,
+            installed: 0,
+            findings: v.findings,
+            updates: v.updates,
+            index: None,
+            remote: Some(id),
+        });
+    }
     let Some(_) = &args.bundle else {
         let v: IntelView = crate::call(&args.node, Request::Intel)?;
         let Some(bundle_id) = v.bundle else {
@@ -169,6 +203,7 @@ fn subject(args: &LocalArgs) -> anyhow::Result<Subject> {
             findings: v.findings,
             updates: v.updates,
             index: None,
+            remote: None,
         });
     };
     let l = load(args)?;
@@ -181,6 +216,7 @@ fn subject(args: &LocalArgs) -> anyhow::Result<Subject> {
         release: l.inventory.codename,
         installed: installed.len(),
         index: Some(l.index),
+        remote: None,
     })
 }
 
@@ -355,12 +391,20 @@ fn sources_table(sources: &[patchmesh_protocol::intel::bundle::SourceInfo]) {
 pub fn publish_file(bundle: &Path, admin_key: &Path, node: &crate::NodeArgs) -> anyhow::Result<()> {
     let size = std::fs::metadata(bundle).with_context(|| format!("{}", bundle.display()))?.len();
     if size > limits::INTEL_BUNDLE_BYTES_MAX {
-        anyhow::bail!("{}: {size} bytes, over the bundle limit of {}", bundle.display(), limits::INTEL_BUNDLE_BYTES_MAX);
+        anyhow::bail!(
+            "{}: {size} bytes, over the bundle limit of {}",
+            bundle.display(),
+            limits::INTEL_BUNDLE_BYTES_MAX
+        );
     }
     let file = std::fs::File::open(bundle).with_context(|| format!("{}", bundle.display()))?;
     let (header, mut reader) = BundleReader::open(std::io::BufReader::new(file))
         .with_context(|| format!("{}: not a readable intel bundle", bundle.display()))?;
-    while reader.next_frame().with_context(|| format!("{}: not a readable intel bundle", bundle.display()))?.is_some() {}
+    while reader
+        .next_frame()
+        .with_context(|| format!("{}: not a readable intel bundle", bundle.display()))?
+        .is_some()
+    {}
     let key = publish(node, admin_key, bundle, &header.sources, header.created_at)?;
     outln!("published {key}: every node fetches it and reports its exposure (`patchmesh vulns`)");
     Ok(())
@@ -414,10 +458,10 @@ fn fix_text(v: &Verdict) -> String {
 
 /// `patchmesh vulns`: the fleet (from the node's view), one site, or one machine.
 pub fn vulns(args: &LocalArgs, filter: &VulnFilter, json: bool) -> anyhow::Result<()> {
-    if args.bundle.is_none() && filter.node_id.is_none() {
+    if args.bundle.is_none() && args.node_id.is_none() {
         return fleet(&args.node, filter, json);
     }
-    if let Some(id) = &filter.node_id {
+    if let Some(id) = &args.node_id {
         let me: StatusView = crate::call(&args.node, Request::Status)?;
         if id != "self" && *id != me.node {
             let v: patchmesh_node::control::RemoteFindingsView =
@@ -877,6 +921,13 @@ pub fn status(node: &crate::NodeArgs, json: bool) -> anyhow::Result<()> {
             outln!("exposed   {} findings (3d {}, 14d {}, 60d {}, window {}, exception {}); {} updates available", c.total(), c.days3, c.days14, c.days60, c.window, c.exception, v.updates.len());
         }
     }
+    if let Some(sm) = &v.summary {
+        let c = &sm.severity;
+        outln!(
+            "severity  critical {}, high {}, medium {}, low {}, unscored {}; {} in KEV; {} under an exception",
+            c.critical, c.high, c.medium, c.low, c.unscored, sm.kev, sm.excepted
+        );
+    }
     Ok(())
 }
 
@@ -920,7 +971,7 @@ pub struct RemediateArgs {
     #[arg(long)]
     pub kev: bool,
     /// Every exposed CVE due in this class or sooner.
-    #[arg(long = "due-class", value_parser = ["3d", "14d", "60d", "window"])]
+    #[arg(long = "due", value_parser = ["3d", "14d", "60d", "window"])]
     pub due_class: Option<String>,
     /// .deb files with the fix: each is added as a dpkg patch and rolled out.
     #[arg(long = "deb")]
@@ -995,7 +1046,7 @@ fn remediation_plan<'a>(
     let due_limit = a.due_class.as_deref().and_then(Due::parse);
     let chosen: Vec<&FleetRow> = if a.cves.is_empty() {
         if !a.kev && due_limit.is_none() {
-            anyhow::bail!("name the CVEs to remediate, or select them with --kev or --due-class");
+            anyhow::bail!("name the CVEs to remediate, or select them with --kev or --due");
         }
         rows.values()
             .filter(|r| (!a.kev || r.kev) && due_limit.is_none_or(|d| r.due <= d))

@@ -204,7 +204,7 @@ enum Cmd {
     Exception(intel::ExceptionCmd),
     /// Roll the fix of exposed CVEs out to exactly the nodes exposed to them.
     ///
-    /// Selects CVEs by id (or --kev / --due-class) from the fleet view, adds the fix (--deb, a
+    /// Selects CVEs by id (or --kev / --due) from the fleet view, adds the fix (--deb, a
     /// dpkg patch; or --patch, a catalog patch) and creates a rollout with the rollout options
     /// given, targeting nodes whose source package is older than the fix (`src:NAME < FIX`),
     /// with a deadline from the due class. Asks for confirmation on a terminal (--yes for

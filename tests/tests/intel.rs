@@ -373,7 +373,16 @@ fn bad_input_gets_a_clear_error_and_nothing_is_written() {
     assert!(!out.status.success() && err.contains("data.json at line 1 column"), "{err}");
     assert!(!out_path.exists());
     // An exception needs an expiry: refused before anything is signed or sent.
-    let out = cli(&["exception", "add", "--cve", "CVE-2024-1", "--justification", "x", "--admin-key", "k"]);
+    let out = cli(&[
+        "exception",
+        "add",
+        "--cve",
+        "CVE-2024-1",
+        "--justification",
+        "x",
+        "--admin-key",
+        "k",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--expires"));
     // A truncated bundle is refused when read.
@@ -457,7 +466,10 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     for i in 0..4 {
         let root = mesh.root.0.join(format!("machine{i}"));
         machine(&root, if i == 2 { &patched } else { STATUS });
-        mesh.node_config.insert(i, format!("inventory_root = \"{}\"\ninventory_interval_ms = 1000\n", root.display()));
+        mesh.node_config.insert(
+            i,
+            format!("inventory_root = \"{}\"\ninventory_interval_ms = 1000\n", root.display()),
+        );
     }
     // Node 3 lies: it serves its findings without the openssh one.
     mesh.node_env.insert(3, vec![("PATCHMESH_TEST_HIDE_FINDING".into(), "CVE-2024-6387".into())]);
@@ -534,30 +546,68 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     // Another member's findings, checked against its signed digest: node 1's are served
     // honestly, node 3's lie is caught.
     let key = |i: usize| mesh.nodes[i].key.clone();
-    let honest: Value = serde_json::from_slice(&mesh.cli_at(3, &["vulns", "--node", &key(1), "--json"]).stdout).unwrap();
-    assert!(honest["findings"].as_array().unwrap().iter().any(|a| a["finding"]["cve"] == "CVE-2024-6387"));
+    let honest: Value =
+        serde_json::from_slice(&mesh.cli_at(3, &["vulns", "--node", &key(1), "--json"]).stdout)
+            .unwrap();
+    assert!(honest["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["finding"]["cve"] == "CVE-2024-6387"));
+    let text = String::from_utf8_lossy(
+        &mesh.cli_at(3, &["explain", "CVE-2024-6387", "--node", &key(1)]).stdout,
+    )
+    .to_string();
+    assert!(text.contains("installed 1:9.2p1-2+deb12u2 < fixed 1:9.2p1-2+deb12u3"), "{text}");
+    let updates = mesh.cli_at(3, &["updates", "--node", &key(1), "--json"]);
+    assert!(updates.status.success(), "{}", String::from_utf8_lossy(&updates.stderr));
     let lie = mesh.cli_at(1, &["vulns", "--node", &key(3), "--json"]);
     assert!(!lie.status.success());
-    assert!(String::from_utf8_lossy(&lie.stderr).contains("do not match the digest in its signed record"), "{}", String::from_utf8_lossy(&lie.stderr));
+    assert!(
+        String::from_utf8_lossy(&lie.stderr)
+            .contains("do not match the digest in its signed record"),
+        "{}",
+        String::from_utf8_lossy(&lie.stderr)
+    );
 
     // Exceptions: one over 90 days is refused; site1 accepts the risk for a few seconds, its
     // nodes list the finding as excepted and the fleet count drops; the expiry reopens it.
     let add = |expires: &str| {
-        mesh.cli_at(0, &[
-            "exception", "add", "--cve", "CVE-2024-6387", "--target-site", "site1",
-            "--justification", "sshd reachable from the bastion only", "--control", "firewall rule 7",
-            "--expires", expires, "--admin-key", &admin,
-        ])
+        mesh.cli_at(
+            0,
+            &[
+                "exception",
+                "add",
+                "--cve",
+                "CVE-2024-6387",
+                "--target-site",
+                "site1",
+                "--justification",
+                "sshd reachable from the bastion only",
+                "--control",
+                "firewall rule 7",
+                "--expires",
+                expires,
+                "--admin-key",
+                &admin,
+            ],
+        )
     };
     let out = add("91d");
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at most 90 days"));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at most 90 days")
+    );
     let out = add("12s");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let excepted_at_site1 = |want: bool| {
         wait_for(Duration::from_secs(40), || {
             let out = mesh.cli_at(3, &["vulns", "--node", "self", "--json"]);
             let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let f = v["findings"].as_array()?.iter().find(|a| a["finding"]["cve"] == "CVE-2024-6387")?.clone();
+            let f = v["findings"]
+                .as_array()?
+                .iter()
+                .find(|a| a["finding"]["cve"] == "CVE-2024-6387")?
+                .clone();
             (f["finding"]["excepted"].is_object() == want).then_some(f)
         })
     };
@@ -566,9 +616,16 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     assert_eq!(f["finding"]["excepted"]["compensating_control"], "firewall rule 7");
     let fleet_nodes = || -> Option<u64> {
         let v: Value = serde_json::from_slice(&mesh.cli_at(0, &["vulns", "--json"]).stdout).ok()?;
-        v["cves"].as_array()?.iter().find(|r| r["cve"] == "CVE-2024-6387").and_then(|r| r["nodes"].as_u64()).or(Some(0))
+        v["cves"]
+            .as_array()?
+            .iter()
+            .find(|r| r["cve"] == "CVE-2024-6387")
+            .and_then(|r| r["nodes"].as_u64())
+            .or(Some(0))
     };
-    wait_for(Duration::from_secs(40), || (fleet_nodes()? == 1).then_some(())).expect("the fleet still counts excepted nodes");
+    wait_for(Duration::from_secs(40), || (fleet_nodes()? == 1).then_some(()))
+        .expect("the fleet still counts excepted nodes");
     excepted_at_site1(false).expect("the lapsed exception never reopened the finding");
-    wait_for(Duration::from_secs(40), || (fleet_nodes()? == 3).then_some(())).expect("the reopened finding is not counted again");
+    wait_for(Duration::from_secs(40), || (fleet_nodes()? == 3).then_some(()))
+        .expect("the reopened finding is not counted again");
 }

@@ -53,6 +53,9 @@ pub enum Request {
     Advisories {
         /// The CVE id.
         cve: String,
+        /// Another node of this node's site to ask instead (hex id).
+        #[serde(default)]
+        node: Option<String>,
     },
     /// The catalog entries.
     Catalog,

@@ -368,6 +368,21 @@ pub struct RemoteFindingsView {
     pub summary: Option<patchmesh_protocol::intel::report::ExposureSummary>,
     /// Its findings as it served them; their verdicts match the signed digest.
     pub findings: Vec<patchmesh_protocol::intel::report::Assessed>,
+    /// Its release codename, as it served it.
+    pub release: String,
+    /// Its available updates, as it served them (not covered by the digest).
+    pub updates: Vec<patchmesh_protocol::intel::apt::Update>,
+}
+
+/// What a node serves a site member asking for its findings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServedFindings {
+    /// Release codename.
+    pub release: String,
+    /// Findings, ranked (their `finding` parts are what the signed digest covers).
+    pub findings: Vec<patchmesh_protocol::intel::report::Assessed>,
+    /// Available updates.
+    pub updates: Vec<patchmesh_protocol::intel::apt::Update>,
 }
 
 /// One site in `Request::Exposure`.

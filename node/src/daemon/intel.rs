@@ -266,14 +266,17 @@ impl Daemon {
     /// This node's findings as served to an admitted peer (JSON; empty without a bundle).
     pub(super) fn findings_served(&self) -> Vec<u8> {
         let Some(state) = &self.intel else { return Vec::new() };
+        let mut served = control::ServedFindings {
+            release: self.inventory.codename.clone(),
+            findings: state.findings.clone(),
+            updates: state.updates.clone(),
+        };
         #[cfg(feature = "test-hooks")]
         if let Ok(cve) = std::env::var("PATCHMESH_TEST_HIDE_FINDING") {
             // Tests of a lying node: serve the list without one finding.
-            let kept: Vec<&Assessed> =
-                state.findings.iter().filter(|a| a.finding.cve != cve).collect();
-            return serde_json::to_vec(&kept).unwrap_or_default();
+            served.findings.retain(|a| a.finding.cve != cve);
         }
-        serde_json::to_vec(&state.findings).unwrap_or_default()
+        serde_json::to_vec(&served).unwrap_or_default()
     }
 
     /// Checks another node's served findings against the digest in its signed record.
@@ -295,10 +298,11 @@ impl Daemon {
                 bytes.len()
             ));
         }
-        let findings: Vec<Assessed> = match serde_json::from_slice(bytes) {
+        let served: control::ServedFindings = match serde_json::from_slice(bytes) {
             Ok(f) => f,
             Err(e) => return control::refused(format!("node {node} sent no valid findings: {e}")),
         };
+        let control::ServedFindings { release, findings, updates } = served;
         if patchmesh_protocol::intel::report::findings_digest(&findings) != summary.findings_digest
         {
             tracing::warn!(%node, "served findings do not match the signed digest");
@@ -310,6 +314,29 @@ impl Daemon {
             node: node.to_string(),
             summary: Some(summary),
             findings,
+            release,
+            updates,
         })
+    }
+}
+
+impl Daemon {
+    /// Another node's advisories on one CVE (what its index holds; not covered by a digest:
+    /// `explain --node` shows them as that node states them).
+    pub(super) fn remote_advisories(
+        &self,
+        node: patchmesh_protocol::ids::NodeId,
+        bytes: &[u8],
+    ) -> serde_json::Value {
+        if bytes.len() > crate::net::INVENTORY_BYTES_MAX {
+            return control::refused(format!(
+                "node {node} sent {} bytes of advisories, over the limit",
+                bytes.len()
+            ));
+        }
+        match serde_json::from_slice::<Vec<(String, patchmesh_protocol::intel::Advisory)>>(bytes) {
+            Ok(list) => control::ok_view(&list),
+            Err(e) => control::refused(format!("node {node} sent no valid advisories: {e}")),
+        }
     }
 }

@@ -89,7 +89,8 @@ struct Daemon {
     next_token: u64,
     inventory: Inventory,
     inventory_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
-    findings_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
+    /// Findings (`None`) or one CVE's advisories (`Some`) asked of another node.
+    findings_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply, Option<String>)>,
     listen: Vec<Multiaddr>,
     started: Instant,
     /// Objects loaded from the store at start, and how many of them failed verification.
@@ -143,7 +144,8 @@ fn open_store(
 }
 
 /// The payload service, the peer view it reads, and what it asks of the daemon.
-type TransferParts = (Arc<Transfers>, tokio::sync::watch::Sender<PeerView>, mpsc::Receiver<ToDaemon>);
+type TransferParts =
+    (Arc<Transfers>, tokio::sync::watch::Sender<PeerView>, mpsc::Receiver<ToDaemon>);
 
 /// The payload service: serves the data protocol and runs downloads. Returns it, the peer view
 /// it reads, and what it asks of the daemon.

@@ -104,24 +104,12 @@ impl Daemon {
             Request::Peers => control::ok_view(&self.peers_view()),
             Request::Catalog => control::ok_view(&self.catalog_view()),
             Request::Intel => control::ok_view(&self.intel_view()),
-            Request::Findings { node: hex_id } => {
-                let node = match parse_id(&hex_id) {
-                    Ok(n) => NodeId(n),
-                    Err(e) => return send(reply, control::refused(e)),
-                };
-                if node == self.node.id() {
-                    return send(reply, control::refused("that is this node: ask with `Intel`"));
-                }
-                let Some(peer) = net::peer_of(&node) else {
-                    return send(reply, control::refused("not a valid node key"));
-                };
-                let id =
-                    self.swarm.behaviour_mut().inventory.send_request(&peer, b"findings".to_vec());
-                self.findings_waiting.insert(id, (node, reply));
-                return;
+            Request::Findings { node: hex_id } => return self.ask_intel(&hex_id, None, reply),
+            Request::Advisories { cve, node: Some(hex_id) } => {
+                return self.ask_intel(&hex_id, Some(cve), reply)
             }
             Request::Exposure => control::ok_view(&self.exposure_view()),
-            Request::Advisories { cve } => control::ok_view(&self.advisories_of(&cve)),
+            Request::Advisories { cve, node: None } => control::ok_view(&self.advisories_of(&cve)),
             Request::Inventory { node: None } => control::ok_view(&control::InventoryView {
                 node: self.node.id().to_string(),
                 verified_against_signed_record: true,
@@ -364,6 +352,28 @@ impl Daemon {
             changes: self.node.catalog().len(),
             entries,
         }
+    }
+}
+
+impl Daemon {
+    /// Asks another node for its findings (`cve` none) or one CVE's advisories.
+    fn ask_intel(&mut self, hex_id: &str, cve: Option<String>, reply: Reply) {
+        let node = match parse_id(hex_id) {
+            Ok(n) => NodeId(n),
+            Err(e) => return send(reply, control::refused(e)),
+        };
+        if node == self.node.id() {
+            return send(reply, control::refused("that is this node: ask without --node"));
+        }
+        let Some(peer) = net::peer_of(&node) else {
+            return send(reply, control::refused("not a valid node key"));
+        };
+        let ask = match &cve {
+            None => b"findings".to_vec(),
+            Some(c) => format!("advisories:{c}").into_bytes(),
+        };
+        let id = self.swarm.behaviour_mut().inventory.send_request(&peer, ask);
+        self.findings_waiting.insert(id, (node, reply, cve));
     }
 }
 

@@ -90,6 +90,10 @@ impl Daemon {
                         let body = match (self.admitted.contains(&peer), request.as_slice()) {
                             (false, _) => Vec::new(),
                             (true, b"findings") => self.findings_served(),
+                            (true, r) if r.starts_with(b"advisories:") => {
+                                let cve = String::from_utf8_lossy(&r[b"advisories:".len()..]);
+                                serde_json::to_vec(&self.advisories_of(&cve)).unwrap_or_default()
+                            }
                             (true, _) => serde_json::to_vec(&self.inventory).unwrap_or_default(),
                         };
                         let _ = self.swarm.behaviour_mut().inventory.send_response(channel, body);
@@ -97,10 +101,14 @@ impl Daemon {
                     request_response::Message::Response { request_id, response } => {
                         if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
                             let _ = reply.send(self.remote_inventory(node, &response));
-                        } else if let Some((node, reply)) =
+                        } else if let Some((node, reply, cve)) =
                             self.findings_waiting.remove(&request_id)
                         {
-                            let _ = reply.send(self.remote_findings(node, &response));
+                            let answer = match cve {
+                                None => self.remote_findings(node, &response),
+                                Some(_) => self.remote_advisories(node, &response),
+                            };
+                            let _ = reply.send(answer);
                         }
                     }
                 }
@@ -114,7 +122,7 @@ impl Daemon {
                     let _ = reply.send(control::refused(format!(
                         "fetching the inventory of {node}: {error}"
                     )));
-                } else if let Some((node, reply)) = self.findings_waiting.remove(&request_id) {
+                } else if let Some((node, reply, _)) = self.findings_waiting.remove(&request_id) {
                     let _ = reply.send(control::refused(format!(
                         "fetching the findings of {node}: {error}"
                     )));

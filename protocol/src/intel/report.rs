@@ -83,6 +83,50 @@ impl DueCounts {
     }
 }
 
+/// Findings by CVSS severity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeverityCounts {
+    /// Critical (9.0–10.0).
+    pub critical: u32,
+    /// High (7.0–8.9).
+    pub high: u32,
+    /// Medium (4.0–6.9).
+    pub medium: u32,
+    /// Low (below 4.0).
+    pub low: u32,
+    /// No CVSS vector.
+    pub unscored: u32,
+}
+
+impl SeverityCounts {
+    fn add(&mut self, other: &SeverityCounts) {
+        for (sum, add) in [
+            (&mut self.critical, other.critical),
+            (&mut self.high, other.high),
+            (&mut self.medium, other.medium),
+            (&mut self.low, other.low),
+            (&mut self.unscored, other.unscored),
+        ] {
+            *sum = sum.saturating_add(add);
+        }
+    }
+}
+
+fn severity_counts<'a>(list: impl Iterator<Item = &'a Assessed>) -> SeverityCounts {
+    let mut c = SeverityCounts::default();
+    for a in list {
+        let slot = match a.risk.severity() {
+            super::risk::Severity::Critical => &mut c.critical,
+            super::risk::Severity::High => &mut c.high,
+            super::risk::Severity::Medium => &mut c.medium,
+            super::risk::Severity::Low => &mut c.low,
+            super::risk::Severity::Unscored => &mut c.unscored,
+        };
+        *slot = slot.saturating_add(1);
+    }
+    c
+}
+
 /// Counts of the exposed findings of an assessment (excepted ones not counted).
 pub fn due_counts(list: &[Assessed]) -> DueCounts {
     let mut c = DueCounts::default();
@@ -123,6 +167,8 @@ pub struct ExposureSummary {
     pub kev: u32,
     /// Exposed findings an unexpired exception covers (not in `counts`).
     pub excepted: u32,
+    /// Exposed findings (without an exception) by CVSS severity.
+    pub severity: SeverityCounts,
     /// The highest-ranked exposed findings without an exception, best first.
     pub top: Vec<TopFinding>,
     /// BLAKE3 of the canonical encoding of the full finding list ([`findings_digest`]).
@@ -164,13 +210,18 @@ pub fn exposure_summary(
     bundle_created_at: Millis,
     list: &[Assessed],
 ) -> ExposureSummary {
-    let exposed = || list.iter().filter(|a| a.finding.verdict.exposed() && a.finding.excepted.is_none());
+    let exposed =
+        || list.iter().filter(|a| a.finding.verdict.exposed() && a.finding.excepted.is_none());
     ExposureSummary {
         bundle,
         bundle_created_at,
         counts: due_counts(list),
         kev: exposed().filter(|a| a.risk.inputs.kev).count() as u32,
-        excepted: list.iter().filter(|a| a.finding.verdict.exposed() && a.finding.excepted.is_some()).count() as u32,
+        excepted: list
+            .iter()
+            .filter(|a| a.finding.verdict.exposed() && a.finding.excepted.is_some())
+            .count() as u32,
+        severity: severity_counts(exposed()),
         top: exposed()
             .take(limits::EXPOSURE_TOP_PER_RECORD_MAX)
             .map(|a| TopFinding {
@@ -220,6 +271,8 @@ pub struct SiteExposure {
     pub kev: u32,
     /// Excepted findings, summed.
     pub excepted: u32,
+    /// Exposed findings by CVSS severity, summed.
+    pub severity: SeverityCounts,
     /// Members with at least one exposed finding.
     pub nodes_exposed: u32,
     /// The highest-ranked CVEs from the members' top findings.
@@ -258,6 +311,7 @@ pub fn site_exposure<'a>(members: impl IntoIterator<Item = &'a ExposureSummary>)
         }
         out.kev = out.kev.saturating_add(e.kev);
         out.excepted = out.excepted.saturating_add(e.excepted);
+        out.severity.add(&e.severity);
         out.nodes_exposed += u32::from(e.counts.total() > 0);
         let mut seen = BTreeSet::new();
         for t in &e.top {

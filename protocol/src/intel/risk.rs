@@ -222,6 +222,43 @@ pub struct Risk {
     pub asset: (f64, String),
     /// Unimportant per the tracker (ranked last).
     pub unimportant: bool,
+    /// The CVSS base score, when the bundle has a vector that parses.
+    #[serde(default)]
+    pub cvss: Option<f64>,
+}
+
+/// CVSS qualitative severity of a finding (the FIRST rating scale), `Unscored` without a
+/// vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    /// 9.0–10.0.
+    #[serde(rename = "critical")]
+    Critical,
+    /// 7.0–8.9.
+    #[serde(rename = "high")]
+    High,
+    /// 4.0–6.9.
+    #[serde(rename = "medium")]
+    Medium,
+    /// 0.1–3.9 (and 0.0).
+    #[serde(rename = "low")]
+    Low,
+    /// No CVSS vector in the bundle.
+    #[serde(rename = "unscored")]
+    Unscored,
+}
+
+impl Risk {
+    /// The CVSS severity band.
+    pub fn severity(&self) -> Severity {
+        match self.cvss {
+            Some(s) if s >= 9.0 => Severity::Critical,
+            Some(s) if s >= 7.0 => Severity::High,
+            Some(s) if s >= 4.0 => Severity::Medium,
+            Some(_) => Severity::Low,
+            None => Severity::Unscored,
+        }
+    }
 }
 
 impl Risk {
@@ -330,6 +367,7 @@ pub fn assess(finding: &Finding, info: Option<&CveInfo>, asset: &Asset) -> Risk 
         impact,
         asset: (asset_factor, asset_why),
         unimportant: finding.urgency == Urgency::Unimportant,
+        cvss: vector.map(|(_, s)| s),
     }
 }
 
