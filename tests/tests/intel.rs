@@ -314,6 +314,31 @@ fn debian_matching_gets_every_hard_case_right() {
     let ssh = internal.iter().find(|a| a["finding"]["cve"] == "CVE-2024-6387").unwrap();
     assert_eq!(ssh["risk"]["due"], "60d");
     // Filters.
+    // The same bundle ranking a fleet of exported inventories: two sites, one patched machine.
+    let fleet = f.dir.0.join("fleet");
+    let inv = |status: &str| {
+        let packages: Vec<Value> = status
+            .split("\n\n")
+            .filter_map(|st| {
+                let field = |k: &str| st.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(": ")).map(str::to_string);
+                Some(json!({"name": field("Package")?, "version": field("Version")?, "arch": field("Architecture")?,
+                    "status": field("Status")?.rsplit(' ').next()?.to_string(), "source": field("Source")}))
+            })
+            .collect();
+        json!({"node": "x", "verified_against_signed_record": true, "inventory": {"hostname": "h", "os": "Debian", "codename": "bookworm",
+            "kernel": "6.1", "arch": "x86_64", "cpus": 1, "memory_bytes": 1, "packages": packages}})
+    };
+    let patched = STATUS.replace("1:9.2p1-2+deb12u2", "1:9.2p1-2+deb12u3");
+    write(&fleet.join("paris/a.json"), inv(STATUS).to_string().as_bytes());
+    write(&fleet.join("paris/b.json"), inv(&patched).to_string().as_bytes());
+    write(&fleet.join("lyon/c.json"), inv(STATUS).to_string().as_bytes());
+    let ranked: Value =
+        cli_json(&["vulns", "--bundle", &f.bundle, "--fleet", fleet.to_str().unwrap(), "--json"]);
+    let ssh = ranked.as_array().unwrap().iter().find(|c| c["cve"] == "CVE-2024-6387").unwrap();
+    assert_eq!(ssh["nodes"], 2);
+    assert_eq!(ssh["sites"], json!({"lyon": 1, "paris": 1}));
+    let util = ranked.as_array().unwrap().iter().find(|c| c["cve"] == "CVE-2024-28085").unwrap();
+    assert_eq!(util["nodes"], 3);
     let kev_only = vulns(&f, &["--kev"]);
     assert_eq!(kev_only.len(), 1);
     assert!(vulns(&f, &["--min-score", "101"]).is_empty());
