@@ -112,6 +112,41 @@ impl Frame {
     }
 }
 
+/// What a frame's first fields say, before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek<'a> {
+    /// The header.
+    Header,
+    /// Advisories on `source` in `release`.
+    Source {
+        /// Release codename.
+        release: &'a str,
+        /// Source package.
+        source: &'a str,
+    },
+    /// Facts about `cve`.
+    Cve {
+        /// The CVE.
+        cve: &'a str,
+    },
+    /// Index packages of `release`.
+    Index {
+        /// The base release (or `*`).
+        release: &'a str,
+    },
+}
+
+impl Peek<'_> {
+    fn rank(&self) -> u8 {
+        match self {
+            Peek::Header => 0,
+            Peek::Source { .. } => 1,
+            Peek::Cve { .. } => 2,
+            Peek::Index { .. } => 3,
+        }
+    }
+}
+
 /// Why a bundle could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -227,6 +262,17 @@ impl<R: Read> BundleReader<R> {
 
     /// The next frame, or `None` at the end of a complete bundle.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, BundleError> {
+        Ok(self.next_frame_where(|_| true)?.map(|f| f.expect("every frame is wanted")))
+    }
+
+    /// The next frame, decoded in full only when `want` accepts what its first fields say
+    /// (its kind and the release, source or CVE it is about): a node reading a fleet-wide
+    /// bundle decodes only its own part, and allocates nothing for the rest. `Some(None)` is a
+    /// frame passed over; its length and kind order were still checked.
+    pub fn next_frame_where(
+        &mut self,
+        want: impl Fn(&Peek<'_>) -> bool,
+    ) -> Result<Option<Option<Frame>>, BundleError> {
         let frame = self.frame;
         let mut len = [0u8; 4];
         match read_full(&mut self.input, &mut len) {
@@ -250,12 +296,32 @@ impl<R: Read> BundleReader<R> {
         if self.input.limit() == 0 {
             return Err(BundleError::TooLarge(limits::INTEL_BUNDLE_RAW_BYTES_MAX));
         }
-        let f: Frame = postcard::from_bytes(&self.buf)
-            .map_err(|e| BundleError::BadFrame { frame, reason: e.to_string() })?;
-        if !in_order(self.last_rank, f.rank()) {
+        let bad = |e: postcard::Error| BundleError::BadFrame { frame, reason: e.to_string() };
+        let peek = match self.buf.first() {
+            Some(0) => Peek::Header,
+            Some(1) => {
+                let ((release, source), _) =
+                    postcard::take_from_bytes::<(&str, &str)>(&self.buf[1..]).map_err(bad)?;
+                Peek::Source { release, source }
+            }
+            Some(2) => {
+                Peek::Cve { cve: postcard::take_from_bytes::<&str>(&self.buf[1..]).map_err(bad)?.0 }
+            }
+            Some(3) => Peek::Index {
+                release: postcard::take_from_bytes::<&str>(&self.buf[1..]).map_err(bad)?.0,
+            },
+            _ => return Err(BundleError::BadFrame { frame, reason: "unknown frame kind".into() }),
+        };
+        let rank = peek.rank();
+        if !in_order(self.last_rank, rank) {
             return Err(BundleError::OutOfOrder(frame));
         }
-        self.last_rank = Some(f.rank());
+        let f = if want(&peek) {
+            Some(postcard::from_bytes::<Frame>(&self.buf).map_err(bad)?)
+        } else {
+            None
+        };
+        self.last_rank = Some(rank);
         self.frame += 1;
         Ok(Some(f))
     }

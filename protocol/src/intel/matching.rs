@@ -1,7 +1,7 @@
 //! Verdicts per (CVE, source package) for one node, from the part of a bundle that applies to
 //! it.
 
-use super::bundle::{BundleError, BundleReader, Frame, Header};
+use super::bundle::{BundleError, BundleReader, Frame, Header, Peek};
 use super::{Advisory, CveInfo, Event, Installed, Origin, Statement, TrackerStatus, Urgency};
 use crate::ids::Millis;
 use crate::rollout::target::compare_versions;
@@ -37,7 +37,7 @@ pub struct NodeIndex {
     pub cves: BTreeMap<String, CveInfo>,
     /// Index versions by (binary name, arch).
     pub candidates: BTreeMap<(String, String), Vec<Candidate>>,
-    /// Frames read in full from the stream.
+    /// Frames decoded in full (the rest were passed over by their first fields).
     pub frames_read: u64,
 }
 
@@ -70,7 +70,15 @@ impl NodeIndex {
         let mut named: BTreeSet<String> = BTreeSet::new();
         let mut index =
             NodeIndex { header: Some(header), release: release.to_string(), ..Default::default() };
-        while let Some(frame) = reader.next_frame()? {
+        loop {
+            let want = |p: &Peek<'_>| match p {
+                Peek::Header => false,
+                Peek::Source { release: r, source } => *r == release && keep_source(source),
+                Peek::Cve { cve } => named.contains(*cve),
+                Peek::Index { release: r } => *r == release || *r == super::ANY_RELEASE,
+            };
+            let Some(frame) = reader.next_frame_where(want)? else { break };
+            let Some(frame) = frame else { continue };
             index.frames_read += 1;
             match frame {
                 Frame::Header(_) => {}
