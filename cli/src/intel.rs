@@ -113,7 +113,7 @@ pub struct LocalArgs {
 /// Filters of `patchmesh vulns`.
 #[derive(Args, Clone)]
 pub struct VulnFilter {
-    /// One site.
+    /// Only this site of the fleet view.
     #[arg(long)]
     pub site: Option<String>,
     /// Only findings due in this class or sooner (3d, 14d, 60d, window).
@@ -722,29 +722,15 @@ fn fleet(node: &crate::NodeArgs, filter: &VulnFilter, json: bool) -> anyhow::Res
         outln!("no CVEs match");
         return Ok(());
     }
-    outln!(
-        "{:>5} {:<9} {:<16} {:<3} {:>5}  {:<30} {}",
-        "SCORE",
-        "DUE",
-        "CVE",
-        "KEV",
-        "NODES",
-        "BY SITE",
-        "FIX"
-    );
-    for r in &list {
-        let by_site: Vec<String> = r.sites.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        outln!(
-            "{:>5.1} {:<9} {:<16} {:<3} {:>5}  {:<30} {}",
-            r.score,
-            r.due.label(),
-            r.cve,
-            if r.kev { "yes" } else { "" },
-            r.nodes,
-            by_site.join(", "),
-            r.fixed_version.as_deref().unwrap_or("none yet")
-        );
-    }
+    cve_table(list.iter().map(|r| CveLine {
+        score: r.score,
+        due: r.due,
+        cve: &r.cve,
+        kev: r.kev,
+        nodes: r.nodes,
+        sites: &r.sites,
+        fix: r.fixed_version.clone().unwrap_or_else(|| "none yet".into()),
+    }));
     outln!(
         "(each site summary lists its {} highest-ranked CVEs, counted over its members' {} highest findings each; `--node self` on any node shows all of its own)",
         patchmesh_protocol::limits::EXPOSURE_TOP_PER_SITE_MAX,
@@ -1516,29 +1502,55 @@ fn offline_fleet(
         return Ok(());
     }
     outln!("{} nodes in {} releases, {} distinct source versions; every node assessed as {} criticality {}", nodes.len(), releases.len(), versions.len(), args.exposure, args.criticality);
+    cve_table(ranked.iter().map(|c| CveLine {
+        score: c.max_score,
+        due: c.due,
+        cve: &c.cve,
+        kev: c.kev,
+        nodes: c.nodes,
+        sites: &c.sites,
+        fix: if c.fixed_versions.is_empty() {
+            "none yet".into()
+        } else {
+            c.fixed_versions.iter().cloned().collect::<Vec<_>>().join(", ")
+        },
+    }));
+    Ok(())
+}
+
+/// One row of a fleet CVE table.
+struct CveLine<'a> {
+    score: f64,
+    due: Due,
+    cve: &'a str,
+    kev: bool,
+    nodes: u32,
+    sites: &'a BTreeMap<String, u32>,
+    fix: String,
+}
+
+/// The fleet CVE table `vulns` prints from the node's view and from `--fleet`.
+fn cve_table<'a>(rows: impl Iterator<Item = CveLine<'a>>) {
     outln!(
-        "{:>5} {:<9} {:<16} {:<3} {:>5}  {:<30} {}",
+        "{:>5} {:<9} {:<16} {:<3} {:>5}  {:<30} FIX",
         "SCORE",
         "DUE",
         "CVE",
         "KEV",
         "NODES",
-        "BY SITE",
-        "FIX"
+        "BY SITE"
     );
-    for c in &ranked {
-        let by_site: Vec<String> = c.sites.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        let fix: Vec<&str> = c.fixed_versions.iter().map(String::as_str).collect();
+    for r in rows {
+        let by_site: Vec<String> = r.sites.iter().map(|(s, n)| format!("{s} {n}")).collect();
         outln!(
             "{:>5.1} {:<9} {:<16} {:<3} {:>5}  {:<30} {}",
-            c.max_score,
-            c.due.label(),
-            c.cve,
-            if c.kev { "yes" } else { "" },
-            c.nodes,
+            r.score,
+            r.due.label(),
+            r.cve,
+            if r.kev { "yes" } else { "" },
+            r.nodes,
             by_site.join(", "),
-            if fix.is_empty() { "none yet".to_string() } else { fix.join(", ") }
+            r.fix
         );
     }
-    Ok(())
 }

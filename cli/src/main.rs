@@ -166,7 +166,9 @@ enum Cmd {
     /// Vulnerability intelligence: build intel bundles and see what they hold.
     #[command(subcommand)]
     Intel(intel::IntelCmd),
-    /// CVEs exposing this machine, ranked by risk, with due dates and the fixing version.
+    /// CVEs ranked by risk, with due dates, exposed nodes and the fixing version: the fleet as
+    /// this node sees it (default), one site (--site), one node (--node), or a bundle file read
+    /// here (--bundle, against this machine or a --fleet of exported inventories).
     Vulns {
         #[command(flatten)]
         local: intel::LocalArgs,

@@ -266,16 +266,20 @@ impl Daemon {
     /// This node's findings as served to an admitted peer (JSON; empty without a bundle).
     pub(super) fn findings_served(&self) -> Vec<u8> {
         let Some(state) = &self.intel else { return Vec::new() };
-        let mut served = control::ServedFindings {
+        let served = control::ServedFindings {
             release: self.inventory.codename.clone(),
             findings: state.findings.clone(),
             updates: state.updates.clone(),
         };
         #[cfg(feature = "test-hooks")]
-        if let Ok(cve) = std::env::var("PATCHMESH_TEST_HIDE_FINDING") {
+        let served = match std::env::var("PATCHMESH_TEST_HIDE_FINDING") {
             // Tests of a lying node: serve the list without one finding.
-            served.findings.retain(|a| a.finding.cve != cve);
-        }
+            Ok(cve) => control::ServedFindings {
+                findings: served.findings.into_iter().filter(|a| a.finding.cve != cve).collect(),
+                ..served
+            },
+            Err(_) => served,
+        };
         serde_json::to_vec(&served).unwrap_or_default()
     }
 

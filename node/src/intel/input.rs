@@ -70,3 +70,24 @@ pub(super) fn open(path: &Path) -> Result<Input, ImportError> {
     let limited = decoded.take(limits::INTEL_INPUT_RAW_BYTES_MAX);
     Ok(Input { reader: Box::new(BufReader::with_capacity(256 * 1024, limited)), hasher })
 }
+
+/// Reads a whole JSON record (an OSV record, the KEV catalog) of at most
+/// [`limits::INTEL_RECORD_BYTES_MAX`] bytes; `what` names it in the error.
+pub(super) fn read_record(
+    r: &mut impl Read,
+    path: &Path,
+    what: &str,
+) -> Result<Vec<u8>, ImportError> {
+    let mut bytes = Vec::new();
+    r.take(limits::INTEL_RECORD_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ImportError::io(path, e))?;
+    if bytes.len() as u64 > limits::INTEL_RECORD_BYTES_MAX {
+        return Err(ImportError::at(
+            path,
+            None,
+            format!("{what} over {} bytes", limits::INTEL_RECORD_BYTES_MAX),
+        ));
+    }
+    Ok(bytes)
+}

@@ -4,9 +4,7 @@
 use super::{finish, input, Import, ImportError, Tally};
 use patchmesh_protocol::intel::bundle::{SourceInfo, SourceKind};
 use patchmesh_protocol::intel::Kev;
-use patchmesh_protocol::limits;
 use serde::Deserialize;
-use std::io::Read;
 use std::path::Path;
 
 #[derive(Deserialize)]
@@ -19,17 +17,7 @@ struct Catalog {
 /// Reads a KEV catalog into the import.
 pub fn read(import: &mut Import, path: &Path) -> Result<SourceInfo, ImportError> {
     let mut input = input::open(path)?;
-    let mut bytes = Vec::new();
-    Read::take(&mut input.reader, limits::INTEL_RECORD_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ImportError::io(path, e))?;
-    if bytes.len() as u64 > limits::INTEL_RECORD_BYTES_MAX {
-        return Err(ImportError::at(
-            path,
-            None,
-            format!("KEV catalog over {} bytes", limits::INTEL_RECORD_BYTES_MAX),
-        ));
-    }
+    let bytes = input::read_record(&mut input.reader, path, "KEV catalog")?;
     let catalog: Catalog =
         serde_json::from_slice(&bytes).map_err(|e| ImportError::json(path, e))?;
     let mut tally = Tally::default();

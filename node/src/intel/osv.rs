@@ -166,18 +166,7 @@ pub fn read_file(import: &mut Import, path: &Path) -> Result<SourceInfo, ImportE
 }
 
 fn read_record(r: &mut impl Read, path: &Path) -> Result<Vec<u8>, ImportError> {
-    let mut bytes = Vec::new();
-    r.take(limits::INTEL_RECORD_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ImportError::io(path, e))?;
-    if bytes.len() as u64 > limits::INTEL_RECORD_BYTES_MAX {
-        return Err(ImportError::at(
-            path,
-            None,
-            format!("record over {} bytes", limits::INTEL_RECORD_BYTES_MAX),
-        ));
-    }
-    Ok(bytes)
+    input::read_record(r, path, "record")
 }
 
 /// JSON lines: one record per line.
