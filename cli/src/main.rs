@@ -28,6 +28,7 @@ macro_rules! outln {
     }};
 }
 
+mod audit;
 mod demo;
 mod demo_intel;
 mod intel;
@@ -204,6 +205,9 @@ enum Cmd {
     /// Exceptions: risk accepted for a while, or "not affected" (VEX), per CVE and nodes.
     #[command(subcommand)]
     Exception(intel::ExceptionCmd),
+    /// The tamper-evident audit log: export a node's log, verify an export offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Roll the fix of exposed CVEs out to exactly the nodes exposed to them.
     ///
     /// Selects CVEs by id (or --kev / --due) from the fleet view, adds the fix (--deb, a
@@ -435,6 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Vulns { local, filter, json } => intel::vulns(&local, &filter, json),
         Cmd::Remediate(a) => intel::remediate(*a, now_ms()),
         Cmd::Exception(cmd) => intel::exception(cmd, now_ms()),
+        Cmd::Audit(cmd) => audit::run(cmd, now_ms()),
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
         Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),

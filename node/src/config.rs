@@ -87,6 +87,9 @@ pub struct NodeConfig {
     /// All payloads together.
     #[serde(default = "default_store_max")]
     pub store_bytes_max: u64,
+    /// Size at which the audit log's current file rotates (the log keeps nine files at most).
+    #[serde(default = "default_audit_rotate")]
+    pub audit_rotate_bytes: u64,
     /// Cap on payload bytes this node receives and serves per second (0: none).
     #[serde(default)]
     pub rate_bytes_per_s: u64,
@@ -145,6 +148,9 @@ fn default_peers_target() -> usize {
 }
 fn default_payload_max() -> u64 {
     4 << 30
+}
+fn default_audit_rotate() -> u64 {
+    crate::audit::ROTATE_BYTES_DEFAULT
 }
 fn default_store_max() -> u64 {
     64 << 30

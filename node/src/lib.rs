@@ -16,6 +16,7 @@
 //!
 //! This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
 
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod content;

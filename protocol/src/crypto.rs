@@ -29,6 +29,12 @@ pub enum Domain {
     Evidence,
     /// A per-site summary, signed by a node of that site.
     SiteSummary,
+    /// A checkpoint of a node's audit log, signed by the node.
+    AuditCheckpoint,
+    /// The header of an exported audit log, signed by the node.
+    AuditExport,
+    /// A compliance or rollout report, signed by the node that computed it (and admins).
+    Report,
 }
 
 impl Domain {
@@ -42,6 +48,9 @@ impl Domain {
             Domain::NodeRecord => "patchmesh/v1/node-record",
             Domain::Evidence => "patchmesh/v1/evidence",
             Domain::SiteSummary => "patchmesh/v1/site-summary",
+            Domain::AuditCheckpoint => "patchmesh/v1/audit-checkpoint",
+            Domain::AuditExport => "patchmesh/v1/audit-export",
+            Domain::Report => "patchmesh/v1/report",
         }
     }
 }

@@ -85,6 +85,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod catalog;
 pub mod crypto;
 pub mod ids;

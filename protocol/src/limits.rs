@@ -1,6 +1,9 @@
 //! Every bound in the protocol core, in one place. Each queue, map, message and decode is limited
 //! by a constant here, and each has a test that exceeds it.
 
+/// Audit equivocations a site state keeps as evidence.
+pub const EQUIVOCATIONS_MAX: usize = 64;
+
 /// Largest encoded wire message a node decodes. Checked before any decoding starts.
 pub const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 /// Largest signed-envelope body.

@@ -99,6 +99,9 @@ pub struct NodeRecord {
     pub rollouts: BTreeMap<RolloutId, Standing>,
     /// Exposure to known vulnerabilities, once the node has an intel bundle.
     pub exposure: Option<crate::intel::report::ExposureSummary>,
+    /// The node's latest signed audit-log checkpoint: the members of its site hold it, so the
+    /// node cannot later rewrite the entries it covers unnoticed.
+    pub audit: Option<crate::audit::Head>,
 }
 
 /// What a piece of evidence reports.
@@ -582,6 +585,22 @@ pub struct SiteState {
     records: BTreeMap<NodeId, HeldRecord>,
     evidence: BTreeMap<ObjectId, (Evidence, Arc<Bundle>)>,
     digest: Option<StateHash>,
+    /// Members caught signing audit checkpoints that contradict each other: the two signed
+    /// records are the evidence (bounded by [`limits::EQUIVOCATIONS_MAX`]; the oldest kept).
+    equivocations: Vec<Equivocation>,
+}
+
+/// Two records of one node whose audit checkpoints cannot both be true.
+#[derive(Clone, Debug)]
+pub struct Equivocation {
+    /// The node.
+    pub node: NodeId,
+    /// The record held before.
+    pub earlier: Arc<Bundle>,
+    /// The record that contradicts it.
+    pub later: Arc<Bundle>,
+    /// What contradicts what.
+    pub detail: String,
 }
 
 /// A key in the site digest: a record (by node, with its version and the first bytes of its
@@ -600,7 +619,13 @@ pub enum SiteKey {
 impl SiteState {
     /// An empty state for `site`.
     pub fn new(site: SiteId) -> SiteState {
-        SiteState { site, records: BTreeMap::new(), evidence: BTreeMap::new(), digest: None }
+        SiteState {
+            site,
+            records: BTreeMap::new(),
+            evidence: BTreeMap::new(),
+            digest: None,
+            equivocations: Vec::new(),
+        }
     }
 
     /// The site.
@@ -614,6 +639,10 @@ impl SiteState {
     /// Evidence held.
     pub fn evidence(&self) -> impl Iterator<Item = &Evidence> {
         self.evidence.values().map(|(e, _)| e)
+    }
+    /// Audit equivocations seen, oldest first.
+    pub fn equivocations(&self) -> &[Equivocation] {
+        &self.equivocations
     }
     /// Number of evidence reports held.
     pub fn evidence_count(&self) -> usize {
@@ -635,6 +664,18 @@ impl SiteState {
             // body hash so every replica picks the same one.
             if have.version == held.version && have.body_hash() >= held.body_hash() {
                 return Ok(Merge::Duplicate);
+            }
+            if let (Some(a), Some(b)) = (have.record().audit, record.audit) {
+                if let Some(detail) = a.contradicts(&b) {
+                    if self.equivocations.len() < limits::EQUIVOCATIONS_MAX {
+                        self.equivocations.push(Equivocation {
+                            node,
+                            earlier: have.bundle.clone(),
+                            later: held.bundle.clone(),
+                            detail,
+                        });
+                    }
+                }
             }
         } else if self.records.len() >= limits::RECORDS_MAX {
             return Err(SiteError::Full("site records"));

@@ -37,6 +37,7 @@ fn record_bundles(keys: &Keys) -> Vec<Arc<Bundle>> {
                 inventory: Default::default(),
                 rollouts,
                 exposure: None,
+                audit: None,
             };
             out.push(Arc::new(Bundle::new(
                 Envelope::seal(Domain::NodeRecord, &rec, &[&k]),

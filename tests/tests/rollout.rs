@@ -166,8 +166,12 @@ fn a_hanging_install_times_out_and_rolls_back() {
     let view = rollout_view(&m, 0, &id).unwrap();
     assert!(view.local.as_ref().is_some_and(|l| l.failed), "{view:?}");
     assert!(marker.exists(), "the rollback command ran");
-    let audit = std::fs::read_to_string(m.nodes[0].dir.join("data").join("audit.jsonl")).unwrap();
-    assert!(audit.lines().any(|l| l.contains("\"timed_out\":true")), "audit log records the timeout:\n{audit}");
+    let audit =
+        std::fs::read_to_string(m.nodes[0].dir.join("data").join("audit").join("current.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"type\":\"step_result\"") && l.contains("\"timed_out\":true")),
+        "audit log records the timeout:\n{audit}"
+    );
     // The halt follows from its own failure report (max failures 0).
     assert_eq!(view.state(), "halted", "{view:?}");
 }

@@ -40,6 +40,15 @@ pub enum Request {
     },
     /// This node's findings against the intel bundle in use, and its available updates.
     Intel,
+    /// An export of a node's audit log (this node's, or another's fetched from it and checked
+    /// against the mesh and the audit checkpoint in its signed record).
+    AuditExport {
+        /// Node id (hex), or none for this node.
+        node: Option<String>,
+        /// Start at the last checkpoint signed at or before this time (ms); none: from the
+        /// oldest entry kept.
+        since_ms: Option<u64>,
+    },
     /// Another node's findings, fetched from it and checked against the digest in its signed
     /// record.
     Findings {

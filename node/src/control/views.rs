@@ -359,6 +359,20 @@ pub struct IntelView {
     pub loading: Option<String>,
 }
 
+/// `Request::AuditExport`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditExportView {
+    /// The node.
+    pub node: String,
+    /// The export, verified by the node that answers.
+    pub verified: patchmesh_protocol::audit::Verified,
+    /// The checkpoint in the node's signed record held here (seq, head hex), when it covers
+    /// less than or as much as the export: the export was checked to contain it.
+    pub record_checkpoint: Option<(u64, String)>,
+    /// The export (JSON lines).
+    pub text: String,
+}
+
 /// `Request::Findings`: another node's findings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RemoteFindingsView {

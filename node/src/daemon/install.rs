@@ -4,7 +4,7 @@
 //! The core persists the journal entry (flushed) before it emits the effect of that step, so by
 //! the time a step runs, a crash will bring the node back to the same step; executors make every
 //! step idempotent. Each step runs in its own task; its result comes back to the owner task as
-//! `Input::EffectDone`. Every step's output is appended to `<data_dir>/audit.jsonl`.
+//! `Input::EffectDone`. Every step and its output tail go to the node's audit log.
 //!
 //! For tests (built with the `test-hooks` feature only), `PATCHMESH_TEST_CRASH_AT=<step>` kills
 //! the node with SIGKILL right after the journal entry for that step was flushed: exactly the
@@ -17,7 +17,7 @@ use patchmesh_protocol::catalog::PatchEntry;
 use patchmesh_protocol::ids::ContentId;
 use patchmesh_protocol::node::{Input, Persist};
 use patchmesh_protocol::rollout::{Action, Effect, EffectResult, RolloutEvent};
-use serde_json::json;
+use patchmesh_protocol::audit::Event;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -59,29 +59,19 @@ impl Daemon {
             RolloutEvent::Stopped { rollout, control } => {
                 tracing::warn!(%rollout, ?control, "rollout stopped");
                 self.rollout_stopped.entry(*rollout).or_insert_with(crate::clock::now_ms);
-                self.audit(
-                    json!({"event": "stopped", "rollout": rollout.to_string(), "control": control}),
-                );
+                self.audit(Event::RolloutStopped {
+                    rollout: rollout.to_string(),
+                    control: format!("{control:?}").to_lowercase(),
+                });
             }
             RolloutEvent::Step { rollout, ring, step } => {
                 tracing::info!(%rollout, ring, step = step.name(), "install step");
-                self.audit(json!({"event": "step", "rollout": rollout.to_string(), "ring": ring, "step": step.name()}));
+                self.audit(Event::InstallStep {
+                    rollout: rollout.to_string(),
+                    ring: u32::from(*ring),
+                    step: step.name().to_string(),
+                });
             }
-        }
-    }
-
-    pub(super) fn audit(&self, mut entry: serde_json::Value) {
-        use std::io::Write;
-        entry["at_ms"] = json!(crate::clock::now_ms().0);
-        let path = self.cfg.data_dir.join("audit.jsonl");
-        let line = entry.to_string() + "\n";
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, path = %path.display(), "audit log write failed");
         }
     }
 
@@ -164,7 +154,7 @@ impl Daemon {
                 return;
             }
         };
-        let audit_path = self.cfg.data_dir.join("audit.jsonl");
+        let audit_log = self.audit.log.clone();
         let rollout = effect.rollout;
         let action = effect.action;
         tokio::spawn(async move {
@@ -179,7 +169,7 @@ impl Daemon {
                 Ok(r) => (r.ok, r.detail.clone(), Some(r)),
                 Err(e) => (false, format!("{e}"), None),
             };
-            write_audit(&audit_path, rollout.to_string(), action, ok, &detail, report.as_ref());
+            super::audit::record(&audit_log, step_result(rollout.to_string(), action, ok, &detail, report.as_ref()));
             let _ = tx.send(EffectResult { id, ok, detail }).await;
         });
     }
@@ -302,33 +292,26 @@ impl Daemon {
     }
 }
 
-fn write_audit(
-    path: &std::path::Path,
+/// An executor step's result as an audit event.
+fn step_result(
     rollout: String,
     action: Action,
     ok: bool,
     detail: &str,
     report: Option<&StepReport>,
-) {
-    use std::io::Write;
-    let entry = json!({
-        "event": "effect",
-        "at_ms": crate::clock::now_ms().0,
-        "rollout": rollout,
-        "action": format!("{action:?}").to_lowercase(),
-        "ok": ok,
-        "detail": detail,
-        "exit_code": report.and_then(|r| r.exit_code),
-        "timed_out": report.is_some_and(|r| r.timed_out),
-        "duration_ms": report.map(|r| r.duration_ms),
-        "output": report.map(|r| r.output.as_str()),
-    });
-    let line = entry.to_string() + "\n";
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
+) -> Event {
+    Event::StepResult {
+        rollout,
+        action: format!("{action:?}").to_lowercase(),
+        ok,
+        exit_code: report.and_then(|r| r.exit_code),
+        timed_out: report.is_some_and(|r| r.timed_out),
+        duration_ms: report.map_or(0, |r| r.duration_ms),
+        detail: detail.to_string(),
+        output_tail: report.map_or(String::new(), |r| {
+            patchmesh_protocol::audit::tail(&r.output, patchmesh_protocol::audit::OUTPUT_TAIL_BYTES_MAX)
+        }),
+    }
 }
 
 /// A channel for effect results.

@@ -17,6 +17,7 @@
 //! `Penalize` lowers the peer's gossipsub application score (and disconnects it after
 //! [`PENALTIES_MAX`]), `Disconnect` closes every connection to the peer.
 
+mod audit;
 mod facts;
 mod install;
 mod intel;
@@ -91,6 +92,8 @@ struct Daemon {
     inventory_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
     /// Findings (`None`) or one CVE's advisories (`Some`) asked of another node.
     findings_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply, Option<String>)>,
+    /// Audit exports asked of another node.
+    audit_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
     listen: Vec<Multiaddr>,
     started: Instant,
     /// Objects loaded from the store at start, and how many of them failed verification.
@@ -111,6 +114,10 @@ struct Daemon {
     /// The bundle being fetched or read.
     intel_loading: Option<patchmesh_protocol::ids::ContentId>,
     intel_tx: mpsc::Sender<intel::Loaded>,
+    /// The audit log and its bookkeeping.
+    audit: audit::AuditState,
+    /// This node's admission envelope (named in audit exports).
+    admission: Envelope,
 }
 
 /// Opens and loads the store; returns it, what it held, and the record floor it kept.
@@ -230,6 +237,9 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let cert: AdmissionCert = admission.open("admission certificate")?;
     let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
     let (store, loaded, floor) = open_store(&cfg, &genesis, &key)?;
+    let (audit_log, torn) =
+        crate::audit::AuditLog::open(&cfg.data_dir.join("audit"), key.clone(), cfg.audit_rotate_bytes)
+            .map_err(io(format!("opening the audit log in {}", cfg.data_dir.display())))?;
     crate::clock::set_offset_ms(cfg.clock_offset_ms);
     let now = now_ms();
     let (effects_tx, effects_rx) = install::channel();
@@ -237,7 +247,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let mut node = Node::new(
         core::Config {
             key: key.clone(),
-            admission,
+            admission: admission.clone(),
             genesis: genesis.clone(),
             anti_entropy_interval_ms: cfg.anti_entropy_interval_ms,
             summary_interval_ms: cfg.summary_interval_ms,
@@ -310,6 +320,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         inventory,
         inventory_waiting: HashMap::new(),
         findings_waiting: HashMap::new(),
+        audit_waiting: HashMap::new(),
         listen: Vec::new(),
         started: Instant::now(),
         restored: (loaded.persisted.len(), refused + loaded.unreadable.len()),
@@ -323,10 +334,20 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         intel: None,
         intel_loading: None,
         intel_tx,
+        audit: audit::AuditState::new(audit_log),
+        admission,
     };
+    d.audit(patchmesh_protocol::audit::Event::NodeStarted {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        torn_tail_bytes: torn,
+    });
+    if let Err(e) = d.audit.log.lock().unwrap_or_else(|p| p.into_inner()).checkpoint(now.0) {
+        tracing::error!(error = %e, "audit checkpoint failed");
+    }
     tracing::info!(node = %d.node.id(), peer = %d.swarm.local_peer_id(), site = %d.cert.site, "node started");
     // Start the core, then give it the real inventory if its record does not carry it yet.
     d.input(Input::Start);
+    d.sync_audit_head();
     let summary = d.inventory.summary();
     let held = d.node.site().records().get(&d.node.id()).map(|r| r.record().inventory.clone());
     if held.as_ref() != Some(&summary) {
@@ -379,12 +400,20 @@ impl Daemon {
                 Some(result) = inbox.effects_rx.recv() => d.on_effect_done(result),
                 Some(loaded) = inbox.intel_rx.recv() => d.on_intel_loaded(loaded),
                 _ = inventory_tick.tick() => d.refresh_inventory(),
-                _ = site_tick.tick() => d.connect_site(),
+                _ = site_tick.tick() => {
+                    d.connect_site();
+                    d.audit_tick();
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
             }
+            d.sync_audit_head();
         }
         tracing::info!("shutting down");
+        d.audit(patchmesh_protocol::audit::Event::NodeStopping { reason: "signal".into() });
+        if let Err(e) = d.audit.log.lock().unwrap_or_else(|p| p.into_inner()).checkpoint(now_ms().0) {
+            tracing::error!(error = %e, "audit checkpoint failed");
+        }
         d.store.flush().map_err(DaemonError::Store)?;
         Ok(())
     }
@@ -545,6 +574,7 @@ impl Daemon {
                     self.fatal = Some(format!("the store could not be written ({e}); the node stopped so that nothing it sends depends on a lost write"));
                     return;
                 }
+                self.audit_applied(&p);
                 self.crash_hook(&p);
             }
             Output::Disconnect { peer } => {
@@ -578,6 +608,8 @@ impl Daemon {
                 Event::Rejected { peer, reason } => {
                     let p = peer.and_then(|p| self.peers.get(&p.0).copied());
                     tracing::warn!(peer = ?p, %reason, "refused");
+                    let what = if peer.is_some() { "object from a peer" } else { "local command" };
+                    self.audit_refusal(what, &reason, p.map(|p| p.to_string()));
                 }
                 Event::Rollout(ev) => self.on_rollout_event(ev),
             },

@@ -109,6 +109,28 @@ impl Daemon {
                 return self.ask_intel(&hex_id, Some(cve), reply)
             }
             Request::Exposure => control::ok_view(&self.exposure_view()),
+            Request::AuditExport { node: None, since_ms } => {
+                match self.audit_export(since_ms, control::RESPONSE_BYTES_MAX / 2) {
+                    Ok(text) => self.checked_export(self.node.id(), text.as_bytes()),
+                    Err(e) => control::refused(e),
+                }
+            }
+            Request::AuditExport { node: Some(hex_id), since_ms } => {
+                let node = match parse_id(&hex_id) {
+                    Ok(n) => NodeId(n),
+                    Err(e) => return send(reply, control::refused(e)),
+                };
+                if node == self.node.id() {
+                    return self.on_control(Request::AuditExport { node: None, since_ms }, reply);
+                }
+                let Some(peer) = net::peer_of(&node) else {
+                    return send(reply, control::refused("not a valid node key"));
+                };
+                let ask = format!("audit:{}", since_ms.map(|s| s.to_string()).unwrap_or_default());
+                let id = self.swarm.behaviour_mut().inventory.send_request(&peer, ask.into_bytes());
+                self.audit_waiting.insert(id, (node, reply));
+                return;
+            }
             Request::Advisories { cve, node: None } => control::ok_view(&self.advisories_of(&cve)),
             Request::Inventory { node: None } => control::ok_view(&control::InventoryView {
                 node: self.node.id().to_string(),

@@ -90,6 +90,13 @@ impl Daemon {
                         let body = match (self.admitted.contains(&peer), request.as_slice()) {
                             (false, _) => Vec::new(),
                             (true, b"findings") => self.findings_served(),
+                            (true, r) if r.starts_with(b"audit:") => {
+                                let since = std::str::from_utf8(&r[b"audit:".len()..])
+                                    .ok()
+                                    .and_then(|s| s.parse::<u64>().ok());
+                                let max = crate::net::INVENTORY_BYTES_MAX - 64 * 1024;
+                                self.audit_export(since, max).map(String::into_bytes).unwrap_or_default()
+                            }
                             (true, r) if r.starts_with(b"advisories:") => {
                                 let cve = String::from_utf8_lossy(&r[b"advisories:".len()..]);
                                 serde_json::to_vec(&self.advisories_of(&cve)).unwrap_or_default()
@@ -101,6 +108,8 @@ impl Daemon {
                     request_response::Message::Response { request_id, response } => {
                         if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
                             let _ = reply.send(self.remote_inventory(node, &response));
+                        } else if let Some((node, reply)) = self.audit_waiting.remove(&request_id) {
+                            let _ = reply.send(self.checked_export(node, &response));
                         } else if let Some((node, reply, cve)) =
                             self.findings_waiting.remove(&request_id)
                         {
@@ -121,6 +130,10 @@ impl Daemon {
                 if let Some((node, reply)) = self.inventory_waiting.remove(&request_id) {
                     let _ = reply.send(control::refused(format!(
                         "fetching the inventory of {node}: {error}"
+                    )));
+                } else if let Some((node, reply)) = self.audit_waiting.remove(&request_id) {
+                    let _ = reply.send(control::refused(format!(
+                        "fetching the audit log of {node}: {error}"
                     )));
                 } else if let Some((node, reply, _)) = self.findings_waiting.remove(&request_id) {
                     let _ = reply.send(control::refused(format!(

@@ -163,6 +163,8 @@ pub enum Command {
     /// driver from the intel bundle with [`crate::intel::report::exposure_summary`]); unchanged
     /// exposure signs nothing.
     SetExposure(Option<crate::intel::report::ExposureSummary>),
+    /// Carry this audit-log checkpoint in the node's record from now on.
+    SetAuditHead(crate::audit::Head),
     /// Sign and publish evidence.
     Report {
         /// The rollout observed.

@@ -915,6 +915,13 @@ impl Node {
                 }
                 Ok(Outcome::Done)
             }
+            Command::SetAuditHead(head) => {
+                if self.publisher.audit != Some(head) {
+                    self.publisher.audit = Some(head);
+                    self.update_record();
+                }
+                Ok(Outcome::Done)
+            }
             Command::SetFacts(facts) => {
                 self.engine.facts = facts;
                 self.rollouts_due = true;

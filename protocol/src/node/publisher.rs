@@ -41,6 +41,8 @@ pub(crate) struct Publisher {
     pub(crate) inventory: InventorySummary,
     /// The exposure summary the next record carries.
     pub(crate) exposure: Option<crate::intel::report::ExposureSummary>,
+    /// The audit checkpoint the next record carries.
+    pub(crate) audit: Option<crate::audit::Head>,
     last_summary_at: Option<Millis>,
     last_summary_digest: Option<StateHash>,
     /// When the site state last changed.
@@ -70,6 +72,7 @@ impl Publisher {
             record_signed_at: None,
             inventory: InventorySummary::default(),
             exposure: None,
+            audit: None,
             last_summary_at: None,
             last_summary_digest: None,
             site_changed_at: now,
@@ -119,6 +122,7 @@ impl Publisher {
             inventory: self.inventory.clone(),
             rollouts,
             exposure: self.exposure.clone(),
+            audit: self.audit,
         };
         let bundle = self.seal(Domain::NodeRecord, &record);
         self.last_record_body = bundle.body_hash();

@@ -135,6 +135,7 @@ pub(super) fn make_nodes(
                         inventory: Default::default(),
                         rollouts: BTreeMap::new(),
                         exposure: None,
+                        audit: None,
                     };
                     let b = Arc::new(Bundle::new(
                         Envelope::seal(Domain::NodeRecord, &rec, &[&k]),

@@ -308,6 +308,7 @@ impl World {
                     inventory: Default::default(),
                     rollouts: BTreeMap::new(),
                     exposure: None,
+                    audit: None,
                 };
                 let b = Arc::new(Bundle::new(
                     Envelope::seal(Domain::NodeRecord, &rec, &[&own_key]),

@@ -1,0 +1,957 @@
+//! The tamper-evident audit log: what each node did, as a hash chain it signs.
+//!
+//! ## Format
+//! One JSON object per line, so a person can read it with `less` and a tool with `jq`:
+//!
+//! - an **entry**: `{"entry":{"seq":N,"prev":"<hex>","at_ms":T,"event":{"type":...}},"hash":"<hex>"}`.
+//!   `hash` is BLAKE3 over [`ENTRY_TAG`] and the exact bytes of the `entry` object as written;
+//!   `prev` is the previous entry's hash (all zeros before the first entry, sequence 1). The
+//!   verifier hashes the bytes it read, so an entry verifies even when a newer node wrote an
+//!   event type this build does not know.
+//! - a **checkpoint**: `{"checkpoint":{"node":..,"seq":N,"head":"<hex>","at_ms":T},"signature":"<hex>"}`,
+//!   the node's ed25519 signature over the checkpoint's canonical encoding. It commits to every
+//!   entry up to `seq`. The node writes one at least every [`CHECKPOINT_EVERY_ENTRIES`] entries
+//!   and [`CHECKPOINT_EVERY_MS`], and its latest checkpoint rides in its signed record, so the
+//!   members of its site hold a commitment to its log: a node that rewrites its past contradicts
+//!   a checkpoint someone else holds.
+//! - an **export header** (first line of an exported log only):
+//!   `{"export":{..},"signature":"<hex>"}`, signed by the node, naming the node, its admission
+//!   certificate and the admin sets that vouch for it, and the range exported. With it,
+//!   [`verify_export`] needs nothing but the mesh's genesis.
+//!
+//! A log starts at sequence 1 or, after rotation or for an export that starts later, at a
+//! checkpoint: the chain continues from the checkpoint's head.
+
+use crate::crypto::{self, Domain, Envelope, Sig, SignatureCheck, SignatureEntry};
+use crate::ids::{KeyId, Millis};
+use crate::trust::{self, Trust};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// Prefix of every entry hash.
+pub const ENTRY_TAG: &[u8] = b"patchmesh/v1/audit-entry\0";
+/// Longest line a log may hold (an entry with its output tail fits well inside).
+pub const LINE_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of program output an install entry keeps.
+pub const OUTPUT_TAIL_BYTES_MAX: usize = 8 * 1024;
+/// Bytes of any other text field of an event.
+pub const TEXT_BYTES_MAX: usize = 1024;
+/// A checkpoint is signed at least this often (entries)...
+pub const CHECKPOINT_EVERY_ENTRIES: u64 = 256;
+/// ...and this often (milliseconds) while entries keep coming.
+pub const CHECKPOINT_EVERY_MS: u64 = 5 * 60 * 1000;
+/// Admin-set envelopes an export header may carry.
+pub const ADMIN_SETS_MAX: usize = 64;
+
+/// A 32-byte hash written as 64 hex digits in every encoding.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hash32(pub [u8; 32]);
+
+impl Hash32 {
+    /// The hash before the first entry.
+    pub const ZERO: Hash32 = Hash32([0; 32]);
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Hash32> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Hash32(out))
+    }
+}
+
+impl fmt::Debug for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+impl fmt::Display for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+impl Serialize for Hash32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+impl<'de> Deserialize<'de> for Hash32 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Hash32::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+    }
+}
+
+/// What a node records. Text fields are cut to [`TEXT_BYTES_MAX`] (output tails to
+/// [`OUTPUT_TAIL_BYTES_MAX`]) by [`Event::bounded`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The node started.
+    NodeStarted {
+        /// The node's software version.
+        version: String,
+        /// How many bytes of a torn tail were dropped when the log was reopened (a crash
+        /// while writing); 0 normally.
+        torn_tail_bytes: u64,
+    },
+    /// The node is stopping.
+    NodeStopping {
+        /// Why.
+        reason: String,
+    },
+    /// The install journal reached a step (flushed before the step runs).
+    InstallStep {
+        /// Rollout id (hex).
+        rollout: String,
+        /// The node's ring in it.
+        ring: u32,
+        /// The step.
+        step: String,
+    },
+    /// An executor step finished.
+    StepResult {
+        /// Rollout id (hex).
+        rollout: String,
+        /// stage, install, verify, rollback or fetch.
+        action: String,
+        /// It succeeded.
+        ok: bool,
+        /// The program's exit code, when one ran and exited.
+        exit_code: Option<i32>,
+        /// It hit its deadline.
+        timed_out: bool,
+        /// How long it ran.
+        duration_ms: u64,
+        /// One line.
+        detail: String,
+        /// The last bytes of its output.
+        output_tail: String,
+    },
+    /// A rollout's verdict as this node first saw it (halted, paused, aborted...).
+    RolloutStopped {
+        /// Rollout id (hex).
+        rollout: String,
+        /// The control that stopped it.
+        control: String,
+    },
+    /// An admin-signed object the node applied: a catalog change or an admin set.
+    AdminObjectApplied {
+        /// catalog-change, admin-set...
+        kind: String,
+        /// Object id (hex).
+        object: String,
+        /// Signing admin keys (hex).
+        signers: Vec<String>,
+        /// What it says, in one line.
+        summary: String,
+    },
+    /// A vulnerability exception took effect on this node.
+    ExceptionApplied {
+        /// The CVE.
+        cve: String,
+        /// Findings it covers here.
+        findings: u32,
+        /// Until when.
+        expires_at_ms: u64,
+        /// The approving admin key (hex).
+        approver: String,
+    },
+    /// The node adopted an intel bundle.
+    IntelAdopted {
+        /// Bundle content id (hex).
+        bundle: String,
+        /// When the admin published it.
+        published_at_ms: u64,
+        /// Findings on this node under it.
+        findings: u32,
+    },
+    /// The node refused an object or command.
+    Refused {
+        /// What was refused.
+        what: String,
+        /// Why.
+        reason: String,
+        /// The peer it came from, if any (hex).
+        from: Option<String>,
+    },
+    /// The wall clock moved against the monotonic clock by more than the tolerance.
+    ClockJump {
+        /// Wall clock expected from the monotonic clock.
+        expected_ms: u64,
+        /// Wall clock read.
+        read_ms: u64,
+    },
+    /// A member of the site signed two checkpoints that contradict each other.
+    Equivocation {
+        /// The member (hex).
+        node: String,
+        /// What contradicts what.
+        detail: String,
+    },
+}
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
+/// The last `max` bytes of `s` (on a character boundary).
+pub fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut at = s.len() - max;
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    s[at..].to_string()
+}
+
+impl Event {
+    /// The event with every text field within its bound.
+    pub fn bounded(mut self) -> Event {
+        let t = TEXT_BYTES_MAX;
+        match &mut self {
+            Event::NodeStarted { version, .. } => cut(version, t),
+            Event::NodeStopping { reason } => cut(reason, t),
+            Event::InstallStep { rollout, step, .. } => {
+                cut(rollout, t);
+                cut(step, t)
+            }
+            Event::StepResult { rollout, action, detail, output_tail, .. } => {
+                cut(rollout, t);
+                cut(action, t);
+                cut(detail, t);
+                *output_tail = tail(output_tail, OUTPUT_TAIL_BYTES_MAX);
+            }
+            Event::RolloutStopped { rollout, control } => {
+                cut(rollout, t);
+                cut(control, t)
+            }
+            Event::AdminObjectApplied { kind, object, signers, summary } => {
+                cut(kind, t);
+                cut(object, t);
+                signers.truncate(16);
+                signers.iter_mut().for_each(|s| cut(s, 128));
+                cut(summary, t)
+            }
+            Event::ExceptionApplied { cve, approver, .. } => {
+                cut(cve, t);
+                cut(approver, t)
+            }
+            Event::IntelAdopted { bundle, .. } => cut(bundle, t),
+            Event::Refused { what, reason, from } => {
+                cut(what, t);
+                cut(reason, t);
+                if let Some(f) = from {
+                    cut(f, t)
+                }
+            }
+            Event::ClockJump { .. } => {}
+            Event::Equivocation { node, detail } => {
+                cut(node, t);
+                cut(detail, t)
+            }
+        }
+        self
+    }
+
+    /// The event's type name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::NodeStarted { .. } => "node_started",
+            Event::NodeStopping { .. } => "node_stopping",
+            Event::InstallStep { .. } => "install_step",
+            Event::StepResult { .. } => "step_result",
+            Event::RolloutStopped { .. } => "rollout_stopped",
+            Event::AdminObjectApplied { .. } => "admin_object_applied",
+            Event::ExceptionApplied { .. } => "exception_applied",
+            Event::IntelAdopted { .. } => "intel_adopted",
+            Event::Refused { .. } => "refused",
+            Event::ClockJump { .. } => "clock_jump",
+            Event::Equivocation { .. } => "equivocation",
+        }
+    }
+}
+
+/// One entry of the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// The previous entry's hash.
+    pub prev: Hash32,
+    /// When (the node's wall clock).
+    pub at_ms: u64,
+    /// What happened.
+    pub event: Event,
+}
+
+/// An entry as read back, the event left as JSON (it may be a type this build does not know).
+#[derive(Clone, Debug, Deserialize)]
+pub struct LooseEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// The previous entry's hash.
+    pub prev: Hash32,
+    /// When.
+    pub at_ms: u64,
+    /// The event.
+    pub event: serde_json::Value,
+}
+
+/// The hash of an entry's exact JSON bytes.
+pub fn entry_hash(entry_json: &[u8]) -> Hash32 {
+    let mut h = blake3::Hasher::new();
+    h.update(ENTRY_TAG);
+    h.update(entry_json);
+    Hash32(*h.finalize().as_bytes())
+}
+
+/// Encodes an entry as one line (with the newline) and returns its hash.
+pub fn entry_line(entry: &Entry) -> (String, Hash32) {
+    let json = serde_json::to_string(entry).expect("entries serialize");
+    let hash = entry_hash(json.as_bytes());
+    (format!("{{\"entry\":{json},\"hash\":\"{hash}\"}}\n"), hash)
+}
+
+/// A node's signed statement that its log holds entries 1..=`seq` ending in `head`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The node (hex).
+    pub node: Hash32,
+    /// The last entry covered.
+    pub seq: u64,
+    /// That entry's hash.
+    pub head: Hash32,
+    /// When it was signed.
+    pub at_ms: u64,
+}
+
+impl Checkpoint {
+    /// Signs it with the node's key.
+    pub fn sign(&self, key: &crypto::SecretKey) -> SignedCheckpoint {
+        let entry = key.sign(Domain::AuditCheckpoint, &crypto::encode(self));
+        SignedCheckpoint { checkpoint: self.clone(), signature: SigHex(entry.signature) }
+    }
+}
+
+/// A checkpoint and the node's signature over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCheckpoint {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// ed25519 by the node's key over [`Domain::AuditCheckpoint`] and its encoding.
+    pub signature: SigHex,
+}
+
+impl SignedCheckpoint {
+    /// Checks the signature against the node named in the checkpoint.
+    pub fn verify(&self, check: &dyn SignatureCheck) -> Result<(), AuditError> {
+        let entry =
+            SignatureEntry { key: KeyId(self.checkpoint.node.0), signature: self.signature.0 };
+        check
+            .check(Domain::AuditCheckpoint, &crypto::encode(&self.checkpoint), &entry)
+            .map_err(|_| AuditError::BadSignature("checkpoint"))
+    }
+
+    /// The line it is written as (with the newline).
+    pub fn line(&self) -> String {
+        serde_json::to_string(self).expect("checkpoints serialize") + "\n"
+    }
+}
+
+/// A signature written as 128 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigHex(pub Sig);
+
+impl Serialize for SigHex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0 .0))
+    }
+}
+impl<'de> Deserialize<'de> for SigHex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(&*s, &mut out)
+            .map_err(|_| serde::de::Error::custom("expected 128 hex digits"))?;
+        Ok(SigHex(Sig(out)))
+    }
+}
+
+/// The first line of an exported log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportHeader {
+    /// Format version (1).
+    pub format: u32,
+    /// The mesh (hex).
+    pub mesh: Hash32,
+    /// The node (hex).
+    pub node: Hash32,
+    /// Its site.
+    pub site: String,
+    /// The node's admission certificate (hex of its envelope).
+    pub admission: String,
+    /// Admin-set envelopes after the genesis, in order (hex), so the admission's signer can be
+    /// checked against the genesis alone.
+    pub admin_sets: Vec<String>,
+    /// The first entry exported (the chain continues from the checkpoint before it, if > 1).
+    pub from_seq: u64,
+    /// The last entry exported; the file ends with a checkpoint covering it.
+    pub through_seq: u64,
+    /// When it was exported (the node's clock).
+    pub exported_at_ms: u64,
+}
+
+/// The header and the node's signature over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHeader {
+    /// The header.
+    pub export: ExportHeader,
+    /// ed25519 by the node over [`Domain::AuditExport`] and its encoding.
+    pub signature: SigHex,
+}
+
+impl ExportHeader {
+    /// Signs it.
+    pub fn sign(&self, key: &crypto::SecretKey) -> SignedHeader {
+        let entry = key.sign(Domain::AuditExport, &crypto::encode(self));
+        SignedHeader { export: self.clone(), signature: SigHex(entry.signature) }
+    }
+}
+
+/// Why a log does not verify. `seq` is the first sequence number that is wrong or missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// A line could not be read.
+    #[error("line {line}: {reason}")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A signature does not verify.
+    #[error("bad signature on the {0}")]
+    BadSignature(&'static str),
+    /// The node is not vouched for by the mesh.
+    #[error("the node's admission does not verify: {0}")]
+    NotAdmitted(String),
+    /// An entry's bytes do not match its hash.
+    #[error("entry {seq}: its bytes do not match its hash (changed after it was written)")]
+    HashMismatch {
+        /// The entry.
+        seq: u64,
+    },
+    /// The chain breaks at `seq`.
+    #[error("entry {seq}: {reason}")]
+    Broken {
+        /// The first bad sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint disagrees with the chain.
+    #[error("checkpoint at {seq}: {reason}")]
+    Checkpoint {
+        /// The checkpoint's sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Entries are missing at the end.
+    #[error("truncated: entries from {seq} on are missing (the export says it runs through {through})")]
+    Truncated {
+        /// The first missing sequence number.
+        seq: u64,
+        /// The last one the header promises.
+        through: u64,
+    },
+    /// Entries after the last signed checkpoint.
+    #[error("entries from {seq} on are covered by no signed checkpoint")]
+    Unsigned {
+        /// The first uncovered sequence number.
+        seq: u64,
+    },
+}
+
+impl AuditError {
+    /// The first bad sequence number, when the failure is tied to one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            AuditError::HashMismatch { seq }
+            | AuditError::Broken { seq, .. }
+            | AuditError::Checkpoint { seq, .. }
+            | AuditError::Truncated { seq, .. }
+            | AuditError::Unsigned { seq } => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// One parsed line.
+#[derive(Debug)]
+pub enum Line<'a> {
+    /// An entry: its exact JSON bytes, the parsed fields and the hash written beside it.
+    Entry {
+        /// The exact bytes of the `entry` object.
+        raw: &'a str,
+        /// Parsed.
+        entry: LooseEntry,
+        /// The hash written beside it.
+        hash: Hash32,
+    },
+    /// A signed checkpoint.
+    Checkpoint(SignedCheckpoint),
+    /// An export header.
+    Header(SignedHeader),
+}
+
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    #[serde(borrow)]
+    entry: Option<&'a RawValue>,
+    hash: Option<Hash32>,
+    checkpoint: Option<Checkpoint>,
+    export: Option<ExportHeader>,
+    signature: Option<SigHex>,
+}
+
+/// Parses one line (without its newline). `n` is its 1-based number, for errors.
+pub fn parse_line(text: &str, n: usize) -> Result<Line<'_>, AuditError> {
+    let bad = |reason: String| AuditError::Malformed { line: n, reason };
+    if text.len() > LINE_BYTES_MAX {
+        return Err(bad(format!("{} bytes, limit {LINE_BYTES_MAX}", text.len())));
+    }
+    let raw: RawLine<'_> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    match raw {
+        RawLine { entry: Some(e), hash: Some(hash), checkpoint: None, export: None, signature: None } => {
+            let entry: LooseEntry =
+                serde_json::from_str(e.get()).map_err(|e| bad(format!("entry: {e}")))?;
+            Ok(Line::Entry { raw: e.get(), entry, hash })
+        }
+        RawLine { checkpoint: Some(checkpoint), signature: Some(signature), entry: None, hash: None, export: None } => {
+            Ok(Line::Checkpoint(SignedCheckpoint { checkpoint, signature }))
+        }
+        RawLine { export: Some(export), signature: Some(signature), entry: None, hash: None, checkpoint: None } => {
+            Ok(Line::Header(SignedHeader { export, signature }))
+        }
+        _ => Err(bad("neither an entry, a checkpoint nor an export header".into())),
+    }
+}
+
+/// Walks a chain line by line. Used by the writer (to find where a log ends after a crash) and
+/// by the verifier.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The node whose checkpoints are expected.
+    pub node: Option<Hash32>,
+    /// The last sequence number seen.
+    pub seq: u64,
+    /// Its hash.
+    pub head: Hash32,
+    /// The first sequence number of this chain (its first entry).
+    pub first_seq: Option<u64>,
+    /// The last checkpoint seen.
+    pub last_checkpoint: Option<SignedCheckpoint>,
+    /// Entries read.
+    pub entries: u64,
+    /// Checkpoints read.
+    pub checkpoints: u64,
+    started: bool,
+}
+
+impl Chain {
+    /// A chain from the first entry.
+    pub fn new(node: Option<Hash32>) -> Chain {
+        Chain {
+            node,
+            seq: 0,
+            head: Hash32::ZERO,
+            first_seq: None,
+            last_checkpoint: None,
+            entries: 0,
+            checkpoints: 0,
+            started: false,
+        }
+    }
+
+    /// Feeds one parsed line. Checkpoint signatures are checked with `check` when given (the
+    /// writer re-reading its own log passes none).
+    pub fn feed(&mut self, line: &Line<'_>, check: Option<&dyn SignatureCheck>) -> Result<(), AuditError> {
+        match line {
+            Line::Header(_) => Err(AuditError::Malformed {
+                line: 0,
+                reason: "an export header after the first line".into(),
+            }),
+            Line::Checkpoint(cp) => {
+                let c = &cp.checkpoint;
+                if let Some(node) = self.node {
+                    if c.node != node {
+                        return Err(AuditError::Checkpoint { seq: c.seq, reason: "signed for another node".into() });
+                    }
+                }
+                if let Some(check) = check {
+                    cp.verify(check).map_err(|_| AuditError::Checkpoint {
+                        seq: c.seq,
+                        reason: "its signature does not verify".into(),
+                    })?;
+                }
+                if !self.started && self.entries == 0 {
+                    // A log (or export) starting at a checkpoint continues from its head.
+                    self.seq = c.seq;
+                    self.head = c.head;
+                } else if c.seq != self.seq || c.head != self.head {
+                    return Err(AuditError::Checkpoint {
+                        seq: c.seq,
+                        reason: format!(
+                            "says entry {} has hash {}, the chain has entry {} with hash {}",
+                            c.seq, c.head, self.seq, self.head
+                        ),
+                    });
+                }
+                if let Some(last) = &self.last_checkpoint {
+                    if c.at_ms < last.checkpoint.at_ms {
+                        return Err(AuditError::Checkpoint {
+                            seq: c.seq,
+                            reason: "signed earlier than the checkpoint before it".into(),
+                        });
+                    }
+                }
+                self.started = true;
+                self.checkpoints += 1;
+                self.last_checkpoint = Some(cp.clone());
+                Ok(())
+            }
+            Line::Entry { raw, entry, hash } => {
+                let want = self.seq + 1;
+                if entry.seq != want {
+                    let seq = want.min(entry.seq.max(1));
+                    let reason = if entry.seq > want {
+                        format!("missing: the next entry read is {}", entry.seq)
+                    } else {
+                        format!("out of order: entry {} follows entry {}", entry.seq, self.seq)
+                    };
+                    return Err(AuditError::Broken { seq, reason });
+                }
+                if entry_hash(raw.as_bytes()) != *hash {
+                    return Err(AuditError::HashMismatch { seq: entry.seq });
+                }
+                if entry.prev != self.head {
+                    return Err(AuditError::Broken {
+                        seq: entry.seq,
+                        reason: "does not link to the entry before it".into(),
+                    });
+                }
+                self.started = true;
+                self.first_seq.get_or_insert(entry.seq);
+                self.seq = entry.seq;
+                self.head = *hash;
+                self.entries += 1;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What [`verify_export`] found in a valid export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The node.
+    pub node: Hash32,
+    /// Its site.
+    pub site: String,
+    /// First and last entries.
+    pub from_seq: u64,
+    /// Last entry.
+    pub through_seq: u64,
+    /// Entries checked.
+    pub entries: u64,
+    /// Signed checkpoints checked.
+    pub checkpoints: u64,
+    /// The final head.
+    pub head: Hash32,
+    /// When it was exported.
+    pub exported_at_ms: u64,
+}
+
+/// Checks an exported log with nothing but the mesh's genesis: the admin sets and admission in
+/// the header, the header's signature, every entry's hash and link, every checkpoint's
+/// signature and agreement with the chain, and that a signed checkpoint covers the last entry
+/// the header promises. Returns the first failure.
+pub fn verify_export(
+    text: &str,
+    genesis: &Envelope,
+    check: &dyn SignatureCheck,
+) -> Result<Verified, AuditError> {
+    let mut lines = text.split_inclusive('\n').enumerate();
+    let Some((_, first)) = lines.next() else {
+        return Err(AuditError::Malformed { line: 1, reason: "empty file".into() });
+    };
+    let Line::Header(header) = parse_line(first.trim_end_matches('\n'), 1)? else {
+        return Err(AuditError::Malformed { line: 1, reason: "the first line is not an export header".into() });
+    };
+    let h = &header.export;
+    let node = KeyId(h.node.0);
+    check
+        .check(
+            Domain::AuditExport,
+            &crypto::encode(h),
+            &SignatureEntry { key: node, signature: header.signature.0 },
+        )
+        .map_err(|_| AuditError::BadSignature("export header"))?;
+    admitted(h, genesis, check)?;
+    let mut chain = Chain::new(Some(h.node));
+    for (i, text) in lines {
+        let n = i + 1;
+        let Some(body) = text.strip_suffix('\n') else {
+            // A last line without its newline was cut while being written or copied.
+            return Err(AuditError::Truncated { seq: chain.seq + 1, through: h.through_seq });
+        };
+        let line = parse_line(body, n)?;
+        match chain.feed(&line, Some(check)) {
+            Err(AuditError::Malformed { reason, .. }) => {
+                return Err(AuditError::Malformed { line: n, reason })
+            }
+            r => r?,
+        }
+    }
+    let start = chain.first_seq.unwrap_or(chain.seq + 1);
+    if start != h.from_seq {
+        return Err(AuditError::Broken {
+            seq: start.min(h.from_seq),
+            reason: format!("the export says it starts at {}, its first entry is {start}", h.from_seq),
+        });
+    }
+    if chain.seq < h.through_seq {
+        return Err(AuditError::Truncated { seq: chain.seq + 1, through: h.through_seq });
+    }
+    if chain.seq > h.through_seq {
+        return Err(AuditError::Broken {
+            seq: h.through_seq + 1,
+            reason: format!("entries past {} that the export header does not cover", h.through_seq),
+        });
+    }
+    let covered = chain.last_checkpoint.as_ref().map(|c| c.checkpoint.seq).unwrap_or(0);
+    if covered < chain.seq {
+        return Err(AuditError::Unsigned { seq: covered + 1 });
+    }
+    Ok(Verified {
+        node: h.node,
+        site: h.site.clone(),
+        from_seq: h.from_seq,
+        through_seq: h.through_seq,
+        entries: chain.entries,
+        checkpoints: chain.checkpoints,
+        head: chain.head,
+        exported_at_ms: h.exported_at_ms,
+    })
+}
+
+/// The header's node is admitted to the genesis' mesh, through the admin sets it carries.
+fn admitted(h: &ExportHeader, genesis: &Envelope, check: &dyn SignatureCheck) -> Result<(), AuditError> {
+    let not = |e: String| AuditError::NotAdmitted(e);
+    let mut trust = Trust::new(genesis.clone(), check).map_err(|e| not(format!("genesis: {e}")))?;
+    if trust.mesh().0 != h.mesh.0 {
+        return Err(not("the export is from another mesh".into()));
+    }
+    if h.admin_sets.len() > ADMIN_SETS_MAX {
+        return Err(not("too many admin sets".into()));
+    }
+    let envelope = |s: &str| -> Result<Envelope, AuditError> {
+        let bytes = hex::decode(s).map_err(|_| not("not hex".into()))?;
+        crypto::decode("envelope", &bytes, crate::limits::MESSAGE_BYTES_MAX)
+            .map_err(|e| not(e.to_string()))
+    };
+    for set in &h.admin_sets {
+        trust.apply_admin_set(&envelope(set)?, check).map_err(|e| not(format!("admin set: {e}")))?;
+    }
+    let (cert, signer) =
+        trust::verify_admission_signature(&envelope(&h.admission)?, check).map_err(|e| not(e.to_string()))?;
+    if cert.node.0 != h.node.0 || *cert.site.0 != *h.site {
+        return Err(not("the admission names another node or site".into()));
+    }
+    // Admitted when it exported: a certificate that expired later does not void the history.
+    trust
+        .authorize_admission(&cert, &signer, Millis(h.exported_at_ms))
+        .map_err(|e| not(e.to_string()))?;
+    Ok(())
+}
+
+/// The part of a checkpoint a node's signed record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The last entry covered.
+    pub seq: u64,
+    /// Its hash.
+    pub head: [u8; 32],
+    /// When the checkpoint was signed.
+    pub at: Millis,
+}
+
+impl Head {
+    /// Whether a later record's head can follow this one: it may not go back, and at the same
+    /// sequence number it must name the same entry. (A head further on cannot be checked
+    /// without the log; [`verify_export`] checks those.)
+    pub fn contradicts(&self, later: &Head) -> Option<String> {
+        if later.seq < self.seq {
+            Some(format!("audit log went back from entry {} to {}", self.seq, later.seq))
+        } else if later.seq == self.seq && later.head != self.head {
+            Some(format!("two different entries {} signed", self.seq))
+        } else {
+            None
+        }
+    }
+}
+
+/// The pure half of a node's log writer: sequence, head and checkpoint cadence. The node wraps
+/// it with files (`node/src/audit.rs`); the simulator and tests use it alone.
+#[derive(Debug)]
+pub struct Writer {
+    key: crypto::SecretKey,
+    node: Hash32,
+    seq: u64,
+    head: Hash32,
+    since_checkpoint: u64,
+    last_checkpoint: Option<SignedCheckpoint>,
+}
+
+impl Writer {
+    /// A writer for an empty log.
+    pub fn new(key: crypto::SecretKey) -> Writer {
+        Writer {
+            node: Hash32(key.public().0),
+            key,
+            seq: 0,
+            head: Hash32::ZERO,
+            since_checkpoint: 0,
+            last_checkpoint: None,
+        }
+    }
+
+    /// A writer continuing the log `text` (this node's own). Reads up to the first line that is
+    /// incomplete, unreadable or does not chain (a crash while writing leaves at most a torn last
+    /// line) and returns the writer and how many bytes of `text` are good; the caller truncates
+    /// the rest.
+    pub fn resume(key: crypto::SecretKey, text: &str) -> (Writer, usize) {
+        let mut w = Writer::new(key);
+        let mut chain = Chain::new(Some(w.node));
+        let mut good = 0;
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            let Some(body) = line.strip_suffix('\n') else { break };
+            let Ok(parsed) = parse_line(body, i + 1) else { break };
+            if chain.feed(&parsed, None).is_err() {
+                break;
+            }
+            match parsed {
+                Line::Entry { .. } => w.since_checkpoint += 1,
+                Line::Checkpoint(cp) => {
+                    w.since_checkpoint = 0;
+                    w.last_checkpoint = Some(cp);
+                }
+                Line::Header(_) => break,
+            }
+            good += line.len();
+        }
+        w.seq = chain.seq;
+        w.head = chain.head;
+        (w, good)
+    }
+
+    /// Appends an event: the line to write (with its newline).
+    pub fn append(&mut self, event: Event, at_ms: u64) -> String {
+        let entry = Entry { seq: self.seq + 1, prev: self.head, at_ms, event: event.bounded() };
+        let (line, hash) = entry_line(&entry);
+        self.seq = entry.seq;
+        self.head = hash;
+        self.since_checkpoint += 1;
+        line
+    }
+
+    /// Whether a checkpoint is due at `now_ms`: entries since the last one, and either
+    /// [`CHECKPOINT_EVERY_ENTRIES`] of them or [`CHECKPOINT_EVERY_MS`] since it.
+    pub fn checkpoint_due(&self, now_ms: u64) -> bool {
+        if self.since_checkpoint == 0 {
+            return false;
+        }
+        self.since_checkpoint >= CHECKPOINT_EVERY_ENTRIES
+            || self
+                .last_checkpoint
+                .as_ref()
+                .is_none_or(|c| now_ms.saturating_sub(c.checkpoint.at_ms) >= CHECKPOINT_EVERY_MS)
+    }
+
+    /// Signs a checkpoint of the log as it stands (even with no entries since the last one):
+    /// the line to write.
+    pub fn checkpoint(&mut self, at_ms: u64) -> SignedCheckpoint {
+        // Never earlier than the last one, whatever the wall clock did.
+        let at_ms = at_ms.max(self.last_checkpoint.as_ref().map_or(0, |c| c.checkpoint.at_ms));
+        let cp = Checkpoint { node: self.node, seq: self.seq, head: self.head, at_ms }.sign(&self.key);
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Some(cp.clone());
+        cp
+    }
+
+    /// The last entry written.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The last checkpoint signed, as a record carries it.
+    pub fn head(&self) -> Option<Head> {
+        self.last_checkpoint.as_ref().map(|c| Head {
+            seq: c.checkpoint.seq,
+            head: c.checkpoint.head.0,
+            at: Millis(c.checkpoint.at_ms),
+        })
+    }
+
+    /// The last checkpoint signed.
+    pub fn last_checkpoint(&self) -> Option<&SignedCheckpoint> {
+        self.last_checkpoint.as_ref()
+    }
+
+    /// Signs an export header.
+    pub fn sign_header(&self, header: &ExportHeader) -> SignedHeader {
+        header.sign(&self.key)
+    }
+}
+
+/// The hash of entry `seq` in a log or export (from the entry itself, or a checkpoint naming
+/// it), if the text holds it. Lines that do not parse are skipped: verify first.
+pub fn hash_at(text: &str, seq: u64) -> Option<Hash32> {
+    text.lines().enumerate().find_map(|(i, l)| match parse_line(l, i + 1).ok()? {
+        Line::Entry { entry, hash, .. } if entry.seq == seq => Some(hash),
+        Line::Checkpoint(cp) if cp.checkpoint.seq == seq => Some(cp.checkpoint.head),
+        _ => None,
+    })
+}
+
+/// Checks an export against a checkpoint held from elsewhere (a node's signed record, a
+/// report): the export must reach it and agree with it.
+pub fn check_against(text: &str, v: &Verified, held: &Head) -> Result<(), AuditError> {
+    if held.seq > v.through_seq {
+        return Err(AuditError::Truncated { seq: v.through_seq + 1, through: held.seq });
+    }
+    if held.seq + 1 < v.from_seq {
+        return Ok(()); // before the export starts: nothing to compare
+    }
+    match hash_at(text, held.seq) {
+        Some(h) if h.0 == held.head => Ok(()),
+        Some(_) => Err(AuditError::Checkpoint {
+            seq: held.seq,
+            reason: "the export's entry differs from the one the node signed earlier (its log was rewritten)".into(),
+        }),
+        None => Ok(()),
+    }
+}
