@@ -42,6 +42,29 @@ impl AuditState {
     }
 }
 
+/// For tests of crashes while writing (built with `test-hooks` only):
+/// `PATCHMESH_TEST_AUDIT_FLOOD=1` makes the node append entries without pause from a thread,
+/// so a kill -9 lands in the middle of writes.
+#[cfg(feature = "test-hooks")]
+pub(super) fn flood_hook(log: &SharedLog) {
+    if std::env::var("PATCHMESH_TEST_AUDIT_FLOOD").is_err() {
+        return;
+    }
+    let log = log.clone();
+    std::thread::spawn(move || {
+        for i in 0u64.. {
+            // Long entries, so that a write is more often caught half done.
+            let reason = format!("flood {i} {}", "x".repeat((i % 300) as usize));
+            record(&log, Event::NodeStopping { reason });
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    });
+}
+
+/// Without the `test-hooks` feature there is no flood.
+#[cfg(not(feature = "test-hooks"))]
+pub(super) fn flood_hook(_: &SharedLog) {}
+
 /// Appends to a shared log; a failure is logged (the node keeps running: an audit write that
 /// fails must not stop installs that are half done).
 pub(super) fn record(log: &SharedLog, event: Event) {

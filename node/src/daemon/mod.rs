@@ -348,6 +348,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     // Start the core, then give it the real inventory if its record does not carry it yet.
     d.input(Input::Start);
     d.sync_audit_head();
+    audit::flood_hook(&d.audit.log);
     let summary = d.inventory.summary();
     let held = d.node.site().records().get(&d.node.id()).map(|r| r.record().inventory.clone());
     if held.as_ref() != Some(&summary) {
