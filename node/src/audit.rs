@@ -193,6 +193,10 @@ impl AuditLog {
         let mut starts: Vec<(usize, u64, u64)> = Vec::new(); // (offset, from_seq, at_ms)
         let mut off = 0;
         for (i, line) in text.split_inclusive('\n').enumerate() {
+            if i > 0 && !line.starts_with("{\"checkpoint\"") {
+                off += line.len();
+                continue;
+            }
             match audit::parse_line(line.trim_end_matches('\n'), i + 1) {
                 Ok(Line::Checkpoint(cp)) => starts.push((off, cp.checkpoint.seq + 1, cp.checkpoint.at_ms)),
                 Ok(Line::Entry { entry, .. }) if i == 0 => starts.push((off, entry.seq, 0)),

@@ -305,8 +305,15 @@ pub struct LooseEntry {
     pub prev: Hash32,
     /// When.
     pub at_ms: u64,
-    /// The event.
-    pub event: serde_json::Value,
+    /// The event, as written (parse it with [`LooseEntry::event`]).
+    pub event: Box<RawValue>,
+}
+
+impl LooseEntry {
+    /// The event as JSON.
+    pub fn event(&self) -> serde_json::Value {
+        serde_json::from_str(self.event.get()).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// The hash of an entry's exact JSON bytes.
