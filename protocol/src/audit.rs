@@ -166,8 +166,28 @@ pub enum Event {
         bundle: String,
         /// When the admin published it.
         published_at_ms: u64,
-        /// Findings on this node under it.
-        findings: u32,
+        /// Source packages of this node's release it holds advisories for.
+        sources: u32,
+    },
+    /// A finding opened on this node (a CVE now affects an installed source package).
+    FindingOpened {
+        /// The CVE.
+        cve: String,
+        /// The source package.
+        source: String,
+        /// Its installed version.
+        installed: String,
+        /// When it is due, if its due class has a date.
+        due_at_ms: Option<u64>,
+    },
+    /// A finding closed (the fix is installed, or the package is gone).
+    FindingClosed {
+        /// The CVE.
+        cve: String,
+        /// The source package.
+        source: String,
+        /// Its version now (none: removed).
+        installed: Option<String>,
     },
     /// The node refused an object or command.
     Refused {
@@ -249,6 +269,18 @@ impl Event {
                 cut(approver, t)
             }
             Event::IntelAdopted { bundle, .. } => cut(bundle, t),
+            Event::FindingOpened { cve, source, installed, .. } => {
+                cut(cve, t);
+                cut(source, t);
+                cut(installed, t)
+            }
+            Event::FindingClosed { cve, source, installed } => {
+                cut(cve, t);
+                cut(source, t);
+                if let Some(i) = installed {
+                    cut(i, t)
+                }
+            }
             Event::Refused { what, reason, from } => {
                 cut(what, t);
                 cut(reason, t);
@@ -277,6 +309,8 @@ impl Event {
             Event::ExceptionApplied { .. } => "exception_applied",
             Event::IntelAdopted { .. } => "intel_adopted",
             Event::Refused { .. } => "refused",
+            Event::FindingOpened { .. } => "finding_opened",
+            Event::FindingClosed { .. } => "finding_closed",
             Event::ClockJump { .. } => "clock_jump",
             Event::Equivocation { .. } => "equivocation",
         }

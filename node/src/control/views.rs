@@ -355,6 +355,13 @@ pub struct IntelView {
     pub updates: Vec<patchmesh_protocol::intel::apt::Update>,
     /// The exposure summary this node's signed record carries.
     pub summary: Option<patchmesh_protocol::intel::report::ExposureSummary>,
+    /// Its host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// When each finding opened and closed (the node's own account, each change also in its
+    /// audit log).
+    #[serde(default)]
+    pub history: Vec<patchmesh_protocol::intel::history::HistoryEntry>,
     /// A newer bundle being fetched or read.
     pub loading: Option<String>,
 }
@@ -386,6 +393,13 @@ pub struct RemoteFindingsView {
     pub release: String,
     /// Its available updates, as it served them (not covered by the digest).
     pub updates: Vec<patchmesh_protocol::intel::apt::Update>,
+    /// Its host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// When each finding opened and closed (the node's own account, each change also in its
+    /// audit log).
+    #[serde(default)]
+    pub history: Vec<patchmesh_protocol::intel::history::HistoryEntry>,
 }
 
 /// What a node serves a site member asking for its findings.
@@ -397,6 +411,13 @@ pub struct ServedFindings {
     pub findings: Vec<patchmesh_protocol::intel::report::Assessed>,
     /// Available updates.
     pub updates: Vec<patchmesh_protocol::intel::apt::Update>,
+    /// Its host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// When each finding opened and closed (the node's own account, each change also in its
+    /// audit log).
+    #[serde(default)]
+    pub history: Vec<patchmesh_protocol::intel::history::HistoryEntry>,
 }
 
 /// One site in `Request::Exposure`.

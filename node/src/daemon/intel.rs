@@ -21,6 +21,31 @@ use tokio::sync::mpsc;
 /// How long a bundle fetch is waited for before it is retried on the next catalog change or
 /// inventory tick.
 const BUNDLE_WAIT: Duration = Duration::from_secs(600);
+/// The findings history file in the data directory.
+pub(super) const HISTORY_FILE: &str = "intel-history.json";
+/// Largest history file read back.
+const HISTORY_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Reads the findings history kept by an earlier run (empty when there is none; a damaged one
+/// is moved aside and the history starts again, with an error in the log).
+pub(super) fn load_history(data_dir: &std::path::Path) -> patchmesh_protocol::intel::history::History {
+    let path = data_dir.join(HISTORY_FILE);
+    if !path.exists() {
+        return Default::default();
+    }
+    let read = crate::files::read_limited(&path, HISTORY_BYTES_MAX)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+    match read {
+        Ok(h) => h,
+        Err(e) => {
+            let aside = path.with_extension("json.damaged");
+            let _ = std::fs::rename(&path, &aside);
+            tracing::error!(error = %e, path = %aside.display(), "findings history unreadable; moved aside");
+            Default::default()
+        }
+    }
+}
 
 /// The bundle in use and what it says about this machine.
 pub(super) struct IntelState {
@@ -94,6 +119,11 @@ impl Daemon {
         match loaded.result {
             Ok(index) => {
                 tracing::info!(content = %loaded.entry.content_id, sources = index.advisories.len(), "intel bundle loaded");
+                self.audit(patchmesh_protocol::audit::Event::IntelAdopted {
+                    bundle: loaded.entry.content_id.to_string(),
+                    published_at_ms: loaded.entry.created_at.0,
+                    sources: index.advisories.len() as u32,
+                });
                 self.intel = Some(IntelState {
                     entry: loaded.entry,
                     index,
@@ -125,7 +155,47 @@ impl Daemon {
             patchmesh_protocol::rollout::target::selects(sel, &site, &labels, &facts)
         };
         apply(&mut state.findings, &exceptions, covers, now);
+        let newly: Vec<(String, ExceptionEntry, KeyId)> = exceptions
+            .iter()
+            .filter(|(k, _, _)| !state.exceptions.contains(k))
+            .cloned()
+            .collect();
         state.exceptions = exceptions.iter().map(|(k, _, _)| k.clone()).collect();
+        let mut events = Vec::new();
+        for (key, e, approver) in newly {
+            let covered = state
+                .findings
+                .iter()
+                .filter(|a| a.finding.excepted.as_ref().is_some_and(|x| x.key == key))
+                .count();
+            if covered > 0 {
+                events.push(patchmesh_protocol::audit::Event::ExceptionApplied {
+                    cve: e.cve.clone(),
+                    findings: covered as u32,
+                    expires_at_ms: e.expires_at.0,
+                    approver: approver.to_string(),
+                });
+            }
+        }
+        let versions: std::collections::BTreeMap<&str, &str> =
+            installed.iter().map(|i| (i.source.as_str(), i.source_version.as_str())).collect();
+        let changes = self.history.update(&state.findings, |s| versions.get(s).map(|v| v.to_string()), now);
+        for c in &changes {
+            use patchmesh_protocol::intel::history::Change;
+            events.push(match c {
+                Change::Opened(h) => patchmesh_protocol::audit::Event::FindingOpened {
+                    cve: h.cve.clone(),
+                    source: h.source.clone(),
+                    installed: h.installed.clone(),
+                    due_at_ms: h.due_at.map(|d| d.0),
+                },
+                Change::Closed(h) => patchmesh_protocol::audit::Event::FindingClosed {
+                    cve: h.cve.clone(),
+                    source: h.source.clone(),
+                    installed: h.closed_version.clone(),
+                },
+            });
+        }
         state.updates = updates(&state.index, &installed);
         state.assessed_at = super::now_ms();
         let summary =
@@ -137,6 +207,21 @@ impl Daemon {
             "exposure assessed"
         );
         self.input(Input::Command(Command::SetExposure(Some(summary))));
+        for ev in events {
+            self.audit(ev);
+        }
+        if !changes.is_empty() {
+            self.save_history();
+        }
+    }
+
+    /// Writes the findings history (`<data_dir>/intel-history.json`).
+    fn save_history(&self) {
+        let path = self.cfg.data_dir.join(HISTORY_FILE);
+        let bytes = serde_json::to_vec(&self.history).unwrap_or_default();
+        if let Err(e) = crate::files::write_synced(&path, &bytes) {
+            tracing::error!(error = %e, path = %path.display(), "findings history not saved");
+        }
     }
 
     /// Valid exceptions in the catalog that have not expired, with their signers.
@@ -189,6 +274,8 @@ impl Daemon {
                 updates: s.updates.clone(),
                 summary: record,
                 loading: self.intel_loading.map(|c| c.to_string()),
+                hostname: self.inventory.hostname.clone(),
+                history: self.history.entries().cloned().collect(),
             },
             None => control::IntelView {
                 bundle: None,
@@ -199,6 +286,8 @@ impl Daemon {
                 updates: Vec::new(),
                 summary: record,
                 loading: self.intel_loading.map(|c| c.to_string()),
+                hostname: self.inventory.hostname.clone(),
+                history: self.history.entries().cloned().collect(),
             },
         }
     }
@@ -270,6 +359,8 @@ impl Daemon {
             release: self.inventory.codename.clone(),
             findings: state.findings.clone(),
             updates: state.updates.clone(),
+            hostname: self.inventory.hostname.clone(),
+            history: self.history.entries().cloned().collect(),
         };
         #[cfg(feature = "test-hooks")]
         let served = match std::env::var("PATCHMESH_TEST_HIDE_FINDING") {
@@ -306,7 +397,7 @@ impl Daemon {
             Ok(f) => f,
             Err(e) => return control::refused(format!("node {node} sent no valid findings: {e}")),
         };
-        let control::ServedFindings { release, findings, updates } = served;
+        let control::ServedFindings { release, findings, updates, hostname, history } = served;
         if patchmesh_protocol::intel::report::findings_digest(&findings) != summary.findings_digest
         {
             tracing::warn!(%node, "served findings do not match the signed digest");
@@ -320,6 +411,8 @@ impl Daemon {
             findings,
             release,
             updates,
+            hostname,
+            history,
         })
     }
 }

@@ -118,6 +118,8 @@ struct Daemon {
     audit: audit::AuditState,
     /// This node's admission envelope (named in audit exports).
     admission: Envelope,
+    /// When each finding here opened and closed.
+    history: patchmesh_protocol::intel::history::History,
 }
 
 /// Opens and loads the store; returns it, what it held, and the record floor it kept.
@@ -336,7 +338,9 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         intel_tx,
         audit: audit::AuditState::new(audit_log),
         admission,
+        history: Default::default(),
     };
+    d.history = intel::load_history(&d.cfg.data_dir);
     d.audit(patchmesh_protocol::audit::Event::NodeStarted {
         version: env!("CARGO_PKG_VERSION").to_string(),
         torn_tail_bytes: torn,

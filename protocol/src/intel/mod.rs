@@ -20,6 +20,7 @@
 pub mod apt;
 pub mod bundle;
 pub mod exception;
+pub mod history;
 pub mod matching;
 pub mod report;
 pub mod risk;
