@@ -27,5 +27,6 @@ pub mod files;
 pub mod intel;
 pub mod inventory;
 pub mod net;
+pub mod report;
 pub mod store;
 pub mod transfer;

@@ -49,6 +49,14 @@ pub enum Request {
         /// oldest entry kept.
         since_ms: Option<u64>,
     },
+    /// What a compliance report starts from: this site's signed records, other sites'
+    /// summaries, exceptions, and the state hashes they come from.
+    ReportBasis,
+    /// Sign a report: the node signs BLAKE3 of the report body (hex) in the report domain.
+    SignReport {
+        /// BLAKE3 of the report body, hex.
+        body_hash: String,
+    },
     /// Another node's findings, fetched from it and checked against the digest in its signed
     /// record.
     Findings {

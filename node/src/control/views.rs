@@ -366,6 +366,95 @@ pub struct IntelView {
     pub loading: Option<String>,
 }
 
+/// `Request::ReportBasis`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportBasisView {
+    /// The mesh name.
+    pub mesh_name: String,
+    /// The mesh id (hex).
+    pub mesh: String,
+    /// The answering node (hex).
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// Its clock.
+    pub now_ms: u64,
+    /// The catalog state hash.
+    pub catalog_state: String,
+    /// BLAKE3 over this site's records (the records root of its summary).
+    pub records_root: String,
+    /// The newest intel bundle in the catalog.
+    pub bundle: Option<String>,
+    /// When the admin made it.
+    pub bundle_created_at_ms: u64,
+    /// This site's members, from their signed records.
+    pub assets: Vec<AssetBasis>,
+    /// Other sites, from their signed summaries.
+    pub sites: Vec<SiteBasis>,
+    /// Exceptions in the catalog (in force or not).
+    pub exceptions: Vec<ExceptionBasis>,
+}
+
+/// One member of this site, from its signed record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AssetBasis {
+    /// The node (hex).
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// Labels from its admission certificate.
+    pub labels: BTreeMap<String, String>,
+    /// OS.
+    pub os: String,
+    /// Kernel.
+    pub kernel: String,
+    /// Installed packages.
+    pub package_count: u32,
+    /// When it signed its latest record.
+    pub record_written_at_ms: u64,
+    /// Its exposure summary.
+    pub exposure: Option<patchmesh_protocol::intel::report::ExposureSummary>,
+    /// Its audit checkpoint: (seq, head hex, signed at ms).
+    pub audit: Option<(u64, String, u64)>,
+    /// Its standing per rollout: (rollout hex, ring, status).
+    pub standings: Vec<(String, u8, String)>,
+}
+
+/// Another site, from its signed summary.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteBasis {
+    /// The site.
+    pub site: String,
+    /// Members.
+    pub members: u32,
+    /// The member that signed the summary (hex).
+    pub author: String,
+    /// Its exposure.
+    pub exposure: patchmesh_protocol::intel::report::SiteExposure,
+}
+
+/// An exception in the catalog.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExceptionBasis {
+    /// Catalog key.
+    pub key: String,
+    /// The entry.
+    pub entry: patchmesh_protocol::intel::exception::ExceptionEntry,
+    /// The nodes it covers, in words.
+    pub scope: String,
+    /// The approving admin key (hex).
+    pub approver: String,
+}
+
+/// `Request::SignReport`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportSignature {
+    /// The node's key (hex).
+    pub key: String,
+    /// ed25519 over the report domain and the body hash (hex).
+    pub signature: String,
+}
+
 /// `Request::AuditExport`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditExportView {

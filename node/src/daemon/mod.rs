@@ -22,6 +22,7 @@ mod facts;
 mod install;
 mod intel;
 mod payload;
+mod report;
 mod requests;
 mod swarm;
 

@@ -109,6 +109,8 @@ impl Daemon {
                 return self.ask_intel(&hex_id, Some(cve), reply)
             }
             Request::Exposure => control::ok_view(&self.exposure_view()),
+            Request::ReportBasis => control::ok_view(&self.report_basis()),
+            Request::SignReport { body_hash } => self.sign_report(&body_hash),
             Request::AuditExport { node: None, since_ms } => {
                 match self.audit_export(since_ms, control::RESPONSE_BYTES_MAX / 2) {
                     Ok(text) => self.checked_export(self.node.id(), text.as_bytes()),
@@ -400,7 +402,7 @@ impl Daemon {
 }
 
 /// A selector in words (`every node` when it selects everything).
-fn describe_selector(s: &patchmesh_protocol::catalog::Selector) -> String {
+pub(super) fn describe_selector(s: &patchmesh_protocol::catalog::Selector) -> String {
     let mut parts: Vec<String> = s.labels.iter().map(|(k, v)| format!("label {k}={v}")).collect();
     if !s.sites.is_empty() {
         parts.push(format!(
