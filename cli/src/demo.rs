@@ -57,6 +57,10 @@ pub struct DemoArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Where to write the mesh's signed compliance report (HTML, PDF, JSON, CSV) and the bad
+    /// rollout's report.
+    #[arg(long, default_value = "patchmesh-demo-report")]
+    report_dir: PathBuf,
 }
 
 struct Node {
@@ -84,6 +88,8 @@ struct Demo {
     failed: std::cell::Cell<bool>,
     quiet: bool,
     started: Instant,
+    /// Wall clock at start.
+    started_at_ms: u64,
 }
 
 impl Drop for Demo {
@@ -222,7 +228,8 @@ impl Demo {
             s(&n.dir.join("admission.pm")),
             s(&n.dir.join("data").join("sysroot")),
         );
-        crate::demo_intel::write_machine(&n.dir.join("data"))?;
+        let letter = (b'a' + (n.site % 26) as u8) as char;
+        crate::demo_intel::write_machine(&n.dir.join("data"), &format!("branch-{letter}-pos{i}"))?;
         std::fs::write(n.dir.join("node.toml"), cfg)?;
         let log = std::fs::File::create(n.dir.join("node.log"))?;
         let child = Command::new(exe()?)
@@ -254,7 +261,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let tag: u64 = rand::random();
     let root = std::env::temp_dir().join(format!("patchmesh-demo-{}-{tag:x}", std::process::id()));
     std::fs::create_dir_all(&root)?;
-    let mut d = Demo { root: root.clone(), nodes: Vec::new(), keep: a.keep, failed: Default::default(), quiet: a.json, started: Instant::now() };
+    let mut d = Demo { root: root.clone(), nodes: Vec::new(), keep: a.keep, failed: Default::default(), quiet: a.json, started: Instant::now(), started_at_ms: crate::now_ms().0 };
     let timeout = Duration::from_secs(a.timeout_s);
 
     let admin_key = make_mesh(&mut d, &a)?;
@@ -321,6 +328,28 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let on_good = d.nodes.iter().filter(|n| std::fs::read(n.target()).ok().as_deref() == Some(&good_bytes[..])).count();
     let canaries = d.nodes.iter().filter(|n| n.canary).count();
 
+    // The mesh's own compliance report, signed by node 0 and the admin, and the bad rollout's,
+    // once node 0's view of the bad rollout counts every rollback the nodes report.
+    let rolled_back: u64 = bad_rings.iter().map(|r| r.rolled_back).sum();
+    d.wait("node 0 to count every rollback of the bad rollout", timeout, || {
+        let v: RolloutsView = call(&d.nodes[0].args(), Request::Rollouts).ok()?;
+        let r = v.rollouts.into_iter().find(|r| r.id == bad_rollout)?;
+        (r.rings.iter().map(|g| u64::from(g.counts.rolled_back)).sum::<u64>() >= rolled_back).then_some(())
+    })?;
+    let since = jiff::Timestamp::from_millisecond(d.started_at_ms as i64 - 86_400_000)?.to_string();
+    let mut report_paths = crate::report::compliance(
+        &d.nodes[0].args(),
+        Some(&since),
+        None,
+        None,
+        crate::report::Format::All,
+        Some(a.report_dir.clone()),
+        Some(Path::new(&admin_key)),
+        crate::now_ms(),
+    )?;
+    report_paths.push(crate::report::rollout_report(&d.nodes[0].args(), &bad_rollout, &a.report_dir)?);
+    d.say(format!("signed compliance report written to {}", a.report_dir.display()));
+
     // WAN bytes per site over the payload size, for both patches, from the nodes' counters.
     let (wan, wan_ratio_max) = wan_figures(&d, &[&good, &bad], a.payload_bytes)?;
     let ok = blast_radius == 0 && on_good == a.nodes && intel.nodes_exposed_after == 0;
@@ -339,6 +368,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         wan,
         elapsed_ms: d.started.elapsed().as_millis() as u64,
         intel,
+        report_paths: report_paths.iter().map(|p| p.display().to_string()).collect(),
         ok,
     };
     if a.json {
@@ -628,4 +658,8 @@ fn print_summary(v: &DemoReport) {
     outln!("nodes on the good version at the end: {} of {}", v.nodes_on_good_version, v.nodes);
     outln!("WAN bytes per site ÷ payload (max over sites and patches): {:.3}", v.wan_ratio_max);
     outln!("total time: {:.1} s", v.elapsed_ms as f64 / 1000.0);
+    outln!("\nsigned reports (check with `patchmesh report verify FILE`):");
+    for p in &v.report_paths {
+        outln!("  {p}");
+    }
 }

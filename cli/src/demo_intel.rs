@@ -13,7 +13,7 @@ pub const CVE: &str = "CVE-2026-41234";
 pub const FIXED: &str = "2.0-1";
 
 /// A demo machine's package database and release, under `{data_dir}/sysroot`.
-pub fn write_machine(data_dir: &Path) -> anyhow::Result<()> {
+pub fn write_machine(data_dir: &Path, hostname: &str) -> anyhow::Result<()> {
     let root = data_dir.join("sysroot");
     std::fs::create_dir_all(root.join("var/lib/dpkg"))?;
     std::fs::create_dir_all(root.join("etc"))?;
@@ -23,6 +23,7 @@ pub fn write_machine(data_dir: &Path) -> anyhow::Result<()> {
          Description: the demo's application\n\nPackage: libdemo-parser1\nStatus: install ok installed\n\
          Architecture: amd64\nSource: demo-app\nVersion: 1.0-1\n",
     )?;
+    std::fs::write(root.join("etc/hostname"), format!("{hostname}\n"))?;
     std::fs::write(
         root.join("etc/os-release"),
         "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n",

@@ -33,6 +33,7 @@ mod demo;
 mod demo_intel;
 mod intel;
 mod output;
+mod report;
 mod rollout;
 
 /// patchmesh: peer-to-peer patch management with signed policy, canary rings and no server.
@@ -208,6 +209,10 @@ enum Cmd {
     /// The tamper-evident audit log: export a node's log, verify an export offline.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Signed reports: compliance (SLA, remediation, exceptions, rollouts, mapped to PCI DSS,
+    /// SOC 2, ISO 27001, HIPAA, CIS) and one rollout's story; verify either offline.
+    #[command(subcommand)]
+    Report(report::ReportCmd),
     /// Roll the fix of exposed CVEs out to exactly the nodes exposed to them.
     ///
     /// Selects CVEs by id (or --kev / --due) from the fleet view, adds the fix (--deb, a
@@ -415,7 +420,7 @@ fn main() {
     }
 }
 
-fn now_ms() -> Millis {
+pub(crate) fn now_ms() -> Millis {
     patchmesh_node::clock::now_ms()
 }
 
@@ -440,6 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Remediate(a) => intel::remediate(*a, now_ms()),
         Cmd::Exception(cmd) => intel::exception(cmd, now_ms()),
         Cmd::Audit(cmd) => audit::run(cmd, now_ms()),
+        Cmd::Report(cmd) => report::run(cmd, now_ms()),
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
         Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),

@@ -5,7 +5,7 @@
 use patchmesh_node::control::{
     DemoReport, GcView, PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
 };
-use patchmesh_tests::{binary, serial, wait_for, Mesh};
+use patchmesh_tests::{binary, cli, ensure_tools, serial, wait_for, Mesh, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -65,8 +65,12 @@ fn local_step(m: &Mesh, i: usize, id: &str) -> Option<String> {
 #[test]
 fn the_demo_remediates_a_finding_with_a_good_patch_and_halts_a_bad_one_with_no_blast_radius() {
     let _guard = serial();
+    ensure_tools(&["pdftotext", "pdfinfo"]);
+    let dir = TempDir::new("demo-report");
+    let report_dir = dir.0.join("report");
     let out = Command::new(binary())
         .args(["demo", "--nodes", "6", "--sites", "2", "--payload-bytes", "262144", "--soak-s", "1", "--json"])
+        .args(["--report-dir", &report_dir.display().to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -90,6 +94,75 @@ fn the_demo_remediates_a_finding_with_a_good_patch_and_halts_a_bad_one_with_no_b
     // The good patch remediated the demo's finding: every node exposed before, none after.
     assert_eq!((v.intel.nodes_exposed_before, v.intel.nodes_exposed_after), (6, 0), "{v:?}");
     assert_eq!(v.intel.due, "3d", "KEV, automatable, total impact: {v:?}");
+    demo_reports(&v, &dir);
+}
+
+/// The demo's signed reports: each verifies, a changed byte is refused, the PDF opens and says
+/// the summary figures, the HTML loads nothing from elsewhere, and the remediated finding is
+/// closed within SLA while the bad rollout shows its halt and rollbacks.
+fn demo_reports(v: &DemoReport, dir: &TempDir) {
+    let path = |ext: &str| v.report_paths.iter().find(|p| p.ends_with(ext)).unwrap_or_else(|| panic!("no {ext} in {v:?}")).clone();
+    let verify = |p: &str| cli(&["report", "verify", p]);
+    for p in &v.report_paths {
+        if p.ends_with(".csv") {
+            let out = verify(p);
+            assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("carries no signature"));
+            continue;
+        }
+        let out = verify(p);
+        assert!(out.status.success(), "{p}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+    }
+    // The JSON, read as an auditor would.
+    let text = std::fs::read_to_string(path(".json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = &file["report"];
+    let roles: Vec<&str> = file["signatures"].as_array().unwrap().iter().map(|s| s["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["node", "admin"]);
+    let fixed: Vec<&serde_json::Value> =
+        r["findings"].as_array().unwrap().iter().filter(|f| f["cve"] == "CVE-2026-41234").collect();
+    assert_eq!(fixed.len(), 3, "the site's 3 nodes list the remediated finding: {r}");
+    for f in &fixed {
+        assert_eq!(f["status"], "closed", "{f}");
+        assert_eq!(f["sla_met"], true, "{f}");
+        assert_eq!(f["remediated_version"], "2.0-1", "{f}");
+        assert!(f["remediated_at_ms"].as_u64().unwrap() >= f["first_seen_ms"].as_u64().unwrap());
+        assert!(f["hostname"].as_str().unwrap().starts_with("branch-a-pos"), "{f}");
+    }
+    assert_eq!(r["summary"]["assets_admitted"], 6);
+    assert_eq!(r["summary"]["assets_listed"], 3);
+    let bad = r["rollouts"].as_array().unwrap().iter().find(|x| x["id"] == v.bad.rollout.as_str()).unwrap();
+    assert!(bad["state"].as_str().unwrap().starts_with("halted at ring 0"), "{bad}");
+    let canaries_rolled_back: u64 = v.bad.rings.iter().map(|g| g.rolled_back).sum();
+    assert_eq!(bad["rolled_back"].as_u64().unwrap(), canaries_rolled_back, "{bad}");
+    assert_eq!(r["basis"]["audit_checkpoints"].as_array().unwrap().len(), 3);
+
+    // One byte changed: refused.
+    let at = text.find("\"sla_met\":true").unwrap() + "\"sla_met\":".len();
+    let tampered = dir.0.join("tampered.json");
+    std::fs::write(&tampered, format!("{}false{}", &text[..at], &text[at + 4..])).unwrap();
+    let out = verify(&tampered.display().to_string());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The PDF opens and holds the summary figures.
+    let pdf = path(".pdf");
+    let info = Command::new("pdfinfo").arg(&pdf).output().unwrap();
+    assert!(info.status.success(), "pdfinfo: {}", String::from_utf8_lossy(&info.stderr));
+    assert!(String::from_utf8_lossy(&info.stdout).contains("Patch compliance report"));
+    let txt = Command::new("pdftotext").args(["-layout", &pdf, "-"]).output().unwrap();
+    let txt = String::from_utf8_lossy(&txt.stdout);
+    let s = &r["summary"];
+    assert!(txt.contains(&format!("Open findings: {}", s["open"])), "{txt}");
+    assert!(txt.contains(&format!("Remediated in period: {}", s["closed_in_period"])), "{txt}");
+    assert!(txt.contains("CVE-2026-41234") && txt.contains("PCI DSS v4.0.1") && txt.contains("6.3.3"), "{txt}");
+
+    // The HTML is one file: nothing loaded from elsewhere, no script that runs.
+    let html = std::fs::read_to_string(path(".html")).unwrap();
+    for bad in ["src=", "href=\"http", "url(", "@import", "<link", "<script>", "<script src"] {
+        assert!(!html.contains(bad), "the HTML report refers to {bad}");
+    }
+    assert!(html.contains("CVE-2026-41234") && html.contains("<svg"));
 }
 
 /// One node, one ring; the node is killed with SIGKILL right after its journal reached `step`,

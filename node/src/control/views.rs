@@ -794,6 +794,9 @@ pub struct DemoReport {
     pub elapsed_ms: u64,
     /// The finding the good patch remediates.
     pub intel: DemoIntel,
+    /// The compliance report (JSON, HTML, PDF, CSV) and the bad rollout's report.
+    #[serde(default)]
+    pub report_paths: Vec<String>,
     /// Blast radius 0, every node on the good version, and the finding closed everywhere.
     pub ok: bool,
 }

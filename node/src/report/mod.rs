@@ -771,7 +771,8 @@ fn finding_rows(a: &AssetBasis, hostname: &str, f: &FetchedFindings, since: u64,
     rows
 }
 
-fn rollout_row(r: &crate::control::RolloutView) -> RolloutRow {
+/// A rollout's row.
+pub fn rollout_row(r: &crate::control::RolloutView) -> RolloutRow {
     use patchmesh_protocol::rollout::Control;
     let state = match &r.control {
         Some(Control::Halted { ring, failures }) => format!("halted at ring {ring} after {failures} failure(s)"),
