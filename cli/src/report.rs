@@ -222,14 +222,12 @@ fn write_outputs(
 /// The signed JSON inside a report file of any format.
 fn signed_text(bytes: &[u8], file: &Path) -> anyhow::Result<String> {
     if bytes.starts_with(b"%PDF") {
-        // The attachment is stored as is (no filter): the JSON between its stream markers.
-        let start = find(bytes, b"{\"report\":").with_context(|| format!("{}: no report.json attached to this PDF", file.display()))?;
-        let end = start + find(&bytes[start..], b"\nendstream").context("the attached report.json is cut short")?;
-        return String::from_utf8(bytes[start..end].to_vec()).context("the attached report.json is not UTF-8");
+        return report::pdf::extract(bytes, report::REPORT_BYTES_MAX)
+            .with_context(|| format!("{}: no readable report.json attached to this PDF", file.display()));
     }
     let text = std::str::from_utf8(bytes).with_context(|| format!("{} is neither a PDF nor text", file.display()))?;
     if text.trim_start().starts_with('<') {
-        return html::extract(text).with_context(|| format!("{}: no signed report embedded in this HTML", file.display()));
+        return html::extract(text, report::REPORT_BYTES_MAX).with_context(|| format!("{}: no signed report embedded in this HTML", file.display()));
     }
     if !text.trim_start().starts_with('{') {
         bail!(
@@ -240,9 +238,6 @@ fn signed_text(bytes: &[u8], file: &Path) -> anyhow::Result<String> {
     Ok(text.to_string())
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
 
 fn verify(file: &Path, genesis: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let bytes = files::read_limited(file, report::REPORT_BYTES_MAX).with_context(|| format!("reading {}", file.display()))?;
@@ -418,7 +413,16 @@ fn rollout_html(r: &RolloutReport, signed: &str) -> String {
     );
     o.push_str("<h2>Rings</h2><table><tr><th>Ring</th><th>Gate</th><th>Targeted</th><th>Succeeded</th><th>Failed</th><th>Rolled back</th></tr>");
     for (g, ring) in r.rollout.rings.iter().zip(&s.rings) {
-        let _ = write!(o, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&ring.0), esc(&format!("{:?}", g.gate)), ring.1, ring.2, ring.3, ring.4);
+        let gate = &g.gate;
+        let words = format!(
+            "≥ {:.1}% succeeded, ≤ {} failures (≤ {:.1}%), soak {} s, ≥ {} reports",
+            gate.min_success_permille as f64 / 10.0,
+            gate.max_failures,
+            gate.max_failure_permille as f64 / 10.0,
+            gate.min_soak_ms / 1000,
+            gate.min_reports
+        );
+        let _ = write!(o, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&ring.0), esc(&words), ring.1, ring.2, ring.3, ring.4);
     }
     o.push_str("</table><h2>Admin commands</h2><ul>");
     for (a, who, at) in &s.commands {
@@ -427,18 +431,25 @@ fn rollout_html(r: &RolloutReport, signed: &str) -> String {
     if s.commands.is_empty() {
         o.push_str("<li>none</li>");
     }
-    let _ = write!(o, "</ul><h2>Failures and rollbacks ({}), from the nodes' audit logs</h2>", r.failures.len());
+    let _ = write!(
+        o,
+        "</ul><h2>Failures and rollbacks ({}), from the audit logs of site {}</h2><p>Nodes of other sites are counted in the rings above; their output is in their site's audit logs (run this report on a node there).</p>",
+        r.failures.len(),
+        esc(&r.mesh_site)
+    );
     for (node, at, action, code, detail, tail) in &r.failures {
         let _ = write!(
             o,
-            "<h3>{} on <code>{}</code> at {} (exit {})</h3><p>{}</p><pre>{}</pre>",
+            "<h3>{} on <code>{}</code> at {}{}</h3><p>{}</p>",
             esc(action),
             esc(&node[..12]),
             report::datetime(*at),
-            code.map_or("-".into(), |c| c.to_string()),
-            esc(detail),
-            esc(tail)
+            code.map_or(String::new(), |c| format!(" (exit {c})")),
+            esc(detail)
         );
+        if !tail.trim().is_empty() {
+            let _ = write!(o, "<pre>{}</pre>", esc(tail));
+        }
     }
     let _ = write!(o, "<h2>Install steps ({})</h2><table><tr><th>At</th><th>Node</th><th>Step</th></tr>", r.steps.len());
     for (node, at, step) in &r.steps {
@@ -452,6 +463,7 @@ fn rollout_html(r: &RolloutReport, signed: &str) -> String {
         }
         o.push_str("</ul>");
     }
-    let _ = write!(o, "<script type=\"application/json\" id=\"{}\">{}</script></body></html>\n", html::EMBED_ID, signed.trim_end().replace("</", "<\\/"));
+    o.push_str(&html::embed(signed));
+    o.push_str("</body></html>\n");
     o
 }

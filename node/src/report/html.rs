@@ -1,7 +1,9 @@
 //! A compliance report as one self-contained HTML file: no scripts run, no external resources
 //! (styles inline, charts as inline SVG), and the signed JSON embedded in a
 //! `<script type="application/json" id="patchmesh-report">` element so the file an auditor
-//! reads is also the file they verify (`patchmesh report verify report.html`).
+//! reads is also the file they verify (`patchmesh report verify report.html`). Above
+//! [`EMBED_PLAIN_MAX`] the JSON is embedded gzip-compressed and base64-encoded
+//! (`data-encoding="gzip+base64"`), so a big fleet's report stays a file a browser opens.
 
 use super::{date, datetime, ComplianceReport, Sla};
 use std::fmt::Write;
@@ -10,6 +12,8 @@ use std::fmt::Write;
 pub const FINDINGS_SHOWN_MAX: usize = 5_000;
 /// The id of the element holding the signed JSON.
 pub const EMBED_ID: &str = "patchmesh-report";
+/// Largest signed JSON embedded as plain text.
+pub const EMBED_PLAIN_MAX: usize = 1024 * 1024;
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
@@ -56,7 +60,7 @@ fn bars(title: &str, labels: &[String], series: &[(&str, &str, Vec<u32>)]) -> St
     let max = series.iter().flat_map(|s| s.2.iter()).copied().max().unwrap_or(0).max(1);
     let (w, h, left, bottom) = (760.0, 180.0, 40.0, 36.0);
     let slot = (w - left) / n as f64;
-    let bw = (slot * 0.8 / series.len().max(1) as f64).max(1.0);
+    let bw = (slot * 0.8 / series.len().max(1) as f64).clamp(1.0, 36.0);
     let mut s = format!("<figure><figcaption><b>{}</b> ", esc(title));
     for (name, color, _) in series {
         let _ = write!(s, "<span style=\"color:{color}\">■</span> {} ", esc(name));
@@ -181,7 +185,9 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> String {
     }
     sla_row(&mut o, "all", &s.sla_all);
     o.push_str("</table><p class=note>A finding counts when it was remediated in the period or is still open; it meets its SLA when remediated by its due date (open ones: not yet past it). Due dates follow the due class of each finding (BOD 22-01 / 26-04 style: KEV and critical first).</p>");
-    let _ = write!(o, "<p>Open by severity: {}. Open by due class: {}.</p>", kv(&s.open_by_severity), kv(&s.open_by_due));
+    let due: std::collections::BTreeMap<String, u32> =
+        s.open_by_due.iter().map(|(k, v)| (super::due_words(k).to_string(), *v)).collect();
+    let _ = write!(o, "<p>Open by severity: {}. Open by due class: {}.</p>", esc(&kv(&s.open_by_severity)), esc(&kv(&due)));
 
     o.push_str("<h2 id=controls>Control mapping</h2><table><tr><th>Framework</th><th>Clause</th><th>Requirement</th><th>Evidence in this report</th></tr>");
     for c in &r.controls {
@@ -234,7 +240,7 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> String {
             esc(&f.status),
             f.exception.as_ref().map_or(String::new(), |e| format!("<br><span class=note>{}</span>", esc(e))),
             esc(&f.severity),
-            esc(&f.due_class),
+            esc(super::due_words(&f.due_class)),
             date(f.first_seen_ms),
             f.fix_available_since_ms.map_or("–".into(), date),
             f.due_at_ms.map_or("–".into(), date),
@@ -315,7 +321,8 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> String {
         );
     }
     o.push_str("</table>");
-    let _ = write!(o, "<script type=\"application/json\" id=\"{EMBED_ID}\">{}</script></body></html>\n", embed(signed_json));
+    o.push_str(&embed(signed_json));
+    o.push_str("</body></html>\n");
     o
 }
 
@@ -326,16 +333,38 @@ fn kv(m: &std::collections::BTreeMap<String, u32>) -> String {
     m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
 }
 
-/// JSON made safe inside a script element: `</` cannot close it. (`<\/` is the same string to
-/// a JSON parser.)
-fn embed(json: &str) -> String {
-    json.trim_end().replace("</", "<\\/")
+/// The element carrying the signed JSON: plain (with `</` written `<\/`, the same string to a
+/// JSON parser, so it cannot close the element) or, when large, gzip + base64.
+pub fn embed(json: &str) -> String {
+    let json = json.trim_end();
+    if json.len() <= EMBED_PLAIN_MAX {
+        return format!("<script type=\"application/json\" id=\"{EMBED_ID}\">{}</script>", json.replace("</", "<\\/"));
+    }
+    use base64::Engine;
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = gz.write_all(json.as_bytes());
+    let packed = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap_or_default());
+    format!("<script type=\"application/octet-stream\" id=\"{EMBED_ID}\" data-encoding=\"gzip+base64\">{packed}</script>")
 }
 
-/// The signed JSON embedded in an HTML report, as it was signed.
-pub fn extract(html: &str) -> Option<String> {
-    let open = format!("<script type=\"application/json\" id=\"{EMBED_ID}\">");
-    let start = html.rfind(&open)? + open.len();
+/// The signed JSON embedded in an HTML report, as it was signed (`limit`: largest JSON
+/// unpacked).
+pub fn extract(html: &str, limit: u64) -> Option<String> {
+    let marker = format!("id=\"{EMBED_ID}\"");
+    let at = html.rfind(&marker)?;
+    let tag_start = html[..at].rfind("<script")?;
+    let tag_end = at + html[at..].find('>')?;
+    let start = tag_end + 1;
     let end = start + html[start..].find("</script>")?;
-    Some(html[start..end].replace("<\\/", "</"))
+    let body = &html[start..end];
+    if !html[tag_start..tag_end].contains("data-encoding=\"gzip+base64\"") {
+        return Some(body.replace("<\\/", "</"));
+    }
+    use base64::Engine;
+    use std::io::Read as _;
+    let packed = base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()?;
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(&packed[..]).take(limit).read_to_string(&mut out).ok()?;
+    Some(out)
 }

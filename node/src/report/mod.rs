@@ -557,10 +557,12 @@ pub fn build(input: &Input<'_>) -> ComplianceReport {
             Some(Err(e)) => (String::new(), Some(e.clone())),
             None => (String::new(), Some("not fetched".to_string())),
         };
-        if let Some(Ok(f)) = fetched {
-            findings.extend(finding_rows(a, &hostname, f, input.since_ms, now));
-        }
-        assets.push(asset_row(a, hostname, note, fetched.is_some_and(|f| f.is_ok()), &findings, &patch_names, now));
+        let rows = match fetched {
+            Some(Ok(f)) => finding_rows(a, &hostname, f, input.since_ms, now),
+            _ => Vec::new(),
+        };
+        assets.push(asset_row(a, hostname, note, fetched.is_some_and(|f| f.is_ok()), &rows, &patch_names, now));
+        findings.extend(rows);
     }
     findings.sort_by(|x, y| (&x.status != "open", &x.cve, &x.node).cmp(&(&y.status != "open", &y.cve, &y.node)));
     let exceptions = b
@@ -657,6 +659,7 @@ fn asset_row(
     hostname: String,
     note: Option<String>,
     checked: bool,
+    // This asset's rows.
     findings: &[FindingRow],
     patch_names: &BTreeMap<&str, String>,
     now: u64,
@@ -665,7 +668,7 @@ fn asset_row(
     let open_by_due = e.map(|e| due_counts(&e.counts)).unwrap_or_default();
     let oldest_overdue_days = findings
         .iter()
-        .filter(|f| f.node == a.node && f.status == "open")
+        .filter(|f| f.status == "open")
         .filter_map(|f| f.due_at_ms.filter(|d| *d < now).map(|d| (now - d) / DAY_MS))
         .max();
     let last_patch = a
@@ -899,6 +902,18 @@ pub fn check_consistent(body: &str) -> Result<ComplianceReport, VerifyError> {
         return Err(VerifyError::Inconsistent("trend".into()));
     }
     Ok(report)
+}
+
+/// A due class in words, for people.
+pub fn due_words(code: &str) -> &str {
+    match code {
+        "3d" => "within 3 days",
+        "14d" => "within 14 days",
+        "60d" => "within 60 days",
+        "window" => "next window",
+        "exception" => "no fix yet: decide",
+        other => other,
+    }
 }
 
 /// Days between two times, for tables.

@@ -155,7 +155,7 @@ impl Doc {
         let width = W - 2.0 * MARGIN - 30.0;
         let slot = width / n;
         let max = series.iter().flat_map(|s| s.2.iter()).copied().max().unwrap_or(0).max(1) as f32;
-        let bw = (slot * 0.8 / series.len().max(1) as f32).max(0.5);
+        let bw = (slot * 0.8 / series.len().max(1) as f32).clamp(0.5, 30.0);
         self.text_at(MARGIN, base + h - 6.0, b"F1", 7.0, &format!("{max}"));
         self.text_at(MARGIN, base, b"F1", 7.0, "0");
         let every = ((n as usize) / 12).max(1);
@@ -183,6 +183,19 @@ fn pct(x: Option<f64>) -> String {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+/// The attached `report.json` of a PDF this module wrote (compressed, in the stream after the
+/// `/EmbeddedFile` dictionary), at most `limit` bytes unpacked.
+pub fn extract(pdf: &[u8], limit: u64) -> Option<String> {
+    use std::io::Read;
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let ty = find(pdf, b"/Type /EmbeddedFile")?;
+    let start = ty + find(&pdf[ty..], b"stream\n")? + b"stream\n".len();
+    let end = start + find(&pdf[start..], b"\nendstream")?;
+    let mut out = String::new();
+    flate2::read::ZlibDecoder::new(&pdf[start..end]).take(limit).read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 /// Renders the report; `signed_json` is attached as `report.json`.
@@ -397,8 +410,12 @@ fn assemble(d: Doc, r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     pdf.pages(tree).kids(page_ids.iter().copied()).count(n);
     pdf.type1_font(regular).base_font(Name(b"Helvetica")).encoding_predefined(Name(b"WinAnsiEncoding"));
     pdf.type1_font(bold).base_font(Name(b"Helvetica-Bold")).encoding_predefined(Name(b"WinAnsiEncoding"));
-    let json = signed_json.as_bytes();
-    pdf.embedded_file(file, json).subtype(Name(b"application/json"));
+    let json = deflate(signed_json.as_bytes());
+    {
+        let mut ef = pdf.embedded_file(file, &json);
+        ef.subtype(Name(b"application/json"));
+        ef.filter(Filter::FlateDecode);
+    }
     pdf.file_spec(spec)
         .path(Str(b"report.json"))
         .description(TextStr("The signed report (check with patchmesh report verify)"))
