@@ -31,6 +31,7 @@ macro_rules! outln {
 mod audit;
 mod demo;
 mod demo_intel;
+mod integrations;
 mod intel;
 mod output;
 mod report;
@@ -213,6 +214,10 @@ enum Cmd {
     /// SOC 2, ISO 27001, HIPAA, CIS) and one rollout's story; verify either offline.
     #[command(subcommand)]
     Report(report::ReportCmd),
+    /// Integrations: where events go (webhooks, ServiceNow, PagerDuty, syslog, JSON lines),
+    /// the election of the node that sends each event, the outbox and dead letters.
+    #[command(subcommand)]
+    Integrations(integrations::IntegrationsCmd),
     /// Roll the fix of exposed CVEs out to exactly the nodes exposed to them.
     ///
     /// Selects CVEs by id (or --kev / --due) from the fleet view, adds the fix (--deb, a
@@ -446,6 +451,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Exception(cmd) => intel::exception(cmd, now_ms()),
         Cmd::Audit(cmd) => audit::run(cmd, now_ms()),
         Cmd::Report(cmd) => report::run(cmd, now_ms()),
+        Cmd::Integrations(cmd) => integrations::run(cmd),
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
         Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),
@@ -729,7 +735,7 @@ enum AdminChange {
 }
 
 /// Prepares a change at the node, signs it here and submits it.
-fn publish(
+pub(crate) fn publish(
     node: &NodeArgs,
     admin_key: &Path,
     edits: Vec<(String, Option<CatalogEntry>)>,

@@ -117,6 +117,10 @@ pub fn catalog(v: &CatalogView, json_out: bool) {
             CatalogEntryView::Intel { content_id, size_bytes, sources, .. } => {
                 outln!("intel    {size_bytes} bytes from {}  id={content_id}", sources.join(", "))
             }
+            CatalogEntryView::Integrations { policy } => {
+                let sinks: Vec<String> = policy.sinks.iter().map(|s| format!("{} ({:?})", s.name, s.kind).to_lowercase()).collect();
+                outln!("integrations  sinks: {}", sinks.join(", "))
+            }
         }
     }
 }

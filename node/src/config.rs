@@ -87,6 +87,11 @@ pub struct NodeConfig {
     /// All payloads together.
     #[serde(default = "default_store_max")]
     pub store_bytes_max: u64,
+    /// The secrets of this node's integration sinks (a TOML table per sink name: `bearer`,
+    /// `basic`, `hmac_secret`, `routing_key`); must be mode 0600. The policy in the catalog
+    /// names sinks, never secrets.
+    #[serde(default)]
+    pub integration_credentials: Option<PathBuf>,
     /// Size at which the audit log's current file rotates (the log keeps nine files at most).
     #[serde(default = "default_audit_rotate")]
     pub audit_rotate_bytes: u64,
@@ -204,6 +209,9 @@ impl NodeConfig {
             *p = base.join(&*p);
         }
         if let Some(p) = cfg.psk_file.as_mut() {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = cfg.integration_credentials.as_mut() {
             *p = base.join(&*p);
         }
         if let Some(p) = cfg.control_socket.as_mut() {

@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod executor;
 pub mod files;
 pub mod intel;
+pub mod integrations;
 pub mod inventory;
 pub mod net;
 pub mod report;

@@ -161,6 +161,8 @@ pub enum CatalogEntry {
     Intel(IntelEntry),
     /// An exception to a finding.
     Exception(crate::intel::exception::ExceptionEntry),
+    /// Where events go (one per mesh, under [`crate::integrations::POLICY_KEY`]).
+    Integrations(crate::integrations::IntegrationPolicy),
 }
 
 impl CatalogEntry {
@@ -171,6 +173,7 @@ impl CatalogEntry {
             CatalogEntry::Rollout(r) => format!("rollout/{}", r.id),
             CatalogEntry::Intel(i) => format!("intel/{}", i.content_id),
             CatalogEntry::Exception(e) => e.key(),
+            CatalogEntry::Integrations(_) => crate::integrations::POLICY_KEY.to_string(),
             CatalogEntry::Command(c) => {
                 // 128 bits of the command's hash: unique among admin-issued commands and half
                 // the bytes on the wire of a full hash.

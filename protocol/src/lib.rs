@@ -89,6 +89,7 @@ pub mod audit;
 pub mod catalog;
 pub mod crypto;
 pub mod ids;
+pub mod integrations;
 pub mod intel;
 pub mod limits;
 pub mod mesh;

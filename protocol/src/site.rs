@@ -640,6 +640,10 @@ impl SiteState {
     pub fn evidence(&self) -> impl Iterator<Item = &Evidence> {
         self.evidence.values().map(|(e, _)| e)
     }
+    /// Evidence held, with its object id.
+    pub fn evidence_bundles(&self) -> impl Iterator<Item = (ObjectId, &Evidence)> {
+        self.evidence.iter().map(|(id, (e, _))| (*id, e))
+    }
     /// Audit equivocations seen, oldest first.
     pub fn equivocations(&self) -> &[Equivocation] {
         &self.equivocations

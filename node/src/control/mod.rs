@@ -49,6 +49,15 @@ pub enum Request {
         /// oldest entry kept.
         since_ms: Option<u64>,
     },
+    /// The integration policy, this node's outbox and the election per sink.
+    IntegrationsStatus,
+    /// Dead-lettered events of this node's outbox.
+    DlqList,
+    /// Put dead-lettered events back in the outbox (all, or those whose id starts with `id`).
+    DlqReplay {
+        /// Event id prefix.
+        id: Option<String>,
+    },
     /// What a compliance report starts from: this site's signed records, other sites'
     /// summaries, exceptions, and the state hashes they come from.
     ReportBasis,

@@ -190,6 +190,11 @@ pub enum CatalogEntryView {
         /// Its input files.
         sources: Vec<String>,
     },
+    /// The integration policy.
+    Integrations {
+        /// The policy (no secrets: those live in each emitting node's credentials file).
+        policy: patchmesh_protocol::integrations::IntegrationPolicy,
+    },
 }
 
 /// A ring's name and cumulative percent.
@@ -364,6 +369,37 @@ pub struct IntelView {
     pub history: Vec<patchmesh_protocol::intel::history::HistoryEntry>,
     /// A newer bundle being fetched or read.
     pub loading: Option<String>,
+}
+
+/// `Request::IntegrationsStatus`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntegrationsView {
+    /// The policy in force, if any.
+    pub policy: Option<patchmesh_protocol::integrations::IntegrationPolicy>,
+    /// Per sink: live members allowed to emit here, sites that may send fleet-wide events,
+    /// and why it is disabled (410), if it is.
+    pub sinks: Vec<SinkStatus>,
+    /// Events waiting (this node elected, or on standby for fail-over).
+    pub pending: Vec<crate::integrations::Item>,
+    /// Delivered (markers kept a week).
+    pub delivered: usize,
+    /// Dead-lettered.
+    pub dead: usize,
+}
+
+/// One sink in [`IntegrationsView`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// Name.
+    pub name: String,
+    /// Live members of this site allowed to emit (hex).
+    pub emitters: Vec<String>,
+    /// Whether this node is one of them.
+    pub this_node_emits: bool,
+    /// Sites that may send fleet-wide events.
+    pub sites: Vec<String>,
+    /// Disabled, and why.
+    pub disabled: Option<String>,
 }
 
 /// `Request::ReportBasis`.

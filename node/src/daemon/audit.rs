@@ -146,7 +146,10 @@ impl Daemon {
         use patchmesh_protocol::node::Persist;
         let (kind, env) = match p {
             Persist::CatalogChange(env) => ("catalog-change", env),
-            Persist::AdminSet(env) => ("admin-set", env),
+            Persist::AdminSet(env) => {
+                self.emit_admin_set(env);
+                ("admin-set", env)
+            }
             _ => return,
         };
         let signers: Vec<String> = env.signatures.iter().map(|s| s.key.to_string()).collect();

@@ -59,6 +59,9 @@ impl Daemon {
             RolloutEvent::Stopped { rollout, control } => {
                 tracing::warn!(%rollout, ?control, "rollout stopped");
                 self.rollout_stopped.entry(*rollout).or_insert_with(crate::clock::now_ms);
+                if let patchmesh_protocol::rollout::Control::Halted { ring, failures } = control {
+                    self.emit_halt(rollout, *ring, *failures);
+                }
                 self.audit(Event::RolloutStopped {
                     rollout: rollout.to_string(),
                     control: format!("{control:?}").to_lowercase(),

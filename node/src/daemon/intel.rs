@@ -179,10 +179,20 @@ impl Daemon {
         }
         let versions: std::collections::BTreeMap<&str, &str> =
             installed.iter().map(|i| (i.source.as_str(), i.source_version.as_str())).collect();
+        let mut kev = Vec::new();
         let changes = self.history.update(&state.findings, |s| versions.get(s).map(|v| v.to_string()), now);
         for c in &changes {
             use patchmesh_protocol::intel::history::Change;
             events.push(match c {
+                Change::Opened(h) if h.kev => {
+                    kev.push((h.cve.clone(), h.source.clone()));
+                    patchmesh_protocol::audit::Event::FindingOpened {
+                        cve: h.cve.clone(),
+                        source: h.source.clone(),
+                        installed: h.installed.clone(),
+                        due_at_ms: h.due_at.map(|d| d.0),
+                    }
+                }
                 Change::Opened(h) => patchmesh_protocol::audit::Event::FindingOpened {
                     cve: h.cve.clone(),
                     source: h.source.clone(),
@@ -209,6 +219,9 @@ impl Daemon {
         self.input(Input::Command(Command::SetExposure(Some(summary))));
         for ev in events {
             self.audit(ev);
+        }
+        for (cve, source) in kev {
+            self.emit_kev(&cve, &source);
         }
         if !changes.is_empty() {
             self.save_history();

@@ -20,6 +20,7 @@
 mod audit;
 mod facts;
 mod install;
+mod integrations;
 mod intel;
 mod payload;
 mod report;
@@ -121,6 +122,10 @@ struct Daemon {
     admission: Envelope,
     /// When each finding here opened and closed.
     history: patchmesh_protocol::intel::history::History,
+    /// Events for the integration sinks.
+    integrations: integrations::IntegrationsState,
+    /// Test events queued (test builds only).
+    test_events_done: bool,
 }
 
 /// Opens and loads the store; returns it, what it held, and the record floor it kept.
@@ -240,6 +245,8 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let cert: AdmissionCert = admission.open("admission certificate")?;
     let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
     let (store, loaded, floor) = open_store(&cfg, &genesis, &key)?;
+    let integrations = integrations::IntegrationsState::open(&cfg.data_dir)
+        .map_err(io(format!("opening the outbox in {}", cfg.data_dir.display())))?;
     let (audit_log, torn) =
         crate::audit::AuditLog::open(&cfg.data_dir.join("audit"), key.clone(), cfg.audit_rotate_bytes)
             .map_err(io(format!("opening the audit log in {}", cfg.data_dir.display())))?;
@@ -340,8 +347,16 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         audit: audit::AuditState::new(audit_log),
         admission,
         history: Default::default(),
+        integrations,
+        test_events_done: false,
     };
     d.history = intel::load_history(&d.cfg.data_dir);
+    integrations::spawn(
+        d.integrations.shared.clone(),
+        key.clone(),
+        d.cfg.integration_credentials.clone(),
+        d.inventory.hostname.clone(),
+    );
     d.audit(patchmesh_protocol::audit::Event::NodeStarted {
         version: env!("CARGO_PKG_VERSION").to_string(),
         torn_tail_bytes: torn,
@@ -409,6 +424,10 @@ impl Daemon {
                 _ = site_tick.tick() => {
                     d.connect_site();
                     d.audit_tick();
+                    d.integrations_tick();
+                    if !d.test_events_done {
+                        d.test_events_done = integrations::test_events(d);
+                    }
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,

@@ -60,6 +60,7 @@ impl Daemon {
     /// After a catalog change: fetch new payloads (when prefetching) and collect unreferenced
     /// ones.
     pub(super) fn on_catalog(&mut self) {
+        self.refresh_integrations();
         self.check_intel(false);
         self.reassess_if_exceptions_changed();
         let payloads = self.catalog_payloads();

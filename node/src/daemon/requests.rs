@@ -110,6 +110,17 @@ impl Daemon {
             }
             Request::Exposure => control::ok_view(&self.exposure_view()),
             Request::ReportBasis => control::ok_view(&self.report_basis()),
+            Request::IntegrationsStatus => control::ok_view(&self.integrations_view()),
+            Request::DlqList => control::ok_view(&self.integrations.shared.outbox.list("dlq")),
+            Request::DlqReplay { id } => {
+                match self.integrations.shared.outbox.replay(id.as_deref(), crate::clock::now_ms().0) {
+                    Ok(n) => {
+                        self.integrations.shared.wake.notify_one();
+                        control::ok_view(&serde_json::json!({"replayed": n}))
+                    }
+                    Err(e) => control::refused(format!("replaying: {e}")),
+                }
+            }
             Request::SignReport { body_hash } => self.sign_report(&body_hash),
             Request::AuditExport { node: None, since_ms } => {
                 match self.audit_export(since_ms, control::RESPONSE_BYTES_MAX / 2) {
@@ -367,6 +378,7 @@ impl Daemon {
                         created_at_ms: i.created_at.0,
                         sources: i.sources.iter().map(|s| s.name.clone()).collect(),
                     },
+                    CatalogEntry::Integrations(p) => E::Integrations { policy: p.clone() },
                 };
                 control::CatalogItemView { key, entry }
             })

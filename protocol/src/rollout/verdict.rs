@@ -97,7 +97,7 @@ impl Policies {
                     }
                 }
                 // Vulnerability data, not rollout policy.
-                CatalogEntry::Intel(_) | CatalogEntry::Exception(_) => {}
+                CatalogEntry::Intel(_) | CatalogEntry::Exception(_) | CatalogEntry::Integrations(_) => {}
             }
         }
         p
