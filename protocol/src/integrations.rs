@@ -71,8 +71,10 @@ pub struct Sink {
     /// URL (webhook, servicenow, pagerduty), `host:port` (syslog) or an absolute path (jsonl).
     pub target: String,
     /// Events it wants (empty: all).
+    #[serde(default)]
     pub events: Vec<EventKind>,
-    /// Which nodes may send to it.
+    /// Which nodes may send to it (default: any).
+    #[serde(default)]
     pub emitters: Selector,
     /// Webhooks: sign with HMAC (`v1`, the credential is the `whsec_` secret) instead of the
     /// emitting node's ed25519 key (`v1a`).
@@ -88,7 +90,8 @@ pub struct Sink {
 pub struct IntegrationPolicy {
     /// Sinks.
     pub sinks: Vec<Sink>,
-    /// A member is silent after this long without a new record (ms).
+    /// A member is silent after this long without a new record (ms; 0: never reported).
+    #[serde(default)]
     pub silent_after_ms: u64,
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 /// Which nodes a rollout is for. Every clause must hold; an empty clause holds for all nodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Selector {
     /// Labels the node's admission certificate must carry (all of them).
     pub labels: BTreeMap<String, String>,
