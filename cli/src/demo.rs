@@ -65,6 +65,8 @@ pub struct DemoArgs {
 
 struct Node {
     dir: PathBuf,
+    /// Public key (hex).
+    key: String,
     site: usize,
     canary: bool,
     child: Option<Child>,
@@ -268,6 +270,42 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     d.say(format!("mesh made in {}; starting {} nodes in {} sites", root.display(), a.nodes, a.sites));
     start_mesh(&mut d, a.nodes, timeout)?;
 
+    // A webhook receiver on loopback, and the integration policy that sends it halts, failed
+    // installs and rollbacks (signed by the emitting node's key).
+    let keys: Vec<[u8; 32]> = d
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(&n.key, &mut k).ok().map(|()| k)
+        })
+        .collect();
+    let (hook_url, hook) = crate::demo_hook::start(keys)?;
+    let policy = patchmesh_protocol::integrations::IntegrationPolicy {
+        sinks: vec![patchmesh_protocol::integrations::Sink {
+            name: "demo-webhook".into(),
+            kind: patchmesh_protocol::integrations::SinkKind::Webhook,
+            target: hook_url.clone(),
+            events: {
+                use patchmesh_protocol::integrations::EventKind as K;
+                vec![K::RolloutHalted, K::InstallFailed, K::RollbackDone, K::RollbackFailed]
+            },
+            emitters: Default::default(),
+            hmac: false,
+            allow_private: false,
+        }],
+        silent_after_ms: 0,
+    };
+    crate::publish(
+        &d.nodes[0].args(),
+        Path::new(&admin_key),
+        vec![(
+            patchmesh_protocol::integrations::POLICY_KEY.to_string(),
+            Some(patchmesh_protocol::catalog::CatalogEntry::Integrations(policy)),
+        )],
+    )?;
+    d.say(format!("integration policy published: halts, failed installs and rollbacks go to {hook_url}"));
+
     let intel = publish_intel(&d, &admin_key, timeout)?;
     let commands = crate::demo_intel::good_patch_commands();
     let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, Some(&commands))?;
@@ -328,6 +366,35 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let on_good = d.nodes.iter().filter(|n| std::fs::read(n.target()).ok().as_deref() == Some(&good_bytes[..])).count();
     let canaries = d.nodes.iter().filter(|n| n.canary).count();
 
+    // The halt reached the webhook receiver: one delivery of its event id, from one node.
+    let halt_type = "patchmesh.rollout_halted".to_string();
+    // Failed installs and rollbacks come from the signed evidence each site holds, one event
+    // per canary, sent by one member of its site.
+    let failed: u64 = bad_rings.iter().map(|r| r.failed).sum();
+    let rolled: u64 = bad_rings.iter().map(|r| r.rolled_back).sum();
+    d.wait("the halt, failure and rollback events at the webhook receiver", timeout, || {
+        let s = hook.lock().unwrap_or_else(|p| p.into_inner());
+        let count = |t: &str| s.deliveries.keys().filter(|(k, _)| k == t).count() as u64;
+        (count(&halt_type) >= 1 && count("patchmesh.install_failed") >= failed && count("patchmesh.rollback_done") >= rolled)
+            .then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2)); // any second delivery of it would arrive by now
+    let webhook = {
+        let s = hook.lock().unwrap_or_else(|p| p.into_inner());
+        let mut events: BTreeMap<String, usize> = BTreeMap::new();
+        for (t, _) in s.deliveries.keys() {
+            *events.entry(t.clone()).or_default() += 1;
+        }
+        patchmesh_node::control::DemoWebhook {
+            url: hook_url.clone(),
+            halt_deliveries: s.deliveries.iter().filter(|((t, _), _)| *t == halt_type).map(|(_, n)| *n).sum(),
+            distinct_events: events,
+            deliveries: s.deliveries.values().sum(),
+            unsigned: s.unsigned,
+        }
+    };
+    d.say(format!("webhook receiver: halt event delivered {} time(s); {} deliveries in all", webhook.halt_deliveries, webhook.deliveries));
+
     // The mesh's own compliance report, signed by node 0 and the admin, and the bad rollout's,
     // once node 0's view of the bad rollout counts every rollback the nodes report.
     let rolled_back: u64 = bad_rings.iter().map(|r| r.rolled_back).sum();
@@ -369,6 +436,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         elapsed_ms: d.started.elapsed().as_millis() as u64,
         intel,
         report_paths: report_paths.iter().map(|p| p.display().to_string()).collect(),
+        webhook,
         ok,
     };
     if a.json {
@@ -410,7 +478,7 @@ fn make_mesh(d: &mut Demo, a: &DemoArgs) -> anyhow::Result<String> {
         ])?;
         // The application file the patches replace: version 1 everywhere.
         std::fs::write(dir.join("data").join("app").join("app.bin"), b"app version 1\n")?;
-        d.nodes.push(Node { dir, site, canary, child: None });
+        d.nodes.push(Node { dir, key: key.public_key.clone(), site, canary, child: None });
     }
     Ok(admin_key)
 }
@@ -657,6 +725,14 @@ fn print_summary(v: &DemoReport) {
     outln!("blast radius (nodes outside the canary ring that installed the bad patch): {}", v.blast_radius);
     outln!("nodes on the good version at the end: {} of {}", v.nodes_on_good_version, v.nodes);
     outln!("WAN bytes per site ÷ payload (max over sites and patches): {:.3}", v.wan_ratio_max);
+    let w = &v.webhook;
+    outln!(
+        "webhook receiver on loopback: the halt arrived {} time(s); events by type (distinct ids): {}; {} deliveries, {} with a bad signature",
+        w.halt_deliveries,
+        w.distinct_events.iter().map(|(k, n)| format!("{} {n}", k.trim_start_matches("patchmesh."))).collect::<Vec<_>>().join(", "),
+        w.deliveries,
+        w.unsigned
+    );
     outln!("total time: {:.1} s", v.elapsed_ms as f64 / 1000.0);
     outln!("\nsigned reports (check with `patchmesh report verify FILE`):");
     for p in &v.report_paths {

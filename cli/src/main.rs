@@ -30,6 +30,7 @@ macro_rules! outln {
 
 mod audit;
 mod demo;
+mod demo_hook;
 mod demo_intel;
 mod integrations;
 mod intel;

@@ -95,6 +95,13 @@ fn the_demo_remediates_a_finding_with_a_good_patch_and_halts_a_bad_one_with_no_b
     assert_eq!((v.intel.nodes_exposed_before, v.intel.nodes_exposed_after), (6, 0), "{v:?}");
     assert_eq!(v.intel.due, "3d", "KEV, automatable, total impact: {v:?}");
     demo_reports(&v, &dir);
+    // The demo's webhook receiver saw the halt once, and one failure event per failed canary,
+    // every delivery signed by a node of the mesh.
+    let w = &v.webhook;
+    assert_eq!(w.halt_deliveries, 1, "{w:?}");
+    assert_eq!(w.unsigned, 0, "{w:?}");
+    let failed: u64 = v.bad.rings.iter().map(|r| r.failed).sum();
+    assert_eq!(w.distinct_events.get("patchmesh.install_failed").copied().unwrap_or(0) as u64, failed, "{w:?}");
 }
 
 /// The demo's signed reports: each verifies, a changed byte is refused, the PDF opens and says

@@ -833,8 +833,26 @@ pub struct DemoReport {
     /// The compliance report (JSON, HTML, PDF, CSV) and the bad rollout's report.
     #[serde(default)]
     pub report_paths: Vec<String>,
+    /// What the demo's webhook receiver saw.
+    #[serde(default)]
+    pub webhook: DemoWebhook,
     /// Blast radius 0, every node on the good version, and the finding closed everywhere.
     pub ok: bool,
+}
+
+/// The demo's webhook receiver.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DemoWebhook {
+    /// Its URL (loopback).
+    pub url: String,
+    /// Deliveries of the bad rollout's halt event.
+    pub halt_deliveries: u32,
+    /// Distinct event ids by event type.
+    pub distinct_events: BTreeMap<String, usize>,
+    /// Deliveries in all.
+    pub deliveries: u32,
+    /// Deliveries whose signature no demo node made.
+    pub unsigned: u32,
 }
 
 /// The demo's vulnerability finding, before and after its remediation.
