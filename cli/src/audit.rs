@@ -80,17 +80,25 @@ pub fn run(cmd: AuditCmd, now: Millis) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AuditCmd::Verify { file, genesis, checkpoint, json } => verify(&file, &genesis, &checkpoint, json),
+        AuditCmd::Verify { file, genesis, checkpoint, json } => {
+            verify(&file, &genesis, &checkpoint, json)
+        }
     }
 }
 
 fn verify(file: &Path, genesis: &Path, checkpoints: &[String], json: bool) -> anyhow::Result<()> {
     let genesis = files::read_envelope(genesis).context("reading the genesis")?;
-    let bytes = files::read_limited(file, 1 << 30).with_context(|| format!("reading {}", file.display()))?;
+    let bytes = files::read_limited(file, 1 << 30)
+        .with_context(|| format!("reading {}", file.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{} is not UTF-8 at byte {}: not an audit export", file.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{} is not UTF-8 at byte {}: not an audit export",
+            file.display(),
+            e.utf8_error().valid_up_to()
+        )
     })?;
-    let held: Vec<Head> = checkpoints.iter().map(|c| parse_checkpoint(c)).collect::<anyhow::Result<_>>()?;
+    let held: Vec<Head> =
+        checkpoints.iter().map(|c| parse_checkpoint(c)).collect::<anyhow::Result<_>>()?;
     let result = audit::verify_export(&text, &genesis, &Ed25519)
         .and_then(|v| held.iter().try_for_each(|h| audit::check_against(&text, &v, h)).map(|()| v));
     match result {
@@ -117,11 +125,16 @@ fn verify(file: &Path, genesis: &Path, checkpoints: &[String], json: bool) -> an
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()})
+                );
                 std::process::exit(1);
             }
             match e.seq() {
-                Some(seq) => bail!("{} does not verify: first bad entry {seq}: {e}", file.display()),
+                Some(seq) => {
+                    bail!("{} does not verify: first bad entry {seq}: {e}", file.display())
+                }
                 None => bail!("{} does not verify: {e}", file.display()),
             }
         }
@@ -129,17 +142,24 @@ fn verify(file: &Path, genesis: &Path, checkpoints: &[String], json: bool) -> an
 }
 
 fn parse_checkpoint(s: &str) -> anyhow::Result<Head> {
-    let (seq, head) = s.split_once(':').with_context(|| format!("--checkpoint {s:?}: expected SEQ:HEAD-HEX"))?;
-    let seq: u64 = seq.parse().with_context(|| format!("--checkpoint {s:?}: {seq:?} is not a number"))?;
-    let head = audit::Hash32::from_hex(head).with_context(|| format!("--checkpoint {s:?}: the head is not 64 hex digits"))?;
+    let (seq, head) =
+        s.split_once(':').with_context(|| format!("--checkpoint {s:?}: expected SEQ:HEAD-HEX"))?;
+    let seq: u64 =
+        seq.parse().with_context(|| format!("--checkpoint {s:?}: {seq:?} is not a number"))?;
+    let head = audit::Hash32::from_hex(head)
+        .with_context(|| format!("--checkpoint {s:?}: the head is not 64 hex digits"))?;
     Ok(Head { seq, head: head.0, at: Millis(0) })
 }
 
 /// A moment in the past: RFC 3339, a date, or an age (`7d`, `24h`, `90s`).
 pub fn parse_past(text: &str, now: Millis) -> anyhow::Result<Millis> {
-    let bad = || format!("{text:?} is not a time: use RFC 3339, a date (2026-11-01) or an age (7d, 24h)");
+    let bad =
+        || format!("{text:?} is not a time: use RFC 3339, a date (2026-11-01) or an age (7d, 24h)");
     for (suffix, unit_ms) in [("d", 86_400_000u64), ("h", 3_600_000), ("s", 1_000)] {
-        if let Some(n) = text.strip_suffix(suffix).filter(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())) {
+        if let Some(n) = text
+            .strip_suffix(suffix)
+            .filter(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        {
             let n: u64 = n.parse().with_context(bad)?;
             return Ok(Millis(now.0.saturating_sub(n.saturating_mul(unit_ms))));
         }

@@ -25,8 +25,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use patchmesh_node::control::Request;
 use patchmesh_node::control::{
-    ContentView, DemoIntel, DemoReport, DemoRing, DemoRollout, DemoWan, KeygenOutput, PatchAddOutput,
-    RolloutCreateOutput, RolloutView, RolloutsView, StatusView,
+    ContentView, DemoIntel, DemoReport, DemoRing, DemoRollout, DemoWan, KeygenOutput,
+    PatchAddOutput, RolloutCreateOutput, RolloutView, RolloutsView, StatusView,
 };
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -143,7 +143,12 @@ impl Demo {
         }
     }
 
-    fn wait<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl FnMut() -> Option<T>,
+    ) -> anyhow::Result<T> {
         self.wait_or(what, timeout, f, String::new)
     }
 
@@ -163,7 +168,12 @@ impl Demo {
             }
             if Instant::now() > until {
                 self.failed.set(true);
-                bail!("timed out after {} s waiting for {what}{} (node logs kept in {})", timeout.as_secs(), lagging(), self.root.display());
+                bail!(
+                    "timed out after {} s waiting for {what}{} (node logs kept in {})",
+                    timeout.as_secs(),
+                    lagging(),
+                    self.root.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -184,11 +194,18 @@ impl Demo {
                     "step {}, standing {}{}",
                     v.step().unwrap_or("none"),
                     v.standing.as_ref().map_or("?", |s| s.status.as_str()),
-                    v.waiting.as_deref().filter(|w| !w.is_empty()).map(|w| format!(" ({w})")).unwrap_or_default()
+                    v.waiting
+                        .as_deref()
+                        .filter(|w| !w.is_empty())
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
                 ),
             };
             let c: ContentView = call(&n.args(), Request::Content { content: content.to_string() })
-                .unwrap_or_else(|_| ContentView { state: "unknown (node unreachable)".into(), ..Default::default() });
+                .unwrap_or_else(|_| ContentView {
+                    state: "unknown (node unreachable)".into(),
+                    ..Default::default()
+                });
             lines.push(format!(
                 "\n  node{i:02} (site {}): {step}; payload {} {}/{} bytes, {} sources active, {} resting, waiting {} ms{}",
                 n.site,
@@ -201,7 +218,11 @@ impl Demo {
                 c.error.as_deref().map(|e| format!(", error: {e}")).unwrap_or_default(),
             ));
         }
-        if lines.is_empty() { String::new() } else { format!("; not there yet:{}", lines.concat()) }
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; not there yet:{}", lines.concat())
+        }
     }
 
     /// Every node's view of one rollout.
@@ -244,9 +265,10 @@ impl Demo {
             .context("starting a node")?;
         self.nodes[i].child = Some(child);
         let args = self.nodes[i].args();
-        let status: StatusView = self.wait(&format!("node {i} to start"), Duration::from_secs(30), || {
-            call(&args, Request::Status).ok()
-        })?;
+        let status: StatusView =
+            self.wait(&format!("node {i} to start"), Duration::from_secs(30), || {
+                call(&args, Request::Status).ok()
+            })?;
         status.listen.into_iter().next().context("the node listens on no address")
     }
 }
@@ -263,11 +285,24 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let tag: u64 = rand::random();
     let root = std::env::temp_dir().join(format!("patchmesh-demo-{}-{tag:x}", std::process::id()));
     std::fs::create_dir_all(&root)?;
-    let mut d = Demo { root: root.clone(), nodes: Vec::new(), keep: a.keep, failed: Default::default(), quiet: a.json, started: Instant::now(), started_at_ms: crate::now_ms().0 };
+    let mut d = Demo {
+        root: root.clone(),
+        nodes: Vec::new(),
+        keep: a.keep,
+        failed: Default::default(),
+        quiet: a.json,
+        started: Instant::now(),
+        started_at_ms: crate::now_ms().0,
+    };
     let timeout = Duration::from_secs(a.timeout_s);
 
     let admin_key = make_mesh(&mut d, &a)?;
-    d.say(format!("mesh made in {}; starting {} nodes in {} sites", root.display(), a.nodes, a.sites));
+    d.say(format!(
+        "mesh made in {}; starting {} nodes in {} sites",
+        root.display(),
+        a.nodes,
+        a.sites
+    ));
     start_mesh(&mut d, a.nodes, timeout)?;
 
     // A webhook receiver on loopback, and the integration policy that sends it halts, failed
@@ -304,7 +339,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             Some(patchmesh_protocol::catalog::CatalogEntry::Integrations(policy)),
         )],
     )?;
-    d.say(format!("integration policy published: halts, failed installs and rollbacks go to {hook_url}"));
+    d.say(format!(
+        "integration policy published: halts, failed installs and rollbacks go to {hook_url}"
+    ));
 
     let intel = publish_intel(&d, &admin_key, timeout)?;
     let commands = crate::demo_intel::good_patch_commands();
@@ -312,7 +349,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let (good_rollout, good_at) = remediate(&d, &admin_key, &good, a.soak_s)?;
     d.say(format!("good patch {} (the fix) rolling out as {}", &good[..12], &good_rollout[..12]));
     let committed = |v: &RolloutView| {
-        v.step() == Some("committed") || v.standing.as_ref().is_some_and(|s| s.status == "NotTargeted")
+        v.step() == Some("committed")
+            || v.standing.as_ref().is_some_and(|s| s.status == "NotTargeted")
     };
     let good_views = d.wait_or(
         "the good rollout to reach every node",
@@ -325,7 +363,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     let good_rings = ring_table(&good_views, good_at);
     for r in &good_rings {
-        d.say(format!("  ring {:<7} {} nodes committed in {:.1} s", r.name, r.succeeded, r.duration_ms as f64 / 1000.0));
+        d.say(format!(
+            "  ring {:<7} {} nodes committed in {:.1} s",
+            r.name,
+            r.succeeded,
+            r.duration_ms as f64 / 1000.0
+        ));
     }
     let intel = finding_closed(&d, intel, good_at, timeout)?;
 
@@ -333,7 +376,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let (bad_rollout, bad_at) = create_rollout(&d, &admin_key, &bad, a.soak_s)?;
     d.say(format!("bad patch {} rolling out as {}", &bad[..12], &bad_rollout[..12]));
     let halted_and_settled = |v: &RolloutView| {
-        v.state() == "halted" && matches!(v.step(), None | Some("rolled_back" | "cancelled" | "failed"))
+        v.state() == "halted"
+            && matches!(v.step(), None | Some("rolled_back" | "cancelled" | "failed"))
     };
     let bad_views = d.wait_or(
         "every node to halt the bad rollout and the canaries to roll back",
@@ -363,7 +407,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     // What is on disk now: every node must hold the good version (canaries rolled back to it).
     let good_bytes = std::fs::read(root.join("payload-app-2.bin"))?;
-    let on_good = d.nodes.iter().filter(|n| std::fs::read(n.target()).ok().as_deref() == Some(&good_bytes[..])).count();
+    let on_good = d
+        .nodes
+        .iter()
+        .filter(|n| std::fs::read(n.target()).ok().as_deref() == Some(&good_bytes[..]))
+        .count();
     let canaries = d.nodes.iter().filter(|n| n.canary).count();
 
     // The halt reached the webhook receiver: one delivery of its event id, from one node.
@@ -375,7 +423,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     d.wait("the halt, failure and rollback events at the webhook receiver", timeout, || {
         let s = hook.lock().unwrap_or_else(|p| p.into_inner());
         let count = |t: &str| s.deliveries.keys().filter(|(k, _)| k == t).count() as u64;
-        (count(&halt_type) >= 1 && count("patchmesh.install_failed") >= failed && count("patchmesh.rollback_done") >= rolled)
+        (count(&halt_type) >= 1
+            && count("patchmesh.install_failed") >= failed
+            && count("patchmesh.rollback_done") >= rolled)
             .then_some(())
     })?;
     std::thread::sleep(Duration::from_secs(2)); // any second delivery of it would arrive by now
@@ -387,13 +437,21 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         }
         patchmesh_node::control::DemoWebhook {
             url: hook_url.clone(),
-            halt_deliveries: s.deliveries.iter().filter(|((t, _), _)| *t == halt_type).map(|(_, n)| *n).sum(),
+            halt_deliveries: s
+                .deliveries
+                .iter()
+                .filter(|((t, _), _)| *t == halt_type)
+                .map(|(_, n)| *n)
+                .sum(),
             distinct_events: events,
             deliveries: s.deliveries.values().sum(),
             unsigned: s.unsigned,
         }
     };
-    d.say(format!("webhook receiver: halt event delivered {} time(s); {} deliveries in all", webhook.halt_deliveries, webhook.deliveries));
+    d.say(format!(
+        "webhook receiver: halt event delivered {} time(s); {} deliveries in all",
+        webhook.halt_deliveries, webhook.deliveries
+    ));
 
     // The mesh's own compliance report, signed by node 0 and the admin, and the bad rollout's,
     // once node 0's view of the bad rollout counts every rollback the nodes report.
@@ -401,7 +459,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     d.wait("node 0 to count every rollback of the bad rollout", timeout, || {
         let v: RolloutsView = call(&d.nodes[0].args(), Request::Rollouts).ok()?;
         let r = v.rollouts.into_iter().find(|r| r.id == bad_rollout)?;
-        (r.rings.iter().map(|g| u64::from(g.counts.rolled_back)).sum::<u64>() >= rolled_back).then_some(())
+        (r.rings.iter().map(|g| u64::from(g.counts.rolled_back)).sum::<u64>() >= rolled_back)
+            .then_some(())
     })?;
     let since = jiff::Timestamp::from_millisecond(d.started_at_ms as i64 - 86_400_000)?.to_string();
     let mut report_paths = crate::report::compliance(
@@ -414,7 +473,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         Some(Path::new(&admin_key)),
         crate::now_ms(),
     )?;
-    report_paths.push(crate::report::rollout_report(&d.nodes[0].args(), &bad_rollout, &a.report_dir)?);
+    report_paths.push(crate::report::rollout_report(
+        &d.nodes[0].args(),
+        &bad_rollout,
+        &a.report_dir,
+    )?);
     d.say(format!("signed compliance report written to {}", a.report_dir.display()));
 
     // WAN bytes per site over the payload size, for both patches, from the nodes' counters.
@@ -457,12 +520,14 @@ fn make_mesh(d: &mut Demo, a: &DemoArgs) -> anyhow::Result<String> {
     let root = d.root.clone();
     // The mesh: genesis, keys and one certificate per node.
     let mesh = root.join("mesh");
-    let _: patchmesh_node::control::InitOutput = cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
+    let _: patchmesh_node::control::InitOutput =
+        cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
     let admin_key = s(&mesh.join("admin.key"));
     for i in 0..a.nodes {
         let dir = root.join(format!("node{i:02}"));
         std::fs::create_dir_all(dir.join("data").join("app"))?;
-        let key: KeygenOutput = cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
+        let key: KeygenOutput =
+            cli(&["node", "keygen", "--out", &s(&dir.join("node.key")), "--json"])?;
         let site = i % a.sites;
         let canary = i < a.sites;
         let label = match i.checked_sub(a.sites) {
@@ -471,10 +536,20 @@ fn make_mesh(d: &mut Demo, a: &DemoArgs) -> anyhow::Result<String> {
             Some(_) => "ring=main",
         };
         let _: patchmesh_node::control::AdmitOutput = cli(&[
-            "admit", "--node-key", &key.public_key,
-            "--site", &format!("site-{}", (b'a' + site as u8) as char), "--label", label,
-            "--admin-key", &admin_key, "--genesis", &s(&mesh.join("genesis.pm")),
-            "--out", &s(&dir.join("admission.pm")), "--json",
+            "admit",
+            "--node-key",
+            &key.public_key,
+            "--site",
+            &format!("site-{}", (b'a' + site as u8) as char),
+            "--label",
+            label,
+            "--admin-key",
+            &admin_key,
+            "--genesis",
+            &s(&mesh.join("genesis.pm")),
+            "--out",
+            &s(&dir.join("admission.pm")),
+            "--json",
         ])?;
         // The application file the patches replace: version 1 everywhere.
         std::fs::write(dir.join("data").join("app").join("app.bin"), b"app version 1\n")?;
@@ -492,11 +567,14 @@ fn start_mesh(d: &mut Demo, nodes: usize, timeout: Duration) -> anyhow::Result<(
     }
     let need = (nodes - 1).min(3);
     d.wait("every node to admit its peers", timeout, || {
-        d.nodes.iter().all(|n| {
-            call::<StatusView>(&n.args(), Request::Status)
-                .ok()
-                .is_some_and(|v| v.peers_admitted >= need && v.gossip_mesh.control >= 1)
-        }).then_some(())
+        d.nodes
+            .iter()
+            .all(|n| {
+                call::<StatusView>(&n.args(), Request::Status)
+                    .ok()
+                    .is_some_and(|v| v.peers_admitted >= need && v.gossip_mesh.control >= 1)
+            })
+            .then_some(())
     })?;
     d.say("all nodes up and admitted");
 
@@ -530,10 +608,18 @@ fn wan_figures(
 /// Writes a payload, imports it at node 0 and publishes it as a file patch.
 /// `commands` (install, verify, rollback) make a command patch; without them it is a file
 /// patch whose verify step fails (the bad patch).
-fn publish_patch(d: &Demo, root: &Path, name: &str, version: &str, size: u64, commands: Option<&(String, String, String)>) -> anyhow::Result<String> {
+fn publish_patch(
+    d: &Demo,
+    root: &Path,
+    name: &str,
+    version: &str,
+    size: u64,
+    commands: Option<&(String, String, String)>,
+) -> anyhow::Result<String> {
     let path = root.join(format!("payload-{name}-{version}.bin"));
     let mut body = format!("app version {version}\n").into_bytes();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ version.len() as u64 ^ u64::from(version.as_bytes()[0]);
+    let mut x: u64 =
+        0x9e37_79b9_7f4a_7c15 ^ version.len() as u64 ^ u64::from(version.as_bytes()[0]);
     while (body.len() as u64) < size {
         x ^= x << 13;
         x ^= x >> 7;
@@ -545,16 +631,39 @@ fn publish_patch(d: &Demo, root: &Path, name: &str, version: &str, size: u64, co
     let config = s(&d.nodes[0].dir.join("node.toml"));
     let admin = s(&d.root.join("mesh").join("admin.key"));
     let mut args = vec![
-        "patch", "add", path.to_str().unwrap_or_default(), "--name", name, "--version", version,
-        "--timeout-ms", "30000", "--admin-key", &admin, "--config", &config, "--json",
+        "patch",
+        "add",
+        path.to_str().unwrap_or_default(),
+        "--name",
+        name,
+        "--version",
+        version,
+        "--timeout-ms",
+        "30000",
+        "--admin-key",
+        &admin,
+        "--config",
+        &config,
+        "--json",
     ];
     match commands {
-        Some((install, verify, rollback)) => {
-            args.extend(["--executor", "command", "--install", install, "--verify", verify, "--rollback", rollback])
-        }
+        Some((install, verify, rollback)) => args.extend([
+            "--executor",
+            "command",
+            "--install",
+            install,
+            "--verify",
+            verify,
+            "--rollback",
+            rollback,
+        ]),
         None => args.extend([
-            "--executor", "file", "--install", "{data_dir}/app/app.bin",
-            "--verify", "echo 'health check: service did not come back' >&2; exit 1",
+            "--executor",
+            "file",
+            "--install",
+            "{data_dir}/app/app.bin",
+            "--verify",
+            "echo 'health check: service did not come back' >&2; exit 1",
         ]),
     }
     let out: PatchAddOutput = cli(&args)?;
@@ -570,15 +679,24 @@ fn publish_intel(d: &Demo, admin_key: &str, timeout: Duration) -> anyhow::Result
     let config = s(&d.nodes[0].dir.join("node.toml"));
     let mut args: Vec<String> = vec!["intel".into(), "import".into()];
     args.extend(files.iter().map(|f| s(f)));
-    args.extend(["--out", &bundle, "--admin-key", admin_key, "--config", &config, "--json"].map(String::from));
+    args.extend(
+        ["--out", &bundle, "--admin-key", admin_key, "--config", &config, "--json"]
+            .map(String::from),
+    );
     let published_at = patchmesh_node::clock::now_ms().0;
     let imported: serde_json::Value = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let content = imported["content_id"].as_str().context("import printed no content id")?.to_string();
-    d.say(format!("intel bundle {} published ({} bytes: tracker, OSV, KEV, EPSS)", &content[..12], imported["bytes"]));
+    let content =
+        imported["content_id"].as_str().context("import printed no content id")?.to_string();
+    d.say(format!(
+        "intel bundle {} published ({} bytes: tracker, OSV, KEV, EPSS)",
+        &content[..12],
+        imported["bytes"]
+    ));
     let n = d.nodes.len() as u64;
     let row = d.wait("every node to report its exposure to the new bundle", timeout, || {
         let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).ok()?;
-        let row = v["cves"].as_array()?.iter().find(|r| r["cve"] == crate::demo_intel::CVE)?.clone();
+        let row =
+            v["cves"].as_array()?.iter().find(|r| r["cve"] == crate::demo_intel::CVE)?.clone();
         (row["nodes"].as_u64() == Some(n)).then_some(row)
     })?;
     let visible_ms = patchmesh_node::clock::now_ms().0.saturating_sub(published_at);
@@ -604,56 +722,127 @@ fn publish_intel(d: &Demo, admin_key: &str, timeout: Duration) -> anyhow::Result
 
 /// Waits until no node reports the CVE any more (each re-read its package database after the
 /// fix and re-signed its exposure).
-fn finding_closed(d: &Demo, mut intel: DemoIntel, since: u64, timeout: Duration) -> anyhow::Result<DemoIntel> {
+fn finding_closed(
+    d: &Demo,
+    mut intel: DemoIntel,
+    since: u64,
+    timeout: Duration,
+) -> anyhow::Result<DemoIntel> {
     let config = s(&d.nodes[0].dir.join("node.toml"));
     let exposed = |v: &serde_json::Value| {
-        v["cves"].as_array().and_then(|c| c.iter().find(|r| r["cve"] == intel.cve.as_str())).and_then(|r| r["nodes"].as_u64()).unwrap_or(0)
+        v["cves"]
+            .as_array()
+            .and_then(|c| c.iter().find(|r| r["cve"] == intel.cve.as_str()))
+            .and_then(|r| r["nodes"].as_u64())
+            .unwrap_or(0)
     };
     let left = d.wait_or(
         "the finding to close on every node",
         timeout,
         || {
             let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).ok()?;
-            (exposed(&v) == 0 && v["sites"].as_array()?.iter().all(|s| s["members"].as_u64() > Some(0))).then_some(0)
+            (exposed(&v) == 0
+                && v["sites"].as_array()?.iter().all(|s| s["members"].as_u64() > Some(0)))
+            .then_some(0)
         },
         || {
-            let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).unwrap_or_default();
+            let v: serde_json::Value =
+                cli(&["vulns", "--config", &config, "--json"]).unwrap_or_default();
             format!("{} nodes still exposed", exposed(&v))
         },
     )?;
     intel.nodes_exposed_after = left;
     intel.closed_after_ms = patchmesh_node::clock::now_ms().0.saturating_sub(since);
-    d.say(format!("  {} closed on every node {:.1} s after the remediation was published", intel.cve, intel.closed_after_ms as f64 / 1000.0));
+    d.say(format!(
+        "  {} closed on every node {:.1} s after the remediation was published",
+        intel.cve,
+        intel.closed_after_ms as f64 / 1000.0
+    ));
     Ok(intel)
 }
 
 /// `patchmesh remediate` with the demo's rings: the fix to exactly the exposed nodes.
-fn remediate(d: &Demo, admin_key: &str, content: &str, soak_s: u64) -> anyhow::Result<(String, u64)> {
+fn remediate(
+    d: &Demo,
+    admin_key: &str,
+    content: &str,
+    soak_s: u64,
+) -> anyhow::Result<(String, u64)> {
     let config = s(&d.nodes[0].dir.join("node.toml"));
     let soak = soak_s.to_string();
     let at = patchmesh_node::clock::now_ms().0;
     let out: serde_json::Value = cli(&[
-        "remediate", crate::demo_intel::CVE, "--patch", content, "--yes",
-        "--ring", "canary:0:ring=canary", "--ring", "half:0:ring=half", "--ring", "all:100",
-        "--min-success", "1.0", "--max-failures", "0", "--soak-s", &soak, "--recheck-s", "1",
-        "--max-concurrent-per-site", "2",
-        "--admin-key", admin_key, "--config", &config, "--json",
+        "remediate",
+        crate::demo_intel::CVE,
+        "--patch",
+        content,
+        "--yes",
+        "--ring",
+        "canary:0:ring=canary",
+        "--ring",
+        "half:0:ring=half",
+        "--ring",
+        "all:100",
+        "--min-success",
+        "1.0",
+        "--max-failures",
+        "0",
+        "--soak-s",
+        &soak,
+        "--recheck-s",
+        "1",
+        "--max-concurrent-per-site",
+        "2",
+        "--admin-key",
+        admin_key,
+        "--config",
+        &config,
+        "--json",
     ])?;
     let rollout = out[0]["rollout"].as_str().context("remediate printed no rollout")?.to_string();
-    d.say(format!("  remediation targets `{}`, deadline {}", out[0]["predicate"].as_str().unwrap_or(""), out[0]["deadline"].as_str().unwrap_or("none")));
+    d.say(format!(
+        "  remediation targets `{}`, deadline {}",
+        out[0]["predicate"].as_str().unwrap_or(""),
+        out[0]["deadline"].as_str().unwrap_or("none")
+    ));
     Ok((rollout, at))
 }
 
-fn create_rollout(d: &Demo, admin_key: &str, content: &str, soak_s: u64) -> anyhow::Result<(String, u64)> {
+fn create_rollout(
+    d: &Demo,
+    admin_key: &str,
+    content: &str,
+    soak_s: u64,
+) -> anyhow::Result<(String, u64)> {
     let config = s(&d.nodes[0].dir.join("node.toml"));
     let soak = soak_s.to_string();
     let at = patchmesh_node::clock::now_ms().0;
     let out: RolloutCreateOutput = cli(&[
-        "rollout", "create", "--patch", content,
-        "--ring", "canary:0:ring=canary", "--ring", "half:0:ring=half", "--ring", "all:100",
-        "--min-success", "1.0", "--max-failures", "0", "--soak-s", &soak, "--recheck-s", "1",
-        "--max-concurrent-per-site", "2",
-        "--admin-key", admin_key, "--config", &config, "--json",
+        "rollout",
+        "create",
+        "--patch",
+        content,
+        "--ring",
+        "canary:0:ring=canary",
+        "--ring",
+        "half:0:ring=half",
+        "--ring",
+        "all:100",
+        "--min-success",
+        "1.0",
+        "--max-failures",
+        "0",
+        "--soak-s",
+        &soak,
+        "--recheck-s",
+        "1",
+        "--max-concurrent-per-site",
+        "2",
+        "--admin-key",
+        admin_key,
+        "--config",
+        &config,
+        "--json",
     ])?;
     Ok((out.rollout, at))
 }
@@ -665,7 +854,12 @@ fn ring_table(views: &[Option<RolloutView>], published_at: u64) -> Vec<DemoRing>
         .iter()
         .flatten()
         .next()
-        .map(|v| v.rings.iter().map(|r| DemoRing { name: r.name.clone(), ..Default::default() }).collect())
+        .map(|v| {
+            v.rings
+                .iter()
+                .map(|r| DemoRing { name: r.name.clone(), ..Default::default() })
+                .collect()
+        })
         .unwrap_or_default();
     for v in views.iter().flatten() {
         let Some(ring) = v.standing.as_ref().and_then(|s| s.ring) else { continue };
@@ -706,9 +900,19 @@ fn print_summary(v: &DemoReport) {
         i.nodes_exposed_after,
         i.closed_after_ms as f64 / 1000.0
     );
-    for (title, r) in [("good patch (app 2, the fix)", &v.good), ("bad patch (app 3, verify fails)", &v.bad)] {
+    for (title, r) in
+        [("good patch (app 2, the fix)", &v.good), ("bad patch (app 3, verify fails)", &v.bad)]
+    {
         outln!("\n{title}: rollout {}", r.rollout.get(..12).unwrap_or(&r.rollout));
-        outln!("  {:<8} {:>8} {:>9} {:>6} {:>11} {:>12}", "ring", "targeted", "succeeded", "failed", "rolled back", "done after");
+        outln!(
+            "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>12}",
+            "ring",
+            "targeted",
+            "succeeded",
+            "failed",
+            "rolled back",
+            "done after"
+        );
         for g in &r.rings {
             outln!(
                 "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>10.1} s",
@@ -721,8 +925,14 @@ fn print_summary(v: &DemoReport) {
             );
         }
     }
-    outln!("\nhalt latency (first failed canary report → every node halted): {} ms", v.halt_latency_ms);
-    outln!("blast radius (nodes outside the canary ring that installed the bad patch): {}", v.blast_radius);
+    outln!(
+        "\nhalt latency (first failed canary report → every node halted): {} ms",
+        v.halt_latency_ms
+    );
+    outln!(
+        "blast radius (nodes outside the canary ring that installed the bad patch): {}",
+        v.blast_radius
+    );
     outln!("nodes on the good version at the end: {} of {}", v.nodes_on_good_version, v.nodes);
     outln!("WAN bytes per site ÷ payload (max over sites and patches): {:.3}", v.wan_ratio_max);
     let w = &v.webhook;

@@ -41,18 +41,29 @@ pub fn start(node_keys: Vec<[u8; 32]>) -> anyhow::Result<(String, Arc<Mutex<Rece
                         h.insert(k.trim().to_lowercase(), v.trim().to_string());
                     }
                 }
-                let n: usize = h.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0).min(1 << 20);
+                let n: usize =
+                    h.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0).min(1 << 20);
                 let mut body = vec![0; n];
                 let _ = r.read_exact(&mut body);
                 let id = h.get("webhook-id").cloned().unwrap_or_default();
-                let msg = format!("{id}.{}.{}", h.get("webhook-timestamp").cloned().unwrap_or_default(), String::from_utf8_lossy(&body));
+                let msg = format!(
+                    "{id}.{}.{}",
+                    h.get("webhook-timestamp").cloned().unwrap_or_default(),
+                    String::from_utf8_lossy(&body)
+                );
                 let signed = h
                     .get("webhook-signature")
                     .and_then(|v| v.strip_prefix("v1a,"))
                     .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
                     .and_then(|b| <[u8; 64]>::try_from(b).ok())
                     .is_some_and(|sig| {
-                        keys.iter().any(|k| patchmesh_protocol::crypto::verify_external(&patchmesh_protocol::ids::KeyId(*k), msg.as_bytes(), &sig))
+                        keys.iter().any(|k| {
+                            patchmesh_protocol::crypto::verify_external(
+                                &patchmesh_protocol::ids::KeyId(*k),
+                                msg.as_bytes(),
+                                &sig,
+                            )
+                        })
                     });
                 let kind = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()

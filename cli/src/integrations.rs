@@ -60,11 +60,20 @@ pub enum DlqCmd {
 pub fn run(cmd: IntegrationsCmd) -> anyhow::Result<()> {
     match cmd {
         IntegrationsCmd::Set { file, admin_key, node } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let policy: IntegrationPolicy = toml::from_str(&text).with_context(|| format!("{} is not an integration policy", file.display()))?;
-            policy.validate().map_err(anyhow::Error::msg).with_context(|| format!("{}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let policy: IntegrationPolicy = toml::from_str(&text)
+                .with_context(|| format!("{} is not an integration policy", file.display()))?;
+            policy
+                .validate()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}", file.display()))?;
             let sinks = policy.sinks.len();
-            let v = crate::publish(&node, &admin_key, vec![(POLICY_KEY.to_string(), Some(CatalogEntry::Integrations(policy)))])?;
+            let v = crate::publish(
+                &node,
+                &admin_key,
+                vec![(POLICY_KEY.to_string(), Some(CatalogEntry::Integrations(policy)))],
+            )?;
             println!("integration policy published ({sinks} sinks): change {}", v.id);
             Ok(())
         }
@@ -87,7 +96,12 @@ pub fn run(cmd: IntegrationsCmd) -> anyhow::Result<()> {
                     s.disabled.as_ref().map_or(String::new(), |d| format!("; DISABLED: {d}"))
                 );
             }
-            println!("outbox: {} pending (elected here or on standby), {} delivered, {} dead-lettered", v.pending.len(), v.delivered, v.dead);
+            println!(
+                "outbox: {} pending (elected here or on standby), {} delivered, {} dead-lettered",
+                v.pending.len(),
+                v.delivered,
+                v.dead
+            );
             for i in v.pending.iter().take(20) {
                 print_item(i);
             }

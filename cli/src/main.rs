@@ -598,7 +598,10 @@ fn keygen(out: &Path, json: bool, what: &str) -> anyhow::Result<()> {
     let key = SecretKey::generate(&mut OsRng);
     files::write_key(out, &key)?;
     if json {
-        let v = control::KeygenOutput { key_file: out.to_path_buf(), public_key: key.public().to_hex() };
+        let v = control::KeygenOutput {
+            key_file: out.to_path_buf(),
+            public_key: key.public().to_hex(),
+        };
         outln!("{}", output::json(&v));
     } else {
         outln!("{what} key written to {} (mode 0600)", out.display());
@@ -753,7 +756,10 @@ pub(crate) fn publish(
 }
 
 /// One control request to the node of `node`, its answer parsed as the view `T`.
-fn call<T: serde::de::DeserializeOwned>(node: &NodeArgs, request: Request) -> Result<T, ControlError> {
+fn call<T: serde::de::DeserializeOwned>(
+    node: &NodeArgs,
+    request: Request,
+) -> Result<T, ControlError> {
     let (socket, token_path) = match NodeConfig::load(&node.config) {
         Ok(cfg) => (cfg.control_socket(), cfg.token_path()),
         Err(e) => {

@@ -3,7 +3,8 @@
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
 use patchmesh_node::control::{
-    AuditExportView, IntelView, RemoteFindingsView, ReportBasisView, ReportSignature, Request, RolloutsView,
+    AuditExportView, IntelView, RemoteFindingsView, ReportBasisView, ReportSignature, Request,
+    RolloutsView,
 };
 use patchmesh_node::files;
 use patchmesh_node::report::{self, html, ComplianceReport, FetchedFindings, Framework, ReportSig};
@@ -88,7 +89,16 @@ pub enum ReportCmd {
 pub fn run(cmd: ReportCmd, now: Millis) -> anyhow::Result<()> {
     match cmd {
         ReportCmd::Compliance { since, until, framework, format, out, admin_key, node } => {
-            let paths = compliance(&node, since.as_deref(), until.as_deref(), framework.as_deref(), format, out, admin_key.as_deref(), now)?;
+            let paths = compliance(
+                &node,
+                since.as_deref(),
+                until.as_deref(),
+                framework.as_deref(),
+                format,
+                out,
+                admin_key.as_deref(),
+                now,
+            )?;
             for p in paths {
                 println!("{}", p.display());
             }
@@ -116,7 +126,11 @@ pub fn compliance(
     now: Millis,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let framework = framework
-        .map(|f| Framework::parse(f).with_context(|| format!("--framework {f:?}: use pci-dss, soc2, iso27001, hipaa or cis")))
+        .map(|f| {
+            Framework::parse(f).with_context(|| {
+                format!("--framework {f:?}: use pci-dss, soc2, iso27001, hipaa or cis")
+            })
+        })
         .transpose()?;
     let until_ms = until.map(|u| crate::audit::parse_past(u, now)).transpose()?.unwrap_or(now).0;
     let since_ms = since
@@ -127,19 +141,29 @@ pub fn compliance(
     if since_ms >= until_ms {
         bail!("the period is empty: --since is not before --until");
     }
-    let admin = admin_key.map(|p| files::read_key(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+    let admin = admin_key
+        .map(|p| files::read_key(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
     let basis: ReportBasisView = crate::call(node, Request::ReportBasis)?;
     let mut findings = BTreeMap::new();
     for a in &basis.assets {
         let got = if a.node == basis.node {
             crate::call::<IntelView>(node, Request::Intel)
-                .map(|v| FetchedFindings { hostname: v.hostname, findings: v.findings, history: v.history })
+                .map(|v| FetchedFindings {
+                    hostname: v.hostname,
+                    findings: v.findings,
+                    history: v.history,
+                })
                 .map_err(|e| e.to_string())
         } else if a.exposure.is_none() {
             Err("it has no intel bundle yet".to_string())
         } else {
             crate::call::<RemoteFindingsView>(node, Request::Findings { node: a.node.clone() })
-                .map(|v| FetchedFindings { hostname: v.hostname, findings: v.findings, history: v.history })
+                .map(|v| FetchedFindings {
+                    hostname: v.hostname,
+                    findings: v.findings,
+                    history: v.history,
+                })
                 .map_err(|e| e.to_string())
         };
         if let Err(e) = &got {
@@ -170,8 +194,10 @@ fn sign(
 ) -> anyhow::Result<(String, ComplianceReport)> {
     let body = report.body();
     let hash = report::body_hash(body.as_bytes());
-    let node_sig: ReportSignature = crate::call(node, Request::SignReport { body_hash: hex::encode(hash) })?;
-    let mut sigs = vec![ReportSig { role: "node".into(), key: node_sig.key, signature: node_sig.signature }];
+    let node_sig: ReportSignature =
+        crate::call(node, Request::SignReport { body_hash: hex::encode(hash) })?;
+    let mut sigs =
+        vec![ReportSig { role: "node".into(), key: node_sig.key, signature: node_sig.signature }];
     if let Some(k) = admin {
         sigs.push(report::sign(&hash, k, "admin"));
     }
@@ -209,7 +235,10 @@ fn write_outputs(
         let dir = out.unwrap_or_else(|| PathBuf::from("."));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let stem = default("x");
-        let stem = stem.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
+        let stem = stem
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "report".into());
         return [Format::Json, Format::Html, Format::Pdf, Format::Csv]
             .into_iter()
             .map(|f| one(f, &dir.join(format!("{stem}.{}", ext(f)))))
@@ -222,12 +251,16 @@ fn write_outputs(
 /// The signed JSON inside a report file of any format.
 fn signed_text(bytes: &[u8], file: &Path) -> anyhow::Result<String> {
     if bytes.starts_with(b"%PDF") {
-        return report::pdf::extract(bytes, report::REPORT_BYTES_MAX)
-            .with_context(|| format!("{}: no readable report.json attached to this PDF", file.display()));
+        return report::pdf::extract(bytes, report::REPORT_BYTES_MAX).with_context(|| {
+            format!("{}: no readable report.json attached to this PDF", file.display())
+        });
     }
-    let text = std::str::from_utf8(bytes).with_context(|| format!("{} is neither a PDF nor text", file.display()))?;
+    let text = std::str::from_utf8(bytes)
+        .with_context(|| format!("{} is neither a PDF nor text", file.display()))?;
     if text.trim_start().starts_with('<') {
-        return html::extract(text, report::REPORT_BYTES_MAX).with_context(|| format!("{}: no signed report embedded in this HTML", file.display()));
+        return html::extract(text, report::REPORT_BYTES_MAX).with_context(|| {
+            format!("{}: no signed report embedded in this HTML", file.display())
+        });
     }
     if !text.trim_start().starts_with('{') {
         bail!(
@@ -238,9 +271,9 @@ fn signed_text(bytes: &[u8], file: &Path) -> anyhow::Result<String> {
     Ok(text.to_string())
 }
 
-
 fn verify(file: &Path, genesis: Option<&Path>, json: bool) -> anyhow::Result<()> {
-    let bytes = files::read_limited(file, report::REPORT_BYTES_MAX).with_context(|| format!("reading {}", file.display()))?;
+    let bytes = files::read_limited(file, report::REPORT_BYTES_MAX)
+        .with_context(|| format!("reading {}", file.display()))?;
     let text = signed_text(&bytes, file)?;
     let outcome = report::verify_signatures(&text, &Ed25519).and_then(|(body, sigs)| {
         let kind = serde_json::from_str::<serde_json::Value>(body)
@@ -267,17 +300,25 @@ fn verify(file: &Path, genesis: Option<&Path>, json: bool) -> anyhow::Result<()>
     let mut admin_known = Vec::new();
     if let Some(g) = genesis {
         let env = files::read_envelope(g).context("reading the genesis")?;
-        let g = patchmesh_protocol::trust::Genesis::verify(&env, &Ed25519).context("the genesis does not verify")?;
+        let g = patchmesh_protocol::trust::Genesis::verify(&env, &Ed25519)
+            .context("the genesis does not verify")?;
         for s in sigs.iter().filter(|s| s.role == "admin") {
             let known = g.admins.iter().any(|k| k.to_string() == s.key);
             if !known {
-                bail!("{}: the admin signature is by {}, not an admin of this mesh's genesis", file.display(), s.key);
+                bail!(
+                    "{}: the admin signature is by {}, not an admin of this mesh's genesis",
+                    file.display(),
+                    s.key
+                );
             }
             admin_known.push(s.key.clone());
         }
     }
     if json {
-        println!("{}", serde_json::json!({"ok": true, "signatures": sigs, "summary": report.as_ref().map(|r| &r.summary)}));
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "signatures": sigs, "summary": report.as_ref().map(|r| &r.summary)})
+        );
         return Ok(());
     }
     println!("OK: {} verifies", file.display());
@@ -299,7 +340,11 @@ fn verify(file: &Path, genesis: Option<&Path>, json: bool) -> anyhow::Result<()>
             s.overdue,
             s.sla_all.percent.map_or("-".into(), |p| format!("{p:.1}%"))
         );
-        println!("   computed by node {}; audit checkpoints of {} nodes named", r.generated_by, r.basis.audit_checkpoints.len());
+        println!(
+            "   computed by node {}; audit checkpoints of {} nodes named",
+            r.generated_by,
+            r.basis.audit_checkpoints.len()
+        );
     }
     Ok(())
 }
@@ -325,10 +370,20 @@ struct RolloutReport {
 
 /// The HTML report of one rollout into `dir` (for the demo).
 pub fn rollout_report(node: &crate::NodeArgs, id: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    rollout(node, id, Format::Html, Some(dir.join(format!("rollout-{}.html", &id[..12.min(id.len())]))))
+    rollout(
+        node,
+        id,
+        Format::Html,
+        Some(dir.join(format!("rollout-{}.html", &id[..12.min(id.len())]))),
+    )
 }
 
-fn rollout(node: &crate::NodeArgs, id: &str, format: Format, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+fn rollout(
+    node: &crate::NodeArgs,
+    id: &str,
+    format: Format,
+    out: Option<PathBuf>,
+) -> anyhow::Result<PathBuf> {
     let v: RolloutsView = crate::call(node, Request::Rollouts)?;
     let matches: Vec<_> = v.rollouts.iter().filter(|r| r.id.starts_with(id)).collect();
     let r = match matches.as_slice() {
@@ -339,23 +394,42 @@ fn rollout(node: &crate::NodeArgs, id: &str, format: Format, out: Option<PathBuf
     let basis: ReportBasisView = crate::call(node, Request::ReportBasis)?;
     let (mut failures, mut steps, mut unread) = (Vec::new(), Vec::new(), Vec::new());
     for a in &basis.assets {
-        let ask = Request::AuditExport { node: (a.node != basis.node).then(|| a.node.clone()), since_ms: Some(r.created_at_ms) };
+        let ask = Request::AuditExport {
+            node: (a.node != basis.node).then(|| a.node.clone()),
+            since_ms: Some(r.created_at_ms),
+        };
         match crate::call::<AuditExportView>(node, ask) {
             Ok(x) => {
                 for line in x.text.lines() {
-                    let Ok(patchmesh_protocol::audit::Line::Entry { entry, .. }) = patchmesh_protocol::audit::parse_line(line, 0) else {
+                    let Ok(patchmesh_protocol::audit::Line::Entry { entry, .. }) =
+                        patchmesh_protocol::audit::parse_line(line, 0)
+                    else {
                         continue;
                     };
                     let ev = entry.event();
                     if ev.get("rollout").and_then(|x| x.as_str()) != Some(r.id.as_str()) {
                         continue;
                     }
-                    let s = |k: &str| ev.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+                    let s = |k: &str| {
+                        ev.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string()
+                    };
                     match ev.get("type").and_then(|t| t.as_str()) {
-                        Some("step_result") if ev.get("ok") == Some(&serde_json::Value::Bool(false)) || s("action") == "rollback" => {
-                            failures.push((a.node.clone(), entry.at_ms, s("action"), ev.get("exit_code").and_then(|c| c.as_i64()), s("detail"), s("output_tail")))
+                        Some("step_result")
+                            if ev.get("ok") == Some(&serde_json::Value::Bool(false))
+                                || s("action") == "rollback" =>
+                        {
+                            failures.push((
+                                a.node.clone(),
+                                entry.at_ms,
+                                s("action"),
+                                ev.get("exit_code").and_then(|c| c.as_i64()),
+                                s("detail"),
+                                s("output_tail"),
+                            ))
                         }
-                        Some("install_step") => steps.push((a.node.clone(), entry.at_ms, s("step"))),
+                        Some("install_step") => {
+                            steps.push((a.node.clone(), entry.at_ms, s("step")))
+                        }
                         _ => {}
                     }
                 }
@@ -379,8 +453,12 @@ fn rollout(node: &crate::NodeArgs, id: &str, format: Format, out: Option<PathBuf
     };
     let body = serde_json::to_string(&rep)?;
     let hash = report::body_hash(body.as_bytes());
-    let sig: ReportSignature = crate::call(node, Request::SignReport { body_hash: hex::encode(hash) })?;
-    let signed = report::file_text(&body, &[ReportSig { role: "node".into(), key: sig.key, signature: sig.signature }]);
+    let sig: ReportSignature =
+        crate::call(node, Request::SignReport { body_hash: hex::encode(hash) })?;
+    let signed = report::file_text(
+        &body,
+        &[ReportSig { role: "node".into(), key: sig.key, signature: sig.signature }],
+    );
     let short = &rep.rollout.id[..12];
     let (bytes, ext) = match format {
         Format::Json => (signed.into_bytes(), "json"),
@@ -422,11 +500,26 @@ fn rollout_html(r: &RolloutReport, signed: &str) -> String {
             gate.min_soak_ms / 1000,
             gate.min_reports
         );
-        let _ = write!(o, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&ring.0), esc(&words), ring.1, ring.2, ring.3, ring.4);
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&ring.0),
+            esc(&words),
+            ring.1,
+            ring.2,
+            ring.3,
+            ring.4
+        );
     }
     o.push_str("</table><h2>Admin commands</h2><ul>");
     for (a, who, at) in &s.commands {
-        let _ = write!(o, "<li>{} by <code>{}</code> at {}</li>", esc(a), esc(&who[..12.min(who.len())]), report::datetime(*at));
+        let _ = write!(
+            o,
+            "<li>{} by <code>{}</code> at {}</li>",
+            esc(a),
+            esc(&who[..12.min(who.len())]),
+            report::datetime(*at)
+        );
     }
     if s.commands.is_empty() {
         o.push_str("<li>none</li>");
@@ -451,9 +544,19 @@ fn rollout_html(r: &RolloutReport, signed: &str) -> String {
             let _ = write!(o, "<pre>{}</pre>", esc(tail));
         }
     }
-    let _ = write!(o, "<h2>Install steps ({})</h2><table><tr><th>At</th><th>Node</th><th>Step</th></tr>", r.steps.len());
+    let _ = write!(
+        o,
+        "<h2>Install steps ({})</h2><table><tr><th>At</th><th>Node</th><th>Step</th></tr>",
+        r.steps.len()
+    );
     for (node, at, step) in &r.steps {
-        let _ = write!(o, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>", report::datetime(*at), esc(&node[..12]), esc(step));
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            report::datetime(*at),
+            esc(&node[..12]),
+            esc(step)
+        );
     }
     o.push_str("</table>");
     if !r.unread.is_empty() {

@@ -176,7 +176,8 @@ pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
     }
     let deadline = match &a.deadline {
         Some(d) => {
-            let ts: jiff::Timestamp = d.parse().with_context(|| format!("--deadline {d:?} is not RFC 3339"))?;
+            let ts: jiff::Timestamp =
+                d.parse().with_context(|| format!("--deadline {d:?} is not RFC 3339"))?;
             Some(Millis(ts.as_millisecond().max(0) as u64))
         }
         None => None,
@@ -190,7 +191,11 @@ pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
             labels: a.target_labels.iter().map(|l| label(l)).collect::<anyhow::Result<_>>()?,
             sites: a.target_sites.iter().map(|s| SiteId::from(s.as_str())).collect(),
             os: a.target_os.clone(),
-            packages: a.target_packages.iter().map(|p| parse_predicate(p)).collect::<Result<_, _>>()?,
+            packages: a
+                .target_packages
+                .iter()
+                .map(|p| parse_predicate(p))
+                .collect::<Result<_, _>>()?,
         },
         rings,
         windows: a.windows.iter().map(|w| parse_window(w)).collect::<Result<_, _>>()?,
@@ -213,12 +218,18 @@ impl CreateArgs {
 }
 
 /// Builds, checks and publishes a rollout.
-pub fn create(a: &CreateArgs, now: Millis) -> anyhow::Result<(RolloutEntry, patchmesh_node::control::SubmittedView)> {
+pub fn create(
+    a: &CreateArgs,
+    now: Millis,
+) -> anyhow::Result<(RolloutEntry, patchmesh_node::control::SubmittedView)> {
     let rollout = build(a, now)?;
     let cat: CatalogView = call(&a.sign.node, Request::Catalog)?;
     let want = format!("patch/{}", rollout.content_id);
     if !cat.entries.iter().any(|e| e.key == want) {
-        bail!("no patch {} in the catalog: add it with `patchmesh patch add` first", rollout.content_id);
+        bail!(
+            "no patch {} in the catalog: add it with `patchmesh patch add` first",
+            rollout.content_id
+        );
     }
     let entry = CatalogEntry::Rollout(rollout.clone());
     let result = publish(&a.sign.node, &a.sign.admin_key, vec![(entry.key(), Some(entry))])?;
@@ -240,7 +251,8 @@ fn find(node: &NodeArgs, id: &str) -> anyhow::Result<RolloutView> {
 fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Result<()> {
     let r = find(&c.sign.node, &c.id)?;
     let rollout = RolloutId::from_hex(&r.id).context("rollout id")?;
-    let admin = patchmesh_node::files::read_key(&c.sign.admin_key).context("reading the admin key")?;
+    let admin =
+        patchmesh_node::files::read_key(&c.sign.admin_key).context("reading the admin key")?;
     let cmd = AdminCommand { rollout, action, issued_at: now, admin: KeyId(admin.public().0) };
     let entry = CatalogEntry::Command(cmd);
     let result = publish(&c.sign.node, &c.sign.admin_key, vec![(entry.key(), Some(entry))])?;
@@ -293,7 +305,11 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
             }
             for (i, o) in overrides.into_iter().enumerate() {
                 // Distinct issue times keep each resume a distinct signed command.
-                command(&c, CommandAction::Resume { overrides: Some(o) }, Millis(now.0 + i as u64))?;
+                command(
+                    &c,
+                    CommandAction::Resume { overrides: Some(o) },
+                    Millis(now.0 + i as u64),
+                )?;
             }
             Ok(())
         }

@@ -87,14 +87,20 @@ impl AuditLog {
                 crate::files::write_synced(&aside, rest)?;
                 tracing::error!(bytes = cut, path = %aside.display(), "audit log: lines that do not chain were moved aside");
             } else {
-                tracing::warn!(bytes = cut, "audit log: a torn last line was cut (crash while writing)");
+                tracing::warn!(
+                    bytes = cut,
+                    "audit log: a torn last line was cut (crash while writing)"
+                );
             }
             let f = OpenOptions::new().write(true).open(&path)?;
             f.set_len(good as u64)?;
             f.sync_all()?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok((AuditLog { dir: dir.to_path_buf(), file, bytes: good as u64, writer, rotate_bytes }, cut))
+        Ok((
+            AuditLog { dir: dir.to_path_buf(), file, bytes: good as u64, writer, rotate_bytes },
+            cut,
+        ))
     }
 
     /// Appends an event; signs a checkpoint when one is due, and rotates when the file is full.
@@ -159,7 +165,9 @@ impl AuditLog {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("log-") && n.ends_with(".log"))
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("log-") && n.ends_with(".log"))
             })
             .collect();
         v.sort();
@@ -180,13 +188,20 @@ impl AuditLog {
     /// the lines from the last checkpoint at or before `since_ms` (from the start of the oldest
     /// file kept when `None`). When that is more than `max_bytes`, the export starts at a later
     /// checkpoint so that it fits, and the header's `from_seq` says where.
-    pub fn export(&mut self, id: &Identity, since_ms: Option<u64>, max_bytes: usize, now_ms: u64) -> io::Result<String> {
+    pub fn export(
+        &mut self,
+        id: &Identity,
+        since_ms: Option<u64>,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> io::Result<String> {
         self.checkpoint(now_ms)?;
         let mut text = String::new();
         for p in self.rotated()?.into_iter().chain([current(&self.dir)]) {
             let bytes = std::fs::read(&p)?;
-            let t = String::from_utf8(bytes)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} is not UTF-8", p.display())))?;
+            let t = String::from_utf8(bytes).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{} is not UTF-8", p.display()))
+            })?;
             text.push_str(&t);
         }
         // Where the export may start: the first line, or any checkpoint line.
@@ -198,7 +213,9 @@ impl AuditLog {
                 continue;
             }
             match audit::parse_line(line.trim_end_matches('\n'), i + 1) {
-                Ok(Line::Checkpoint(cp)) => starts.push((off, cp.checkpoint.seq + 1, cp.checkpoint.at_ms)),
+                Ok(Line::Checkpoint(cp)) => {
+                    starts.push((off, cp.checkpoint.seq + 1, cp.checkpoint.at_ms))
+                }
                 Ok(Line::Entry { entry, .. }) if i == 0 => starts.push((off, entry.seq, 0)),
                 _ => {}
             }
@@ -293,7 +310,11 @@ mod tests {
         let mut chain = audit::Chain::new(None);
         for p in rotated.iter().chain([&current(dir.path())]) {
             let text = std::fs::read_to_string(p).unwrap();
-            assert!(text.starts_with("{\"checkpoint\""), "{} starts with a checkpoint", p.display());
+            assert!(
+                text.starts_with("{\"checkpoint\""),
+                "{} starts with a checkpoint",
+                p.display()
+            );
             for (i, l) in text.lines().enumerate() {
                 chain.feed(&audit::parse_line(l, i + 1).unwrap(), None).unwrap();
             }

@@ -511,7 +511,9 @@ pub enum AuditError {
         reason: String,
     },
     /// Entries are missing at the end.
-    #[error("truncated: entries from {seq} on are missing (the export says it runs through {through})")]
+    #[error(
+        "truncated: entries from {seq} on are missing (the export says it runs through {through})"
+    )]
     Truncated {
         /// The first missing sequence number.
         seq: u64,
@@ -576,17 +578,31 @@ pub fn parse_line(text: &str, n: usize) -> Result<Line<'_>, AuditError> {
     }
     let raw: RawLine<'_> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
     match raw {
-        RawLine { entry: Some(e), hash: Some(hash), checkpoint: None, export: None, signature: None } => {
+        RawLine {
+            entry: Some(e),
+            hash: Some(hash),
+            checkpoint: None,
+            export: None,
+            signature: None,
+        } => {
             let entry: LooseEntry =
                 serde_json::from_str(e.get()).map_err(|e| bad(format!("entry: {e}")))?;
             Ok(Line::Entry { raw: e.get(), entry, hash })
         }
-        RawLine { checkpoint: Some(checkpoint), signature: Some(signature), entry: None, hash: None, export: None } => {
-            Ok(Line::Checkpoint(SignedCheckpoint { checkpoint, signature }))
-        }
-        RawLine { export: Some(export), signature: Some(signature), entry: None, hash: None, checkpoint: None } => {
-            Ok(Line::Header(SignedHeader { export, signature }))
-        }
+        RawLine {
+            checkpoint: Some(checkpoint),
+            signature: Some(signature),
+            entry: None,
+            hash: None,
+            export: None,
+        } => Ok(Line::Checkpoint(SignedCheckpoint { checkpoint, signature })),
+        RawLine {
+            export: Some(export),
+            signature: Some(signature),
+            entry: None,
+            hash: None,
+            checkpoint: None,
+        } => Ok(Line::Header(SignedHeader { export, signature })),
         _ => Err(bad("neither an entry, a checkpoint nor an export header".into())),
     }
 }
@@ -629,7 +645,11 @@ impl Chain {
 
     /// Feeds one parsed line. Checkpoint signatures are checked with `check` when given (the
     /// writer re-reading its own log passes none).
-    pub fn feed(&mut self, line: &Line<'_>, check: Option<&dyn SignatureCheck>) -> Result<(), AuditError> {
+    pub fn feed(
+        &mut self,
+        line: &Line<'_>,
+        check: Option<&dyn SignatureCheck>,
+    ) -> Result<(), AuditError> {
         match line {
             Line::Header(_) => Err(AuditError::Malformed {
                 line: 0,
@@ -639,7 +659,10 @@ impl Chain {
                 let c = &cp.checkpoint;
                 if let Some(node) = self.node {
                     if c.node != node {
-                        return Err(AuditError::Checkpoint { seq: c.seq, reason: "signed for another node".into() });
+                        return Err(AuditError::Checkpoint {
+                            seq: c.seq,
+                            reason: "signed for another node".into(),
+                        });
                     }
                 }
                 if let Some(check) = check {
@@ -740,7 +763,10 @@ pub fn verify_export(
         return Err(AuditError::Malformed { line: 1, reason: "empty file".into() });
     };
     let Line::Header(header) = parse_line(first.trim_end_matches('\n'), 1)? else {
-        return Err(AuditError::Malformed { line: 1, reason: "the first line is not an export header".into() });
+        return Err(AuditError::Malformed {
+            line: 1,
+            reason: "the first line is not an export header".into(),
+        });
     };
     let h = &header.export;
     let node = KeyId(h.node.0);
@@ -771,7 +797,10 @@ pub fn verify_export(
     if start != h.from_seq {
         return Err(AuditError::Broken {
             seq: start.min(h.from_seq),
-            reason: format!("the export says it starts at {}, its first entry is {start}", h.from_seq),
+            reason: format!(
+                "the export says it starts at {}, its first entry is {start}",
+                h.from_seq
+            ),
         });
     }
     if chain.seq < h.through_seq {
@@ -800,7 +829,11 @@ pub fn verify_export(
 }
 
 /// The header's node is admitted to the genesis' mesh, through the admin sets it carries.
-fn admitted(h: &ExportHeader, genesis: &Envelope, check: &dyn SignatureCheck) -> Result<(), AuditError> {
+fn admitted(
+    h: &ExportHeader,
+    genesis: &Envelope,
+    check: &dyn SignatureCheck,
+) -> Result<(), AuditError> {
     let not = |e: String| AuditError::NotAdmitted(e);
     let mut trust = Trust::new(genesis.clone(), check).map_err(|e| not(format!("genesis: {e}")))?;
     if trust.mesh().0 != h.mesh.0 {
@@ -815,10 +848,12 @@ fn admitted(h: &ExportHeader, genesis: &Envelope, check: &dyn SignatureCheck) ->
             .map_err(|e| not(e.to_string()))
     };
     for set in &h.admin_sets {
-        trust.apply_admin_set(&envelope(set)?, check).map_err(|e| not(format!("admin set: {e}")))?;
+        trust
+            .apply_admin_set(&envelope(set)?, check)
+            .map_err(|e| not(format!("admin set: {e}")))?;
     }
-    let (cert, signer) =
-        trust::verify_admission_signature(&envelope(&h.admission)?, check).map_err(|e| not(e.to_string()))?;
+    let (cert, signer) = trust::verify_admission_signature(&envelope(&h.admission)?, check)
+        .map_err(|e| not(e.to_string()))?;
     if cert.node.0 != h.node.0 || *cert.site.0 != *h.site {
         return Err(not("the admission names another node or site".into()));
     }
@@ -937,7 +972,8 @@ impl Writer {
     pub fn checkpoint(&mut self, at_ms: u64) -> SignedCheckpoint {
         // Never earlier than the last one, whatever the wall clock did.
         let at_ms = at_ms.max(self.last_checkpoint.as_ref().map_or(0, |c| c.checkpoint.at_ms));
-        let cp = Checkpoint { node: self.node, seq: self.seq, head: self.head, at_ms }.sign(&self.key);
+        let cp =
+            Checkpoint { node: self.node, seq: self.seq, head: self.head, at_ms }.sign(&self.key);
         self.since_checkpoint = 0;
         self.last_checkpoint = Some(cp.clone());
         cp

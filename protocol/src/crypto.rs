@@ -155,7 +155,10 @@ impl SecretKey {
     /// `id.timestamp.body`, which cannot be mistaken for a domain-tagged mesh message: those
     /// start with `patchmesh/`). Never used for mesh objects.
     pub fn sign_external(&self, message: &[u8]) -> [u8; 64] {
-        assert!(!message.starts_with(b"patchmesh/"), "external messages cannot look like mesh messages");
+        assert!(
+            !message.starts_with(b"patchmesh/"),
+            "external messages cannot look like mesh messages"
+        );
         self.0.sign(message).to_bytes()
     }
 

@@ -103,7 +103,10 @@ impl IntegrationPolicy {
         }
         let mut names = std::collections::BTreeSet::new();
         for s in &self.sinks {
-            if s.name.is_empty() || s.name.len() > 64 || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if s.name.is_empty()
+                || s.name.len() > 64
+                || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(format!("sink name {:?}: 1-64 letters, digits, - or _", s.name));
             }
             if !names.insert(&s.name) {
@@ -116,11 +119,16 @@ impl IntegrationPolicy {
                 SinkKind::Webhook | SinkKind::Servicenow | SinkKind::Pagerduty => {
                     s.target.starts_with("https://") || s.target.starts_with("http://")
                 }
-                SinkKind::Syslog => s.target.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+                SinkKind::Syslog => {
+                    s.target.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                }
                 SinkKind::Jsonl => s.target.starts_with('/'),
             };
             if !ok {
-                return Err(format!("sink {:?}: target {:?} does not suit a {:?} sink", s.name, s.target, s.kind));
+                return Err(format!(
+                    "sink {:?}: target {:?} does not suit a {:?} sink",
+                    s.name, s.target, s.kind
+                ));
             }
             if s.events.len() > 32 {
                 return Err(format!("sink {:?}: too many event kinds", s.name));
@@ -163,11 +171,16 @@ pub fn event_id(kind: EventKind, subject: &[&str]) -> String {
 
 /// Rendezvous hashing: the candidate that scores highest for this event. Every node holding
 /// the same candidate list elects the same one; when it leaves the list, the next takes over.
-pub fn elect<'a>(event_id: &str, candidates: impl IntoIterator<Item = &'a NodeId>) -> Option<&'a NodeId> {
+pub fn elect<'a>(
+    event_id: &str,
+    candidates: impl IntoIterator<Item = &'a NodeId>,
+) -> Option<&'a NodeId> {
     candidates.into_iter().max_by_key(|n| crate::crypto::hash_parts(&[event_id.as_bytes(), &n.0]))
 }
 
 /// Rendezvous over sites, for fleet-wide events: one site sends.
 pub fn elect_site<'a>(event_id: &str, sites: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    sites.into_iter().max_by_key(|s| crate::crypto::hash_parts(&[event_id.as_bytes(), s.as_bytes()]))
+    sites
+        .into_iter()
+        .max_by_key(|s| crate::crypto::hash_parts(&[event_id.as_bytes(), s.as_bytes()]))
 }

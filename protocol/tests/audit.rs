@@ -88,7 +88,8 @@ fn a_rehashed_edit_breaks_the_link_after_it() {
     let raw = lines[i].strip_prefix("{\"entry\":").unwrap().rsplit_once(",\"hash\":").unwrap().0;
     let edited = raw.replace("\"ok\":true", "\"ok\":false");
     assert_ne!(edited, raw);
-    lines[i] = format!("{{\"entry\":{edited},\"hash\":\"{}\"}}", audit::entry_hash(edited.as_bytes()));
+    lines[i] =
+        format!("{{\"entry\":{edited},\"hash\":\"{}\"}}", audit::entry_hash(edited.as_bytes()));
     let err = verify(&keys, &(lines.join("\n") + "\n")).unwrap_err();
     assert_eq!(err.seq(), Some(101), "{err}");
 }
@@ -122,7 +123,10 @@ fn a_truncated_tail_is_named() {
     // Cut after entry 400: the header promises 600.
     let lines: Vec<&str> = text.lines().collect();
     let cut = lines[..=line_of(&text, 400)].join("\n") + "\n";
-    assert_eq!(verify(&keys, &cut).unwrap_err(), AuditError::Truncated { seq: 401, through: ENTRIES });
+    assert_eq!(
+        verify(&keys, &cut).unwrap_err(),
+        AuditError::Truncated { seq: 401, through: ENTRIES }
+    );
     // A torn last line.
     let torn = &text[..text.len() - 10];
     assert!(matches!(verify(&keys, torn).unwrap_err(), AuditError::Truncated { .. }));
@@ -136,7 +140,10 @@ fn a_forged_checkpoint_is_refused() {
     let keys = Keys::new();
     let text = export(&keys);
     // A checkpoint whose signature was changed.
-    let i = text.lines().position(|l| l.starts_with("{\"checkpoint\"") && l.contains("\"seq\":257,")).unwrap();
+    let i = text
+        .lines()
+        .position(|l| l.starts_with("{\"checkpoint\"") && l.contains("\"seq\":257,"))
+        .unwrap();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     let sig_at = lines[i].find("\"signature\":\"").unwrap() + "\"signature\":\"".len();
     let flipped = if &lines[i][sig_at..sig_at + 1] == "0" { "1" } else { "0" };
@@ -169,18 +176,17 @@ fn a_rewritten_log_contradicts_a_held_checkpoint() {
     let keys = Keys::new();
     let honest = export(&keys);
     let held_at = 257;
-    let held = audit::Head {
-        seq: held_at,
-        head: audit::hash_at(&honest, held_at).unwrap().0,
-        at: T0,
-    };
+    let held =
+        audit::Head { seq: held_at, head: audit::hash_at(&honest, held_at).unwrap().0, at: T0 };
     let v = verify(&keys, &honest).unwrap();
     audit::check_against(&honest, &v, &held).unwrap();
     let node = key(40);
     let mut w = Writer::new(node.clone());
     let mut body = String::new();
     for i in 0..300u64 {
-        body.push_str(&w.append(Event::NodeStopping { reason: format!("rewritten {i}") }, T0.0 + i));
+        body.push_str(
+            &w.append(Event::NodeStopping { reason: format!("rewritten {i}") }, T0.0 + i),
+        );
     }
     body.push_str(&w.checkpoint(T0.0 + 1000).line());
     let header = ExportHeader {
@@ -200,7 +206,10 @@ fn a_rewritten_log_contradicts_a_held_checkpoint() {
     assert_eq!(err.seq(), Some(held_at), "{err}");
     // And a log cut short of the held checkpoint.
     let short = audit::Head { seq: 500, ..held };
-    assert!(matches!(audit::check_against(&forged, &v, &short), Err(AuditError::Truncated { seq: 301, .. })));
+    assert!(matches!(
+        audit::check_against(&forged, &v, &short),
+        Err(AuditError::Truncated { seq: 301, .. })
+    ));
 }
 
 #[test]
@@ -212,6 +221,9 @@ fn oversized_and_garbage_lines_get_typed_errors() {
     let err = verify(&keys, &(lines.join("\n") + "\n")).unwrap_err();
     assert!(matches!(err, AuditError::Malformed { line: 6, .. }), "{err}");
     lines[5] = "{\"entry\":[1,2,3],\"hash\":\"00\"}".into();
-    assert!(matches!(verify(&keys, &(lines.join("\n") + "\n")).unwrap_err(), AuditError::Malformed { line: 6, .. }));
+    assert!(matches!(
+        verify(&keys, &(lines.join("\n") + "\n")).unwrap_err(),
+        AuditError::Malformed { line: 6, .. }
+    ));
     assert!(matches!(verify(&keys, "").unwrap_err(), AuditError::Malformed { line: 1, .. }));
 }

@@ -51,11 +51,21 @@ pub fn binary() -> PathBuf {
 /// Makes sure the system tools the tests use are installed (`scripts/test-deps.sh` installs
 /// them when missing), so a fresh machine needs nothing but `cargo test --workspace`.
 pub fn ensure_tools(tools: &[&str]) {
-    let missing = |t: &&str| !Command::new("sh").args(["-c", &format!("command -v {t}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    let missing = |t: &&str| {
+        !Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if tools.iter().any(missing) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-deps.sh");
         let ok = Command::new("bash").arg(&script).status().is_ok_and(|s| s.success());
-        assert!(ok && !tools.iter().any(missing), "{} could not install {tools:?}", script.display());
+        assert!(
+            ok && !tools.iter().any(missing),
+            "{} could not install {tools:?}",
+            script.display()
+        );
     }
 }
 

@@ -8,7 +8,13 @@ use std::time::Duration;
 
 fn verify(m: &Mesh, file: &std::path::Path) -> std::process::Output {
     let genesis = m.mesh_dir().join("genesis.pm");
-    cli(&["audit", "verify", &file.display().to_string(), "--genesis", &genesis.display().to_string()])
+    cli(&[
+        "audit",
+        "verify",
+        &file.display().to_string(),
+        "--genesis",
+        &genesis.display().to_string(),
+    ])
 }
 
 fn export_of(m: &Mesh, at: usize, node: Option<&str>) -> Result<AuditExportView, String> {
@@ -25,9 +31,18 @@ fn export_of(m: &Mesh, at: usize, node: Option<&str>) -> Result<AuditExportView,
     }
     let text = std::fs::read_to_string(&out_file).unwrap();
     let genesis = patchmesh_node::files::read_envelope(&m.mesh_dir().join("genesis.pm")).unwrap();
-    let verified = patchmesh_protocol::audit::verify_export(&text, &genesis, &patchmesh_protocol::crypto::Ed25519)
-        .map_err(|e| e.to_string())?;
-    Ok(AuditExportView { node: node.unwrap_or("self").into(), verified, record_checkpoint: None, text })
+    let verified = patchmesh_protocol::audit::verify_export(
+        &text,
+        &genesis,
+        &patchmesh_protocol::crypto::Ed25519,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(AuditExportView {
+        node: node.unwrap_or("self").into(),
+        verified,
+        record_checkpoint: None,
+        text,
+    })
 }
 
 #[test]
@@ -44,13 +59,23 @@ fn a_peers_log_over_the_mesh_verifies_and_tampering_is_named() {
     let key1 = m.nodes[1].key.clone();
     let file = m.root.0.join("node1.log");
     let fetched = wait_for(Duration::from_secs(30), || {
-        let o = m.cli_at(0, &["audit", "export", "--node-id", &key1, "--out", &file.display().to_string()]);
+        let o = m.cli_at(
+            0,
+            &["audit", "export", "--node-id", &key1, "--out", &file.display().to_string()],
+        );
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         (o.status.success() && err.contains("agrees with the checkpoint")).then_some(err)
     });
-    assert!(fetched.is_some(), "node 0 fetched node 1's log and checked it against its record:\n{}", m.log(0));
+    assert!(
+        fetched.is_some(),
+        "node 0 fetched node 1's log and checked it against its record:\n{}",
+        m.log(0)
+    );
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.lines().filter(|l| l.contains("\"type\":\"admin_object_applied\"")).count() >= 3, "{text}");
+    assert!(
+        text.lines().filter(|l| l.contains("\"type\":\"admin_object_applied\"")).count() >= 3,
+        "{text}"
+    );
     assert!(text.contains("\"type\":\"node_started\""));
 
     let ok = verify(&m, &file);
@@ -95,14 +120,17 @@ fn kill_9_while_writing_never_breaks_the_chain() {
         // Restart without the flood: the log reopens, cuts a torn tail, and verifies whole.
         m.node_env.remove(&0);
         m.start(0);
-        let export = export_of(&m, 0, None).unwrap_or_else(|e| panic!("round {round}: {e}\n{}", m.log(0)));
+        let export =
+            export_of(&m, 0, None).unwrap_or_else(|e| panic!("round {round}: {e}\n{}", m.log(0)));
         assert_eq!(export.verified.from_seq, 1, "nothing was lost from the start");
         assert!(export.verified.through_seq > last_seq, "round {round}: the log grew");
         last_seq = export.verified.through_seq;
         torn_seen += export
             .text
             .lines()
-            .filter(|l| l.contains("\"type\":\"node_started\"") && !l.contains("\"torn_tail_bytes\":0"))
+            .filter(|l| {
+                l.contains("\"type\":\"node_started\"") && !l.contains("\"torn_tail_bytes\":0")
+            })
             .count();
         m.stop(0);
         m.node_env.insert(0, vec![("PATCHMESH_TEST_AUDIT_FLOOD".into(), "1".into())]);

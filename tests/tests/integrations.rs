@@ -54,7 +54,11 @@ fn receiver(keys: Vec<String>, recover: Instant) -> (String, Arc<Mutex<Seen>>) {
                 let mut s = seen.lock().unwrap();
                 if ok {
                     let id = h.get("webhook-id").cloned().unwrap_or_default();
-                    let msg = format!("{id}.{}.{}", h.get("webhook-timestamp").cloned().unwrap_or_default(), String::from_utf8_lossy(&body));
+                    let msg = format!(
+                        "{id}.{}.{}",
+                        h.get("webhook-timestamp").cloned().unwrap_or_default(),
+                        String::from_utf8_lossy(&body)
+                    );
                     let sig = h
                         .get("webhook-signature")
                         .and_then(|v| v.strip_prefix("v1a,"))
@@ -64,7 +68,11 @@ fn receiver(keys: Vec<String>, recover: Instant) -> (String, Arc<Mutex<Seen>>) {
                         keys.iter().find(|k| {
                             let mut key = [0u8; 32];
                             hex::decode_to_slice(k.as_str(), &mut key).is_ok()
-                                && patchmesh_protocol::crypto::verify_external(&patchmesh_protocol::ids::KeyId(key), msg.as_bytes(), &sig)
+                                && patchmesh_protocol::crypto::verify_external(
+                                    &patchmesh_protocol::ids::KeyId(key),
+                                    msg.as_bytes(),
+                                    &sig,
+                                )
                         })
                     });
                     match signer {
@@ -78,7 +86,10 @@ fn receiver(keys: Vec<String>, recover: Instant) -> (String, Arc<Mutex<Seen>>) {
                 drop(s);
                 let status = if ok { "200 OK" } else { "503 Service Unavailable" };
                 let mut conn = conn;
-                let _ = conn.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+                let _ = conn.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
             });
         }
     });
@@ -96,25 +107,33 @@ fn the_elected_emitter_killed_mid_burst_another_delivers_every_event() {
     m.start_all();
     let keys: Vec<String> = m.nodes.iter().map(|n| n.key.clone()).collect();
     // `scripts/bench-integrations.sh` runs this with the receiver down for 30 s.
-    let down_s: u64 = std::env::var("PATCHMESH_RECEIVER_DOWN_S").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let down_s: u64 =
+        std::env::var("PATCHMESH_RECEIVER_DOWN_S").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let started = Instant::now();
     let (url, seen) = receiver(keys.clone(), started + Duration::from_secs(down_s));
     let policy = m.root.0.join("policy.toml");
     std::fs::write(&policy, format!("silent_after_ms = 0\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\ntarget = \"{url}\"\n")).unwrap();
-    let out = m.cli_at(0, &["integrations", "set", &policy.display().to_string(), "--admin-key", &m.admin_key()]);
+    let out = m.cli_at(
+        0,
+        &["integrations", "set", &policy.display().to_string(), "--admin-key", &m.admin_key()],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Deliveries start after the receiver recovers; kill whoever sends once 200 arrived.
     let emitter = wait_for(Duration::from_secs(60 + down_s), || {
         let s = seen.lock().unwrap();
-        (s.by_id.len() >= 200).then(|| s.by_signer.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k.clone())).flatten()
+        (s.by_id.len() >= 200)
+            .then(|| s.by_signer.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k.clone()))
+            .flatten()
     })
     .unwrap_or_else(|| panic!("no deliveries after recovery:\n{}", m.log(0)));
     let before = seen.lock().unwrap().by_id.len();
     let killed_at = Instant::now();
     let dead = keys.iter().position(|k| *k == emitter).unwrap();
     m.kill(dead);
-    let done = wait_for(Duration::from_secs(120), || (seen.lock().unwrap().by_id.len() >= EVENTS).then_some(()));
+    let done = wait_for(Duration::from_secs(120), || {
+        (seen.lock().unwrap().by_id.len() >= EVENTS).then_some(())
+    });
     let all_in = killed_at.elapsed();
     let s = seen.lock().unwrap();
     let duplicates: u32 = s.by_id.values().map(|n| n - 1).sum();
@@ -133,7 +152,12 @@ fn the_elected_emitter_killed_mid_burst_another_delivers_every_event() {
         s.by_id.len(),
         s.by_signer.values().collect::<Vec<_>>()
     );
-    assert!(done.is_some(), "{} of {EVENTS} events arrived after the emitter died:\n{}", s.by_id.len(), m.log((dead + 1) % 3));
+    assert!(
+        done.is_some(),
+        "{} of {EVENTS} events arrived after the emitter died:\n{}",
+        s.by_id.len(),
+        m.log((dead + 1) % 3)
+    );
     assert_eq!(s.by_id.len(), EVENTS, "every event id arrived");
     assert_eq!(s.unsigned, 0, "every delivery is signed by a node of the mesh");
     assert!(s.refused_503 > 0, "the receiver refused deliveries before it recovered");

@@ -33,8 +33,17 @@ fn add_patch(m: &Mesh, i: usize, body: &[u8], extra: &[&str]) -> String {
     let file = m.root.0.join(format!("payload-{}.bin", blake3::hash(body).to_hex()));
     std::fs::write(&file, body).unwrap();
     let mut args = vec![
-        "patch", "add", file.to_str().unwrap(), "--name", "app", "--version", "test",
-        "--install", "{data_dir}/app/app.bin", "--timeout-ms", "20000",
+        "patch",
+        "add",
+        file.to_str().unwrap(),
+        "--name",
+        "app",
+        "--version",
+        "test",
+        "--install",
+        "{data_dir}/app/app.bin",
+        "--timeout-ms",
+        "20000",
     ];
     args.extend_from_slice(extra);
     let admin = m.admin_key();
@@ -47,7 +56,18 @@ fn add_patch(m: &Mesh, i: usize, body: &[u8], extra: &[&str]) -> String {
 
 fn create(m: &Mesh, i: usize, content: &str, rings: &[&str]) -> String {
     let admin = m.admin_key();
-    let mut args = vec!["rollout", "create", "--patch", content, "--soak-s", "1", "--recheck-s", "1", "--min-success", "1.0"];
+    let mut args = vec![
+        "rollout",
+        "create",
+        "--patch",
+        content,
+        "--soak-s",
+        "1",
+        "--recheck-s",
+        "1",
+        "--min-success",
+        "1.0",
+    ];
     for r in rings {
         args.extend(["--ring", r]);
     }
@@ -69,7 +89,18 @@ fn the_demo_remediates_a_finding_with_a_good_patch_and_halts_a_bad_one_with_no_b
     let dir = TempDir::new("demo-report");
     let report_dir = dir.0.join("report");
     let out = Command::new(binary())
-        .args(["demo", "--nodes", "6", "--sites", "2", "--payload-bytes", "262144", "--soak-s", "1", "--json"])
+        .args([
+            "demo",
+            "--nodes",
+            "6",
+            "--sites",
+            "2",
+            "--payload-bytes",
+            "262144",
+            "--soak-s",
+            "1",
+            "--json",
+        ])
         .args(["--report-dir", &report_dir.display().to_string()])
         .output()
         .unwrap();
@@ -101,19 +132,32 @@ fn the_demo_remediates_a_finding_with_a_good_patch_and_halts_a_bad_one_with_no_b
     assert_eq!(w.halt_deliveries, 1, "{w:?}");
     assert_eq!(w.unsigned, 0, "{w:?}");
     let failed: u64 = v.bad.rings.iter().map(|r| r.failed).sum();
-    assert_eq!(w.distinct_events.get("patchmesh.install_failed").copied().unwrap_or(0) as u64, failed, "{w:?}");
+    assert_eq!(
+        w.distinct_events.get("patchmesh.install_failed").copied().unwrap_or(0) as u64,
+        failed,
+        "{w:?}"
+    );
 }
 
 /// The demo's signed reports: each verifies, a changed byte is refused, the PDF opens and says
 /// the summary figures, the HTML loads nothing from elsewhere, and the remediated finding is
 /// closed within SLA while the bad rollout shows its halt and rollbacks.
 fn demo_reports(v: &DemoReport, dir: &TempDir) {
-    let path = |ext: &str| v.report_paths.iter().find(|p| p.ends_with(ext)).unwrap_or_else(|| panic!("no {ext} in {v:?}")).clone();
+    let path = |ext: &str| {
+        v.report_paths
+            .iter()
+            .find(|p| p.ends_with(ext))
+            .unwrap_or_else(|| panic!("no {ext} in {v:?}"))
+            .clone()
+    };
     let verify = |p: &str| cli(&["report", "verify", p]);
     for p in &v.report_paths {
         if p.ends_with(".csv") {
             let out = verify(p);
-            assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("carries no signature"));
+            assert!(
+                !out.status.success()
+                    && String::from_utf8_lossy(&out.stderr).contains("carries no signature")
+            );
             continue;
         }
         let out = verify(p);
@@ -124,7 +168,12 @@ fn demo_reports(v: &DemoReport, dir: &TempDir) {
     let text = std::fs::read_to_string(path(".json")).unwrap();
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
     let r = &file["report"];
-    let roles: Vec<&str> = file["signatures"].as_array().unwrap().iter().map(|s| s["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = file["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
     assert_eq!(roles, ["node", "admin"]);
     let fixed: Vec<&serde_json::Value> =
         r["findings"].as_array().unwrap().iter().filter(|f| f["cve"] == "CVE-2026-41234").collect();
@@ -138,7 +187,12 @@ fn demo_reports(v: &DemoReport, dir: &TempDir) {
     }
     assert_eq!(r["summary"]["assets_admitted"], 6);
     assert_eq!(r["summary"]["assets_listed"], 3);
-    let bad = r["rollouts"].as_array().unwrap().iter().find(|x| x["id"] == v.bad.rollout.as_str()).unwrap();
+    let bad = r["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == v.bad.rollout.as_str())
+        .unwrap();
     assert!(bad["state"].as_str().unwrap().starts_with("halted at ring 0"), "{bad}");
     let canaries_rolled_back: u64 = v.bad.rings.iter().map(|g| g.rolled_back).sum();
     assert_eq!(bad["rolled_back"].as_u64().unwrap(), canaries_rolled_back, "{bad}");
@@ -150,7 +204,11 @@ fn demo_reports(v: &DemoReport, dir: &TempDir) {
     std::fs::write(&tampered, format!("{}false{}", &text[..at], &text[at + 4..])).unwrap();
     let out = verify(&tampered.display().to_string());
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The PDF opens and holds the summary figures.
     let pdf = path(".pdf");
@@ -162,7 +220,10 @@ fn demo_reports(v: &DemoReport, dir: &TempDir) {
     let s = &r["summary"];
     assert!(txt.contains(&format!("Open findings: {}", s["open"])), "{txt}");
     assert!(txt.contains(&format!("Remediated in period: {}", s["closed_in_period"])), "{txt}");
-    assert!(txt.contains("CVE-2026-41234") && txt.contains("PCI DSS v4.0.1") && txt.contains("6.3.3"), "{txt}");
+    assert!(
+        txt.contains("CVE-2026-41234") && txt.contains("PCI DSS v4.0.1") && txt.contains("6.3.3"),
+        "{txt}"
+    );
 
     // The HTML is one file: nothing loaded from elsewhere, no script that runs.
     let html = std::fs::read_to_string(path(".html")).unwrap();
@@ -186,28 +247,50 @@ fn crash_at(step: &str, bad: bool) {
     // The node may die while it answers (its own submit drives it straight into the step),
     // so the rollout's id is read back after the restart.
     let admin = m.admin_key();
-    let _ = m.cli_at(0, &[
-        "rollout", "create", "--patch", &content, "--ring", "all:100", "--soak-s", "1",
-        "--recheck-s", "1", "--admin-key", &admin,
-    ]);
+    let _ = m.cli_at(
+        0,
+        &[
+            "rollout",
+            "create",
+            "--patch",
+            &content,
+            "--ring",
+            "all:100",
+            "--soak-s",
+            "1",
+            "--recheck-s",
+            "1",
+            "--admin-key",
+            &admin,
+        ],
+    );
     let child = m.nodes[0].child.as_mut().unwrap();
     let exited = wait_for(WAIT, || child.try_wait().ok().flatten());
     assert!(exited.is_some(), "node never reached {step}:\n{}", m.log(0));
     m.nodes[0].child = None;
-    assert!(m.log(0).contains("PATCHMESH_TEST_CRASH_AT: killing this node"), "died otherwise:\n{}", m.log(0));
+    assert!(
+        m.log(0).contains("PATCHMESH_TEST_CRASH_AT: killing this node"),
+        "died otherwise:\n{}",
+        m.log(0)
+    );
     m.node_env.clear();
     m.start(0);
     let status = rollouts(&m, 0).expect("the node answers");
     let id = status.rollouts.first().expect("the rollout survived the crash").id.clone();
     let want_terminal = if bad { "rolled_back" } else { "committed" };
     let end = wait_for(WAIT, || {
-        local_step(&m, 0, &id).filter(|s| matches!(s.as_str(), "committed" | "rolled_back" | "failed"))
+        local_step(&m, 0, &id)
+            .filter(|s| matches!(s.as_str(), "committed" | "rolled_back" | "failed"))
     });
-    let end = end.unwrap_or_else(|| panic!("no terminal step after crash at {step}:\n{}", m.log(0)));
+    let end =
+        end.unwrap_or_else(|| panic!("no terminal step after crash at {step}:\n{}", m.log(0)));
     assert_eq!(end, want_terminal, "crash at {step}");
     let on_disk = std::fs::read(target(&m, 0)).unwrap();
     let expected: &[u8] = if end == "committed" { &new_body } else { b"old version\n" };
-    assert_eq!(on_disk, expected, "crash at {step}: the target is neither consistently old nor new");
+    assert_eq!(
+        on_disk, expected,
+        "crash at {step}: the target is neither consistently old nor new"
+    );
 }
 
 #[test]
@@ -232,24 +315,44 @@ fn a_hanging_install_times_out_and_rolls_back() {
     let admin = m.admin_key();
     let file = m.root.0.join("cmd.bin");
     std::fs::write(&file, b"command payload").unwrap();
-    let out = m.cli_at(0, &[
-        "patch", "add", file.to_str().unwrap(), "--name", "hang", "--executor", "command",
-        "--install", "sleep 600", "--rollback", "touch {data_dir}/rolled-back", "--timeout-ms", "1000",
-        "--admin-key", &admin, "--json",
-    ]);
+    let out = m.cli_at(
+        0,
+        &[
+            "patch",
+            "add",
+            file.to_str().unwrap(),
+            "--name",
+            "hang",
+            "--executor",
+            "command",
+            "--install",
+            "sleep 600",
+            "--rollback",
+            "touch {data_dir}/rolled-back",
+            "--timeout-ms",
+            "1000",
+            "--admin-key",
+            &admin,
+            "--json",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cmd_content = serde_json::from_slice::<PatchAddOutput>(&out.stdout).unwrap().content_id;
     assert_ne!(cmd_content, content);
     let id = create(&m, 0, &cmd_content, &["all:100"]);
-    let end = wait_for(WAIT, || local_step(&m, 0, &id).filter(|s| s == "rolled_back" || s == "failed"));
+    let end =
+        wait_for(WAIT, || local_step(&m, 0, &id).filter(|s| s == "rolled_back" || s == "failed"));
     assert_eq!(end.as_deref(), Some("rolled_back"), "{}", m.log(0));
     let view = rollout_view(&m, 0, &id).unwrap();
     assert!(view.local.as_ref().is_some_and(|l| l.failed), "{view:?}");
     assert!(marker.exists(), "the rollback command ran");
     let audit =
-        std::fs::read_to_string(m.nodes[0].dir.join("data").join("audit").join("current.log")).unwrap();
+        std::fs::read_to_string(m.nodes[0].dir.join("data").join("audit").join("current.log"))
+            .unwrap();
     assert!(
-        audit.lines().any(|l| l.contains("\"type\":\"step_result\"") && l.contains("\"timed_out\":true")),
+        audit
+            .lines()
+            .any(|l| l.contains("\"type\":\"step_result\"") && l.contains("\"timed_out\":true")),
         "audit log records the timeout:\n{audit}"
     );
     // The halt follows from its own failure report (max failures 0).
@@ -258,7 +361,10 @@ fn a_hanging_install_times_out_and_rolls_back() {
 
 fn wait_halted(m: &Mesh, nodes: &[usize], id: &str) -> bool {
     wait_for(WAIT, || {
-        nodes.iter().all(|i| rollout_view(m, *i, id).is_some_and(|v| v.state() == "halted")).then_some(())
+        nodes
+            .iter()
+            .all(|i| rollout_view(m, *i, id).is_some_and(|v| v.state() == "halted"))
+            .then_some(())
     })
     .is_some()
 }
@@ -276,14 +382,35 @@ fn a_node_a_day_ahead_still_halts_and_a_non_admin_cannot_create_rollouts() {
     let content = add_patch(&m, 0, b"bad build\n", &["--verify", "exit 1"]);
     // Someone with a node key but no admin key.
     let outsider = m.root.0.join("outsider.key");
-    let kg = Command::new(binary()).args(["node", "keygen", "--out", outsider.to_str().unwrap(), "--json"]).output().unwrap();
+    let kg = Command::new(binary())
+        .args(["node", "keygen", "--out", outsider.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
     assert!(kg.status.success());
-    let out = m.cli_at(0, &[
-        "rollout", "create", "--patch", &content, "--ring", "all:100",
-        "--admin-key", outsider.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(4), "a non-admin rollout is refused: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(rollouts(&m, 0).expect("the node answers").rollouts.len(), 0, "nothing was published");
+    let out = m.cli_at(
+        0,
+        &[
+            "rollout",
+            "create",
+            "--patch",
+            &content,
+            "--ring",
+            "all:100",
+            "--admin-key",
+            outsider.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a non-admin rollout is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rollouts(&m, 0).expect("the node answers").rollouts.len(),
+        0,
+        "nothing was published"
+    );
 
     let id = create(&m, 0, &content, &["canary:0:ring=canary", "all:100"]);
     assert!(wait_halted(&m, &[0, 1, 2, 3], &id), "not every node halted:\n{}", m.log(3));
@@ -294,7 +421,11 @@ fn a_node_a_day_ahead_still_halts_and_a_non_admin_cannot_create_rollouts() {
         assert!(v.local.is_none(), "node {i} outside the canary ring started an install: {v:?}");
         assert_eq!(std::fs::read(target(&m, i)).unwrap(), b"old\n");
     }
-    assert_eq!(std::fs::read(target(&m, 1)).unwrap(), b"old\n", "the canary is back on the old file");
+    assert_eq!(
+        std::fs::read(target(&m, 1)).unwrap(),
+        b"old\n",
+        "the canary is back on the old file"
+    );
     let _ = Path::new(".");
 }
 
@@ -321,11 +452,27 @@ fn deb(base: &Path, version: &str) -> PathBuf {
 
 fn publish_deb(m: &Mesh, file: &Path, version: &str, verify: &str) -> String {
     let admin = m.admin_key();
-    let out = m.cli_at(0, &[
-        "patch", "add", file.to_str().unwrap(), "--name", "pm-gc", "--version", version,
-        "--executor", "dpkg", "--verify", verify, "--timeout-ms", "60000", "--admin-key", &admin,
-        "--json",
-    ]);
+    let out = m.cli_at(
+        0,
+        &[
+            "patch",
+            "add",
+            file.to_str().unwrap(),
+            "--name",
+            "pm-gc",
+            "--version",
+            version,
+            "--executor",
+            "dpkg",
+            "--verify",
+            verify,
+            "--timeout-ms",
+            "60000",
+            "--admin-key",
+            &admin,
+            "--json",
+        ],
+    );
     assert!(out.status.success(), "patch add: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<PatchAddOutput>(&out.stdout).unwrap().content_id
 }
@@ -341,13 +488,16 @@ fn a_dpkg_rollback_after_gc_reinstalls_the_previous_deb_with_no_peer_to_fetch_fr
     let version_file = root.join("opt/pm-gc/version");
     let v1 = publish_deb(&m, &deb(&m.root.0, "1.0"), "1.0", "true");
     let id = create(&m, 0, &v1, &["all:100"]);
-    let end = wait_for(WAIT, || local_step(&m, 0, &id).filter(|s| s == "committed" || s == "rolled_back"));
+    let end = wait_for(WAIT, || {
+        local_step(&m, 0, &id).filter(|s| s == "committed" || s == "rolled_back")
+    });
     assert_eq!(end.as_deref(), Some("committed"), "{}", m.log(0));
     assert_eq!(std::fs::read_to_string(&version_file).unwrap(), "1.0");
 
     // 2.0 installs but fails verification; before its rollout, collect garbage.
     let v2 = publish_deb(&m, &deb(&m.root.0, "2.0"), "2.0", "exit 1");
-    let gc: GcView = patchmesh_tests::cli_json(&["content", "gc", "--config", &m.nodes[0].config(), "--json"]);
+    let gc: GcView =
+        patchmesh_tests::cli_json(&["content", "gc", "--config", &m.nodes[0].config(), "--json"]);
     assert!(!gc.dry_run);
     assert!(
         gc.removed.iter().all(|r| r.content_id != v1),
@@ -357,7 +507,8 @@ fn a_dpkg_rollback_after_gc_reinstalls_the_previous_deb_with_no_peer_to_fetch_fr
     assert!(held.get(&v1).is_some_and(|c| c.complete), "1.0's .deb is still held: {held:?}");
 
     let id2 = create(&m, 0, &v2, &["all:100"]);
-    let end = wait_for(WAIT, || local_step(&m, 0, &id2).filter(|s| s == "rolled_back" || s == "failed"));
+    let end =
+        wait_for(WAIT, || local_step(&m, 0, &id2).filter(|s| s == "rolled_back" || s == "failed"));
     assert_eq!(end.as_deref(), Some("rolled_back"), "{}", m.log(0));
     assert_eq!(
         std::fs::read_to_string(&version_file).unwrap(),

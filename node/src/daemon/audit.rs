@@ -174,7 +174,11 @@ impl Daemon {
 
     /// Verifies an export (this node's or a peer's) against the mesh, and against the audit
     /// checkpoint in the node's signed record when this node holds it.
-    pub(super) fn checked_export(&self, node: patchmesh_protocol::ids::NodeId, bytes: &[u8]) -> serde_json::Value {
+    pub(super) fn checked_export(
+        &self,
+        node: patchmesh_protocol::ids::NodeId,
+        bytes: &[u8],
+    ) -> serde_json::Value {
         use crate::control;
         use patchmesh_protocol::audit;
         let Ok(text) = std::str::from_utf8(bytes) else {
@@ -184,13 +188,16 @@ impl Daemon {
             return control::refused(format!("node {node} sent no audit export"));
         }
         let genesis = self.node.trust().genesis_envelope();
-        let verified = match audit::verify_export(text, genesis, &patchmesh_protocol::crypto::Ed25519) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(%node, error = %e, "audit export does not verify");
-                return control::refused(format!("the audit export of {node} does not verify: {e}"));
-            }
-        };
+        let verified =
+            match audit::verify_export(text, genesis, &patchmesh_protocol::crypto::Ed25519) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "audit export does not verify");
+                    return control::refused(format!(
+                        "the audit export of {node} does not verify: {e}"
+                    ));
+                }
+            };
         if verified.node.0 != node.0 {
             return control::refused(format!("node {node} sent the audit log of another node"));
         }
@@ -212,7 +219,11 @@ impl Daemon {
     }
 
     /// This node's log exported from `since_ms`, at most `max_bytes`.
-    pub(super) fn audit_export(&self, since_ms: Option<u64>, max_bytes: usize) -> Result<String, String> {
+    pub(super) fn audit_export(
+        &self,
+        since_ms: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<String, String> {
         let id = self.audit_identity();
         let mut log = self.audit.log.lock().unwrap_or_else(|p| p.into_inner());
         log.export(&id, since_ms, max_bytes, crate::clock::now_ms().0)

@@ -13,11 +13,11 @@
 use super::Daemon;
 use crate::control;
 use crate::executor::{DpkgRoot, ExecKind, ExecSpec, Executor, StepReport, Workspace};
+use patchmesh_protocol::audit::Event;
 use patchmesh_protocol::catalog::PatchEntry;
 use patchmesh_protocol::ids::ContentId;
 use patchmesh_protocol::node::{Input, Persist};
 use patchmesh_protocol::rollout::{Action, Effect, EffectResult, RolloutEvent};
-use patchmesh_protocol::audit::Event;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -172,7 +172,10 @@ impl Daemon {
                 Ok(r) => (r.ok, r.detail.clone(), Some(r)),
                 Err(e) => (false, format!("{e}"), None),
             };
-            super::audit::record(&audit_log, step_result(rollout.to_string(), action, ok, &detail, report.as_ref()));
+            super::audit::record(
+                &audit_log,
+                step_result(rollout.to_string(), action, ok, &detail, report.as_ref()),
+            );
             let _ = tx.send(EffectResult { id, ok, detail }).await;
         });
     }
@@ -312,7 +315,10 @@ fn step_result(
         duration_ms: report.map_or(0, |r| r.duration_ms),
         detail: detail.to_string(),
         output_tail: report.map_or(String::new(), |r| {
-            patchmesh_protocol::audit::tail(&r.output, patchmesh_protocol::audit::OUTPUT_TAIL_BYTES_MAX)
+            patchmesh_protocol::audit::tail(
+                &r.output,
+                patchmesh_protocol::audit::OUTPUT_TAIL_BYTES_MAX,
+            )
         }),
     }
 }

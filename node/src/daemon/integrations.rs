@@ -4,7 +4,9 @@
 
 use super::Daemon;
 use crate::integrations::deliver::{self, Outcome};
-use crate::integrations::{backoff_ms, load_credentials, sinks_for, Election, Outbox, GIVE_UP_MS, STANDBY_MS};
+use crate::integrations::{
+    backoff_ms, load_credentials, sinks_for, Election, Outbox, GIVE_UP_MS, STANDBY_MS,
+};
 use patchmesh_protocol::catalog::CatalogEntry;
 use patchmesh_protocol::ids::NodeId;
 use patchmesh_protocol::integrations::{event_id, Event, EventKind, IntegrationPolicy, POLICY_KEY};
@@ -56,7 +58,12 @@ impl IntegrationsState {
 }
 
 /// Starts the delivery task.
-pub(super) fn spawn(shared: Shared, key: patchmesh_protocol::crypto::SecretKey, credentials: Option<PathBuf>, hostname: String) {
+pub(super) fn spawn(
+    shared: Shared,
+    key: patchmesh_protocol::crypto::SecretKey,
+    credentials: Option<PathBuf>,
+    hostname: String,
+) {
     tokio::spawn(async move {
         let mut last_prune = 0u64;
         loop {
@@ -66,7 +73,8 @@ pub(super) fn spawn(shared: Shared, key: patchmesh_protocol::crypto::SecretKey, 
                 shared.outbox.prune_done(now, DONE_KEEP_MS);
                 last_prune = now;
             }
-            let due: Vec<_> = shared.outbox.list("pending").into_iter().filter(|i| i.next_at_ms <= now).collect();
+            let due: Vec<_> =
+                shared.outbox.list("pending").into_iter().filter(|i| i.next_at_ms <= now).collect();
             if due.is_empty() {
                 continue;
             }
@@ -80,7 +88,11 @@ pub(super) fn spawn(shared: Shared, key: patchmesh_protocol::crypto::SecretKey, 
             for mut item in due {
                 let now = crate::clock::now_ms().0;
                 let policy = lock(&shared.policy).clone();
-                let Some(sink) = policy.as_ref().and_then(|p| p.sinks.iter().find(|s| s.name == item.sink)).cloned() else {
+                let Some(sink) = policy
+                    .as_ref()
+                    .and_then(|p| p.sinks.iter().find(|s| s.name == item.sink))
+                    .cloned()
+                else {
                     let _ = shared.outbox.drop_standby(&item); // the policy no longer names it
                     continue;
                 };
@@ -94,11 +106,17 @@ pub(super) fn spawn(shared: Shared, key: patchmesh_protocol::crypto::SecretKey, 
                     }
                     continue;
                 }
-                let (k, cred, event, node, host) =
-                    (key.clone(), creds.get(&sink.name).cloned(), item.event.clone(), hex::encode(key.public().0), hostname.clone());
+                let (k, cred, event, node, host) = (
+                    key.clone(),
+                    creds.get(&sink.name).cloned(),
+                    item.event.clone(),
+                    hex::encode(key.public().0),
+                    hostname.clone(),
+                );
                 let sink2 = sink.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let ctx = deliver::Ctx { key: &k, cred: cred.as_ref(), node: &node, hostname: &host };
+                    let ctx =
+                        deliver::Ctx { key: &k, cred: cred.as_ref(), node: &node, hostname: &host };
                     deliver::deliver(&sink2, &event, &ctx, crate::clock::now_ms().0)
                 })
                 .await
@@ -112,7 +130,9 @@ pub(super) fn spawn(shared: Shared, key: patchmesh_protocol::crypto::SecretKey, 
                     }
                     Outcome::Retry { after_ms, why } => {
                         if now.saturating_sub(item.queued_at_ms) > GIVE_UP_MS {
-                            shared.outbox.dead(item, format!("gave up after {GIVE_UP_MS} ms: {why}"))
+                            shared
+                                .outbox
+                                .dead(item, format!("gave up after {GIVE_UP_MS} ms: {why}"))
                         } else {
                             let wait = after_ms.unwrap_or(0).max(backoff_ms(item.attempts - 1));
                             tracing::warn!(event = %item.event.id, sink = %sink.name, %why, wait_ms = wait, "delivery failed; retrying");
@@ -159,7 +179,8 @@ impl Daemon {
         let Some(policy) = lock(&self.integrations.shared.policy).clone() else { return };
         let me = self.node.id();
         let site = self.cert.site.clone();
-        let facts = Facts { os: String::new(), packages: BTreeMap::new(), tz: jiff::tz::TimeZone::UTC };
+        let facts =
+            Facts { os: String::new(), packages: BTreeMap::new(), tz: jiff::tz::TimeZone::UTC };
         let records = self.node.site().records();
         let labels_of = |n: &NodeId| -> BTreeMap<String, String> {
             if *n == me {
@@ -167,24 +188,38 @@ impl Daemon {
             }
             records
                 .get(n)
-                .and_then(|r| r.bundle.admission().open::<patchmesh_protocol::trust::AdmissionCert>("admission").ok())
+                .and_then(|r| {
+                    r.bundle
+                        .admission()
+                        .open::<patchmesh_protocol::trust::AdmissionCert>("admission")
+                        .ok()
+                })
                 .map(|c| c.labels)
                 .unwrap_or_default()
         };
-        let mut live: Vec<NodeId> = self.node.admitted_peers().filter(|(_, _, s)| **s == site).map(|(_, n, _)| n).collect();
+        let mut live: Vec<NodeId> =
+            self.node.admitted_peers().filter(|(_, _, s)| **s == site).map(|(_, n, _)| n).collect();
         live.push(me);
         live.sort();
         live.dedup();
-        let mut known_sites: Vec<String> = self.node.summaries().all().keys().map(|s| s.to_string()).collect();
+        let mut known_sites: Vec<String> =
+            self.node.summaries().all().keys().map(|s| s.to_string()).collect();
         known_sites.push(site.to_string());
         known_sites.sort();
         known_sites.dedup();
         let mut e = Election { me, site: site.to_string(), ..Default::default() };
         for sink in &policy.sinks {
-            let members: Vec<NodeId> = live.iter().filter(|n| selects(&sink.emitters, &site, &labels_of(n), &facts)).copied().collect();
+            let members: Vec<NodeId> = live
+                .iter()
+                .filter(|n| selects(&sink.emitters, &site, &labels_of(n), &facts))
+                .copied()
+                .collect();
             let sites: Vec<String> = known_sites
                 .iter()
-                .filter(|s| sink.emitters.sites.is_empty() || sink.emitters.sites.iter().any(|x| x.to_string() == **s))
+                .filter(|s| {
+                    sink.emitters.sites.is_empty()
+                        || sink.emitters.sites.iter().any(|x| x.to_string() == **s)
+                })
                 .cloned()
                 .collect();
             e.emitters.insert(sink.name.clone(), members);
@@ -242,14 +277,22 @@ impl Daemon {
     }
 
     /// A rollout halted (every node sees it; one sends it).
-    pub(super) fn emit_halt(&self, rollout: &patchmesh_protocol::ids::RolloutId, ring: u8, failures: u32) {
+    pub(super) fn emit_halt(
+        &self,
+        rollout: &patchmesh_protocol::ids::RolloutId,
+        ring: u8,
+        failures: u32,
+    ) {
         let r = rollout.to_string();
         self.emit(Event {
             id: event_id(EventKind::RolloutHalted, &[&r]),
             kind: EventKind::RolloutHalted,
             node: None,
             site: None,
-            summary: format!("rollout {} halted at ring {ring} after {failures} failure(s)", &r[..12]),
+            summary: format!(
+                "rollout {} halted at ring {ring} after {failures} failure(s)",
+                &r[..12]
+            ),
             severity: "critical".into(),
             at_ms: crate::clock::now_ms().0,
             details: serde_json::json!({"rollout": r, "ring": ring, "failures": failures}),
@@ -282,7 +325,12 @@ impl Daemon {
                 kind,
                 node: Some(node.clone()),
                 site: Some(e.site.to_string()),
-                summary: format!("{what} on node {} (rollout {}): {}", &node[..12], &rollout[..12], e.detail),
+                summary: format!(
+                    "{what} on node {} (rollout {}): {}",
+                    &node[..12],
+                    &rollout[..12],
+                    e.detail
+                ),
                 severity: severity.into(),
                 at_ms: e.at.0,
                 details: serde_json::json!({"rollout": rollout, "detail": e.detail}),
@@ -292,7 +340,10 @@ impl Daemon {
         for held in self.node.site().records().values() {
             let r = held.record();
             let age = now.saturating_sub(r.written_at.0);
-            if r.node != self.node.id() && policy.silent_after_ms > 0 && age > policy.silent_after_ms {
+            if r.node != self.node.id()
+                && policy.silent_after_ms > 0
+                && age > policy.silent_after_ms
+            {
                 let node = r.node.to_string();
                 let since = r.written_at.0.to_string();
                 events.push(Event {
@@ -300,7 +351,12 @@ impl Daemon {
                     kind: EventKind::NodeSilent,
                     node: Some(node.clone()),
                     site: Some(r.site.to_string()),
-                    summary: format!("node {} of site {} silent for {} min", &node[..12], r.site, age / 60_000),
+                    summary: format!(
+                        "node {} of site {} silent for {} min",
+                        &node[..12],
+                        r.site,
+                        age / 60_000
+                    ),
                     severity: "warning".into(),
                     at_ms: now,
                     details: serde_json::json!({"last_record_ms": r.written_at.0}),
@@ -390,7 +446,10 @@ impl Daemon {
 /// fleet-wide events (the same ids on every node) once the policy is known.
 #[cfg(feature = "test-hooks")]
 pub(super) fn test_events(d: &Daemon) -> bool {
-    let Ok(n) = std::env::var("PATCHMESH_TEST_EVENTS").map(|v| v.parse::<u32>().unwrap_or(0)) else { return true };
+    let Ok(n) = std::env::var("PATCHMESH_TEST_EVENTS").map(|v| v.parse::<u32>().unwrap_or(0))
+    else {
+        return true;
+    };
     if lock(&d.integrations.shared.policy).is_none() {
         return false;
     }

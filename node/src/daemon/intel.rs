@@ -28,7 +28,9 @@ const HISTORY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Reads the findings history kept by an earlier run (empty when there is none; a damaged one
 /// is moved aside and the history starts again, with an error in the log).
-pub(super) fn load_history(data_dir: &std::path::Path) -> patchmesh_protocol::intel::history::History {
+pub(super) fn load_history(
+    data_dir: &std::path::Path,
+) -> patchmesh_protocol::intel::history::History {
     let path = data_dir.join(HISTORY_FILE);
     if !path.exists() {
         return Default::default();
@@ -155,11 +157,8 @@ impl Daemon {
             patchmesh_protocol::rollout::target::selects(sel, &site, &labels, &facts)
         };
         apply(&mut state.findings, &exceptions, covers, now);
-        let newly: Vec<(String, ExceptionEntry, KeyId)> = exceptions
-            .iter()
-            .filter(|(k, _, _)| !state.exceptions.contains(k))
-            .cloned()
-            .collect();
+        let newly: Vec<(String, ExceptionEntry, KeyId)> =
+            exceptions.iter().filter(|(k, _, _)| !state.exceptions.contains(k)).cloned().collect();
         state.exceptions = exceptions.iter().map(|(k, _, _)| k.clone()).collect();
         let mut events = Vec::new();
         for (key, e, approver) in newly {
@@ -180,7 +179,8 @@ impl Daemon {
         let versions: std::collections::BTreeMap<&str, &str> =
             installed.iter().map(|i| (i.source.as_str(), i.source_version.as_str())).collect();
         let mut kev = Vec::new();
-        let changes = self.history.update(&state.findings, |s| versions.get(s).map(|v| v.to_string()), now);
+        let changes =
+            self.history.update(&state.findings, |s| versions.get(s).map(|v| v.to_string()), now);
         for c in &changes {
             use patchmesh_protocol::intel::history::Change;
             events.push(match c {

@@ -247,9 +247,12 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let (store, loaded, floor) = open_store(&cfg, &genesis, &key)?;
     let integrations = integrations::IntegrationsState::open(&cfg.data_dir)
         .map_err(io(format!("opening the outbox in {}", cfg.data_dir.display())))?;
-    let (audit_log, torn) =
-        crate::audit::AuditLog::open(&cfg.data_dir.join("audit"), key.clone(), cfg.audit_rotate_bytes)
-            .map_err(io(format!("opening the audit log in {}", cfg.data_dir.display())))?;
+    let (audit_log, torn) = crate::audit::AuditLog::open(
+        &cfg.data_dir.join("audit"),
+        key.clone(),
+        cfg.audit_rotate_bytes,
+    )
+    .map_err(io(format!("opening the audit log in {}", cfg.data_dir.display())))?;
     crate::clock::set_offset_ms(cfg.clock_offset_ms);
     let now = now_ms();
     let (effects_tx, effects_rx) = install::channel();
@@ -436,7 +439,8 @@ impl Daemon {
         }
         tracing::info!("shutting down");
         d.audit(patchmesh_protocol::audit::Event::NodeStopping { reason: "signal".into() });
-        if let Err(e) = d.audit.log.lock().unwrap_or_else(|p| p.into_inner()).checkpoint(now_ms().0) {
+        if let Err(e) = d.audit.log.lock().unwrap_or_else(|p| p.into_inner()).checkpoint(now_ms().0)
+        {
             tracing::error!(error = %e, "audit checkpoint failed");
         }
         d.store.flush().map_err(DaemonError::Store)?;

@@ -38,7 +38,9 @@ impl Daemon {
                     standings: r
                         .rollouts
                         .iter()
-                        .map(|(id, s)| (id.to_string(), s.ring, format!("{:?}", s.status).to_lowercase()))
+                        .map(|(id, s)| {
+                            (id.to_string(), s.ring, format!("{:?}", s.status).to_lowercase())
+                        })
                         .collect(),
                 }
             })

@@ -113,7 +113,12 @@ impl Daemon {
             Request::IntegrationsStatus => control::ok_view(&self.integrations_view()),
             Request::DlqList => control::ok_view(&self.integrations.shared.outbox.list("dlq")),
             Request::DlqReplay { id } => {
-                match self.integrations.shared.outbox.replay(id.as_deref(), crate::clock::now_ms().0) {
+                match self
+                    .integrations
+                    .shared
+                    .outbox
+                    .replay(id.as_deref(), crate::clock::now_ms().0)
+                {
                     Ok(n) => {
                         self.integrations.shared.wake.notify_one();
                         control::ok_view(&serde_json::json!({"replayed": n}))

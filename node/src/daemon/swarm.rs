@@ -95,7 +95,9 @@ impl Daemon {
                                     .ok()
                                     .and_then(|s| s.parse::<u64>().ok());
                                 let max = crate::net::INVENTORY_BYTES_MAX - 64 * 1024;
-                                self.audit_export(since, max).map(String::into_bytes).unwrap_or_default()
+                                self.audit_export(since, max)
+                                    .map(String::into_bytes)
+                                    .unwrap_or_default()
                             }
                             (true, r) if r.starts_with(b"advisories:") => {
                                 let cve = String::from_utf8_lossy(&r[b"advisories:".len()..]);

@@ -63,20 +63,31 @@ pub fn webhook_body(e: &Event) -> String {
 }
 
 fn iso(ms: u64) -> String {
-    jiff::Timestamp::from_millisecond(ms.min(i64::MAX as u64) as i64).map(|t| t.to_string()).unwrap_or_default()
+    jiff::Timestamp::from_millisecond(ms.min(i64::MAX as u64) as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 /// `webhook-signature` for a body: `v1a,<ed25519>` by the node's key, or `v1,<HMAC-SHA256>`
 /// with the `whsec_` secret.
-pub fn webhook_signature(id: &str, ts: u64, body: &str, hmac_secret: Option<&str>, key: &SecretKey) -> Result<String, String> {
+pub fn webhook_signature(
+    id: &str,
+    ts: u64,
+    body: &str,
+    hmac_secret: Option<&str>,
+    key: &SecretKey,
+) -> Result<String, String> {
     let msg = format!("{id}.{ts}.{body}");
     let b64 = base64::engine::general_purpose::STANDARD;
     match hmac_secret {
         Some(secret) => {
             use hmac::{KeyInit, Mac};
             let raw = secret.strip_prefix("whsec_").unwrap_or(secret);
-            let secret = b64.decode(raw).map_err(|_| "the HMAC secret is not whsec_ + base64".to_string())?;
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).map_err(|e| e.to_string())?;
+            let secret = b64
+                .decode(raw)
+                .map_err(|_| "the HMAC secret is not whsec_ + base64".to_string())?;
+            let mut mac =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).map_err(|e| e.to_string())?;
             mac.update(msg.as_bytes());
             Ok(format!("v1,{}", b64.encode(mac.finalize().into_bytes())))
         }
@@ -143,7 +154,10 @@ pub fn syslog_frame(e: &Event, hostname: &str) -> String {
     };
     let pri = 13 * 8 + sev; // facility 13: log audit
     let sd_escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace(']', "\\]");
-    let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let kind = serde_json::to_value(e.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
     let msg = format!(
         "<{pri}>1 {} {} patchmesh - {} [patchmesh@32473 id=\"{}\" node=\"{}\" site=\"{}\"] {}",
         iso(e.at_ms),
@@ -179,7 +193,9 @@ pub fn check_addresses(addrs: &[SocketAddr], allow_private: bool) -> Result<(), 
     }
     for a in addrs {
         let bad = match a.ip() {
-            IpAddr::V4(v) => v.is_link_local() || v.is_unspecified() || v.is_multicast() || v.is_broadcast(),
+            IpAddr::V4(v) => {
+                v.is_link_local() || v.is_unspecified() || v.is_multicast() || v.is_broadcast()
+            }
             IpAddr::V6(v) => {
                 (v.segments()[0] & 0xffc0) == 0xfe80
                     || v.is_unspecified()
@@ -189,7 +205,10 @@ pub fn check_addresses(addrs: &[SocketAddr], allow_private: bool) -> Result<(), 
             }
         };
         if bad {
-            return Err(format!("{} is a link-local, metadata or unroutable address (allow_private is off)", a.ip()));
+            return Err(format!(
+                "{} is a link-local, metadata or unroutable address (allow_private is off)",
+                a.ip()
+            ));
         }
     }
     Ok(())
@@ -224,7 +243,9 @@ fn judge(status: u16, retry_after: Option<u64>, body: &str) -> Outcome {
         200..=299 => Outcome::Delivered,
         300..=399 => Outcome::Dead(format!("HTTP {status}: redirects are not followed")),
         410 => Outcome::Disable(format!("HTTP 410 Gone: {body}")),
-        408 | 425 | 429 | 500..=599 => Outcome::Retry { after_ms: retry_after, why: format!("HTTP {status} {body}") },
+        408 | 425 | 429 | 500..=599 => {
+            Outcome::Retry { after_ms: retry_after, why: format!("HTTP {status} {body}") }
+        }
         _ => Outcome::Dead(format!("HTTP {status} {body}")),
     }
 }
@@ -234,18 +255,30 @@ fn retry_after(r: &ureq::http::Response<ureq::Body>) -> Option<u64> {
     v.trim().parse::<u64>().ok().map(|s| s.min(3600) * 1000)
 }
 
-fn auth(mut req: ureq::RequestBuilder<ureq::typestate::WithBody>, cred: Option<&Credential>) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+fn auth(
+    mut req: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    cred: Option<&Credential>,
+) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
     if let Some(c) = cred {
         if let Some(b) = &c.bearer {
             req = req.header("Authorization", format!("Bearer {b}"));
         } else if let Some(b) = &c.basic {
-            req = req.header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b)));
+            req = req.header(
+                "Authorization",
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b)),
+            );
         }
     }
     req
 }
 
-fn send_json(method: &str, url: &str, body: &str, headers: &[(&str, String)], cred: Option<&Credential>) -> Result<(u16, Option<u64>, String), String> {
+fn send_json(
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, String)],
+    cred: Option<&Credential>,
+) -> Result<(u16, Option<u64>, String), String> {
     let a = agent();
     let mut req = match method {
         "PATCH" => a.patch(url),
@@ -258,7 +291,12 @@ fn send_json(method: &str, url: &str, body: &str, headers: &[(&str, String)], cr
     let mut resp = auth(req, cred).send(body).map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let after = retry_after(&resp);
-    let text = resp.body_mut().with_config().limit(RESPONSE_BYTES_MAX).read_to_string().unwrap_or_default();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(RESPONSE_BYTES_MAX)
+        .read_to_string()
+        .unwrap_or_default();
     Ok((status, after, text))
 }
 
@@ -278,7 +316,15 @@ pub fn deliver(sink: &Sink, e: &Event, ctx: &Ctx<'_>, now_ms: u64) -> Outcome {
             let hmac = if sink.hmac {
                 match ctx.cred.and_then(|c| c.hmac_secret.as_deref()) {
                     Some(s) => Some(s),
-                    None => return Outcome::Retry { after_ms: None, why: format!("no hmac_secret for sink {:?} in this node's credentials file", sink.name) },
+                    None => {
+                        return Outcome::Retry {
+                            after_ms: None,
+                            why: format!(
+                                "no hmac_secret for sink {:?} in this node's credentials file",
+                                sink.name
+                            ),
+                        }
+                    }
                 }
             } else {
                 None
@@ -287,7 +333,11 @@ pub fn deliver(sink: &Sink, e: &Event, ctx: &Ctx<'_>, now_ms: u64) -> Outcome {
                 Ok(s) => s,
                 Err(why) => return Outcome::Dead(why),
             };
-            let headers = [("webhook-id", e.id.clone()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", sig)];
+            let headers = [
+                ("webhook-id", e.id.clone()),
+                ("webhook-timestamp", ts.to_string()),
+                ("webhook-signature", sig),
+            ];
             net(send_json("POST", &sink.target, &body, &headers, ctx.cred))
         }
         SinkKind::Pagerduty => {
@@ -295,9 +345,21 @@ pub fn deliver(sink: &Sink, e: &Event, ctx: &Ctx<'_>, now_ms: u64) -> Outcome {
                 return Outcome::Retry { after_ms: None, why };
             }
             let Some(key) = ctx.cred.and_then(|c| c.routing_key.as_deref()) else {
-                return Outcome::Retry { after_ms: None, why: format!("no routing_key for sink {:?} in this node's credentials file", sink.name) };
+                return Outcome::Retry {
+                    after_ms: None,
+                    why: format!(
+                        "no routing_key for sink {:?} in this node's credentials file",
+                        sink.name
+                    ),
+                };
             };
-            net(send_json("POST", &sink.target, &pagerduty_event(e, key, ctx).to_string(), &[], None))
+            net(send_json(
+                "POST",
+                &sink.target,
+                &pagerduty_event(e, key, ctx).to_string(),
+                &[],
+                None,
+            ))
         }
         SinkKind::Servicenow => {
             if let Err(why) = resolve_url(&sink.target, sink.allow_private) {
@@ -308,7 +370,12 @@ pub fn deliver(sink: &Sink, e: &Event, ctx: &Ctx<'_>, now_ms: u64) -> Outcome {
         SinkKind::Syslog => {
             let addrs: Vec<SocketAddr> = match sink.target.to_socket_addrs() {
                 Ok(a) => a.collect(),
-                Err(e) => return Outcome::Retry { after_ms: None, why: format!("resolving {}: {e}", sink.target) },
+                Err(e) => {
+                    return Outcome::Retry {
+                        after_ms: None,
+                        why: format!("resolving {}: {e}", sink.target),
+                    }
+                }
             };
             if let Err(why) = check_addresses(&addrs, sink.allow_private) {
                 return Outcome::Retry { after_ms: None, why };
@@ -321,7 +388,9 @@ pub fn deliver(sink: &Sink, e: &Event, ctx: &Ctx<'_>, now_ms: u64) -> Outcome {
             });
             match sent {
                 Ok(()) => Outcome::Delivered,
-                Err(err) => Outcome::Retry { after_ms: None, why: format!("syslog {}: {err}", sink.target) },
+                Err(err) => {
+                    Outcome::Retry { after_ms: None, why: format!("syslog {}: {err}", sink.target) }
+                }
             }
         }
         SinkKind::Jsonl => {
@@ -335,7 +404,9 @@ pub fn deliver(sink: &Sink, e: &Event, ctx: &Ctx<'_>, now_ms: u64) -> Outcome {
                 .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_data()));
             match written {
                 Ok(()) => Outcome::Delivered,
-                Err(err) => Outcome::Retry { after_ms: None, why: format!("{}: {err}", sink.target) },
+                Err(err) => {
+                    Outcome::Retry { after_ms: None, why: format!("{}: {err}", sink.target) }
+                }
             }
         }
     }
@@ -351,20 +422,28 @@ fn servicenow(sink: &Sink, e: &Event, ctx: &Ctx<'_>) -> Outcome {
         if let Some(b) = &c.bearer {
             req = req.header("Authorization", format!("Bearer {b}"));
         } else if let Some(b) = &c.basic {
-            req = req.header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b)));
+            req = req.header(
+                "Authorization",
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b)),
+            );
         }
     }
     let found = match req.call() {
         Ok(mut r) => {
             let status = r.status().as_u16();
             let after = retry_after(&r);
-            let text = r.body_mut().with_config().limit(RESPONSE_BYTES_MAX).read_to_string().unwrap_or_default();
+            let text = r
+                .body_mut()
+                .with_config()
+                .limit(RESPONSE_BYTES_MAX)
+                .read_to_string()
+                .unwrap_or_default();
             if !(200..300).contains(&status) {
                 return judge(status, after, &text);
             }
-            serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("result")?.as_array()?.first()?.get("sys_id")?.as_str().map(String::from))
+            serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| {
+                v.get("result")?.as_array()?.first()?.get("sys_id")?.as_str().map(String::from)
+            })
         }
         Err(err) => return Outcome::Retry { after_ms: None, why: err.to_string() },
     };
@@ -372,10 +451,22 @@ fn servicenow(sink: &Sink, e: &Event, ctx: &Ctx<'_>) -> Outcome {
     let r = match found {
         Some(sys_id) if sys_id.bytes().all(|b| b.is_ascii_alphanumeric()) => {
             let update = serde_json::json!({"work_notes": format!("patchmesh saw this again at {}: {}", iso(e.at_ms), e.summary)});
-            send_json("PATCH", &format!("{base}/api/now/table/incident/{sys_id}"), &update.to_string(), &[], ctx.cred)
+            send_json(
+                "PATCH",
+                &format!("{base}/api/now/table/incident/{sys_id}"),
+                &update.to_string(),
+                &[],
+                ctx.cred,
+            )
         }
         Some(_) => return Outcome::Dead("ServiceNow answered with a malformed sys_id".into()),
-        None => send_json("POST", &format!("{base}/api/now/table/incident"), &incident.to_string(), &[], ctx.cred),
+        None => send_json(
+            "POST",
+            &format!("{base}/api/now/table/incident"),
+            &incident.to_string(),
+            &[],
+            ctx.cred,
+        ),
     };
     match r {
         Ok((status, after, body)) => judge(status, after, &body),
@@ -402,7 +493,9 @@ mod tests {
 
     /// A loopback HTTP receiver answering each request with the next scripted response
     /// (status, extra headers, body); `None` hangs without answering.
-    fn receiver(script: Vec<Option<(u16, Vec<(&'static str, String)>, String)>>) -> (String, mpsc::Receiver<Seen>) {
+    fn receiver(
+        script: Vec<Option<(u16, Vec<(&'static str, String)>, String)>>,
+    ) -> (String, mpsc::Receiver<Seen>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let (tx, rx) = mpsc::channel();
@@ -422,13 +515,22 @@ mod tests {
                     let (k, v) = h.split_once(':').unwrap();
                     headers.insert(k.trim().to_lowercase(), v.trim().to_string());
                 }
-                let n: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let n: usize =
+                    headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
                 let mut body = vec![0; n];
                 r.read_exact(&mut body).unwrap();
-                tx.send(Seen { line: line.trim().to_string(), headers, body: String::from_utf8(body).unwrap() }).unwrap();
+                tx.send(Seen {
+                    line: line.trim().to_string(),
+                    headers,
+                    body: String::from_utf8(body).unwrap(),
+                })
+                .unwrap();
                 match answer {
                     Some((status, extra, body)) => {
-                        let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                        let mut out = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                            body.len()
+                        );
                         for (k, v) in extra {
                             out.push_str(&format!("{k}: {v}\r\n"));
                         }
@@ -479,12 +581,16 @@ mod tests {
         let key = SecretKey::from_seed([3; 32]);
         let (url, rx) = receiver(vec![Some((204, vec![], String::new()))]);
         let e = event();
-        assert_eq!(deliver(&sink(SinkKind::Webhook, &url), &e, &ctx(&key, None), 1_800_000_001_000), Outcome::Delivered);
+        assert_eq!(
+            deliver(&sink(SinkKind::Webhook, &url), &e, &ctx(&key, None), 1_800_000_001_000),
+            Outcome::Delivered
+        );
         let seen = rx.recv().unwrap();
         assert_eq!(seen.headers["webhook-id"], e.id);
         assert_eq!(seen.headers["webhook-timestamp"], "1800000001");
         let sig = seen.headers["webhook-signature"].strip_prefix("v1a,").unwrap();
-        let sig: [u8; 64] = base64::engine::general_purpose::STANDARD.decode(sig).unwrap().try_into().unwrap();
+        let sig: [u8; 64] =
+            base64::engine::general_purpose::STANDARD.decode(sig).unwrap().try_into().unwrap();
         let msg = format!("{}.{}.{}", e.id, 1_800_000_001, seen.body);
         assert!(patchmesh_protocol::crypto::verify_external(&key.public(), msg.as_bytes(), &sig));
         let body: serde_json::Value = serde_json::from_str(&seen.body).unwrap();
@@ -496,17 +602,30 @@ mod tests {
     fn an_hmac_webhook_signs_with_the_secret() {
         use hmac::{KeyInit, Mac};
         let key = SecretKey::from_seed([3; 32]);
-        let secret = base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef0123456789abcdef");
-        let cred = Credential { hmac_secret: Some(format!("whsec_{secret}")), bearer: Some("tok".into()), ..Default::default() };
+        let secret =
+            base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef0123456789abcdef");
+        let cred = Credential {
+            hmac_secret: Some(format!("whsec_{secret}")),
+            bearer: Some("tok".into()),
+            ..Default::default()
+        };
         let (url, rx) = receiver(vec![Some((200, vec![], String::new()))]);
         let mut s = sink(SinkKind::Webhook, &url);
         s.hmac = true;
-        assert_eq!(deliver(&s, &event(), &ctx(&key, Some(&cred)), 1_800_000_001_000), Outcome::Delivered);
+        assert_eq!(
+            deliver(&s, &event(), &ctx(&key, Some(&cred)), 1_800_000_001_000),
+            Outcome::Delivered
+        );
         let seen = rx.recv().unwrap();
         assert_eq!(seen.headers["authorization"], "Bearer tok");
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef")
+                .unwrap();
         mac.update(format!("{}.1800000001.{}", event().id, seen.body).as_bytes());
-        let want = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+        let want = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
         assert_eq!(seen.headers["webhook-signature"], want);
     }
 
@@ -522,12 +641,20 @@ mod tests {
         ]);
         let s = sink(SinkKind::Webhook, &url);
         let c = ctx(&key, None);
-        assert_eq!(deliver(&s, &event(), &c, 0), Outcome::Retry { after_ms: Some(7000), why: "HTTP 503 busy".into() });
+        assert_eq!(
+            deliver(&s, &event(), &c, 0),
+            Outcome::Retry { after_ms: Some(7000), why: "HTTP 503 busy".into() }
+        );
         assert!(matches!(deliver(&s, &event(), &c, 0), Outcome::Retry { after_ms: None, .. }));
         assert_eq!(deliver(&s, &event(), &c, 0), Outcome::Disable("HTTP 410 Gone: gone".into()));
         let redirected = deliver(&s, &event(), &c, 0);
-        assert!(matches!(&redirected, Outcome::Dead(w) if w.contains("redirects are not followed")), "{redirected:?}");
-        assert!(matches!(deliver(&s, &event(), &c, 0), Outcome::Dead(w) if w.starts_with("HTTP 400")));
+        assert!(
+            matches!(&redirected, Outcome::Dead(w) if w.contains("redirects are not followed")),
+            "{redirected:?}"
+        );
+        assert!(
+            matches!(deliver(&s, &event(), &c, 0), Outcome::Dead(w) if w.starts_with("HTTP 400"))
+        );
     }
 
     #[test]
@@ -544,7 +671,12 @@ mod tests {
     #[test]
     fn link_local_and_metadata_addresses_are_refused_unless_allowed() {
         let key = SecretKey::from_seed([3; 32]);
-        let r = deliver(&sink(SinkKind::Webhook, "http://169.254.169.254/latest"), &event(), &ctx(&key, None), 0);
+        let r = deliver(
+            &sink(SinkKind::Webhook, "http://169.254.169.254/latest"),
+            &event(),
+            &ctx(&key, None),
+            0,
+        );
         assert!(matches!(&r, Outcome::Retry { why, .. } if why.contains("link-local")), "{r:?}");
         let v6: SocketAddr = "[fe80::1]:80".parse().unwrap();
         assert!(check_addresses(&[v6], false).is_err());
@@ -566,21 +698,49 @@ mod tests {
         let e = event();
         assert_eq!(deliver(&s, &e, &ctx(&key, Some(&cred)), 0), Outcome::Delivered);
         let lookup = rx.recv().unwrap();
-        assert!(lookup.line.starts_with(&format!("GET /api/now/table/incident?sysparm_query=correlation_id%3D{}", e.id)), "{}", lookup.line);
-        assert_eq!(lookup.headers["authorization"], format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:pw")));
+        assert!(
+            lookup.line.starts_with(&format!(
+                "GET /api/now/table/incident?sysparm_query=correlation_id%3D{}",
+                e.id
+            )),
+            "{}",
+            lookup.line
+        );
+        assert_eq!(
+            lookup.headers["authorization"],
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:pw"))
+        );
         let create = rx.recv().unwrap();
         assert!(create.line.starts_with("POST /api/now/table/incident "), "{}", create.line);
         let inc: serde_json::Value = serde_json::from_str(&create.body).unwrap();
-        for field in ["short_description", "description", "urgency", "impact", "cmdb_ci", "correlation_id", "correlation_display"] {
+        for field in [
+            "short_description",
+            "description",
+            "urgency",
+            "impact",
+            "cmdb_ci",
+            "correlation_id",
+            "correlation_display",
+        ] {
             assert!(inc.get(field).is_some(), "{field} in {inc}");
         }
-        assert_eq!((inc["correlation_id"].as_str(), inc["correlation_display"].as_str()), (Some(e.id.as_str()), Some("patchmesh")));
-        assert_eq!((inc["urgency"].as_str(), inc["impact"].as_str(), inc["cmdb_ci"].as_str()), (Some("1"), Some("1"), Some("pos-1")));
+        assert_eq!(
+            (inc["correlation_id"].as_str(), inc["correlation_display"].as_str()),
+            (Some(e.id.as_str()), Some("patchmesh"))
+        );
+        assert_eq!(
+            (inc["urgency"].as_str(), inc["impact"].as_str(), inc["cmdb_ci"].as_str()),
+            (Some("1"), Some("1"), Some("pos-1"))
+        );
         // The same event again: found by correlation id and updated, not a second incident.
         assert_eq!(deliver(&s, &e, &ctx(&key, Some(&cred)), 0), Outcome::Delivered);
         let _ = rx.recv().unwrap();
         let update = rx.recv().unwrap();
-        assert!(update.line.starts_with("PATCH /api/now/table/incident/abc123 "), "{}", update.line);
+        assert!(
+            update.line.starts_with("PATCH /api/now/table/incident/abc123 "),
+            "{}",
+            update.line
+        );
     }
 
     #[test]
@@ -589,16 +749,37 @@ mod tests {
         let cred = Credential { routing_key: Some("R0UT1NG".into()), ..Default::default() };
         let (url, rx) = receiver(vec![Some((202, vec![], r#"{"status":"success"}"#.into()))]);
         let e = event();
-        assert_eq!(deliver(&sink(SinkKind::Pagerduty, &format!("{url}/v2/enqueue")), &e, &ctx(&key, Some(&cred)), 0), Outcome::Delivered);
+        assert_eq!(
+            deliver(
+                &sink(SinkKind::Pagerduty, &format!("{url}/v2/enqueue")),
+                &e,
+                &ctx(&key, Some(&cred)),
+                0
+            ),
+            Outcome::Delivered
+        );
         let seen = rx.recv().unwrap();
         assert!(seen.line.starts_with("POST /v2/enqueue "));
         let b: serde_json::Value = serde_json::from_str(&seen.body).unwrap();
-        assert_eq!((b["routing_key"].as_str(), b["event_action"].as_str(), b["dedup_key"].as_str()), (Some("R0UT1NG"), Some("trigger"), Some(e.id.as_str())));
+        assert_eq!(
+            (b["routing_key"].as_str(), b["event_action"].as_str(), b["dedup_key"].as_str()),
+            (Some("R0UT1NG"), Some("trigger"), Some(e.id.as_str()))
+        );
         let p = &b["payload"];
-        assert_eq!((p["severity"].as_str(), p["summary"].as_str()), (Some("critical"), Some(e.summary.as_str())));
-        assert!(p["source"].is_string() && p["timestamp"].is_string() && p["custom_details"].is_object());
+        assert_eq!(
+            (p["severity"].as_str(), p["summary"].as_str()),
+            (Some("critical"), Some(e.summary.as_str()))
+        );
+        assert!(
+            p["source"].is_string()
+                && p["timestamp"].is_string()
+                && p["custom_details"].is_object()
+        );
         // Without its routing key the node waits for the credentials file to name it.
-        assert!(matches!(deliver(&sink(SinkKind::Pagerduty, &url), &e, &ctx(&key, None), 0), Outcome::Retry { .. }));
+        assert!(matches!(
+            deliver(&sink(SinkKind::Pagerduty, &url), &e, &ctx(&key, None), 0),
+            Outcome::Retry { .. }
+        ));
     }
 
     #[test]
@@ -612,7 +793,10 @@ mod tests {
             s.read_to_string(&mut all).unwrap();
             all
         });
-        assert_eq!(deliver(&sink(SinkKind::Syslog, &addr), &event(), &ctx(&key, None), 0), Outcome::Delivered);
+        assert_eq!(
+            deliver(&sink(SinkKind::Syslog, &addr), &event(), &ctx(&key, None), 0),
+            Outcome::Delivered
+        );
         let frame = t.join().unwrap();
         let (len, msg) = frame.split_once(' ').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), msg.len());

@@ -58,9 +58,14 @@ pub fn load_credentials(path: &Path) -> Result<BTreeMap<String, Credential>, Str
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!("{} is readable by others (mode {:o}): chmod 600 it", path.display(), meta.permissions().mode() & 0o777));
+        return Err(format!(
+            "{} is readable by others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
     }
-    let bytes = crate::files::read_limited(path, CREDENTIALS_BYTES_MAX).map_err(|e| e.to_string())?;
+    let bytes =
+        crate::files::read_limited(path, CREDENTIALS_BYTES_MAX).map_err(|e| e.to_string())?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -155,7 +160,13 @@ impl Outbox {
     }
 
     /// Records a failed attempt.
-    pub fn retry(&self, mut item: Item, why: String, after_ms: u64, now_ms: u64) -> std::io::Result<()> {
+    pub fn retry(
+        &self,
+        mut item: Item,
+        why: String,
+        after_ms: u64,
+        now_ms: u64,
+    ) -> std::io::Result<()> {
         item.last_error = Some(why);
         item.next_at_ms = now_ms + after_ms;
         self.put("pending", &item)
@@ -229,7 +240,10 @@ impl Election {
         let Some(members) = self.emitters.get(sink) else { return false };
         if event.fleet_wide {
             let sites = self.sites.get(sink).map(Vec::as_slice).unwrap_or(&[]);
-            let site = patchmesh_protocol::integrations::elect_site(&event.id, sites.iter().map(String::as_str));
+            let site = patchmesh_protocol::integrations::elect_site(
+                &event.id,
+                sites.iter().map(String::as_str),
+            );
             if site != Some(self.site.as_str()) {
                 return false;
             }
@@ -239,7 +253,10 @@ impl Election {
 }
 
 /// The sinks that want an event.
-pub fn sinks_for<'a>(policy: &'a IntegrationPolicy, event: &Event) -> impl Iterator<Item = &'a Sink> {
+pub fn sinks_for<'a>(
+    policy: &'a IntegrationPolicy,
+    event: &Event,
+) -> impl Iterator<Item = &'a Sink> {
     let kind = event.kind;
     policy.sinks.iter().filter(move |s| s.events.is_empty() || s.events.contains(&kind))
 }
@@ -282,7 +299,10 @@ mod tests {
         let again = o.list("pending").into_iter().find(|i| i.sink == items[0].sink).unwrap();
         assert_eq!((again.next_at_ms, again.last_error.as_deref()), (1020, Some("HTTP 503")));
         o.delivered(again, 30).unwrap();
-        assert!(!o.offer(&ev(1, false), &items[0].sink, 40).unwrap(), "a delivered event is not queued again");
+        assert!(
+            !o.offer(&ev(1, false), &items[0].sink, 40).unwrap(),
+            "a delivered event is not queued again"
+        );
         let other = o.list("pending").pop().unwrap();
         o.dead(other, "HTTP 400".into()).unwrap();
         assert_eq!((o.list("pending").len(), o.list("dlq").len()), (0, 1));
@@ -304,18 +324,24 @@ mod tests {
         let mut moved = 0;
         for i in 0..200 {
             let e = ev(i, false);
-            let winners: Vec<&NodeId> = nodes.iter().filter(|n| mk(**n, &nodes).mine(&e, "hook")).collect();
+            let winners: Vec<&NodeId> =
+                nodes.iter().filter(|n| mk(**n, &nodes).mine(&e, "hook")).collect();
             assert_eq!(winners.len(), 1, "exactly one sender");
             let w = *winners[0];
             let rest: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != w).collect();
-            let next: Vec<&NodeId> = rest.iter().filter(|n| mk(**n, &rest).mine(&e, "hook")).collect();
+            let next: Vec<&NodeId> =
+                rest.iter().filter(|n| mk(**n, &rest).mine(&e, "hook")).collect();
             assert_eq!(next.len(), 1, "one takes over when the winner leaves");
             moved += 1;
         }
         assert_eq!(moved, 200);
         // Fleet-wide events go to one site: the other site's members never send them.
         let fleet: Vec<Event> = (0..100).map(|i| ev(i, true)).collect();
-        let from_a = fleet.iter().filter(|e| nodes.iter().any(|n| mk(*n, &nodes).mine(e, "hook"))).count();
-        assert!(from_a > 20 && from_a < 80, "about half the fleet-wide events are site a's: {from_a}");
+        let from_a =
+            fleet.iter().filter(|e| nodes.iter().any(|n| mk(*n, &nodes).mine(e, "hook"))).count();
+        assert!(
+            from_a > 20 && from_a < 80,
+            "about half the fleet-wide events are site a's: {from_a}"
+        );
     }
 }

@@ -15,9 +15,25 @@ fn cell(s: &str) -> String {
 pub fn render(r: &ComplianceReport) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let header = [
-        "node", "hostname", "cve", "source_package", "binary_packages", "installed_version", "fixed_version",
-        "status", "severity", "kev", "due_class", "first_seen", "fix_available_since", "due_date",
-        "remediated_at", "remediated_version", "days_to_remediate", "sla_met", "exception",
+        "node",
+        "hostname",
+        "cve",
+        "source_package",
+        "binary_packages",
+        "installed_version",
+        "fixed_version",
+        "status",
+        "severity",
+        "kev",
+        "due_class",
+        "first_seen",
+        "fix_available_since",
+        "due_date",
+        "remediated_at",
+        "remediated_version",
+        "days_to_remediate",
+        "sla_met",
+        "exception",
     ];
     let _ = w.write_record(header);
     let opt_date = |m: Option<u64>| m.map(date).unwrap_or_default();

@@ -51,7 +51,12 @@ th{background:#f5f7fa}td.num,th.num{text-align:right}.tag{border-radius:3px;padd
 svg text{font-size:11px;fill:#1d2330}";
 
 fn card(out: &mut String, value: &str, label: &str, class: &str) {
-    let _ = write!(out, "<div class=\"card {class}\"><b>{}</b><span>{}</span></div>", esc(value), esc(label));
+    let _ = write!(
+        out,
+        "<div class=\"card {class}\"><b>{}</b><span>{}</span></div>",
+        esc(value),
+        esc(label)
+    );
 }
 
 /// A bar chart of labelled series (inline SVG).
@@ -65,7 +70,12 @@ fn bars(title: &str, labels: &[String], series: &[(&str, &str, Vec<u32>)]) -> St
     for (name, color, _) in series {
         let _ = write!(s, "<span style=\"color:{color}\">■</span> {} ", esc(name));
     }
-    let _ = write!(s, "</figcaption><svg width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"{}\">", h + bottom, esc(title));
+    let _ = write!(
+        s,
+        "</figcaption><svg width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"{}\">",
+        h + bottom,
+        esc(title)
+    );
     let _ = write!(s, "<line x1=\"{left}\" y1=\"{h}\" x2=\"{w}\" y2=\"{h}\" stroke=\"#999\"/>");
     let _ = write!(s, "<text x=\"0\" y=\"12\">{max}</text><text x=\"0\" y=\"{h}\">0</text>");
     let every = (n / 12).max(1);
@@ -83,7 +93,13 @@ fn bars(title: &str, labels: &[String], series: &[(&str, &str, Vec<u32>)]) -> St
             );
         }
         if i % every == 0 {
-            let _ = write!(s, "<text x=\"{:.1}\" y=\"{}\">{}</text>", x0 + slot * 0.1, h + 14.0, esc(label));
+            let _ = write!(
+                s,
+                "<text x=\"{:.1}\" y=\"{}\">{}</text>",
+                x0 + slot * 0.1,
+                h + 14.0,
+                esc(label)
+            );
         }
     }
     s.push_str("</svg></figure>");
@@ -104,7 +120,9 @@ fn sla_row(out: &mut String, name: &str, s: &Sla) {
 /// Renders the report; `signed_json` is the signed file, embedded as is.
 pub fn render(r: &ComplianceReport, signed_json: &str) -> String {
     let s = &r.summary;
-    let mut o = String::with_capacity(64 * 1024 + r.findings.len().min(FINDINGS_SHOWN_MAX) * 600 + signed_json.len());
+    let mut o = String::with_capacity(
+        64 * 1024 + r.findings.len().min(FINDINGS_SHOWN_MAX) * 600 + signed_json.len(),
+    );
     let framework = r.framework.map_or("all frameworks".to_string(), |f| f.name().to_string());
     let _ = write!(
         o,
@@ -135,16 +153,37 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> String {
     );
 
     o.push_str("<h2 id=summary>Summary</h2><div class=cards>");
-    card(&mut o, &pct(s.coverage_percent), &format!("coverage: {} of {} listed nodes reported in 24 h", s.assets_reporting_24h, s.assets_listed), if s.coverage_percent.unwrap_or(0.0) >= 95.0 { "good" } else { "bad" });
+    card(
+        &mut o,
+        &pct(s.coverage_percent),
+        &format!(
+            "coverage: {} of {} listed nodes reported in 24 h",
+            s.assets_reporting_24h, s.assets_listed
+        ),
+        if s.coverage_percent.unwrap_or(0.0) >= 95.0 { "good" } else { "bad" },
+    );
     card(&mut o, &s.open.to_string(), "open findings", if s.open == 0 { "good" } else { "" });
     card(&mut o, &s.overdue.to_string(), "overdue", if s.overdue == 0 { "good" } else { "bad" });
-    card(&mut o, &s.kev_open.to_string(), "open on the KEV catalog", if s.kev_open == 0 { "good" } else { "bad" });
-    card(&mut o, &pct(s.sla_all.percent), &format!("within SLA ({} of {})", s.sla_all.met, s.sla_all.counted), if s.sla_all.percent.unwrap_or(100.0) >= 95.0 { "good" } else { "bad" });
+    card(
+        &mut o,
+        &s.kev_open.to_string(),
+        "open on the KEV catalog",
+        if s.kev_open == 0 { "good" } else { "bad" },
+    );
+    card(
+        &mut o,
+        &pct(s.sla_all.percent),
+        &format!("within SLA ({} of {})", s.sla_all.met, s.sla_all.counted),
+        if s.sla_all.percent.unwrap_or(100.0) >= 95.0 { "good" } else { "bad" },
+    );
     card(&mut o, &s.closed_in_period.to_string(), "remediated in period", "");
     card(
         &mut o,
         &s.mttr_days_mean.map_or("–".into(), |d| format!("{d:.1} d")),
-        &format!("mean time to remediate (p90 {})", s.mttr_days_p90.map_or("–".into(), |d| format!("{d:.1} d"))),
+        &format!(
+            "mean time to remediate (p90 {})",
+            s.mttr_days_p90.map_or("–".into(), |d| format!("{d:.1} d"))
+        ),
         "",
     );
     card(&mut o, &s.exceptions_active.to_string(), "exceptions in force", "");
@@ -187,12 +226,25 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> String {
     o.push_str("</table><p class=note>A finding counts when it was remediated in the period or is still open; it meets its SLA when remediated by its due date (open ones: not yet past it). Due dates follow the due class of each finding (BOD 22-01 / 26-04 style: KEV and critical first).</p>");
     let due: std::collections::BTreeMap<String, u32> =
         s.open_by_due.iter().map(|(k, v)| (super::due_words(k).to_string(), *v)).collect();
-    let _ = write!(o, "<p>Open by severity: {}. Open by due class: {}.</p>", esc(&kv(&s.open_by_severity)), esc(&kv(&due)));
+    let _ = write!(
+        o,
+        "<p>Open by severity: {}. Open by due class: {}.</p>",
+        esc(&kv(&s.open_by_severity)),
+        esc(&kv(&due))
+    );
 
     o.push_str("<h2 id=controls>Control mapping</h2><table><tr><th>Framework</th><th>Clause</th><th>Requirement</th><th>Evidence in this report</th></tr>");
     for c in &r.controls {
-        let ev: Vec<String> = c.evidence.iter().map(|e| format!("<a href=\"#{0}\">{0}</a>", esc(e))).collect();
-        let _ = write!(o, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&c.framework), esc(&c.clause), esc(&c.title), ev.join(", "));
+        let ev: Vec<String> =
+            c.evidence.iter().map(|e| format!("<a href=\"#{0}\">{0}</a>", esc(e))).collect();
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&c.framework),
+            esc(&c.clause),
+            esc(&c.title),
+            ev.join(", ")
+        );
     }
     o.push_str("</table>");
 
@@ -282,8 +334,16 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> String {
 
     let _ = write!(o, "<h2 id=rollouts>Rollouts ({})</h2><table><tr><th>Rollout</th><th>Patch</th><th>Created</th><th>State</th><th>Rings (targeted / succeeded / failed / rolled back)</th><th>Admin commands</th></tr>", r.rollouts.len());
     for ro in &r.rollouts {
-        let rings: Vec<String> = ro.rings.iter().map(|(n, t, s, f, b)| format!("{}: {t} / {s} / {f} / {b}", esc(n))).collect();
-        let cmds: Vec<String> = ro.commands.iter().map(|(a, who, at)| format!("{} by {} at {}", esc(a), esc(short(who)), datetime(*at))).collect();
+        let rings: Vec<String> = ro
+            .rings
+            .iter()
+            .map(|(n, t, s, f, b)| format!("{}: {t} / {s} / {f} / {b}", esc(n)))
+            .collect();
+        let cmds: Vec<String> = ro
+            .commands
+            .iter()
+            .map(|(a, who, at)| format!("{} by {} at {}", esc(a), esc(short(who)), datetime(*at)))
+            .collect();
         let _ = write!(
             o,
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -338,7 +398,10 @@ fn kv(m: &std::collections::BTreeMap<String, u32>) -> String {
 pub fn embed(json: &str) -> String {
     let json = json.trim_end();
     if json.len() <= EMBED_PLAIN_MAX {
-        return format!("<script type=\"application/json\" id=\"{EMBED_ID}\">{}</script>", json.replace("</", "<\\/"));
+        return format!(
+            "<script type=\"application/json\" id=\"{EMBED_ID}\">{}</script>",
+            json.replace("</", "<\\/")
+        );
     }
     use base64::Engine;
     use std::io::Write as _;

@@ -164,7 +164,9 @@ pub enum VerifyError {
     #[error("not a report file: {0}")]
     Malformed(String),
     /// A signature fails.
-    #[error("the {role} signature by {key} does not verify: the report was changed after it was signed")]
+    #[error(
+        "the {role} signature by {key} does not verify: the report was changed after it was signed"
+    )]
     BadSignature {
         /// Role.
         role: String,
@@ -184,7 +186,8 @@ pub fn verify_signatures<'a>(
     text: &'a str,
     check: &dyn SignatureCheck,
 ) -> Result<(&'a str, Vec<ReportSig>), VerifyError> {
-    let raw: RawFile<'a> = serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    let raw: RawFile<'a> =
+        serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
     if raw.signatures.is_empty() {
         return Err(VerifyError::Unsigned);
     }
@@ -195,7 +198,8 @@ pub fn verify_signatures<'a>(
         let mut sig = [0u8; 64];
         hex::decode_to_slice(&s.key, &mut key).map_err(|_| bad())?;
         hex::decode_to_slice(&s.signature, &mut sig).map_err(|_| bad())?;
-        let entry = SignatureEntry { key: KeyId(key), signature: patchmesh_protocol::crypto::Sig(sig) };
+        let entry =
+            SignatureEntry { key: KeyId(key), signature: patchmesh_protocol::crypto::Sig(sig) };
         check.check(Domain::Report, &hash, &entry).map_err(|_| bad())?;
     }
     Ok((raw.report.get(), raw.signatures))
@@ -527,7 +531,10 @@ pub struct Input<'a> {
 }
 
 fn severity_name(s: patchmesh_protocol::intel::risk::Severity) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_else(|| format!("{s:?}").to_lowercase())
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{s:?}").to_lowercase())
 }
 
 fn due_name(d: patchmesh_protocol::intel::risk::Due) -> String {
@@ -546,7 +553,15 @@ pub fn build(input: &Input<'_>) -> ComplianceReport {
         .rollouts
         .rollouts
         .iter()
-        .map(|r| (r.id.as_str(), r.patch.as_ref().map_or_else(|| r.content_id[..8].to_string(), |p| format!("{} {}", p.name, p.version))))
+        .map(|r| {
+            (
+                r.id.as_str(),
+                r.patch.as_ref().map_or_else(
+                    || r.content_id[..8].to_string(),
+                    |p| format!("{} {}", p.name, p.version),
+                ),
+            )
+        })
         .collect();
     let mut assets = Vec::new();
     let mut findings = Vec::new();
@@ -561,10 +576,20 @@ pub fn build(input: &Input<'_>) -> ComplianceReport {
             Some(Ok(f)) => finding_rows(a, &hostname, f, input.since_ms, now),
             _ => Vec::new(),
         };
-        assets.push(asset_row(a, hostname, note, fetched.is_some_and(|f| f.is_ok()), &rows, &patch_names, now));
+        assets.push(asset_row(
+            a,
+            hostname,
+            note,
+            fetched.is_some_and(|f| f.is_ok()),
+            &rows,
+            &patch_names,
+            now,
+        ));
         findings.extend(rows);
     }
-    findings.sort_by(|x, y| (&x.status != "open", &x.cve, &x.node).cmp(&(&y.status != "open", &y.cve, &y.node)));
+    findings.sort_by(|x, y| {
+        (&x.status != "open", &x.cve, &x.node).cmp(&(&y.status != "open", &y.cve, &y.node))
+    });
     let exceptions = b
         .exceptions
         .iter()
@@ -572,7 +597,10 @@ pub fn build(input: &Input<'_>) -> ComplianceReport {
             key: e.key.clone(),
             cve: e.entry.cve.clone(),
             scope: e.scope.clone(),
-            kind: serde_json::to_value(e.entry.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            kind: serde_json::to_value(e.entry.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             justification: e.entry.justification.clone(),
             compensating_control: e.entry.compensating_control.clone(),
             approver: e.approver.clone(),
@@ -599,7 +627,14 @@ pub fn build(input: &Input<'_>) -> ComplianceReport {
     let mut checkpoints: Vec<CheckpointRef> = b
         .assets
         .iter()
-        .filter_map(|a| a.audit.as_ref().map(|(seq, head, at)| CheckpointRef { node: a.node.clone(), seq: *seq, head: head.clone(), at_ms: *at }))
+        .filter_map(|a| {
+            a.audit.as_ref().map(|(seq, head, at)| CheckpointRef {
+                node: a.node.clone(),
+                seq: *seq,
+                head: head.clone(),
+                at_ms: *at,
+            })
+        })
         .collect();
     checkpoints.sort_by(|x, y| x.node.cmp(&y.node));
     let controls = input
@@ -647,11 +682,17 @@ pub fn build(input: &Input<'_>) -> ComplianceReport {
 }
 
 fn due_counts(c: &patchmesh_protocol::intel::report::DueCounts) -> BTreeMap<String, u32> {
-    [("3d", c.days3), ("14d", c.days14), ("60d", c.days60), ("window", c.window), ("exception", c.exception)]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| (k.to_string(), n))
-        .collect()
+    [
+        ("3d", c.days3),
+        ("14d", c.days14),
+        ("60d", c.days60),
+        ("window", c.window),
+        ("exception", c.exception),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| (k.to_string(), n))
+    .collect()
 }
 
 fn asset_row(
@@ -697,7 +738,13 @@ fn asset_row(
     }
 }
 
-fn finding_rows(a: &AssetBasis, hostname: &str, f: &FetchedFindings, since: u64, now: u64) -> Vec<FindingRow> {
+fn finding_rows(
+    a: &AssetBasis,
+    hostname: &str,
+    f: &FetchedFindings,
+    since: u64,
+    now: u64,
+) -> Vec<FindingRow> {
     let mut rows = Vec::new();
     let open: BTreeMap<(&str, &str), &Assessed> = f
         .findings
@@ -746,7 +793,9 @@ fn finding_rows(a: &AssetBasis, hostname: &str, f: &FetchedFindings, since: u64,
             continue;
         }
         let fixed_version = match &x.finding.verdict {
-            patchmesh_protocol::intel::matching::Verdict::Affected { fixed_version, .. } => Some(fixed_version.clone()),
+            patchmesh_protocol::intel::matching::Verdict::Affected { fixed_version, .. } => {
+                Some(fixed_version.clone())
+            }
             _ => None,
         };
         rows.push(FindingRow {
@@ -778,18 +827,31 @@ fn finding_rows(a: &AssetBasis, hostname: &str, f: &FetchedFindings, since: u64,
 pub fn rollout_row(r: &crate::control::RolloutView) -> RolloutRow {
     use patchmesh_protocol::rollout::Control;
     let state = match &r.control {
-        Some(Control::Halted { ring, failures }) => format!("halted at ring {ring} after {failures} failure(s)"),
+        Some(Control::Halted { ring, failures }) => {
+            format!("halted at ring {ring} after {failures} failure(s)")
+        }
         Some(c) => format!("{c:?}").to_lowercase(),
         None => "unknown".into(),
     };
     let rings: Vec<(String, u32, u32, u32, u32)> = r
         .rings
         .iter()
-        .map(|g| (g.name.clone(), g.counts.targeted, g.counts.succeeded, g.counts.failed, g.counts.rolled_back))
+        .map(|g| {
+            (
+                g.name.clone(),
+                g.counts.targeted,
+                g.counts.succeeded,
+                g.counts.failed,
+                g.counts.rolled_back,
+            )
+        })
         .collect();
     RolloutRow {
         id: r.id.clone(),
-        patch: r.patch.as_ref().map_or_else(|| "(patch not in catalog)".into(), |p| format!("{} {}", p.name, p.version)),
+        patch: r.patch.as_ref().map_or_else(
+            || "(patch not in catalog)".into(),
+            |p| format!("{} {}", p.name, p.version),
+        ),
         created_ms: r.created_at_ms,
         author: r.author.clone(),
         state,
@@ -797,7 +859,11 @@ pub fn rollout_row(r: &crate::control::RolloutView) -> RolloutRow {
         failed: rings.iter().map(|g| g.3).sum(),
         rolled_back: rings.iter().map(|g| g.4).sum(),
         rings,
-        commands: r.commands.iter().map(|c| (format!("{:?}", c.action).to_lowercase(), c.admin.clone(), c.issued_at_ms)).collect(),
+        commands: r
+            .commands
+            .iter()
+            .map(|c| (format!("{:?}", c.action).to_lowercase(), c.admin.clone(), c.issued_at_ms))
+            .collect(),
     }
 }
 
@@ -806,12 +872,14 @@ impl ComplianceReport {
     pub fn recompute(&mut self) {
         let now = self.until_ms;
         let mut s = Summary {
-            assets_admitted: self.assets.len() as u32 + self.sites.iter().map(|x| x.members).sum::<u32>(),
+            assets_admitted: self.assets.len() as u32
+                + self.sites.iter().map(|x| x.members).sum::<u32>(),
             assets_listed: self.assets.len() as u32,
             assets_reporting_24h: self.assets.iter().filter(|a| a.reporting).count() as u32,
             ..Summary::default()
         };
-        s.coverage_percent = (s.assets_listed > 0).then(|| round1(100.0 * s.assets_reporting_24h as f64 / s.assets_listed as f64));
+        s.coverage_percent = (s.assets_listed > 0)
+            .then(|| round1(100.0 * s.assets_reporting_24h as f64 / s.assets_listed as f64));
         let mut ttr = Vec::new();
         for f in &self.findings {
             match f.status.as_str() {
@@ -825,7 +893,11 @@ impl ComplianceReport {
                     if f.kev {
                         s.kev_open += 1;
                     }
-                    let age = if f.first_seen_ms == 0 { 0 } else { now.saturating_sub(f.first_seen_ms) / DAY_MS };
+                    let age = if f.first_seen_ms == 0 {
+                        0
+                    } else {
+                        now.saturating_sub(f.first_seen_ms) / DAY_MS
+                    };
                     let bucket = match age {
                         0..=7 => 0,
                         8..=30 => 1,
@@ -844,7 +916,9 @@ impl ComplianceReport {
             }
             if f.status != "excepted" {
                 if let Some(met) = f.sla_met {
-                    for sla in [s.sla_by_severity.entry(f.severity.clone()).or_default(), &mut s.sla_all] {
+                    for sla in
+                        [s.sla_by_severity.entry(f.severity.clone()).or_default(), &mut s.sla_all]
+                    {
                         sla.counted += 1;
                         sla.met += met as u32;
                     }
@@ -852,7 +926,8 @@ impl ComplianceReport {
             }
         }
         for sla in s.sla_by_severity.values_mut().chain([&mut s.sla_all]) {
-            sla.percent = (sla.counted > 0).then(|| round1(100.0 * sla.met as f64 / sla.counted as f64));
+            sla.percent =
+                (sla.counted > 0).then(|| round1(100.0 * sla.met as f64 / sla.counted as f64));
         }
         if !ttr.is_empty() {
             ttr.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -862,16 +937,24 @@ impl ComplianceReport {
         }
         s.exceptions_active = self.exceptions.iter().filter(|e| e.active).count() as u32;
         s.rollouts = self.rollouts.len() as u32;
-        s.rollouts_halted = self.rollouts.iter().filter(|r| r.state.starts_with("halted")).count() as u32;
+        s.rollouts_halted =
+            self.rollouts.iter().filter(|r| r.state.starts_with("halted")).count() as u32;
         s.rolled_back = self.rollouts.iter().map(|r| r.rolled_back).sum();
         self.summary = s;
         // Weekly trend over the period.
         let week = 7 * DAY_MS;
         let start = self.since_ms - self.since_ms % week;
         let weeks = ((self.until_ms.saturating_sub(start)) / week + 1).min(110) as usize;
-        let mut trend: Vec<TrendPoint> =
-            (0..weeks).map(|i| TrendPoint { week_ms: start + i as u64 * week, closed: 0, within_sla: 0, opened: 0 }).collect();
-        let slot = |t: u64| (t >= start).then(|| ((t - start) / week) as usize).filter(|i| *i < weeks);
+        let mut trend: Vec<TrendPoint> = (0..weeks)
+            .map(|i| TrendPoint {
+                week_ms: start + i as u64 * week,
+                closed: 0,
+                within_sla: 0,
+                opened: 0,
+            })
+            .collect();
+        let slot =
+            |t: u64| (t >= start).then(|| ((t - start) / week) as usize).filter(|i| *i < weeks);
         for f in &self.findings {
             if let Some(i) = f.remediated_at_ms.and_then(slot) {
                 trend[i].closed += 1;
@@ -892,7 +975,8 @@ impl ComplianceReport {
 
 /// Checks that a report's aggregates follow from its rows.
 pub fn check_consistent(body: &str) -> Result<ComplianceReport, VerifyError> {
-    let report: ComplianceReport = serde_json::from_str(body).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    let report: ComplianceReport =
+        serde_json::from_str(body).map_err(|e| VerifyError::Malformed(e.to_string()))?;
     let mut again = report.clone();
     again.recompute();
     if again.summary != report.summary {

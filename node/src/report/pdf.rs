@@ -134,7 +134,12 @@ impl Doc {
         self.y -= 4.0;
     }
     /// Bars for labelled series.
-    fn bars(&mut self, title: &str, labels: &[String], series: &[(&str, (f32, f32, f32), Vec<u32>)]) {
+    fn bars(
+        &mut self,
+        title: &str,
+        labels: &[String],
+        series: &[(&str, (f32, f32, f32), Vec<u32>)],
+    ) {
         let h = 110.0;
         self.room(h + 50.0);
         self.line(b"F2", 9.0, title);
@@ -227,15 +232,33 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     ));
     d.heading("Summary");
     let lines = [
-        format!("Coverage: {} ({} of {} listed nodes reported within 24 h; {} nodes in the fleet)", pct(s.coverage_percent), s.assets_reporting_24h, s.assets_listed, s.assets_admitted),
-        format!("Open findings: {}   Overdue: {}   Open on the KEV catalog: {}   Excepted: {}", s.open, s.overdue, s.kev_open, s.excepted),
-        format!("Within SLA: {} ({} of {})   Remediated in period: {}", pct(s.sla_all.percent), s.sla_all.met, s.sla_all.counted, s.closed_in_period),
+        format!(
+            "Coverage: {} ({} of {} listed nodes reported within 24 h; {} nodes in the fleet)",
+            pct(s.coverage_percent),
+            s.assets_reporting_24h,
+            s.assets_listed,
+            s.assets_admitted
+        ),
+        format!(
+            "Open findings: {}   Overdue: {}   Open on the KEV catalog: {}   Excepted: {}",
+            s.open, s.overdue, s.kev_open, s.excepted
+        ),
+        format!(
+            "Within SLA: {} ({} of {})   Remediated in period: {}",
+            pct(s.sla_all.percent),
+            s.sla_all.met,
+            s.sla_all.counted,
+            s.closed_in_period
+        ),
         format!(
             "Mean time to remediate: {}   p90: {}",
             s.mttr_days_mean.map_or("-".into(), |x| format!("{x:.1} days")),
             s.mttr_days_p90.map_or("-".into(), |x| format!("{x:.1} days"))
         ),
-        format!("Exceptions in force: {}   Rollouts: {} (halted {}; installs rolled back {})", s.exceptions_active, s.rollouts, s.rollouts_halted, s.rolled_back),
+        format!(
+            "Exceptions in force: {}   Rollouts: {} (halted {}; installs rolled back {})",
+            s.exceptions_active, s.rollouts, s.rollouts_halted, s.rolled_back
+        ),
     ];
     for l in &lines {
         d.line(b"F1", 10.0, l);
@@ -244,11 +267,9 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     d.table(
         &[120.0, 110.0, 80.0, 80.0],
         &["SLA by severity", "With a due date", "Met", "Percent"],
-        s.sla_by_severity
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .chain([("all", &s.sla_all)])
-            .map(|(k, v)| vec![k.to_string(), v.counted.to_string(), v.met.to_string(), pct(v.percent)]),
+        s.sla_by_severity.iter().map(|(k, v)| (k.as_str(), v)).chain([("all", &s.sla_all)]).map(
+            |(k, v)| vec![k.to_string(), v.counted.to_string(), v.met.to_string(), pct(v.percent)],
+        ),
     );
     let weeks: Vec<String> = r.trend.iter().map(|t| date(t.week_ms)[5..].to_string()).collect();
     d.bars(
@@ -270,13 +291,27 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     d.table(
         &[110.0, 110.0, 380.0, 170.0],
         &["Framework", "Clause", "Requirement", "Evidence (sections)"],
-        r.controls.iter().map(|c| vec![c.framework.clone(), c.clause.clone(), c.title.clone(), c.evidence.join(", ")]),
+        r.controls.iter().map(|c| {
+            vec![c.framework.clone(), c.clause.clone(), c.title.clone(), c.evidence.join(", ")]
+        }),
     );
 
     d.heading(&format!("Assets ({})", r.assets.len()));
     d.table(
         &[70.0, 80.0, 60.0, 130.0, 45.0, 95.0, 45.0, 35.0, 95.0, 50.0, 65.0],
-        &["Node", "Host", "Site", "OS", "Ring", "Last inventory", "Bundle", "Open", "By due class", "Overdue", "Last patch"],
+        &[
+            "Node",
+            "Host",
+            "Site",
+            "OS",
+            "Ring",
+            "Last inventory",
+            "Bundle",
+            "Open",
+            "By due class",
+            "Overdue",
+            "Last patch",
+        ],
         r.assets.iter().map(|a| {
             vec![
                 short(&a.node).to_string(),
@@ -300,7 +335,22 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     }
     d.table(
         &[85.0, 70.0, 75.0, 75.0, 75.0, 45.0, 45.0, 35.0, 55.0, 55.0, 55.0, 55.0, 30.0, 35.0],
-        &["CVE", "Host", "Package", "Installed", "Fixed in", "Status", "Severity", "Due", "First seen", "Fix since", "Due date", "Remediated", "Days", "SLA"],
+        &[
+            "CVE",
+            "Host",
+            "Package",
+            "Installed",
+            "Fixed in",
+            "Status",
+            "Severity",
+            "Due",
+            "First seen",
+            "Fix since",
+            "Due date",
+            "Remediated",
+            "Days",
+            "SLA",
+        ],
         r.findings.iter().take(FINDINGS_SHOWN_MAX).map(|f| {
             vec![
                 format!("{}{}", f.cve, if f.kev { " KEV" } else { "" }),
@@ -328,7 +378,16 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     d.heading(&format!("Exceptions ({})", r.exceptions.len()));
     d.table(
         &[85.0, 110.0, 70.0, 190.0, 130.0, 70.0, 55.0, 60.0],
-        &["CVE", "Scope", "Kind", "Justification", "Compensating control", "Approved by", "Created", "Expires"],
+        &[
+            "CVE",
+            "Scope",
+            "Kind",
+            "Justification",
+            "Compensating control",
+            "Approved by",
+            "Created",
+            "Expires",
+        ],
         r.exceptions.iter().map(|e| {
             vec![
                 e.cve.clone(),
@@ -346,15 +405,30 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     d.heading(&format!("Rollouts ({})", r.rollouts.len()));
     d.table(
         &[70.0, 110.0, 90.0, 150.0, 200.0, 150.0],
-        &["Rollout", "Patch", "Created", "State", "Rings: targeted/succeeded/failed/rolled back", "Admin commands"],
+        &[
+            "Rollout",
+            "Patch",
+            "Created",
+            "State",
+            "Rings: targeted/succeeded/failed/rolled back",
+            "Admin commands",
+        ],
         r.rollouts.iter().map(|ro| {
             vec![
                 short(&ro.id).to_string(),
                 ro.patch.clone(),
                 datetime(ro.created_ms),
                 ro.state.clone(),
-                ro.rings.iter().map(|(n, t, s, f, b)| format!("{n} {t}/{s}/{f}/{b}")).collect::<Vec<_>>().join("; "),
-                ro.commands.iter().map(|(a, who, _)| format!("{a} by {}", short(who))).collect::<Vec<_>>().join("; "),
+                ro.rings
+                    .iter()
+                    .map(|(n, t, s, f, b)| format!("{n} {t}/{s}/{f}/{b}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                ro.commands
+                    .iter()
+                    .map(|(a, who, _)| format!("{a} by {}", short(who)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             ]
         }),
     );
@@ -369,7 +443,11 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
                     x.site.clone(),
                     x.members.to_string(),
                     x.assessed.to_string(),
-                    x.open_by_due.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(" "),
+                    x.open_by_due
+                        .iter()
+                        .map(|(k, v)| format!("{k}:{v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     x.kev.to_string(),
                 ]
             }),
@@ -387,7 +465,9 @@ pub fn render(r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
     d.table(
         &[100.0, 60.0, 420.0, 110.0],
         &["Node", "Audit entry", "Head", "Signed"],
-        r.basis.audit_checkpoints.iter().map(|c| vec![short(&c.node).to_string(), c.seq.to_string(), c.head.clone(), datetime(c.at_ms)]),
+        r.basis.audit_checkpoints.iter().map(|c| {
+            vec![short(&c.node).to_string(), c.seq.to_string(), c.head.clone(), datetime(c.at_ms)]
+        }),
     );
 
     assemble(d, r, signed_json)
@@ -408,8 +488,12 @@ fn assemble(d: Doc, r: &ComplianceReport, signed_json: &str) -> Vec<u8> {
         c.names().embedded_files().names().insert(Str(b"report.json"), spec);
     }
     pdf.pages(tree).kids(page_ids.iter().copied()).count(n);
-    pdf.type1_font(regular).base_font(Name(b"Helvetica")).encoding_predefined(Name(b"WinAnsiEncoding"));
-    pdf.type1_font(bold).base_font(Name(b"Helvetica-Bold")).encoding_predefined(Name(b"WinAnsiEncoding"));
+    pdf.type1_font(regular)
+        .base_font(Name(b"Helvetica"))
+        .encoding_predefined(Name(b"WinAnsiEncoding"));
+    pdf.type1_font(bold)
+        .base_font(Name(b"Helvetica-Bold"))
+        .encoding_predefined(Name(b"WinAnsiEncoding"));
     let json = deflate(signed_json.as_bytes());
     {
         let mut ef = pdf.embedded_file(file, &json);

@@ -104,7 +104,9 @@ impl History {
             let key = (f.cve.clone(), f.source.clone());
             exposed.insert(key.clone());
             let fixed_version = match &f.verdict {
-                super::matching::Verdict::Affected { fixed_version, .. } => Some(fixed_version.clone()),
+                super::matching::Verdict::Affected { fixed_version, .. } => {
+                    Some(fixed_version.clone())
+                }
                 _ => None,
             };
             let excepted = f.excepted.as_ref().map(|e| e.key.clone());
@@ -154,11 +156,8 @@ impl History {
         if self.entries.len() <= HISTORY_ENTRIES_MAX {
             return;
         }
-        let mut closed: Vec<(Millis, (String, String))> = self
-            .entries
-            .iter()
-            .filter_map(|(k, e)| e.closed_at.map(|c| (c, k.clone())))
-            .collect();
+        let mut closed: Vec<(Millis, (String, String))> =
+            self.entries.iter().filter_map(|(k, e)| e.closed_at.map(|c| (c, k.clone()))).collect();
         closed.sort();
         for (_, k) in closed.into_iter().take(self.entries.len() - HISTORY_ENTRIES_MAX) {
             self.entries.remove(&k);

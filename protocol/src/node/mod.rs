@@ -907,7 +907,9 @@ impl Node {
             }
             Command::SetExposure(exposure) => {
                 if exposure.as_ref().is_some_and(|e| !e.within_limits()) {
-                    return self.refuse_command(Refusal::Site(crate::site::SiteError::Invalid("exposure summary over its limits")));
+                    return self.refuse_command(Refusal::Site(crate::site::SiteError::Invalid(
+                        "exposure summary over its limits",
+                    )));
                 }
                 if self.publisher.exposure != exposure {
                     self.publisher.exposure = exposure;
@@ -955,7 +957,8 @@ impl Node {
     /// the floor to it if so.
     fn own_record_from_elsewhere(&mut self, bundle: &Bundle) -> bool {
         let Some(signer) = bundle.object().signatures.first() else { return false };
-        if NodeId(signer.key.0) != self.id || bundle.body_hash() == self.publisher.last_record_body()
+        if NodeId(signer.key.0) != self.id
+            || bundle.body_hash() == self.publisher.last_record_body()
         {
             return false;
         }

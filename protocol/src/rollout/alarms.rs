@@ -53,7 +53,8 @@ impl Alarms {
     /// Adds a verified report; the first report of a node for a rollout is the one kept.
     pub fn merge(&mut self, alarm: Alarm) -> Result<Merge, SiteError> {
         let rollout = alarm.evidence.rollout;
-        if !self.by_rollout.contains_key(&rollout) && self.by_rollout.len() >= limits::ALARM_ROLLOUTS_MAX
+        if !self.by_rollout.contains_key(&rollout)
+            && self.by_rollout.len() >= limits::ALARM_ROLLOUTS_MAX
         {
             return Err(SiteError::Full("alarm rollouts"));
         }

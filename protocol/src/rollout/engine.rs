@@ -18,10 +18,10 @@
 //! Verification runs once after install and then every `recheck_ms` through the soak; any
 //! failure is reported as signed evidence and rolls the install back.
 
+use super::alarms::Alarms;
 use super::policy::RolloutEntry;
 use super::target::{ring_of, selects, window_open, Facts, NO_RING};
 use super::verdict::{judge, ring_stats, Control, Policies, Verdict};
-use super::alarms::Alarms;
 use crate::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
 use crate::limits;
 use crate::site::{EvidenceKind, RolloutStatus, SiteState, Standing, Summaries};
@@ -258,7 +258,9 @@ fn bounded(mut s: String) -> String {
 impl Engine {
     /// Restores a journal entry persisted before a restart.
     pub fn restore(&mut self, entry: JournalEntry) {
-        if self.journal.len() < limits::JOURNAL_ENTRIES_MAX || self.journal.contains_key(&entry.rollout) {
+        if self.journal.len() < limits::JOURNAL_ENTRIES_MAX
+            || self.journal.contains_key(&entry.rollout)
+        {
             self.journal.insert(entry.rollout, entry);
         }
     }
@@ -292,10 +294,21 @@ impl Engine {
         self.next_id += 1;
         let id = self.next_id;
         self.inflight.insert(j.rollout, (id, action));
-        out.push(EngineOut::Effect(Effect { id, rollout: j.rollout, content_id: j.content_id, action }));
+        out.push(EngineOut::Effect(Effect {
+            id,
+            rollout: j.rollout,
+            content_id: j.content_id,
+            action,
+        }));
     }
 
-    fn enter(&mut self, out: &mut Vec<EngineOut>, mut j: JournalEntry, step: Step, now: Millis) -> JournalEntry {
+    fn enter(
+        &mut self,
+        out: &mut Vec<EngineOut>,
+        mut j: JournalEntry,
+        step: Step,
+        now: Millis,
+    ) -> JournalEntry {
         j.step = step;
         j.step_at = now;
         out.push(EngineOut::Journal(j.clone()));
@@ -316,13 +329,15 @@ impl Engine {
     }
 
     /// Takes an effect's result.
-    pub fn on_result(&mut self, result: EffectResult, policies: &Policies, now: Millis) -> Vec<EngineOut> {
+    pub fn on_result(
+        &mut self,
+        result: EffectResult,
+        policies: &Policies,
+        now: Millis,
+    ) -> Vec<EngineOut> {
         let mut out = Vec::new();
-        let Some(rollout) = self
-            .inflight
-            .iter()
-            .find(|(_, (id, _))| *id == result.id)
-            .map(|(r, _)| *r)
+        let Some(rollout) =
+            self.inflight.iter().find(|(_, (id, _))| *id == result.id).map(|(r, _)| *r)
         else {
             return out; // Stale (from before a restart, or a cancelled install).
         };
@@ -370,7 +385,11 @@ impl Engine {
             (Action::Rollback, true, Step::RollingBack) => {
                 self.wake_at.remove(&rollout);
                 let j = self.enter(&mut out, j, Step::RolledBack, now);
-                out.push(EngineOut::Report { rollout, kind: EvidenceKind::RolledBack, detail: j.detail });
+                out.push(EngineOut::Report {
+                    rollout,
+                    kind: EvidenceKind::RolledBack,
+                    detail: j.detail,
+                });
             }
             (Action::Rollback, false, Step::RollingBack) => {
                 self.wake_at.remove(&rollout);
@@ -383,7 +402,11 @@ impl Engine {
                     j.failed = true;
                     j.failed_at = Some(now);
                     let detail = bounded(format!("{} failed: {}", j.step.name(), result.detail));
-                    out.push(EngineOut::Report { rollout, kind: EvidenceKind::InstallFailed, detail });
+                    out.push(EngineOut::Report {
+                        rollout,
+                        kind: EvidenceKind::InstallFailed,
+                        detail,
+                    });
                 }
                 self.enter(&mut out, j, Step::RollingBack, now);
             }
@@ -444,7 +467,13 @@ impl Engine {
         self.standings.insert(rollout, Standing { ring, status });
     }
 
-    fn advance(&mut self, out: &mut Vec<EngineOut>, rollout: &RolloutEntry, verdict: &Verdict, view: &View<'_>) {
+    fn advance(
+        &mut self,
+        out: &mut Vec<EngineOut>,
+        rollout: &RolloutEntry,
+        verdict: &Verdict,
+        view: &View<'_>,
+    ) {
         let id = rollout.id;
         let now = view.now;
         let Some(j) = self.journal.get(&id).cloned() else {
@@ -495,11 +524,19 @@ impl Engine {
                 self.wake_at.remove(&id);
                 self.enter(out, j, Step::Cancelled, now);
             }
-            Step::Fetching if verdict.running() && self.wake_at.get(&id).is_some_and(|t| now >= *t) => {
+            Step::Fetching
+                if verdict.running() && self.wake_at.get(&id).is_some_and(|t| now >= *t) =>
+            {
                 self.wake_at.remove(&id);
                 self.effect(out, &j, Action::Fetch);
             }
-            Step::Staging | Step::Installing | Step::Verifying | Step::Soaking | Step::Committed if stop => {
+            Step::Staging
+            | Step::Installing
+            | Step::Verifying
+            | Step::Soaking
+            | Step::Committed
+                if stop =>
+            {
                 self.wake_at.remove(&id);
                 self.enter(out, j, Step::RollingBack, now);
             }
@@ -509,7 +546,11 @@ impl Engine {
                     let detail = format!("verified {} times over the soak", j.checks);
                     self.enter(out, j, Step::Committed, now);
                     self.set_standing(id, self.journal[&id].ring, RolloutStatus::Succeeded);
-                    out.push(EngineOut::Report { rollout: id, kind: EvidenceKind::InstallSucceeded, detail });
+                    out.push(EngineOut::Report {
+                        rollout: id,
+                        kind: EvidenceKind::InstallSucceeded,
+                        detail,
+                    });
                 } else if self.wake_at.get(&id).is_none_or(|t| now >= *t) {
                     self.wake_at.remove(&id);
                     self.effect(out, &j, Action::Verify);
@@ -519,7 +560,13 @@ impl Engine {
         }
     }
 
-    fn may_start(&self, rollout: &RolloutEntry, verdict: &Verdict, ring: u8, view: &View<'_>) -> bool {
+    fn may_start(
+        &self,
+        rollout: &RolloutEntry,
+        verdict: &Verdict,
+        ring: u8,
+        view: &View<'_>,
+    ) -> bool {
         if !verdict.running() || ring >= verdict.open_rings {
             return false;
         }
@@ -554,14 +601,18 @@ impl Engine {
             let Some(s) = rollouts.get(&rollout.id) else {
                 // A connected member that has not said where it stands may be about to start
                 // too: wait for its record (one gossip round) rather than race it for a slot.
-                if view.live.contains(node) && rollouts.len() < limits::ROLLOUT_STATUS_PER_RECORD_MAX {
+                if view.live.contains(node)
+                    && rollouts.len() < limits::ROLLOUT_STATUS_PER_RECORD_MAX
+                {
                     return false;
                 }
                 continue;
             };
             match s.status {
                 RolloutStatus::Installing => installing += 1,
-                RolloutStatus::Pending if s.ring < verdict.open_rings && view.live.contains(node) => {
+                RolloutStatus::Pending
+                    if s.ring < verdict.open_rings && view.live.contains(node) =>
+                {
                     let rank = (s.ring, super::target::percentile_bp(&rollout.id, node), *node);
                     if rank < my_rank {
                         ahead += 1;

@@ -200,14 +200,20 @@ impl RolloutEntry {
             last = ring.percent;
             let g = &ring.gate;
             if g.min_success_permille > 1000 || g.max_failure_permille > 1000 {
-                return Err(PolicyError::Invalid(format!("ring {} gate per mille > 1000", ring.name)));
+                return Err(PolicyError::Invalid(format!(
+                    "ring {} gate per mille > 1000",
+                    ring.name
+                )));
             }
         }
         for w in &self.windows {
             if w.days & 0x7f == 0 || w.days & 0x80 != 0 {
                 return Err(PolicyError::Invalid("window days".into()));
             }
-            if w.start_minute >= 24 * 60 || w.duration_minutes == 0 || w.duration_minutes > 7 * 24 * 60 {
+            if w.start_minute >= 24 * 60
+                || w.duration_minutes == 0
+                || w.duration_minutes > 7 * 24 * 60
+            {
                 return Err(PolicyError::Invalid("window time".into()));
             }
         }
@@ -268,9 +274,12 @@ pub struct AdminCommand {
 /// Parses a window such as `mon-fri 22:00-04:00`, `sat,sun 01:00-05:00` or `* 00:00-24:00`.
 pub fn parse_window(text: &str) -> Result<Window, PolicyError> {
     let bad = |why: &str| PolicyError::Invalid(format!("window {text:?}: {why}"));
-    let (days_text, times) = text.trim().split_once(' ').ok_or_else(|| bad("expected `DAYS HH:MM-HH:MM`"))?;
+    let (days_text, times) =
+        text.trim().split_once(' ').ok_or_else(|| bad("expected `DAYS HH:MM-HH:MM`"))?;
     let names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-    let day = |s: &str| names.iter().position(|n| s.eq_ignore_ascii_case(n)).ok_or_else(|| bad("unknown day"));
+    let day = |s: &str| {
+        names.iter().position(|n| s.eq_ignore_ascii_case(n)).ok_or_else(|| bad("unknown day"))
+    };
     let mut days = 0u8;
     for part in days_text.split(',') {
         if part == "*" {
@@ -291,7 +300,8 @@ pub fn parse_window(text: &str) -> Result<Window, PolicyError> {
     }
     let minute = |s: &str| -> Result<u16, PolicyError> {
         let (h, m) = s.split_once(':').ok_or_else(|| bad("time is HH:MM"))?;
-        let (h, m): (u16, u16) = (h.parse().map_err(|_| bad("hour"))?, m.parse().map_err(|_| bad("minute"))?);
+        let (h, m): (u16, u16) =
+            (h.parse().map_err(|_| bad("hour"))?, m.parse().map_err(|_| bad("minute"))?);
         if m >= 60 || h > 24 || (h == 24 && m != 0) {
             return Err(bad("time out of range"));
         }
@@ -341,7 +351,9 @@ mod tests {
         assert_eq!((w.days, w.duration_minutes), (0b110_0000, 270));
         assert_eq!(parse_window("* 00:00-24:00").unwrap().duration_minutes, 24 * 60);
         assert_eq!(parse_window("fri-mon 10:00-11:00").unwrap().days, 0b111_0001);
-        for bad in ["", "mon", "xyz 01:00-02:00", "mon 25:00-26:00", "mon 01:60-02:00", "mon 24:00-01:00"] {
+        for bad in
+            ["", "mon", "xyz 01:00-02:00", "mon 25:00-26:00", "mon 01:60-02:00", "mon 24:00-01:00"]
+        {
             assert!(parse_window(bad).is_err(), "{bad}");
         }
     }
@@ -349,7 +361,10 @@ mod tests {
     #[test]
     fn predicates_parse() {
         let p = parse_predicate("openssl < 3.0.11").unwrap();
-        assert_eq!((p.name.as_str(), p.op, p.version.as_str()), ("openssl", VersionOp::Lt, "3.0.11"));
+        assert_eq!(
+            (p.name.as_str(), p.op, p.version.as_str()),
+            ("openssl", VersionOp::Lt, "3.0.11")
+        );
         assert_eq!(parse_predicate("telnet absent").unwrap().op, VersionOp::Absent);
         assert!(parse_predicate("openssl ~ 1").is_err());
         assert!(parse_predicate("openssl").is_err());

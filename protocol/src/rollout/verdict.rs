@@ -97,7 +97,9 @@ impl Policies {
                     }
                 }
                 // Vulnerability data, not rollout policy.
-                CatalogEntry::Intel(_) | CatalogEntry::Exception(_) | CatalogEntry::Integrations(_) => {}
+                CatalogEntry::Intel(_)
+                | CatalogEntry::Exception(_)
+                | CatalogEntry::Integrations(_) => {}
             }
         }
         p

@@ -15,17 +15,27 @@ use patchmesh_protocol::mesh;
 use std::time::Instant;
 
 fn main() {
-    let n: u64 = std::env::var("BENCH_AUDIT_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 =
+        std::env::var("BENCH_AUDIT_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let dir = std::env::temp_dir().join(format!("pm-bench-audit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let root = SecretKey::from_seed([1; 32]);
     let admin = SecretKey::from_seed([2; 32]);
     let node = SecretKey::from_seed([3; 32]);
     let t0 = Millis(1_800_000_000_000);
-    let genesis = mesh::genesis("bench", &[&root], 1, &[admin.public()], mesh::Approval::always(1), t0);
+    let genesis =
+        mesh::genesis("bench", &[&root], 1, &[admin.public()], mesh::Approval::always(1), t0);
     let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis").unwrap();
     let site = SiteId::from("branch-1");
-    let admission = mesh::admit(&admin, &g, NodeId(node.public().0), &site, Default::default(), t0, 365 * 86_400_000);
+    let admission = mesh::admit(
+        &admin,
+        &g,
+        NodeId(node.public().0),
+        &site,
+        Default::default(),
+        t0,
+        365 * 86_400_000,
+    );
     let id = Identity {
         mesh: g.mesh_id().0,
         site: "branch-1".into(),
@@ -71,11 +81,18 @@ fn main() {
     let append_us = append.as_secs_f64() * 1e6 / n as f64;
     let rate = verified.entries as f64 / verify_s;
     println!("entries              {n}");
-    println!("log_bytes            {} ({:.0} B/entry)", text.len(), text.len() as f64 / verified.entries as f64);
+    println!(
+        "log_bytes            {} ({:.0} B/entry)",
+        text.len(),
+        text.len() as f64 / verified.entries as f64
+    );
     println!("append_us            {append_us:.2} mean per entry ({checkpoints} signed checkpoints with fdatasync included)");
     println!("checkpoint_ms        {checkpoint_ms:.3} (sign + fdatasync, mean of {rounds})");
     println!("export_ms            {export_ms}");
-    println!("verify_entries_per_s {rate:.0} ({:.2} s for {} entries, {} checkpoints)", verify_s, verified.entries, verified.checkpoints);
+    println!(
+        "verify_entries_per_s {rate:.0} ({:.2} s for {} entries, {} checkpoints)",
+        verify_s, verified.entries, verified.checkpoints
+    );
     println!(
         "{}",
         serde_json::json!({

@@ -44,7 +44,11 @@ fn main() {
         .map(|i| AssetBasis {
             node: hex(i + 1),
             site: format!("branch-{}", i / 100),
-            labels: [("ring".to_string(), ["canary", "half", "main"][(i % 3) as usize].to_string())].into(),
+            labels: [(
+                "ring".to_string(),
+                ["canary", "half", "main"][(i % 3) as usize].to_string(),
+            )]
+            .into(),
             os: "Debian GNU/Linux 12 (bookworm)".into(),
             kernel: "6.1.0-27-amd64".into(),
             package_count: 1800,
@@ -61,7 +65,8 @@ fn main() {
         let history: Vec<HistoryEntry> = (0..per)
             .map(|k| {
                 let first = now - rng.gen_range(0..120) * DAY;
-                let closed = (k % 3 == 0).then(|| first + rng.gen_range(0..40) * DAY).filter(|c| *c < now);
+                let closed =
+                    (k % 3 == 0).then(|| first + rng.gen_range(0..40) * DAY).filter(|c| *c < now);
                 let d = due[k % 4];
                 HistoryEntry {
                     cve: format!("CVE-2026-{:05}", (k * 37) % 99_999),
@@ -84,7 +89,11 @@ fn main() {
             .collect();
         findings.insert(
             a.node.clone(),
-            Ok(FetchedFindings { hostname: format!("pos-{}", &a.node[56..]), findings: Vec::new(), history }),
+            Ok(FetchedFindings {
+                hostname: format!("pos-{}", &a.node[56..]),
+                findings: Vec::new(),
+                history,
+            }),
         );
     }
     let basis = ReportBasisView {
@@ -121,7 +130,8 @@ fn main() {
     let t = Instant::now();
     let body = r.body();
     let hash = report::body_hash(body.as_bytes());
-    let sigs: Vec<ReportSig> = vec![report::sign(&hash, &node_key, "node"), report::sign(&hash, &admin_key, "admin")];
+    let sigs: Vec<ReportSig> =
+        vec![report::sign(&hash, &node_key, "node"), report::sign(&hash, &admin_key, "admin")];
     let signed = report::file_text(&body, &sigs);
     let sign_ms = t.elapsed().as_millis();
     let t = Instant::now();
@@ -134,23 +144,44 @@ fn main() {
     let csv = report::csv::render(&r);
     let csv_ms = t.elapsed().as_millis();
     let t = Instant::now();
-    let from_html = report::html::extract(&html, report::REPORT_BYTES_MAX).expect("the HTML carries the report");
-    let from_pdf = report::pdf::extract(&pdf, report::REPORT_BYTES_MAX).expect("the PDF carries the report");
-    assert!(from_html.trim_end() == signed.trim_end() && from_pdf == signed, "embedded reports are the signed one");
+    let from_html = report::html::extract(&html, report::REPORT_BYTES_MAX)
+        .expect("the HTML carries the report");
+    let from_pdf =
+        report::pdf::extract(&pdf, report::REPORT_BYTES_MAX).expect("the PDF carries the report");
+    assert!(
+        from_html.trim_end() == signed.trim_end() && from_pdf == signed,
+        "embedded reports are the signed one"
+    );
     let (b, _) = report::verify_signatures(&from_html, &Ed25519).expect("signatures verify");
     report::check_consistent(b).expect("figures recompute");
     let verify_ms = t.elapsed().as_millis();
 
     let s = &r.summary;
-    println!("nodes                {nodes} × {per} findings ({} rows in the period)", r.findings.len());
+    println!(
+        "nodes                {nodes} × {per} findings ({} rows in the period)",
+        r.findings.len()
+    );
     println!("build_ms             {build_ms}");
     println!("sign_ms              {sign_ms} (JSON {:.1} MB)", signed.len() as f64 / 1e6);
-    println!("html_ms              {} (build + sign + render: {} ms; {:.1} MB)", html_ms, build_ms + sign_ms + html_ms, html.len() as f64 / 1e6);
-    println!("pdf_ms               {} (build + sign + render: {} ms; {:.1} MB)", pdf_ms, build_ms + sign_ms + pdf_ms, pdf.len() as f64 / 1e6);
+    println!(
+        "html_ms              {} (build + sign + render: {} ms; {:.1} MB)",
+        html_ms,
+        build_ms + sign_ms + html_ms,
+        html.len() as f64 / 1e6
+    );
+    println!(
+        "pdf_ms               {} (build + sign + render: {} ms; {:.1} MB)",
+        pdf_ms,
+        build_ms + sign_ms + pdf_ms,
+        pdf.len() as f64 / 1e6
+    );
     println!("csv_ms               {csv_ms} ({:.1} MB)", csv.len() as f64 / 1e6);
     println!("verify_ms            {verify_ms} (unpack from the HTML and the PDF, signatures, every figure recomputed)");
     println!("peak_rss_mb          {:.0}", peak_rss_mb());
-    println!("summary              open {} overdue {} closed {} sla {:?}% mttr {:?} d", s.open, s.overdue, s.closed_in_period, s.sla_all.percent, s.mttr_days_mean);
+    println!(
+        "summary              open {} overdue {} closed {} sla {:?}% mttr {:?} d",
+        s.open, s.overdue, s.closed_in_period, s.sla_all.percent, s.mttr_days_mean
+    );
     println!(
         "{}",
         serde_json::json!({
