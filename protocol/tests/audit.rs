@@ -227,3 +227,46 @@ fn oversized_and_garbage_lines_get_typed_errors() {
     ));
     assert!(matches!(verify(&keys, "").unwrap_err(), AuditError::Malformed { line: 1, .. }));
 }
+
+/// A member whose signed records carry audit checkpoints that cannot both be true (its log went
+/// back, or two different entries at one sequence number) is kept as equivocation evidence by
+/// every site replica that sees both records; an honest progression is not.
+#[test]
+fn contradicting_checkpoints_in_records_are_kept_as_evidence() {
+    use patchmesh_protocol::ids::{NodeId, SiteId};
+    use patchmesh_protocol::site::{self, Bundle, NodeRecord, SiteState};
+    use patchmesh_protocol::trust::Trust;
+    use std::sync::Arc;
+    let keys = Keys::new();
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let k = key(40);
+    let admission = keys.admit(&k, "s");
+    let record = |version: u64, seq: u64, head: u8| {
+        let rec = NodeRecord {
+            mesh: trust.mesh(),
+            node: NodeId(k.public().0),
+            site: SiteId::from("s"),
+            version,
+            written_at: patchmesh_protocol::ids::Millis(T0.0 + version),
+            inventory: Default::default(),
+            rollouts: Default::default(),
+            exposure: None,
+            audit: Some(audit::Head { seq, head: [head; 32], at: T0 }),
+        };
+        let b = Arc::new(Bundle::new(
+            patchmesh_protocol::crypto::Envelope::seal(patchmesh_protocol::crypto::Domain::NodeRecord, &rec, &[&k]),
+            admission.clone(),
+        ));
+        site::verify_record(&b, &trust, T0, &Ed25519).unwrap()
+    };
+    let mut state = SiteState::new(SiteId::from("s"));
+    state.merge_record(record(1, 10, 1)).unwrap();
+    state.merge_record(record(2, 300, 2)).unwrap();
+    assert!(state.equivocations().is_empty(), "a log that grew is honest");
+    state.merge_record(record(3, 120, 3)).unwrap();
+    assert_eq!(state.equivocations().len(), 1);
+    assert!(state.equivocations()[0].detail.contains("went back from entry 300 to 120"), "{}", state.equivocations()[0].detail);
+    state.merge_record(record(4, 120, 4)).unwrap();
+    assert_eq!(state.equivocations().len(), 2);
+    assert!(state.equivocations()[1].detail.contains("two different entries 120"));
+}
