@@ -48,6 +48,10 @@ use patchmesh_protocol::limits;
 use std::io;
 use std::time::Duration;
 
+/// Largest request on the inventory protocol (a delivery notice of integration events is the
+/// largest kind).
+pub const INVENTORY_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
 /// Largest full inventory served or accepted.
 pub const INVENTORY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
@@ -307,7 +311,10 @@ fn behaviour(
         )],
         rr_cfg.clone(),
     );
-    let inv_codec = BytesCodec { request_bytes_max: 64, response_bytes_max: INVENTORY_BYTES_MAX };
+    let inv_codec = BytesCodec {
+        request_bytes_max: INVENTORY_REQUEST_BYTES_MAX,
+        response_bytes_max: INVENTORY_BYTES_MAX,
+    };
     let inventory = request_response::Behaviour::with_codec(
         inv_codec,
         [(

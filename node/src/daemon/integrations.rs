@@ -28,6 +28,8 @@ pub(super) struct Shared {
     /// Sinks that answered 410, and why.
     pub disabled: Arc<Mutex<BTreeMap<String, String>>>,
     pub wake: Arc<tokio::sync::Notify>,
+    /// Deliveries made here, to tell the site (so standby copies are dropped, not resent).
+    pub delivered: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 /// The owner task's integration bookkeeping.
@@ -51,6 +53,7 @@ impl IntegrationsState {
                 election: Default::default(),
                 disabled: Default::default(),
                 wake: Default::default(),
+                delivered: Default::default(),
             },
             evidence_seen: BTreeSet::new(),
         })
@@ -126,6 +129,7 @@ pub(super) fn spawn(
                 let r = match outcome {
                     Outcome::Delivered => {
                         tracing::info!(event = %item.event.id, sink = %sink.name, attempts = item.attempts, "event delivered");
+                        lock(&shared.delivered).push((item.event.id.clone(), item.sink.clone()));
                         shared.outbox.delivered(item, now)
                     }
                     Outcome::Retry { after_ms, why } => {
@@ -255,6 +259,52 @@ impl Daemon {
             pending: s.outbox.list("pending"),
             delivered: s.outbox.list("done").len(),
             dead: s.outbox.list("dlq").len(),
+        }
+    }
+
+    /// Tells the live members of this site which events this node delivered, so their standby
+    /// copies are dropped instead of sent again after a fail-over.
+    pub(super) fn flush_delivery_notices(&mut self) {
+        let pairs: Vec<(String, String)> =
+            std::mem::take(&mut *lock(&self.integrations.shared.delivered));
+        if pairs.is_empty() {
+            return;
+        }
+        let site = self.cert.site.clone();
+        let peers: Vec<libp2p::PeerId> = self
+            .node
+            .admitted_peers()
+            .filter(|(_, _, s)| **s == site)
+            .filter_map(|(p, _, _)| self.peers.get(&p.0).copied())
+            .collect();
+        for chunk in pairs.chunks(crate::integrations::NOTICE_PAIRS_MAX) {
+            let mut body = b"delivered:".to_vec();
+            body.extend(serde_json::to_vec(chunk).unwrap_or_default());
+            for p in &peers {
+                let _ = self.swarm.behaviour_mut().inventory.send_request(p, body.clone());
+            }
+        }
+    }
+
+    /// A site member says it delivered these: standby copies it was elected for are dropped
+    /// (a notice from a member that was not the sender is ignored: only the sender may say).
+    pub(super) fn on_delivery_notice(&mut self, peer: &libp2p::PeerId, body: &[u8]) {
+        let Some(core) = self.ids.get(peer).copied() else { return };
+        let Some(sender) =
+            self.node.admitted_peers().find(|(p, _, _)| p.0 == core).map(|(_, n, _)| n)
+        else {
+            return;
+        };
+        let Ok(pairs) = serde_json::from_slice::<crate::integrations::Notice>(body) else {
+            return;
+        };
+        let election = lock(&self.integrations.shared.election).clone();
+        let now = crate::clock::now_ms().0;
+        for (id, sink) in pairs.iter().take(crate::integrations::NOTICE_PAIRS_MAX) {
+            let Some(item) = self.integrations.shared.outbox.pending(id, sink) else { continue };
+            if election.winner(&item.event, sink) == Some(sender) {
+                let _ = self.integrations.shared.outbox.delivered(item, now);
+            }
         }
     }
 

@@ -409,6 +409,7 @@ impl Daemon {
             tokio::time::interval(Duration::from_millis(d.cfg.inventory_interval_ms.max(1000)));
         inventory_tick.tick().await;
         let mut site_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut notice_tick = tokio::time::interval(Duration::from_millis(250));
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(io("handling SIGTERM".into()))?;
         loop {
@@ -432,6 +433,7 @@ impl Daemon {
                         d.test_events_done = integrations::test_events(d);
                     }
                 }
+                _ = notice_tick.tick() => d.flush_delivery_notices(),
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
             }

@@ -90,6 +90,10 @@ impl Daemon {
                         let body = match (self.admitted.contains(&peer), request.as_slice()) {
                             (false, _) => Vec::new(),
                             (true, b"findings") => self.findings_served(),
+                            (true, r) if r.starts_with(b"delivered:") => {
+                                self.on_delivery_notice(&peer, &r[b"delivered:".len()..]);
+                                Vec::new()
+                            }
                             (true, r) if r.starts_with(b"audit:") => {
                                 let since = std::str::from_utf8(&r[b"audit:".len()..])
                                     .ok()

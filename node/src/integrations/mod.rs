@@ -179,6 +179,16 @@ impl Outbox {
         std::fs::remove_file(self.path("pending", &item))
     }
 
+    /// The pending item for an event and sink, if any.
+    pub fn pending(&self, id: &str, sink: &str) -> Option<Item> {
+        if !valid_pair(id, sink) {
+            return None;
+        }
+        let p = self.dir.join("pending").join(format!("{id}.{sink}.json"));
+        let bytes = crate::files::read_limited(&p, 1 << 20).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// Drops a standby copy (another node delivered it, or it aged out).
     pub fn drop_standby(&self, item: &Item) -> std::io::Result<()> {
         std::fs::remove_file(self.path("pending", item))
@@ -235,9 +245,9 @@ pub struct Election {
 }
 
 impl Election {
-    /// Whether this node sends `event` to `sink` now.
-    pub fn mine(&self, event: &Event, sink: &str) -> bool {
-        let Some(members) = self.emitters.get(sink) else { return false };
+    /// The member of this site that sends `event` to `sink` now (none when another site does).
+    pub fn winner(&self, event: &Event, sink: &str) -> Option<patchmesh_protocol::ids::NodeId> {
+        let members = self.emitters.get(sink)?;
         if event.fleet_wide {
             let sites = self.sites.get(sink).map(Vec::as_slice).unwrap_or(&[]);
             let site = patchmesh_protocol::integrations::elect_site(
@@ -245,11 +255,31 @@ impl Election {
                 sites.iter().map(String::as_str),
             );
             if site != Some(self.site.as_str()) {
-                return false;
+                return None;
             }
         }
-        patchmesh_protocol::integrations::elect(&event.id, members) == Some(&self.me)
+        patchmesh_protocol::integrations::elect(&event.id, members).copied()
     }
+
+    /// Whether this node sends `event` to `sink` now.
+    pub fn mine(&self, event: &Event, sink: &str) -> bool {
+        self.winner(event, sink) == Some(self.me)
+    }
+}
+
+/// Delivery notices a node sends its site: (event id, sink) pairs it delivered.
+pub type Notice = Vec<(String, String)>;
+/// Pairs in one notice.
+pub const NOTICE_PAIRS_MAX: usize = 64;
+
+/// Whether a pair from a peer names a file this outbox could hold (hex id, sink charset).
+pub fn valid_pair(id: &str, sink: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && !sink.is_empty()
+        && sink.len() <= 64
+        && sink.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The sinks that want an event.
