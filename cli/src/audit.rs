@@ -17,7 +17,7 @@ pub enum AuditCmd {
     /// checkpoint in the node's signed record when it holds it.
     Export {
         /// The node id (default: this node).
-        #[arg(long = "node-id")]
+        #[arg(long = "node")]
         node_id: Option<String>,
         /// Start at the last checkpoint signed at or before this time: RFC 3339, a date
         /// (2026-11-01) or an age (7d, 24h). Default: the oldest entry kept.

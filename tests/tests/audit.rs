@@ -20,7 +20,7 @@ fn verify(m: &Mesh, file: &std::path::Path) -> std::process::Output {
 fn export_of(m: &Mesh, at: usize, node: Option<&str>) -> Result<AuditExportView, String> {
     let mut args = vec!["audit", "export"];
     if let Some(n) = node {
-        args.extend(["--node-id", n]);
+        args.extend(["--node", n]);
     }
     let out_file = m.root.0.join(format!("export-{at}-{}.log", node.unwrap_or("self")));
     let out = out_file.display().to_string();
@@ -59,10 +59,8 @@ fn a_peers_log_over_the_mesh_verifies_and_tampering_is_named() {
     let key1 = m.nodes[1].key.clone();
     let file = m.root.0.join("node1.log");
     let fetched = wait_for(Duration::from_secs(30), || {
-        let o = m.cli_at(
-            0,
-            &["audit", "export", "--node-id", &key1, "--out", &file.display().to_string()],
-        );
+        let o = m
+            .cli_at(0, &["audit", "export", "--node", &key1, "--out", &file.display().to_string()]);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         (o.status.success() && err.contains("agrees with the checkpoint")).then_some(err)
     });

@@ -94,6 +94,7 @@ impl Daemon {
                     reason: format!("{suppressed} further refusals in the previous minute were not written one by one"),
                     from: None,
                 });
+                self.emit_refusals_high(minute - 1, REFUSALS_PER_MINUTE + suppressed);
             }
         }
         let r = &mut self.audit.refusals;

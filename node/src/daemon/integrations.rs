@@ -363,6 +363,11 @@ impl Daemon {
                 continue;
             }
             self.integrations.evidence_seen.insert(id);
+            // Older than the delivery markers: it was reported (or not) long ago; a restart
+            // must not send it again.
+            if now.saturating_sub(e.at.0) > DONE_KEEP_MS {
+                continue;
+            }
             use patchmesh_protocol::site::EvidenceKind as K;
             let (kind, severity, what) = match e.kind {
                 K::InstallFailed => (EventKind::InstallFailed, "error", "install failed"),
@@ -471,6 +476,26 @@ impl Daemon {
             severity: "critical".into(),
             at_ms: crate::clock::now_ms().0,
             details: serde_json::json!({"cve": cve, "source": source, "hostname": self.inventory.hostname}),
+            fleet_wide: false,
+        });
+    }
+
+    /// This node refused more objects in a minute than its audit log writes one by one.
+    pub(super) fn emit_refusals_high(&self, minute: u64, refused: u32) {
+        let me = self.node.id().to_string();
+        let m = minute.to_string();
+        self.emit(Event {
+            id: event_id(EventKind::RefusalsHigh, &[&me, &m]),
+            kind: EventKind::RefusalsHigh,
+            node: Some(me.clone()),
+            site: Some(self.cert.site.to_string()),
+            summary: format!(
+                "{} refused {refused} objects or commands in one minute",
+                self.inventory.hostname
+            ),
+            severity: "warning".into(),
+            at_ms: minute * 60_000,
+            details: serde_json::json!({"refused": refused, "minute_start_ms": minute * 60_000}),
             fleet_wide: false,
         });
     }
