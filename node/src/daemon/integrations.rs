@@ -90,12 +90,9 @@ pub(super) fn spawn(
             };
             for mut item in due {
                 let now = crate::clock::now_ms().0;
-                let policy = lock(&shared.policy).clone();
-                let Some(sink) = policy
-                    .as_ref()
-                    .and_then(|p| p.sinks.iter().find(|s| s.name == item.sink))
-                    .cloned()
-                else {
+                // No policy yet (the catalog is still loading): keep everything for later.
+                let Some(policy) = lock(&shared.policy).clone() else { break };
+                let Some(sink) = policy.sinks.iter().find(|s| s.name == item.sink).cloned() else {
                     let _ = shared.outbox.drop_standby(&item); // the policy no longer names it
                     continue;
                 };
