@@ -61,6 +61,13 @@ pub struct DemoArgs {
     /// rollout's report.
     #[arg(long, default_value = "patchmesh-demo-report")]
     report_dir: PathBuf,
+    /// After the scenario, keep the mesh running and print a login link to node 0's dashboard
+    /// (Ctrl-C stops the nodes and cleans up).
+    #[arg(long)]
+    dashboard: bool,
+    /// Port of node 0's dashboard (0: any free port).
+    #[arg(long, default_value_t = 7947)]
+    dashboard_port: u16,
 }
 
 struct Node {
@@ -92,6 +99,19 @@ struct Demo {
     started: Instant,
     /// Wall clock at start.
     started_at_ms: u64,
+    /// Port asked for node 0's dashboard.
+    dashboard_port: u16,
+}
+
+/// `want` if nothing listens there (or 0: any), else a free port the system picks.
+fn free_port(want: u16) -> u16 {
+    if want != 0 && std::net::TcpListener::bind(("127.0.0.1", want)).is_ok() {
+        return want;
+    }
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 impl Drop for Demo {
@@ -239,12 +259,18 @@ impl Demo {
     fn start(&mut self, i: usize, bootstrap: Option<&str>) -> anyhow::Result<String> {
         let n = &self.nodes[i];
         let boot = bootstrap.map(|b| format!("bootstrap = [\"{b}\"]\n")).unwrap_or_default();
+        // Node 0 serves the dashboard (loopback only); the first free port from the one asked.
+        let dash = if i == 0 {
+            format!("[dashboard]\nlisten = \"127.0.0.1:{}\"\n", free_port(self.dashboard_port))
+        } else {
+            String::new()
+        };
         let cfg = format!(
             "data_dir = \"{}\"\nkey = \"{}\"\ngenesis = \"{}\"\nadmission = \"{}\"\n{boot}\
              listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\n\
              anti_entropy_interval_ms = 500\nsummary_interval_ms = 1000\npeers_target = 6\n\
              rollout_eval_ms = 500\ninventory_root = \"{}\"\ninventory_interval_ms = 1000\n\
-             time_zone = \"UTC\"\n",
+             time_zone = \"UTC\"\n{dash}",
             s(&n.dir.join("data")),
             s(&n.dir.join("node.key")),
             s(&self.root.join("mesh").join("genesis.pm")),
@@ -293,6 +319,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         quiet: a.json,
         started: Instant::now(),
         started_at_ms: crate::now_ms().0,
+        dashboard_port: a.dashboard_port,
     };
     let timeout = Duration::from_secs(a.timeout_s);
 
@@ -507,10 +534,37 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     } else {
         print_summary(&summary);
     }
+    if a.dashboard {
+        serve_dashboard(&d)?;
+    }
     drop(d);
     if !ok {
         bail!("the demo did not end as expected: blast radius {blast_radius}, {on_good} of {} nodes on the good version", a.nodes);
     }
+    Ok(())
+}
+
+/// Prints node 0's dashboard login link and keeps the mesh up until Ctrl-C (or SIGTERM).
+fn serve_dashboard(d: &Demo) -> anyhow::Result<()> {
+    let login: patchmesh_node::dashboard::LoginView =
+        call(&d.nodes[0].args(), Request::DashboardLogin)?;
+    eprintln!();
+    eprintln!("The mesh keeps running. Open node 0's dashboard (the link works once, within a minute):");
+    outln!("{}", login.url);
+    eprintln!(
+        "A new link: patchmesh dashboard --config {}",
+        d.nodes[0].dir.join("node.toml").display()
+    );
+    eprintln!("Ctrl-C stops the nodes and removes the demo directory.");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    eprintln!("stopping the mesh");
     Ok(())
 }
 
@@ -543,6 +597,8 @@ fn make_mesh(d: &mut Demo, a: &DemoArgs) -> anyhow::Result<String> {
             &format!("site-{}", (b'a' + site as u8) as char),
             "--label",
             label,
+            "--label",
+            &format!("host=branch-{}-pos{i}", (b'a' + site as u8) as char),
             "--admin-key",
             &admin_key,
             "--genesis",

@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod audit;
+mod dashboard;
 mod demo;
 mod demo_hook;
 mod demo_intel;
@@ -227,6 +228,23 @@ enum Cmd {
     /// with a deadline from the due class. Asks for confirmation on a terminal (--yes for
     /// scripts).
     Remediate(Box<intel::RemediateArgs>),
+    /// Print a one-time link that logs a browser into this node's dashboard.
+    ///
+    /// The node must have a `[dashboard]` section in its configuration. The link works once,
+    /// within a minute; the browser then holds a session cookie (no password, no token in it).
+    Dashboard {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Open the link with the desktop's browser.
+        #[arg(long)]
+        open: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes prepared in a dashboard, for an admin to check and sign.
+    #[command(subcommand)]
+    Proposal(dashboard::ProposalCmd),
     /// Start a local mesh of real nodes on loopback, roll a good patch through its rings and a
     /// bad one into an automatic halt and rollback, and print what happened.
     Demo(demo::DemoArgs),
@@ -453,6 +471,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit(cmd) => audit::run(cmd, now_ms()),
         Cmd::Report(cmd) => report::run(cmd, now_ms()),
         Cmd::Integrations(cmd) => integrations::run(cmd),
+        Cmd::Dashboard { node, open, json } => dashboard::login(&node, open, json),
+        Cmd::Proposal(cmd) => dashboard::run(cmd),
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
         Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),

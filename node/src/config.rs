@@ -118,6 +118,78 @@ pub struct NodeConfig {
     /// How often rollouts are re-evaluated when nothing else triggers it.
     #[serde(default = "default_rollout_eval")]
     pub rollout_eval_ms: u64,
+    /// The browser dashboard (off unless this section is present).
+    #[serde(default)]
+    pub dashboard: Option<DashboardConfig>,
+    /// The Prometheus endpoint (off unless this section is present).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[dashboard]`: the fleet console this node serves from its replicated state.
+///
+/// ```toml
+/// [dashboard]
+/// listen = "127.0.0.1:7947"       # loopback by default; use an SSH tunnel for remote access
+/// # Beyond loopback, all three are required:
+/// # allow_remote = true
+/// # tls_cert = "dashboard.crt"
+/// # tls_key = "dashboard.key"
+/// # hosts = ["patch01.example.net"] # Host names accepted besides the listen address
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Address and port.
+    #[serde(default = "default_dashboard_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Must be set to listen on anything but loopback.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// PEM certificate chain (required beyond loopback).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (required beyond loopback).
+    pub tls_key: Option<PathBuf>,
+    /// Host names (with or without port) accepted in the `Host` header besides the listen
+    /// address, `localhost` and the loopback addresses.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// A session ends after this long without a request.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_s: u64,
+    /// A session ends this long after login whatever its use.
+    #[serde(default = "default_session_max")]
+    pub session_max_s: u64,
+}
+
+/// `[metrics]`: OpenMetrics for Prometheus, on its own listener with a bearer token.
+///
+/// ```toml
+/// [metrics]
+/// listen = "127.0.0.1:9947"
+/// token_file = "metrics.token"     # created (random, 0600) when missing
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: std::net::SocketAddr,
+    /// The bearer token file (default `<data_dir>/metrics.token`).
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_dashboard_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 7947))
+}
+fn default_metrics_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9947))
+}
+fn default_session_idle() -> u64 {
+    3600
+}
+fn default_session_max() -> u64 {
+    12 * 3600
 }
 
 fn default_rollout_eval() -> u64 {
@@ -220,6 +292,34 @@ impl NodeConfig {
         cfg.inventory_root = base.join(&cfg.inventory_root);
         if let Some(p) = cfg.dpkg_root.as_mut() {
             *p = base.join(&*p);
+        }
+        if let Some(d) = cfg.dashboard.as_mut() {
+            for p in [&mut d.tls_cert, &mut d.tls_key].into_iter().flatten() {
+                *p = base.join(&*p);
+            }
+            if !d.listen.ip().is_loopback() {
+                if !d.allow_remote {
+                    return Err(invalid(format!(
+                        "[dashboard] listen = {} is not a loopback address: set \
+                         allow_remote = true with tls_cert and tls_key, or reach it through \
+                         an SSH tunnel",
+                        d.listen
+                    )));
+                }
+                if d.tls_cert.is_none() || d.tls_key.is_none() {
+                    return Err(invalid(
+                        "[dashboard] listening beyond loopback needs tls_cert and tls_key".into(),
+                    ));
+                }
+            }
+            if d.session_idle_s == 0 || d.session_max_s == 0 {
+                return Err(invalid("[dashboard] session times must be above zero".into()));
+            }
+        }
+        if let Some(m) = cfg.metrics.as_mut() {
+            if let Some(p) = m.token_file.as_mut() {
+                *p = base.join(&*p);
+            }
         }
         for addr in cfg.listen.iter().chain(&cfg.bootstrap) {
             addr.parse::<libp2p::Multiaddr>()

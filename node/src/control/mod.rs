@@ -123,6 +123,15 @@ pub enum Request {
     ContentList,
     /// Rollouts as this node sees them: verdicts, ring counts, its own journal.
     Rollouts,
+    /// The node's metrics (OpenMetrics text).
+    Metrics,
+    /// A one-time login URL for this node's dashboard (refused when it has none).
+    DashboardLogin,
+    /// A proposal made in this node's dashboard, for an admin to sign.
+    Proposal {
+        /// Its id.
+        id: String,
+    },
     /// Remove payloads no catalog patch references (nor an install pins).
     ContentGc {
         /// Only say what would go.

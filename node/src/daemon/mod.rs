@@ -79,6 +79,10 @@ struct Daemon {
     swarm: Swarm<Behaviour>,
     store: SledStore,
     registry: libp2p::metrics::Registry,
+    /// The node's own metric families (in `registry`).
+    metrics: crate::metrics::Collector,
+    /// The dashboard's shared state, when it serves one.
+    dashboard: Option<Arc<crate::dashboard::Shared>>,
     topics: Topics,
     cfg: NodeConfig,
     cert: AdmissionCert,
@@ -312,6 +316,41 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let token = control_token(&cfg.token_path())?;
     let socket = cfg.control_socket();
     let listener = bind_control(&socket)?;
+    let dashboard = match &cfg.dashboard {
+        Some(dc) => {
+            let bound = crate::dashboard::bind(dc.listen)
+                .map_err(io(format!("binding the dashboard on {}", dc.listen)))?;
+            let shared =
+                Arc::new(crate::dashboard::Shared::new(dc.clone(), bound.addr, ctl_tx.clone()));
+            tracing::info!(addr = %bound.addr, "dashboard listening (log in with `patchmesh dashboard`)");
+            let s = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::dashboard::serve(bound, s).await {
+                    tracing::error!(error = %e, "the dashboard stopped");
+                }
+            });
+            Some(shared)
+        }
+        None => None,
+    };
+    let metrics = crate::metrics::Collector::default();
+    registry.register_collector(Box::new(metrics.clone()));
+    if let Some(mc) = &cfg.metrics {
+        let token_path = mc.token_file.clone().unwrap_or_else(|| cfg.data_dir.join("metrics.token"));
+        let token = control_token(&token_path)?;
+        let std_listener = std::net::TcpListener::bind(mc.listen)
+            .map_err(io(format!("binding the metrics endpoint on {}", mc.listen)))?;
+        std_listener.set_nonblocking(true).map_err(io("metrics listener".into()))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(io("metrics listener".into()))?;
+        tracing::info!(addr = %mc.listen, token = %token_path.display(), "metrics listening");
+        let ctl = ctl_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, token, ctl).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+    }
     tokio::spawn(serve_control(listener, token, ctl_tx));
 
     let mut d = Daemon {
@@ -319,6 +358,8 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         swarm,
         store,
         registry,
+        metrics,
+        dashboard,
         topics,
         mesh_name: g.mesh_name.clone(),
         cert,

@@ -199,6 +199,15 @@ impl Daemon {
             | Request::ContentList
             | Request::ContentGc { .. }) => self.content_control(r),
             Request::Rollouts => control::ok_view(&self.rollouts_view()),
+            Request::Metrics => control::ok(serde_json::Value::String(self.metrics_text())),
+            Request::DashboardLogin => match &self.dashboard {
+                Some(d) => control::ok_view(&d.login()),
+                None => control::refused(
+                    "this node serves no dashboard: add a [dashboard] section to its config \
+                     and restart it",
+                ),
+            },
+            Request::Proposal { id } => crate::dashboard::proposal_answer(self.dashboard.as_deref(), &id),
         };
         send(reply, answer);
     }
@@ -447,4 +456,36 @@ pub(super) fn parse_id(hex_id: &str) -> Result<[u8; 32], String> {
     hex::decode_to_slice(hex_id.trim(), &mut out)
         .map_err(|e| format!("{hex_id:?} is not a 64-character hex id: {e}"))?;
     Ok(out)
+}
+
+impl Daemon {
+    /// Refreshes the node's metric families and encodes the whole registry (libp2p's too).
+    fn metrics_text(&mut self) -> String {
+        let status = self.status();
+        let rollouts = self.rollouts_view();
+        let exposure = self.exposure_view();
+        let integrations = self.integrations_view();
+        let contents: control::ContentListView =
+            serde_json::from_value(self.content_control(Request::ContentList)["result"].take())
+                .unwrap_or(control::ContentListView { held_bytes: 0, contents: Vec::new() });
+        let mut lan_wan = (0, 0);
+        for c in contents.contents.iter().take(64) {
+            let v = self.content_control(Request::Content { content: c.content_id.clone() });
+            lan_wan.0 += v["result"]["lan_bytes"].as_u64().unwrap_or(0);
+            lan_wan.1 += v["result"]["wan_bytes"].as_u64().unwrap_or(0);
+        }
+        let head = self.audit.log.lock().unwrap_or_else(|p| p.into_inner()).head();
+        let snap = crate::metrics::snapshot(
+            &status,
+            &rollouts,
+            &exposure,
+            &integrations,
+            &contents,
+            lan_wan,
+            head.map(|h| h.at.0),
+            crate::clock::now_ms().0,
+        );
+        *self.metrics.0.lock().unwrap_or_else(|p| p.into_inner()) = snap;
+        crate::metrics::encode(&self.registry)
+    }
 }

@@ -4,7 +4,8 @@
 
 use super::{date, ComplianceReport};
 
-fn cell(s: &str) -> String {
+/// A cell a spreadsheet will not run as a formula.
+pub fn cell(s: &str) -> String {
     match s.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
         _ => s.to_string(),
