@@ -160,6 +160,8 @@ pub struct Mesh {
     pub extra_config: String,
     /// Configuration lines added for one node (index → lines).
     pub node_config: std::collections::BTreeMap<usize, String>,
+    /// TOML tables appended to node `i`'s configuration (after every top-level key).
+    pub node_tables: std::collections::BTreeMap<usize, String>,
     /// Extra environment for node `i`'s process (e.g. fault injection).
     pub node_env: std::collections::BTreeMap<usize, Vec<(String, String)>>,
 }
@@ -209,6 +211,7 @@ impl Mesh {
             bootstrap: None,
             extra_config: String::new(),
             node_config: Default::default(),
+            node_tables: Default::default(),
             node_env: Default::default(),
         }
     }
@@ -231,7 +234,7 @@ impl Mesh {
         let genesis = self.mesh_dir().join("genesis.pm");
         let cfg = format!(
             "data_dir = \"data\"\nkey = \"node.key\"\ngenesis = \"{}\"\nadmission = \"admission.pm\"\n\
-             {bootstrap}mdns = false\n{}{}",
+             {bootstrap}mdns = false\n{}{}{}",
             genesis.display(),
             self.node_config.get(&i).map_or("", String::as_str),
             if self.extra_config.is_empty() {
@@ -239,7 +242,8 @@ impl Mesh {
                  summary_interval_ms = 2000\npeers_target = 6\n"
             } else {
                 &self.extra_config
-            }
+            },
+            self.node_tables.get(&i).map_or("", String::as_str),
         );
         std::fs::write(self.nodes[i].dir.join("node.toml"), cfg).unwrap();
     }

@@ -61,6 +61,7 @@ pub struct Shared {
     sessions: Mutex<HashMap<String, Session>>,
     proposals: Mutex<VecDeque<ProposalView>>,
     bucket: Mutex<(f64, Instant)>,
+    csp_violations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -93,6 +94,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             proposals: Mutex::new(VecDeque::new()),
             bucket: Mutex::new((RATE_BURST, Instant::now())),
+            csp_violations: Default::default(),
         }
     }
 

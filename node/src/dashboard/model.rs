@@ -330,8 +330,10 @@ pub fn node_row(a: &AssetBasis, now_ms: u64) -> NodeRow {
         ),
         None => (0, 0, 0, Vec::new()),
     };
-    let pending = a.standings.iter().filter(|s| s.2 == "Pending" || s.2 == "Installing").count();
-    let failed = a.standings.iter().any(|s| s.2 == "Failed" || s.2 == "RolledBack");
+        // Standings as the basis spells them: pending, installing, succeeded, failed, rolledback,
+    // nottargeted.
+    let pending = a.standings.iter().filter(|s| s.2 == "pending" || s.2 == "installing").count();
+    let failed = a.standings.iter().any(|s| s.2 == "failed" || s.2 == "rolledback");
     let compliance = if failed {
         Compliance::Failing
     } else if a.exposure.is_none() {
@@ -349,7 +351,7 @@ pub fn node_row(a: &AssetBasis, now_ms: u64) -> NodeRow {
         site: a.site.clone(),
         labels: a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
         os: a.os.clone(),
-        ring: a.standings.iter().filter(|s| s.2 != "NotTargeted").map(|s| s.1).next_back(),
+        ring: a.standings.iter().filter(|s| s.2 != "nottargeted").map(|s| s.1).next_back(),
         last_seen_ms: a.record_written_at_ms,
         open_findings: open,
         kev,
@@ -653,7 +655,7 @@ pub struct RolloutMember {
     pub host: String,
     /// Ring.
     pub ring: u8,
-    /// Status (Pending, Installing, Succeeded, Failed, RolledBack).
+    /// Status (pending, installing, succeeded, failed, rolledback).
     pub status: String,
 }
 
@@ -701,7 +703,7 @@ pub fn rollout_detail(
         .assets
         .iter()
         .filter_map(|a| {
-            let s = a.standings.iter().find(|s| s.0 == r.id && s.2 != "NotTargeted")?;
+            let s = a.standings.iter().find(|s| s.0 == r.id && s.2 != "nottargeted")?;
             Some(RolloutMember { node: a.node.clone(), host: host_of(a), ring: s.1, status: s.2.clone() })
         })
         .collect();

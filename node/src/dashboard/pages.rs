@@ -28,6 +28,9 @@ pub struct Ctx {
     title: String,
     nav: &'static str,
     here: String,
+    /// The node's state fingerprint when the page was built: the live stream reports any
+    /// change after it, even one before the stream connected.
+    live: String,
 }
 
 const NAV: [(&str, &str, &str); 9] = [
@@ -44,7 +47,11 @@ const NAV: [(&str, &str, &str); 9] = [
 
 impl Ctx {
     fn new(title: impl Into<String>, nav: &'static str, here: impl Into<String>) -> Ctx {
-        Ctx { title: title.into(), nav, here: here.into() }
+        Ctx { title: title.into(), nav, here: here.into(), live: String::new() }
+    }
+    fn live(mut self, live: &str) -> Ctx {
+        self.live = live.to_string();
+        self
     }
     fn tabs(&self) -> Vec<(&'static str, &'static str, bool)> {
         NAV.iter().map(|(k, href, label)| (*href, *label, *k == self.nav)).collect()
@@ -169,8 +176,8 @@ impl OverviewT<'_> {
 }
 
 /// `/`.
-pub fn overview(m: &Overview) -> String {
-    render(OverviewT { c: Ctx::new("Overview", "overview", "/"), m })
+pub fn overview(m: &Overview, live: &str) -> String {
+    render(OverviewT { c: Ctx::new("Overview", "overview", "/").live(live), m })
 }
 
 #[derive(Template)]
@@ -233,8 +240,11 @@ impl NodesT<'_> {
 }
 
 /// `/nodes`.
-pub fn nodes(m: &NodesPage) -> String {
-    render(NodesT { c: Ctx::new("Nodes", "nodes", "/nodes"), m, now_ms: crate::clock::now_ms().0 })
+pub fn nodes(m: &NodesPage, live: &str) -> String {
+    let t = NodesT { c: Ctx::new("Nodes", "nodes", "/nodes").live(live), m, now_ms: crate::clock::now_ms().0 };
+    // The live refresh keeps the page's filter, sort and page.
+    let here = t.page_link(m.page);
+    render(NodesT { c: Ctx::new("Nodes", "nodes", here).live(live), ..t })
 }
 
 #[derive(Template)]
@@ -283,9 +293,9 @@ fn audit_line(e: &serde_json::Value) -> (String, String, String) {
 }
 
 /// `/nodes/{id}`.
-pub fn node_detail(m: &NodeDetail) -> String {
+pub fn node_detail(m: &NodeDetail, live: &str) -> String {
     let host = m.row.as_ref().map_or_else(|| short(&m.node).to_string(), |r| r.host.clone());
-    render(NodeT { c: Ctx::new(format!("Node {host}"), "nodes", format!("/nodes/{}", m.node)), m })
+    render(NodeT { c: Ctx::new(format!("Node {host}"), "nodes", format!("/nodes/{}", m.node)).live(live), m })
 }
 
 #[derive(Template)]
@@ -296,8 +306,8 @@ struct VulnsT<'a> {
 }
 
 /// `/vulns`.
-pub fn vulns(m: &VulnsPage) -> String {
-    render(VulnsT { c: Ctx::new("Vulnerabilities", "vulns", "/vulns"), m })
+pub fn vulns(m: &VulnsPage, live: &str) -> String {
+    render(VulnsT { c: Ctx::new("Vulnerabilities", "vulns", "/vulns").live(live), m })
 }
 
 #[derive(Template)]
@@ -338,8 +348,8 @@ fn find_str(v: &serde_json::Value, key: &str) -> Option<String> {
 }
 
 /// `/patches`.
-pub fn patches(m: &PatchesPage) -> String {
-    render(PatchesT { c: Ctx::new("Patches and content", "patches", "/patches"), m })
+pub fn patches(m: &PatchesPage, live: &str) -> String {
+    render(PatchesT { c: Ctx::new("Patches and content", "patches", "/patches").live(live), m })
 }
 
 #[derive(Template)]
@@ -350,8 +360,8 @@ struct RolloutsT<'a> {
 }
 
 /// `/rollouts`.
-pub fn rollouts(m: &Vec<RolloutRow>) -> String {
-    render(RolloutsT { c: Ctx::new("Rollouts", "rollouts", "/rollouts"), m })
+pub fn rollouts(m: &Vec<RolloutRow>, live: &str) -> String {
+    render(RolloutsT { c: Ctx::new("Rollouts", "rollouts", "/rollouts").live(live), m })
 }
 
 #[derive(Template)]
@@ -383,9 +393,9 @@ impl RolloutT<'_> {
 }
 
 /// `/rollouts/{id}`.
-pub fn rollout_detail(m: &RolloutDetail) -> String {
+pub fn rollout_detail(m: &RolloutDetail, live: &str) -> String {
     render(RolloutT {
-        c: Ctx::new(format!("Rollout {}", m.row.patch), "rollouts", format!("/rollouts/{}", m.rollout.id)),
+        c: Ctx::new(format!("Rollout {}", m.row.patch), "rollouts", format!("/rollouts/{}", m.rollout.id)).live(live),
         m,
     })
 }
@@ -404,8 +414,8 @@ impl AuditT<'_> {
 }
 
 /// `/audit`.
-pub fn audit(m: &AuditPage) -> String {
-    render(AuditT { c: Ctx::new("Audit", "audit", format!("/audit?node={}", m.node)), m })
+pub fn audit(m: &AuditPage, live: &str) -> String {
+    render(AuditT { c: Ctx::new("Audit", "audit", format!("/audit?node={}", m.node)).live(live), m })
 }
 
 #[derive(Template)]
@@ -449,8 +459,8 @@ impl AdminT<'_> {
 }
 
 /// `/admin`.
-pub fn admin(m: &AdminPage) -> String {
-    render(AdminT { c: Ctx::new("Admins and integrations", "admin", "/admin"), m })
+pub fn admin(m: &AdminPage, live: &str) -> String {
+    render(AdminT { c: Ctx::new("Admins and integrations", "admin", "/admin").live(live), m })
 }
 
 #[derive(Template)]
@@ -461,8 +471,8 @@ struct SitesT<'a> {
 }
 
 /// `/sites`.
-pub fn sites(m: &SitesPage) -> String {
-    render(SitesT { c: Ctx::new("Sites", "sites", "/sites"), m })
+pub fn sites(m: &SitesPage, live: &str) -> String {
+    render(SitesT { c: Ctx::new("Sites", "sites", "/sites").live(live), m })
 }
 
 #[derive(Template)]
@@ -473,9 +483,9 @@ struct ProposalT<'a> {
 }
 
 /// `/proposals/{id}`.
-pub fn proposal(m: &ProposalView) -> String {
+pub fn proposal(m: &ProposalView, live: &str) -> String {
     render(ProposalT {
-        c: Ctx::new("Proposal", "rollouts", format!("/proposals/{}", m.proposal.id)),
+        c: Ctx::new("Proposal", "rollouts", format!("/proposals/{}", m.proposal.id)).live(live),
         m,
     })
 }

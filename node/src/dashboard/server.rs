@@ -115,14 +115,20 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/proposals/{id}", get(proposal_page))
         .route("/api/v1/submit", post(submit))
         .route("/events", get(events))
+        .route("/api/v1/dashboard", get(dashboard_state))
         .route("/logout", post(logout))
         .layer(middleware::from_fn_with_state(shared.clone(), require_session));
     Router::new()
         .route("/login", get(login))
         .route("/assets/{name}", get(asset))
+        .route("/csp-report", post(csp_report))
         .merge(authed)
         .fallback(not_found)
-        .layer(tower_http::csrf::CsrfLayer::new())
+        // Violation reports only raise a counter and a log line: they need no CSRF check.
+        .layer(
+            tower_http::csrf::CsrfLayer::new()
+                .with_insecure_bypass(|m, u| m == axum::http::Method::POST && u.path() == "/csp-report"),
+        )
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_BYTES_MAX))
         .layer(tower::limit::ConcurrencyLimitLayer::new(CONCURRENCY_MAX))
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
@@ -144,7 +150,8 @@ async fn guard(State(s): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Re
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'; \
+             report-uri /csp-report",
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -258,6 +265,25 @@ async fn asset(Path(name): Path<String>) -> Response {
         .into_response()
 }
 
+/// A browser's CSP violation report: counted and logged (a violation means a page or an asset
+/// tried something the policy forbids: a defect, or an injection attempt).
+async fn csp_report(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    s.csp_violations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
+    tracing::warn!(report = %text, "dashboard: content security policy violation");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The dashboard's own state: CSP violations reported, sessions, proposals kept.
+async fn dashboard_state(State(s): State<Arc<Shared>>) -> Response {
+    axum::Json(serde_json::json!({
+        "csp_violations": s.csp_violations.load(std::sync::atomic::Ordering::Relaxed),
+        "sessions": s.sessions.lock().unwrap().len(),
+        "proposals": s.proposals.lock().unwrap().len(),
+    }))
+    .into_response()
+}
+
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
@@ -284,12 +310,29 @@ fn finish(uri: &Uri, a: Answer) -> Response {
 }
 
 /// The page, or its JSON twin under `/api/`.
-fn respond<M: serde::Serialize>(uri: &Uri, model: &M, html: impl FnOnce(&M) -> String) -> Answer {
+async fn respond<M: serde::Serialize>(
+    s: &Shared,
+    uri: &Uri,
+    model: &M,
+    html: impl FnOnce(&M, &str) -> String,
+) -> Answer {
     if wants_json(uri) {
         Ok(axum::Json(model).into_response())
     } else {
-        Ok(Page::html(html(model)).into_response())
+        let live = fingerprint(s).await.unwrap_or_default();
+        Ok(Page::html(html(model, &live)).into_response())
     }
+}
+
+/// What the live stream watches: the replicated state hash, the payloads held and the
+/// catalog (a change to any of them changes what some page shows).
+async fn fingerprint(s: &Shared) -> Result<String, String> {
+    let st = s.ask::<control::StatusView>(Request::Status).await?;
+    let h = blake3::hash(
+        format!("{}:{}:{}:{}", st.state_hash, st.payloads_held, st.payload_bytes_held, st.catalog_changes)
+            .as_bytes(),
+    );
+    Ok(h.to_hex()[..16].to_string())
 }
 
 async fn lan_wan(s: &Shared) -> (u64, u64) {
@@ -315,7 +358,7 @@ async fn overview(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
         let exposure: control::ExposureView = s.ask(Request::Exposure).await?;
         let rollouts: control::RolloutsView = s.ask(Request::Rollouts).await?;
         let m = model::overview(&status, &basis, &exposure, &rollouts, lan_wan(&s).await);
-        respond(&uri, &m, pages::overview)
+        respond(&s, &uri, &m, pages::overview).await
     };
     finish(&uri, a.await)
 }
@@ -328,7 +371,7 @@ async fn nodes(
     let a = async {
         let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
         let m = model::nodes_page(&basis, f, wants_json(&uri));
-        respond(&uri, &m, pages::nodes)
+        respond(&s, &uri, &m, pages::nodes).await
     };
     finish(&uri, a.await)
 }
@@ -444,7 +487,7 @@ async fn node_detail(State(s): State<Arc<Shared>>, uri: Uri, Path(id): Path<Stri
             local,
             now_ms: basis.now_ms,
         };
-        respond(&uri, &m, pages::node_detail)
+        respond(&s, &uri, &m, pages::node_detail).await
     };
     finish(&uri, a.await)
 }
@@ -455,7 +498,7 @@ async fn vulns(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
         let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
         let intel = s.ask::<control::IntelView>(Request::Intel).await.ok();
         let m = model::vulns(&exposure, &basis, intel.as_ref());
-        respond(&uri, &m, pages::vulns)
+        respond(&s, &uri, &m, pages::vulns).await
     };
     finish(&uri, a.await)
 }
@@ -479,7 +522,7 @@ async fn patches(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
             }
         }
         let m = PatchesPage { catalog, contents, held_bytes: list.held_bytes };
-        respond(&uri, &m, pages::patches)
+        respond(&s, &uri, &m, pages::patches).await
     };
     finish(&uri, a.await)
 }
@@ -500,7 +543,7 @@ async fn rollouts(State(s): State<Arc<Shared>>, uri: Uri, Query(q): Query<Rollou
             "patch" => rows.sort_by(|a, b| a.patch.cmp(&b.patch)),
             _ => rows.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms)),
         }
-        respond(&uri, &rows, pages::rollouts)
+        respond(&s, &uri, &rows, pages::rollouts).await
     };
     finish(&uri, a.await)
 }
@@ -513,7 +556,7 @@ async fn rollout_detail(State(s): State<Arc<Shared>>, uri: Uri, Path(id): Path<S
         };
         let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
         let m = model::rollout_detail(r, &basis, &v);
-        respond(&uri, &m, pages::rollout_detail)
+        respond(&s, &uri, &m, pages::rollout_detail).await
     };
     finish(&uri, a.await)
 }
@@ -550,7 +593,7 @@ async fn audit(State(s): State<Arc<Shared>>, uri: Uri, Query(q): Query<AuditQuer
             .collect();
         let entries = pages::audit_entries(&export.text, 500);
         let m = AuditPage { node, members, entries, export };
-        respond(&uri, &m, pages::audit)
+        respond(&s, &uri, &m, pages::audit).await
     };
     finish(&uri, a.await)
 }
@@ -664,7 +707,7 @@ async fn admin(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
         let integrations: control::IntegrationsView = s.ask(Request::IntegrationsStatus).await?;
         let dlq: serde_json::Value = s.ask(Request::DlqList).await?;
         let m = AdminPage { admins: st.admins, trust_version: st.version, integrations, dlq };
-        respond(&uri, &m, pages::admin)
+        respond(&s, &uri, &m, pages::admin).await
     };
     finish(&uri, a.await)
 }
@@ -687,7 +730,7 @@ async fn sites(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
             }
         }
         let m = model::SitesPage { sites: ov.sites, peers, transfers };
-        respond(&uri, &m, pages::sites)
+        respond(&s, &uri, &m, pages::sites).await
     };
     finish(&uri, a.await)
 }
@@ -811,7 +854,7 @@ async fn proposal_page(State(s): State<Arc<Shared>>, uri: Uri, Path(id): Path<St
         let p = s
             .proposal(&id)
             .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no proposal {id}")))?;
-        respond(&uri, &p, pages::proposal)
+        respond(&s, &uri, &p, pages::proposal).await
     };
     finish(&uri, a.await)
 }
@@ -836,23 +879,34 @@ async fn submit(State(s): State<Arc<Shared>>, uri: Uri, body: axum::body::Bytes)
     finish(&uri, a.await)
 }
 
-/// Server-sent events: `change` whenever the node's replicated state, its payloads or its
-/// rollout view change (checked each second while a page is open; nothing runs otherwise).
-async fn events(State(s): State<Arc<Shared>>) -> Response {
-    let stream = futures::stream::unfold((s, String::new()), |(s, last)| async move {
+/// Server-sent events: `change` whenever the node's state fingerprint differs from the one
+/// the page was built at (`since`), checked each second while a page is open; nothing runs
+/// when no page is.
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    since: String,
+}
+
+async fn events(State(s): State<Arc<Shared>>, Query(q): Query<EventsQuery>) -> Response {
+    let since = q.since.chars().filter(char::is_ascii_hexdigit).take(16).collect::<String>();
+    let stream = futures::stream::unfold((s, since, true), |(s, last, first)| async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let Ok(st) = s.ask::<control::StatusView>(Request::Status).await else {
-                return None;
-            };
-            let now = format!(
-                "{}:{}:{}:{}",
-                st.state_hash, st.payloads_held, st.payload_bytes_held, st.catalog_changes
-            );
+            if !first || last.is_empty() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let Ok(now) = fingerprint(&s).await else { return None };
+            if last.is_empty() {
+                let ev = Event::default().event("hello").data(now.as_str());
+                return Some((Ok::<_, std::convert::Infallible>(ev), (s, now, false)));
+            }
             if now != last {
-                let first = last.is_empty();
-                let ev = Event::default().event(if first { "hello" } else { "change" }).data(&now[..16]);
-                return Some((Ok::<_, std::convert::Infallible>(ev), (s, now)));
+                let ev = Event::default().event("change").data(now.as_str());
+                return Some((Ok(ev), (s, now, false)));
+            }
+            if first {
+                // Unchanged since the page was built: go on polling.
+                return Some((Ok(Event::default().event("hello").data(now.as_str())), (s, now, false)));
             }
         }
     });
