@@ -97,13 +97,17 @@ pub fn run(cmd: ProposalCmd) -> anyhow::Result<()> {
             if !json {
                 print_summary(&v);
             }
-            let admin = patchmesh_node::files::read_key(&admin_key).context("reading the admin key")?;
+            let admin =
+                patchmesh_node::files::read_key(&admin_key).context("reading the admin key")?;
             let edits = v.proposal.edits(KeyId(admin.public().0));
             let result = publish(&node, &admin_key, edits)?;
             if json {
                 outln!("{}", crate::output::json(&result));
             } else {
-                outln!("signed and published; spreading to the mesh (catalog {})", &result.catalog_state[..16]);
+                outln!(
+                    "signed and published; spreading to the mesh (catalog {})",
+                    &result.catalog_state[..16]
+                );
             }
             Ok(())
         }

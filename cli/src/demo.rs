@@ -549,7 +549,9 @@ fn serve_dashboard(d: &Demo) -> anyhow::Result<()> {
     let login: patchmesh_node::dashboard::LoginView =
         call(&d.nodes[0].args(), Request::DashboardLogin)?;
     eprintln!();
-    eprintln!("The mesh keeps running. Open node 0's dashboard (the link works once, within a minute):");
+    eprintln!(
+        "The mesh keeps running. Open node 0's dashboard (the link works once, within a minute):"
+    );
     outln!("{}", login.url);
     eprintln!(
         "A new link: patchmesh dashboard --config {}",

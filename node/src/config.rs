@@ -387,4 +387,32 @@ mod tests {
         assert!(cfg.genesis.is_absolute());
         assert!(cfg.control_socket().is_absolute());
     }
+
+    #[test]
+    fn a_dashboard_beyond_loopback_needs_the_flag_and_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "data_dir = \"data\"\nkey = \"k\"\ngenesis = \"g\"\nadmission = \"a\"\n";
+        let load = |table: &str| {
+            let p = dir.path().join("node.toml");
+            std::fs::write(&p, format!("{base}{table}")).unwrap();
+            NodeConfig::load(&p)
+        };
+        let cfg = load("[dashboard]\n").unwrap();
+        assert_eq!(cfg.dashboard.unwrap().listen.to_string(), "127.0.0.1:7947");
+        assert!(load("").unwrap().dashboard.is_none(), "the dashboard is off by default");
+        let err = load("[dashboard]\nlisten = \"0.0.0.0:7947\"\n").unwrap_err().to_string();
+        assert!(err.contains("allow_remote") && err.contains("SSH tunnel"), "{err}");
+        let err = load("[dashboard]\nlisten = \"0.0.0.0:7947\"\nallow_remote = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert"), "{err}");
+        let cfg = load(
+            "[dashboard]\nlisten = \"0.0.0.0:7947\"\nallow_remote = true\n\
+             tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert!(cfg.dashboard.unwrap().tls_cert.unwrap().is_absolute());
+        assert!(load("[dashboard]\nlisten = \"nonsense\"\n").is_err());
+        assert!(load("[dashboard]\nbogus = 1\n").is_err(), "unknown keys are refused");
+    }
 }

@@ -138,7 +138,8 @@ fn gauges<'a, V: Into<f64> + Copy>(
     help: &str,
     rows: impl IntoIterator<Item = (Labels, V)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut me = e.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+    let mut me =
+        e.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
     for (labels, v) in rows {
         let g = ConstGauge::new(v.into());
         g.encode(me.encode_family(&labels)?)?;
@@ -163,13 +164,26 @@ fn counters(
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        gauges(&mut e, "patchmesh_build_info", "Build of this node", [(l(&[("version", &s.version)]), 1.0)])?;
-        gauges(&mut e, "patchmesh_uptime_seconds", "Seconds since the node started", [(l(&[]), s.uptime_s)])?;
+        gauges(
+            &mut e,
+            "patchmesh_build_info",
+            "Build of this node",
+            [(l(&[("version", &s.version)]), 1.0)],
+        )?;
+        gauges(
+            &mut e,
+            "patchmesh_uptime_seconds",
+            "Seconds since the node started",
+            [(l(&[]), s.uptime_s)],
+        )?;
         gauges(
             &mut e,
             "patchmesh_peers",
             "Connections, and those whose admission certificate verified",
-            [(l(&[("kind", "connected")]), s.peers.0 as f64), (l(&[("kind", "admitted")]), s.peers.1 as f64)],
+            [
+                (l(&[("kind", "connected")]), s.peers.0 as f64),
+                (l(&[("kind", "admitted")]), s.peers.1 as f64),
+            ],
         )?;
         counters(
             &mut e,
@@ -193,13 +207,18 @@ impl prometheus_client::collector::Collector for Collector {
             &mut e,
             "patchmesh_transport_bytes",
             "Transport bytes by direction",
-            [(l(&[("direction", "sent")]), s.transport.0), (l(&[("direction", "received")]), s.transport.1)],
+            [
+                (l(&[("direction", "sent")]), s.transport.0),
+                (l(&[("direction", "received")]), s.transport.1),
+            ],
         )?;
         counters(
             &mut e,
             "patchmesh_payload_bytes_received",
             "Payload bytes received, from this site (lan) or other sites (wan)",
-            s.payload_received.iter().map(|(k, v)| (l(&[("link", k), ("direction", "received")]), *v)),
+            s.payload_received
+                .iter()
+                .map(|(k, v)| (l(&[("link", k), ("direction", "received")]), *v)),
         )?;
         gauges(
             &mut e,
@@ -231,7 +250,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Open findings fleet-wide by due class",
             s.findings.iter().map(|(k, v)| (l(&[("due", k)]), *v as f64)),
         )?;
-        gauges(&mut e, "patchmesh_findings_kev", "Open findings in CISA KEV, fleet-wide", [(l(&[]), s.kev as f64)])?;
+        gauges(
+            &mut e,
+            "patchmesh_findings_kev",
+            "Open findings in CISA KEV, fleet-wide",
+            [(l(&[]), s.kev as f64)],
+        )?;
         if let Some(age) = s.audit_checkpoint_age_s {
             gauges(
                 &mut e,
@@ -264,7 +288,10 @@ pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     token: String,
-    ctl: tokio::sync::mpsc::Sender<(crate::control::Request, tokio::sync::oneshot::Sender<serde_json::Value>)>,
+    ctl: tokio::sync::mpsc::Sender<(
+        crate::control::Request,
+        tokio::sync::oneshot::Sender<serde_json::Value>,
+    )>,
 ) -> std::io::Result<()> {
     use axum::http::{header, HeaderMap, StatusCode};
     use axum::response::IntoResponse;

@@ -4,7 +4,9 @@
 //! Screenshots of every view are written to `target/dashboard-screenshots/`.
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use patchmesh_node::control::{PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView};
+use patchmesh_node::control::{
+    PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
+};
 use patchmesh_tests::{ensure_tools, serial, wait_for, Mesh};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -178,8 +180,20 @@ fn add_patch(m: &Mesh, body: &[u8], version: &str, extra: &[&str]) -> String {
 fn create_rollout(m: &Mesh, content: &str, extra: &[&str]) -> String {
     let admin = m.admin_key();
     let mut args = vec![
-        "rollout", "create", "--patch", content, "--soak-s", "1", "--recheck-s", "1",
-        "--min-success", "1.0", "--ring", "canary:0:ring=canary", "--ring", "all:100",
+        "rollout",
+        "create",
+        "--patch",
+        content,
+        "--soak-s",
+        "1",
+        "--recheck-s",
+        "1",
+        "--min-success",
+        "1.0",
+        "--ring",
+        "canary:0:ring=canary",
+        "--ring",
+        "all:100",
     ];
     args.extend_from_slice(extra);
     args.extend(["--admin-key", admin.as_str(), "--json"]);
@@ -250,7 +264,10 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         assert!(text(&c, "h1").await.contains("used or has expired"), "a reused link logs in");
         // The refused link's 403 is the only console message so far.
         let errors = console_errors(&c).await;
-        assert!(errors.iter().all(|e| e.contains("/login?nonce=") && e.contains("403")), "{errors:#?}");
+        assert!(
+            errors.iter().all(|e| e.contains("/login?nonce=") && e.contains("403")),
+            "{errors:#?}"
+        );
 
         // A patch and a rollout that takes every node, watched from the open rollouts page.
         c.goto(&format!("{base}/rollouts")).await.unwrap();
@@ -259,7 +276,8 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         let good = add_patch(&m, b"app version 2\n", "2", &[]);
         let created = Instant::now();
         let good_rollout = create_rollout(&m, &good, &[]);
-        wait_text(&c, "#rollouts-table", LIVE + Duration::from_secs(2), |t| t.contains("app 2")).await;
+        wait_text(&c, "#rollouts-table", LIVE + Duration::from_secs(2), |t| t.contains("app 2"))
+            .await;
         eprintln!("new rollout on the open page after {:?}", created.elapsed());
         assert!(still_marked(&c).await, "the page reloaded instead of updating in place");
 
@@ -275,9 +293,8 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         mark(&c).await;
         let bad = add_patch(&m, b"bad build\n", "3", &["--verify", "exit 1"]);
         let bad_rollout = create_rollout(&m, &bad, &[]);
-        let halted = wait_for(WAIT, || {
-            rollout_at(&m, 0, &bad_rollout).filter(|v| v.state() == "halted")
-        });
+        let halted =
+            wait_for(WAIT, || rollout_at(&m, 0, &bad_rollout).filter(|v| v.state() == "halted"));
         assert!(halted.is_some(), "the bad rollout did not halt");
         let seen = Instant::now();
         wait_text(&c, "#halts", LIVE, |t| t.contains("halted")).await;
@@ -353,20 +370,27 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         let digest = wait_text(&c, "#proposal-digest", LIVE, |t| t.len() == 64).await;
         let summary = text(&c, "#proposal-summary").await;
         assert!(summary.contains("pause rollout"), "{summary}");
-        let id = c.current_url().await.unwrap().path().trim_start_matches("/proposals/").to_string();
+        let id =
+            c.current_url().await.unwrap().path().trim_start_matches("/proposals/").to_string();
         shot(&c, "proposal").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(catalog_states(&m), before, "a proposal or a refused POST changed the catalog");
 
         // The CLI refuses a digest other than the page's, then signs the right one.
         let admin = m.admin_key();
-        let wrong = m.cli_at(0, &["proposal", "sign", &id, "--digest", &"0".repeat(64), "--admin-key", &admin]);
+        let wrong = m.cli_at(
+            0,
+            &["proposal", "sign", &id, "--digest", &"0".repeat(64), "--admin-key", &admin],
+        );
         assert!(!wrong.status.success());
         assert!(String::from_utf8_lossy(&wrong.stderr).contains("not the proposal"));
-        let out = m.cli_at(0, &["proposal", "sign", &id, "--digest", &digest, "--admin-key", &admin]);
+        let out =
+            m.cli_at(0, &["proposal", "sign", &id, "--digest", &digest, "--admin-key", &admin]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let paused = wait_for(WAIT, || {
-            (0..3).all(|i| rollout_at(&m, i, &good_rollout).is_some_and(|v| v.state() == "paused")).then_some(())
+            (0..3)
+                .all(|i| rollout_at(&m, i, &good_rollout).is_some_and(|v| v.state() == "paused"))
+                .then_some(())
         });
         assert!(paused.is_some(), "the signed proposal did not pause the rollout on every node");
 
@@ -392,11 +416,8 @@ fn cross_site_posts_wrong_hosts_and_missing_sessions_are_refused_and_metrics_nee
     let _guard = serial();
     let (m, port, metrics) = mesh("dash-guard");
     let base = format!("http://127.0.0.1:{port}");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
 
     // A session from a one-time link; the link works once.
     let url = login_url(&m);
@@ -410,7 +431,8 @@ fn cross_site_posts_wrong_hosts_and_missing_sessions_are_refused_and_metrics_nee
     // Security headers on a page.
     let r = agent.get(&format!("{base}/")).header("cookie", &session).call().unwrap();
     assert_eq!(r.status(), 200);
-    let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let h =
+        |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     assert!(h("content-security-policy").contains("default-src 'none'"));
     assert!(h("content-security-policy").contains("frame-ancestors 'none'"));
     assert_eq!(h("x-content-type-options"), "nosniff");
@@ -422,13 +444,19 @@ fn cross_site_posts_wrong_hosts_and_missing_sessions_are_refused_and_metrics_nee
     assert_eq!(agent.get(&format!("{base}/nodes")).call().unwrap().status(), 401);
 
     // DNS rebinding: a page served as evil.example that reaches this port.
-    let r = agent.get(&format!("{base}/")).header("host", &format!("evil.example:{port}"))
-        .header("cookie", &session).call().unwrap();
+    let r = agent
+        .get(&format!("{base}/"))
+        .header("host", &format!("evil.example:{port}"))
+        .header("cookie", &session)
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     // A cross-site form POST, with the session cookie even, is refused before it is read.
     let before = catalog_states(&m);
-    for (site, origin) in [("cross-site", "http://evil.example"), ("same-site", "http://127.0.0.2:1")] {
+    for (site, origin) in
+        [("cross-site", "http://evil.example"), ("same-site", "http://127.0.0.2:1")]
+    {
         let r = agent
             .post(&format!("{base}/proposals"))
             .header("cookie", &session)
@@ -439,7 +467,8 @@ fn cross_site_posts_wrong_hosts_and_missing_sessions_are_refused_and_metrics_nee
             .unwrap();
         assert_eq!(r.status(), 403, "{site} POST accepted");
     }
-    let r = agent.get(&format!("{base}/api/v1/dashboard")).header("cookie", &session).call().unwrap();
+    let r =
+        agent.get(&format!("{base}/api/v1/dashboard")).header("cookie", &session).call().unwrap();
     let state: Value = serde_json::from_str(&r.into_body().read_to_string().unwrap()).unwrap();
     assert_eq!(state["proposals"], 0, "a refused POST made a proposal: {state}");
 
@@ -467,11 +496,24 @@ fn cross_site_posts_wrong_hosts_and_missing_sessions_are_refused_and_metrics_nee
     // labels (no node ids).
     let murl = format!("http://127.0.0.1:{metrics}/metrics");
     assert_eq!(agent.get(&murl).call().unwrap().status(), 401);
-    assert_eq!(agent.get(&murl).header("authorization", "Bearer nope").call().unwrap().status(), 401);
+    assert_eq!(
+        agent.get(&murl).header("authorization", "Bearer nope").call().unwrap().status(),
+        401
+    );
     let token = std::fs::read_to_string(m.nodes[0].dir.join("data/metrics.token")).unwrap();
-    let r = agent.get(&murl).header("authorization", &format!("Bearer {}", token.trim())).call().unwrap();
+    let r = agent
+        .get(&murl)
+        .header("authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers().get("content-type").unwrap().to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(r
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     let text = r.into_body().read_to_string().unwrap();
     assert!(text.ends_with("# EOF\n"), "{text}");
     for family in [

@@ -313,6 +313,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
 
     let inventory = read_inventory(&cfg.inventory_root);
     let (ctl_tx, ctl_rx) = mpsc::channel::<(Request, Reply)>(CONTROL_QUEUE);
+    let (basis_tx, basis_rx) = mpsc::channel::<crate::dashboard::BasisAsk>(CONTROL_QUEUE);
     let token = control_token(&cfg.token_path())?;
     let socket = cfg.control_socket();
     let listener = bind_control(&socket)?;
@@ -320,8 +321,12 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         Some(dc) => {
             let bound = crate::dashboard::bind(dc.listen)
                 .map_err(io(format!("binding the dashboard on {}", dc.listen)))?;
-            let shared =
-                Arc::new(crate::dashboard::Shared::new(dc.clone(), bound.addr, ctl_tx.clone()));
+            let shared = Arc::new(crate::dashboard::Shared::new(
+                dc.clone(),
+                bound.addr,
+                ctl_tx.clone(),
+                basis_tx,
+            ));
             tracing::info!(addr = %bound.addr, "dashboard listening (log in with `patchmesh dashboard`)");
             let s = shared.clone();
             tokio::spawn(async move {
@@ -336,7 +341,8 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let metrics = crate::metrics::Collector::default();
     registry.register_collector(Box::new(metrics.clone()));
     if let Some(mc) = &cfg.metrics {
-        let token_path = mc.token_file.clone().unwrap_or_else(|| cfg.data_dir.join("metrics.token"));
+        let token_path =
+            mc.token_file.clone().unwrap_or_else(|| cfg.data_dir.join("metrics.token"));
         let token = control_token(&token_path)?;
         let std_listener = std::net::TcpListener::bind(mc.listen)
             .map_err(io(format!("binding the metrics endpoint on {}", mc.listen)))?;
@@ -418,7 +424,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     if held.as_ref() != Some(&summary) {
         d.input(Input::Command(Command::UpdateRecord { inventory: summary }));
     }
-    Ok((d, Inbox { ctl_rx, from_transfers, effects_rx, intel_rx, socket }))
+    Ok((d, Inbox { ctl_rx, basis_rx, from_transfers, effects_rx, intel_rx, socket }))
 }
 
 pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
@@ -432,6 +438,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
 /// What the owner task receives besides swarm events.
 struct Inbox {
     ctl_rx: mpsc::Receiver<(Request, Reply)>,
+    basis_rx: mpsc::Receiver<crate::dashboard::BasisAsk>,
     from_transfers: mpsc::Receiver<ToDaemon>,
     effects_rx: mpsc::Receiver<patchmesh_protocol::rollout::EffectResult>,
     intel_rx: mpsc::Receiver<intel::Loaded>,
@@ -462,6 +469,9 @@ impl Daemon {
                 ev = d.swarm.select_next_some() => d.on_swarm(ev),
                 () = tokio::time::sleep_until(deadline) => d.input(Input::Timer),
                 Some((req, reply)) = inbox.ctl_rx.recv() => d.on_control(req, reply),
+                Some(reply) = inbox.basis_rx.recv() => {
+                    let _ = reply.send(Arc::new(d.report_basis()));
+                }
                 Some(cmd) = inbox.from_transfers.recv() => d.on_transfer(cmd),
                 Some(result) = inbox.effects_rx.recv() => d.on_effect_done(result),
                 Some(loaded) = inbox.intel_rx.recv() => d.on_intel_loaded(loaded),

@@ -207,7 +207,9 @@ impl Daemon {
                      and restart it",
                 ),
             },
-            Request::Proposal { id } => crate::dashboard::proposal_answer(self.dashboard.as_deref(), &id),
+            Request::Proposal { id } => {
+                crate::dashboard::proposal_answer(self.dashboard.as_deref(), &id)
+            }
         };
         send(reply, answer);
     }

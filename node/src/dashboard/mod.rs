@@ -13,13 +13,13 @@
 //!   envelopes only and verifies them as the node verifies a peer's.
 
 mod model;
-mod pages;
+pub mod pages;
 pub mod proposal;
 mod server;
 
 pub use model::*;
 pub use proposal::{Proposal, ProposalChange, ProposalView};
-pub use server::{bind, serve, Bound};
+pub use server::{bind, serve, AdminPage, AuditPage, Bound, NodeDetail, PatchesPage};
 
 use crate::config::DashboardConfig;
 use crate::control::{self, Request};
@@ -53,8 +53,14 @@ struct Session {
 
 /// State shared by the dashboard server and the daemon (which mints login nonces and answers
 /// proposal lookups from the CLI).
+/// A request for the site's signed records as a typed view, answered in process (the largest
+/// view by far: at 10,000 members its JSON is ~16 MB, and a JSON round trip would cost more
+/// than the whole page).
+pub type BasisAsk = oneshot::Sender<std::sync::Arc<crate::control::ReportBasisView>>;
+
 pub struct Shared {
     ctl: mpsc::Sender<(Request, oneshot::Sender<serde_json::Value>)>,
+    basis_tx: mpsc::Sender<BasisAsk>,
     cfg: DashboardConfig,
     base_url: String,
     nonces: Mutex<HashMap<String, Instant>>,
@@ -84,10 +90,12 @@ impl Shared {
         cfg: DashboardConfig,
         addr: std::net::SocketAddr,
         ctl: mpsc::Sender<(Request, oneshot::Sender<serde_json::Value>)>,
+        basis_tx: mpsc::Sender<BasisAsk>,
     ) -> Shared {
         let scheme = if cfg.tls_cert.is_some() { "https" } else { "http" };
         Shared {
             ctl,
+            basis_tx,
             base_url: format!("{scheme}://{addr}"),
             cfg,
             nonces: Mutex::new(HashMap::new()),
@@ -110,7 +118,10 @@ impl Shared {
             n.remove(&oldest);
         }
         n.insert(nonce.clone(), Instant::now());
-        LoginView { url: format!("{}/login?nonce={nonce}", self.base_url), valid_s: NONCE_TTL.as_secs() }
+        LoginView {
+            url: format!("{}/login?nonce={nonce}", self.base_url),
+            valid_s: NONCE_TTL.as_secs(),
+        }
     }
 
     /// Spends a nonce: a new session id, or none if the nonce is unknown, used or expired.
@@ -185,6 +196,16 @@ impl Shared {
         self.proposals.lock().unwrap().iter().find(|p| p.proposal.id == id).cloned()
     }
 
+    /// This site's signed records and the other sites' summaries, typed.
+    async fn basis(&self) -> Result<std::sync::Arc<crate::control::ReportBasisView>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.basis_tx.send(tx).await.map_err(|_| "the node is shutting down".to_string())?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| "the node did not answer in time".to_string())?
+            .map_err(|_| "the node dropped the request".to_string())
+    }
+
     /// Asks the daemon one control request.
     async fn ask<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
@@ -208,5 +229,108 @@ pub fn proposal_answer(shared: Option<&Shared>, id: &str) -> serde_json::Value {
             "no proposal {id:?} on this node (proposals live in the memory of the node whose \
              dashboard made them, and go when it restarts)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(idle_s: u64, max_s: u64) -> Shared {
+        let cfg: DashboardConfig =
+            toml::from_str(&format!("session_idle_s = {idle_s}\nsession_max_s = {max_s}\n"))
+                .unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let (btx, _brx) = mpsc::channel(1);
+        Shared::new(cfg, "127.0.0.1:7947".parse().unwrap(), tx, btx)
+    }
+
+    fn nonce_of(url: &str) -> String {
+        url.rsplit("nonce=").next().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_login_nonce_works_once_and_not_after_a_minute() {
+        let s = shared(3600, 43200);
+        let login = s.login();
+        assert!(login.url.starts_with("http://127.0.0.1:7947/login?nonce="), "{}", login.url);
+        let nonce = nonce_of(&login.url);
+        assert_eq!(nonce.len(), 64);
+        let session = s.redeem(&nonce).expect("a fresh nonce logs in");
+        assert!(s.touch(&session));
+        assert!(s.redeem(&nonce).is_none(), "a nonce works once");
+        assert!(s.redeem("").is_none() && s.redeem(&"0".repeat(64)).is_none());
+
+        let old = nonce_of(&s.login().url);
+        let minted = Instant::now().checked_sub(NONCE_TTL + Duration::from_secs(1)).unwrap();
+        s.nonces.lock().unwrap().insert(old.clone(), minted);
+        assert!(s.redeem(&old).is_none(), "an expired nonce logs in");
+    }
+
+    #[test]
+    fn sessions_end_when_idle_past_their_limit_or_logged_out() {
+        let s = shared(60, 600);
+        let a = s.redeem(&nonce_of(&s.login().url)).unwrap();
+        let b = s.redeem(&nonce_of(&s.login().url)).unwrap();
+        let c = s.redeem(&nonce_of(&s.login().url)).unwrap();
+        assert_ne!(a, b);
+        let past = |secs| Instant::now().checked_sub(Duration::from_secs(secs)).unwrap();
+        s.sessions.lock().unwrap().get_mut(&a).unwrap().last = past(61);
+        let created = past(601);
+        {
+            let mut m = s.sessions.lock().unwrap();
+            let v = m.get_mut(&b).unwrap();
+            v.created = created;
+        }
+        assert!(!s.touch(&a), "an idle session lives on");
+        assert!(!s.touch(&b), "a session outlives its maximum");
+        assert!(s.touch(&c));
+        s.logout(&c);
+        assert!(!s.touch(&c), "logout left the session");
+    }
+
+    #[test]
+    fn outstanding_nonces_and_sessions_are_bounded() {
+        let s = shared(3600, 43200);
+        for _ in 0..100 {
+            s.login();
+        }
+        assert!(s.nonces.lock().unwrap().len() <= NONCES_MAX);
+        for _ in 0..100 {
+            let n = nonce_of(&s.login().url);
+            s.redeem(&n).unwrap();
+        }
+        assert!(s.sessions.lock().unwrap().len() <= SESSIONS_MAX);
+    }
+
+    #[test]
+    fn the_digest_covers_every_field_of_a_proposal() {
+        use patchmesh_protocol::catalog::CommandAction;
+        use patchmesh_protocol::ids::{Millis, RolloutId};
+        let p = Proposal {
+            id: "ab".into(),
+            node: "cd".into(),
+            created_at: Millis(5),
+            changes: vec![ProposalChange::Command {
+                rollout: RolloutId([1; 32]),
+                action: CommandAction::Pause,
+                issued_at: Millis(5),
+            }],
+        };
+        let d = p.digest();
+        let mut q = p.clone();
+        q.changes = vec![ProposalChange::Command {
+            rollout: RolloutId([1; 32]),
+            action: CommandAction::Abort,
+            issued_at: Millis(5),
+        }];
+        assert_ne!(q.digest(), d, "pause and abort share a digest");
+        let mut r = p.clone();
+        r.id = "ac".into();
+        assert_ne!(r.digest(), d);
+        assert_eq!(
+            p.view().summary,
+            vec!["pause rollout 010101010101 (installs under way finish)"]
+        );
     }
 }

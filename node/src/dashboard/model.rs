@@ -48,7 +48,9 @@ impl Compliance {
             Compliance::Unknown,
         ]
         .into_iter()
-        .find(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(|x| x == s)) == Some(true))
+        .find(|c| {
+            serde_json::to_value(c).ok().and_then(|v| v.as_str().map(|x| x == s)) == Some(true)
+        })
     }
 }
 
@@ -173,7 +175,13 @@ pub struct DueRow {
 
 impl DueRow {
     fn of(c: &patchmesh_protocol::intel::report::DueCounts) -> DueRow {
-        DueRow { d3: c.days3, d14: c.days14, d60: c.days60, window: c.window, exception: c.exception }
+        DueRow {
+            d3: c.days3,
+            d14: c.days14,
+            d60: c.days60,
+            window: c.window,
+            exception: c.exception,
+        }
     }
     fn add(&mut self, o: DueRow) {
         self.d3 += o.d3;
@@ -330,10 +338,12 @@ pub fn node_row(a: &AssetBasis, now_ms: u64) -> NodeRow {
         ),
         None => (0, 0, 0, Vec::new()),
     };
-        // Standings as the basis spells them: pending, installing, succeeded, failed, rolledback,
+    // Standings as the basis spells them: pending, installing, succeeded, failed, rolledback,
     // nottargeted.
     let pending = a.standings.iter().filter(|s| s.2 == "pending" || s.2 == "installing").count();
-    let failed = a.standings.iter().any(|s| s.2 == "failed" || s.2 == "rolledback");
+    // A member rolled back to its previous version is not failing: the failure stays with the
+    // rollout (halted), the node runs what it ran before.
+    let failed = a.standings.iter().any(|s| s.2 == "failed");
     let compliance = if failed {
         Compliance::Failing
     } else if a.exposure.is_none() {
@@ -421,10 +431,10 @@ pub fn rollout_row(r: &RolloutView) -> RolloutRow {
     }
     RolloutRow {
         id: r.id.clone(),
-        patch: r
-            .patch
-            .as_ref()
-            .map_or_else(|| r.content_id[..12].to_string(), |p| format!("{} {}", p.name, p.version)),
+        patch: r.patch.as_ref().map_or_else(
+            || r.content_id[..12].to_string(),
+            |p| format!("{} {}", p.name, p.version),
+        ),
         state: r.state().replace('_', " "),
         ring: match r.open_rings {
             Some(n) if (n as usize) >= r.rings.len() => "all rings open".into(),
@@ -547,7 +557,11 @@ pub fn overview(
         mesh_health: MeshHealth {
             peers_connected: status.peers_connected,
             peers_admitted: status.peers_admitted,
-            gossip: (status.gossip_mesh.control, status.gossip_mesh.site, status.gossip_mesh.summaries),
+            gossip: (
+                status.gossip_mesh.control,
+                status.gossip_mesh.site,
+                status.gossip_mesh.summaries,
+            ),
             trust_version: status.trust_version,
             catalog_changes: status.catalog_changes,
             state_hash: status.state_hash[..status.state_hash.len().min(16)].to_string(),
@@ -704,7 +718,12 @@ pub fn rollout_detail(
         .iter()
         .filter_map(|a| {
             let s = a.standings.iter().find(|s| s.0 == r.id && s.2 != "nottargeted")?;
-            Some(RolloutMember { node: a.node.clone(), host: host_of(a), ring: s.1, status: s.2.clone() })
+            Some(RolloutMember {
+                node: a.node.clone(),
+                host: host_of(a),
+                ring: s.1,
+                status: s.2.clone(),
+            })
         })
         .collect();
     members.sort_by(|a, b| a.ring.cmp(&b.ring).then_with(|| a.host.cmp(&b.host)));

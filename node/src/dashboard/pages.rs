@@ -169,7 +169,13 @@ impl OverviewT<'_> {
             .slices()
             .into_iter()
             .map(|(label, class, n, start, pct)| {
-                (class, label, n, format!("{pct:.2} {:.2}", 100.0 - pct), format!("{:.2}", 25.0 - start))
+                (
+                    class,
+                    label,
+                    n,
+                    format!("{pct:.2} {:.2}", 100.0 - pct),
+                    format!("{:.2}", 25.0 - start),
+                )
             })
             .collect()
     }
@@ -241,7 +247,11 @@ impl NodesT<'_> {
 
 /// `/nodes`.
 pub fn nodes(m: &NodesPage, live: &str) -> String {
-    let t = NodesT { c: Ctx::new("Nodes", "nodes", "/nodes").live(live), m, now_ms: crate::clock::now_ms().0 };
+    let t = NodesT {
+        c: Ctx::new("Nodes", "nodes", "/nodes").live(live),
+        m,
+        now_ms: crate::clock::now_ms().0,
+    };
     // The live refresh keeps the page's filter, sort and page.
     let here = t.page_link(m.page);
     render(NodesT { c: Ctx::new("Nodes", "nodes", here).live(live), ..t })
@@ -295,7 +305,10 @@ fn audit_line(e: &serde_json::Value) -> (String, String, String) {
 /// `/nodes/{id}`.
 pub fn node_detail(m: &NodeDetail, live: &str) -> String {
     let host = m.row.as_ref().map_or_else(|| short(&m.node).to_string(), |r| r.host.clone());
-    render(NodeT { c: Ctx::new(format!("Node {host}"), "nodes", format!("/nodes/{}", m.node)).live(live), m })
+    render(NodeT {
+        c: Ctx::new(format!("Node {host}"), "nodes", format!("/nodes/{}", m.node)).live(live),
+        m,
+    })
 }
 
 #[derive(Template)]
@@ -380,7 +393,9 @@ impl RolloutT<'_> {
             patchmesh_protocol::catalog::CommandAction::Pause => "pause".to_string(),
             patchmesh_protocol::catalog::CommandAction::Abort => "abort".to_string(),
             patchmesh_protocol::catalog::CommandAction::Approve { .. } => "approve".to_string(),
-            patchmesh_protocol::catalog::CommandAction::Resume { overrides: None } => "resume".into(),
+            patchmesh_protocol::catalog::CommandAction::Resume { overrides: None } => {
+                "resume".into()
+            }
             patchmesh_protocol::catalog::CommandAction::Resume { overrides: Some(o) } => {
                 format!("resume, lifting {o:?}")
             }
@@ -395,7 +410,12 @@ impl RolloutT<'_> {
 /// `/rollouts/{id}`.
 pub fn rollout_detail(m: &RolloutDetail, live: &str) -> String {
     render(RolloutT {
-        c: Ctx::new(format!("Rollout {}", m.row.patch), "rollouts", format!("/rollouts/{}", m.rollout.id)).live(live),
+        c: Ctx::new(
+            format!("Rollout {}", m.row.patch),
+            "rollouts",
+            format!("/rollouts/{}", m.rollout.id),
+        )
+        .live(live),
         m,
     })
 }
@@ -415,7 +435,10 @@ impl AuditT<'_> {
 
 /// `/audit`.
 pub fn audit(m: &AuditPage, live: &str) -> String {
-    render(AuditT { c: Ctx::new("Audit", "audit", format!("/audit?node={}", m.node)).live(live), m })
+    render(AuditT {
+        c: Ctx::new("Audit", "audit", format!("/audit?node={}", m.node)).live(live),
+        m,
+    })
 }
 
 #[derive(Template)]
@@ -449,7 +472,11 @@ impl AdminT<'_> {
                         (
                             i["id"].as_str().unwrap_or("").to_string(),
                             i["sink"].as_str().unwrap_or("").to_string(),
-                            i["last_error"].as_str().or(i["error"].as_str()).unwrap_or("").to_string(),
+                            i["last_error"]
+                                .as_str()
+                                .or(i["error"].as_str())
+                                .unwrap_or("")
+                                .to_string(),
                         )
                     })
                     .collect()

@@ -129,7 +129,11 @@ fn describe(c: &ProposalChange) -> String {
             "create rollout {} of payload {} through rings {}",
             &r.id.to_string()[..12],
             &r.content_id.to_string()[..12],
-            r.rings.iter().map(|g| format!("{} {}%", g.name, g.percent)).collect::<Vec<_>>().join(", ")
+            r.rings
+                .iter()
+                .map(|g| format!("{} {}%", g.name, g.percent))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         ProposalChange::Entry { entry } => format!("set catalog entry {}", entry.key()),
     }

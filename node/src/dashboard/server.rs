@@ -78,7 +78,9 @@ fn read_pem_certs(
         .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
 }
 
-fn read_pem_key(path: &std::path::Path) -> std::io::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+fn read_pem_key(
+    path: &std::path::Path,
+) -> std::io::Result<rustls::pki_types::PrivateKeyDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::PrivateKeyDer::from_pem_file(path)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
@@ -125,10 +127,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(authed)
         .fallback(not_found)
         // Violation reports only raise a counter and a log line: they need no CSRF check.
-        .layer(
-            tower_http::csrf::CsrfLayer::new()
-                .with_insecure_bypass(|m, u| m == axum::http::Method::POST && u.path() == "/csp-report"),
-        )
+        .layer(tower_http::csrf::CsrfLayer::new().with_insecure_bypass(|m, u| {
+            m == axum::http::Method::POST && u.path() == "/csp-report"
+        }))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_BYTES_MAX))
         .layer(tower::limit::ConcurrencyLimitLayer::new(CONCURRENCY_MAX))
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
@@ -139,7 +140,8 @@ fn router(shared: Arc<Shared>) -> Router {
 async fn guard(State(s): State<Arc<Shared>>, req: HttpRequest, next: Next) -> Response {
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let mut resp = if !host_allowed(&s, host) {
-        (StatusCode::FORBIDDEN, "this dashboard does not answer to that host name\n").into_response()
+        (StatusCode::FORBIDDEN, "this dashboard does not answer to that host name\n")
+            .into_response()
     } else if !s.admit_request() {
         (StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down\n").into_response()
     } else {
@@ -209,7 +211,9 @@ async fn require_session(State(s): State<Arc<Shared>>, req: HttpRequest, next: N
     if wants_json(req.uri()) {
         return (
             StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({"error": "log in: run `patchmesh dashboard` on the node"})),
+            axum::Json(
+                serde_json::json!({"error": "log in: run `patchmesh dashboard` on the node"}),
+            ),
         )
             .into_response();
     }
@@ -258,10 +262,7 @@ async fn asset(Path(name): Path<String>) -> Response {
         "favicon.svg" => (include_bytes!("assets/favicon.svg"), "image/svg+xml"),
         _ => return not_found().await,
     };
-    (
-        [(header::CONTENT_TYPE, ty), (header::CACHE_CONTROL, "private, max-age=3600")],
-        body,
-    )
+    ([(header::CONTENT_TYPE, ty), (header::CACHE_CONTROL, "private, max-age=3600")], body)
         .into_response()
 }
 
@@ -329,8 +330,11 @@ async fn respond<M: serde::Serialize>(
 async fn fingerprint(s: &Shared) -> Result<String, String> {
     let st = s.ask::<control::StatusView>(Request::Status).await?;
     let h = blake3::hash(
-        format!("{}:{}:{}:{}", st.state_hash, st.payloads_held, st.payload_bytes_held, st.catalog_changes)
-            .as_bytes(),
+        format!(
+            "{}:{}:{}:{}",
+            st.state_hash, st.payloads_held, st.payload_bytes_held, st.catalog_changes
+        )
+        .as_bytes(),
     );
     Ok(h.to_hex()[..16].to_string())
 }
@@ -354,7 +358,7 @@ async fn lan_wan(s: &Shared) -> (u64, u64) {
 async fn overview(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
     let a = async {
         let status: control::StatusView = s.ask(Request::Status).await?;
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let exposure: control::ExposureView = s.ask(Request::Exposure).await?;
         let rollouts: control::RolloutsView = s.ask(Request::Rollouts).await?;
         let m = model::overview(&status, &basis, &exposure, &rollouts, lan_wan(&s).await);
@@ -369,21 +373,35 @@ async fn nodes(
     Query(f): Query<model::NodeFilter>,
 ) -> Response {
     let a = async {
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let m = model::nodes_page(&basis, f, wants_json(&uri));
         respond(&s, &uri, &m, pages::nodes).await
     };
     finish(&uri, a.await)
 }
 
-async fn nodes_csv(State(s): State<Arc<Shared>>, uri: Uri, Query(f): Query<model::NodeFilter>) -> Response {
+async fn nodes_csv(
+    State(s): State<Arc<Shared>>,
+    uri: Uri,
+    Query(f): Query<model::NodeFilter>,
+) -> Response {
     let a = async {
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let m = model::nodes_page(&basis, f, true);
         let mut w = csv::Writer::from_writer(Vec::new());
         let _ = w.write_record([
-            "node", "host", "site", "labels", "os", "ring", "last_seen", "open_findings", "kev",
-            "excepted", "pending_updates", "status",
+            "node",
+            "host",
+            "site",
+            "labels",
+            "os",
+            "ring",
+            "last_seen",
+            "open_findings",
+            "kev",
+            "excepted",
+            "pending_updates",
+            "status",
         ]);
         for r in &m.rows {
             let cells = [
@@ -417,7 +435,7 @@ async fn nodes_csv(State(s): State<Arc<Shared>>, uri: Uri, Query(f): Query<model
 
 /// `/nodes/{id}`.
 #[derive(serde::Serialize)]
-pub(super) struct NodeDetail {
+pub struct NodeDetail {
     pub row: Option<model::NodeRow>,
     pub node: String,
     pub is_self: bool,
@@ -437,18 +455,18 @@ async fn node_detail(State(s): State<Arc<Shared>>, uri: Uri, Path(id): Path<Stri
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Failure(StatusCode::BAD_REQUEST, "a node id is 64 hex characters".into()));
         }
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let is_self = basis.node == id;
         let asset = basis.assets.iter().find(|a| a.node == id);
-        let inventory =
-            s.ask(Request::Inventory { node: (!is_self).then(|| id.clone()) }).await;
+        let inventory = s.ask(Request::Inventory { node: (!is_self).then(|| id.clone()) }).await;
         let (findings, updates) = if is_self {
             match s.ask::<control::IntelView>(Request::Intel).await {
                 Ok(v) => (Ok(v.findings), v.updates),
                 Err(e) => (Err(e), Vec::new()),
             }
         } else {
-            match s.ask::<control::RemoteFindingsView>(Request::Findings { node: id.clone() }).await {
+            match s.ask::<control::RemoteFindingsView>(Request::Findings { node: id.clone() }).await
+            {
                 Ok(v) => (Ok(v.findings), v.updates),
                 Err(e) => (Err(e), Vec::new()),
             }
@@ -464,7 +482,8 @@ async fn node_detail(State(s): State<Arc<Shared>>, uri: Uri, Path(id): Path<Stri
                 audit_total = v.verified.entries;
                 pages::audit_entries(&v.text, 50)
             });
-        let peers = if is_self { s.ask(Request::Peers).await.unwrap_or_default() } else { Vec::new() };
+        let peers =
+            if is_self { s.ask(Request::Peers).await.unwrap_or_default() } else { Vec::new() };
         let local = if is_self {
             s.ask::<control::RolloutsView>(Request::Rollouts)
                 .await
@@ -495,7 +514,7 @@ async fn node_detail(State(s): State<Arc<Shared>>, uri: Uri, Path(id): Path<Stri
 async fn vulns(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
     let a = async {
         let exposure: control::ExposureView = s.ask(Request::Exposure).await?;
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let intel = s.ask::<control::IntelView>(Request::Intel).await.ok();
         let m = model::vulns(&exposure, &basis, intel.as_ref());
         respond(&s, &uri, &m, pages::vulns).await
@@ -505,7 +524,7 @@ async fn vulns(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
 
 /// `/patches`.
 #[derive(serde::Serialize)]
-pub(super) struct PatchesPage {
+pub struct PatchesPage {
     pub catalog: control::CatalogView,
     pub contents: Vec<control::ContentView>,
     pub held_bytes: u64,
@@ -533,7 +552,11 @@ struct RolloutQuery {
     sort: String,
 }
 
-async fn rollouts(State(s): State<Arc<Shared>>, uri: Uri, Query(q): Query<RolloutQuery>) -> Response {
+async fn rollouts(
+    State(s): State<Arc<Shared>>,
+    uri: Uri,
+    Query(q): Query<RolloutQuery>,
+) -> Response {
     let a = async {
         let v: control::RolloutsView = s.ask(Request::Rollouts).await?;
         let mut rows: Vec<model::RolloutRow> = v.rollouts.iter().map(model::rollout_row).collect();
@@ -548,13 +571,17 @@ async fn rollouts(State(s): State<Arc<Shared>>, uri: Uri, Query(q): Query<Rollou
     finish(&uri, a.await)
 }
 
-async fn rollout_detail(State(s): State<Arc<Shared>>, uri: Uri, Path(id): Path<String>) -> Response {
+async fn rollout_detail(
+    State(s): State<Arc<Shared>>,
+    uri: Uri,
+    Path(id): Path<String>,
+) -> Response {
     let a = async {
         let v: control::RolloutsView = s.ask(Request::Rollouts).await?;
         let Some(r) = v.rollouts.iter().find(|r| r.id == id) else {
             return Err(Failure(StatusCode::NOT_FOUND, format!("no rollout {id} on this node")));
         };
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let m = model::rollout_detail(r, &basis, &v);
         respond(&s, &uri, &m, pages::rollout_detail).await
     };
@@ -569,7 +596,7 @@ struct AuditQuery {
 
 /// `/audit`.
 #[derive(serde::Serialize)]
-pub(super) struct AuditPage {
+pub struct AuditPage {
     pub node: String,
     pub members: Vec<(String, String)>,
     pub export: control::AuditExportView,
@@ -578,7 +605,7 @@ pub(super) struct AuditPage {
 
 async fn audit(State(s): State<Arc<Shared>>, uri: Uri, Query(q): Query<AuditQuery>) -> Response {
     let a = async {
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let node = q.node.filter(|n| !n.is_empty()).unwrap_or_else(|| basis.node.clone());
         let export: control::AuditExportView = s
             .ask(Request::AuditExport {
@@ -600,7 +627,7 @@ async fn audit(State(s): State<Arc<Shared>>, uri: Uri, Query(q): Query<AuditQuer
 
 async fn reports(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
     let a = async {
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         Ok(Page::html(pages::reports(&basis)).into_response())
     };
     finish(&uri, a.await)
@@ -615,7 +642,11 @@ struct ReportForm {
     format: String,
 }
 
-async fn report_compliance(State(s): State<Arc<Shared>>, uri: Uri, Form(f): Form<ReportForm>) -> Response {
+async fn report_compliance(
+    State(s): State<Arc<Shared>>,
+    uri: Uri,
+    Form(f): Form<ReportForm>,
+) -> Response {
     let a = async {
         if !(1..=3650).contains(&f.days) {
             return Err(Failure(StatusCode::BAD_REQUEST, "the period is 1 to 3650 days".into()));
@@ -626,7 +657,7 @@ async fn report_compliance(State(s): State<Arc<Shared>>, uri: Uri, Form(f): Form
                 Failure(StatusCode::BAD_REQUEST, format!("unknown framework {x:?}"))
             })?),
         };
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let mut findings = BTreeMap::new();
         for a in &basis.assets {
             let got = if a.node == basis.node {
@@ -674,7 +705,11 @@ async fn report_compliance(State(s): State<Arc<Shared>>, uri: Uri, Form(f): Form
         let (bytes, ty, ext) = if f.format == "json" {
             (signed.into_bytes(), "application/json", "json")
         } else {
-            (crate::report::html::render(&report, &signed).into_bytes(), "text/html; charset=utf-8", "html")
+            (
+                crate::report::html::render(&report, &signed).into_bytes(),
+                "text/html; charset=utf-8",
+                "html",
+            )
         };
         let disposition = format!("attachment; filename=\"compliance-{day}.{ext}\"");
         Ok((
@@ -682,7 +717,8 @@ async fn report_compliance(State(s): State<Arc<Shared>>, uri: Uri, Form(f): Form
                 (header::CONTENT_TYPE, HeaderValue::from_static(ty)),
                 (
                     header::CONTENT_DISPOSITION,
-                    HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment")),
+                    HeaderValue::from_str(&disposition)
+                        .unwrap_or(HeaderValue::from_static("attachment")),
                 ),
             ],
             bytes,
@@ -694,7 +730,7 @@ async fn report_compliance(State(s): State<Arc<Shared>>, uri: Uri, Form(f): Form
 
 /// `/admin`.
 #[derive(serde::Serialize)]
-pub(super) struct AdminPage {
+pub struct AdminPage {
     pub admins: Vec<String>,
     pub trust_version: u64,
     pub integrations: control::IntegrationsView,
@@ -715,7 +751,7 @@ async fn admin(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
 async fn sites(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
     let a = async {
         let status: control::StatusView = s.ask(Request::Status).await?;
-        let basis: control::ReportBasisView = s.ask(Request::ReportBasis).await?;
+        let basis = s.basis().await?;
         let exposure: control::ExposureView = s.ask(Request::Exposure).await?;
         let rollouts: control::RolloutsView = s.ask(Request::Rollouts).await?;
         let ov = model::overview(&status, &basis, &exposure, &rollouts, (0, 0));
@@ -723,8 +759,9 @@ async fn sites(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
         let list: control::ContentListView = s.ask(Request::ContentList).await?;
         let mut transfers = Vec::new();
         for c in list.contents.iter().take(32) {
-            if let Ok(v) =
-                s.ask::<control::ContentView>(Request::Content { content: c.content_id.clone() }).await
+            if let Ok(v) = s
+                .ask::<control::ContentView>(Request::Content { content: c.content_id.clone() })
+                .await
             {
                 transfers.push((v.content.clone(), v.role.clone(), v.lan_bytes, v.wan_bytes));
             }
@@ -767,9 +804,11 @@ async fn propose(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         let f: ProposeForm = if is_json {
-            serde_json::from_slice(&body).map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?
+            serde_json::from_slice(&body)
+                .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?
         } else {
-            serde_urlencoded::from_bytes(&body).map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?
+            serde_urlencoded::from_bytes(&body)
+                .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?
         };
         let status: control::StatusView = s.ask(Request::Status).await?;
         let now = crate::clock::now_ms();
@@ -906,7 +945,10 @@ async fn events(State(s): State<Arc<Shared>>, Query(q): Query<EventsQuery>) -> R
             }
             if first {
                 // Unchanged since the page was built: go on polling.
-                return Some((Ok(Event::default().event("hello").data(now.as_str())), (s, now, false)));
+                return Some((
+                    Ok(Event::default().event("hello").data(now.as_str())),
+                    (s, now, false),
+                ));
             }
         }
     });
