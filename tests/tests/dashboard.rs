@@ -285,6 +285,7 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         c.goto(&format!("{base}/rollouts/{good_rollout}")).await.unwrap();
         mark(&c).await;
         wait_text(&c, "#members-table", WAIT, |t| t.matches("succeeded").count() == 3).await;
+        eprintln!("good rollout done on every node after {:?}", created.elapsed());
         assert!(still_marked(&c).await, "the rollout page reloaded");
         shot(&c, "rollout-detail").await;
 
@@ -296,6 +297,7 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         let halted =
             wait_for(WAIT, || rollout_at(&m, 0, &bad_rollout).filter(|v| v.state() == "halted"));
         assert!(halted.is_some(), "the bad rollout did not halt");
+        eprintln!("bad rollout halted after {:?}", created.elapsed());
         let seen = Instant::now();
         wait_text(&c, "#halts", LIVE, |t| t.contains("halted")).await;
         eprintln!("halt on the open overview {:?} after node 0 saw it", seen.elapsed());
@@ -317,7 +319,9 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
             ("admin", "/admin".into(), "Admins"),
         ];
         for (name, path, expect) in &views {
+            let t = Instant::now();
             c.goto(&format!("{base}{path}")).await.unwrap();
+            eprintln!("{name}: {:?}", t.elapsed());
             let main = text(&c, "main").await;
             assert!(main.contains(expect), "{path} lacks {expect:?}:\n{main}");
             assert!(!main.contains("could not be built"), "{path}: {main}");
@@ -393,6 +397,7 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
                 .then_some(())
         });
         assert!(paused.is_some(), "the signed proposal did not pause the rollout on every node");
+        eprintln!("paused everywhere after {:?}", created.elapsed());
 
         // Nor on the proposal page; and the browser reported no CSP violation at all.
         let errors = console_errors(&c).await;
