@@ -314,7 +314,7 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
             ("rollouts", "/rollouts".into(), "halted"),
             ("rollout-halted", format!("/rollouts/{bad_rollout}"), "halted in ring 0"),
             ("sites", "/sites".into(), "site0"),
-            ("audit", "/audit".into(), "install_step"),
+            ("audit", "/audit".into(), "install step — "),
             ("reports", "/reports".into(), "Generate and download"),
             ("admin", "/admin".into(), "Admins"),
         ];
@@ -486,15 +486,24 @@ fn cross_site_posts_wrong_hosts_and_missing_sessions_are_refused_and_metrics_nee
         .send(r#"{"envelope":"0011"}"#)
         .unwrap();
     assert_eq!(r.status(), 403);
-    // An oversized body is refused.
-    let big = "x".repeat(200 * 1024);
-    let r = agent
-        .post(&format!("{base}/api/v1/proposals"))
-        .header("cookie", &session)
-        .content_type("application/json")
-        .send(big.as_str())
+    // An oversized body is refused from its declared length, before any of it is read (sent
+    // by hand: a client still writing the body would see the early answer as a broken pipe).
+    let answer = {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            tcp,
+            "POST /api/v1/proposals HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {session}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{",
+            200 * 1024
+        )
         .unwrap();
-    assert_eq!(r.status(), 413);
+        let mut buf = [0u8; 64];
+        let n = tcp.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(catalog_states(&m), before);
 
     // Metrics: the token file's bearer token, OpenMetrics, libp2p's own families too, bounded

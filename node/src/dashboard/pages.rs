@@ -92,7 +92,10 @@ pub fn bytes(n: &u64) -> String {
 
 /// The first 12 characters of an id.
 pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    match id.char_indices().nth(12) {
+        Some((i, _)) => &id[..i],
+        None => id,
+    }
 }
 
 /// A UTC time.
@@ -281,25 +284,54 @@ pub fn audit_entries(text: &str, max: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// (sequence, time, "event detail") of one audit entry.
+/// (sequence, time, "event: field value · …") of one audit entry, ids shortened.
 fn audit_line(e: &serde_json::Value) -> (String, String, String) {
     let seq = e["seq"].to_string();
-    let at = e["at_ms"].as_u64().map(|t| when(&t)).unwrap_or_default();
-    let mut ev = e["event"].clone();
-    let kind = ev.get("type").and_then(|t| t.as_str()).unwrap_or("event").to_string();
-    if let Some(o) = ev.as_object_mut() {
-        o.remove("type");
-    }
-    let mut detail = ev.to_string();
-    if detail.len() > 240 {
-        let mut cut = 240;
+    let at = e["at_ms"]
+        .as_i64()
+        .and_then(|t| jiff::Timestamp::from_millisecond(t).ok())
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default();
+    let ev = &e["event"];
+    let kind = ev.get("type").and_then(|t| t.as_str()).unwrap_or("event").replace('_', " ");
+    let value = |v: &serde_json::Value| -> String {
+        match v {
+            serde_json::Value::String(s)
+                if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                short(s).to_string()
+            }
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| match x {
+                    serde_json::Value::String(s) => short(s).to_string(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        }
+    };
+    let mut detail = ev
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, v)| *k != "type" && !v.is_null() && v.as_str() != Some(""))
+                .map(|(k, v)| format!("{}: {}", k.replace('_', " "), value(v)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        })
+        .unwrap_or_default();
+    if detail.len() > 300 {
+        let mut cut = 300;
         while !detail.is_char_boundary(cut) {
             cut -= 1;
         }
         detail.truncate(cut);
         detail.push('…');
     }
-    (seq, at, format!("{kind} {detail}"))
+    (seq, at, format!("{kind} — {detail}"))
 }
 
 /// `/nodes/{id}`.
