@@ -418,7 +418,17 @@ struct RolloutT<'a> {
 
 impl RolloutT<'_> {
     fn gate(&self, g: &patchmesh_protocol::catalog::Gate) -> String {
-        serde_json::to_string(g).unwrap_or_default().replace(['{', '}', '"'], "").replace(',', ", ")
+        let mut parts = vec![format!(
+            "opens the next ring at {}% succeeded (at least {})",
+            f64::from(g.min_success_permille) / 10.0,
+            g.min_reports
+        )];
+        parts.push(format!("halts above {} failure(s)", g.max_failures));
+        if g.max_failure_permille > 0 {
+            parts.push(format!("or {}% failed", f64::from(g.max_failure_permille) / 10.0));
+        }
+        parts.push(format!("soak {} s", g.min_soak_ms / 1000));
+        parts.join(", ")
     }
     fn command(&self, c: &crate::control::CommandView) -> String {
         let action = match &c.action {
