@@ -339,20 +339,23 @@ async fn fingerprint(s: &Shared) -> Result<String, String> {
     Ok(h.to_hex()[..16].to_string())
 }
 
-async fn lan_wan(s: &Shared) -> (u64, u64) {
-    let Ok(list) = s.ask::<control::ContentListView>(Request::ContentList).await else {
-        return (0, 0);
-    };
-    let mut out = (0, 0);
-    for c in list.contents.iter().take(32) {
-        if let Ok(v) =
-            s.ask::<control::ContentView>(Request::Content { content: c.content_id.clone() }).await
-        {
-            out.0 += v.lan_bytes;
-            out.1 += v.wan_bytes;
+/// Every payload this node holds or fetches, with where its bytes came from (at most 64):
+/// (bytes held in all, each payload's view).
+async fn payloads(s: &Shared) -> Result<(u64, Vec<control::ContentView>), String> {
+    let list: control::ContentListView = s.ask(Request::ContentList).await?;
+    let mut out = Vec::new();
+    for c in list.contents.iter().take(64) {
+        if let Ok(v) = s.ask(Request::Content { content: c.content_id.clone() }).await {
+            out.push(v);
         }
     }
-    out
+    Ok((list.held_bytes, out))
+}
+
+/// Payload bytes this node received from its own site and from other sites.
+async fn lan_wan(s: &Shared) -> (u64, u64) {
+    let (_, views) = payloads(s).await.unwrap_or_default();
+    views.iter().fold((0, 0), |acc, v| (acc.0 + v.lan_bytes, acc.1 + v.wan_bytes))
 }
 
 async fn overview(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
@@ -533,14 +536,8 @@ pub struct PatchesPage {
 async fn patches(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
     let a = async {
         let catalog: control::CatalogView = s.ask(Request::Catalog).await?;
-        let list: control::ContentListView = s.ask(Request::ContentList).await?;
-        let mut contents = Vec::new();
-        for c in list.contents.iter().take(64) {
-            if let Ok(v) = s.ask(Request::Content { content: c.content_id.clone() }).await {
-                contents.push(v);
-            }
-        }
-        let m = PatchesPage { catalog, contents, held_bytes: list.held_bytes };
+        let (held_bytes, contents) = payloads(&s).await?;
+        let m = PatchesPage { catalog, contents, held_bytes };
         respond(&s, &uri, &m, pages::patches).await
     };
     finish(&uri, a.await)
@@ -756,16 +753,9 @@ async fn sites(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
         let rollouts: control::RolloutsView = s.ask(Request::Rollouts).await?;
         let ov = model::overview(&status, &basis, &exposure, &rollouts, (0, 0));
         let peers: Vec<control::PeerView> = s.ask(Request::Peers).await?;
-        let list: control::ContentListView = s.ask(Request::ContentList).await?;
-        let mut transfers = Vec::new();
-        for c in list.contents.iter().take(32) {
-            if let Ok(v) = s
-                .ask::<control::ContentView>(Request::Content { content: c.content_id.clone() })
-                .await
-            {
-                transfers.push((v.content.clone(), v.role.clone(), v.lan_bytes, v.wan_bytes));
-            }
-        }
+        let (_, views) = payloads(&s).await?;
+        let transfers =
+            views.into_iter().map(|v| (v.content, v.role, v.lan_bytes, v.wan_bytes)).collect();
         let m = model::SitesPage { sites: ov.sites, peers, transfers };
         respond(&s, &uri, &m, pages::sites).await
     };
