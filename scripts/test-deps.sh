@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests use, when missing: iproute2 (ip, tc: the WAN and
 # namespace tests), poppler-utils (pdfinfo, pdftotext: the PDF report tests), and Debian's
-# chromium with chromium-driver (the dashboard's browser tests). Run by .ci/run
+# chromium with chromium-driver (the dashboard's browser tests), openssh-client (ssh-agent,
+# ssh-add: signing with an agent-held admin key), and systemd (systemd-analyze: the packaged
+# unit is verified) with dpkg-dev (dpkg-deb). Run by .ci/run
 # and by the tests themselves when a tool is missing, so `cargo test --workspace` works on a
 # fresh Debian machine (as root).
 set -euo pipefail
@@ -10,6 +12,9 @@ command -v ip > /dev/null && command -v tc > /dev/null || need+=(iproute2)
 command -v pdftotext > /dev/null && command -v pdfinfo > /dev/null || need+=(poppler-utils)
 command -v chromium > /dev/null || need+=(chromium)
 command -v chromedriver > /dev/null || need+=(chromium-driver)
+command -v ssh-agent > /dev/null && command -v ssh-add > /dev/null || need+=(openssh-client)
+command -v systemd-analyze > /dev/null || need+=(systemd)
+command -v dpkg-deb > /dev/null || need+=(dpkg)
 [ ${#need[@]} -eq 0 ] && exit 0
 command -v apt-get > /dev/null || { echo "missing ${need[*]} and no apt-get to install them" >&2; exit 1; }
 apt-get install -y -qq "${need[@]}" > /dev/null 2>&1 ||

@@ -97,8 +97,7 @@ pub fn run(cmd: ProposalCmd) -> anyhow::Result<()> {
             if !json {
                 print_summary(&v);
             }
-            let admin =
-                patchmesh_node::files::read_key(&admin_key).context("reading the admin key")?;
+            let admin = crate::keys::AdminKey::load(&admin_key).context("loading the admin key")?;
             let edits = v.proposal.edits(KeyId(admin.public().0));
             let result = publish(&node, &admin_key, edits)?;
             if json {

@@ -577,7 +577,7 @@ fn make_mesh(d: &mut Demo, a: &DemoArgs) -> anyhow::Result<String> {
     // The mesh: genesis, keys and one certificate per node.
     let mesh = root.join("mesh");
     let _: patchmesh_node::control::InitOutput =
-        cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--json"])?;
+        cli(&["init", "--mesh", "demo", "--dir", &s(&mesh), "--unencrypted", "--json"])?;
     let admin_key = s(&mesh.join("admin.key"));
     for i in 0..a.nodes {
         let dir = root.join(format!("node{i:02}"));

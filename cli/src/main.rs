@@ -35,6 +35,7 @@ mod demo_hook;
 mod demo_intel;
 mod integrations;
 mod intel;
+mod keys;
 mod output;
 mod report;
 mod rollout;
@@ -56,15 +57,24 @@ struct Cli {
 enum Cmd {
     /// Create a new mesh: a root key, a first admin key and the signed genesis.
     ///
-    /// Writes DIR/root.key and DIR/admin.key (mode 0600; keep the root key offline) and
-    /// DIR/genesis.pm, which every node of the mesh needs. Refuses to overwrite anything.
+    /// Writes DIR/admin.key and DIR/genesis.pm (which every node of the mesh needs), and the
+    /// root key in its own directory (--root-dir, default DIR/root) to be taken offline. Both
+    /// keys are encrypted with passphrases asked on the terminal (or read from the file named by
+    /// PATCHMESH_PASSPHRASE_FILE). Refuses to overwrite anything.
     Init {
         /// Name of the mesh (shown in status output).
         #[arg(long)]
         mesh: String,
-        /// Directory to write the keys and genesis into (created if missing).
+        /// Directory to write the admin key and genesis into (created if missing).
         #[arg(long)]
         dir: PathBuf,
+        /// Directory for the root key (created mode 0700; default DIR/root). Move it to
+        /// offline media: it is needed only to change the admin set.
+        #[arg(long)]
+        root_dir: Option<PathBuf>,
+        /// Write both keys as plain hex (throwaway meshes only).
+        #[arg(long)]
+        unencrypted: bool,
         /// Admin signatures a large rollout needs before any node installs it.
         #[arg(long, default_value_t = 1)]
         approval_threshold: u8,
@@ -79,6 +89,12 @@ enum Cmd {
     /// Change the admin key set (signed by root keys up to the threshold).
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Admin and root key files: passphrases, public keys, moving a key into ssh-agent.
+    ///
+    /// Every --admin-key and --root-key takes a key file (encrypted or plain) or
+    /// `agent:SHA256:…`, a key held by ssh-agent.
+    #[command(subcommand)]
+    Key(keys::KeyCmd),
     /// Node keys and the node daemon.
     #[command(subcommand)]
     Node(NodeCmd),
@@ -276,11 +292,14 @@ enum ContentCmd {
 
 #[derive(Subcommand)]
 enum AdminCmd {
-    /// Make a new admin key (mode 0600) and print its public key.
+    /// Make a new admin key, encrypted with a passphrase (mode 0600), and print its public key.
     Keygen {
         /// Where to write the key.
         #[arg(long)]
         out: PathBuf,
+        /// Write it as plain hex (throwaway meshes only).
+        #[arg(long)]
+        unencrypted: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -451,12 +470,22 @@ pub(crate) fn now_ms() -> Millis {
 /// Runs one command. (Long: one arm per command, each a few lines handing off to its module.)
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Init { mesh, dir, approval_threshold, approval_above_nodes, json } => {
+        Cmd::Init {
+            mesh,
+            dir,
+            root_dir,
+            unencrypted,
+            approval_threshold,
+            approval_above_nodes,
+            json,
+        } => {
             let approval =
                 mesh::Approval { threshold: approval_threshold, above_nodes: approval_above_nodes };
-            init(&mesh, &dir, approval, json)
+            let root_dir = root_dir.unwrap_or_else(|| dir.join("root"));
+            init(&mesh, &dir, &root_dir, unencrypted, approval, json)
         }
         Cmd::Admin(cmd) => admin(cmd),
+        Cmd::Key(cmd) => keys::run(cmd),
         Cmd::Intel(intel::IntelCmd::Import { files, out, previous, admin_key, node, json }) => {
             intel::import(&files, &out, previous.as_deref(), admin_key.as_deref(), &node, json)
         }
@@ -578,7 +607,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init(name: &str, dir: &Path, approval: mesh::Approval, json: bool) -> anyhow::Result<()> {
+fn init(
+    name: &str,
+    dir: &Path,
+    root_dir: &Path,
+    unencrypted: bool,
+    approval: mesh::Approval,
+    json: bool,
+) -> anyhow::Result<()> {
     let approval_threshold = approval.threshold;
     if name.is_empty() || name.len() > patchmesh_protocol::limits::TEXT_BYTES_MAX {
         bail!("mesh name must be 1..={} bytes", patchmesh_protocol::limits::TEXT_BYTES_MAX);
@@ -586,13 +622,42 @@ fn init(name: &str, dir: &Path, approval: mesh::Approval, json: bool) -> anyhow:
     if approval_threshold == 0 {
         bail!("--approval-threshold must be at least 1");
     }
+    let (root_path, admin_path) = (root_dir.join("root.key"), dir.join("admin.key"));
+    for p in [&root_path, &admin_path, &dir.join("genesis.pm")] {
+        if p.exists() {
+            bail!("{} exists; refusing to overwrite a key or trust file", p.display());
+        }
+    }
+    let (root_pass, admin_pass) = if unencrypted {
+        (None, None)
+    } else if std::env::var_os(keys::PASSPHRASE_ENV).is_some() {
+        let p = keys::new_passphrase("passphrase for both keys")?;
+        (Some(p.clone()), Some(p))
+    } else {
+        (
+            Some(keys::new_passphrase("passphrase for the ROOT key (kept offline)")?),
+            Some(keys::new_passphrase("passphrase for the admin key")?),
+        )
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let root = SecretKey::generate(&mut OsRng);
-    let admin = SecretKey::generate(&mut OsRng);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root_dir)
+            .with_context(|| format!("creating {}", root_dir.display()))?;
+    }
+    let root = keys::generate();
+    let admin = keys::generate();
     let genesis = mesh::genesis(name, &[&root], 1, &[admin.public()], approval, now_ms());
     let g: Genesis = genesis.open("genesis")?;
-    files::write_key(&dir.join("root.key"), &root)?;
-    files::write_key(&dir.join("admin.key"), &admin)?;
+    if unencrypted {
+        keys::warn_unencrypted(&root_path);
+        keys::warn_unencrypted(&admin_path);
+    }
+    keys::write_new(&root_path, &root, root_pass.as_deref())?;
+    keys::write_new(&admin_path, &admin, admin_pass.as_deref())?;
     files::write_envelope(&dir.join("genesis.pm"), &genesis)?;
     if json {
         outln!(
@@ -601,15 +666,26 @@ fn init(name: &str, dir: &Path, approval: mesh::Approval, json: bool) -> anyhow:
                 mesh: name.to_string(),
                 mesh_id: g.mesh_id().to_hex(),
                 dir: dir.to_path_buf(),
+                root_key_file: root_path.clone(),
+                admin_key_file: admin_path.clone(),
+                encrypted: !unencrypted,
                 admin: admin.public().to_hex(),
                 root: root.public().to_hex(),
             })
         );
     } else {
         outln!("mesh {name} created: id {}", g.mesh_id());
-        outln!("  root key   {}  (keep offline)", dir.join("root.key").display());
-        outln!("  admin key  {}", dir.join("admin.key").display());
+        let how = if unencrypted { "plain" } else { "encrypted" };
+        outln!("  root key   {}  ({how})", root_path.display());
+        outln!("  admin key  {}  ({how})", admin_path.display());
         outln!("  genesis    {}", dir.join("genesis.pm").display());
+        outln!("");
+        outln!(
+            "Take the root key offline now: copy {} to removable media kept",
+            root_dir.display()
+        );
+        outln!("somewhere safe (two copies), then delete it here (shred -u). It is needed only to");
+        outln!("add, rotate or revoke admins (`patchmesh admin … --root-key FILE`).");
     }
     Ok(())
 }
@@ -617,6 +693,10 @@ fn init(name: &str, dir: &Path, approval: mesh::Approval, json: bool) -> anyhow:
 fn keygen(out: &Path, json: bool, what: &str) -> anyhow::Result<()> {
     let key = SecretKey::generate(&mut OsRng);
     files::write_key(out, &key)?;
+    print_keygen(out, &key, json, what)
+}
+
+fn print_keygen(out: &Path, key: &SecretKey, json: bool, what: &str) -> anyhow::Result<()> {
     if json {
         let v = control::KeygenOutput {
             key_file: out.to_path_buf(),
@@ -648,7 +728,7 @@ fn admit(
     if labels.len() > patchmesh_protocol::limits::LABELS_PER_NODE_MAX {
         bail!("at most {} labels", patchmesh_protocol::limits::LABELS_PER_NODE_MAX);
     }
-    let admin = files::read_key(admin_key).context("reading the admin key")?;
+    let admin = keys::AdminKey::load(admin_key).context("loading the admin key")?;
     let genesis_env = files::read_envelope(genesis).context("reading the genesis")?;
     let g = Genesis::verify(&genesis_env, &patchmesh_protocol::crypto::Ed25519)
         .context("the genesis does not verify")?;
@@ -659,15 +739,18 @@ fn admit(
         );
     }
     let labels: BTreeMap<String, String> = labels.into_iter().collect();
-    let cert = mesh::admit(
-        &admin,
-        &g,
-        node,
-        &SiteId::from(site),
-        labels,
-        now_ms(),
-        valid_days.saturating_mul(86_400_000),
-    );
+    let issued_at = now_ms();
+    let cert = admin.seal(
+        Domain::Admission,
+        &patchmesh_protocol::trust::AdmissionCert {
+            mesh: g.mesh_id(),
+            node,
+            site: SiteId::from(site),
+            labels,
+            issued_at,
+            expires_at: issued_at.plus(valid_days.saturating_mul(86_400_000)),
+        },
+    )?;
     files::write_envelope(out, &cert)?;
     if json {
         outln!(
@@ -687,7 +770,17 @@ fn admit(
 
 fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
     let (AdminSigning { roots, node, json }, change) = match cmd {
-        AdminCmd::Keygen { out, json } => return keygen(&out, json, "admin"),
+        AdminCmd::Keygen { out, unencrypted, json } => {
+            let pass = if unencrypted {
+                keys::warn_unencrypted(&out);
+                None
+            } else {
+                Some(keys::new_passphrase(&format!("passphrase for {}", out.display()))?)
+            };
+            let key = keys::generate();
+            keys::write_new(&out, &key, pass.as_deref())?;
+            return print_keygen(&out, &key, json, "admin");
+        }
         AdminCmd::Add { key, signing } => (signing, AdminChange::Add(KeyId(parse_hex32(&key)?))),
         AdminCmd::Rotate { old, new, signing } => {
             (signing, AdminChange::Rotate(KeyId(parse_hex32(&old)?), KeyId(parse_hex32(&new)?)))
@@ -696,11 +789,7 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
             (signing, AdminChange::Revoke(KeyId(parse_hex32(&key)?)))
         }
     };
-    let roots: Vec<SecretKey> = roots
-        .root_keys
-        .iter()
-        .map(|p| files::read_key(p).with_context(|| format!("reading {}", p.display())))
-        .collect::<anyhow::Result<_>>()?;
+    let roots = keys::AdminKey::load_all(&roots.root_keys)?;
     let state: control::AdminStateView = call(&node, Request::AdminState)?;
     let current: AdminSet = match &state.latest_admin_set {
         Some(h) => decode::<Envelope>("admin set", &hex::decode(h)?, 1 << 20)?.open("admin set")?,
@@ -740,8 +829,10 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
     if admins.is_empty() {
         bail!("the mesh must keep at least one admin");
     }
-    let signers: Vec<&SecretKey> = roots.iter().collect();
-    let env = mesh::next_admin_set(&current, admins, revoked, &signers);
+    let mut env = mesh::next_admin_set(&current, admins, revoked, &[]);
+    for r in &roots {
+        r.cosign(&mut env)?;
+    }
     let result: control::SubmittedView =
         call(&node, Request::AdminSet { envelope: hex::encode(encode(&env)) })?;
     if json {
@@ -764,14 +855,14 @@ pub(crate) fn publish(
     admin_key: &Path,
     edits: Vec<(String, Option<CatalogEntry>)>,
 ) -> anyhow::Result<control::SubmittedView> {
-    let admin = files::read_key(admin_key).context("reading the admin key")?;
+    let admin = keys::AdminKey::load(admin_key).context("loading the admin key")?;
     let prepared: control::PreparedView = call(
         node,
         Request::Prepare { admin: admin.public().to_hex(), edits: hex::encode(encode(&edits)) },
     )?;
     let body: ChangeBody =
         decode("prepared change", &hex::decode(&prepared.body)?, control::REQUEST_BYTES_MAX)?;
-    let env = Envelope::seal(Domain::CatalogChange, &body, &[&admin]);
+    let env = admin.seal(Domain::CatalogChange, &body)?;
     Ok(call(node, Request::Submit { envelope: hex::encode(encode(&env)) })?)
 }
 

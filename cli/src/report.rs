@@ -142,7 +142,7 @@ pub fn compliance(
         bail!("the period is empty: --since is not before --until");
     }
     let admin = admin_key
-        .map(|p| files::read_key(p).with_context(|| format!("reading {}", p.display())))
+        .map(|p| crate::keys::AdminKey::load(p).with_context(|| format!("loading {}", p.display())))
         .transpose()?;
     let basis: ReportBasisView = crate::call(node, Request::ReportBasis)?;
     let mut findings = BTreeMap::new();
@@ -190,7 +190,7 @@ pub fn compliance(
 fn sign(
     node: &crate::NodeArgs,
     report: ComplianceReport,
-    admin: Option<&patchmesh_protocol::crypto::SecretKey>,
+    admin: Option<&crate::keys::AdminKey>,
 ) -> anyhow::Result<(String, ComplianceReport)> {
     let body = report.body();
     let hash = report::body_hash(body.as_bytes());
@@ -199,7 +199,12 @@ fn sign(
     let mut sigs =
         vec![ReportSig { role: "node".into(), key: node_sig.key, signature: node_sig.signature }];
     if let Some(k) = admin {
-        sigs.push(report::sign(&hash, k, "admin"));
+        let e = k.sign(patchmesh_protocol::crypto::Domain::Report, &hash)?;
+        sigs.push(ReportSig {
+            role: "admin".into(),
+            key: e.key.to_string(),
+            signature: hex::encode(e.signature.0),
+        });
     }
     Ok((report::file_text(&body, &sigs), report))
 }

@@ -251,8 +251,7 @@ fn find(node: &NodeArgs, id: &str) -> anyhow::Result<RolloutView> {
 fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Result<()> {
     let r = find(&c.sign.node, &c.id)?;
     let rollout = RolloutId::from_hex(&r.id).context("rollout id")?;
-    let admin =
-        patchmesh_node::files::read_key(&c.sign.admin_key).context("reading the admin key")?;
+    let admin = crate::keys::AdminKey::load(&c.sign.admin_key).context("loading the admin key")?;
     let cmd = AdminCommand { rollout, action, issued_at: now, admin: KeyId(admin.public().0) };
     let entry = CatalogEntry::Command(cmd);
     let result = publish(&c.sign.node, &c.sign.admin_key, vec![(entry.key(), Some(entry))])?;

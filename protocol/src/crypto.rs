@@ -175,7 +175,9 @@ pub fn verify_external(key: &KeyId, message: &[u8], signature: &[u8; 64]) -> boo
     k.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
 }
 
-fn signed_message(domain: Domain, body: &[u8]) -> Vec<u8> {
+/// The exact bytes an ed25519 signature for `domain` covers: the domain tag, a zero byte, the
+/// body. Signers outside this process (ssh-agent) sign these bytes.
+pub fn signed_message(domain: Domain, body: &[u8]) -> Vec<u8> {
     let tag = domain.tag().as_bytes();
     let mut msg = Vec::with_capacity(tag.len() + 1 + body.len());
     msg.extend_from_slice(tag);

@@ -171,7 +171,9 @@ impl Mesh {
     pub fn new(tag: &str, n: usize, sites: usize) -> Mesh {
         let root = TempDir::new(tag);
         let mesh_dir = root.0.join("mesh");
-        let out = cli(&["init", "--mesh", tag, "--dir", &mesh_dir.display().to_string()]);
+        let m = mesh_dir.display().to_string();
+        // Throwaway keys, the root key beside the admin key (tests are not offline media).
+        let out = cli(&["init", "--mesh", tag, "--dir", &m, "--root-dir", &m, "--unencrypted"]);
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
         let mut nodes = Vec::new();
         for i in 0..n {

@@ -167,9 +167,16 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     let _serial = serial();
     let mut mesh = Mesh::new("revoke", 5, 2);
     mesh.start_all();
+    patchmesh_tests::ensure_tools(&["ssh-agent", "ssh-add"]);
+    // The second admin's key is encrypted with a passphrase (read from a file, as scripts do).
+    let pass = mesh.root.0.join("passphrase");
+    std::fs::write(&pass, "a long passphrase\n").unwrap();
+    std::env::set_var("PATCHMESH_PASSPHRASE_FILE", &pass);
     let second = mesh.root.0.join("second.key").display().to_string();
     let key: KeygenOutput = cli_json(&["admin", "keygen", "--out", &second, "--json"]);
     let second_pub = key.public_key;
+    let on_disk = std::fs::read_to_string(&second).unwrap();
+    assert!(on_disk.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"), "{on_disk}");
     let root = mesh.mesh_dir().join("root.key").display().to_string();
 
     let add =
@@ -180,10 +187,35 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     };
     assert!(all_at(2).is_some(), "admin set 2 did not spread");
 
-    // The second admin can publish…
-    let publish_as_second = |i: usize, name: &str| mesh.publish_as(i, name, &second);
-    assert!(publish_as_second(3, "by-second").status.success());
-    converged(&mesh, 1);
+    // The second admin can publish with the passphrase, and not with a wrong one…
+    let by_file = mesh.publish_as(3, "by-second", &second);
+    assert!(by_file.status.success(), "{}", String::from_utf8_lossy(&by_file.stderr));
+    let wrong = mesh.root.0.join("wrong");
+    std::fs::write(&wrong, "not the passphrase\n").unwrap();
+    std::env::set_var("PATCHMESH_PASSPHRASE_FILE", &wrong);
+    let refused = mesh.publish_as(3, "wrong-passphrase", &second);
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("wrong passphrase"), "{why}");
+    std::env::set_var("PATCHMESH_PASSPHRASE_FILE", &pass);
+
+    // …and through ssh-agent, the secret never on disk again: the nodes verify the agent's
+    // signature like the file key's.
+    let agent = Agent::start(&mesh.root.0);
+    let ssh = mesh.root.0.join("second.ssh").display().to_string();
+    let export = patchmesh_tests::cli(&["key", "export-ssh", &second, "--out", &ssh]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    agent.add(&ssh);
+    std::fs::remove_file(&ssh).unwrap();
+    let fp = agent.fingerprint();
+    let held = format!("agent:{fp}");
+    let shown: serde_json::Value = cli_json(&["key", "show", &held, "--json"]);
+    assert_eq!(shown["public_key"], second_pub.as_str());
+    assert_eq!(shown["storage"], "ssh-agent");
+    let publish_as_second = |i: usize, name: &str| mesh.publish_as(i, name, &held);
+    let by_agent = publish_as_second(2, "by-agent");
+    assert!(by_agent.status.success(), "{}", String::from_utf8_lossy(&by_agent.stderr));
+    converged(&mesh, 2);
 
     // …until a root revokes it at node 1.
     let revoke = mesh.cli_at(1, &["admin", "revoke", "--key", &second_pub, "--root-key", &root]);
@@ -194,7 +226,56 @@ fn a_revoked_admin_key_is_refused_everywhere() {
         assert_eq!(out.status.code(), Some(4), "node {i} accepted a revoked admin's change");
     }
     // What it signed before the revocation stays; nothing after it got in anywhere.
-    converged(&mesh, 1);
+    converged(&mesh, 2);
+    std::env::remove_var("PATCHMESH_PASSPHRASE_FILE");
+}
+
+/// An ssh-agent of the test's own (foreground, its socket in the test directory), set as
+/// `SSH_AUTH_SOCK` for the commands the test runs; killed when dropped.
+struct Agent {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting ssh-agent");
+        assert!(
+            wait_for(Duration::from_secs(10), || socket.exists().then_some(())).is_some(),
+            "ssh-agent made no socket"
+        );
+        std::env::set_var("SSH_AUTH_SOCK", &socket);
+        Agent { child, socket }
+    }
+
+    fn add(&self, key: &str) {
+        let out = Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &self.socket).output();
+        let out = out.expect("running ssh-add");
+        assert!(out.status.success(), "ssh-add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The SHA256 fingerprint of the one key it holds.
+    fn fingerprint(&self) -> String {
+        let out = Command::new("ssh-add").arg("-l").env("SSH_AUTH_SOCK", &self.socket).output();
+        let text = String::from_utf8(out.expect("running ssh-add -l").stdout).unwrap();
+        let fp = text.split_whitespace().nth(1).expect("ssh-add -l lists the key");
+        assert!(fp.starts_with("SHA256:"), "{text}");
+        fp.to_string()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::env::remove_var("SSH_AUTH_SOCK");
+    }
 }
 
 #[test]

@@ -736,8 +736,14 @@ pub struct InitOutput {
     pub mesh: String,
     /// Mesh id (hex).
     pub mesh_id: String,
-    /// Where the keys and genesis were written.
+    /// Where the admin key and genesis were written.
     pub dir: std::path::PathBuf,
+    /// The root key file (to be taken offline).
+    pub root_key_file: std::path::PathBuf,
+    /// The admin key file.
+    pub admin_key_file: std::path::PathBuf,
+    /// True if both keys are passphrase-encrypted.
+    pub encrypted: bool,
     /// The first admin key id.
     pub admin: String,
     /// The root key id.
