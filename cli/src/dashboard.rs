@@ -2,7 +2,7 @@
 //! proposal sign` (an admin signs a change prepared in the dashboard).
 
 use crate::{call, publish, NodeArgs};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Subcommand;
 use patchmesh_node::control::Request;
 use patchmesh_node::dashboard::{LoginView, ProposalView};
@@ -39,9 +39,9 @@ pub enum ProposalCmd {
         /// The digest the page shows: the command refuses a proposal whose digest differs.
         #[arg(long)]
         digest: String,
-        /// Admin key to sign with.
+        /// Admin key to sign with (default: PATCHMESH_ADMIN_KEY, else the context's).
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
         /// Print JSON.
@@ -97,9 +97,9 @@ pub fn run(cmd: ProposalCmd) -> anyhow::Result<()> {
             if !json {
                 print_summary(&v);
             }
-            let admin = crate::keys::AdminKey::load(&admin_key).context("loading the admin key")?;
+            let admin = crate::keys::AdminKey::resolve(admin_key.as_deref())?;
             let edits = v.proposal.edits(KeyId(admin.public().0));
-            let result = publish(&node, &admin_key, edits)?;
+            let result = publish(&node, &admin, edits)?;
             if json {
                 outln!("{}", crate::output::json(&result));
             } else {

@@ -81,7 +81,7 @@ struct Node {
 
 impl Node {
     fn args(&self) -> NodeArgs {
-        NodeArgs { config: self.dir.join("node.toml") }
+        NodeArgs { config: Some(self.dir.join("node.toml")) }
     }
     fn target(&self) -> PathBuf {
         self.dir.join("data").join("app").join("app.bin")
@@ -360,7 +360,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     crate::publish(
         &d.nodes[0].args(),
-        Path::new(&admin_key),
+        &crate::keys::AdminKey::load(Path::new(&admin_key))?,
         vec![(
             patchmesh_protocol::integrations::POLICY_KEY.to_string(),
             Some(patchmesh_protocol::catalog::CatalogEntry::Integrations(policy)),

@@ -19,7 +19,7 @@ pub enum IntegrationsCmd {
         file: PathBuf,
         /// The admin key that signs it.
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
     },
@@ -69,9 +69,10 @@ pub fn run(cmd: IntegrationsCmd) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{}", file.display()))?;
             let sinks = policy.sinks.len();
+            let admin = crate::keys::AdminKey::resolve(admin_key.as_deref())?;
             let v = crate::publish(
                 &node,
-                &admin_key,
+                &admin,
                 vec![(POLICY_KEY.to_string(), Some(CatalogEntry::Integrations(policy)))],
             )?;
             println!("integration policy published ({sinks} sinks): change {}", v.id);

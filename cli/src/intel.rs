@@ -65,7 +65,7 @@ pub enum IntelCmd {
         bundle: PathBuf,
         /// Admin key to sign with (it stays here; the node never sees it).
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
     },
@@ -329,7 +329,10 @@ pub fn import(
     let bytes = std::fs::read(out)?;
     let id = hex::encode(blake3::hash(&bytes).as_bytes());
     let published = match admin_key {
-        Some(k) => Some(publish(node, k, out, &written.sources, created_at)?),
+        Some(k) => {
+            let admin = crate::keys::AdminKey::resolve(Some(k))?;
+            Some(publish(node, &admin, out, &written.sources, created_at)?)
+        }
         None => None,
     };
     if json {
@@ -393,7 +396,11 @@ fn sources_table(sources: &[patchmesh_protocol::intel::bundle::SourceInfo]) {
 
 /// `patchmesh intel publish`: checks the file is a readable bundle within the limit, then
 /// publishes it with the sources and date its header states.
-pub fn publish_file(bundle: &Path, admin_key: &Path, node: &crate::NodeArgs) -> anyhow::Result<()> {
+pub fn publish_file(
+    bundle: &Path,
+    admin_key: Option<&Path>,
+    node: &crate::NodeArgs,
+) -> anyhow::Result<()> {
     let size = std::fs::metadata(bundle).with_context(|| format!("{}", bundle.display()))?.len();
     if size > limits::INTEL_BUNDLE_BYTES_MAX {
         anyhow::bail!(
@@ -410,7 +417,8 @@ pub fn publish_file(bundle: &Path, admin_key: &Path, node: &crate::NodeArgs) -> 
         .with_context(|| format!("{}: not a readable intel bundle", bundle.display()))?
         .is_some()
     {}
-    let key = publish(node, admin_key, bundle, &header.sources, header.created_at)?;
+    let admin = crate::keys::AdminKey::resolve(admin_key)?;
+    let key = publish(node, &admin, bundle, &header.sources, header.created_at)?;
     outln!("published {key}: every node fetches it and reports its exposure (`patchmesh vulns`)");
     Ok(())
 }
@@ -929,7 +937,7 @@ pub fn status(node: &crate::NodeArgs, json: bool) -> anyhow::Result<()> {
 /// entry with the admin key here.
 fn publish(
     node: &crate::NodeArgs,
-    admin_key: &Path,
+    admin_key: &crate::keys::AdminKey,
     bundle: &Path,
     sources: &[SourceInfo],
     created_at: Millis,
@@ -991,7 +999,11 @@ struct RemediationOut {
 }
 
 /// Adds a .deb as a dpkg patch (name and version read with `dpkg-deb`); returns its content id.
-fn add_deb(node: &crate::NodeArgs, admin_key: &Path, deb: &Path) -> anyhow::Result<String> {
+fn add_deb(
+    node: &crate::NodeArgs,
+    admin_key: &crate::keys::AdminKey,
+    deb: &Path,
+) -> anyhow::Result<String> {
     let out = std::process::Command::new("dpkg-deb")
         .args(["--field", &deb.display().to_string(), "Package", "Version"])
         .output()
@@ -1154,19 +1166,17 @@ pub fn remediate(mut a: RemediateArgs, now: Millis) -> anyhow::Result<()> {
         );
     }
     confirm(a.yes)?;
+    let admin = crate::keys::AdminKey::resolve(a.rollout.sign.admin_key.as_deref())?;
     let patches: Vec<String> = if a.debs.is_empty() {
         vec![a.rollout.patch.clone().unwrap_or_default()]
     } else {
-        a.debs
-            .iter()
-            .map(|d| add_deb(&node, &a.rollout.sign.admin_key, d))
-            .collect::<anyhow::Result<_>>()?
+        a.debs.iter().map(|d| add_deb(&node, &admin, d)).collect::<anyhow::Result<_>>()?
     };
     a.rollout.target_packages.push(predicate.clone());
     let mut out = Vec::new();
     for p in patches {
         a.rollout.patch = Some(p.clone());
-        let (rollout, _) = crate::rollout::create(&a.rollout, now)?;
+        let (rollout, _) = crate::rollout::create(&a.rollout, &admin, now)?;
         out.push(RemediationOut {
             rollout: rollout.id.to_string(),
             patch: p,
@@ -1226,9 +1236,9 @@ pub enum ExceptionCmd {
         /// Only nodes whose package matches (`NAME OP VERSION`, `src:NAME < VERSION`).
         #[arg(long = "target-package")]
         target_packages: Vec<String>,
-        /// Admin key to sign with.
+        /// Admin key to sign with (default: PATCHMESH_ADMIN_KEY, else the context's).
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
         /// Print JSON.
@@ -1247,9 +1257,9 @@ pub enum ExceptionCmd {
     Revoke {
         /// Its key (`exception/…`, or a unique prefix of the hex part).
         key: String,
-        /// Admin key to sign with.
+        /// Admin key to sign with (default: PATCHMESH_ADMIN_KEY, else the context's).
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
     },
@@ -1336,7 +1346,8 @@ pub fn exception(cmd: ExceptionCmd, now: Millis) -> anyhow::Result<()> {
             entry.validate().map_err(|e| anyhow::anyhow!("exception refused: {e}"))?;
             let key = entry.key();
             let entry = CatalogEntry::Exception(entry);
-            let result = crate::publish(&node, &admin_key, vec![(key.clone(), Some(entry))])?;
+            let admin = crate::keys::AdminKey::resolve(admin_key.as_deref())?;
+            let result = crate::publish(&node, &admin, vec![(key.clone(), Some(entry))])?;
             if json {
                 outln!(
                     "{}",
@@ -1400,7 +1411,8 @@ pub fn exception(cmd: ExceptionCmd, now: Millis) -> anyhow::Result<()> {
                     matches.len()
                 ),
             };
-            crate::publish(&node, &admin_key, vec![(key.clone(), None)])?;
+            let admin = crate::keys::AdminKey::resolve(admin_key.as_deref())?;
+            crate::publish(&node, &admin, vec![(key.clone(), None)])?;
             outln!("revoked {key}; its findings reopen on the next assessment");
             Ok(())
         }

@@ -157,6 +157,12 @@ impl AdminKey {
         Ok(AdminKey { public: key.public(), holder: Holder::Secret { key, encrypted } })
     }
 
+    /// Loads the admin key given by the flag, `PATCHMESH_ADMIN_KEY` or the context.
+    pub fn resolve(flag: Option<&Path>) -> anyhow::Result<AdminKey> {
+        let path = crate::context::admin_key(flag)?;
+        Self::load(&path).with_context(|| format!("loading the admin key {}", path.display()))
+    }
+
     /// Loads several, with the file named in each error.
     pub fn load_all(args: &[PathBuf]) -> anyhow::Result<Vec<AdminKey>> {
         args.iter()

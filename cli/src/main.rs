@@ -29,6 +29,7 @@ macro_rules! outln {
 }
 
 mod audit;
+mod context;
 mod dashboard;
 mod demo;
 mod demo_hook;
@@ -49,6 +50,15 @@ mod rollout;
 #[derive(Parser)]
 #[command(name = "patchmesh", version)]
 struct Cli {
+    /// Use this context (a mesh this workstation manages; see `patchmesh context`). Overrides
+    /// PATCHMESH_CONTEXT and the current context.
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+    /// Run a read-only command (status, peers, vulns, rollout status, report compliance,
+    /// intel status, catalog show) once per context, side by side, and print one result per
+    /// tenant. Exit 0 if all answered, 5 if some did not.
+    #[arg(long, global = true)]
+    all_contexts: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -89,6 +99,12 @@ enum Cmd {
     /// Change the admin key set (signed by root keys up to the threshold).
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Contexts: the meshes this workstation manages (an MSP's tenants), like kubectl's.
+    #[command(subcommand)]
+    Context(context::ContextCmd),
+    /// The effective settings and where each came from.
+    #[command(subcommand)]
+    Config(context::ConfigCmd),
     /// Admin and root key files: passphrases, public keys, moving a key into ssh-agent.
     ///
     /// Every --admin-key and --root-key takes a key file (encrypted or plain) or
@@ -114,7 +130,7 @@ enum Cmd {
         labels: Vec<(String, String)>,
         /// The admin key that signs.
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_key: Option<PathBuf>,
         /// The mesh genesis.
         #[arg(long)]
         genesis: PathBuf,
@@ -405,7 +421,7 @@ enum PatchCmd {
         timeout_ms: u64,
         /// The admin key that signs.
         #[arg(long)]
-        admin_key: PathBuf,
+        admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
         /// Print JSON.
@@ -418,8 +434,9 @@ enum PatchCmd {
 #[derive(Args, Clone)]
 struct NodeArgs {
     /// The node's configuration file (its control socket and token are found from it).
-    #[arg(long, env = "PATCHMESH_CONFIG", default_value = "/etc/patchmesh/node.toml")]
-    config: PathBuf,
+    /// Default: PATCHMESH_CONFIG, else the context's, else /etc/patchmesh/node.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// Who signs an admin-set change, which node applies it, and how to print the result.
@@ -452,6 +469,18 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 fn main() {
     let cli = Cli::parse();
+    context::set_flag(cli.context.clone());
+    if cli.all_contexts {
+        let args: Vec<String> =
+            std::env::args().skip(1).filter(|a| a != "--all-contexts").collect();
+        match context::run_all(&args, Duration::from_secs(120)) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("patchmesh: error: {e:#}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Err(e) = run(cli) {
         eprintln!("patchmesh: error: {e:#}");
         let code = match e.downcast_ref::<ControlError>() {
@@ -486,12 +515,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Admin(cmd) => admin(cmd),
         Cmd::Key(cmd) => keys::run(cmd),
+        Cmd::Context(cmd) => context::run(cmd),
+        Cmd::Config(cmd) => context::config(cmd),
         Cmd::Intel(intel::IntelCmd::Import { files, out, previous, admin_key, node, json }) => {
             intel::import(&files, &out, previous.as_deref(), admin_key.as_deref(), &node, json)
         }
         Cmd::Intel(intel::IntelCmd::Status { node, json }) => intel::status(&node, json),
         Cmd::Intel(intel::IntelCmd::Publish { bundle, admin_key, node }) => {
-            intel::publish_file(&bundle, &admin_key, &node)
+            intel::publish_file(&bundle, admin_key.as_deref(), &node)
         }
         Cmd::Intel(intel::IntelCmd::Show { bundle, json }) => intel::show(&bundle, json),
         Cmd::Vulns { local, filter, json } => intel::vulns(&local, &filter, json),
@@ -516,7 +547,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(rt.block_on(patchmesh_node::daemon::run(cfg))?)
         }
         Cmd::Admit { node_key, site, labels, admin_key, genesis, valid_days, out, json } => {
-            admit(&node_key, &site, labels, &admin_key, &genesis, valid_days, &out, json)
+            admit(&node_key, &site, labels, admin_key.as_deref(), &genesis, valid_days, &out, json)
         }
         Cmd::Status { node, json } => {
             output::status(&call(&node, Request::Status)?, json);
@@ -566,7 +597,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 executor: ExecutorSpec { kind: executor, install, verify, rollback, timeout_ms },
             });
             let key = entry.key();
-            let result = publish(&node, &admin_key, vec![(key.clone(), Some(entry))])?;
+            let admin = keys::AdminKey::resolve(admin_key.as_deref())?;
+            let result = publish(&node, &admin, vec![(key.clone(), Some(entry))])?;
             if json {
                 outln!(
                     "{}",
@@ -715,7 +747,7 @@ fn admit(
     node_key: &str,
     site: &str,
     labels: Vec<(String, String)>,
-    admin_key: &Path,
+    admin_key: Option<&Path>,
     genesis: &Path,
     valid_days: u64,
     out: &Path,
@@ -728,7 +760,7 @@ fn admit(
     if labels.len() > patchmesh_protocol::limits::LABELS_PER_NODE_MAX {
         bail!("at most {} labels", patchmesh_protocol::limits::LABELS_PER_NODE_MAX);
     }
-    let admin = keys::AdminKey::load(admin_key).context("loading the admin key")?;
+    let admin = keys::AdminKey::resolve(admin_key)?;
     let genesis_env = files::read_envelope(genesis).context("reading the genesis")?;
     let g = Genesis::verify(&genesis_env, &patchmesh_protocol::crypto::Ed25519)
         .context("the genesis does not verify")?;
@@ -852,10 +884,9 @@ enum AdminChange {
 /// Prepares a change at the node, signs it here and submits it.
 pub(crate) fn publish(
     node: &NodeArgs,
-    admin_key: &Path,
+    admin: &keys::AdminKey,
     edits: Vec<(String, Option<CatalogEntry>)>,
 ) -> anyhow::Result<control::SubmittedView> {
-    let admin = keys::AdminKey::load(admin_key).context("loading the admin key")?;
     let prepared: control::PreparedView = call(
         node,
         Request::Prepare { admin: admin.public().to_hex(), edits: hex::encode(encode(&edits)) },
@@ -871,11 +902,20 @@ fn call<T: serde::de::DeserializeOwned>(
     node: &NodeArgs,
     request: Request,
 ) -> Result<T, ControlError> {
-    let (socket, token_path) = match NodeConfig::load(&node.config) {
+    let config = match context::node_config(node.config.as_deref()) {
+        Ok((path, _)) => path,
+        Err(e) => {
+            return Err(ControlError::Connect {
+                path: "(no node configuration)".into(),
+                source: std::io::Error::other(format!("{e:#}")),
+            })
+        }
+    };
+    let (socket, token_path) = match NodeConfig::load(&config) {
         Ok(cfg) => (cfg.control_socket(), cfg.token_path()),
         Err(e) => {
             return Err(ControlError::Connect {
-                path: node.config.display().to_string(),
+                path: config.display().to_string(),
                 source: std::io::Error::other(e.to_string()),
             })
         }

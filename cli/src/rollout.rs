@@ -118,9 +118,9 @@ pub struct CreateArgs {
 /// Who signs a rollout change, and where it is published.
 #[derive(Args)]
 pub struct Signer {
-    /// Admin key to sign with.
+    /// Admin key to sign with (default: PATCHMESH_ADMIN_KEY, else the context's).
     #[arg(long)]
-    pub admin_key: PathBuf,
+    pub admin_key: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Print JSON.
@@ -220,6 +220,7 @@ impl CreateArgs {
 /// Builds, checks and publishes a rollout.
 pub fn create(
     a: &CreateArgs,
+    admin: &crate::keys::AdminKey,
     now: Millis,
 ) -> anyhow::Result<(RolloutEntry, patchmesh_node::control::SubmittedView)> {
     let rollout = build(a, now)?;
@@ -232,7 +233,7 @@ pub fn create(
         );
     }
     let entry = CatalogEntry::Rollout(rollout.clone());
-    let result = publish(&a.sign.node, &a.sign.admin_key, vec![(entry.key(), Some(entry))])?;
+    let result = publish(&a.sign.node, admin, vec![(entry.key(), Some(entry))])?;
     Ok((rollout, result))
 }
 
@@ -251,10 +252,10 @@ fn find(node: &NodeArgs, id: &str) -> anyhow::Result<RolloutView> {
 fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Result<()> {
     let r = find(&c.sign.node, &c.id)?;
     let rollout = RolloutId::from_hex(&r.id).context("rollout id")?;
-    let admin = crate::keys::AdminKey::load(&c.sign.admin_key).context("loading the admin key")?;
+    let admin = crate::keys::AdminKey::resolve(c.sign.admin_key.as_deref())?;
     let cmd = AdminCommand { rollout, action, issued_at: now, admin: KeyId(admin.public().0) };
     let entry = CatalogEntry::Command(cmd);
-    let result = publish(&c.sign.node, &c.sign.admin_key, vec![(entry.key(), Some(entry))])?;
+    let result = publish(&c.sign.node, &admin, vec![(entry.key(), Some(entry))])?;
     if c.sign.json {
         outln!("{}", crate::output::json(&result));
     } else {
@@ -266,7 +267,8 @@ fn command(c: &CommandArgs, action: CommandAction, now: Millis) -> anyhow::Resul
 pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
     match cmd {
         RolloutCmd::Create(a) => {
-            let (rollout, result) = create(&a, now)?;
+            let admin = crate::keys::AdminKey::resolve(a.sign.admin_key.as_deref())?;
+            let (rollout, result) = create(&a, &admin, now)?;
             if a.sign.json {
                 let v = RolloutCreateOutput { rollout: rollout.id.to_string(), published: result };
                 outln!("{}", crate::output::json(&v));

@@ -7,6 +7,13 @@
 //! cannot even complete a handshake; QUIC cannot carry that wrapper, so a node with a PSK speaks
 //! TCP only.
 //!
+//! ## One mesh per handshake
+//! Every transport handshake is bound to the mesh id, so nodes of two meshes on one LAN (an
+//! MSP's tenants, found by each other's mDNS) never complete a connection: QUIC offers the ALPN
+//! id `patchmesh/<mesh id>` (a mismatch fails TLS with `no_application_protocol`), and noise
+//! (TCP, relayed circuits) carries the mesh id as its prologue (a mismatch fails the first
+//! handshake message's authentication).
+//!
 //! ## Identity
 //! The libp2p identity *is* the node's ed25519 key, so the transport's authenticated `PeerId`
 //! names exactly the key an admission certificate admits: the core is told which node key the
@@ -373,17 +380,20 @@ pub fn build(
 ) -> Result<Swarm<Behaviour>, NetError> {
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let tr = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let binding = mesh_binding(&cfg.mesh);
+    if !libp2p_tls::set_alpn(binding.clone()) {
+        return Err(NetError::Transport("this process already runs a node of another mesh".into()));
+    }
+    let noise = move |k: &identity::Keypair| {
+        noise::Config::new(k).map(|c| c.with_prologue(binding.clone()))
+    };
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let swarm = match cfg.psk {
         None => builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_tcp(tcp::Config::default().nodelay(true), noise.clone(), yamux::Config::default)
             .map_err(|e| tr(&e))?
             .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_relay_client(noise, yamux::Config::default)
             .map_err(|e| tr(&e))?
             .with_bandwidth_metrics(registry)
             .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg)))
@@ -395,7 +405,7 @@ pub fn build(
                 use libp2p::core::upgrade::Version;
                 use libp2p::Transport;
                 let psk = libp2p::pnet::PreSharedKey::new(psk);
-                let noise = noise::Config::new(k)?;
+                let noise = noise(k)?;
                 Ok(libp2p::tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                     .and_then(move |socket, _| libp2p::pnet::PnetConfig::new(psk).handshake(socket))
                     .upgrade(Version::V1)
@@ -404,7 +414,7 @@ pub fn build(
                     .timeout(Duration::from_secs(20)))
             })
             .map_err(|e| tr(&e))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_relay_client(noise, yamux::Config::default)
             .map_err(|e| tr(&e))?
             .with_bandwidth_metrics(registry)
             .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg)))
@@ -413,6 +423,11 @@ pub fn build(
             .build(),
     };
     Ok(swarm)
+}
+
+/// The bytes every handshake is bound to: `patchmesh/` and the mesh id in hex.
+fn mesh_binding(mesh: &MeshId) -> Vec<u8> {
+    format!("patchmesh/{}", hex::encode(mesh.0)).into_bytes()
 }
 
 fn boxed<T>(r: Result<T, NetError>) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {

@@ -164,6 +164,8 @@ pub struct Mesh {
     pub node_tables: std::collections::BTreeMap<usize, String>,
     /// Extra environment for node `i`'s process (e.g. fault injection).
     pub node_env: std::collections::BTreeMap<usize, Vec<(String, String)>>,
+    /// Run mDNS (off by default: tests find each other through node 0).
+    pub mdns: bool,
 }
 
 impl Mesh {
@@ -215,6 +217,7 @@ impl Mesh {
             node_config: Default::default(),
             node_tables: Default::default(),
             node_env: Default::default(),
+            mdns: false,
         }
     }
 
@@ -236,8 +239,9 @@ impl Mesh {
         let genesis = self.mesh_dir().join("genesis.pm");
         let cfg = format!(
             "data_dir = \"data\"\nkey = \"node.key\"\ngenesis = \"{}\"\nadmission = \"admission.pm\"\n\
-             {bootstrap}mdns = false\n{}{}{}",
+             {bootstrap}mdns = {}\n{}{}{}",
             genesis.display(),
+            self.mdns,
             self.node_config.get(&i).map_or("", String::as_str),
             if self.extra_config.is_empty() {
                 "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nanti_entropy_interval_ms = 1000\n\

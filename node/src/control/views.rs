@@ -58,6 +58,10 @@ pub struct StatusView {
     pub rejected: BTreeMap<String, u64>,
     /// Messages dropped from peers without a certificate.
     pub unadmitted_dropped: u64,
+    /// Incoming connections refused in the transport handshake (bound to the mesh id: nodes of
+    /// another mesh, strangers without the PSK).
+    #[serde(default)]
+    pub handshakes_refused: u64,
     /// Process id.
     pub pid: u32,
     /// Objects restored from the store at start.

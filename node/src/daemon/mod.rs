@@ -90,6 +90,8 @@ struct Daemon {
     ids: HashMap<PeerId, u64>,
     peers: HashMap<u64, PeerId>,
     next_peer: u64,
+    /// Incoming connections whose transport handshake failed (another mesh's node, a stranger).
+    handshakes_refused: u64,
     admitted: HashSet<PeerId>,
     penalties: HashMap<PeerId, u32>,
     pending_gossip: HashMap<u64, (gossipsub::MessageId, PeerId)>,
@@ -373,6 +375,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         ids: HashMap::new(),
         peers: HashMap::new(),
         next_peer: 1,
+        handshakes_refused: 0,
         admitted: HashSet::new(),
         penalties: HashMap::new(),
         pending_gossip: HashMap::new(),

@@ -308,6 +308,7 @@ impl Daemon {
             accepted: stats.accepted,
             rejected: stats.rejected.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
             unadmitted_dropped: stats.unadmitted_dropped,
+            handshakes_refused: self.handshakes_refused,
             pid: std::process::id(),
             restored_objects: self.restored.0,
             restore_refused: self.restored.1,

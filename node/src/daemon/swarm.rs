@@ -45,6 +45,10 @@ impl Daemon {
                 }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                self.handshakes_refused += 1;
+                tracing::info!(from = %send_back_addr, %error, "incoming connection refused in the handshake");
+            }
             _ => {}
         }
     }

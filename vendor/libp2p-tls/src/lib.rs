@@ -38,6 +38,21 @@ pub use upgrade::{Config, UpgradeError};
 
 const P2P_ALPN: [u8; 6] = *b"libp2p";
 
+/// The ALPN id every TLS config made after [`set_alpn`] offers (patchmesh: one per mesh).
+static ALPN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Sets the ALPN protocol id that every TLS config built later in this process offers, in
+/// place of `libp2p` (patchmesh binds it to the mesh, so a QUIC handshake between two meshes
+/// fails with `no_application_protocol` before any libp2p protocol runs). Once per process:
+/// returns false if a different id was set before.
+pub fn set_alpn(id: Vec<u8>) -> bool {
+    ALPN.get_or_init(|| id.clone()) == &id
+}
+
+fn alpn() -> Vec<u8> {
+    ALPN.get().cloned().unwrap_or_else(|| P2P_ALPN.to_vec())
+}
+
 /// Create a TLS client configuration for libp2p.
 pub fn make_client_config(
     keypair: &Keypair,
@@ -61,7 +76,7 @@ pub fn make_client_config(
             verifier::Libp2pCertificateVerifier::with_remote_peer_id(remote_peer_id),
         ))
         .with_client_cert_resolver(cert_resolver);
-    crypto.alpn_protocols = vec![P2P_ALPN.to_vec()];
+    crypto.alpn_protocols = vec![alpn()];
     crypto.key_log = Arc::new(rustls::KeyLogFile::new());
 
     Ok(crypto)
@@ -86,7 +101,7 @@ pub fn make_server_config(
         .expect("Cipher suites and kx groups are configured; qed")
         .with_client_cert_verifier(Arc::new(verifier::Libp2pCertificateVerifier::new()))
         .with_cert_resolver(cert_resolver);
-    crypto.alpn_protocols = vec![P2P_ALPN.to_vec()];
+    crypto.alpn_protocols = vec![alpn()];
     crypto.key_log = Arc::new(rustls::KeyLogFile::new());
 
     Ok(crypto)
