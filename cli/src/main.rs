@@ -34,6 +34,7 @@ mod dashboard;
 mod demo;
 mod demo_hook;
 mod demo_intel;
+mod doctor;
 mod integrations;
 mod intel;
 mod keys;
@@ -277,6 +278,21 @@ enum Cmd {
     /// Changes prepared in a dashboard, for an admin to check and sign.
     #[command(subcommand)]
     Proposal(dashboard::ProposalCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    ///
+    /// bash: `patchmesh completion bash > /etc/bash_completion.d/patchmesh`; the Debian package
+    /// installs all three for bash, zsh and fish.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for patchmesh and every subcommand into DIR (the package ships them).
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Start a local mesh of real nodes on loopback, roll a good patch through its rings and a
     /// bad one into an automatic halt and rollback, and print what happened.
     Demo(demo::DemoArgs),
@@ -357,6 +373,16 @@ enum NodeCmd {
         /// Where to write the key.
         #[arg(long)]
         out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this node: configuration, key, genesis, certificate (and its expiry), store, disk
+    /// for payloads, whether it runs, its clock against peers' records, and bootstrap peers;
+    /// prints what to fix. Exit 1 if any check failed.
+    Doctor {
+        #[command(flatten)]
+        node: NodeArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -516,6 +542,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Admin(cmd) => admin(cmd),
         Cmd::Key(cmd) => keys::run(cmd),
         Cmd::Context(cmd) => context::run(cmd),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "patchmesh", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
+            Ok(())
+        }
         Cmd::Config(cmd) => context::config(cmd),
         Cmd::Intel(intel::IntelCmd::Import { files, out, previous, admin_key, node, json }) => {
             intel::import(&files, &out, previous.as_deref(), admin_key.as_deref(), &node, json)
@@ -536,6 +575,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Updates { local, security, json } => intel::updates_cmd(&local, security, json),
         Cmd::Explain { cve, local, json } => intel::explain(&cve, &local, json),
         Cmd::Node(NodeCmd::Keygen { out, json }) => keygen(&out, json, "node"),
+        Cmd::Node(NodeCmd::Doctor { node, json }) => {
+            let (config, _) = context::node_config(node.config.as_deref())?;
+            let code = doctor::run(&config, json, now_ms())?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Cmd::Node(NodeCmd::Run { config }) => {
             let cfg = NodeConfig::load(&config)?;
             patchmesh_node::daemon::init_logging(cfg.log);
