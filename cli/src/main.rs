@@ -871,7 +871,7 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
     let roots = keys::AdminKey::load_all(&roots.root_keys)?;
     let state: control::AdminStateView = call(&node, Request::AdminState)?;
     let current: AdminSet = match &state.latest_admin_set {
-        Some(h) => decode::<Envelope>("admin set", &hex::decode(h)?, 1 << 20)?.open("admin set")?,
+        Some(h) => AdminSet::open(&decode::<Envelope>("admin set", &hex::decode(h)?, 1 << 20)?)?,
         None => {
             let g: Genesis = decode::<Envelope>("genesis", &hex::decode(&state.genesis)?, 1 << 20)?
                 .open("genesis")?;

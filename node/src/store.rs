@@ -170,9 +170,10 @@ impl SledStore {
         let mut key = Vec::with_capacity(48);
         match p {
             Persist::AdminSet(env) => {
-                let set: AdminSet = env
-                    .open("admin set")
-                    .map_err(|source| StoreError::Decode { key: "admin set".into(), source })?;
+                let set = AdminSet::open(env).map_err(|e| StoreError::Unkeyable(match e {
+                    patchmesh_protocol::trust::TrustError::Decode(_) => "admin set (undecodable)",
+                    _ => "admin set (not an admin set)",
+                }))?;
                 key.extend_from_slice(b"admin/");
                 key.extend_from_slice(&set.version.to_be_bytes());
             }

@@ -30,6 +30,100 @@ use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc, ScalarValue, Va
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Checks, op by op, that the signer's roles grant what a change writes: every op a put or
+/// delete of a root-map key; each value a catalog entry stored under its own key; a patch needs
+/// `publish`, a rollout `publish` in a scope its target narrows into, an approval `approve`,
+/// other commands `control` (their scope is judged where they are used, against the rollout),
+/// an exception `exceptions` within its target, intel and the integration policy their
+/// permission everywhere, and a delete the permission of its key's kind everywhere.
+fn authorize(
+    change: &Change,
+    signer: &KeyId,
+    admins: &crate::trust::AdminSet,
+) -> Result<(), CatalogError> {
+    use crate::trust::Permission as P;
+    use automerge::legacy::{Key, ObjectId as Obj, OpType};
+    let refuse = |perm: &'static str| TrustError::NotPermitted { key: *signer, permission: perm };
+    for op in change.decode().operations {
+        let key = match (&op.obj, &op.key) {
+            (Obj::Root, Key::Map(k)) => k.to_string(),
+            _ => return Err(CatalogError::Edit("an op outside the catalog's root map".into())),
+        };
+        match op.action {
+            OpType::Put(ScalarValue::Bytes(bytes)) => {
+                let entry: CatalogEntry =
+                    decode("catalog entry", &bytes, limits::CATALOG_VALUE_BYTES_MAX)?;
+                if entry.key() != key {
+                    return Err(CatalogError::Edit(format!(
+                        "entry stored under {key}, not its own key"
+                    )));
+                }
+                let ok = match &entry {
+                    CatalogEntry::Patch(_) => admins.grants(signer, P::Publish),
+                    CatalogEntry::Rollout(r) => {
+                        admins.grants_within(signer, P::Publish, &r.target.sites, &r.target.labels)
+                    }
+                    CatalogEntry::Command(c) => match c.action {
+                        crate::rollout::policy::CommandAction::Approve { .. } => {
+                            admins.grants(signer, P::Approve)
+                        }
+                        _ => admins.grants(signer, P::Control),
+                    },
+                    CatalogEntry::Intel(_) => admins.grants_everywhere(signer, P::Intel),
+                    CatalogEntry::Exception(e) => admins.grants_within(
+                        signer,
+                        P::Exceptions,
+                        &e.target.sites,
+                        &e.target.labels,
+                    ),
+                    CatalogEntry::Integrations(_) => {
+                        admins.grants_everywhere(signer, P::Integrations)
+                    }
+                };
+                if !ok {
+                    return Err(refuse(entry_permission(&entry)).into());
+                }
+            }
+            OpType::Delete => {
+                let perm = [
+                    ("patch/", P::Publish),
+                    ("rollout/", P::Publish),
+                    ("command/", P::Control),
+                    ("intel/", P::Intel),
+                    ("exception/", P::Exceptions),
+                ]
+                .into_iter()
+                .find(|(prefix, _)| key.starts_with(prefix))
+                .map(|(_, p)| p)
+                .unwrap_or(P::Integrations);
+                if !admins.grants_everywhere(signer, perm) {
+                    return Err(refuse("deleting entries (needs the permission everywhere)").into());
+                }
+            }
+            _ => {
+                return Err(CatalogError::Edit(
+                    "an op other than a put of bytes or a delete".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn entry_permission(entry: &CatalogEntry) -> &'static str {
+    match entry {
+        CatalogEntry::Patch(_) => "publish",
+        CatalogEntry::Rollout(_) => "publish (within the rollout's target)",
+        CatalogEntry::Command(c) => match c.action {
+            crate::rollout::policy::CommandAction::Approve { .. } => "approve",
+            _ => "control",
+        },
+        CatalogEntry::Intel(_) => "intel (everywhere)",
+        CatalogEntry::Exception(_) => "exceptions (within the exception's target)",
+        CatalogEntry::Integrations(_) => "integrations (everywhere)",
+    }
+}
+
 /// Why a catalog change or sync message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
@@ -323,6 +417,10 @@ impl Catalog {
         if actor.len() != 40 || actor[..32] != signer.0 {
             return Err(CatalogError::ActorMismatch(signer));
         }
+        // A revoked admin's kept history was judged when it was signed; it has no role now.
+        if !trust.admins().roles.is_empty() && revoked.is_none() {
+            authorize(&change, &signer, trust.admins())?;
+        }
         if let Some(rev) = revoked {
             let kept = rev.kept_seq.get(actor).copied().unwrap_or(0);
             if change.seq() > kept {
@@ -458,6 +556,11 @@ impl Catalog {
         let change = change.raw_bytes().to_vec();
         if change.len() > limits::CATALOG_CHANGE_BYTES_MAX {
             return Err(CatalogError::Edit("change is too large".into()));
+        }
+        if !trust.admins().roles.is_empty() {
+            let parsed = Change::from_bytes(change.clone())
+                .map_err(|e| CatalogError::BadChange(e.to_string()))?;
+            authorize(&parsed, admin, trust.admins())?;
         }
         Ok(ChangeBody { mesh: self.mesh, change })
     }

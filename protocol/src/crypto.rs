@@ -35,6 +35,12 @@ pub enum Domain {
     AuditExport,
     /// A compliance or rollout report, signed by the node that computed it (and admins).
     Report,
+    /// An admin key set with scoped roles, signed by root keys (an [`AdminSet`] whose `roles`
+    /// are not empty; sets without roles keep the [`Domain::AdminSet`] encoding, so meshes
+    /// made before roles verify unchanged).
+    ///
+    /// [`AdminSet`]: crate::trust::AdminSet
+    AdminSetRoles,
 }
 
 impl Domain {
@@ -51,6 +57,7 @@ impl Domain {
             Domain::AuditCheckpoint => "patchmesh/v1/audit-checkpoint",
             Domain::AuditExport => "patchmesh/v1/audit-export",
             Domain::Report => "patchmesh/v1/report",
+            Domain::AdminSetRoles => "patchmesh/v1/admin-set-roles",
         }
     }
 }

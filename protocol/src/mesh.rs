@@ -67,16 +67,33 @@ pub fn admit(
 }
 
 /// The next admin set after `current`: `admins` become the active set, `revoked` are revoked
-/// keeping the listed history. Sign it with [`Envelope::cosign`] by enough old and new roots.
+/// keeping the listed history, and roles keep only keys that stay admins (a role left with no
+/// key is dropped). Sign it with [`Envelope::cosign`] by enough old and new roots.
 pub fn next_admin_set(
     current: &AdminSet,
     admins: Vec<KeyId>,
     revoked: Vec<Revocation>,
     signers: &[&SecretKey],
 ) -> Envelope {
+    let mut roles = current.roles.clone();
+    for r in &mut roles {
+        r.keys.retain(|k| admins.contains(k));
+    }
+    roles.retain(|r| !r.keys.is_empty());
+    next_admin_set_with(current, admins, revoked, roles).seal(signers)
+}
+
+/// The next admin set after `current` with these admins, revocations (added to the current
+/// ones) and roles; unsigned.
+pub fn next_admin_set_with(
+    current: &AdminSet,
+    admins: Vec<KeyId>,
+    revoked: Vec<Revocation>,
+    roles: Vec<crate::trust::Role>,
+) -> AdminSet {
     let mut all_revoked = current.revoked.clone();
     all_revoked.extend(revoked);
-    let next = AdminSet {
+    AdminSet {
         mesh: current.mesh,
         version: current.version + 1,
         root_keys: current.root_keys.clone(),
@@ -85,6 +102,6 @@ pub fn next_admin_set(
         approval_threshold: current.approval_threshold,
         approval_above_nodes: current.approval_above_nodes,
         revoked: all_revoked,
-    };
-    Envelope::seal(Domain::AdminSet, &next, signers)
+        roles,
+    }
 }

@@ -84,6 +84,14 @@ pub enum TrustError {
         /// The node's clock.
         now: Millis,
     },
+    /// The key's roles do not grant this action (or not where it acts).
+    #[error("key {key:?} has no role granting {permission}")]
+    NotPermitted {
+        /// The signer.
+        key: KeyId,
+        /// What it tried.
+        permission: &'static str,
+    },
     /// A field is out of range (empty key set, threshold of zero, oversized label, ...).
     #[error("invalid field: {0}")]
     Invalid(&'static str),
@@ -135,6 +143,7 @@ impl Genesis {
             approval_threshold: self.approval_threshold,
             approval_above_nodes: self.approval_above_nodes,
             revoked: Vec::new(),
+            roles: Vec::new(),
         }
     }
 
@@ -159,6 +168,124 @@ pub struct Revocation {
     pub kept_seq: BTreeMap<Vec<u8>, u64>,
 }
 
+/// What an admin role may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Permission {
+    /// Publish patches and rollouts.
+    Publish,
+    /// Approve rollouts (counts toward approval thresholds).
+    Approve,
+    /// Pause, resume (and lift halts) and abort rollouts.
+    Control,
+    /// Sign admission certificates.
+    Admit,
+    /// Add and withdraw exceptions.
+    Exceptions,
+    /// Publish intel bundles.
+    Intel,
+    /// Set the integration policy.
+    Integrations,
+}
+
+impl Permission {
+    /// Every permission.
+    pub const ALL: [Permission; 7] = [
+        Permission::Publish,
+        Permission::Approve,
+        Permission::Control,
+        Permission::Admit,
+        Permission::Exceptions,
+        Permission::Intel,
+        Permission::Integrations,
+    ];
+
+    /// Its name on the command line and in views.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Publish => "publish",
+            Permission::Approve => "approve",
+            Permission::Control => "control",
+            Permission::Admit => "admit",
+            Permission::Exceptions => "exceptions",
+            Permission::Intel => "intel",
+            Permission::Integrations => "integrations",
+        }
+    }
+}
+
+impl std::str::FromStr for Permission {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Permission::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Permission::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown permission {s:?} (one of {})", names.join(", "))
+        })
+    }
+}
+
+/// Where a role may act: nodes admitted to one of `sites` (empty: any site) whose certificate
+/// carries every label in `labels`. Site and labels are always the admitted ones (from the
+/// admin-signed certificate), never what a node reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Sites (any of them); empty: every site.
+    pub sites: Vec<SiteId>,
+    /// Labels (all of them).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Scope {
+    /// True if the scope reaches every node.
+    pub fn is_unlimited(&self) -> bool {
+        self.sites.is_empty() && self.labels.is_empty()
+    }
+
+    /// True if a node admitted to `site` with `labels` is inside.
+    pub fn contains(&self, site: &SiteId, labels: &BTreeMap<String, String>) -> bool {
+        (self.sites.is_empty() || self.sites.contains(site))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// True if every node a selector naming `sites` (empty: any) and `labels` can pick is
+    /// inside: the selector narrows into the scope.
+    pub fn narrows(&self, sites: &[SiteId], labels: &BTreeMap<String, String>) -> bool {
+        (self.sites.is_empty()
+            || (!sites.is_empty() && sites.iter().all(|s| self.sites.contains(s))))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// A named group of admin keys with the permissions they hold and where. Roles only ever grant
+/// (there is no deny, no order and no terminating delegation): a key's authority is the union
+/// of its roles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    /// Its name (unique in the set).
+    pub name: String,
+    /// Its keys (each must be an active admin of the set).
+    pub keys: Vec<KeyId>,
+    /// What it may do.
+    pub permissions: Vec<Permission>,
+    /// Where.
+    pub scope: Scope,
+    /// The publish threshold: distinct approving keys a rollout this role publishes needs
+    /// before any node installs it (0: the mesh's rule). Approve and control act alone.
+    pub publish_approvals: u8,
+}
+
+/// The admin set as it was encoded before roles (domain [`Domain::AdminSet`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct AdminSetV1 {
+    mesh: MeshId,
+    version: u64,
+    root_keys: Vec<KeyId>,
+    root_threshold: u8,
+    admins: Vec<KeyId>,
+    approval_threshold: u8,
+    approval_above_nodes: u32,
+    revoked: Vec<Revocation>,
+}
+
 /// A versioned admin key set, signed by root keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminSet {
@@ -178,12 +305,115 @@ pub struct AdminSet {
     pub approval_above_nodes: u32,
     /// Revoked admins.
     pub revoked: Vec<Revocation>,
+    /// Roles; empty: every admin holds every permission everywhere (meshes made before roles).
+    pub roles: Vec<Role>,
 }
 
 impl AdminSet {
     /// True if `key` is an active admin.
     pub fn is_admin(&self, key: &KeyId) -> bool {
         self.admins.contains(key)
+    }
+
+    /// The roles of `key` that grant `perm` (a set without roles grants every admin everything
+    /// everywhere; a revoked or unknown key gets nothing).
+    pub fn scopes_for(&self, key: &KeyId, perm: Permission) -> Vec<&Scope> {
+        static UNLIMITED: Scope = Scope { sites: Vec::new(), labels: BTreeMap::new() };
+        if !self.is_admin(key) {
+            return Vec::new();
+        }
+        if self.roles.is_empty() {
+            return vec![&UNLIMITED];
+        }
+        self.roles
+            .iter()
+            .filter(|r| r.keys.contains(key) && r.permissions.contains(&perm))
+            .map(|r| &r.scope)
+            .collect()
+    }
+
+    /// True if `key` may do `perm` somewhere.
+    pub fn grants(&self, key: &KeyId, perm: Permission) -> bool {
+        !self.scopes_for(key, perm).is_empty()
+    }
+
+    /// True if `key` may do `perm` everywhere (fleet-wide objects: intel, integrations).
+    pub fn grants_everywhere(&self, key: &KeyId, perm: Permission) -> bool {
+        self.scopes_for(key, perm).iter().any(|s| s.is_unlimited())
+    }
+
+    /// True if `key` may do `perm` on a node admitted to `site` with `labels`.
+    pub fn grants_on(
+        &self,
+        key: &KeyId,
+        perm: Permission,
+        site: &SiteId,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        self.scopes_for(key, perm).iter().any(|s| s.contains(site, labels))
+    }
+
+    /// True if `key` may do `perm` on every node a selector of `sites` and `labels` picks.
+    pub fn grants_within(
+        &self,
+        key: &KeyId,
+        perm: Permission,
+        sites: &[SiteId],
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        self.scopes_for(key, perm).iter().any(|s| s.narrows(sites, labels))
+    }
+
+    /// The most approvals a rollout by `author` needs under its roles' publish thresholds.
+    pub fn publish_approvals(&self, author: &KeyId) -> u8 {
+        self.roles
+            .iter()
+            .filter(|r| r.keys.contains(author) && r.permissions.contains(&Permission::Publish))
+            .map(|r| r.publish_approvals)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Signs this set with `signers` in the encoding its content needs.
+    pub fn seal(&self, signers: &[&crate::crypto::SecretKey]) -> Envelope {
+        if self.roles.is_empty() {
+            Envelope::seal(Domain::AdminSet, &self.to_v1(), signers)
+        } else {
+            Envelope::seal(Domain::AdminSetRoles, self, signers)
+        }
+    }
+
+    /// The unsigned envelope of this set (for signers outside this process to sign in turn).
+    pub fn unsigned(&self) -> Envelope {
+        self.seal(&[])
+    }
+
+    /// Decodes an admin-set envelope of either encoding (signatures are not checked here).
+    pub fn open(env: &Envelope) -> Result<AdminSet, TrustError> {
+        match env.domain {
+            Domain::AdminSet => Ok(env.open::<AdminSetV1>("admin set")?.into()),
+            Domain::AdminSetRoles => {
+                let set: AdminSet = env.open("admin set")?;
+                if set.roles.is_empty() {
+                    return Err(TrustError::Invalid("an admin set with roles lists none"));
+                }
+                Ok(set)
+            }
+            got => Err(TrustError::WrongDomain { expected: Domain::AdminSet, got }),
+        }
+    }
+
+    fn to_v1(&self) -> AdminSetV1 {
+        AdminSetV1 {
+            mesh: self.mesh,
+            version: self.version,
+            root_keys: self.root_keys.clone(),
+            root_threshold: self.root_threshold,
+            admins: self.admins.clone(),
+            approval_threshold: self.approval_threshold,
+            approval_above_nodes: self.approval_above_nodes,
+            revoked: self.revoked.clone(),
+        }
     }
 
     /// The revocation entry of `key`, if revoked.
@@ -200,7 +430,62 @@ impl AdminSet {
         if self.revoked.iter().any(|r| self.admins.contains(&r.key)) {
             return Err(TrustError::Invalid("a key is both admin and revoked"));
         }
+        if self.roles.len() > limits::ROLES_MAX {
+            return Err(TrustError::Invalid("too many roles"));
+        }
+        let names: BTreeSet<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
+        if names.len() != self.roles.len() {
+            return Err(TrustError::Invalid("two roles share a name"));
+        }
+        for r in &self.roles {
+            if r.name.is_empty() || r.name.len() > limits::LABEL_BYTES_MAX {
+                return Err(TrustError::Invalid("role name empty or too long"));
+            }
+            if r.keys.is_empty() || r.keys.len() > limits::KEYS_PER_SET_MAX {
+                return Err(TrustError::Invalid("role key list empty or too large"));
+            }
+            if r.keys.iter().any(|k| !self.admins.contains(k)) {
+                return Err(TrustError::Invalid("a role names a key that is not an active admin"));
+            }
+            let perms: BTreeSet<&Permission> = r.permissions.iter().collect();
+            if perms.is_empty() || perms.len() != r.permissions.len() {
+                return Err(TrustError::Invalid("role permissions empty or repeated"));
+            }
+            if r.scope.sites.len() > limits::ROLES_MAX
+                || r.scope.labels.len() > limits::LABELS_PER_NODE_MAX
+                || r.scope
+                    .sites
+                    .iter()
+                    .any(|s| s.0.is_empty() || s.0.len() > limits::SITE_NAME_BYTES_MAX)
+                || r.scope.labels.iter().any(|(k, v)| {
+                    k.len() > limits::LABEL_BYTES_MAX || v.len() > limits::LABEL_BYTES_MAX
+                })
+            {
+                return Err(TrustError::Invalid("role scope out of range"));
+            }
+            if r.publish_approvals != 0 && !r.permissions.contains(&Permission::Publish) {
+                return Err(TrustError::Invalid(
+                    "a publish threshold on a role that cannot publish",
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+impl From<AdminSetV1> for AdminSet {
+    fn from(v: AdminSetV1) -> AdminSet {
+        AdminSet {
+            mesh: v.mesh,
+            version: v.version,
+            root_keys: v.root_keys,
+            root_threshold: v.root_threshold,
+            admins: v.admins,
+            approval_threshold: v.approval_threshold,
+            approval_above_nodes: v.approval_above_nodes,
+            revoked: v.revoked,
+            roles: Vec::new(),
+        }
     }
 }
 
@@ -308,9 +593,8 @@ impl Trust {
         env: &Envelope,
         check: &dyn SignatureCheck,
     ) -> Result<Option<AdminSet>, TrustError> {
-        expect_domain(env, Domain::AdminSet)?;
         let signers = env.verify_all(check)?;
-        let next: AdminSet = env.open("admin set")?;
+        let next = AdminSet::open(env)?;
         if next.mesh != self.mesh {
             return Err(TrustError::WrongMesh { ours: self.mesh, got: next.mesh });
         }
@@ -347,6 +631,16 @@ impl Trust {
         }
     }
 
+    /// Verifies that `key` may do `perm` somewhere now (an active admin whose roles grant it).
+    pub fn check_permission(&self, key: &KeyId, perm: Permission) -> Result<(), TrustError> {
+        self.check_admin(key)?;
+        if self.current.grants(key, perm) {
+            Ok(())
+        } else {
+            Err(TrustError::NotPermitted { key: *key, permission: perm.name() })
+        }
+    }
+
     /// Verifies that `key` may sign admin objects now.
     pub fn check_admin(&self, key: &KeyId) -> Result<(), TrustError> {
         if self.current.is_admin(key) {
@@ -379,6 +673,12 @@ impl Trust {
         now: Millis,
     ) -> Result<(), TrustError> {
         self.check_admin(signer)?;
+        if !self.current.grants_on(signer, Permission::Admit, &cert.site, &cert.labels) {
+            return Err(TrustError::NotPermitted {
+                key: *signer,
+                permission: "admit (to this site and labels)",
+            });
+        }
         if cert.mesh != self.mesh {
             return Err(TrustError::WrongMesh { ours: self.mesh, got: cert.mesh });
         }

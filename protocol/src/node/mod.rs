@@ -529,6 +529,9 @@ impl Node {
             }
         }
         if admin_sets {
+            // Roles may have changed what each author's entries are allowed to do.
+            self.policies_stale = true;
+            self.rollouts_due = true;
             // A revocation takes back what this node applied before it heard of it.
             match self.state.catalog.drop_revoked(&self.state.trust) {
                 Ok(0) => {}

@@ -61,6 +61,7 @@ impl Refusal {
             TrustError::Gap { .. } => "gap",
             TrustError::Expired { .. } => "expired",
             TrustError::Invalid(_) => "invalid",
+            TrustError::NotPermitted { .. } => "not_permitted",
         };
         match self {
             Refusal::Trust(t) => trust_kind(t),

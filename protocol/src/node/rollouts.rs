@@ -92,7 +92,10 @@ impl Node {
         self.timers.set(Timer::RolloutEval, self.now.plus(self.config.rollout_eval_ms.max(1)));
         if self.policies_stale {
             self.policies_stale = false;
-            self.policies = Arc::new(Policies::parse(self.state.catalog.entries_authored()));
+            self.policies = Arc::new(Policies::parse(
+                self.state.catalog.entries_authored(),
+                self.state.trust.admins(),
+            ));
         }
         if self.policies.rollouts.is_empty() && !self.engine.busy() {
             return;

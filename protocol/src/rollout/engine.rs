@@ -450,7 +450,24 @@ impl Engine {
                 }));
             }
             if policies.patches.contains_key(&rollout.content_id) {
-                self.advance(&mut out, rollout, &verdict, view);
+                // A node takes part only where the rollout's author, and the patch's, may
+                // publish: checked against its own admitted site and labels, whatever the
+                // selector says.
+                let admins = view.trust.admins();
+                // (Entries of a key no longer an admin, rotated out or revoked, were judged when
+                // signed and hold no role now; they keep their selector alone.)
+                let may = |k: &crate::ids::KeyId| {
+                    !admins.is_admin(k)
+                        || admins.grants_on(
+                            k,
+                            crate::trust::Permission::Publish,
+                            view.site_id,
+                            view.labels,
+                        )
+                };
+                let patch_author = policies.patch_authors.get(&rollout.content_id);
+                let in_scope = may(&authored.author) && patch_author.is_some_and(may);
+                self.advance(&mut out, rollout, &verdict, view, in_scope);
             }
             self.verdicts.insert(*id, verdict);
         }
@@ -473,14 +490,16 @@ impl Engine {
         rollout: &RolloutEntry,
         verdict: &Verdict,
         view: &View<'_>,
+        in_scope: bool,
     ) {
         let id = rollout.id;
         let now = view.now;
         let Some(j) = self.journal.get(&id).cloned() else {
             // Not started: decide targeting, then whether to start.
-            let ring = selects(&rollout.target, view.site_id, view.labels, &self.facts)
-                .then(|| ring_of(rollout, &view.me, view.labels))
-                .flatten();
+            let ring = (in_scope
+                && selects(&rollout.target, view.site_id, view.labels, &self.facts))
+            .then(|| ring_of(rollout, &view.me, view.labels))
+            .flatten();
             let Some(ring) = ring else {
                 self.set_standing(id, NO_RING, RolloutStatus::NotTargeted);
                 return;

@@ -59,6 +59,8 @@ pub struct Policies {
     pub rollouts: BTreeMap<RolloutId, Authored>,
     /// Patches by content id.
     pub patches: BTreeMap<ContentId, PatchEntry>,
+    /// Who wrote each patch entry (a node installs it only if that admin may publish there).
+    pub patch_authors: BTreeMap<ContentId, KeyId>,
     /// Commands per rollout, with their catalog keys, whose `admin` is their signer.
     pub commands: BTreeMap<RolloutId, Vec<(String, AdminCommand)>>,
     /// Entries ignored (malformed policy, key mismatch, forged command author).
@@ -66,13 +68,27 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Parses catalog entries (with authors, see `Catalog::entries_authored`).
-    pub fn parse(entries: BTreeMap<String, (CatalogEntry, KeyId)>) -> Policies {
+    /// Parses catalog entries (with authors, see `Catalog::entries_authored`). Entries whose
+    /// author's roles (under `admins`, the set held now) do not grant what they do are ignored:
+    /// a role removed or narrowed takes its rollouts, patches and commands with it.
+    pub fn parse(
+        entries: BTreeMap<String, (CatalogEntry, KeyId)>,
+        admins: &crate::trust::AdminSet,
+    ) -> Policies {
+        use crate::trust::Permission as P;
         let mut p = Policies::default();
         for (key, (entry, author)) in entries {
             match entry {
+                CatalogEntry::Patch(_) | CatalogEntry::Rollout(_)
+                    if !admins.roles.is_empty()
+                        && admins.is_admin(&author)
+                        && !admins.grants(&author, P::Publish) =>
+                {
+                    p.ignored.push((key, "its author's roles do not grant publish".into()));
+                }
                 CatalogEntry::Patch(patch) => {
                     if key == format!("patch/{}", patch.content_id) {
+                        p.patch_authors.insert(patch.content_id, author);
                         p.patches.insert(patch.content_id, patch);
                     } else {
                         p.ignored.push((key, "patch key does not match its content id".into()));
@@ -83,6 +99,17 @@ impl Policies {
                         p.ignored.push((key, "rollout key does not match its id".into()));
                     } else if let Err(e) = rollout.validate() {
                         p.ignored.push((key, e.to_string()));
+                    } else if !admins.roles.is_empty()
+                        && admins.is_admin(&author)
+                        && !admins.grants_within(
+                            &author,
+                            P::Publish,
+                            &rollout.target.sites,
+                            &rollout.target.labels,
+                        )
+                    {
+                        p.ignored
+                            .push((key, "its target reaches beyond its author's scope".into()));
                     } else {
                         let hash = rollout_hash(&rollout);
                         p.rollouts.insert(rollout.id, Authored { rollout, author, hash });
@@ -254,8 +281,18 @@ pub fn judge(
 ) -> Verdict {
     let rollout = &authored.rollout;
     let admins = trust.admins();
-    let current: Vec<&(String, AdminCommand)> =
-        commands.iter().filter(|(_, c)| admins.is_admin(&c.admin)).collect();
+    // Commands count from keys whose roles grant them over the whole rollout target.
+    let (sites, labels) = (&rollout.target.sites, &rollout.target.labels);
+    let current: Vec<&(String, AdminCommand)> = commands
+        .iter()
+        .filter(|(_, c)| {
+            let perm = match c.action {
+                CommandAction::Approve { .. } => crate::trust::Permission::Approve,
+                _ => crate::trust::Permission::Control,
+            };
+            admins.grants_within(&c.admin, perm, sites, labels)
+        })
+        .collect();
 
     let (approvers, needed) = approvals(authored, &current, trust);
     let Overrides { aborted, paused, accepted_failures } = overrides(&current);
@@ -310,7 +347,10 @@ fn approvals(
     let rollout = &authored.rollout;
     let admins = trust.admins();
     let mut approvers: BTreeSet<KeyId> = BTreeSet::new();
-    if admins.is_admin(&authored.author) {
+    // The author counts once, and only if its roles grant approve over the target (a
+    // publish-only role needs someone else's approval: separation of duties).
+    let (sites, labels) = (&rollout.target.sites, &rollout.target.labels);
+    if admins.grants_within(&authored.author, crate::trust::Permission::Approve, sites, labels) {
         approvers.insert(authored.author);
     }
     for (_, c) in current {
@@ -320,11 +360,12 @@ fn approvals(
             }
         }
     }
-    let needed = if rollout.max_targets > admins.approval_above_nodes {
+    let mesh_rule = if rollout.max_targets > admins.approval_above_nodes {
         u32::from(admins.approval_threshold.max(1))
     } else {
         1
     };
+    let needed = mesh_rule.max(u32::from(admins.publish_approvals(&authored.author)));
 
     (approvers, needed)
 }
