@@ -9,10 +9,10 @@ use patchmesh_node::config::NodeConfig;
 use patchmesh_node::control::{self, ControlError, Request};
 use patchmesh_node::files;
 use patchmesh_protocol::catalog::{CatalogEntry, ChangeBody, ExecutorSpec, PatchEntry};
-use patchmesh_protocol::crypto::{decode, encode, Domain, Envelope, SecretKey};
+use patchmesh_protocol::crypto::{decode, encode, Domain, SecretKey};
 use patchmesh_protocol::ids::{ContentId, KeyId, Millis, NodeId, SiteId};
 use patchmesh_protocol::mesh;
-use patchmesh_protocol::trust::{AdminSet, Genesis, Revocation};
+use patchmesh_protocol::trust::{Genesis, Revocation};
 use rand::rngs::OsRng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ mod intel;
 mod keys;
 mod output;
 mod report;
+mod roles;
 mod rollout;
 
 /// patchmesh: peer-to-peer patch management with signed policy, canary rings and no server.
@@ -354,6 +355,18 @@ enum AdminCmd {
         new: String,
         #[command(flatten)]
         signing: AdminSigning,
+    },
+    /// Scoped roles: which admin keys may do what (publish, approve, control, admit,
+    /// exceptions, intel, integrations), in which sites and labels. Enforced by every node.
+    #[command(subcommand)]
+    Role(roles::RoleCmd),
+    /// The admin set this node holds: admins, revoked keys, roots, approval rule and roles.
+    Show {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke an admin key: changes it signed after what this node holds now are refused
     /// everywhere.
@@ -860,6 +873,8 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
             keys::write_new(&out, &key, pass.as_deref())?;
             return print_keygen(&out, &key, json, "admin");
         }
+        AdminCmd::Role(cmd) => return roles::run(cmd),
+        AdminCmd::Show { node, json } => return roles::show(&node, json),
         AdminCmd::Add { key, signing } => (signing, AdminChange::Add(KeyId(parse_hex32(&key)?))),
         AdminCmd::Rotate { old, new, signing } => {
             (signing, AdminChange::Rotate(KeyId(parse_hex32(&old)?), KeyId(parse_hex32(&new)?)))
@@ -869,16 +884,9 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
         }
     };
     let roots = keys::AdminKey::load_all(&roots.root_keys)?;
-    let state: control::AdminStateView = call(&node, Request::AdminState)?;
-    let current: AdminSet = match &state.latest_admin_set {
-        Some(h) => AdminSet::open(&decode::<Envelope>("admin set", &hex::decode(h)?, 1 << 20)?)?,
-        None => {
-            let g: Genesis = decode::<Envelope>("genesis", &hex::decode(&state.genesis)?, 1 << 20)?
-                .open("genesis")?;
-            g.initial_admin_set()
-        }
-    };
+    let (current, state) = roles::current(&node)?;
     let mut admins = current.admins.clone();
+    let mut roles = current.roles.clone();
     let mut revoked = Vec::new();
     match &change {
         AdminChange::Add(k) => {
@@ -892,6 +900,14 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
                 bail!("{old} is not an active admin");
             };
             admins[pos] = *new;
+            // The new key takes the old one's roles.
+            for r in &mut roles {
+                for k in &mut r.keys {
+                    if k == old {
+                        *k = *new;
+                    }
+                }
+            }
         }
         AdminChange::Revoke(k) => {
             if !admins.contains(k) {
@@ -908,7 +924,18 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
     if admins.is_empty() {
         bail!("the mesh must keep at least one admin");
     }
-    let mut env = mesh::next_admin_set(&current, admins, revoked, &[]);
+    for r in &mut roles {
+        r.keys.retain(|k| admins.contains(k));
+    }
+    roles.retain(|r| !r.keys.is_empty());
+    if let AdminChange::Add(k) = &change {
+        if !roles.is_empty() {
+            eprintln!(
+                "patchmesh: note: this mesh has roles; {k} may do nothing until a role names it (patchmesh admin role add|set)"
+            );
+        }
+    }
+    let mut env = mesh::next_admin_set_with(&current, admins, revoked, roles).unsigned();
     for r in &roots {
         r.cosign(&mut env)?;
     }

@@ -30,6 +30,11 @@ fn target(m: &Mesh, i: usize) -> PathBuf {
 
 /// Imports `body` at node `i` as a file patch replacing `{data_dir}/app/app.bin`.
 fn add_patch(m: &Mesh, i: usize, body: &[u8], extra: &[&str]) -> String {
+    add_patch_as(m, i, body, extra, &m.admin_key())
+}
+
+/// [`add_patch`] signed with `admin`.
+fn add_patch_as(m: &Mesh, i: usize, body: &[u8], extra: &[&str], admin: &str) -> String {
     let file = m.root.0.join(format!("payload-{}.bin", blake3::hash(body).to_hex()));
     std::fs::write(&file, body).unwrap();
     let mut args = vec![
@@ -46,8 +51,7 @@ fn add_patch(m: &Mesh, i: usize, body: &[u8], extra: &[&str]) -> String {
         "20000",
     ];
     args.extend_from_slice(extra);
-    let admin = m.admin_key();
-    args.extend(["--admin-key", admin.as_str(), "--json"]);
+    args.extend(["--admin-key", admin, "--json"]);
     let out = m.cli_at(i, &args);
     assert!(out.status.success(), "patch add: {}", String::from_utf8_lossy(&out.stderr));
     let v: PatchAddOutput = serde_json::from_slice(&out.stdout).unwrap();
@@ -55,7 +59,21 @@ fn add_patch(m: &Mesh, i: usize, body: &[u8], extra: &[&str]) -> String {
 }
 
 fn create(m: &Mesh, i: usize, content: &str, rings: &[&str]) -> String {
-    let admin = m.admin_key();
+    let out = try_create(m, i, content, rings, &[], &m.admin_key());
+    assert!(out.status.success(), "rollout create: {}", String::from_utf8_lossy(&out.stderr));
+    let v: RolloutCreateOutput = serde_json::from_slice(&out.stdout).unwrap();
+    v.rollout
+}
+
+/// `rollout create` at node `i` with `extra` arguments, signed with `admin`.
+fn try_create(
+    m: &Mesh,
+    i: usize,
+    content: &str,
+    rings: &[&str],
+    extra: &[&str],
+    admin: &str,
+) -> std::process::Output {
     let mut args = vec![
         "rollout",
         "create",
@@ -71,11 +89,9 @@ fn create(m: &Mesh, i: usize, content: &str, rings: &[&str]) -> String {
     for r in rings {
         args.extend(["--ring", r]);
     }
-    args.extend(["--admin-key", admin.as_str(), "--json"]);
-    let out = m.cli_at(i, &args);
-    assert!(out.status.success(), "rollout create: {}", String::from_utf8_lossy(&out.stderr));
-    let v: RolloutCreateOutput = serde_json::from_slice(&out.stdout).unwrap();
-    v.rollout
+    args.extend_from_slice(extra);
+    args.extend(["--admin-key", admin, "--json"]);
+    m.cli_at(i, &args)
 }
 
 fn local_step(m: &Mesh, i: usize, id: &str) -> Option<String> {
@@ -516,4 +532,94 @@ fn a_dpkg_rollback_after_gc_reinstalls_the_previous_deb_with_no_peer_to_fetch_fr
         "the rollback reinstalled 1.0 from the node's own store"
     );
     assert!(m.peers(0).is_empty(), "the node never had a peer to fetch from");
+}
+
+/// A role scoped to one site, on real nodes: its admin rolls out to its site, every node refuses
+/// it a rollout to the other site (whose nodes run the same inventory, so only the admitted
+/// site tells them apart), and once the role is removed every node refuses its changes.
+#[test]
+fn a_site_admin_rolls_out_to_its_site_only_and_loses_it_with_its_role() {
+    let _guard = serial();
+    let mut m = Mesh::new("roles", 4, 2);
+    m.start_all();
+    for i in 0..4 {
+        std::fs::create_dir_all(target(&m, i).parent().unwrap()).unwrap();
+    }
+    let key_file = m.root.0.join("site0-admin.key").display().to_string();
+    let k: patchmesh_node::control::KeygenOutput = patchmesh_tests::cli_json(&[
+        "admin",
+        "keygen",
+        "--out",
+        &key_file,
+        "--unencrypted",
+        "--json",
+    ]);
+    let root = m.mesh_dir().join("root.key").display().to_string();
+    let version_everywhere =
+        |v: u64| wait_for(WAIT, || (0..4).all(|i| m.status(i).trust_version == v).then_some(()));
+    let add = m.cli_at(
+        1,
+        &[
+            "admin",
+            "role",
+            "add",
+            "site0-ops",
+            "--key",
+            &k.public_key,
+            "--permission",
+            "publish",
+            "--permission",
+            "control",
+            "--permission",
+            "approve",
+            "--site",
+            "site0",
+            "--root-key",
+            &root,
+            "--json",
+        ],
+    );
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(version_everywhere(2).is_some(), "the role did not spread");
+    let show: serde_json::Value =
+        serde_json::from_slice(&m.cli_at(3, &["admin", "show", "--json"]).stdout).unwrap();
+    let names: Vec<&str> =
+        show["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["admins", "site0-ops"], "{show}");
+
+    // Its own site: nodes 0 and 2. Every node runs the same inventory (this machine's), so the
+    // package clause holds everywhere; the certificate's site alone keeps site1 out.
+    let content = add_patch_as(&m, 0, b"site0 only", &[], &key_file);
+    let to_site0 = ["--target-site", "site0", "--target-package", "dpkg >= 0"];
+    let out = try_create(&m, 0, &content, &["all:100"], &to_site0, &key_file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = serde_json::from_slice::<RolloutCreateOutput>(&out.stdout).unwrap().rollout;
+    let done = wait_for(WAIT, || {
+        [0, 2].iter().all(|&i| local_step(&m, i, &id).as_deref() == Some("committed")).then_some(())
+    });
+    assert!(done.is_some(), "site0 did not install: {:?}", rollouts(&m, 0));
+    for i in [1, 3] {
+        assert_eq!(local_step(&m, i, &id), None, "site1 node {i} took part");
+        assert_eq!(std::fs::read(target(&m, i)).ok(), None, "site1 node {i} installed it");
+    }
+    assert_eq!(std::fs::read(target(&m, 2)).unwrap(), b"site0 only");
+
+    // The other site, or every site: refused at every node.
+    for i in 0..4 {
+        for extra in [&["--target-site", "site1"][..], &[][..]] {
+            let out = try_create(&m, i, &content, &["all:100"], extra, &key_file);
+            assert_eq!(out.status.code(), Some(4), "node {i} accepted {extra:?}");
+            let why = String::from_utf8_lossy(&out.stderr);
+            assert!(why.contains("publish"), "{why}");
+        }
+    }
+
+    // Remove the role: the key stays an admin but may do nothing, on every node.
+    let remove = m.cli_at(2, &["admin", "role", "remove", "site0-ops", "--root-key", &root]);
+    assert!(remove.status.success(), "{}", String::from_utf8_lossy(&remove.stderr));
+    assert!(version_everywhere(3).is_some(), "the removal did not spread");
+    for i in 0..4 {
+        let out = try_create(&m, i, &content, &["all:100"], &to_site0, &key_file);
+        assert_eq!(out.status.code(), Some(4), "node {i} accepted a change of a removed role");
+    }
 }
