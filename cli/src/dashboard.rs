@@ -44,6 +44,8 @@ pub enum ProposalCmd {
         admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        dry_run: crate::DryRun,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -84,7 +86,7 @@ pub fn run(cmd: ProposalCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ProposalCmd::Sign { id, digest, admin_key, node, json } => {
+        ProposalCmd::Sign { id, digest, admin_key, node, json, .. } => {
             let v = fetch(&node, &id)?;
             if !v.digest.eq_ignore_ascii_case(digest.trim()) {
                 bail!(

@@ -22,6 +22,8 @@ pub enum IntegrationsCmd {
         admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
+        #[command(flatten)]
+        dry_run: crate::DryRun,
     },
     /// The policy, the election per sink, and this node's outbox.
     Status {
@@ -59,7 +61,7 @@ pub enum DlqCmd {
 /// Runs `patchmesh integrations …`.
 pub fn run(cmd: IntegrationsCmd) -> anyhow::Result<()> {
     match cmd {
-        IntegrationsCmd::Set { file, admin_key, node } => {
+        IntegrationsCmd::Set { file, admin_key, node, .. } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let policy: IntegrationPolicy = toml::from_str(&text)

@@ -68,6 +68,8 @@ pub enum IntelCmd {
         admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
+        #[command(flatten)]
+        dry_run: crate::DryRun,
     },
     /// What a bundle holds: its sources, their dates and hashes, records kept and skipped.
     Show {
@@ -1093,24 +1095,6 @@ fn remediation_plan<'a>(
     Ok(groups)
 }
 
-fn confirm(yes: bool) -> anyhow::Result<()> {
-    use std::io::{BufRead, IsTerminal, Write};
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("not confirmed: stdin is not a terminal; pass --yes to go ahead");
-    }
-    print!("go ahead? [y/N] ");
-    let _ = std::io::stdout().flush();
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    if !matches!(line.trim(), "y" | "Y" | "yes") {
-        anyhow::bail!("not confirmed; nothing was published");
-    }
-    Ok(())
-}
-
 /// `patchmesh remediate`: a rollout of the fix to exactly the exposed nodes.
 pub fn remediate(mut a: RemediateArgs, now: Millis) -> anyhow::Result<()> {
     let node = a.rollout.sign.node.clone();
@@ -1165,7 +1149,7 @@ pub fn remediate(mut a: RemediateArgs, now: Millis) -> anyhow::Result<()> {
             a.rollout.deadline.as_deref().unwrap_or("none (due at the next window)")
         );
     }
-    confirm(a.yes)?;
+    crate::confirm(a.yes, "publish this remediation")?;
     let admin = crate::keys::AdminKey::resolve(a.rollout.sign.admin_key.as_deref())?;
     let patches: Vec<String> = if a.debs.is_empty() {
         vec![a.rollout.patch.clone().unwrap_or_default()]
@@ -1241,6 +1225,8 @@ pub enum ExceptionCmd {
         admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
+        #[command(flatten)]
+        dry_run: crate::DryRun,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -1262,6 +1248,11 @@ pub enum ExceptionCmd {
         admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: crate::NodeArgs,
+        #[command(flatten)]
+        dry_run: crate::DryRun,
+        /// Go ahead without asking (asks on a terminal; refused without one unless given).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -1314,6 +1305,7 @@ pub fn exception(cmd: ExceptionCmd, now: Millis) -> anyhow::Result<()> {
             admin_key,
             node,
             json,
+            ..
         } => {
             let labels = target_labels
                 .iter()
@@ -1396,7 +1388,8 @@ pub fn exception(cmd: ExceptionCmd, now: Millis) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ExceptionCmd::Revoke { key, admin_key, node } => {
+        ExceptionCmd::Revoke { key, admin_key, node, yes, .. } => {
+            crate::confirm(yes, &format!("withdraw exception {key}: its findings reopen"))?;
             let want = key.trim_start_matches("exception/");
             let matches: Vec<String> = exception_entries(&node)?
                 .into_iter()

@@ -18,6 +18,41 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Set when the command line asked for `--dry-run` (clap accepts it only on commands that
+/// publish, and on `content gc`, which handles it itself): [`publish`] and admin-set changes
+/// print what they would sign and stop.
+pub(crate) static DRY_RUN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// `--dry-run` on a command that publishes; read through [`DRY_RUN`].
+#[derive(Args, Clone, Default)]
+pub(crate) struct DryRun {
+    /// Print what would be signed and published, as JSON, and stop (nothing is signed).
+    #[arg(long = "dry-run")]
+    #[allow(dead_code)]
+    dry_run: bool,
+}
+
+/// Asks before a destructive command: `--yes` goes ahead; on a terminal the user answers; with
+/// no terminal (scripts) the command is refused.
+pub(crate) fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{what}: not confirmed, and no terminal to ask on; pass --yes to go ahead");
+    }
+    eprint!("{what}. Go ahead? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        bail!("not confirmed; nothing was done");
+    }
+    Ok(())
+}
+
 /// Prints a line to stdout; a closed pipe (`patchmesh … | head`) ends the program quietly.
 macro_rules! outln {
     ($($t:tt)*) => {{
@@ -317,6 +352,9 @@ enum ContentCmd {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Remove without asking (asks on a terminal; refused without one unless given).
+        #[arg(long)]
+        yes: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -463,6 +501,8 @@ enum PatchCmd {
         admin_key: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        dry_run: DryRun,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -483,6 +523,12 @@ struct NodeArgs {
 struct AdminSigning {
     #[command(flatten)]
     roots: RootArgs,
+    #[command(flatten)]
+    dry_run: DryRun,
+    /// Go ahead without asking (revocations and role removals ask on a terminal, and are
+    /// refused without one unless this is given).
+    #[arg(long)]
+    yes: bool,
     #[command(flatten)]
     node: NodeArgs,
     /// Print JSON.
@@ -509,6 +555,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 fn main() {
     let cli = Cli::parse();
     context::set_flag(cli.context.clone());
+    if std::env::args().any(|a| a == "--dry-run") {
+        DRY_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if cli.all_contexts {
         let args: Vec<String> =
             std::env::args().skip(1).filter(|a| a != "--all-contexts").collect();
@@ -573,7 +622,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             intel::import(&files, &out, previous.as_deref(), admin_key.as_deref(), &node, json)
         }
         Cmd::Intel(intel::IntelCmd::Status { node, json }) => intel::status(&node, json),
-        Cmd::Intel(intel::IntelCmd::Publish { bundle, admin_key, node }) => {
+        Cmd::Intel(intel::IntelCmd::Publish { bundle, admin_key, node, .. }) => {
             intel::publish_file(&bundle, admin_key.as_deref(), &node)
         }
         Cmd::Intel(intel::IntelCmd::Show { bundle, json }) => intel::show(&bundle, json),
@@ -640,6 +689,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             admin_key,
             node,
             json,
+            ..
         }) => {
             let (content_id, size_bytes) = match (file, content_id, size_bytes) {
                 (Some(f), _, _) => import(&node, &f)?,
@@ -692,7 +742,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::content_list(&call(&node, Request::ContentList)?, json);
             Ok(())
         }
-        Cmd::Content(ContentCmd::Gc { node, dry_run, json }) => {
+        Cmd::Content(ContentCmd::Gc { node, dry_run, yes, json }) => {
+            if !dry_run {
+                confirm(yes, "remove every payload no patch references or journal pins")?;
+            }
             output::content_gc(&call(&node, Request::ContentGc { dry_run })?, json);
             Ok(())
         }
@@ -861,7 +914,7 @@ fn admit(
 }
 
 fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
-    let (AdminSigning { roots, node, json }, change) = match cmd {
+    let (AdminSigning { roots, node, json, yes, .. }, change) = match cmd {
         AdminCmd::Keygen { out, unencrypted, json } => {
             let pass = if unencrypted {
                 keys::warn_unencrypted(&out);
@@ -935,7 +988,17 @@ fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
             );
         }
     }
-    let mut env = mesh::next_admin_set_with(&current, admins, revoked, roles).unsigned();
+    let next = mesh::next_admin_set_with(&current, admins, revoked, roles);
+    if dry_run_print(&next) {
+        return Ok(());
+    }
+    if let AdminChange::Revoke(k) = &change {
+        confirm(
+            yes,
+            &format!("revoke admin {k}: what it signs from now on is refused everywhere"),
+        )?;
+    }
+    let mut env = next.unsigned();
     for r in &roots {
         r.cosign(&mut env)?;
     }
@@ -961,6 +1024,19 @@ pub(crate) fn publish(
     admin: &keys::AdminKey,
     edits: Vec<(String, Option<CatalogEntry>)>,
 ) -> anyhow::Result<control::SubmittedView> {
+    if DRY_RUN.load(std::sync::atomic::Ordering::Relaxed) {
+        let v: Vec<serde_json::Value> = edits
+            .iter()
+            .map(|(key, entry)| serde_json::json!({ "key": key, "put": entry }))
+            .collect();
+        outln!(
+            "{}",
+            output::json(
+                &serde_json::json!({ "dry_run": true, "signer": admin.public().to_hex(), "edits": v })
+            )
+        );
+        std::process::exit(0);
+    }
     let prepared: control::PreparedView = call(
         node,
         Request::Prepare { admin: admin.public().to_hex(), edits: hex::encode(encode(&edits)) },
@@ -969,6 +1045,15 @@ pub(crate) fn publish(
         decode("prepared change", &hex::decode(&prepared.body)?, control::REQUEST_BYTES_MAX)?;
     let env = admin.seal(Domain::CatalogChange, &body)?;
     Ok(call(node, Request::Submit { envelope: hex::encode(encode(&env)) })?)
+}
+
+/// With `--dry-run`, prints the admin set that would be signed and returns true.
+pub(crate) fn dry_run_print(next: &patchmesh_protocol::trust::AdminSet) -> bool {
+    if !DRY_RUN.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    outln!("{}", output::json(&serde_json::json!({ "dry_run": true, "admin_set": next })));
+    true
 }
 
 /// One control request to the node of `node`, its answer parsed as the view `T`.

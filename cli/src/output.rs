@@ -143,9 +143,9 @@ pub fn fetch_progress(
     } else {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
+            indicatif::ProgressStyle::with_template(&colour(
                 "{bar:40.cyan/blue} {bytes}/{total_bytes} {msg} eta {eta}",
-            )
+            ))
             .expect("static template")
             .progress_chars("=> "),
         );
@@ -347,10 +347,11 @@ impl RolloutBars {
 
     /// Redraws from the node's latest view.
     pub fn update(&self, rollouts: &[RolloutView]) {
-        let style =
-            indicatif::ProgressStyle::with_template("  {prefix:<10} {bar:30.green/red} {msg}")
-                .expect("static template")
-                .progress_chars("=> ");
+        let style = indicatif::ProgressStyle::with_template(&colour(
+            "  {prefix:<10} {bar:30.green/red} {msg}",
+        ))
+        .expect("static template")
+        .progress_chars("=> ");
         for r in rollouts {
             let mut headers = self.headers.borrow_mut();
             let header = headers.entry(r.id.clone()).or_insert_with(|| {
@@ -392,5 +393,14 @@ impl RolloutBars {
         for b in self.headers.borrow().values().chain(self.bars.borrow().values()) {
             b.abandon();
         }
+    }
+}
+
+/// A progress template, its colours dropped when `NO_COLOR` is set (https://no-color.org).
+fn colour(template: &str) -> String {
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        template.replace(".cyan/blue", "").replace(".green/red", "")
+    } else {
+        template.to_string()
     }
 }

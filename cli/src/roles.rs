@@ -172,6 +172,15 @@ pub fn run(cmd: RoleCmd) -> anyhow::Result<()> {
     let mut next = current.clone();
     let what = edit(&mut next)?;
     let next = mesh::next_admin_set_with(&current, next.admins, vec![], next.roles);
+    if crate::dry_run_print(&next) {
+        return Ok(());
+    }
+    if let RoleCmd::Remove { name, .. } = &cmd {
+        crate::confirm(
+            signing.yes,
+            &format!("remove role {name}: its keys lose what it granted, everywhere"),
+        )?;
+    }
     let roots = keys::AdminKey::load_all(&signing.roots.root_keys)?;
     let mut env = next.unsigned();
     for r in &roots {

@@ -118,6 +118,8 @@ pub struct CreateArgs {
 /// Who signs a rollout change, and where it is published.
 #[derive(Args)]
 pub struct Signer {
+    #[command(flatten)]
+    pub dry_run: crate::DryRun,
     /// Admin key to sign with (default: PATCHMESH_ADMIN_KEY, else the context's).
     #[arg(long)]
     pub admin_key: Option<PathBuf>,
@@ -132,6 +134,10 @@ pub struct Signer {
 pub struct CommandArgs {
     /// Rollout id (or unique prefix).
     id: String,
+    /// Go ahead without asking (abort asks on a terminal, and is refused without one unless
+    /// this is given).
+    #[arg(long)]
+    yes: bool,
     #[command(flatten)]
     sign: Signer,
 }
@@ -284,7 +290,13 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
             command(&c, CommandAction::Approve { rollout_hash: hash }, now)
         }
         RolloutCmd::Pause(c) => command(&c, CommandAction::Pause, now),
-        RolloutCmd::Abort(c) => command(&c, CommandAction::Abort, now),
+        RolloutCmd::Abort(c) => {
+            crate::confirm(
+                c.yes,
+                &format!("abort rollout {}: every node that installed it rolls back", c.id),
+            )?;
+            command(&c, CommandAction::Abort, now)
+        }
         RolloutCmd::Resume { cmd: c, lift_halt, lift_abort } => {
             let r = find(&c.sign.node, &c.id)?;
             let mut overrides = Vec::new();

@@ -218,7 +218,8 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     converged(&mesh, 2);
 
     // …until a root revokes it at node 1.
-    let revoke = mesh.cli_at(1, &["admin", "revoke", "--key", &second_pub, "--root-key", &root]);
+    let revoke =
+        mesh.cli_at(1, &["admin", "revoke", "--key", &second_pub, "--root-key", &root, "--yes"]);
     assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
     assert!(all_at(3).is_some(), "the revocation did not spread");
     for i in 0..5 {

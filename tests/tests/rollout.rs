@@ -512,8 +512,14 @@ fn a_dpkg_rollback_after_gc_reinstalls_the_previous_deb_with_no_peer_to_fetch_fr
 
     // 2.0 installs but fails verification; before its rollout, collect garbage.
     let v2 = publish_deb(&m, &deb(&m.root.0, "2.0"), "2.0", "exit 1");
-    let gc: GcView =
-        patchmesh_tests::cli_json(&["content", "gc", "--config", &m.nodes[0].config(), "--json"]);
+    let gc: GcView = patchmesh_tests::cli_json(&[
+        "content",
+        "gc",
+        "--config",
+        &m.nodes[0].config(),
+        "--yes",
+        "--json",
+    ]);
     assert!(!gc.dry_run);
     assert!(
         gc.removed.iter().all(|r| r.content_id != v1),
@@ -591,6 +597,15 @@ fn a_site_admin_rolls_out_to_its_site_only_and_loses_it_with_its_role() {
     // package clause holds everywhere; the certificate's site alone keeps site1 out.
     let content = add_patch_as(&m, 0, b"site0 only", &[], &key_file);
     let to_site0 = ["--target-site", "site0", "--target-package", "dpkg >= 0"];
+    // A dry run prints what would be signed and publishes nothing.
+    let mut dry = to_site0.to_vec();
+    dry.push("--dry-run");
+    let out = try_create(&m, 0, &content, &["all:100"], &dry, &key_file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["dry_run"], true);
+    assert!(printed["edits"][0]["key"].as_str().unwrap().starts_with("rollout/"), "{printed}");
+    assert!(rollouts(&m, 0).unwrap().rollouts.is_empty(), "a dry run published a rollout");
     let out = try_create(&m, 0, &content, &["all:100"], &to_site0, &key_file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let id = serde_json::from_slice::<RolloutCreateOutput>(&out.stdout).unwrap().rollout;
@@ -615,7 +630,8 @@ fn a_site_admin_rolls_out_to_its_site_only_and_loses_it_with_its_role() {
     }
 
     // Remove the role: the key stays an admin but may do nothing, on every node.
-    let remove = m.cli_at(2, &["admin", "role", "remove", "site0-ops", "--root-key", &root]);
+    let remove =
+        m.cli_at(2, &["admin", "role", "remove", "site0-ops", "--root-key", &root, "--yes"]);
     assert!(remove.status.success(), "{}", String::from_utf8_lossy(&remove.stderr));
     assert!(version_everywhere(3).is_some(), "the removal did not spread");
     for i in 0..4 {

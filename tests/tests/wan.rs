@@ -53,7 +53,10 @@ fn a_payload_crosses_each_sites_wan_link_once() {
     assert_eq!(v.nodes, 12, "{report}");
     assert_eq!(v.payload_bytes, 8 * 1024 * 1024, "{report}");
     let ratio = |site: &str, key: fn(&WanSite) -> f64| {
-        v.per_site.get(site).map(key).unwrap_or_else(|| panic!("no {site} in the JSON line:\n{report}"))
+        v.per_site
+            .get(site)
+            .map(key)
+            .unwrap_or_else(|| panic!("no {site} in the JSON line:\n{report}"))
     };
     // The nodes' own accounting: the origin site fetched nothing from elsewhere, and the nodes
     // of each other site together fetched exactly one copy from other sites.
