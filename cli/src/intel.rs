@@ -1257,7 +1257,7 @@ pub enum ExceptionCmd {
 }
 
 /// `30d`, `12h`, `90s` from now, or an RFC 3339 time.
-fn parse_expiry(text: &str, now: Millis) -> anyhow::Result<Millis> {
+pub(crate) fn parse_expiry(text: &str, now: Millis) -> anyhow::Result<Millis> {
     let bad = || {
         format!(
             "--expires {text:?}: expected a duration from now (30d, 12h, 90s) or an RFC 3339 time"

@@ -77,6 +77,7 @@ mod output;
 mod report;
 mod roles;
 mod rollout;
+mod voucher;
 
 /// patchmesh: peer-to-peer patch management with signed policy, canary rings and no server.
 ///
@@ -151,17 +152,33 @@ enum Cmd {
     /// Node keys and the node daemon.
     #[command(subcommand)]
     Node(NodeCmd),
-    /// Sign an admission certificate that lets a node key join the mesh.
+    /// Enrolment vouchers: one signed token lets up to N machines join a site.
+    #[command(subcommand)]
+    Voucher(voucher::VoucherCmd),
+    /// Sign an admission certificate that lets a node key join the mesh; or, with --pending,
+    /// list and approve enrolments that wait for an admin.
     ///
     /// Runs offline: needs only the admin key and the genesis. Hand the certificate to the
-    /// node's machine and name it in its configuration (`admission = …`).
+    /// node's machine and name it in its configuration (`admission = …`). For many machines,
+    /// a voucher (`patchmesh voucher create`) saves the round trip per machine.
     Admit {
+        /// List enrolments awaiting approval (with --approve or --all: approve them).
+        #[arg(long)]
+        pending: bool,
+        /// With --pending: approve this node (id or prefix; repeatable).
+        #[arg(long, requires = "pending")]
+        approve: Vec<String>,
+        /// With --pending: approve every enrolment awaiting approval.
+        #[arg(long, requires = "pending")]
+        all: bool,
+        #[command(flatten)]
+        node: NodeArgs,
         /// The node's public key, as `patchmesh node keygen` printed it.
-        #[arg(long)]
-        node_key: String,
+        #[arg(long, required_unless_present = "pending")]
+        node_key: Option<String>,
         /// The site (branch office, data centre) the node belongs to.
-        #[arg(long)]
-        site: String,
+        #[arg(long, required_unless_present = "pending")]
+        site: Option<String>,
         /// Labels as key=value (repeatable), e.g. `--label ring=canary`.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
@@ -169,14 +186,14 @@ enum Cmd {
         #[arg(long)]
         admin_key: Option<PathBuf>,
         /// The mesh genesis.
-        #[arg(long)]
-        genesis: PathBuf,
+        #[arg(long, required_unless_present = "pending")]
+        genesis: Option<PathBuf>,
         /// Days the certificate stays valid.
         #[arg(long, default_value_t = 365)]
         valid_days: u64,
         /// Where to write the certificate.
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "pending")]
+        out: Option<PathBuf>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -428,6 +445,9 @@ enum NodeCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Join a mesh with a voucher: makes this machine's node key (keeps one that exists),
+    /// writes the genesis, the enrolment (its admission) and a ready configuration.
+    Enroll(Box<voucher::EnrollArgs>),
     /// Check this node: configuration, key, genesis, certificate (and its expiry), store, disk
     /// for payloads, whether it runs, its clock against peers' records, and bootstrap peers;
     /// prints what to fix. Exit 1 if any check failed.
@@ -655,9 +675,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the runtime")?;
             Ok(rt.block_on(patchmesh_node::daemon::run(cfg))?)
         }
-        Cmd::Admit { node_key, site, labels, admin_key, genesis, valid_days, out, json } => {
+        Cmd::Admit { pending: true, approve, all, node, admin_key, json, .. } => {
+            voucher::pending(&node, &approve, all, admin_key.as_deref(), json)
+        }
+        Cmd::Admit {
+            node_key: Some(node_key),
+            site: Some(site),
+            labels,
+            admin_key,
+            genesis: Some(genesis),
+            valid_days,
+            out: Some(out),
+            json,
+            ..
+        } => {
             admit(&node_key, &site, labels, admin_key.as_deref(), &genesis, valid_days, &out, json)
         }
+        Cmd::Admit { .. } => bail!("give --node-key, --site, --genesis and --out (or --pending)"),
+        Cmd::Voucher(cmd) => voucher::run(cmd, now_ms()),
+        Cmd::Node(NodeCmd::Enroll(a)) => voucher::enroll(*a, now_ms()),
         Cmd::Status { node, json } => {
             output::status(&call(&node, Request::Status)?, json);
             Ok(())

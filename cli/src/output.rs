@@ -117,6 +117,17 @@ pub fn catalog(v: &CatalogView, json_out: bool) {
             CatalogEntryView::Intel { content_id, size_bytes, sources, .. } => {
                 outln!("intel    {size_bytes} bytes from {}  id={content_id}", sources.join(", "))
             }
+            CatalogEntryView::Voucher(v) => {
+                outln!(
+                    "voucher  {} site={} {}/{} enrolled{}{}",
+                    v.id,
+                    v.site,
+                    v.enrolments.len().min(v.max_nodes as usize),
+                    v.max_nodes,
+                    if v.revoked { "  REVOKED" } else { "" },
+                    if v.require_approval { "  (approval required)" } else { "" }
+                )
+            }
             CatalogEntryView::Integrations { policy } => {
                 let sinks: Vec<String> = policy.sinks.iter().map(|s| format!("{} ({:?})", s.name, s.kind).to_lowercase()).collect();
                 outln!("integrations  sinks: {}", sinks.join(", "))

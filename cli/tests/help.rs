@@ -53,7 +53,7 @@ fn bad_usage_exits_2_and_unreachable_node_exits_3() {
 fn admit_refuses_a_malformed_key() {
     let dir = std::env::temp_dir().join(format!("pm-help-{}", std::process::id()));
     let d = dir.display().to_string();
-    assert!(run(&["init", "--mesh", "m", "--dir", &d]).status.success());
+    assert!(run(&["init", "--mesh", "m", "--dir", &d, "--unencrypted"]).status.success());
     let out = run(&[
         "admit",
         "--node-key",

@@ -79,6 +79,14 @@ fn authorize(
                     CatalogEntry::Integrations(_) => {
                         admins.grants_everywhere(signer, P::Integrations)
                     }
+                    CatalogEntry::Voucher(v) => v.voucher().is_ok_and(|voucher| {
+                        admins.grants_within(
+                            signer,
+                            P::Admit,
+                            std::slice::from_ref(&voucher.site),
+                            &voucher.labels,
+                        )
+                    }),
                 };
                 if !ok {
                     return Err(refuse(entry_permission(&entry)).into());
@@ -91,6 +99,7 @@ fn authorize(
                     ("command/", P::Control),
                     ("intel/", P::Intel),
                     ("exception/", P::Exceptions),
+                    ("voucher/", P::Admit),
                 ]
                 .into_iter()
                 .find(|(prefix, _)| key.starts_with(prefix))
@@ -121,6 +130,7 @@ fn entry_permission(entry: &CatalogEntry) -> &'static str {
         CatalogEntry::Intel(_) => "intel (everywhere)",
         CatalogEntry::Exception(_) => "exceptions (within the exception's target)",
         CatalogEntry::Integrations(_) => "integrations (everywhere)",
+        CatalogEntry::Voucher(_) => "admit (for the voucher's site and labels)",
     }
 }
 
@@ -257,6 +267,8 @@ pub enum CatalogEntry {
     Exception(crate::intel::exception::ExceptionEntry),
     /// Where events go (one per mesh, under [`crate::integrations::POLICY_KEY`]).
     Integrations(crate::integrations::IntegrationPolicy),
+    /// An enrolment voucher's state: revoked, and the nodes approved by an admin.
+    Voucher(crate::enrol::VoucherEntry),
 }
 
 impl CatalogEntry {
@@ -268,6 +280,10 @@ impl CatalogEntry {
             CatalogEntry::Intel(i) => format!("intel/{}", i.content_id),
             CatalogEntry::Exception(e) => e.key(),
             CatalogEntry::Integrations(_) => crate::integrations::POLICY_KEY.to_string(),
+            CatalogEntry::Voucher(v) => match v.voucher() {
+                Ok(voucher) => crate::enrol::VoucherEntry::key_of(&voucher.id),
+                Err(_) => "voucher/undecodable".to_string(),
+            },
             CatalogEntry::Command(c) => {
                 // 128 bits of the command's hash: unique among admin-issued commands and half
                 // the bytes on the wire of a full hash.

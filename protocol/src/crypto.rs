@@ -41,6 +41,10 @@ pub enum Domain {
     ///
     /// [`AdminSet`]: crate::trust::AdminSet
     AdminSetRoles,
+    /// An enrolment voucher, signed by an admin.
+    Voucher,
+    /// A machine's enrolment (a voucher and its node id), signed by the machine's node key.
+    Enrolment,
 }
 
 impl Domain {
@@ -58,6 +62,8 @@ impl Domain {
             Domain::AuditExport => "patchmesh/v1/audit-export",
             Domain::Report => "patchmesh/v1/report",
             Domain::AdminSetRoles => "patchmesh/v1/admin-set-roles",
+            Domain::Voucher => "patchmesh/v1/voucher",
+            Domain::Enrolment => "patchmesh/v1/enrolment",
         }
     }
 }

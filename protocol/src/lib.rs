@@ -88,6 +88,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod crypto;
+pub mod enrol;
 pub mod ids;
 pub mod integrations;
 pub mod intel;

@@ -145,5 +145,8 @@ pub const EXPOSURE_FIELD_BYTES_MAX: usize = 128;
 /// Longest an exception (risk acceptance or "not affected") may run before it must be renewed.
 pub const EXCEPTION_DAYS_MAX: u64 = 90;
 
+/// The most machines one enrolment voucher may admit.
+pub const VOUCHER_NODES_MAX: u32 = 10_000;
+
 /// Roles in one admin set (and sites in one role's scope).
 pub const ROLES_MAX: usize = 64;

@@ -538,6 +538,9 @@ pub struct Admitted {
     pub signer: KeyId,
     /// The signed envelope.
     pub envelope: Envelope,
+    /// For an enrolment: the voucher and the enrolment (judged against held state by
+    /// [`crate::enrol::Gate`]).
+    pub enrolled: Option<crate::enrol::Enrolled>,
 }
 
 /// The trust state a node holds: genesis, the current admin set, and every admin set version
@@ -659,9 +662,15 @@ impl Trust {
         now: Millis,
         check: &dyn SignatureCheck,
     ) -> Result<Admitted, TrustError> {
-        let (cert, signer) = verify_admission_signature(env, check)?;
+        let (cert, signer, enrolled) = if env.domain == Domain::Enrolment {
+            let (cert, signer, e) = crate::enrol::open(env, check)?;
+            (cert, signer, Some(e))
+        } else {
+            let (cert, signer) = verify_admission_signature(env, check)?;
+            (cert, signer, None)
+        };
         self.authorize_admission(&cert, &signer, now)?;
-        Ok(Admitted { cert, signer, envelope: env.clone() })
+        Ok(Admitted { cert, signer, envelope: env.clone(), enrolled })
     }
 
     /// The trust-dependent half of admission: the signer is an admin now, the mesh is ours and
@@ -696,13 +705,36 @@ impl Trust {
     }
 }
 
+/// The certificate an admission envelope (a certificate, or an enrolment) stands for, decoded
+/// without checking signatures: for showing objects that were verified when they arrived.
+pub fn admission_cert(env: &Envelope) -> Result<AdmissionCert, DecodeError> {
+    if env.domain != Domain::Enrolment {
+        return env.open("admission certificate");
+    }
+    let e: crate::enrol::Enrolment = env.open("enrolment")?;
+    let v: crate::enrol::Voucher = e.voucher.open("voucher")?;
+    Ok(AdmissionCert {
+        mesh: v.mesh,
+        node: e.node,
+        site: v.site,
+        labels: v.labels,
+        issued_at: e.enrolled_at,
+        expires_at: e.enrolled_at.plus(v.valid_for_ms),
+    })
+}
+
 /// The pure half of admission checking (no trust state): domain, exactly one signature, the
 /// signature verifies, the body decodes and its fields are in range. Returns the certificate
-/// and its signer, whose authority [`Trust::authorize_admission`] checks.
+/// and its signer, whose authority [`Trust::authorize_admission`] checks. An enrolment
+/// (voucher + the machine's own signature, see [`crate::enrol`]) stands for the certificate its
+/// voucher promises, signed by the voucher's admin.
 pub fn verify_admission_signature(
     env: &Envelope,
     check: &dyn SignatureCheck,
 ) -> Result<(AdmissionCert, KeyId), TrustError> {
+    if env.domain == Domain::Enrolment {
+        return crate::enrol::open(env, check).map(|(cert, signer, _)| (cert, signer));
+    }
     expect_domain(env, Domain::Admission)?;
     if env.signatures.len() != 1 {
         return Err(TrustError::Invalid("admission needs exactly one admin signature"));

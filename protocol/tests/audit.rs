@@ -254,7 +254,11 @@ fn contradicting_checkpoints_in_records_are_kept_as_evidence() {
             audit: Some(audit::Head { seq, head: [head; 32], at: T0 }),
         };
         let b = Arc::new(Bundle::new(
-            patchmesh_protocol::crypto::Envelope::seal(patchmesh_protocol::crypto::Domain::NodeRecord, &rec, &[&k]),
+            patchmesh_protocol::crypto::Envelope::seal(
+                patchmesh_protocol::crypto::Domain::NodeRecord,
+                &rec,
+                &[&k],
+            ),
             admission.clone(),
         ));
         site::verify_record(&b, &trust, T0, &Ed25519).unwrap()
@@ -265,7 +269,11 @@ fn contradicting_checkpoints_in_records_are_kept_as_evidence() {
     assert!(state.equivocations().is_empty(), "a log that grew is honest");
     state.merge_record(record(3, 120, 3)).unwrap();
     assert_eq!(state.equivocations().len(), 1);
-    assert!(state.equivocations()[0].detail.contains("went back from entry 300 to 120"), "{}", state.equivocations()[0].detail);
+    assert!(
+        state.equivocations()[0].detail.contains("went back from entry 300 to 120"),
+        "{}",
+        state.equivocations()[0].detail
+    );
     state.merge_record(record(4, 120, 4)).unwrap();
     assert_eq!(state.equivocations().len(), 2);
     assert!(state.equivocations()[1].detail.contains("two different entries 120"));

@@ -68,7 +68,8 @@ fn lying_summary_is_detected() {
     s.record_count += 1;
     assert!(h.nodes[1].site().check_summary(&s).is_err());
     let mut s2 = h.nodes[0].summaries().all()[&SiteId::from("a")].summary().clone();
-    s2.counts.insert((RolloutId([1; 32]), 0, patchmesh_protocol::site::RolloutStatus::Succeeded), 2);
+    s2.counts
+        .insert((RolloutId([1; 32]), 0, patchmesh_protocol::site::RolloutStatus::Succeeded), 2);
     assert!(h.nodes[1].site().check_summary(&s2).is_err());
 }
 
@@ -143,7 +144,8 @@ fn a_node_whose_store_lost_its_floor_signs_above_the_record_its_peers_hold() {
     h.connect(0, 1);
     h.run_for(2_000);
     for n in 1..=4u32 {
-        let inventory = patchmesh_protocol::site::InventorySummary { package_count: n, ..Default::default() };
+        let inventory =
+            patchmesh_protocol::site::InventorySummary { package_count: n, ..Default::default() };
         h.input(0, Input::Command(Command::UpdateRecord { inventory }));
         h.run_for(500);
     }

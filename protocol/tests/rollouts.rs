@@ -68,7 +68,11 @@ fn rollout(id: u8, soak_ms: u64) -> RolloutEntry {
     let ring = |name: &str, percent: u8, canary: bool| RingSpec {
         name: name.into(),
         percent,
-        labels: if canary { [("ring".to_string(), "canary".to_string())].into() } else { BTreeMap::new() },
+        labels: if canary {
+            [("ring".to_string(), "canary".to_string())].into()
+        } else {
+            BTreeMap::new()
+        },
         gate: gate.clone(),
     };
     RolloutEntry {
@@ -92,7 +96,13 @@ fn patch() -> PatchEntry {
         size_bytes: 10,
         name: "app".into(),
         version: "2".into(),
-        executor: ExecutorSpec { kind: "file".into(), install: Some("/tmp/x".into()), verify: None, rollback: None, timeout_ms: 1000 },
+        executor: ExecutorSpec {
+            kind: "file".into(),
+            install: Some("/tmp/x".into()),
+            verify: None,
+            rollback: None,
+            timeout_ms: 1000,
+        },
     }
 }
 
@@ -110,7 +120,10 @@ fn run(h: &mut Harness, ms: u64, fails: &dyn Fn(usize) -> bool) {
         let effects = std::mem::take(&mut h.effects);
         for (i, e) in effects {
             let ok = !(e.action == Action::Verify && fails(i));
-            h.input(i, Input::EffectDone(EffectResult { id: e.id, ok, detail: format!("{:?}", e.action) }));
+            h.input(
+                i,
+                Input::EffectDone(EffectResult { id: e.id, ok, detail: format!("{:?}", e.action) }),
+            );
         }
     }
 }
@@ -126,10 +139,19 @@ fn step(h: &Harness, i: usize, id: u8) -> Option<Step> {
 #[test]
 fn a_failing_canary_halts_every_node_and_nothing_outside_the_canary_ring_installs() {
     let mut h = fleet(Keys::new(), 8, &[0, 1]);
-    publish(&mut h, 3, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(1, 5_000))]);
+    publish(
+        &mut h,
+        3,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(1, 5_000))],
+    );
     run(&mut h, 30_000, &|_| true);
     for i in 0..8 {
-        assert!(matches!(control(&h, i, 1), Some(Control::Halted { ring: 0, .. })), "node {i}: {:?}", control(&h, i, 1));
+        assert!(
+            matches!(control(&h, i, 1), Some(Control::Halted { ring: 0, .. })),
+            "node {i}: {:?}",
+            control(&h, i, 1)
+        );
     }
     for i in [0, 1] {
         assert_eq!(step(&h, i, 1), Some(Step::RolledBack), "canary {i} rolled back");
@@ -149,7 +171,12 @@ fn a_failing_canary_halts_every_node_and_nothing_outside_the_canary_ring_install
 #[test]
 fn a_good_patch_moves_ring_by_ring_after_each_gate() {
     let mut h = fleet(Keys::new(), 6, &[0, 1]);
-    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(2, 3_000))]);
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(2, 3_000))],
+    );
     run(&mut h, 40_000, &|_| false);
     let journal = |i: usize| h.nodes[i].rollouts().journal()[&RolloutId([2; 32])].clone();
     for i in 0..6 {
@@ -157,7 +184,10 @@ fn a_good_patch_moves_ring_by_ring_after_each_gate() {
     }
     let canaries_done = journal(0).step_at.max(journal(1).step_at);
     for i in 2..6 {
-        assert!(journal(i).started_at >= canaries_done, "node {i} started before the canary gate passed");
+        assert!(
+            journal(i).started_at >= canaries_done,
+            "node {i} started before the canary gate passed"
+        );
     }
     assert_eq!(control(&h, 5, 2), Some(Control::Running));
 }
@@ -168,13 +198,19 @@ fn a_busy_site_reports_its_settled_canaries_at_once_and_the_next_ring_starts_wit
     // and site b never goes quiet: its other members re-sign their records every 300 ms. A
     // ring that settled is summarised without waiting for quiet (or for the fourth interval).
     let mut h = fleet(Keys::new(), 6, &[1]);
-    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(7, 3_000))]);
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(7, 3_000))],
+    );
     let id = RolloutId([7; 32]);
     let mut canary_done = None;
     let mut first_a_start = None;
     for tick in 0..200u32 {
         for i in [3, 5] {
-            let inventory = InventorySummary { package_count: tick * 10 + i as u32, ..Default::default() };
+            let inventory =
+                InventorySummary { package_count: tick * 10 + i as u32, ..Default::default() };
             h.input(i, Input::Command(Command::UpdateRecord { inventory }));
         }
         run(&mut h, 300, &|_| false);
@@ -182,17 +218,23 @@ fn a_busy_site_reports_its_settled_canaries_at_once_and_the_next_ring_starts_wit
         if canary_done.is_none() && j1.as_ref().is_some_and(|j| j.step == Step::Committed) {
             canary_done = j1.map(|j| j.step_at);
         }
-        let starts = [0, 2, 4].map(|i| h.nodes[i].rollouts().journal().get(&id).map(|j| j.started_at));
+        let starts =
+            [0, 2, 4].map(|i| h.nodes[i].rollouts().journal().get(&id).map(|j| j.started_at));
         if let Some(t) = starts.into_iter().flatten().min() {
             first_a_start = Some(t);
             break;
         }
     }
-    let (done, start) = (canary_done.expect("the canary committed"), first_a_start.expect("site a started"));
+    let (done, start) =
+        (canary_done.expect("the canary committed"), first_a_start.expect("site a started"));
     assert!(start >= done, "site a started before the canary gate passed");
     // At worst one summary interval (2 s) plus a flush and an evaluation on arrival; waiting
     // for the busy site to go quiet instead took 3.7 s here (up to four intervals in general).
-    assert!(start.since(done) <= 2_500, "the next ring started {} ms after the canary committed", start.since(done));
+    assert!(
+        start.since(done) <= 2_500,
+        "the next ring started {} ms after the canary committed",
+        start.since(done)
+    );
 }
 
 /// `n` nodes of one site `a`, each connected only to its neighbours in a line: no node sees
@@ -273,7 +315,12 @@ fn one_ring(id: u8, max_targets: u32) -> RolloutEntry {
 fn max_targets_is_exact_within_a_site() {
     // Five members in one site, a limit of two: exactly two ever start.
     let mut h = site_in_a_line(5);
-    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(one_ring(10, 2))]);
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(one_ring(10, 2))],
+    );
     run(&mut h, 20_000, &|_| false);
     let started: Vec<usize> = (0..5).filter(|i| step(&h, *i, 10).is_some()).collect();
     assert_eq!(started.len(), 2, "{started:?}");
@@ -286,9 +333,17 @@ fn max_targets_across_a_partition_spends_what_was_left_on_each_side_and_no_more(
     // both: each side may spend the three (the documented bound), never more, and after the
     // heal nobody else starts.
     let mut h = fleet(Keys::new(), 10, &[]);
-    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(one_ring(11, 3))]);
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(one_ring(11, 3))],
+    );
     h.run_for(200);
-    assert!((0..10).all(|i| h.nodes[i].catalog().entries().len() >= 2), "the rollout reached every node");
+    assert!(
+        (0..10).all(|i| h.nodes[i].catalog().entries().len() >= 2),
+        "the rollout reached every node"
+    );
     h.sides = Some((0..10).map(|i| (i % 2) as u8).collect());
     run(&mut h, 20_000, &|_| false);
     let cut = started_per_site(&h, 11);
@@ -306,7 +361,12 @@ fn a_soaking_member_frees_its_install_slot() {
     // one before it soaks (a soak is judged by the ring's gate, not by holding the slot).
     let mut h = fleet(Keys::new(), 6, &[]);
     let mut r = rollout(8, 3_000);
-    r.rings = vec![RingSpec { name: "all".into(), percent: 100, labels: BTreeMap::new(), gate: r.rings[1].gate.clone() }];
+    r.rings = vec![RingSpec {
+        name: "all".into(),
+        percent: 100,
+        labels: BTreeMap::new(),
+        gate: r.rings[1].gate.clone(),
+    }];
     r.max_concurrent_per_site = 1;
     publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r)]);
     let id = RolloutId([8; 32]);
@@ -322,9 +382,16 @@ fn a_soaking_member_frees_its_install_slot() {
             }
             for site in 0..2 {
                 let in_site = |i: &&usize| **i % 2 == site;
-                let holding = steps.iter().filter(|(i, s)| in_site(i) && !s.is_terminal() && **s != Step::Soaking).count();
-                let soaking = steps.iter().filter(|(i, s)| in_site(i) && **s == Step::Soaking).count();
-                assert!(holding <= 1, "site {site}: {holding} members hold an install slot at once: {steps:?}");
+                let holding = steps
+                    .iter()
+                    .filter(|(i, s)| in_site(i) && !s.is_terminal() && **s != Step::Soaking)
+                    .count();
+                let soaking =
+                    steps.iter().filter(|(i, s)| in_site(i) && **s == Step::Soaking).count();
+                assert!(
+                    holding <= 1,
+                    "site {site}: {holding} members hold an install slot at once: {steps:?}"
+                );
                 overlapped_with_a_soak |= holding == 1 && soaking > 0;
             }
         }
@@ -341,7 +408,12 @@ fn an_empty_ring_holds_the_rollout_and_says_why() {
     // No node carries `ring=canary`: the canary ring is empty. Missing evidence never
     // promotes, so nobody installs; the verdict says the gate can never pass, not "0 of 1".
     let mut h = fleet(Keys::new(), 4, &[]);
-    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(4, 1_000))]);
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(4, 1_000))],
+    );
     run(&mut h, 20_000, &|_| false);
     for i in 0..4 {
         assert_eq!(step(&h, i, 4), None, "node {i} installed past an empty canary ring");
@@ -365,15 +437,30 @@ fn large_rollouts_wait_for_k_of_n_approvals_of_exactly_their_content() {
     // An approval of other content, and a command forged in the other admin's name, count for
     // nothing.
     let admin1 = h.keys.admins[1].public();
-    let wrong = AdminCommand { rollout: r.id, action: CommandAction::Approve { rollout_hash: [0; 32] }, issued_at: T0, admin: admin1 };
+    let wrong = AdminCommand {
+        rollout: r.id,
+        action: CommandAction::Approve { rollout_hash: [0; 32] },
+        issued_at: T0,
+        admin: admin1,
+    };
     publish(&mut h, 1, 1, vec![CatalogEntry::Command(wrong)]);
-    let forged = AdminCommand { rollout: r.id, action: CommandAction::Approve { rollout_hash: rollout_hash(&r) }, issued_at: T0, admin: admin1 };
+    let forged = AdminCommand {
+        rollout: r.id,
+        action: CommandAction::Approve { rollout_hash: rollout_hash(&r) },
+        issued_at: T0,
+        admin: admin1,
+    };
     publish(&mut h, 1, 0, vec![CatalogEntry::Command(forged)]);
     run(&mut h, 3_000, &|_| false);
     assert_eq!(control(&h, 2, 3), Some(Control::AwaitingApproval));
     assert!(!h.nodes[2].policies().ignored.is_empty(), "the forged command is ignored");
     // The second admin approves this exact rollout.
-    let approve = AdminCommand { rollout: r.id, action: CommandAction::Approve { rollout_hash: rollout_hash(&r) }, issued_at: Millis(T0.0 + 1), admin: admin1 };
+    let approve = AdminCommand {
+        rollout: r.id,
+        action: CommandAction::Approve { rollout_hash: rollout_hash(&r) },
+        issued_at: Millis(T0.0 + 1),
+        admin: admin1,
+    };
     publish(&mut h, 2, 1, vec![CatalogEntry::Command(approve)]);
     run(&mut h, 30_000, &|_| false);
     for i in 0..4 {
@@ -392,10 +479,20 @@ fn conflicting_pause_and_resume_from_two_admins_in_a_partition_converge() {
     publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r.clone())]);
     publish(&mut h, 1, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(r.clone())]);
     h.run_for(1_000);
-    let pause = AdminCommand { rollout: r.id, action: CommandAction::Pause, issued_at: h.now, admin: h.keys.admins[0].public() };
+    let pause = AdminCommand {
+        rollout: r.id,
+        action: CommandAction::Pause,
+        issued_at: h.now,
+        admin: h.keys.admins[0].public(),
+    };
     publish(&mut h, 0, 0, vec![CatalogEntry::Command(pause)]);
     h.run_for(1_000);
-    let resume = AdminCommand { rollout: r.id, action: CommandAction::Resume { overrides: None }, issued_at: h.now, admin: h.keys.admins[1].public() };
+    let resume = AdminCommand {
+        rollout: r.id,
+        action: CommandAction::Resume { overrides: None },
+        issued_at: h.now,
+        admin: h.keys.admins[1].public(),
+    };
     publish(&mut h, 1, 1, vec![CatalogEntry::Command(resume)]);
     h.run_for(2_000);
     assert_eq!(control(&h, 2, 4), Some(Control::Paused), "side a saw only the pause");
@@ -415,14 +512,30 @@ fn an_abort_wins_over_resume_unless_the_resume_names_it() {
     let admin = h.keys.admins[0].public();
     let abort = AdminCommand { rollout: r.id, action: CommandAction::Abort, issued_at: T0, admin };
     let abort_key = CatalogEntry::Command(abort.clone()).key();
-    let resume = AdminCommand { rollout: r.id, action: CommandAction::Resume { overrides: None }, issued_at: Millis(T0.0 + 5), admin };
-    publish(&mut h, 0, 0, vec![CatalogEntry::Rollout(r.clone()), CatalogEntry::Command(abort), CatalogEntry::Command(resume)]);
+    let resume = AdminCommand {
+        rollout: r.id,
+        action: CommandAction::Resume { overrides: None },
+        issued_at: Millis(T0.0 + 5),
+        admin,
+    };
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![
+            CatalogEntry::Rollout(r.clone()),
+            CatalogEntry::Command(abort),
+            CatalogEntry::Command(resume),
+        ],
+    );
     run(&mut h, 3_000, &|_| false);
     assert_eq!(control(&h, 1, 5), Some(Control::Aborted));
     assert_eq!(step(&h, 0, 5), None, "nothing installs an aborted rollout");
     let lift = AdminCommand {
         rollout: r.id,
-        action: CommandAction::Resume { overrides: Some(patchmesh_protocol::catalog::Override::Abort(abort_key)) },
+        action: CommandAction::Resume {
+            overrides: Some(patchmesh_protocol::catalog::Override::Abort(abort_key)),
+        },
         issued_at: Millis(T0.0 + 10),
         admin,
     };
@@ -435,7 +548,12 @@ fn an_abort_wins_over_resume_unless_the_resume_names_it() {
 #[test]
 fn evidence_signed_by_another_node_or_not_a_failure_is_refused() {
     let mut h = fleet(Keys::new(), 3, &[0]);
-    publish(&mut h, 0, 0, vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(6, 60_000))]);
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(6, 60_000))],
+    );
     run(&mut h, 2_000, &|_| false);
     let liar = key(100);
     let victim = h.nodes[1].id();
@@ -450,15 +568,25 @@ fn evidence_signed_by_another_node_or_not_a_failure_is_refused() {
     };
     let admission = h.keys.admit(&liar, "a");
     // Node 0's key signs a failure in node 1's name.
-    let forged = Arc::new(Bundle::new(Envelope::seal(Domain::Evidence, &ev(victim, EvidenceKind::InstallFailed), &[&liar]), admission.clone()));
+    let forged = Arc::new(Bundle::new(
+        Envelope::seal(Domain::Evidence, &ev(victim, EvidenceKind::InstallFailed), &[&liar]),
+        admission.clone(),
+    ));
     // A success report pushed as an alarm.
     let own = ev(NodeId(liar.public().0), EvidenceKind::InstallSucceeded);
     let mut own = own;
     own.site = SiteId::from("a");
-    let success = Arc::new(Bundle::new(Envelope::seal(Domain::Evidence, &own, &[&liar]), admission));
+    let success =
+        Arc::new(Bundle::new(Envelope::seal(Domain::Evidence, &own, &[&liar]), admission));
     let before: u64 = h.nodes[2].stats().rejected.values().sum();
     for b in [forged, success] {
-        h.nodes[2].handle_input(h.now, Input::Message { peer: PeerId(0), msg: Arc::new(Message::Alarms { bundles: vec![b], reply: false }) });
+        h.nodes[2].handle_input(
+            h.now,
+            Input::Message {
+                peer: PeerId(0),
+                msg: Arc::new(Message::Alarms { bundles: vec![b], reply: false }),
+            },
+        );
     }
     h.drain_all();
     let after: u64 = h.nodes[2].stats().rejected.values().sum();

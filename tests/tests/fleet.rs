@@ -254,3 +254,105 @@ fn the_debian_package_unpacks_into_a_throwaway_root_and_its_unit_verifies() {
     let said = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
 }
+
+/// Enrolment by voucher on real nodes: three machines enrol with a voucher for two; the first
+/// two are admitted everywhere and the third is refused everywhere; `voucher list` says so;
+/// revoking the voucher disconnects its machines.
+#[test]
+fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
+    let _serial = serial();
+    let mut m = Mesh::new("voucher", 2, 1);
+    m.start_all();
+    let admin = m.admin_key();
+    let created = ok(&m.cli_at(
+        0,
+        &[
+            "voucher",
+            "create",
+            "--site",
+            "site0",
+            "--label",
+            "ring=main",
+            "--max-nodes",
+            "2",
+            "--expires",
+            "1h",
+            "--admin-key",
+            &admin,
+            "--json",
+        ],
+    ));
+    let token = created["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("pmv1."), "{created}");
+    let mut enrolled = Vec::new();
+    for j in 0..3 {
+        let dir = m.root.0.join(format!("enrolled{j}"));
+        let config = dir.join("enrolled.toml").display().to_string();
+        let data = dir.join("data").display().to_string();
+        let out = patchmesh_tests::cli(&[
+            "node",
+            "enroll",
+            "--voucher",
+            &token,
+            "--config-out",
+            &config,
+            "--data-dir",
+            &data,
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--no-mdns",
+            "--json",
+        ]);
+        let v = ok(&out);
+        let node = v["node"].as_str().unwrap().to_string();
+        // The configuration it wrote loads and names what it made.
+        let doctor = patchmesh_tests::cli(&["node", "doctor", "--config", &config, "--json"]);
+        let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+        let cert =
+            checks["checks"].as_array().unwrap().iter().find(|c| c["check"] == "certificate");
+        assert_eq!(cert.unwrap()["level"], "ok", "{checks}");
+        m.nodes.push(patchmesh_tests::TestNode {
+            dir,
+            key: node.clone(),
+            site: "site0".into(),
+            child: None,
+        });
+        enrolled.push(node);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 2..5 {
+        m.start(i);
+    }
+    let admitted_by = |i: usize| -> Vec<String> {
+        m.peers(i).into_iter().filter(|p| p.admitted).filter_map(|p| p.node).collect()
+    };
+    let first_two = wait_for(Duration::from_secs(60), || {
+        (0..2).all(|i| enrolled[..2].iter().all(|e| admitted_by(i).contains(e))).then_some(())
+    });
+    assert!(
+        first_two.is_some(),
+        "the first two enrolled machines were not admitted: {:?}",
+        admitted_by(0)
+    );
+    let over = wait_for(Duration::from_secs(30), || {
+        (m.status(0).rejected.get("voucher_over_limit").copied().unwrap_or(0) > 0).then_some(())
+    });
+    assert!(over.is_some(), "node 0 never refused the third enrolment");
+    for i in 0..4 {
+        assert!(!admitted_by(i).contains(&enrolled[2]), "node {i} admitted the third machine");
+    }
+    let list = ok(&m.cli_at(0, &["voucher", "list", "--json"]));
+    let seen: Vec<&str> =
+        list[0]["enrolments"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
+    assert_eq!(seen, enrolled.iter().map(String::as_str).collect::<Vec<_>>(), "{list}");
+
+    // Revoked: its machines are disconnected and refused.
+    let id = created["id"].as_str().unwrap();
+    let out = m.cli_at(0, &["voucher", "revoke", &id[..8], "--admin-key", &admin, "--yes"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = wait_for(Duration::from_secs(60), || {
+        (0..2).all(|i| enrolled.iter().all(|e| !admitted_by(i).contains(e))).then_some(())
+    });
+    assert!(gone.is_some(), "the revoked voucher's machines stayed admitted: {:?}", admitted_by(0));
+    assert!(m.status(0).rejected.get("voucher_revoked").copied().unwrap_or(0) > 0);
+}

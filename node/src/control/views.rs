@@ -199,6 +199,37 @@ pub enum CatalogEntryView {
         /// The policy (no secrets: those live in each emitting node's credentials file).
         policy: patchmesh_protocol::integrations::IntegrationPolicy,
     },
+    /// An enrolment voucher.
+    Voucher(VoucherView),
+}
+
+/// An enrolment voucher as the catalog holds it, with the enrolments this node has seen.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VoucherView {
+    /// Voucher id (hex).
+    pub id: String,
+    /// The admin who signed it.
+    pub signer: String,
+    /// Site the machines join.
+    pub site: String,
+    /// Labels their admission carries.
+    pub labels: BTreeMap<String, String>,
+    /// The most machines it admits.
+    pub max_nodes: u32,
+    /// Signed at.
+    pub issued_at_ms: u64,
+    /// No enrolment after this.
+    pub expires_at_ms: u64,
+    /// Each machine waits for an admin's approval.
+    pub require_approval: bool,
+    /// Revoked.
+    pub revoked: bool,
+    /// Nodes an admin approved.
+    pub approved: Vec<String>,
+    /// Enrolments this node has seen, in rank order: (node, enrolled at ms).
+    pub enrolments: Vec<(String, u64)>,
+    /// The signed voucher (postcard, hex).
+    pub envelope: String,
 }
 
 /// A ring's name and cumulative percent.

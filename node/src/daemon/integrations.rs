@@ -189,12 +189,7 @@ impl Daemon {
             }
             records
                 .get(n)
-                .and_then(|r| {
-                    r.bundle
-                        .admission()
-                        .open::<patchmesh_protocol::trust::AdmissionCert>("admission")
-                        .ok()
-                })
+                .and_then(|r| patchmesh_protocol::trust::admission_cert(r.bundle.admission()).ok())
                 .map(|c| c.labels)
                 .unwrap_or_default()
         };

@@ -254,7 +254,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let key = files::read_key(&cfg.key).map_err(file("the node key"))?;
     let genesis = files::read_envelope(&cfg.genesis).map_err(file("the genesis"))?;
     let admission = files::read_envelope(&cfg.admission).map_err(file("the admission"))?;
-    let cert: AdmissionCert = admission.open("admission certificate")?;
+    let cert: AdmissionCert = patchmesh_protocol::trust::admission_cert(&admission)?;
     let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
     let (store, loaded, floor) = open_store(&cfg, &genesis, &key)?;
     let integrations = integrations::IntegrationsState::open(&cfg.data_dir)

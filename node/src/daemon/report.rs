@@ -4,7 +4,6 @@ use super::Daemon;
 use crate::control::{self, AssetBasis, ExceptionBasis, ReportBasisView, SiteBasis};
 use patchmesh_protocol::catalog::{newest_intel, CatalogEntry};
 use patchmesh_protocol::crypto::Domain;
-use patchmesh_protocol::trust::AdmissionCert;
 
 impl Daemon {
     /// `Request::ReportBasis`.
@@ -19,10 +18,8 @@ impl Daemon {
             .values()
             .map(|held| {
                 let r = held.record();
-                let labels = held
-                    .bundle
-                    .admission()
-                    .open::<AdmissionCert>("admission")
+                let labels = held.bundle.admission();
+                let labels = patchmesh_protocol::trust::admission_cert(labels)
                     .map(|c| c.labels)
                     .unwrap_or_default();
                 AssetBasis {

@@ -263,6 +263,30 @@ impl Daemon {
         }
     }
 
+    /// A voucher's catalog entry with the enrolments this node has seen.
+    fn voucher_view(&self, v: &patchmesh_protocol::enrol::VoucherEntry) -> control::VoucherView {
+        let voucher = v.voucher().ok();
+        let seen = voucher.as_ref().and_then(|x| self.node.enrolments().seen.get(&x.id));
+        control::VoucherView {
+            id: voucher.as_ref().map(|x| x.id_hex()).unwrap_or_default(),
+            signer: v.voucher.signatures.first().map(|s| s.key.to_hex()).unwrap_or_default(),
+            site: voucher.as_ref().map(|x| x.site.to_string()).unwrap_or_default(),
+            labels: voucher.as_ref().map(|x| x.labels.clone()).unwrap_or_default(),
+            max_nodes: voucher.as_ref().map_or(0, |x| x.max_nodes),
+            issued_at_ms: voucher.as_ref().map_or(0, |x| x.issued_at.0),
+            expires_at_ms: voucher.as_ref().map_or(0, |x| x.expires_at.0),
+            require_approval: voucher.as_ref().is_some_and(|x| x.require_approval),
+            revoked: v.revoked,
+            approved: v.approved.iter().map(|n| n.to_hex()).collect(),
+            enrolments: seen
+                .into_iter()
+                .flatten()
+                .map(|((at, node), _)| (node.to_hex(), at.0))
+                .collect(),
+            envelope: hex::encode(patchmesh_protocol::crypto::encode(&v.voucher)),
+        }
+    }
+
     pub(super) fn status(&mut self) -> control::StatusView {
         let (sent, received) = net::bandwidth(&self.registry);
         let local = *self.swarm.local_peer_id();
@@ -396,6 +420,7 @@ impl Daemon {
                         sources: i.sources.iter().map(|s| s.name.clone()).collect(),
                     },
                     CatalogEntry::Integrations(p) => E::Integrations { policy: p.clone() },
+                    CatalogEntry::Voucher(v) => E::Voucher(self.voucher_view(v)),
                 };
                 control::CatalogItemView { key, entry }
             })

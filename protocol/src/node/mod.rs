@@ -82,6 +82,8 @@ pub struct Node {
     engine: Engine,
     policies: Arc<Policies>,
     policies_stale: bool,
+    /// Enrolment vouchers (from the catalog) and the enrolments seen per voucher.
+    gate: crate::enrol::Gate,
     rollouts_due: bool,
     /// When this node last pulled from a peer on the hint that a gate it waits on opened.
     gate_hint_at: Option<Millis>,
@@ -190,6 +192,7 @@ impl Node {
             engine: Engine::default(),
             policies: Arc::new(Policies::default()),
             policies_stale: true,
+            gate: Self::own_gate(&own),
             rollouts_due: true,
             gate_hint_at: None,
             member_heard: BTreeMap::new(),
@@ -545,6 +548,7 @@ impl Node {
             self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
         }
         if catalog {
+            self.refresh_vouchers();
             self.policies_stale = true;
             self.rollouts_due = true;
             let state = self.state.catalog.state_hash();
@@ -706,6 +710,18 @@ impl Node {
             self.state.trust.check_admission(admission, self.now, self.config.check.as_ref());
         let why = match checked {
             Ok(admitted) if admitted.cert.node == node => {
+                if let Some(e) = &admitted.enrolled {
+                    let new = self.gate.saw(e);
+                    if let Err(g) = self.gate.judge(e) {
+                        self.refuse(Some(peer), g.into());
+                        self.peers.remove(peer);
+                        self.out.push(Output::Disconnect { peer });
+                        return;
+                    }
+                    if new {
+                        self.rejudge_enrolled();
+                    }
+                }
                 let site = admitted.cert.site.clone();
                 if self.peers.admit(peer, admitted) == Hello::Admitted {
                     self.out.push(Output::Event(Event::PeerAdmitted { peer, node, site }));
@@ -771,13 +787,63 @@ impl Node {
         judged
     }
 
+    /// The gate a node starts with: its own enrolment, if it joined by one.
+    fn own_gate(own: &crate::trust::Admitted) -> crate::enrol::Gate {
+        let mut gate = crate::enrol::Gate::default();
+        if let Some(e) = &own.enrolled {
+            gate.saw(e);
+        }
+        gate
+    }
+
+    /// Re-reads the vouchers' catalog entries (revocations, approvals) and re-judges peers.
+    fn refresh_vouchers(&mut self) {
+        let mut entries = BTreeMap::new();
+        for entry in self.state.catalog.entries().into_values() {
+            if let crate::catalog::CatalogEntry::Voucher(v) = entry {
+                if let Ok(voucher) = v.voucher() {
+                    entries.insert(voucher.id, v);
+                }
+            }
+        }
+        if entries != self.gate.entries {
+            self.gate.entries = entries;
+            self.rejudge_enrolled();
+        }
+    }
+
+    /// Disconnects enrolled peers this node no longer admits (a voucher revoked, an earlier
+    /// enrolment seen that takes their slot).
+    fn rejudge_enrolled(&mut self) {
+        for (peer, e) in self.peers.enrolled() {
+            if let Err(g) = self.gate.judge(&e) {
+                self.refuse(Some(peer), g.into());
+                self.peers.remove(peer);
+                self.out.push(Output::Disconnect { peer });
+            }
+        }
+    }
+
+    /// The vouchers this node knows and the enrolments it has seen.
+    pub fn enrolments(&self) -> &crate::enrol::Gate {
+        &self.gate
+    }
+
     fn accept_site_object(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
         let check = self.config.check.clone();
         let s = &mut self.state;
         match bundle.object().domain {
             Domain::NodeRecord => {
                 let held = site::verify_record(bundle, &s.trust, self.now, check.as_ref())?;
-                Ok(s.site.merge_record(held)?)
+                if bundle.admission().domain == Domain::Enrolment {
+                    let (_, _, e) = crate::enrol::open(bundle.admission(), check.as_ref())?;
+                    let new = self.gate.saw(&e);
+                    self.gate.judge(&e)?;
+                    if new {
+                        self.rejudge_enrolled();
+                    }
+                }
+                Ok(self.state.site.merge_record(held)?)
             }
             Domain::Evidence => {
                 let ev = site::verify_evidence(bundle, &s.trust, self.now, check.as_ref())?;

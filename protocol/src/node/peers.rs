@@ -89,6 +89,14 @@ impl Peers {
         }
     }
 
+    /// Admitted peers whose admission is an enrolment, with it.
+    pub(crate) fn enrolled(&self) -> Vec<(PeerId, crate::enrol::Enrolled)> {
+        self.map
+            .iter()
+            .filter_map(|(id, p)| Some((*id, p.admitted.as_ref()?.enrolled.clone()?)))
+            .collect()
+    }
+
     /// Whether the peer showed a valid certificate.
     pub(crate) fn is_admitted(&self, peer: PeerId) -> bool {
         self.map.get(&peer).is_some_and(|p| p.admitted.is_some())
@@ -149,7 +157,7 @@ mod tests {
         };
         let admin = SecretKey::from_seed([7; 32]);
         let envelope = Envelope::seal(Domain::Admission, &cert, &[&admin]);
-        Admitted { cert, signer: admin.public(), envelope }
+        Admitted { cert, signer: admin.public(), envelope, enrolled: None }
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum Refusal {
     /// No valid hello within the admission timeout.
     #[error("no valid hello within the admission timeout")]
     HelloTimeout,
+    /// A valid enrolment this node does not admit (revoked voucher, awaiting approval, over
+    /// the voucher's limit).
+    #[error(transparent)]
+    Enrolment(#[from] crate::enrol::GateError),
 }
 
 /// What a refusal says about its sender.
@@ -78,6 +82,9 @@ impl Refusal {
             Refusal::HelloMismatch(_) => "hello_mismatch",
             Refusal::NotGossip => "not_gossip",
             Refusal::HelloTimeout => "hello_timeout",
+            Refusal::Enrolment(crate::enrol::GateError::Revoked(_)) => "voucher_revoked",
+            Refusal::Enrolment(crate::enrol::GateError::AwaitingApproval(_)) => "awaiting_approval",
+            Refusal::Enrolment(crate::enrol::GateError::OverLimit { .. }) => "voucher_over_limit",
         }
     }
 
@@ -96,6 +103,8 @@ impl Refusal {
             Refusal::Site(SiteError::Trust(t)) if stale(t) => Offence::Blameless,
             Refusal::Site(SiteError::Replay { .. }) => Offence::Blameless,
             Refusal::HelloTimeout => Offence::Blameless,
+            // An honest machine may enrol after the slots filled, or before its approval.
+            Refusal::Enrolment(_) => Offence::Blameless,
             _ => Offence::Invalid,
         }
     }

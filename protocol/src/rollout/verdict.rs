@@ -126,7 +126,8 @@ impl Policies {
                 // Vulnerability data, not rollout policy.
                 CatalogEntry::Intel(_)
                 | CatalogEntry::Exception(_)
-                | CatalogEntry::Integrations(_) => {}
+                | CatalogEntry::Integrations(_)
+                | CatalogEntry::Voucher(_) => {}
             }
         }
         p

@@ -1,0 +1,58 @@
+//! Enrolment by voucher in a stepped mesh: a voucher for two admits the first two machines
+//! that enrol, everywhere, and the third nowhere, whatever order they connect in.
+
+mod common;
+
+use common::{key, started, Harness, T0};
+use patchmesh_protocol::crypto::{Domain, Envelope};
+use patchmesh_protocol::enrol::{enrol, Voucher};
+use patchmesh_protocol::ids::{Millis, NodeId, SiteId};
+use patchmesh_protocol::node::Node;
+
+#[test]
+fn a_voucher_for_two_admits_the_first_two_enrolments_everywhere_and_the_third_nowhere() {
+    // Nodes 0 and 1 hold certificates; 2, 3 and 4 enrol with one voucher for two, in that
+    // order of enrolment time, and connect in the reverse order.
+    let mut h = Harness::new(&["a", "a", "a", "a", "a"]);
+    let voucher = Voucher {
+        mesh: h.keys.genesis_body.mesh_id(),
+        id: [7; 16],
+        site: SiteId::from("a"),
+        labels: Default::default(),
+        max_nodes: 2,
+        issued_at: T0,
+        expires_at: Millis(T0.0 + 3_600_000),
+        valid_for_ms: 86_400_000,
+        require_approval: false,
+    };
+    let voucher = Envelope::seal(Domain::Voucher, &voucher, &[&h.keys.admins[0]]);
+    let mut enrolled = Vec::new();
+    for i in 2..5 {
+        let k = key(100 + i as u8);
+        let mut c = h.keys.config(k.clone(), "a");
+        c.admission = enrol(voucher.clone(), &k, Millis(T0.0 + i as u64));
+        c.seed = i as u64;
+        h.nodes[i] = started(Node::new(c, T0).unwrap());
+        enrolled.push(NodeId(k.public().0));
+    }
+    for (a, b) in [(0, 4), (1, 4), (0, 3), (1, 3), (0, 2), (1, 2), (0, 1), (2, 3), (3, 4), (2, 4)] {
+        h.connect(a, b);
+    }
+    h.run_for(30_000);
+    let admitted = |h: &Harness, i: usize| -> Vec<NodeId> {
+        h.nodes[i].admitted_peers().map(|(_, n, _)| n).collect()
+    };
+    for i in 0..5 {
+        let seen = admitted(&h, i);
+        assert!(!seen.contains(&enrolled[2]), "node {i} admits the third enrolment: {seen:?}");
+        for e in &enrolled[..2] {
+            if NodeId(h.nodes[i].id().0) != *e {
+                assert!(seen.contains(e), "node {i} does not admit {e:?}");
+            }
+        }
+    }
+    let over: u64 = (0..4)
+        .map(|i| h.nodes[i].stats().rejected.get("voucher_over_limit").copied().unwrap_or(0))
+        .sum();
+    assert!(over > 0, "no node counted the refusal");
+}
