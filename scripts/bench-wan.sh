@@ -176,7 +176,7 @@ probe=$(timeout 5 ip netns exec "${PREFIX}B$NODES_PER_SITE" \
 # --- Mesh ----------------------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/bench-wan.XXXXXX)
 MESH="$WORK/mesh"
-"$BIN" init --mesh bench-wan --dir "$MESH" > /dev/null
+"$BIN" init --mesh bench-wan --dir "$MESH" --root-dir "$MESH" --unencrypted > /dev/null
 declare -A NODE_DIR NODE_NS NODE_IP NODE_ADDR NODE_PEER NODE_SITE
 NODES=()
 for s in $(seq "$SITE_COUNT"); do
