@@ -260,6 +260,21 @@ impl Node {
             self.publisher.exposure = held.record().exposure.clone();
         }
         self.state.summaries.merge_all(summaries);
+        // The enrolments the restored records carry, and the vouchers' catalog state: a restart
+        // must not forget which machines took a voucher's slots or that a voucher was revoked.
+        let enrolled: Vec<crate::enrol::Enrolled> = self
+            .state
+            .site
+            .records()
+            .values()
+            .filter(|h| h.bundle.admission().domain == Domain::Enrolment)
+            .filter_map(|h| crate::enrol::open(h.bundle.admission(), check.as_ref()).ok())
+            .map(|(_, _, e)| e)
+            .collect();
+        for e in &enrolled {
+            self.gate.saw(e);
+        }
+        self.refresh_vouchers();
         // Restoring queued nothing worth sending: drop it all, with its capacity.
         self.out.clear();
         self.relay.clear();
