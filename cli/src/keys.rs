@@ -356,8 +356,8 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces a key file in place, keeping mode 0600 (written beside it, then renamed).
-fn replace_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Replaces (or creates) a private file, mode 0600: written beside it, then renamed.
+pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("new.tmp");
     let _ = std::fs::remove_file(&tmp);

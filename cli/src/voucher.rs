@@ -286,7 +286,7 @@ fn create(a: CreateArgs, now: Millis) -> anyhow::Result<()> {
     )?;
     let token = token(&voucher_env, &genesis_env);
     if let Some(out) = &a.out {
-        write_private(out, format!("{token}\n").as_bytes())?;
+        keys::replace_private(out, format!("{token}\n").as_bytes())?;
     }
     let v = Created {
         id: hex::encode(id),
@@ -514,18 +514,4 @@ fn is_packaged_default(p: &Path) -> bool {
     std::fs::read_to_string(p).is_ok_and(|t| {
         t.starts_with("# patchmesh node configuration (installed by the patchmesh package)")
     })
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
 }
