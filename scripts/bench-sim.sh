@@ -25,4 +25,18 @@ print(f'{a["scenario"]:<15} {a["nodes"]:>7} {str(a["state_converged"]):>6} {c["p
 sys.exit(0 if same and not a["invariant_violations"] else 1)
 PY
 done
+# Enrolment of 1,050 machines with one voucher for 1,000 (one site split while the last enrol).
+if ! "$bin" run simulations/scenarios/enrol-1k.toml --seed "$seed" > "$out/enrol.json"; then status=1; fi
+python3 - "$out/enrol.json" <<'PY' || status=1
+import json, sys
+r = json.load(open(sys.argv[1]))
+a = r["enrol_admitted_ms"]
+print(f'\nenrol-1k: {r["enrol_machines"]} machines, voucher for {r["enrol_max_nodes"]}: '
+      f'admitted by every member up at boot p50 {a["p50"]} ms, p99 {a["p99"]} ms; '
+      f'all admitted everywhere {r["enrol_all_admitted_after_last_boot_ms"]} ms after the last boot; '
+      f'past the limit at once (split): {r["enrol_over_limit_max"]}, '
+      f'none {r["enrol_over_limit_after_heal_ms"]} ms after the heal; '
+      f'refused {r["enrol_refused_nodes"]}; violations {len(r["invariant_violations"])}')
+sys.exit(0 if not r["invariant_violations"] else 1)
+PY
 exit $status

@@ -210,6 +210,9 @@ pub struct Gate {
     pub entries: BTreeMap<[u8; 16], VoucherEntry>,
     /// Enrolments seen, per voucher, by rank key.
     pub seen: BTreeMap<[u8; 16], BTreeMap<(Millis, NodeId), ()>>,
+    /// Per voucher, its limit and the rank key of the last enrolment inside it (the
+    /// `max_nodes`-th seen), kept by [`Gate::saw`] so a judgement is a lookup, not a count.
+    cutoffs: BTreeMap<[u8; 16], (u32, Option<(Millis, NodeId)>)>,
 }
 
 impl Gate {
@@ -222,6 +225,12 @@ impl Gate {
         let new = seen.insert(e.rank_key(), ()).is_none();
         while seen.len() > limits::VOUCHER_NODES_MAX as usize + 1 {
             seen.pop_last();
+        }
+        let max = e.voucher.max_nodes;
+        let stale = self.cutoffs.get(&e.voucher.id).is_none_or(|(m, _)| *m != max);
+        if new || stale {
+            let cutoff = seen.keys().nth((max as usize).saturating_sub(1)).copied();
+            self.cutoffs.insert(e.voucher.id, (max, cutoff));
         }
         new
     }
@@ -237,8 +246,17 @@ impl Gate {
         if e.voucher.require_approval && !entry.is_some_and(|x| x.approved.contains(&e.node)) {
             return Err(GateError::AwaitingApproval(e.node));
         }
-        let earlier = self.seen.get(&id).map_or(0, |s| s.range(..e.rank_key()).count());
-        if earlier >= e.voucher.max_nodes as usize {
+        let over = match self.cutoffs.get(&id) {
+            // The first `max_nodes` seen are in; a key after the last of them is not.
+            Some((max, cutoff)) if *max == e.voucher.max_nodes => {
+                cutoff.is_some_and(|c| e.rank_key() > c)
+            }
+            _ => {
+                let earlier = self.seen.get(&id).map_or(0, |s| s.range(..e.rank_key()).count());
+                earlier >= e.voucher.max_nodes as usize
+            }
+        };
+        if over {
             return Err(GateError::OverLimit {
                 voucher: hex::encode(id),
                 max: e.voucher.max_nodes,

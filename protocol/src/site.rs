@@ -689,6 +689,16 @@ impl SiteState {
         Ok(Merge::New)
     }
 
+    /// Drops a node's record (a member this node no longer admits: its enrolment is over its
+    /// voucher's limit or the voucher was revoked). Returns whether one was held.
+    pub fn remove_record(&mut self, node: &NodeId) -> bool {
+        let had = self.records.remove(node).is_some();
+        if had {
+            self.digest = None;
+        }
+        had
+    }
+
     /// Merges many verified records. Into an empty state this builds the map in one pass
     /// (restoring a store of thousands of records at start); otherwise it merges one by one.
     /// Returns how many were refused.

@@ -9,6 +9,7 @@
 //! JSON. An admin uses it to rehearse a rollout; we use it to prove safety. One seed gives one
 //! run, bit for bit.
 
+pub mod enrol;
 pub mod intel;
 pub mod payload;
 pub mod rollout;

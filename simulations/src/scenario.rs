@@ -89,6 +89,20 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
              Reported: exposure_visible_ms (publication -> the node's view, its site's
              records and every other site's summary, counts every node on the bundle; over
              live honest nodes), visible_nodes, live_nodes
+  [enrol]    machines       new machines joining site 0 with one enrolment voucher (1000)
+             max_nodes      the voucher's limit (default: machines)
+             at_ms, spread_ms  machines boot uniformly in [at_ms, at_ms + spread_ms)
+                            (5000, 10000), each enrolling with its own skewed clock
+             check_ms       how often each member's gate is read (500)
+             split_at_ms, split_ms  site 0 splits into two halves that cannot reach each
+                            other (nor the WAN, for the cut-off half) for split_ms (0: never)
+             Reported: enrol_admitted_ms (boot -> every live member of the site up at that
+             boot admits it, over machines inside the limit), enrol_admitted_nodes,
+             enrol_all_admitted_after_last_boot_ms (last boot -> every live member admits
+             every machine inside the limit),
+             enrol_refused_nodes, enrol_over_limit_max (most machines past the limit admitted
+             by some member at one moment), enrol_over_limit_last_ms,
+             enrol_over_limit_after_heal_ms
 ";
 
 fn d_duration() -> u64 {
@@ -166,6 +180,9 @@ pub struct Scenario {
     /// An intel bundle published, and how fast the fleet's exposure becomes visible.
     #[serde(default)]
     pub intel: Option<crate::intel::IntelSpec>,
+    /// Machines joining site 0 with one enrolment voucher.
+    #[serde(default)]
+    pub enrol: Option<crate::enrol::EnrolSpec>,
 }
 
 /// How the fleet starts.
@@ -415,6 +432,25 @@ impl Scenario {
         }
         if let Some(r) = &self.rollout {
             r.validate(self.duration_ms)?;
+        }
+        if let Some(e) = &self.enrol {
+            if e.machines == 0 || e.machines > 20_000 {
+                return bad("enrol machines must be 1..=20000");
+            }
+            if e.limit() == 0 || e.limit() > patchmesh_protocol::limits::VOUCHER_NODES_MAX {
+                return bad("enrol max_nodes must be 1..=10000");
+            }
+            if e.check_ms == 0 || e.at_ms + e.spread_ms >= self.duration_ms {
+                return bad("enrol needs check_ms > 0 and at_ms + spread_ms < duration_ms");
+            }
+            if e.split_at_ms > 0 && e.split_at_ms + e.split_ms >= self.duration_ms {
+                return bad("enrol's split must heal before duration_ms");
+            }
+            if self.rollout.is_some() || self.intel.is_some() {
+                // Both models measure every node of the fleet; machines joining mid-run would
+                // count as nodes that never installed or never assessed.
+                return bad("[enrol] runs without [rollout] and [intel]");
+            }
         }
         Ok(())
     }

@@ -113,6 +113,9 @@ fn bad_scenarios_are_refused_with_a_reason() {
             "fetcher",
         ),
         ("nodes = 10\nsites = 2\n[payload]\nsize_bytes = 100", "at_ms"),
+        ("nodes = 10\nsites = 2\n[enrol]\nmachines = 0", "machines"),
+        ("nodes = 10\nsites = 2\n[enrol]\nmachines = 5\nspread_ms = 30000", "duration_ms"),
+        ("nodes = 10\nsites = 2\n[enrol]\nmachines = 5\n[intel]", "without"),
     ] {
         let err = Scenario::parse(text, "inline").unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");
@@ -270,4 +273,39 @@ fn branch_offices_payload() {
     assert_eq!(r.payload_complete_nodes, 1000, "seed {seed}");
     let ratio = r.wan_bytes_per_site_ratio;
     assert!(ratio <= 1.05, "seed {seed}: ratio {ratio}");
+}
+
+/// 40 machines join site 0 with a voucher for 30 (the last 10 to enrol are extras). With the
+/// site split in two while the extras boot, each half admits what it sees, so extras are
+/// admitted somewhere; after the heal every member refuses the same 10 and admits the 30.
+/// Without the split, an extra is admitted only until its neighbours catch up.
+#[test]
+fn a_voucher_admits_its_limit_and_a_split_site_converges_on_the_same_machines() {
+    let text = |split_at: u64| {
+        format!(
+            "nodes = 24\nsites = 3\nduration_ms = 20000\nwarmup_ms = 1000\npublish_at_ms = 15000\n\
+             clock_skew_ms = 200\n[lan]\nlatency_ms = 1\nbandwidth_mbps = 100\n\
+             [protocol]\nanti_entropy_interval_ms = 500\ngossip_flush_ms = 50\n\
+             [enrol]\nmachines = 40\nmax_nodes = 30\nat_ms = 2000\nspread_ms = 4000\n\
+             check_ms = 250\nsplit_at_ms = {split_at}\nsplit_ms = 5000\n"
+        )
+    };
+    for seed in [1, 2, 3] {
+        let r = run(&Scenario::parse(&text(3000), "inline").unwrap(), seed);
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+        let e = r.enrol.as_ref().expect("an [enrol] scenario reports enrolment figures");
+        assert_eq!((e.enrol_admitted_nodes, e.enrol_refused_nodes), (30, 10), "seed {seed}");
+        assert!(e.enrol_over_limit_max > 0, "seed {seed}: the split admitted no extra: {e:?}");
+        assert!(e.enrol_over_limit_max <= 10, "seed {seed}: {e:?}");
+        // Extras stop being admitted within a few anti-entropy rounds of the heal (8 s).
+        assert!(e.enrol_over_limit_after_heal_ms <= 3000, "seed {seed}: {e:?}");
+        assert!(e.enrol_over_limit_last_ms < 11_000, "seed {seed}: {e:?}");
+
+        let r = run(&Scenario::parse(&text(0), "inline").unwrap(), seed);
+        assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+        let e = r.enrol.as_ref().unwrap();
+        assert_eq!((e.enrol_admitted_nodes, e.enrol_refused_nodes), (30, 10), "seed {seed}");
+        // Every machine boots by 6 s; without a split the extras are out soon after.
+        assert!(e.enrol_over_limit_last_ms < 9_000, "seed {seed}: {e:?}");
+    }
 }

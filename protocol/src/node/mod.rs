@@ -84,6 +84,9 @@ pub struct Node {
     policies_stale: bool,
     /// Enrolment vouchers (from the catalog) and the enrolments seen per voucher.
     gate: crate::enrol::Gate,
+    /// Site members whose record this node holds and whose admission is an enrolment: judged
+    /// again whenever the gate changes, and dropped once it no longer admits them.
+    enrolled_members: BTreeMap<NodeId, crate::enrol::Enrolled>,
     rollouts_due: bool,
     /// When this node last pulled from a peer on the hint that a gate it waits on opened.
     gate_hint_at: Option<Millis>,
@@ -193,6 +196,7 @@ impl Node {
             policies: Arc::new(Policies::default()),
             policies_stale: true,
             gate: Self::own_gate(&own),
+            enrolled_members: BTreeMap::new(),
             rollouts_due: true,
             gate_hint_at: None,
             member_heard: BTreeMap::new(),
@@ -271,10 +275,12 @@ impl Node {
             .filter_map(|h| crate::enrol::open(h.bundle.admission(), check.as_ref()).ok())
             .map(|(_, _, e)| e)
             .collect();
-        for e in &enrolled {
-            self.gate.saw(e);
+        for e in enrolled {
+            self.gate.saw(&e);
+            self.enrolled_members.insert(e.node, e);
         }
         self.refresh_vouchers();
+        self.rejudge_enrolled();
         // Restoring queued nothing worth sending: drop it all, with its capacity.
         self.out.clear();
         self.relay.clear();
@@ -828,7 +834,9 @@ impl Node {
     }
 
     /// Disconnects enrolled peers this node no longer admits (a voucher revoked, an earlier
-    /// enrolment seen that takes their slot).
+    /// enrolment seen that takes their slot), and drops their records: a machine refused is no
+    /// member of the site (its summary does not count it). Anti-entropy cannot bring a dropped
+    /// record back, since accepting one passes the same gate.
     fn rejudge_enrolled(&mut self) {
         for (peer, e) in self.peers.enrolled() {
             if let Err(g) = self.gate.judge(&e) {
@@ -836,6 +844,17 @@ impl Node {
                 self.peers.remove(peer);
                 self.out.push(Output::Disconnect { peer });
             }
+        }
+        let out: Vec<NodeId> = self
+            .enrolled_members
+            .iter()
+            .filter(|(node, e)| **node != self.id && self.gate.judge(e).is_err())
+            .map(|(node, _)| *node)
+            .collect();
+        for node in out {
+            self.enrolled_members.remove(&node);
+            self.state.site.remove_record(&node);
+            self.member_heard.remove(&node);
         }
     }
 
@@ -857,6 +876,9 @@ impl Node {
                     if new {
                         self.rejudge_enrolled();
                     }
+                    let merged = self.state.site.merge_record(held)?;
+                    self.enrolled_members.insert(e.node, e);
+                    return Ok(merged);
                 }
                 Ok(self.state.site.merge_record(held)?)
             }

@@ -194,7 +194,8 @@ impl World {
 
     /// Boots every node at time zero, two at a time, then connects them in index order.
     pub(super) fn boot_all(&mut self) {
-        let n = self.ents.len() as u32;
+        // Enrolling machines boot when they join ([`crate::enrol`]).
+        let n = self.enrol.as_ref().map_or(self.ents.len() as u32, |m| m.first);
         let mid = n / 2;
         let this = &*self;
         let build = |range: std::ops::Range<u32>| -> Vec<(Node, Option<String>)> {
@@ -246,6 +247,11 @@ impl World {
             if self.ents[j as usize].node.is_none() || !filter(j) {
                 continue;
             }
+            // A dial across the enrol model's split fails; the machine dials again on the heal.
+            if let Some(m) = self.enrol.as_mut().filter(|m| m.cut(i, j)) {
+                m.redial.push((i, j));
+                continue;
+            }
             let (ni, nj) = (
                 self.ents[i as usize].config.key.public(),
                 self.ents[j as usize].config.key.public(),
@@ -292,14 +298,21 @@ pub(super) fn place_sites(s: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<u32>, Vec<
 
 /// The overlay: `lan_degree` random links per node inside its site, and per site one link to
 /// the next site plus `wan_links_per_site` to random ones.
+/// Enrolling machines (from `first_machine` on) pick their links among the fleet's members
+/// of their site and the other machines.
 pub(super) fn build_links(
     s: &Scenario,
     site_of: &[u32],
+    first_machine: u32,
     rng: &mut ChaCha8Rng,
 ) -> Vec<BTreeSet<u32>> {
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); s.sites];
     for (i, site) in site_of.iter().enumerate().take(s.nodes) {
         members[*site as usize].push(i as u32);
+    }
+    let mut joining: Vec<Vec<u32>> = members.clone();
+    for (i, site) in site_of.iter().enumerate().skip(first_machine as usize) {
+        joining[*site as usize].push(i as u32);
     }
     let mut links: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); site_of.len()];
     let add = |a: u32, b: u32, links: &mut Vec<BTreeSet<u32>>| {
@@ -309,7 +322,8 @@ pub(super) fn build_links(
         }
     };
     for (i, site) in site_of.iter().enumerate() {
-        let m = &members[*site as usize];
+        let m = if i as u32 >= first_machine { &joining } else { &members };
+        let m = &m[*site as usize];
         for _ in 0..s.topology.lan_degree.min(m.len().saturating_sub(1)) {
             // A random other member (never itself, so every node has a link).
             let mut j = m[rng.gen_range(0..m.len())];
@@ -413,7 +427,7 @@ pub(super) fn entities(
                     .map(|st| st.as_ref().clone())
                     .unwrap_or_default()
             }),
-            adversary: i >= s.nodes,
+            adversary: i >= s.nodes && i < s.nodes + s.adversaries,
         });
     }
     ents

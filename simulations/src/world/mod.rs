@@ -82,6 +82,7 @@ enum Ev {
     CrashFetchers,
     Rollout(RolloutEv),
     Intel(crate::intel::IntelEv),
+    Enrol(crate::enrol::EnrolEv),
 }
 
 struct Queued {
@@ -176,6 +177,8 @@ pub struct World {
     rollout: Option<Box<RolloutModel>>,
     /// The intel model, when the scenario has an `[intel]`.
     intel: Option<Box<crate::intel::IntelModel>>,
+    /// The enrolment model, when the scenario has an `[enrol]`.
+    enrol: Option<Box<crate::enrol::EnrolModel>>,
 }
 
 impl World {
@@ -186,15 +189,31 @@ impl World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let keys = build_keys(&mut rng, &s.name);
         let check = Arc::new(MemoCheck::default());
-        let (site_of, partition_sites) = place_sites(&s, &mut rng);
+        let (mut site_of, partition_sites) = place_sites(&s, &mut rng);
         let seeds = derive_keys(&mut rng, s.nodes + s.adversaries);
+        // Machines that enrol join site 0 after the fleet and the adversaries.
+        let first_machine = (s.nodes + s.adversaries) as u32;
+        let mut enrol = s.enrol.clone().map(|spec| {
+            let machine_seeds = derive_keys(&mut rng, spec.machines);
+            let model = crate::enrol::EnrolModel::new(
+                spec,
+                first_machine,
+                &keys.admins[0],
+                keys.genesis_body.mesh_id(),
+                site_name(0),
+                EPOCH_MS,
+                &mut rng,
+            );
+            site_of.extend(std::iter::repeat_n(0, machine_seeds.len()));
+            (Box::new(model), machine_seeds)
+        });
         let steady = s.start == crate::scenario::Start::Steady;
         // Certificate labels and the bad patch's victims, for a rollout (adversaries get none).
         let (labels, bad) = match &s.rollout {
             Some(r) => assign_labels(r, seed, s.nodes),
             None => (Vec::new(), Vec::new()),
         };
-        let made = make_nodes(
+        let mut made = make_nodes(
             &seeds,
             &site_of,
             &labels,
@@ -203,7 +222,15 @@ impl World {
             steady,
             &check,
         );
-        let links = build_links(&s, &site_of, &mut rng);
+        if let Some((m, machine_seeds)) = &enrol {
+            // Each machine's admission is its enrolment, signed once its clock skew is known.
+            made.extend(
+                machine_seeds
+                    .iter()
+                    .map(|seed| (SecretKey::from_seed(*seed), m.voucher.clone(), None)),
+            );
+        }
+        let links = build_links(&s, &site_of, first_machine, &mut rng);
         let (crash_sets, crashing) = pick_crashes(&s, &mut rng);
         let (made, site_stores) = if steady {
             steady_stores(made, &site_of, s.sites, &keys.genesis, &check)
@@ -211,7 +238,17 @@ impl World {
             (made, Vec::new())
         };
         let stores = Stores { site_stores: &site_stores, crashing: &crashing };
-        let ents = entities(&s, made, &site_of, &links, &keys.genesis, &check, stores, &mut rng);
+        let mut ents =
+            entities(&s, made, &site_of, &links, &keys.genesis, &check, stores, &mut rng);
+        let enrol = enrol.take().map(|(mut m, _)| {
+            enrol_machines(&mut m, &mut ents, check.as_ref());
+            for (i, e) in ents.iter().enumerate() {
+                if e.site == 0 && !e.adversary && rng.gen_bool(0.5) {
+                    m.cut_off.insert(i as u32);
+                }
+            }
+            m
+        });
         let payload = s.payload.clone().map(|spec| {
             let ids = ents[..s.nodes].iter().map(|e| NodeId(e.config.key.public().0)).collect();
             let sites = site_of[..s.nodes].to_vec();
@@ -239,11 +276,15 @@ impl World {
             let eval_ms = s.protocol.rollout_eval_ms;
             Box::new(RolloutModel::new(spec, seed, nodes, s.sites, cuts, eval_ms, EPOCH_MS))
         });
-        let intel = s.intel.clone().map(|spec| Box::new(crate::intel::IntelModel::new(spec, s.nodes, EPOCH_MS)));
+        let intel = s
+            .intel
+            .clone()
+            .map(|spec| Box::new(crate::intel::IntelModel::new(spec, s.nodes, EPOCH_MS)));
         World {
             payload,
             rollout,
             intel,
+            enrol,
             started: t_new,
             partitioned: vec![false; s.sites],
             received_us: vec![u64::MAX; s.nodes],
@@ -369,6 +410,7 @@ impl World {
                 Ev::Rollout(_) => "rollout",
                 Ev::Payload(_) => "payload",
                 Ev::Intel(_) => "intel",
+                Ev::Enrol(_) => "enrol",
                 _ => "other",
             };
             let t0 = std::time::Instant::now();
@@ -453,6 +495,7 @@ impl World {
             Ev::Payload(e) => self.with_payload(|p, w| p.step(w, e)),
             Ev::Rollout(RolloutEv::Publish) => self.publish_rollout(),
             Ev::Intel(e) => self.intel_step(e),
+            Ev::Enrol(e) => self.enrol_step(e),
             Ev::Rollout(RolloutEv::Done { node, life, result }) => {
                 let Some(m) = self.rollout.as_mut() else { return };
                 if m.deliverable(node, life) {
@@ -496,6 +539,21 @@ impl Host for World {
     }
     fn trace_payload(&mut self, code: u8, a: u32, b: u32, extra: u64) {
         self.trace(self.now_us, TraceCode::Payload(code), a, b, extra);
+    }
+}
+
+/// Signs each machine's enrolment with its own clock at its boot time (as `patchmesh node
+/// enroll` does on the machine) and makes it the machine's admission.
+fn enrol_machines(m: &mut crate::enrol::EnrolModel, ents: &mut [Entity], check: &MemoCheck) {
+    for (k, join_us) in m.join_us.clone().into_iter().enumerate() {
+        let i = m.first + k as u32;
+        let e = &mut ents[i as usize];
+        let at = Millis(((EPOCH_MS + join_us / 1000) as i64 + e.skew_ms) as u64);
+        let env = patchmesh_protocol::enrol::enrol(m.voucher.clone(), &e.config.key, at);
+        let (_, _, enrolled) =
+            patchmesh_protocol::enrol::open(&env, check).expect("the model's own enrolment opens");
+        e.config.admission = env;
+        m.set_enrolment(i, enrolled);
     }
 }
 

@@ -30,6 +30,10 @@ pub(crate) enum TraceCode {
     EffectDone,
     /// The rollout was published.
     PublishRollout,
+    /// An enrolling machine booted.
+    Join,
+    /// Site 0 split (enrol model).
+    Split,
     /// A payload model event (its own codes, 20 and up).
     Payload(u8),
 }
@@ -49,6 +53,8 @@ impl TraceCode {
             TraceCode::Attack => 10,
             TraceCode::EffectDone => 11,
             TraceCode::PublishRollout => 12,
+            TraceCode::Join => 13,
+            TraceCode::Split => 14,
             TraceCode::Payload(c) => c,
         }
     }
@@ -89,7 +95,8 @@ impl World {
         let (delay, tx, loss) = (link.one_way_us(), link.transmit_us(size), link.loss);
         let (sa, sb) =
             (self.ents[from as usize].site as usize, self.ents[to as usize].site as usize);
-        let cut = wan && (self.partitioned[sa] || self.partitioned[sb]);
+        let cut = (wan && (self.partitioned[sa] || self.partitioned[sb]))
+            || self.enrol.as_ref().is_some_and(|m| m.cut(from, to));
         if cut || (loss > 0.0 && self.rng.gen::<f64>() < loss) {
             self.lost += 1;
             return;

@@ -67,6 +67,9 @@ pub struct Report {
     /// Intel figures (exposure visibility), present with an `[intel]`.
     #[serde(flatten)]
     pub intel: Option<crate::intel::IntelFigures>,
+    /// Enrolment figures, present with an `[enrol]`.
+    #[serde(flatten)]
+    pub enrol: Option<crate::enrol::EnrolFigures>,
 }
 
 /// What the live honest nodes hold at the end.
@@ -184,9 +187,11 @@ impl World {
         violations.extend(figures.violations);
         let rollout = self.rollout_figures(&mut violations);
         let intel = self.intel.take().map(|m| {
-            let live: Vec<bool> = self.ents[..self.s.nodes].iter().map(|e| e.node.is_some()).collect();
+            let live: Vec<bool> =
+                self.ents[..self.s.nodes].iter().map(|e| e.node.is_some()).collect();
             m.finish(&live, &mut violations)
         });
+        let enrol = self.enrol.take().map(|m| m.finish(&mut violations));
         let nodes = self.s.nodes.max(1) as f64;
         let bg_s = (self.background_to_us.saturating_sub(self.background_from_us)) as f64 / 1e6;
         let report = Report {
@@ -223,6 +228,7 @@ impl World {
             payload_failovers: figures.failovers,
             rollout,
             intel,
+            enrol,
         };
         // Freeing a 100,000-node world takes seconds and the report is all that is left to use.
         std::mem::forget(self.ents);

@@ -44,6 +44,24 @@ impl World {
         if let Some(m) = &self.intel {
             self.schedule(m.at_us(), Ev::Intel(crate::intel::IntelEv::Publish));
         }
+        if let Some(m) = &self.enrol {
+            use crate::enrol::EnrolEv;
+            let mut evs: Vec<(u64, Ev)> = m
+                .join_us
+                .iter()
+                .enumerate()
+                .map(|(k, t)| (*t, Ev::Enrol(EnrolEv::Join { node: m.first + k as u32 })))
+                .collect();
+            if m.spec.split_at_ms > 0 {
+                evs.push((m.spec.split_at_ms * ms, Ev::Enrol(EnrolEv::Split(true))));
+                let heal = (m.spec.split_at_ms + m.spec.split_ms) * ms;
+                evs.push((heal, Ev::Enrol(EnrolEv::Split(false))));
+            }
+            evs.push((m.spec.at_ms * ms, Ev::Enrol(EnrolEv::Check)));
+            for (t, ev) in evs {
+                self.schedule(t, ev);
+            }
+        }
         if let Some(p) = self.s.payload.as_ref().filter(|p| p.fetcher_crashes > 0) {
             self.schedule(p.fetcher_crash_at_ms * ms, Ev::CrashFetchers);
         }
@@ -339,6 +357,57 @@ impl World {
                     let size = bytes.len();
                     self.transmit(a, p, size, Ev::Bytes { from: a, to: p, bytes });
                 }
+            }
+        }
+    }
+}
+
+impl World {
+    /// The `[enrol]` model's events: a machine boots (with its enrolment as its admission), the
+    /// site splits or heals, and the periodic read of every member's gate.
+    pub(super) fn enrol_step(&mut self, ev: crate::enrol::EnrolEv) {
+        use crate::enrol::EnrolEv;
+        let t = self.now_us;
+        match ev {
+            EnrolEv::Join { node } => {
+                self.trace(t, TraceCode::Join, node, 0, 0);
+                self.start_node(node);
+            }
+            EnrolEv::Split(on) => {
+                self.trace(t, TraceCode::Split, u32::from(on), 0, 0);
+                let redial = match self.enrol.as_mut() {
+                    Some(m) => {
+                        m.split = on;
+                        if on {
+                            Vec::new()
+                        } else {
+                            std::mem::take(&mut m.redial)
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                for (i, j) in redial {
+                    if self.ents[i as usize].node.is_some() {
+                        self.connect_started(i, |x| x == j);
+                    }
+                }
+            }
+            EnrolEv::Check => {
+                let Some(mut m) = self.enrol.take() else { return };
+                let (first, machines) = (m.first as usize, m.spec.machines);
+                let members = self
+                    .ents
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, e)| {
+                        e.site == 0
+                            && !e.adversary
+                            && (*i < self.s.nodes || (first..first + machines).contains(i))
+                    })
+                    .filter_map(|(i, e)| Some((i as u32, e.node.as_ref()?)));
+                m.check(t, members);
+                self.schedule(t + m.spec.check_ms * 1000, Ev::Enrol(EnrolEv::Check));
+                self.enrol = Some(m);
             }
         }
     }
