@@ -128,6 +128,19 @@ pub fn catalog(v: &CatalogView, json_out: bool) {
                     if v.require_approval { "  (approval required)" } else { "" }
                 )
             }
+            CatalogEntryView::ReservedLabels { labels } => {
+                let l: Vec<String> = labels
+                    .iter()
+                    .flat_map(|(k, vs)| {
+                        if vs.is_empty() {
+                            vec![format!("{k}=*")]
+                        } else {
+                            vs.iter().map(|v| format!("{k}={v}")).collect()
+                        }
+                    })
+                    .collect();
+                outln!("reserved labels (no voucher grants them)  {}", l.join(", "))
+            }
             CatalogEntryView::Integrations { policy } => {
                 let sinks: Vec<String> = policy.sinks.iter().map(|s| format!("{} ({:?})", s.name, s.kind).to_lowercase()).collect();
                 outln!("integrations  sinks: {}", sinks.join(", "))

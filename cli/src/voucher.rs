@@ -9,7 +9,7 @@ use patchmesh_node::control::{self, CatalogEntryView, Request, VoucherView};
 use patchmesh_node::files;
 use patchmesh_protocol::catalog::CatalogEntry;
 use patchmesh_protocol::crypto::{decode, encode, Domain, Ed25519, Envelope};
-use patchmesh_protocol::enrol::{Voucher, VoucherEntry, TOKEN_PREFIX};
+use patchmesh_protocol::enrol::{ReservedLabels, Voucher, VoucherEntry, TOKEN_PREFIX};
 use patchmesh_protocol::ids::{Millis, NodeId, SiteId};
 use patchmesh_protocol::trust::Genesis;
 use rand::RngCore;
@@ -51,6 +51,31 @@ pub enum VoucherCmd {
         /// Go ahead without asking (asks on a terminal; refused without one unless given).
         #[arg(long)]
         yes: bool,
+    },
+    /// Labels no voucher may grant: shows them, or replaces them with --set or --clear.
+    ///
+    /// A voucher is a bearer token that can leak, so labels that decide who installs first
+    /// (ring=canary) or who is trusted more are best kept for certificates an admin signs per
+    /// machine (`patchmesh admit`). Every node refuses an enrolment whose voucher grants one,
+    /// including machines that enrolled before the label was reserved. Needs `admit`
+    /// everywhere.
+    Reserved {
+        /// The new list: KEY=VALUE, or KEY=* for every value of KEY (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_label)]
+        set: Vec<(String, String)>,
+        /// Reserve no label.
+        #[arg(long, conflicts_with = "set")]
+        clear: bool,
+        /// Admin key to sign with (default: PATCHMESH_ADMIN_KEY, else the context's).
+        #[arg(long)]
+        admin_key: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        dry_run: crate::DryRun,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -225,6 +250,47 @@ pub fn run(cmd: VoucherCmd, now: Millis) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        VoucherCmd::Reserved { set, clear, admin_key, node, json, .. } => {
+            let mut policy = reserved(&node)?;
+            if clear || !set.is_empty() {
+                policy.labels.clear();
+                for (k, v) in set {
+                    let vals = policy.labels.entry(k).or_default();
+                    if v == "*" {
+                        vals.clear();
+                    } else if !vals.contains(&v) {
+                        vals.push(v);
+                    }
+                }
+                policy.validate()?;
+                let admin = keys::AdminKey::resolve(admin_key.as_deref())?;
+                let key = ReservedLabels::KEY.to_string();
+                publish(
+                    &node,
+                    &admin,
+                    vec![(key, Some(CatalogEntry::ReservedLabels(policy.clone())))],
+                )?;
+                eprintln!("reserved labels published; spreading to the mesh");
+            }
+            if json {
+                outln!("{}", crate::output::json(&policy.labels));
+            } else if policy.labels.is_empty() {
+                outln!(
+                    "no reserved labels: a voucher may grant any label its signer's role covers"
+                );
+            } else {
+                for (k, vals) in &policy.labels {
+                    if vals.is_empty() {
+                        outln!("{k}=*  (every value)");
+                    } else {
+                        for v in vals {
+                            outln!("{k}={v}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
         VoucherCmd::Revoke { id, admin_key, node, yes, .. } => {
             let v = find(&node, &id)?;
             crate::confirm(
@@ -256,6 +322,13 @@ fn create(a: CreateArgs, now: Millis) -> anyhow::Result<()> {
     let expires_at = crate::intel::parse_expiry(&a.expires, now)?;
     if expires_at <= now {
         bail!("--expires {} is not in the future", a.expires);
+    }
+    let policy = reserved(&a.node)?;
+    if let Some((k, v)) = policy.hit(&a.labels.iter().cloned().collect()) {
+        bail!(
+            "the mesh reserves {k}={v} for certificates an admin signs (`patchmesh voucher reserved`); \
+             admit such machines one by one with `patchmesh admit`, or leave the label out"
+        );
     }
     let state: control::AdminStateView = call(&a.node, Request::AdminState)?;
     let genesis_env: Envelope =
@@ -311,6 +384,19 @@ fn create(a: CreateArgs, now: Millis) -> anyhow::Result<()> {
         outln!("{token}");
     }
     Ok(())
+}
+
+/// The mesh's reserved labels in the node's catalog (none if it holds no policy).
+fn reserved(node: &NodeArgs) -> anyhow::Result<ReservedLabels> {
+    let cat: control::CatalogView = call(node, Request::Catalog)?;
+    Ok(cat
+        .entries
+        .into_iter()
+        .find_map(|e| match e.entry {
+            CatalogEntryView::ReservedLabels { labels } => Some(ReservedLabels { labels }),
+            _ => None,
+        })
+        .unwrap_or_default())
 }
 
 /// The vouchers in the node's catalog, with what it has seen.

@@ -79,6 +79,9 @@ fn authorize(
                     CatalogEntry::Integrations(_) => {
                         admins.grants_everywhere(signer, P::Integrations)
                     }
+                    CatalogEntry::ReservedLabels(r) => {
+                        r.validate().is_ok() && admins.grants_everywhere(signer, P::Admit)
+                    }
                     CatalogEntry::Voucher(v) => v.voucher().is_ok_and(|voucher| {
                         admins.grants_within(
                             signer,
@@ -100,6 +103,7 @@ fn authorize(
                     ("intel/", P::Intel),
                     ("exception/", P::Exceptions),
                     ("voucher/", P::Admit),
+                    ("policy/", P::Admit),
                 ]
                 .into_iter()
                 .find(|(prefix, _)| key.starts_with(prefix))
@@ -131,6 +135,7 @@ fn entry_permission(entry: &CatalogEntry) -> &'static str {
         CatalogEntry::Exception(_) => "exceptions (within the exception's target)",
         CatalogEntry::Integrations(_) => "integrations (everywhere)",
         CatalogEntry::Voucher(_) => "admit (for the voucher's site and labels)",
+        CatalogEntry::ReservedLabels(_) => "admit (everywhere)",
     }
 }
 
@@ -269,6 +274,8 @@ pub enum CatalogEntry {
     Integrations(crate::integrations::IntegrationPolicy),
     /// An enrolment voucher's state: revoked, and the nodes approved by an admin.
     Voucher(crate::enrol::VoucherEntry),
+    /// Labels no voucher may grant (one per mesh, under [`crate::enrol::ReservedLabels::KEY`]).
+    ReservedLabels(crate::enrol::ReservedLabels),
 }
 
 impl CatalogEntry {
@@ -280,6 +287,7 @@ impl CatalogEntry {
             CatalogEntry::Intel(i) => format!("intel/{}", i.content_id),
             CatalogEntry::Exception(e) => e.key(),
             CatalogEntry::Integrations(_) => crate::integrations::POLICY_KEY.to_string(),
+            CatalogEntry::ReservedLabels(_) => crate::enrol::ReservedLabels::KEY.to_string(),
             CatalogEntry::Voucher(v) => match v.voucher() {
                 Ok(voucher) => crate::enrol::VoucherEntry::key_of(&voucher.id),
                 Err(_) => "voucher/undecodable".to_string(),

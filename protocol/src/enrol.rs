@@ -181,12 +181,63 @@ impl VoucherEntry {
     }
 }
 
+/// Labels no voucher may grant (the catalog entry under [`ReservedLabels::KEY`], which needs
+/// `admit` everywhere): a voucher is a bearer token that can leak, so the labels that decide
+/// who installs first (`ring=canary`) or who is trusted more are kept for certificates an
+/// admin signs per machine. Each key maps to its reserved values; no values: every value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservedLabels {
+    /// Reserved values per label key (empty: any value of the key).
+    pub labels: BTreeMap<String, Vec<String>>,
+}
+
+impl ReservedLabels {
+    /// Where the mesh's reserved labels live in the catalog.
+    pub const KEY: &'static str = "policy/reserved-labels";
+
+    /// The first label of `labels` this policy reserves, if any.
+    pub fn hit(&self, labels: &BTreeMap<String, String>) -> Option<(String, String)> {
+        labels
+            .iter()
+            .find(|(k, v)| {
+                self.labels.get(*k).is_some_and(|vals| vals.is_empty() || vals.contains(v))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+    }
+
+    /// Sizes within limits.
+    pub fn validate(&self) -> Result<(), TrustError> {
+        let values: usize = self.labels.values().map(Vec::len).sum();
+        if self.labels.len() > limits::LABELS_PER_NODE_MAX * 4
+            || values > limits::LABELS_PER_NODE_MAX * 16
+            || self.labels.iter().any(|(k, vs)| {
+                k.is_empty()
+                    || k.len() > limits::LABEL_BYTES_MAX
+                    || vs.iter().any(|v| v.len() > limits::LABEL_BYTES_MAX)
+            })
+        {
+            return Err(TrustError::Invalid("reserved labels out of range"));
+        }
+        Ok(())
+    }
+}
+
 /// Why a verified enrolment is not admitted here.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum GateError {
     /// An admin revoked the voucher.
     #[error("voucher {0} is revoked")]
     Revoked(String),
+    /// The voucher grants a label the mesh reserves for admin-signed certificates.
+    #[error("voucher {voucher} grants {key}={value}, a label the mesh reserves for certificates an admin signs")]
+    ReservedLabel {
+        /// The voucher.
+        voucher: String,
+        /// Label key.
+        key: String,
+        /// Label value.
+        value: String,
+    },
     /// The voucher requires approval and no admin approved this node (yet).
     #[error("enrolment of {0} awaits an admin's approval")]
     AwaitingApproval(NodeId),
@@ -208,6 +259,8 @@ pub enum GateError {
 pub struct Gate {
     /// Voucher entries by voucher id.
     pub entries: BTreeMap<[u8; 16], VoucherEntry>,
+    /// The mesh's reserved labels (from the catalog).
+    pub reserved: ReservedLabels,
     /// Enrolments seen, per voucher, by rank key.
     pub seen: BTreeMap<[u8; 16], BTreeMap<(Millis, NodeId), ()>>,
     /// Per voucher, its limit and the rank key of the last enrolment inside it (the
@@ -242,6 +295,9 @@ impl Gate {
         let entry = self.entries.get(&id);
         if entry.is_some_and(|x| x.revoked) {
             return Err(GateError::Revoked(hex::encode(id)));
+        }
+        if let Some((key, value)) = self.reserved.hit(&e.voucher.labels) {
+            return Err(GateError::ReservedLabel { voucher: hex::encode(id), key, value });
         }
         if e.voucher.require_approval && !entry.is_some_and(|x| x.approved.contains(&e.node)) {
             return Err(GateError::AwaitingApproval(e.node));

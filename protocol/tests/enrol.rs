@@ -4,10 +4,12 @@
 mod common;
 
 use common::{key, started, Harness, T0};
+use patchmesh_protocol::catalog::CatalogEntry;
 use patchmesh_protocol::crypto::{Domain, Envelope};
+use patchmesh_protocol::enrol::ReservedLabels;
 use patchmesh_protocol::enrol::{enrol, Voucher};
 use patchmesh_protocol::ids::{Millis, NodeId, SiteId};
-use patchmesh_protocol::node::Node;
+use patchmesh_protocol::node::{Command, Input, Node};
 
 #[test]
 fn a_voucher_for_two_admits_the_first_two_enrolments_everywhere_and_the_third_nowhere() {
@@ -51,8 +53,57 @@ fn a_voucher_for_two_admits_the_first_two_enrolments_everywhere_and_the_third_no
             }
         }
     }
+    // Nodes that held the third machine's record before they saw the earlier two dropped it.
+    for i in 0..2 {
+        let records = h.nodes[i].site().records();
+        assert!(!records.contains_key(&enrolled[2]), "node {i} keeps the refused machine's record");
+        assert!(records.contains_key(&enrolled[0]) && records.contains_key(&enrolled[1]));
+    }
     let over: u64 = (0..4)
         .map(|i| h.nodes[i].stats().rejected.get("voucher_over_limit").copied().unwrap_or(0))
         .sum();
     assert!(over > 0, "no node counted the refusal");
+}
+
+/// Once the mesh reserves `ring=canary`, a machine that enrolled with a voucher granting it is
+/// refused and dropped by every node, and a publisher whose role lacks `admit` everywhere
+/// cannot lift the reservation.
+#[test]
+fn a_reserved_label_refuses_machines_whose_voucher_grants_it() {
+    let mut h = Harness::new(&["a", "a", "a"]);
+    let voucher = Voucher {
+        mesh: h.keys.genesis_body.mesh_id(),
+        id: [8; 16],
+        site: SiteId::from("a"),
+        labels: [("ring".to_string(), "canary".to_string())].into(),
+        max_nodes: 5,
+        issued_at: T0,
+        expires_at: Millis(T0.0 + 3_600_000),
+        valid_for_ms: 86_400_000,
+        require_approval: false,
+    };
+    let voucher = Envelope::seal(Domain::Voucher, &voucher, &[&h.keys.admins[0]]);
+    let k = key(120);
+    let mut c = h.keys.config(k.clone(), "a");
+    c.admission = enrol(voucher, &k, Millis(T0.0 + 5));
+    c.seed = 9;
+    h.nodes[2] = started(Node::new(c, T0).unwrap());
+    let machine = NodeId(k.public().0);
+    h.connect_all();
+    h.run_for(10_000);
+    for i in 0..2 {
+        assert!(h.nodes[i].admitted_peers().any(|(_, n, _)| n == machine), "node {i}");
+        assert!(h.nodes[i].site().records().contains_key(&machine), "node {i}");
+    }
+    let policy =
+        ReservedLabels { labels: [("ring".to_string(), vec!["canary".to_string()])].into() };
+    let edits = vec![(ReservedLabels::KEY.to_string(), Some(CatalogEntry::ReservedLabels(policy)))];
+    h.input(0, Input::Command(Command::Publish { admin: h.keys.admins[0].clone(), edits }));
+    h.run_for(10_000);
+    for i in 0..2 {
+        assert!(!h.nodes[i].admitted_peers().any(|(_, n, _)| n == machine), "node {i} admits it");
+        assert!(!h.nodes[i].site().records().contains_key(&machine), "node {i} keeps its record");
+        let refused = h.nodes[i].stats().rejected.get("voucher_reserved_label").copied();
+        assert!(refused.unwrap_or(0) > 0, "node {i} counted no refusal");
+    }
 }

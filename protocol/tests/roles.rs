@@ -139,7 +139,12 @@ fn signed(m: &Mesh, signer: &SecretKey, edits: Vec<(String, Option<CatalogEntry>
     let mut scratch = Catalog::new(m.trust.mesh());
     if edits.iter().any(|(_, e)| e.is_none()) {
         // Something to delete.
-        scratch.author(&m.keys.admins[0], [6; 8], T0, &m.plain, &put(patch())).unwrap();
+        let held: Vec<_> = edits.iter().filter(|(_, e)| e.is_none()).map(|(k, _)| k).collect();
+        let mut prior = put(patch());
+        if held.iter().any(|k| k.starts_with("policy/")) {
+            prior = put(CatalogEntry::ReservedLabels(Default::default()));
+        }
+        scratch.author(&m.keys.admins[0], [6; 8], T0, &m.plain, &prior).unwrap();
     }
     let body: ChangeBody = scratch.prepare(&signer.public(), [7; 8], T0, &m.plain, &edits).unwrap();
     Envelope::seal(Domain::CatalogChange, &body, &[signer])
@@ -162,6 +167,9 @@ fn every_node_accepts_exactly_what_the_signers_role_grants_where_it_grants_it() 
     let approve = |k: &SecretKey| {
         command(k, CommandAction::Approve { rollout_hash: rollout_hash(&rollout(&["paris"])) })
     };
+    let reserved = CatalogEntry::ReservedLabels(patchmesh_protocol::enrol::ReservedLabels {
+        labels: [("ring".to_string(), vec!["canary".to_string()])].into(),
+    });
     // (signer, label, edits, accepted)
     let cases: Vec<(&SecretKey, &str, Vec<(String, Option<CatalogEntry>)>, bool)> = vec![
         (&fleet, "fleet: patch", put(patch()), true),
@@ -200,6 +208,9 @@ fn every_node_accepts_exactly_what_the_signers_role_grants_where_it_grants_it() 
         (&m.feed, "feed: intel", put(intel.clone()), true),
         (&m.feed, "feed: patch", put(patch()), false),
         (&m.feed, "feed: rollout", put(CatalogEntry::Rollout(rollout(&["paris"]))), false),
+        (&fleet, "fleet: reserve labels", put(reserved.clone()), true),
+        (&m.paris, "paris: reserve labels", put(reserved.clone()), false),
+        (&m.paris, "paris: lift reserved labels", vec![(reserved.key(), None)], false),
     ];
     let catalog = Catalog::new(m.trust.mesh());
     let mut wrong = Vec::new();

@@ -194,6 +194,11 @@ pub enum CatalogEntryView {
         /// Its input files.
         sources: Vec<String>,
     },
+    /// Labels no voucher may grant.
+    ReservedLabels {
+        /// Reserved values per label key (empty: every value).
+        labels: std::collections::BTreeMap<String, Vec<String>>,
+    },
     /// The integration policy.
     Integrations {
         /// The policy (no secrets: those live in each emitting node's credentials file).

@@ -421,6 +421,9 @@ impl Daemon {
                     },
                     CatalogEntry::Integrations(p) => E::Integrations { policy: p.clone() },
                     CatalogEntry::Voucher(v) => E::Voucher(self.voucher_view(v)),
+                    CatalogEntry::ReservedLabels(r) => {
+                        E::ReservedLabels { labels: r.labels.clone() }
+                    }
                 };
                 control::CatalogItemView { key, entry }
             })

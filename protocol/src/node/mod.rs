@@ -820,15 +820,25 @@ impl Node {
     /// Re-reads the vouchers' catalog entries (revocations, approvals) and re-judges peers.
     fn refresh_vouchers(&mut self) {
         let mut entries = BTreeMap::new();
-        for entry in self.state.catalog.entries().into_values() {
-            if let crate::catalog::CatalogEntry::Voucher(v) = entry {
-                if let Ok(voucher) = v.voucher() {
-                    entries.insert(voucher.id, v);
+        let mut reserved = crate::enrol::ReservedLabels::default();
+        for (key, entry) in self.state.catalog.entries() {
+            match entry {
+                crate::catalog::CatalogEntry::Voucher(v) => {
+                    if let Ok(voucher) = v.voucher() {
+                        entries.insert(voucher.id, v);
+                    }
                 }
+                crate::catalog::CatalogEntry::ReservedLabels(r)
+                    if key == crate::enrol::ReservedLabels::KEY && r.validate().is_ok() =>
+                {
+                    reserved = r
+                }
+                _ => {}
             }
         }
-        if entries != self.gate.entries {
+        if entries != self.gate.entries || reserved != self.gate.reserved {
             self.gate.entries = entries;
+            self.gate.reserved = reserved;
             self.rejudge_enrolled();
         }
     }

@@ -83,6 +83,9 @@ impl Refusal {
             Refusal::NotGossip => "not_gossip",
             Refusal::HelloTimeout => "hello_timeout",
             Refusal::Enrolment(crate::enrol::GateError::Revoked(_)) => "voucher_revoked",
+            Refusal::Enrolment(crate::enrol::GateError::ReservedLabel { .. }) => {
+                "voucher_reserved_label"
+            }
             Refusal::Enrolment(crate::enrol::GateError::AwaitingApproval(_)) => "awaiting_approval",
             Refusal::Enrolment(crate::enrol::GateError::OverLimit { .. }) => "voucher_over_limit",
         }

@@ -127,7 +127,8 @@ impl Policies {
                 CatalogEntry::Intel(_)
                 | CatalogEntry::Exception(_)
                 | CatalogEntry::Integrations(_)
-                | CatalogEntry::Voucher(_) => {}
+                | CatalogEntry::Voucher(_)
+                | CatalogEntry::ReservedLabels(_) => {}
             }
         }
         p
