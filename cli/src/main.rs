@@ -73,6 +73,7 @@ mod doctor;
 mod integrations;
 mod intel;
 mod keys;
+mod notice;
 mod output;
 mod report;
 mod roles;
@@ -331,6 +332,13 @@ enum Cmd {
     /// Changes prepared in a dashboard, for an admin to check and sign.
     #[command(subcommand)]
     Proposal(dashboard::ProposalCmd),
+    /// Put off an install that is about to start on this machine (for the people using it).
+    ///
+    /// When a node tells its logged-in users that an install is coming, anyone at the machine
+    /// may defer it as often as the rollout allows, never past its deadline. Needs no admin
+    /// rights: it talks to the node's user socket (`[notice] user_socket`, by default
+    /// /run/patchmesh/user.sock as the Debian package configures it).
+    Defer(notice::DeferArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     ///
     /// bash: `patchmesh completion bash > /etc/bash_completion.d/patchmesh`; the Debian package
@@ -624,6 +632,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Admin(cmd) => admin(cmd),
         Cmd::Key(cmd) => keys::run(cmd),
         Cmd::Context(cmd) => context::run(cmd),
+        Cmd::Defer(a) => notice::run(a),
         Cmd::Completion { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -99,6 +99,14 @@ pub struct CreateArgs {
     /// Leave installs in place when the rollout halts (aborts still roll back).
     #[arg(long)]
     no_rollback_on_halt: bool,
+    /// Let the people at a machine put its install off this many times (`patchmesh defer`),
+    /// never past --deadline. Machines tell logged-in users before installing when their
+    /// configuration has `[notice]`.
+    #[arg(long, default_value_t = 0)]
+    allow_deferrals: u8,
+    /// How long one deferral puts the install off (90m, 4h, 1d).
+    #[arg(long, default_value = "1h", value_parser = parse_span_ms)]
+    defer_each: u64,
     /// Target only nodes with this certificate label KEY=VALUE (repeat).
     #[arg(long = "target-label")]
     target_labels: Vec<String>,
@@ -239,7 +247,17 @@ pub fn create(
         );
     }
     let entry = CatalogEntry::Rollout(rollout.clone());
-    let result = publish(&a.sign.node, admin, vec![(entry.key(), Some(entry))])?;
+    let mut edits = vec![(entry.key(), Some(entry))];
+    if a.allow_deferrals > 0 {
+        let d = patchmesh_protocol::rollout::policy::Deferrals {
+            rollout: rollout.id,
+            max: a.allow_deferrals,
+            each_ms: a.defer_each,
+        };
+        d.validate()?;
+        edits.push((d.key(), Some(CatalogEntry::Deferrals(d))));
+    }
+    let result = publish(&a.sign.node, admin, edits)?;
     Ok((rollout, result))
 }
 
@@ -365,4 +383,16 @@ fn status(node: &NodeArgs, id: Option<&str>, json: bool, watch: bool) -> anyhow:
         std::thread::sleep(Duration::from_millis(1000));
         v = call(node, Request::Rollouts)?;
     }
+}
+
+/// `90m`, `4h`, `1d`, `300s` in milliseconds.
+pub(crate) fn parse_span_ms(text: &str) -> Result<u64, String> {
+    for (suffix, unit_ms) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if let Some(n) = text.strip_suffix(suffix) {
+            if let Ok(n) = n.parse::<u64>() {
+                return Ok(n.saturating_mul(unit_ms));
+            }
+        }
+    }
+    Err(format!("{text:?}: expected a duration such as 90m, 4h or 1d"))
 }

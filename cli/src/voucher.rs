@@ -562,6 +562,13 @@ pub fn enroll(a: EnrollArgs, now: Millis) -> anyhow::Result<()> {
         list(&a.bootstrap),
         !a.no_mdns,
     );
+    // Installed as the packaged service: tell logged-in users before installs, and let them
+    // defer through the socket the unit's runtime directory holds.
+    let config = if a.config_out == Path::new("/etc/patchmesh/node.toml") {
+        format!("{config}\n[notice]\nlead_s = 300\nuser_socket = \"/run/patchmesh/user.sock\"\n")
+    } else {
+        config
+    };
     let tmp = a.config_out.with_extension("enroll.tmp");
     std::fs::write(&tmp, &config).with_context(|| format!("writing {}", tmp.display()))?;
     patchmesh_node::config::NodeConfig::load(&tmp)

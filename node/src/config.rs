@@ -124,6 +124,46 @@ pub struct NodeConfig {
     /// The Prometheus endpoint (off unless this section is present).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Advance notice to the people logged in before an install (off unless present; the
+    /// Debian package's configuration turns it on).
+    #[serde(default)]
+    pub notice: Option<NoticeConfig>,
+}
+
+/// `[notice]`: before an install on a machine where someone is logged in, tell them and wait.
+///
+/// ```toml
+/// [notice]
+/// lead_s = 300                          # notice this long before the install starts
+/// # hook = ["/usr/local/bin/tell-users"] # default: `wall`, and `notify-send` where present
+/// # users_command = ["who"]             # one line per logged-in session; none: no notice
+/// user_socket = "/run/patchmesh/user.sock"  # where `patchmesh defer` reaches the node
+/// ```
+///
+/// The hook gets `PATCHMESH_NOTICE` (one sentence), `PATCHMESH_PATCH`, `PATCHMESH_VERSION`,
+/// `PATCHMESH_INSTALL_AT` (RFC 3339), `PATCHMESH_IN_S` and `PATCHMESH_DEFERRALS_LEFT`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeConfig {
+    /// How long before the install the notice goes out.
+    #[serde(default = "default_notice_lead")]
+    pub lead_s: u64,
+    /// The program (and arguments) that tells the users; default `wall` + `notify-send`.
+    #[serde(default)]
+    pub hook: Option<Vec<String>>,
+    /// Lists logged-in sessions, one per line (default `who`).
+    #[serde(default = "default_users_command")]
+    pub users_command: Vec<String>,
+    /// The socket end users reach with `patchmesh defer` (default `<data_dir>/user.sock`);
+    /// world-accessible, it answers only "what is coming" and "defer".
+    pub user_socket: Option<PathBuf>,
+}
+
+fn default_notice_lead() -> u64 {
+    300
+}
+fn default_users_command() -> Vec<String> {
+    vec!["who".into()]
 }
 
 /// `[dashboard]`: the fleet console this node serves from its replicated state.
@@ -321,6 +361,17 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(n) = cfg.notice.as_mut() {
+            if let Some(p) = n.user_socket.as_mut() {
+                *p = base.join(&*p);
+            }
+            if n.users_command.is_empty() || n.hook.as_ref().is_some_and(Vec::is_empty) {
+                return Err(invalid("[notice] users_command and hook need a program".into()));
+            }
+            if n.lead_s > 7 * 86_400 {
+                return Err(invalid("[notice] lead_s is at most 7 days".into()));
+            }
+        }
         for addr in cfg.listen.iter().chain(&cfg.bootstrap) {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| invalid(format!("address {addr:?}: {e}")))?;
@@ -334,6 +385,12 @@ impl NodeConfig {
     /// The control socket path.
     pub fn control_socket(&self) -> PathBuf {
         self.control_socket.clone().unwrap_or_else(|| self.data_dir.join("control.sock"))
+    }
+
+    /// The socket `patchmesh defer` reaches, when notices are on.
+    pub fn user_socket(&self) -> Option<PathBuf> {
+        let n = self.notice.as_ref()?;
+        Some(n.user_socket.clone().unwrap_or_else(|| self.data_dir.join("user.sock")))
     }
 
     /// The control token path (always beside the socket's data dir).

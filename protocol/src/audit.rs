@@ -112,6 +112,20 @@ pub enum Event {
         /// The step.
         step: String,
     },
+    /// The people logged in were told an install is coming (its time after `deferred`
+    /// deferrals; a deferral records a new notice).
+    UserNotice {
+        /// Rollout id (hex).
+        rollout: String,
+        /// When the install starts (ms since the epoch).
+        install_at_ms: u64,
+        /// Deferrals used so far.
+        deferrals_used: u32,
+        /// Deferrals the rollout allows.
+        deferrals_allowed: u32,
+        /// Who was logged in.
+        users: Vec<String>,
+    },
     /// An executor step finished.
     StepResult {
         /// Rollout id (hex).
@@ -289,6 +303,11 @@ impl Event {
                 }
             }
             Event::ClockJump { .. } => {}
+            Event::UserNotice { rollout, users, .. } => {
+                cut(rollout, t);
+                users.truncate(16);
+                users.iter_mut().for_each(|u| cut(u, 64));
+            }
             Event::Equivocation { node, detail } => {
                 cut(node, t);
                 cut(detail, t)
@@ -312,6 +331,7 @@ impl Event {
             Event::FindingOpened { .. } => "finding_opened",
             Event::FindingClosed { .. } => "finding_closed",
             Event::ClockJump { .. } => "clock_jump",
+            Event::UserNotice { .. } => "user_notice",
             Event::Equivocation { .. } => "equivocation",
         }
     }

@@ -79,6 +79,9 @@ fn authorize(
                     CatalogEntry::Integrations(_) => {
                         admins.grants_everywhere(signer, P::Integrations)
                     }
+                    CatalogEntry::Deferrals(d) => {
+                        d.validate().is_ok() && admins.grants(signer, P::Publish)
+                    }
                     CatalogEntry::ReservedLabels(r) => {
                         r.validate().is_ok() && admins.grants_everywhere(signer, P::Admit)
                     }
@@ -104,6 +107,7 @@ fn authorize(
                     ("exception/", P::Exceptions),
                     ("voucher/", P::Admit),
                     ("policy/", P::Admit),
+                    ("deferrals/", P::Publish),
                 ]
                 .into_iter()
                 .find(|(prefix, _)| key.starts_with(prefix))
@@ -136,6 +140,7 @@ fn entry_permission(entry: &CatalogEntry) -> &'static str {
         CatalogEntry::Integrations(_) => "integrations (everywhere)",
         CatalogEntry::Voucher(_) => "admit (for the voucher's site and labels)",
         CatalogEntry::ReservedLabels(_) => "admit (everywhere)",
+        CatalogEntry::Deferrals(_) => "publish",
     }
 }
 
@@ -276,6 +281,8 @@ pub enum CatalogEntry {
     Voucher(crate::enrol::VoucherEntry),
     /// Labels no voucher may grant (one per mesh, under [`crate::enrol::ReservedLabels::KEY`]).
     ReservedLabels(crate::enrol::ReservedLabels),
+    /// The deferrals a rollout allows the people at its machines.
+    Deferrals(crate::rollout::policy::Deferrals),
 }
 
 impl CatalogEntry {
@@ -288,6 +295,7 @@ impl CatalogEntry {
             CatalogEntry::Exception(e) => e.key(),
             CatalogEntry::Integrations(_) => crate::integrations::POLICY_KEY.to_string(),
             CatalogEntry::ReservedLabels(_) => crate::enrol::ReservedLabels::KEY.to_string(),
+            CatalogEntry::Deferrals(d) => d.key(),
             CatalogEntry::Voucher(v) => match v.voucher() {
                 Ok(voucher) => crate::enrol::VoucherEntry::key_of(&voucher.id),
                 Err(_) => "voucher/undecodable".to_string(),

@@ -639,3 +639,81 @@ fn a_site_admin_rolls_out_to_its_site_only_and_loses_it_with_its_role() {
         assert_eq!(out.status.code(), Some(4), "node {i} accepted a change of a removed role");
     }
 }
+
+/// With `[notice]`, a machine where someone is logged in runs the notice hook before it
+/// installs and waits; `patchmesh defer` (over the user socket, no admin token) puts the
+/// install off within the rollout's allowance and never past its deadline, and the install
+/// then runs. The hook is told each new install time.
+#[test]
+fn logged_in_users_are_told_before_an_install_and_may_defer_it_up_to_the_deadline() {
+    let _guard = serial();
+    let mut m = Mesh::new("notice", 1, 1);
+    let dir = m.nodes[0].dir.clone();
+    let notices = dir.join("notices.txt");
+    let socket = dir.join("user.sock");
+    m.node_tables.insert(
+        0,
+        format!(
+            "[notice]\nlead_s = 2\nusers_command = [\"echo\", \"alice pts/0\"]\n\
+             hook = [\"sh\", \"-c\", \"echo \\\"$PATCHMESH_INSTALL_AT $PATCHMESH_DEFERRALS_LEFT\\\" >> {}\"]\n\
+             user_socket = \"{}\"\n",
+            notices.display(),
+            socket.display()
+        ),
+    );
+    m.start_all();
+    std::fs::create_dir_all(target(&m, 0).parent().unwrap()).unwrap();
+    let s = socket.display().to_string();
+    let defer = |extra: &[&str]| {
+        let mut args = vec!["defer", "--socket", s.as_str()];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    // Nothing waits yet.
+    let out = defer(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no install is waiting"));
+
+    let deadline_ms =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            / 1000
+            * 1000
+            + 25_000) as u64;
+    let deadline = jiff::Timestamp::from_millisecond(deadline_ms as i64).unwrap().to_string();
+    let content = add_patch(&m, 0, b"told first", &[]);
+    let extra = ["--allow-deferrals", "2", "--defer-each", "1h", "--deadline", deadline.as_str()];
+    let out = try_create(&m, 0, &content, &["all:100"], &extra, &m.admin_key());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = serde_json::from_slice::<RolloutCreateOutput>(&out.stdout).unwrap().rollout;
+
+    let read = || std::fs::read_to_string(&notices).unwrap_or_default();
+    let first = wait_for(WAIT, || read().lines().next().map(str::to_string));
+    let first = first.expect("the notice hook never ran");
+    assert!(first.ends_with(" 2"), "two deferrals left at first: {first:?}");
+
+    // One deferral: an hour would pass the deadline, so the install moves to the deadline.
+    let out = defer(&["--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: patchmesh_node::control::NoticeView = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v.install_at_ms, v.deferrals_used, v.deferrals_allowed), (deadline_ms, 1, 2));
+    assert_eq!(v.rollout, id);
+    // It cannot move past the deadline, though a deferral is left.
+    let out = defer(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deadline"), "{out:?}");
+    let list: Vec<patchmesh_node::control::NoticeView> =
+        serde_json::from_slice(&defer(&["--list", "--json"]).stdout).unwrap();
+    assert_eq!(list.len(), 1);
+    // Still waiting: nothing installed before the (deferred) install time.
+    assert_eq!(std::fs::read(target(&m, 0)).ok(), None, "installed before its time");
+    assert_eq!(local_step(&m, 0, &id).as_deref(), Some("installing"));
+
+    let done =
+        wait_for(WAIT, || (local_step(&m, 0, &id).as_deref() == Some("committed")).then_some(()));
+    assert!(done.is_some(), "the install never ran: {:?}", rollouts(&m, 0));
+    assert_eq!(std::fs::read(target(&m, 0)).unwrap(), b"told first");
+    let lines: Vec<String> = read().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let second = jiff::Timestamp::from_millisecond(deadline_ms as i64).unwrap().to_string();
+    assert_eq!(lines[1], format!("{second} 1"), "the hook was told the new time");
+}

@@ -127,6 +127,13 @@ pub enum Request {
     Metrics,
     /// A one-time login URL for this node's dashboard (refused when it has none).
     DashboardLogin,
+    /// Installs waiting on their advance notice (also on the user socket).
+    Notices,
+    /// Put a waiting install off by one of its rollout's deferrals (also on the user socket).
+    Defer {
+        /// Rollout id prefix (none: the only install waiting).
+        rollout: Option<String>,
+    },
     /// A proposal made in this node's dashboard, for an admin to sign.
     Proposal {
         /// Its id.
@@ -244,4 +251,38 @@ pub fn call_view<T: serde::de::DeserializeOwned>(
 /// A refusal.
 pub fn refused(error: impl std::fmt::Display) -> serde_json::Value {
     serde_json::json!({"ok": false, "error": error.to_string()})
+}
+
+/// What `patchmesh defer --list` shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NoticeView {
+    /// Rollout id (hex).
+    pub rollout: String,
+    /// Patch name.
+    pub patch: String,
+    /// Patch version.
+    pub version: String,
+    /// When the install starts (ms since the epoch).
+    pub install_at_ms: u64,
+    /// Deferrals used.
+    pub deferrals_used: u8,
+    /// Deferrals the rollout allows.
+    pub deferrals_allowed: u8,
+    /// How long one deferral lasts.
+    pub defer_each_ms: u64,
+    /// The rollout's deadline, if any.
+    pub deadline_ms: Option<u64>,
+}
+
+/// A request on the user socket.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRequest {
+    /// Installs waiting on their notice.
+    Notices,
+    /// Put one off (the only one waiting, or the rollout with this id prefix).
+    Defer {
+        /// Rollout id prefix.
+        rollout: Option<String>,
+    },
 }

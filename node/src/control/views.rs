@@ -194,6 +194,15 @@ pub enum CatalogEntryView {
         /// Its input files.
         sources: Vec<String>,
     },
+    /// Deferrals a rollout allows the people at its machines.
+    Deferrals {
+        /// Rollout id (hex).
+        rollout: String,
+        /// How many.
+        max: u8,
+        /// How long each.
+        each_ms: u64,
+    },
     /// Labels no voucher may grant.
     ReservedLabels {
         /// Reserved values per label key (empty: every value).

@@ -160,7 +160,24 @@ impl Daemon {
         let audit_log = self.audit.log.clone();
         let rollout = effect.rollout;
         let action = effect.action;
+        // Someone at the machine hears of an install before it starts.
+        let notice = self.notices.clone().filter(|_| action == Action::Install).map(|n| {
+            let policies = self.node.policies();
+            let deferrals = policies.deferrals.get(&rollout);
+            let install = super::notice::Install {
+                rollout,
+                patch: patch.name.clone(),
+                version: patch.version.clone(),
+                allowed: deferrals.map_or(0, |d| d.max),
+                each_ms: deferrals.map_or(0, |d| d.each_ms),
+                deadline: policies.rollouts.get(&rollout).and_then(|r| r.rollout.deadline),
+            };
+            (n, install)
+        });
         tokio::spawn(async move {
+            if let Some((n, install)) = notice {
+                n.before_install(install).await;
+            }
             let result = match action {
                 Action::Stage => exec.stage().await,
                 Action::Install => exec.install().await,

@@ -22,6 +22,7 @@ mod facts;
 mod install;
 mod integrations;
 mod intel;
+mod notice;
 mod payload;
 mod report;
 mod requests;
@@ -128,6 +129,8 @@ struct Daemon {
     /// The bundle being fetched or read.
     intel_loading: Option<patchmesh_protocol::ids::ContentId>,
     intel_tx: mpsc::Sender<intel::Loaded>,
+    /// Advance notices and deferrals (with `[notice]`).
+    notices: Option<Arc<notice::Notices>>,
     /// The audit log and its bookkeeping.
     audit: audit::AuditState,
     /// This node's admission envelope (named in audit exports).
@@ -365,6 +368,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
             }
         });
     }
+    let user_tx = ctl_tx.clone();
     tokio::spawn(serve_control(listener, token, ctl_tx));
 
     let mut d = Daemon {
@@ -404,12 +408,19 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         intel_loading: None,
         intel_tx,
         audit: audit::AuditState::new(audit_log),
+        notices: None,
         admission,
         history: Default::default(),
         integrations,
         test_events_done: false,
     };
     d.history = intel::load_history(&d.cfg.data_dir);
+    if let (Some(nc), Some(path)) = (d.cfg.notice.clone(), d.cfg.user_socket()) {
+        let listener = notice::bind_user(&path)
+            .map_err(io(format!("binding the user socket {}", path.display())))?;
+        tokio::spawn(notice::serve_user(listener, user_tx));
+        d.notices = Some(Arc::new(notice::Notices::new(nc, &d.cfg.data_dir, d.audit.log.clone())));
+    }
     integrations::spawn(
         d.integrations.shared.clone(),
         key.clone(),

@@ -109,6 +109,23 @@ impl Daemon {
                 return self.ask_intel(&hex_id, Some(cve), reply)
             }
             Request::Exposure => control::ok_view(&self.exposure_view()),
+            Request::Notices => match &self.notices {
+                Some(n) => control::ok_view(&n.list()),
+                None => control::refused("advance notices are off on this node (no [notice])"),
+            },
+            Request::Defer { rollout } => {
+                let Some(n) = self.notices.clone() else {
+                    return send(reply, control::refused("advance notices are off on this node"));
+                };
+                tokio::spawn(async move {
+                    let answer = match n.defer(rollout.as_deref()).await {
+                        Ok(v) => control::ok_view(&v),
+                        Err(e) => control::refused(e),
+                    };
+                    send(reply, answer);
+                });
+                return;
+            }
             Request::ReportBasis => control::ok_view(&self.report_basis()),
             Request::IntegrationsStatus => control::ok_view(&self.integrations_view()),
             Request::DlqList => control::ok_view(&self.integrations.shared.outbox.list("dlq")),
@@ -421,6 +438,11 @@ impl Daemon {
                     },
                     CatalogEntry::Integrations(p) => E::Integrations { policy: p.clone() },
                     CatalogEntry::Voucher(v) => E::Voucher(self.voucher_view(v)),
+                    CatalogEntry::Deferrals(d) => E::Deferrals {
+                        rollout: d.rollout.to_string(),
+                        max: d.max,
+                        each_ms: d.each_ms,
+                    },
                     CatalogEntry::ReservedLabels(r) => {
                         E::ReservedLabels { labels: r.labels.clone() }
                     }

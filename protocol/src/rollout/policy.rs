@@ -149,6 +149,41 @@ pub struct RolloutEntry {
     pub created_at: Millis,
 }
 
+/// What the people at a targeted machine may do about its install: put it off up to `max`
+/// times by `each_ms` (`patchmesh defer` on the machine), never past the rollout's deadline.
+/// Published with the rollout by its author (under `deferrals/<rollout id>`); nodes honour it
+/// only from the rollout's own author.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deferrals {
+    /// The rollout.
+    pub rollout: RolloutId,
+    /// Deferrals allowed per machine.
+    pub max: u8,
+    /// How long each puts the install off.
+    pub each_ms: u64,
+}
+
+impl Deferrals {
+    /// Most deferrals a rollout may allow.
+    pub const MAX: u8 = 20;
+
+    /// The catalog key.
+    pub fn key(&self) -> String {
+        format!("deferrals/{}", self.rollout)
+    }
+
+    /// Within bounds: 1..=20 deferrals of one minute to seven days each.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.max == 0 || self.max > Self::MAX {
+            return Err(PolicyError::Invalid(format!("deferrals must be 1..={}", Self::MAX)));
+        }
+        if !(60_000..=7 * 86_400_000).contains(&self.each_ms) {
+            return Err(PolicyError::Invalid("each deferral lasts 1 minute to 7 days".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Why a rollout policy is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {

@@ -63,6 +63,8 @@ pub struct Policies {
     pub patch_authors: BTreeMap<ContentId, KeyId>,
     /// Commands per rollout, with their catalog keys, whose `admin` is their signer.
     pub commands: BTreeMap<RolloutId, Vec<(String, AdminCommand)>>,
+    /// Deferrals allowed per rollout (from the rollout's own author).
+    pub deferrals: BTreeMap<RolloutId, super::policy::Deferrals>,
     /// Entries ignored (malformed policy, key mismatch, forged command author).
     pub ignored: Vec<(String, String)>,
 }
@@ -77,6 +79,7 @@ impl Policies {
     ) -> Policies {
         use crate::trust::Permission as P;
         let mut p = Policies::default();
+        let mut deferrals = Vec::new();
         for (key, (entry, author)) in entries {
             match entry {
                 CatalogEntry::Patch(_) | CatalogEntry::Rollout(_)
@@ -129,6 +132,24 @@ impl Policies {
                 | CatalogEntry::Integrations(_)
                 | CatalogEntry::Voucher(_)
                 | CatalogEntry::ReservedLabels(_) => {}
+                CatalogEntry::Deferrals(d) => {
+                    if key != d.key() || d.validate().is_err() {
+                        p.ignored.push((key, "malformed deferrals".into()));
+                    } else {
+                        deferrals.push((key, d, author));
+                    }
+                }
+            }
+        }
+        for (key, d, author) in deferrals {
+            match p.rollouts.get(&d.rollout) {
+                Some(r) if r.author == author => {
+                    p.deferrals.insert(d.rollout, d);
+                }
+                Some(_) => {
+                    p.ignored.push((key, "deferrals not signed by the rollout's author".into()))
+                }
+                None => p.ignored.push((key, "deferrals of an unknown rollout".into())),
             }
         }
         p
