@@ -387,15 +387,15 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
 
 /// One tenant's answer under `--all-contexts`.
 #[derive(Serialize)]
-struct TenantResult {
-    context: String,
-    ok: bool,
-    exit_code: Option<i32>,
+pub(crate) struct TenantResult {
+    pub context: String,
+    pub ok: bool,
+    pub exit_code: Option<i32>,
     elapsed_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<serde_json::Value>,
+    pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub error: Option<String>,
 }
 
 /// Read-only commands `--all-contexts` may run (first words after the global flags).
@@ -407,6 +407,8 @@ const ALL_CONTEXTS_COMMANDS: &[&[&str]] = &[
     &["report", "compliance"],
     &["intel", "status"],
     &["catalog", "show"],
+    // Not run per tenant: serves the tenant switcher (see `dashboard::switcher`).
+    &["dashboard"],
 ];
 
 /// Runs the command in `args` (argv without the program and without `--all-contexts`) once per
@@ -426,6 +428,9 @@ pub fn run_all(args: &[String], timeout: Duration) -> anyhow::Result<i32> {
         bail!("--all-contexts takes each tenant's configuration from its context; drop --config/--context");
     }
     let json = args.iter().any(|a| a == "--json");
+    if words == ["dashboard"] {
+        return crate::dashboard::switcher(args.iter().any(|a| a == "--open"), json);
+    }
     let all = Contexts::load()?;
     if all.contexts.is_empty() {
         bail!("no contexts ({}); add them with `patchmesh context add`", file().display());
@@ -465,7 +470,13 @@ pub fn run_all(args: &[String], timeout: Duration) -> anyhow::Result<i32> {
     })
 }
 
-fn one_tenant(exe: &Path, name: &str, args: &[String], timeout: Duration) -> TenantResult {
+/// Runs `patchmesh --context NAME ARGS…` and collects its answer.
+pub(crate) fn one_tenant(
+    exe: &Path,
+    name: &str,
+    args: &[String],
+    timeout: Duration,
+) -> TenantResult {
     let start = Instant::now();
     let json = args.iter().any(|a| a == "--json");
     let mut r = TenantResult {

@@ -31,6 +31,8 @@ fn tenants_on_one_lan_stay_apart_and_one_workstation_reads_them_all() {
     let mut b = Mesh::new("tenant-b", 3, 1);
     a.mdns = true;
     b.mdns = true;
+    // Tenant a's first node serves a dashboard, for the workstation's tenant switcher.
+    a.node_tables.insert(0, "[dashboard]\nlisten = \"127.0.0.1:0\"\n".into());
     a.start_all();
     b.start(0);
     b.start(1);
@@ -137,6 +139,65 @@ fn tenants_on_one_lan_stay_apart_and_one_workstation_reads_them_all() {
     let unknown = cli_env(&xdg, &["--context", "nope", "status"], &[]);
     assert_eq!(unknown.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no context \"nope\""));
+
+    // The tenant switcher: one page listing every tenant, each button a fresh one-time login
+    // into that tenant's own dashboard.
+    let mut switcher = Command::new(patchmesh_tests::binary())
+        .args(["--all-contexts", "dashboard", "--json"])
+        .env("XDG_CONFIG_HOME", &xdg)
+        .env_remove("PATCHMESH_CONTEXT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(switcher.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let started: serde_json::Value = serde_json::from_str(&line).expect("switcher prints its URL");
+    let url = started["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let mut r = agent.get(&url).call().unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = r.body_mut().read_to_string().unwrap();
+    for want in [
+        "acme",
+        "globex",
+        "initech",
+        "tenant-a",
+        "tenant-b",
+        "UNREACHABLE",
+        "3 tenants; 1 unreachable",
+    ] {
+        assert!(html.contains(want), "the switcher page lacks {want:?}: {html}");
+    }
+    // Without the secret path, nothing.
+    let root = url.trim_end_matches('/').rsplit_once('/').unwrap().0.to_string();
+    assert_eq!(agent.get(&format!("{root}/")).call().unwrap().status(), 404);
+    // acme: a redirect to a one-time login on tenant a's dashboard, which logs the browser in.
+    let r = agent.post(&format!("{url}open/acme")).send_empty().unwrap();
+    assert_eq!(r.status(), 303);
+    let login = r.headers().get("location").unwrap().to_str().unwrap().to_string();
+    assert!(login.contains("/login"), "{login}");
+    let r = agent.get(&login).call().unwrap();
+    assert_eq!(r.status(), 303, "the one-time link did not log in");
+    assert!(r.headers().get("set-cookie").is_some());
+    // globex has no dashboard, initech no node: each says why.
+    for (tenant, why) in [("globex", "dashboard"), ("initech", "nowhere")] {
+        let mut r = agent.post(&format!("{url}open/{tenant}")).send_empty().unwrap();
+        assert_eq!(r.status(), 502, "{tenant}");
+        let body = r.body_mut().read_to_string().unwrap();
+        assert!(body.contains(why), "{tenant}: {body}");
+    }
+    assert_eq!(agent.post(&format!("{url}open/unknown")).send_empty().unwrap().status(), 404);
+    let _ = switcher.kill();
+    let _ = switcher.wait();
 }
 
 /// The Debian package (built by `scripts/package-deb.sh` with cargo-deb from the debug binary)
