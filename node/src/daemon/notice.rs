@@ -24,6 +24,8 @@ use std::time::Duration;
 const USERS_OUTPUT_MAX: usize = 64 * 1024;
 /// How long `users_command` and the hook may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// User-socket connections served at once (more are closed at once).
+const USER_CONNECTIONS_MAX: usize = 16;
 /// A user-socket request is far smaller than this.
 pub(super) const USER_REQUEST_MAX: u64 = 1024;
 
@@ -338,10 +340,17 @@ pub(super) async fn serve_user(
     listener: tokio::net::UnixListener,
     tx: tokio::sync::mpsc::Sender<(control::Request, super::Reply)>,
 ) {
+    // Anyone on the machine may connect: a few at a time, each with a read deadline.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(USER_CONNECTIONS_MAX));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
             let (read, mut write) = stream.into_split();
             let mut reader = tokio::io::BufReader::new(read.take(USER_REQUEST_MAX));
