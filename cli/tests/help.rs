@@ -27,6 +27,8 @@ fn every_command_has_help() {
         &["inventory"],
         &["catalog", "show"],
         &["patch", "add"],
+        &["defer"],
+        &["voucher", "reserved"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();

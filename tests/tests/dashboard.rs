@@ -303,6 +303,22 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         eprintln!("halt on the open overview {:?} after node 0 saw it", seen.elapsed());
         assert!(still_marked(&c).await, "the overview reloaded");
 
+        // A voucher and a reserved label, for the admin page.
+        let admin = m.admin_key();
+        for args in [
+            &["voucher", "create", "--site", "site0", "--max-nodes", "5", "--admin-key", &admin][..],
+            &["voucher", "reserved", "--set", "ring=canary", "--admin-key", &admin][..],
+        ] {
+            let out = m.cli_at(0, args);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let vouchered = wait_for(WAIT, || {
+            let v: serde_json::Value =
+                serde_json::from_slice(&m.cli_at(0, &["voucher", "list", "--json"]).stdout).ok()?;
+            (v.as_array()?.len() == 1).then_some(())
+        });
+        assert!(vouchered.is_some(), "the voucher never reached the catalog");
+
         // Every view renders with the mesh's data, without console errors.
         let node1 = m.nodes[1].key.clone();
         let views: Vec<(&str, String, &str)> = vec![
@@ -316,7 +332,7 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
             ("sites", "/sites".into(), "site0"),
             ("audit", "/audit".into(), "install step — "),
             ("reports", "/reports".into(), "Generate and download"),
-            ("admin", "/admin".into(), "Admins"),
+            ("admin", "/admin".into(), "0 / 5"),
         ];
         for (name, path, expect) in &views {
             let t = Instant::now();

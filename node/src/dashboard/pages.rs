@@ -503,6 +503,23 @@ struct AdminT<'a> {
 }
 
 impl AdminT<'_> {
+    fn enrolled(&self, v: &crate::control::VoucherView) -> String {
+        let (n, max) = (v.enrolments.len(), v.max_nodes as usize);
+        if n > max {
+            format!("{max} / {max} ({} refused)", n - max)
+        } else {
+            format!("{n} / {max}")
+        }
+    }
+
+    fn voucher_state(&self, v: &crate::control::VoucherView) -> String {
+        if v.expires_at_ms <= self.m.now_ms {
+            "expired".into()
+        } else {
+            format!("open until {}", when(&v.expires_at_ms))
+        }
+    }
+
     fn dead(&self) -> Vec<(String, String, String)> {
         self.m
             .dlq

@@ -730,8 +730,63 @@ async fn report_compliance(
 pub struct AdminPage {
     pub admins: Vec<String>,
     pub trust_version: u64,
+    /// Roles of the admin set (empty: every admin may do everything everywhere).
+    pub roles: Vec<RoleRow>,
+    /// Enrolment vouchers in the catalog, with the enrolments this node has seen.
+    pub vouchers: Vec<control::VoucherView>,
+    /// Labels no voucher may grant (`key=value`, `key=*`).
+    pub reserved_labels: Vec<String>,
+    /// This node's clock when the page was made (for voucher expiry).
+    pub now_ms: u64,
     pub integrations: control::IntegrationsView,
     pub dlq: serde_json::Value,
+}
+
+/// One role of the admin set, as the admin page shows it.
+#[derive(serde::Serialize)]
+pub struct RoleRow {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub permissions: Vec<&'static str>,
+    /// "everywhere", or the sites and labels it is limited to.
+    pub scope: String,
+    /// Approving keys its rollouts need (0: the mesh's rule).
+    pub publish_approvals: u8,
+}
+
+/// The roles of the admin set the node holds (decoded from its latest signed set).
+fn admin_roles(st: &control::AdminStateView) -> Vec<RoleRow> {
+    let Some(set) = st
+        .latest_admin_set
+        .as_ref()
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| patchmesh_protocol::crypto::decode("admin set", &b, 1 << 20).ok())
+        .and_then(|env| patchmesh_protocol::trust::AdminSet::open(&env).ok())
+    else {
+        return Vec::new();
+    };
+    set.roles
+        .iter()
+        .map(|r| {
+            let mut parts = Vec::new();
+            if !r.scope.sites.is_empty() {
+                let s: Vec<&str> = r.scope.sites.iter().map(|s| s.0.as_ref()).collect();
+                parts.push(format!("sites {}", s.join(", ")));
+            }
+            if !r.scope.labels.is_empty() {
+                let l: Vec<String> =
+                    r.scope.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                parts.push(format!("labels {}", l.join(", ")));
+            }
+            RoleRow {
+                name: r.name.clone(),
+                keys: r.keys.iter().map(|k| k.to_hex()).collect(),
+                permissions: r.permissions.iter().map(|p| p.name()).collect(),
+                scope: if parts.is_empty() { "everywhere".into() } else { parts.join("; ") },
+                publish_approvals: r.publish_approvals,
+            }
+        })
+        .collect()
 }
 
 async fn admin(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
@@ -739,7 +794,34 @@ async fn admin(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
         let st: control::AdminStateView = s.ask(Request::AdminState).await?;
         let integrations: control::IntegrationsView = s.ask(Request::IntegrationsStatus).await?;
         let dlq: serde_json::Value = s.ask(Request::DlqList).await?;
-        let m = AdminPage { admins: st.admins, trust_version: st.version, integrations, dlq };
+        let catalog: control::CatalogView = s.ask(Request::Catalog).await?;
+        let roles = admin_roles(&st);
+        let mut vouchers = Vec::new();
+        let mut reserved = Vec::new();
+        for e in catalog.entries {
+            match e.entry {
+                control::CatalogEntryView::Voucher(v) => vouchers.push(v),
+                control::CatalogEntryView::ReservedLabels { labels } => {
+                    for (k, vals) in labels {
+                        if vals.is_empty() {
+                            reserved.push(format!("{k}=*"));
+                        }
+                        reserved.extend(vals.iter().map(|v| format!("{k}={v}")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let m = AdminPage {
+            admins: st.admins,
+            trust_version: st.version,
+            roles,
+            vouchers,
+            reserved_labels: reserved,
+            now_ms: crate::clock::now_ms().0,
+            integrations,
+            dlq,
+        };
         respond(&s, &uri, &m, pages::admin).await
     };
     finish(&uri, a.await)
