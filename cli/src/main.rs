@@ -95,7 +95,8 @@ struct Cli {
     context: Option<String>,
     /// Run a read-only command (status, peers, vulns, rollout status, report compliance,
     /// intel status, catalog show) once per context, side by side, and print one result per
-    /// tenant. Exit 0 if all answered, 5 if some did not.
+    /// tenant. Exit 0 if all answered, 5 if some did not. With `dashboard`: serve the tenant
+    /// switcher.
     #[arg(long, global = true)]
     all_contexts: bool,
     #[command(subcommand)]
