@@ -467,6 +467,32 @@ enum NodeCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke one machine's admission (a lost or stolen laptop): every node disconnects it,
+    /// refuses it from then on and drops its record. Works for certificates and enrolments
+    /// alike; needs `admit` for the machine's site.
+    Revoke {
+        /// The machine's node id (64 hex characters).
+        node_id: String,
+        /// The site its admission names.
+        #[arg(long)]
+        site: String,
+        /// Why (kept in the catalog and the audit trail).
+        #[arg(long, default_value = "revoked by an admin")]
+        reason: String,
+        /// Admin key to sign with (default: PATCHMESH_ADMIN_KEY, else the context's).
+        #[arg(long)]
+        admin_key: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        dry_run: DryRun,
+        /// Go ahead without asking (asks on a terminal; refused without one unless given).
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the node daemon in the foreground until SIGINT or SIGTERM.
     Run {
         /// The node configuration file (TOML; see the README).
@@ -672,6 +698,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let code = doctor::run(&config, json, now_ms())?;
             if code != 0 {
                 std::process::exit(code);
+            }
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Revoke {
+            node_id, site, reason, admin_key, node, yes, json, ..
+        }) => {
+            let id = NodeId(parse_hex32(&node_id)?);
+            if site.is_empty() || site.len() > patchmesh_protocol::limits::SITE_NAME_BYTES_MAX {
+                bail!(
+                    "--site must be 1..={} bytes",
+                    patchmesh_protocol::limits::SITE_NAME_BYTES_MAX
+                );
+            }
+            let r = patchmesh_protocol::enrol::NodeRevocation {
+                node: id,
+                site: SiteId::from(site.as_str()),
+                reason,
+                revoked_at: now_ms(),
+            };
+            r.validate()?;
+            confirm(yes, &format!("revoke node {id} of site {site}: it is refused everywhere"))?;
+            let admin = keys::AdminKey::resolve(admin_key.as_deref())?;
+            let key = patchmesh_protocol::enrol::NodeRevocation::key_of(&id);
+            let v = publish(&node, &admin, vec![(key, Some(CatalogEntry::NodeRevocation(r)))])?;
+            if json {
+                outln!("{}", output::json(&v));
+            } else {
+                outln!("node {id} revoked; spreading to the mesh");
             }
             Ok(())
         }

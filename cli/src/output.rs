@@ -128,6 +128,9 @@ pub fn catalog(v: &CatalogView, json_out: bool) {
                     if v.require_approval { "  (approval required)" } else { "" }
                 )
             }
+            CatalogEntryView::NodeRevocation { node, site, reason, .. } => {
+                outln!("revoked  node {node} of site {site}: {reason}")
+            }
             CatalogEntryView::Deferrals { rollout, max, each_ms } => {
                 outln!("deferrals  rollout {rollout}: users may defer {max}× by {} min", each_ms / 60_000)
             }

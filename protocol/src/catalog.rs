@@ -79,6 +79,15 @@ fn authorize(
                     CatalogEntry::Integrations(_) => {
                         admins.grants_everywhere(signer, P::Integrations)
                     }
+                    CatalogEntry::NodeRevocation(r) => {
+                        r.validate().is_ok()
+                            && admins.grants_within(
+                                signer,
+                                P::Admit,
+                                std::slice::from_ref(&r.site),
+                                &BTreeMap::new(),
+                            )
+                    }
                     CatalogEntry::Deferrals(d) => {
                         d.validate().is_ok() && admins.grants(signer, P::Publish)
                     }
@@ -108,6 +117,7 @@ fn authorize(
                     ("voucher/", P::Admit),
                     ("policy/", P::Admit),
                     ("deferrals/", P::Publish),
+                    ("revoked/", P::Admit),
                 ]
                 .into_iter()
                 .find(|(prefix, _)| key.starts_with(prefix))
@@ -141,6 +151,7 @@ fn entry_permission(entry: &CatalogEntry) -> &'static str {
         CatalogEntry::Voucher(_) => "admit (for the voucher's site and labels)",
         CatalogEntry::ReservedLabels(_) => "admit (everywhere)",
         CatalogEntry::Deferrals(_) => "publish",
+        CatalogEntry::NodeRevocation(_) => "admit (for the node's site)",
     }
 }
 
@@ -283,6 +294,8 @@ pub enum CatalogEntry {
     ReservedLabels(crate::enrol::ReservedLabels),
     /// The deferrals a rollout allows the people at its machines.
     Deferrals(crate::rollout::policy::Deferrals),
+    /// One machine's admission revoked.
+    NodeRevocation(crate::enrol::NodeRevocation),
 }
 
 impl CatalogEntry {
@@ -296,6 +309,7 @@ impl CatalogEntry {
             CatalogEntry::Integrations(_) => crate::integrations::POLICY_KEY.to_string(),
             CatalogEntry::ReservedLabels(_) => crate::enrol::ReservedLabels::KEY.to_string(),
             CatalogEntry::Deferrals(d) => d.key(),
+            CatalogEntry::NodeRevocation(r) => crate::enrol::NodeRevocation::key_of(&r.node),
             CatalogEntry::Voucher(v) => match v.voucher() {
                 Ok(voucher) => crate::enrol::VoucherEntry::key_of(&voucher.id),
                 Err(_) => "voucher/undecodable".to_string(),

@@ -222,6 +222,40 @@ impl ReservedLabels {
     }
 }
 
+/// An admin's revocation of one machine's admission, certificate or enrolment alike (under
+/// `revoked/<node id hex>`; needs `admit` for the node's site). A node refuses the machine
+/// only when the revocation names the site the machine's own admission carries, so a
+/// site-scoped admin cannot reach another site's machines by naming the wrong site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRevocation {
+    /// The machine.
+    pub node: NodeId,
+    /// Its admitted site.
+    pub site: SiteId,
+    /// Why (for the audit trail).
+    pub reason: String,
+    /// When (the admin's clock).
+    pub revoked_at: Millis,
+}
+
+impl NodeRevocation {
+    /// The catalog key of a node's revocation.
+    pub fn key_of(node: &NodeId) -> String {
+        format!("revoked/{}", hex::encode(node.0))
+    }
+
+    /// Fields within bounds.
+    pub fn validate(&self) -> Result<(), TrustError> {
+        if self.site.0.is_empty()
+            || self.site.0.len() > limits::SITE_NAME_BYTES_MAX
+            || self.reason.len() > 512
+        {
+            return Err(TrustError::Invalid("node revocation site or reason out of range"));
+        }
+        Ok(())
+    }
+}
+
 /// Why a verified enrolment is not admitted here.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum GateError {
@@ -238,6 +272,9 @@ pub enum GateError {
         /// Label value.
         value: String,
     },
+    /// An admin revoked this machine's admission.
+    #[error("the admission of {0} is revoked")]
+    NodeRevoked(NodeId),
     /// The voucher requires approval and no admin approved this node (yet).
     #[error("enrolment of {0} awaits an admin's approval")]
     AwaitingApproval(NodeId),
@@ -261,6 +298,8 @@ pub struct Gate {
     pub entries: BTreeMap<[u8; 16], VoucherEntry>,
     /// The mesh's reserved labels (from the catalog).
     pub reserved: ReservedLabels,
+    /// Machines whose admission an admin revoked, with the site the revocation names.
+    pub revoked_nodes: BTreeMap<NodeId, SiteId>,
     /// Enrolments seen, per voucher, by rank key.
     pub seen: BTreeMap<[u8; 16], BTreeMap<(Millis, NodeId), ()>>,
     /// Per voucher, its limit and the rank key of the last enrolment inside it (the
@@ -286,6 +325,14 @@ impl Gate {
             self.cutoffs.insert(e.voucher.id, (max, cutoff));
         }
         new
+    }
+
+    /// Whether a machine admitted to `site` (by certificate or enrolment) was revoked.
+    pub fn judge_node(&self, node: &NodeId, site: &SiteId) -> Result<(), GateError> {
+        if self.revoked_nodes.get(node) == Some(site) {
+            return Err(GateError::NodeRevoked(*node));
+        }
+        Ok(())
     }
 
     /// Whether `e` is admitted by this node's view: not revoked, approved if required, and

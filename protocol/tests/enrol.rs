@@ -107,3 +107,43 @@ fn a_reserved_label_refuses_machines_whose_voucher_grants_it() {
         assert!(refused.unwrap_or(0) > 0, "node {i} counted no refusal");
     }
 }
+
+/// Revoking one machine's admission (a certificate here): every node disconnects it, drops
+/// its record and refuses it when it comes back. A revocation naming another site than the
+/// machine's admission does nothing.
+#[test]
+fn a_revoked_machine_is_disconnected_dropped_and_refused_everywhere() {
+    use patchmesh_protocol::enrol::NodeRevocation;
+    let mut h = Harness::new(&["a", "a", "a"]);
+    h.connect_all();
+    h.run_for(10_000);
+    let target = NodeId(h.nodes[2].id().0);
+    let revoke = |h: &mut Harness, site: &str| {
+        let r = NodeRevocation {
+            node: target,
+            site: SiteId::from(site),
+            reason: "laptop stolen".into(),
+            revoked_at: Millis(T0.0 + 1),
+        };
+        let edits = vec![(NodeRevocation::key_of(&target), Some(CatalogEntry::NodeRevocation(r)))];
+        h.input(0, Input::Command(Command::Publish { admin: h.keys.admins[0].clone(), edits }));
+        h.run_for(10_000);
+    };
+    let admitted = |h: &Harness, i: usize| h.nodes[i].admitted_peers().any(|(_, n, _)| n == target);
+    // Named with the wrong site: no effect.
+    revoke(&mut h, "b");
+    for i in 0..2 {
+        assert!(admitted(&h, i), "node {i} dropped a machine revoked under another site");
+    }
+    revoke(&mut h, "a");
+    for i in 0..2 {
+        assert!(!admitted(&h, i), "node {i} still admits the revoked machine");
+        assert!(!h.nodes[i].site().records().contains_key(&target), "node {i} keeps its record");
+    }
+    // It comes back: refused at the hello.
+    h.connect(0, 2);
+    h.run_for(5_000);
+    assert!(!admitted(&h, 0));
+    let refused = h.nodes[0].stats().rejected.get("node_revoked").copied().unwrap_or(0);
+    assert!(refused >= 2, "node 0 counted {refused} refusals");
+}

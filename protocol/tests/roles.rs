@@ -60,7 +60,7 @@ fn mesh() -> Mesh {
         role(
             "paris",
             &[&paris],
-            &[Permission::Publish, Permission::Control, Permission::Exceptions],
+            &[Permission::Publish, Permission::Control, Permission::Exceptions, Permission::Admit],
             &["paris"],
         ),
         role("approver", &[&approver], &[Permission::Approve], &[]),
@@ -170,6 +170,14 @@ fn every_node_accepts_exactly_what_the_signers_role_grants_where_it_grants_it() 
     let reserved = CatalogEntry::ReservedLabels(patchmesh_protocol::enrol::ReservedLabels {
         labels: [("ring".to_string(), vec!["canary".to_string()])].into(),
     });
+    let revoke = |site: &str| {
+        CatalogEntry::NodeRevocation(patchmesh_protocol::enrol::NodeRevocation {
+            node: patchmesh_protocol::ids::NodeId([9; 32]),
+            site: SiteId::from(site),
+            reason: "lost".into(),
+            revoked_at: T0,
+        })
+    };
     // (signer, label, edits, accepted)
     let cases: Vec<(&SecretKey, &str, Vec<(String, Option<CatalogEntry>)>, bool)> = vec![
         (&fleet, "fleet: patch", put(patch()), true),
@@ -209,6 +217,9 @@ fn every_node_accepts_exactly_what_the_signers_role_grants_where_it_grants_it() 
         (&m.feed, "feed: patch", put(patch()), false),
         (&m.feed, "feed: rollout", put(CatalogEntry::Rollout(rollout(&["paris"]))), false),
         (&fleet, "fleet: reserve labels", put(reserved.clone()), true),
+        (&fleet, "fleet: revoke a paris node", put(revoke("paris")), true),
+        (&m.paris, "paris: revoke a paris node", put(revoke("paris")), true),
+        (&m.paris, "paris: revoke a berlin node", put(revoke("berlin")), false),
         (&m.paris, "paris: reserve labels", put(reserved.clone()), false),
         (&m.paris, "paris: lift reserved labels", vec![(reserved.key(), None)], false),
     ];

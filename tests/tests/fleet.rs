@@ -407,6 +407,45 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
         list[0]["enrolments"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
     assert_eq!(seen, enrolled.iter().map(String::as_str).collect::<Vec<_>>(), "{list}");
 
+    // One machine revoked on its own (a stolen laptop): gone everywhere, the other stays.
+    let out = m.cli_at(
+        0,
+        &[
+            "node",
+            "revoke",
+            &enrolled[1],
+            "--site",
+            "site0",
+            "--reason",
+            "stolen",
+            "--admin-key",
+            &admin,
+        ],
+    );
+    assert!(!out.status.success(), "revoking without --yes and without a terminal went ahead");
+    let out = m.cli_at(
+        0,
+        &[
+            "node",
+            "revoke",
+            &enrolled[1],
+            "--site",
+            "site0",
+            "--reason",
+            "stolen",
+            "--admin-key",
+            &admin,
+            "--yes",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let one_gone = wait_for(Duration::from_secs(60), || {
+        (0..2).all(|i| !admitted_by(i).contains(&enrolled[1])).then_some(())
+    });
+    assert!(one_gone.is_some(), "the revoked machine stayed admitted: {:?}", admitted_by(0));
+    assert!((0..2).all(|i| admitted_by(i).contains(&enrolled[0])), "{:?}", admitted_by(0));
+    assert!(m.status(0).rejected.get("node_revoked").copied().unwrap_or(0) > 0);
+
     // Revoked: its machines are disconnected and refused.
     let id = created["id"].as_str().unwrap();
     let out = m.cli_at(0, &["voucher", "revoke", &id[..8], "--admin-key", &admin, "--yes"]);

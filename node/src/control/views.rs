@@ -194,6 +194,17 @@ pub enum CatalogEntryView {
         /// Its input files.
         sources: Vec<String>,
     },
+    /// One machine's admission revoked.
+    NodeRevocation {
+        /// The machine (hex).
+        node: String,
+        /// Its site.
+        site: String,
+        /// Why.
+        reason: String,
+        /// When.
+        revoked_at_ms: u64,
+    },
     /// Deferrals a rollout allows the people at its machines.
     Deferrals {
         /// Rollout id (hex).

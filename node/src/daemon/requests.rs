@@ -438,6 +438,12 @@ impl Daemon {
                     },
                     CatalogEntry::Integrations(p) => E::Integrations { policy: p.clone() },
                     CatalogEntry::Voucher(v) => E::Voucher(self.voucher_view(v)),
+                    CatalogEntry::NodeRevocation(r) => E::NodeRevocation {
+                        node: r.node.to_string(),
+                        site: r.site.to_string(),
+                        reason: r.reason.clone(),
+                        revoked_at_ms: r.revoked_at.0,
+                    },
                     CatalogEntry::Deferrals(d) => E::Deferrals {
                         rollout: d.rollout.to_string(),
                         max: d.max,

@@ -731,6 +731,12 @@ impl Node {
             self.state.trust.check_admission(admission, self.now, self.config.check.as_ref());
         let why = match checked {
             Ok(admitted) if admitted.cert.node == node => {
+                if let Err(g) = self.gate.judge_node(&node, &admitted.cert.site) {
+                    self.refuse(Some(peer), g.into());
+                    self.peers.remove(peer);
+                    self.out.push(Output::Disconnect { peer });
+                    return;
+                }
                 if let Some(e) = &admitted.enrolled {
                     let new = self.gate.saw(e);
                     if let Err(g) = self.gate.judge(e) {
@@ -821,12 +827,19 @@ impl Node {
     fn refresh_vouchers(&mut self) {
         let mut entries = BTreeMap::new();
         let mut reserved = crate::enrol::ReservedLabels::default();
+        let mut revoked_nodes = BTreeMap::new();
         for (key, entry) in self.state.catalog.entries() {
             match entry {
                 crate::catalog::CatalogEntry::Voucher(v) => {
                     if let Ok(voucher) = v.voucher() {
                         entries.insert(voucher.id, v);
                     }
+                }
+                crate::catalog::CatalogEntry::NodeRevocation(r)
+                    if key == crate::enrol::NodeRevocation::key_of(&r.node)
+                        && r.validate().is_ok() =>
+                {
+                    revoked_nodes.insert(r.node, r.site);
                 }
                 crate::catalog::CatalogEntry::ReservedLabels(r)
                     if key == crate::enrol::ReservedLabels::KEY && r.validate().is_ok() =>
@@ -836,17 +849,21 @@ impl Node {
                 _ => {}
             }
         }
-        if entries != self.gate.entries || reserved != self.gate.reserved {
+        if entries != self.gate.entries
+            || reserved != self.gate.reserved
+            || revoked_nodes != self.gate.revoked_nodes
+        {
             self.gate.entries = entries;
             self.gate.reserved = reserved;
+            self.gate.revoked_nodes = revoked_nodes;
             self.rejudge_enrolled();
         }
     }
 
-    /// Disconnects enrolled peers this node no longer admits (a voucher revoked, an earlier
-    /// enrolment seen that takes their slot), and drops their records: a machine refused is no
-    /// member of the site (its summary does not count it). Anti-entropy cannot bring a dropped
-    /// record back, since accepting one passes the same gate.
+    /// Disconnects peers this node no longer admits (a voucher revoked, an earlier enrolment
+    /// seen that takes their slot, the machine's admission revoked), and drops their records: a
+    /// machine refused is no member of the site (its summary does not count it). Anti-entropy
+    /// cannot bring a dropped record back, since accepting one passes the same gate.
     fn rejudge_enrolled(&mut self) {
         for (peer, e) in self.peers.enrolled() {
             if let Err(g) = self.gate.judge(&e) {
@@ -866,6 +883,32 @@ impl Node {
             self.state.site.remove_record(&node);
             self.member_heard.remove(&node);
         }
+        if self.gate.revoked_nodes.is_empty() {
+            return;
+        }
+        // Machines whose admission an admin revoked, however they were admitted.
+        let peers: Vec<(PeerId, NodeId, SiteId)> =
+            self.peers.admitted().map(|(p, n, s)| (p, n, s.clone())).collect();
+        for (peer, node, site) in peers {
+            if let Err(g) = self.gate.judge_node(&node, &site) {
+                self.refuse(Some(peer), g.into());
+                self.peers.remove(peer);
+                self.out.push(Output::Disconnect { peer });
+            }
+        }
+        let own = self.state.site.site().clone();
+        let gone: Vec<NodeId> = self
+            .gate
+            .revoked_nodes
+            .iter()
+            .filter(|(node, site)| **site == own && **node != self.id)
+            .map(|(node, _)| *node)
+            .collect();
+        for node in gone {
+            self.enrolled_members.remove(&node);
+            self.state.site.remove_record(&node);
+            self.member_heard.remove(&node);
+        }
     }
 
     /// The vouchers this node knows and the enrolments it has seen.
@@ -879,6 +922,7 @@ impl Node {
         match bundle.object().domain {
             Domain::NodeRecord => {
                 let held = site::verify_record(bundle, &s.trust, self.now, check.as_ref())?;
+                self.gate.judge_node(&held.record().node, &held.record().site)?;
                 if bundle.admission().domain == Domain::Enrolment {
                     let (_, _, e) = crate::enrol::open(bundle.admission(), check.as_ref())?;
                     let new = self.gate.saw(&e);

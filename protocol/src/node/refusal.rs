@@ -83,6 +83,7 @@ impl Refusal {
             Refusal::NotGossip => "not_gossip",
             Refusal::HelloTimeout => "hello_timeout",
             Refusal::Enrolment(crate::enrol::GateError::Revoked(_)) => "voucher_revoked",
+            Refusal::Enrolment(crate::enrol::GateError::NodeRevoked(_)) => "node_revoked",
             Refusal::Enrolment(crate::enrol::GateError::ReservedLabel { .. }) => {
                 "voucher_reserved_label"
             }

@@ -131,7 +131,8 @@ impl Policies {
                 | CatalogEntry::Exception(_)
                 | CatalogEntry::Integrations(_)
                 | CatalogEntry::Voucher(_)
-                | CatalogEntry::ReservedLabels(_) => {}
+                | CatalogEntry::ReservedLabels(_)
+                | CatalogEntry::NodeRevocation(_) => {}
                 CatalogEntry::Deferrals(d) => {
                     if key != d.key() || d.validate().is_err() {
                         p.ignored.push((key, "malformed deferrals".into()));
