@@ -148,5 +148,9 @@ pub const EXCEPTION_DAYS_MAX: u64 = 90;
 /// The most machines one enrolment voucher may admit.
 pub const VOUCHER_NODES_MAX: u32 = 10_000;
 
+/// A step of the driver's clock between two inputs longer than this (or three rollout
+/// evaluation periods) is a skip, not time that passed for a soak (see the node's "Time").
+pub const CLOCK_GAP_MS: u64 = 30_000;
+
 /// Roles in one admin set (and sites in one role's scope).
 pub const ROLES_MAX: usize = 64;

@@ -651,3 +651,40 @@ fn a_restored_journal_re_runs_the_step_it_was_in() {
         assert_eq!(actions, want.into_iter().collect::<Vec<_>>(), "{step:?}");
     }
 }
+
+/// A canary whose clock jumps mid-soak: three hours ahead, the skipped time does not count
+/// toward its soak (the next ring does not start early anywhere); then four hours back, the
+/// node does not stall until its clock catches up: its soak ends and the rollout moves on.
+#[test]
+fn clock_jumps_neither_cut_a_soak_short_nor_stall_the_node() {
+    let mut h = fleet(Keys::new(), 4, &[0]);
+    let id = 3;
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(id, 60_000))],
+    );
+    run(&mut h, 5_000, &|_| false);
+    assert_eq!(step(&h, 0, id), Some(Step::Soaking), "the canary did not start soaking");
+
+    h.skew[0] = 3 * 3_600_000;
+    run(&mut h, 10_000, &|_| false);
+    assert_eq!(step(&h, 0, id), Some(Step::Soaking), "three hours ahead ended the soak");
+    for i in 1..4 {
+        assert_eq!(step(&h, i, id), None, "node {i} started before the canary's soak ended");
+    }
+
+    h.skew[0] = -3_600_000;
+    // About 45 s of soak are left, counted at half pace while the node's clock slews back.
+    run(&mut h, 120_000, &|_| false);
+    assert_eq!(
+        step(&h, 0, id),
+        Some(Step::Committed),
+        "the node stalled after its clock went back"
+    );
+    for i in 1..4 {
+        let v = h.nodes[i].rollouts().verdicts().get(&RolloutId([id; 32])).cloned();
+        assert!(step(&h, i, id).is_some(), "node {i} never started after the canary's gate: {v:?}");
+    }
+}

@@ -18,9 +18,16 @@
 //! anything new → accept; anything invalid → reject; else ignore), never from a flag.
 //!
 //! ## Time
-//! `now` is the driver's clock. The node's clock never goes backwards: an input stamped
-//! earlier than one already seen is handled at the latest time seen, so a deadline is delayed,
-//! never brought forward, and a version or expiry check never sees time undone.
+//! `now` is the driver's clock. The node's clock never goes backwards, and it never stalls:
+//! when the driver's clock steps back (an NTP correction, an admin fixing a clock that was
+//! ahead), the node's clock keeps going from where it was at half the driver's rate until it
+//! is back on the driver's clock, so a deadline is delayed, never brought forward, a version
+//! or expiry check never sees time undone, and timers keep firing (at half pace) instead of
+//! waiting hours for the clock to catch up. When the driver's clock skips ahead between two
+//! inputs by more than [`limits::CLOCK_GAP_MS`] (or three rollout evaluation periods), the
+//! excess does not count toward any soak in progress: a clock stepped forward or a machine
+//! that slept must not promote a ring early. A soak survives a restart by its absolute end;
+//! a jump while the node is down is not seen.
 //!
 //! ## Misbehaviour
 //! Anything that fails verification is refused, counted in [`Stats`], reported as
@@ -94,6 +101,10 @@ pub struct Node {
     /// its clock: a member heard from lately is live for install-slot ranking even when this
     /// node holds no connection to it.
     member_heard: BTreeMap<NodeId, Millis>,
+    /// The driver's clock at the previous input, and how far the node's clock is ahead of it
+    /// after the driver's clock stepped back (slewed off at half rate; see "Time").
+    driver_last: Option<Millis>,
+    behind_ms: u64,
     /// When this node first saw each ring of a rollout open (ring 0: the rollout running).
     ring_opened_at: BTreeMap<(RolloutId, u8), Millis>,
 }
@@ -201,6 +212,8 @@ impl Node {
             gate_hint_at: None,
             member_heard: BTreeMap::new(),
             ring_opened_at: BTreeMap::new(),
+            driver_last: None,
+            behind_ms: 0,
             id,
             own,
             config,
@@ -353,10 +366,13 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Millis> {
         let rollouts_live = !self.policies.rollouts.is_empty() || self.engine.busy();
         let t = self.timers.next(|t| t != Timer::RolloutEval || rollouts_live);
-        match (t, self.engine.next_wake()) {
+        let next = match (t, self.engine.next_wake()) {
             (Some(t), Some(w)) => Some(t.min(w)),
             (t, w) => t.or(w),
-        }
+        };
+        // Deadlines are on the node's clock; the driver's runs `behind_ms` behind it after it
+        // stepped back (see "Time"). Asking early only costs a wake-up that finds nothing due.
+        next.map(|t| Millis(t.0.saturating_sub(self.behind_ms)))
     }
 
     /// Next output for the driver, if any. Drain after every input.
@@ -416,7 +432,27 @@ impl Node {
 
     /// Every input's start: time never goes backwards, and a node starts before anything.
     fn begin(&mut self, now: Millis, is_start: bool) {
-        self.now = self.now.max(now);
+        match self.driver_last {
+            Some(last) if now < last => {
+                // Stepped back: carry on from the node's time, owing the difference.
+                self.behind_ms = self.behind_ms.saturating_add(last.0 - now.0);
+            }
+            Some(last) => {
+                let dt = now.0 - last.0;
+                let slew = (dt / 2).min(self.behind_ms);
+                self.behind_ms -= slew;
+                let step = dt - slew;
+                let gap = limits::CLOCK_GAP_MS.max(self.config.rollout_eval_ms.saturating_mul(3));
+                if step > gap {
+                    for j in self.engine.hold_soaks(step - gap) {
+                        self.out.push(Output::Persist(Persist::Journal(j)));
+                    }
+                }
+            }
+            None => {}
+        }
+        self.driver_last = Some(now);
+        self.now = self.now.max(now.plus(self.behind_ms));
         if !self.started {
             debug_assert!(is_start, "a node is started before anything else");
             // A driver that forgot `Start` still gets a node that works.

@@ -328,6 +328,21 @@ impl Engine {
         j
     }
 
+    /// Puts every soak's end off by `ms` (time the node's clock skipped: a suspended machine or
+    /// a clock stepped forward, which must not count as soaking). Returns the entries to persist.
+    pub fn hold_soaks(&mut self, ms: u64) -> Vec<JournalEntry> {
+        let mut changed = Vec::new();
+        for j in self.journal.values_mut() {
+            if j.step == Step::Soaking {
+                if let Some(end) = j.soak_until.as_mut() {
+                    *end = end.plus(ms);
+                    changed.push(j.clone());
+                }
+            }
+        }
+        changed
+    }
+
     /// Takes an effect's result.
     pub fn on_result(
         &mut self,

@@ -100,6 +100,8 @@ pub struct Harness {
     pub cut: bool,
     /// A partition: node → side; messages between sides are lost.
     pub sides: Option<Vec<u8>>,
+    /// Per node, how far its clock is off the harness's (a clock that jumps: change it).
+    pub skew: Vec<i64>,
 }
 
 impl Harness {
@@ -128,14 +130,16 @@ impl Harness {
             links: Vec::new(),
             cut: false,
             sides: None,
+            skew: vec![0; sites.len()],
         }
     }
 
     pub fn connect(&mut self, a: usize, b: usize) {
         self.links.push((a, b));
         let (na, nb) = (self.nodes[a].id(), self.nodes[b].id());
-        self.nodes[a].handle_input(self.now, Input::Connected { peer: PeerId(b as u64), node: nb });
-        self.nodes[b].handle_input(self.now, Input::Connected { peer: PeerId(a as u64), node: na });
+        let (ta, tb) = (self.clock(a), self.clock(b));
+        self.nodes[a].handle_input(ta, Input::Connected { peer: PeerId(b as u64), node: nb });
+        self.nodes[b].handle_input(tb, Input::Connected { peer: PeerId(a as u64), node: na });
         self.drain_all();
     }
 
@@ -174,8 +178,15 @@ impl Harness {
         }
     }
 
+    /// Node `i`'s clock.
+    pub fn clock(&self, i: usize) -> Millis {
+        let skew = self.skew.get(i).copied().unwrap_or(0);
+        Millis((self.now.0 as i64 + skew).max(0) as u64)
+    }
+
     pub fn input(&mut self, i: usize, input: Input) {
-        self.nodes[i].handle_input(self.now, input);
+        let t = self.clock(i);
+        self.nodes[i].handle_input(t, input);
         self.drain(i);
     }
 
@@ -191,8 +202,8 @@ impl Harness {
             if self.sides.as_ref().is_some_and(|s| s[from] != s[to]) {
                 continue;
             }
-            self.nodes[to]
-                .handle_input(self.now, Input::Message { peer: PeerId(from as u64), msg });
+            let t = self.clock(to);
+            self.nodes[to].handle_input(t, Input::Message { peer: PeerId(from as u64), msg });
             self.drain(to);
         }
     }
@@ -203,7 +214,7 @@ impl Harness {
         while self.now < end {
             self.now = self.now.plus(100);
             for i in 0..self.nodes.len() {
-                if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
+                if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.clock(i)) {
                     self.input(i, Input::Timer);
                 }
             }
