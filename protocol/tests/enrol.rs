@@ -147,3 +147,32 @@ fn a_revoked_machine_is_disconnected_dropped_and_refused_everywhere() {
     let refused = h.nodes[0].stats().rejected.get("node_revoked").copied().unwrap_or(0);
     assert!(refused >= 2, "node 0 counted {refused} refusals");
 }
+
+/// A certificate that expires while its node is connected ends the connection everywhere.
+#[test]
+fn a_certificate_expiring_mid_run_ends_its_connections() {
+    let mut h = Harness::new(&["a", "a", "a"]);
+    let k = key(102);
+    let mut c = h.keys.config(k.clone(), "a");
+    c.admission = patchmesh_protocol::mesh::admit(
+        &h.keys.admins[0],
+        &h.keys.genesis_body,
+        NodeId(k.public().0),
+        &SiteId::from("a"),
+        Default::default(),
+        T0,
+        20_000,
+    );
+    c.seed = 2;
+    h.nodes[2] = started(Node::new(c, T0).unwrap());
+    let target = NodeId(k.public().0);
+    h.connect_all();
+    h.run_for(10_000);
+    let admitted = |h: &Harness, i: usize| h.nodes[i].admitted_peers().any(|(_, n, _)| n == target);
+    assert!(admitted(&h, 0) && admitted(&h, 1), "not admitted while valid");
+    h.run_for(15_000);
+    for i in 0..2 {
+        assert!(!admitted(&h, i), "node {i} still admits a node whose certificate expired");
+        assert!(h.nodes[i].stats().rejected.get("expired").copied().unwrap_or(0) > 0, "node {i}");
+    }
+}

@@ -501,6 +501,13 @@ impl Node {
             self.peers.remove(peer);
             self.out.push(Output::Disconnect { peer });
         }
+        // A certificate that expires while its node is connected ends the connection (the
+        // node comes back with a renewed one, or not at all).
+        for (peer, e) in self.peers.expired(self.now) {
+            self.refuse(Some(peer), e.into());
+            self.peers.remove(peer);
+            self.out.push(Output::Disconnect { peer });
+        }
         if let Some(peer) = self.peers.random_admitted(&mut self.rng) {
             let digest = self.state.digest();
             self.out.send(peer, digest);

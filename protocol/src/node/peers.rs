@@ -89,6 +89,25 @@ impl Peers {
         }
     }
 
+    /// Admitted peers whose certificate expired by `now`, with the error that says so.
+    pub(crate) fn expired(&self, now: Millis) -> Vec<(PeerId, crate::trust::TrustError)> {
+        self.map
+            .iter()
+            .filter_map(|(id, p)| {
+                let cert = &p.admitted.as_ref()?.cert;
+                (now >= cert.expires_at).then(|| {
+                    let e = crate::trust::TrustError::Expired {
+                        node: cert.node,
+                        from: cert.issued_at,
+                        until: cert.expires_at,
+                        now,
+                    };
+                    (*id, e)
+                })
+            })
+            .collect()
+    }
+
     /// Admitted peers whose admission is an enrolment, with it.
     pub(crate) fn enrolled(&self) -> Vec<(PeerId, crate::enrol::Enrolled)> {
         self.map

@@ -94,8 +94,13 @@ impl Refusal {
 
     /// Whether the sender is to blame.
     pub fn offence(&self) -> Offence {
-        let stale =
-            |t: &TrustError| matches!(t, TrustError::Replay { .. } | TrustError::Gap { .. });
+        // A stale version is a gossip race; an expired certificate is an honest node's too.
+        let stale = |t: &TrustError| {
+            matches!(
+                t,
+                TrustError::Replay { .. } | TrustError::Gap { .. } | TrustError::Expired { .. }
+            )
+        };
         match self {
             Refusal::Trust(t) | Refusal::Catalog(CatalogError::Trust(t)) => {
                 if stale(t) {
