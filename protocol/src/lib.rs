@@ -89,6 +89,8 @@ pub mod audit;
 pub mod catalog;
 pub mod crypto;
 pub mod enrol;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod integrations;
 pub mod intel;

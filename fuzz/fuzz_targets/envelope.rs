@@ -1,0 +1,3 @@
+#![no_main]
+//! `patchmesh_protocol::fuzzing::envelope` under libFuzzer (`scripts/fuzz.sh`).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| patchmesh_protocol::fuzzing::envelope(data));
