@@ -309,3 +309,23 @@ fn a_voucher_admits_its_limit_and_a_split_site_converges_on_the_same_machines() 
         assert!(e.enrol_over_limit_last_ms < 9_000, "seed {seed}: {e:?}");
     }
 }
+
+/// Every committed fuzz seed and regression of the scenario parser (`fuzz/seeds/scenario`,
+/// `fuzz/regressions/scenario`) parses or is refused with a reason, without a panic.
+#[test]
+fn scenario_fuzz_seeds_and_regressions_never_panic() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut ran = 0;
+    for kind in ["seeds", "regressions"] {
+        let Ok(dir) = std::fs::read_dir(root.join(kind).join("scenario")) else { continue };
+        for f in dir.filter_map(|e| Some(e.ok()?.path())) {
+            let bytes = std::fs::read(&f).unwrap();
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let r = std::panic::catch_unwind(|| Scenario::parse(text, "seed").map(|_| ()));
+                assert!(r.is_ok(), "{} panicked", f.display());
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 7, "only {ran} scenario seeds under {}", root.display());
+}
