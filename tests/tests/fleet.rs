@@ -408,36 +408,21 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
     assert_eq!(seen, enrolled.iter().map(String::as_str).collect::<Vec<_>>(), "{list}");
 
     // One machine revoked on its own (a stolen laptop): gone everywhere, the other stays.
-    let out = m.cli_at(
-        0,
-        &[
-            "node",
-            "revoke",
-            &enrolled[1],
-            "--site",
-            "site0",
-            "--reason",
-            "stolen",
-            "--admin-key",
-            &admin,
-        ],
-    );
+    let mut revoke = vec![
+        "node",
+        "revoke",
+        &enrolled[1],
+        "--site",
+        "site0",
+        "--reason",
+        "stolen",
+        "--admin-key",
+        &admin,
+    ];
+    let out = m.cli_at(0, &revoke);
     assert!(!out.status.success(), "revoking without --yes and without a terminal went ahead");
-    let out = m.cli_at(
-        0,
-        &[
-            "node",
-            "revoke",
-            &enrolled[1],
-            "--site",
-            "site0",
-            "--reason",
-            "stolen",
-            "--admin-key",
-            &admin,
-            "--yes",
-        ],
-    );
+    revoke.push("--yes");
+    let out = m.cli_at(0, &revoke);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let one_gone = wait_for(Duration::from_secs(60), || {
         (0..2).all(|i| !admitted_by(i).contains(&enrolled[1])).then_some(())
