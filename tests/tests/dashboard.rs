@@ -103,9 +103,13 @@ async fn console_errors(c: &Client) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The rendered text of the first element matching `css`, read in one script
+/// call: a live update may replace the element between a WebDriver `find` and
+/// its `text`, which would read as an empty page.
 async fn text(c: &Client, css: &str) -> String {
-    match c.find(Locator::Css(css)).await {
-        Ok(e) => e.text().await.unwrap_or_default(),
+    let script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';";
+    match c.execute(script, vec![json!(css)]).await {
+        Ok(v) => v.as_str().unwrap_or_default().to_string(),
         Err(_) => String::new(),
     }
 }
@@ -338,8 +342,9 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
             let t = Instant::now();
             c.goto(&format!("{base}{path}")).await.unwrap();
             eprintln!("{name}: {:?}", t.elapsed());
-            let main = text(&c, "main").await;
-            assert!(main.contains(expect), "{path} lacks {expect:?}:\n{main}");
+            // The page is server-rendered; a live update landing right after the
+            // load may swap a region, so the text is read until it settles.
+            let main = wait_text(&c, "main", LIVE, |t| t.contains(expect)).await;
             assert!(!main.contains("could not be built"), "{path}: {main}");
             shot(&c, name).await;
         }
