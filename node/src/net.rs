@@ -70,6 +70,9 @@ pub const PENALTY_SCORE: f64 = -20.0;
 /// The swarm's protocols.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers banned for repeated offences: their connections are denied before any protocol
+    /// runs (see `Daemon::penalize_peer`).
+    pub blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
     /// Limits on connections.
     pub limits: connection_limits::Behaviour,
     /// Pubsub for fresh signed objects.
@@ -352,6 +355,7 @@ fn behaviour(
     };
     let relay = cfg.relay_server.then(|| relay::Behaviour::new(peer_id, Default::default()));
     Ok(Behaviour {
+        blocked: Default::default(),
         limits: connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(cfg.connections_max))

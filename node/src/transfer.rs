@@ -38,6 +38,10 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const GROUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Streams served at once.
 const SERVE_STREAMS_MAX: usize = 128;
+/// Streams served at once to one peer: a quarter of the whole, so a peer that opens streams
+/// and never asks (or asks slowly) cannot take every slot from the others. An honest peer
+/// has at most `requests_per_source` ranges per download in flight to one source.
+const SERVE_STREAMS_PER_PEER: usize = SERVE_STREAMS_MAX / 4;
 /// Downloads at once.
 const DOWNLOADS_MAX: usize = 16;
 /// Bytes read from disk per write to a stream.
@@ -133,6 +137,38 @@ pub struct Transfers {
     providers: Mutex<BTreeMap<ContentId, BTreeSet<NodeId>>>,
     downloads: Semaphore,
     serving: Arc<Semaphore>,
+    /// Streams being served, per peer (entries leave at zero).
+    serving_by_peer: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+/// A peer's place among the streams served; gives it back when dropped.
+struct PeerSlot {
+    peer: PeerId,
+    by_peer: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+impl PeerSlot {
+    fn take(by_peer: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<PeerSlot> {
+        let mut m = by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(peer).or_default();
+        if *n >= SERVE_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot { peer, by_peer: by_peer.clone() })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// Events from a download's stream tasks to its loop.
@@ -172,6 +208,7 @@ impl Transfers {
             providers: Mutex::new(BTreeMap::new()),
             downloads: Semaphore::new(DOWNLOADS_MAX),
             serving: Arc::new(Semaphore::new(SERVE_STREAMS_MAX)),
+            serving_by_peer: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -603,13 +640,12 @@ impl Transfers {
     /// Serves incoming data streams until the node stops.
     pub async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
         while let Some((peer, stream)) = incoming.next().await {
-            let Ok(permit) = self.serving.clone().try_acquire_owned() else {
-                // Over the limit: the stream is dropped, the requester retries elsewhere.
-                continue;
-            };
+            // Over either limit: the stream is dropped, the requester retries elsewhere.
+            let Some(slot) = PeerSlot::take(&self.serving_by_peer, peer) else { continue };
+            let Ok(permit) = self.serving.clone().try_acquire_owned() else { continue };
             let me = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, slot);
                 me.serve_one(peer, stream).await;
             });
         }

@@ -664,21 +664,24 @@ impl SiteState {
             if have.version > held.version {
                 return Err(SiteError::Replay { floor: have.version, got: held.version });
             }
-            // Equal versions with different bodies mean the node equivocated: keep the higher
-            // body hash so every replica picks the same one.
-            if have.version == held.version && have.body_hash() >= held.body_hash() {
-                return Ok(Merge::Duplicate);
-            }
-            if let (Some(a), Some(b)) = (have.record().audit, record.audit) {
+            // Equal versions with different bodies mean the node equivocated (on purpose, or
+            // after losing its floor): both signed records are kept as evidence, and every
+            // replica keeps the one with the higher body hash, so all pick the same one.
+            if have.version == held.version {
+                if have.body_hash() == held.body_hash() {
+                    return Ok(Merge::Duplicate);
+                }
+                let detail = format!("two different records signed at version {}", held.version);
+                let keep_held = held.body_hash() > have.body_hash();
+                let (earlier, later) = (have.bundle.clone(), held.bundle.clone());
+                self.note_equivocation(Equivocation { node, earlier, later, detail });
+                if !keep_held {
+                    return Ok(Merge::Duplicate);
+                }
+            } else if let (Some(a), Some(b)) = (have.record().audit, record.audit) {
                 if let Some(detail) = a.contradicts(&b) {
-                    if self.equivocations.len() < limits::EQUIVOCATIONS_MAX {
-                        self.equivocations.push(Equivocation {
-                            node,
-                            earlier: have.bundle.clone(),
-                            later: held.bundle.clone(),
-                            detail,
-                        });
-                    }
+                    let (earlier, later) = (have.bundle.clone(), held.bundle.clone());
+                    self.note_equivocation(Equivocation { node, earlier, later, detail });
                 }
             }
         } else if self.records.len() >= limits::RECORDS_MAX {
@@ -687,6 +690,14 @@ impl SiteState {
         self.records.insert(node, held);
         self.digest = None;
         Ok(Merge::New)
+    }
+
+    /// Keeps the evidence of an equivocation once (bounded by [`limits::EQUIVOCATIONS_MAX`]).
+    fn note_equivocation(&mut self, e: Equivocation) {
+        let seen = self.equivocations.iter().any(|x| x.node == e.node && x.detail == e.detail);
+        if !seen && self.equivocations.len() < limits::EQUIVOCATIONS_MAX {
+            self.equivocations.push(e);
+        }
     }
 
     /// Drops a node's record (a member this node no longer admits: its enrolment is over its

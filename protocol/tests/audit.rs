@@ -277,4 +277,18 @@ fn contradicting_checkpoints_in_records_are_kept_as_evidence() {
     state.merge_record(record(4, 120, 4)).unwrap();
     assert_eq!(state.equivocations().len(), 2);
     assert!(state.equivocations()[1].detail.contains("two different entries 120"));
+    // Two different records signed at one version: kept as evidence in either arrival order,
+    // and both replicas keep the same one.
+    let (a, b) = (record(5, 130, 5), record(5, 131, 6));
+    let mut other = state.clone();
+    state.merge_record(a.clone()).unwrap();
+    state.merge_record(b.clone()).unwrap();
+    other.merge_record(b).unwrap();
+    other.merge_record(a).unwrap();
+    for s in [&state, &other] {
+        assert_eq!(s.equivocations().len(), 3);
+        assert!(s.equivocations()[2].detail.contains("two different records signed at version 5"));
+    }
+    let node = NodeId(k.public().0);
+    assert_eq!(state.records()[&node].body_hash(), other.records()[&node].body_hash());
 }

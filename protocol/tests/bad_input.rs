@@ -404,3 +404,26 @@ fn a_local_command_returns_what_it_did_or_why_it_was_refused() {
         Outcome::Done
     );
 }
+
+/// A node that signed two different records of one version is blamed and penalised (the two
+/// signed records are the proof); the site keeps the evidence and every replica keeps the
+/// same record.
+#[test]
+fn a_node_sending_two_records_of_one_version_is_blamed() {
+    let mut h = line();
+    let held = h.nodes[1].site().records()[&h.nodes[0].id()].clone();
+    let mut twin = held.record().clone();
+    twin.written_at = Millis(twin.written_at.0 + 1);
+    let bundle = patchmesh_protocol::site::Bundle::new(
+        Envelope::seal(Domain::NodeRecord, &twin, &[&key(100)]),
+        held.bundle.admission().clone(),
+    );
+    h.queue.push_back((0, 1, Arc::new(Message::SiteObjects(vec![Arc::new(bundle)]))));
+    h.settle();
+    assert_eq!(h.nodes[1].stats().rejected.get("equivocation"), Some(&1));
+    assert!(h.penalized.contains(&(1, PeerId(0))), "{:?}", h.penalized);
+    assert_eq!(h.nodes[1].site().equivocations().len(), 1);
+    h.run_for(3000);
+    let ours = |i: usize| h.nodes[i].site().records()[&h.nodes[0].id()].body_hash();
+    assert_eq!(ours(1), ours(2), "the replicas kept different records");
+}

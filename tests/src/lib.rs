@@ -425,6 +425,30 @@ impl Mesh {
         }
     }
 
+    /// A node key and admission certificate for an extra (test-driven) peer in `site`:
+    /// (key file, certificate file).
+    pub fn extra_identity(&self, name: &str, site: &str) -> (String, String) {
+        let dir = self.root.0.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_path = dir.join("node.key").display().to_string();
+        let keygen: patchmesh_node::control::KeygenOutput =
+            cli_json(&["node", "keygen", "--out", &key_path, "--json"]);
+        let cert = dir.join("admission.pm").display().to_string();
+        let genesis = self.mesh_dir().join("genesis.pm").display().to_string();
+        let admin = self.admin_key();
+        let args = ["admit", "--node-key", &keygen.public_key, "--site", site, "--admin-key"];
+        let mut all = args.to_vec();
+        all.extend([admin.as_str(), "--genesis", &genesis, "--out", &cert, "--json"]);
+        let _: patchmesh_node::control::AdmitOutput = cli_json(&all);
+        (key_path, cert)
+    }
+
+    /// Node `i`'s dialable address with its peer id (`ADDR/p2p/PEER_ID`).
+    pub fn dial_addr(&self, i: usize) -> String {
+        let s = self.status(i);
+        format!("{}/p2p/{}", s.listen[0], s.peer_id)
+    }
+
     /// Waits until every running node holds the same catalog with `changes` changes, and nodes
     /// of one site agree on the state hash. Returns the time it took, or the statuses seen.
     pub fn converge(
@@ -461,7 +485,7 @@ impl Drop for Mesh {
     }
 }
 
-/// A swarm speaking a mesh's real protocols with `key`, for the test peers (`rogue`, `evil`):
+/// A swarm speaking a mesh's real protocols with `key`, for the test peers (`rogue`, `attacker`):
 /// no mDNS, no relay, a few connections.
 pub fn test_swarm(
     mesh: patchmesh_protocol::ids::MeshId,
@@ -500,11 +524,13 @@ pub struct RogueReport {
     pub hello_sent: bool,
 }
 
-/// What the `evil` test peer (an admitted source that misbehaves) prints when it ends.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct EvilReport {
+/// What the `attacker` test peer (an admitted node that misbehaves) prints when it ends.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct AttackReport {
     /// Its peer id.
     pub peer_id: String,
+    /// Its node id (hex).
+    pub node: String,
     /// How it misbehaved.
     pub mode: String,
     /// "What do you hold" questions it answered.
@@ -513,10 +539,45 @@ pub struct EvilReport {
     pub outboards_asked: u32,
     /// Range requests it answered.
     pub ranges_asked: u32,
-    /// When the target dropped it.
+    /// When the first target dropped it.
     pub disconnected_ms: Option<u64>,
     /// The target's answer to an oversized range request, if it made one.
     pub big_range_reply: Option<String>,
+    /// Attack messages sent (all targets, request-response and gossipsub).
+    pub sent: u64,
+    /// `replay`: admin sets, records, summaries and catalog changes it kept to replay.
+    pub captured: [usize; 4],
+    /// `streams`: data streams opened and left half-open, and opens that failed.
+    pub streams_opened: u32,
+    /// Stream opens that failed or timed out.
+    pub streams_refused: u32,
+    /// `streams`: range requests for content the target lacks, and how many were answered.
+    pub missing_asked: u32,
+    /// Of those, answered.
+    pub missing_answered: u32,
+    /// Per target.
+    pub targets: Vec<TargetReport>,
+}
+
+/// One target of the `attacker`.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TargetReport {
+    /// The target's peer id.
+    pub peer_id: String,
+    /// When the first connection came up.
+    pub connected_ms: Option<u64>,
+    /// When the target first dropped it.
+    pub disconnected_ms: Option<u64>,
+    /// Times the target dropped it.
+    pub disconnects: u32,
+    /// Redials after a drop, connections that came up again, and dials that failed.
+    pub redials: u32,
+    /// Connections that came up again after a drop.
+    pub reconnects: u32,
+    /// Dials that failed.
+    pub dials_failed: u32,
+    /// Attack messages sent to it over request-response.
+    pub sent: u64,
 }
 
 /// The JSON line `scripts/bench-wan.sh` ends with.

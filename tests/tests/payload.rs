@@ -1,7 +1,7 @@
 //! Payload transfer between real node processes on 127.0.0.1.
 
-use patchmesh_node::control::{AdmitOutput, ContentView, KeygenOutput, PeerView};
-use patchmesh_tests::{serial, wait_for, EvilReport, Mesh};
+use patchmesh_node::control::{ContentView, PeerView};
+use patchmesh_tests::{serial, wait_for, AttackReport, Mesh};
 use std::path::Path;
 use std::time::Duration;
 
@@ -67,35 +67,6 @@ fn a_published_payload_reaches_every_node_crossing_each_site_once() {
     assert!(ratio >= 0.99, "site 1 got the payload without crossing the WAN? {ratio}");
 }
 
-/// A node key and admission certificate for an extra (test-driven) peer in `site`.
-fn extra_identity(mesh: &Mesh, name: &str, site: &str) -> (String, String) {
-    let dir = mesh.root.0.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_path = dir.join("node.key").display().to_string();
-    let keygen: KeygenOutput =
-        patchmesh_tests::cli_json(&["node", "keygen", "--out", &key_path, "--json"]);
-    let cert = dir.join("admission.pm").display().to_string();
-    let _: AdmitOutput = patchmesh_tests::cli_json(&[
-        "admit",
-        "--node-key",
-        &keygen.public_key,
-        "--site",
-        site,
-        "--admin-key",
-        &mesh.admin_key(),
-        "--genesis",
-        &mesh.mesh_dir().join("genesis.pm").display().to_string(),
-        "--out",
-        &cert,
-        "--json",
-    ]);
-    (key_path, cert)
-}
-
-fn listen_addr(mesh: &Mesh, i: usize) -> String {
-    mesh.status(i).listen[0].clone()
-}
-
 fn spawn_evil(
     mesh: &Mesh,
     target: usize,
@@ -103,13 +74,13 @@ fn spawn_evil(
     mode: &str,
     run_ms: u64,
 ) -> std::process::Child {
-    let (key, cert) = extra_identity(mesh, &format!("evil-{mode}"), &mesh.nodes[target].site);
-    std::process::Command::new(env!("CARGO_BIN_EXE_evil"))
+    let (key, cert) = mesh.extra_identity(&format!("evil-{mode}"), &mesh.nodes[target].site);
+    std::process::Command::new(env!("CARGO_BIN_EXE_attacker"))
         .args([
             &mesh.mesh_dir().join("genesis.pm").display().to_string(),
             &key,
             &cert,
-            &listen_addr(mesh, target),
+            &mesh.dial_addr(target),
             &file.display().to_string(),
             mode,
             &run_ms.to_string(),
@@ -163,7 +134,7 @@ fn lying_corrupt_slow_and_overrunning_sources_are_dropped_and_the_download_compl
     let peers = mesh.peers(1);
     for (m, child) in modes.iter().zip(evil) {
         let out = child.wait_with_output().unwrap();
-        let r: EvilReport = serde_json::from_slice(&out.stdout).unwrap();
+        let r: AttackReport = serde_json::from_slice(&out.stdout).unwrap();
         assert!(r.ranges_asked >= 1, "{m}: {r:?}");
         let penalties = peers.iter().find(|x| x.peer_id == r.peer_id).map(|x| x.penalties);
         if *m == "slow" {
@@ -192,7 +163,7 @@ fn an_oversized_range_request_is_refused_and_penalised() {
         peers.iter().any(|x| x.admitted && x.penalties >= 1).then_some(())
     });
     let out = evil.wait_with_output().unwrap();
-    let r: EvilReport = serde_json::from_slice(&out.stdout).unwrap();
+    let r: AttackReport = serde_json::from_slice(&out.stdout).unwrap();
     let reply = r.big_range_reply.as_deref().unwrap_or_default();
     assert!(reply.contains("Refused") && reply.contains("+0 bytes"), "{r:?}");
     assert!(penalised.is_some(), "the node never penalised the requester: {r:?}");

@@ -62,6 +62,12 @@ pub struct StatusView {
     /// another mesh, strangers without the PSK).
     #[serde(default)]
     pub handshakes_refused: u64,
+    /// Peers banned now for sending invalid objects (they are refused at connection).
+    #[serde(default)]
+    pub banned_peers: u64,
+    /// Connections from banned peers refused.
+    #[serde(default)]
+    pub banned_refused: u64,
     /// Process id.
     pub pid: u32,
     /// Objects restored from the store at start.

@@ -57,8 +57,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Invalid objects a peer may send before it is disconnected.
+/// Invalid objects a peer may send before it is disconnected and banned.
 pub const PENALTIES_MAX: u32 = 5;
+/// The first ban of a peer; each further ban doubles it. Honest peers are never penalised for
+/// being slow or congested, only for objects that fail verification, so a ban costs an honest
+/// node nothing; a peer that keeps sending invalid objects reaches [`BAN_MAX`] after six bans.
+pub const BAN_FIRST: Duration = Duration::from_secs(60);
+/// The longest ban.
+pub const BAN_MAX: Duration = Duration::from_secs(3600);
 /// Control requests waiting for the owner task.
 const CONTROL_QUEUE: usize = 64;
 
@@ -101,6 +107,11 @@ struct Daemon {
     handshakes_refused: u64,
     admitted: HashSet<PeerId>,
     penalties: HashMap<PeerId, u32>,
+    /// Peers banned after [`PENALTIES_MAX`] offences: until when, and how many bans so far
+    /// (each doubles the last, from [`BAN_FIRST`] up to [`BAN_MAX`]).
+    bans: HashMap<PeerId, (Instant, u32)>,
+    /// Connections denied because the peer was banned.
+    banned_refused: u64,
     pending_gossip: HashMap<u64, (gossipsub::MessageId, PeerId)>,
     next_token: u64,
     inventory: Inventory,
@@ -388,6 +399,8 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         handshakes_refused: 0,
         admitted: HashSet::new(),
         penalties: HashMap::new(),
+        bans: HashMap::new(),
+        banned_refused: 0,
         pending_gossip: HashMap::new(),
         next_token: 1,
         inventory,
@@ -497,6 +510,7 @@ impl Daemon {
                 Some(loaded) = inbox.intel_rx.recv() => d.on_intel_loaded(loaded),
                 _ = inventory_tick.tick() => d.refresh_inventory(),
                 _ = site_tick.tick() => {
+                    d.expire_bans();
                     d.connect_site();
                     d.audit_tick();
                     d.integrations_tick();
@@ -727,8 +741,30 @@ impl Daemon {
         let n = *n;
         self.swarm.behaviour_mut().gossipsub.set_application_score(&p, score);
         if n >= PENALTIES_MAX {
-            tracing::warn!(peer = %p, "too many offences; disconnecting");
+            // A fresh count after the ban; the next ban is twice as long.
+            self.penalties.remove(&p);
+            let bans = self.bans.get(&p).map_or(0, |b| b.1) + 1;
+            let long = BAN_FIRST.saturating_mul(1 << (bans - 1).min(16)).min(BAN_MAX);
+            self.bans.insert(p, (Instant::now() + long, bans));
+            self.swarm.behaviour_mut().blocked.block_peer(p);
+            tracing::warn!(peer = %p, ban_s = long.as_secs(), "too many offences; disconnected and banned");
             let _ = self.swarm.disconnect_peer_id(p);
         }
+    }
+
+    /// Lifts the bans that have run out.
+    fn expire_bans(&mut self) {
+        let now = Instant::now();
+        for (p, (until, _)) in &self.bans {
+            if *until <= now && self.swarm.behaviour().blocked.blocked_peers().contains(p) {
+                tracing::info!(peer = %p, "ban over");
+                self.swarm.behaviour_mut().blocked.unblock_peer(*p);
+            }
+        }
+        // The count is kept for a day after the last ban, so a returning offender's next ban
+        // is longer.
+        self.bans.retain(|_, (until, _)| {
+            now.saturating_duration_since(*until) < Duration::from_secs(86_400)
+        });
     }
 }

@@ -34,16 +34,30 @@ pub(super) fn bind_control(socket: &Path) -> Result<tokio::net::UnixListener, Da
     Ok(listener)
 }
 
+/// Control connections served at once.
+pub(super) const CONTROL_CONNECTIONS_MAX: usize = 256;
+
 pub(super) async fn serve_control(
     listener: tokio::net::UnixListener,
     token: String,
     tx: mpsc::Sender<(Request, Reply)>,
 ) {
     let token = Arc::new(token);
+    // Connections served at once. A client that opens many and never finishes its request
+    // (each waits at most 10 s) holds a bounded number of tasks and buffers; when all are
+    // taken, the oldest is closed for the newest, so a real request (written at once, answered
+    // in milliseconds) is still served while a slowloris client churns through its own.
+    let mut open: std::collections::VecDeque<tokio::task::JoinHandle<()>> = Default::default();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        open.retain(|h| !h.is_finished());
+        if open.len() >= CONTROL_CONNECTIONS_MAX {
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+            }
+        }
         let (token, tx) = (token.clone(), tx.clone());
-        tokio::spawn(async move {
+        open.push_back(tokio::spawn(async move {
             use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
             let (read, mut write) = stream.into_split();
             let mut reader =
@@ -74,7 +88,7 @@ pub(super) async fn serve_control(
             let mut out = answer.to_string().into_bytes();
             out.push(b'\n');
             let _ = write.write_all(&out).await;
-        });
+        }));
     }
 }
 
@@ -350,6 +364,8 @@ impl Daemon {
             rejected: stats.rejected.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
             unadmitted_dropped: stats.unadmitted_dropped,
             handshakes_refused: self.handshakes_refused,
+            banned_peers: self.swarm.behaviour().blocked.blocked_peers().len() as u64,
+            banned_refused: self.banned_refused,
             pid: std::process::id(),
             restored_objects: self.restored.0,
             restore_refused: self.restored.1,

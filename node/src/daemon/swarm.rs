@@ -45,6 +45,12 @@ impl Daemon {
                 }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } if cause.downcast_ref::<libp2p::allow_block_list::Blocked>().is_some() => {
+                self.banned_refused += 1;
+            }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 self.handshakes_refused += 1;
                 tracing::info!(from = %send_back_addr, %error, "incoming connection refused in the handshake");

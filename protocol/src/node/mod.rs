@@ -1010,7 +1010,17 @@ impl Node {
             if self.holds_record_bytes(bundle) {
                 continue;
             }
+            let equivocations = self.state.site.equivocations().len();
             let merged = self.accept_site_object(bundle);
+            if let Some(e) = self.state.site.equivocations().get(equivocations) {
+                // Two records its own key signed are the proof, whoever relayed them: the
+                // signer is blamed on every connection we have to it. The evidence stays in
+                // the site state (and the audit log).
+                *self.stats.rejected.entry("equivocation").or_default() += 1;
+                for peer in self.peers.of_node(&e.node) {
+                    self.out.push(Output::Penalize { peer });
+                }
+            }
             if merged.is_ok() && self.own_record_from_elsewhere(bundle) {
                 resign = true;
             }

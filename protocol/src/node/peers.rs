@@ -69,6 +69,11 @@ impl Peers {
     }
 
     /// A connection, to update its sync state.
+    /// The connections of the node `node` (the transport authenticated its key).
+    pub(crate) fn of_node(&self, node: &NodeId) -> Vec<PeerId> {
+        self.map.iter().filter(|(_, p)| p.node == *node).map(|(id, _)| *id).collect()
+    }
+
     pub(crate) fn get_mut(&mut self, peer: PeerId) -> Option<&mut Peer> {
         self.map.get_mut(&peer)
     }
