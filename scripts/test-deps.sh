@@ -3,7 +3,7 @@
 # namespace tests), poppler-utils (pdfinfo, pdftotext: the PDF report tests), and Debian's
 # chromium with chromium-driver (the dashboard's browser tests), openssh-client (ssh-agent,
 # ssh-add: signing with an agent-held admin key), and systemd (systemd-analyze: the packaged
-# unit is verified) with dpkg (dpkg-deb), and cargo-deb (the package test builds the .deb with
+# unit is verified) with dpkg (dpkg-deb), nftables and jq (the NAT test), and cargo-deb (the package test builds the .deb with
 # it; `cargo install`, about a minute, when missing). Run by .ci/run
 # and by the tests themselves when a tool is missing, so `cargo test --workspace` works on a
 # fresh Debian machine (as root).
@@ -16,6 +16,8 @@ command -v chromedriver > /dev/null || need+=(chromium-driver)
 command -v ssh-agent > /dev/null && command -v ssh-add > /dev/null || need+=(openssh-client)
 command -v systemd-analyze > /dev/null || need+=(systemd)
 command -v dpkg-deb > /dev/null || need+=(dpkg)
+command -v nft > /dev/null || need+=(nftables)
+command -v jq > /dev/null || need+=(jq)
 if ! cargo deb --version > /dev/null 2>&1; then
   cargo install cargo-deb --locked --version 3.8.0 > /dev/null 2>&1 ||
     { echo "could not install cargo-deb" >&2; exit 1; }

@@ -51,10 +51,16 @@ pub fn peers(list: &[PeerView], json_out: bool) {
         outln!("no peers connected");
         return;
     }
-    outln!("{:<54} {:<10} {:<16} {:>9}", "PEER", "ADMITTED", "SITE", "PENALTIES");
+    outln!("{:<54} {:<10} {:<16} {:>9}  PATH", "PEER", "ADMITTED", "SITE", "PENALTIES");
     for p in list {
+        // Direct when any connection is; relayed when all go through a relay (behind NAT).
+        let path = match (p.connections.iter().any(|c| !c.relayed), p.connections.is_empty()) {
+            (_, true) => "-",
+            (true, _) => "direct",
+            (false, _) => "relayed",
+        };
         outln!(
-            "{:<54} {:<10} {:<16} {:>9}",
+            "{:<54} {:<10} {:<16} {:>9}  {path}",
             p.peer_id,
             if p.admitted { "yes" } else { "no" },
             p.site.as_deref().unwrap_or("-"),

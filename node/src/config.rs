@@ -50,6 +50,16 @@ pub struct NodeConfig {
     /// Act as a relay for nodes behind NAT.
     #[serde(default)]
     pub relay_server: bool,
+    /// Relays to listen through when this node is behind a NAT (multiaddrs with
+    /// `/p2p/<peer id>` of nodes with `relay_server = true`). Peers reach it relayed, and
+    /// hole punching upgrades the connection to a direct one where the NATs allow.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Addresses other nodes can reach this one at (its public address behind a port
+    /// forward, say). A relay announces these to the nodes it serves; a relay that lists none
+    /// announces the addresses it listens on.
+    #[serde(default)]
+    pub external_addresses: Vec<String>,
     /// The mesh pre-shared key file (64 hex characters); TCP only when set.
     pub psk_file: Option<PathBuf>,
     /// The control socket (default: `<data_dir>/control.sock`).

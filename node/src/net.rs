@@ -67,6 +67,20 @@ pub const UNADMITTED_SCORE: f64 = -60.0;
 /// Score lost per invalid object a peer sends.
 pub const PENALTY_SCORE: f64 = -20.0;
 
+/// A relay's limits. libp2p's defaults end a circuit after 2 minutes or 128 KiB, enough to
+/// set up hole punching; a site whose NAT cannot be punched (symmetric mappings) fetches
+/// payloads through the relay, so a circuit here carries up to 1 GiB over up to an hour, for
+/// at most 64 circuits (4 per peer).
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_circuits: 64,
+        max_circuits_per_peer: 4,
+        max_circuit_duration: std::time::Duration::from_secs(3600),
+        max_circuit_bytes: 1 << 30,
+        ..Default::default()
+    }
+}
+
 /// The swarm's protocols.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -335,7 +349,12 @@ fn behaviour(
         rr_cfg,
     );
     let identify =
-        identify::Behaviour::new(identify::Config::new(format!("/patchmesh/{m}/1"), key.public()));
+        identify::Behaviour::new(
+            identify::Config::new(format!("/patchmesh/{m}/1"), key.public())
+                // A node behind NAT gains its relayed address after it connected to the relay;
+                // its peers (and the relay's DHT, which tells others) must learn it.
+                .with_push_listen_addr_updates(true),
+        );
     let kad_proto = StreamProtocol::try_from_owned(format!("/patchmesh/{m}/kad/1"))
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
     let mut kad_cfg = kad::Config::new(kad_proto);
@@ -353,7 +372,7 @@ fn behaviour(
     } else {
         None
     };
-    let relay = cfg.relay_server.then(|| relay::Behaviour::new(peer_id, Default::default()));
+    let relay = cfg.relay_server.then(|| relay::Behaviour::new(peer_id, relay_config()));
     Ok(Behaviour {
         blocked: Default::default(),
         limits: connection_limits::Behaviour::new(

@@ -485,6 +485,70 @@ impl Drop for Mesh {
     }
 }
 
+/// True when the tests run as root (the namespace scripts need it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a namespace benchmark script (`scripts/bench-wan.sh`, `scripts/bench-nat.sh`) with
+/// `env` against the binary under test; returns its last stdout line decoded, and everything
+/// it printed. Fails (never skips) when not root.
+pub fn run_root_script<T: DeserializeOwned>(script: &str, env: &[(&str, &str)]) -> (T, String) {
+    assert!(
+        is_root(),
+        "this test must run as root: {script} builds network namespaces (run `cargo test` as \
+         root, e.g. in the CI container)"
+    );
+    let bin = binary();
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
+    let out = Command::new("bash")
+        .arg(script)
+        .env("PATCHMESH_BIN", bin)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(out.status.success(), "{script} failed ({}):\n{report}", out.status);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: T = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!("the last line is not the JSON expected ({e}): {last}\n{report}")
+    });
+    (v, report)
+}
+
+/// What `scripts/bench-nat.sh` ends with.
+#[derive(Debug, serde::Deserialize)]
+pub struct NatReport {
+    /// `cone` or `symmetric`.
+    pub nat: String,
+    /// The path between the two offices after the payload: `direct` or `relayed`.
+    pub path: String,
+    /// When the first direct connection between the offices came up (ms after start).
+    pub first_direct_ms: Option<u64>,
+    /// Relayed connections upgraded by hole punching, over both offices.
+    pub hole_punches_ok: u64,
+    /// Hole punching attempts that failed.
+    pub hole_punches_failed: u64,
+    /// Whether office 2 fetched office 1's payload.
+    pub payload_ok: bool,
+    /// How long the fetch took.
+    pub payload_ms: u64,
+    /// Bytes the relay node sent and received while the payload moved.
+    pub relay_bytes_during_payload: u64,
+    /// The payload's size.
+    pub payload_bytes: u64,
+    /// `relay_bytes_during_payload / payload_bytes`.
+    pub relay_ratio: f64,
+    /// Whether the rollout committed on both offices.
+    pub rollout_ok: bool,
+}
+
 /// A swarm speaking a mesh's real protocols with `key`, for the test peers (`rogue`, `attacker`):
 /// no mDNS, no relay, a few connections.
 pub fn test_swarm(

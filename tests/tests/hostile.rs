@@ -120,7 +120,7 @@ fn an_admitted_attacker_is_banned_for_floods_and_cannot_roll_back_split_or_starv
     let pids: Vec<u32> = (0..NODES).map(|i| mesh.nodes[i].child.as_ref().unwrap().id()).collect();
     let cpu_before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let flood_start = Instant::now();
-    let flood = attacker(&mesh, "flooder", &all, "flood", 20_000);
+    let flood = attacker(&mesh, "flooder", &all, "flood", 12_000);
     let hit =
         wait_for(WAIT, || statuses(&mesh).iter().any(|s| refused_invalid(s) > 0).then_some(()));
     assert!(hit.is_some(), "the flood never reached a node");
@@ -219,7 +219,7 @@ fn an_admitted_attacker_is_banned_for_floods_and_cannot_roll_back_split_or_starv
     // payload only node 0 holds, and node 0 still answers its admin.
     let pid0 = mesh.nodes[0].child.as_ref().unwrap().id();
     let rss_before = rss_kb(pid0);
-    let streams = attacker_with(&mesh, "streamer", &[0], "streams", 20_000, None);
+    let streams = attacker_with(&mesh, "streamer", &[0], "streams", 14_000, None);
     let socket = mesh.nodes[0].dir.join("data/control.sock");
     // More than the node serves at once (256): the oldest are closed for the newest.
     let slow: Vec<UnixStream> =

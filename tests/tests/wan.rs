@@ -6,42 +6,13 @@
 //! The script needs root (it creates network namespaces, bridges and tc qdiscs); run as another
 //! user this test fails and says so rather than passing without having run.
 
-use patchmesh_tests::{binary, serial, WanReport, WanSite};
-use std::process::{Command, Stdio};
+use patchmesh_tests::{serial, WanReport, WanSite};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench-wan.sh");
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// Runs `scripts/bench-wan.sh` with `env`; returns its JSON line and everything it printed.
 fn bench_wan(env: &[(&str, &str)]) -> (WanReport, String) {
-    assert!(
-        is_root(),
-        "the WAN test must run as root: {SCRIPT} builds network namespaces, bridges and tc \
-         shapers (run `cargo test` as root, e.g. in the CI container)"
-    );
-    let bin = binary();
-    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
-    let out = Command::new("bash")
-        .arg(SCRIPT)
-        .env("PATCHMESH_BIN", bin)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("running bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    assert!(out.status.success(), "bench-wan.sh failed ({}):\n{report}", out.status);
-    let last = stdout.lines().last().unwrap_or_default();
-    let v: WanReport = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}\n{report}"));
-    (v, report)
+    patchmesh_tests::run_root_script(SCRIPT, env)
 }
 
 #[test]

@@ -68,6 +68,12 @@ pub struct StatusView {
     /// Connections from banned peers refused.
     #[serde(default)]
     pub banned_refused: u64,
+    /// Relayed connections upgraded to direct ones by hole punching.
+    #[serde(default)]
+    pub hole_punches_ok: u64,
+    /// Hole punching attempts that failed (the connection stays relayed).
+    #[serde(default)]
+    pub hole_punches_failed: u64,
     /// Process id.
     pub pid: u32,
     /// Objects restored from the store at start.
@@ -115,6 +121,18 @@ pub struct PeerView {
     pub penalties: u32,
     /// Its gossipsub score.
     pub score: Option<f64>,
+    /// Open connections: the remote address, and whether it runs through a relay.
+    #[serde(default)]
+    pub connections: Vec<ConnectionView>,
+}
+
+/// One connection to a peer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnectionView {
+    /// The remote address.
+    pub remote: String,
+    /// Relayed (through a relay node's circuit) rather than direct.
+    pub relayed: bool,
 }
 
 /// `Request::Catalog`.

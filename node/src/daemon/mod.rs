@@ -42,7 +42,7 @@ use crate::store::{SledStore, Store};
 use crate::transfer::{PeerView, ToDaemon, TransferConfig, Transfers};
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, kad, mdns, request_response, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, kad, mdns, relay, request_response, Multiaddr, PeerId, Swarm};
 use patchmesh_protocol::catalog::CatalogEntry;
 use patchmesh_protocol::crypto::{decode, encode, Ed25519, Envelope};
 use patchmesh_protocol::ids::{KeyId, Millis, NodeId};
@@ -65,6 +65,12 @@ pub const PENALTIES_MAX: u32 = 5;
 pub const BAN_FIRST: Duration = Duration::from_secs(60);
 /// The longest ban.
 pub const BAN_MAX: Duration = Duration::from_secs(3600);
+/// First wait between DHT bootstraps while a node has fewer peers than `peers_target` (the
+/// DHT's own period is 5 minutes: a node that joined just before a peer it should know, or
+/// behind a NAT that became reachable through a relay, would wait that long to find it).
+const DISCOVER_FIRST: Duration = Duration::from_secs(15);
+/// Longest wait between those bootstraps.
+const DISCOVER_MAX: Duration = Duration::from_secs(300);
 /// Control requests waiting for the owner task.
 const CONTROL_QUEUE: usize = 64;
 
@@ -112,6 +118,15 @@ struct Daemon {
     bans: HashMap<PeerId, (Instant, u32)>,
     /// Connections denied because the peer was banned.
     banned_refused: u64,
+    /// Open connections per peer: remote address, and whether it runs through a relay.
+    conns: HashMap<PeerId, BTreeMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>,
+    /// Relayed connections upgraded to direct ones by hole punching, and attempts that failed.
+    hole_punches: (u64, u64),
+    /// The next DHT bootstrap while this node has fewer peers than it wants, and the wait
+    /// after it (doubling from 15 s to 5 min; reset when the node gets a relay reservation).
+    discover: (Instant, Duration),
+    /// Configured relays: address, and the listener through it once reserved.
+    relays: HashMap<PeerId, (Multiaddr, Option<libp2p::core::transport::ListenerId>)>,
     pending_gossip: HashMap<u64, (gossipsub::MessageId, PeerId)>,
     next_token: u64,
     inventory: Inventory,
@@ -256,14 +271,108 @@ fn join(
             tracing::warn!(%addr, error = %e, "bootstrap dial failed");
         }
     }
+    for addr in &cfg.external_addresses {
+        swarm.add_external_address(parse_addr(addr)?);
+    }
+    // Behind a NAT: the relays are dialled here; once connected to one, the node reserves a
+    // slot on it and listens through it (`Daemon::listen_through_relay`).
+    for addr in relays(cfg)?.into_values() {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "relay dial failed");
+        }
+    }
 
     Ok(())
+}
+
+/// The configured relays by peer id (each address must end in `/p2p/<peer id>`).
+fn relays(cfg: &NodeConfig) -> Result<HashMap<PeerId, Multiaddr>, DaemonError> {
+    let mut out = HashMap::new();
+    for addr in &cfg.relays {
+        let relay = parse_addr(addr)?;
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = relay.iter().last() else {
+            return Err(DaemonError::Setup(format!("relay {addr} does not end in /p2p/<peer id>")));
+        };
+        out.insert(peer, relay);
+    }
+    Ok(out)
+}
+
+impl Daemon {
+    /// Behind a NAT, once connected to a configured relay: reserve a slot on it and listen
+    /// through it, so peers can reach this node relayed; DCUtR then upgrades such connections
+    /// to direct ones where the NATs allow hole punching. (Listening before the connection is
+    /// up races the bootstrap dial to the same relay and loses the reservation.)
+    pub(super) fn listen_through_relay(&mut self, peer: PeerId) {
+        let Some((addr, listener)) = self.relays.get_mut(&peer) else { return };
+        if listener.is_some() {
+            return;
+        }
+        let circuit = addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(id) => *listener = Some(id),
+            Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through the relay"),
+        }
+    }
+
+    /// Runs a DHT bootstrap (a lookup of this node's own key, which also announces it) when
+    /// the node has fewer peers than it wants and the wait since the last one is over.
+    pub(super) fn discover(&mut self) {
+        let (next, wait) = self.discover;
+        if self.ids.len() >= self.cfg.peers_target || Instant::now() < next {
+            return;
+        }
+        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+            tracing::debug!(error = %e, "no DHT bootstrap");
+        }
+        let wait = (wait * 2).min(DISCOVER_MAX);
+        self.discover = (Instant::now() + wait, wait);
+    }
+
+    /// Look again soon (a relay reservation just made this node reachable).
+    pub(super) fn discover_soon(&mut self) {
+        self.discover = (Instant::now(), DISCOVER_FIRST);
+        self.discover();
+    }
+
+    /// Once a direct connection to `peer` is up (hole punching succeeded, or a direct dial),
+    /// its relayed connections are closed: streams would otherwise keep opening on them and
+    /// every byte would cross the relay twice.
+    pub(super) fn close_relayed(&mut self, peer: PeerId) {
+        let relayed: Vec<_> = self
+            .conns
+            .get(&peer)
+            .into_iter()
+            .flat_map(|c| c.iter())
+            .filter(|(_, (_, relayed))| *relayed)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in relayed {
+            tracing::info!(%peer, "direct connection up; closing the relayed one");
+            self.swarm.close_connection(id);
+        }
+    }
+
+    /// A listener closed: if it was a relay's, listen through that relay again once connected.
+    pub(super) fn relay_listener_closed(&mut self, id: libp2p::core::transport::ListenerId) {
+        let mut again = None;
+        for (peer, (_, listener)) in self.relays.iter_mut() {
+            if *listener == Some(id) {
+                *listener = None;
+                again = Some(*peer);
+            }
+        }
+        if let Some(peer) = again.filter(|p| self.swarm.is_connected(p)) {
+            self.listen_through_relay(peer);
+        }
+    }
 }
 
 /// Runs a node until SIGINT or SIGTERM.
 /// Opens the store, verifies it, builds the core and the swarm, and binds the control socket.
 /// (About a hundred lines: the setup steps in the order they depend on each other.)
 async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
+    let relay_list = relays(&cfg)?;
     let file = |what: &'static str| move |source| DaemonError::File { what, source };
     let key = files::read_key(&cfg.key).map_err(file("the node key"))?;
     let genesis = files::read_envelope(&cfg.genesis).map_err(file("the genesis"))?;
@@ -401,6 +510,10 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         penalties: HashMap::new(),
         bans: HashMap::new(),
         banned_refused: 0,
+        conns: HashMap::new(),
+        hole_punches: (0, 0),
+        discover: (Instant::now() + DISCOVER_FIRST, DISCOVER_FIRST),
+        relays: relay_list.into_iter().map(|(p, a)| (p, (a, None))).collect(),
         pending_gossip: HashMap::new(),
         next_token: 1,
         inventory,
@@ -511,6 +624,7 @@ impl Daemon {
                 _ = inventory_tick.tick() => d.refresh_inventory(),
                 _ = site_tick.tick() => {
                     d.expire_bans();
+                    d.discover();
                     d.connect_site();
                     d.audit_tick();
                     d.integrations_tick();

@@ -366,6 +366,8 @@ impl Daemon {
             handshakes_refused: self.handshakes_refused,
             banned_peers: self.swarm.behaviour().blocked.blocked_peers().len() as u64,
             banned_refused: self.banned_refused,
+            hole_punches_ok: self.hole_punches.0,
+            hole_punches_failed: self.hole_punches.1,
             pid: std::process::id(),
             restored_objects: self.restored.0,
             restore_refused: self.restored.1,
@@ -390,6 +392,16 @@ impl Daemon {
                     site,
                     penalties: self.penalties.get(p).copied().unwrap_or(0),
                     score: self.swarm.behaviour().gossipsub.peer_score(p),
+                    connections: self
+                        .conns
+                        .get(p)
+                        .into_iter()
+                        .flat_map(|c| c.values())
+                        .map(|(remote, relayed)| control::ConnectionView {
+                            remote: remote.to_string(),
+                            relayed: *relayed,
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -7,10 +7,37 @@ impl Daemon {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relay only serves reservations once it knows an address it is reachable
+                // at; with none configured, the addresses it listens on are the ones.
+                let circuit = address.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit);
+                if self.cfg.relay_server && self.cfg.external_addresses.is_empty() && !circuit {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen.push(address);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => self.listen.retain(|a| *a != address),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                tracing::warn!(?addresses, ?reason, "stopped listening");
+                self.relay_listener_closed(listener_id);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                let remote = endpoint.get_remote_address().clone();
+                let relayed = endpoint.is_relayed();
+                tracing::info!(peer = %peer_id, %remote, relayed, "connected");
+                self.conns.entry(peer_id).or_default().insert(connection_id, (remote, relayed));
+                if !relayed {
+                    self.listen_through_relay(peer_id);
+                    self.close_relayed(peer_id);
+                }
                 if num_established.get() > 1 {
                     return;
                 }
@@ -33,7 +60,13 @@ impl Daemon {
                 }
                 self.input(Input::Connected { peer: core::PeerId(id), node });
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                if let Some(c) = self.conns.get_mut(&peer_id) {
+                    c.remove(&connection_id);
+                    if c.is_empty() {
+                        self.conns.remove(&peer_id);
+                    }
+                }
                 if num_established > 0 {
                     return;
                 }
@@ -180,6 +213,23 @@ impl Daemon {
                 if step.last {
                     self.query_done(id);
                 }
+            }
+            BehaviourEvent::Dcutr(ev) => match ev.result {
+                Ok(_) => {
+                    self.hole_punches.0 += 1;
+                    tracing::info!(peer = %ev.remote_peer_id, "direct connection by hole punching");
+                }
+                Err(e) => {
+                    self.hole_punches.1 += 1;
+                    tracing::info!(peer = %ev.remote_peer_id, error = %e, "hole punching failed; staying relayed");
+                }
+            },
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through the relay");
+                self.discover_soon();
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
