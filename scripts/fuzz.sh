@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs every fuzz target (fuzz/fuzz_targets, bodies in protocol/src/fuzzing.rs) under
-# libFuzzer for N seconds each, from the committed seeds (fuzz/seeds/<target>) and the corpus
-# of earlier runs (fuzz/corpus/<target>, kept locally), and prints, per target, executions,
-# crashes and corpus size.
+# Runs every fuzz target (fuzz/fuzz_targets, bodies in protocol/src/fuzzing.rs and
+# node/src/fuzzing.rs) under libFuzzer for N seconds each, from the committed seeds
+# (fuzz/seeds/<target>) and the corpus of earlier runs (fuzz/corpus/<target>, kept locally),
+# and prints, per target, executions, crashes and corpus size.
 # Crash inputs land in fuzz/artifacts/<target>/; copy each into fuzz/regressions/<target>/ so
-# the normal test suite (protocol/tests/fuzz_corpus.rs) replays it from then on.
+# the normal test suite (protocol/tests/fuzz_corpus.rs, node/tests/fuzz_corpus.rs) replays it
+# from then on.
 # Usage: scripts/fuzz.sh [--seconds N] [TARGET...]   (exit 1 if any target crashed)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -321,7 +321,16 @@ impl NodeConfig {
             return Err(invalid(format!("{size} bytes, limit {CONFIG_BYTES_MAX}")));
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
-        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        NodeConfig::parse(&text, path)
+    }
+
+    /// Parses and checks the text of the configuration file at `path` (relative paths in it
+    /// are made absolute against the file's directory).
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let io = |source| ConfigError::Io { path: path.display().to_string(), source };
+        let invalid =
+            |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let mut cfg: NodeConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         // Every path is made absolute here, against the config file's own directory, so that
         // nothing later depends on the working directory the node was started from (installs
         // run in workspaces that must be absolute paths).
@@ -382,9 +391,17 @@ impl NodeConfig {
                 return Err(invalid("[notice] lead_s is at most 7 days".into()));
             }
         }
-        for addr in cfg.listen.iter().chain(&cfg.bootstrap) {
+        for addr in cfg.listen.iter().chain(&cfg.bootstrap).chain(&cfg.external_addresses) {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| invalid(format!("address {addr:?}: {e}")))?;
+        }
+        for addr in &cfg.relays {
+            let relay = addr
+                .parse::<libp2p::Multiaddr>()
+                .map_err(|e| invalid(format!("relay {addr:?}: {e}")))?;
+            if !matches!(relay.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(invalid(format!("relay {addr:?} does not end in /p2p/<peer id>")));
+            }
         }
         if cfg.anti_entropy_interval_ms < 100 {
             return Err(invalid("anti_entropy_interval_ms must be at least 100".into()));

@@ -25,6 +25,7 @@ pub mod dashboard;
 pub mod daemon;
 pub mod executor;
 pub mod files;
+pub mod fuzzing;
 pub mod integrations;
 pub mod intel;
 pub mod inventory;
