@@ -19,6 +19,29 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("node_inputs", node_inputs),
 ];
 
+/// Runs `body` over every file in `fuzz/seeds/<name>/` and `fuzz/regressions/<name>/` under
+/// `root` (the `fuzz/` directory), in name order, plus the edge cases every decoder must take;
+/// panics naming the file whose input panicked. Returns how many files ran. The stable test
+/// suites replay each crate's targets through it.
+pub fn replay(root: &std::path::Path, name: &str, body: fn(&[u8])) -> usize {
+    let mut ran = 0;
+    for kind in ["seeds", "regressions"] {
+        let Ok(dir) = std::fs::read_dir(root.join(kind).join(name)) else { continue };
+        let mut files: Vec<std::path::PathBuf> = dir.filter_map(|e| Some(e.ok()?.path())).collect();
+        files.sort();
+        for f in files {
+            let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let r = std::panic::catch_unwind(|| body(&bytes));
+            assert!(r.is_ok(), "{name}: {} panicked", f.display());
+            ran += 1;
+        }
+    }
+    for bytes in [&[][..], &[0u8; 1][..], &[0xff; 64][..]] {
+        body(bytes);
+    }
+    ran
+}
+
 /// A wire message, and the objects inside it checked as a node would.
 pub fn wire(data: &[u8]) {
     if let Ok(msg) = crate::wire::Message::from_bytes(data) {

@@ -485,6 +485,45 @@ impl Drop for Mesh {
     }
 }
 
+/// A well-formed catalog change for `genesis`'s mesh adding the patch `name` (installing with
+/// `install`), authored in a throwaway mesh where `key` is an admin and re-wrapped for the real
+/// mesh: the body decodes, only the signature (by a key that is not an admin) tells it apart.
+/// For the test peers that try to get a change in (`rogue`, `attacker`).
+pub fn foreign_change_body(
+    genesis: &patchmesh_protocol::trust::Genesis,
+    key: &patchmesh_protocol::crypto::SecretKey,
+    name: &str,
+    install: &str,
+) -> patchmesh_protocol::catalog::ChangeBody {
+    use patchmesh_protocol::catalog::{
+        Catalog, CatalogEntry, ChangeBody, ExecutorSpec, PatchEntry,
+    };
+    use patchmesh_protocol::ids::{ContentId, Millis};
+    use patchmesh_protocol::{crypto::Ed25519, mesh, trust::Trust};
+    let fake =
+        mesh::genesis("fake", &[key], 1, &[key.public()], mesh::Approval::always(1), Millis(0));
+    let trust = Trust::new(fake, &Ed25519).expect("fake genesis");
+    let mut catalog = Catalog::new(trust.mesh());
+    let entry = CatalogEntry::Patch(PatchEntry {
+        content_id: ContentId([7; 32]),
+        size_bytes: 1,
+        name: name.into(),
+        version: "1".into(),
+        executor: ExecutorSpec {
+            kind: "command".into(),
+            install: Some(install.into()),
+            verify: None,
+            rollback: None,
+            timeout_ms: 1000,
+        },
+    });
+    let env = catalog
+        .author(key, [9; 8], Millis(0), &trust, &[(entry.key(), Some(entry))])
+        .expect("authoring in the fake mesh");
+    let body: ChangeBody = env.open("change").expect("own change");
+    ChangeBody { mesh: genesis.mesh_id(), change: body.change }
+}
+
 /// True when the tests run as root (the namespace scripts need it).
 pub fn is_root() -> bool {
     Command::new("id")

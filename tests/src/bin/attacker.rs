@@ -35,15 +35,13 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, Multiaddr, PeerId};
 use patchmesh_node::net::{BehaviourEvent, Topics};
 use patchmesh_node::transfer::{read_frame, write_frame};
-use patchmesh_protocol::catalog::{Catalog, CatalogEntry, ChangeBody, ExecutorSpec, PatchEntry};
 use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope, SecretKey, Sig};
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId};
-use patchmesh_protocol::mesh;
 use patchmesh_protocol::site::{Bundle, NodeRecord};
 use patchmesh_protocol::transfer::{
     check_range, group_count, group_cv, group_span, Availability, DataReply, DataRequest,
 };
-use patchmesh_protocol::trust::{AdmissionCert, Genesis, Trust};
+use patchmesh_protocol::trust::{AdmissionCert, Genesis};
 use patchmesh_protocol::wire::Message;
 use patchmesh_tests::{AttackReport, TargetReport};
 use rand::RngCore;
@@ -125,34 +123,6 @@ async fn serve(
         }
     }
     s.close().await
-}
-
-/// A well-formed catalog change for this mesh (a patch entry), authored in a throwaway mesh
-/// where `key` is an admin: the body decodes, only the signature can tell it is not an
-/// admin's.
-fn change_body(genesis: &Genesis, key: &SecretKey) -> ChangeBody {
-    let fake =
-        mesh::genesis("fake", &[key], 1, &[key.public()], mesh::Approval::always(1), Millis(0));
-    let trust = Trust::new(fake, &Ed25519).expect("fake genesis");
-    let mut catalog = Catalog::new(trust.mesh());
-    let entry = CatalogEntry::Patch(PatchEntry {
-        content_id: ContentId([7; 32]),
-        size_bytes: 1,
-        name: "flood".into(),
-        version: "1".into(),
-        executor: ExecutorSpec {
-            kind: "command".into(),
-            install: Some("true".into()),
-            verify: None,
-            rollback: None,
-            timeout_ms: 1000,
-        },
-    });
-    let env = catalog
-        .author(key, [9; 8], Millis(0), &trust, &[(entry.key(), Some(entry))])
-        .expect("authoring in the fake mesh");
-    let body: ChangeBody = env.open("change").expect("own change");
-    ChangeBody { mesh: genesis.mesh_id(), change: body.change }
 }
 
 /// The body signed by the attacker, with the signature replaced by random bytes: every copy
@@ -401,7 +371,11 @@ async fn main() -> anyhow::Result<()> {
         swarm.dial(t.addr.clone())?;
     }
 
-    let sealed = Envelope::seal(Domain::CatalogChange, &change_body(&genesis, &key), &[&key]);
+    let sealed = Envelope::seal(
+        Domain::CatalogChange,
+        &patchmesh_tests::foreign_change_body(&genesis, &key, "flood", "true"),
+        &[&key],
+    );
     let twins = twin_records(&genesis, &key, &admission, &cert);
     let mut captured = Captured::default();
     let mut sent = 0u64;

@@ -16,39 +16,16 @@ use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, Multiaddr};
 use patchmesh_node::net::{BehaviourEvent, Topics};
-use patchmesh_protocol::catalog::{Catalog, CatalogEntry, ChangeBody, ExecutorSpec, PatchEntry};
 use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope, SecretKey};
-use patchmesh_protocol::ids::{ContentId, Millis, NodeId, SiteId};
+use patchmesh_protocol::ids::{Millis, NodeId, SiteId};
 use patchmesh_protocol::mesh;
-use patchmesh_protocol::trust::{Genesis, Trust};
+use patchmesh_protocol::trust::Genesis;
 use patchmesh_protocol::wire::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn forged_change(genesis: &Genesis, key: &SecretKey) -> (Envelope, Envelope) {
-    // Author the change in a throwaway mesh where the rogue key is admin, then re-wrap the raw
-    // automerge change for the real mesh: well-formed, but signed by a key that is not an admin.
-    let fake = mesh::genesis("fake", &[key], 1, &[key.public()], mesh::Approval::always(1), Millis(0));
-    let trust = Trust::new(fake, &Ed25519).expect("fake genesis");
-    let mut catalog = Catalog::new(trust.mesh());
-    let entry = CatalogEntry::Patch(PatchEntry {
-        content_id: ContentId([7; 32]),
-        size_bytes: 1,
-        name: "rogue".into(),
-        version: "1".into(),
-        executor: ExecutorSpec {
-            kind: "command".into(),
-            install: Some("rm -rf /".into()),
-            verify: None,
-            rollback: None,
-            timeout_ms: 1000,
-        },
-    });
-    let env = catalog
-        .author(key, [9; 8], Millis(0), &trust, &[(entry.key(), Some(entry))])
-        .expect("authoring in the fake mesh");
-    let body: ChangeBody = env.open("change").expect("own change");
-    let body = ChangeBody { mesh: genesis.mesh_id(), change: body.change };
+    let body = patchmesh_tests::foreign_change_body(genesis, key, "rogue", "rm -rf /");
     let signed = Envelope::seal(Domain::CatalogChange, &body, &[key]);
     let mut unsigned = signed.clone();
     unsigned.signatures.clear();
