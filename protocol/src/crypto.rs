@@ -45,6 +45,8 @@ pub enum Domain {
     Voucher,
     /// A machine's enrolment (a voucher and its node id), signed by the machine's node key.
     Enrolment,
+    /// A site member's endorsement of a summary of its site, signed by the endorsing node.
+    SummaryEndorsement,
 }
 
 impl Domain {
@@ -64,6 +66,7 @@ impl Domain {
             Domain::AdminSetRoles => "patchmesh/v1/admin-set-roles",
             Domain::Voucher => "patchmesh/v1/voucher",
             Domain::Enrolment => "patchmesh/v1/enrolment",
+            Domain::SummaryEndorsement => "patchmesh/v1/summary-endorsement",
         }
     }
 }

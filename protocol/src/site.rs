@@ -20,7 +20,20 @@
 //! `O(site size + evidence of its site + number of sites)` objects, not `O(fleet)`: at 100,000
 //! nodes in 500 sites that is about 200 records and 500 summaries. A summary is signed by a node
 //! admitted to that site; any node that fetches the site's records can recompute the roots with
-//! [`SiteState::check_summary`], so a lying summary is caught.
+//! [`SiteState::check_summary`].
+//!
+//! ## Endorsed summaries
+//! Other sites cannot recompute a summary, so one member's word is not enough for them: a
+//! member could sign counts its records do not support (successes that never happened, or
+//! fewer members than the site has) and make a ring's gate elsewhere pass early. A summary of
+//! more than one record therefore counts outside its site only when **endorsed**: another
+//! member recomputed it from its own copy of the site's records, found it identical, and signed
+//! an [`Endorsement`] that carries the summary whole. The reporter's unendorsed summary is a
+//! proposal that travels only inside its site. An endorsed summary outranks every unendorsed
+//! one, whatever its version sum, so a member cannot bury an honest summary under a made-up
+//! one either. It takes two admitted members of one site, colluding, to lie to other sites.
+//! A summary of at most one record needs no endorsement (a site of one has no one to ask), and
+//! it can claim at most one member's standing in each rollout.
 //!
 //! Every object travels with its author's admission certificate, so a receiver can check it
 //! without any other state.
@@ -165,12 +178,45 @@ pub struct SiteSummary {
     pub exposure: crate::intel::report::SiteExposure,
 }
 
+/// How summaries of one site rank: endorsed above unendorsed, then newer (version sum,
+/// evidence count) above older; ties break on the body hash of the object held, so every node
+/// keeps the same one.
+pub type SummaryRank = (bool, u64, u32, [u8; 32]);
+
 impl SiteSummary {
-    /// Newer summaries of a site rank higher; ties break on the body hash so every node keeps
-    /// the same one.
-    pub fn rank(&self, body_hash: [u8; 32]) -> (u64, u32, [u8; 32]) {
-        (self.version_sum, self.evidence_count, body_hash)
+    /// Its rank when held in an object with `body_hash`, endorsed or not.
+    pub fn rank(&self, endorsed: bool, body_hash: [u8; 32]) -> SummaryRank {
+        (endorsed, self.version_sum, self.evidence_count, body_hash)
     }
+
+    /// Whether its counts are possible for its record and evidence counts: no rollout counts
+    /// more members than there are records, no evidence kind more reports than evidence.
+    fn counts_consistent(&self) -> bool {
+        let mut per_rollout: BTreeMap<RolloutId, u64> = BTreeMap::new();
+        for ((rollout, _, _), n) in &self.counts {
+            *per_rollout.entry(*rollout).or_default() += u64::from(*n);
+        }
+        let evidence: u64 = self.evidence.values().map(|n| u64::from(*n)).sum();
+        per_rollout.values().all(|n| *n <= u64::from(self.record_count))
+            && evidence <= u64::from(self.evidence_count)
+    }
+}
+
+/// A site member's statement that a summary of its site is exactly what its own records give.
+/// It carries the summary as its author signed it, so an endorsed summary travels as one object
+/// with two signatures by two different members of the site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endorsement {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The site (the summary's, and the endorser's admitted site).
+    pub site: SiteId,
+    /// The endorsing node; never the summary's author.
+    pub endorser: NodeId,
+    /// The summary, as its author signed it.
+    pub summary: Envelope,
+    /// The summary author's admission certificate.
+    pub admission: Envelope,
 }
 
 /// Why a site object was refused.
@@ -216,6 +262,10 @@ pub enum SiteError {
     /// A field is out of range.
     #[error("invalid field: {0}")]
     Invalid(&'static str),
+    /// A summary of several records that no other member of its site endorsed: it counts
+    /// nowhere outside its site, and only its site's members pass it on.
+    #[error("summary of {0} covers several records but carries no endorsement")]
+    Unendorsed(SiteId),
     /// A summary does not match the records and evidence it commits to.
     #[error("summary of {site} does not match its records: {reason}")]
     SummaryMismatch {
@@ -265,6 +315,8 @@ enum Body {
     Record(NodeRecord),
     Evidence(Evidence),
     Summary(SiteSummary),
+    /// An endorsement and the checked summary inside it.
+    Endorsed(Box<(Endorsement, Checked)>),
 }
 
 impl Clone for Bundle {
@@ -323,7 +375,13 @@ impl Bundle {
 
     fn check_pure(&self, check: &dyn SignatureCheck) -> Result<Checked, SiteError> {
         let domain = self.object.domain;
-        if !matches!(domain, Domain::NodeRecord | Domain::Evidence | Domain::SiteSummary) {
+        if !matches!(
+            domain,
+            Domain::NodeRecord
+                | Domain::Evidence
+                | Domain::SiteSummary
+                | Domain::SummaryEndorsement
+        ) {
             return Err(
                 TrustError::WrongDomain { expected: Domain::NodeRecord, got: domain }.into()
             );
@@ -337,7 +395,19 @@ impl Bundle {
         let body = match domain {
             Domain::NodeRecord => Body::Record(self.object.open("node record")?),
             Domain::Evidence => Body::Evidence(self.object.open("evidence")?),
-            _ => Body::Summary(self.object.open("site summary")?),
+            Domain::SiteSummary => Body::Summary(self.object.open("site summary")?),
+            _ => {
+                let e: Endorsement = self.object.open("summary endorsement")?;
+                if e.summary.domain != Domain::SiteSummary {
+                    return Err(TrustError::WrongDomain {
+                        expected: Domain::SiteSummary,
+                        got: e.summary.domain,
+                    }
+                    .into());
+                }
+                let inner = Bundle::new(e.summary.clone(), e.admission.clone()).check_pure(check)?;
+                Body::Endorsed(Box::new((e, inner)))
+            }
         };
         Ok(Checked { body_hash: self.object.body_hash(), cert, cert_signer, signer, body })
     }
@@ -356,10 +426,33 @@ impl Bundle {
         }
     }
 
-    /// The decoded summary, once verified by [`verify_summary`].
+    /// The decoded summary (the endorsed one, for an endorsement), once verified by
+    /// [`verify_summary`].
     pub fn summary(&self) -> Option<&SiteSummary> {
         match self.cache.pure.get()?.as_ref().ok()?.body {
             Body::Summary(ref s) => Some(s),
+            Body::Endorsed(ref e) => match e.1.body {
+                Body::Summary(ref s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The endorsing node, for a verified endorsement.
+    pub fn endorser(&self) -> Option<NodeId> {
+        match self.cache.pure.get()?.as_ref().ok()?.body {
+            Body::Endorsed(ref e) => Some(e.0.endorser),
+            _ => None,
+        }
+    }
+
+    /// BLAKE3 of the summary's signed body: the bundle's own for a summary, the endorsed
+    /// summary's for an endorsement (so both name the same summary alike).
+    pub fn summary_body_hash(&self) -> Option<[u8; 32]> {
+        match self.cache.pure.get()?.as_ref().ok()? {
+            Checked { body: Body::Endorsed(ref e), .. } => Some(e.1.body_hash),
+            Checked { body: Body::Summary(_), body_hash, .. } => Some(*body_hash),
             _ => None,
         }
     }
@@ -432,8 +525,17 @@ pub struct HeldSummary {
 
 impl HeldSummary {
     /// Its rank among summaries of the same site.
-    pub fn rank(&self) -> (u64, u32, [u8; 32]) {
-        self.summary().rank(self.bundle.body_hash().expect("held summaries are verified"))
+    pub fn rank(&self) -> SummaryRank {
+        let hash = self.bundle.body_hash().expect("held summaries are verified");
+        self.summary().rank(self.endorsed(), hash)
+    }
+    /// Whether another member of the site endorsed it.
+    pub fn endorsed(&self) -> bool {
+        self.bundle.endorser().is_some()
+    }
+    /// Whether other sites may count it: endorsed, or about at most one record.
+    pub fn countable(&self) -> bool {
+        self.endorsed() || self.summary().record_count <= 1
     }
     /// The summary.
     pub fn summary(&self) -> &SiteSummary {
@@ -516,12 +618,19 @@ pub fn verify_summary(
     check: &dyn SignatureCheck,
 ) -> Result<HeldSummary, SiteError> {
     let checked = bundle.pure(check)?;
-    let Body::Summary(summary) = &checked.body else {
-        return Err(TrustError::WrongDomain {
-            expected: Domain::SiteSummary,
-            got: bundle.object.domain,
+    let (inner, endorsement) = match &checked.body {
+        Body::Summary(_) => (checked, None),
+        Body::Endorsed(e) => (&e.1, Some((&e.0, checked))),
+        _ => {
+            return Err(TrustError::WrongDomain {
+                expected: Domain::SiteSummary,
+                got: bundle.object.domain,
+            }
+            .into())
         }
-        .into());
+    };
+    let Body::Summary(summary) = &inner.body else {
+        return Err(SiteError::Invalid("an endorsement must carry a summary"));
     };
     if summary.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: summary.mesh }.into());
@@ -531,7 +640,19 @@ pub fn verify_summary(
     {
         return Err(SiteError::Invalid("too many summary counters"));
     }
-    bundle.authorize(checked, summary.author, &summary.site, trust, now)?;
+    if !summary.counts_consistent() {
+        return Err(SiteError::Invalid("summary counts more members than records"));
+    }
+    bundle.authorize(inner, summary.author, &summary.site, trust, now)?;
+    if let Some((e, outer)) = endorsement {
+        if e.mesh != summary.mesh || e.site != summary.site {
+            return Err(SiteError::Invalid("endorsement names another site than its summary"));
+        }
+        if e.endorser == summary.author {
+            return Err(SiteError::Invalid("a summary endorsed by its own author"));
+        }
+        bundle.authorize(outer, e.endorser, &summary.site, trust, now)?;
+    }
     Ok(HeldSummary { bundle: bundle.clone() })
 }
 
@@ -540,10 +661,14 @@ pub fn verify_summary(
 pub fn summary_rank<'a>(
     bundle: &'a Bundle,
     check: &dyn SignatureCheck,
-) -> Result<(&'a SiteId, (u64, u32, [u8; 32])), SiteError> {
+) -> Result<(&'a SiteId, SummaryRank), SiteError> {
     let checked = bundle.pure(check)?;
     match &checked.body {
-        Body::Summary(s) => Ok((&s.site, s.rank(checked.body_hash))),
+        Body::Summary(s) => Ok((&s.site, s.rank(false, checked.body_hash))),
+        Body::Endorsed(e) => match &e.1.body {
+            Body::Summary(s) => Ok((&s.site, s.rank(true, checked.body_hash))),
+            _ => Err(SiteError::Invalid("an endorsement must carry a summary")),
+        },
         _ => Err(TrustError::WrongDomain {
             expected: Domain::SiteSummary,
             got: bundle.object.domain,
@@ -889,6 +1014,72 @@ impl SiteState {
     }
 }
 
+/// Per (rollout, ring): members with a standing, members finished (succeeded, failed or rolled
+/// back), members succeeded.
+fn ring_tallies(counts: &Counts) -> BTreeMap<(RolloutId, u8), [u64; 3]> {
+    use RolloutStatus as S;
+    let mut out: BTreeMap<(RolloutId, u8), [u64; 3]> = BTreeMap::new();
+    for ((rollout, ring, status), n) in counts {
+        let t = out.entry((*rollout, *ring)).or_default();
+        let n = u64::from(*n);
+        if *status != S::NotTargeted {
+            t[0] += n;
+        }
+        if matches!(status, S::Succeeded | S::Failed | S::RolledBack) {
+            t[1] += n;
+        }
+        if *status == S::Succeeded {
+            t[2] += n;
+        }
+    }
+    out
+}
+
+impl SiteState {
+    /// Whether a member holding these records may endorse `summary` for other sites: it claims
+    /// nothing these records do not show. Per (rollout, ring), no more members finished and
+    /// none more succeeded (successes that never happened would pass a gate elsewhere), and the
+    /// same number of members (one hidden from its ring would let the gate pass before it
+    /// reports; made-up pending ones would dilute its failure fraction);
+    /// no more evidence reports of any kind; a version sum and evidence count (its rank) no
+    /// higher, so it can never outrank the summaries after it; the same exposure.
+    ///
+    /// The roots are not compared: members' records keep changing (a busy site re-signs every
+    /// few hundred milliseconds), so an exact match would rarely come. A summary a little
+    /// behind these records is endorsed (its gates are only the more cautious); one ahead of
+    /// them waits until the records here catch up, which they do, since every count above only
+    /// grows as a rollout goes on (a ring's members are fixed once they have evaluated it).
+    pub fn supports(&self, summary: &SiteSummary) -> Result<(), SiteError> {
+        let mine = self.summarise(summary.mesh, summary.author);
+        let mismatch = |reason| Err(SiteError::SummaryMismatch { site: self.site.clone(), reason });
+        if summary.site != self.site {
+            return mismatch("site");
+        }
+        if summary.version_sum > mine.version_sum || summary.evidence_count > mine.evidence_count
+        {
+            return mismatch("ahead of the records held");
+        }
+        let (theirs, ours) = (ring_tallies(&summary.counts), ring_tallies(&mine.counts));
+        for key in theirs.keys().chain(ours.keys()) {
+            let [t_members, t_finished, t_ok] = theirs.get(key).copied().unwrap_or_default();
+            let [o_members, o_finished, o_ok] = ours.get(key).copied().unwrap_or_default();
+            if t_finished > o_finished || t_ok > o_ok {
+                return mismatch("more members finished than the records show");
+            }
+            if t_members != o_members {
+                return mismatch("other members in a ring than the records show");
+            }
+        }
+        if summary.evidence.iter().any(|(k, n)| mine.evidence.get(k).is_none_or(|m| n > m)) {
+            return mismatch("evidence");
+        }
+        if mine.exposure != summary.exposure {
+            return mismatch("exposure");
+        }
+        Ok(())
+    }
+}
+
 /// Summaries of every site, one per site, the highest-ranked kept.
 #[derive(Clone, Debug, Default)]
 pub struct Summaries {
@@ -952,7 +1143,7 @@ impl Summaries {
     }
 
     /// The rank of the summary held for `site`, if any.
-    pub fn rank_of(&self, site: &SiteId) -> Option<(u64, u32, [u8; 32])> {
+    pub fn rank_of(&self, site: &SiteId) -> Option<SummaryRank> {
         self.by_site.get(site).map(HeldSummary::rank)
     }
 
@@ -962,17 +1153,17 @@ impl Summaries {
     }
 
     /// (site, rank) of every summary held, for digest exchange.
-    pub fn ranks(&self) -> Vec<(SiteId, (u64, u32, [u8; 32]))> {
+    pub fn ranks(&self) -> Vec<(SiteId, SummaryRank)> {
         self.by_site.iter().map(|(s, h)| (s.clone(), h.rank())).collect()
     }
 
     /// Summaries that outrank what a peer holding `theirs` has, at most `max`.
     pub fn newer_than(
         &self,
-        theirs: &[(SiteId, (u64, u32, [u8; 32]))],
+        theirs: &[(SiteId, SummaryRank)],
         max: usize,
     ) -> Vec<Arc<Bundle>> {
-        let theirs: BTreeMap<&SiteId, &(u64, u32, [u8; 32])> =
+        let theirs: BTreeMap<&SiteId, &SummaryRank> =
             theirs.iter().map(|(s, r)| (s, r)).collect();
         self.by_site
             .iter()

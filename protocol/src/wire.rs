@@ -8,8 +8,8 @@ use crate::site::{Bundle, SiteKey};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Rank of a site summary: (version sum, evidence count, body hash).
-pub type Rank = (u64, u32, [u8; 32]);
+/// Rank of a site summary (see [`crate::site::SummaryRank`]).
+pub type Rank = crate::site::SummaryRank;
 
 /// Everything one node says to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ mod common;
 use common::Harness;
 use patchmesh_protocol::catalog::{AdminCommand, CatalogEntry, CommandAction};
 use patchmesh_protocol::ids::{RolloutId, SiteId};
-use patchmesh_protocol::node::{Command, Input};
+use patchmesh_protocol::node::{Command, Input, PeerId};
 
 fn command(n: u8, admin: &patchmesh_protocol::crypto::SecretKey) -> (String, Option<CatalogEntry>) {
     let c = CatalogEntry::Command(AdminCommand {
@@ -71,6 +71,111 @@ fn lying_summary_is_detected() {
     s2.counts
         .insert((RolloutId([1; 32]), 0, patchmesh_protocol::site::RolloutStatus::Succeeded), 2);
     assert!(h.nodes[1].site().check_summary(&s2).is_err());
+}
+
+#[test]
+fn a_member_vouches_only_for_what_its_records_show() {
+    use patchmesh_protocol::site::RolloutStatus as S;
+    let mut h = Harness::new(&["a", "a"]);
+    h.connect(0, 1);
+    let rollout = RolloutId([1; 32]);
+    for i in 0..2 {
+        h.input(i, Input::Command(Command::UpdateRecord { inventory: Default::default() }));
+    }
+    h.run_for(5_000);
+    let honest = h.nodes[0].summaries().all()[&SiteId::from("a")].summary().clone();
+    let site = h.nodes[1].site();
+    site.supports(&honest).unwrap();
+    let lie = |f: &dyn Fn(&mut patchmesh_protocol::site::SiteSummary)| {
+        let mut s = honest.clone();
+        f(&mut s);
+        site.supports(&s).map_err(|e| e.to_string())
+    };
+    // Successes that never happened, a member hidden from its ring, a rank above every later
+    // summary: refused.
+    let err = lie(&|s| {
+        s.counts.insert((rollout, 0, S::Succeeded), 2);
+    })
+    .unwrap_err();
+    assert!(err.contains("finished"), "{err}");
+    let mut with_ring = honest.clone();
+    with_ring.counts.insert((rollout, 0, S::Pending), 2);
+    let err = site.supports(&with_ring).unwrap_err().to_string();
+    assert!(err.contains("members in a ring"), "members the records do not show: {err}");
+    assert!(lie(&|s| s.version_sum += 1).unwrap_err().contains("ahead"));
+    assert!(lie(&|s| s.evidence_count += 1).unwrap_err().contains("ahead"));
+    // A summary behind the records (an older version sum) is fine: its gates are only slower.
+    lie(&|s| s.version_sum -= 1).unwrap();
+}
+
+#[test]
+fn a_lying_member_cannot_make_other_sites_count_its_summary() {
+    use patchmesh_protocol::crypto::{Domain, Envelope};
+    use patchmesh_protocol::site::{Bundle, Endorsement, RolloutStatus as S};
+    use patchmesh_protocol::wire::Message;
+    use std::sync::Arc;
+    // Site a: 0 (the liar), 1, 2 in a ring; site b: 3, 4, linked to a by 0–3 and 2–3.
+    let mut h = Harness::new(&["a", "a", "a", "b", "b"]);
+    for (x, y) in [(0, 1), (1, 2), (2, 0), (0, 3), (2, 3), (3, 4)] {
+        h.connect(x, y);
+    }
+    h.run_for(10_000);
+    let a = SiteId::from("a");
+    let held = h.nodes[3].summaries().all()[&a].clone();
+    assert!(held.endorsed(), "site a's summary reached site b endorsed");
+    assert_ne!(held.bundle.endorser(), Some(held.summary().author));
+
+    // The liar signs a summary of its site claiming three successes in a rollout's canary ring
+    // and a version sum no honest summary will ever reach.
+    let liar = h.nodes[0].id();
+    let admission = h.nodes[1].site().records()[&liar].bundle.admission().clone();
+    let mut lie = held.summary().clone();
+    lie.author = liar;
+    lie.version_sum = u64::MAX / 2;
+    lie.counts.insert((RolloutId([9; 32]), 0, S::Succeeded), 3);
+    let lie_env = Envelope::seal(Domain::SiteSummary, &lie, &[&common::key(100)]);
+    let lie_bundle = Arc::new(Bundle::new(lie_env.clone(), admission.clone()));
+
+    // 1. Straight to another site: refused as unendorsed, the sender penalised.
+    h.queue.push_back((0, 3, Arc::new(Message::Summaries(vec![lie_bundle.clone()]))));
+    h.settle();
+    assert_eq!(h.nodes[3].stats().rejected.get("unendorsed_summary"), Some(&1));
+    assert!(h.penalized.contains(&(3, PeerId(0))), "{:?}", h.penalized);
+
+    // 2. Endorsed by itself: refused.
+    let own = Endorsement {
+        mesh: lie.mesh,
+        site: a.clone(),
+        endorser: liar,
+        summary: lie_env.clone(),
+        admission: admission.clone(),
+    };
+    let own = Bundle::new(
+        Envelope::seal(Domain::SummaryEndorsement, &own, &[&common::key(100)]),
+        admission.clone(),
+    );
+    h.queue.push_back((0, 3, Arc::new(Message::Summaries(vec![Arc::new(own)]))));
+    h.settle();
+    assert_eq!(h.nodes[3].stats().rejected.get("bad_site_object"), Some(&1));
+
+    // 3. Proposed to its own site's members: they hold it, and none endorses it.
+    for to in [1, 2] {
+        h.queue.push_back((0, to, Arc::new(Message::SiteObjects(vec![lie_bundle.clone()]))));
+    }
+    h.run_for(15_000);
+    for i in 0..5 {
+        let s = h.nodes[i].summaries().all()[&a].summary();
+        assert!(s.version_sum < u64::MAX / 2, "node {i} holds the lie");
+        assert!(!s.counts.contains_key(&(RolloutId([9; 32]), 0, S::Succeeded)));
+    }
+
+    // Site a keeps summarising truthfully: a change in a is endorsed and reaches site b.
+    let before = h.nodes[3].summaries().all()[&a].rank();
+    h.input(1, Input::Command(Command::UpdateRecord { inventory: Default::default() }));
+    h.run_for(15_000);
+    let after = &h.nodes[3].summaries().all()[&a];
+    assert!(after.endorsed() && after.rank() > before, "site a's next summary did not arrive");
+    h.nodes[1].site().check_summary(after.summary()).unwrap();
 }
 
 #[test]

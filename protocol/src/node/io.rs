@@ -288,4 +288,6 @@ pub struct Stats {
     pub unadmitted_dropped: u64,
     /// Outputs dropped because the driver did not drain the queue.
     pub outputs_dropped: u64,
+    /// Summaries of its site this node endorsed.
+    pub endorsed: u64,
 }

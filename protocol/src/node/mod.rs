@@ -10,6 +10,7 @@
 //! | [`peers`] | connections, admission, per-peer catalog sync | who is who, who is live, late hellos |
 //! | [`replicas`] | trust, catalog, site state, summaries, alarms | digests and anti-entropy answers |
 //! | [`relay`] | relay mode, batches, the output queue | who gets a fresh object, and when |
+//! | [`endorse`] | summaries of the site proposed by its members | endorsements |
 //! | [`publisher`] | record version, inventory, summary cadence | what the node signs about itself and its site |
 //! | [`timers`] | one deadline per [`timers::Timer`] | when the node wakes |
 //! | [`rollouts`] | (the [`crate::rollout::Engine`] and its policies) | installs, reports, halts |
@@ -36,6 +37,7 @@
 //! that came too late (a slow link) are counted but cost no penalty ([`refusal::Offence`]). A peer without a valid admission certificate
 //! gets nothing and is disconnected.
 
+mod endorse;
 mod io;
 mod peers;
 mod publisher;
@@ -107,6 +109,8 @@ pub struct Node {
     behind_ms: u64,
     /// When this node first saw each ring of a rollout open (ring 0: the rollout running).
     ring_opened_at: BTreeMap<(RolloutId, u8), Millis>,
+    /// Summaries of this node's site proposed by its members, awaiting endorsement.
+    proposals: endorse::Proposals,
 }
 
 impl std::fmt::Debug for Node {
@@ -211,6 +215,7 @@ impl Node {
             rollouts_due: true,
             gate_hint_at: None,
             member_heard: BTreeMap::new(),
+            proposals: endorse::Proposals::default(),
             ring_opened_at: BTreeMap::new(),
             driver_last: None,
             behind_ms: 0,
@@ -248,9 +253,13 @@ impl Node {
                         .is_ok()
                 }
                 Persist::SiteObject(b) => self.accept_site_object(b).is_ok(),
+                // (An unendorsed summary of several records, from a store written before
+                // summaries were endorsed, is dropped: no one else counts it.)
                 Persist::Summary(b) => site::verify_summary(b, &s.trust, now, check.as_ref())
-                    .map(|h| summaries.push(h))
-                    .is_ok(),
+                    .is_ok_and(|h| h.countable() && {
+                        summaries.push(h);
+                        true
+                    }),
                 Persist::RecordVersionFloor(v) => {
                     self.publisher.raise_floor(*v);
                     true
@@ -520,10 +529,71 @@ impl Node {
             self.now,
         );
         if let Some(bundle) = summary {
-            if let Ok(Merge::New) = self.accept_summary(&bundle) {
-                self.keep(Via::Local, vec![Fresh::Summary(bundle)]);
+            let s = &self.state;
+            let held = site::verify_summary(&bundle, &s.trust, self.now, self.config.check.as_ref());
+            match held {
+                Ok(held) if held.countable() => {
+                    if let Ok(Merge::New) = self.accept_summary(&bundle) {
+                        self.keep(Via::Local, vec![Fresh::Summary(bundle)]);
+                    }
+                }
+                // Several records: a proposal to the site's members, for endorsement.
+                Ok(held) => {
+                    if self.proposals.offer(&held, &self.state.site, self.now) {
+                        self.queue(Via::Local, bundle, Batch::SiteObjects);
+                    }
+                }
+                Err(e) => {
+                    self.refuse(None, e.into());
+                }
             }
         }
+        self.tick_proposals();
+    }
+
+    /// Endorses the proposals whose turn it is and that this node's records agree with, and
+    /// sends its own unendorsed proposal again when that is due (see [`endorse`]).
+    fn tick_proposals(&mut self) {
+        let own = self.state.site.site().clone();
+        let circulating = self.state.summaries.all().get(&own).filter(|h| h.endorsed()).and_then(
+            |h| h.bundle.summary_body_hash().map(|hash| (h.rank(), hash)),
+        );
+        let due = self.proposals.tick(
+            self.id,
+            &mut self.state.site,
+            circulating,
+            self.config.anti_entropy_interval_ms,
+            self.config.summary_interval_ms,
+            self.now,
+        );
+        if let Some(bundle) = due.resend {
+            self.queue(Via::Local, bundle, Batch::SiteObjects);
+        }
+        for proposal in due.endorse {
+            let bundle = self.publisher.endorse(&proposal);
+            match self.accept_summary(&bundle) {
+                Ok(Merge::New) => {
+                    self.stats.endorsed += 1;
+                    self.keep(Via::Local, vec![Fresh::Summary(bundle)]);
+                }
+                Ok(Merge::Duplicate) => {}
+                Err(e) => {
+                    self.refuse(None, e);
+                }
+            }
+        }
+    }
+
+    /// A member's summary of this node's site, sent among the site's members for endorsement.
+    /// Returns whether it is new here (to pass on).
+    fn accept_proposal(&mut self, bundle: &Arc<Bundle>) -> Result<bool, Refusal> {
+        let s = &self.state;
+        let held = site::verify_summary(bundle, &s.trust, self.now, self.config.check.as_ref())?;
+        let site = &held.summary().site;
+        if site != s.site.site() {
+            return Err(SiteError::ForeignSite(site.clone()).into());
+        }
+        Ok(self.proposals.offer(&held, &s.site, self.now))
     }
 
     fn hello(&self) -> Arc<Message> {
@@ -1006,7 +1076,20 @@ impl Node {
         let mut judged = Judged::default();
         let mut resign = false;
         let mut fresh = Vec::new();
+        let mut proposals = false;
         for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
+            if bundle.object().domain == Domain::SiteSummary {
+                match self.accept_proposal(bundle) {
+                    Ok(true) => {
+                        proposals = true;
+                        judged = judged.and(Judged::FRESH);
+                        self.queue(via, bundle.clone(), Batch::SiteObjects);
+                    }
+                    Ok(false) | Err(Refusal::Site(SiteError::ForeignSite(_))) => {}
+                    Err(e) => judged = judged.and(self.refuse(via.peer(), e)),
+                }
+                continue;
+            }
             if self.holds_record_bytes(bundle) {
                 continue;
             }
@@ -1037,10 +1120,14 @@ impl Node {
                 self.pull_gate_summaries(peer);
             }
         }
+        let changed = !fresh.is_empty();
         let judged = judged.and(self.keep(via, fresh));
         if resign {
             // Sign above the version an earlier life used, so this node never signs one twice.
             self.update_record();
+        }
+        if (changed || proposals) && self.proposals.waiting() {
+            self.tick_proposals();
         }
         judged
     }
@@ -1048,6 +1135,11 @@ impl Node {
     fn accept_summary(&mut self, bundle: &Arc<Bundle>) -> Result<Merge, Refusal> {
         let check = self.config.check.clone();
         let (site, rank) = site::summary_rank(bundle, check.as_ref())?;
+        let records = bundle.summary().map_or(0, |s| s.record_count);
+        if !rank.0 && records > 1 {
+            // Honest members send these only to their own site's members, as proposals.
+            return Err(SiteError::Unendorsed(site.clone()).into());
+        }
         if self.state.summaries.rank_of(site).is_some_and(|held| held >= rank) {
             return Ok(Merge::Duplicate);
         }

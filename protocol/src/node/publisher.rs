@@ -212,6 +212,18 @@ impl Publisher {
         answer
     }
 
+    /// Endorses `summary`, a summary of this node's site its records agree with.
+    pub(crate) fn endorse(&self, summary: &Bundle) -> Arc<Bundle> {
+        let endorsement = site::Endorsement {
+            mesh: self.mesh,
+            site: self.site.clone(),
+            endorser: self.me,
+            summary: summary.object().clone(),
+            admission: summary.admission().clone(),
+        };
+        self.seal(Domain::SummaryEndorsement, &endorsement)
+    }
+
     fn seal<T: serde::Serialize>(&self, domain: Domain, body: &T) -> Arc<Bundle> {
         Arc::new(Bundle::new(Envelope::seal(domain, body, &[&self.key]), self.admission.clone()))
     }

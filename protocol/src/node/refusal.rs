@@ -76,6 +76,7 @@ impl Refusal {
             Refusal::Site(SiteError::Trust(t)) => trust_kind(t),
             Refusal::Site(SiteError::Replay { .. }) => "replay",
             Refusal::Site(SiteError::Decode(_)) => "malformed",
+            Refusal::Site(SiteError::Unendorsed(_)) => "unendorsed_summary",
             Refusal::Site(_) => "bad_site_object",
             Refusal::Decode(DecodeError::TooLarge { .. }) => "oversized",
             Refusal::Decode(_) => "malformed",
