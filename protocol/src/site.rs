@@ -405,7 +405,8 @@ impl Bundle {
                     }
                     .into());
                 }
-                let inner = Bundle::new(e.summary.clone(), e.admission.clone()).check_pure(check)?;
+                let inner =
+                    Bundle::new(e.summary.clone(), e.admission.clone()).check_pure(check)?;
                 Body::Endorsed(Box::new((e, inner)))
             }
         };
@@ -1055,8 +1056,7 @@ impl SiteState {
         if summary.site != self.site {
             return mismatch("site");
         }
-        if summary.version_sum > mine.version_sum || summary.evidence_count > mine.evidence_count
-        {
+        if summary.version_sum > mine.version_sum || summary.evidence_count > mine.evidence_count {
             return mismatch("ahead of the records held");
         }
         let (theirs, ours) = (ring_tallies(&summary.counts), ring_tallies(&mine.counts));
@@ -1158,13 +1158,8 @@ impl Summaries {
     }
 
     /// Summaries that outrank what a peer holding `theirs` has, at most `max`.
-    pub fn newer_than(
-        &self,
-        theirs: &[(SiteId, SummaryRank)],
-        max: usize,
-    ) -> Vec<Arc<Bundle>> {
-        let theirs: BTreeMap<&SiteId, &SummaryRank> =
-            theirs.iter().map(|(s, r)| (s, r)).collect();
+    pub fn newer_than(&self, theirs: &[(SiteId, SummaryRank)], max: usize) -> Vec<Arc<Bundle>> {
+        let theirs: BTreeMap<&SiteId, &SummaryRank> = theirs.iter().map(|(s, r)| (s, r)).collect();
         self.by_site
             .iter()
             .filter(|(s, h)| theirs.get(s).is_none_or(|r| **r < h.rank()))

@@ -1,6 +1,6 @@
 //! An admitted attacker (a stolen laptop with a genuine certificate) against eight honest
-//! node processes in two sites on 127.0.0.1: flood, replay, equivocation and stream abuse,
-//! each with what the honest nodes must do. `scripts/bench-hostile.sh` prints the figures.
+//! node processes in two sites on 127.0.0.1: flood, replay, equivocation, a lying summary and
+//! stream abuse, each with what the honest nodes must do. `scripts/bench-hostile.sh` prints the figures.
 
 use patchmesh_node::control::StatusView;
 use patchmesh_tests::{serial, wait_for, AttackReport, Mesh};
@@ -214,7 +214,27 @@ fn an_admitted_attacker_is_banned_for_floods_and_cannot_roll_back_split_or_starv
             .join("\n")
     );
 
-    // 4. Stream abuse: thousands of half-open data streams and ranges of missing content
+    // 4. A lying summary: the attacker (site0) claims 50 members of site0 succeeded in a
+    // canary ring. Site1 refuses it unendorsed (and blames the sender); site0's members hold it
+    // as a proposal their records do not support, so none endorses it; every node still counts
+    // site0's real members.
+    let liar = attacker(&mesh, "liar", &(0..NODES).collect::<Vec<_>>(), "summary", 8_000);
+    let r = report(liar);
+    eprintln!("lying summary: {} messages sent", r.sent);
+    assert!(r.sent >= 2 * NODES as u64, "the liar never reached the mesh: {r:?}");
+    converge(&mesh, 3, "after the lying summary");
+    for i in (0..NODES).filter(|i| i % 2 == 1) {
+        assert!(rejected(&mesh.status(i), "unendorsed_summary") >= 1, "node {i} took the lie");
+    }
+    for i in 0..NODES {
+        let v: serde_json::Value =
+            serde_json::from_slice(&mesh.cli_at(i, &["vulns", "--json"]).stdout).unwrap();
+        let site0 = v["sites"].as_array().unwrap().iter().find(|s| s["site"] == "site0").cloned();
+        let members = site0.and_then(|s| s["members"].as_u64()).unwrap_or(0);
+        assert!((1..50).contains(&members), "node {i} counts {members} members in site0: {v}");
+    }
+
+    // 5. Stream abuse: thousands of half-open data streams and ranges of missing content
     // against node 0, plus a slowloris client on its control socket. Node 2 still fetches a
     // payload only node 0 holds, and node 0 still answers its admin.
     let pid0 = mesh.nodes[0].child.as_ref().unwrap().id();

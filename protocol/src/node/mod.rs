@@ -256,9 +256,11 @@ impl Node {
                 // (An unendorsed summary of several records, from a store written before
                 // summaries were endorsed, is dropped: no one else counts it.)
                 Persist::Summary(b) => site::verify_summary(b, &s.trust, now, check.as_ref())
-                    .is_ok_and(|h| h.countable() && {
-                        summaries.push(h);
-                        true
+                    .is_ok_and(|h| {
+                        h.countable() && {
+                            summaries.push(h);
+                            true
+                        }
                     }),
                 Persist::RecordVersionFloor(v) => {
                     self.publisher.raise_floor(*v);
@@ -530,7 +532,8 @@ impl Node {
         );
         if let Some(bundle) = summary {
             let s = &self.state;
-            let held = site::verify_summary(&bundle, &s.trust, self.now, self.config.check.as_ref());
+            let held =
+                site::verify_summary(&bundle, &s.trust, self.now, self.config.check.as_ref());
             match held {
                 Ok(held) if held.countable() => {
                     if let Ok(Merge::New) = self.accept_summary(&bundle) {
@@ -555,9 +558,13 @@ impl Node {
     /// sends its own unendorsed proposal again when that is due (see [`endorse`]).
     fn tick_proposals(&mut self) {
         let own = self.state.site.site().clone();
-        let circulating = self.state.summaries.all().get(&own).filter(|h| h.endorsed()).and_then(
-            |h| h.bundle.summary_body_hash().map(|hash| (h.rank(), hash)),
-        );
+        let circulating = self
+            .state
+            .summaries
+            .all()
+            .get(&own)
+            .filter(|h| h.endorsed())
+            .and_then(|h| h.bundle.summary_body_hash().map(|hash| (h.rank(), hash)));
         let due = self.proposals.tick(
             self.id,
             &mut self.state.site,

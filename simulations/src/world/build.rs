@@ -31,7 +31,8 @@ impl SignatureCheck for MemoCheck {
 }
 
 /// Builds, for a steady start, each site's store: its members' records and one summary per
-/// site signed by that site's elected reporter.
+/// site signed by that site's elected reporter and endorsed by the next member in the election
+/// order (as a running fleet's would be; a site of one member needs no endorsement).
 #[allow(clippy::type_complexity)]
 pub(super) fn steady_stores(
     made: Vec<(SecretKey, Envelope, Option<Arc<Bundle>>)>,
@@ -60,16 +61,29 @@ pub(super) fn steady_stores(
     let mut summaries = Vec::with_capacity(sites);
     for (site, state) in states.iter().enumerate() {
         let name = site_name(site as u32);
-        let Some(&reporter) = members[site].iter().min_by_key(|i| {
-            patchmesh_protocol::site::reporter_score(&name, &NodeId(made[**i].0.public().0))
-        }) else {
-            continue;
-        };
+        let mut order = members[site].clone();
+        order.sort_by_cached_key(|i| {
+            patchmesh_protocol::site::reporter_score(&name, &NodeId(made[*i].0.public().0))
+        });
+        let Some(&reporter) = order.first() else { continue };
         let summary = state.summarise(trust.mesh(), NodeId(made[reporter].0.public().0));
-        let b = Arc::new(Bundle::new(
-            Envelope::seal(Domain::SiteSummary, &summary, &[&made[reporter].0]),
-            made[reporter].1.clone(),
-        ));
+        let env = Envelope::seal(Domain::SiteSummary, &summary, &[&made[reporter].0]);
+        let b = Arc::new(match order.get(1) {
+            None => Bundle::new(env, made[reporter].1.clone()),
+            Some(&deputy) => {
+                let endorsement = patchmesh_protocol::site::Endorsement {
+                    mesh: trust.mesh(),
+                    site: name.clone(),
+                    endorser: NodeId(made[deputy].0.public().0),
+                    summary: env,
+                    admission: made[reporter].1.clone(),
+                };
+                Bundle::new(
+                    Envelope::seal(Domain::SummaryEndorsement, &endorsement, &[&made[deputy].0]),
+                    made[deputy].1.clone(),
+                )
+            }
+        });
         b.precheck(check.as_ref()).expect("summary verifies");
         summaries.push(Persist::Summary(b));
     }

@@ -21,6 +21,9 @@
 //!   two seconds (a node must never go back to older trust or an older record);
 //! - `equivocate`: signs two different records of itself at one version and sends one to the
 //!   first half of the targets, the other to the rest, every two seconds;
+//! - `summary`: signs a summary of its own site that no record supports (50 members, all
+//!   succeeded in a canary ring, a version sum no honest summary reaches) and sends it every
+//!   two seconds to every target, as a summary and as a proposal to its site;
 //! - `streams`: opens data streams to every target and never finishes the request (up to
 //!   `STREAMS` per target, renewing them as they close), and asks for ranges of content the
 //!   target lacks, as fast as answers come.
@@ -158,6 +161,38 @@ fn twin_records(
         let env = Envelope::seal(Domain::NodeRecord, &rec, &[key]);
         Message::SiteObjects(vec![Arc::new(Bundle::new(env, admission.clone()))])
     })
+}
+
+/// Members a lying summary claims for the attacker's site, every one succeeded in a canary ring.
+const LIE_MEMBERS: u32 = 50;
+
+/// A summary of the attacker's own site, signed by it, whose counts no record supports: every
+/// one of [`LIE_MEMBERS`] members succeeded in a rollout's canary ring, and a version sum no
+/// honest summary reaches. Sent to other sites as a summary and to its own as a proposal.
+fn lying_summary(
+    genesis: &Genesis,
+    key: &SecretKey,
+    admission: &Envelope,
+    cert: &AdmissionCert,
+) -> [Message; 2] {
+    use patchmesh_protocol::ids::RolloutId;
+    use patchmesh_protocol::site::{RolloutStatus, SiteSummary};
+    let lie = SiteSummary {
+        mesh: genesis.mesh_id(),
+        site: cert.site.clone(),
+        author: NodeId(key.public().0),
+        record_count: LIE_MEMBERS,
+        evidence_count: 0,
+        version_sum: u64::MAX / 2,
+        records_root: [7; 32],
+        evidence_root: [7; 32],
+        counts: [((RolloutId([0x5a; 32]), 0, RolloutStatus::Succeeded), LIE_MEMBERS)].into(),
+        evidence: Default::default(),
+        exposure: Default::default(),
+    };
+    let env = Envelope::seal(Domain::SiteSummary, &lie, &[key]);
+    let bundle = Arc::new(Bundle::new(env, admission.clone()));
+    [Message::Summaries(vec![bundle.clone()]), Message::SiteObjects(vec![bundle])]
 }
 
 /// What the `replay` mode keeps: the first copy of each kind of object it is sent.
@@ -377,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
         &[&key],
     );
     let twins = twin_records(&genesis, &key, &admission, &cert);
+    let lie = lying_summary(&genesis, &key, &admission, &cert);
     let mut captured = Captured::default();
     let mut sent = 0u64;
     let mut big_range_reply: Option<String> = None;
@@ -515,6 +551,16 @@ async fn main() -> anyhow::Result<()> {
                             swarm.behaviour_mut().msg.send_request(&t.peer, twin.to_bytes());
                             t.report.sent += 1;
                             sent += 1;
+                        }
+                    }
+                    "summary" if last_burst.elapsed() >= Duration::from_secs(2) => {
+                        last_burst = Instant::now();
+                        for t in targets.iter_mut().filter(|t| t.ready()) {
+                            for m in &lie {
+                                swarm.behaviour_mut().msg.send_request(&t.peer, m.to_bytes());
+                                t.report.sent += 1;
+                                sent += 1;
+                            }
                         }
                     }
                     "streams" if !started_streams && targets.iter().all(|t| t.ready()) => {
