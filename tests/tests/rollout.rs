@@ -1,6 +1,6 @@
 //! Rollouts on real node processes: the demo end to end, kill -9 at every journal step, a hung
 //! install, a skewed clock, a rollout signed by someone who is not an admin, and a dpkg rollback
-//! after garbage collection with no peer to fetch from.
+//! after garbage collection with no peer to fetch from, and one install per site at a time.
 
 use patchmesh_node::control::{
     DemoReport, GcView, PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
@@ -716,4 +716,83 @@ fn logged_in_users_are_told_before_an_install_and_may_defer_it_up_to_the_deadlin
     assert_eq!(lines.len(), 2, "{lines:?}");
     let second = jiff::Timestamp::from_millisecond(deadline_ms as i64).unwrap().to_string();
     assert_eq!(lines[1], format!("{second} 1"), "the hook was told the new time");
+}
+
+#[test]
+fn with_one_install_per_site_no_two_members_of_a_site_ever_install_at_once() {
+    let _guard = serial();
+    // Six nodes in two sites (even: site0, odd: site1), `--max-concurrent-per-site 1` (the
+    // default). Each install logs its start and end around a 2 s sleep; within a site the
+    // intervals must never overlap.
+    let mut m = Mesh::new("site-limit", 6, 2);
+    m.start_all();
+    let log = m.root.0.join("installs.log");
+    let script = m.root.0.join("install.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"start $(date +%s%N) $1\" >> {log}\nsleep 2\necho \"end $(date +%s%N) $1\" >> {log}\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let file = m.root.0.join("limit.bin");
+    std::fs::write(&file, b"one at a time").unwrap();
+    let install = format!("sh {} {{data_dir}}", script.display());
+    let out = m.cli_at(
+        0,
+        &[
+            "patch",
+            "add",
+            file.to_str().unwrap(),
+            "--name",
+            "limit",
+            "--executor",
+            "command",
+            "--install",
+            &install,
+            "--rollback",
+            "true",
+            "--timeout-ms",
+            "20000",
+            "--admin-key",
+            &m.admin_key(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let content = serde_json::from_slice::<PatchAddOutput>(&out.stdout).unwrap().content_id;
+    let id = create(&m, 0, &content, &["all:100"]);
+    let all = wait_for(WAIT, || {
+        (0..6).all(|i| local_step(&m, i, &id).as_deref() == Some("committed")).then_some(())
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(all.is_some(), "not every node committed:\n{text}\n{}", m.log(0));
+    // (node, start, end) per install, from the log.
+    let node_of = |dir: &str| (0..6).find(|i| m.nodes[*i].dir.join("data") == Path::new(dir));
+    let mut runs: Vec<(usize, u128, u128)> = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [what, at, dir] = parts[..] else { panic!("log line {line:?}") };
+        let node = node_of(dir).unwrap_or_else(|| panic!("unknown data dir {dir}"));
+        let at: u128 = at.parse().unwrap();
+        match what {
+            "start" => runs.push((node, at, u128::MAX)),
+            _ => runs.iter_mut().rev().find(|r| r.0 == node).unwrap().2 = at,
+        }
+    }
+    assert_eq!(runs.len(), 6, "one install per node:\n{text}");
+    for site in 0..2 {
+        let mut own: Vec<_> = runs.iter().filter(|r| r.0 % 2 == site).collect();
+        own.sort_by_key(|r| r.1);
+        for w in own.windows(2) {
+            assert!(
+                w[1].1 >= w[0].2,
+                "site{site}: node {} started {} ms before node {} ended:\n{text}",
+                w[1].0,
+                (w[0].2 - w[1].1) / 1_000_000,
+                w[0].0
+            );
+        }
+    }
 }
