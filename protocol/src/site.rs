@@ -440,6 +440,11 @@ impl Bundle {
         }
     }
 
+    /// The author's admission certificate, once the bundle is verified.
+    pub fn admission_cert(&self) -> Option<&crate::trust::AdmissionCert> {
+        Some(&self.cache.pure.get()?.as_ref().ok()?.cert)
+    }
+
     /// The endorsing node, for a verified endorsement.
     pub fn endorser(&self) -> Option<NodeId> {
         match self.cache.pure.get()?.as_ref().ok()?.body {

@@ -638,6 +638,7 @@ fn a_restored_journal_re_runs_the_step_it_was_in() {
             summaries: &summaries,
             alarms: &alarms,
             live: &live,
+            young: &Default::default(),
             now: T0,
         };
         let outs = engine.step(&Policies::default(), &view);

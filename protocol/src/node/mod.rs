@@ -111,6 +111,8 @@ pub struct Node {
     ring_opened_at: BTreeMap<(RolloutId, u8), Millis>,
     /// Summaries of this node's site proposed by its members, awaiting endorsement.
     proposals: endorse::Proposals,
+    /// When this run of the node started (by its clock).
+    started_at: Millis,
 }
 
 impl std::fmt::Debug for Node {
@@ -216,6 +218,7 @@ impl Node {
             gate_hint_at: None,
             member_heard: BTreeMap::new(),
             proposals: endorse::Proposals::default(),
+            started_at: now,
             ring_opened_at: BTreeMap::new(),
             driver_last: None,
             behind_ms: 0,
@@ -479,6 +482,7 @@ impl Node {
 
     fn start(&mut self) {
         self.started = true;
+        self.started_at = self.now;
         if self.state.site.record_version(&self.id).is_none() {
             self.update_record();
         }

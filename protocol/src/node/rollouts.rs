@@ -100,7 +100,7 @@ impl Node {
         if self.policies.rollouts.is_empty() && !self.engine.busy() {
             return;
         }
-        let live = self.live_members();
+        let (live, young) = self.live_members();
         let before = self.engine.standings().clone();
         let policies = self.policies.clone();
         let view = View {
@@ -112,6 +112,7 @@ impl Node {
             summaries: &self.state.summaries,
             alarms: &self.state.alarms,
             live: &live,
+            young: &young,
             now: self.now,
         };
         let outs = self.engine.step(&policies, &view);
@@ -131,22 +132,30 @@ impl Node {
     /// members connected now, members whose signed objects reached this node within
     /// [`limits::MEMBER_LIVE_MS`] (every member pending in a running rollout re-signs its
     /// record every [`limits::PENDING_HEARTBEAT_MS`]), and, for that long after this node saw a
-    /// rollout start running, every member whose record says it is pending in it (it has not
+    /// rollout start running (or since this node started: it was down, and its records of
+    /// others may be old), every member whose record says it is pending in it (it has not
     /// had the time to re-sign yet). Ranking only among connected members let a sparsely
     /// connected site start many times its limit; a member that went down stops being heard
     /// and frees its place.
-    fn live_members(&mut self) -> BTreeSet<NodeId> {
+    /// Also returns the rollouts that are young here (seen starting within that time).
+    fn live_members(&mut self) -> (BTreeSet<NodeId>, BTreeSet<RolloutId>) {
         let now = self.now;
         self.member_heard.retain(|_, at| now.since(*at) < limits::MEMBER_LIVE_MS);
         let records = self.state.site.records();
         let mut live = self.peers.live_members(self.state.site.site());
         live.extend(self.member_heard.keys().filter(|n| records.contains_key(*n)).copied());
-        let young: BTreeSet<RolloutId> = self
-            .ring_opened_at
-            .iter()
-            .filter(|((_, ring), at)| *ring == 0 && now.since(**at) < limits::MEMBER_LIVE_MS)
-            .map(|((id, _), _)| *id)
-            .collect();
+        // A node that started lately has heard from no one yet, and its records may be old (it
+        // was down while others moved on): every rollout is young to it for as long.
+        let booting = now.since(self.started_at) < limits::MEMBER_LIVE_MS;
+        let young: BTreeSet<RolloutId> = if booting {
+            self.policies.rollouts.keys().copied().collect()
+        } else {
+            self.ring_opened_at
+                .iter()
+                .filter(|((_, ring), at)| *ring == 0 && now.since(**at) < limits::MEMBER_LIVE_MS)
+                .map(|((id, _), _)| *id)
+                .collect()
+        };
         if !young.is_empty() {
             for (node, held) in records {
                 let pending = held
@@ -159,7 +168,7 @@ impl Node {
                 }
             }
         }
-        live
+        (live, young)
     }
 
     /// Notes when this node first saw each ring of each rollout open; forgets rollouts that

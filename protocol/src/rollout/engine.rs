@@ -221,6 +221,9 @@ pub struct View<'a> {
     pub alarms: &'a Alarms,
     /// Admitted peers connected now (the live members of the site among them).
     pub live: &'a BTreeSet<NodeId>,
+    /// Rollouts this node saw start within [`limits::MEMBER_LIVE_MS`]: a member that has not
+    /// said where it stands in one of them yet may be about to start.
+    pub young: &'a BTreeSet<RolloutId>,
     /// The node's clock.
     pub now: Millis,
 }
@@ -639,6 +642,19 @@ impl Engine {
                     && rollouts.len() < limits::ROLLOUT_STATUS_PER_RECORD_MAX
                 {
                     return false;
+                }
+                // So may one this node is not connected to, while the rollout is young: its
+                // ring follows from its id and labels, so it counts as pending where it will
+                // stand (a sparsely connected site let every canary start at once before its
+                // members' first records of the rollout had gone round).
+                if view.young.contains(&rollout.id) {
+                    let labels = held.bundle.admission_cert().map(|c| &c.labels);
+                    if let Some(r) = labels.and_then(|l| super::target::ring_of(rollout, node, l)) {
+                        let rank = (r, super::target::percentile_bp(&rollout.id, node), *node);
+                        if r < verdict.open_rings && rank < my_rank {
+                            ahead += 1;
+                        }
+                    }
                 }
                 continue;
             };
