@@ -1,59 +1,67 @@
 //! Endorsing this site's summaries (see "Endorsed summaries" in [`crate::site`]).
 //!
-//! The reporter's summary of a site of several members is a *proposal*: it travels with the
-//! site's records, to the site's members only, and counts nowhere. Every member that holds it
-//! checks it against its own records when they change ([`SiteState::supports`]: it claims
-//! nothing those records do not show); the members after the author in the
-//! reporter election's order endorse it, one at a time: the first as soon as its records agree,
-//! the next one anti-entropy period later if no endorsement has reached it by then, and so on
-//! (so a deputy that is down does not stall the site, and the usual case costs one
-//! endorsement). The endorsed summary then travels like any summary. A proposal the records
-//! never agree with (a lying author, or one whose records moved on) is never endorsed; the
-//! reporter proposes again when its records change, and sends an unendorsed proposal of its own
-//! again every summary interval in case the first copy was lost.
+//! The reporter's summary of a site of several members is a *proposal*: it counts nowhere until
+//! another member endorses it. The reporter hands it to one member of its site it is connected
+//! to (the one the election ranks first among them) and, if no endorsement has come back after
+//! an anti-entropy period, to the next, and so on round them all: one direct message per
+//! summary in the usual case, and one member down or behind does not stall the site. A member
+//! handed a proposal by its author checks it against its own records
+//! ([`SiteState::supports`]: it claims nothing those records do not show) at once and again
+//! whenever its records change, and endorses it as soon as they support it. The endorsed
+//! summary then travels like any summary. Proposals are never relayed: one that reached a node
+//! other than from its author is ignored.
 
 use crate::ids::{Millis, NodeId, StateHash};
+use crate::node::PeerId;
 use crate::site::{self, Bundle, HeldSummary, SiteState, SummaryRank};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// Proposals held at once, by distinct authors: a member that floods proposals only ever
-/// replaces its own, and the authors the election ranks first are kept.
+/// Proposals of other members held at once, by distinct authors: a member that floods
+/// proposals only ever replaces its own, and the authors the election ranks first are kept.
 pub(crate) const PROPOSALS_MAX: usize = 4;
 
-/// One proposal as held.
-struct Proposal {
+/// Another member's proposal, handed to this node.
+struct Held {
     bundle: Arc<Bundle>,
     rank: SummaryRank,
-    /// When this node first held it.
-    since: Millis,
-    /// When it was last sent to the site's members (its author's own only).
-    sent_at: Millis,
-    /// The site digest it was last checked against: the members ahead of this node in the
-    /// election order then, and whether this node's records agreed with it.
-    checked: Option<(StateHash, u64, bool)>,
-    /// Endorsed (by this node, or another endorsement reached it): nothing more to do.
+    /// The site digest it was last checked against (no need to check again until it changes).
+    checked_at: Option<StateHash>,
+    /// Endorsed by this node, or an endorsement of it reached this node.
     done: bool,
+}
+
+/// This node's own proposal, and who it asked to endorse it.
+struct Own {
+    bundle: Arc<Bundle>,
+    asked: BTreeSet<NodeId>,
+    asked_at: Option<Millis>,
 }
 
 /// The proposals of this node's site it holds.
 #[derive(Default)]
 pub(crate) struct Proposals {
-    held: BTreeMap<NodeId, Proposal>,
+    held: BTreeMap<NodeId, Held>,
+    own: Option<Own>,
 }
 
 /// What [`Proposals::tick`] asks the node to do.
 #[derive(Default)]
 pub(crate) struct Due {
-    /// Proposals this node's records agree with and it is now its turn to endorse.
+    /// Proposals this node's records support: to endorse.
     pub(crate) endorse: Vec<Arc<Bundle>>,
-    /// Its own unendorsed proposal, to send to the site's members again.
-    pub(crate) resend: Option<Arc<Bundle>>,
+    /// Its own proposal, to hand to this site peer.
+    pub(crate) ask: Option<(PeerId, Arc<Bundle>)>,
 }
 
 impl Proposals {
-    /// Holds a verified proposal of this site. Returns whether it is new (to pass on).
-    pub(crate) fn offer(&mut self, held: &HeldSummary, site: &SiteState, now: Millis) -> bool {
+    /// This node's own new proposal (it replaces the one before).
+    pub(crate) fn propose(&mut self, bundle: Arc<Bundle>) {
+        self.own = Some(Own { bundle, asked: BTreeSet::new(), asked_at: None });
+    }
+
+    /// Holds a verified proposal its author handed to this node. Returns whether it is new.
+    pub(crate) fn offer(&mut self, held: &HeldSummary, site: &SiteState) -> bool {
         let author = held.summary().author;
         let rank = held.rank();
         if self.held.get(&author).is_some_and(|p| p.rank >= rank) {
@@ -68,73 +76,60 @@ impl Proposals {
             }
             self.held.remove(&last);
         }
-        let p = Proposal {
-            bundle: held.bundle.clone(),
-            rank,
-            since: now,
-            sent_at: now,
-            checked: None,
-            done: false,
-        };
+        let p = Held { bundle: held.bundle.clone(), rank, checked_at: None, done: false };
         self.held.insert(author, p);
         true
     }
 
-    /// What is due at `now` for node `me`: endorsements (the summary held for the site, whose
-    /// summary body hash is `circulating`, marks the proposals it endorses as done) and the
-    /// re-send of its own proposal.
+    /// What is due at `now`. `circulating` is the endorsed summary of the site this node holds
+    /// (its rank, and the body hash of the summary inside), which settles the proposals it
+    /// endorses; `site_peers` are the members of the site this node is connected to.
     pub(crate) fn tick(
         &mut self,
-        me: NodeId,
         site: &mut SiteState,
         circulating: Option<(SummaryRank, [u8; 32])>,
+        site_peers: &[(PeerId, NodeId)],
         quiet_ms: u64,
-        resend_ms: u64,
         now: Millis,
     ) -> Due {
         let mut due = Due::default();
+        let endorsed =
+            |b: &Bundle| circulating.is_some_and(|(_, h)| b.summary_body_hash() == Some(h));
         // A proposal older than the endorsed summary in circulation is of no more use.
-        if let Some((rank, _)) = circulating {
-            self.held.retain(|_, p| (p.rank.1, p.rank.2) >= (rank.1, rank.2));
+        let stale = |r: &SummaryRank| circulating.is_some_and(|(c, _)| (r.1, r.2) < (c.1, c.2));
+        self.held.retain(|_, p| !stale(&p.rank));
+        if let Some(own) = &mut self.own {
+            let rank = own.bundle.summary().map(|s| s.rank(false, [0; 32]));
+            if endorsed(&own.bundle) || rank.is_some_and(|r| stale(&r)) {
+                self.own = None;
+            } else if own.asked_at.is_none_or(|at| now.since(at) >= quiet_ms) {
+                let score = |n: &NodeId| site::reporter_score(site.site(), n);
+                let mut order: Vec<&(PeerId, NodeId)> = site_peers.iter().collect();
+                order.sort_by_cached_key(|(_, n)| score(n));
+                if order.iter().all(|(_, n)| own.asked.contains(n)) {
+                    // Every connected member was asked: go round again.
+                    own.asked.clear();
+                }
+                if let Some((peer, node)) = order.into_iter().find(|(_, n)| !own.asked.contains(n))
+                {
+                    own.asked.insert(*node);
+                    own.asked_at = Some(now);
+                    due.ask = Some((*peer, own.bundle.clone()));
+                }
+            }
         }
-        if self.held.is_empty() {
-            return due;
-        }
-        let digest = site.digest();
-        let my_score = site::reporter_score(site.site(), &me);
-        for (author, p) in self.held.iter_mut() {
-            let hash = p.bundle.summary_body_hash();
-            if circulating.is_some_and(|(_, h)| Some(h) == hash) {
+        let digest = if self.held.values().any(|p| !p.done) { Some(site.digest()) } else { None };
+        for p in self.held.values_mut().filter(|p| !p.done) {
+            if endorsed(&p.bundle) {
                 p.done = true;
-            }
-            if p.done {
                 continue;
             }
-            if *author == me {
-                if now.since(p.sent_at) >= resend_ms {
-                    p.sent_at = now;
-                    due.resend = Some(p.bundle.clone());
-                }
+            if p.checked_at == digest {
                 continue;
             }
-            let (ahead, agrees) = match p.checked {
-                Some((at, ahead, agrees)) if at == digest => (ahead, agrees),
-                _ => {
-                    // Members ahead of this node in the election order (the author aside).
-                    let ahead = site
-                        .records()
-                        .keys()
-                        .filter(|n| *n != author && **n != me)
-                        .filter(|n| site::reporter_score(site.site(), n) < my_score)
-                        .count() as u64;
-                    let summary = p.bundle.summary().expect("held proposals are verified");
-                    let agrees = site.supports(summary).is_ok();
-                    p.checked = Some((digest, ahead, agrees));
-                    (ahead, agrees)
-                }
-            };
-            // This node's turn: one anti-entropy period per member ahead of it.
-            if agrees && now.since(p.since) >= ahead.saturating_mul(quiet_ms) {
+            p.checked_at = digest;
+            let summary = p.bundle.summary().expect("held proposals are verified");
+            if site.supports(summary).is_ok() {
                 p.done = true;
                 due.endorse.push(p.bundle.clone());
             }
@@ -142,8 +137,8 @@ impl Proposals {
         due
     }
 
-    /// Whether any proposal still waits (the node then ticks it when its records change).
+    /// Whether anything still waits (the node then ticks when its records change).
     pub(crate) fn waiting(&self) -> bool {
-        self.held.values().any(|p| !p.done)
+        self.own.is_some() || self.held.values().any(|p| !p.done)
     }
 }

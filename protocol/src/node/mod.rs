@@ -544,12 +544,8 @@ impl Node {
                         self.keep(Via::Local, vec![Fresh::Summary(bundle)]);
                     }
                 }
-                // Several records: a proposal to the site's members, for endorsement.
-                Ok(held) => {
-                    if self.proposals.offer(&held, &self.state.site, self.now) {
-                        self.queue(Via::Local, bundle, Batch::SiteObjects);
-                    }
-                }
+                // Several records: a proposal for another member to endorse.
+                Ok(_) => self.proposals.propose(bundle),
                 Err(e) => {
                     self.refuse(None, e.into());
                 }
@@ -558,9 +554,12 @@ impl Node {
         self.tick_proposals();
     }
 
-    /// Endorses the proposals whose turn it is and that this node's records agree with, and
-    /// sends its own unendorsed proposal again when that is due (see [`endorse`]).
+    /// Endorses the proposals this node's records support, and hands its own proposal to the
+    /// next site peer when that is due (see [`endorse`]).
     fn tick_proposals(&mut self) {
+        if !self.proposals.waiting() {
+            return;
+        }
         let own = self.state.site.site().clone();
         let circulating = self
             .state
@@ -569,16 +568,17 @@ impl Node {
             .get(&own)
             .filter(|h| h.endorsed())
             .and_then(|h| h.bundle.summary_body_hash().map(|hash| (h.rank(), hash)));
+        let site_peers: Vec<(PeerId, NodeId)> =
+            self.peers.admitted().filter(|(_, _, s)| **s == own).map(|(p, n, _)| (p, n)).collect();
         let due = self.proposals.tick(
-            self.id,
             &mut self.state.site,
             circulating,
+            &site_peers,
             self.config.anti_entropy_interval_ms,
-            self.config.summary_interval_ms,
             self.now,
         );
-        if let Some(bundle) = due.resend {
-            self.queue(Via::Local, bundle, Batch::SiteObjects);
+        if let Some((peer, bundle)) = due.ask {
+            self.out.send(peer, Arc::new(Message::SiteObjects(vec![bundle])));
         }
         for proposal in due.endorse {
             let bundle = self.publisher.endorse(&proposal);
@@ -595,16 +595,23 @@ impl Node {
         }
     }
 
-    /// A member's summary of this node's site, sent among the site's members for endorsement.
-    /// Returns whether it is new here (to pass on).
-    fn accept_proposal(&mut self, bundle: &Arc<Bundle>) -> Result<bool, Refusal> {
+    /// A member's summary of this node's site, handed to it by `from` for endorsement. Only
+    /// its author hands one on (proposals are never relayed). Returns whether it is new here.
+    fn accept_proposal(
+        &mut self,
+        bundle: &Arc<Bundle>,
+        from: Option<NodeId>,
+    ) -> Result<bool, Refusal> {
         let s = &self.state;
         let held = site::verify_summary(bundle, &s.trust, self.now, self.config.check.as_ref())?;
-        let site = &held.summary().site;
-        if site != s.site.site() {
-            return Err(SiteError::ForeignSite(site.clone()).into());
+        let summary = held.summary();
+        if summary.site != *s.site.site() {
+            return Err(SiteError::ForeignSite(summary.site.clone()).into());
         }
-        Ok(self.proposals.offer(&held, &s.site, self.now))
+        if from != Some(summary.author) {
+            return Ok(false);
+        }
+        Ok(self.proposals.offer(&held, &s.site))
     }
 
     fn hello(&self) -> Arc<Message> {
@@ -1090,12 +1097,13 @@ impl Node {
         let mut proposals = false;
         for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
             if bundle.object().domain == Domain::SiteSummary {
-                match self.accept_proposal(bundle) {
-                    Ok(true) => {
-                        proposals = true;
-                        judged = judged.and(Judged::FRESH);
-                        self.queue(via, bundle.clone(), Batch::SiteObjects);
-                    }
+                // Handed over directly by its author, never by pubsub or a relay.
+                let from = match via {
+                    Via::Direct(peer) => self.peers.get(peer).map(|p| p.node),
+                    _ => None,
+                };
+                match self.accept_proposal(bundle, from) {
+                    Ok(true) => proposals = true,
                     Ok(false) | Err(Refusal::Site(SiteError::ForeignSite(_))) => {}
                     Err(e) => judged = judged.and(self.refuse(via.peer(), e)),
                 }
@@ -1137,7 +1145,7 @@ impl Node {
             // Sign above the version an earlier life used, so this node never signs one twice.
             self.update_record();
         }
-        if (changed || proposals) && self.proposals.waiting() {
+        if changed || proposals {
             self.tick_proposals();
         }
         judged
