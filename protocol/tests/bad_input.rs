@@ -427,3 +427,110 @@ fn a_node_sending_two_records_of_one_version_is_blamed() {
     let ours = |i: usize| h.nodes[i].site().records()[&h.nodes[0].id()].body_hash();
     assert_eq!(ours(1), ours(2), "the replicas kept different records");
 }
+
+#[test]
+fn a_node_back_after_a_week_offline_refuses_older_trust_and_ends_where_the_others_are() {
+    use patchmesh_protocol::node::{Node, Persist};
+    // Node 2 (site b) is off for a week. Meanwhile the root quorum adds admin K (v2), K
+    // publishes a patch, K is revoked with all its changes (v3), and admin 0 publishes one.
+    let mut h = Harness::new(&["a", "a", "b"]);
+    h.connect(0, 1);
+    h.connect(1, 2);
+    let a0 = h.keys.admins[0].clone();
+    let publish = |h: &mut Harness, admin: &patchmesh_protocol::crypto::SecretKey, n: u8| {
+        let edits = vec![(patch(n).key(), Some(patch(n)))];
+        h.input(0, Input::Command(Command::Publish { admin: admin.clone(), edits }));
+        h.settle();
+    };
+    publish(&mut h, &a0, 1);
+    h.run_for(3_000);
+    // Node 2's store as it shuts down.
+    let n2 = &h.nodes[2];
+    let mut store: Vec<Persist> =
+        n2.trust().chain().iter().cloned().map(Persist::AdminSet).collect();
+    store.extend(n2.catalog().envelopes().cloned().map(Persist::CatalogChange));
+    store.extend(n2.site().records().values().map(|r| Persist::SiteObject(r.bundle.clone())));
+    store.push(Persist::RecordVersionFloor(n2.site().record_version(&n2.id()).unwrap()));
+    h.sides = Some(vec![0, 0, 1]);
+
+    let (r0, r2) = (h.keys.roots[0].clone(), h.keys.roots[2].clone());
+    let k = key(77);
+    let both = vec![a0.public(), h.keys.admins[1].public()];
+    let v1 = h.nodes[0].trust().admins().clone();
+    let v2 =
+        mesh::next_admin_set(&v1, [both.clone(), vec![k.public()]].concat(), vec![], &[&r0, &r2]);
+    h.input(0, Input::Command(Command::AdminSet(v2.clone())));
+    h.settle();
+    publish(&mut h, &k, 2);
+    let k_change = h.nodes[0]
+        .catalog()
+        .envelopes()
+        .find(|e| e.signatures.iter().any(|s| s.key == k.public()))
+        .cloned()
+        .expect("K's change applied at node 0");
+    let v2_set = h.nodes[0].trust().admins().clone();
+    let revoke = Revocation { key: k.public(), kept_seq: BTreeMap::new() };
+    let v3 = mesh::next_admin_set(&v2_set, both.clone(), vec![revoke], &[&r0, &r2]);
+    h.input(0, Input::Command(Command::AdminSet(v3)));
+    h.settle();
+    publish(&mut h, &a0, 3);
+    h.run_for(2_000);
+    assert_eq!(h.nodes[1].trust().version(), 3);
+    assert_eq!(h.nodes[1].catalog().entries().len(), 2, "K's patch went with its key");
+
+    // A week later node 2 starts from its store.
+    h.now = h.now.plus(7 * common::DAY_MS);
+    let mut config = h.keys.config(key(102), "b");
+    config.seed = 2;
+    let mut back = Node::new(config, h.now).unwrap();
+    assert_eq!(back.restore(&store), 0, "its own store verifies a week later");
+    back.handle_input(h.now, Input::Start);
+    h.nodes[2] = back;
+    h.drain(2);
+    assert_eq!(h.nodes[2].trust().version(), 1);
+
+    // A replayer reaches it first with the history out of date: v2 and K's change (genuine,
+    // and valid when signed).
+    h.sides = None;
+    h.links.retain(|l| *l != (1, 2));
+    h.connect(0, 2);
+    // (Queued behind the hellos, ahead of every honest answer.)
+    h.queue.push_back((0, 2, Arc::new(Message::AdminSets(vec![v2.clone()]))));
+    h.queue.push_back((0, 2, Arc::new(Message::CatalogChange(Arc::new(k_change.clone())))));
+    let (mut versions, mut had_k) = (Vec::new(), false);
+    while let Some((from, to, msg)) = h.queue.pop_front() {
+        let t = h.clock(to);
+        h.nodes[to].handle_input(t, Input::Message { peer: PeerId(from as u64), msg });
+        h.drain(to);
+        versions.push(h.nodes[2].trust().version());
+        had_k |= h.nodes[2]
+            .catalog()
+            .envelopes()
+            .any(|e| e.signatures.iter().any(|s| s.key == k.public()));
+    }
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "trust went back: {versions:?}");
+    assert!(versions.contains(&2) && had_k, "the replayed v2 and K's change were taken first");
+    h.run_for(5_000);
+    // It ends where the others are: v3, K's change dropped, the same catalog.
+    assert_eq!(h.nodes[2].trust().version(), 3);
+    assert_eq!(h.nodes[2].catalog().state_hash(), h.nodes[0].catalog().state_hash());
+    assert!(h.nodes[2]
+        .catalog()
+        .envelopes()
+        .all(|e| e.signatures.iter().all(|s| s.key != k.public())));
+
+    // Older trust than it now holds is refused: a different v2 (genuine root signatures) and
+    // K's change again.
+    let other_v2 = mesh::next_admin_set(&v1, vec![k.public()], vec![], &[&r0, &r2]);
+    let before = h.nodes[2].stats().rejected.clone();
+    h.queue.push_back((0, 2, Arc::new(Message::AdminSets(vec![other_v2]))));
+    h.queue.push_back((0, 2, Arc::new(Message::CatalogChange(Arc::new(k_change)))));
+    h.settle();
+    let after = &h.nodes[2].stats().rejected;
+    let grew =
+        |kind: &str| after.get(kind).copied().unwrap_or(0) > before.get(kind).copied().unwrap_or(0);
+    assert!(grew("replay"), "the older admin set was not refused as a replay: {after:?}");
+    assert!(grew("revoked"), "the revoked key's change was not refused: {after:?}");
+    assert_eq!(h.nodes[2].trust().version(), 3);
+    assert_eq!(h.nodes[2].catalog().state_hash(), h.nodes[0].catalog().state_hash());
+}
