@@ -3,8 +3,10 @@
 //! The reporter's summary of a site of several members is a *proposal*: it counts nowhere until
 //! another member endorses it. The reporter hands it to one member of its site it is connected
 //! to (the one the election ranks first among them) and, if no endorsement has come back after
-//! an anti-entropy period, to the next, and so on round them all: one direct message per
-//! summary in the usual case, and one member down or behind does not stall the site. A member
+//! an anti-entropy period, to the next, and so on round them all (each further round waiting
+//! twice as long): one direct message per summary in the usual case, and one member down or
+//! behind does not stall the site. The endorser sends the endorsed summary straight back to
+//! the author as well as on to everyone. A member
 //! handed a proposal by its author checks it against its own records
 //! ([`SiteState::supports`]: it claims nothing those records do not show) at once and again
 //! whenever its records change, and endorses it as soon as they support it. The endorsed
@@ -36,6 +38,9 @@ struct Own {
     bundle: Arc<Bundle>,
     asked: BTreeSet<NodeId>,
     asked_at: Option<Millis>,
+    /// Rounds of every connected member asked without an endorsement: each doubles the wait
+    /// before the next ask (up to 16 periods), so a proposal no one can endorse costs little.
+    rounds: u32,
 }
 
 /// The proposals of this node's site it holds.
@@ -57,7 +62,7 @@ pub(crate) struct Due {
 impl Proposals {
     /// This node's own new proposal (it replaces the one before).
     pub(crate) fn propose(&mut self, bundle: Arc<Bundle>) {
-        self.own = Some(Own { bundle, asked: BTreeSet::new(), asked_at: None });
+        self.own = Some(Own { bundle, asked: BTreeSet::new(), asked_at: None, rounds: 0 });
     }
 
     /// Holds a verified proposal its author handed to this node. Returns whether it is new.
@@ -102,13 +107,14 @@ impl Proposals {
             let rank = own.bundle.summary().map(|s| s.rank(false, [0; 32]));
             if endorsed(&own.bundle) || rank.is_some_and(|r| stale(&r)) {
                 self.own = None;
-            } else if own.asked_at.is_none_or(|at| now.since(at) >= quiet_ms) {
+            } else if own.asked_at.is_none_or(|at| now.since(at) >= quiet_ms << own.rounds.min(4)) {
                 let score = |n: &NodeId| site::reporter_score(site.site(), n);
                 let mut order: Vec<&(PeerId, NodeId)> = site_peers.iter().collect();
                 order.sort_by_cached_key(|(_, n)| score(n));
                 if order.iter().all(|(_, n)| own.asked.contains(n)) {
-                    // Every connected member was asked: go round again.
+                    // Every connected member was asked: go round again, more slowly.
                     own.asked.clear();
+                    own.rounds += 1;
                 }
                 if let Some((peer, node)) = order.into_iter().find(|(_, n)| !own.asked.contains(n))
                 {

@@ -585,6 +585,13 @@ impl Node {
             match self.accept_summary(&bundle) {
                 Ok(Merge::New) => {
                     self.stats.endorsed += 1;
+                    // Straight back to the author too, so it stops asking others.
+                    if let Some(author) = proposal.summary().map(|s| s.author) {
+                        let back = Arc::new(Message::Summaries(vec![bundle.clone()]));
+                        for peer in self.peers.of_node(&author) {
+                            self.out.send(peer, back.clone());
+                        }
+                    }
                     self.keep(Via::Local, vec![Fresh::Summary(bundle)]);
                 }
                 Ok(Merge::Duplicate) => {}
