@@ -169,9 +169,20 @@ fn a_lying_member_cannot_make_other_sites_count_its_summary() {
         assert!(!s.counts.contains_key(&(RolloutId([9; 32]), 0, S::Succeeded)));
     }
 
-    // Site a keeps summarising truthfully: a change in a is endorsed and reaches site b.
+    // Site a keeps summarising truthfully: a change other sites read (node 1's exposure) is
+    // endorsed and reaches site b.
     let before = h.nodes[3].summaries().all()[&a].rank();
-    h.input(1, Input::Command(Command::UpdateRecord { inventory: Default::default() }));
+    let exposure = patchmesh_protocol::intel::report::ExposureSummary {
+        bundle: patchmesh_protocol::ids::ContentId([4; 32]),
+        bundle_created_at: common::T0,
+        counts: Default::default(),
+        kev: 1,
+        excepted: 0,
+        severity: Default::default(),
+        top: Vec::new(),
+        findings_digest: [0; 32],
+    };
+    h.input(1, Input::Command(Command::SetExposure(Some(exposure))));
     h.run_for(15_000);
     let after = &h.nodes[3].summaries().all()[&a];
     assert!(after.endorsed() && after.rank() > before, "site a's next summary did not arrive");
@@ -274,4 +285,23 @@ fn a_node_whose_store_lost_its_floor_signs_above_the_record_its_peers_hold() {
         h.nodes[1].site().records()[&id0].body_hash(),
         "both hold the same record"
     );
+}
+
+#[test]
+fn records_re_signed_with_nothing_new_for_other_sites_publish_no_summary() {
+    let mut h = Harness::new(&["a", "a", "b"]);
+    for (x, y) in [(0, 1), (1, 2)] {
+        h.connect(x, y);
+    }
+    h.run_for(10_000);
+    let a = SiteId::from("a");
+    let before = h.nodes[2].summaries().all()[&a].rank();
+    // An inventory change (or an audit checkpoint) re-signs node 0's record: site a's records
+    // root and version sum move, what other sites read does not.
+    let inventory =
+        patchmesh_protocol::site::InventorySummary { package_count: 5, ..Default::default() };
+    h.input(0, Input::Command(Command::UpdateRecord { inventory }));
+    h.run_for(20_000);
+    assert_eq!(h.nodes[2].summaries().all()[&a].rank(), before, "a summary with nothing new");
+    assert!(h.nodes[1].site().records()[&h.nodes[0].id()].record().inventory.package_count == 5);
 }

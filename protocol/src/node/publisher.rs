@@ -6,7 +6,9 @@
 //! holding the same records elects the same one, with no coordination. It publishes a summary
 //! when the site has been quiet for an anti-entropy period (one summary covers a burst of
 //! changes), at most once per `summary_interval_ms`, at least every four intervals while the
-//! site keeps changing, and never one that says what the summary in circulation says.
+//! site keeps changing, and never one that tells other sites nothing new: the same members,
+//! counts, evidence and exposure as the summary in circulation (records re-signed for an audit
+//! checkpoint or an inventory change move only its roots and rank).
 //!
 //! A site in the middle of a rollout is never quiet (its members change step every second or
 //! two), so waiting for quiet would hold every gate up to four intervals behind the truth. One
@@ -184,12 +186,14 @@ impl Publisher {
             return None;
         }
         self.last_summary_digest = Some(digest);
-        // A summary already in circulation that says the same (e.g. restored from the store)
-        // is not republished.
+        // A summary that tells other sites nothing new is not published: the one in circulation
+        // has the same members, counts, evidence and exposure (the records behind it were only
+        // re-signed: an audit checkpoint, an inventory change), or was restored from the store.
         if let Some(h) = held {
-            if (h.records_root, h.evidence_root, &h.counts, &h.evidence)
-                == (summary.records_root, summary.evidence_root, &summary.counts, &summary.evidence)
-            {
+            let reads = |s: &site::SiteSummary| {
+                (s.record_count, s.counts.clone(), s.evidence.clone(), s.exposure.clone())
+            };
+            if reads(h) == reads(&summary) {
                 return None;
             }
         }
