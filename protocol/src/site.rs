@@ -179,8 +179,9 @@ pub struct SiteSummary {
 }
 
 /// How summaries of one site rank: endorsed above unendorsed, then newer (version sum,
-/// evidence count) above older; ties break on the body hash of the object held, so every node
-/// keeps the same one.
+/// evidence count) above older; ties break on the summary's body hash, so every node keeps the
+/// same summary. Two endorsements of one summary rank alike: whichever a node holds first, it
+/// keeps, and neither spreads twice.
 pub type SummaryRank = (bool, u64, u32, [u8; 32]);
 
 impl SiteSummary {
@@ -532,7 +533,7 @@ pub struct HeldSummary {
 impl HeldSummary {
     /// Its rank among summaries of the same site.
     pub fn rank(&self) -> SummaryRank {
-        let hash = self.bundle.body_hash().expect("held summaries are verified");
+        let hash = self.bundle.summary_body_hash().expect("held summaries are verified");
         self.summary().rank(self.endorsed(), hash)
     }
     /// Whether another member of the site endorsed it.
@@ -672,7 +673,7 @@ pub fn summary_rank<'a>(
     match &checked.body {
         Body::Summary(s) => Ok((&s.site, s.rank(false, checked.body_hash))),
         Body::Endorsed(e) => match &e.1.body {
-            Body::Summary(s) => Ok((&s.site, s.rank(true, checked.body_hash))),
+            Body::Summary(s) => Ok((&s.site, s.rank(true, e.1.body_hash))),
             _ => Err(SiteError::Invalid("an endorsement must carry a summary")),
         },
         _ => Err(TrustError::WrongDomain {
@@ -1097,9 +1098,10 @@ pub struct Summaries {
 }
 
 fn summary_entry_hash(_site: &SiteId, held: &HeldSummary) -> [u64; 4] {
-    // The body names the site, so the body hash alone identifies the entry.
+    // The summary names the site, so its body hash alone identifies the entry (the same for
+    // every endorsement of it).
     *held.bundle.cache.lanes.get_or_init(|| {
-        let h = held.bundle.body_hash().expect("held summaries are verified");
+        let h = held.bundle.summary_body_hash().expect("held summaries are verified");
         let lane = |i: usize| u64::from_le_bytes(h[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         [lane(0), lane(1), lane(2), lane(3)]
     })
