@@ -5,8 +5,9 @@
 //! to (the one the election ranks first among them) and, if no endorsement has come back after
 //! an anti-entropy period, to the next, and so on round them all (each further round waiting
 //! twice as long): one direct message per summary in the usual case, and one member down or
-//! behind does not stall the site. The endorser sends the endorsed summary straight back to
-//! the author as well as on to everyone. A member
+//! behind does not stall the site. The endorsed summary goes on to everyone like any summary
+//! (in direct relay mode also straight back to the author, which otherwise might hear of it
+//! only at the next anti-entropy round and ask someone else meanwhile). A member
 //! handed a proposal by its author checks it against its own records
 //! ([`SiteState::supports`]: it claims nothing those records do not show) at once and again
 //! whenever its records change, and endorses it as soon as they support it. The endorsed

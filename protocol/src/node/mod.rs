@@ -585,8 +585,10 @@ impl Node {
             match self.accept_summary(&bundle) {
                 Ok(Merge::New) => {
                     self.stats.endorsed += 1;
-                    // Straight back to the author too, so it stops asking others.
-                    if let Some(author) = proposal.summary().map(|s| s.author) {
+                    // Straight back to the author too, so it stops asking others (over pubsub
+                    // it is among the summary topic's subscribers already).
+                    let author = proposal.summary().map(|s| s.author);
+                    if let (Some(author), RelayMode::Direct) = (author, self.config.relay) {
                         let back = Arc::new(Message::Summaries(vec![bundle.clone()]));
                         for peer in self.peers.of_node(&author) {
                             self.out.send(peer, back.clone());
