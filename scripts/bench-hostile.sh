@@ -4,7 +4,7 @@
 # and prints what it measured: under a flood of forged objects, the honest nodes' CPU and RSS,
 # convergence of a real publish against the quiet case, when each node dropped the attacker
 # and how its redials fared; what the replayer captured and sent back; the equivocator's
-# records; and under stream and control-socket abuse, the fetch time of a payload only the
+# records; the lying summary's messages; and under stream and control-socket abuse, the fetch time of a payload only the
 # abused node holds and its RSS. NAT figures: scripts/bench-nat.sh.
 # Usage: scripts/bench-hostile.sh   (as root: the test needs nothing else)
 set -euo pipefail
@@ -15,4 +15,4 @@ out=$(cargo test --release -q -p patchmesh-tests --test hostile -- --nocapture 2
   echo "bench-hostile.sh: the attack test failed (output above)" >&2
   exit 1
 }
-grep -E '^(flood|replay|equivocation|streams|  target)' <<< "$out"
+grep -E '^(flood|replay|equivocation|lying summary|streams|  target)' <<< "$out"
