@@ -726,6 +726,16 @@ fn with_one_install_per_site_no_two_members_of_a_site_ever_install_at_once() {
     // intervals must never overlap.
     let mut m = Mesh::new("site-limit", 6, 2);
     m.start_all();
+    // Members rank each other by the records they hold: one whose record has never reached a
+    // member cannot be counted by it. The nodes bootstrap from node 0 (site0), so the site1
+    // members find each other a moment later; the rollout starts once every node holds its
+    // site's three records, as in a running fleet.
+    let known = wait_for(WAIT, || (0..6).all(|i| m.status(i).site_records == 3).then_some(()));
+    assert!(
+        known.is_some(),
+        "site records never converged: {:?}",
+        (0..6).map(|i| m.status(i).site_records).collect::<Vec<_>>()
+    );
     let log = m.root.0.join("installs.log");
     let script = m.root.0.join("install.sh");
     std::fs::write(
