@@ -75,6 +75,7 @@ mod intel;
 mod keys;
 mod notice;
 mod output;
+mod plan;
 mod report;
 mod roles;
 mod rollout;
@@ -202,6 +203,15 @@ enum Cmd {
     },
     /// This node: identity, mesh, trust version, catalog, peers and traffic.
     Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet as this node knows it: every site, its members by time zone, OS and labels
+    /// (this node's site from its members' records, the others from their summaries).
+    Fleet {
         #[command(flatten)]
         node: NodeArgs,
         /// Print JSON.
@@ -760,6 +770,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node(NodeCmd::Enroll(a)) => voucher::enroll(*a, now_ms()),
         Cmd::Status { node, json } => {
             output::status(&call(&node, Request::Status)?, json);
+            Ok(())
+        }
+        Cmd::Fleet { node, json } => {
+            output::fleet(&call(&node, Request::Fleet)?, json);
             Ok(())
         }
         Cmd::Peers { node, json } => {

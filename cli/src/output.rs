@@ -69,6 +69,41 @@ pub fn peers(list: &[PeerView], json_out: bool) {
     }
 }
 
+/// `patchmesh fleet`.
+pub fn fleet(v: &patchmesh_node::control::FleetView, json_out: bool) {
+    if json_out {
+        outln!("{}", json(v));
+        return;
+    }
+    outln!("{:<20} {:>7}  {:<8} KINDS (count  zone  os  labels)", "SITE", "MEMBERS", "FROM");
+    for s in &v.sites {
+        let mut kinds: Vec<String> = s
+            .kinds
+            .iter()
+            .map(|k| {
+                let labels: Vec<String> =
+                    k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
+                let or_dash = |t: &str| if t.is_empty() { "-".to_string() } else { t.to_string() };
+                format!("{} {} {} {}", k.count, or_dash(&k.zone), or_dash(&k.os), labels.join(","))
+            })
+            .collect();
+        if s.other > 0 {
+            kinds.push(format!("{} of other kinds", s.other));
+        }
+        outln!(
+            "{:<20} {:>7}  {:<8} {}",
+            s.site,
+            s.members,
+            if s.from_records { "records" } else { "summary" },
+            kinds.join("; ")
+        );
+    }
+    if !v.rtt_ms.is_empty() {
+        let rtts: Vec<String> = v.rtt_ms.iter().map(|(s, ms)| format!("{s} {ms} ms")).collect();
+        outln!("round trips from here: {}", rtts.join(", "));
+    }
+}
+
 /// `patchmesh inventory`.
 pub fn inventory(v: &InventoryView, json_out: bool) {
     if json_out {

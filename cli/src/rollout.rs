@@ -9,7 +9,7 @@ use crate::{call, publish, NodeArgs};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use patchmesh_node::control::{
-    CatalogView, Request, RolloutCreateOutput, RolloutStatusOutput, RolloutView, RolloutsView,
+    Request, RolloutCreateOutput, RolloutStatusOutput, RolloutView, RolloutsView,
 };
 use patchmesh_protocol::catalog::{
     AdminCommand, CatalogEntry, CommandAction, Gate, Override, RingSpec, RolloutEntry, Selector,
@@ -42,6 +42,10 @@ pub enum RolloutCmd {
     },
     /// Stop a rollout for good and roll back every install of it.
     Abort(CommandArgs),
+    /// Rehearse a rollout before creating it: the same options as `create`, run by the
+    /// simulator on the fleet this node knows (per-ring timings, window waits, WAN bytes, and
+    /// with --fail-fraction the halt), after the checks `create` runs. Signs nothing.
+    Plan(Box<crate::plan::PlanArgs>),
     /// Show rollouts as this node sees them: per-ring counts, gates, halts, its own install.
     Status {
         /// Only this rollout (id or unique prefix).
@@ -86,7 +90,7 @@ pub struct CreateArgs {
     min_reports: u32,
     /// Maintenance window in each node's own time zone, e.g. "mon-fri 22:00-04:00" (repeat).
     #[arg(long = "window")]
-    windows: Vec<String>,
+    pub windows: Vec<String>,
     /// After this time (RFC 3339) windows no longer hold installs back.
     #[arg(long)]
     pub deadline: Option<String>,
@@ -119,6 +123,13 @@ pub struct CreateArgs {
     /// Target only nodes where a package predicate holds, e.g. "openssl < 3.0.11" (repeat).
     #[arg(long = "target-package")]
     pub target_packages: Vec<String>,
+    /// Refuse when a site's WAN link would carry more than this many bytes for the payload.
+    #[arg(long)]
+    pub max_site_wan_bytes: Option<u64>,
+    /// Go ahead despite problems the checks before signing find (no node targeted, a ring
+    /// whose gate can never pass, a window that never opens, a WAN budget overrun).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub sign: Signer,
 }
@@ -238,14 +249,10 @@ pub fn create(
     now: Millis,
 ) -> anyhow::Result<(RolloutEntry, patchmesh_node::control::SubmittedView)> {
     let rollout = build(a, now)?;
-    let cat: CatalogView = call(&a.sign.node, Request::Catalog)?;
-    let want = format!("patch/{}", rollout.content_id);
-    if !cat.entries.iter().any(|e| e.key == want) {
-        bail!(
-            "no patch {} in the catalog: add it with `patchmesh patch add` first",
-            rollout.content_id
-        );
-    }
+    // The checks a rehearsal runs, before anything is signed (`rollout plan` for the rest).
+    let (fleet, size) = crate::plan::fleet_and_size(&a.sign.node, &rollout)?;
+    let findings = crate::plan::checks(&fleet, &rollout, size, a.max_site_wan_bytes, now);
+    crate::plan::enforce(&findings, a.force)?;
     let entry = CatalogEntry::Rollout(rollout.clone());
     let mut edits = vec![(entry.key(), Some(entry))];
     if a.allow_deferrals > 0 {
@@ -301,6 +308,7 @@ pub fn run(cmd: RolloutCmd, now: Millis) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        RolloutCmd::Plan(a) => crate::plan::run(*a, now),
         RolloutCmd::Approve(c) => {
             let r = find(&c.sign.node, &c.id)?;
             let mut hash = [0u8; 32];

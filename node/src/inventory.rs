@@ -112,6 +112,8 @@ impl Inventory {
             kernel: truncate(&self.kernel),
             package_count: self.packages.iter().filter(|p| p.status == "installed").count() as u32,
             packages_digest: *h.finalize().as_bytes(),
+            // Filled in by the protocol core from the node's facts.
+            zone: String::new(),
         }
     }
 }

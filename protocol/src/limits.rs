@@ -18,6 +18,11 @@ pub const SITE_NAME_BYTES_MAX: usize = 64;
 pub const LABELS_PER_NODE_MAX: usize = 32;
 /// Bytes of one label key or value.
 pub const LABEL_BYTES_MAX: usize = 64;
+/// Member kinds (time zone, OS, labels) a site summary's shape lists; members of other kinds
+/// are counted together.
+pub const SITE_SHAPE_KINDS_MAX: usize = 16;
+/// Bytes of the strings of the kinds a site summary's shape lists.
+pub const SITE_SHAPE_BYTES_MAX: usize = 4096;
 /// One automerge change inside a signed catalog envelope.
 pub const CATALOG_CHANGE_BYTES_MAX: usize = 32 * 1024;
 /// Changes a node holds in its catalog (the catalog is admin-written and small).

@@ -91,6 +91,80 @@ pub struct InventorySummary {
     pub package_count: u32,
     /// BLAKE3 over the sorted package list.
     pub packages_digest: [u8; 32],
+    /// The node's IANA time zone (what its windows are read in); empty when unknown. Rollout
+    /// rehearsals read it (`patchmesh rollout plan`).
+    pub zone: String,
+}
+
+/// One kind of member in a site's shape: its time zone, OS and certificate labels.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MemberKind {
+    /// IANA time zone (empty: unknown).
+    pub zone: String,
+    /// Operating system.
+    pub os: String,
+    /// Certificate labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl MemberKind {
+    /// Its size, counted as its strings' bytes.
+    fn bytes(&self) -> usize {
+        self.zone.len()
+            + self.os.len()
+            + self.labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+}
+
+/// What a site is made of, as its summary carries it: members per kind (time zone, OS,
+/// labels), the most common kinds first, and how many members are of the kinds left out. A
+/// rollout rehearsal rebuilds other sites from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteShape {
+    /// Members per kind, most common first (ties by kind).
+    pub kinds: Vec<(MemberKind, u32)>,
+    /// Members of kinds left out.
+    pub other: u32,
+}
+
+impl SiteShape {
+    /// The shape of `members`: the most common kinds, while they fit
+    /// [`crate::limits::SITE_SHAPE_KINDS_MAX`] and [`crate::limits::SITE_SHAPE_BYTES_MAX`]; the
+    /// rest counted in `other`.
+    pub fn of(members: impl IntoIterator<Item = MemberKind>) -> SiteShape {
+        let mut all: BTreeMap<MemberKind, u32> = BTreeMap::new();
+        for m in members {
+            *all.entry(m).or_default() += 1;
+        }
+        let mut sorted: Vec<(MemberKind, u32)> = all.into_iter().collect();
+        sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut shape = SiteShape::default();
+        let mut bytes = 0usize;
+        for (kind, n) in sorted {
+            let size = kind.bytes();
+            if shape.kinds.len() < crate::limits::SITE_SHAPE_KINDS_MAX
+                && bytes + size <= crate::limits::SITE_SHAPE_BYTES_MAX
+            {
+                bytes += size;
+                shape.kinds.push((kind, n));
+            } else {
+                shape.other += n;
+            }
+        }
+        shape
+    }
+
+    /// Members it counts.
+    pub fn members(&self) -> u64 {
+        self.kinds.iter().map(|k| u64::from(k.1)).sum::<u64>() + u64::from(self.other)
+    }
+
+    /// Whether it is within its bounds.
+    fn within_limits(&self) -> bool {
+        self.kinds.len() <= crate::limits::SITE_SHAPE_KINDS_MAX
+            && self.kinds.iter().map(|(k, _)| k.bytes()).sum::<usize>()
+                <= crate::limits::SITE_SHAPE_BYTES_MAX
+    }
 }
 
 /// A node's self-description, signed by the node.
@@ -176,6 +250,8 @@ pub struct SiteSummary {
     pub evidence: BTreeMap<(RolloutId, EvidenceKind), u32>,
     /// The members' exposure to known vulnerabilities.
     pub exposure: crate::intel::report::SiteExposure,
+    /// What the site is made of (zones, OS, labels).
+    pub shape: SiteShape,
 }
 
 /// How summaries of one site rank: endorsed above unendorsed, then newer (version sum,
@@ -200,6 +276,8 @@ impl SiteSummary {
         let evidence: u64 = self.evidence.values().map(|n| u64::from(*n)).sum();
         per_rollout.values().all(|n| *n <= u64::from(self.record_count))
             && evidence <= u64::from(self.evidence_count)
+            && self.shape.within_limits()
+            && self.shape.members() <= u64::from(self.record_count)
     }
 }
 
@@ -989,7 +1067,20 @@ impl SiteState {
             exposure: crate::intel::report::site_exposure(
                 self.records.values().filter_map(|r| r.record().exposure.as_ref()),
             ),
+            shape: self.shape(),
         }
+    }
+
+    /// The shape of the members whose records are held (labels from their certificates).
+    pub fn shape(&self) -> SiteShape {
+        SiteShape::of(self.records.values().map(|held| {
+            let inv = &held.record().inventory;
+            MemberKind {
+                zone: inv.zone.clone(),
+                os: inv.os.clone(),
+                labels: held.bundle.admission_cert().map(|c| c.labels.clone()).unwrap_or_default(),
+            }
+        }))
     }
 
     /// Checks a summary of this site against the records and evidence held: the audit that
@@ -1016,6 +1107,9 @@ impl SiteState {
         }
         if mine.exposure != summary.exposure {
             return mismatch("exposure");
+        }
+        if mine.shape != summary.shape {
+            return mismatch("shape");
         }
         Ok(())
     }
@@ -1081,6 +1175,9 @@ impl SiteState {
         }
         if mine.exposure != summary.exposure {
             return mismatch("exposure");
+        }
+        if mine.shape != summary.shape {
+            return mismatch("shape");
         }
         Ok(())
     }

@@ -48,7 +48,7 @@ fn d_split_ms() -> u64 {
 }
 
 /// `[enrol]` in a scenario.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolSpec {
     /// Machines that enrol with the voucher.

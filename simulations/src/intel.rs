@@ -35,7 +35,7 @@ fn d_check() -> u64 {
 }
 
 /// `[intel]` in a scenario.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntelSpec {
     /// When the admin publishes the bundle.

@@ -119,16 +119,28 @@ fn d_one() -> f64 {
 }
 
 /// A scenario.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Label.
     #[serde(default)]
     pub name: String,
-    /// Honest nodes.
+    /// Honest nodes (follows from `[[site]]` when given).
+    #[serde(default)]
     pub nodes: usize,
-    /// Sites.
+    /// Sites (follows from `[[site]]` when given).
+    #[serde(default)]
     pub sites: usize,
+    /// Wall-clock time of simulated time zero, RFC 3339 (default Friday 2027-01-15 08:00 UTC).
+    #[serde(default)]
+    pub start_at: Option<String>,
+    /// `start_at` in milliseconds since the Unix epoch (set on load).
+    #[serde(skip)]
+    pub epoch_ms: u64,
+    /// The fleet site by site (what `patchmesh rollout plan` exports); when given, `nodes` and
+    /// `sites` follow from it.
+    #[serde(default)]
+    pub site: Vec<SiteSpec>,
     /// Default seed.
     #[serde(default)]
     pub seed: u64,
@@ -185,6 +197,39 @@ pub struct Scenario {
     pub enrol: Option<crate::enrol::EnrolSpec>,
 }
 
+/// One site of an explicit fleet.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    /// Its name (for reports).
+    #[serde(default)]
+    pub name: String,
+    /// Its WAN link's bandwidth (default `[wan].bandwidth_mbps`). A link between two sites
+    /// runs at the slower site's link.
+    pub wan_mbps: Option<f64>,
+    /// Its WAN round trip (default `[wan].rtt_ms`).
+    pub wan_rtt_ms: Option<f64>,
+    /// Its members, kind by kind.
+    pub kinds: Vec<KindSpec>,
+}
+
+/// Members of one kind in a site.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindSpec {
+    /// How many.
+    pub count: usize,
+    /// Their IANA time zone (default: `[rollout].time_zones`, round-robin by site).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Their certificate labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Simulated time zero when a scenario gives no `start_at`: Friday 2027-01-15 08:00 UTC.
+pub const EPOCH_MS_DEFAULT: u64 = 1_800_000_000_000;
+
 /// How the fleet starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,7 +242,7 @@ pub enum Start {
 }
 
 /// A kind of link.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Link {
     /// One-way latency (LAN).
@@ -232,7 +277,7 @@ impl Link {
 }
 
 /// Overlay shape.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Topology {
     /// Links each node opens inside its site.
@@ -248,7 +293,7 @@ impl Default for Topology {
 }
 
 /// Protocol timing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Protocol {
     /// Anti-entropy period.
@@ -276,7 +321,7 @@ impl Default for Protocol {
 }
 
 /// A partition of some sites from the rest.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Partition {
     /// How many sites are cut off.
@@ -291,7 +336,7 @@ pub struct Partition {
 }
 
 /// Crash of some nodes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Crash {
     /// How many nodes.
@@ -303,7 +348,7 @@ pub struct Crash {
 }
 
 /// A patch payload every honest node fetches.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PayloadSpec {
     /// Payload size.
@@ -367,10 +412,87 @@ impl Scenario {
 
     /// Parses and validates scenario text.
     pub fn parse(text: &str, path: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = toml::from_str(text)
+        let mut s: Scenario = toml::from_str(text)
             .map_err(|source| ScenarioError::Parse { path: path.to_string(), source })?;
+        s.resolve()?;
         s.validate()?;
         Ok(s)
+    }
+
+    /// Derives `epoch_ms` from `start_at`, and `nodes` and `sites` from `[[site]]`.
+    fn resolve(&mut self) -> Result<(), ScenarioError> {
+        let bad = |m: String| Err(ScenarioError::Invalid(m));
+        self.epoch_ms = match &self.start_at {
+            None => EPOCH_MS_DEFAULT,
+            Some(t) => match t.parse::<jiff::Timestamp>() {
+                Ok(ts) if ts.as_millisecond() > 0 => ts.as_millisecond() as u64,
+                _ => return bad(format!("start_at {t:?} is not an RFC 3339 time after 1970")),
+            },
+        };
+        if self.site.is_empty() {
+            return Ok(());
+        }
+        let total: usize = self.site.iter().flat_map(|s| &s.kinds).map(|k| k.count).sum();
+        if (self.nodes != 0 && self.nodes != total)
+            || (self.sites != 0 && self.sites != self.site.len())
+        {
+            return bad(format!(
+                "nodes and sites, when given with [[site]], must be its totals ({total} nodes in {} sites)",
+                self.site.len()
+            ));
+        }
+        for (i, site) in self.site.iter().enumerate() {
+            let positive = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v > 0.0);
+            if !positive(site.wan_mbps)
+                || site.wan_rtt_ms.is_some_and(|r| !r.is_finite() || r < 0.0)
+            {
+                return bad(format!("site {i}: wan_mbps must be > 0 and wan_rtt_ms >= 0"));
+            }
+            if site.kinds.iter().map(|k| k.count).sum::<usize>() == 0 {
+                return bad(format!("site {i} ({}) has no members", site.name));
+            }
+            for k in &site.kinds {
+                if !k.zone.is_empty() && jiff::tz::TimeZone::get(&k.zone).is_err() {
+                    return bad(format!("site {i}: unknown time zone {:?}", k.zone));
+                }
+                let limit = patchmesh_protocol::limits::LABEL_BYTES_MAX;
+                if k.labels.len() > patchmesh_protocol::limits::LABELS_PER_NODE_MAX
+                    || k.labels
+                        .iter()
+                        .any(|(a, b)| a.is_empty() || a.len() > limit || b.len() > limit)
+                {
+                    return bad(format!("site {i}: labels out of bounds"));
+                }
+            }
+        }
+        self.nodes = total;
+        self.sites = self.site.len();
+        Ok(())
+    }
+
+    /// Each honest node's site, and the kind it is of (`(site, kind)` indexes into
+    /// `[[site]]`, or `None` for fleets spread evenly).
+    pub fn placement(&self) -> Vec<(u32, Option<(usize, usize)>)> {
+        if self.site.is_empty() {
+            return (0..self.nodes).map(|i| ((i % self.sites) as u32, None)).collect();
+        }
+        let mut out = Vec::with_capacity(self.nodes);
+        for (si, site) in self.site.iter().enumerate() {
+            for (ki, k) in site.kinds.iter().enumerate() {
+                out.extend(std::iter::repeat_n((si as u32, Some((si, ki))), k.count));
+            }
+        }
+        out
+    }
+
+    /// The WAN link of site `site`.
+    pub fn wan_of(&self, site: usize) -> Link {
+        let mut l = self.wan.clone();
+        if let Some(s) = self.site.get(site) {
+            l.bandwidth_mbps = s.wan_mbps.unwrap_or(l.bandwidth_mbps);
+            l.rtt_ms = s.wan_rtt_ms.unwrap_or(l.rtt_ms);
+        }
+        l
     }
 
     fn validate(&self) -> Result<(), ScenarioError> {
@@ -431,7 +553,7 @@ impl Scenario {
             }
         }
         if let Some(r) = &self.rollout {
-            r.validate(self.duration_ms)?;
+            r.validate(self.duration_ms, !self.site.is_empty())?;
         }
         if let Some(e) = &self.enrol {
             if e.machines == 0 || e.machines > 20_000 {

@@ -32,6 +32,8 @@ pub enum Request {
     Status,
     /// Connected peers.
     Peers,
+    /// The fleet as this node knows it, for a rollout rehearsal (`patchmesh rollout plan`).
+    Fleet,
     /// The full inventory of this node, or of another node by id (fetched from it and checked
     /// against the digest in its signed record when this node holds that record).
     Inventory {

@@ -1006,3 +1006,63 @@ pub struct DemoWan {
     /// `wan_bytes` ÷ payload size.
     pub ratio: f64,
 }
+
+/// `Request::Fleet`: the fleet as this node knows it, what a rollout rehearsal replays. Its own
+/// site comes from the members' signed records (exact); other sites from their signed
+/// summaries (each site's member kinds, the most common first).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FleetView {
+    /// This node's site.
+    pub site: String,
+    /// This node's time zone.
+    pub zone: String,
+    /// Every site known, this node's first.
+    pub sites: Vec<FleetSiteView>,
+    /// Fetch-to-verified durations of this node's earlier installs (milliseconds), newest last.
+    pub install_ms: Vec<u64>,
+    /// Per other site, the median ping round trip to its connected members (milliseconds).
+    pub rtt_ms: BTreeMap<String, u64>,
+    /// The node's configured WAN download cap (bytes/s; 0: none).
+    pub wan_rate_bytes_per_s: u64,
+    /// Its protocol periods (the rehearsal runs with the same).
+    pub anti_entropy_interval_ms: u64,
+    /// Summary period.
+    pub summary_interval_ms: u64,
+    /// Relay batching period.
+    pub gossip_flush_ms: u64,
+    /// Rollout re-evaluation period.
+    pub rollout_eval_ms: u64,
+    /// Distinct admins a large rollout needs.
+    pub approval_threshold: u8,
+    /// Rollouts that may reach more nodes than this are large.
+    pub approval_above_nodes: u32,
+}
+
+/// One site in a [`FleetView`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FleetSiteView {
+    /// The site.
+    pub site: String,
+    /// Its members.
+    pub members: u64,
+    /// True when read from the members' own records (this node's site); false from the
+    /// site's summary.
+    pub from_records: bool,
+    /// Members per kind.
+    pub kinds: Vec<MemberKindView>,
+    /// Members of kinds the summary leaves out (their zone and labels are unknown).
+    pub other: u64,
+}
+
+/// Members of one kind.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MemberKindView {
+    /// How many.
+    pub count: u64,
+    /// Time zone (empty: unknown).
+    pub zone: String,
+    /// Operating system.
+    pub os: String,
+    /// Certificate labels.
+    pub labels: BTreeMap<String, String>,
+}

@@ -42,7 +42,9 @@ use crate::store::{SledStore, Store};
 use crate::transfer::{PeerView, ToDaemon, TransferConfig, Transfers};
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, kad, mdns, relay, request_response, Multiaddr, PeerId, Swarm};
+use libp2p::{
+    gossipsub, identify, kad, mdns, ping, relay, request_response, Multiaddr, PeerId, Swarm,
+};
 use patchmesh_protocol::catalog::CatalogEntry;
 use patchmesh_protocol::crypto::{decode, encode, Ed25519, Envelope};
 use patchmesh_protocol::ids::{KeyId, Millis, NodeId};
@@ -113,6 +115,8 @@ struct Daemon {
     handshakes_refused: u64,
     admitted: HashSet<PeerId>,
     penalties: HashMap<PeerId, u32>,
+    /// The last ping round trip to each connected peer.
+    rtt: HashMap<PeerId, Duration>,
     /// Peers banned after [`PENALTIES_MAX`] offences: until when, and how many bans so far
     /// (each doubles the last, from [`BAN_FIRST`] up to [`BAN_MAX`]).
     bans: HashMap<PeerId, (Instant, u32)>,
@@ -508,6 +512,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         handshakes_refused: 0,
         admitted: HashSet::new(),
         penalties: HashMap::new(),
+        rtt: HashMap::new(),
         bans: HashMap::new(),
         banned_refused: 0,
         conns: HashMap::new(),

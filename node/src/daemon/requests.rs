@@ -116,6 +116,7 @@ impl Daemon {
         let answer = match req {
             Request::Status => control::ok_view(&self.status()),
             Request::Peers => control::ok_view(&self.peers_view()),
+            Request::Fleet => control::ok_view(&self.fleet_view()),
             Request::Catalog => control::ok_view(&self.catalog_view()),
             Request::Intel => control::ok_view(&self.intel_view()),
             Request::Findings { node: hex_id } => return self.ask_intel(&hex_id, None, reply),
@@ -373,6 +374,88 @@ impl Daemon {
             restore_refused: self.restored.1,
             payloads_held: self.transfers.store().list().iter().filter(|c| c.complete).count(),
             payload_bytes_held: self.transfers.store().held_bytes_total(),
+        }
+    }
+
+    pub(super) fn fleet_view(&self) -> control::FleetView {
+        use patchmesh_protocol::site::SiteShape;
+        let site_view = |site: String, members: u64, from_records: bool, shape: &SiteShape| {
+            control::FleetSiteView {
+                site,
+                members,
+                from_records,
+                kinds: shape
+                    .kinds
+                    .iter()
+                    .map(|(k, n)| control::MemberKindView {
+                        count: u64::from(*n),
+                        zone: k.zone.clone(),
+                        os: k.os.clone(),
+                        labels: k.labels.clone(),
+                    })
+                    .collect(),
+                other: u64::from(shape.other),
+            }
+        };
+        let own = self.node.site();
+        let mut sites =
+            vec![site_view(own.site().to_string(), own.records().len() as u64, true, &own.shape())];
+        for (site, held) in self.node.summaries().all() {
+            if site == own.site() {
+                continue;
+            }
+            let s = held.summary();
+            sites.push(site_view(site.to_string(), u64::from(s.record_count), false, &s.shape));
+        }
+        // This node's installs that verified: fetch to verified is the soak's start.
+        let policies = self.node.policies();
+        let mut installs: Vec<(Millis, u64)> = self
+            .node
+            .rollouts()
+            .journal()
+            .iter()
+            .filter_map(|(id, j)| {
+                let soak = policies
+                    .rollouts
+                    .get(id)?
+                    .rollout
+                    .rings
+                    .get(usize::from(j.ring))?
+                    .gate
+                    .min_soak_ms;
+                let verified = j.soak_until?.0.checked_sub(soak)?;
+                Some((j.started_at, verified.checked_sub(j.started_at.0)?))
+            })
+            .collect();
+        installs.sort();
+        let admitted: BTreeMap<NodeId, String> =
+            self.node.admitted_peers().map(|(_, n, s)| (n, s.to_string())).collect();
+        let mut rtts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (peer, rtt) in &self.rtt {
+            let site = net::node_of(peer).and_then(|n| admitted.get(&n));
+            if let Some(site) = site.filter(|s| s.as_str() != own.site().as_str()) {
+                rtts.entry(site.clone()).or_default().push(rtt.as_millis() as u64);
+            }
+        }
+        control::FleetView {
+            site: own.site().to_string(),
+            zone: self.facts().tz.iana_name().unwrap_or_default().to_string(),
+            sites,
+            install_ms: installs.into_iter().map(|(_, ms)| ms).collect(),
+            rtt_ms: rtts
+                .into_iter()
+                .map(|(site, mut v)| {
+                    v.sort_unstable();
+                    (site, v[v.len() / 2])
+                })
+                .collect(),
+            wan_rate_bytes_per_s: self.cfg.wan_rate_bytes_per_s,
+            anti_entropy_interval_ms: self.cfg.anti_entropy_interval_ms,
+            summary_interval_ms: self.cfg.summary_interval_ms,
+            gossip_flush_ms: self.cfg.gossip_flush_ms,
+            rollout_eval_ms: self.cfg.rollout_eval_ms,
+            approval_threshold: self.node.trust().admins().approval_threshold,
+            approval_above_nodes: self.node.trust().admins().approval_above_nodes,
         }
     }
 

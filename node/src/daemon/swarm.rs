@@ -65,6 +65,7 @@ impl Daemon {
                     c.remove(&connection_id);
                     if c.is_empty() {
                         self.conns.remove(&peer_id);
+                        self.rtt.remove(&peer_id);
                     }
                 }
                 if num_established > 0 {
@@ -230,6 +231,9 @@ impl Daemon {
             }) => {
                 tracing::info!(relay = %relay_peer_id, "reachable through the relay");
                 self.discover_soon();
+            }
+            BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => {
+                self.rtt.insert(peer, rtt);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {

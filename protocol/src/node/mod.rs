@@ -1233,7 +1233,9 @@ impl Node {
                     Err(e) => self.refuse_command(e.into()),
                 }
             }
-            Command::UpdateRecord { inventory } => {
+            Command::UpdateRecord { mut inventory } => {
+                // The zone the node's windows are read in, from its facts.
+                inventory.zone = self.publisher.inventory.zone.clone();
                 self.publisher.inventory = inventory;
                 self.update_record();
                 Ok(Outcome::Done)
@@ -1258,7 +1260,17 @@ impl Node {
                 Ok(Outcome::Done)
             }
             Command::SetFacts(facts) => {
+                // The zone goes in the node's record (a rehearsal reads it): re-signed now if
+                // it changed after a record went out, else carried by the first.
+                let zone: String =
+                    facts.tz.iana_name().unwrap_or_default().chars().take(64).collect();
+                let resign = self.publisher.inventory.zone != zone
+                    && self.publisher.record_signed_at.is_some();
+                self.publisher.inventory.zone = zone;
                 self.engine.facts = facts;
+                if resign {
+                    self.update_record();
+                }
                 self.rollouts_due = true;
                 Ok(Outcome::Done)
             }

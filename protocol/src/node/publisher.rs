@@ -187,11 +187,17 @@ impl Publisher {
         }
         self.last_summary_digest = Some(digest);
         // A summary that tells other sites nothing new is not published: the one in circulation
-        // has the same members, counts, evidence and exposure (the records behind it were only
+        // has the same members, counts, evidence, exposure and shape (the records behind it were only
         // re-signed: an audit checkpoint, an inventory change), or was restored from the store.
         if let Some(h) = held {
             let reads = |s: &site::SiteSummary| {
-                (s.record_count, s.counts.clone(), s.evidence.clone(), s.exposure.clone())
+                (
+                    s.record_count,
+                    s.counts.clone(),
+                    s.evidence.clone(),
+                    s.exposure.clone(),
+                    s.shape.clone(),
+                )
             };
             if reads(h) == reads(&summary) {
                 return None;

@@ -107,6 +107,8 @@ pub struct RolloutFigures {
     pub rings: usize,
     /// Rings whose every targeted live member ended `Committed` (and that have one).
     pub rings_completed: usize,
+    /// Per ring, its live targeted members.
+    pub ring_targeted_nodes: Vec<usize>,
     /// Per ring, the first install start (`Fetching`) of a member, scenario time.
     pub ring_start_ms: Vec<Option<u64>>,
     /// Per ring, when its last targeted live member committed, if all did, scenario time.
@@ -185,13 +187,16 @@ fn pick(rng: &mut ChaCha8Rng, n: usize, fraction: f64) -> Vec<usize> {
 
 /// Labels of every honest node's admission certificate, and which nodes are bad. Drawn from
 /// their own RNG stream so a scenario's other draws do not move when a rollout is added.
+/// `base` holds the labels an explicit fleet gives its nodes; with `label_fraction` 0 the bad
+/// patch fails on `fail_fraction` of the nodes that already carry `fail_label`.
 pub(crate) fn assign_labels(
     spec: &RolloutSpec,
     seed: u64,
-    nodes: usize,
+    base: Vec<BTreeMap<String, String>>,
 ) -> (Vec<BTreeMap<String, String>>, Vec<bool>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x726f_6c6c_6f75_7473);
-    let mut labels = vec![BTreeMap::new(); nodes];
+    let nodes = base.len();
+    let mut labels = base;
     let mut bad = vec![false; nodes];
     if let Some((k, v)) = spec.canary_label() {
         for i in pick(&mut rng, nodes, spec.canary_fraction) {
@@ -199,10 +204,15 @@ pub(crate) fn assign_labels(
         }
     }
     if let Some((k, v)) = spec.fail_label() {
-        let labelled = pick(&mut rng, nodes, spec.label_fraction);
-        for &i in &labelled {
-            labels[i].insert(k.clone(), v.clone());
-        }
+        let labelled = if spec.label_fraction > 0.0 {
+            let picked = pick(&mut rng, nodes, spec.label_fraction);
+            for &i in &picked {
+                labels[i].insert(k.clone(), v.clone());
+            }
+            picked
+        } else {
+            (0..nodes).filter(|i| labels[*i].get(&k) == Some(&v)).collect()
+        };
         for j in pick(&mut rng, labelled.len(), spec.fail_fraction) {
             bad[labelled[j]] = true;
         }
@@ -215,6 +225,7 @@ pub(crate) struct RolloutModel {
     spec: RolloutSpec,
     entry: RolloutEntry,
     patch: PatchEntry,
+    /// Each node's time zone.
     zones: Vec<(String, jiff::tz::TimeZone)>,
     members: Vec<Member>,
     rng: ChaCha8Rng,
@@ -236,6 +247,8 @@ pub(crate) struct NodeInfo {
     pub site: u32,
     /// Its certificate's labels.
     pub labels: BTreeMap<String, String>,
+    /// Its time zone (empty: the spec's zones, round-robin by site).
+    pub zone: String,
     /// Whether the patch fails on it.
     pub bad: bool,
     /// False for adversaries (executed for, never measured).
@@ -276,10 +289,17 @@ impl RolloutModel {
                 timeout_ms: 600_000,
             },
         };
-        let zones = spec
+        let by_site: Vec<(String, jiff::tz::TimeZone)> = spec
             .time_zones
             .iter()
             .map(|z| (z.clone(), jiff::tz::TimeZone::get(z).expect("time zone validated on load")))
+            .collect();
+        let zones = nodes
+            .iter()
+            .map(|n| match jiff::tz::TimeZone::get(&n.zone) {
+                Ok(tz) if !n.zone.is_empty() => (n.zone.clone(), tz),
+                _ => by_site[n.site as usize % by_site.len()].clone(),
+            })
             .collect();
         let members = nodes
             .into_iter()
@@ -328,8 +348,7 @@ impl RolloutModel {
     }
 
     fn zone_of(&self, node: u32) -> &(String, jiff::tz::TimeZone) {
-        let site = self.members[node as usize].site as usize;
-        &self.zones[site % self.zones.len()]
+        &self.zones[node as usize]
     }
 
     /// What node `node` is told about itself at boot.
@@ -588,7 +607,9 @@ impl RolloutModel {
         let mut ring_members: BTreeMap<u8, (usize, usize, u64)> = BTreeMap::new();
         let mut last_commit = 0u64;
         let mut not_committed = Vec::new();
-        let good = !honest.iter().any(|(_, m)| m.bad);
+        // A good patch must reach every targeted live node, unless the scenario is a
+        // rehearsal that may not finish (an empty ring, a horizon before the last window).
+        let good = !honest.iter().any(|(_, m)| m.bad) && self.spec.expect_complete;
         for &(i, m) in &honest {
             let Some(Some((journal, control))) = live.get(i) else { continue };
             f.live_nodes += 1;
@@ -714,6 +735,8 @@ fn ring_timings(
             ring_members.get(&r).filter(|(n, c, _)| *n > 0 && n == c).map(|(_, _, t)| t / 1000)
         })
         .collect();
+    f.ring_targeted_nodes =
+        (0..f.rings as u8).map(|r| ring_members.get(&r).map_or(0, |m| m.0)).collect();
     f.ring_start_ms = (0..f.rings as u8)
         .map(|r| {
             let starts =

@@ -43,7 +43,7 @@ fn d_jitter() -> f64 {
 
 /// Gate fields; any left out fall back to the shared `[rollout.gate]`, then to the protocol's
 /// [`Gate::default`].
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
     /// Succeeded members needed, per mille of the ring's targeted members.
@@ -71,7 +71,7 @@ impl GateSpec {
 }
 
 /// One ring as a scenario writes it: `{ name, percent, labels = {..}, <gate fields> }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RingToml {
     /// Ring name.
@@ -108,7 +108,7 @@ impl RingToml {
 }
 
 /// A patch rolled out through rings, and the faults it meets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
     /// When an admin publishes the patch and the rollout (scenario time).
@@ -118,6 +118,12 @@ pub struct RolloutSpec {
     /// The gate every ring has unless it overrides a field.
     #[serde(default)]
     pub gate: GateSpec,
+    /// Only nodes with all these certificate labels are targeted (empty: every node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_labels: BTreeMap<String, String>,
+    /// The most nodes the rollout may reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_targets: Option<u32>,
     /// Re-verification period while soaking.
     #[serde(default = "d_recheck")]
     pub recheck_ms: u64,
@@ -166,6 +172,10 @@ pub struct RolloutSpec {
     /// Each step lasts its duration times `1 + step_jitter * U[0,1)`.
     #[serde(default = "d_jitter")]
     pub step_jitter: f64,
+    /// A good patch must reach every targeted live node by the end, or the run reports an
+    /// invariant violation (true). A rehearsal sets false: not finishing is its answer.
+    #[serde(default = "d_true")]
+    pub expect_complete: bool,
 }
 
 /// Longest step duration a scenario may give (an hour).
@@ -228,7 +238,7 @@ impl RolloutSpec {
         let entry = RolloutEntry {
             id,
             content_id,
-            target: Selector::default(),
+            target: Selector { labels: self.target_labels.clone(), ..Selector::default() },
             rings: self
                 .rings
                 .iter()
@@ -242,7 +252,7 @@ impl RolloutSpec {
             windows,
             deadline: self.deadline_ms.map(|d| Millis(epoch_ms + d)),
             max_concurrent_per_site: self.max_concurrent_per_site,
-            max_targets: u32::MAX,
+            max_targets: self.max_targets.unwrap_or(u32::MAX),
             rollback_on_halt: self.rollback_on_halt,
             recheck_ms: self.recheck_ms,
             created_at: Millis(epoch_ms + self.at_ms),
@@ -252,7 +262,9 @@ impl RolloutSpec {
     }
 
     /// Checks ranges and that the policy is one nodes accept.
-    pub fn validate(&self, duration_ms: u64) -> Result<(), ScenarioError> {
+    /// `explicit`: the fleet is given site by site (`[[site]]`), so `fail_label` may name a
+    /// label its nodes already carry (with `label_fraction` 0).
+    pub fn validate(&self, duration_ms: u64, explicit: bool) -> Result<(), ScenarioError> {
         let bad = |m: String| Err(ScenarioError::Invalid(format!("rollout: {m}")));
         if self.at_ms >= duration_ms {
             return bad("at_ms must be before duration_ms".into());
@@ -327,9 +339,10 @@ impl RolloutSpec {
                 _ => {}
             }
         }
-        if self.fail_fraction > 0.0 && self.label_fraction == 0.0 {
+        if self.fail_fraction > 0.0 && self.label_fraction == 0.0 && !explicit {
             return bad(
-                "fail_fraction > 0 needs label_fraction > 0 (it is a fraction of the labelled)"
+                "fail_fraction > 0 needs label_fraction > 0 (it is a fraction of the labelled), \
+                 or a [[site]] fleet whose nodes carry fail_label"
                     .into(),
             );
         }

@@ -35,6 +35,7 @@ impl SignatureCheck for MemoCheck {
 /// order (as a running fleet's would be; a site of one member needs no endorsement).
 #[allow(clippy::type_complexity)]
 pub(super) fn steady_stores(
+    epoch_ms: u64,
     made: Vec<(SecretKey, Envelope, Option<Arc<Bundle>>)>,
     site_of: &[u32],
     sites: usize,
@@ -51,7 +52,7 @@ pub(super) fn steady_stores(
         let held = patchmesh_protocol::site::verify_record(
             rec.as_ref().expect("steady record"),
             &trust,
-            Millis(EPOCH_MS),
+            Millis(epoch_ms),
             check.as_ref(),
         )
         .expect("record verifies");
@@ -116,6 +117,7 @@ pub(super) fn derive_keys(rng: &mut ChaCha8Rng, count: usize) -> Vec<[u8; 32]> {
 /// Makes node keys and admission certificates on two threads; each item depends only on its
 /// seed, so the result is the same as a sequential loop.
 pub(super) fn make_nodes(
+    epoch_ms: u64,
     seeds: &[[u8; 32]],
     sites: &[u32],
     labels: &[BTreeMap<String, String>],
@@ -134,7 +136,7 @@ pub(super) fn make_nodes(
                     NodeId(k.public().0),
                     &site_name(sites[i]),
                     labels.get(i).cloned().unwrap_or_default(),
-                    Millis(EPOCH_MS),
+                    Millis(epoch_ms),
                     CERT_VALID_MS,
                 );
                 // A running fleet's record of this node, checked here on a worker thread so
@@ -145,7 +147,7 @@ pub(super) fn make_nodes(
                         node: NodeId(k.public().0),
                         site: site_name(sites[i]),
                         version: 1,
-                        written_at: Millis(EPOCH_MS),
+                        written_at: Millis(epoch_ms),
                         inventory: Default::default(),
                         rollouts: BTreeMap::new(),
                         exposure: None,
@@ -277,7 +279,7 @@ impl World {
 }
 
 /// The mesh's root and admin keys and its genesis, from the world's random stream.
-pub(super) fn build_keys(rng: &mut ChaCha8Rng, name: &str) -> Keys {
+pub(super) fn build_keys(rng: &mut ChaCha8Rng, name: &str, epoch_ms: u64) -> Keys {
     let key_seeds = derive_keys(rng, 5);
     let roots: Vec<SecretKey> = key_seeds[..3].iter().map(|k| SecretKey::from_seed(*k)).collect();
     let admins: Vec<SecretKey> = key_seeds[3..].iter().map(|k| SecretKey::from_seed(*k)).collect();
@@ -287,7 +289,7 @@ pub(super) fn build_keys(rng: &mut ChaCha8Rng, name: &str) -> Keys {
         2,
         &[admins[0].public(), admins[1].public()],
         mesh::Approval::always(1),
-        Millis(EPOCH_MS),
+        Millis(epoch_ms),
     );
     let genesis_body: Genesis = genesis.open("genesis").expect("own genesis decodes");
     Keys { roots, admins, genesis, genesis_body }
@@ -296,7 +298,7 @@ pub(super) fn build_keys(rng: &mut ChaCha8Rng, name: &str) -> Keys {
 /// Each node's site (honest nodes round-robin, adversaries at random outside any partition),
 /// and the sites each partition cuts off (the first of a shuffled order).
 pub(super) fn place_sites(s: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<u32>, Vec<Vec<u32>>) {
-    let mut site_of: Vec<u32> = (0..s.nodes).map(|i| (i % s.sites) as u32).collect();
+    let mut site_of: Vec<u32> = s.placement().iter().map(|p| p.0).collect();
     let mut site_order: Vec<u32> = (0..s.sites as u32).collect();
     for i in (1..site_order.len()).rev() {
         site_order.swap(i, rng.gen_range(0..=i));

@@ -63,8 +63,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// Wall-clock epoch of simulated time zero (node clocks add their skew).
-const EPOCH_MS: u64 = 1_800_000_000_000;
 const CERT_VALID_MS: u64 = 365 * 86_400_000;
 
 enum Ev {
@@ -148,6 +146,8 @@ pub struct World {
     now_us: u64,
     link_free: HashMap<(u32, u32), u64>,
     partitioned: Vec<bool>,
+    /// Each site's WAN link.
+    site_wan: Vec<Link>,
     partition_sites: Vec<Vec<u32>>,
     crash_sets: Vec<Vec<u32>>,
     trace: blake3::Hasher,
@@ -187,7 +187,7 @@ impl World {
     pub fn new(s: Scenario, seed: u64) -> World {
         let t_new = std::time::Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let keys = build_keys(&mut rng, &s.name);
+        let keys = build_keys(&mut rng, &s.name, s.epoch_ms);
         let check = Arc::new(MemoCheck::default());
         let (mut site_of, partition_sites) = place_sites(&s, &mut rng);
         let seeds = derive_keys(&mut rng, s.nodes + s.adversaries);
@@ -201,7 +201,7 @@ impl World {
                 &keys.admins[0],
                 keys.genesis_body.mesh_id(),
                 site_name(0),
-                EPOCH_MS,
+                s.epoch_ms,
                 &mut rng,
             );
             site_of.extend(std::iter::repeat_n(0, machine_seeds.len()));
@@ -209,11 +209,19 @@ impl World {
         });
         let steady = s.start == crate::scenario::Start::Steady;
         // Certificate labels and the bad patch's victims, for a rollout (adversaries get none).
+        // An explicit fleet's members carry their kind's labels and zone.
+        let kinds: Vec<Option<&crate::scenario::KindSpec>> =
+            s.placement().iter().map(|p| p.1.map(|(si, ki)| &s.site[si].kinds[ki])).collect();
+        let base: Vec<BTreeMap<String, String>> =
+            kinds.iter().map(|k| k.map(|k| k.labels.clone()).unwrap_or_default()).collect();
+        let zones: Vec<String> =
+            kinds.iter().map(|k| k.map(|k| k.zone.clone()).unwrap_or_default()).collect();
         let (labels, bad) = match &s.rollout {
-            Some(r) => assign_labels(r, seed, s.nodes),
-            None => (Vec::new(), Vec::new()),
+            Some(r) => assign_labels(r, seed, base),
+            None => (base, Vec::new()),
         };
         let mut made = make_nodes(
+            s.epoch_ms,
             &seeds,
             &site_of,
             &labels,
@@ -233,7 +241,7 @@ impl World {
         let links = build_links(&s, &site_of, first_machine, &mut rng);
         let (crash_sets, crashing) = pick_crashes(&s, &mut rng);
         let (made, site_stores) = if steady {
-            steady_stores(made, &site_of, s.sites, &keys.genesis, &check)
+            steady_stores(s.epoch_ms, made, &site_of, s.sites, &keys.genesis, &check)
         } else {
             (made, Vec::new())
         };
@@ -241,7 +249,7 @@ impl World {
         let mut ents =
             entities(&s, made, &site_of, &links, &keys.genesis, &check, stores, &mut rng);
         let enrol = enrol.take().map(|(mut m, _)| {
-            enrol_machines(&mut m, &mut ents, check.as_ref());
+            enrol_machines(&mut m, &mut ents, check.as_ref(), s.epoch_ms);
             for (i, e) in ents.iter().enumerate() {
                 if e.site == 0 && !e.adversary && rng.gen_bool(0.5) {
                     m.cut_off.insert(i as u32);
@@ -263,6 +271,7 @@ impl World {
                     id: NodeId(e.config.key.public().0),
                     site: e.site,
                     labels: labels.get(i).cloned().unwrap_or_default(),
+                    zone: zones.get(i).cloned().unwrap_or_default(),
                     bad: bad.get(i).copied().unwrap_or(false),
                     honest: !e.adversary,
                 })
@@ -274,12 +283,12 @@ impl World {
                 .map(|(p, sites)| (sites.clone(), p.start_ms * 1000, p.end_ms * 1000))
                 .collect();
             let eval_ms = s.protocol.rollout_eval_ms;
-            Box::new(RolloutModel::new(spec, seed, nodes, s.sites, cuts, eval_ms, EPOCH_MS))
+            Box::new(RolloutModel::new(spec, seed, nodes, s.sites, cuts, eval_ms, s.epoch_ms))
         });
         let intel = s
             .intel
             .clone()
-            .map(|spec| Box::new(crate::intel::IntelModel::new(spec, s.nodes, EPOCH_MS)));
+            .map(|spec| Box::new(crate::intel::IntelModel::new(spec, s.nodes, s.epoch_ms)));
         World {
             payload,
             rollout,
@@ -287,6 +296,7 @@ impl World {
             enrol,
             started: t_new,
             partitioned: vec![false; s.sites],
+            site_wan: (0..s.sites).map(|i| s.wan_of(i)).collect(),
             received_us: vec![u64::MAX; s.nodes],
             eligible: vec![false; s.nodes],
             keys,
@@ -326,7 +336,7 @@ impl World {
     }
 
     fn node_now(&self, i: u32) -> Millis {
-        let ms = (EPOCH_MS + self.now_us / 1000) as i64 + self.ents[i as usize].skew_ms;
+        let ms = (self.s.epoch_ms + self.now_us / 1000) as i64 + self.ents[i as usize].skew_ms;
         Millis(ms as u64)
     }
 
@@ -380,7 +390,7 @@ impl World {
             }
         }
         if let Some(t) = timeout {
-            let local_ms = t.0 as i64 - self.ents[i as usize].skew_ms - EPOCH_MS as i64;
+            let local_ms = t.0 as i64 - self.ents[i as usize].skew_ms - self.s.epoch_ms as i64;
             let at = (local_ms.max(0) as u64 * 1000).max(self.now_us);
             if at != self.ents[i as usize].timer_at {
                 self.ents[i as usize].timer_at = at;
@@ -544,11 +554,16 @@ impl Host for World {
 
 /// Signs each machine's enrolment with its own clock at its boot time (as `patchmesh node
 /// enroll` does on the machine) and makes it the machine's admission.
-fn enrol_machines(m: &mut crate::enrol::EnrolModel, ents: &mut [Entity], check: &MemoCheck) {
+fn enrol_machines(
+    m: &mut crate::enrol::EnrolModel,
+    ents: &mut [Entity],
+    check: &MemoCheck,
+    epoch_ms: u64,
+) {
     for (k, join_us) in m.join_us.clone().into_iter().enumerate() {
         let i = m.first + k as u32;
         let e = &mut ents[i as usize];
-        let at = Millis(((EPOCH_MS + join_us / 1000) as i64 + e.skew_ms) as u64);
+        let at = Millis(((epoch_ms + join_us / 1000) as i64 + e.skew_ms) as u64);
         let env = patchmesh_protocol::enrol::enrol(m.voucher.clone(), &e.config.key, at);
         let (_, _, enrolled) =
             patchmesh_protocol::enrol::open(&env, check).expect("the model's own enrolment opens");

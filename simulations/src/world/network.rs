@@ -66,7 +66,9 @@ impl World {
         if sa == sb {
             (&self.s.lan, false)
         } else {
-            (&self.s.wan, true)
+            // A link between two sites runs at the slower site's link.
+            let (la, lb) = (&self.site_wan[sa as usize], &self.site_wan[sb as usize]);
+            (if lb.bandwidth_mbps < la.bandwidth_mbps { lb } else { la }, true)
         }
     }
 

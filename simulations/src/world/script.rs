@@ -102,7 +102,7 @@ impl World {
         let c = CatalogEntry::Command(AdminCommand {
             rollout: RolloutId(id),
             action: CommandAction::Pause,
-            issued_at: Millis(EPOCH_MS + self.now_us / 1000),
+            issued_at: Millis(self.s.epoch_ms + self.now_us / 1000),
             admin: self.keys.admins[0].public(),
         });
         (c.key(), Some(c))
@@ -267,7 +267,7 @@ impl World {
                 .author(
                     &self.keys.admins[1],
                     [9; 8],
-                    Millis(EPOCH_MS),
+                    Millis(self.s.epoch_ms),
                     &scratch_trust,
                     std::slice::from_ref(&edit),
                 )
@@ -322,7 +322,7 @@ impl World {
                     node: NodeId(self.ents[v as usize].config.key.public().0),
                     site: site_name(site),
                     version: 1_000_000,
-                    written_at: Millis(EPOCH_MS),
+                    written_at: Millis(self.s.epoch_ms),
                     inventory: Default::default(),
                     rollouts: BTreeMap::new(),
                     exposure: None,

@@ -189,6 +189,7 @@ fn lying_summary(
         counts: [((RolloutId([0x5a; 32]), 0, RolloutStatus::Succeeded), LIE_MEMBERS)].into(),
         evidence: Default::default(),
         exposure: Default::default(),
+        shape: Default::default(),
     };
     let env = Envelope::seal(Domain::SiteSummary, &lie, &[key]);
     let bundle = Arc::new(Bundle::new(env, admission.clone()));

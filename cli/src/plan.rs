@@ -1,0 +1,889 @@
+//! `patchmesh rollout plan`: rehearse a rollout on a replica of the fleet before signing it.
+//!
+//! The node this runs against exports the fleet as it knows it ([`FleetView`]): its own site
+//! from the members' signed records (exact), every other site from its signed summary (member
+//! kinds: time zone, OS, labels), its protocol periods, the ping round trips to other sites
+//! and the durations of its own earlier installs. That becomes a simulator scenario
+//! ([`patchmesh_sim::Scenario`], written out with `--export`), which runs the same protocol
+//! code over several seeds; the per-ring timings, window waits, WAN bytes and, with a failure
+//! fraction, the halt are printed. Before any of it, [`checks`] looks for the mistakes that
+//! make a rollout stall or miss: no node targeted, a ring that can never pass its gate, a
+//! window that never opens before the deadline, a payload too large for a site's WAN budget.
+//! `rollout create` runs the same checks and refuses the hard ones unless `--force`.
+
+use crate::rollout::CreateArgs;
+use crate::{call, NodeArgs};
+use anyhow::{bail, Context};
+use clap::Args;
+use patchmesh_node::control::{CatalogEntryView, CatalogView, FleetView, Request};
+use patchmesh_protocol::catalog::RolloutEntry;
+use patchmesh_protocol::ids::Millis;
+use patchmesh_protocol::rollout::target::window_open;
+use patchmesh_sim::scenario::{KindSpec, RingToml, SiteSpec};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Seeds a plan may run.
+const SEEDS_MAX: u32 = 100;
+/// Longest simulated horizon (the rehearsal of a rollout that waits for windows for weeks is
+/// cut here and says so).
+const HORIZON_MS_MAX: u64 = 14 * 86_400_000;
+/// How far ahead window openings are looked for.
+const WINDOW_SEARCH_MS: u64 = 8 * 86_400_000;
+/// Step of that search.
+const WINDOW_STEP_MS: u64 = 5 * 60_000;
+/// Install duration assumed when this node has installed nothing yet.
+const INSTALL_MS_ASSUMED: u64 = 30_000;
+
+#[derive(Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Rehearse a bad patch: this fraction of the nodes with --fail-label (of every node if
+    /// none) fails verification.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_fraction: f64,
+    /// KEY=VALUE label of the nodes the rehearsed failures hit.
+    #[arg(long)]
+    pub fail_label: Option<String>,
+    /// Simulator runs (seeds); figures are p50/p90 over them.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u32,
+    /// Write the scenario rehearsed (TOML); `patchmesh-sim run FILE` replays it.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// WAN bandwidth of a site where none is known (Mbit/s).
+    #[arg(long, default_value_t = 20.0)]
+    pub wan_mbps: f64,
+    /// WAN round trip of a site this node has no ping to (ms).
+    #[arg(long, default_value_t = 80.0)]
+    pub wan_rtt_ms: f64,
+    /// Longest simulated time (e.g. 2d); default: long enough for every ring and window.
+    #[arg(long, value_parser = crate::rollout::parse_span_ms)]
+    pub horizon: Option<u64>,
+}
+
+/// One finding of the checks.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// "refused" (a hard problem: `--force` goes ahead anyway) or "warning".
+    pub level: &'static str,
+    /// What is wrong, and what it does.
+    pub message: String,
+}
+
+/// The targeted fleet: members per site and kind, after the rollout's site and OS clauses.
+struct Targeted {
+    /// Per site: (name, kinds (count, zone, labels), members left out by the selector).
+    sites: Vec<(String, Vec<(u64, String, BTreeMap<String, String>)>)>,
+    /// Members outside the target (left out of the rehearsal).
+    outside: u64,
+    /// Members whose kind is unknown (a summary lists the most common kinds only).
+    unknown: u64,
+    /// Sites read from summaries.
+    from_summaries: usize,
+    /// Members with no time zone in their record (taken to be in this node's).
+    zoneless: u64,
+}
+
+fn targeted(fleet: &FleetView, rollout: &RolloutEntry) -> Targeted {
+    let sel = &rollout.target;
+    let mut t =
+        Targeted { sites: Vec::new(), outside: 0, unknown: 0, from_summaries: 0, zoneless: 0 };
+    for site in &fleet.sites {
+        let in_site = sel.sites.is_empty() || sel.sites.iter().any(|s| s.as_str() == site.site);
+        let mut kinds = Vec::new();
+        for k in &site.kinds {
+            let os_ok = sel.os.as_deref().is_none_or(|os| k.os.contains(os));
+            let labels_ok = sel.labels.iter().all(|(a, b)| k.labels.get(a) == Some(b));
+            if !(in_site && os_ok && labels_ok) {
+                t.outside += k.count;
+                continue;
+            }
+            let zone = if k.zone.is_empty() {
+                t.zoneless += k.count;
+                fleet.zone.clone()
+            } else {
+                k.zone.clone()
+            };
+            kinds.push((k.count, zone, k.labels.clone()));
+        }
+        if in_site && site.other > 0 && sel.labels.is_empty() && sel.os.is_none() {
+            // Members of kinds the summary leaves out: counted, labels unknown.
+            t.unknown += site.other;
+            kinds.push((site.other, fleet.zone.clone(), BTreeMap::new()));
+        }
+        if !site.from_records {
+            t.from_summaries += 1;
+        }
+        if !kinds.is_empty() {
+            t.sites.push((site.site.clone(), kinds));
+        }
+    }
+    t
+}
+
+impl Targeted {
+    fn members(&self) -> u64 {
+        self.sites.iter().flat_map(|s| &s.1).map(|k| k.0).sum()
+    }
+
+    /// Expected members per ring: label rings exactly (the first label ring a node's labels
+    /// match claims it), percent rings as their share of the rest.
+    fn ring_sizes(&self, rollout: &RolloutEntry) -> Vec<f64> {
+        let mut sizes = vec![0.0; rollout.rings.len()];
+        let mut rest = 0u64;
+        for (count, _, labels) in self.sites.iter().flat_map(|s| &s.1) {
+            let ring = rollout.rings.iter().position(|r| {
+                !r.labels.is_empty() && r.labels.iter().all(|(a, b)| labels.get(a) == Some(b))
+            });
+            match ring {
+                Some(i) => sizes[i] += *count as f64,
+                None => rest += count,
+            }
+        }
+        let mut below = 0u8;
+        for (i, r) in rollout.rings.iter().enumerate() {
+            if r.percent > below {
+                sizes[i] += rest as f64 * f64::from(r.percent - below) / 100.0;
+                below = r.percent;
+            }
+        }
+        sizes
+    }
+
+    /// The time zones of targeted members, with their counts.
+    fn zones(&self) -> BTreeMap<String, u64> {
+        let mut z = BTreeMap::new();
+        for (count, zone, _) in self.sites.iter().flat_map(|s| &s.1) {
+            *z.entry(zone.clone()).or_default() += count;
+        }
+        z
+    }
+}
+
+/// When the rollout's windows first open at or after `now` in zone `tz` (None: not within
+/// [`WINDOW_SEARCH_MS`]).
+fn next_open(rollout: &RolloutEntry, now: Millis, tz: &jiff::tz::TimeZone) -> Option<Millis> {
+    if rollout.windows.is_empty() {
+        return Some(now);
+    }
+    (0..=WINDOW_SEARCH_MS / WINDOW_STEP_MS)
+        .map(|i| Millis(now.0 + i * WINDOW_STEP_MS))
+        .find(|t| window_open(&rollout.windows, *t, tz))
+}
+
+/// Per zone with targeted members: when installs may first start there.
+fn window_waits(t: &Targeted, rollout: &RolloutEntry, now: Millis) -> Vec<WindowWait> {
+    t.zones()
+        .into_iter()
+        .map(|(zone, nodes)| {
+            let tz = jiff::tz::TimeZone::get(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
+            let open = next_open(rollout, now, &tz);
+            let starts = match (open, rollout.deadline) {
+                (Some(o), Some(d)) => Some(o.min(d).max(now)),
+                (Some(o), None) => Some(o),
+                (None, d) => d.map(|d| d.max(now)),
+            };
+            WindowWait {
+                zone,
+                nodes,
+                opens_at: open.map(|o| local(o, &tz)),
+                starts_in_ms: starts.map(|s| s.0 - now.0),
+                at_deadline: open.is_none_or(|o| rollout.deadline.is_some_and(|d| d < o)),
+            }
+        })
+        .collect()
+}
+
+/// A time as local time in `tz`.
+fn local(t: Millis, tz: &jiff::tz::TimeZone) -> String {
+    jiff::Timestamp::from_millisecond(t.0 as i64)
+        .map(|ts| ts.to_zoned(tz.clone()).strftime("%a %Y-%m-%d %H:%M %Z").to_string())
+        .unwrap_or_default()
+}
+
+/// Where installs wait for a window, per time zone.
+#[derive(Clone, Debug, Serialize)]
+pub struct WindowWait {
+    /// The zone.
+    pub zone: String,
+    /// Targeted members in it.
+    pub nodes: u64,
+    /// When a window first opens there (local time), if within eight days.
+    pub opens_at: Option<String>,
+    /// From now until installs may start there (window or deadline).
+    pub starts_in_ms: Option<u64>,
+    /// True when the deadline comes first: installs start outside any window.
+    pub at_deadline: bool,
+}
+
+/// The checks run before anything is signed (`rollout create` and `rollout plan`).
+pub fn checks(
+    fleet: &FleetView,
+    rollout: &RolloutEntry,
+    patch_size: u64,
+    max_site_wan_bytes: Option<u64>,
+    now: Millis,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut refuse = |m: String| out.push(Finding { level: "refused", message: m });
+    let t = targeted(fleet, rollout);
+    let members = t.members();
+    if members == 0 {
+        refuse(format!(
+            "no node is targeted: the selector leaves out all {} known nodes (a typo in \
+             --target-label, --target-site or --target-os?)",
+            t.outside
+        ));
+    }
+    // Label rings are counted exactly; a percent ring's members are a hash draw, so an
+    // expected size under one node is a warning (the draw may still land one).
+    let sizes = t.ring_sizes(rollout);
+    let mut warn = Vec::new();
+    for (ring, size) in rollout.rings.iter().zip(&sizes) {
+        if members == 0 {
+            break;
+        }
+        let exact = !ring.labels.is_empty() && ring.percent == 0;
+        let empty = if exact { *size == 0.0 } else { *size < 0.5 };
+        let short = f64::from(ring.gate.min_reports) > size.round();
+        let message = if empty {
+            format!(
+                "ring {} holds no node ({}): its gate can never pass, so the rollout stops there",
+                ring.name,
+                if exact {
+                    "no targeted node carries its label".to_string()
+                } else {
+                    format!("{}% of {members} targeted nodes is under one node", ring.percent)
+                }
+            )
+        } else if short {
+            format!(
+                "ring {} needs {} succeeded members (--min-reports) but holds {}{:.0}: its gate \
+                 can never pass",
+                ring.name,
+                ring.gate.min_reports,
+                if exact { "" } else { "about " },
+                size
+            )
+        } else {
+            continue;
+        };
+        if exact {
+            refuse(message);
+        } else {
+            warn.push(message);
+        }
+    }
+    for w in window_waits(&t, rollout, now) {
+        match (&w.opens_at, rollout.deadline) {
+            (None, None) => refuse(format!(
+                "in {} ({} nodes) no window opens within eight days and there is no deadline",
+                w.zone, w.nodes
+            )),
+            (None, Some(_)) => warn.push(format!(
+                "in {} ({} nodes) no window opens before the deadline: they install at the \
+                 deadline, outside any window",
+                w.zone, w.nodes
+            )),
+            (Some(o), Some(_)) if w.at_deadline => warn.push(format!(
+                "in {} ({} nodes) the first window ({o}) opens after the deadline: they install \
+                 at the deadline, outside any window",
+                w.zone, w.nodes
+            )),
+            _ => {}
+        }
+    }
+    if let Some(max) = max_site_wan_bytes {
+        if patch_size > max {
+            for (site, _) in &t.sites {
+                refuse(format!(
+                    "site {site}'s WAN link would carry the {patch_size}-byte payload, over the \
+                     {max}-byte budget (--max-site-wan-bytes)"
+                ));
+            }
+        }
+    }
+    if rollout.max_targets > fleet.approval_above_nodes && fleet.approval_threshold > 1 {
+        warn.push(format!(
+            "this rollout may reach more than {} nodes: no node installs it before {} admins \
+             approve it (`patchmesh rollout approve`)",
+            fleet.approval_above_nodes, fleet.approval_threshold
+        ));
+    }
+    if !rollout.target.packages.is_empty() {
+        warn.push(
+            "package predicates are evaluated by each node on its own inventory; the \
+             rehearsal takes every selected node as matching them"
+                .to_string(),
+        );
+    }
+    out.extend(warn.into_iter().map(|m| Finding { level: "warning", message: m }));
+    out
+}
+
+/// The node's view of the fleet, and the patch's signed size.
+pub fn fleet_and_size(node: &NodeArgs, rollout: &RolloutEntry) -> anyhow::Result<(FleetView, u64)> {
+    let fleet: FleetView = call(node, Request::Fleet)?;
+    let cat: CatalogView = call(node, Request::Catalog)?;
+    let want = rollout.content_id.to_string();
+    let size = cat.entries.iter().find_map(|e| match &e.entry {
+        CatalogEntryView::Patch { content_id, size_bytes, .. } if *content_id == want => {
+            Some(*size_bytes)
+        }
+        _ => None,
+    });
+    let size = size.with_context(|| {
+        format!("no patch {want} in the catalog: add it with `patchmesh patch add` first")
+    })?;
+    Ok((fleet, size))
+}
+
+/// Prints the findings; fails when one is a refusal and `force` is not given.
+pub fn enforce(findings: &[Finding], force: bool) -> anyhow::Result<()> {
+    for f in findings {
+        eprintln!("{}: {}", f.level, f.message);
+    }
+    let refused = findings.iter().filter(|f| f.level == "refused").count();
+    if refused > 0 && !force {
+        bail!("{refused} problem(s) above; fix them, or give --force to go ahead anyway");
+    }
+    Ok(())
+}
+
+fn percentile(mut v: Vec<u64>, p: f64) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    Some(v[((v.len() - 1) as f64 * p).round() as usize])
+}
+
+/// What the rehearsal assumed rather than read.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Estimated {
+    /// Sites rebuilt from their summaries (kinds exact, ids drawn).
+    pub sites_from_summaries: usize,
+    /// Members whose kind no summary lists (no labels, this node's zone).
+    pub members_of_unknown_kind: u64,
+    /// Members with no zone in their record (this node's zone).
+    pub members_without_zone: u64,
+    /// Sites with no measured round trip (--wan-rtt-ms).
+    pub sites_without_rtt: usize,
+    /// WAN bandwidth: "configured cap" or "assumed (--wan-mbps)".
+    pub wan_bandwidth: String,
+    /// Install duration: "measured over N installs" or "assumed".
+    pub install_duration: String,
+    /// Percent rings: each node's ring is a hash of the rollout id and node id; the
+    /// rehearsal draws ids, so ring sizes vary by seed as they will for the real id.
+    pub percent_rings_drawn: bool,
+}
+
+/// Builds the scenario rehearsed.
+fn scenario(
+    a: &PlanArgs,
+    fleet: &FleetView,
+    rollout: &RolloutEntry,
+    t: &Targeted,
+    size: u64,
+    now: Millis,
+    est: &mut Estimated,
+) -> anyhow::Result<patchmesh_sim::Scenario> {
+    const AT_MS: u64 = 2_000;
+    let own_mbps = match fleet.wan_rate_bytes_per_s {
+        0 => {
+            est.wan_bandwidth = format!("assumed {} Mbit/s (--wan-mbps)", a.wan_mbps);
+            a.wan_mbps
+        }
+        r => {
+            est.wan_bandwidth = "this node's configured WAN cap".into();
+            r as f64 * 8.0 / 1e6
+        }
+    };
+    let sites: Vec<SiteSpec> = t
+        .sites
+        .iter()
+        .map(|(name, kinds)| {
+            let rtt = fleet.rtt_ms.get(name).map(|r| *r as f64);
+            if rtt.is_none() && *name != fleet.site {
+                est.sites_without_rtt += 1;
+            }
+            SiteSpec {
+                name: name.clone(),
+                wan_mbps: Some(own_mbps),
+                wan_rtt_ms: Some(rtt.unwrap_or(a.wan_rtt_ms)),
+                kinds: kinds
+                    .iter()
+                    .map(|(count, zone, labels)| KindSpec {
+                        count: *count as usize,
+                        zone: zone.clone(),
+                        labels: labels.clone(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    // Step durations: the WAN copy of the payload, then install and verify as measured here.
+    let fetch_ms = ((size as f64 * 8.0 / (own_mbps * 1e6)) * 1000.0).ceil() as u64;
+    let (install_ms, jitter) = match (
+        percentile(fleet.install_ms.clone(), 0.5),
+        percentile(fleet.install_ms.clone(), 0.9),
+    ) {
+        (Some(p50), Some(p90)) => {
+            est.install_duration =
+                format!("measured over {} installs here", fleet.install_ms.len());
+            (p50, ((p90 as f64 / p50.max(1) as f64) - 1.0).clamp(0.1, 1.0))
+        }
+        _ => {
+            est.install_duration = format!(
+                "assumed {} s (this node has installed nothing yet)",
+                INSTALL_MS_ASSUMED / 1000
+            );
+            (INSTALL_MS_ASSUMED, 0.5)
+        }
+    };
+    est.percent_rings_drawn = rollout.rings.iter().any(|r| r.labels.is_empty());
+    let gate = rollout.rings.first().map(|r| r.gate.clone()).unwrap_or_default();
+    let rings = rollout
+        .rings
+        .iter()
+        .map(|r| RingToml {
+            name: r.name.clone(),
+            percent: r.percent,
+            labels: r.labels.clone(),
+            min_success_permille: Some(r.gate.min_success_permille),
+            max_failures: Some(r.gate.max_failures),
+            max_failure_permille: Some(r.gate.max_failure_permille),
+            min_soak_ms: Some(r.gate.min_soak_ms),
+            min_reports: Some(r.gate.min_reports),
+        })
+        .collect();
+    let (fail_label, label_fraction) = match (&a.fail_label, a.fail_fraction > 0.0) {
+        (Some(l), _) => (Some(l.clone()), 0.0),
+        (None, true) => (Some("rehearsal=fails".to_string()), 1.0),
+        (None, false) => (None, 0.0),
+    };
+    let deadline_ms = rollout.deadline.map(|d| d.0.saturating_sub(now.0) + AT_MS);
+    // Long enough for every ring to install site by site and soak, after the latest window
+    // opening (or the deadline); a rollout that takes longer is reported as unfinished.
+    let waits = window_waits(t, rollout, now);
+    let wait_ms = waits.iter().filter_map(|w| w.starts_in_ms).max().unwrap_or(0);
+    let sizes = t.ring_sizes(rollout);
+    let per_site_max =
+        t.sites.iter().map(|s| s.1.iter().map(|k| k.0).sum::<u64>()).max().unwrap_or(1);
+    let step_ms = (fetch_ms + install_ms) as f64 * (1.0 + jitter) + 1_000.0;
+    let rings_ms: f64 = rollout
+        .rings
+        .iter()
+        .zip(&sizes)
+        .map(|(r, n)| {
+            let waves =
+                (n.min(per_site_max as f64) / f64::from(rollout.max_concurrent_per_site)).ceil();
+            waves * step_ms + r.gate.min_soak_ms as f64 + 10.0 * fleet.rollout_eval_ms as f64
+        })
+        .sum();
+    let horizon = a.horizon.unwrap_or((wait_ms as f64 + 2.0 * rings_ms) as u64 + 60_000);
+    let duration_ms = (AT_MS + horizon).min(HORIZON_MS_MAX);
+    let start_at = jiff::Timestamp::from_millisecond(now.0 as i64)?.to_string();
+    let s = patchmesh_sim::Scenario {
+        name: "rollout-plan".into(),
+        nodes: 0,
+        sites: 0,
+        start_at: Some(start_at),
+        epoch_ms: 0,
+        site: sites,
+        seed: 1,
+        start: patchmesh_sim::scenario::Start::Steady,
+        duration_ms,
+        warmup_ms: 500,
+        publish_at_ms: 1_000,
+        clock_skew_ms: 0,
+        adversaries: 0,
+        revoke_admin_at_ms: 0,
+        lan: patchmesh_sim::scenario::Link {
+            latency_ms: 1.0,
+            rtt_ms: 0.0,
+            bandwidth_mbps: 1000.0,
+            loss: 0.0,
+        },
+        wan: patchmesh_sim::scenario::Link {
+            latency_ms: 0.0,
+            rtt_ms: a.wan_rtt_ms,
+            bandwidth_mbps: own_mbps,
+            loss: 0.0,
+        },
+        topology: Default::default(),
+        protocol: patchmesh_sim::scenario::Protocol {
+            anti_entropy_interval_ms: fleet.anti_entropy_interval_ms.max(1),
+            summary_interval_ms: fleet.summary_interval_ms.max(1),
+            gossip_flush_ms: fleet.gossip_flush_ms.max(1),
+            rollout_eval_ms: fleet.rollout_eval_ms.max(1),
+            ..Default::default()
+        },
+        partition: Vec::new(),
+        crash: Vec::new(),
+        payload: None,
+        rollout: Some(patchmesh_sim::scenario::RolloutSpec {
+            at_ms: AT_MS,
+            rings,
+            gate: patchmesh_sim::scenario::GateSpec {
+                min_success_permille: Some(gate.min_success_permille),
+                max_failures: Some(gate.max_failures),
+                max_failure_permille: Some(gate.max_failure_permille),
+                min_soak_ms: Some(gate.min_soak_ms),
+                min_reports: Some(gate.min_reports),
+            },
+            target_labels: rollout.target.labels.clone(),
+            max_targets: (rollout.max_targets != u32::MAX).then_some(rollout.max_targets),
+            recheck_ms: rollout.recheck_ms.max(patchmesh_protocol::limits::RECHECK_MS_MIN),
+            max_concurrent_per_site: rollout.max_concurrent_per_site,
+            windows: a.create.windows.clone(),
+            deadline_ms,
+            rollback_on_halt: rollout.rollback_on_halt,
+            time_zones: vec![fleet.zone.clone()]
+                .into_iter()
+                .filter(|z| !z.is_empty())
+                .chain(fleet.zone.is_empty().then(|| "UTC".to_string()))
+                .collect(),
+            canary_label: None,
+            canary_fraction: 0.0,
+            fail_label,
+            label_fraction,
+            fail_fraction: a.fail_fraction,
+            fetch_ms,
+            stage_ms: 0,
+            install_ms,
+            verify_ms: 0,
+            rollback_ms: install_ms,
+            step_jitter: jitter,
+            expect_complete: false,
+        }),
+        intel: None,
+        enrol: None,
+    };
+    // Through the file format, so what runs is exactly what --export writes.
+    let text = toml::to_string(&s).context("writing the scenario")?;
+    patchmesh_sim::Scenario::parse(&text, "rollout plan")
+        .map_err(|e| anyhow::anyhow!("the rehearsal's scenario is not valid: {e}"))
+}
+
+/// One ring's prediction.
+#[derive(Clone, Debug, Serialize)]
+pub struct RingPlan {
+    /// Ring name.
+    pub name: String,
+    /// Targeted members (p50 over seeds).
+    pub nodes: u64,
+    /// From the rollout's creation to its first install start: p50, p90 (ms).
+    pub start_ms: Option<[u64; 2]>,
+    /// From creation to its last member committed: p50, p90 (ms); None when it did not
+    /// finish within the horizon on most seeds.
+    pub done_ms: Option<[u64; 2]>,
+    /// `done_ms` p50 as local time in the admin's zone.
+    pub done_at: Option<String>,
+    /// Seeds on which the ring finished.
+    pub finished_seeds: u32,
+}
+
+/// The rehearsal's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanOutput {
+    /// Checks before anything is signed.
+    pub findings: Vec<Finding>,
+    /// Targeted nodes known.
+    pub targeted_nodes: u64,
+    /// Known nodes outside the target.
+    pub outside_nodes: u64,
+    /// Sites with targeted nodes.
+    pub sites: usize,
+    /// Seeds run.
+    pub seeds: u32,
+    /// Simulated horizon.
+    pub horizon_ms: u64,
+    /// Per ring.
+    pub rings: Vec<RingPlan>,
+    /// Per time zone, when installs may start.
+    pub windows: Vec<WindowWait>,
+    /// WAN bytes into each site with targeted nodes: one copy of the payload.
+    pub wan_bytes_per_site: u64,
+    /// Creation to every targeted node committed: p50, p90 (ms), over seeds that finished.
+    pub complete_ms: Option<[u64; 2]>,
+    /// With a failure fraction: creation to the halt (ms): p50, p90 over seeds that halted.
+    pub halt_ms: Option<[u64; 2]>,
+    /// Seeds on which the rollout halted.
+    pub halted_seeds: u32,
+    /// Nodes outside the halting ring that installed before the halt (max over seeds).
+    pub blast_radius_max: u64,
+    /// Nodes rolled back (p50 over seeds).
+    pub rolled_back: u64,
+    /// What the rehearsal assumed rather than read.
+    pub estimated: Estimated,
+    /// Simulator invariant violations (none expected; any is a bug to report).
+    pub violations: Vec<String>,
+}
+
+fn pair(v: Vec<u64>) -> Option<[u64; 2]> {
+    Some([percentile(v.clone(), 0.5)?, percentile(v, 0.9)?])
+}
+
+/// `patchmesh rollout plan`.
+pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
+    if a.seeds == 0 || a.seeds > SEEDS_MAX {
+        bail!("--seeds must be 1..={SEEDS_MAX}");
+    }
+    if !(0.0..=1.0).contains(&a.fail_fraction) {
+        bail!("--fail-fraction must be between 0 and 1");
+    }
+    if !(a.wan_mbps.is_finite()
+        && a.wan_mbps > 0.0
+        && a.wan_rtt_ms.is_finite()
+        && a.wan_rtt_ms >= 0.0)
+    {
+        bail!("--wan-mbps must be > 0 and --wan-rtt-ms >= 0");
+    }
+    let rollout = crate::rollout::build(&a.create, now)?;
+    let (fleet, size) = fleet_and_size(&a.create.sign.node, &rollout)?;
+    let findings = checks(&fleet, &rollout, size, a.create.max_site_wan_bytes, now);
+    let json = a.create.sign.json;
+    if !json {
+        enforce(&findings, a.create.force)?;
+    } else if findings.iter().any(|f| f.level == "refused") && !a.create.force {
+        outln!("{}", crate::output::json(&serde_json::json!({ "findings": findings })));
+        bail!("refused: see findings (or give --force)");
+    }
+    let t = targeted(&fleet, &rollout);
+    let mut est = Estimated {
+        sites_from_summaries: t.from_summaries,
+        members_of_unknown_kind: t.unknown,
+        members_without_zone: t.zoneless,
+        ..Estimated::default()
+    };
+    let s = scenario(&a, &fleet, &rollout, &t, size, now, &mut est)?;
+    if let Some(path) = &a.export {
+        let header = format!(
+            "# A rehearsal of a rollout on the fleet node {} knew at {} ({} targeted nodes in {} \
+             sites).\n# Estimated rather than read: {}\n# Replay: patchmesh-sim run {}\n",
+            fleet.site,
+            jiff::Timestamp::from_millisecond(now.0 as i64)?,
+            t.members(),
+            t.sites.len(),
+            serde_json::to_string(&est)?,
+            path.display()
+        );
+        let text = toml::to_string(&s).context("writing the scenario")?;
+        std::fs::write(path, header + &text)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let seeds: Vec<u64> = (1..=u64::from(a.seeds)).collect();
+    let reports = run_seeds(&s, &seeds);
+    let out = summarise(&a, &rollout, &t, findings, &reports, &s, size, now, est);
+    if json {
+        outln!("{}", crate::output::json(&out));
+    } else {
+        print_plan(&out);
+    }
+    if !out.violations.is_empty() {
+        bail!("the simulator reported invariant violations (a bug): {:?}", out.violations);
+    }
+    Ok(())
+}
+
+/// Runs every seed, on as many threads as the machine has cores.
+pub fn run_seeds(s: &patchmesh_sim::Scenario, seeds: &[u64]) -> Vec<patchmesh_sim::Report> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(seeds.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for _ in 0..workers {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(seed) = seeds.get(i) else { break };
+                let r = patchmesh_sim::run(s, *seed);
+                done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+            });
+        }
+    });
+    let mut v = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarise(
+    a: &PlanArgs,
+    rollout: &RolloutEntry,
+    t: &Targeted,
+    findings: Vec<Finding>,
+    reports: &[patchmesh_sim::Report],
+    s: &patchmesh_sim::Scenario,
+    size: u64,
+    now: Millis,
+    est: Estimated,
+) -> PlanOutput {
+    let at = s.rollout.as_ref().map_or(0, |r| r.at_ms);
+    let figs: Vec<_> = reports.iter().filter_map(|r| r.rollout.as_ref()).collect();
+    let admin_tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+    let rings = rollout
+        .rings
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let nodes = percentile(
+                figs.iter()
+                    .map(|f| f.ring_targeted_nodes.get(i).copied().unwrap_or(0) as u64)
+                    .collect(),
+                0.5,
+            )
+            .unwrap_or(0);
+            let starts: Vec<u64> = figs
+                .iter()
+                .filter_map(|f| f.ring_start_ms.get(i).copied().flatten())
+                .map(|ms| ms.saturating_sub(at))
+                .collect();
+            let dones: Vec<u64> = figs
+                .iter()
+                .filter_map(|f| f.ring_done_ms.get(i).copied().flatten())
+                .map(|ms| ms.saturating_sub(at))
+                .collect();
+            let finished = dones.len() as u32;
+            let done_ms = (finished * 2 > a.seeds).then(|| pair(dones)).flatten();
+            RingPlan {
+                name: r.name.clone(),
+                nodes,
+                start_ms: pair(starts),
+                done_at: done_ms.map(|d| local(Millis(now.0 + d[0]), &admin_tz)),
+                done_ms,
+                finished_seeds: finished,
+            }
+        })
+        .collect();
+    let halts: Vec<u64> =
+        figs.iter().filter_map(|f| f.halt_threshold_ms).map(|ms| ms.saturating_sub(at)).collect();
+    let completes: Vec<u64> = figs.iter().filter_map(|f| f.rollout_complete_ms).collect();
+    PlanOutput {
+        findings,
+        targeted_nodes: t.members(),
+        outside_nodes: t.outside,
+        sites: t.sites.len(),
+        seeds: a.seeds,
+        horizon_ms: s.duration_ms.saturating_sub(at),
+        rings,
+        windows: window_waits(t, rollout, now),
+        wan_bytes_per_site: size,
+        complete_ms: (completes.len() as u32 * 2 > a.seeds).then(|| pair(completes)).flatten(),
+        halted_seeds: halts.len() as u32,
+        halt_ms: pair(halts),
+        blast_radius_max: figs.iter().map(|f| f.blast_radius as u64).max().unwrap_or(0),
+        rolled_back: percentile(figs.iter().map(|f| f.rolled_back_nodes as u64).collect(), 0.5)
+            .unwrap_or(0),
+        estimated: est,
+        violations: reports.iter().flat_map(|r| r.invariant_violations.iter().cloned()).collect(),
+    }
+}
+
+/// A duration for people: 850 ms, 42 s, 12 min, 3.5 h, 2.1 d.
+pub fn span(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{:.1} s", ms as f64 / 1e3),
+        120_000..7_200_000 => format!("{:.0} min", ms as f64 / 6e4),
+        7_200_000..172_800_000 => format!("{:.1} h", ms as f64 / 3.6e6),
+        _ => format!("{:.1} d", ms as f64 / 8.64e7),
+    }
+}
+
+fn print_plan(p: &PlanOutput) {
+    outln!(
+        "rehearsal: {} targeted nodes in {} sites ({} known nodes outside the target), {} seeds, \
+         horizon {}",
+        p.targeted_nodes,
+        p.sites,
+        p.outside_nodes,
+        p.seeds,
+        span(p.horizon_ms)
+    );
+    outln!(
+        "{:<10} {:>6}  {:<22} {:<22} {}",
+        "RING",
+        "NODES",
+        "STARTS (p50/p90)",
+        "DONE (p50/p90)",
+        "DONE AT (p50)"
+    );
+    for r in &p.rings {
+        let two = |v: Option<[u64; 2]>| {
+            v.map_or("-".to_string(), |[a, b]| format!("{} / {}", span(a), span(b)))
+        };
+        let done = match r.done_ms {
+            Some(_) => two(r.done_ms),
+            None if r.finished_seeds == 0 => "not within horizon".into(),
+            None => format!("{} of {} seeds", r.finished_seeds, p.seeds),
+        };
+        outln!(
+            "{:<10} {:>6}  {:<22} {:<22} {}",
+            r.name,
+            r.nodes,
+            two(r.start_ms),
+            done,
+            r.done_at.as_deref().unwrap_or("-")
+        );
+    }
+    for w in &p.windows {
+        match (w.starts_in_ms, &w.opens_at) {
+            (Some(0), _) => {}
+            (Some(ms), Some(at)) if !w.at_deadline => outln!(
+                "window: {} nodes in {} wait {} for the window opening {at}",
+                w.nodes,
+                w.zone,
+                span(ms)
+            ),
+            (Some(ms), _) => outln!(
+                "window: {} nodes in {} wait {} for the deadline (no window opens before it)",
+                w.nodes,
+                w.zone,
+                span(ms)
+            ),
+            (None, _) => outln!("window: {} nodes in {} never start", w.nodes, w.zone),
+        }
+    }
+    outln!(
+        "WAN: one copy of the payload per site, {} bytes into each of {} sites",
+        p.wan_bytes_per_site,
+        p.sites
+    );
+    match p.complete_ms {
+        Some([a, b]) => {
+            outln!("every targeted node committed after {} (p50), {} (p90)", span(a), span(b))
+        }
+        None if p.halted_seeds == 0 => {
+            outln!("the rollout does not finish within the horizon on most seeds")
+        }
+        None => {}
+    }
+    if let Some([a, b]) = p.halt_ms {
+        outln!(
+            "halted on {} of {} seeds, {} after creation (p50; p90 {}); blast radius {} nodes \
+             outside the halting ring (max), {} rolled back (p50)",
+            p.halted_seeds,
+            p.seeds,
+            span(a),
+            span(b),
+            p.blast_radius_max,
+            p.rolled_back
+        );
+    }
+    let e = &p.estimated;
+    outln!(
+        "estimated: {} sites from summaries, {} nodes of unknown kind, {} without a zone, {} \
+         sites without a measured round trip; WAN {}; installs {}{}",
+        e.sites_from_summaries,
+        e.members_of_unknown_kind,
+        e.members_without_zone,
+        e.sites_without_rtt,
+        e.wan_bandwidth,
+        e.install_duration,
+        if e.percent_rings_drawn { "; percent rings drawn per seed" } else { "" }
+    );
+}
