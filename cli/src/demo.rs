@@ -373,6 +373,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let intel = publish_intel(&d, &admin_key, timeout)?;
     let commands = crate::demo_intel::good_patch_commands();
     let good = publish_patch(&d, &root, "app", "2", a.payload_bytes, Some(&commands))?;
+    let good_plan = rehearse(&d, &good, a.soak_s, false)?;
+    d.say(format!(
+        "rehearsed the fix's rollout on the fleet node 0 knows ({} seeds): every node committed after {} (p50)",
+        good_plan["seeds"],
+        good_plan["complete_ms"][0].as_u64().map_or("-".into(), crate::plan::span)
+    ));
     let (good_rollout, good_at) = remediate(&d, &admin_key, &good, a.soak_s)?;
     d.say(format!("good patch {} (the fix) rolling out as {}", &good[..12], &good_rollout[..12]));
     let committed = |v: &RolloutView| {
@@ -388,7 +394,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         },
         || d.lagging(&good_rollout, &good, committed),
     )?;
-    let good_rings = ring_table(&good_views, good_at);
+    let mut good_rings = ring_table(&good_views, good_at);
+    with_prediction(&mut good_rings, &good_plan);
     for r in &good_rings {
         d.say(format!(
             "  ring {:<7} {} nodes committed in {:.1} s",
@@ -400,6 +407,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let intel = finding_closed(&d, intel, good_at, timeout)?;
 
     let bad = publish_patch(&d, &root, "app", "3", a.payload_bytes, None)?;
+    let bad_plan = rehearse(&d, &bad, a.soak_s, true)?;
+    d.say(format!(
+        "rehearsed the bad patch (every canary failing; installs {}): halts {} after creation (p50), blast radius {}",
+        bad_plan["estimated"]["install_duration"].as_str().unwrap_or("-"),
+        bad_plan["halt_ms"][0].as_u64().map_or("-".into(), crate::plan::span),
+        bad_plan["blast_radius_max"]
+    ));
     let (bad_rollout, bad_at) = create_rollout(&d, &admin_key, &bad, a.soak_s)?;
     d.say(format!("bad patch {} rolling out as {}", &bad[..12], &bad_rollout[..12]));
     let halted_and_settled = |v: &RolloutView| {
@@ -430,7 +444,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 && !matches!(v.step(), Some("fetching" | "staging" | "cancelled"))
         })
         .count();
-    let bad_rings = ring_table(&bad_views.iter().cloned().map(Some).collect::<Vec<_>>(), bad_at);
+    let mut bad_rings =
+        ring_table(&bad_views.iter().cloned().map(Some).collect::<Vec<_>>(), bad_at);
+    with_prediction(&mut bad_rings, &bad_plan);
 
     // What is on disk now: every node must hold the good version (canaries rolled back to it).
     let good_bytes = std::fs::read(root.join("payload-app-2.bin"))?;
@@ -520,6 +536,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         rings: good_rings,
         blast_radius,
         halt_latency_ms,
+        halt_after_ms: first_failure.saturating_sub(bad_at),
+        halt_predicted_ms: serde_json::from_value(bad_plan["halt_ms"].clone()).ok().flatten(),
+        blast_radius_predicted: bad_plan["blast_radius_max"].as_u64(),
         nodes_on_good_version: on_good,
         wan_ratio_max: (wan_ratio_max * 1000.0).round() / 1000.0,
         wan,
@@ -819,22 +838,9 @@ fn finding_closed(
     Ok(intel)
 }
 
-/// `patchmesh remediate` with the demo's rings: the fix to exactly the exposed nodes.
-fn remediate(
-    d: &Demo,
-    admin_key: &str,
-    content: &str,
-    soak_s: u64,
-) -> anyhow::Result<(String, u64)> {
-    let config = s(&d.nodes[0].dir.join("node.toml"));
-    let soak = soak_s.to_string();
-    let at = patchmesh_node::clock::now_ms().0;
-    let out: serde_json::Value = cli(&[
-        "remediate",
-        crate::demo_intel::CVE,
-        "--patch",
-        content,
-        "--yes",
+/// The demo's rings and gates, as `rollout create`, `remediate` and `rollout plan` take them.
+fn policy_args(soak_s: u64) -> Vec<String> {
+    [
         "--ring",
         "canary:0:ring=canary",
         "--ring",
@@ -846,17 +852,60 @@ fn remediate(
         "--max-failures",
         "0",
         "--soak-s",
-        &soak,
+        &soak_s.to_string(),
         "--recheck-s",
         "1",
         "--max-concurrent-per-site",
         "2",
-        "--admin-key",
-        admin_key,
-        "--config",
-        &config,
-        "--json",
-    ])?;
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `patchmesh rollout plan` of the rollout about to be created, from node 0: the prediction
+/// the demo then holds the real rollout against. `fail` rehearses the bad patch (every canary
+/// fails). The demo's sites share one machine, so their "WAN" is loopback: 1 Gbit/s, 1 ms.
+/// Node 0 has installed nothing before the fix, so that rehearsal is told the install's
+/// duration: fetching a 2 MiB payload over loopback and running the demo's shell scripts
+/// takes tens of milliseconds; the bad patch's rehearsal measures it from the fix's install.
+fn rehearse(d: &Demo, content: &str, soak_s: u64, fail: bool) -> anyhow::Result<serde_json::Value> {
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let mut args: Vec<String> = ["rollout", "plan", "--patch", content].map(String::from).to_vec();
+    args.extend(policy_args(soak_s));
+    args.extend(
+        ["--seeds", "5", "--wan-mbps", "1000", "--wan-rtt-ms", "1", "--install-ms", "50"]
+            .map(String::from),
+    );
+    if fail {
+        args.extend(["--fail-label", "ring=canary", "--fail-fraction", "1"].map(String::from));
+    }
+    args.extend(["--config".to_string(), config, "--json".to_string()]);
+    cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Puts the rehearsal's per-ring prediction beside the actual rings.
+fn with_prediction(rings: &mut [DemoRing], plan: &serde_json::Value) {
+    for (r, p) in rings.iter_mut().zip(plan["rings"].as_array().into_iter().flatten()) {
+        r.predicted_ms = serde_json::from_value(p["done_ms"].clone()).ok().flatten();
+        r.predicted_targeted = p["nodes"].as_u64();
+    }
+}
+
+/// `patchmesh remediate` with the demo's rings: the fix to exactly the exposed nodes.
+fn remediate(
+    d: &Demo,
+    admin_key: &str,
+    content: &str,
+    soak_s: u64,
+) -> anyhow::Result<(String, u64)> {
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let at = patchmesh_node::clock::now_ms().0;
+    let mut args: Vec<String> = ["remediate", crate::demo_intel::CVE, "--patch", content, "--yes"]
+        .map(String::from)
+        .to_vec();
+    args.extend(policy_args(soak_s));
+    args.extend(["--admin-key", admin_key, "--config", &config, "--json"].map(String::from));
+    let out: serde_json::Value = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let rollout = out[0]["rollout"].as_str().context("remediate printed no rollout")?.to_string();
     d.say(format!(
         "  remediation targets `{}`, deadline {}",
@@ -873,35 +922,12 @@ fn create_rollout(
     soak_s: u64,
 ) -> anyhow::Result<(String, u64)> {
     let config = s(&d.nodes[0].dir.join("node.toml"));
-    let soak = soak_s.to_string();
     let at = patchmesh_node::clock::now_ms().0;
-    let out: RolloutCreateOutput = cli(&[
-        "rollout",
-        "create",
-        "--patch",
-        content,
-        "--ring",
-        "canary:0:ring=canary",
-        "--ring",
-        "half:0:ring=half",
-        "--ring",
-        "all:100",
-        "--min-success",
-        "1.0",
-        "--max-failures",
-        "0",
-        "--soak-s",
-        &soak,
-        "--recheck-s",
-        "1",
-        "--max-concurrent-per-site",
-        "2",
-        "--admin-key",
-        admin_key,
-        "--config",
-        &config,
-        "--json",
-    ])?;
+    let mut args: Vec<String> =
+        ["rollout", "create", "--patch", content].map(String::from).to_vec();
+    args.extend(policy_args(soak_s));
+    args.extend(["--admin-key", admin_key, "--config", &config, "--json"].map(String::from));
+    let out: RolloutCreateOutput = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok((out.rollout, at))
 }
 
@@ -963,28 +989,46 @@ fn print_summary(v: &DemoReport) {
     {
         outln!("\n{title}: rollout {}", r.rollout.get(..12).unwrap_or(&r.rollout));
         outln!(
-            "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>12}",
+            "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>12} {:>20}",
             "ring",
             "targeted",
             "succeeded",
             "failed",
             "rolled back",
-            "done after"
+            "done after",
+            "predicted p50 (p90)"
         );
         for g in &r.rings {
+            let predicted = match g.predicted_ms {
+                Some([p50, p90]) => {
+                    format!("{:.1} s ({:.1} s)", p50 as f64 / 1000.0, p90 as f64 / 1000.0)
+                }
+                None => "-".into(),
+            };
             outln!(
-                "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>10.1} s",
+                "  {:<8} {:>8} {:>9} {:>6} {:>11} {:>10.1} s {:>20}",
                 g.name,
                 g.targeted,
                 g.succeeded,
                 g.failed,
                 g.rolled_back,
-                g.duration_ms as f64 / 1000.0
+                g.duration_ms as f64 / 1000.0,
+                predicted
             );
         }
     }
     outln!(
-        "\nhalt latency (first failed canary report → every node halted): {} ms",
+        "\nhalt: {:.1} s after the bad rollout was created (rehearsal predicted {}; blast radius {})",
+        v.halt_after_ms as f64 / 1000.0,
+        v.halt_predicted_ms.map_or("-".into(), |[a, b]| format!(
+            "{:.1} s p50, {:.1} s p90",
+            a as f64 / 1000.0,
+            b as f64 / 1000.0
+        )),
+        v.blast_radius_predicted.map_or("-".into(), |b| b.to_string())
+    );
+    outln!(
+        "halt latency (first failed canary report → every node halted): {} ms",
         v.halt_latency_ms
     );
     outln!(

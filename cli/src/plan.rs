@@ -59,6 +59,10 @@ pub struct PlanArgs {
     /// WAN round trip of a site this node has no ping to (ms).
     #[arg(long, default_value_t = 80.0)]
     pub wan_rtt_ms: f64,
+    /// Install duration (fetch to verified, ms) to assume when this node has installed
+    /// nothing yet to measure it from (default 30000).
+    #[arg(long)]
+    pub install_ms: Option<u64>,
     /// Longest simulated time (e.g. 2d); default: long enough for every ring and window.
     #[arg(long, value_parser = crate::rollout::parse_span_ms)]
     pub horizon: Option<u64>,
@@ -425,23 +429,28 @@ fn scenario(
             }
         })
         .collect();
-    // Step durations: the WAN copy of the payload, then install and verify as measured here.
-    let fetch_ms = ((size as f64 * 8.0 / (own_mbps * 1e6)) * 1000.0).ceil() as u64;
+    // Step durations: fetch to verified as measured here (or given); only the default
+    // assumption adds the payload's WAN copy time to it.
+    let wan_copy_ms = ((size as f64 * 8.0 / (own_mbps * 1e6)) * 1000.0).ceil() as u64;
+    let measured = !fleet.install_ms.is_empty() || a.install_ms.is_some();
+    let fetch_ms = if measured { 0 } else { wan_copy_ms };
     let (install_ms, jitter) = match (
         percentile(fleet.install_ms.clone(), 0.5),
         percentile(fleet.install_ms.clone(), 0.9),
     ) {
         (Some(p50), Some(p90)) => {
-            est.install_duration =
-                format!("measured over {} installs here", fleet.install_ms.len());
+            est.install_duration = format!(
+                "measured here: {} p50 over {} install(s)",
+                span(p50),
+                fleet.install_ms.len()
+            );
             (p50, ((p90 as f64 / p50.max(1) as f64) - 1.0).clamp(0.1, 1.0))
         }
         _ => {
-            est.install_duration = format!(
-                "assumed {} s (this node has installed nothing yet)",
-                INSTALL_MS_ASSUMED / 1000
-            );
-            (INSTALL_MS_ASSUMED, 0.5)
+            let ms = a.install_ms.unwrap_or(INSTALL_MS_ASSUMED);
+            est.install_duration =
+                format!("assumed {} (this node has installed nothing yet; --install-ms)", span(ms));
+            (ms, 0.5)
         }
     };
     est.percent_rings_drawn = rollout.rings.iter().any(|r| r.labels.is_empty());

@@ -910,6 +910,15 @@ pub struct DemoReport {
     pub blast_radius: usize,
     /// First failed canary report → every node halted.
     pub halt_latency_ms: u64,
+    /// Bad rollout created → its halt (the first failed canary: the gate allows none).
+    #[serde(default)]
+    pub halt_after_ms: u64,
+    /// The rehearsal's prediction of `halt_after_ms` (p50, p90), and of the blast radius.
+    #[serde(default)]
+    pub halt_predicted_ms: Option<[u64; 2]>,
+    /// The rehearsal's blast radius (max over seeds).
+    #[serde(default)]
+    pub blast_radius_predicted: Option<u64>,
     /// Nodes whose target file is the good version at the end.
     pub nodes_on_good_version: usize,
     /// Largest WAN bytes per site ÷ payload, over sites and patches.
@@ -992,6 +1001,12 @@ pub struct DemoRing {
     pub rolled_back: u64,
     /// Publication → its last member settled.
     pub duration_ms: u64,
+    /// The rehearsal's prediction of `duration_ms` (`rollout plan`): p50 and p90 over seeds.
+    #[serde(default)]
+    pub predicted_ms: Option<[u64; 2]>,
+    /// The rehearsal's targeted members.
+    #[serde(default)]
+    pub predicted_targeted: Option<u64>,
 }
 
 /// WAN bytes one site paid for one payload.
