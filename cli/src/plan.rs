@@ -18,7 +18,8 @@ use clap::Args;
 use patchmesh_node::control::{CatalogEntryView, CatalogView, FleetView, Request};
 use patchmesh_protocol::catalog::RolloutEntry;
 use patchmesh_protocol::ids::Millis;
-use patchmesh_protocol::rollout::target::window_open;
+use patchmesh_protocol::rollout::activity::install_window_open;
+use patchmesh_protocol::rollout::Facts;
 use patchmesh_sim::scenario::{KindSpec, RingToml, SiteSpec};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -77,10 +78,19 @@ pub struct Finding {
     pub message: String,
 }
 
+/// Targeted members of one kind.
+struct Kind {
+    count: u64,
+    zone: String,
+    labels: BTreeMap<String, String>,
+    /// Quiet hours' mask (hex), as the members' records carry it.
+    quiet: Option<String>,
+}
+
 /// The targeted fleet: members per site and kind, after the rollout's site and OS clauses.
 struct Targeted {
-    /// Per site: (name, kinds (count, zone, labels), members left out by the selector).
-    sites: Vec<(String, Vec<(u64, String, BTreeMap<String, String>)>)>,
+    /// Per site: its name and its kinds.
+    sites: Vec<(String, Vec<Kind>)>,
     /// Members outside the target (left out of the rehearsal).
     outside: u64,
     /// Members whose kind is unknown (a summary lists the most common kinds only).
@@ -111,12 +121,22 @@ fn targeted(fleet: &FleetView, rollout: &RolloutEntry) -> Targeted {
             } else {
                 k.zone.clone()
             };
-            kinds.push((k.count, zone, k.labels.clone()));
+            kinds.push(Kind {
+                count: k.count,
+                zone,
+                labels: k.labels.clone(),
+                quiet: k.quiet_mask.clone(),
+            });
         }
         if in_site && site.other > 0 && sel.labels.is_empty() && sel.os.is_none() {
             // Members of kinds the summary leaves out: counted, labels unknown.
             t.unknown += site.other;
-            kinds.push((site.other, fleet.zone.clone(), BTreeMap::new()));
+            kinds.push(Kind {
+                count: site.other,
+                zone: fleet.zone.clone(),
+                labels: BTreeMap::new(),
+                quiet: None,
+            });
         }
         if !site.from_records {
             t.from_summaries += 1;
@@ -130,7 +150,7 @@ fn targeted(fleet: &FleetView, rollout: &RolloutEntry) -> Targeted {
 
 impl Targeted {
     fn members(&self) -> u64 {
-        self.sites.iter().flat_map(|s| &s.1).map(|k| k.0).sum()
+        self.sites.iter().flat_map(|s| &s.1).map(|k| k.count).sum()
     }
 
     /// Expected members per ring: label rings exactly (the first label ring a node's labels
@@ -138,13 +158,13 @@ impl Targeted {
     fn ring_sizes(&self, rollout: &RolloutEntry) -> Vec<f64> {
         let mut sizes = vec![0.0; rollout.rings.len()];
         let mut rest = 0u64;
-        for (count, _, labels) in self.sites.iter().flat_map(|s| &s.1) {
+        for k in self.sites.iter().flat_map(|s| &s.1) {
             let ring = rollout.rings.iter().position(|r| {
-                !r.labels.is_empty() && r.labels.iter().all(|(a, b)| labels.get(a) == Some(b))
+                !r.labels.is_empty() && r.labels.iter().all(|(a, b)| k.labels.get(a) == Some(b))
             });
             match ring {
-                Some(i) => sizes[i] += *count as f64,
-                None => rest += count,
+                Some(i) => sizes[i] += k.count as f64,
+                None => rest += k.count,
             }
         }
         let mut below = 0u8;
@@ -160,8 +180,8 @@ impl Targeted {
     /// The time zones of targeted members, with their counts.
     fn zones(&self) -> BTreeMap<String, u64> {
         let mut z = BTreeMap::new();
-        for (count, zone, _) in self.sites.iter().flat_map(|s| &s.1) {
-            *z.entry(zone.clone()).or_default() += count;
+        for k in self.sites.iter().flat_map(|s| &s.1) {
+            *z.entry(k.zone.clone()).or_default() += k.count;
         }
         z
     }
@@ -170,12 +190,15 @@ impl Targeted {
 /// When the rollout's windows first open at or after `now` in zone `tz` (None: not within
 /// [`WINDOW_SEARCH_MS`]).
 fn next_open(rollout: &RolloutEntry, now: Millis, tz: &jiff::tz::TimeZone) -> Option<Millis> {
-    if rollout.windows.is_empty() {
+    if rollout.windows.is_empty() && !rollout.auto_window {
         return Some(now);
     }
+    // Quiet hours are each node's own; the checks read the fallback night (a rehearsal
+    // replays every member's own from the records).
+    let facts = Facts { tz: tz.clone(), ..Facts::default() };
     (0..=WINDOW_SEARCH_MS / WINDOW_STEP_MS)
         .map(|i| Millis(now.0 + i * WINDOW_STEP_MS))
-        .find(|t| window_open(&rollout.windows, *t, tz))
+        .find(|t| install_window_open(rollout, *t, &facts))
 }
 
 /// Per zone with targeted members: when installs may first start there.
@@ -232,7 +255,23 @@ pub fn checks(
     now: Millis,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    let mut refuse = |m: String| out.push(Finding { level: "refused", message: m });
+    // What the fleet view says is refused only once the node has run long enough to hold
+    // every site's summary (a few summary periods); before that it is a warning.
+    let settle_ms = 6 * fleet.summary_interval_ms.max(1_000);
+    let settled = fleet.uptime_ms >= settle_ms;
+    let mut refuse = |m: String| {
+        out.push(if settled {
+            Finding { level: "refused", message: m }
+        } else {
+            Finding {
+                level: "warning",
+                message: format!(
+                    "{m} (not refused: this node started {} ago and may not know every site yet)",
+                    span(fleet.uptime_ms)
+                ),
+            }
+        })
+    };
     let t = targeted(fleet, rollout);
     let members = t.members();
     if members == 0 {
@@ -420,10 +459,11 @@ fn scenario(
                 wan_rtt_ms: Some(rtt.unwrap_or(a.wan_rtt_ms)),
                 kinds: kinds
                     .iter()
-                    .map(|(count, zone, labels)| KindSpec {
-                        count: *count as usize,
-                        zone: zone.clone(),
-                        labels: labels.clone(),
+                    .map(|k| KindSpec {
+                        count: k.count as usize,
+                        zone: k.zone.clone(),
+                        labels: k.labels.clone(),
+                        quiet: k.quiet.clone(),
                     })
                     .collect(),
             }
@@ -481,7 +521,7 @@ fn scenario(
     let wait_ms = waits.iter().filter_map(|w| w.starts_in_ms).max().unwrap_or(0);
     let sizes = t.ring_sizes(rollout);
     let per_site_max =
-        t.sites.iter().map(|s| s.1.iter().map(|k| k.0).sum::<u64>()).max().unwrap_or(1);
+        t.sites.iter().map(|s| s.1.iter().map(|k| k.count).sum::<u64>()).max().unwrap_or(1);
     let step_ms = (fetch_ms + install_ms) as f64 * (1.0 + jitter) + 1_000.0;
     let rings_ms: f64 = rollout
         .rings
@@ -546,6 +586,8 @@ fn scenario(
             },
             target_labels: rollout.target.labels.clone(),
             max_targets: (rollout.max_targets != u32::MAX).then_some(rollout.max_targets),
+            auto_window: rollout.auto_window,
+            activity: Vec::new(),
             recheck_ms: rollout.recheck_ms.max(patchmesh_protocol::limits::RECHECK_MS_MIN),
             max_concurrent_per_site: rollout.max_concurrent_per_site,
             windows: a.create.windows.clone(),

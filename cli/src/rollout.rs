@@ -89,6 +89,9 @@ pub struct CreateArgs {
     #[arg(long, default_value_t = 1)]
     min_reports: u32,
     /// Maintenance window in each node's own time zone, e.g. "mon-fri 22:00-04:00" (repeat).
+    /// "auto": each node installs in its own quiet hours, learnt from its activity (within
+    /// any other windows given); a node with under a week of history uses the other windows,
+    /// or with none, 01:00-05:00 local.
     #[arg(long = "window")]
     pub windows: Vec<String>,
     /// After this time (RFC 3339) windows no longer hold installs back.
@@ -223,13 +226,19 @@ pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
                 .collect::<Result<_, _>>()?,
         },
         rings,
-        windows: a.windows.iter().map(|w| parse_window(w)).collect::<Result<_, _>>()?,
+        windows: a
+            .windows
+            .iter()
+            .filter(|w| w.trim() != "auto")
+            .map(|w| parse_window(w))
+            .collect::<Result<_, _>>()?,
         deadline,
         max_concurrent_per_site: a.max_concurrent_per_site,
         max_targets: a.max_targets.unwrap_or(u32::MAX),
         rollback_on_halt: !a.no_rollback_on_halt,
         recheck_ms: a.recheck_s.max(1) * 1000,
         created_at: now,
+        auto_window: a.windows.iter().any(|w| w.trim() == "auto"),
     };
     rollout.validate()?;
     Ok(rollout)

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     /// How often the inventory is read again.
     #[serde(default = "default_inventory")]
     pub inventory_interval_ms: u64,
+    /// How often the machine's activity is sampled for its quiet hours (`--window auto`).
+    #[serde(default = "default_activity")]
+    pub activity_interval_ms: u64,
     /// Root of the file system the inventory is read from (tests point it at a fixture).
     #[serde(default = "default_root")]
     pub inventory_root: PathBuf,
@@ -263,6 +266,9 @@ fn default_flush() -> u64 {
 }
 fn default_inventory() -> u64 {
     3_600_000
+}
+fn default_activity() -> u64 {
+    300_000
 }
 fn default_root() -> PathBuf {
     PathBuf::from("/")

@@ -114,6 +114,7 @@ impl Inventory {
             packages_digest: *h.finalize().as_bytes(),
             // Filled in by the protocol core from the node's facts.
             zone: String::new(),
+            quiet: None,
         }
     }
 }

@@ -16,13 +16,14 @@
 //!
 //! This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
 
+pub mod activity;
 pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod content;
 pub mod control;
-pub mod dashboard;
 pub mod daemon;
+pub mod dashboard;
 pub mod executor;
 pub mod files;
 pub mod fuzzing;

@@ -348,13 +348,12 @@ fn behaviour(
         )],
         rr_cfg,
     );
-    let identify =
-        identify::Behaviour::new(
-            identify::Config::new(format!("/patchmesh/{m}/1"), key.public())
-                // A node behind NAT gains its relayed address after it connected to the relay;
-                // its peers (and the relay's DHT, which tells others) must learn it.
-                .with_push_listen_addr_updates(true),
-        );
+    let identify = identify::Behaviour::new(
+        identify::Config::new(format!("/patchmesh/{m}/1"), key.public())
+            // A node behind NAT gains its relayed address after it connected to the relay;
+            // its peers (and the relay's DHT, which tells others) must learn it.
+            .with_push_listen_addr_updates(true),
+    );
     let kad_proto = StreamProtocol::try_from_owned(format!("/patchmesh/{m}/kad/1"))
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
     let mut kad_cfg = kad::Config::new(kad_proto);

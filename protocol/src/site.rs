@@ -94,6 +94,8 @@ pub struct InventorySummary {
     /// The node's IANA time zone (what its windows are read in); empty when unknown. Rollout
     /// rehearsals read it (`patchmesh rollout plan`).
     pub zone: String,
+    /// The node's quiet hours (`--window auto`), once it has a week of activity history.
+    pub quiet: Option<crate::rollout::activity::QuietHours>,
 }
 
 /// One kind of member in a site's shape: its time zone, OS and certificate labels.
@@ -105,12 +107,15 @@ pub struct MemberKind {
     pub os: String,
     /// Certificate labels.
     pub labels: BTreeMap<String, String>,
+    /// Quiet hours.
+    pub quiet: Option<crate::rollout::activity::QuietHours>,
 }
 
 impl MemberKind {
-    /// Its size, counted as its strings' bytes.
+    /// Its size, counted as its strings' bytes (and its quiet hours' mask).
     fn bytes(&self) -> usize {
-        self.zone.len()
+        self.quiet.map_or(0, |q| q.mask.len())
+            + self.zone.len()
             + self.os.len()
             + self.labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     }
@@ -1078,6 +1083,7 @@ impl SiteState {
             MemberKind {
                 zone: inv.zone.clone(),
                 os: inv.os.clone(),
+                quiet: inv.quiet,
                 labels: held.bundle.admission_cert().map(|c| c.labels.clone()).unwrap_or_default(),
             }
         }))

@@ -93,6 +93,7 @@ fn rollout(target_sites: &[&str]) -> RolloutEntry {
         rollback_on_halt: true,
         recheck_ms: 500,
         created_at: T0,
+        auto_window: false,
     }
 }
 

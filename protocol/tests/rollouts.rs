@@ -87,6 +87,7 @@ fn rollout(id: u8, soak_ms: u64) -> RolloutEntry {
         rollback_on_halt: true,
         recheck_ms: 500,
         created_at: T0,
+        auto_window: false,
     }
 }
 

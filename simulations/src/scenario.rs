@@ -19,6 +19,13 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
                             warms up live; 'steady': every node starts from a store holding
                             its site's signed records and every site's signed summary, as a
                             fleet that has been running (each object is verified on load)
+  start_at                  wall-clock time of simulated time zero, RFC 3339 (default Friday
+                            2027-01-15T08:00:00Z); windows and deadlines read it
+  [[site]]  name, wan_mbps, wan_rtt_ms, kinds = [{ count, zone, labels = {k = \"v\"}, quiet }]
+                            the fleet site by site, as `patchmesh rollout plan --export`
+                            writes it (then nodes and sites follow from it). A link between
+                            two sites runs at the slower site's link; quiet is a node
+                            record's quiet-hours mask (42 hex digits)
   clock_skew_ms             each node's clock is off by a uniform amount in +/- this
   adversaries               extra admitted-but-compromised nodes that inject forged, unsigned,
                             under-threshold, revoked, replayed and garbage objects
@@ -61,7 +68,15 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
                             Simulated time zero is Friday 2027-01-15 08:00 UTC (clocks skew)
              deadline_ms    after this (from scenario start) windows hold nothing back
              rollback_on_halt  installs roll back when the rollout halts (true)
-             time_zones     IANA names assigned to sites round-robin (['UTC'])
+             time_zones     IANA names assigned to sites round-robin (['UTC']); a
+                            [[site]] kind's zone overrides them
+             target_labels  { k = \"v\" }: only nodes with these labels are targeted
+             max_targets    the most nodes the rollout may reach
+             auto_window    install each node in its own quiet hours (--window auto)
+             activity       profiles given to nodes round-robin, their quiet hours learnt
+                            from them: office, night-shift, server, new (no history)
+             expect_complete  a good patch that does not reach every targeted node by the
+                            end is a violation (true; rehearsals set false)
              canary_label, canary_fraction  \"key=value\" given to that fraction of nodes at
                             admission, so a label ring can pick them
              fail_label, label_fraction  \"key=value\" given to that fraction of nodes
@@ -77,7 +92,8 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
              [[rollout.rings]] name, percent (cumulative 0-100), labels = { k = \"v\" }, and
                             any gate field, overriding the shared gate for that ring
              Reported: blast_radius, halting_ring, halt_threshold_ms, halt_latency_ms,
-             halt_after_heal_ms, halted_nodes, live_nodes, rings_completed, ring_start_ms,
+             halt_after_heal_ms, halted_nodes, live_nodes, rings_completed,
+             ring_targeted_nodes, ring_start_ms,
              ring_done_ms, rollout_complete_ms, rollout_committed_nodes,
              rollout_targeted_nodes, rolled_back_nodes, failed_nodes,
              first_start_ms_by_zone, max_site_concurrency, effects_lost (see the rollout
@@ -225,6 +241,19 @@ pub struct KindSpec {
     /// Their certificate labels.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Their quiet hours (`--window auto`): the 168-bit mask as a node's record carries it,
+    /// hex (bit h = hour h of the week, Monday 00:00 local = 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet: Option<String>,
+}
+
+impl KindSpec {
+    /// Its quiet hours, decoded (validated on load).
+    pub fn quiet_hours(&self) -> Option<patchmesh_protocol::rollout::activity::QuietHours> {
+        let mut mask = [0u8; 21];
+        hex::decode_to_slice(self.quiet.as_deref()?, &mut mask).ok()?;
+        Some(patchmesh_protocol::rollout::activity::QuietHours { mask })
+    }
 }
 
 /// Simulated time zero when a scenario gives no `start_at`: Friday 2027-01-15 08:00 UTC.
@@ -452,6 +481,9 @@ impl Scenario {
                 return bad(format!("site {i} ({}) has no members", site.name));
             }
             for k in &site.kinds {
+                if k.quiet.is_some() && k.quiet_hours().is_none() {
+                    return bad(format!("site {i}: quiet must be 42 hex digits (168 bits)"));
+                }
                 if !k.zone.is_empty() && jiff::tz::TimeZone::get(&k.zone).is_err() {
                     return bad(format!("site {i}: unknown time zone {:?}", k.zone));
                 }

@@ -235,6 +235,44 @@ fn closed_windows_hold_their_zones_until_the_deadline() {
 }
 
 #[test]
+fn auto_windows_install_each_node_in_its_own_quiet_hours_across_zones() {
+    // Half the nodes are office machines (quiet 01-05 local), half night-shift ones (quiet
+    // 06-10). At the start it is 08:00 in UTC, 09:00 in Berlin, 03:00 in New York, 17:00 in
+    // Tokyo and 19:00 in Sydney: only night-shift nodes in UTC and Berlin and office nodes in
+    // New York are quiet. The simulator checks every start against the node's own quiet hours
+    // (an invariant violation otherwise); no deadline falls inside the run.
+    let base = BASE.replace(
+        r#"windows = ["mon-fri 01:00-05:00", "* 16:00-21:00"]"#,
+        r#"windows = []
+auto_window = true
+activity = ["office", "night-shift"]"#,
+    );
+    // Only canaries start within the run (their soak outlasts it): enough of them that
+    // every (zone, profile) pair holds some.
+    let text = base
+        .replace("canary_fraction = 0.05", "canary_fraction = 0.3")
+        .replace("{duration}", "25000")
+        .replace("{deadline}", "3600000")
+        .replace("{fail}", "0.0");
+    let s = Scenario::parse(&text, "inline").unwrap();
+    let unfinished =
+        |r: &Report| r.invariant_violations.iter().all(|v| v.starts_with("good patch:"));
+    let seed = seeds(&[1])[0];
+    let r = run(&s, seed);
+    let f = figures(&r);
+    assert!(unfinished(&r), "seed {seed}: {:?}", r.invariant_violations);
+    let zones: Vec<&String> = f.first_start_ms_by_zone.keys().collect();
+    assert_eq!(zones, ["America/New_York", "Europe/Berlin", "UTC"], "seed {seed}");
+    // New nodes (no history) and no explicit window: the fallback night, 01-05 local, which
+    // is open only in New York.
+    let text = text.replace(r#"activity = ["office", "night-shift"]"#, r#"activity = ["new"]"#);
+    let r = run(&Scenario::parse(&text, "inline").unwrap(), seed);
+    assert!(unfinished(&r), "seed {seed}: {:?}", r.invariant_violations);
+    let zones: Vec<&String> = figures(&r).first_start_ms_by_zone.keys().collect();
+    assert_eq!(zones, ["America/New_York"], "seed {seed}");
+}
+
+#[test]
 fn same_seed_same_rollout_trace() {
     let s = scenario(20_000, 60_000, 1.0, CRASHES);
     let (a, b) = (run(&s, 9), run(&s, 9));

@@ -144,7 +144,14 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
     assert!(p["halt_ms"][0].as_u64().unwrap() < all_done, "{p:#}");
 
     // The checks: a label typo targets nothing, a label ring nobody carries never passes its
-    // gate; both are refused (by create too) unless --force.
+    // gate; both are refused (by create too) unless --force, once node 0 has run long enough
+    // to know every site (six summary periods: 12 s here); before, they are warnings.
+    let settled = wait_for(WAIT, || {
+        let out = m.cli_at(0, &["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["uptime_ms"].as_u64()? >= 12_000).then_some(())
+    });
+    assert!(settled.is_some());
     let out = plan(&["--ring", "all:100", "--target-label", "ring=mian"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no node is targeted"), "{out:?}");

@@ -130,6 +130,15 @@ fn the_demo_remediates_a_finding_with_a_good_patch_and_halts_a_bad_one_with_no_b
     let targeted: u64 = rings.iter().map(|r| r.targeted).sum();
     let succeeded: u64 = rings.iter().map(|r| r.succeeded).sum();
     assert_eq!((targeted, succeeded), (6, 6), "{v:?}");
+    // Each rollout was rehearsed first: the rehearsal's rings (by label: exact) hold the
+    // nodes the real ones held, it predicted when each finished, and for the bad patch a
+    // halt with nothing installed outside the canary ring.
+    for r in rings.iter().chain(&v.bad.rings) {
+        assert_eq!(r.predicted_targeted, Some(r.targeted), "{v:?}");
+    }
+    assert!(rings.iter().all(|r| r.predicted_ms.is_some()), "{v:?}");
+    assert!(v.halt_predicted_ms.is_some(), "{v:?}");
+    assert_eq!(v.blast_radius_predicted, Some(0), "{v:?}");
     let bad = &v.bad.rings;
     // The canary gate allows no failure: the first failed canary halts the rollout, and a
     // canary that had not started by then never installs. Every canary that installed failed

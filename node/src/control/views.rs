@@ -1047,6 +1047,8 @@ pub struct FleetView {
     pub gossip_flush_ms: u64,
     /// Rollout re-evaluation period.
     pub rollout_eval_ms: u64,
+    /// How long the node has run (a node that started lately may not know every site yet).
+    pub uptime_ms: u64,
     /// Distinct admins a large rollout needs.
     pub approval_threshold: u8,
     /// Rollouts that may reach more nodes than this are large.
@@ -1080,4 +1082,10 @@ pub struct MemberKindView {
     pub os: String,
     /// Certificate labels.
     pub labels: BTreeMap<String, String>,
+    /// Quiet hours (`--window auto`), as text, and as the mask a rehearsal replays (hex).
+    #[serde(default)]
+    pub quiet: Option<String>,
+    /// The quiet hours' mask, hex.
+    #[serde(default)]
+    pub quiet_mask: Option<String>,
 }

@@ -77,6 +77,28 @@ impl Daemon {
                 packages.insert(key, p.source_version);
             }
         }
-        patchmesh_protocol::rollout::Facts { os: self.inventory.os.clone(), packages, tz }
+        let quiet = self.activity.quiet_hours();
+        patchmesh_protocol::rollout::Facts { os: self.inventory.os.clone(), packages, tz, quiet }
+    }
+
+    /// Samples how busy the machine is into its activity histogram (hour of the week in its
+    /// own zone); new quiet hours go to the core, and into the node's record.
+    pub(super) fn sample_activity(&mut self) {
+        let tz = self.facts().tz;
+        let Some(hour) = patchmesh_protocol::rollout::activity::hour_of_week(now_ms(), &tz) else {
+            return;
+        };
+        let before = self.activity.quiet_hours();
+        let busy = crate::activity::sample(&self.cfg.inventory_root, self.inventory.cpus);
+        self.activity.record(hour, busy);
+        let path = self.cfg.data_dir.join("activity.json");
+        if let Err(e) = crate::activity::save(&path, &self.activity) {
+            tracing::warn!(error = %e, "could not save the activity history");
+        }
+        let after = self.activity.quiet_hours();
+        if after != before {
+            tracing::info!(quiet = %after.map(|q| q.describe()).unwrap_or_default(), "quiet hours changed");
+            self.set_facts();
+        }
     }
 }

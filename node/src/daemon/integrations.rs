@@ -180,8 +180,7 @@ impl Daemon {
         let Some(policy) = lock(&self.integrations.shared.policy).clone() else { return };
         let me = self.node.id();
         let site = self.cert.site.clone();
-        let facts =
-            Facts { os: String::new(), packages: BTreeMap::new(), tz: jiff::tz::TimeZone::UTC };
+        let facts = Facts::default();
         let records = self.node.site().records();
         let labels_of = |n: &NodeId| -> BTreeMap<String, String> {
             if *n == me {

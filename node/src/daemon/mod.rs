@@ -115,6 +115,8 @@ struct Daemon {
     handshakes_refused: u64,
     admitted: HashSet<PeerId>,
     penalties: HashMap<PeerId, u32>,
+    /// How busy this machine is per hour of the week (its quiet hours come from it).
+    activity: patchmesh_protocol::rollout::activity::ActivityHistogram,
     /// The last ping round trip to each connected peer.
     rtt: HashMap<PeerId, Duration>,
     /// Peers banned after [`PENALTIES_MAX`] offences: until when, and how many bans so far
@@ -495,6 +497,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let user_tx = ctl_tx.clone();
     tokio::spawn(serve_control(listener, token, ctl_tx));
 
+    let activity = crate::activity::load(&cfg.data_dir.join("activity.json"));
     let mut d = Daemon {
         node,
         swarm,
@@ -512,6 +515,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         handshakes_refused: 0,
         admitted: HashSet::new(),
         penalties: HashMap::new(),
+        activity,
         rtt: HashMap::new(),
         bans: HashMap::new(),
         banned_refused: 0,
@@ -607,6 +611,8 @@ impl Daemon {
         let mut inventory_tick =
             tokio::time::interval(Duration::from_millis(d.cfg.inventory_interval_ms.max(1000)));
         inventory_tick.tick().await;
+        let mut activity_tick =
+            tokio::time::interval(Duration::from_millis(d.cfg.activity_interval_ms.max(1000)));
         let mut site_tick = tokio::time::interval(Duration::from_secs(5));
         let mut notice_tick = tokio::time::interval(Duration::from_millis(250));
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -627,6 +633,7 @@ impl Daemon {
                 Some(result) = inbox.effects_rx.recv() => d.on_effect_done(result),
                 Some(loaded) = inbox.intel_rx.recv() => d.on_intel_loaded(loaded),
                 _ = inventory_tick.tick() => d.refresh_inventory(),
+                _ = activity_tick.tick() => d.sample_activity(),
                 _ = site_tick.tick() => {
                     d.expire_bans();
                     d.discover();

@@ -392,6 +392,8 @@ impl Daemon {
                         zone: k.zone.clone(),
                         os: k.os.clone(),
                         labels: k.labels.clone(),
+                        quiet: k.quiet.map(|q| q.describe()),
+                        quiet_mask: k.quiet.map(|q| hex::encode(q.mask)),
                     })
                     .collect(),
                 other: u64::from(shape.other),
@@ -454,6 +456,7 @@ impl Daemon {
             summary_interval_ms: self.cfg.summary_interval_ms,
             gossip_flush_ms: self.cfg.gossip_flush_ms,
             rollout_eval_ms: self.cfg.rollout_eval_ms,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
             approval_threshold: self.node.trust().admins().approval_threshold,
             approval_above_nodes: self.node.trust().admins().approval_above_nodes,
         }

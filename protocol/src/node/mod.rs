@@ -1234,8 +1234,9 @@ impl Node {
                 }
             }
             Command::UpdateRecord { mut inventory } => {
-                // The zone the node's windows are read in, from its facts.
+                // The zone the node's windows are read in and its quiet hours, from its facts.
                 inventory.zone = self.publisher.inventory.zone.clone();
+                inventory.quiet = self.publisher.inventory.quiet;
                 self.publisher.inventory = inventory;
                 self.update_record();
                 Ok(Outcome::Done)
@@ -1264,9 +1265,11 @@ impl Node {
                 // it changed after a record went out, else carried by the first.
                 let zone: String =
                     facts.tz.iana_name().unwrap_or_default().chars().take(64).collect();
-                let resign = self.publisher.inventory.zone != zone
+                let resign = (self.publisher.inventory.zone != zone
+                    || self.publisher.inventory.quiet != facts.quiet)
                     && self.publisher.record_signed_at.is_some();
                 self.publisher.inventory.zone = zone;
+                self.publisher.inventory.quiet = facts.quiet;
                 self.engine.facts = facts;
                 if resign {
                     self.update_record();

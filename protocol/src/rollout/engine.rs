@@ -18,9 +18,10 @@
 //! Verification runs once after install and then every `recheck_ms` through the soak; any
 //! failure is reported as signed evidence and rolls the install back.
 
+use super::activity::install_window_open;
 use super::alarms::Alarms;
 use super::policy::RolloutEntry;
-use super::target::{ring_of, selects, window_open, Facts, NO_RING};
+use super::target::{ring_of, selects, Facts, NO_RING};
 use super::verdict::{judge, ring_stats, Control, Policies, Verdict};
 use crate::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
 use crate::limits;
@@ -608,7 +609,7 @@ impl Engine {
             return false;
         }
         let deadline_passed = rollout.deadline.is_some_and(|d| view.now >= d);
-        if !deadline_passed && !window_open(&rollout.windows, view.now, &self.facts.tz) {
+        if !deadline_passed && !install_window_open(rollout, view.now, &self.facts) {
             return false;
         }
         // Every member that started, wherever it stands now (soaking included).

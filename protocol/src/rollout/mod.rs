@@ -17,6 +17,7 @@
 //! have reached it, provided the soak is longer than the flood takes; once a ring's failures
 //! exceed its gate every node holds the halt, and a halt stops new installs everywhere.
 
+pub mod activity;
 pub mod alarms;
 pub mod engine;
 pub mod policy;

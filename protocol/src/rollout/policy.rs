@@ -147,6 +147,9 @@ pub struct RolloutEntry {
     pub recheck_ms: u64,
     /// When an admin created it (admin clock).
     pub created_at: Millis,
+    /// `--window auto`: each node installs in its own quiet hours (learnt from its activity;
+    /// see [`crate::rollout::activity`]), within `windows` when there are any.
+    pub auto_window: bool,
 }
 
 /// What the people at a targeted machine may do about its install: put it off up to `max`

@@ -16,11 +16,18 @@ pub struct Facts {
     pub packages: BTreeMap<String, String>,
     /// The node's own time zone, for windows.
     pub tz: jiff::tz::TimeZone,
+    /// The node's quiet hours, for `--window auto` (None until it has a week of history).
+    pub quiet: Option<super::activity::QuietHours>,
 }
 
 impl Default for Facts {
     fn default() -> Self {
-        Facts { os: String::new(), packages: BTreeMap::new(), tz: jiff::tz::TimeZone::UTC }
+        Facts {
+            os: String::new(),
+            packages: BTreeMap::new(),
+            tz: jiff::tz::TimeZone::UTC,
+            quiet: None,
+        }
     }
 }
 
@@ -278,6 +285,7 @@ mod tests {
             rollback_on_halt: true,
             recheck_ms: 1000,
             created_at: Millis(0),
+            auto_window: false,
         }
     }
 
@@ -309,6 +317,7 @@ mod tests {
             os: "Debian GNU/Linux 12".into(),
             packages: [("openssl".to_string(), "3.0.9-1".to_string())].into(),
             tz: jiff::tz::TimeZone::UTC,
+            quiet: None,
         };
         let site = SiteId::from("a");
         let mut sel = Selector::default();

@@ -47,12 +47,13 @@
 
 pub mod spec;
 
-pub use spec::{GateSpec, RingToml, RolloutSpec};
+pub use spec::{profile_quiet, GateSpec, RingToml, RolloutSpec};
 
 use crate::stats::Percentiles;
 use patchmesh_protocol::catalog::{CatalogEntry, ExecutorSpec, PatchEntry, RolloutEntry};
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId};
-use patchmesh_protocol::rollout::target::{ring_of, window_open};
+use patchmesh_protocol::rollout::activity::{install_window_open, QuietHours};
+use patchmesh_protocol::rollout::target::ring_of;
 use patchmesh_protocol::rollout::{
     Action, Control, Effect, EffectResult, Facts, JournalEntry, Step,
 };
@@ -227,6 +228,8 @@ pub(crate) struct RolloutModel {
     patch: PatchEntry,
     /// Each node's time zone.
     zones: Vec<(String, jiff::tz::TimeZone)>,
+    /// Each node's quiet hours.
+    quiet: Vec<Option<QuietHours>>,
     members: Vec<Member>,
     rng: ChaCha8Rng,
     published_us: Option<u64>,
@@ -249,6 +252,8 @@ pub(crate) struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Its time zone (empty: the spec's zones, round-robin by site).
     pub zone: String,
+    /// Its quiet hours (`--window auto`).
+    pub quiet: Option<QuietHours>,
     /// Whether the patch fails on it.
     pub bad: bool,
     /// False for adversaries (executed for, never measured).
@@ -301,6 +306,7 @@ impl RolloutModel {
                 _ => by_site[n.site as usize % by_site.len()].clone(),
             })
             .collect();
+        let quiet = nodes.iter().map(|n| n.quiet).collect();
         let members = nodes
             .into_iter()
             .map(|n| Member {
@@ -318,6 +324,7 @@ impl RolloutModel {
             entry,
             patch,
             zones,
+            quiet,
             members,
             rng,
             published_us: None,
@@ -357,6 +364,7 @@ impl RolloutModel {
             os: "Debian GNU/Linux 12 (bookworm)".into(),
             packages: [("openssl".to_string(), "3.0.11-1~deb12u2".to_string())].into(),
             tz: self.zone_of(node).1.clone(),
+            quiet: self.quiet[node as usize],
         }
     }
 
@@ -414,8 +422,8 @@ impl RolloutModel {
         if step == Step::Fetching && self.members[node as usize].started_us.is_none() {
             self.members[node as usize].started_us = Some(now_us);
             let deadline_passed = self.entry.deadline.is_some_and(|d| clock >= d);
-            let (zone, tz) = self.zone_of(node).clone();
-            if !deadline_passed && !window_open(&self.entry.windows, clock, &tz) {
+            let zone = self.zone_of(node).0.clone();
+            if !deadline_passed && !install_window_open(&self.entry, clock, &self.facts(node)) {
                 self.violations.push(format!(
                     "node {node} ({zone}) started at {} ms, its window closed and the deadline not passed",
                     now_us / 1000

@@ -124,6 +124,14 @@ pub struct RolloutSpec {
     /// The most nodes the rollout may reach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_targets: Option<u32>,
+    /// `--window auto`: each node installs in its own quiet hours (within `windows`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_window: bool,
+    /// Activity profiles given to nodes round-robin, from which each learns its quiet hours:
+    /// "office" (busy 9-18 on weekdays), "night-shift" (busy 22-06), "server" (always busy),
+    /// "new" (under a week of history: no quiet hours). Empty: no node has quiet hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activity: Vec<String>,
     /// Re-verification period while soaking.
     #[serde(default = "d_recheck")]
     pub recheck_ms: u64,
@@ -187,6 +195,22 @@ pub fn parse_label(text: &str) -> Option<(String, String)> {
     let (k, v) = (k.trim(), v.trim());
     let ok = |s: &str| !s.is_empty() && s.len() <= limits::LABEL_BYTES_MAX;
     (ok(k) && ok(v)).then(|| (k.to_string(), v.to_string()))
+}
+
+/// The quiet hours a node with activity `profile` learns (three weeks of history).
+pub fn profile_quiet(
+    profile: &str,
+) -> Result<Option<patchmesh_protocol::rollout::activity::QuietHours>, ()> {
+    use patchmesh_protocol::rollout::activity::{QuietHours, HOURS_PER_WEEK};
+    let busy: fn(usize, usize) -> f32 = match profile {
+        "office" => |d, h| if d < 5 && (9..18).contains(&h) { 0.9 } else { 0.05 },
+        "night-shift" => |_, h| if !(6..22).contains(&h) { 0.8 } else { 0.1 },
+        "server" => |_, _| 0.9,
+        "new" => return Ok(None),
+        _ => return Err(()),
+    };
+    let levels: Vec<f32> = (0..HOURS_PER_WEEK).map(|h| busy(h / 24, h % 24)).collect();
+    Ok(Some(QuietHours::from_levels(&levels)))
 }
 
 impl RolloutSpec {
@@ -256,6 +280,7 @@ impl RolloutSpec {
             rollback_on_halt: self.rollback_on_halt,
             recheck_ms: self.recheck_ms,
             created_at: Millis(epoch_ms + self.at_ms),
+            auto_window: self.auto_window,
         };
         entry.validate().map_err(|e| e.to_string())?;
         Ok(entry)
@@ -305,6 +330,11 @@ impl RolloutSpec {
         }
         if self.recheck_ms < limits::RECHECK_MS_MIN {
             return bad(format!("recheck_ms must be >= {}", limits::RECHECK_MS_MIN));
+        }
+        if let Some(p) = self.activity.iter().find(|p| profile_quiet(p).is_err()) {
+            return bad(format!(
+                "unknown activity profile {p:?} (office, night-shift, server, new)"
+            ));
         }
         if self.max_concurrent_per_site == 0 {
             return bad("max_concurrent_per_site must be >= 1".into());

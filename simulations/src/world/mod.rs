@@ -216,6 +216,17 @@ impl World {
             kinds.iter().map(|k| k.map(|k| k.labels.clone()).unwrap_or_default()).collect();
         let zones: Vec<String> =
             kinds.iter().map(|k| k.map(|k| k.zone.clone()).unwrap_or_default()).collect();
+        // Quiet hours: an explicit kind's own, else the spec's activity profiles round-robin.
+        let profiles = s.rollout.as_ref().map(|r| r.activity.clone()).unwrap_or_default();
+        let quiet: Vec<Option<patchmesh_protocol::rollout::activity::QuietHours>> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| match k.and_then(|k| k.quiet_hours()) {
+                Some(q) => Some(q),
+                None if profiles.is_empty() => None,
+                None => crate::rollout::profile_quiet(&profiles[i % profiles.len()]).ok().flatten(),
+            })
+            .collect();
         let (labels, bad) = match &s.rollout {
             Some(r) => assign_labels(r, seed, base),
             None => (base, Vec::new()),
@@ -272,6 +283,7 @@ impl World {
                     site: e.site,
                     labels: labels.get(i).cloned().unwrap_or_default(),
                     zone: zones.get(i).cloned().unwrap_or_default(),
+                    quiet: quiet.get(i).copied().flatten(),
                     bad: bad.get(i).copied().unwrap_or(false),
                     honest: !e.adversary,
                 })
