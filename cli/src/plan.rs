@@ -826,7 +826,7 @@ fn summarise(
         complete_ms: (completes.len() as u32 * 2 > a.seeds).then(|| pair(completes)).flatten(),
         halted_seeds: halts.len() as u32,
         halt_ms: pair(halts),
-        blast_radius_max: figs.iter().map(|f| f.blast_radius as u64).max().unwrap_or(0),
+        blast_radius_max: figs.iter().map(|f| f.blast_radius).max().unwrap_or(0),
         rolled_back: percentile(figs.iter().map(|f| f.rolled_back_nodes as u64).collect(), 0.5)
             .unwrap_or(0),
         estimated: est,

@@ -99,7 +99,8 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
     let s = patchmesh_sim_scenario(&export);
     assert_eq!(s.sites, 2);
     assert_eq!(s.nodes, 6);
-    let shape: Vec<(String, Vec<(usize, String, Option<String>)>)> = s
+    type Kinds = Vec<(usize, String, Option<String>)>;
+    let shape: Vec<(String, Kinds)> = s
         .site
         .iter()
         .map(|site| {

@@ -63,7 +63,7 @@ impl ActivityHistogram {
 
     /// The quiet hours, once every hour of the week has been sampled at least once.
     pub fn quiet_hours(&self) -> Option<QuietHours> {
-        if !self.valid() || self.samples.iter().any(|n| *n == 0) {
+        if !self.valid() || self.samples.contains(&0) {
             return None;
         }
         Some(QuietHours::from_levels(&self.level))

@@ -200,14 +200,14 @@ pub fn parse_label(text: &str) -> Option<(String, String)> {
 /// The quiet hours a node with activity `profile` learns (three weeks of history).
 pub fn profile_quiet(
     profile: &str,
-) -> Result<Option<patchmesh_protocol::rollout::activity::QuietHours>, ()> {
+) -> Result<Option<patchmesh_protocol::rollout::activity::QuietHours>, String> {
     use patchmesh_protocol::rollout::activity::{QuietHours, HOURS_PER_WEEK};
     let busy: fn(usize, usize) -> f32 = match profile {
         "office" => |d, h| if d < 5 && (9..18).contains(&h) { 0.9 } else { 0.05 },
         "night-shift" => |_, h| if !(6..22).contains(&h) { 0.8 } else { 0.1 },
         "server" => |_, _| 0.9,
         "new" => return Ok(None),
-        _ => return Err(()),
+        other => return Err(format!("unknown activity profile {other:?}")),
     };
     let levels: Vec<f32> = (0..HOURS_PER_WEEK).map(|h| busy(h / 24, h % 24)).collect();
     Ok(Some(QuietHours::from_levels(&levels)))

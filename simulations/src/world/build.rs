@@ -116,6 +116,7 @@ pub(super) fn derive_keys(rng: &mut ChaCha8Rng, count: usize) -> Vec<[u8; 32]> {
 
 /// Makes node keys and admission certificates on two threads; each item depends only on its
 /// seed, so the result is the same as a sequential loop.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn make_nodes(
     epoch_ms: u64,
     seeds: &[[u8; 32]],
