@@ -20,6 +20,8 @@ use patchmesh_protocol::catalog::RolloutEntry;
 use patchmesh_protocol::ids::Millis;
 use patchmesh_protocol::rollout::activity::install_window_open;
 use patchmesh_protocol::rollout::Facts;
+pub use patchmesh_sim::rehearsal::span;
+use patchmesh_sim::rehearsal::{self, Rehearsal};
 use patchmesh_sim::scenario::{KindSpec, RingToml, SiteSpec};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -620,63 +622,24 @@ fn scenario(
         .map_err(|e| anyhow::anyhow!("the rehearsal's scenario is not valid: {e}"))
 }
 
-/// One ring's prediction.
-#[derive(Clone, Debug, Serialize)]
-pub struct RingPlan {
-    /// Ring name.
-    pub name: String,
-    /// Targeted members (p50 over seeds).
-    pub nodes: u64,
-    /// From the rollout's creation to its first install start: p50, p90 (ms).
-    pub start_ms: Option<[u64; 2]>,
-    /// From creation to its last member committed: p50, p90 (ms); None when it did not
-    /// finish within the horizon on most seeds.
-    pub done_ms: Option<[u64; 2]>,
-    /// `done_ms` p50 as local time in the admin's zone.
-    pub done_at: Option<String>,
-    /// Seeds on which the ring finished.
-    pub finished_seeds: u32,
-}
-
 /// The rehearsal's result.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanOutput {
     /// Checks before anything is signed.
     pub findings: Vec<Finding>,
-    /// Targeted nodes known.
-    pub targeted_nodes: u64,
-    /// Known nodes outside the target.
+    /// Known nodes outside the target (left out of the rehearsal).
     pub outside_nodes: u64,
     /// Sites with targeted nodes.
     pub sites: usize,
-    /// Seeds run.
-    pub seeds: u32,
-    /// Simulated horizon.
-    pub horizon_ms: u64,
-    /// Per ring.
-    pub rings: Vec<RingPlan>,
     /// Per time zone, when installs may start.
     pub windows: Vec<WindowWait>,
     /// WAN bytes into each site with targeted nodes: one copy of the payload.
     pub wan_bytes_per_site: u64,
-    /// Creation to every targeted node committed: p50, p90 (ms), over seeds that finished.
-    pub complete_ms: Option<[u64; 2]>,
-    /// With a failure fraction: creation to the halt (ms): p50, p90 over seeds that halted.
-    pub halt_ms: Option<[u64; 2]>,
-    /// Seeds on which the rollout halted.
-    pub halted_seeds: u32,
-    /// Nodes outside the halting ring that installed before the halt (max over seeds).
-    pub blast_radius_max: u64,
-    /// Nodes rolled back (p50 over seeds).
-    pub rolled_back: u64,
     /// What the rehearsal assumed rather than read.
     pub estimated: Estimated,
-    /// Simulator invariant violations (none expected; any is a bug to report).
-    pub violations: Vec<String>,
-}
-
-fn pair(v: Vec<u64>) -> Option<[u64; 2]> {
-    Some([percentile(v.clone(), 0.5)?, percentile(v, 0.9)?])
+    /// What the simulator predicts.
+    #[serde(flatten)]
+    pub rehearsal: Rehearsal,
 }
 
 /// `patchmesh rollout plan`.
@@ -728,158 +691,43 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let seeds: Vec<u64> = (1..=u64::from(a.seeds)).collect();
-    let reports = run_seeds(&s, &seeds);
-    let out = summarise(&a, &rollout, &t, findings, &reports, &s, size, now, est);
+    let admin_tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+    let out = PlanOutput {
+        findings,
+        outside_nodes: t.outside,
+        sites: t.sites.len(),
+        windows: window_waits(&t, &rollout, now),
+        wan_bytes_per_site: size,
+        estimated: est,
+        rehearsal: rehearsal::rehearse(&s, &seeds, &admin_tz),
+    };
     if json {
         outln!("{}", crate::output::json(&out));
     } else {
         print_plan(&out);
     }
-    if !out.violations.is_empty() {
-        bail!("the simulator reported invariant violations (a bug): {:?}", out.violations);
+    if !out.rehearsal.violations.is_empty() {
+        bail!(
+            "the simulator reported invariant violations (a bug): {:?}",
+            out.rehearsal.violations
+        );
     }
     Ok(())
 }
 
-/// Runs every seed, on as many threads as the machine has cores.
-pub fn run_seeds(s: &patchmesh_sim::Scenario, seeds: &[u64]) -> Vec<patchmesh_sim::Report> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(seeds.len());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|sc| {
-        for _ in 0..workers {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(seed) = seeds.get(i) else { break };
-                let r = patchmesh_sim::run(s, *seed);
-                done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
-            });
-        }
-    });
-    let mut v = done.into_inner().unwrap_or_else(|e| e.into_inner());
-    v.sort_by_key(|(i, _)| *i);
-    v.into_iter().map(|(_, r)| r).collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn summarise(
-    a: &PlanArgs,
-    rollout: &RolloutEntry,
-    t: &Targeted,
-    findings: Vec<Finding>,
-    reports: &[patchmesh_sim::Report],
-    s: &patchmesh_sim::Scenario,
-    size: u64,
-    now: Millis,
-    est: Estimated,
-) -> PlanOutput {
-    let at = s.rollout.as_ref().map_or(0, |r| r.at_ms);
-    let figs: Vec<_> = reports.iter().filter_map(|r| r.rollout.as_ref()).collect();
-    let admin_tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
-    let rings = rollout
-        .rings
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let nodes = percentile(
-                figs.iter()
-                    .map(|f| f.ring_targeted_nodes.get(i).copied().unwrap_or(0) as u64)
-                    .collect(),
-                0.5,
-            )
-            .unwrap_or(0);
-            let starts: Vec<u64> = figs
-                .iter()
-                .filter_map(|f| f.ring_start_ms.get(i).copied().flatten())
-                .map(|ms| ms.saturating_sub(at))
-                .collect();
-            let dones: Vec<u64> = figs
-                .iter()
-                .filter_map(|f| f.ring_done_ms.get(i).copied().flatten())
-                .map(|ms| ms.saturating_sub(at))
-                .collect();
-            let finished = dones.len() as u32;
-            let done_ms = (finished * 2 > a.seeds).then(|| pair(dones)).flatten();
-            RingPlan {
-                name: r.name.clone(),
-                nodes,
-                start_ms: pair(starts),
-                done_at: done_ms.map(|d| local(Millis(now.0 + d[0]), &admin_tz)),
-                done_ms,
-                finished_seeds: finished,
-            }
-        })
-        .collect();
-    let halts: Vec<u64> =
-        figs.iter().filter_map(|f| f.halt_threshold_ms).map(|ms| ms.saturating_sub(at)).collect();
-    let completes: Vec<u64> = figs.iter().filter_map(|f| f.rollout_complete_ms).collect();
-    PlanOutput {
-        findings,
-        targeted_nodes: t.members(),
-        outside_nodes: t.outside,
-        sites: t.sites.len(),
-        seeds: a.seeds,
-        horizon_ms: s.duration_ms.saturating_sub(at),
-        rings,
-        windows: window_waits(t, rollout, now),
-        wan_bytes_per_site: size,
-        complete_ms: (completes.len() as u32 * 2 > a.seeds).then(|| pair(completes)).flatten(),
-        halted_seeds: halts.len() as u32,
-        halt_ms: pair(halts),
-        blast_radius_max: figs.iter().map(|f| f.blast_radius).max().unwrap_or(0),
-        rolled_back: percentile(figs.iter().map(|f| f.rolled_back_nodes as u64).collect(), 0.5)
-            .unwrap_or(0),
-        estimated: est,
-        violations: reports.iter().flat_map(|r| r.invariant_violations.iter().cloned()).collect(),
-    }
-}
-
-/// A duration for people: 850 ms, 42 s, 12 min, 3.5 h, 2.1 d.
-pub fn span(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms} ms"),
-        1_000..120_000 => format!("{:.1} s", ms as f64 / 1e3),
-        120_000..7_200_000 => format!("{:.0} min", ms as f64 / 6e4),
-        7_200_000..172_800_000 => format!("{:.1} h", ms as f64 / 3.6e6),
-        _ => format!("{:.1} d", ms as f64 / 8.64e7),
-    }
-}
-
 fn print_plan(p: &PlanOutput) {
+    let r = &p.rehearsal;
     outln!(
         "rehearsal: {} targeted nodes in {} sites ({} known nodes outside the target), {} seeds, \
          horizon {}",
-        p.targeted_nodes,
+        r.targeted_nodes,
         p.sites,
         p.outside_nodes,
-        p.seeds,
-        span(p.horizon_ms)
+        r.seeds,
+        span(r.horizon_ms)
     );
-    outln!(
-        "{:<10} {:>6}  {:<22} {:<22} {}",
-        "RING",
-        "NODES",
-        "STARTS (p50/p90)",
-        "DONE (p50/p90)",
-        "DONE AT (p50)"
-    );
-    for r in &p.rings {
-        let two = |v: Option<[u64; 2]>| {
-            v.map_or("-".to_string(), |[a, b]| format!("{} / {}", span(a), span(b)))
-        };
-        let done = match r.done_ms {
-            Some(_) => two(r.done_ms),
-            None if r.finished_seeds == 0 => "not within horizon".into(),
-            None => format!("{} of {} seeds", r.finished_seeds, p.seeds),
-        };
-        outln!(
-            "{:<10} {:>6}  {:<22} {:<22} {}",
-            r.name,
-            r.nodes,
-            two(r.start_ms),
-            done,
-            r.done_at.as_deref().unwrap_or("-")
-        );
+    for line in r.ring_lines() {
+        outln!("{line}");
     }
     for w in &p.windows {
         match (w.starts_in_ms, &w.opens_at) {
@@ -904,26 +752,8 @@ fn print_plan(p: &PlanOutput) {
         p.wan_bytes_per_site,
         p.sites
     );
-    match p.complete_ms {
-        Some([a, b]) => {
-            outln!("every targeted node committed after {} (p50), {} (p90)", span(a), span(b))
-        }
-        None if p.halted_seeds == 0 => {
-            outln!("the rollout does not finish within the horizon on most seeds")
-        }
-        None => {}
-    }
-    if let Some([a, b]) = p.halt_ms {
-        outln!(
-            "halted on {} of {} seeds, {} after creation (p50; p90 {}); blast radius {} nodes \
-             outside the halting ring (max), {} rolled back (p50)",
-            p.halted_seeds,
-            p.seeds,
-            span(a),
-            span(b),
-            p.blast_radius_max,
-            p.rolled_back
-        );
+    for line in r.outcome_lines() {
+        outln!("{line}");
     }
     let e = &p.estimated;
     outln!(

@@ -12,6 +12,7 @@
 pub mod enrol;
 pub mod intel;
 pub mod payload;
+pub mod rehearsal;
 pub mod rollout;
 pub mod scenario;
 pub mod stats;

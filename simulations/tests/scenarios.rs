@@ -329,3 +329,54 @@ fn scenario_fuzz_seeds_and_regressions_never_panic() {
     }
     assert!(ran >= 7, "only {ran} scenario seeds under {}", root.display());
 }
+
+#[test]
+fn every_shipped_scenario_loads_and_an_explicit_fleet_keeps_its_shape() {
+    let dir = format!("{}/scenarios", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for p in &names {
+        Scenario::load(p.to_str().unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    // A fleet site by site: counts, zones and labels as written, through a write and a read.
+    let text = r#"
+name = "explicit"
+start_at = "2026-12-07T03:00:00Z"
+duration_ms = 20000
+
+[[site]]
+name = "paris"
+wan_mbps = 10.0
+kinds = [{ count = 3, zone = "Europe/Paris", labels = { ring = "canary" } }, { count = 5 }]
+
+[[site]]
+name = "tokyo"
+wan_rtt_ms = 200.0
+kinds = [{ count = 4, zone = "Asia/Tokyo" }]
+"#;
+    let s = Scenario::parse(text, "inline").unwrap();
+    assert_eq!((s.nodes, s.sites), (12, 2));
+    assert_eq!(s.epoch_ms, 1_796_612_400_000);
+    assert_eq!(s.wan_of(0).bandwidth_mbps, 10.0);
+    assert_eq!(s.wan_of(1).rtt_ms, 200.0);
+    let placement: Vec<u32> = s.placement().iter().map(|p| p.0).collect();
+    assert_eq!(placement, [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1]);
+    let again = Scenario::parse(&toml::to_string(&s).unwrap(), "again").unwrap();
+    assert_eq!((again.nodes, again.sites, again.epoch_ms), (12, 2, s.epoch_ms));
+    assert_eq!(again.site[0].kinds[0].labels["ring"], "canary");
+    let r = run(&s, 1);
+    assert!(r.invariant_violations.is_empty(), "{:?}", r.invariant_violations);
+    // Totals that contradict the sites, a bad zone or a bad mask are refused.
+    for bad in [
+        text.replace("duration_ms = 20000", "duration_ms = 20000\nnodes = 5"),
+        text.replace("Asia/Tokyo", "Asia/Nowhere"),
+        text.replace("count = 5 }", "count = 5, quiet = \"zz\" }"),
+    ] {
+        assert!(Scenario::parse(&bad, "bad").is_err(), "{bad}");
+    }
+}
