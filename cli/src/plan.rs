@@ -198,8 +198,10 @@ fn next_open(rollout: &RolloutEntry, now: Millis, tz: &jiff::tz::TimeZone) -> Op
     // Quiet hours are each node's own; the checks read the fallback night (a rehearsal
     // replays every member's own from the records).
     let facts = Facts { tz: tz.clone(), ..Facts::default() };
-    (0..=WINDOW_SEARCH_MS / WINDOW_STEP_MS)
-        .map(|i| Millis(now.0 + i * WINDOW_STEP_MS))
+    // Now, then on whole steps (windows open on whole minutes; most on whole hours).
+    let first = now.0.div_ceil(WINDOW_STEP_MS) * WINDOW_STEP_MS;
+    std::iter::once(now)
+        .chain((0..=WINDOW_SEARCH_MS / WINDOW_STEP_MS).map(|i| Millis(first + i * WINDOW_STEP_MS)))
         .find(|t| install_window_open(rollout, *t, &facts))
 }
 
@@ -535,7 +537,11 @@ fn scenario(
             waves * step_ms + r.gate.min_soak_ms as f64 + 10.0 * fleet.rollout_eval_ms as f64
         })
         .sum();
-    let horizon = a.horizon.unwrap_or((wait_ms as f64 + 2.0 * rings_ms) as u64 + 60_000);
+    // Windows close too: later rings may wait for the next night.
+    let windowed = !rollout.windows.is_empty() || rollout.auto_window;
+    let next_day_ms = if windowed { 86_400_000.0 } else { 0.0 };
+    let horizon =
+        a.horizon.unwrap_or((wait_ms as f64 + 2.0 * rings_ms + next_day_ms) as u64 + 60_000);
     let duration_ms = (AT_MS + horizon).min(HORIZON_MS_MAX);
     let start_at = jiff::Timestamp::from_millisecond(now.0 as i64)?.to_string();
     let s = patchmesh_sim::Scenario {
@@ -592,7 +598,7 @@ fn scenario(
             activity: Vec::new(),
             recheck_ms: rollout.recheck_ms.max(patchmesh_protocol::limits::RECHECK_MS_MIN),
             max_concurrent_per_site: rollout.max_concurrent_per_site,
-            windows: a.create.windows.clone(),
+            windows: a.create.windows.iter().filter(|w| w.trim() != "auto").cloned().collect(),
             deadline_ms,
             rollback_on_halt: rollout.rollback_on_halt,
             time_zones: vec![fleet.zone.clone()]
