@@ -83,7 +83,14 @@ pub fn fleet(v: &patchmesh_node::control::FleetView, json_out: bool) {
             .map(|k| {
                 let labels: Vec<String> =
                     k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
-                let or_dash = |t: &str| if t.is_empty() { "-".to_string() } else { t.to_string() };
+                // A peer's record says what its OS is: no control characters reach the terminal.
+                let or_dash = |t: &str| {
+                    if t.is_empty() {
+                        "-".to_string()
+                    } else {
+                        t.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+                    }
+                };
                 format!("{} {} {} {}", k.count, or_dash(&k.zone), or_dash(&k.os), labels.join(","))
             })
             .collect();

@@ -658,6 +658,13 @@ pub fn verify_record(
     {
         return Err(SiteError::Invalid("record field too large"));
     }
+    // A time zone is an IANA name (what a rehearsal and `patchmesh fleet` show of it).
+    let zone = &record.inventory.zone;
+    if zone.len() > limits::LABEL_BYTES_MAX
+        || !zone.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+    {
+        return Err(SiteError::Invalid("record zone is not a time zone name"));
+    }
     bundle.authorize(checked, record.node, &record.site, trust, now)?;
     Ok(HeldRecord { version: record.version, bundle: bundle.clone() })
 }

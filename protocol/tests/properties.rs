@@ -171,3 +171,85 @@ proptest! {
         prop_assert_eq!(run(&a), run(&b));
     }
 }
+
+#[test]
+fn a_record_zone_must_be_a_zone_name_and_a_summary_carries_its_sites_shape() {
+    let keys = Keys::new();
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let signed = |n: u8, zone: &str| {
+        let k = key(60 + n);
+        let rec = NodeRecord {
+            mesh: trust.mesh(),
+            node: NodeId(k.public().0),
+            site: SiteId::from("s"),
+            version: 1,
+            written_at: T0,
+            inventory: site::InventorySummary {
+                os: "Debian GNU/Linux 12".into(),
+                zone: zone.into(),
+                ..Default::default()
+            },
+            rollouts: BTreeMap::new(),
+            exposure: None,
+            audit: None,
+        };
+        let b = Arc::new(Bundle::new(
+            Envelope::seal(Domain::NodeRecord, &rec, &[&k]),
+            keys.admit(&k, "s"),
+        ));
+        site::verify_record(&b, &trust, T0, &Ed25519)
+    };
+    // A terminal escape or an overlong name is refused before anything is stored or shown.
+    assert!(signed(0, "\u{1b}[31mEurope/Paris").is_err());
+    assert!(signed(0, &"A".repeat(65)).is_err());
+    let mut state = SiteState::new(SiteId::from("s"));
+    for (n, zone) in [(0, "Europe/Paris"), (1, "Europe/Paris"), (2, "America/Port-au-Prince")] {
+        state.merge_record(signed(n, zone).unwrap()).unwrap();
+    }
+    let summary = state.summarise(trust.mesh(), NodeId(key(60).public().0));
+    let kinds: Vec<(&str, u32)> =
+        summary.shape.kinds.iter().map(|(k, n)| (k.zone.as_str(), *n)).collect();
+    assert_eq!(kinds, [("Europe/Paris", 2), ("America/Port-au-Prince", 1)]);
+    assert_eq!(summary.shape.other, 0);
+    state.check_summary(&summary).unwrap();
+    // A summary whose shape differs from the records is caught by the site's own members.
+    let mut lie = summary.clone();
+    lie.shape.kinds[0].1 = 3;
+    assert!(matches!(
+        state.check_summary(&lie),
+        Err(site::SiteError::SummaryMismatch { reason: "shape", .. })
+    ));
+}
+
+#[test]
+fn a_site_shape_keeps_its_most_common_kinds_within_its_bounds_and_counts_the_rest() {
+    use patchmesh_protocol::limits::{SITE_SHAPE_BYTES_MAX, SITE_SHAPE_KINDS_MAX};
+    use patchmesh_protocol::site::{MemberKind, SiteShape};
+    let kind = |i: usize, label_bytes: usize| MemberKind {
+        zone: "UTC".into(),
+        os: "Debian".into(),
+        labels: [("host".to_string(), format!("{i:0label_bytes$}"))].into(),
+        quiet: None,
+    };
+    // 40 kinds, kind i held by i+1 members: the 16 largest are kept, largest first.
+    let members: Vec<MemberKind> = (0..40).flat_map(|i| vec![kind(i, 8); i + 1]).collect();
+    let shape = SiteShape::of(members);
+    assert_eq!(shape.kinds.len(), SITE_SHAPE_KINDS_MAX);
+    assert_eq!(shape.kinds[0].1, 40);
+    assert_eq!(shape.members(), (1..=40).sum::<u64>());
+    // Kinds of ten 62-byte labels (629 bytes with zone and OS): the byte budget binds before
+    // the kind count, and what does not fit is counted in `other`.
+    let big = |i: usize| MemberKind {
+        labels: (0..10).map(|j| (format!("k{j}"), format!("{i:060}"))).collect(),
+        ..kind(i, 1)
+    };
+    let shape = SiteShape::of((0..16).map(big));
+    let size = |k: &MemberKind| {
+        k.zone.len() + k.os.len() + k.labels.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>()
+    };
+    assert_eq!(size(&big(0)), 629);
+    assert_eq!(shape.kinds.len(), SITE_SHAPE_BYTES_MAX / 629);
+    assert!(shape.kinds.iter().map(|(k, _)| size(k)).sum::<usize>() <= SITE_SHAPE_BYTES_MAX);
+    assert_eq!(u64::from(shape.other), 16 - shape.kinds.len() as u64);
+    assert_eq!(shape.members(), 16);
+}
