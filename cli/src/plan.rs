@@ -53,7 +53,7 @@ pub struct PlanArgs {
     /// Simulator runs (seeds); figures are p50/p90 over them.
     #[arg(long, default_value_t = 5)]
     pub seeds: u32,
-    /// Write the scenario rehearsed (TOML); `patchmesh-sim run FILE` replays it.
+    /// Write the scenario rehearsed (TOML); `patchmesh-sim plan FILE` rehearses it again.
     #[arg(long)]
     pub export: Option<PathBuf>,
     /// WAN bandwidth of a site where none is known (Mbit/s).
@@ -130,9 +130,12 @@ fn targeted(fleet: &FleetView, rollout: &RolloutEntry) -> Targeted {
                 quiet: k.quiet_mask.clone(),
             });
         }
-        if in_site && site.other > 0 && sel.labels.is_empty() && sel.os.is_none() {
-            // Members of kinds the summary leaves out: counted, labels unknown.
+        if in_site && site.other > 0 {
+            // Members of kinds the summary leaves out: their labels and OS are unknown, so
+            // they are rehearsed only when the selector reads neither.
             t.unknown += site.other;
+        }
+        if in_site && site.other > 0 && sel.labels.is_empty() && sel.os.is_none() {
             kinds.push(Kind {
                 count: site.other,
                 zone: fleet.zone.clone(),
@@ -684,7 +687,7 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
     if let Some(path) = &a.export {
         let header = format!(
             "# A rehearsal of a rollout on the fleet node {} knew at {} ({} targeted nodes in {} \
-             sites).\n# Estimated rather than read: {}\n# Replay: patchmesh-sim run {}\n",
+             sites).\n# Estimated rather than read: {}\n# Rehearse again: patchmesh-sim plan {}\n",
             fleet.site,
             jiff::Timestamp::from_millisecond(now.0 as i64)?,
             t.members(),
