@@ -862,6 +862,21 @@ fn policy_args(soak_s: u64) -> Vec<String> {
     .to_vec()
 }
 
+/// Runs `patchmesh HEAD… <the demo's rings and gates> TAIL… --config <node 0> --json`.
+fn with_policy<T: DeserializeOwned>(
+    d: &Demo,
+    head: &[&str],
+    soak_s: u64,
+    tail: &[&str],
+) -> anyhow::Result<T> {
+    let config = s(&d.nodes[0].dir.join("node.toml"));
+    let mut args: Vec<String> = head.iter().map(|a| a.to_string()).collect();
+    args.extend(policy_args(soak_s));
+    args.extend(tail.iter().map(|a| a.to_string()));
+    args.extend(["--config".to_string(), config, "--json".to_string()]);
+    cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// `patchmesh rollout plan` of the rollout about to be created, from node 0: the prediction
 /// the demo then holds the real rollout against. `fail` rehearses the bad patch (every canary
 /// fails). The demo's sites share one machine, so their "WAN" is loopback: 1 Gbit/s, 1 ms.
@@ -869,18 +884,12 @@ fn policy_args(soak_s: u64) -> Vec<String> {
 /// duration: fetching a 2 MiB payload over loopback and running the demo's shell scripts
 /// takes tens of milliseconds; the bad patch's rehearsal measures it from the fix's install.
 fn rehearse(d: &Demo, content: &str, soak_s: u64, fail: bool) -> anyhow::Result<serde_json::Value> {
-    let config = s(&d.nodes[0].dir.join("node.toml"));
-    let mut args: Vec<String> = ["rollout", "plan", "--patch", content].map(String::from).to_vec();
-    args.extend(policy_args(soak_s));
-    args.extend(
-        ["--seeds", "5", "--wan-mbps", "1000", "--wan-rtt-ms", "1", "--install-ms", "50"]
-            .map(String::from),
-    );
+    let mut tail =
+        vec!["--seeds", "5", "--wan-mbps", "1000", "--wan-rtt-ms", "1", "--install-ms", "50"];
     if fail {
-        args.extend(["--fail-label", "ring=canary", "--fail-fraction", "1"].map(String::from));
+        tail.extend(["--fail-label", "ring=canary", "--fail-fraction", "1"]);
     }
-    args.extend(["--config".to_string(), config, "--json".to_string()]);
-    cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    with_policy(d, &["rollout", "plan", "--patch", content], soak_s, &tail)
 }
 
 /// Puts the rehearsal's per-ring prediction beside the actual rings.
@@ -898,14 +907,9 @@ fn remediate(
     content: &str,
     soak_s: u64,
 ) -> anyhow::Result<(String, u64)> {
-    let config = s(&d.nodes[0].dir.join("node.toml"));
     let at = patchmesh_node::clock::now_ms().0;
-    let mut args: Vec<String> = ["remediate", crate::demo_intel::CVE, "--patch", content, "--yes"]
-        .map(String::from)
-        .to_vec();
-    args.extend(policy_args(soak_s));
-    args.extend(["--admin-key", admin_key, "--config", &config, "--json"].map(String::from));
-    let out: serde_json::Value = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let head = ["remediate", crate::demo_intel::CVE, "--patch", content, "--yes"];
+    let out: serde_json::Value = with_policy(d, &head, soak_s, &["--admin-key", admin_key])?;
     let rollout = out[0]["rollout"].as_str().context("remediate printed no rollout")?.to_string();
     d.say(format!(
         "  remediation targets `{}`, deadline {}",
@@ -921,13 +925,9 @@ fn create_rollout(
     content: &str,
     soak_s: u64,
 ) -> anyhow::Result<(String, u64)> {
-    let config = s(&d.nodes[0].dir.join("node.toml"));
     let at = patchmesh_node::clock::now_ms().0;
-    let mut args: Vec<String> =
-        ["rollout", "create", "--patch", content].map(String::from).to_vec();
-    args.extend(policy_args(soak_s));
-    args.extend(["--admin-key", admin_key, "--config", &config, "--json"].map(String::from));
-    let out: RolloutCreateOutput = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let head = ["rollout", "create", "--patch", content];
+    let out: RolloutCreateOutput = with_policy(d, &head, soak_s, &["--admin-key", admin_key])?;
     Ok((out.rollout, at))
 }
 
