@@ -430,6 +430,9 @@ impl Fetch {
             let lan = self.peers.get(&n).copied().unwrap_or(false);
             self.download.add_source(n, lan);
         }
+        let site = self.peers.iter().filter(|(_, lan)| **lan).map(|(n, _)| n);
+        let lead = super::elect(self.download.content(), site.chain(std::iter::once(&self.me)));
+        self.download.set_lead(lead.filter(|n| *n != self.me));
     }
 
     /// The WAN sources: current ones that are still candidates, then the best-ranked others.

@@ -112,6 +112,9 @@ pub struct Source {
     asked_at: Option<Millis>,
     /// Answers in a row that said "nothing": each doubles the wait before asking again.
     nothing_streak: u32,
+    /// The site's elected fetcher (this node being a member that fetches in its site only):
+    /// it holds nothing only until its own download starts, so it is asked again soonest.
+    lead: bool,
     /// Why it was dropped, if it was.
     pub banned: Option<Fault>,
     /// Given no new ranges; the driver forgets it once its ranges are done.
@@ -143,6 +146,7 @@ impl Source {
             asking_since: None,
             asked_at: None,
             nothing_streak: 0,
+            lead: false,
             banned: None,
             retiring: false,
             unanswered: false,
@@ -154,6 +158,11 @@ impl Source {
             judged_rate_bytes_per_s: 0,
             meter: None,
         }
+    }
+
+    /// Whether it is the site's elected fetcher (see [`Download::set_lead`]).
+    pub fn is_lead(&self) -> bool {
+        self.lead
     }
 
     /// Whether it said it holds anything.
@@ -315,6 +324,13 @@ impl Download {
         remote.iter().flat_map(|n| self.release(n)).collect()
     }
 
+    /// Marks the site's elected fetcher (`None` when this node is it, or has no site peers).
+    pub fn set_lead(&mut self, lead: Option<NodeId>) {
+        for (n, s) in self.sources.iter_mut() {
+            s.lead = Some(*n) == lead;
+        }
+    }
+
     /// A peer that may hold the content, and whether it is in this node's site (a source first
     /// known only as a provider may turn out to be local once connected). Ignored beyond
     /// [`limits::SOURCES_PER_DOWNLOAD_MAX`].
@@ -418,6 +434,12 @@ impl Download {
             Some(Availability::Complete) => return None,
             Some(Availability::Partial(_)) if s.lan => refresh,
             Some(Availability::Partial(_)) => 4 * refresh,
+            // The elected fetcher: again after one refresh, doubling while it still holds
+            // nothing (a payload nobody holds yet), so a member streams from it within a
+            // refresh of its first group instead of four.
+            Some(Availability::Nothing) if s.lan && s.lead => refresh
+                .saturating_mul(1 << s.nothing_streak.saturating_sub(1).min(20))
+                .min(limits::FETCH_NOTHING_ASK_MAX_MS),
             Some(Availability::Nothing) if flowing => 4 * refresh,
             Some(Availability::Nothing) => {
                 let cap = if s.lan {

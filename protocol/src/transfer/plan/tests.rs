@@ -56,6 +56,38 @@ fn sources_that_hold_nothing_are_asked_ever_less_often() {
 }
 
 #[test]
+fn the_sites_elected_fetcher_is_asked_again_after_one_refresh_then_less_often() {
+    let mut d = dl(20);
+    d.add_source(n(1), true);
+    d.set_lead(Some(n(1)));
+    assert!(d.sources()[&n(1)].is_lead());
+    // It says "nothing" (its own download has not begun): asked again a refresh later,
+    // doubling while it keeps holding nothing (any other member waits four refreshes first,
+    // see above).
+    let mut t = Millis(0);
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        assert_eq!(d.poll_asks(t), vec![Action::AskHave(n(1))], "at {t:?}");
+        d.on_have(&n(1), Availability::Nothing);
+        let next = d.next_ask().expect("asked again");
+        waits.push(next.since(t));
+        t = next;
+    }
+    assert_eq!(waits, vec![250, 500, 1_000, 2_000]);
+    // Once it receives, every refresh.
+    assert_eq!(d.poll_asks(t), vec![Action::AskHave(n(1))]);
+    let mut part = Bitfield::new(20);
+    part.set(0);
+    d.on_have(&n(1), Availability::Partial(part));
+    assert_eq!(d.next_ask(), Some(t.plus(250)));
+    // The election moves (the elected member left): the old one is an ordinary member again.
+    d.add_source(n(2), true);
+    d.set_lead(Some(n(2)));
+    assert!(!d.sources()[&n(1)].is_lead());
+    assert!(d.sources()[&n(2)].is_lead());
+}
+
+#[test]
 fn while_the_payload_flows_sources_that_hold_nothing_are_asked_every_second() {
     let mut d = dl(20);
     d.add_source(n(1), true);
