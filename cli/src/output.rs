@@ -69,13 +69,35 @@ pub fn peers(list: &[PeerView], json_out: bool) {
     }
 }
 
+/// Bytes as an admin reads them (binary units, one decimal).
+pub fn bytes_text(b: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// `patchmesh fleet`.
 pub fn fleet(v: &patchmesh_node::control::FleetView, json_out: bool) {
     if json_out {
         outln!("{}", json(v));
         return;
     }
-    outln!("{:<20} {:>7}  {:<8} KINDS (count  zone  os  labels)", "SITE", "MEMBERS", "FROM");
+    outln!(
+        "{:<20} {:>7}  {:<8} {:>10}  KINDS (count  zone  os  labels)",
+        "SITE",
+        "MEMBERS",
+        "FROM",
+        "LEAST FREE"
+    );
     for s in &v.sites {
         let mut kinds: Vec<String> = s
             .kinds
@@ -98,10 +120,11 @@ pub fn fleet(v: &patchmesh_node::control::FleetView, json_out: bool) {
             kinds.push(format!("{} of other kinds", s.other));
         }
         outln!(
-            "{:<20} {:>7}  {:<8} {}",
+            "{:<20} {:>7}  {:<8} {:>10}  {}",
             s.site,
             s.members,
             if s.from_records { "records" } else { "summary" },
+            s.min_free_disk_bytes.map_or("-".to_string(), bytes_text),
             kinds.join("; ")
         );
     }
@@ -109,6 +132,15 @@ pub fn fleet(v: &patchmesh_node::control::FleetView, json_out: bool) {
         let rtts: Vec<String> = v.rtt_ms.iter().map(|(s, ms)| format!("{s} {ms} ms")).collect();
         outln!("round trips from here: {}", rtts.join(", "));
     }
+    if let Some(w) = &v.wan_observed {
+        outln!(
+            "WAN as this node's downloads measured it: {:.1} Mbit/s ({} over {} download(s))",
+            w.rate_bytes_per_s() as f64 * 8.0 / 1e6,
+            bytes_text(w.bytes),
+            w.downloads
+        );
+    }
+    outln!("LEAST FREE: the least free disk space a member reports where it keeps payloads");
 }
 
 /// `patchmesh inventory`.

@@ -36,6 +36,8 @@ const HORIZON_MS_MAX: u64 = 14 * 86_400_000;
 const WINDOW_SEARCH_MS: u64 = 8 * 86_400_000;
 /// Step of that search.
 const WINDOW_STEP_MS: u64 = 5 * 60_000;
+/// WAN bandwidth assumed when none is measured, configured or given (Mbit/s).
+const WAN_MBPS_ASSUMED: f64 = 20.0;
 /// Install duration assumed when this node has installed nothing yet.
 const INSTALL_MS_ASSUMED: u64 = 30_000;
 
@@ -56,9 +58,10 @@ pub struct PlanArgs {
     /// Write the scenario rehearsed (TOML); `patchmesh-sim plan FILE` rehearses it again.
     #[arg(long)]
     pub export: Option<PathBuf>,
-    /// WAN bandwidth of a site where none is known (Mbit/s).
-    #[arg(long, default_value_t = 20.0)]
-    pub wan_mbps: f64,
+    /// WAN bandwidth of every site (Mbit/s). Default: as this node's downloads measured it,
+    /// else its configured WAN cap, else 20.
+    #[arg(long)]
+    pub wan_mbps: Option<f64>,
     /// WAN round trip of a site this node has no ping to (ms).
     #[arg(long, default_value_t = 80.0)]
     pub wan_rtt_ms: f64,
@@ -356,6 +359,28 @@ pub fn checks(
             }
         }
     }
+    // Free disk: each site's least roomy member (as records and summaries report it, rounded
+    // down by at most a quarter). A node keeps the payload, and staging may copy it again.
+    for site in fleet.sites.iter().filter(|s| t.sites.iter().any(|(n, _)| *n == s.site)) {
+        let Some(free) = site.min_free_disk_bytes else { continue };
+        if patch_size > free {
+            refuse(format!(
+                "site {}: a member has about {} free where payloads are kept, less than the \
+                 {}-byte payload: its install fails for want of space",
+                site.site,
+                crate::output::bytes_text(free),
+                patch_size
+            ));
+        } else if patch_size.saturating_mul(2) > free {
+            warn.push(format!(
+                "site {}: a member has about {} free where payloads are kept, under twice the \
+                 {}-byte payload (it is kept, and staging may copy it)",
+                site.site,
+                crate::output::bytes_text(free),
+                patch_size
+            ));
+        }
+    }
     if rollout.max_targets > fleet.approval_above_nodes && fleet.approval_threshold > 1 {
         warn.push(format!(
             "this rollout may reach more than {} nodes: no node installs it before {} admins \
@@ -422,7 +447,8 @@ pub struct Estimated {
     pub members_without_zone: u64,
     /// Sites with no measured round trip (--wan-rtt-ms).
     pub sites_without_rtt: usize,
-    /// WAN bandwidth: "configured cap" or "assumed (--wan-mbps)".
+    /// WAN bandwidth: given, measured from this node's downloads, its configured cap, or
+    /// assumed.
     pub wan_bandwidth: String,
     /// Install duration: "measured over N installs" or "assumed".
     pub install_duration: String,
@@ -442,12 +468,29 @@ fn scenario(
     est: &mut Estimated,
 ) -> anyhow::Result<patchmesh_sim::Scenario> {
     const AT_MS: u64 = 2_000;
-    let own_mbps = match fleet.wan_rate_bytes_per_s {
-        0 => {
-            est.wan_bandwidth = format!("assumed {} Mbit/s (--wan-mbps)", a.wan_mbps);
-            a.wan_mbps
+    // This node's own downloads are the best measure of the WAN; then its configured cap;
+    // then the admin's figure. Other sites' links are taken to be alike.
+    let own_mbps = match (a.wan_mbps, &fleet.wan_observed, fleet.wan_rate_bytes_per_s) {
+        (Some(mbps), _, _) => {
+            est.wan_bandwidth = format!("given: {mbps} Mbit/s (--wan-mbps)");
+            mbps
         }
-        r => {
+        (None, Some(w), _) if w.rate_bytes_per_s() > 0 => {
+            let mbps = w.rate_bytes_per_s() as f64 * 8.0 / 1e6;
+            est.wan_bandwidth = format!(
+                "measured here: {mbps:.1} Mbit/s over {} download(s) ({} bytes), other sites \
+                 taken to be alike",
+                w.downloads, w.bytes
+            );
+            mbps
+        }
+        (None, _, 0) => {
+            est.wan_bandwidth = format!(
+                "assumed {WAN_MBPS_ASSUMED} Mbit/s (nothing measured or configured; --wan-mbps)"
+            );
+            WAN_MBPS_ASSUMED
+        }
+        (None, _, r) => {
             est.wan_bandwidth = "this node's configured WAN cap".into();
             r as f64 * 8.0 / 1e6
         }
@@ -659,8 +702,7 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&a.fail_fraction) {
         bail!("--fail-fraction must be between 0 and 1");
     }
-    if !(a.wan_mbps.is_finite()
-        && a.wan_mbps > 0.0
+    if !(a.wan_mbps.is_none_or(|m| m.is_finite() && m > 0.0)
         && a.wan_rtt_ms.is_finite()
         && a.wan_rtt_ms >= 0.0)
     {
@@ -776,4 +818,91 @@ fn print_plan(p: &PlanOutput) {
         e.install_duration,
         if e.percent_rings_drawn { "; percent rings drawn per seed" } else { "" }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use patchmesh_node::control::{FleetSiteView, MemberKindView};
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        plan: PlanArgs,
+    }
+
+    fn rollout(args: &[&str]) -> RolloutEntry {
+        let patch = "ab".repeat(32);
+        let mut argv = vec!["plan", "--patch", &patch];
+        argv.extend_from_slice(args);
+        let cmd = Cmd::try_parse_from(argv).expect("arguments parse");
+        crate::rollout::build(&cmd.plan.create, Millis(1_700_000_000_000)).expect("rollout builds")
+    }
+
+    /// Two sites of three members each, running for an hour (its view is settled).
+    fn fleet(free: [Option<u64>; 2]) -> FleetView {
+        let site = |name: &str, free: Option<u64>| FleetSiteView {
+            site: name.into(),
+            members: 3,
+            from_records: name == "a",
+            kinds: vec![MemberKindView {
+                count: 3,
+                zone: "Europe/Berlin".into(),
+                os: "Debian GNU/Linux 12".into(),
+                labels: [("ring".to_string(), "main".to_string())].into_iter().collect(),
+                quiet: None,
+                quiet_mask: None,
+            }],
+            other: 0,
+            min_free_disk_bytes: free,
+        };
+        FleetView {
+            site: "a".into(),
+            zone: "Europe/Berlin".into(),
+            sites: vec![site("a", free[0]), site("b", free[1])],
+            summary_interval_ms: 5_000,
+            uptime_ms: 3_600_000,
+            approval_threshold: 1,
+            approval_above_nodes: u32::MAX,
+            ..FleetView::default()
+        }
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn a_payload_larger_than_a_sites_least_free_disk_is_refused_and_a_tight_fit_warned() {
+        let r = rollout(&["--ring", "all:100"]);
+        let now = Millis(1_700_000_000_000);
+        let found = checks(&fleet([Some(64 * MIB), Some(100 * MIB)]), &r, 80 * MIB, None, now);
+        let refused: Vec<&Finding> = found.iter().filter(|f| f.level == "refused").collect();
+        assert_eq!(refused.len(), 1, "{found:?}");
+        assert!(refused[0].message.contains("site a") && refused[0].message.contains("64.0 MiB"));
+        // Site b fits it, but not twice: a warning.
+        assert!(found.iter().any(|f| f.level == "warning" && f.message.contains("site b")));
+        // Roomy, or unknown (an older node's record): nothing said.
+        let found = checks(&fleet([Some(1024 * MIB), None]), &r, 80 * MIB, None, now);
+        assert!(!found.iter().any(|f| f.message.contains("free")), "{found:?}");
+    }
+
+    #[test]
+    fn a_label_typo_is_refused_and_a_fresh_node_only_warns() {
+        let r = rollout(&["--ring", "all:100", "--target-label", "ring=mian"]);
+        let now = Millis(1_700_000_000_000);
+        let found = checks(&fleet([None, None]), &r, MIB, None, now);
+        assert!(found.iter().any(|f| f.level == "refused" && f.message.contains("no node")));
+        let mut young = fleet([None, None]);
+        young.uptime_ms = 1_000;
+        let found = checks(&young, &r, MIB, None, now);
+        assert!(found.iter().all(|f| f.level == "warning"), "{found:?}");
+    }
+
+    #[test]
+    fn free_disk_is_shown_in_binary_units() {
+        use crate::output::bytes_text;
+        assert_eq!(bytes_text(512), "512 bytes");
+        assert_eq!(bytes_text(64 * MIB), "64.0 MiB");
+        assert_eq!(bytes_text(3 * 1024 * MIB / 2), "1.5 GiB");
+    }
 }

@@ -115,6 +115,8 @@ impl Inventory {
             // Filled in by the protocol core from the node's facts.
             zone: String::new(),
             quiet: None,
+            // Measured by the daemon where it keeps payloads.
+            free_disk_bytes: None,
         }
     }
 }

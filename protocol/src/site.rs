@@ -96,6 +96,21 @@ pub struct InventorySummary {
     pub zone: String,
     /// The node's quiet hours (`--window auto`), once it has a week of activity history.
     pub quiet: Option<crate::rollout::activity::QuietHours>,
+    /// Free space where the node keeps payloads, rounded down by [`round_free_disk`] (so the
+    /// record is re-signed only when it moves by a sizeable step); `None` when unknown.
+    pub free_disk_bytes: Option<u64>,
+}
+
+/// Rounds free disk space down to its leading three bits (steps of at most 25%): a node's
+/// record changes only when its free space moves by a step, not with every file written.
+pub fn round_free_disk(bytes: u64) -> u64 {
+    let keep = 3;
+    let bits = 64 - bytes.leading_zeros();
+    if bits <= keep {
+        return bytes;
+    }
+    let shift = bits - keep;
+    (bytes >> shift) << shift
 }
 
 /// One kind of member in a site's shape: its time zone, OS and certificate labels.
@@ -130,6 +145,9 @@ pub struct SiteShape {
     pub kinds: Vec<(MemberKind, u32)>,
     /// Members of kinds left out.
     pub other: u32,
+    /// The least free disk space any member reports (rounded as its record carries it):
+    /// a payload larger than this does not fit on some member.
+    pub min_free_disk_bytes: Option<u64>,
 }
 
 impl SiteShape {
@@ -1085,7 +1103,7 @@ impl SiteState {
 
     /// The shape of the members whose records are held (labels from their certificates).
     pub fn shape(&self) -> SiteShape {
-        SiteShape::of(self.records.values().map(|held| {
+        let mut shape = SiteShape::of(self.records.values().map(|held| {
             let inv = &held.record().inventory;
             MemberKind {
                 zone: inv.zone.clone(),
@@ -1093,7 +1111,10 @@ impl SiteState {
                 quiet: inv.quiet,
                 labels: held.bundle.admission_cert().map(|c| c.labels.clone()).unwrap_or_default(),
             }
-        }))
+        }));
+        shape.min_free_disk_bytes =
+            self.records.values().filter_map(|h| h.record().inventory.free_disk_bytes).min();
+        shape
     }
 
     /// Checks a summary of this site against the records and evidence held: the audit that

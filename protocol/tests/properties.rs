@@ -178,6 +178,7 @@ fn a_record_zone_must_be_a_zone_name_and_a_summary_carries_its_sites_shape() {
     let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
     let signed = |n: u8, zone: &str| {
         let k = key(60 + n);
+        let free = [Some(40 << 30), Some(6 << 30), None][usize::from(n) % 3];
         let rec = NodeRecord {
             mesh: trust.mesh(),
             node: NodeId(k.public().0),
@@ -187,6 +188,7 @@ fn a_record_zone_must_be_a_zone_name_and_a_summary_carries_its_sites_shape() {
             inventory: site::InventorySummary {
                 os: "Debian GNU/Linux 12".into(),
                 zone: zone.into(),
+                free_disk_bytes: free,
                 ..Default::default()
             },
             rollouts: BTreeMap::new(),
@@ -211,14 +213,35 @@ fn a_record_zone_must_be_a_zone_name_and_a_summary_carries_its_sites_shape() {
         summary.shape.kinds.iter().map(|(k, n)| (k.zone.as_str(), *n)).collect();
     assert_eq!(kinds, [("Europe/Paris", 2), ("America/Port-au-Prince", 1)]);
     assert_eq!(summary.shape.other, 0);
+    // The least free disk among the members that report one.
+    assert_eq!(summary.shape.min_free_disk_bytes, Some(6 << 30));
     state.check_summary(&summary).unwrap();
-    // A summary whose shape differs from the records is caught by the site's own members.
+    // A summary whose shape differs from the records is caught by the site's own members: its
+    // kinds, or a roomier least free disk than the records say.
     let mut lie = summary.clone();
     lie.shape.kinds[0].1 = 3;
-    assert!(matches!(
-        state.check_summary(&lie),
-        Err(site::SiteError::SummaryMismatch { reason: "shape", .. })
-    ));
+    let mut roomy = summary.clone();
+    roomy.shape.min_free_disk_bytes = Some(40 << 30);
+    for lie in [lie, roomy] {
+        assert!(matches!(
+            state.check_summary(&lie),
+            Err(site::SiteError::SummaryMismatch { reason: "shape", .. })
+        ));
+    }
+}
+
+#[test]
+fn free_disk_is_rounded_down_by_under_a_quarter_and_rounding_is_stable() {
+    for b in [0u64, 1, 7, 8, 9, 1000, 123_456_789, 6 << 30, u64::MAX] {
+        let r = site::round_free_disk(b);
+        assert!(r <= b, "{b} rounds up to {r}");
+        assert!(b - r <= b / 4, "{b} rounds to {r}: more than a quarter off");
+        assert_eq!(site::round_free_disk(r), r, "rounding {b} twice moves it");
+    }
+    // Writing a few files does not move it; losing a quarter does.
+    let free = 50_000_000_000u64;
+    assert_eq!(site::round_free_disk(free), site::round_free_disk(free - 100_000_000));
+    assert_ne!(site::round_free_disk(free), site::round_free_disk(free * 3 / 4));
 }
 
 #[test]

@@ -19,7 +19,8 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
         m.node_config.insert(i, format!("time_zone = \"{zone}\"\n"));
     }
     m.start_all();
-    // Node 0 knows its own site from records and site1 from its summary (with its shape).
+    // Node 0 knows its own site from records and site1 from its summary (with its shape, and
+    // the least free disk space its members report).
     let fleet = wait_for(WAIT, || {
         let out = m.cli_at(0, &["fleet", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -27,6 +28,7 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
         let complete = sites.len() == 2
             && sites.iter().all(|s| {
                 s["members"] == 3
+                    && s["min_free_disk_bytes"].as_u64().is_some_and(|b| b > 0)
                     && s["kinds"].as_array().is_some_and(|k| {
                         k.iter().all(|k| !k["zone"].as_str().unwrap_or("").is_empty())
                     })

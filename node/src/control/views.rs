@@ -1039,6 +1039,9 @@ pub struct FleetView {
     pub rtt_ms: BTreeMap<String, u64>,
     /// The node's configured WAN download cap (bytes/s; 0: none).
     pub wan_rate_bytes_per_s: u64,
+    /// What this run's downloads moved across the WAN: the observed WAN bandwidth.
+    #[serde(default)]
+    pub wan_observed: Option<WanObserved>,
     /// Its protocol periods (the rehearsal runs with the same).
     pub anti_entropy_interval_ms: u64,
     /// Summary period.
@@ -1055,6 +1058,28 @@ pub struct FleetView {
     pub approval_above_nodes: u32,
 }
 
+/// WAN bandwidth as this node's downloads measured it: downloads that took at least
+/// [`WanObserved::SAMPLE_MIN_BYTES`] across the WAN, their WAN bytes and durations summed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WanObserved {
+    /// Downloads counted.
+    pub downloads: u32,
+    /// WAN bytes they moved.
+    pub bytes: u64,
+    /// Their durations, summed (ms).
+    pub ms: u64,
+}
+
+impl WanObserved {
+    /// Smaller downloads are mostly round trips and say little about bandwidth.
+    pub const SAMPLE_MIN_BYTES: u64 = 256 * 1024;
+
+    /// Bytes per second.
+    pub fn rate_bytes_per_s(&self) -> u64 {
+        self.bytes.saturating_mul(1000) / self.ms.max(1)
+    }
+}
+
 /// One site in a [`FleetView`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FleetSiteView {
@@ -1069,6 +1094,9 @@ pub struct FleetSiteView {
     pub kinds: Vec<MemberKindView>,
     /// Members of kinds the summary leaves out (their zone and labels are unknown).
     pub other: u64,
+    /// The least free disk space a member reports where it keeps payloads (rounded down).
+    #[serde(default)]
+    pub min_free_disk_bytes: Option<u64>,
 }
 
 /// Members of one kind.

@@ -23,18 +23,39 @@ pub(super) fn read_inventory(root: &Path) -> Inventory {
     }
 }
 
+/// Free space (bytes available to this user) on the filesystem of `dir`, rounded down to a
+/// step ([`patchmesh_protocol::site::round_free_disk`]); `None` when it cannot be read.
+pub(super) fn free_disk(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    let bytes = u64::from(s.blocks_available()).saturating_mul(s.fragment_size());
+    Some(patchmesh_protocol::site::round_free_disk(bytes))
+}
+
 impl Daemon {
+    /// The record's inventory: the machine's, and its free disk space.
+    pub(super) fn inventory_summary(&self) -> patchmesh_protocol::site::InventorySummary {
+        let mut s = self.inventory.summary();
+        s.free_disk_bytes = self.free_disk;
+        s
+    }
+
     pub(super) fn refresh_inventory(&mut self) {
         let inv = read_inventory(&self.cfg.inventory_root);
-        let summary = inv.summary();
-        let changed = summary != self.inventory.summary();
+        let changed = inv.summary() != self.inventory.summary();
         self.inventory = inv;
-        if changed {
+        let free = free_disk(&self.cfg.data_dir);
+        let free_changed = free != self.free_disk;
+        self.free_disk = free;
+        if changed || free_changed {
+            let summary = self.inventory_summary();
             tracing::info!(
                 packages = summary.package_count,
+                free_disk_bytes = summary.free_disk_bytes,
                 "inventory changed; re-signing record"
             );
             self.input(Input::Command(Command::UpdateRecord { inventory: summary }));
+        }
+        if changed {
             self.set_facts();
             self.check_intel(true);
         } else {

@@ -136,6 +136,8 @@ struct Daemon {
     pending_gossip: HashMap<u64, (gossipsub::MessageId, PeerId)>,
     next_token: u64,
     inventory: Inventory,
+    /// Free space where payloads are kept, rounded (what the record carries).
+    free_disk: Option<u64>,
     inventory_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply)>,
     /// Findings (`None`) or one CVE's advisories (`Some`) asked of another node.
     findings_waiting: HashMap<request_response::OutboundRequestId, (NodeId, Reply, Option<String>)>,
@@ -386,6 +388,8 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     let cert: AdmissionCert = patchmesh_protocol::trust::admission_cert(&admission)?;
     let g: patchmesh_protocol::trust::Genesis = genesis.open("genesis")?;
     let (store, loaded, floor) = open_store(&cfg, &genesis, &key)?;
+    // (Measured once the data directory exists.)
+    let free_disk = facts::free_disk(&cfg.data_dir);
     let integrations = integrations::IntegrationsState::open(&cfg.data_dir)
         .map_err(io(format!("opening the outbox in {}", cfg.data_dir.display())))?;
     let (audit_log, torn) = crate::audit::AuditLog::open(
@@ -526,6 +530,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         pending_gossip: HashMap::new(),
         next_token: 1,
         inventory,
+        free_disk,
         inventory_waiting: HashMap::new(),
         findings_waiting: HashMap::new(),
         audit_waiting: HashMap::new(),
@@ -574,7 +579,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
     d.input(Input::Start);
     d.sync_audit_head();
     audit::flood_hook(&d.audit.log);
-    let summary = d.inventory.summary();
+    let summary = d.inventory_summary();
     let held = d.node.site().records().get(&d.node.id()).map(|r| r.record().inventory.clone());
     if held.as_ref() != Some(&summary) {
         d.input(Input::Command(Command::UpdateRecord { inventory: summary }));

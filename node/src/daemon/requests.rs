@@ -397,6 +397,7 @@ impl Daemon {
                     })
                     .collect(),
                 other: u64::from(shape.other),
+                min_free_disk_bytes: shape.min_free_disk_bytes,
             }
         };
         let own = self.node.site();
@@ -439,7 +440,16 @@ impl Daemon {
                 rtts.entry(site.clone()).or_default().push(rtt.as_millis() as u64);
             }
         }
+        let mut wan = control::WanObserved::default();
+        for p in self.transfers.progress().values() {
+            if p.state == "complete" && p.wan_bytes >= control::WanObserved::SAMPLE_MIN_BYTES {
+                wan.downloads += 1;
+                wan.bytes = wan.bytes.saturating_add(p.wan_bytes);
+                wan.ms = wan.ms.saturating_add(p.elapsed_ms.max(1));
+            }
+        }
         control::FleetView {
+            wan_observed: (wan.downloads > 0).then_some(wan),
             site: own.site().to_string(),
             zone: self.facts().tz.iana_name().unwrap_or_default().to_string(),
             sites,
