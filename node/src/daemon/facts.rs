@@ -110,7 +110,11 @@ impl Daemon {
             return;
         };
         let before = self.activity.quiet_hours();
-        let busy = crate::activity::sample(&self.cfg.inventory_root, self.inventory.cpus);
+        let busy = crate::activity::sample(
+            &self.cfg.inventory_root,
+            self.inventory.cpus,
+            std::time::SystemTime::now(),
+        );
         self.activity.record(hour, busy);
         let path = self.cfg.data_dir.join("activity.json");
         if let Err(e) = crate::activity::save(&path, &self.activity) {
