@@ -15,7 +15,7 @@ use crate::rollout::CreateArgs;
 use crate::{call, NodeArgs};
 use anyhow::{bail, Context};
 use clap::Args;
-use patchmesh_node::control::{CatalogEntryView, CatalogView, FleetView, Request};
+use patchmesh_node::control::{CatalogEntryView, CatalogView, FleetView, Request, RolloutsView};
 use patchmesh_protocol::catalog::RolloutEntry;
 use patchmesh_protocol::ids::Millis;
 use patchmesh_protocol::rollout::activity::install_window_open;
@@ -45,6 +45,10 @@ const INSTALL_MS_ASSUMED: u64 = 30_000;
 pub struct PlanArgs {
     #[command(flatten)]
     pub create: CreateArgs,
+    /// Rehearse this signed rollout (id) from now, as the node holds it, instead of one
+    /// described by the options of `rollout create` (give no --patch or --ring then).
+    #[arg(long, conflicts_with = "patch")]
+    pub rollout: Option<String>,
     /// Rehearse a bad patch: this fraction of the nodes with --fail-label (of every node if
     /// none) fails verification.
     #[arg(long, default_value_t = 0.0)]
@@ -644,7 +648,7 @@ fn scenario(
             activity: Vec::new(),
             recheck_ms: rollout.recheck_ms.max(patchmesh_protocol::limits::RECHECK_MS_MIN),
             max_concurrent_per_site: rollout.max_concurrent_per_site,
-            windows: a.create.windows.iter().filter(|w| w.trim() != "auto").cloned().collect(),
+            windows: rollout.windows.iter().map(|w| w.to_string()).collect(),
             deadline_ms,
             rollback_on_halt: rollout.rollback_on_halt,
             time_zones: vec![fleet.zone.clone()]
@@ -674,9 +678,46 @@ fn scenario(
         .map_err(|e| anyhow::anyhow!("the rehearsal's scenario is not valid: {e}"))
 }
 
+/// A signed rollout's progress so far (`rollout plan --rollout`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Progress {
+    /// The rollout.
+    pub rollout: String,
+    /// How long ago it was created (ms).
+    pub created_ms_ago: u64,
+    /// running, paused, halted, aborted (or unknown before its first evaluation here).
+    pub control: String,
+    /// Why the next ring is not open yet.
+    pub waiting: Option<String>,
+    /// Per ring: name, targeted, succeeded, failed or rolled back.
+    pub rings: Vec<(String, u32, u32, u32)>,
+}
+
+impl Progress {
+    fn of(v: &patchmesh_node::control::RolloutView, now: Millis) -> Progress {
+        Progress {
+            rollout: v.id.clone(),
+            created_ms_ago: now.0.saturating_sub(v.created_at_ms),
+            control: v.state().to_string(),
+            waiting: v.waiting.clone(),
+            rings: v
+                .rings
+                .iter()
+                .map(|r| {
+                    let c = &r.counts;
+                    (r.name.clone(), c.targeted, c.succeeded, c.failed + c.rolled_back)
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The rehearsal's result.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanOutput {
+    /// With `--rollout`: the signed rollout's progress so far, as this node counts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     /// Checks before anything is signed.
     pub findings: Vec<Finding>,
     /// Known nodes outside the target (left out of the rehearsal).
@@ -708,10 +749,32 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
     {
         bail!("--wan-mbps must be > 0 and --wan-rtt-ms >= 0");
     }
-    let rollout = crate::rollout::build(&a.create, now)?;
-    let (fleet, size) = fleet_and_size(&a.create.sign.node, &rollout)?;
-    let findings = checks(&fleet, &rollout, size, a.create.max_site_wan_bytes, now);
+    let node = &a.create.sign.node;
     let json = a.create.sign.json;
+    // A signed rollout is rehearsed as held, from now; its progress so far is printed beside.
+    let (rollout, progress) = match &a.rollout {
+        Some(id) => {
+            if !a.create.rings.is_empty() {
+                bail!("--rollout rehearses the rollout as signed: give no --ring");
+            }
+            let entry: RolloutEntry = call(node, Request::RolloutEntry { rollout: id.clone() })?;
+            let views: RolloutsView = call(node, Request::Rollouts)?;
+            let view = views.rollouts.into_iter().find(|v| v.id == entry.id.to_string());
+            (entry, Some(view.map(|v| Progress::of(&v, now)).unwrap_or_default()))
+        }
+        None => (crate::rollout::build(&a.create, now)?, None),
+    };
+    let (fleet, size) = fleet_and_size(node, &rollout)?;
+    let mut findings = checks(&fleet, &rollout, size, a.create.max_site_wan_bytes, now);
+    if progress.is_some() {
+        // Nothing is signed: what would be refused is reported, the rehearsal runs anyway
+        // (it may show why a running rollout is stuck).
+        for f in &mut findings {
+            if f.level == "refused" {
+                f.level = "problem";
+            }
+        }
+    }
     if !json {
         enforce(&findings, a.create.force)?;
     } else if findings.iter().any(|f| f.level == "refused") && !a.create.force {
@@ -744,6 +807,7 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
     let seeds: Vec<u64> = (1..=u64::from(a.seeds)).collect();
     let admin_tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
     let out = PlanOutput {
+        progress,
         findings,
         outside_nodes: t.outside,
         sites: t.sites.len(),
@@ -768,6 +832,21 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
 
 fn print_plan(p: &PlanOutput) {
     let r = &p.rehearsal;
+    if let Some(g) = &p.progress {
+        outln!(
+            "rollout {} as signed, created {} ago, {}{}; so far: {}",
+            g.rollout.get(..12).unwrap_or(&g.rollout),
+            span(g.created_ms_ago),
+            g.control,
+            g.waiting.as_ref().map_or(String::new(), |w| format!(" ({w})")),
+            g.rings
+                .iter()
+                .map(|(n, t, s, f)| format!("{n} {s}/{t} succeeded, {f} failed"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        outln!("the rehearsal below starts it afresh now, on the fleet as it is:");
+    }
     outln!(
         "rehearsal: {} targeted nodes in {} sites ({} known nodes outside the target), {} seeds, \
          horizon {}",

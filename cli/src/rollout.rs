@@ -68,8 +68,8 @@ pub struct CreateArgs {
     pub patch: Option<String>,
     /// A ring: NAME:PERCENT or NAME:PERCENT:KEY=VALUE (label ring), in order; the first is the
     /// canary ring. PERCENT is cumulative.
-    #[arg(long = "ring", required = true)]
-    rings: Vec<String>,
+    #[arg(long = "ring")]
+    pub rings: Vec<String>,
     /// Succeeded members a ring needs before the next starts, as a fraction of its targeted.
     #[arg(long, default_value_t = 0.9)]
     min_success: f64,
@@ -180,6 +180,9 @@ fn label(s: &str) -> anyhow::Result<(String, String)> {
 pub fn build(a: &CreateArgs, now: Millis) -> anyhow::Result<RolloutEntry> {
     let patch = a.patch.as_deref().context("--patch is required")?;
     let content = ContentId::from_hex(patch.trim()).context("--patch is not a content id")?;
+    if a.rings.is_empty() {
+        bail!("give at least one --ring NAME:PERCENT (the first is the canary ring)");
+    }
     let gate = Gate {
         min_success_permille: permille(a.min_success, "--min-success")?,
         max_failures: a.max_failures,

@@ -178,6 +178,48 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
     assert!(err.contains("ring canary holds no node") && err.contains("--force"), "{err}");
     let out = plan(&["--ring", "canary:0:ring=canaries", "--ring", "all:100", "--force"]);
     assert!(out.status.success(), "--force goes ahead: {}", String::from_utf8_lossy(&out.stderr));
+
+    // A signed rollout stuck on that empty ring: `plan --rollout` rehearses it as held and
+    // says why it cannot move, beside its progress so far.
+    let out = m.cli_at(
+        0,
+        &[
+            "rollout",
+            "create",
+            "--patch",
+            &content,
+            "--ring",
+            "canary:0:ring=canaries",
+            "--ring",
+            "all:100",
+            "--force",
+            "--admin-key",
+            &m.admin_key(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["rollout"].as_str().unwrap().to_string();
+    let held = wait_for(WAIT, || {
+        let out = m.cli_at(0, &["rollout", "plan", "--rollout", &id, "--seeds", "2", "--json"]);
+        out.status.success().then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout))
+    });
+    let p = held.expect("node 0 rehearses the rollout it holds").unwrap();
+    assert_eq!(p["progress"]["rollout"], id.as_str(), "{p:#}");
+    let rings: Vec<&str> =
+        p["progress"]["rings"].as_array().unwrap().iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(rings, ["canary", "all"], "{p:#}");
+    assert!(
+        p["findings"].as_array().unwrap().iter().any(|f| f["level"] == "problem"
+            && f["message"].as_str().unwrap().contains("ring canary holds no node")),
+        "{p:#}"
+    );
+    assert_eq!(p["rings"][0]["nodes"], 0, "{p:#}");
+    // An unknown id is an error that says so.
+    let out = m.cli_at(0, &["rollout", "plan", "--rollout", &"ab".repeat(32)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no rollout"), "{out:?}");
 }
 
 fn patchmesh_sim_scenario(path: &std::path::Path) -> patchmesh_sim::Scenario {

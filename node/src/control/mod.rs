@@ -125,6 +125,11 @@ pub enum Request {
     ContentList,
     /// Rollouts as this node sees them: verdicts, ring counts, its own journal.
     Rollouts,
+    /// One rollout's signed entry as held (what `patchmesh rollout plan --rollout` rehearses).
+    RolloutEntry {
+        /// Rollout id (hex).
+        rollout: String,
+    },
     /// The node's metrics (OpenMetrics text).
     Metrics,
     /// A one-time login URL for this node's dashboard (refused when it has none).

@@ -117,6 +117,14 @@ impl Daemon {
             Request::Status => control::ok_view(&self.status()),
             Request::Peers => control::ok_view(&self.peers_view()),
             Request::Fleet => control::ok_view(&self.fleet_view()),
+            Request::RolloutEntry { rollout } => {
+                let held = patchmesh_protocol::ids::RolloutId::from_hex(rollout.trim())
+                    .and_then(|id| self.node.policies().rollouts.get(&id).cloned());
+                match held {
+                    Some(a) => control::ok_view(&a.rollout),
+                    None => control::refused(format!("no rollout {rollout} is held here")),
+                }
+            }
             Request::Catalog => control::ok_view(&self.catalog_view()),
             Request::Intel => control::ok_view(&self.intel_view()),
             Request::Findings { node: hex_id } => return self.ask_intel(&hex_id, None, reply),

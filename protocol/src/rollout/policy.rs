@@ -354,6 +354,29 @@ pub fn parse_window(text: &str) -> Result<Window, PolicyError> {
     Ok(Window { days, start_minute: start, duration_minutes: duration })
 }
 
+/// The window as [`parse_window`] reads it (`mon,tue 22:00-04:00`, `* 01:00-05:00`).
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        let days: Vec<&str> = NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.days & (1 << i) != 0)
+            .map(|(_, n)| *n)
+            .collect();
+        let end = (u32::from(self.start_minute) + u32::from(self.duration_minutes)) % (24 * 60);
+        write!(
+            f,
+            "{} {:02}:{:02}-{:02}:{:02}",
+            if self.days & 0x7f == 0x7f { "*".to_string() } else { days.join(",") },
+            self.start_minute / 60,
+            self.start_minute % 60,
+            end / 60,
+            end % 60
+        )
+    }
+}
+
 /// Parses a package predicate such as `openssl < 3.0.11`, `curl installed` or `telnet absent`.
 pub fn parse_predicate(text: &str) -> Result<PackagePredicate, PolicyError> {
     let bad = |why: &str| PolicyError::Invalid(format!("package predicate {text:?}: {why}"));
@@ -394,6 +417,19 @@ mod tests {
         {
             assert!(parse_window(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn windows_print_as_they_parse() {
+        for text in ["mon,tue,wed,thu,fri 22:00-04:00", "sat,sun 01:00-05:30", "* 00:00-00:00"] {
+            let w = parse_window(text).unwrap();
+            assert_eq!(w.to_string(), text);
+            assert_eq!(parse_window(&w.to_string()).unwrap(), w);
+        }
+        assert_eq!(
+            parse_window("fri-mon 10:00-11:00").unwrap().to_string(),
+            "mon,fri,sat,sun 10:00-11:00"
+        );
     }
 
     #[test]
