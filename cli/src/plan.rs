@@ -699,7 +699,7 @@ impl Progress {
             rollout: v.id.clone(),
             created_ms_ago: now.0.saturating_sub(v.created_at_ms),
             control: v.state().to_string(),
-            waiting: v.waiting.clone(),
+            waiting: v.waiting.clone().filter(|w| !w.trim().is_empty()),
             rings: v
                 .rings
                 .iter()
