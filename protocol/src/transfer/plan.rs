@@ -207,6 +207,8 @@ pub enum Action {
 
 /// Rate samples are taken over at least this long (shorter ones are noise).
 const RATE_SAMPLE_MS: u64 = 250;
+/// "Nothing" answers from the site's elected fetcher followed by a question one refresh later.
+const LEAD_FAST_ASKS: u32 = 4;
 
 /// One payload being downloaded.
 #[derive(Clone, Debug)]
@@ -434,13 +436,20 @@ impl Download {
             Some(Availability::Complete) => return None,
             Some(Availability::Partial(_)) if s.lan => refresh,
             Some(Availability::Partial(_)) => 4 * refresh,
-            // The elected fetcher: again after one refresh, doubling while it still holds
-            // nothing (a payload nobody holds yet), so a member streams from it within a
-            // refresh of its first group instead of four.
-            Some(Availability::Nothing) if s.lan && s.lead => refresh
-                .saturating_mul(1 << s.nothing_streak.saturating_sub(1).min(20))
-                .min(limits::FETCH_NOTHING_ASK_MAX_MS),
+            // The elected fetcher: every refresh through the first second (it holds nothing
+            // only until its own download starts, and a member then streams from it within a
+            // refresh of its first group instead of four); after that at the same times as
+            // any member that holds nothing (1, 3, 7, 15 s…), so never later than one, and a
+            // payload nobody holds yet costs three questions more.
+            Some(Availability::Nothing)
+                if s.lan && s.lead && s.nothing_streak <= LEAD_FAST_ASKS =>
+            {
+                refresh
+            }
             Some(Availability::Nothing) if flowing => 4 * refresh,
+            Some(Availability::Nothing) if s.lan && s.lead => (4 * refresh)
+                .saturating_mul(1 << (s.nothing_streak - LEAD_FAST_ASKS).min(20))
+                .min(limits::FETCH_NOTHING_ASK_MAX_MS),
             Some(Availability::Nothing) => {
                 let cap = if s.lan {
                     limits::FETCH_NOTHING_ASK_MAX_MS

@@ -435,6 +435,14 @@ impl PayloadModel {
         }
     }
 
+    /// The site's elected fetcher as node `n` sees it (`None` when it is `n`).
+    fn lead(&self, n: u32) -> Option<NodeId> {
+        let site = self.site_of[n as usize] as usize;
+        let me = &self.ids[n as usize];
+        let seen = self.seen[site].iter().map(|m| &self.ids[*m as usize]);
+        transfer::elect(&self.content, seen.chain(std::iter::once(me))).filter(|l| l != me)
+    }
+
     fn role(&self, n: u32) -> Role {
         let site = self.site_of[n as usize] as usize;
         transfer::role_of(
@@ -452,6 +460,7 @@ impl PayloadModel {
                 continue;
             }
             let role = self.role(m);
+            let lead = self.lead(m);
             let seen = &self.seen[site as usize];
             let d = self.holders[m as usize].download.as_mut().expect("checked");
             let gone: Vec<NodeId> = d
@@ -468,6 +477,7 @@ impl PayloadModel {
                     d.add_source(self.ids[*p as usize], true);
                 }
             }
+            d.set_lead(lead);
             let was = d.role();
             d.set_role(role);
             if role == Role::Wan && was != Role::Wan {

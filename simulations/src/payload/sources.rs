@@ -51,6 +51,7 @@ impl PayloadModel {
         }
         let role = self.role(n);
         d.set_role(role);
+        d.set_lead(self.lead(n));
         let epoch = h.epoch;
         self.holders[n as usize].download = Some(d);
         if role == Role::Wan {

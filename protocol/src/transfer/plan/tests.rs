@@ -61,19 +61,19 @@ fn the_sites_elected_fetcher_is_asked_again_after_one_refresh_then_less_often() 
     d.add_source(n(1), true);
     d.set_lead(Some(n(1)));
     assert!(d.sources()[&n(1)].is_lead());
-    // It says "nothing" (its own download has not begun): asked again a refresh later,
-    // doubling while it keeps holding nothing (any other member waits four refreshes first,
-    // see above).
+    // It says "nothing" (its own download has not begun): asked again every refresh through
+    // the first second, then as any member that holds nothing (see above).
     let mut t = Millis(0);
     let mut waits = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..9 {
         assert_eq!(d.poll_asks(t), vec![Action::AskHave(n(1))], "at {t:?}");
         d.on_have(&n(1), Availability::Nothing);
         let next = d.next_ask().expect("asked again");
         waits.push(next.since(t));
         t = next;
     }
-    assert_eq!(waits, vec![250, 500, 1_000, 2_000]);
+    // Asked at 0.25, 0.5, 0.75, 1, 3, 7, 15 s…: the times any other member is asked, and more.
+    assert_eq!(waits, vec![250, 250, 250, 250, 2_000, 4_000, 8_000, 10_000, 10_000]);
     // Once it receives, every refresh.
     assert_eq!(d.poll_asks(t), vec![Action::AskHave(n(1))]);
     let mut part = Bitfield::new(20);
