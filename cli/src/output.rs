@@ -69,21 +69,7 @@ pub fn peers(list: &[PeerView], json_out: bool) {
     }
 }
 
-/// Bytes as an admin reads them (binary units, one decimal).
-pub fn bytes_text(b: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} bytes")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use patchmesh_node::units::bytes_text;
 
 /// `patchmesh fleet`.
 pub fn fleet(v: &patchmesh_node::control::FleetView, json_out: bool) {

@@ -980,7 +980,7 @@ mod tests {
     #[test]
     fn free_disk_is_shown_in_binary_units() {
         use crate::output::bytes_text;
-        assert_eq!(bytes_text(512), "512 bytes");
+        assert_eq!(bytes_text(512), "512 B");
         assert_eq!(bytes_text(64 * MIB), "64.0 MiB");
         assert_eq!(bytes_text(3 * 1024 * MIB / 2), "1.5 GiB");
     }

@@ -12,6 +12,7 @@
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`files`]: key and trust files on disk.
 //! - [`inventory`]: what the machine is and has installed.
+//! - [`units`]: figures as an admin reads them, shared by the CLI, dashboard and reports.
 //! - [`executor`]: the install steps (stage, install, verify, rollback) for file, command and dpkg patches.
 //!
 //! This crate stands on `patchmesh-protocol` only; the simulator never depends on it.
@@ -35,3 +36,4 @@ pub mod net;
 pub mod report;
 pub mod store;
 pub mod transfer;
+pub mod units;

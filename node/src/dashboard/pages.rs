@@ -73,21 +73,9 @@ pub fn ago(now_ms: &u64, then_ms: &u64) -> String {
     }
 }
 
-/// Bytes in binary units.
+/// Bytes in binary units (`crate::units::bytes_text`), for the templates.
 pub fn bytes(n: &u64) -> String {
-    let n = *n;
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    crate::units::bytes_text(*n)
 }
 
 /// The first 12 characters of an id.
