@@ -47,6 +47,9 @@ pub enum Domain {
     Enrolment,
     /// A site member's endorsement of a summary of its site, signed by the endorsing node.
     SummaryEndorsement,
+    /// A site reporter's periodic word to the other sites (how much it holds, and when), signed
+    /// by the reporting node.
+    Beacon,
 }
 
 impl Domain {
@@ -67,6 +70,7 @@ impl Domain {
             Domain::Voucher => "patchmesh/v1/voucher",
             Domain::Enrolment => "patchmesh/v1/enrolment",
             Domain::SummaryEndorsement => "patchmesh/v1/summary-endorsement",
+            Domain::Beacon => "patchmesh/v1/beacon",
         }
     }
 }

@@ -159,3 +159,8 @@ pub const CLOCK_GAP_MS: u64 = 30_000;
 
 /// Roles in one admin set (and sites in one role's scope).
 pub const ROLES_MAX: usize = 64;
+
+/// How far a site beacon's signed time may run ahead of this node's clock (further is
+/// ignored), and how much older than the listening window it may be and still count as fresh
+/// (clocks across a mesh differ by this much at most before it reports them wrong).
+pub const BEACON_SKEW_MS: u64 = 300_000;

@@ -321,6 +321,30 @@ pub struct Endorsement {
     pub admission: Envelope,
 }
 
+/// A site's periodic word to the rest of the mesh, signed by the site's reporter: what it held
+/// at `at` (its own clock). Other sites learn from it that they still hear this site, and
+/// whether it holds catalog changes, failure reports or admin sets they lack (an eclipse that
+/// forwards these beacons but withholds a halt shows up as falling behind; see
+/// [`crate::node::Reach`]). Counts only grow (a revocation can lower the catalog's, at every
+/// node alike), so "it holds more than I do" needs no listing of what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beacon {
+    /// The mesh.
+    pub mesh: MeshId,
+    /// The reporting node's site (must match its admission certificate).
+    pub site: SiteId,
+    /// The reporting node.
+    pub node: NodeId,
+    /// When it was signed (the reporter's clock); a site's beacons are taken newest first.
+    pub at: Millis,
+    /// Signed catalog changes held.
+    pub catalog_changes: u32,
+    /// Failure reports (alarms) held.
+    pub alarms: u32,
+    /// Admin-set version held.
+    pub trust_version: u64,
+}
+
 /// Why a site object was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SiteError {
@@ -419,6 +443,7 @@ enum Body {
     Summary(SiteSummary),
     /// An endorsement and the checked summary inside it.
     Endorsed(Box<(Endorsement, Checked)>),
+    Beacon(Beacon),
 }
 
 impl Clone for Bundle {
@@ -483,6 +508,7 @@ impl Bundle {
                 | Domain::Evidence
                 | Domain::SiteSummary
                 | Domain::SummaryEndorsement
+                | Domain::Beacon
         ) {
             return Err(
                 TrustError::WrongDomain { expected: Domain::NodeRecord, got: domain }.into()
@@ -498,6 +524,7 @@ impl Bundle {
             Domain::NodeRecord => Body::Record(self.object.open("node record")?),
             Domain::Evidence => Body::Evidence(self.object.open("evidence")?),
             Domain::SiteSummary => Body::Summary(self.object.open("site summary")?),
+            Domain::Beacon => Body::Beacon(self.object.open("beacon")?),
             _ => {
                 let e: Endorsement = self.object.open("summary endorsement")?;
                 if e.summary.domain != Domain::SiteSummary {
@@ -723,6 +750,30 @@ pub fn verify_evidence_labels(
     let ev = verify_evidence(bundle, trust, now, check)?;
     let checked = bundle.pure(check)?;
     Ok((ev, checked.cert.labels.clone()))
+}
+
+/// Verifies a beacon bundle: signed by the node it names, admitted by a current admin to the
+/// site it names, in this mesh. Stores nothing; whether it is newer than what the node holds
+/// of that site is [`crate::node::Reach`]'s to judge.
+pub fn verify_beacon(
+    bundle: &Arc<Bundle>,
+    trust: &Trust,
+    now: Millis,
+    check: &dyn SignatureCheck,
+) -> Result<Beacon, SiteError> {
+    let checked = bundle.pure(check)?;
+    let Body::Beacon(beacon) = &checked.body else {
+        return Err(TrustError::WrongDomain {
+            expected: Domain::Beacon,
+            got: bundle.object.domain,
+        }
+        .into());
+    };
+    if beacon.mesh != trust.mesh() {
+        return Err(TrustError::WrongMesh { ours: trust.mesh(), got: beacon.mesh }.into());
+    }
+    bundle.authorize(checked, beacon.node, &beacon.site, trust, now)?;
+    Ok(beacon.clone())
 }
 
 /// Verifies a summary bundle. Stores nothing.

@@ -67,6 +67,8 @@ pub enum Message {
         /// True in anti-entropy: answer with what the sender does not hold.
         reply: bool,
     },
+    /// A site reporter's periodic beacon (see [`crate::site::Beacon`]), flooded to every node.
+    Beacon(Arc<Bundle>),
 }
 
 impl Message {
@@ -122,6 +124,7 @@ impl Message {
             Message::SummaryRanks { .. } => "summary_ranks",
             Message::Summaries(_) => "summaries",
             Message::Alarms { .. } => "alarms",
+            Message::Beacon(_) => "beacon",
         }
     }
 

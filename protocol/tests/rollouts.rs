@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{key, Harness, Keys, DAY_MS, T0};
+use common::{control, key, patch, publish, run, step, Harness, Keys, CONTENT, DAY_MS, T0};
 use patchmesh_protocol::catalog::{
     AdminCommand, CatalogEntry, CommandAction, ExecutorSpec, Gate, PatchEntry, RingSpec,
     RolloutEntry, Selector,
@@ -24,8 +24,6 @@ use patchmesh_protocol::trust::Trust;
 use patchmesh_protocol::wire::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-const CONTENT: ContentId = ContentId([9; 32]);
 
 /// `n` nodes over sites `a`/`b`; nodes in `canaries` carry `ring=canary`. Fully connected.
 fn fleet(keys: Keys, n: usize, canaries: &[usize]) -> Harness {
@@ -89,52 +87,6 @@ fn rollout(id: u8, soak_ms: u64) -> RolloutEntry {
         created_at: T0,
         auto_window: false,
     }
-}
-
-fn patch() -> PatchEntry {
-    PatchEntry {
-        content_id: CONTENT,
-        size_bytes: 10,
-        name: "app".into(),
-        version: "2".into(),
-        executor: ExecutorSpec {
-            kind: "file".into(),
-            install: Some("/tmp/x".into()),
-            verify: None,
-            rollback: None,
-            timeout_ms: 1000,
-        },
-    }
-}
-
-fn publish(h: &mut Harness, at: usize, admin: usize, entries: Vec<CatalogEntry>) {
-    let admin = h.keys.admins[admin].clone();
-    let edits = entries.into_iter().map(|e| (e.key(), Some(e))).collect();
-    h.input(at, Input::Command(Command::Publish { admin, edits }));
-}
-
-/// Runs `ms`, answering every effect: verify fails on nodes where `fails` says so.
-fn run(h: &mut Harness, ms: u64, fails: &dyn Fn(usize) -> bool) {
-    let end = h.now.plus(ms);
-    while h.now < end {
-        h.run_for(100);
-        let effects = std::mem::take(&mut h.effects);
-        for (i, e) in effects {
-            let ok = !(e.action == Action::Verify && fails(i));
-            h.input(
-                i,
-                Input::EffectDone(EffectResult { id: e.id, ok, detail: format!("{:?}", e.action) }),
-            );
-        }
-    }
-}
-
-fn control(h: &Harness, i: usize, id: u8) -> Option<Control> {
-    h.nodes[i].rollouts().verdicts().get(&RolloutId([id; 32])).map(|v| v.control.clone())
-}
-
-fn step(h: &Harness, i: usize, id: u8) -> Option<Step> {
-    h.nodes[i].rollouts().journal().get(&RolloutId([id; 32])).map(|j| j.step)
 }
 
 #[test]
@@ -641,6 +593,7 @@ fn a_restored_journal_re_runs_the_step_it_was_in() {
             live: &live,
             young: &Default::default(),
             now: T0,
+            hold: false,
         };
         let outs = engine.step(&Policies::default(), &view);
         let actions: Vec<Action> = outs

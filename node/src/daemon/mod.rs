@@ -859,6 +859,14 @@ impl Daemon {
                     self.audit_refusal(what, &reason, p.map(|p| p.to_string()));
                 }
                 Event::Rollout(ev) => self.on_rollout_event(ev),
+                Event::Reach(reach) => {
+                    if reach.holds_installs() {
+                        tracing::warn!(state = reach.name(), "{reach}");
+                    } else {
+                        tracing::info!(state = reach.name(), "{reach}");
+                    }
+                    self.publish_view();
+                }
             },
             Output::Effect(effect) => self.on_effect(effect),
         }

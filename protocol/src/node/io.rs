@@ -232,6 +232,8 @@ pub enum Event {
     },
     /// A rollout changed on this node.
     Rollout(RolloutEvent),
+    /// The node's reach into the rest of the mesh changed state (see [`super::Reach`]).
+    Reach(super::Reach),
 }
 
 /// What the node asks the driver to do.

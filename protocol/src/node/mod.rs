@@ -12,6 +12,7 @@
 //! | [`relay`] | relay mode, batches, the output queue | who gets a fresh object, and when |
 //! | [`endorse`] | summaries of the site proposed by its members | endorsements |
 //! | [`publisher`] | record version, inventory, summary cadence | what the node signs about itself and its site |
+//! | [`reach`] | other sites' beacons | whether the node still hears the mesh ([`Reach`]) |
 //! | [`timers`] | one deadline per [`timers::Timer`] | when the node wakes |
 //! | [`rollouts`] | (the [`crate::rollout::Engine`] and its policies) | installs, reports, halts |
 //!
@@ -41,6 +42,7 @@ mod endorse;
 mod io;
 mod peers;
 mod publisher;
+mod reach;
 mod refusal;
 mod relay;
 mod replicas;
@@ -71,6 +73,7 @@ pub use io::{
     Command, Config, Event, Input, Outcome, Output, PeerId, Persist, RelayMode, Stats, Topic,
     Verdict,
 };
+pub use reach::{Holdings, Reach};
 pub use refusal::{Offence, Refusal};
 
 /// The protocol state machine of one node.
@@ -113,6 +116,10 @@ pub struct Node {
     proposals: endorse::Proposals,
     /// When this run of the node started (by its clock).
     started_at: Millis,
+    /// Other sites' beacons, and this node's own beacon cadence.
+    beacons: reach::Beacons,
+    /// The node's reach as last judged.
+    reach: Reach,
 }
 
 impl std::fmt::Debug for Node {
@@ -218,6 +225,8 @@ impl Node {
             gate_hint_at: None,
             member_heard: BTreeMap::new(),
             proposals: endorse::Proposals::default(),
+            beacons: reach::Beacons::new(own.cert.site.clone(), now),
+            reach: Reach::Listening { until: now },
             started_at: now,
             ring_opened_at: BTreeMap::new(),
             driver_last: None,
@@ -355,6 +364,20 @@ impl Node {
     pub fn policies(&self) -> &Policies {
         &self.policies
     }
+    /// Whether the node still hears the rest of the mesh, as last judged (see [`Reach`]).
+    pub fn reach(&self) -> &Reach {
+        &self.reach
+    }
+
+    /// How much the node holds of what every node should hold.
+    pub fn holdings(&self) -> Holdings {
+        Holdings {
+            catalog_changes: u32::try_from(self.state.catalog.len()).unwrap_or(u32::MAX),
+            alarms: u32::try_from(self.state.alarms.len()).unwrap_or(u32::MAX),
+            trust_version: self.state.trust.version(),
+        }
+    }
+
     /// Fleet-wide failure reports held.
     pub fn alarms(&self) -> &Alarms {
         &self.state.alarms
@@ -552,6 +575,86 @@ impl Node {
             }
         }
         self.tick_proposals();
+        self.beacon_tick();
+    }
+
+    /// Other sites known (by their summaries).
+    fn other_sites(&self) -> usize {
+        let own = self.state.site.site();
+        self.state.summaries.all().keys().filter(|s| *s != own).count()
+    }
+
+    /// Beacons for the site when this node is its reporter and a beacon is due, then judges
+    /// the node's reach (see [`reach`]).
+    fn beacon_tick(&mut self) {
+        let sites = self.other_sites();
+        let period = reach::period_ms(self.config.summary_interval_ms, sites + 1);
+        if sites > 0
+            && self.publisher.is_reporter(&mut self.state.site)
+            && self.beacons.own_due(
+                self.now,
+                period,
+                self.config.summary_interval_ms,
+                self.holdings(),
+                sites + 1,
+                &mut self.rng,
+            )
+        {
+            let bundle = self.publisher.beacon(self.holdings(), self.now);
+            let check = self.config.check.clone();
+            if let Ok(b) = site::verify_beacon(&bundle, &self.state.trust, self.now, check.as_ref())
+            {
+                self.beacons.accept(&b, self.now);
+                let site = self.state.site.site().clone();
+                let msg = Arc::new(Message::Beacon(bundle));
+                self.relay.spread(Via::Local, msg, &site, &self.peers, &mut self.out);
+            }
+        }
+        self.judge_reach();
+    }
+
+    /// Judges the node's reach again; a change of state is an event, and a change of whether
+    /// installs hold re-evaluates the rollouts.
+    fn judge_reach(&mut self) {
+        let reach = self.beacons.judge(
+            self.now,
+            self.other_sites(),
+            &self.holdings(),
+            self.config.summary_interval_ms,
+            self.config.anti_entropy_interval_ms.saturating_mul(3),
+        );
+        if reach.name() != self.reach.name() {
+            self.out.push(Output::Event(Event::Reach(reach.clone())));
+        }
+        if reach.holds_installs() != self.reach.holds_installs() {
+            self.rollouts_due = true;
+        }
+        self.reach = reach;
+    }
+
+    /// A beacon from a peer: verified, kept if it is its site's newest, relayed, and pulled on
+    /// at once when it claims more than this node holds.
+    fn on_beacon(&mut self, via: Via, peer: PeerId, bundle: &Arc<Bundle>) -> Judged {
+        let check = self.config.check.clone();
+        let beacon = match site::verify_beacon(bundle, &self.state.trust, self.now, check.as_ref())
+        {
+            Ok(b) => b,
+            Err(e) => return self.refuse(Some(peer), e.into()),
+        };
+        if !self.beacons.accept(&beacon, self.now) {
+            return Judged::default();
+        }
+        self.stats.accepted += 1;
+        let every = self.config.anti_entropy_interval_ms.max(1);
+        if self.beacons.pull_due(&beacon, &self.holdings(), self.now, every) {
+            let digest = self.state.digest();
+            self.out.send(peer, digest);
+        }
+        let site = self.state.site.site().clone();
+        let msg = Arc::new(Message::Beacon(bundle.clone()));
+        self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+        self.judge_reach();
+        Judged::FRESH
     }
 
     /// Endorses the proposals this node's records support, and hands its own proposal to the
@@ -751,6 +854,7 @@ impl Node {
                         | Message::SiteObjects(_)
                         | Message::Summaries(_)
                         | Message::Alarms { reply: false, .. }
+                        | Message::Beacon(_)
                 ) =>
             {
                 if self.peers.is_admitted(peer) {
@@ -851,6 +955,7 @@ impl Node {
                 }
                 Judged::default()
             }
+            Message::Beacon(bundle) => self.on_beacon(via, peer, bundle),
             Message::Summaries(bundles) => {
                 let mut judged = Judged::default();
                 let mut fresh = Vec::new();

@@ -208,7 +208,7 @@ impl Publisher {
     }
 
     /// Whether this node is its site's reporter; re-elected only when the records changed.
-    fn is_reporter(&mut self, site: &mut SiteState) -> bool {
+    pub(crate) fn is_reporter(&mut self, site: &mut SiteState) -> bool {
         let digest = site.digest();
         if let Some((at, answer)) = self.reporter_cache {
             if at == digest {
@@ -220,6 +220,20 @@ impl Publisher {
         let answer = site.records().keys().all(|n| *n == self.me || score(n) > mine);
         self.reporter_cache = Some((digest, answer));
         answer
+    }
+
+    /// Signs the site's beacon: what this node holds, and when (see [`super::reach`]).
+    pub(crate) fn beacon(&self, held: super::Holdings, now: Millis) -> Arc<Bundle> {
+        let beacon = site::Beacon {
+            mesh: self.mesh,
+            site: self.site.clone(),
+            node: self.me,
+            at: now,
+            catalog_changes: held.catalog_changes,
+            alarms: held.alarms,
+            trust_version: held.trust_version,
+        };
+        self.seal(Domain::Beacon, &beacon)
     }
 
     /// Endorses `summary`, a summary of this node's site its records agree with.

@@ -114,6 +114,7 @@ impl Node {
             live: &live,
             young: &young,
             now: self.now,
+            hold: self.reach.holds_installs(),
         };
         let outs = self.engine.step(&policies, &view);
         self.apply_engine(outs);

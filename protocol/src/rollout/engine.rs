@@ -227,6 +227,9 @@ pub struct View<'a> {
     pub young: &'a BTreeSet<RolloutId>,
     /// The node's clock.
     pub now: Millis,
+    /// No new install starts: the node may not be hearing a halt (it is cut off from the mesh,
+    /// or behind it; see [`crate::node::Reach`]). Installs under way and rollbacks go on.
+    pub hold: bool,
 }
 
 /// A node's rollout engine.
@@ -605,7 +608,7 @@ impl Engine {
         ring: u8,
         view: &View<'_>,
     ) -> bool {
-        if !verdict.running() || ring >= verdict.open_rings {
+        if !verdict.running() || ring >= verdict.open_rings || view.hold {
             return false;
         }
         let deadline_passed = rollout.deadline.is_some_and(|d| view.now >= d);

@@ -1,10 +1,12 @@
 //! A protocol harness: a few nodes stepped in virtual time with in-memory delivery.
 #![allow(dead_code)]
 
+use patchmesh_protocol::catalog::{CatalogEntry, ExecutorSpec, PatchEntry};
 use patchmesh_protocol::crypto::{Ed25519, Envelope, SecretKey};
-use patchmesh_protocol::ids::{Millis, NodeId, SiteId};
+use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
 use patchmesh_protocol::mesh;
-use patchmesh_protocol::node::{Config, Input, Node, Output, PeerId, RelayMode};
+use patchmesh_protocol::node::{Command, Config, Input, Node, Output, PeerId, RelayMode};
+use patchmesh_protocol::rollout::{Action, Control, EffectResult, Step};
 use patchmesh_protocol::trust::Genesis;
 use patchmesh_protocol::wire::Message;
 use std::collections::{BTreeMap, VecDeque};
@@ -98,8 +100,10 @@ pub struct Harness {
     pub disconnected: Vec<(usize, PeerId)>,
     pub links: Vec<(usize, usize)>,
     pub cut: bool,
-    /// A partition: node → side; messages between sides are lost.
+    /// A partition: node → side; messages between sides are lost (but those `passes` lets
+    /// through: an eclipse by peers that forward some kinds and withhold the rest).
     pub sides: Option<Vec<u8>>,
+    pub passes: fn(&Message) -> bool,
     /// Per node, how far its clock is off the harness's (a clock that jumps: change it).
     pub skew: Vec<i64>,
 }
@@ -130,6 +134,7 @@ impl Harness {
             links: Vec::new(),
             cut: false,
             sides: None,
+            passes: |_| false,
             skew: vec![0; sites.len()],
         }
     }
@@ -199,7 +204,7 @@ impl Harness {
             if self.cut || to >= self.nodes.len() {
                 continue;
             }
-            if self.sides.as_ref().is_some_and(|s| s[from] != s[to]) {
+            if self.sides.as_ref().is_some_and(|s| s[from] != s[to]) && !(self.passes)(&msg) {
                 continue;
             }
             let t = self.clock(to);
@@ -231,4 +236,54 @@ impl Harness {
 pub fn started(mut node: Node) -> Node {
     node.handle_input(T0, Input::Start);
     node
+}
+
+/// The payload of the patch the rollout tests roll out.
+pub const CONTENT: ContentId = ContentId([9; 32]);
+
+/// A file patch of [`CONTENT`].
+pub fn patch() -> PatchEntry {
+    PatchEntry {
+        content_id: CONTENT,
+        size_bytes: 10,
+        name: "app".into(),
+        version: "2".into(),
+        executor: ExecutorSpec {
+            kind: "file".into(),
+            install: Some("/tmp/x".into()),
+            verify: None,
+            rollback: None,
+            timeout_ms: 1000,
+        },
+    }
+}
+
+pub fn publish(h: &mut Harness, at: usize, admin: usize, entries: Vec<CatalogEntry>) {
+    let admin = h.keys.admins[admin].clone();
+    let edits = entries.into_iter().map(|e| (e.key(), Some(e))).collect();
+    h.input(at, Input::Command(Command::Publish { admin, edits }));
+}
+
+/// Runs `ms`, answering every effect: verify fails on nodes where `fails` says so.
+pub fn run(h: &mut Harness, ms: u64, fails: &dyn Fn(usize) -> bool) {
+    let end = h.now.plus(ms);
+    while h.now < end {
+        h.run_for(100);
+        let effects = std::mem::take(&mut h.effects);
+        for (i, e) in effects {
+            let ok = !(e.action == Action::Verify && fails(i));
+            h.input(
+                i,
+                Input::EffectDone(EffectResult { id: e.id, ok, detail: format!("{:?}", e.action) }),
+            );
+        }
+    }
+}
+
+pub fn control(h: &Harness, i: usize, id: u8) -> Option<Control> {
+    h.nodes[i].rollouts().verdicts().get(&RolloutId([id; 32])).map(|v| v.control.clone())
+}
+
+pub fn step(h: &Harness, i: usize, id: u8) -> Option<Step> {
+    h.nodes[i].rollouts().journal().get(&RolloutId([id; 32])).map(|j| j.step)
 }
