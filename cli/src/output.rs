@@ -30,6 +30,10 @@ pub fn status(v: &StatusView, json_out: bool) {
     outln!("state     {}", short(&v.state_hash));
     outln!("site      {} records, {} site summaries", v.site_records, v.site_summaries);
     outln!("peers     {} connected, {} admitted", v.peers_connected, v.peers_admitted);
+    if !v.reach.text.is_empty() {
+        let mark = if v.reach.holds_installs { "⚠ " } else { "" };
+        outln!("reach     {mark}{}", v.reach.text);
+    }
     outln!("traffic   {} B sent, {} B received", v.bytes_sent, v.bytes_received);
     outln!("uptime    {} s", v.uptime_ms / 1000);
     if !v.rejected.is_empty() {

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub sites: u64,
     /// Uptime.
     pub uptime_s: f64,
+    /// The node's reach state (`in_touch`, `behind`, `cut_off`, …).
+    pub reach: String,
 }
 
 /// Builds a snapshot from the node's views (pure: the benchmark calls it on synthetic views).
@@ -67,6 +69,7 @@ pub fn snapshot(
         peers: (status.peers_connected as u64, status.peers_admitted as u64),
         transport: (status.bytes_sent, status.bytes_received),
         uptime_s: status.uptime_ms as f64 / 1000.0,
+        reach: status.reach.state.clone(),
         sites: exposure.sites.len() as u64,
         audit_checkpoint_age_s: audit_checkpoint_at_ms
             .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
@@ -271,6 +274,13 @@ impl prometheus_client::collector::Collector for Collector {
             s.deliveries.iter().map(|(k, v)| (l(&[("outcome", k)]), *v as f64)),
         )?;
         gauges(&mut e, "patchmesh_sites", "Sites this node knows", [(l(&[]), s.sites as f64)])?;
+        let states = ["alone", "listening", "in_touch", "behind", "cut_off"];
+        gauges(
+            &mut e,
+            "patchmesh_reach",
+            "1 for the node's reach into the rest of the mesh; behind and cut_off hold new installs",
+            states.map(|st| (l(&[("state", st)]), if s.reach == st { 1.0 } else { 0.0 })),
+        )?;
         Ok(())
     }
 }

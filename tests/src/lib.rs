@@ -166,6 +166,55 @@ pub struct Mesh {
     pub node_env: std::collections::BTreeMap<usize, Vec<(String, String)>>,
     /// Run mDNS (off by default: tests find each other through node 0).
     pub mdns: bool,
+    /// Run the nodes inside this network namespace (see [`Netns`]).
+    pub netns: Option<String>,
+}
+
+/// A network namespace with its loopback up, deleted on drop: a test's private 127.0.0.1,
+/// whose traffic it may filter with nftables without touching the host's.
+#[derive(Debug)]
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Creates `patchmesh-<tag>-<pid>`.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("patchmesh-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let ns = Netns(name);
+        ns.ip(&["netns", "add", &ns.0]);
+        ns.ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("ip (iproute2) runs");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs `nft -f -` inside the namespace with `rules` on stdin.
+    pub fn nft(&self, rules: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft runs");
+        child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft: {}
+{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 impl Mesh {
@@ -218,6 +267,7 @@ impl Mesh {
             node_tables: Default::default(),
             node_env: Default::default(),
             mdns: false,
+            netns: None,
         }
     }
 
@@ -262,7 +312,16 @@ impl Mesh {
             .append(true)
             .open(self.nodes[i].dir.join("node.log"))
             .unwrap();
-        let child = Command::new(binary())
+        let mut cmd = match &self.netns {
+            // `ip netns exec` enters the namespace and execs the node: same process id.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = cmd
             .args(["node", "run", "--config", &self.nodes[i].config()])
             .env(
                 "PATCHMESH_LOG",

@@ -272,3 +272,70 @@ fn an_admitted_attacker_is_banned_for_floods_and_cannot_roll_back_split_or_starv
     assert!(r.streams_opened >= 32, "the attack never opened its streams: {r:?}");
     converge(&mesh, 4, "after the stream abuse");
 }
+
+/// The UDP port of node `i`'s QUIC listener.
+fn udp_port(mesh: &Mesh, i: usize) -> u16 {
+    let s = mesh.status(i);
+    let addr = s.listen.iter().find(|a| a.contains("/udp/")).expect("a QUIC listener");
+    addr.split('/').skip_while(|p| *p != "udp").nth(1).and_then(|p| p.parse().ok()).unwrap()
+}
+
+fn reach_is(mesh: &Mesh, nodes: &[usize], state: &str) -> bool {
+    wait_for(WAIT, || nodes.iter().all(|i| mesh.status(*i).reach.state == state).then_some(()))
+        .is_some()
+}
+
+/// Eclipse, as a network cut: every packet between site2's nodes and the other sites is
+/// dropped (nftables in the test's own network namespace). site2 cannot tell silence from an
+/// idle fleet by itself; with the other sites' beacons gone it says it is cut off and holds new
+/// installs, and it is back in touch once the links are. (An eclipse that forwards beacons but
+/// withholds a halt, and the hold keeping the halted patch off the site, are in the protocol's
+/// `tests/eclipse.rs`; the same attack at 10,000 nodes in `simulations/scenarios/eclipse.toml`.)
+#[test]
+fn a_site_whose_wan_links_are_cut_says_it_is_cut_off_and_holds_new_installs() {
+    let _serial = serial();
+    let ns = patchmesh_tests::Netns::new("eclipse");
+    let mut mesh = Mesh::new("eclipse", 6, 3);
+    mesh.netns = Some(ns.0.clone());
+    // A listening window of 24 summary intervals: 12 s.
+    mesh.extra_config =
+        "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nanti_entropy_interval_ms = 500\n\
+                         summary_interval_ms = 500\npeers_target = 6\n"
+            .into();
+    mesh.start_all();
+    let all: Vec<usize> = (0..6).collect();
+    assert!(reach_is(&mesh, &all, "in_touch"), "{:#?}", statuses_reach(&mesh));
+    let victims = [2, 5];
+    let ports = |nodes: &[usize]| {
+        nodes.iter().map(|i| udp_port(&mesh, *i).to_string()).collect::<Vec<_>>().join(", ")
+    };
+    let (v, o) = (ports(&victims), ports(&[0, 1, 3, 4]));
+    ns.nft(&format!(
+        "table inet eclipse {{\n chain input {{\n  type filter hook input priority 0;\n  \
+         udp sport {{ {v} }} udp dport {{ {o} }} drop\n  \
+         udp sport {{ {o} }} udp dport {{ {v} }} drop\n }}\n}}\n"
+    ));
+    let cut = Instant::now();
+    assert!(reach_is(&mesh, &victims, "cut_off"), "{:#?}", statuses_reach(&mesh));
+    eprintln!("site2 says it is cut off {:.1} s after the cut", cut.elapsed().as_secs_f64());
+    for i in victims {
+        let s = mesh.status(i);
+        assert!(s.reach.holds_installs, "node {i}: {:?}", s.reach);
+        assert_eq!(s.reach.heard.map(|h| h.0), Some(0), "node {i}: {:?}", s.reach);
+        let text = mesh.cli_at(i, &["status"]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("reach     ⚠ cut off"), "{text}");
+    }
+    for i in [0, 1, 3, 4] {
+        let r = mesh.status(i).reach;
+        assert_eq!((r.state.as_str(), r.heard.map(|h| h.0)), ("in_touch", Some(1)), "node {i}");
+    }
+    ns.nft("delete table inet eclipse");
+    let healed = Instant::now();
+    assert!(reach_is(&mesh, &all, "in_touch"), "{:#?}", statuses_reach(&mesh));
+    eprintln!("site2 back in touch {:.1} s after the heal", healed.elapsed().as_secs_f64());
+}
+
+fn statuses_reach(mesh: &Mesh) -> Vec<(String, patchmesh_node::control::ReachView)> {
+    (0..mesh.nodes.len()).map(|i| (mesh.nodes[i].site.clone(), mesh.status(i).reach)).collect()
+}

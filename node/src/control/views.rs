@@ -84,6 +84,47 @@ pub struct StatusView {
     pub payloads_held: usize,
     /// Payload bytes held.
     pub payload_bytes_held: u64,
+    /// Whether the node still hears the rest of the mesh.
+    #[serde(default)]
+    pub reach: ReachView,
+}
+
+/// Whether a node still hears the rest of the mesh, from other sites' signed beacons (see
+/// `patchmesh_protocol::node::Reach`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachView {
+    /// `alone`, `listening`, `in_touch`, `behind` or `cut_off`.
+    pub state: String,
+    /// What it means, in a sentence.
+    pub text: String,
+    /// No new install starts on this node while this is true (it may not be hearing a halt).
+    pub holds_installs: bool,
+    /// Other sites heard from recently, and other sites known (when judged).
+    pub heard: Option<(u32, u32)>,
+    /// The sites whose beacons claim more than this node holds (when behind).
+    pub behind_sites: Vec<String>,
+}
+
+impl ReachView {
+    /// The view of `reach`.
+    pub fn of(reach: &patchmesh_protocol::node::Reach) -> ReachView {
+        use patchmesh_protocol::node::Reach;
+        ReachView {
+            state: reach.name().to_string(),
+            text: reach.to_string(),
+            holds_installs: reach.holds_installs(),
+            heard: match reach {
+                Reach::InTouch { heard, sites } | Reach::CutOff { heard, sites, .. } => {
+                    Some((*heard, *sites))
+                }
+                _ => None,
+            },
+            behind_sites: match reach {
+                Reach::Behind { sites, .. } => sites.iter().map(|s| s.to_string()).collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
 }
 
 /// Gossipsub mesh peers per topic.

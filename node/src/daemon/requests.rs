@@ -382,6 +382,7 @@ impl Daemon {
             restore_refused: self.restored.1,
             payloads_held: self.transfers.store().list().iter().filter(|c| c.complete).count(),
             payload_bytes_held: self.transfers.store().held_bytes_total(),
+            reach: control::ReachView::of(self.node.reach()),
         }
     }
 

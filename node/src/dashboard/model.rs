@@ -286,6 +286,8 @@ pub struct MeshHealth {
     pub refused: u64,
     /// Oldest record of this site, in ms (how far behind the freshest view may be).
     pub oldest_record_age_ms: u64,
+    /// Whether the node still hears the rest of the mesh.
+    pub reach: crate::control::ReachView,
     /// Uptime.
     pub uptime_ms: u64,
 }
@@ -567,6 +569,7 @@ pub fn overview(
             state_hash: status.state_hash[..status.state_hash.len().min(16)].to_string(),
             records: status.site_records,
             summaries: status.site_summaries,
+            reach: status.reach.clone(),
             refused: status.rejected.values().sum(),
             oldest_record_age_ms: oldest,
             uptime_ms: status.uptime_ms,
