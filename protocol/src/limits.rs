@@ -164,3 +164,7 @@ pub const ROLES_MAX: usize = 64;
 /// ignored), and how much older than the listening window it may be and still count as fresh
 /// (clocks across a mesh differ by this much at most before it reports them wrong).
 pub const BEACON_SKEW_MS: u64 = 300_000;
+
+/// Beacons a node sends in answer to one `BeaconsAsk` (the freshest it holds), and at most one
+/// answer per peer per anti-entropy period.
+pub const BEACONS_ANSWERED_MAX: usize = 16;

@@ -69,6 +69,9 @@ pub enum Message {
     },
     /// A site reporter's periodic beacon (see [`crate::site::Beacon`]), flooded to every node.
     Beacon(Arc<Bundle>),
+    /// Asks for the freshest beacons the receiver holds (a node that just started, or that
+    /// hears no other site); answered with up to [`limits::BEACONS_ANSWERED_MAX`] `Beacon`s.
+    BeaconsAsk,
 }
 
 impl Message {
@@ -125,6 +128,7 @@ impl Message {
             Message::Summaries(_) => "summaries",
             Message::Alarms { .. } => "alarms",
             Message::Beacon(_) => "beacon",
+            Message::BeaconsAsk => "beacons_ask",
         }
     }
 

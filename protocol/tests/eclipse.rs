@@ -140,7 +140,8 @@ fn an_eclipse_that_forwards_only_beacons_leaves_the_site_behind_and_it_starts_no
 #[test]
 fn a_site_that_hears_nothing_reports_it_is_cut_off_until_it_hears_again() {
     let mut h = mesh(&[]);
-    h.run_for(50_000);
+    // The listening window: 48 summary intervals (96 s here).
+    h.run_for(100_000);
     for (i, n) in h.nodes.iter().enumerate() {
         assert!(
             matches!(n.reach(), Reach::InTouch { heard: 2, sites: 2 }),
@@ -149,7 +150,7 @@ fn a_site_that_hears_nothing_reports_it_is_cut_off_until_it_hears_again() {
         );
     }
     eclipse(&mut h, false);
-    h.run_for(60_000);
+    h.run_for(110_000);
     for i in [2, 5] {
         let r = h.nodes[i].reach();
         assert!(matches!(r, Reach::CutOff { heard: 0, sites: 2, .. }), "node {i}: {r:?}");

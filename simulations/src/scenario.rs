@@ -48,6 +48,8 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
   [[partition]] sites       how many sites lose their WAN links
                 start_ms, end_ms   when the partition starts and heals
                 publish_inside     admins publish on both sides while it lasts
+                pass               message kinds that still cross ([\"beacon\"]: an eclipse by
+                                   attackers forwarding only beacons); reported: reach_*
   [[crash]]  nodes          how many random nodes crash (losing what they had not persisted)
              at_ms, down_ms when, and for how long, before they restart from their store
   [payload]  size_bytes     a patch payload every honest node fetches with the transfer
@@ -362,6 +364,11 @@ pub struct Partition {
     /// Publish on both sides during it.
     #[serde(default)]
     pub publish_inside: bool,
+    /// Message kinds that still cross the cut (`"beacon"`, `"alarms"`, … as in
+    /// `Message::kind`): an eclipse by attackers holding every WAN link of these sites that
+    /// forward only these and withhold the rest. Empty: a plain cut (or a silent eclipse).
+    #[serde(default)]
+    pub pass: Vec<String>,
 }
 
 /// Crash of some nodes.
@@ -553,9 +560,32 @@ impl Scenario {
         {
             return bad("protocol intervals must be > 0");
         }
+        if self.partition.iter().map(|p| p.sites).sum::<usize>() >= self.sites {
+            return bad("partitions cut disjoint sites: together fewer sites than the fleet");
+        }
         for p in &self.partition {
             if p.start_ms >= p.end_ms || p.sites >= self.sites {
                 return bad("partition needs start_ms < end_ms and fewer sites than the fleet");
+            }
+            const KINDS: [&str; 12] = [
+                "hello",
+                "admin_sets",
+                "catalog_change",
+                "catalog_sync",
+                "digest",
+                "site_keys",
+                "site_objects",
+                "summary_ranks",
+                "summaries",
+                "alarms",
+                "beacon",
+                "beacons_ask",
+            ];
+            if let Some(k) = p.pass.iter().find(|k| !KINDS.contains(&k.as_str())) {
+                return Err(ScenarioError::Invalid(format!(
+                    "partition pass: unknown message kind {k:?} (kinds: {})",
+                    KINDS.join(", ")
+                )));
             }
         }
         for c in &self.crash {

@@ -297,10 +297,10 @@ fn a_site_whose_wan_links_are_cut_says_it_is_cut_off_and_holds_new_installs() {
     let ns = patchmesh_tests::Netns::new("eclipse");
     let mut mesh = Mesh::new("eclipse", 6, 3);
     mesh.netns = Some(ns.0.clone());
-    // A listening window of 24 summary intervals: 12 s.
+    // A listening window of 48 summary intervals: 12 s.
     mesh.extra_config =
-        "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nanti_entropy_interval_ms = 500\n\
-                         summary_interval_ms = 500\npeers_target = 6\n"
+        "listen = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nanti_entropy_interval_ms = 250\n\
+                         summary_interval_ms = 250\npeers_target = 6\n"
             .into();
     mesh.start_all();
     let all: Vec<usize> = (0..6).collect();

@@ -594,7 +594,7 @@ impl Node {
             && self.beacons.own_due(
                 self.now,
                 period,
-                self.config.summary_interval_ms,
+                self.config.summary_interval_ms.saturating_mul(2),
                 self.holdings(),
                 sites + 1,
                 &mut self.rng,
@@ -604,13 +604,24 @@ impl Node {
             let check = self.config.check.clone();
             if let Ok(b) = site::verify_beacon(&bundle, &self.state.trust, self.now, check.as_ref())
             {
-                self.beacons.accept(&b, self.now);
+                self.beacons.accept(&b, &bundle, self.now);
                 let site = self.state.site.site().clone();
                 let msg = Arc::new(Message::Beacon(bundle));
                 self.relay.spread(Via::Local, msg, &site, &self.peers, &mut self.out);
             }
         }
         self.judge_reach();
+        // Listening or cut off: ask a peer of another site for the beacons it holds rather
+        // than wait for the next ones (a restart, the end of a cut).
+        if matches!(self.reach, Reach::Listening { .. } | Reach::CutOff { .. }) {
+            let own = self.state.site.site();
+            let others: Vec<PeerId> =
+                self.peers.admitted().filter(|(_, _, s)| *s != own).map(|(p, _, _)| p).collect();
+            if !others.is_empty() {
+                let peer = others[self.rng.gen_range(0..others.len())];
+                self.out.send(peer, Arc::new(Message::BeaconsAsk));
+            }
+        }
     }
 
     /// Judges the node's reach again; a change of state is an event, and a change of whether
@@ -621,7 +632,7 @@ impl Node {
             self.other_sites(),
             &self.holdings(),
             self.config.summary_interval_ms,
-            self.config.anti_entropy_interval_ms.saturating_mul(3),
+            self.config.anti_entropy_interval_ms,
         );
         if reach.name() != self.reach.name() {
             self.out.push(Output::Event(Event::Reach(reach.clone())));
@@ -641,7 +652,7 @@ impl Node {
             Ok(b) => b,
             Err(e) => return self.refuse(Some(peer), e.into()),
         };
-        if !self.beacons.accept(&beacon, self.now) {
+        if !self.beacons.accept(&beacon, bundle, self.now) {
             return Judged::default();
         }
         self.stats.accepted += 1;
@@ -956,6 +967,13 @@ impl Node {
                 Judged::default()
             }
             Message::Beacon(bundle) => self.on_beacon(via, peer, bundle),
+            Message::BeaconsAsk => {
+                let every = self.config.anti_entropy_interval_ms.max(1);
+                for bundle in self.beacons.answer(peer, self.now, every) {
+                    self.out.send(peer, Arc::new(Message::Beacon(bundle)));
+                }
+                Judged::default()
+            }
             Message::Summaries(bundles) => {
                 let mut judged = Judged::default();
                 let mut fresh = Vec::new();

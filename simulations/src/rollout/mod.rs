@@ -135,6 +135,11 @@ pub struct RolloutFigures {
     pub max_site_concurrency: u32,
     /// Effects in flight on nodes that crashed (their results were lost).
     pub effects_lost: u64,
+    /// Per `[[partition]]`, honest nodes of its sites, cut off (or eclipsed) at T0, that
+    /// began installing after T0: the halt had not reached them. A cut shorter than the nodes'
+    /// listening window goes unseen (see `protocol::node::reach`); an eclipse that forwards
+    /// beacons must leave this at 0.
+    pub cut_installs_after_halt: Vec<usize>,
 }
 
 /// What the model knows of one node (honest or adversary).
@@ -680,6 +685,23 @@ impl RolloutModel {
             ));
         }
         f.effects_lost = self.effects_lost;
+        if let Some(t0) = t0 {
+            f.cut_installs_after_halt = self
+                .cuts
+                .iter()
+                .map(|(sites, start, end)| {
+                    let cut_at_t0 = *start <= t0 && t0 < *end;
+                    honest
+                        .iter()
+                        .filter(|(_, m)| {
+                            cut_at_t0
+                                && sites.contains(&m.site)
+                                && m.installing_us.is_some_and(|t| t > t0)
+                        })
+                        .count()
+                })
+                .collect();
+        }
         (f, v)
     }
 }

@@ -297,16 +297,25 @@ pub(super) fn build_keys(rng: &mut ChaCha8Rng, name: &str, epoch_ms: u64) -> Key
 }
 
 /// Each node's site (honest nodes round-robin, adversaries at random outside any partition),
-/// and the sites each partition cuts off (the first of a shuffled order).
+/// and the sites each partition cuts off (the next ones of a shuffled order).
 pub(super) fn place_sites(s: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<u32>, Vec<Vec<u32>>) {
     let mut site_of: Vec<u32> = s.placement().iter().map(|p| p.0).collect();
     let mut site_order: Vec<u32> = (0..s.sites as u32).collect();
     for i in (1..site_order.len()).rev() {
         site_order.swap(i, rng.gen_range(0..=i));
     }
-    let partition_sites: Vec<Vec<u32>> =
-        s.partition.iter().map(|p| site_order[..p.sites].to_vec()).collect();
-    let max_part = s.partition.iter().map(|p| p.sites).max().unwrap_or(0);
+    // Partitions cut disjoint sets of sites (one site in two partitions would be healed by
+    // whichever ends first).
+    let mut next = 0;
+    let partition_sites: Vec<Vec<u32>> = s
+        .partition
+        .iter()
+        .map(|p| {
+            next += p.sites;
+            site_order[next - p.sites..next].to_vec()
+        })
+        .collect();
+    let max_part = next;
     for _ in 0..s.adversaries {
         site_of.push(site_order[rng.gen_range(max_part..s.sites)]);
     }

@@ -29,6 +29,7 @@
 
 mod build;
 mod network;
+mod reach;
 mod report;
 mod script;
 
@@ -146,6 +147,10 @@ pub struct World {
     now_us: u64,
     link_free: HashMap<(u32, u32), u64>,
     partitioned: Vec<bool>,
+    /// Per site, the message kinds its cut lets through (see `Partition::pass`).
+    partition_pass: Vec<Vec<String>>,
+    /// Honest nodes' reach into the mesh as they judge it (see [`reach`]).
+    reach: reach::ReachLog,
     /// Each site's WAN link.
     site_wan: Vec<Link>,
     partition_sites: Vec<Vec<u32>>,
@@ -308,6 +313,8 @@ impl World {
             enrol,
             started: t_new,
             partitioned: vec![false; s.sites],
+            partition_pass: vec![Vec::new(); s.sites],
+            reach: reach::ReachLog::default(),
             site_wan: (0..s.sites).map(|i| s.wan_of(i)).collect(),
             received_us: vec![u64::MAX; s.nodes],
             eligible: vec![false; s.nodes],
@@ -393,6 +400,11 @@ impl World {
                     self.ents[i as usize].links.retain(|x| *x != j);
                     self.ents[j as usize].links.retain(|x| *x != i);
                     self.input(j, Input::Disconnected { peer: PeerId(u64::from(i)) });
+                }
+                Output::Event(Event::Reach(r)) => {
+                    if !self.ents[i as usize].adversary {
+                        self.reach.note(i, self.now_us, r.holds_installs());
+                    }
                 }
                 Output::Penalize { .. } | Output::Event(_) => {}
                 // Simulated nodes run in direct relay mode, which never asks for pubsub.
@@ -495,8 +507,10 @@ impl World {
                 let cut = matches!(ev, Ev::PartitionStart(_));
                 let code = if cut { TraceCode::PartitionStart } else { TraceCode::PartitionEnd };
                 self.trace(t, code, i as u32, 0, 0);
+                let pass = if cut { self.s.partition[i].pass.clone() } else { Vec::new() };
                 for s in self.partition_sites[i].clone() {
                     self.partitioned[s as usize] = cut;
+                    self.partition_pass[s as usize] = pass.clone();
                     self.with_payload(|p, w| p.on_partition(w, s, cut));
                 }
             }

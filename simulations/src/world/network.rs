@@ -97,7 +97,12 @@ impl World {
         let (delay, tx, loss) = (link.one_way_us(), link.transmit_us(size), link.loss);
         let (sa, sb) =
             (self.ents[from as usize].site as usize, self.ents[to as usize].site as usize);
-        let cut = (wan && (self.partitioned[sa] || self.partitioned[sb]))
+        let passes = |s: usize| match &ev {
+            Ev::Deliver { msg, .. } => self.partition_pass[s].iter().any(|k| k == msg.kind()),
+            _ => false,
+        };
+        let cut = (wan
+            && ((self.partitioned[sa] && !passes(sa)) || (self.partitioned[sb] && !passes(sb))))
             || self.enrol.as_ref().is_some_and(|m| m.cut(from, to));
         if cut || (loss > 0.0 && self.rng.gen::<f64>() < loss) {
             self.lost += 1;

@@ -70,6 +70,9 @@ pub struct Report {
     /// Enrolment figures, present with an `[enrol]`.
     #[serde(flatten)]
     pub enrol: Option<crate::enrol::EnrolFigures>,
+    /// What the nodes judged of their reach into the mesh under cuts and eclipses.
+    #[serde(flatten)]
+    pub reach: super::reach::ReachFigures,
 }
 
 /// What the live honest nodes hold at the end.
@@ -192,6 +195,24 @@ impl World {
             m.finish(&live, &mut violations)
         });
         let enrol = self.enrol.take().map(|m| m.finish(&mut violations));
+        let cuts: Vec<(Vec<u32>, u64, u64)> = self
+            .s
+            .partition
+            .iter()
+            .zip(&self.partition_sites)
+            .map(|(p, sites)| (sites.clone(), p.start_ms * 1000, p.end_ms * 1000))
+            .collect();
+        let site_of: Vec<u32> = self.ents[..self.s.nodes].iter().map(|e| e.site).collect();
+        let mut wan = vec![BTreeSet::new(); self.s.sites];
+        for (i, e) in self.ents[..self.s.nodes].iter().enumerate() {
+            for j in &e.links {
+                let other = self.ents[*j as usize].site;
+                if other != site_of[i] {
+                    wan[site_of[i] as usize].insert(other);
+                }
+            }
+        }
+        let reach = self.reach.finish(&cuts, &site_of, &wan);
         let nodes = self.s.nodes.max(1) as f64;
         let bg_s = (self.background_to_us.saturating_sub(self.background_from_us)) as f64 / 1e6;
         let report = Report {
@@ -229,6 +250,7 @@ impl World {
             rollout,
             intel,
             enrol,
+            reach,
         };
         // Freeing a 100,000-node world takes seconds and the report is all that is left to use.
         std::mem::forget(self.ents);

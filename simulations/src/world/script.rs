@@ -75,6 +75,7 @@ impl World {
 
     pub(super) fn crash_node(&mut self, n: u32) {
         self.trace(self.now_us, TraceCode::Crash, n, 0, 0);
+        self.reach.crashed(n);
         let was_up = self.ents[n as usize].node.is_some();
         self.ents[n as usize].node = None;
         self.ents[n as usize].timer_at = u64::MAX;
