@@ -421,3 +421,47 @@ fn a_sparse_site_never_installs_on_more_members_than_its_limit_through_crashes()
         assert!(f.rollout_complete_ms.is_some(), "seed {seed}: {f:?}");
     }
 }
+
+/// An eclipse of 4 of the 10 sites from 5 s to 35 s, by attackers that forward only `pass`.
+/// 60 canaries (about 18 failing), so the rest of the mesh halts on its own canaries' reports.
+fn eclipse(pass: &str) -> Scenario {
+    let text = BASE
+        .replace("{duration}", "50000")
+        .replace("{deadline}", "16000")
+        .replace("{fail}", "1.0")
+        .replace("canary_fraction = 0.05", "canary_fraction = 0.15")
+        + &format!(
+            "\n[[partition]]\nsites = 4\nstart_ms = 5000\nend_ms = 35000\npass = [{pass}]\n"
+        );
+    Scenario::parse(&text, "inline").unwrap()
+}
+
+#[test]
+fn an_eclipse_that_forwards_only_beacons_holds_the_eclipsed_sites_until_the_halt_arrives() {
+    // UTC and Berlin wait for the deadline (16 s); the canary gate halts at about 8 s. With
+    // nothing crossing the eclipse, its canaries in those zones start at the deadline: the
+    // halt never reached them. With the other sites' beacons crossing, they learn that the
+    // mesh holds failure reports they lack, and start nothing until the halt arrives.
+    let seed = seeds(&[2])[0];
+    let blind = run(&eclipse(""), seed);
+    let f = figures(&blind);
+    assert!(
+        f.cut_installs_after_halt[0] > 0,
+        "seed {seed}: the test needs a case to prevent: {f:?}"
+    );
+    assert_eq!(blind.reach.reach_by_cut[0].held_nodes, 0, "nothing crossed: nothing to go by");
+    let r = run(&eclipse("\"beacon\""), seed);
+    let f = figures(&r);
+    assert!(r.invariant_violations.is_empty(), "seed {seed}: {:?}", r.invariant_violations);
+    assert_eq!(f.cut_installs_after_halt, vec![0], "seed {seed}");
+    assert_eq!(f.blast_radius, 0);
+    let cut = &r.reach.reach_by_cut[0];
+    assert_eq!(cut.held_nodes, cut.nodes, "seed {seed}: every eclipsed node held: {cut:?}");
+    assert!(cut.detect_ms.max < 11_000, "seed {seed}: held before the deadline: {cut:?}");
+    assert_eq!(cut.still_held_nodes, 0, "seed {seed}: free again after the heal: {cut:?}");
+    assert_eq!(r.reach.reach_false_holds, 0, "seed {seed}");
+    assert_eq!(
+        f.halted_nodes, f.live_nodes,
+        "seed {seed}: the halt reached everyone after the heal"
+    );
+}

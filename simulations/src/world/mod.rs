@@ -30,6 +30,7 @@
 mod build;
 mod network;
 mod reach;
+pub use reach::{CutReach, ReachFigures};
 mod report;
 mod script;
 
