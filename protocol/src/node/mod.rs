@@ -613,7 +613,8 @@ impl Node {
         self.judge_reach();
         // Listening or cut off: ask a peer of another site for the beacons it holds rather
         // than wait for the next ones (a restart, the end of a cut).
-        if matches!(self.reach, Reach::Listening { .. } | Reach::CutOff { .. }) {
+        let wants = matches!(self.reach, Reach::Listening { .. } | Reach::CutOff { .. });
+        if self.beacons.ask_due(wants, self.now, self.config.anti_entropy_interval_ms.max(1)) {
             let own = self.state.site.site();
             let others: Vec<PeerId> =
                 self.peers.admitted().filter(|(_, _, s)| *s != own).map(|(p, _, _)| p).collect();
@@ -904,6 +905,9 @@ impl Node {
             return Judged::default();
         }
         let same_site = self.peers.site_of(peer) == Some(self.state.site.site());
+        if !same_site {
+            self.beacons.outside_heard(self.now);
+        }
         match msg.as_ref() {
             Message::Hello { .. } => Judged::default(),
             Message::AdminSets(sets) => self.on_admin_sets(via, sets),

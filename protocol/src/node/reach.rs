@@ -210,6 +210,9 @@ pub(crate) struct Beacons {
     pulled_at: Option<Millis>,
     /// When this node last answered each peer's `BeaconsAsk`.
     answered: BTreeMap<PeerId, Millis>,
+    /// When this node may ask again, and how many asks in a row it made.
+    next_ask: Millis,
+    asks: u32,
 }
 
 /// Each site's beacon period for a mesh of `sites` sites: the whole mesh sends about one
@@ -230,6 +233,8 @@ impl Beacons {
             behind_since: None,
             pulled_at: None,
             answered: BTreeMap::new(),
+            next_ask: now,
+            asks: 0,
         }
     }
 
@@ -287,6 +292,31 @@ impl Beacons {
             Heard { bundle: bundle.clone(), at: b.at, received: now, held: Holdings::of(b) };
         self.heard.insert(b.site.clone(), heard);
         true
+    }
+
+    /// Whether a node that is listening or cut off (`wants`) should ask a peer for beacons now:
+    /// at once when it starts wanting, then after 1, 2, 4, 8 and then every 16 periods of
+    /// `every_ms` (an empty mesh answers nothing, and asking it every tick costs for nothing).
+    pub(crate) fn ask_due(&mut self, wants: bool, now: Millis, every_ms: u64) -> bool {
+        if !wants {
+            self.asks = 0;
+            return false;
+        }
+        if now < self.next_ask {
+            return false;
+        }
+        self.next_ask = now.plus(every_ms.saturating_mul(1 << self.asks.min(4)));
+        self.asks += 1;
+        true
+    }
+
+    /// A message came from a peer of another site: if the node is asking, the next ask need
+    /// not wait (the cut may have healed).
+    pub(crate) fn outside_heard(&mut self, now: Millis) {
+        if self.asks > 0 {
+            self.next_ask = self.next_ask.min(now);
+            self.asks = 1;
+        }
     }
 
     /// The freshest beacons held, to answer `peer`'s `BeaconsAsk` — unless it was answered
@@ -525,6 +555,25 @@ mod tests {
         assert!(b.answer(PeerId(7), Millis(2_500), 1_000).is_empty(), "once per period");
         assert!(!b.answer(PeerId(8), Millis(2_500), 1_000).is_empty(), "per peer");
         assert!(!b.answer(PeerId(7), Millis(3_000), 1_000).is_empty());
+    }
+
+    #[test]
+    fn asks_back_off_while_they_bring_nothing_and_start_again_when_needed() {
+        let mut b = Beacons::new(SiteId::from("a"), Millis(0));
+        let asked: Vec<u64> =
+            (0..100u64).map(|t| t * 1_000).filter(|t| b.ask_due(true, Millis(*t), 1_000)).collect();
+        assert_eq!(
+            asked,
+            vec![0, 1_000, 3_000, 7_000, 15_000, 31_000, 47_000, 63_000, 79_000, 95_000]
+        );
+        assert!(!b.ask_due(false, Millis(96_000), 1_000));
+        // In touch again, then cut off: the next ask waits only for the period already set.
+        assert!(b.ask_due(true, Millis(111_000), 1_000));
+        assert!(b.ask_due(true, Millis(112_000), 1_000));
+        // Word from another site (a heal?): ask at the next tick.
+        assert!(!b.ask_due(true, Millis(113_000), 1_000));
+        b.outside_heard(Millis(113_500));
+        assert!(b.ask_due(true, Millis(114_000), 1_000));
     }
 
     #[test]
