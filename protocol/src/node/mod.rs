@@ -611,16 +611,23 @@ impl Node {
             }
         }
         self.judge_reach();
-        // Listening or cut off: ask a peer of another site for the beacons it holds rather
-        // than wait for the next ones (a restart, the end of a cut).
+        // Listening or cut off: ask for the beacons peers hold rather than wait for the next
+        // ones: one peer of this site (which heard what crossed to it while this node was
+        // down) and one of another (the end of a cut).
         let wants = matches!(self.reach, Reach::Listening { .. } | Reach::CutOff { .. });
         if self.beacons.ask_due(wants, self.now, self.config.anti_entropy_interval_ms.max(1)) {
-            let own = self.state.site.site();
-            let others: Vec<PeerId> =
-                self.peers.admitted().filter(|(_, _, s)| *s != own).map(|(p, _, _)| p).collect();
-            if !others.is_empty() {
-                let peer = others[self.rng.gen_range(0..others.len())];
-                self.out.send(peer, Arc::new(Message::BeaconsAsk));
+            let own = self.state.site.site().clone();
+            for same in [true, false] {
+                let peers: Vec<PeerId> = self
+                    .peers
+                    .admitted()
+                    .filter(|(_, _, s)| (**s == own) == same)
+                    .map(|(p, _, _)| p)
+                    .collect();
+                if !peers.is_empty() {
+                    let peer = peers[self.rng.gen_range(0..peers.len())];
+                    self.out.send(peer, Arc::new(Message::BeaconsAsk));
+                }
             }
         }
     }

@@ -17,9 +17,10 @@
 //! - otherwise **in touch**; **listening** after start until it has heard enough sites or a
 //!   window has passed, **alone** in a mesh of one site.
 //!
-//! A node that is listening or cut off asks a peer of another site for the freshest beacons it
-//! holds at each anti-entropy tick (`BeaconsAsk`), so it need not wait for the next ones: a
-//! restarted node is in touch within a tick, and a cut site within a tick of the heal.
+//! A node that is listening or cut off asks a peer of its site and one of another site for the
+//! freshest beacons they hold (`BeaconsAsk`, backing off while answers bring nothing), so it
+//! need not wait for the next ones: a restarted node is in touch (or behind) within a tick, and
+//! a cut site within a tick or two of the heal.
 //!
 //! A node that is cut off or behind starts no new install (see `Engine::may_start`): what it
 //! does not hear may be a halt. Installs under way go on, and so do rollbacks. The state is
