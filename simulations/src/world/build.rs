@@ -258,6 +258,29 @@ impl World {
     }
 
     /// Connects node `i` to each linked node that is up and passes `filter`.
+    /// `a` dials `b` again (see `Ev::Redial`): the link comes back if both are up, not linked
+    /// already and not cut apart; a dial that fails is tried again later, twice as late.
+    pub(super) fn redial(&mut self, a: u32, b: u32, tries: u8) {
+        let up = |w: &World, n: u32| w.ents[n as usize].node.is_some();
+        if self.ents[a as usize].links.contains(&b) || !up(self, a) {
+            return;
+        }
+        let (sa, sb) = (self.ents[a as usize].site as usize, self.ents[b as usize].site as usize);
+        let cut = sa != sb && (self.partitioned[sa] || self.partitioned[sb]);
+        if !up(self, b) || cut {
+            if tries + 1 < REDIAL_TRIES {
+                let wait = REDIAL_US << (tries + 1);
+                self.schedule(self.now_us + wait, Ev::Redial { a, b, tries: tries + 1 });
+            }
+            return;
+        }
+        self.trace(self.now_us, TraceCode::Redial, a, b, u64::from(tries));
+        self.redialled += 1;
+        self.ents[a as usize].links.push(b);
+        self.ents[b as usize].links.push(a);
+        self.connect_started(a, |j| j == b);
+    }
+
     pub(super) fn connect_started(&mut self, i: u32, filter: impl Fn(u32) -> bool) {
         let links = self.ents[i as usize].links.clone();
         for j in links {

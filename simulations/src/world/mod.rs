@@ -68,10 +68,25 @@ use std::sync::{Arc, Mutex};
 const CERT_VALID_MS: u64 = 365 * 86_400_000;
 
 enum Ev {
-    Deliver { from: u32, to: u32, size: usize, msg: Arc<Message> },
-    Bytes { from: u32, to: u32, bytes: Vec<u8> },
-    Timer { node: u32 },
-    Publish { measured: bool, node: u32, tag: u8 },
+    Deliver {
+        from: u32,
+        to: u32,
+        size: usize,
+        msg: Arc<Message>,
+    },
+    Bytes {
+        from: u32,
+        to: u32,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        node: u32,
+    },
+    Publish {
+        measured: bool,
+        node: u32,
+        tag: u8,
+    },
     PartitionStart(usize),
     PartitionEnd(usize),
     Crash(usize),
@@ -83,7 +98,19 @@ enum Ev {
     Rollout(RolloutEv),
     Intel(crate::intel::IntelEv),
     Enrol(crate::enrol::EnrolEv),
+    /// Node `a` dials `b` again, as the endpoint redials a peer it lost (libp2p, and the
+    /// daemon keeping `peers_target` connections); `tries` so far.
+    Redial {
+        a: u32,
+        b: u32,
+        tries: u8,
+    },
 }
+
+/// How long a node waits before redialling a peer it lost, doubling per failed try.
+const REDIAL_US: u64 = 2_000_000;
+/// Tries before a node gives up on one lost peer (the last waits about a minute).
+const REDIAL_TRIES: u8 = 6;
 
 struct Queued {
     t: u64,
@@ -173,6 +200,8 @@ pub struct World {
     delivered: u64,
     by_kind: BTreeMap<&'static str, u64>,
     lost: u64,
+    /// Links two nodes dialled again after dropping each other.
+    redialled: u64,
     violations: Vec<String>,
     rejected_adversary_free: bool,
     /// For a steady start: what every node of a site has in its store at time zero.
@@ -345,6 +374,7 @@ impl World {
             delivered: 0,
             by_kind: BTreeMap::new(),
             lost: 0,
+            redialled: 0,
             violations: Vec::new(),
             rejected_adversary_free: true,
         }
@@ -401,6 +431,12 @@ impl World {
                     self.ents[i as usize].links.retain(|x| *x != j);
                     self.ents[j as usize].links.retain(|x| *x != i);
                     self.input(j, Input::Disconnected { peer: PeerId(u64::from(i)) });
+                    // Two honest nodes dropped each other (a hello lost on a lossy link, a
+                    // certificate renewed): they dial again, as endpoints do.
+                    if self.honest(i) && self.honest(j) {
+                        let (a, b) = (i.min(j), i.max(j));
+                        self.schedule(self.now_us + REDIAL_US, Ev::Redial { a, b, tries: 0 });
+                    }
                 }
                 Output::Event(Event::Reach(r)) => {
                     if !self.ents[i as usize].adversary {
@@ -527,6 +563,7 @@ impl World {
                     self.with_payload(|p, w| p.on_restart(w, n));
                 }
             }
+            Ev::Redial { a, b, tries } => self.redial(a, b, tries),
             Ev::Revoke => self.revoke(),
             Ev::Attack => self.attack(),
             Ev::Payload(e) => self.with_payload(|p, w| p.step(w, e)),

@@ -34,6 +34,8 @@ pub(crate) enum TraceCode {
     Join,
     /// Site 0 split (enrol model).
     Split,
+    /// Two nodes that had dropped each other connected again.
+    Redial,
     /// A payload model event (its own codes, 20 and up).
     Payload(u8),
 }
@@ -55,6 +57,7 @@ impl TraceCode {
             TraceCode::PublishRollout => 12,
             TraceCode::Join => 13,
             TraceCode::Split => 14,
+            TraceCode::Redial => 15,
             TraceCode::Payload(c) => c,
         }
     }

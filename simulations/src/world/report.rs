@@ -61,6 +61,9 @@ pub struct Report {
     /// Times a downloading node took over its site's WAN fetch because the elected member
     /// was seen gone.
     pub payload_failovers: usize,
+    /// Links two nodes dialled again after dropping each other (a hello lost on a lossy
+    /// link): the simulator redials as endpoints do.
+    pub links_redialled: u64,
     /// Rollout figures (blast radius, halt latency, completion), present with a `[rollout]`.
     #[serde(flatten)]
     pub rollout: Option<RolloutFigures>,
@@ -247,6 +250,7 @@ impl World {
             payload_complete_ms: figures.complete_ms,
             payload_complete_nodes: figures.complete_nodes,
             payload_failovers: figures.failovers,
+            links_redialled: self.redialled,
             rollout,
             intel,
             enrol,
