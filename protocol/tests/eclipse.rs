@@ -4,43 +4,19 @@
 
 mod common;
 
-use common::{control, key, patch, publish, run, step, Harness, Keys, CONTENT, DAY_MS, T0};
-use patchmesh_protocol::catalog::{CatalogEntry, Gate, RingSpec, RolloutEntry, Selector};
+use common::{control, key, patch, publish, run, step, Harness, Keys, T0};
+use patchmesh_protocol::catalog::{CatalogEntry, RolloutEntry};
 use patchmesh_protocol::ids::{NodeId, RolloutId, SiteId};
-use patchmesh_protocol::mesh;
 use patchmesh_protocol::node::{Input, Node, Reach};
 use patchmesh_protocol::rollout::{Action, Control, EffectResult, Step};
 use patchmesh_protocol::wire::Message;
-use std::collections::BTreeMap;
 
 /// Six nodes over sites a, b, v (node i in site `i % 3`: v holds nodes 2 and 5), fully
 /// connected; nodes in `canaries` carry `ring=canary`. Run until every site knows the others.
 fn mesh(canaries: &[usize]) -> Harness {
     let sites: Vec<&str> = (0..6).map(|i| ["a", "b", "v"][i % 3]).collect();
-    let mut h = Harness::new(&sites);
-    h.keys = Keys::new();
-    for (i, site) in sites.iter().enumerate() {
-        let k = key(100 + i as u8);
-        let mut c = h.keys.config(k.clone(), site);
-        let labels: BTreeMap<String, String> = if canaries.contains(&i) {
-            [("ring".to_string(), "canary".to_string())].into()
-        } else {
-            BTreeMap::new()
-        };
-        c.admission = mesh::admit(
-            &h.keys.admins[0],
-            &h.keys.genesis_body,
-            NodeId(k.public().0),
-            &SiteId::from(*site),
-            labels,
-            T0,
-            365 * DAY_MS,
-        );
-        c.seed = i as u64;
-        h.nodes[i] = common::started(Node::new(c, T0).unwrap());
-    }
-    h.connect_all();
-    h.run_for(6_000);
+    let mut h = common::labelled(Keys::new(), &sites, canaries);
+    h.run_for(3_000);
     for n in &h.nodes {
         assert_eq!(n.summaries().all().len(), 3, "every site knows the others before the attack");
     }
@@ -59,31 +35,11 @@ fn heal(h: &mut Harness) {
 
 /// Canary in a and v; the gate passes on half the canaries succeeding and halts on any failure.
 fn rollout() -> RolloutEntry {
-    let gate = Gate {
-        min_success_permille: 500,
-        max_failures: 0,
-        max_failure_permille: 0,
-        min_soak_ms: 15_000,
-        min_reports: 1,
-    };
-    let canary: BTreeMap<String, String> = [("ring".to_string(), "canary".to_string())].into();
-    RolloutEntry {
-        id: RolloutId([1; 32]),
-        content_id: CONTENT,
-        target: Selector::default(),
-        rings: vec![
-            RingSpec { name: "canary".into(), percent: 0, labels: canary, gate: gate.clone() },
-            RingSpec { name: "all".into(), percent: 100, labels: BTreeMap::new(), gate },
-        ],
-        windows: vec![],
-        deadline: None,
-        max_concurrent_per_site: 8,
-        max_targets: 1_000,
-        rollback_on_halt: true,
-        recheck_ms: 500,
-        created_at: T0,
-        auto_window: false,
+    let mut r = common::rollout(1, 15_000);
+    for ring in &mut r.rings {
+        ring.gate.min_success_permille = 500;
     }
+    r
 }
 
 #[test]

@@ -4,9 +4,7 @@
 mod common;
 
 use common::{key, Keys, T0};
-use patchmesh_protocol::catalog::{
-    Catalog, CatalogEntry, ChangeBody, ExecutorSpec, IntelEntry, PatchEntry,
-};
+use patchmesh_protocol::catalog::{Catalog, CatalogEntry, ChangeBody, IntelEntry};
 use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope, SecretKey};
 use patchmesh_protocol::ids::{ContentId, KeyId, Millis, RolloutId, SiteId};
 use patchmesh_protocol::intel::exception::{ExceptionEntry, ExceptionKind};
@@ -98,19 +96,7 @@ fn rollout(target_sites: &[&str]) -> RolloutEntry {
 }
 
 fn patch() -> CatalogEntry {
-    CatalogEntry::Patch(PatchEntry {
-        content_id: ContentId([9; 32]),
-        size_bytes: 10,
-        name: "app".into(),
-        version: "2".into(),
-        executor: ExecutorSpec {
-            kind: "file".into(),
-            install: Some("/tmp/x".into()),
-            verify: None,
-            rollback: None,
-            timeout_ms: 1000,
-        },
-    })
+    CatalogEntry::Patch(common::patch())
 }
 
 fn command(signer: &SecretKey, action: CommandAction) -> CatalogEntry {

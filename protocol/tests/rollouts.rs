@@ -3,19 +3,18 @@
 
 mod common;
 
-use common::{control, key, patch, publish, run, step, Harness, Keys, CONTENT, DAY_MS, T0};
+use common::{control, key, patch, publish, rollout, run, step, Harness, Keys, CONTENT, T0};
 use patchmesh_protocol::catalog::{
-    AdminCommand, CatalogEntry, CommandAction, ExecutorSpec, Gate, PatchEntry, RingSpec,
-    RolloutEntry, Selector,
+    AdminCommand, CatalogEntry, CommandAction, RingSpec, RolloutEntry,
 };
 use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope};
-use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
+use patchmesh_protocol::ids::{Millis, NodeId, RolloutId, SiteId};
 use patchmesh_protocol::mesh;
 use patchmesh_protocol::node::{Command, Input, Node, PeerId};
 use patchmesh_protocol::rollout::engine::View;
 use patchmesh_protocol::rollout::verdict::rollout_hash;
 use patchmesh_protocol::rollout::{
-    Action, Control, EffectResult, Engine, JournalEntry, Policies, RolloutEvent, Step,
+    Action, Control, Engine, JournalEntry, Policies, RolloutEvent, Step,
 };
 use patchmesh_protocol::site::{
     Bundle, Evidence, EvidenceKind, InventorySummary, SiteState, Summaries,
@@ -28,65 +27,7 @@ use std::sync::Arc;
 /// `n` nodes over sites `a`/`b`; nodes in `canaries` carry `ring=canary`. Fully connected.
 fn fleet(keys: Keys, n: usize, canaries: &[usize]) -> Harness {
     let sites: Vec<&str> = (0..n).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect();
-    let mut h = Harness::new(&sites);
-    h.keys = keys;
-    for i in 0..n {
-        let k = key(100 + i as u8);
-        let mut c = h.keys.config(k.clone(), sites[i]);
-        let labels: BTreeMap<String, String> = if canaries.contains(&i) {
-            [("ring".to_string(), "canary".to_string())].into()
-        } else {
-            BTreeMap::new()
-        };
-        c.admission = mesh::admit(
-            &h.keys.admins[0],
-            &h.keys.genesis_body,
-            NodeId(k.public().0),
-            &SiteId::from(sites[i]),
-            labels,
-            T0,
-            365 * DAY_MS,
-        );
-        c.seed = i as u64;
-        h.nodes[i] = common::started(Node::new(c, T0).unwrap());
-    }
-    h.connect_all();
-    h.run_for(3_000);
-    h
-}
-
-fn rollout(id: u8, soak_ms: u64) -> RolloutEntry {
-    let gate = Gate {
-        min_success_permille: 1000,
-        max_failures: 0,
-        max_failure_permille: 0,
-        min_soak_ms: soak_ms,
-        min_reports: 1,
-    };
-    let ring = |name: &str, percent: u8, canary: bool| RingSpec {
-        name: name.into(),
-        percent,
-        labels: if canary {
-            [("ring".to_string(), "canary".to_string())].into()
-        } else {
-            BTreeMap::new()
-        },
-        gate: gate.clone(),
-    };
-    RolloutEntry {
-        id: RolloutId([id; 32]),
-        content_id: CONTENT,
-        target: Selector::default(),
-        rings: vec![ring("canary", 0, true), ring("all", 100, false)],
-        windows: vec![],
-        deadline: None,
-        max_concurrent_per_site: 8,
-        max_targets: 1_000,
-        rollback_on_halt: true,
-        recheck_ms: 500,
-        created_at: T0,
-        auto_window: false,
-    }
+    common::labelled(keys, &sites, canaries)
 }
 
 #[test]

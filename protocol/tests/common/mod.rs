@@ -1,7 +1,9 @@
 //! A protocol harness: a few nodes stepped in virtual time with in-memory delivery.
 #![allow(dead_code)]
 
-use patchmesh_protocol::catalog::{CatalogEntry, ExecutorSpec, PatchEntry};
+use patchmesh_protocol::catalog::{
+    CatalogEntry, ExecutorSpec, Gate, PatchEntry, RingSpec, RolloutEntry, Selector,
+};
 use patchmesh_protocol::crypto::{Ed25519, Envelope, SecretKey};
 use patchmesh_protocol::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
 use patchmesh_protocol::mesh;
@@ -286,4 +288,71 @@ pub fn control(h: &Harness, i: usize, id: u8) -> Option<Control> {
 
 pub fn step(h: &Harness, i: usize, id: u8) -> Option<Step> {
     h.nodes[i].rollouts().journal().get(&RolloutId([id; 32])).map(|j| j.step)
+}
+
+/// Nodes in `sites` (node i in `sites[i]`); nodes in `canaries` carry `ring=canary`. Fully
+/// connected, run 3 s.
+pub fn labelled(keys: Keys, sites: &[&str], canaries: &[usize]) -> Harness {
+    let n = sites.len();
+    let mut h = Harness::new(&sites);
+    h.keys = keys;
+    for i in 0..n {
+        let k = key(100 + i as u8);
+        let mut c = h.keys.config(k.clone(), sites[i]);
+        let labels: BTreeMap<String, String> = if canaries.contains(&i) {
+            [("ring".to_string(), "canary".to_string())].into()
+        } else {
+            BTreeMap::new()
+        };
+        c.admission = mesh::admit(
+            &h.keys.admins[0],
+            &h.keys.genesis_body,
+            NodeId(k.public().0),
+            &SiteId::from(sites[i]),
+            labels,
+            T0,
+            365 * DAY_MS,
+        );
+        c.seed = i as u64;
+        h.nodes[i] = started(Node::new(c, T0).unwrap());
+    }
+    h.connect_all();
+    h.run_for(3_000);
+    h
+}
+
+/// A rollout of [`CONTENT`]: the canary label ring, then everyone; every gate needs all of
+/// its ring to succeed, with no failure, soaked `soak_ms`.
+pub fn rollout(id: u8, soak_ms: u64) -> RolloutEntry {
+    let gate = Gate {
+        min_success_permille: 1000,
+        max_failures: 0,
+        max_failure_permille: 0,
+        min_soak_ms: soak_ms,
+        min_reports: 1,
+    };
+    let ring = |name: &str, percent: u8, canary: bool| RingSpec {
+        name: name.into(),
+        percent,
+        labels: if canary {
+            [("ring".to_string(), "canary".to_string())].into()
+        } else {
+            BTreeMap::new()
+        },
+        gate: gate.clone(),
+    };
+    RolloutEntry {
+        id: RolloutId([id; 32]),
+        content_id: CONTENT,
+        target: Selector::default(),
+        rings: vec![ring("canary", 0, true), ring("all", 100, false)],
+        windows: vec![],
+        deadline: None,
+        max_concurrent_per_site: 8,
+        max_targets: 1_000,
+        rollback_on_halt: true,
+        recheck_ms: 500,
+        created_at: T0,
+        auto_window: false,
+    }
 }
