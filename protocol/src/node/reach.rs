@@ -72,11 +72,14 @@ pub struct Holdings {
 }
 
 impl Holdings {
-    /// Whether `theirs` holds something this does not.
+    /// Whether `theirs` holds something this does not. Catalog counts compare only under the
+    /// same admin set: a revocation drops the revoked key's changes, so a count signed before
+    /// it may be higher without holding anything this node lacks.
     pub fn lacks(&self, theirs: &Holdings) -> bool {
-        theirs.catalog_changes > self.catalog_changes
-            || theirs.alarms > self.alarms
+        theirs.alarms > self.alarms
             || theirs.trust_version > self.trust_version
+            || theirs.trust_version == self.trust_version
+                && theirs.catalog_changes > self.catalog_changes
     }
 
     fn of(b: &Beacon) -> Holdings {
@@ -458,6 +461,16 @@ mod tests {
         assert!(matches!(r, Reach::CutOff { heard: 0, needed: 2, sites: 3, .. }), "{r:?}");
         assert!(r.holds_installs());
         assert!(r.to_string().starts_with("cut off"));
+    }
+
+    #[test]
+    fn a_catalog_count_signed_under_an_older_admin_set_claims_nothing() {
+        let ours = Holdings { catalog_changes: 3, alarms: 1, trust_version: 2 };
+        let before_revocation = Holdings { catalog_changes: 5, alarms: 1, trust_version: 1 };
+        assert!(!ours.lacks(&before_revocation));
+        assert!(ours.lacks(&Holdings { catalog_changes: 4, alarms: 1, trust_version: 2 }));
+        assert!(ours.lacks(&Holdings { catalog_changes: 0, alarms: 2, trust_version: 1 }));
+        assert!(ours.lacks(&Holdings { catalog_changes: 0, alarms: 0, trust_version: 3 }));
     }
 
     #[test]
