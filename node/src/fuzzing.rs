@@ -47,26 +47,47 @@ pub fn peer_inventory(data: &[u8]) {
 }
 
 /// The intel feeds an admin imports: the first byte picks the format (Debian tracker JSON,
-/// OSV JSON, OSV JSON lines, KEV, EPSS, an apt Packages/Sources index), the rest is the file.
+/// OSV JSON, OSV JSON lines, KEV, EPSS, an apt `Packages` index where a mirror keeps it, the
+/// same with a `Release` file beside it), the rest is the file. For the last, two bytes
+/// (little-endian) give the length of the `Release` text that comes first.
 pub fn intel_feeds(data: &[u8]) {
-    let Some((&kind, body)) = data.split_first() else { return };
+    let _ = import_feed(data);
+}
+
+/// What [`intel_feeds`] does, returning the import's outcome (`None` when the input was too
+/// short to name a format, or the files could not be written).
+pub fn import_feed(
+    data: &[u8],
+) -> Option<Result<patchmesh_protocol::intel::bundle::SourceInfo, intel::ImportError>> {
+    let (&kind, body) = data.split_first()?;
     let dir = std::env::temp_dir().join(format!("patchmesh-fuzz-{}", std::process::id()));
-    if std::fs::create_dir_all(&dir).is_err() {
-        return;
-    }
     let (name, read): (&str, fn(&mut Import, &Path) -> Result<_, intel::ImportError>) =
-        match kind % 6 {
+        match kind % 7 {
             0 => ("tracker.json", intel::tracker::read),
             1 => ("osv.json", intel::osv::read_file),
             2 => ("osv.jsonl", intel::osv::read_lines),
             3 => ("kev.json", intel::kev::read),
             4 => ("epss.csv", intel::epss::read),
-            _ => ("Packages", intel::apt::read_index),
+            5 => ("plain/dists/bookworm/main/binary-amd64/Packages", intel::apt::read_index),
+            _ => ("released/dists/bookworm/main/binary-amd64/Packages", intel::apt::read_index),
         };
     let path = dir.join(name);
-    if std::fs::write(&path, body).is_err() {
-        return;
+    let mut body = body;
+    if kind % 7 == 6 {
+        let (len, rest) = body.split_first_chunk::<2>()?;
+        let (release, rest) = rest.split_at(usize::from(u16::from_le_bytes(*len)).min(rest.len()));
+        if std::fs::create_dir_all(dir.join("released/dists/bookworm")).is_err()
+            || std::fs::write(dir.join("released/dists/bookworm/Release"), release).is_err()
+        {
+            return None;
+        }
+        body = rest;
+    }
+    if path.parent().is_some_and(|p| std::fs::create_dir_all(p).is_err())
+        || std::fs::write(&path, body).is_err()
+    {
+        return None;
     }
     let mut import = Import::new(Millis(1_700_000_000_000));
-    let _ = read(&mut import, &path);
+    Some(read(&mut import, &path))
 }

@@ -30,4 +30,24 @@ fn the_seeds_exercise_the_accepting_paths_too() {
     assert!(bad.to_string().contains("/p2p/<peer id>"), "{bad}");
     let pkgs = patchmesh_node::inventory::parse_dpkg_status(&read("dpkg_status/unit")).unwrap();
     assert_eq!(pkgs.len(), 3);
+    // Every feed seed imports; the apt indexes reach the parser (a mirror's path names the
+    // suite), one without a Release file beside it, one with.
+    for seed in std::fs::read_dir(seeds.join("intel_feeds")).unwrap() {
+        let path = seed.unwrap().path();
+        let got = patchmesh_node::fuzzing::import_feed(&std::fs::read(&path).unwrap());
+        let info = got.unwrap().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(info.records > 0, "{}: {info:?}", path.display());
+    }
+    let bare = import_feed_seed(&seeds, "5-packages");
+    assert!(bare.skipped.keys().any(|k| k.contains("no Release file")), "{bare:?}");
+    let released = import_feed_seed(&seeds, "6-packages-release");
+    assert_eq!(released.date.as_deref(), Some("Sat, 05 Dec 2026 10:00:00 UTC"), "{released:?}");
+}
+
+fn import_feed_seed(
+    seeds: &std::path::Path,
+    name: &str,
+) -> patchmesh_protocol::intel::bundle::SourceInfo {
+    let bytes = std::fs::read(seeds.join("intel_feeds").join(name)).unwrap();
+    patchmesh_node::fuzzing::import_feed(&bytes).unwrap().unwrap()
 }

@@ -25,21 +25,44 @@ fn attacker_with(
     run_ms: u64,
     payload: Option<&Path>,
 ) -> Child {
+    spawn_attacker(mesh, name, &dial_list(mesh, targets), mode, run_ms, payload)
+}
+
+fn dial_list(mesh: &Mesh, nodes: &[usize]) -> String {
+    nodes.iter().map(|i| mesh.dial_addr(*i)).collect::<Vec<_>>().join(",")
+}
+
+/// The attacker process (inside the mesh's network namespace if it has one), admitted to
+/// site0; `targets` as the attacker takes them.
+fn spawn_attacker(
+    mesh: &Mesh,
+    name: &str,
+    targets: &str,
+    mode: &str,
+    run_ms: u64,
+    payload: Option<&Path>,
+) -> Child {
     let (key, cert) = mesh.extra_identity(name, "site0");
-    let targets: Vec<String> = targets.iter().map(|i| mesh.dial_addr(*i)).collect();
-    Command::new(env!("CARGO_BIN_EXE_attacker"))
-        .args([
-            &mesh.mesh_dir().join("genesis.pm").display().to_string(),
-            &key,
-            &cert,
-            &targets.join(","),
-            &payload.map_or("-".to_string(), |p| p.display().to_string()),
-            mode,
-            &run_ms.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+    let mut cmd = match &mesh.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(env!("CARGO_BIN_EXE_attacker"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_attacker")),
+    };
+    cmd.args([
+        &mesh.mesh_dir().join("genesis.pm").display().to_string(),
+        &key,
+        &cert,
+        targets,
+        &payload.map_or("-".to_string(), |p| p.display().to_string()),
+        mode,
+        &run_ms.to_string(),
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 fn report(child: Child) -> AttackReport {
@@ -285,12 +308,14 @@ fn reach_is(mesh: &Mesh, nodes: &[usize], state: &str) -> bool {
         .is_some()
 }
 
-/// Eclipse, as a network cut: every packet between site2's nodes and the other sites is
+/// Eclipse, first as a network cut: every packet between site2's nodes and the other sites is
 /// dropped (nftables in the test's own network namespace). site2 cannot tell silence from an
 /// idle fleet by itself; with the other sites' beacons gone it says it is cut off and holds new
-/// installs, and it is back in touch once the links are. (An eclipse that forwards beacons but
-/// withholds a halt, and the hold keeping the halted patch off the site, are in the protocol's
-/// `tests/eclipse.rs`; the same attack at 10,000 nodes in `simulations/scenarios/eclipse.toml`.)
+/// installs. Then an admitted attacker holds site2's only links and forwards the others'
+/// beacons but withholds a change: site2 says it is behind and holds. Once the links are back
+/// it is in touch and catches up. (The hold keeping a halted patch off the site is in the
+/// protocol's `tests/eclipse.rs`; the same attack at 10,000 nodes in
+/// `simulations/scenarios/eclipse.toml`.)
 #[test]
 fn a_site_whose_wan_links_are_cut_says_it_is_cut_off_and_holds_new_installs() {
     let _serial = serial();
@@ -338,10 +363,36 @@ fn a_site_whose_wan_links_are_cut_says_it_is_cut_off_and_holds_new_installs() {
             .then_some(())
     });
     assert!(others_in_touch.is_some(), "{:#?}", statuses_reach(&mesh));
+
+    // Now the eclipse is an admitted attacker's: it holds site2's only links to the others
+    // (its port is not in the cut) and forwards site2 the others' beacons, nothing else. site2
+    // hears the mesh again; once the others hold a change it never receives, their beacons say
+    // so, and site2 says it is behind and still starts nothing new.
+    let targets = format!("{};{}", dial_list(&mesh, &victims), dial_list(&mesh, &[0, 1, 3, 4]));
+    let mut eclipser = spawn_attacker(&mesh, "eclipser", &targets, "eclipse", 120_000, None);
+    assert!(reach_is(&mesh, &victims, "in_touch"), "{:#?}", statuses_reach(&mesh));
+    let changes = mesh.status(0).catalog_changes;
+    let file = mesh.root.0.join("withheld.bin");
+    std::fs::write(&file, b"a change the eclipsed site never receives").unwrap();
+    mesh.publish_file(0, "withheld", &file);
+    let withheld = Instant::now();
+    assert!(reach_is(&mesh, &victims, "behind"), "{:#?}", statuses_reach(&mesh));
+    eprintln!("site2 says it is behind {:.1} s after the change", withheld.elapsed().as_secs_f64());
+    for i in victims {
+        let s = mesh.status(i);
+        assert!(s.reach.holds_installs, "node {i}: {:?}", s.reach);
+        assert_eq!(s.catalog_changes, changes, "node {i} received the withheld change");
+        let text = mesh.cli_at(i, &["status"]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("reach     ⚠ behind: site0, site1 say they hold more"), "{text}");
+    }
+    let _ = eclipser.kill();
+    let _ = eclipser.wait();
     ns.nft("delete table inet eclipse");
     let healed = Instant::now();
     assert!(reach_is(&mesh, &all, "in_touch"), "{:#?}", statuses_reach(&mesh));
     eprintln!("site2 back in touch {:.1} s after the heal", healed.elapsed().as_secs_f64());
+    assert!(mesh.converge(changes + 1, WAIT).is_ok(), "site2 never received the change");
 }
 
 fn statuses_reach(mesh: &Mesh) -> Vec<(String, patchmesh_node::control::ReachView)> {

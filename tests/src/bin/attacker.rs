@@ -26,7 +26,12 @@
 //!   two seconds to every target, as a summary and as a proposal to its site;
 //! - `streams`: opens data streams to every target and never finishes the request (up to
 //!   `STREAMS` per target, renewing them as they close), and asks for ranges of content the
-//!   target lacks, as fast as answers come.
+//!   target lacks, as fast as answers come;
+//! - `eclipse`: TARGETS is `ECLIPSED;OTHERS` (each comma-separated): the nodes of one site
+//!   whose every other link the test has cut, and nodes of the other sites. It asks the others
+//!   for their beacons every second and forwards to the eclipsed nodes every beacon the others
+//!   send, and nothing else: the eclipsed site hears that the mesh holds more than it does
+//!   (a halt, a new change) but never receives it.
 //!
 //! Usage: `attacker GENESIS KEY ADMISSION TARGETS PAYLOAD_FILE MODE RUN_MS`
 //! Prints one JSON object ([`patchmesh_tests::AttackReport`]).
@@ -260,6 +265,8 @@ struct Target {
     hello_at: Option<Instant>,
     in_flight: usize,
     last_dial: Instant,
+    /// `eclipse`: a node of the eclipsed site (else one of the others).
+    eclipsed: bool,
 }
 
 impl Target {
@@ -338,6 +345,27 @@ async fn ask_missing(
     }
 }
 
+/// `eclipse`: a beacon from one of the others goes on to every eclipsed node; returns how
+/// many it sent. Anything else, or anything from the eclipsed site, goes nowhere.
+fn forward_beacon(
+    swarm: &mut libp2p::Swarm<patchmesh_node::net::Behaviour>,
+    targets: &mut [Target],
+    from: PeerId,
+    m: &Message,
+) -> u64 {
+    let from_others = targets.iter().any(|t| t.peer == from && !t.eclipsed);
+    if !from_others || !matches!(m, Message::Beacon(_)) {
+        return 0;
+    }
+    let mut sent = 0;
+    for t in targets.iter_mut().filter(|t| t.eclipsed && t.ready()) {
+        swarm.behaviour_mut().msg.send_request(&t.peer, m.to_bytes());
+        t.report.sent += 1;
+        sent += 1;
+    }
+    sent
+}
+
 fn ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
@@ -354,12 +382,17 @@ async fn main() -> anyhow::Result<()> {
     let key = patchmesh_node::files::read_key(args[2].as_ref())?;
     let admission = patchmesh_node::files::read_envelope(args[3].as_ref())?;
     let cert: AdmissionCert = admission.open("admission")?;
+    let (eclipsed, others) = args[4].split_once(';').unwrap_or(("", &args[4]));
     let mut targets = Vec::new();
-    for t in args[4].split(',').filter(|t| !t.is_empty()) {
-        let (addr, peer) = parse_target(t)?;
+    let listed = |list: &str, eclipsed: bool| -> Vec<(String, bool)> {
+        list.split(',').filter(|t| !t.is_empty()).map(|t| (t.to_string(), eclipsed)).collect()
+    };
+    for (t, eclipsed) in listed(eclipsed, true).into_iter().chain(listed(others, false)) {
+        let (addr, peer) = parse_target(&t)?;
         targets.push(Target {
             addr,
             peer,
+            eclipsed,
             report: TargetReport { peer_id: peer.to_string(), ..Default::default() },
             connected: false,
             hello_at: None,
@@ -476,9 +509,11 @@ async fn main() -> anyhow::Result<()> {
                     request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } => {
                         let _ = swarm.behaviour_mut().msg.send_response(channel, Vec::new());
                         if let Ok(m) = Message::from_bytes(&request) {
+                            if mode == "eclipse" {
+                                sent += forward_beacon(&mut swarm, &mut targets, peer, &m);
+                            }
                             captured.keep(m);
                         }
-                        let _ = peer;
                     }
                     request_response::Event::Message { peer, message: request_response::Message::Response { .. }, .. }
                     | request_response::Event::OutboundFailure { peer, .. } => {
@@ -490,6 +525,9 @@ async fn main() -> anyhow::Result<()> {
                 },
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message_id, propagation_source, message })) => {
                     if let Ok(m) = Message::from_bytes(&message.data) {
+                        if mode == "eclipse" {
+                            sent += forward_beacon(&mut swarm, &mut targets, propagation_source, &m);
+                        }
                         captured.keep(m);
                     }
                     swarm.behaviour_mut().gossipsub.report_message_validation_result(
@@ -562,6 +600,12 @@ async fn main() -> anyhow::Result<()> {
                                 t.report.sent += 1;
                                 sent += 1;
                             }
+                        }
+                    }
+                    "eclipse" if last_burst.elapsed() >= Duration::from_secs(1) => {
+                        last_burst = Instant::now();
+                        for t in targets.iter().filter(|t| !t.eclipsed && t.ready()) {
+                            swarm.behaviour_mut().msg.send_request(&t.peer, Message::BeaconsAsk.to_bytes());
                         }
                     }
                     "streams" if !started_streams && targets.iter().all(|t| t.ready()) => {
