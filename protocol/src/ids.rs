@@ -7,7 +7,7 @@ use std::fmt;
 macro_rules! hash_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
         pub struct $name(pub [u8; 32]);
         hash_id_methods!($name);
     };
@@ -32,6 +32,21 @@ macro_rules! hash_id_methods {
             }
         }
 
+        /// The order of the bytes, as derived, but compared eight bytes at a time: ids key
+        /// most maps, and a call to `memcmp` per comparison was a sixth of a 10,000-node
+        /// simulation's time.
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                id_words(&self.0).cmp(&id_words(&other.0))
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}({})", stringify!($name), self.short())
@@ -46,6 +61,17 @@ macro_rules! hash_id_methods {
     };
 }
 
+/// 32 bytes as four big-endian words: compared in order, they order as the bytes do.
+#[inline]
+fn id_words(b: &[u8; 32]) -> (u64, u64, u64, u64) {
+    let w = |i: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        u64::from_be_bytes(x)
+    };
+    (w(0), w(1), w(2), w(3))
+}
+
 hash_id!(
     /// A node's identity: its ed25519 public key. Transport identities (libp2p PeerIds) are
     /// separate; authority always comes from signatures by this key.
@@ -57,7 +83,7 @@ hash_id!(
 );
 /// BLAKE3 of a payload (a patch or an intel bundle): the value `b3sum` prints. In
 /// human-readable formats (JSON views) it is that hex string; on the wire, 32 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ContentId(pub [u8; 32]);
 hash_id_methods!(ContentId);
 
@@ -148,5 +174,27 @@ impl Millis {
 impl fmt::Debug for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}ms", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn ids_order_as_their_bytes_do() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..10_000 {
+            let a: [u8; 32] = rng.gen();
+            let mut b = a;
+            // Differ at one byte (any word, any place in it), or not at all.
+            if rng.gen_bool(0.9) {
+                b[rng.gen_range(0..32)] = rng.gen();
+            }
+            assert_eq!(NodeId(a).cmp(&NodeId(b)), a.cmp(&b), "{a:?} {b:?}");
+            assert_eq!(ContentId(a).cmp(&ContentId(b)), a.cmp(&b));
+            assert_eq!(RolloutId(a).partial_cmp(&RolloutId(b)), Some(a.cmp(&b)));
+        }
     }
 }

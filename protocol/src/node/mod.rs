@@ -534,6 +534,8 @@ impl Node {
     /// Drops peers whose hello is late, sends one random admitted peer a digest, and
     /// publishes the site summary if it is due.
     fn anti_entropy(&mut self) {
+        let now = self.now;
+        self.member_heard.retain(|_, at| now.since(*at) < limits::MEMBER_LIVE_MS);
         for peer in self.peers.late(self.now) {
             self.refuse(Some(peer), Refusal::HelloTimeout);
             self.peers.remove(peer);

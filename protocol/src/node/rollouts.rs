@@ -139,12 +139,12 @@ impl Node {
     /// connected site start many times its limit; a member that went down stops being heard
     /// and frees its place.
     /// Also returns the rollouts that are young here (seen starting within that time).
-    fn live_members(&mut self) -> (BTreeSet<NodeId>, BTreeSet<RolloutId>) {
+    ///
+    /// It runs whenever the engine does (on most inputs of a busy node), so it walks the
+    /// records and the members heard from side by side (both ordered by node) instead of
+    /// looking each up; anti-entropy forgets members heard from too long ago.
+    fn live_members(&self) -> (BTreeSet<NodeId>, BTreeSet<RolloutId>) {
         let now = self.now;
-        self.member_heard.retain(|_, at| now.since(*at) < limits::MEMBER_LIVE_MS);
-        let records = self.state.site.records();
-        let mut live = self.peers.live_members(self.state.site.site());
-        live.extend(self.member_heard.keys().filter(|n| records.contains_key(*n)).copied());
         // A node that started lately has heard from no one yet, and its records may be old (it
         // was down while others moved on): every rollout is young to it for as long.
         let booting = now.since(self.started_at) < limits::MEMBER_LIVE_MS;
@@ -157,18 +157,31 @@ impl Node {
                 .map(|((id, _), _)| *id)
                 .collect()
         };
-        if !young.is_empty() {
-            for (node, held) in records {
-                let pending = held
-                    .record()
-                    .rollouts
+        let mut heard = self
+            .member_heard
+            .iter()
+            .filter(|(_, at)| now.since(**at) < limits::MEMBER_LIVE_MS)
+            .map(|(n, _)| *n)
+            .peekable();
+        // Members with a record that were heard from lately, or are pending in a young rollout
+        // (in node order, as the records are).
+        let mut also = Vec::new();
+        for (node, held) in self.state.site.records() {
+            while heard.next_if(|h| h < node).is_some() {}
+            let lately = heard.next_if_eq(node).is_some();
+            let pending = || {
+                let theirs = &held.record().rollouts;
+                young
                     .iter()
-                    .any(|(id, s)| s.status == RolloutStatus::Pending && young.contains(id));
-                if pending {
-                    live.insert(*node);
-                }
+                    .any(|id| theirs.get(id).is_some_and(|s| s.status == RolloutStatus::Pending))
+            };
+            if lately || (!young.is_empty() && pending()) {
+                also.push(*node);
             }
         }
+        let connected = self.peers.live_members(self.state.site.site());
+        // Two ordered runs: the set is built from them in one pass.
+        let live = connected.into_iter().chain(also).collect();
         (live, young)
     }
 
