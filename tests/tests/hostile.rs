@@ -343,13 +343,10 @@ fn a_site_whose_wan_links_are_cut_says_it_is_cut_off_and_holds_new_installs() {
     let cut = Instant::now();
     assert!(reach_is(&mesh, &victims, "cut_off"), "{:#?}", statuses_reach(&mesh));
     eprintln!("site2 says it is cut off {:.1} s after the cut", cut.elapsed().as_secs_f64());
+    holds_and_says(&mesh, &victims, "reach     ⚠ cut off");
     for i in victims {
-        let s = mesh.status(i);
-        assert!(s.reach.holds_installs, "node {i}: {:?}", s.reach);
-        assert_eq!(s.reach.heard.map(|h| h.0), Some(0), "node {i}: {:?}", s.reach);
-        let text = mesh.cli_at(i, &["status"]);
-        let text = String::from_utf8_lossy(&text.stdout);
-        assert!(text.contains("reach     ⚠ cut off"), "{text}");
+        let r = mesh.status(i).reach;
+        assert_eq!(r.heard.map(|h| h.0), Some(0), "node {i}: {r:?}");
     }
     // The other sites hear each other (one of two other sites: enough), not site2. (Judged at
     // each anti-entropy tick: site2's last beacon may take a tick more to age out here.)
@@ -378,13 +375,10 @@ fn a_site_whose_wan_links_are_cut_says_it_is_cut_off_and_holds_new_installs() {
     let withheld = Instant::now();
     assert!(reach_is(&mesh, &victims, "behind"), "{:#?}", statuses_reach(&mesh));
     eprintln!("site2 says it is behind {:.1} s after the change", withheld.elapsed().as_secs_f64());
+    holds_and_says(&mesh, &victims, "reach     ⚠ behind: site0, site1 say they hold more");
     for i in victims {
-        let s = mesh.status(i);
-        assert!(s.reach.holds_installs, "node {i}: {:?}", s.reach);
-        assert_eq!(s.catalog_changes, changes, "node {i} received the withheld change");
-        let text = mesh.cli_at(i, &["status"]);
-        let text = String::from_utf8_lossy(&text.stdout);
-        assert!(text.contains("reach     ⚠ behind: site0, site1 say they hold more"), "{text}");
+        let n = mesh.status(i).catalog_changes;
+        assert_eq!(n, changes, "node {i} received the withheld change");
     }
     let _ = eclipser.kill();
     let _ = eclipser.wait();
@@ -393,6 +387,17 @@ fn a_site_whose_wan_links_are_cut_says_it_is_cut_off_and_holds_new_installs() {
     assert!(reach_is(&mesh, &all, "in_touch"), "{:#?}", statuses_reach(&mesh));
     eprintln!("site2 back in touch {:.1} s after the heal", healed.elapsed().as_secs_f64());
     assert!(mesh.converge(changes + 1, WAIT).is_ok(), "site2 never received the change");
+}
+
+/// Each of `nodes` holds new installs, and its `patchmesh status` shows `line`.
+fn holds_and_says(mesh: &Mesh, nodes: &[usize], line: &str) {
+    for i in nodes {
+        let r = mesh.status(*i).reach;
+        assert!(r.holds_installs, "node {i}: {r:?}");
+        let text = mesh.cli_at(*i, &["status"]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains(line), "node {i}: {text}");
+    }
 }
 
 fn statuses_reach(mesh: &Mesh) -> Vec<(String, patchmesh_node::control::ReachView)> {
