@@ -176,3 +176,52 @@ fn a_certificate_expiring_mid_run_ends_its_connections() {
         assert!(h.nodes[i].stats().rejected.get("expired").copied().unwrap_or(0) > 0, "node {i}");
     }
 }
+
+/// A machine moved to another site: the admin revokes its admission in the old site and
+/// admits it to the new one (the same key). The old site drops its record; the machine comes
+/// back as a member of the new site, whose members hold its record, and the old site sees it
+/// as a peer of the new site, not a member of its own.
+#[test]
+fn a_machine_moved_to_another_site_leaves_the_old_site_and_joins_the_new() {
+    use patchmesh_protocol::enrol::NodeRevocation;
+    use patchmesh_protocol::node::PeerId;
+    let mut h = Harness::new(&["a", "a", "b", "b"]);
+    h.connect_all();
+    h.run_for(10_000);
+    let mover = h.nodes[1].id();
+    assert!(h.nodes[0].site().records().contains_key(&mover), "site a never held its record");
+    let r = NodeRevocation {
+        node: mover,
+        site: SiteId::from("a"),
+        reason: "moved to site b".into(),
+        revoked_at: h.now,
+    };
+    let edits = vec![(NodeRevocation::key_of(&mover), Some(CatalogEntry::NodeRevocation(r)))];
+    h.input(0, Input::Command(Command::Publish { admin: h.keys.admins[0].clone(), edits }));
+    h.run_for(10_000);
+    assert!(!h.nodes[0].site().records().contains_key(&mover), "site a keeps its record");
+    // It starts again with a certificate for site b.
+    for j in [0, 2, 3] {
+        let t = h.clock(j);
+        h.nodes[j].handle_input(t, Input::Disconnected { peer: PeerId(1) });
+    }
+    h.links.retain(|(a, b)| *a != 1 && *b != 1);
+    let mut c = h.keys.config(key(101), "b");
+    c.seed = 11;
+    let mut moved = Node::new(c, h.now).unwrap();
+    moved.handle_input(h.now, Input::Start);
+    h.nodes[1] = moved;
+    for j in [0, 2, 3] {
+        h.connect(1, j);
+    }
+    h.run_for(20_000);
+    let b = SiteId::from("b");
+    assert!(!h.nodes[0].site().records().contains_key(&mover), "site a took its record back");
+    let seen_by_a: Vec<_> = h.nodes[0].admitted_peers().filter(|(_, n, _)| *n == mover).collect();
+    assert!(!seen_by_a.is_empty() && seen_by_a.iter().all(|(_, _, s)| **s == b), "{seen_by_a:?}");
+    for j in [2, 3] {
+        assert!(h.nodes[j].site().records().contains_key(&mover), "node {j} lacks its record");
+    }
+    assert_eq!(h.nodes[1].site().site(), &b);
+    assert!(h.nodes[1].site().records().contains_key(&h.nodes[2].id()));
+}
