@@ -160,6 +160,18 @@ pub const CLOCK_GAP_MS: u64 = 30_000;
 /// Roles in one admin set (and sites in one role's scope).
 pub const ROLES_MAX: usize = 64;
 
+/// A soaking member counts toward its ring's gate this long after its soak's end, by the
+/// evaluating node's clock (see [`crate::rollout::verdict`]): time for a failure report raised
+/// in the soak's last moment to flood the mesh, and for clocks that disagree. Members' clocks
+/// are assumed to agree within this (NTP keeps them within milliseconds); a member whose clock
+/// runs further behind the evaluator's counts early by the difference. Its own soak is timed
+/// by its own clock either way.
+pub const SOAK_COUNT_GRACE_MS: u64 = 2_000;
+
+/// Soak starts in a site summary are rounded up to this step (see
+/// [`crate::site::SoakStarts`]): members that began their soaks within one step share an entry.
+pub const SOAK_START_STEP_MS: u64 = 250;
+
 /// How far a site beacon's signed time may run ahead of this node's clock (further is
 /// ignored), and how much older than the listening window it may be and still count as fresh
 /// (clocks across a mesh differ by this much at most before it reports them wrong).

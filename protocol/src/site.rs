@@ -80,6 +80,37 @@ pub struct Standing {
 /// Nodes per (rollout, ring, status), as a site summary carries them.
 pub type Counts = BTreeMap<(RolloutId, u8, RolloutStatus), u32>;
 
+/// Per (rollout, ring): when the members soaking there began to soak, as (time, members) in
+/// rising time. A member's soak is timed from its first record that says it soaks (its
+/// `written_at`, rounded up by [`soak_start`]), so it begins no earlier than the member's own
+/// soak did. Evaluators elsewhere count a soaking member as succeeded once
+/// its ring's `min_soak_ms` has passed since then (see [`crate::rollout::verdict`]), so a site
+/// need not send another summary when its members' soaks end.
+pub type SoakStarts = BTreeMap<(RolloutId, u8), Vec<(Millis, u32)>>;
+
+/// A soak start as summaries carry it: rounded up to [`limits::SOAK_START_STEP_MS`], so
+/// members that entered their soak close together share an entry (and the rounding never
+/// makes a soak look longer than it is).
+pub fn soak_start(written_at: Millis) -> Millis {
+    let step = limits::SOAK_START_STEP_MS;
+    Millis(written_at.0.div_ceil(step).checked_mul(step).unwrap_or(u64::MAX))
+}
+
+/// Soak starts of the soaking members among `records` (each record's standings and
+/// `written_at`), in the form summaries carry them.
+pub fn soak_starts<'a>(records: impl Iterator<Item = &'a NodeRecord>) -> SoakStarts {
+    let mut per: BTreeMap<(RolloutId, u8), BTreeMap<Millis, u32>> = BTreeMap::new();
+    for record in records {
+        for (rollout, standing) in &record.rollouts {
+            if standing.status == RolloutStatus::Soaking {
+                let at = soak_start(record.written_at);
+                *per.entry((*rollout, standing.ring)).or_default().entry(at).or_default() += 1;
+            }
+        }
+    }
+    per.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect()
+}
+
 /// A summary of a node's installed software; the full list is served on request.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct InventorySummary {
@@ -275,6 +306,8 @@ pub struct SiteSummary {
     pub exposure: crate::intel::report::SiteExposure,
     /// What the site is made of (zones, OS, labels).
     pub shape: SiteShape,
+    /// When its soaking members began to soak: their `Soaking` counts in `counts`, in time.
+    pub soaking: SoakStarts,
 }
 
 /// How summaries of one site rank: endorsed above unendorsed, then newer (version sum,
@@ -297,7 +330,21 @@ impl SiteSummary {
             *per_rollout.entry(*rollout).or_default() += u64::from(*n);
         }
         let evidence: u64 = self.evidence.values().map(|n| u64::from(*n)).sum();
-        per_rollout.values().all(|n| *n <= u64::from(self.record_count))
+        // Soak starts: rising times, no empty entry, and exactly the members counted soaking.
+        let soaking_consistent = self.soaking.iter().all(|((rollout, ring), starts)| {
+            let rising = starts.windows(2).all(|w| w[0].0 < w[1].0);
+            let total: u64 = starts.iter().map(|(_, n)| u64::from(*n)).sum();
+            let counted = self.counts.get(&(*rollout, *ring, RolloutStatus::Soaking));
+            rising
+                && starts.iter().all(|(_, n)| *n > 0)
+                && Some(total) == counted.map(|n| u64::from(*n))
+        }) && self
+            .counts
+            .iter()
+            .filter(|((_, _, status), n)| *status == RolloutStatus::Soaking && **n > 0)
+            .all(|((rollout, ring, _), _)| self.soaking.contains_key(&(*rollout, *ring)));
+        soaking_consistent
+            && per_rollout.values().all(|n| *n <= u64::from(self.record_count))
             && evidence <= u64::from(self.evidence_count)
             && self.shape.within_limits()
             && self.shape.members() <= u64::from(self.record_count)
@@ -801,7 +848,8 @@ pub fn verify_summary(
     if summary.mesh != trust.mesh() {
         return Err(TrustError::WrongMesh { ours: trust.mesh(), got: summary.mesh }.into());
     }
-    if summary.counts.len() + summary.evidence.len() > limits::SUMMARY_COUNTERS_MAX
+    let soak_entries: usize = summary.soaking.values().map(Vec::len).sum();
+    if summary.counts.len() + summary.evidence.len() + soak_entries > limits::SUMMARY_COUNTERS_MAX
         || !summary.exposure.within_limits()
     {
         return Err(SiteError::Invalid("too many summary counters"));
@@ -1149,6 +1197,7 @@ impl SiteState {
                 self.records.values().filter_map(|r| r.record().exposure.as_ref()),
             ),
             shape: self.shape(),
+            soaking: soak_starts(self.records.values().map(|held| held.record())),
         }
     }
 
@@ -1195,6 +1244,9 @@ impl SiteState {
         }
         if mine.shape != summary.shape {
             return mismatch("shape");
+        }
+        if mine.soaking != summary.soaking {
+            return mismatch("soak starts");
         }
         Ok(())
     }
@@ -1263,6 +1315,9 @@ impl SiteState {
         }
         if mine.shape != summary.shape {
             return mismatch("shape");
+        }
+        if mine.soaking != summary.soaking {
+            return mismatch("soak starts");
         }
         Ok(())
     }
@@ -1366,5 +1421,60 @@ impl Summaries {
             h.update(&lane.to_le_bytes());
         }
         StateHash(*h.finalize().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(soaking: u32, starts: Vec<(Millis, u32)>) -> SiteSummary {
+        let r = RolloutId([1; 32]);
+        let mut counts = Counts::new();
+        counts.insert((r, 0, RolloutStatus::Succeeded), 2);
+        if soaking > 0 {
+            counts.insert((r, 0, RolloutStatus::Soaking), soaking);
+        }
+        let soaking = if starts.is_empty() { SoakStarts::new() } else { [((r, 0), starts)].into() };
+        SiteSummary {
+            mesh: MeshId([0; 32]),
+            site: SiteId("a".into()),
+            author: NodeId([2; 32]),
+            record_count: 10,
+            evidence_count: 0,
+            version_sum: 1,
+            records_root: [0; 32],
+            evidence_root: [0; 32],
+            counts,
+            evidence: BTreeMap::new(),
+            exposure: Default::default(),
+            shape: SiteShape::default(),
+            soaking,
+        }
+    }
+
+    #[test]
+    fn soak_starts_must_account_for_exactly_the_members_counted_soaking() {
+        let (t1, t2) = (Millis(1_000), Millis(1_250));
+        assert!(summary(3, vec![(t1, 1), (t2, 2)]).counts_consistent());
+        assert!(summary(0, vec![]).counts_consistent());
+        // Soaking members with no start, starts with no soaking member, totals that differ.
+        assert!(!summary(3, vec![]).counts_consistent());
+        assert!(!summary(0, vec![(t1, 1)]).counts_consistent());
+        assert!(!summary(3, vec![(t1, 1), (t2, 1)]).counts_consistent());
+        // Times not rising, or an empty entry.
+        assert!(!summary(3, vec![(t2, 1), (t1, 2)]).counts_consistent());
+        assert!(!summary(3, vec![(t1, 1), (t1, 2)]).counts_consistent());
+        assert!(!summary(3, vec![(t1, 3), (t2, 0)]).counts_consistent());
+    }
+
+    #[test]
+    fn a_soak_start_rounds_up_never_down() {
+        let step = limits::SOAK_START_STEP_MS;
+        assert_eq!(soak_start(Millis(0)), Millis(0));
+        assert_eq!(soak_start(Millis(1)), Millis(step));
+        assert_eq!(soak_start(Millis(step)), Millis(step));
+        assert_eq!(soak_start(Millis(step + 1)), Millis(2 * step));
+        assert_eq!(soak_start(Millis(u64::MAX)), Millis(u64::MAX));
     }
 }

@@ -261,19 +261,25 @@ fn approvals_count_only_from_roles_that_grant_approve_and_commands_only_within_s
     };
     let rings = vec![RingStats::default()];
     // The author's own role may publish but not approve: it waits for an approver.
-    let v = judge(&authored, &[], &m.trust, rings.clone());
+    let v = judge(&authored, &[], &m.trust, rings.clone(), Millis(0));
     assert_eq!(
         (v.control.clone(), v.approvals, v.approvals_needed),
         (Control::AwaitingApproval, 0, 1)
     );
     let approved = [cmd(&m.approver, CommandAction::Approve { rollout_hash: hash }, 1)];
-    assert_eq!(judge(&authored, &approved, &m.trust, rings.clone()).control, Control::Running);
+    assert_eq!(
+        judge(&authored, &approved, &m.trust, rings.clone(), Millis(0)).control,
+        Control::Running
+    );
     // An approval from a key whose roles do not grant approve counts for nothing.
     let by_paris = [cmd(&m.paris, CommandAction::Approve { rollout_hash: hash }, 1)];
-    assert_eq!(judge(&authored, &by_paris, &m.trust, rings.clone()).approvals, 0);
+    assert_eq!(judge(&authored, &by_paris, &m.trust, rings.clone(), Millis(0)).approvals, 0);
     // Paris may pause its own rollout.
     let paused = [approved[0].clone(), cmd(&m.paris, CommandAction::Pause, 2)];
-    assert_eq!(judge(&authored, &paused, &m.trust, rings.clone()).control, Control::Paused);
+    assert_eq!(
+        judge(&authored, &paused, &m.trust, rings.clone(), Millis(0)).control,
+        Control::Paused
+    );
     // A fleet-wide rollout: paris's pause is outside its scope and does not count.
     let wide = rollout(&[]);
     let wide_authored = Authored {
@@ -291,7 +297,7 @@ fn approvals_count_only_from_roles_that_grant_approve_and_commands_only_within_s
         },
     )];
     assert_eq!(
-        judge(&wide_authored, &pause_wide, &m.trust, rings.clone()).control,
+        judge(&wide_authored, &pause_wide, &m.trust, rings.clone(), Millis(0)).control,
         Control::Running
     );
     // A publish threshold on the paris role: its rollouts need two approving keys.
@@ -304,13 +310,13 @@ fn approvals_count_only_from_roles_that_grant_approve_and_commands_only_within_s
         .trust
         .apply_admin_set(&next.seal(&[&m.keys.roots[0], &m.keys.roots[1]]), &Ed25519)
         .unwrap());
-    let v = judge(&authored, &approved, &m.trust, rings.clone());
+    let v = judge(&authored, &approved, &m.trust, rings.clone(), Millis(0));
     assert_eq!((v.approvals, v.approvals_needed, v.control), (1, 2, Control::AwaitingApproval));
     let two = [
         approved[0].clone(),
         cmd(&m.keys.admins[1], CommandAction::Approve { rollout_hash: hash }, 3),
     ];
-    assert_eq!(judge(&authored, &two, &m.trust, rings).control, Control::Running);
+    assert_eq!(judge(&authored, &two, &m.trust, rings, Millis(0)).control, Control::Running);
 }
 
 #[test]

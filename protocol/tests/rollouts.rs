@@ -131,6 +131,51 @@ fn a_busy_site_reports_its_settled_canaries_at_once_and_the_next_ring_starts_wit
     );
 }
 
+/// Site b's summary carries when its canary began to soak, so site a starts the next ring when
+/// that soak is over, with no word from site b after it: here site b is cut off from the moment
+/// its summary arrived, and site a still starts, no earlier than the canary's soak ended.
+#[test]
+fn a_gate_passes_when_the_soaks_it_counts_end_without_another_summary() {
+    let mut h = fleet(Keys::new(), 6, &[1]);
+    let id = 8u8;
+    publish(
+        &mut h,
+        0,
+        0,
+        vec![CatalogEntry::Patch(patch()), CatalogEntry::Rollout(rollout(id, 10_000))],
+    );
+    let mut waited = 0;
+    while step(&h, 1, id) != Some(Step::Soaking) {
+        run(&mut h, 100, &|_| false);
+        waited += 100;
+        assert!(waited < 10_000, "the canary never started soaking");
+    }
+    run(&mut h, 1_500, &|_| false);
+    let verdict =
+        |h: &Harness, i: usize| h.nodes[i].rollouts().verdicts()[&RolloutId([id; 32])].clone();
+    let before = verdict(&h, 0);
+    assert_eq!(before.open_rings, 1, "site a opened the next ring during the canary's soak");
+    assert!(
+        before.waiting.contains("end their soak") && before.promotes_at.is_some(),
+        "site a does not know when the canary's soak ends: {before:?}"
+    );
+    h.sides = Some((0..6).map(|i| (i % 2) as u8).collect());
+    run(&mut h, 12_000, &|_| false);
+    let soak_end = h.nodes[1].rollouts().journal()[&RolloutId([id; 32])]
+        .soak_until
+        .expect("the canary soaked");
+    for i in [0, 2, 4] {
+        let j = h.nodes[i].rollouts().journal().get(&RolloutId([id; 32])).cloned();
+        let j = j.unwrap_or_else(|| panic!("node {i} never started: {:?}", verdict(&h, i)));
+        assert!(j.started_at >= soak_end, "node {i} started before the canary's soak ended");
+        assert!(
+            j.started_at.since(soak_end) <= 2_000 + 250 + 500,
+            "node {i} started {} ms after the soak ended",
+            j.started_at.since(soak_end)
+        );
+    }
+}
+
 /// `n` nodes of one site `a`, each connected only to its neighbours in a line: no node sees
 /// most of its site directly.
 fn site_in_a_line(n: usize) -> Harness {

@@ -96,7 +96,7 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
              Reported: blast_radius, halting_ring, halt_threshold_ms, halt_latency_ms,
              halt_after_heal_ms, halted_nodes, live_nodes, rings_completed,
              ring_targeted_nodes, ring_start_ms,
-             ring_done_ms, rollout_complete_ms, rollout_committed_nodes,
+             ring_done_ms, ring_gate_ms, rollout_complete_ms, rollout_committed_nodes,
              rollout_targeted_nodes, rolled_back_nodes, failed_nodes,
              first_start_ms_by_zone, max_site_concurrency, effects_lost (see the rollout
              module docs for their exact definitions)

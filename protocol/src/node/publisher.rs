@@ -13,10 +13,13 @@
 //! A site in the middle of a rollout is never quiet (its members change step every second or
 //! two), so waiting for quiet would hold every gate up to four intervals behind the truth. One
 //! change waits for nothing but the next tick: a ring of a rollout that *settled* here (none of
-//! its members in this site installing or soaking any more, and its finished counts differ
-//! from the summary in circulation). That is the moment a gate elsewhere can pass on this
-//! site's members, and the site says nothing more about that ring until its counts change
-//! again, so it costs about one summary per site per ring.
+//! its members in this site installing any more, and what they came to differs from the
+//! summary in circulation: more members soaking or succeeded, a soak that began, a failure or
+//! a rollback). Soaking members travel with when their soak began, and evaluators elsewhere
+//! count them as succeeded once the soak is over (see [`crate::rollout::verdict`]), so a soak
+//! ending is no news: the site has said what a gate elsewhere needs from it by the time its
+//! last member starts soaking, and says nothing more about that ring until its members do
+//! something else. That costs about one summary per site per ring.
 
 use crate::crypto::{Domain, Envelope, SecretKey};
 use crate::ids::{MeshId, Millis, NodeId, RolloutId, SiteId, StateHash};
@@ -181,7 +184,7 @@ impl Publisher {
         }
         let summary = site.summarise(self.mesh, self.me);
         let held = summaries.all().get(site.site()).map(|h| h.summary());
-        let settled = settled_ring_changed(held.map(|h| &h.counts), &summary.counts);
+        let settled = settled_ring_changed(held, &summary);
         if !(settled || interval_passed && (quiet || overdue)) {
             return None;
         }
@@ -197,6 +200,7 @@ impl Publisher {
                     s.evidence.clone(),
                     s.exposure.clone(),
                     s.shape.clone(),
+                    s.soaking.clone(),
                 )
             };
             if reads(h) == reads(&summary) {
@@ -255,16 +259,30 @@ impl Publisher {
 
 /// Whether some (rollout, ring) has no member installing or soaking in `now` while its finished counts
 /// (succeeded, failed, rolled back) differ from `held` (the summary in circulation, if any).
-fn settled_ring_changed(held: Option<&site::Counts>, now: &site::Counts) -> bool {
+fn settled_ring_changed(held: Option<&site::SiteSummary>, now: &site::SiteSummary) -> bool {
     use site::RolloutStatus as S;
     let get = |c: &site::Counts, r: RolloutId, ring: u8, s: S| c.get(&(r, ring, s)).copied();
+    let held_get = |r, ring, s| held.and_then(|h| get(&h.counts, r, ring, s)).unwrap_or(0);
     let rings: std::collections::BTreeSet<(RolloutId, u8)> =
-        now.keys().map(|(r, ring, _)| (*r, *ring)).collect();
+        now.counts.keys().map(|(r, ring, _)| (*r, *ring)).collect();
     rings.into_iter().any(|(r, ring)| {
-        let busy = [S::Installing, S::Soaking].map(|s| get(now, r, ring, s).unwrap_or(0));
-        busy == [0, 0]
-            && [S::Succeeded, S::Failed, S::RolledBack]
-                .into_iter()
-                .any(|s| get(now, r, ring, s) != held.and_then(|h| get(h, r, ring, s)))
+        let now_get = |s| get(&now.counts, r, ring, s).unwrap_or(0);
+        if now_get(S::Installing) > 0 {
+            return false;
+        }
+        // A soak ending is no news (evaluators count it from its start); a member finishing
+        // its install, failing or rolling back is, and so is a soak that began anew.
+        let done = |g: &dyn Fn(S) -> u32| g(S::Succeeded) + g(S::Soaking);
+        let held_done = done(&|s| held_get(r, ring, s));
+        let outcome_changed =
+            [S::Failed, S::RolledBack].into_iter().any(|s| now_get(s) != held_get(r, ring, s));
+        let held_starts = held.and_then(|h| h.soaking.get(&(r, ring)));
+        let new_start = now.soaking.get(&(r, ring)).is_some_and(|starts| {
+            starts.iter().any(|(at, n)| {
+                let before = held_starts.and_then(|h| h.iter().find(|(t, _)| t == at));
+                before.is_none_or(|(_, m)| m < n)
+            })
+        });
+        outcome_changed || done(&now_get) != held_done || new_start
     })
 }

@@ -241,6 +241,9 @@ pub struct Engine {
     inflight: BTreeMap<RolloutId, (u64, Action)>,
     /// Fetch retries and soak re-checks, by rollout.
     wake_at: BTreeMap<RolloutId, Millis>,
+    /// When a gate this node waits on should pass (the members soaking now end their soaks),
+    /// by rollout: the engine wants to be evaluated then.
+    gate_wake: BTreeMap<RolloutId, Millis>,
     standings: BTreeMap<RolloutId, Standing>,
     stopped: BTreeSet<RolloutId>,
     verdicts: BTreeMap<RolloutId, Verdict>,
@@ -289,7 +292,7 @@ impl Engine {
 
     /// The earliest time the engine needs to run again for its own timers.
     pub fn next_wake(&self) -> Option<Millis> {
-        self.wake_at.values().min().copied()
+        self.wake_at.values().chain(self.gate_wake.values()).min().copied()
     }
 
     /// True while some install is not in a terminal step.
@@ -460,9 +463,9 @@ impl Engine {
         }
         for (id, authored) in &policies.rollouts {
             let rollout = &authored.rollout;
-            let rings = ring_stats(rollout, view.site, view.summaries, view.alarms);
+            let rings = ring_stats(rollout, view.site, view.summaries, view.alarms, view.now);
             let commands = policies.commands.get(id).map(Vec::as_slice).unwrap_or(&[]);
-            let verdict = judge(authored, commands, view.trust, rings);
+            let verdict = judge(authored, commands, view.trust, rings, view.now);
             if matches!(verdict.control, Control::Halted { .. } | Control::Aborted)
                 && self.stopped.insert(*id)
             {
@@ -491,9 +494,18 @@ impl Engine {
                 let in_scope = may(&authored.author) && patch_author.is_some_and(may);
                 self.advance(&mut out, rollout, &verdict, view, in_scope);
             }
+            // Pending in the ring a gate is about to open: look again when it should.
+            let waits = self.standings.get(id).is_some_and(|s| {
+                s.status == RolloutStatus::Pending && s.ring == verdict.open_rings
+            });
+            match verdict.promotes_at.filter(|_| waits && verdict.running()) {
+                Some(at) => self.gate_wake.insert(*id, at),
+                None => self.gate_wake.remove(id),
+            };
             self.verdicts.insert(*id, verdict);
         }
         self.verdicts.retain(|id, _| policies.rollouts.contains_key(id));
+        self.gate_wake.retain(|id, _| policies.rollouts.contains_key(id));
         out
     }
 

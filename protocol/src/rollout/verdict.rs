@@ -24,13 +24,24 @@
 //!   summary held for it counts its members' standings in this rollout (every member that
 //!   evaluated it has one, `NotTargeted` included); a summary from before the rollout does not.
 //!   The price: a site with no member up to summarise it holds promotion back until one is.
+//! - **Soaks end on time.** A soaking member counts as succeeded once its ring's `min_soak_ms`
+//!   and [`crate::limits::SOAK_COUNT_GRACE_MS`] have passed since its soak began, as its site's
+//!   records or summary date it ([`crate::site::SoakStarts`]). A site therefore summarises a
+//!   ring once its members there stop installing, not again when their soaks end, and every
+//!   evaluator knows when the gate will pass ([`Verdict::promotes_at`]) and looks again then:
+//!   the next ring starts within about a second of the truth, with no summary in between. A
+//!   member that fails during its soak reports it at once, and a failure report floods the
+//!   mesh well within the grace, which also covers clock skew between members up to it (a
+//!   member whose clock runs further behind counts up to the difference early; its own soak is
+//!   timed by its own clock either way). Halts do not use this: "every member reported" still
+//!   waits for final standings.
 
 use super::alarms::Alarms;
 use super::policy::{AdminCommand, CommandAction, Override, RolloutEntry};
 use super::target::ring_of;
 use crate::catalog::{CatalogEntry, PatchEntry};
 use crate::crypto::{encode, hash_parts};
-use crate::ids::{ContentId, KeyId, RolloutId, SiteId};
+use crate::ids::{ContentId, KeyId, Millis, RolloutId, SiteId};
 use crate::site::{RolloutStatus, SiteState, Summaries};
 use crate::trust::Trust;
 use serde::{Deserialize, Serialize};
@@ -175,6 +186,16 @@ pub struct RingStats {
     pub failed: u32,
     /// Rolled back.
     pub rolled_back: u32,
+    /// Soaking members whose soak has ended by now, as far as this node can tell: its ring's
+    /// `min_soak_ms` and [`crate::limits::SOAK_COUNT_GRACE_MS`] have passed since the soak
+    /// began (see [`crate::site::SoakStarts`]). The gate counts them with `succeeded`.
+    #[serde(default)]
+    pub soaked: u32,
+    /// When enough members will have succeeded or soaked for this ring's success condition,
+    /// if the members soaking now suffice and it does not hold yet: the moment to evaluate
+    /// again, with no summary needed in between.
+    #[serde(default)]
+    pub enough_soaked_at: Option<Millis>,
     /// Other sites whose summary, as held here, does not mention the rollout yet (the same for
     /// every ring). Their members are missing from the counts above, so while any is missing
     /// the ring's gate stays closed: an undercounted ring could otherwise pass its gate on a
@@ -182,16 +203,32 @@ pub struct RingStats {
     pub unsummarised_sites: u32,
 }
 
+/// Members a ring's gate needs succeeded: `min_reports`, and `min_success_permille` of its
+/// `targeted` members.
+pub fn needed(gate: &super::policy::Gate, targeted: u32) -> u32 {
+    let by_fraction =
+        (u64::from(gate.min_success_permille) * u64::from(targeted)).div_ceil(1000) as u32;
+    by_fraction.max(gate.min_reports)
+}
+
 /// Collects ring statistics: this site from its records, other sites from their summaries,
-/// failures from the fleet-wide reports.
+/// failures from the fleet-wide reports; soaks are judged ended or not at `now`.
 pub fn ring_stats(
     rollout: &RolloutEntry,
     site: &SiteState,
     summaries: &Summaries,
     alarms: &Alarms,
+    now: Millis,
 ) -> Vec<RingStats> {
     let n = rollout.rings.len();
     let mut rings = vec![RingStats::default(); n];
+    // Per ring: when each soaking member's soak counts as ended, with how many members.
+    let mut soak_ends: Vec<Vec<(Millis, u32)>> = vec![Vec::new(); n];
+    let mut soaks = |ring: u8, began: Millis, count: u32| {
+        let Some(spec) = rollout.rings.get(usize::from(ring)) else { return };
+        let end = began.plus(spec.gate.min_soak_ms).plus(crate::limits::SOAK_COUNT_GRACE_MS);
+        soak_ends[usize::from(ring)].push((end, count));
+    };
     let mut add = |ring: u8, status: RolloutStatus, count: u32| {
         let Some(r) = rings.get_mut(usize::from(ring)) else { return };
         match status {
@@ -206,8 +243,12 @@ pub fn ring_stats(
         r.targeted += count;
     };
     for held in site.records().values() {
-        if let Some(s) = held.record().rollouts.get(&rollout.id) {
+        let record = held.record();
+        if let Some(s) = record.rollouts.get(&rollout.id) {
             add(s.ring, s.status, 1);
+            if s.status == RolloutStatus::Soaking {
+                soaks(s.ring, crate::site::soak_start(record.written_at), 1);
+            }
         }
     }
     let own: &SiteId = site.site();
@@ -217,16 +258,35 @@ pub fn ring_stats(
             continue;
         }
         let mut mentioned = false;
-        for ((rid, ring, status), count) in &held.summary().counts {
+        let summary = held.summary();
+        for ((rid, ring, status), count) in &summary.counts {
             if *rid == rollout.id {
                 mentioned = true;
                 add(*ring, *status, *count);
             }
         }
+        let mine = summary.soaking.range((rollout.id, 0)..=(rollout.id, u8::MAX));
+        for ((_, ring), starts) in mine {
+            for (began, count) in starts {
+                soaks(*ring, *began, *count);
+            }
+        }
         unsummarised += u32::from(!mentioned);
     }
-    for r in &mut rings {
+    for ((r, ends), spec) in rings.iter_mut().zip(&mut soak_ends).zip(&rollout.rings) {
         r.unsummarised_sites = unsummarised;
+        ends.sort_unstable();
+        let ended = ends.partition_point(|(end, _)| *end <= now);
+        r.soaked = ends[..ended].iter().map(|(_, c)| *c).sum::<u32>().min(r.soaking);
+        // The moment the soaks still running bring the ring to what its gate needs.
+        let need = needed(&spec.gate, r.targeted);
+        let mut have = r.succeeded + r.soaked;
+        if have < need {
+            r.enough_soaked_at = ends[ended..].iter().find_map(|(end, c)| {
+                have += c;
+                (have >= need).then_some(*end)
+            });
+        }
     }
     for alarm in alarms.of(&rollout.id) {
         if let Some(ring) = ring_of(rollout, &alarm.evidence.node, &alarm.labels) {
@@ -272,6 +332,9 @@ pub struct Verdict {
     pub open_rings: u8,
     /// Why the next ring is not open yet (empty when all are).
     pub waiting: String,
+    /// When the next ring opens if the members soaking now end their soaks and nothing else
+    /// changes (none fails): when to evaluate again.
+    pub promotes_at: Option<Millis>,
     /// Per-ring counts.
     pub rings: Vec<RingStats>,
 }
@@ -302,6 +365,7 @@ pub fn judge(
     commands: &[(String, AdminCommand)],
     trust: &Trust,
     rings: Vec<RingStats>,
+    now: Millis,
 ) -> Verdict {
     let rollout = &authored.rollout;
     let admins = trust.admins();
@@ -350,13 +414,14 @@ pub fn judge(
         Control::Running
     };
 
-    let (open_rings, waiting) = open_rings(rollout, &rings, counted);
+    let (open_rings, waiting, promotes_at) = open_rings(rollout, &rings, counted, now);
     Verdict {
         control,
         approvals: approvers.len() as u32,
         approvals_needed: needed,
         open_rings,
         waiting,
+        promotes_at,
         rings,
     }
 }
@@ -439,15 +504,15 @@ fn open_rings(
     rollout: &RolloutEntry,
     rings: &[RingStats],
     counted: impl Fn(usize, &RingStats) -> u32,
-) -> (u8, String) {
+    now: Millis,
+) -> (u8, String, Option<Millis>) {
     let mut open_rings = 1u8;
     let mut waiting = String::new();
+    let mut promotes_at = None;
     for (j, r) in rings.iter().enumerate().take(rollout.rings.len().saturating_sub(1)) {
         let gate = &rollout.rings[j].gate;
         let failed = counted(j, r);
-        let by_fraction =
-            (u64::from(gate.min_success_permille) * u64::from(r.targeted)).div_ceil(1000) as u32;
-        let need = by_fraction.max(gate.min_reports);
+        let need = needed(gate, r.targeted);
         let name = &rollout.rings[j].name;
         if r.unsummarised_sites > 0 {
             waiting = format!(
@@ -464,18 +529,27 @@ fn open_rings(
             );
             break;
         }
-        if r.succeeded < need {
-            waiting = format!("ring {name}: {} of {need} succeeded members", r.succeeded);
+        let succeeded = r.succeeded + r.soaked;
+        let failures_over = failed > gate.max_failures
+            || u64::from(failed) * 1000
+                > u64::from(gate.max_failure_permille) * u64::from(r.targeted);
+        if succeeded < need {
+            promotes_at = r.enough_soaked_at.filter(|_| !failures_over);
+            waiting = format!("ring {name}: {succeeded} of {need} succeeded members");
+            if let Some(at) = r.enough_soaked_at {
+                let more = need - succeeded;
+                waiting += &format!(
+                    "; {more} more end their soak in {:.1} s unless one fails",
+                    at.0.saturating_sub(now.0) as f64 / 1000.0
+                );
+            }
             break;
         }
-        if failed > gate.max_failures
-            || u64::from(failed) * 1000
-                > u64::from(gate.max_failure_permille) * u64::from(r.targeted)
-        {
+        if failures_over {
             waiting = format!("ring {name}: {failed} failures over the gate");
             break;
         }
         open_rings += 1;
     }
-    (open_rings, waiting)
+    (open_rings, waiting, promotes_at)
 }

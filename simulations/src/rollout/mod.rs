@@ -114,6 +114,11 @@ pub struct RolloutFigures {
     pub ring_start_ms: Vec<Option<u64>>,
     /// Per ring, when its last targeted live member committed, if all did, scenario time.
     pub ring_done_ms: Vec<Option<u64>>,
+    /// Per ring, when enough of its members had committed (soaked) for its gate's success
+    /// condition to hold (`min_reports`, and `min_success_permille` of its targeted members),
+    /// scenario time: the earliest the next ring could start. The gap from here to the next
+    /// ring's `ring_start_ms` is what promotion costs (summaries, evaluation, windows).
+    pub ring_gate_ms: Vec<Option<u64>>,
     /// Publish → the last targeted live node committed; None unless all did.
     pub rollout_complete_ms: Option<u64>,
     /// Targeted live nodes that ended `Committed`.
@@ -660,7 +665,8 @@ impl RolloutModel {
         }
         f.ever_stopped_nodes = honest.iter().filter(|(_, m)| m.stopped_us.is_some()).count();
         v.extend(outcome_violations(&honest, live, &never_halted, good, &not_committed));
-        ring_timings(&mut f, &honest, &ring_members);
+        let gates: Vec<_> = self.entry.rings.iter().map(|r| &r.gate).collect();
+        ring_timings(&mut f, &gates, &honest, &ring_members);
         if f.rollout_targeted_nodes > 0 && not_committed.is_empty() {
             f.rollout_complete_ms = self.published_us.map(|p| last_commit.saturating_sub(p) / 1000);
         }
@@ -756,6 +762,7 @@ fn outcome_violations(
 /// rings every live targeted member committed.
 fn ring_timings(
     f: &mut RolloutFigures,
+    gates: &[&patchmesh_protocol::rollout::policy::Gate],
     honest: &[(usize, &Member)],
     ring_members: &BTreeMap<u8, (usize, usize, u64)>,
 ) {
@@ -772,6 +779,19 @@ fn ring_timings(
             let starts =
                 honest.iter().filter(|(_, m)| m.ring == Some(r)).filter_map(|(_, m)| m.started_us);
             starts.min().map(|t| t / 1000)
+        })
+        .collect();
+    f.ring_gate_ms = gates
+        .iter()
+        .enumerate()
+        .map(|(r, gate)| {
+            let members = honest.iter().filter(|(_, m)| m.ring == Some(r as u8));
+            let targeted = members.clone().count() as u64;
+            let mut commits: Vec<u64> = members.filter_map(|(_, m)| m.committed_us).collect();
+            commits.sort_unstable();
+            let by_share = (targeted * u64::from(gate.min_success_permille)).div_ceil(1000);
+            let needed = by_share.max(u64::from(gate.min_reports)).max(1) as usize;
+            commits.get(needed - 1).map(|t| t / 1000)
         })
         .collect();
 }

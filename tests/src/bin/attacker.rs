@@ -195,6 +195,7 @@ fn lying_summary(
         evidence: Default::default(),
         exposure: Default::default(),
         shape: Default::default(),
+        soaking: Default::default(),
     };
     let env = Envelope::seal(Domain::SiteSummary, &lie, &[key]);
     let bundle = Arc::new(Bundle::new(env, admission.clone()));
