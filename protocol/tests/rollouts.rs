@@ -11,7 +11,7 @@ use patchmesh_protocol::crypto::{Domain, Ed25519, Envelope};
 use patchmesh_protocol::ids::{Millis, NodeId, RolloutId, SiteId};
 use patchmesh_protocol::mesh;
 use patchmesh_protocol::node::{Command, Input, Node, PeerId};
-use patchmesh_protocol::rollout::engine::View;
+use patchmesh_protocol::rollout::engine::{Live, Liveness, View};
 use patchmesh_protocol::rollout::verdict::rollout_hash;
 use patchmesh_protocol::rollout::{
     Action, Control, Engine, JournalEntry, Policies, RolloutEvent, Step,
@@ -576,8 +576,7 @@ fn a_restored_journal_re_runs_the_step_it_was_in() {
             site: &site,
             summaries: &summaries,
             alarms: &alarms,
-            live: &live,
-            young: &Default::default(),
+            liveness: &Liveness::known(Live { members: live.clone(), young: Default::default() }),
             now: T0,
             hold: false,
         };

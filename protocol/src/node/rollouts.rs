@@ -14,7 +14,7 @@ use super::timers::Timer;
 use super::{Event, Fresh, Node, Output, PeerId, Persist};
 use crate::ids::{NodeId, RolloutId};
 use crate::limits;
-use crate::rollout::engine::{EngineOut, View};
+use crate::rollout::engine::{EngineOut, Live, Liveness, View};
 use crate::rollout::{EffectResult, Policies};
 use crate::site::RolloutStatus;
 use std::collections::BTreeSet;
@@ -100,7 +100,16 @@ impl Node {
         if self.policies.rollouts.is_empty() && !self.engine.busy() {
             return;
         }
-        let (live, young) = self.live_members();
+        let members = Members {
+            now: self.now,
+            started_at: self.started_at,
+            policies: &self.policies,
+            ring_opened_at: &self.ring_opened_at,
+            member_heard: &self.member_heard,
+            site: &self.state.site,
+            peers: &self.peers,
+        };
+        let liveness = Liveness::new(move || members.live());
         let before = self.engine.standings().clone();
         let policies = self.policies.clone();
         let view = View {
@@ -111,12 +120,12 @@ impl Node {
             site: &self.state.site,
             summaries: &self.state.summaries,
             alarms: &self.state.alarms,
-            live: &live,
-            young: &young,
+            liveness: &liveness,
             now: self.now,
             hold: self.reach.holds_installs(),
         };
         let outs = self.engine.step(&policies, &view);
+        drop(liveness);
         self.apply_engine(outs);
         self.note_open_rings();
         let heartbeat_due = self.waits_for_a_slot()
@@ -127,62 +136,6 @@ impl Node {
         if *self.engine.standings() != before || heartbeat_due {
             self.update_record();
         }
-    }
-
-    /// The site members that count for install-slot ranking (those not known to be down):
-    /// members connected now, members whose signed objects reached this node within
-    /// [`limits::MEMBER_LIVE_MS`] (every member pending in a running rollout re-signs its
-    /// record every [`limits::PENDING_HEARTBEAT_MS`]), and, for that long after this node saw a
-    /// rollout start running (or since this node started: it was down, and its records of
-    /// others may be old), every member whose record says it is pending in it (it has not
-    /// had the time to re-sign yet). Ranking only among connected members let a sparsely
-    /// connected site start many times its limit; a member that went down stops being heard
-    /// and frees its place.
-    /// Also returns the rollouts that are young here (seen starting within that time).
-    ///
-    /// It runs whenever the engine does (on most inputs of a busy node), so it walks the
-    /// records and the members heard from side by side (both ordered by node) instead of
-    /// looking each up; anti-entropy forgets members heard from too long ago.
-    fn live_members(&self) -> (BTreeSet<NodeId>, BTreeSet<RolloutId>) {
-        let now = self.now;
-        // A node that started lately has heard from no one yet, and its records may be old (it
-        // was down while others moved on): every rollout is young to it for as long.
-        let booting = now.since(self.started_at) < limits::MEMBER_LIVE_MS;
-        let young: BTreeSet<RolloutId> = if booting {
-            self.policies.rollouts.keys().copied().collect()
-        } else {
-            self.ring_opened_at
-                .iter()
-                .filter(|((_, ring), at)| *ring == 0 && now.since(**at) < limits::MEMBER_LIVE_MS)
-                .map(|((id, _), _)| *id)
-                .collect()
-        };
-        let mut heard = self
-            .member_heard
-            .iter()
-            .filter(|(_, at)| now.since(**at) < limits::MEMBER_LIVE_MS)
-            .map(|(n, _)| *n)
-            .peekable();
-        // Members with a record that were heard from lately, or are pending in a young rollout
-        // (in node order, as the records are).
-        let mut also = Vec::new();
-        for (node, held) in self.state.site.records() {
-            while heard.next_if(|h| h < node).is_some() {}
-            let lately = heard.next_if_eq(node).is_some();
-            let pending = || {
-                let theirs = &held.record().rollouts;
-                young
-                    .iter()
-                    .any(|id| theirs.get(id).is_some_and(|s| s.status == RolloutStatus::Pending))
-            };
-            if lately || (!young.is_empty() && pending()) {
-                also.push(*node);
-            }
-        }
-        let connected = self.peers.live_members(self.state.site.site());
-        // Two ordered runs: the set is built from them in one pass.
-        let live = connected.into_iter().chain(also).collect();
-        (live, young)
     }
 
     /// Notes when this node first saw each ring of each rollout open; forgets rollouts that
@@ -222,5 +175,75 @@ impl Node {
         if *self.engine.standings() != before {
             self.update_record();
         }
+    }
+}
+
+/// What [`Members::live`] reads of a node: borrowed apart from its engine, so the engine can
+/// work it out only when it ranks for an install slot (see [`Liveness`]).
+struct Members<'a> {
+    now: crate::ids::Millis,
+    started_at: crate::ids::Millis,
+    policies: &'a Policies,
+    ring_opened_at: &'a std::collections::BTreeMap<(RolloutId, u8), crate::ids::Millis>,
+    member_heard: &'a std::collections::BTreeMap<NodeId, crate::ids::Millis>,
+    site: &'a crate::site::SiteState,
+    peers: &'a super::peers::Peers,
+}
+
+impl Members<'_> {
+    /// The site members that count for install-slot ranking (those not known to be down):
+    /// members connected now, members whose signed objects reached this node within
+    /// [`limits::MEMBER_LIVE_MS`] (every member pending in a running rollout re-signs its
+    /// record every [`limits::PENDING_HEARTBEAT_MS`]), and, for that long after this node saw a
+    /// rollout start running (or since this node started: it was down, and its records of
+    /// others may be old), every member whose record says it is pending in it (it has not
+    /// had the time to re-sign yet). Ranking only among connected members let a sparsely
+    /// connected site start many times its limit; a member that went down stops being heard
+    /// and frees its place.
+    /// Also the rollouts that are young here (seen starting within that time).
+    ///
+    /// It runs whenever the engine does (on most inputs of a busy node), so it walks the
+    /// records and the members heard from side by side (both ordered by node) instead of
+    /// looking each up; anti-entropy forgets members heard from too long ago.
+    fn live(&self) -> Live {
+        let now = self.now;
+        // A node that started lately has heard from no one yet, and its records may be old (it
+        // was down while others moved on): every rollout is young to it for as long.
+        let booting = now.since(self.started_at) < limits::MEMBER_LIVE_MS;
+        let young: BTreeSet<RolloutId> = if booting {
+            self.policies.rollouts.keys().copied().collect()
+        } else {
+            self.ring_opened_at
+                .iter()
+                .filter(|((_, ring), at)| *ring == 0 && now.since(**at) < limits::MEMBER_LIVE_MS)
+                .map(|((id, _), _)| *id)
+                .collect()
+        };
+        let mut heard = self
+            .member_heard
+            .iter()
+            .filter(|(_, at)| now.since(**at) < limits::MEMBER_LIVE_MS)
+            .map(|(n, _)| *n)
+            .peekable();
+        // Members with a record that were heard from lately, or are pending in a young rollout
+        // (in node order, as the records are).
+        let mut also = Vec::new();
+        for (node, held) in self.site.records() {
+            while heard.next_if(|h| h < node).is_some() {}
+            let lately = heard.next_if_eq(node).is_some();
+            let pending = || {
+                let theirs = &held.record().rollouts;
+                young
+                    .iter()
+                    .any(|id| theirs.get(id).is_some_and(|s| s.status == RolloutStatus::Pending))
+            };
+            if lately || (!young.is_empty() && pending()) {
+                also.push(*node);
+            }
+        }
+        let connected = self.peers.live_members(self.site.site());
+        // Two ordered runs: the set is built from them in one pass.
+        let live = connected.into_iter().chain(also).collect();
+        Live { members: live, young }
     }
 }

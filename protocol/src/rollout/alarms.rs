@@ -76,6 +76,11 @@ impl Alarms {
         self.by_rollout.get(rollout).is_some_and(|n| n.contains_key(node))
     }
 
+    /// How many reports of a rollout are held (they only grow while the node runs).
+    pub fn count_of(&self, rollout: &RolloutId) -> usize {
+        self.by_rollout.get(rollout).map_or(0, BTreeMap::len)
+    }
+
     /// The reports of a rollout, by failing node.
     pub fn of(&self, rollout: &RolloutId) -> impl Iterator<Item = &Alarm> {
         self.by_rollout.get(rollout).into_iter().flat_map(|n| n.values())

@@ -22,7 +22,7 @@ use super::activity::install_window_open;
 use super::alarms::Alarms;
 use super::policy::RolloutEntry;
 use super::target::{ring_of, selects, Facts, NO_RING};
-use super::verdict::{judge, ring_stats, Control, Policies, Verdict};
+use super::verdict::{failures_per_ring, judge, ring_stats, Control, Policies, Verdict};
 use crate::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
 use crate::limits;
 use crate::site::{EvidenceKind, RolloutStatus, SiteState, Standing, Summaries};
@@ -220,16 +220,50 @@ pub struct View<'a> {
     pub summaries: &'a Summaries,
     /// Fleet-wide failure reports.
     pub alarms: &'a Alarms,
-    /// Admitted peers connected now (the live members of the site among them).
-    pub live: &'a BTreeSet<NodeId>,
-    /// Rollouts this node saw start within [`limits::MEMBER_LIVE_MS`]: a member that has not
-    /// said where it stands in one of them yet may be about to start.
-    pub young: &'a BTreeSet<RolloutId>,
+    /// The site's live members and its young rollouts, worked out only if an install slot is
+    /// ranked.
+    pub liveness: &'a Liveness<'a>,
     /// The node's clock.
     pub now: Millis,
     /// No new install starts: the node may not be hearing a halt (it is cut off from the mesh,
     /// or behind it; see [`crate::node::Reach`]). Installs under way and rollbacks go on.
     pub hold: bool,
+}
+
+/// What ranking for an install slot reads about the site, worked out the first time a step
+/// ranks one: most steps of a busy node rank none (it waits on a gate, or installs already),
+/// and working it out walks every record of the site.
+pub struct Liveness<'a> {
+    known: std::cell::OnceCell<Live>,
+    work_out: Box<dyn Fn() -> Live + 'a>,
+}
+
+/// The live members of a site, and the young rollouts (see [`Liveness`]).
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// Members not known to be down (the node decides; see `Node::live_members`).
+    pub members: BTreeSet<NodeId>,
+    /// Rollouts this node saw start within [`limits::MEMBER_LIVE_MS`]: a member that has not
+    /// said where it stands in one of them yet may be about to start.
+    pub young: BTreeSet<RolloutId>,
+}
+
+impl<'a> Liveness<'a> {
+    /// Worked out by `work_out` when first read.
+    pub fn new(work_out: impl Fn() -> Live + 'a) -> Liveness<'a> {
+        Liveness { known: std::cell::OnceCell::new(), work_out: Box::new(work_out) }
+    }
+
+    /// Known already.
+    pub fn known(live: Live) -> Liveness<'a> {
+        let liveness = Liveness::new(Live::default);
+        let _ = liveness.known.set(live);
+        liveness
+    }
+
+    fn get(&self) -> &Live {
+        self.known.get_or_init(|| (self.work_out)())
+    }
 }
 
 /// A node's rollout engine.
@@ -244,6 +278,9 @@ pub struct Engine {
     /// When a gate this node waits on should pass (the members soaking now end their soaks),
     /// by rollout: the engine wants to be evaluated then.
     gate_wake: BTreeMap<RolloutId, Millis>,
+    /// Failure reports per ring, by rollout, with the rollout's hash and the reports they
+    /// count (see [`failures_per_ring`]).
+    failures: BTreeMap<RolloutId, ([u8; 32], usize, Vec<u32>)>,
     standings: BTreeMap<RolloutId, Standing>,
     stopped: BTreeSet<RolloutId>,
     verdicts: BTreeMap<RolloutId, Verdict>,
@@ -463,7 +500,16 @@ impl Engine {
         }
         for (id, authored) in &policies.rollouts {
             let rollout = &authored.rollout;
-            let rings = ring_stats(rollout, view.site, view.summaries, view.alarms, view.now);
+            // Failures per ring change only when a report arrives: kept between steps.
+            let held = view.alarms.count_of(id);
+            let kept =
+                self.failures.get(id).is_some_and(|(h, n, _)| *h == authored.hash && *n == held);
+            if !kept {
+                let failed = failures_per_ring(rollout, view.alarms);
+                self.failures.insert(*id, (authored.hash, held, failed));
+            }
+            let failed = &self.failures[id].2;
+            let rings = ring_stats(rollout, view.site, view.summaries, failed, view.now);
             let commands = policies.commands.get(id).map(Vec::as_slice).unwrap_or(&[]);
             let verdict = judge(authored, commands, view.trust, rings, view.now);
             if matches!(verdict.control, Control::Halted { .. } | Control::Aborted)
@@ -506,6 +552,7 @@ impl Engine {
         }
         self.verdicts.retain(|id, _| policies.rollouts.contains_key(id));
         self.gate_wake.retain(|id, _| policies.rollouts.contains_key(id));
+        self.failures.retain(|id, _| policies.rollouts.contains_key(id));
         out
     }
 
@@ -641,8 +688,9 @@ impl Engine {
         // said where it stands, so that the ranking sees them all). Ranking by the same hash on
         // every member keeps members from all starting at once: a member's standing only moves
         // forward (pending, installing, soaking, done), so a stale record counts it as ahead or
-        // installing, never as gone. `view.live` leaves out members known to be down (see
+        // installing, never as gone. `Live::members` leaves out members known to be down (see
         // `Node::live_members`), which hold no slot.
+        let live = view.liveness.get();
         let mut installing = 0u32;
         let mut ahead = 0u32;
         let my_rank = (ring, super::target::percentile_bp(&rollout.id, &view.me), view.me);
@@ -654,7 +702,7 @@ impl Engine {
             let Some(s) = rollouts.get(&rollout.id) else {
                 // A connected member that has not said where it stands may be about to start
                 // too: wait for its record (one gossip round) rather than race it for a slot.
-                if view.live.contains(node)
+                if live.members.contains(node)
                     && rollouts.len() < limits::ROLLOUT_STATUS_PER_RECORD_MAX
                 {
                     return false;
@@ -663,7 +711,7 @@ impl Engine {
                 // ring follows from its id and labels, so it counts as pending where it will
                 // stand (a sparsely connected site let every canary start at once before its
                 // members' first records of the rollout had gone round).
-                if view.young.contains(&rollout.id) {
+                if live.young.contains(&rollout.id) {
                     let labels = held.bundle.admission_cert().map(|c| &c.labels);
                     if let Some(r) = labels.and_then(|l| super::target::ring_of(rollout, node, l)) {
                         let rank = (r, super::target::percentile_bp(&rollout.id, node), *node);
@@ -677,7 +725,7 @@ impl Engine {
             match s.status {
                 RolloutStatus::Installing => installing += 1,
                 RolloutStatus::Pending
-                    if s.ring < verdict.open_rings && view.live.contains(node) =>
+                    if s.ring < verdict.open_rings && live.members.contains(node) =>
                 {
                     let rank = (s.ring, super::target::percentile_bp(&rollout.id, node), *node);
                     if rank < my_rank {

@@ -212,12 +212,13 @@ pub fn needed(gate: &super::policy::Gate, targeted: u32) -> u32 {
 }
 
 /// Collects ring statistics: this site from its records, other sites from their summaries,
-/// failures from the fleet-wide reports; soaks are judged ended or not at `now`.
+/// failures per ring as [`failures_per_ring`] counts them from the fleet-wide reports; soaks
+/// are judged ended or not at `now`.
 pub fn ring_stats(
     rollout: &RolloutEntry,
     site: &SiteState,
     summaries: &Summaries,
-    alarms: &Alarms,
+    failed: &[u32],
     now: Millis,
 ) -> Vec<RingStats> {
     let n = rollout.rings.len();
@@ -288,14 +289,24 @@ pub fn ring_stats(
             });
         }
     }
+    for (r, failed) in rings.iter_mut().zip(failed) {
+        r.failed = *failed;
+    }
+    rings
+}
+
+/// Failure reports of `rollout` per ring (see [`ring_stats`]): the same until a report of the
+/// rollout arrives (they only grow), so a caller may keep it for as long.
+pub fn failures_per_ring(rollout: &RolloutEntry, alarms: &Alarms) -> Vec<u32> {
+    let mut failed = vec![0u32; rollout.rings.len()];
     for alarm in alarms.of(&rollout.id) {
         if let Some(ring) = ring_of(rollout, &alarm.evidence.node, &alarm.labels) {
-            if let Some(r) = rings.get_mut(usize::from(ring)) {
-                r.failed += 1;
+            if let Some(n) = failed.get_mut(usize::from(ring)) {
+                *n += 1;
             }
         }
     }
-    rings
+    failed
 }
 
 /// What stops a rollout, if anything.
