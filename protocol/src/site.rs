@@ -1412,6 +1412,13 @@ impl Summaries {
             .collect()
     }
 
+    /// Changes whenever the summaries held do (what any of them says, or which sites have
+    /// one): what a caller keeps something worked out from them by (see
+    /// [`crate::rollout::verdict::other_sites`]).
+    pub fn version(&self) -> ([u64; 4], usize) {
+        (self.sum, self.by_site.len())
+    }
+
     /// Digest over all held summaries.
     pub fn digest(&mut self) -> StateHash {
         let mut h = blake3::Hasher::new();

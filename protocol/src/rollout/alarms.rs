@@ -32,6 +32,8 @@ pub struct Alarm {
 #[derive(Debug, Default)]
 pub struct Alarms {
     by_rollout: BTreeMap<RolloutId, BTreeMap<NodeId, Alarm>>,
+    /// Per rollout, the failing nodes in the order their reports were merged.
+    arrivals: BTreeMap<RolloutId, Vec<NodeId>>,
     digest: Option<StateHash>,
 }
 
@@ -65,6 +67,7 @@ impl Alarms {
         if nodes.len() >= limits::ALARMS_PER_ROLLOUT_MAX {
             return Err(SiteError::Full("alarms of one rollout"));
         }
+        self.arrivals.entry(rollout).or_default().push(alarm.evidence.node);
         nodes.insert(alarm.evidence.node, alarm);
         self.digest = None;
         Ok(Merge::New)
@@ -79,6 +82,13 @@ impl Alarms {
     /// How many reports of a rollout are held (they only grow while the node runs).
     pub fn count_of(&self, rollout: &RolloutId) -> usize {
         self.by_rollout.get(rollout).map_or(0, BTreeMap::len)
+    }
+
+    /// The reports of a rollout merged after its first `skip`, in the order they were merged.
+    pub fn arrived_after(&self, rollout: &RolloutId, skip: usize) -> impl Iterator<Item = &Alarm> {
+        let nodes = self.by_rollout.get(rollout);
+        let order = self.arrivals.get(rollout).map_or(&[][..], |a| a.get(skip..).unwrap_or(&[]));
+        order.iter().filter_map(move |n| nodes.and_then(|m| m.get(n)))
     }
 
     /// The reports of a rollout, by failing node.

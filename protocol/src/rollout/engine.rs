@@ -22,7 +22,9 @@ use super::activity::install_window_open;
 use super::alarms::Alarms;
 use super::policy::RolloutEntry;
 use super::target::{ring_of, selects, Facts, NO_RING};
-use super::verdict::{failures_per_ring, judge, ring_stats, Control, Policies, Verdict};
+use super::verdict::{
+    count_failures, judge, other_sites, ring_stats, Control, Policies, Tally, Verdict,
+};
 use crate::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
 use crate::limits;
 use crate::site::{EvidenceKind, RolloutStatus, SiteState, Standing, Summaries};
@@ -279,8 +281,11 @@ pub struct Engine {
     /// by rollout: the engine wants to be evaluated then.
     gate_wake: BTreeMap<RolloutId, Millis>,
     /// Failure reports per ring, by rollout, with the rollout's hash and the reports they
-    /// count (see [`failures_per_ring`]).
+    /// count (see [`count_failures`]).
     failures: BTreeMap<RolloutId, ([u8; 32], usize, Vec<u32>)>,
+    /// What other sites' summaries say, by rollout, with the rollout's hash and the version
+    /// of the summaries it was read from (see [`other_sites`]).
+    others: BTreeMap<RolloutId, ([u8; 32], ([u64; 4], usize), Tally)>,
     standings: BTreeMap<RolloutId, Standing>,
     stopped: BTreeSet<RolloutId>,
     verdicts: BTreeMap<RolloutId, Verdict>,
@@ -500,16 +505,27 @@ impl Engine {
         }
         for (id, authored) in &policies.rollouts {
             let rollout = &authored.rollout;
-            // Failures per ring change only when a report arrives: kept between steps.
+            // Failures per ring change only when a report arrives: kept between steps, and
+            // each report counted once.
             let held = view.alarms.count_of(id);
-            let kept =
-                self.failures.get(id).is_some_and(|(h, n, _)| *h == authored.hash && *n == held);
-            if !kept {
-                let failed = failures_per_ring(rollout, view.alarms);
-                self.failures.insert(*id, (authored.hash, held, failed));
+            let kept = self.failures.entry(*id).or_insert((authored.hash, 0, Vec::new()));
+            if kept.0 != authored.hash || kept.1 > held {
+                *kept = (authored.hash, 0, Vec::new());
+            }
+            if kept.1 < held || kept.2.len() != rollout.rings.len() {
+                count_failures(rollout, view.alarms, kept.1, &mut kept.2);
+                kept.1 = held;
             }
             let failed = &self.failures[id].2;
-            let rings = ring_stats(rollout, view.site, view.summaries, failed, view.now);
+            // What other sites say changes only with the summaries held: kept between steps.
+            let version = view.summaries.version();
+            let fresh =
+                self.others.get(id).is_some_and(|(h, v, _)| *h == authored.hash && *v == version);
+            if !fresh {
+                let tally = other_sites(rollout, view.site_id, view.summaries);
+                self.others.insert(*id, (authored.hash, version, tally));
+            }
+            let rings = ring_stats(rollout, view.site, &self.others[id].2, failed, view.now);
             let commands = policies.commands.get(id).map(Vec::as_slice).unwrap_or(&[]);
             let verdict = judge(authored, commands, view.trust, rings, view.now);
             if matches!(verdict.control, Control::Halted { .. } | Control::Aborted)
@@ -553,6 +569,7 @@ impl Engine {
         self.verdicts.retain(|id, _| policies.rollouts.contains_key(id));
         self.gate_wake.retain(|id, _| policies.rollouts.contains_key(id));
         self.failures.retain(|id, _| policies.rollouts.contains_key(id));
+        self.others.retain(|id, _| policies.rollouts.contains_key(id));
         out
     }
 

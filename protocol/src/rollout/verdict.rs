@@ -211,27 +211,29 @@ pub fn needed(gate: &super::policy::Gate, targeted: u32) -> u32 {
     by_fraction.max(gate.min_reports)
 }
 
-/// Collects ring statistics: this site from its records, other sites from their summaries,
-/// failures per ring as [`failures_per_ring`] counts them from the fleet-wide reports; soaks
-/// are judged ended or not at `now`.
-pub fn ring_stats(
-    rollout: &RolloutEntry,
-    site: &SiteState,
-    summaries: &Summaries,
-    failed: &[u32],
-    now: Millis,
-) -> Vec<RingStats> {
-    let n = rollout.rings.len();
-    let mut rings = vec![RingStats::default(); n];
-    // Per ring: when each soaking member's soak counts as ended, with how many members.
-    let mut soak_ends: Vec<Vec<(Millis, u32)>> = vec![Vec::new(); n];
-    let mut soaks = |ring: u8, began: Millis, count: u32| {
-        let Some(spec) = rollout.rings.get(usize::from(ring)) else { return };
-        let end = began.plus(spec.gate.min_soak_ms).plus(crate::limits::SOAK_COUNT_GRACE_MS);
-        soak_ends[usize::from(ring)].push((end, count));
-    };
-    let mut add = |ring: u8, status: RolloutStatus, count: u32| {
-        let Some(r) = rings.get_mut(usize::from(ring)) else { return };
+/// Ring counts gathered so far: the part of [`ring_stats`] read from other sites' summaries,
+/// which a caller may keep while the summaries held stay the same (see
+/// [`Summaries::version`]), then add its own site's records to.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    rings: Vec<RingStats>,
+    /// Per ring: when each soaking member's soak counts as ended, with how many members.
+    soak_ends: Vec<Vec<(Millis, u32)>>,
+    unsummarised: u32,
+}
+
+impl Tally {
+    fn new(rollout: &RolloutEntry) -> Tally {
+        let n = rollout.rings.len();
+        Tally {
+            rings: vec![RingStats::default(); n],
+            soak_ends: vec![Vec::new(); n],
+            unsummarised: 0,
+        }
+    }
+
+    fn add(&mut self, ring: u8, status: RolloutStatus, count: u32) {
+        let Some(r) = self.rings.get_mut(usize::from(ring)) else { return };
         match status {
             RolloutStatus::NotTargeted => return,
             RolloutStatus::Pending => r.pending += count,
@@ -242,41 +244,77 @@ pub fn ring_stats(
             RolloutStatus::Failed => {}
         }
         r.targeted += count;
-    };
-    for held in site.records().values() {
-        let record = held.record();
-        if let Some(s) = record.rollouts.get(&rollout.id) {
-            add(s.ring, s.status, 1);
-            if s.status == RolloutStatus::Soaking {
-                soaks(s.ring, crate::site::soak_start(record.written_at), 1);
-            }
-        }
     }
-    let own: &SiteId = site.site();
-    let mut unsummarised = 0u32;
+
+    fn soaks(&mut self, rollout: &RolloutEntry, ring: u8, began: Millis, count: u32) {
+        let Some(spec) = rollout.rings.get(usize::from(ring)) else { return };
+        let end = began.plus(spec.gate.min_soak_ms).plus(crate::limits::SOAK_COUNT_GRACE_MS);
+        self.soak_ends[usize::from(ring)].push((end, count));
+    }
+}
+
+/// What other sites' summaries say of `rollout` (every site but `own`).
+pub fn other_sites(rollout: &RolloutEntry, own: &SiteId, summaries: &Summaries) -> Tally {
+    let mut tally = Tally::new(rollout);
+    let id = rollout.id;
     for (sid, held) in summaries.all() {
         if sid == own {
             continue;
         }
-        let mut mentioned = false;
         let summary = held.summary();
-        for ((rid, ring, status), count) in &summary.counts {
-            if *rid == rollout.id {
-                mentioned = true;
-                add(*ring, *status, *count);
-            }
+        let (first, last) =
+            ((id, 0, RolloutStatus::Pending), (id, u8::MAX, RolloutStatus::Soaking));
+        let mut mentioned = false;
+        for ((_, ring, status), count) in summary.counts.range(first..=last) {
+            mentioned = true;
+            tally.add(*ring, *status, *count);
         }
-        let mine = summary.soaking.range((rollout.id, 0)..=(rollout.id, u8::MAX));
-        for ((_, ring), starts) in mine {
+        for ((_, ring), starts) in summary.soaking.range((id, 0)..=(id, u8::MAX)) {
             for (began, count) in starts {
-                soaks(*ring, *began, *count);
+                tally.soaks(rollout, *ring, *began, *count);
             }
         }
-        unsummarised += u32::from(!mentioned);
+        tally.unsummarised += u32::from(!mentioned);
     }
+    for ends in &mut tally.soak_ends {
+        ends.sort_unstable();
+    }
+    tally
+}
+
+/// Collects ring statistics: this site from its records, other sites as [`other_sites`]
+/// tallied them, failures per ring as [`count_failures`] counts them from the fleet-wide
+/// reports; soaks are judged ended or not at `now`.
+pub fn ring_stats(
+    rollout: &RolloutEntry,
+    site: &SiteState,
+    others: &Tally,
+    failed: &[u32],
+    now: Millis,
+) -> Vec<RingStats> {
+    let mut tally = others.clone();
+    if tally.rings.len() != rollout.rings.len() {
+        // Tallied for another rollout: a caller's bug, but counted afresh rather than wrong.
+        debug_assert!(false, "a tally of another rollout");
+        tally = Tally::new(rollout);
+    }
+    let mut own_soaks = false;
+    for held in site.records().values() {
+        let record = held.record();
+        if let Some(s) = record.rollouts.get(&rollout.id) {
+            tally.add(s.ring, s.status, 1);
+            if s.status == RolloutStatus::Soaking {
+                own_soaks = true;
+                tally.soaks(rollout, s.ring, crate::site::soak_start(record.written_at), 1);
+            }
+        }
+    }
+    let Tally { mut rings, mut soak_ends, unsummarised } = tally;
     for ((r, ends), spec) in rings.iter_mut().zip(&mut soak_ends).zip(&rollout.rings) {
         r.unsummarised_sites = unsummarised;
-        ends.sort_unstable();
+        if own_soaks {
+            ends.sort_unstable();
+        }
         let ended = ends.partition_point(|(end, _)| *end <= now);
         r.soaked = ends[..ended].iter().map(|(_, c)| *c).sum::<u32>().min(r.soaking);
         // The moment the soaks still running bring the ring to what its gate needs.
@@ -295,18 +333,23 @@ pub fn ring_stats(
     rings
 }
 
-/// Failure reports of `rollout` per ring (see [`ring_stats`]): the same until a report of the
-/// rollout arrives (they only grow), so a caller may keep it for as long.
-pub fn failures_per_ring(rollout: &RolloutEntry, alarms: &Alarms) -> Vec<u32> {
-    let mut failed = vec![0u32; rollout.rings.len()];
-    for alarm in alarms.of(&rollout.id) {
+/// Adds to `failed` (failure reports of `rollout` per ring, see [`ring_stats`]) the reports
+/// merged after the first `counted`: reports only grow, so a caller keeps the counts and adds
+/// each report once.
+pub fn count_failures(
+    rollout: &RolloutEntry,
+    alarms: &Alarms,
+    counted: usize,
+    failed: &mut Vec<u32>,
+) {
+    failed.resize(rollout.rings.len(), 0);
+    for alarm in alarms.arrived_after(&rollout.id, counted) {
         if let Some(ring) = ring_of(rollout, &alarm.evidence.node, &alarm.labels) {
             if let Some(n) = failed.get_mut(usize::from(ring)) {
                 *n += 1;
             }
         }
     }
-    failed
 }
 
 /// What stops a rollout, if anything.
