@@ -924,6 +924,8 @@ pub struct SiteState {
     records: BTreeMap<NodeId, HeldRecord>,
     evidence: BTreeMap<ObjectId, (Evidence, Arc<Bundle>)>,
     digest: Option<StateHash>,
+    /// Counts changes to `records` (see [`SiteState::records_changed`]).
+    records_changes: u64,
     /// Members caught signing audit checkpoints that contradict each other: the two signed
     /// records are the evidence (bounded by [`limits::EQUIVOCATIONS_MAX`]; the oldest kept).
     equivocations: Vec<Equivocation>,
@@ -963,8 +965,15 @@ impl SiteState {
             records: BTreeMap::new(),
             evidence: BTreeMap::new(),
             digest: None,
+            records_changes: 0,
             equivocations: Vec::new(),
         }
+    }
+
+    /// Changes whenever the records held do: what a caller keeps something worked out from
+    /// them by (see [`crate::rollout::verdict::own_site`]).
+    pub fn records_changed(&self) -> u64 {
+        self.records_changes
     }
 
     /// The site.
@@ -1028,6 +1037,7 @@ impl SiteState {
         }
         self.records.insert(node, held);
         self.digest = None;
+        self.records_changes += 1;
         Ok(Merge::New)
     }
 
@@ -1045,6 +1055,7 @@ impl SiteState {
         let had = self.records.remove(node).is_some();
         if had {
             self.digest = None;
+            self.records_changes += 1;
         }
         had
     }
@@ -1071,6 +1082,7 @@ impl SiteState {
         let kept = last.len();
         self.records = last.into_iter().map(|h| (h.record().node, h)).collect();
         self.digest = None;
+        self.records_changes += 1;
         before - kept
     }
 

@@ -23,7 +23,7 @@ use super::alarms::Alarms;
 use super::policy::RolloutEntry;
 use super::target::{ring_of, selects, Facts, NO_RING};
 use super::verdict::{
-    count_failures, judge, other_sites, ring_stats, Control, Policies, Tally, Verdict,
+    count_failures, judge, other_sites, own_site, ring_stats, Control, Policies, Tally, Verdict,
 };
 use crate::ids::{ContentId, Millis, NodeId, RolloutId, SiteId};
 use crate::limits;
@@ -286,6 +286,9 @@ pub struct Engine {
     /// What other sites' summaries say, by rollout, with the rollout's hash and the version
     /// of the summaries it was read from (see [`other_sites`]).
     others: BTreeMap<RolloutId, ([u8; 32], ([u64; 4], usize), Tally)>,
+    /// What this site's records say, by rollout, with the rollout's hash and the records'
+    /// change count it was read at (see [`own_site`]).
+    own: BTreeMap<RolloutId, ([u8; 32], u64, Tally)>,
     standings: BTreeMap<RolloutId, Standing>,
     stopped: BTreeSet<RolloutId>,
     verdicts: BTreeMap<RolloutId, Verdict>,
@@ -525,7 +528,15 @@ impl Engine {
                 let tally = other_sites(rollout, view.site_id, view.summaries);
                 self.others.insert(*id, (authored.hash, version, tally));
             }
-            let rings = ring_stats(rollout, view.site, &self.others[id].2, failed, view.now);
+            // So does what this site's records say, with the records.
+            let records = view.site.records_changed();
+            let fresh =
+                self.own.get(id).is_some_and(|(h, v, _)| *h == authored.hash && *v == records);
+            if !fresh {
+                self.own.insert(*id, (authored.hash, records, own_site(rollout, view.site)));
+            }
+            let (own, others) = (&self.own[id].2, &self.others[id].2);
+            let rings = ring_stats(rollout, own, others, failed, view.now);
             let commands = policies.commands.get(id).map(Vec::as_slice).unwrap_or(&[]);
             let verdict = judge(authored, commands, view.trust, rings, view.now);
             if matches!(verdict.control, Control::Halted { .. } | Control::Aborted)
@@ -570,6 +581,7 @@ impl Engine {
         self.gate_wake.retain(|id, _| policies.rollouts.contains_key(id));
         self.failures.retain(|id, _| policies.rollouts.contains_key(id));
         self.others.retain(|id, _| policies.rollouts.contains_key(id));
+        self.own.retain(|id, _| policies.rollouts.contains_key(id));
         out
     }
 

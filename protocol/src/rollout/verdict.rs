@@ -282,39 +282,55 @@ pub fn other_sites(rollout: &RolloutEntry, own: &SiteId, summaries: &Summaries) 
     tally
 }
 
-/// Collects ring statistics: this site from its records, other sites as [`other_sites`]
-/// tallied them, failures per ring as [`count_failures`] counts them from the fleet-wide
-/// reports; soaks are judged ended or not at `now`.
-pub fn ring_stats(
-    rollout: &RolloutEntry,
-    site: &SiteState,
-    others: &Tally,
-    failed: &[u32],
-    now: Millis,
-) -> Vec<RingStats> {
-    let mut tally = others.clone();
-    if tally.rings.len() != rollout.rings.len() {
-        // Tallied for another rollout: a caller's bug, but counted afresh rather than wrong.
-        debug_assert!(false, "a tally of another rollout");
-        tally = Tally::new(rollout);
-    }
-    let mut own_soaks = false;
+/// What this site's records say of `rollout` (a caller may keep it while the records stay
+/// the same, see [`SiteState::records_changed`]).
+pub fn own_site(rollout: &RolloutEntry, site: &SiteState) -> Tally {
+    let mut tally = Tally::new(rollout);
     for held in site.records().values() {
         let record = held.record();
         if let Some(s) = record.rollouts.get(&rollout.id) {
             tally.add(s.ring, s.status, 1);
             if s.status == RolloutStatus::Soaking {
-                own_soaks = true;
                 tally.soaks(rollout, s.ring, crate::site::soak_start(record.written_at), 1);
             }
         }
     }
-    let Tally { mut rings, mut soak_ends, unsummarised } = tally;
-    for ((r, ends), spec) in rings.iter_mut().zip(&mut soak_ends).zip(&rollout.rings) {
-        r.unsummarised_sites = unsummarised;
-        if own_soaks {
+    tally
+}
+
+/// Collects ring statistics: this site as [`own_site`] tallied its records, other sites as
+/// [`other_sites`] tallied their summaries, failures per ring as [`count_failures`] counts
+/// them from the fleet-wide reports; soaks are judged ended or not at `now`.
+pub fn ring_stats(
+    rollout: &RolloutEntry,
+    own: &Tally,
+    others: &Tally,
+    failed: &[u32],
+    now: Millis,
+) -> Vec<RingStats> {
+    let n = rollout.rings.len();
+    if own.rings.len() != n || others.rings.len() != n {
+        // Tallied for another rollout: a caller's bug, but counted afresh rather than wrong.
+        debug_assert!(false, "a tally of another rollout");
+        return vec![RingStats::default(); n];
+    }
+    let Tally { mut rings, mut soak_ends, unsummarised } = others.clone();
+    for (((r, ends), mine), my_ends) in
+        rings.iter_mut().zip(&mut soak_ends).zip(&own.rings).zip(&own.soak_ends)
+    {
+        r.targeted += mine.targeted;
+        r.pending += mine.pending;
+        r.installing += mine.installing;
+        r.soaking += mine.soaking;
+        r.succeeded += mine.succeeded;
+        r.rolled_back += mine.rolled_back;
+        if !my_ends.is_empty() {
+            ends.extend_from_slice(my_ends);
             ends.sort_unstable();
         }
+    }
+    for ((r, ends), spec) in rings.iter_mut().zip(&mut soak_ends).zip(&rollout.rings) {
+        r.unsummarised_sites = unsummarised;
         let ended = ends.partition_point(|(end, _)| *end <= now);
         r.soaked = ends[..ended].iter().map(|(_, c)| *c).sum::<u32>().min(r.soaking);
         // The moment the soaks still running bring the ring to what its gate needs.
