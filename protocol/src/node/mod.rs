@@ -607,9 +607,8 @@ impl Node {
             if let Ok(b) = site::verify_beacon(&bundle, &self.state.trust, self.now, check.as_ref())
             {
                 self.beacons.accept(&b, &bundle, self.now);
-                let site = self.state.site.site().clone();
                 let msg = Arc::new(Message::Beacon(bundle));
-                self.relay.spread(Via::Local, msg, &site, &self.peers, &mut self.out);
+                self.relay.spread(Via::Local, msg, &self.peers, &mut self.out);
             }
         }
         self.judge_reach();
@@ -671,9 +670,8 @@ impl Node {
             let digest = self.state.digest();
             self.out.send(peer, digest);
         }
-        let site = self.state.site.site().clone();
         let msg = Arc::new(Message::Beacon(bundle.clone()));
-        self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+        self.relay.spread(via, msg, &self.peers, &mut self.out);
         self.judge_reach();
         Judged::FRESH
     }
@@ -692,8 +690,7 @@ impl Node {
             .get(&own)
             .filter(|h| h.endorsed())
             .and_then(|h| h.bundle.summary_body_hash().map(|hash| (h.rank(), hash)));
-        let site_peers: Vec<(PeerId, NodeId)> =
-            self.peers.admitted().filter(|(_, _, s)| **s == own).map(|(p, n, _)| (p, n)).collect();
+        let site_peers: Vec<(PeerId, NodeId)> = self.peers.local().collect();
         let due = self.proposals.tick(
             &mut self.state.site,
             circulating,
@@ -776,7 +773,6 @@ impl Node {
         if fresh.is_empty() {
             return Judged::default();
         }
-        let site = self.state.site.site().clone();
         let (mut admin_sets, mut catalog, mut alarms) = (false, false, Vec::new());
         // A fresh summary may pass a gate; a site member's record may free an install slot.
         let mut gate_inputs = false;
@@ -791,7 +787,7 @@ impl Node {
                     catalog = true;
                     self.out.push(Output::Persist(Persist::CatalogChange(env.clone())));
                     let msg = Arc::new(Message::CatalogChange(Arc::new(env)));
-                    self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+                    self.relay.spread(via, msg, &self.peers, &mut self.out);
                 }
                 Fresh::SiteObject(bundle) => {
                     gate_inputs = true;
@@ -830,7 +826,7 @@ impl Node {
             }
             // The whole chain: a peer that is several versions behind needs all of them.
             let msg = Arc::new(Message::AdminSets(self.state.trust.chain().to_vec()));
-            self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+            self.relay.spread(via, msg, &self.peers, &mut self.out);
         }
         if catalog {
             self.refresh_vouchers();
@@ -853,7 +849,7 @@ impl Node {
             // A halt waits for nothing else: alarms flood on at once.
             self.rollouts_due = true;
             let msg = Arc::new(Message::Alarms { bundles: alarms, reply: false });
-            self.relay.spread(via, msg, &site, &self.peers, &mut self.out);
+            self.relay.spread(via, msg, &self.peers, &mut self.out);
         }
         Judged::FRESH
     }
@@ -913,7 +909,7 @@ impl Node {
             self.out.push(Output::Disconnect { peer });
             return Judged::default();
         }
-        let same_site = self.peers.site_of(peer) == Some(self.state.site.site());
+        let same_site = self.peers.is_local(peer);
         if !same_site {
             self.beacons.outside_heard(self.now);
         }
@@ -1026,7 +1022,7 @@ impl Node {
                     }
                 }
                 let site = admitted.cert.site.clone();
-                if self.peers.admit(peer, admitted) == Hello::Admitted {
+                if self.peers.admit(peer, admitted, self.state.site.site()) == Hello::Admitted {
                     self.out.push(Output::Event(Event::PeerAdmitted { peer, node, site }));
                     // Anti-entropy on connect.
                     let digest = self.state.digest();

@@ -19,6 +19,9 @@ pub(crate) struct Peer {
     /// Where the catalog sync with it stands.
     pub(crate) catalog: PeerSync,
     connected_at: Millis,
+    /// Admitted to this node's own site (worked out once, at admission: the site's name is
+    /// compared on every message otherwise).
+    local: bool,
 }
 
 impl Peer {
@@ -53,7 +56,13 @@ impl Peers {
         }
         self.map.insert(
             peer,
-            Peer { node, admitted: None, catalog: PeerSync::default(), connected_at: now },
+            Peer {
+                node,
+                admitted: None,
+                catalog: PeerSync::default(),
+                connected_at: now,
+                local: false,
+            },
         );
         true
     }
@@ -78,11 +87,12 @@ impl Peers {
         self.map.get_mut(&peer)
     }
 
-    /// Records a verified certificate.
-    pub(crate) fn admit(&mut self, peer: PeerId, admitted: Admitted) -> Hello {
+    /// Records a verified certificate; `own` is this node's site.
+    pub(crate) fn admit(&mut self, peer: PeerId, admitted: Admitted, own: &SiteId) -> Hello {
         match self.map.get_mut(&peer) {
             Some(p) => {
                 let first = p.admitted.is_none();
+                p.local = admitted.cert.site == *own;
                 p.admitted = Some(admitted);
                 if first {
                     Hello::Admitted
@@ -126,24 +136,36 @@ impl Peers {
         self.map.get(&peer).is_some_and(|p| p.admitted.is_some())
     }
 
-    /// The site of an admitted peer.
-    pub(crate) fn site_of(&self, peer: PeerId) -> Option<&SiteId> {
-        self.map.get(&peer).and_then(Peer::site)
-    }
-
     /// Admitted peers with their node and site.
     pub(crate) fn admitted(&self) -> impl Iterator<Item = (PeerId, NodeId, &SiteId)> {
         self.map.iter().filter_map(|(p, peer)| peer.site().map(|s| (*p, peer.node, s)))
     }
 
-    /// Admitted peers and whether each is in `site`, in peer order.
-    pub(crate) fn admitted_in(&self, site: &SiteId) -> Vec<(PeerId, bool)> {
-        self.admitted().map(|(p, _, s)| (p, s == site)).collect()
+    /// Admitted peers and whether each is in this node's site, in peer order.
+    pub(crate) fn admitted_local(&self) -> Vec<(PeerId, bool)> {
+        self.map
+            .iter()
+            .filter(|(_, p)| p.admitted.is_some())
+            .map(|(id, p)| (*id, p.local))
+            .collect()
     }
 
-    /// Nodes of `site` this node is connected to (what rollouts count as live).
-    pub(crate) fn live_members(&self, site: &SiteId) -> BTreeSet<NodeId> {
-        self.admitted().filter(|(_, _, s)| *s == site).map(|(_, n, _)| n).collect()
+    /// Admitted peers of this node's site, with their nodes.
+    pub(crate) fn local(&self) -> impl Iterator<Item = (PeerId, NodeId)> + '_ {
+        self.map
+            .iter()
+            .filter(|(_, p)| p.local && p.admitted.is_some())
+            .map(|(id, p)| (*id, p.node))
+    }
+
+    /// Whether `peer` is admitted to this node's site.
+    pub(crate) fn is_local(&self, peer: PeerId) -> bool {
+        self.map.get(&peer).is_some_and(|p| p.local && p.admitted.is_some())
+    }
+
+    /// Nodes of this node's site it is connected to (what rollouts count as live).
+    pub(crate) fn live_members(&self) -> BTreeSet<NodeId> {
+        self.local().map(|(_, n)| n).collect()
     }
 
     /// One admitted peer drawn from `rng`.
@@ -203,16 +225,22 @@ mod tests {
         peers.connect(PeerId(1), NodeId([1; 32]), Millis(0));
         peers.connect(PeerId(2), NodeId([2; 32]), Millis(0));
         assert_eq!(peers.random_admitted(&mut rng), None);
-        assert_eq!(peers.admit(PeerId(1), admitted(NodeId([1; 32]), "a")), Hello::Admitted);
-        assert_eq!(peers.admit(PeerId(1), admitted(NodeId([1; 32]), "a")), Hello::Renewed);
-        assert_eq!(peers.admit(PeerId(3), admitted(NodeId([3; 32]), "a")), Hello::Unknown);
-        peers.admit(PeerId(2), admitted(NodeId([2; 32]), "b"));
-        assert_eq!(peers.site_of(PeerId(2)), Some(&SiteId::from("b")));
-        assert_eq!(peers.live_members(&SiteId::from("a")), [NodeId([1; 32])].into());
-        assert_eq!(
-            peers.admitted_in(&SiteId::from("a")),
-            vec![(PeerId(1), true), (PeerId(2), false)]
-        );
+        let a = SiteId::from("a");
+        assert_eq!(peers.admit(PeerId(1), admitted(NodeId([1; 32]), "a"), &a), Hello::Admitted);
+        assert_eq!(peers.admit(PeerId(1), admitted(NodeId([1; 32]), "a"), &a), Hello::Renewed);
+        assert_eq!(peers.admit(PeerId(3), admitted(NodeId([3; 32]), "a"), &a), Hello::Unknown);
+        peers.admit(PeerId(2), admitted(NodeId([2; 32]), "b"), &a);
+        let site_of_2 =
+            peers.admitted().find(|(p, _, _)| *p == PeerId(2)).map(|(_, _, s)| s.clone());
+        assert_eq!(site_of_2, Some(SiteId::from("b")));
+        assert_eq!(peers.live_members(), [NodeId([1; 32])].into());
+        assert_eq!(peers.admitted_local(), vec![(PeerId(1), true), (PeerId(2), false)]);
+        assert!(peers.is_local(PeerId(1)) && !peers.is_local(PeerId(2)));
+        // A renewed certificate naming another site moves the peer out of this one.
+        peers.admit(PeerId(1), admitted(NodeId([1; 32]), "b"), &a);
+        assert!(!peers.is_local(PeerId(1)));
+        assert!(peers.live_members().is_empty());
+        peers.admit(PeerId(1), admitted(NodeId([1; 32]), "a"), &a);
         assert!(peers.random_admitted(&mut rng).is_some());
         assert!(peers.late(Millis(limits::HELLO_TIMEOUT_MS * 2)).is_empty());
         peers.remove(PeerId(1));

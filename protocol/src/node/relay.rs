@@ -102,15 +102,8 @@ impl Relay {
     }
 
     /// Spreads `msg` (an admin chain, a catalog change, alarms: things every node holds) at
-    /// once. `site` is this node's.
-    pub(crate) fn spread(
-        &self,
-        via: Via,
-        msg: Arc<Message>,
-        site: &SiteId,
-        peers: &Peers,
-        out: &mut Outbox,
-    ) {
+    /// once.
+    pub(crate) fn spread(&self, via: Via, msg: Arc<Message>, peers: &Peers, out: &mut Outbox) {
         if self.mode == RelayMode::Topics {
             // Pubsub forwards what came by pubsub; the rest is published once.
             if !matches!(via, Via::Gossip(_)) {
@@ -118,7 +111,7 @@ impl Relay {
             }
             return;
         }
-        for (p, _) in peers.admitted_in(site) {
+        for (p, _) in peers.admitted_local() {
             if Some(p) != via.peer() {
                 out.send(p, msg.clone());
             }
@@ -172,7 +165,7 @@ impl Relay {
             }
             return;
         }
-        let targets = peers.admitted_in(site);
+        let targets = peers.admitted_local();
         // Summaries go to every peer in another site (they are what other sites read, and a
         // site's few WAN links are the only way there) and to a random few of this site's
         // peers, drawn from the node's own RNG.
@@ -221,11 +214,11 @@ mod tests {
     #[test]
     fn topics_mode_publishes_once_and_never_echoes_pubsub() {
         let relay = Relay::new(RelayMode::Topics, 3);
-        let (peers, site) = (Peers::default(), SiteId::from("a"));
+        let peers = Peers::default();
         let mut out = Outbox::default();
-        relay.spread(Via::Gossip(PeerId(1)), msg(), &site, &peers, &mut out);
+        relay.spread(Via::Gossip(PeerId(1)), msg(), &peers, &mut out);
         assert!(out.pop().is_none(), "pubsub forwards what came by pubsub");
-        relay.spread(Via::Direct(PeerId(1)), msg(), &site, &peers, &mut out);
+        relay.spread(Via::Direct(PeerId(1)), msg(), &peers, &mut out);
         assert!(matches!(out.pop(), Some(Output::Broadcast { topic: Topic::Control, .. })));
         assert!(out.pop().is_none());
     }
@@ -236,7 +229,7 @@ mod tests {
         let mut peers = Peers::default();
         peers.connect(PeerId(1), NodeId([1; 32]), crate::ids::Millis(0));
         let mut out = Outbox::default();
-        relay.spread(Via::Local, msg(), &SiteId::from("a"), &peers, &mut out);
+        relay.spread(Via::Local, msg(), &peers, &mut out);
         assert!(out.pop().is_none(), "a peer with no certificate gets nothing");
     }
 

@@ -241,7 +241,7 @@ impl Members<'_> {
                 also.push(*node);
             }
         }
-        let connected = self.peers.live_members(self.site.site());
+        let connected = self.peers.live_members();
         // Two ordered runs: the set is built from them in one pass.
         let live = connected.into_iter().chain(also).collect();
         Live { members: live, young }
