@@ -106,12 +106,14 @@ impl Replicas {
         if !newer.is_empty() {
             out.push(Arc::new(Message::Summaries(newer)));
         }
-        let mine = self.summaries.ranks();
-        let theirs_newer = ranks
-            .iter()
-            .any(|(s, r)| mine.iter().find(|(m, _)| m == s).is_none_or(|(_, mr)| mr < r));
-        if reply && theirs_newer {
-            out.push(Arc::new(Message::SummaryRanks { ranks: mine, reply: false }));
+        // Looked up, not searched: at a few hundred sites a search per entry was most of an
+        // exchange.
+        let theirs_newer = || {
+            ranks.iter().any(|(s, r)| self.summaries.rank_of(s).is_none_or(|mine| mine < *r))
+        };
+        if reply && theirs_newer() {
+            let ranks = self.summaries.ranks();
+            out.push(Arc::new(Message::SummaryRanks { ranks, reply: false }));
         }
         out
     }
