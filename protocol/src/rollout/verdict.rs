@@ -246,6 +246,23 @@ impl Tally {
         r.targeted += count;
     }
 
+    /// Sorts each ring's soak ends and adds up the members of equal ends: soak starts are
+    /// rounded to one grid everywhere, so a few hundred sites' entries come down to one per
+    /// grid step.
+    fn settle(&mut self) {
+        for ends in &mut self.soak_ends {
+            ends.sort_unstable();
+            ends.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    kept.1 = kept.1.saturating_add(later.1);
+                }
+                same
+            });
+            ends.shrink_to_fit();
+        }
+    }
+
     fn soaks(&mut self, rollout: &RolloutEntry, ring: u8, began: Millis, count: u32) {
         let Some(spec) = rollout.rings.get(usize::from(ring)) else { return };
         let end = began.plus(spec.gate.min_soak_ms).plus(crate::limits::SOAK_COUNT_GRACE_MS);
@@ -276,9 +293,7 @@ pub fn other_sites(rollout: &RolloutEntry, own: &SiteId, summaries: &Summaries) 
         }
         tally.unsummarised += u32::from(!mentioned);
     }
-    for ends in &mut tally.soak_ends {
-        ends.sort_unstable();
-    }
+    tally.settle();
     tally
 }
 
@@ -295,6 +310,7 @@ pub fn own_site(rollout: &RolloutEntry, site: &SiteState) -> Tally {
             }
         }
     }
+    tally.settle();
     tally
 }
 
@@ -314,31 +330,36 @@ pub fn ring_stats(
         debug_assert!(false, "a tally of another rollout");
         return vec![RingStats::default(); n];
     }
-    let Tally { mut rings, mut soak_ends, unsummarised } = others.clone();
-    for (((r, ends), mine), my_ends) in
-        rings.iter_mut().zip(&mut soak_ends).zip(&own.rings).zip(&own.soak_ends)
-    {
+    let mut rings = others.rings.clone();
+    for (j, (r, spec)) in rings.iter_mut().zip(&rollout.rings).enumerate() {
+        let mine = &own.rings[j];
         r.targeted += mine.targeted;
         r.pending += mine.pending;
         r.installing += mine.installing;
         r.soaking += mine.soaking;
         r.succeeded += mine.succeeded;
         r.rolled_back += mine.rolled_back;
-        if !my_ends.is_empty() {
-            ends.extend_from_slice(my_ends);
-            ends.sort_unstable();
+        r.unsummarised_sites = others.unsummarised;
+        // Both lists are sorted: walk them as one, without copying either.
+        let (mut a, mut b) =
+            (others.soak_ends[j].iter().peekable(), own.soak_ends[j].iter().peekable());
+        let mut ends = std::iter::from_fn(|| match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        })
+        .peekable();
+        let mut soaked = 0u32;
+        while let Some((_, c)) = ends.next_if(|(end, _)| *end <= now) {
+            soaked = soaked.saturating_add(*c);
         }
-    }
-    for ((r, ends), spec) in rings.iter_mut().zip(&mut soak_ends).zip(&rollout.rings) {
-        r.unsummarised_sites = unsummarised;
-        let ended = ends.partition_point(|(end, _)| *end <= now);
-        r.soaked = ends[..ended].iter().map(|(_, c)| *c).sum::<u32>().min(r.soaking);
+        r.soaked = soaked.min(r.soaking);
         // The moment the soaks still running bring the ring to what its gate needs.
         let need = needed(&spec.gate, r.targeted);
         let mut have = r.succeeded + r.soaked;
         if have < need {
-            r.enough_soaked_at = ends[ended..].iter().find_map(|(end, c)| {
-                have += c;
+            r.enough_soaked_at = ends.find_map(|(end, c)| {
+                have = have.saturating_add(*c);
                 (have >= need).then_some(*end)
             });
         }
