@@ -628,3 +628,48 @@ fn clock_jumps_neither_cut_a_soak_short_nor_stall_the_node() {
         assert!(step(&h, i, id).is_some(), "node {i} never started after the canary's gate: {v:?}");
     }
 }
+
+/// Failure counts kept between steps and topped up with the reports merged since are the
+/// counts worked out afresh, whatever order the reports came in.
+#[test]
+fn failures_counted_as_reports_arrive_match_a_fresh_count() {
+    use patchmesh_protocol::rollout::alarms::{Alarm, Alarms};
+    use patchmesh_protocol::rollout::verdict::count_failures;
+    let entry = rollout(9, 1_000);
+    let alarm = |node: u8, canary: bool| {
+        let k = key(node);
+        let evidence = Evidence {
+            mesh: Default::default(),
+            node: NodeId(k.public().0),
+            site: SiteId::from("a"),
+            rollout: entry.id,
+            kind: EvidenceKind::InstallFailed,
+            at: T0,
+            detail: String::new(),
+        };
+        let env = Envelope::seal(Domain::Evidence, &evidence, &[&k]);
+        let labels: BTreeMap<String, String> = if canary {
+            [("ring".to_string(), "canary".to_string())].into()
+        } else {
+            BTreeMap::new()
+        };
+        Alarm { evidence, labels, bundle: Arc::new(Bundle::new(env.clone(), env)) }
+    };
+    let mut alarms = Alarms::default();
+    let (mut kept, mut counted) = (Vec::new(), 0);
+    for (i, node) in [40u8, 3, 77, 12, 5, 200, 9].into_iter().enumerate() {
+        alarms.merge(alarm(node, i % 3 == 0)).expect("merged");
+        if i % 2 == 0 {
+            count_failures(&entry, &alarms, counted, &mut kept);
+            counted = alarms.count_of(&entry.id);
+        }
+    }
+    // A node's second report is no new failure.
+    alarms.merge(alarm(3, false)).expect("a duplicate is not an error");
+    count_failures(&entry, &alarms, counted, &mut kept);
+    let mut fresh = Vec::new();
+    count_failures(&entry, &alarms, 0, &mut fresh);
+    assert_eq!(kept, fresh);
+    assert_eq!(fresh.iter().sum::<u32>(), 7);
+    assert_eq!(fresh[0], 3, "three canaries failed");
+}
