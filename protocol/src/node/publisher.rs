@@ -16,10 +16,13 @@
 //! its members in this site installing any more, and what they came to differs from the
 //! summary in circulation: more members soaking or succeeded, a soak that began, a failure or
 //! a rollback). Soaking members travel with when their soak began, and evaluators elsewhere
-//! count them as succeeded once the soak is over (see [`crate::rollout::verdict`]), so a soak
-//! ending is no news: the site has said what a gate elsewhere needs from it by the time its
-//! last member starts soaking, and says nothing more about that ring until its members do
-//! something else. That costs about one summary per site per ring.
+//! count them as succeeded once the soak is over and a grace has passed (see
+//! [`crate::rollout::verdict`]): the site has said what a gate elsewhere needs from it by the
+//! time its last member starts soaking. It says so once more when the last of those soaks
+//! ends (all its members there succeeded, failed or rolled back), because on a fast network
+//! that word arrives before the grace runs out. That costs about two summaries per site per
+//! ring, no more than one per site per ring before soak starts travelled (when the one
+//! summary had to wait for the site's slowest soak).
 
 use crate::crypto::{Domain, Envelope, SecretKey};
 use crate::ids::{MeshId, Millis, NodeId, RolloutId, SiteId, StateHash};
@@ -270,8 +273,9 @@ fn settled_ring_changed(held: Option<&site::SiteSummary>, now: &site::SiteSummar
         if now_get(S::Installing) > 0 {
             return false;
         }
-        // A soak ending is no news (evaluators count it from its start); a member finishing
-        // its install, failing or rolling back is, and so is a soak that began anew.
+        // A member finishing its install, failing or rolling back is news, and so is a soak
+        // that began anew; a soak ending is news only with the last one (evaluators count
+        // the others from their start).
         let done = |g: &dyn Fn(S) -> u32| g(S::Succeeded) + g(S::Soaking);
         let held_done = done(&|s| held_get(r, ring, s));
         let outcome_changed =
@@ -283,6 +287,8 @@ fn settled_ring_changed(held: Option<&site::SiteSummary>, now: &site::SiteSummar
                 before.is_none_or(|(_, m)| m < n)
             })
         });
-        outcome_changed || done(&now_get) != held_done || new_start
+        let soaks_over =
+            now_get(S::Soaking) == 0 && now_get(S::Succeeded) != held_get(r, ring, S::Succeeded);
+        outcome_changed || done(&now_get) != held_done || new_start || soaks_over
     })
 }
