@@ -243,7 +243,7 @@ pub struct Liveness<'a> {
 /// The live members of a site, and the young rollouts (see [`Liveness`]).
 #[derive(Clone, Debug, Default)]
 pub struct Live {
-    /// Members not known to be down (the node decides; see `Node::live_members`).
+    /// Members not known to be down (the node decides which; see `node::rollouts`).
     pub members: BTreeSet<NodeId>,
     /// Rollouts this node saw start within [`limits::MEMBER_LIVE_MS`]: a member that has not
     /// said where it stands in one of them yet may be about to start.
@@ -718,7 +718,7 @@ impl Engine {
         // every member keeps members from all starting at once: a member's standing only moves
         // forward (pending, installing, soaking, done), so a stale record counts it as ahead or
         // installing, never as gone. `Live::members` leaves out members known to be down (see
-        // `Node::live_members`), which hold no slot.
+        // `node::rollouts`), which hold no slot.
         let live = view.liveness.get();
         let mut installing = 0u32;
         let mut ahead = 0u32;
