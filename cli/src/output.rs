@@ -392,13 +392,33 @@ pub fn rollout_settled(r: &RolloutView) -> bool {
             .all(|c| c.targeted > 0 && c.succeeded + c.failed + c.rolled_back >= c.targeted)
 }
 
-/// The names of a ring's counts as the CLI shows them, in order.
-const RING_COLUMNS: [&str; 7] =
-    ["targeted", "pending", "installing", "soaking", "succeeded", "failed", "rolled back"];
+/// The names of a ring's counts as the CLI shows them, in order. "soaked": soaking members
+/// whose soak is over by this node's clock, which the gate counts with the succeeded ones
+/// (their sites say so later); "soaking" leaves them out.
+const RING_COLUMNS: [&str; 8] = [
+    "targeted",
+    "pending",
+    "installing",
+    "soaking",
+    "soaked",
+    "succeeded",
+    "failed",
+    "rolled back",
+];
 
 /// The counts in [`RING_COLUMNS`] order.
-fn ring_counts(c: &RingStats) -> [u32; 7] {
-    [c.targeted, c.pending, c.installing, c.soaking, c.succeeded, c.failed, c.rolled_back]
+fn ring_counts(c: &RingStats) -> [u32; 8] {
+    let soaked = c.soaked.min(c.soaking);
+    [
+        c.targeted,
+        c.pending,
+        c.installing,
+        c.soaking - soaked,
+        soaked,
+        c.succeeded,
+        c.failed,
+        c.rolled_back,
+    ]
 }
 
 /// One rollout as text: header, then a line per ring.
@@ -406,7 +426,7 @@ pub fn rollout_text(r: &RolloutView) -> String {
     let (name, version) =
         r.patch.as_ref().map_or(("?", ""), |p| (p.name.as_str(), p.version.as_str()));
     let mut out = format!("rollout {} — {name} {version} — {}\n", short(&r.id), control_text(r));
-    let widths = [8, 8, 10, 7, 9, 6, 11];
+    let widths = [8, 8, 10, 7, 6, 9, 6, 11];
     out += &format!("  {:<10}", "ring");
     for (name, w) in RING_COLUMNS.into_iter().zip(widths) {
         out += &format!(" {name:>w$}");
@@ -477,7 +497,7 @@ impl RolloutBars {
                 });
                 let c = &g.counts;
                 bar.set_length(u64::from(c.targeted.max(1)));
-                bar.set_position(u64::from(c.succeeded));
+                bar.set_position(u64::from(c.succeeded + c.soaked.min(c.soaking)));
                 let parts: Vec<String> = ring_counts(c)
                     .into_iter()
                     .zip(RING_COLUMNS)
@@ -502,5 +522,31 @@ fn colour(template: &str) -> String {
         template.replace(".cyan/blue", "").replace(".green/red", "")
     } else {
         template.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soaking_members_whose_soak_is_over_show_as_soaked_not_twice() {
+        let c = RingStats {
+            targeted: 10,
+            pending: 1,
+            installing: 1,
+            soaking: 5,
+            soaked: 3,
+            succeeded: 3,
+            ..RingStats::default()
+        };
+        let counts = ring_counts(&c);
+        let named: Vec<(&str, u32)> = RING_COLUMNS.into_iter().zip(counts).collect();
+        assert!(named.contains(&("soaking", 2)) && named.contains(&("soaked", 3)), "{named:?}");
+        // Every targeted member is in exactly one column.
+        assert_eq!(counts[1..].iter().sum::<u32>(), c.targeted);
+        // A count of soaked members above the soaking ones (a caller's mistake) is capped.
+        let odd = RingStats { soaking: 1, soaked: 4, ..RingStats::default() };
+        assert_eq!(ring_counts(&odd)[3..5], [0, 1]);
     }
 }
