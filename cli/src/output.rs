@@ -408,13 +408,12 @@ const RING_COLUMNS: [&str; 8] = [
 
 /// The counts in [`RING_COLUMNS`] order.
 fn ring_counts(c: &RingStats) -> [u32; 8] {
-    let soaked = c.soaked.min(c.soaking);
     [
         c.targeted,
         c.pending,
         c.installing,
-        c.soaking - soaked,
-        soaked,
+        c.soak_running(),
+        c.soak_over(),
         c.succeeded,
         c.failed,
         c.rolled_back,
@@ -497,7 +496,7 @@ impl RolloutBars {
                 });
                 let c = &g.counts;
                 bar.set_length(u64::from(c.targeted.max(1)));
-                bar.set_position(u64::from(c.succeeded + c.soaked.min(c.soaking)));
+                bar.set_position(u64::from(c.succeeded + c.soak_over()));
                 let parts: Vec<String> = ring_counts(c)
                     .into_iter()
                     .zip(RING_COLUMNS)

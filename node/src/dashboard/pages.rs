@@ -563,3 +563,69 @@ pub fn proposal(m: &ProposalView, live: &str) -> String {
         m,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{RingView, RolloutView};
+    use patchmesh_protocol::rollout::RingStats;
+
+    fn detail(counts: RingStats) -> RolloutDetail {
+        let rollout = RolloutView {
+            id: "ab".repeat(32),
+            hash: "cd".repeat(32),
+            author: "ef".repeat(32),
+            content_id: "01".repeat(32),
+            patch: None,
+            created_at_ms: 0,
+            control: Some(patchmesh_protocol::rollout::Control::Running),
+            approvals: None,
+            approvals_needed: None,
+            open_rings: Some(1),
+            waiting: None,
+            rings: vec![RingView {
+                name: "canary".into(),
+                percent: 10,
+                labels: Default::default(),
+                gate: Default::default(),
+                counts,
+            }],
+            commands: vec![],
+            local: None,
+            standing: None,
+            stopped_at_ms: None,
+            max_targets: 0,
+            rollback_on_halt: true,
+        };
+        RolloutDetail {
+            row: super::super::model::rollout_row(&rollout),
+            rollout,
+            stopped: None,
+            members: vec![],
+            site: "hq".into(),
+            alarms: 0,
+        }
+    }
+
+    /// The cells of the rings table's first row, as text.
+    fn ring_cells(page: &str) -> Vec<String> {
+        let table = page.split("id=\"rings-table\"").nth(1).expect("a rings table");
+        let row = table.split("<tbody>").nth(1).unwrap().split("</tr>").next().unwrap();
+        row.split("<td class=\"num")
+            .skip(1)
+            .map(|c| c.split('>').nth(1).unwrap().split('<').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_ring_row_shows_members_whose_soak_is_over_apart_from_those_still_soaking() {
+        let counts =
+            RingStats { targeted: 10, soaking: 5, soaked: 3, succeeded: 4, ..Default::default() };
+        let page = rollout_detail(&detail(counts), "");
+        assert!(page.contains(">Soaking</th><th scope=\"col\""), "no soaking column");
+        assert!(page.contains(">Soaked</th>"), "no soaked column");
+        // Reach, targeted, pending, installing, soaking (still running), soaked, succeeded, …
+        let cells = ring_cells(&page);
+        assert_eq!(cells[..7], ["10%", "10", "0", "0", "2", "3", "4"], "{cells:?}");
+    }
+}

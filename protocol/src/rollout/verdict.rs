@@ -203,6 +203,19 @@ pub struct RingStats {
     pub unsummarised_sites: u32,
 }
 
+impl RingStats {
+    /// Soaking members whose soak is over by this node's clock ([`RingStats::soaked`], never
+    /// more than are soaking): the gate counts them as succeeded before their sites say so.
+    pub fn soak_over(&self) -> u32 {
+        self.soaked.min(self.soaking)
+    }
+
+    /// Soaking members whose soak is still running (the ones [`RingStats::soak_over`] leaves).
+    pub fn soak_running(&self) -> u32 {
+        self.soaking - self.soak_over()
+    }
+}
+
 /// Members a ring's gate needs succeeded: `min_reports`, and `min_success_permille` of its
 /// `targeted` members.
 pub fn needed(gate: &super::policy::Gate, targeted: u32) -> u32 {
