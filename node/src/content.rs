@@ -18,6 +18,12 @@
 //! the sum of all payloads (partial ones at full size) stays under `store_bytes_max`. A write
 //! that fails because the disk is full returns [`StoreError::DiskFull`] and keeps every verified
 //! group.
+//!
+//! Flushing: a download hands every [`WRITEBACK_BYTES`] written to a background flush
+//! ([`ContentStore::writeback_due`]), so the disk writes while the network delivers and the
+//! flush that completes a payload waits only for the tail. Without it a 1 GiB payload left the
+//! page cache all at once in `finish` (about 0.7 s on this project's test machine, with the
+//! network idle), and the node's payload rate counted that wait.
 
 use patchmesh_protocol::ids::ContentId;
 use patchmesh_protocol::transfer::{
@@ -29,6 +35,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Limits of one store.
@@ -111,6 +118,20 @@ struct Entry {
     have: Bitfield,
     cvs: Option<Arc<Vec<[u8; 32]>>>,
     file: Arc<File>,
+    /// Bytes written since the last background flush began.
+    unflushed: u64,
+    /// A background flush of this file is running.
+    flushing: Arc<AtomicBool>,
+}
+
+/// Bytes a download writes before it flushes them in the background (see the module docs).
+pub const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
+
+impl Entry {
+    fn new(size_bytes: u64, have: Bitfield, cvs: Option<Arc<Vec<[u8; 32]>>>, file: File) -> Entry {
+        let flushing = Arc::new(AtomicBool::new(false));
+        Entry { size_bytes, have, cvs, file: Arc::new(file), unflushed: 0, flushing }
+    }
 }
 
 /// A summary of one payload, for listings.
@@ -206,7 +227,7 @@ impl ContentStore {
             (None, true) => Bitfield::new(groups),
             (Some(cvs), true) => verified_groups(&file, size_bytes, cvs),
         };
-        Ok(Entry { size_bytes, have, cvs, file: Arc::new(file) })
+        Ok(Entry::new(size_bytes, have, cvs, file))
     }
 
     fn delete_files(&self, id: &ContentId) {
@@ -283,12 +304,12 @@ impl ContentStore {
             OpenOptions::new().read(true).write(true).open(&data).map_err(io("opening", &data))?;
         self.entries.lock().expect("store lock").insert(
             id,
-            Entry {
+            Entry::new(
                 size_bytes,
-                have: Bitfield::full(group_count(size_bytes)),
-                cvs: Some(Arc::new(cvs)),
-                file: Arc::new(file),
-            },
+                Bitfield::full(group_count(size_bytes)),
+                Some(Arc::new(cvs)),
+                file,
+            ),
         );
         Ok((id, size_bytes))
     }
@@ -323,7 +344,7 @@ impl ContentStore {
         self.entries
             .lock()
             .expect("store lock")
-            .insert(*id, Entry { size_bytes, have: have.clone(), cvs: None, file: Arc::new(file) });
+            .insert(*id, Entry::new(size_bytes, have.clone(), None, file));
         Ok(have)
     }
 
@@ -434,8 +455,29 @@ impl ContentStore {
             for g in first..first + verified {
                 e.have.set(g);
             }
+            e.unflushed += end as u64;
         }
         (verified, stopped)
+    }
+
+    /// A flush of the payload's written data, once [`WRITEBACK_BYTES`] have been written since
+    /// the last one began and none is running: the caller runs it on a blocking thread. It
+    /// only moves durability earlier; [`ContentStore::finish`] still flushes before a payload
+    /// counts as complete, and reports any error.
+    pub fn writeback_due(&self, id: &ContentId) -> Option<impl FnOnce() + Send + 'static> {
+        let mut entries = self.entries.lock().expect("store lock");
+        let e = entries.get_mut(id)?;
+        if e.unflushed < WRITEBACK_BYTES || e.flushing.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        e.unflushed = 0;
+        let (file, flushing) = (e.file.clone(), e.flushing.clone());
+        Some(move || {
+            if let Err(e) = file.sync_data() {
+                tracing::debug!(error = %e, "background flush of a payload failed");
+            }
+            flushing.store(false, Ordering::Release);
+        })
     }
 
     /// Marks a payload whose every group verified as complete: flushes the data, then removes

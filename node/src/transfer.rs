@@ -349,7 +349,12 @@ impl Transfers {
                         for (_, h) in tasks.drain() {
                             h.abort();
                         }
-                        self.store.finish(&content).map_err(|e| e.to_string())?;
+                        // The final flush blocks: off the async workers.
+                        let store = self.store.clone();
+                        tokio::task::spawn_blocking(move || store.finish(&content))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
                         let _ = self.to_daemon.try_send(ToDaemon::Provide(content));
                         self.update_progress(&f, &mut rate, started);
                         return Ok(());
@@ -632,6 +637,9 @@ impl Transfers {
                 };
             }
             Self::report(tx, req.id, g, n_groups).await;
+            if let Some(flush) = self.store.writeback_due(&content) {
+                drop(tokio::task::spawn_blocking(flush));
+            }
             g += n_groups;
         }
         Ok(s)
