@@ -108,9 +108,8 @@ impl Replicas {
         }
         // Looked up, not searched: at a few hundred sites a search per entry was most of an
         // exchange.
-        let theirs_newer = || {
-            ranks.iter().any(|(s, r)| self.summaries.rank_of(s).is_none_or(|mine| mine < *r))
-        };
+        let theirs_newer =
+            || ranks.iter().any(|(s, r)| self.summaries.rank_of(s).is_none_or(|mine| mine < *r));
         if reply && theirs_newer() {
             let ranks = self.summaries.ranks();
             out.push(Arc::new(Message::SummaryRanks { ranks, reply: false }));
