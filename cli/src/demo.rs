@@ -376,8 +376,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let good_plan = rehearse(&d, &good, a.soak_s, false)?;
     d.say(format!(
         "rehearsed the fix's rollout on the fleet node 0 knows ({} seeds): every node committed after {} (p50)",
-        good_plan["seeds"],
-        good_plan["complete_ms"][0].as_u64().map_or("-".into(), crate::plan::span)
+        good_plan.rehearsal.seeds,
+        good_plan.rehearsal.complete_ms.map_or("-".into(), |[p50, _]| crate::plan::span(p50))
     ));
     let (good_rollout, good_at) = remediate(&d, &admin_key, &good, a.soak_s)?;
     d.say(format!("good patch {} (the fix) rolling out as {}", &good[..12], &good_rollout[..12]));
@@ -410,9 +410,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let bad_plan = rehearse(&d, &bad, a.soak_s, true)?;
     d.say(format!(
         "rehearsed the bad patch (every canary failing; installs {}): halts {} after creation (p50), blast radius {}",
-        bad_plan["estimated"]["install_duration"].as_str().unwrap_or("-"),
-        bad_plan["halt_ms"][0].as_u64().map_or("-".into(), crate::plan::span),
-        bad_plan["blast_radius_max"]
+        bad_plan.estimated.install_duration,
+        bad_plan.rehearsal.halt_ms.map_or("-".into(), |[p50, _]| crate::plan::span(p50)),
+        bad_plan.rehearsal.blast_radius_max
     ));
     let (bad_rollout, bad_at) = create_rollout(&d, &admin_key, &bad, a.soak_s)?;
     d.say(format!("bad patch {} rolling out as {}", &bad[..12], &bad_rollout[..12]));
@@ -537,8 +537,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         blast_radius,
         halt_latency_ms,
         halt_after_ms: first_failure.saturating_sub(bad_at),
-        halt_predicted_ms: serde_json::from_value(bad_plan["halt_ms"].clone()).ok().flatten(),
-        blast_radius_predicted: bad_plan["blast_radius_max"].as_u64(),
+        halt_predicted_ms: bad_plan.rehearsal.halt_ms,
+        blast_radius_predicted: Some(bad_plan.rehearsal.blast_radius_max),
         nodes_on_good_version: on_good,
         wan_ratio_max: (wan_ratio_max * 1000.0).round() / 1000.0,
         wan,
@@ -883,7 +883,7 @@ fn with_policy<T: DeserializeOwned>(
 /// Node 0 has installed nothing before the fix, so that rehearsal is told the install's
 /// duration: fetching a 2 MiB payload over loopback and running the demo's shell scripts
 /// takes tens of milliseconds; the bad patch's rehearsal measures it from the fix's install.
-fn rehearse(d: &Demo, content: &str, soak_s: u64, fail: bool) -> anyhow::Result<serde_json::Value> {
+fn rehearse(d: &Demo, content: &str, soak_s: u64, fail: bool) -> anyhow::Result<Plan> {
     let mut tail =
         vec!["--seeds", "5", "--wan-mbps", "1000", "--wan-rtt-ms", "1", "--install-ms", "50"];
     if fail {
@@ -892,11 +892,19 @@ fn rehearse(d: &Demo, content: &str, soak_s: u64, fail: bool) -> anyhow::Result<
     with_policy(d, &["rollout", "plan", "--patch", content], soak_s, &tail)
 }
 
+/// What the demo reads of `patchmesh rollout plan --json` (a [`crate::plan::PlanOutput`]).
+#[derive(serde::Deserialize)]
+struct Plan {
+    estimated: crate::plan::Estimated,
+    #[serde(flatten)]
+    rehearsal: patchmesh_sim::rehearsal::Rehearsal,
+}
+
 /// Puts the rehearsal's per-ring prediction beside the actual rings.
-fn with_prediction(rings: &mut [DemoRing], plan: &serde_json::Value) {
-    for (r, p) in rings.iter_mut().zip(plan["rings"].as_array().into_iter().flatten()) {
-        r.predicted_ms = serde_json::from_value(p["done_ms"].clone()).ok().flatten();
-        r.predicted_targeted = p["nodes"].as_u64();
+fn with_prediction(rings: &mut [DemoRing], plan: &Plan) {
+    for (r, p) in rings.iter_mut().zip(&plan.rehearsal.rings) {
+        r.predicted_ms = p.done_ms;
+        r.predicted_targeted = Some(p.nodes);
     }
 }
 
@@ -909,14 +917,15 @@ fn remediate(
 ) -> anyhow::Result<(String, u64)> {
     let at = patchmesh_node::clock::now_ms().0;
     let head = ["remediate", crate::demo_intel::CVE, "--patch", content, "--yes"];
-    let out: serde_json::Value = with_policy(d, &head, soak_s, &["--admin-key", admin_key])?;
-    let rollout = out[0]["rollout"].as_str().context("remediate printed no rollout")?.to_string();
+    let out: Vec<crate::intel::RemediationOut> =
+        with_policy(d, &head, soak_s, &["--admin-key", admin_key])?;
+    let first = out.into_iter().next().context("remediate printed no rollout")?;
     d.say(format!(
         "  remediation targets `{}`, deadline {}",
-        out[0]["predicate"].as_str().unwrap_or(""),
-        out[0]["deadline"].as_str().unwrap_or("none")
+        first.predicate,
+        first.deadline.as_deref().unwrap_or("none")
     ));
-    Ok((rollout, at))
+    Ok((first.rollout, at))
 }
 
 fn create_rollout(

@@ -990,14 +990,21 @@ pub struct RemediateArgs {
     pub rollout: crate::rollout::CreateArgs,
 }
 
-#[derive(Serialize)]
-struct RemediationOut {
-    rollout: String,
-    patch: String,
-    cves: Vec<String>,
-    predicate: String,
-    nodes_exposed: u32,
-    deadline: Option<String>,
+/// One rollout `patchmesh remediate` published (`--json` prints a list of these).
+#[derive(Serialize, serde::Deserialize)]
+pub struct RemediationOut {
+    /// The rollout's id.
+    pub rollout: String,
+    /// The patch it rolls out.
+    pub patch: String,
+    /// The CVEs it fixes.
+    pub cves: Vec<String>,
+    /// The package predicate that targets the exposed nodes.
+    pub predicate: String,
+    /// Nodes exposed when it was published.
+    pub nodes_exposed: u32,
+    /// Its deadline, as given.
+    pub deadline: Option<String>,
 }
 
 /// Adds a .deb as a dpkg patch (name and version read with `dpkg-deb`); returns its content id.

@@ -1,6 +1,6 @@
 //! `patchmesh defer`: what the people at a machine may do about an install they were told of.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use patchmesh_node::control::{NoticeView, UserRequest};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -57,12 +57,9 @@ fn ask(socket: &PathBuf, req: &UserRequest) -> anyhow::Result<serde_json::Value>
     s.write_all(&line)?;
     let mut answer = String::new();
     BufReader::new(s.take(1 << 20)).read_line(&mut answer)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&answer).context("the node's answer is not JSON")?;
-    if v["ok"] != serde_json::Value::Bool(true) {
-        bail!("{}", v["error"].as_str().unwrap_or("the node refused"));
-    }
-    Ok(v["result"].clone())
+    let answer: patchmesh_node::control::Answer =
+        serde_json::from_str(&answer).context("the node's answer is not a control answer")?;
+    answer.into_result().map_err(|e| anyhow::anyhow!(e))
 }
 
 fn when(ms: u64) -> String {

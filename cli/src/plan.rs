@@ -441,7 +441,7 @@ fn percentile(mut v: Vec<u64>, p: f64) -> Option<u64> {
 }
 
 /// What the rehearsal assumed rather than read.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Estimated {
     /// Sites rebuilt from their summaries (kinds exact, ids drawn).
     pub sites_from_summaries: usize,

@@ -5,10 +5,10 @@
 //! scenario file, such as one it exported.
 
 use crate::{run, Report, Scenario};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One ring's prediction.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RingPlan {
     /// Ring name.
     pub name: String,
@@ -26,7 +26,7 @@ pub struct RingPlan {
 }
 
 /// What the rehearsal predicts.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Rehearsal {
     /// Seeds run.
     pub seeds: u32,

@@ -2,7 +2,8 @@
 //! fleet's shape (sites, counts, zones, labels), the rehearsal predicts every ring, and the
 //! checks before signing refuse a selector or ring that holds no node.
 
-use patchmesh_node::control::PatchAddOutput;
+use patchmesh_node::control::{FleetView, PatchAddOutput};
+use patchmesh_sim::rehearsal::Rehearsal;
 use patchmesh_tests::{serial, wait_for, Mesh};
 use std::time::Duration;
 
@@ -23,22 +24,19 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
     // the least free disk space its members report).
     let fleet = wait_for(WAIT, || {
         let out = m.cli_at(0, &["fleet", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let sites = v["sites"].as_array()?;
-        let complete = sites.len() == 2
-            && sites.iter().all(|s| {
-                s["members"] == 3
-                    && s["min_free_disk_bytes"].as_u64().is_some_and(|b| b > 0)
-                    && s["kinds"].as_array().is_some_and(|k| {
-                        k.iter().all(|k| !k["zone"].as_str().unwrap_or("").is_empty())
-                    })
+        let v: FleetView = serde_json::from_slice(&out.stdout).ok()?;
+        let complete = v.sites.len() == 2
+            && v.sites.iter().all(|s| {
+                s.members == 3
+                    && s.min_free_disk_bytes.is_some_and(|b| b > 0)
+                    && s.kinds.iter().all(|k| !k.zone.is_empty())
             });
         complete.then_some(v)
     });
     let fleet = fleet.unwrap_or_else(|| panic!("node 0 never knew the whole fleet:\n{}", m.log(0)));
-    assert_eq!(fleet["sites"][0]["site"], "site0");
-    assert_eq!(fleet["sites"][0]["from_records"], true);
-    assert_eq!(fleet["sites"][1]["from_records"], false, "site1 is read from its summary");
+    assert_eq!(fleet.sites[0].site, "site0");
+    assert!(fleet.sites[0].from_records);
+    assert!(!fleet.sites[1].from_records, "site1 is read from its summary");
 
     let file = m.root.0.join("p.bin");
     std::fs::write(&file, b"planned").unwrap();
@@ -84,18 +82,18 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
     let export_s = export.display().to_string();
     let out = plan(&["--ring", "canary:0:ring=canary", "--ring", "all:100", "--export", &export_s]);
     assert!(out.status.success(), "plan: {}", String::from_utf8_lossy(&out.stderr));
-    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(p["targeted_nodes"], 6, "{p:#}");
-    assert_eq!(p["rings"][0]["nodes"], 1, "one canary: {p:#}");
-    assert_eq!(p["rings"][1]["nodes"], 5, "{p:#}");
-    for ring in p["rings"].as_array().unwrap() {
-        assert_eq!(ring["finished_seeds"], 3, "every seed finishes every ring: {p:#}");
+    let p: Rehearsal = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p.targeted_nodes, 6, "{p:#?}");
+    assert_eq!(p.rings[0].nodes, 1, "one canary: {p:#?}");
+    assert_eq!(p.rings[1].nodes, 5, "{p:#?}");
+    for ring in &p.rings {
+        assert_eq!(ring.finished_seeds, 3, "every seed finishes every ring: {p:#?}");
     }
-    let canary_done = p["rings"][0]["done_ms"][0].as_u64().unwrap();
-    let all_done = p["rings"][1]["done_ms"][0].as_u64().unwrap();
-    assert!(canary_done >= 2_000, "the canary soaks 2 s before it is done: {p:#}");
-    assert!(all_done > canary_done, "ring all finishes after the canary: {p:#}");
-    assert_eq!(p["violations"].as_array().unwrap().len(), 0);
+    let canary_done = p.rings[0].done_ms.unwrap()[0];
+    let all_done = p.rings[1].done_ms.unwrap()[0];
+    assert!(canary_done >= 2_000, "the canary soaks 2 s before it is done: {p:#?}");
+    assert!(all_done > canary_done, "ring all finishes after the canary: {p:#?}");
+    assert!(p.violations.is_empty(), "{p:#?}");
 
     // The exported scenario is the live fleet's shape, and the simulator loads it.
     let s = patchmesh_sim_scenario(&export);
@@ -141,18 +139,18 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
         "1",
     ]);
     assert!(out.status.success(), "plan: {}", String::from_utf8_lossy(&out.stderr));
-    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(p["halted_seeds"], 3, "{p:#}");
-    assert_eq!(p["blast_radius_max"], 0, "{p:#}");
-    assert!(p["halt_ms"][0].as_u64().unwrap() < all_done, "{p:#}");
+    let p: Rehearsal = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p.halted_seeds, 3, "{p:#?}");
+    assert_eq!(p.blast_radius_max, 0, "{p:#?}");
+    assert!(p.halt_ms.unwrap()[0] < all_done, "{p:#?}");
 
     // The checks: a label typo targets nothing, a label ring nobody carries never passes its
     // gate; both are refused (by create too) unless --force, once node 0 has run long enough
     // to know every site (six summary periods: 12 s here); before, they are warnings.
     let settled = wait_for(WAIT, || {
         let out = m.cli_at(0, &["fleet", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["uptime_ms"].as_u64()? >= 12_000).then_some(())
+        let v: FleetView = serde_json::from_slice(&out.stdout).ok()?;
+        (v.uptime_ms >= 12_000).then_some(())
     });
     assert!(settled.is_some());
     let out = plan(&["--ring", "all:100", "--target-label", "ring=mian"]);
@@ -215,7 +213,8 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
             && f["message"].as_str().unwrap().contains("ring canary holds no node")),
         "{p:#}"
     );
-    assert_eq!(p["rings"][0]["nodes"], 0, "{p:#}");
+    let rehearsed: Rehearsal = serde_json::from_value(p.clone()).unwrap();
+    assert_eq!(rehearsed.rings[0].nodes, 0, "{p:#}");
     // An unknown id is an error that says so.
     let out = m.cli_at(0, &["rollout", "plan", "--rollout", &"ab".repeat(32)]);
     assert!(!out.status.success());

@@ -220,20 +220,44 @@ pub fn call(
     let mut reader = BufReader::new(std::io::Read::take(stream, RESPONSE_BYTES_MAX as u64));
     let mut answer = String::new();
     reader.read_line(&mut answer)?;
-    let value: serde_json::Value =
+    let answer: Answer =
         serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
-    if value["ok"].as_bool() == Some(true) {
-        Ok(value["result"].clone())
-    } else {
-        Err(ControlError::Refused(
-            value["error"].as_str().unwrap_or("the node refused the request").to_string(),
-        ))
+    answer.into_result().map_err(ControlError::Refused)
+}
+
+/// The envelope of every answer on the control and user sockets: `{"ok": true, "result": …}`
+/// or `{"ok": false, "error": "…"}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer {
+    /// Whether the node did what was asked.
+    pub ok: bool,
+    /// What it answers (a view), when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why it refused, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    /// The result (`null` when the answer carries none), or the node's reason for refusing.
+    pub fn into_result(self) -> Result<serde_json::Value, String> {
+        if self.ok {
+            Ok(self.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(self.error.unwrap_or_else(|| "the node refused the request".to_string()))
+        }
+    }
+
+    /// Reads an answer held as JSON.
+    pub fn from_value(v: serde_json::Value) -> Result<Answer, String> {
+        serde_json::from_value(v).map_err(|e| format!("bad answer: {e}"))
     }
 }
 
 /// A successful answer.
 pub fn ok(result: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({"ok": true, "result": result})
+    serde_json::json!(Answer { ok: true, result: Some(result), error: None })
 }
 
 /// A successful answer carrying a typed view.
@@ -257,7 +281,7 @@ pub fn call_view<T: serde::de::DeserializeOwned>(
 
 /// A refusal.
 pub fn refused(error: impl std::fmt::Display) -> serde_json::Value {
-    serde_json::json!({"ok": false, "error": error.to_string()})
+    serde_json::json!(Answer { ok: false, result: None, error: Some(error.to_string()) })
 }
 
 /// What `patchmesh defer --list` shows.

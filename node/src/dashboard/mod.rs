@@ -214,10 +214,8 @@ impl Shared {
             .await
             .map_err(|_| "the node did not answer in time".to_string())?
             .map_err(|_| "the node dropped the request".to_string())?;
-        if v["ok"].as_bool() != Some(true) {
-            return Err(v["error"].as_str().unwrap_or("the node refused the request").to_string());
-        }
-        serde_json::from_value(v["result"].clone()).map_err(|e| format!("bad answer: {e}"))
+        let result = control::Answer::from_value(v)?.into_result()?;
+        serde_json::from_value(result).map_err(|e| format!("bad answer: {e}"))
     }
 }
 
