@@ -10,8 +10,10 @@
 //! unsigned catalog change against its replica, signs it itself, and *submits* the envelope,
 //! which the node verifies exactly as it would a peer's.
 
+mod outputs;
 mod views;
 
+pub use outputs::*;
 pub use views::*;
 
 use serde::{Deserialize, Serialize};
