@@ -172,7 +172,7 @@ pub fn run(cmd: RoleCmd) -> anyhow::Result<()> {
     let mut next = current.clone();
     let what = edit(&mut next)?;
     let next = mesh::next_admin_set_with(&current, next.admins, vec![], next.roles);
-    if crate::dry_run_print(&next) {
+    if crate::setup::dry_run_print(&next) {
         return Ok(());
     }
     if let RoleCmd::Remove { name, .. } = &cmd {
