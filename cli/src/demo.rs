@@ -20,6 +20,7 @@
 //!    directory. Every figure is read back from the nodes: their journals, verdicts, halt
 //!    times and payload byte counters, and the target files on disk.
 
+use crate::intel::FleetVulnsOut;
 use crate::{call, NodeArgs};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -765,24 +766,23 @@ fn publish_intel(d: &Demo, admin_key: &str, timeout: Duration) -> anyhow::Result
             .map(String::from),
     );
     let published_at = patchmesh_node::clock::now_ms().0;
-    let imported: serde_json::Value = cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let content =
-        imported["content_id"].as_str().context("import printed no content id")?.to_string();
+    let imported: crate::intel::ImportOut =
+        cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let content = imported.content_id;
     d.say(format!(
         "intel bundle {} published ({} bytes: tracker, OSV, KEV, EPSS)",
         &content[..12],
-        imported["bytes"]
+        imported.bytes
     ));
     let n = d.nodes.len() as u64;
     let row = d.wait("every node to report its exposure to the new bundle", timeout, || {
-        let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).ok()?;
-        let row =
-            v["cves"].as_array()?.iter().find(|r| r["cve"] == crate::demo_intel::CVE)?.clone();
-        (row["nodes"].as_u64() == Some(n)).then_some(row)
+        let v: FleetVulnsOut = cli(&["vulns", "--config", &config, "--json"]).ok()?;
+        let row = v.cves.into_iter().find(|r| r.cve == crate::demo_intel::CVE)?;
+        (u64::from(row.nodes) == n).then_some(row)
     })?;
     let visible_ms = patchmesh_node::clock::now_ms().0.saturating_sub(published_at);
-    let score = row["score"].as_f64().unwrap_or(0.0);
-    let due = row["due"].as_str().unwrap_or("").to_string();
+    let score = row.score;
+    let due = row.due.label().to_string();
     d.say(format!(
         "  {} (KEV) on {n} of {n} nodes: score {score:.1}, due {due}, fixed in demo-app {} — visible fleet-wide after {:.1} s",
         crate::demo_intel::CVE,
@@ -810,26 +810,19 @@ fn finding_closed(
     timeout: Duration,
 ) -> anyhow::Result<DemoIntel> {
     let config = s(&d.nodes[0].dir.join("node.toml"));
-    let exposed = |v: &serde_json::Value| {
-        v["cves"]
-            .as_array()
-            .and_then(|c| c.iter().find(|r| r["cve"] == intel.cve.as_str()))
-            .and_then(|r| r["nodes"].as_u64())
-            .unwrap_or(0)
+    let exposed = |v: &FleetVulnsOut| {
+        v.cves.iter().find(|r| r.cve == intel.cve).map_or(0, |r| u64::from(r.nodes))
     };
     let left = d.wait_or(
         "the finding to close on every node",
         timeout,
         || {
-            let v: serde_json::Value = cli(&["vulns", "--config", &config, "--json"]).ok()?;
-            (exposed(&v) == 0
-                && v["sites"].as_array()?.iter().all(|s| s["members"].as_u64() > Some(0)))
-            .then_some(0)
+            let v: FleetVulnsOut = cli(&["vulns", "--config", &config, "--json"]).ok()?;
+            (exposed(&v) == 0 && v.sites.iter().all(|s| s.members > 0)).then_some(0)
         },
-        || {
-            let v: serde_json::Value =
-                cli(&["vulns", "--config", &config, "--json"]).unwrap_or_default();
-            format!("{} nodes still exposed", exposed(&v))
+        || match cli::<FleetVulnsOut>(&["vulns", "--config", &config, "--json"]) {
+            Ok(v) => format!("{} nodes still exposed", exposed(&v)),
+            Err(e) => format!("the fleet's exposure cannot be read: {e}"),
         },
     )?;
     intel.nodes_exposed_after = left;

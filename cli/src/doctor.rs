@@ -253,19 +253,23 @@ fn checks(r: &mut Report, cfg: &NodeConfig, now: Millis) {
     }
     // The running node: store health, peers, clock.
     let socket = cfg.control_socket();
-    let ask = |req: Request| -> Result<serde_json::Value, String> {
+    fn ask<T: serde::de::DeserializeOwned>(
+        cfg: &NodeConfig,
+        socket: &std::path::Path,
+        req: Request,
+    ) -> Result<T, String> {
         let token = control::read_token(&cfg.token_path()).map_err(|e| e.to_string())?;
-        control::call_view(&socket, &token, req, Duration::from_secs(20)).map_err(|e| e.to_string())
-    };
-    let status = match ask(Request::Status) {
+        control::call_view(socket, &token, req, Duration::from_secs(20)).map_err(|e| e.to_string())
+    }
+    let status = match ask::<control::StatusView>(cfg, &socket, Request::Status) {
         Ok(s) => {
-            let refused = s["restore_refused"].as_u64().unwrap_or(0);
+            let refused = s.restore_refused;
             if refused > 0 {
                 r.warn(
                     "running",
                     format!(
                         "pid {}, but {refused} stored objects failed re-verification at start",
-                        s["pid"]
+                        s.pid
                     ),
                     "look at the node's log for what was refused; the mesh re-sends good copies",
                 );
@@ -274,10 +278,10 @@ fn checks(r: &mut Report, cfg: &NodeConfig, now: Millis) {
                     "running",
                     format!(
                         "pid {}, {} peers ({} admitted), up {}",
-                        s["pid"],
-                        s["peers_connected"],
-                        s["peers_admitted"],
-                        span(s["uptime_ms"].as_u64().unwrap_or(0))
+                        s.pid,
+                        s.peers_connected,
+                        s.peers_admitted,
+                        span(s.uptime_ms)
                     ),
                 );
             }
@@ -292,13 +296,14 @@ fn checks(r: &mut Report, cfg: &NodeConfig, now: Millis) {
             None
         }
     };
-    clock(r, status.is_some().then(|| ask(Request::ReportBasis)).transpose().ok().flatten());
-    bootstrap(r, cfg, status.is_some().then(|| ask(Request::Peers)).and_then(Result::ok));
+    let running = status.is_some();
+    clock(r, running.then(|| ask(cfg, &socket, Request::ReportBasis).ok()).flatten());
+    bootstrap(r, cfg, running.then(|| ask(cfg, &socket, Request::Peers).ok()).flatten());
 }
 
 /// Peer records dated ahead of this clock mean this clock is behind (or theirs ahead); the
 /// system's NTP state says which to suspect.
-fn clock(r: &mut Report, basis: Option<serde_json::Value>) {
+fn clock(r: &mut Report, basis: Option<control::ReportBasisView>) {
     let ntp = std::process::Command::new("timedatectl")
         .args(["show", "-p", "NTPSynchronized", "--value"])
         .output()
@@ -316,14 +321,12 @@ fn clock(r: &mut Report, basis: Option<serde_json::Value>) {
         }
         return;
     };
-    let now = b["now_ms"].as_u64().unwrap_or(0);
-    let me = b["node"].as_str().unwrap_or("");
-    let ahead: Vec<u64> = b["assets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["node"].as_str() != Some(me))
-        .filter_map(|a| a["record_written_at_ms"].as_u64())
+    let now = b.now_ms;
+    let ahead: Vec<u64> = b
+        .assets
+        .iter()
+        .filter(|a| a.node != b.node)
+        .map(|a| a.record_written_at_ms)
         .filter(|t| *t > now + CLOCK_AHEAD_WARN_MS)
         .map(|t| t - now)
         .collect();
@@ -352,7 +355,7 @@ fn clock(r: &mut Report, basis: Option<serde_json::Value>) {
     }
 }
 
-fn bootstrap(r: &mut Report, cfg: &NodeConfig, peers: Option<serde_json::Value>) {
+fn bootstrap(r: &mut Report, cfg: &NodeConfig, peers: Option<Vec<control::PeerView>>) {
     if cfg.bootstrap.is_empty() {
         if cfg.mdns {
             r.ok("bootstrap", "none configured; peers are found by mDNS on the LAN");
@@ -365,13 +368,7 @@ fn bootstrap(r: &mut Report, cfg: &NodeConfig, peers: Option<serde_json::Value>)
         }
         return;
     }
-    let connected: Vec<String> = peers
-        .as_ref()
-        .and_then(|p| p.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["peer_id"].as_str().map(str::to_string))
-        .collect();
+    let connected: Vec<String> = peers.iter().flatten().map(|p| p.peer_id.clone()).collect();
     for addr in &cfg.bootstrap {
         let parts: Vec<&str> = addr.split('/').collect();
         let peer = parts

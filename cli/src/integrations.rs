@@ -122,8 +122,9 @@ pub fn run(cmd: IntegrationsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         IntegrationsCmd::Dlq(DlqCmd::Replay { id, node }) => {
-            let v: serde_json::Value = crate::call(&node, Request::DlqReplay { id })?;
-            println!("{} event(s) queued again", v["replayed"]);
+            let v: patchmesh_node::control::ReplayView =
+                crate::call(&node, Request::DlqReplay { id })?;
+            println!("{} event(s) queued again", v.replayed);
             Ok(())
         }
     }

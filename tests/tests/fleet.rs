@@ -395,6 +395,13 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
         "the first two enrolled machines were not admitted: {:?}",
         admitted_by(0)
     );
+    // The doctor of a running, admitted machine reads its node's status, peers and clock.
+    let config = m.root.0.join("enrolled0").join("enrolled.toml").display().to_string();
+    let doctor = patchmesh_tests::cli(&["node", "doctor", "--config", &config]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    let running = text.lines().find(|l| l.contains("running")).unwrap_or_default();
+    assert!(running.contains("pid ") && running.contains("admitted), up "), "{text}");
+    assert!(text.lines().any(|l| l.contains("clock")), "{text}");
     let over = wait_for(Duration::from_secs(30), || {
         (m.status(0).rejected.get("voucher_over_limit").copied().unwrap_or(0) > 0).then_some(())
     });

@@ -5,6 +5,7 @@
 use patchmesh_node::control::{
     DemoReport, GcView, PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
 };
+use patchmesh_node::report::{ComplianceReport, SignedReport};
 use patchmesh_tests::{binary, cli, ensure_tools, serial, wait_for, Mesh, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -191,37 +192,26 @@ fn demo_reports(v: &DemoReport, dir: &TempDir) {
     }
     // The JSON, read as an auditor would.
     let text = std::fs::read_to_string(path(".json")).unwrap();
-    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let r = &file["report"];
-    let roles: Vec<&str> = file["signatures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["role"].as_str().unwrap())
-        .collect();
+    let file: SignedReport<ComplianceReport> = serde_json::from_str(&text).unwrap();
+    let r = &file.report;
+    let roles: Vec<&str> = file.signatures.iter().map(|s| s.role.as_str()).collect();
     assert_eq!(roles, ["node", "admin"]);
-    let fixed: Vec<&serde_json::Value> =
-        r["findings"].as_array().unwrap().iter().filter(|f| f["cve"] == "CVE-2026-41234").collect();
-    assert_eq!(fixed.len(), 3, "the site's 3 nodes list the remediated finding: {r}");
+    let fixed: Vec<_> = r.findings.iter().filter(|f| f.cve == "CVE-2026-41234").collect();
+    assert_eq!(fixed.len(), 3, "the site's 3 nodes list the remediated finding: {r:#?}");
     for f in &fixed {
-        assert_eq!(f["status"], "closed", "{f}");
-        assert_eq!(f["sla_met"], true, "{f}");
-        assert_eq!(f["remediated_version"], "2.0-1", "{f}");
-        assert!(f["remediated_at_ms"].as_u64().unwrap() >= f["first_seen_ms"].as_u64().unwrap());
-        assert!(f["hostname"].as_str().unwrap().starts_with("branch-a-pos"), "{f}");
+        assert_eq!(f.status, "closed", "{f:?}");
+        assert_eq!(f.sla_met, Some(true), "{f:?}");
+        assert_eq!(f.remediated_version.as_deref(), Some("2.0-1"), "{f:?}");
+        assert!(f.remediated_at_ms.unwrap() >= f.first_seen_ms, "{f:?}");
+        assert!(f.hostname.starts_with("branch-a-pos"), "{f:?}");
     }
-    assert_eq!(r["summary"]["assets_admitted"], 6);
-    assert_eq!(r["summary"]["assets_listed"], 3);
-    let bad = r["rollouts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == v.bad.rollout.as_str())
-        .unwrap();
-    assert!(bad["state"].as_str().unwrap().starts_with("halted at ring 0"), "{bad}");
+    assert_eq!(r.summary.assets_admitted, 6);
+    assert_eq!(r.summary.assets_listed, 3);
+    let bad = r.rollouts.iter().find(|x| x.id == v.bad.rollout).unwrap();
+    assert!(bad.state.starts_with("halted at ring 0"), "{bad:?}");
     let canaries_rolled_back: u64 = v.bad.rings.iter().map(|g| g.rolled_back).sum();
-    assert_eq!(bad["rolled_back"].as_u64().unwrap(), canaries_rolled_back, "{bad}");
-    assert_eq!(r["basis"]["audit_checkpoints"].as_array().unwrap().len(), 3);
+    assert_eq!(u64::from(bad.rolled_back), canaries_rolled_back, "{bad:?}");
+    assert_eq!(r.basis.audit_checkpoints.len(), 3);
 
     // One byte changed: refused.
     let at = text.find("\"sla_met\":true").unwrap() + "\"sla_met\":".len();
@@ -242,9 +232,9 @@ fn demo_reports(v: &DemoReport, dir: &TempDir) {
     assert!(String::from_utf8_lossy(&info.stdout).contains("Patch compliance report"));
     let txt = Command::new("pdftotext").args(["-layout", &pdf, "-"]).output().unwrap();
     let txt = String::from_utf8_lossy(&txt.stdout);
-    let s = &r["summary"];
-    assert!(txt.contains(&format!("Open findings: {}", s["open"])), "{txt}");
-    assert!(txt.contains(&format!("Remediated in period: {}", s["closed_in_period"])), "{txt}");
+    let s = &r.summary;
+    assert!(txt.contains(&format!("Open findings: {}", s.open)), "{txt}");
+    assert!(txt.contains(&format!("Remediated in period: {}", s.closed_in_period)), "{txt}");
     assert!(
         txt.contains("CVE-2026-41234") && txt.contains("PCI DSS v4.0.1") && txt.contains("6.3.3"),
         "{txt}"

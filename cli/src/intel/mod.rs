@@ -346,23 +346,14 @@ pub fn import(
         None => None,
     };
     if json {
-        #[derive(Serialize)]
-        struct View<'a> {
-            content_id: &'a str,
-            bytes: usize,
-            import_ms: u128,
-            published: Option<String>,
-            #[serde(flatten)]
-            written: &'a patchmesh_node::intel::Written,
-        }
         outln!(
             "{}",
-            crate::output::json(&View {
-                content_id: &id,
-                bytes: bytes.len(),
-                import_ms: started.elapsed().as_millis(),
+            crate::output::json(&ImportOut {
+                content_id: id.clone(),
+                bytes: bytes.len() as u64,
+                import_ms: started.elapsed().as_millis() as u64,
                 published: published.clone(),
-                written: &written
+                written: written.clone(),
             })
         );
         return Ok(());
@@ -618,17 +609,53 @@ fn findings_table(shown: &[&Assessed]) {
     }
 }
 
+/// `patchmesh intel import --json`: the bundle built, and its catalog change if published.
+#[derive(Serialize, serde::Deserialize)]
+pub struct ImportOut {
+    /// The bundle's content id (hex).
+    pub content_id: String,
+    /// Its size.
+    pub bytes: u64,
+    /// How long the import took.
+    pub import_ms: u64,
+    /// The catalog change that published it, with `--admin-key`.
+    pub published: Option<String>,
+    /// What it holds.
+    #[serde(flatten)]
+    pub written: patchmesh_node::intel::Written,
+}
+
 /// One CVE across the sites a node sees.
-#[derive(Serialize)]
-struct FleetRow {
-    cve: String,
-    sources: std::collections::BTreeSet<String>,
-    nodes: u32,
-    sites: BTreeMap<String, u32>,
-    score: f64,
-    due: Due,
-    fixed_version: Option<String>,
-    kev: bool,
+#[derive(Serialize, serde::Deserialize)]
+pub struct FleetRow {
+    /// The CVE.
+    pub cve: String,
+    /// Source packages it is found in.
+    pub sources: std::collections::BTreeSet<String>,
+    /// Exposed nodes, all sites.
+    pub nodes: u32,
+    /// Exposed nodes per site.
+    pub sites: BTreeMap<String, u32>,
+    /// Highest risk score.
+    pub score: f64,
+    /// Most urgent due class.
+    pub due: Due,
+    /// A version that fixes it, if known.
+    pub fixed_version: Option<String>,
+    /// In the KEV catalog.
+    pub kev: bool,
+}
+
+/// `patchmesh vulns --fleet --json` (the default with a running node): the sites shown and one
+/// row per CVE.
+#[derive(Serialize, serde::Deserialize)]
+pub struct FleetVulnsOut {
+    /// The intel bundle the sites' exposure was judged with.
+    pub bundle: Option<String>,
+    /// The sites shown.
+    pub sites: Vec<SiteExposureView>,
+    /// One row per CVE, most urgent first.
+    pub cves: Vec<FleetRow>,
 }
 
 /// Merges the sites' top CVEs into one row per CVE.
@@ -690,13 +717,12 @@ fn fleet(node: &crate::NodeArgs, filter: &VulnFilter, json: bool) -> anyhow::Res
             .then(a.cve.cmp(&b.cve))
     });
     if json {
-        #[derive(Serialize)]
-        struct View<'a> {
-            bundle: &'a Option<String>,
-            sites: &'a [&'a SiteExposureView],
-            cves: &'a [FleetRow],
-        }
-        outln!("{}", crate::output::json(&View { bundle: &v.bundle, sites: &sites, cves: &list }));
+        let out = FleetVulnsOut {
+            bundle: v.bundle.clone(),
+            sites: sites.iter().map(|s| (*s).clone()).collect(),
+            cves: list,
+        };
+        outln!("{}", crate::output::json(&out));
         return Ok(());
     }
     match &v.bundle {

@@ -468,6 +468,13 @@ pub struct GcView {
     pub dry_run: bool,
 }
 
+/// `Request::DlqReplay`: dead-lettered events queued for delivery again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplayView {
+    /// How many.
+    pub replayed: usize,
+}
+
 /// `Request::Intel`: this node against the intel bundle in use.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IntelView {

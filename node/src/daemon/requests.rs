@@ -161,7 +161,7 @@ impl Daemon {
                 {
                     Ok(n) => {
                         self.integrations.shared.wake.notify_one();
-                        control::ok_view(&serde_json::json!({"replayed": n}))
+                        control::ok_view(&control::ReplayView { replayed: n })
                     }
                     Err(e) => control::refused(format!("replaying: {e}")),
                 }

@@ -94,7 +94,7 @@ pub struct Import {
 }
 
 /// What a finished import wrote.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Written {
     /// Its inputs, with records kept and skipped.
     pub sources: Vec<SourceInfo>,
