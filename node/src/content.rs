@@ -688,6 +688,36 @@ mod tests {
     }
 
     #[test]
+    fn a_download_flushes_every_writeback_step_once_and_not_while_a_flush_runs() {
+        let dir = tempdir("writeback");
+        let step = WRITEBACK_BYTES as usize;
+        let data = payload(step + 3 * GROUP_BYTES as usize, 4);
+        let (store, id, _, outboard) = fetching(&dir, &data);
+        store.set_outboard(&id, &outboard).unwrap();
+        // One group short of a step: nothing to flush yet.
+        let first = WRITEBACK_BYTES / GROUP_BYTES - 1;
+        let (written, result) = store.write_groups(&id, 0, &data[..(first * GROUP_BYTES) as usize]);
+        assert_eq!((written, result.is_ok()), (first, true));
+        assert!(store.writeback_due(&id).is_none(), "a flush before a whole step was written");
+        // The step completes: one flush, and no second one while it runs.
+        let g = |n: u64| &data[(n * GROUP_BYTES) as usize..((n + 1) * GROUP_BYTES) as usize];
+        assert_eq!(store.write_groups(&id, first, g(first)).0, 1);
+        let flush = store.writeback_due(&id).expect("a flush once a step was written");
+        assert!(store.writeback_due(&id).is_none(), "two flushes of one step");
+        assert_eq!(store.write_groups(&id, first + 1, g(first + 1)).0, 1);
+        assert!(store.writeback_due(&id).is_none(), "a flush while one runs");
+        flush();
+        assert!(store.writeback_due(&id).is_none(), "a flush with less than a step unflushed");
+        // The rest completes the payload; it is flushed whole and reads back exactly.
+        let rest = (first + 2) * GROUP_BYTES;
+        let (written, result) = store.write_groups(&id, first + 2, &data[rest as usize..]);
+        assert_eq!((written, result.is_ok()), (2, true));
+        assert!(store.finish(&id).unwrap());
+        assert_eq!(std::fs::read(store.complete_path(&id).unwrap()).unwrap(), data);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn partial_payloads_take_only_verified_groups_and_survive_reopen() {
         let dir = tempdir("partial");
         let data = payload(5 * GROUP_BYTES as usize + 10, 2);
