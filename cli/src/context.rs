@@ -14,6 +14,7 @@
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
+use patchmesh_node::control::{AllContextsOutput, ConfigSetting, ConfigViewOutput, TenantResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,33 +143,17 @@ impl Contexts {
 }
 
 /// Where a setting came from.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    /// A command-line flag.
-    Flag,
-    /// An environment variable.
-    Env(String),
-    /// A context (named), or the file's current context.
-    Context(String),
-    /// The current context in the contexts file.
-    Current,
-    /// The built-in default.
-    Default,
-    /// Not set.
-    Unset,
-}
+pub use patchmesh_node::control::SettingOrigin as Origin;
 
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Flag => write!(f, "flag"),
-            Origin::Env(v) => write!(f, "environment ({v})"),
-            Origin::Context(n) => write!(f, "context {n} ({})", file().display()),
-            Origin::Current => write!(f, "current context ({})", file().display()),
-            Origin::Default => write!(f, "default"),
-            Origin::Unset => write!(f, "not set"),
-        }
+/// How `config view --show-origin` and errors name an origin.
+fn origin_text(o: &Origin) -> String {
+    match o {
+        Origin::Flag => "flag".into(),
+        Origin::Env(v) => format!("environment ({v})"),
+        Origin::Context(n) => format!("context {n} ({})", file().display()),
+        Origin::Current => format!("current context ({})", file().display()),
+        Origin::Default => "default".into(),
+        Origin::Unset => "not set".into(),
     }
 }
 
@@ -198,7 +183,10 @@ fn selected_context() -> anyhow::Result<Option<(String, Context)>> {
     match all.contexts.get(&name) {
         Some(c) => Ok(Some((name, c.clone()))),
         None => {
-            bail!("no context {name:?} (chosen by {origin}); `patchmesh context list` shows them")
+            bail!(
+                "no context {name:?} (chosen by {}); `patchmesh context list` shows them",
+                origin_text(&origin)
+            )
         }
     }
 }
@@ -339,39 +327,28 @@ pub fn run(cmd: ContextCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct Setting {
-    value: Option<String>,
-    origin: Origin,
-}
-
-#[derive(Serialize)]
-struct ConfigView {
-    contexts_file: PathBuf,
-    context: Setting,
-    config: Setting,
-    admin_key: Setting,
-}
-
 pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
     let ConfigCmd::View { show_origin, json } = cmd;
     let (context, context_origin) = selected();
     let (config, config_origin) = node_config(None)?;
     let (key, key_origin) = admin_key_origin(None)?;
-    let v = ConfigView {
+    let v = ConfigViewOutput {
         contexts_file: file(),
-        context: Setting { value: context, origin: context_origin },
-        config: Setting { value: Some(config.display().to_string()), origin: config_origin },
-        admin_key: Setting { value: key.map(|k| k.display().to_string()), origin: key_origin },
+        context: ConfigSetting { value: context, origin: context_origin },
+        config: ConfigSetting { value: Some(config.display().to_string()), origin: config_origin },
+        admin_key: ConfigSetting {
+            value: key.map(|k| k.display().to_string()),
+            origin: key_origin,
+        },
     };
     if json {
         outln!("{}", crate::output::json(&v));
         return Ok(());
     }
-    let line = |name: &str, s: &Setting| {
+    let line = |name: &str, s: &ConfigSetting| {
         let value = s.value.as_deref().unwrap_or("-");
         if show_origin {
-            outln!("{name:<10} {value:<48} {}", s.origin);
+            outln!("{name:<10} {value:<48} {}", origin_text(&s.origin));
         } else {
             outln!("{name:<10} {value}");
         }
@@ -383,19 +360,6 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
         outln!("contexts   {}", v.contexts_file.display());
     }
     Ok(())
-}
-
-/// One tenant's answer under `--all-contexts`.
-#[derive(Serialize)]
-pub(crate) struct TenantResult {
-    pub context: String,
-    pub ok: bool,
-    pub exit_code: Option<i32>,
-    elapsed_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// Read-only commands `--all-contexts` may run (first words after the global flags).
@@ -444,13 +408,15 @@ pub fn run_all(args: &[String], timeout: Duration) -> anyhow::Result<i32> {
             std::thread::spawn(move || one_tenant(&exe, &name, &args, timeout))
         })
         .collect();
-    let results: Vec<TenantResult> =
-        handles.into_iter().map(|h| h.join().expect("tenant thread")).collect();
+    let out = AllContextsOutput {
+        tenants: handles.into_iter().map(|h| h.join().expect("tenant thread")).collect(),
+    };
+    let results = &out.tenants;
     let failed = results.iter().filter(|r| !r.ok).count();
     if json {
-        outln!("{}", crate::output::json(&serde_json::json!({ "tenants": results })));
+        outln!("{}", crate::output::json_sorted(&out));
     } else {
-        for r in &results {
+        for r in results {
             outln!("== {} ({}) ==", r.context, if r.ok { "ok" } else { "FAILED" });
             if let Some(e) = &r.error {
                 outln!("{e}");

@@ -146,7 +146,11 @@ pub fn switcher(open: bool, json: bool) -> anyhow::Result<i32> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = format!("http://{}/{}/", listener.local_addr()?, state.secret);
         if json {
-            outln!("{}", serde_json::json!({ "url": url, "tenants": state.tenants }));
+            let v = patchmesh_node::control::SwitcherOutput {
+                url: url.clone(),
+                tenants: state.tenants.clone(),
+            };
+            outln!("{}", crate::output::json_sorted(&v));
         } else {
             outln!("{url}");
             eprintln!(

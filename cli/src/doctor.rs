@@ -3,12 +3,13 @@
 //! (what needs the running node says so when it is down).
 
 use patchmesh_node::config::NodeConfig;
-use patchmesh_node::control::{self, Request};
+use patchmesh_node::control::{
+    self, DoctorCheck as Check, DoctorLevel as Level, DoctorOutput, Request,
+};
 use patchmesh_node::files;
 use patchmesh_protocol::crypto::Ed25519;
 use patchmesh_protocol::ids::Millis;
 use patchmesh_protocol::trust::{verify_admission_signature, Genesis};
-use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,33 +20,21 @@ const CLOCK_AHEAD_WARN_MS: u64 = 120_000;
 /// Below this much free space the store cannot take even a small payload.
 const DISK_FAIL_BYTES: u64 = 100 << 20;
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-#[derive(Serialize)]
-struct Check {
-    check: &'static str,
-    level: Level,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fix: Option<String>,
-}
-
 #[derive(Default)]
 struct Report(Vec<Check>);
 
 impl Report {
     fn ok(&mut self, check: &'static str, detail: impl Into<String>) {
-        self.0.push(Check { check, level: Level::Ok, detail: detail.into(), fix: None });
+        self.0.push(Check {
+            check: check.into(),
+            level: Level::Ok,
+            detail: detail.into(),
+            fix: None,
+        });
     }
     fn warn(&mut self, check: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
         self.0.push(Check {
-            check,
+            check: check.into(),
             level: Level::Warn,
             detail: detail.into(),
             fix: Some(fix.into()),
@@ -53,7 +42,7 @@ impl Report {
     }
     fn fail(&mut self, check: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
         self.0.push(Check {
-            check,
+            check: check.into(),
             level: Level::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
@@ -83,7 +72,7 @@ pub fn run(config: &Path, json: bool, now: Millis) -> anyhow::Result<i32> {
     }
     let worst = r.0.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
     if json {
-        outln!("{}", crate::output::json(&serde_json::json!({ "checks": r.0, "result": worst })));
+        outln!("{}", crate::output::json_sorted(&DoctorOutput { checks: r.0, result: worst }));
     } else {
         for c in &r.0 {
             let mark = match c.level {

@@ -58,14 +58,6 @@ pub enum KeyCmd {
     },
 }
 
-/// What `key show` prints.
-#[derive(Serialize)]
-struct KeyShow {
-    public_key: String,
-    storage: &'static str,
-    ssh_fingerprint: String,
-}
-
 pub fn run(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
         KeyCmd::Passwd { file, unencrypted } => {
@@ -86,13 +78,14 @@ pub fn run(cmd: KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::Show { key, json } => {
             let k = AdminKey::load(&key)?;
-            let v = KeyShow {
+            let v = patchmesh_node::control::KeyShowOutput {
                 public_key: k.public().to_hex(),
                 storage: match &k.holder {
                     Holder::Secret { encrypted: true, .. } => "encrypted file",
                     Holder::Secret { encrypted: false, .. } => "plain file",
                     Holder::Agent { .. } => "ssh-agent",
-                },
+                }
+                .into(),
                 ssh_fingerprint: ssh_public(&k.public())?
                     .fingerprint(ssh_key::HashAlg::Sha256)
                     .to_string(),

@@ -875,16 +875,12 @@ fn publish(
     edits: Vec<(String, Option<CatalogEntry>)>,
 ) -> anyhow::Result<control::SubmittedView> {
     if DRY_RUN.load(std::sync::atomic::Ordering::Relaxed) {
-        let v: Vec<serde_json::Value> = edits
-            .iter()
-            .map(|(key, entry)| serde_json::json!({ "key": key, "put": entry }))
-            .collect();
-        outln!(
-            "{}",
-            output::json(
-                &serde_json::json!({ "dry_run": true, "signer": admin.public().to_hex(), "edits": v })
-            )
-        );
+        let v = control::DryRunOutput {
+            dry_run: true,
+            signer: admin.public().to_hex(),
+            edits: edits.into_iter().map(|(key, put)| control::DryRunEdit { key, put }).collect(),
+        };
+        outln!("{}", output::json_sorted(&v));
         std::process::exit(0);
     }
     let prepared: control::PreparedView = call(

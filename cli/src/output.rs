@@ -12,6 +12,12 @@ pub fn json(v: &impl Serialize) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// One output as JSON with every object's keys in sorted order, as a `serde_json::Value`
+/// holds them: the outputs first built with `serde_json::json!` have always printed that way.
+pub fn json_sorted(v: &impl Serialize) -> String {
+    serde_json::to_value(v).map(|v| v.to_string()).unwrap_or_default()
+}
+
 fn short(s: &str) -> String {
     s.chars().take(16).collect()
 }

@@ -15,7 +15,10 @@ use crate::rollout::CreateArgs;
 use crate::{call, NodeArgs};
 use anyhow::{bail, Context};
 use clap::Args;
-use patchmesh_node::control::{CatalogEntryView, CatalogView, FleetView, Request, RolloutsView};
+use patchmesh_node::control::{
+    CatalogEntryView, CatalogView, FleetView, PlanEstimated, PlanFinding, PlanOutput, PlanProgress,
+    Request, RolloutsView, WindowWait,
+};
 use patchmesh_protocol::catalog::RolloutEntry;
 use patchmesh_protocol::ids::Millis;
 use patchmesh_protocol::rollout::activity::install_window_open;
@@ -23,7 +26,6 @@ use patchmesh_protocol::rollout::Facts;
 pub use patchmesh_sim::rehearsal::span;
 use patchmesh_sim::rehearsal::{self, Rehearsal};
 use patchmesh_sim::scenario::{KindSpec, RingToml, SiteSpec};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -76,15 +78,6 @@ pub struct PlanArgs {
     /// Longest simulated time (e.g. 2d); default: long enough for every ring and window.
     #[arg(long, value_parser = crate::rollout::parse_span_ms)]
     pub horizon: Option<u64>,
-}
-
-/// One finding of the checks.
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    /// "refused" (a hard problem: `--force` goes ahead anyway) or "warning".
-    pub level: &'static str,
-    /// What is wrong, and what it does.
-    pub message: String,
 }
 
 /// Targeted members of one kind.
@@ -245,21 +238,6 @@ fn local(t: Millis, tz: &jiff::tz::TimeZone) -> String {
         .unwrap_or_default()
 }
 
-/// Where installs wait for a window, per time zone.
-#[derive(Clone, Debug, Serialize)]
-pub struct WindowWait {
-    /// The zone.
-    pub zone: String,
-    /// Targeted members in it.
-    pub nodes: u64,
-    /// When a window first opens there (local time), if within eight days.
-    pub opens_at: Option<String>,
-    /// From now until installs may start there (window or deadline).
-    pub starts_in_ms: Option<u64>,
-    /// True when the deadline comes first: installs start outside any window.
-    pub at_deadline: bool,
-}
-
 /// The checks run before anything is signed (`rollout create` and `rollout plan`).
 pub fn checks(
     fleet: &FleetView,
@@ -267,7 +245,7 @@ pub fn checks(
     patch_size: u64,
     max_site_wan_bytes: Option<u64>,
     now: Millis,
-) -> Vec<Finding> {
+) -> Vec<PlanFinding> {
     let mut out = Vec::new();
     // What the fleet view says is refused only once the node has run long enough to hold
     // every site's summary (a few summary periods); before that it is a warning.
@@ -275,10 +253,10 @@ pub fn checks(
     let settled = fleet.uptime_ms >= settle_ms;
     let mut refuse = |m: String| {
         out.push(if settled {
-            Finding { level: "refused", message: m }
+            PlanFinding { level: "refused".into(), message: m }
         } else {
-            Finding {
-                level: "warning",
+            PlanFinding {
+                level: "warning".into(),
                 message: format!(
                     "{m} (not refused: this node started {} ago and may not know every site yet)",
                     span(fleet.uptime_ms)
@@ -399,7 +377,7 @@ pub fn checks(
                 .to_string(),
         );
     }
-    out.extend(warn.into_iter().map(|m| Finding { level: "warning", message: m }));
+    out.extend(warn.into_iter().map(|m| PlanFinding { level: "warning".into(), message: m }));
     out
 }
 
@@ -421,7 +399,7 @@ pub fn fleet_and_size(node: &NodeArgs, rollout: &RolloutEntry) -> anyhow::Result
 }
 
 /// Prints the findings; fails when one is a refusal and `force` is not given.
-pub fn enforce(findings: &[Finding], force: bool) -> anyhow::Result<()> {
+pub fn enforce(findings: &[PlanFinding], force: bool) -> anyhow::Result<()> {
     for f in findings {
         eprintln!("{}: {}", f.level, f.message);
     }
@@ -440,27 +418,6 @@ fn percentile(mut v: Vec<u64>, p: f64) -> Option<u64> {
     Some(v[((v.len() - 1) as f64 * p).round() as usize])
 }
 
-/// What the rehearsal assumed rather than read.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-pub struct Estimated {
-    /// Sites rebuilt from their summaries (kinds exact, ids drawn).
-    pub sites_from_summaries: usize,
-    /// Members whose kind no summary lists (no labels, this node's zone).
-    pub members_of_unknown_kind: u64,
-    /// Members with no zone in their record (this node's zone).
-    pub members_without_zone: u64,
-    /// Sites with no measured round trip (--wan-rtt-ms).
-    pub sites_without_rtt: usize,
-    /// WAN bandwidth: given, measured from this node's downloads, its configured cap, or
-    /// assumed.
-    pub wan_bandwidth: String,
-    /// Install duration: "measured over N installs" or "assumed".
-    pub install_duration: String,
-    /// Percent rings: each node's ring is a hash of the rollout id and node id; the
-    /// rehearsal draws ids, so ring sizes vary by seed as they will for the real id.
-    pub percent_rings_drawn: bool,
-}
-
 /// Builds the scenario rehearsed.
 fn scenario(
     a: &PlanArgs,
@@ -469,7 +426,7 @@ fn scenario(
     t: &Targeted,
     size: u64,
     now: Millis,
-    est: &mut Estimated,
+    est: &mut PlanEstimated,
 ) -> anyhow::Result<patchmesh_sim::Scenario> {
     const AT_MS: u64 = 2_000;
     // This node's own downloads are the best measure of the WAN; then its configured cap;
@@ -678,63 +635,6 @@ fn scenario(
         .map_err(|e| anyhow::anyhow!("the rehearsal's scenario is not valid: {e}"))
 }
 
-/// A signed rollout's progress so far (`rollout plan --rollout`).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Progress {
-    /// The rollout.
-    pub rollout: String,
-    /// How long ago it was created (ms).
-    pub created_ms_ago: u64,
-    /// running, paused, halted, aborted (or unknown before its first evaluation here).
-    pub control: String,
-    /// Why the next ring is not open yet.
-    pub waiting: Option<String>,
-    /// Per ring: name, targeted, succeeded, failed or rolled back.
-    pub rings: Vec<(String, u32, u32, u32)>,
-}
-
-impl Progress {
-    fn of(v: &patchmesh_node::control::RolloutView, now: Millis) -> Progress {
-        Progress {
-            rollout: v.id.clone(),
-            created_ms_ago: now.0.saturating_sub(v.created_at_ms),
-            control: v.state().to_string(),
-            waiting: v.waiting.clone().filter(|w| !w.trim().is_empty()),
-            rings: v
-                .rings
-                .iter()
-                .map(|r| {
-                    let c = &r.counts;
-                    (r.name.clone(), c.targeted, c.succeeded, c.failed + c.rolled_back)
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The rehearsal's result.
-#[derive(Clone, Debug, Serialize)]
-pub struct PlanOutput {
-    /// With `--rollout`: the signed rollout's progress so far, as this node counts it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
-    /// Checks before anything is signed.
-    pub findings: Vec<Finding>,
-    /// Known nodes outside the target (left out of the rehearsal).
-    pub outside_nodes: u64,
-    /// Sites with targeted nodes.
-    pub sites: usize,
-    /// Per time zone, when installs may start.
-    pub windows: Vec<WindowWait>,
-    /// WAN bytes into each site with targeted nodes: one copy of the payload.
-    pub wan_bytes_per_site: u64,
-    /// What the rehearsal assumed rather than read.
-    pub estimated: Estimated,
-    /// What the simulator predicts.
-    #[serde(flatten)]
-    pub rehearsal: Rehearsal,
-}
-
 /// `patchmesh rollout plan`.
 pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
     if a.seeds == 0 || a.seeds > SEEDS_MAX {
@@ -760,7 +660,7 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
             let entry: RolloutEntry = call(node, Request::RolloutEntry { rollout: id.clone() })?;
             let views: RolloutsView = call(node, Request::Rollouts)?;
             let view = views.rollouts.into_iter().find(|v| v.id == entry.id.to_string());
-            (entry, Some(view.map(|v| Progress::of(&v, now)).unwrap_or_default()))
+            (entry, Some(view.map(|v| PlanProgress::of(&v, now)).unwrap_or_default()))
         }
         None => (crate::rollout::build(&a.create, now)?, None),
     };
@@ -771,7 +671,7 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
         // (it may show why a running rollout is stuck).
         for f in &mut findings {
             if f.level == "refused" {
-                f.level = "problem";
+                f.level = "problem".into();
             }
         }
     }
@@ -782,11 +682,11 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
         bail!("refused: see findings (or give --force)");
     }
     let t = targeted(&fleet, &rollout);
-    let mut est = Estimated {
+    let mut est = PlanEstimated {
         sites_from_summaries: t.from_summaries,
         members_of_unknown_kind: t.unknown,
         members_without_zone: t.zoneless,
-        ..Estimated::default()
+        ..PlanEstimated::default()
     };
     let s = scenario(&a, &fleet, &rollout, &t, size, now, &mut est)?;
     if let Some(path) = &a.export {
@@ -830,7 +730,7 @@ pub fn run(a: PlanArgs, now: Millis) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_plan(p: &PlanOutput) {
+fn print_plan(p: &PlanOutput<Rehearsal>) {
     let r = &p.rehearsal;
     if let Some(g) = &p.progress {
         outln!(
@@ -955,7 +855,7 @@ mod tests {
         let r = rollout(&["--ring", "all:100"]);
         let now = Millis(1_700_000_000_000);
         let found = checks(&fleet([Some(64 * MIB), Some(100 * MIB)]), &r, 80 * MIB, None, now);
-        let refused: Vec<&Finding> = found.iter().filter(|f| f.level == "refused").collect();
+        let refused: Vec<&PlanFinding> = found.iter().filter(|f| f.level == "refused").collect();
         assert_eq!(refused.len(), 1, "{found:?}");
         assert!(refused[0].message.contains("site a") && refused[0].message.contains("64.0 MiB"));
         // Site b fits it, but not twice: a warning.

@@ -9,8 +9,6 @@ use patchmesh_protocol::crypto::{decode, encode, Envelope};
 use patchmesh_protocol::ids::{KeyId, SiteId};
 use patchmesh_protocol::mesh;
 use patchmesh_protocol::trust::{AdminSet, Genesis, Permission, Role, Scope};
-use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// The role every admin holds when a mesh that had none gets its first role.
 pub const DEFAULT_ROLE: &str = "admins";
@@ -204,33 +202,10 @@ fn add_admins(set: &mut AdminSet, keys: &[KeyId]) {
     }
 }
 
-#[derive(Serialize)]
-struct RoleView {
-    name: String,
-    keys: Vec<String>,
-    permissions: Vec<&'static str>,
-    sites: Vec<String>,
-    labels: BTreeMap<String, String>,
-    publish_approvals: u8,
-}
-
-#[derive(Serialize)]
-struct AdminShow {
-    version: u64,
-    admins: Vec<String>,
-    revoked: Vec<String>,
-    root_threshold: u8,
-    root_keys: Vec<String>,
-    approval_threshold: u8,
-    approval_above_nodes: u32,
-    /// Empty: every admin may do everything everywhere.
-    roles: Vec<RoleView>,
-}
-
 /// `patchmesh admin show`.
 pub fn show(node: &NodeArgs, json: bool) -> anyhow::Result<()> {
     let (set, _) = current(node)?;
-    let v = AdminShow {
+    let v = control::AdminShowOutput {
         version: set.version,
         admins: set.admins.iter().map(|k| k.to_hex()).collect(),
         revoked: set.revoked.iter().map(|r| r.key.to_hex()).collect(),
@@ -241,10 +216,10 @@ pub fn show(node: &NodeArgs, json: bool) -> anyhow::Result<()> {
         roles: set
             .roles
             .iter()
-            .map(|r| RoleView {
+            .map(|r| control::AdminRoleOutput {
                 name: r.name.clone(),
                 keys: r.keys.iter().map(|k| k.to_hex()).collect(),
-                permissions: r.permissions.iter().map(|p| p.name()).collect(),
+                permissions: r.permissions.iter().map(|p| p.name().to_string()).collect(),
                 sites: r.scope.sites.iter().map(|s| s.0.to_string()).collect(),
                 labels: r.scope.labels.clone(),
                 publish_approvals: r.publish_approvals,

@@ -144,27 +144,6 @@ pub struct EnrollArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct Created {
-    id: String,
-    site: String,
-    max_nodes: u32,
-    expires_at_ms: u64,
-    require_approval: bool,
-    token: String,
-}
-
-#[derive(Serialize)]
-struct Enrolled {
-    node: String,
-    site: String,
-    voucher: String,
-    config: PathBuf,
-    key: PathBuf,
-    admission: PathBuf,
-    require_approval: bool,
-}
-
 /// The token: the voucher and the genesis, so one string is all a new machine needs.
 pub fn token(voucher: &Envelope, genesis: &Envelope) -> String {
     let bytes = encode(&(voucher, genesis));
@@ -361,7 +340,7 @@ fn create(a: CreateArgs, now: Millis) -> anyhow::Result<()> {
     if let Some(out) = &a.out {
         keys::replace_private(out, format!("{token}\n").as_bytes())?;
     }
-    let v = Created {
+    let v = control::VoucherCreateOutput {
         id: hex::encode(id),
         site: a.site.clone(),
         max_nodes: a.max_nodes,
@@ -574,7 +553,7 @@ pub fn enroll(a: EnrollArgs, now: Millis) -> anyhow::Result<()> {
     patchmesh_node::config::NodeConfig::load(&tmp)
         .context("the written configuration does not load")?;
     std::fs::rename(&tmp, &a.config_out)?;
-    let v = Enrolled {
+    let v = control::EnrollOutput {
         node: NodeId(key.public().0).to_hex(),
         site: voucher.site.to_string(),
         voucher: voucher.id_hex(),

@@ -5,10 +5,12 @@
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use patchmesh_node::control::{
-    PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
+    PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView, VoucherView,
 };
+use patchmesh_node::dashboard::NodesPage;
 use patchmesh_tests::{ensure_tools, serial, wait_for, Mesh};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,17 +92,33 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
     }
 }
 
+/// One entry of chromedriver's browser log (the fields read here).
+#[derive(Debug, Deserialize)]
+struct LogEntry {
+    #[serde(default)]
+    level: String,
+    #[serde(default)]
+    message: String,
+}
+
 /// Console errors logged since the last call.
 async fn console_errors(c: &Client) -> Vec<String> {
     let v = c.issue_cmd(BrowserLog).await.expect("reading the browser log");
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|e| e["level"] == "SEVERE" || e["level"] == "ERROR")
-                .map(|e| e["message"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
+    let entries: Option<Vec<LogEntry>> = serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("the browser log is not a list of entries ({e}): {v}"));
+    entries
         .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.level == "SEVERE" || e.level == "ERROR")
+        .map(|e| e.message)
+        .collect()
+}
+
+/// What the dashboard's `/api/v1/dashboard` says of itself (the fields asserted here).
+#[derive(Debug, Deserialize)]
+struct DashboardState {
+    csp_violations: u64,
+    proposals: u64,
 }
 
 /// The rendered text of the first element matching `css`, read in one script
@@ -156,7 +174,8 @@ async fn page_fetch(c: &Client, method: &str, path: &str, body: Option<&str>) ->
         .execute_async(script, vec![json!(method), json!(path), json!(body)])
         .await
         .expect("fetch in the page");
-    (v[0].as_u64().unwrap_or(0), v[1].as_str().unwrap_or("").to_string())
+    serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("the page's fetch did not answer [status, body] ({e}): {v}"))
 }
 
 fn add_patch(m: &Mesh, body: &[u8], version: &str, extra: &[&str]) -> String {
@@ -317,9 +336,9 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
         let vouchered = wait_for(WAIT, || {
-            let v: serde_json::Value =
+            let v: Vec<VoucherView> =
                 serde_json::from_slice(&m.cli_at(0, &["voucher", "list", "--json"]).stdout).ok()?;
-            (v.as_array()?.len() == 1).then_some(())
+            (v.len() == 1).then_some(())
         });
         assert!(vouchered.is_some(), "the voucher never reached the catalog");
 
@@ -371,8 +390,8 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         assert!(csv.contains(&node1));
         let (code, all) = page_fetch(&c, "GET", "/api/v1/nodes", None).await;
         assert_eq!(code, 200);
-        let all: Value = serde_json::from_str(&all).unwrap();
-        assert_eq!(all["rows"].as_array().map(Vec::len), Some(3), "{all}");
+        let all: NodesPage = serde_json::from_str(&all).unwrap();
+        assert_eq!(all.rows.len(), 3, "{all:?}");
 
         // No console error and no CSP violation on any page so far.
         let errors = console_errors(&c).await;
@@ -424,8 +443,8 @@ fn the_dashboard_logs_in_once_shows_every_view_live_and_only_an_admin_signature_
         let errors = console_errors(&c).await;
         assert!(errors.is_empty(), "console errors: {errors:#?}");
         let (_, state) = page_fetch(&c, "GET", "/api/v1/dashboard", None).await;
-        let state: Value = serde_json::from_str(&state).unwrap();
-        assert_eq!(state["csp_violations"], 0, "{state}");
+        let state: DashboardState = serde_json::from_str(&state).unwrap();
+        assert_eq!(state.csp_violations, 0, "{state:?}");
 
         // Logout ends the session.
         c.goto(&format!("{base}/")).await.unwrap();
@@ -495,8 +514,9 @@ fn cross_site_posts_wrong_hosts_and_missing_sessions_are_refused_and_metrics_nee
     }
     let r =
         agent.get(&format!("{base}/api/v1/dashboard")).header("cookie", &session).call().unwrap();
-    let state: Value = serde_json::from_str(&r.into_body().read_to_string().unwrap()).unwrap();
-    assert_eq!(state["proposals"], 0, "a refused POST made a proposal: {state}");
+    let state: DashboardState =
+        serde_json::from_str(&r.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(state.proposals, 0, "a refused POST made a proposal: {state:?}");
 
     // A same-origin unsigned envelope is refused by the node's verification.
     let r = agent

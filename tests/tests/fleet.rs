@@ -1,6 +1,11 @@
 //! Running patchmesh on real fleets: an MSP's tenants on one LAN, managed from one workstation.
 
+use patchmesh_node::control::{
+    AllContextsOutput, ConfigViewOutput, DoctorLevel, DoctorOutput, EnrollOutput, SettingOrigin,
+    StatusView, SwitcherOutput, VoucherCreateOutput, VoucherView,
+};
 use patchmesh_tests::{serial, wait_for, Mesh};
+use serde::de::DeserializeOwned;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,9 +20,11 @@ fn cli_env(xdg: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::p
     c.stdin(std::process::Stdio::null()).output().expect("running patchmesh")
 }
 
-fn ok(out: &std::process::Output) -> serde_json::Value {
+fn ok<T: DeserializeOwned>(out: &std::process::Output) -> T {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON output")
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("not the JSON expected ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
 }
 
 /// Two meshes (own genesis, own keys) on one loopback LAN with mDNS on, and a node of one
@@ -106,36 +113,37 @@ fn tenants_on_one_lan_stay_apart_and_one_workstation_reads_them_all() {
     }
     let all = cli_env(&xdg, &["--all-contexts", "status", "--json"], &[]);
     assert_eq!(all.status.code(), Some(5), "{}", String::from_utf8_lossy(&all.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
-    let tenants = v["tenants"].as_array().unwrap();
+    let v: AllContextsOutput<StatusView> = serde_json::from_slice(&all.stdout).unwrap();
+    let tenants = &v.tenants;
     assert_eq!(tenants.len(), 3);
-    let by = |n: &str| tenants.iter().find(|t| t["context"] == n).unwrap().clone();
-    assert_eq!(by("acme")["result"]["mesh"], "tenant-a");
-    assert_eq!(by("globex")["result"]["mesh"], "tenant-b");
-    assert_eq!(by("initech")["ok"], false);
-    assert_eq!(by("initech")["exit_code"], 3);
-    let why = by("initech")["error"].as_str().unwrap().to_string();
-    assert!(why.contains("nowhere") || why.contains("dead.toml"), "{v}");
+    let by = |n: &str| tenants.iter().find(|t| t.context == n).unwrap().clone();
+    assert_eq!(by("acme").result.unwrap().mesh, "tenant-a");
+    assert_eq!(by("globex").result.unwrap().mesh, "tenant-b");
+    assert!(!by("initech").ok);
+    assert_eq!(by("initech").exit_code, Some(3));
+    let why = by("initech").error.unwrap();
+    assert!(why.contains("nowhere") || why.contains("dead.toml"), "{v:?}");
 
     // Writing commands are refused across contexts.
     let refused = cli_env(&xdg, &["--all-contexts", "rollout", "abort", "x"], &[]);
     assert_eq!(refused.status.code(), Some(2));
 
     // Precedence: flag > environment > context > default, and each origin is reported.
-    let current = ok(&cli_env(&xdg, &["status", "--json"], &[]));
-    assert_eq!(current["mesh"], "tenant-a", "the first context added is the current one");
-    let by_flag = ok(&cli_env(&xdg, &["--context", "globex", "status", "--json"], &[]));
-    assert_eq!(by_flag["mesh"], "tenant-b");
+    let current: StatusView = ok(&cli_env(&xdg, &["status", "--json"], &[]));
+    assert_eq!(current.mesh, "tenant-a", "the first context added is the current one");
+    let by_flag: StatusView = ok(&cli_env(&xdg, &["--context", "globex", "status", "--json"], &[]));
+    assert_eq!(by_flag.mesh, "tenant-b");
     let env = [("PATCHMESH_CONTEXT", "globex")];
-    assert_eq!(ok(&cli_env(&xdg, &["status", "--json"], &env))["mesh"], "tenant-b");
+    assert_eq!(ok::<StatusView>(&cli_env(&xdg, &["status", "--json"], &env)).mesh, "tenant-b");
     let a0 = a.nodes[0].config();
-    let flag_wins = ok(&cli_env(&xdg, &["status", "--json", "--config", &a0], &env));
-    assert_eq!(flag_wins["mesh"], "tenant-a");
-    let view = ok(&cli_env(&xdg, &["config", "view", "--show-origin", "--json"], &env));
-    assert_eq!(view["context"]["value"], "globex");
-    assert_eq!(view["context"]["origin"]["env"], "PATCHMESH_CONTEXT");
-    assert_eq!(view["config"]["value"], b.nodes[0].config());
-    assert_eq!(view["config"]["origin"]["context"], "globex");
+    let flag_wins: StatusView = ok(&cli_env(&xdg, &["status", "--json", "--config", &a0], &env));
+    assert_eq!(flag_wins.mesh, "tenant-a");
+    let view: ConfigViewOutput =
+        ok(&cli_env(&xdg, &["config", "view", "--show-origin", "--json"], &env));
+    assert_eq!(view.context.value.as_deref(), Some("globex"));
+    assert_eq!(view.context.origin, SettingOrigin::Env("PATCHMESH_CONTEXT".into()));
+    assert_eq!(view.config.value, Some(b.nodes[0].config()));
+    assert_eq!(view.config.origin, SettingOrigin::Context("globex".into()));
     let unknown = cli_env(&xdg, &["--context", "nope", "status"], &[]);
     assert_eq!(unknown.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no context \"nope\""));
@@ -156,8 +164,8 @@ fn tenants_on_one_lan_stay_apart_and_one_workstation_reads_them_all() {
         &mut line,
     )
     .unwrap();
-    let started: serde_json::Value = serde_json::from_str(&line).expect("switcher prints its URL");
-    let url = started["url"].as_str().unwrap().to_string();
+    let started: SwitcherOutput = serde_json::from_str(&line).expect("switcher prints its URL");
+    let url = started.url;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let agent: ureq::Agent =
         ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
@@ -325,7 +333,7 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
     let mut m = Mesh::new("voucher", 2, 1);
     m.start_all();
     let admin = m.admin_key();
-    let created = ok(&m.cli_at(
+    let created: VoucherCreateOutput = ok(&m.cli_at(
         0,
         &[
             "voucher",
@@ -343,8 +351,8 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
             "--json",
         ],
     ));
-    let token = created["token"].as_str().unwrap().to_string();
-    assert!(token.starts_with("pmv1."), "{created}");
+    let token = created.token.clone();
+    assert!(token.starts_with("pmv1."), "{created:?}");
     let mut enrolled = Vec::new();
     for j in 0..3 {
         let dir = m.root.0.join(format!("enrolled{j}"));
@@ -364,14 +372,13 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
             "--no-mdns",
             "--json",
         ]);
-        let v = ok(&out);
-        let node = v["node"].as_str().unwrap().to_string();
+        let v: EnrollOutput = ok(&out);
+        let node = v.node;
         // The configuration it wrote loads and names what it made.
         let doctor = patchmesh_tests::cli(&["node", "doctor", "--config", &config, "--json"]);
-        let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
-        let cert =
-            checks["checks"].as_array().unwrap().iter().find(|c| c["check"] == "certificate");
-        assert_eq!(cert.unwrap()["level"], "ok", "{checks}");
+        let checks: DoctorOutput = serde_json::from_slice(&doctor.stdout).unwrap();
+        let cert = checks.checks.iter().find(|c| c.check == "certificate");
+        assert_eq!(cert.unwrap().level, DoctorLevel::Ok, "{checks:?}");
         m.nodes.push(patchmesh_tests::TestNode {
             dir,
             key: node.clone(),
@@ -409,10 +416,9 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
     for i in 0..4 {
         assert!(!admitted_by(i).contains(&enrolled[2]), "node {i} admitted the third machine");
     }
-    let list = ok(&m.cli_at(0, &["voucher", "list", "--json"]));
-    let seen: Vec<&str> =
-        list[0]["enrolments"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
-    assert_eq!(seen, enrolled.iter().map(String::as_str).collect::<Vec<_>>(), "{list}");
+    let list: Vec<VoucherView> = ok(&m.cli_at(0, &["voucher", "list", "--json"]));
+    let seen: Vec<&str> = list[0].enrolments.iter().map(|(node, _)| node.as_str()).collect();
+    assert_eq!(seen, enrolled.iter().map(String::as_str).collect::<Vec<_>>(), "{list:?}");
 
     // One machine revoked on its own (a stolen laptop): gone everywhere, the other stays.
     let mut revoke = vec![
@@ -439,7 +445,7 @@ fn a_voucher_admits_up_to_its_count_and_a_revoked_one_admits_no_one() {
     assert!(m.status(0).rejected.get("node_revoked").copied().unwrap_or(0) > 0);
 
     // Revoked: its machines are disconnected and refused.
-    let id = created["id"].as_str().unwrap();
+    let id = &created.id;
     let out = m.cli_at(0, &["voucher", "revoke", &id[..8], "--admin-key", &admin, "--yes"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let gone = wait_for(Duration::from_secs(60), || {

@@ -2,7 +2,7 @@
 //! node processes in two sites on 127.0.0.1: flood, replay, equivocation, a lying summary and
 //! stream abuse, each with what the honest nodes must do. `scripts/bench-hostile.sh` prints the figures.
 
-use patchmesh_node::control::StatusView;
+use patchmesh_node::control::{FleetVulnsOut, StatusView};
 use patchmesh_tests::{serial, wait_for, AttackReport, Mesh};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -250,11 +250,10 @@ fn an_admitted_attacker_is_banned_for_floods_and_cannot_roll_back_split_or_starv
         assert!(rejected(&mesh.status(i), "unendorsed_summary") >= 1, "node {i} took the lie");
     }
     for i in 0..NODES {
-        let v: serde_json::Value =
+        let v: FleetVulnsOut =
             serde_json::from_slice(&mesh.cli_at(i, &["vulns", "--json"]).stdout).unwrap();
-        let site0 = v["sites"].as_array().unwrap().iter().find(|s| s["site"] == "site0").cloned();
-        let members = site0.and_then(|s| s["members"].as_u64()).unwrap_or(0);
-        assert!((1..50).contains(&members), "node {i} counts {members} members in site0: {v}");
+        let members = v.sites.iter().find(|s| s.site == "site0").map_or(0, |s| s.members);
+        assert!((1..50).contains(&members), "node {i} counts {members} members in site0: {v:?}");
     }
 
     // 5. Stream abuse: thousands of half-open data streams and ranges of missing content

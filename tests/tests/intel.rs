@@ -3,9 +3,19 @@
 //! matching on every hard case, risk and due classes, `explain`, bad input, and parity of
 //! `patchmesh updates` with `apt list --upgradable` on this machine.
 
+use patchmesh_node::control::{
+    CatalogView, FleetVulnsOut, ImportOut, IntelView, RemoteFindingsView, VulnsOut,
+};
+use patchmesh_protocol::intel::apt::Update;
+use patchmesh_protocol::intel::bundle::{Header, SourceInfo, SourceKind};
+use patchmesh_protocol::intel::exception::ExceptionKind;
+use patchmesh_protocol::intel::matching::Verdict;
+use patchmesh_protocol::intel::report::{Assessed, FleetCve};
+use patchmesh_protocol::intel::risk::{Due, DueInputs};
+use patchmesh_protocol::intel::Origin;
 use patchmesh_tests::{cli, cli_json, serial, wait_for, Mesh, TempDir};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,15 +81,22 @@ Source: util-linux
 Version: 1.0
 ";
 
-fn rel(status: &str, fixed: Option<&str>, extra: Value) -> Value {
-    let mut r = json!({"status": status, "urgency": "medium", "repositories": {"bookworm": "x"}});
-    if let Some(f) = fixed {
-        r["fixed_version"] = json!(f);
-    }
+/// `base` with `extra`'s fields added (replacing any of the same name).
+fn with(mut base: Value, extra: Value) -> Value {
+    let fields = base.as_object_mut().unwrap();
     for (k, v) in extra.as_object().into_iter().flatten() {
-        r[k] = v.clone();
+        fields.insert(k.clone(), v.clone());
     }
-    r
+    base
+}
+
+fn rel(status: &str, fixed: Option<&str>, extra: Value) -> Value {
+    let r = json!({"status": status, "urgency": "medium", "repositories": {"bookworm": "x"}});
+    let r = match fixed {
+        Some(f) => with(r, json!({"fixed_version": f})),
+        None => r,
+    };
+    with(r, extra)
 }
 
 /// The Debian Security Tracker JSON, every hard case on one machine.
@@ -117,14 +134,12 @@ fn tracker() -> Value {
     })
 }
 
-fn osv(id: &str, aliases: &[&str], pkg: &str, events: Value, extra: Value) -> Value {
-    let mut r = json!({"id": id, "modified": "2026-01-01T00:00:00Z", "aliases": aliases,
+/// An OSV record and its id.
+fn osv(id: &str, aliases: &[&str], pkg: &str, events: Value, extra: Value) -> (String, Value) {
+    let r = json!({"id": id, "modified": "2026-01-01T00:00:00Z", "aliases": aliases,
         "affected": [{"package": {"ecosystem": "Debian:12", "name": pkg},
                       "ranges": [{"type": "ECOSYSTEM", "events": events}]}]});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        r[k] = v.clone();
-    }
-    r
+    (id.to_string(), with(r, extra))
 }
 
 struct Fixture {
@@ -198,11 +213,8 @@ fn inputs(dir: &Path) -> Vec<String> {
             sev("CVSS:3.1/AV:N/garbage"),
         ),
     ];
-    for r in &records {
-        write(
-            &osv_dir.join(format!("{}.json", r["id"].as_str().unwrap())),
-            r.to_string().as_bytes(),
-        );
+    for (id, r) in &records {
+        write(&osv_dir.join(format!("{id}.json")), r.to_string().as_bytes());
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(b"#model_version:v2025.03.14,score_date:2026-11-28T00:00:00+0000\ncve,epss,percentile\nCVE-2024-2398,0.00150,0.51\nCVE-2024-6387,0.91000,0.99\nCVE-1999-0001,nonsense,0.1\n").unwrap();
@@ -239,12 +251,23 @@ fn shared_kev() -> PathBuf {
     p
 }
 
-fn vulns(f: &Fixture, extra: &[&str]) -> Vec<Value> {
+fn vulns(f: &Fixture, extra: &[&str]) -> Vec<Assessed> {
     let root = f.root.display().to_string();
     let mut args = vec!["vulns", "--bundle", &f.bundle, "--root", &root, "--json"];
     args.extend_from_slice(extra);
-    let v: Value = cli_json(&args);
-    v["findings"].as_array().unwrap().clone()
+    let v: VulnsOut = cli_json(&args);
+    v.findings
+}
+
+/// A verdict's name, as its JSON spells it.
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Affected { .. } => "Affected",
+        Verdict::Open { .. } => "Open",
+        Verdict::Undetermined => "Undetermined",
+        Verdict::Fixed { .. } => "Fixed",
+        Verdict::NotAffected => "NotAffected",
+    }
 }
 
 #[test]
@@ -254,15 +277,8 @@ fn debian_matching_gets_every_hard_case_right() {
     let got: BTreeSet<(String, String, String)> = found
         .iter()
         .map(|a| {
-            let verdict = a["finding"]["verdict"]
-                .as_object()
-                .map(|o| o.keys().next().unwrap().clone())
-                .unwrap_or_else(|| a["finding"]["verdict"].as_str().unwrap().to_string());
-            (
-                a["finding"]["cve"].as_str().unwrap().into(),
-                a["finding"]["source"].as_str().unwrap().into(),
-                verdict,
-            )
+            let f = &a.finding;
+            (f.cve.clone(), f.source.clone(), verdict_name(&f.verdict).to_string())
         })
         .collect();
     let want: BTreeSet<(String, String, String)> = [
@@ -280,39 +296,40 @@ fn debian_matching_gets_every_hard_case_right() {
     .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
     .collect();
     assert_eq!(got, want, "findings: {found:#?}");
-    let by = |cve: &str| found.iter().find(|a| a["finding"]["cve"] == cve).unwrap().clone();
+    let by = |cve: &str| found.iter().find(|a| a.finding.cve == cve).unwrap().clone();
     // The disagreement is shown, with the tracker's verdict counting.
     let d = by("CVE-2023-38545");
-    assert_eq!(d["finding"]["origin"], "Tracker");
-    assert_eq!(d["finding"]["disagreements"].as_array().unwrap().len(), 1);
+    assert_eq!(d.finding.origin, Origin::Tracker);
+    assert_eq!(d.finding.disagreements.len(), 1);
     // Both binaries of the curl source are named.
-    assert_eq!(by("CVE-2024-2398")["finding"]["binaries"], json!(["curl", "libcurl4"]));
-    assert_eq!(by("CVE-2024-2398")["finding"]["verdict"]["Affected"]["in_security"], true);
+    assert_eq!(by("CVE-2024-2398").finding.binaries, ["curl", "libcurl4"]);
+    let curl = by("CVE-2024-2398").finding.verdict;
+    assert!(matches!(curl, Verdict::Affected { in_security: true, .. }), "{curl:?}");
     assert_eq!(
-        by("CVE-2024-0002")["finding"]["verdict"]["Open"]["reason"],
-        "postponed: Minor issue"
+        by("CVE-2024-0002").finding.verdict,
+        Verdict::Open { reason: Some("postponed: Minor issue".into()) }
     );
     // Exposed, automatable, total impact, not in KEV: 3 days (BOD 26-04 row 5).
     let ssh = by("CVE-2024-6387");
-    assert_eq!(ssh["risk"]["due"], "3d");
+    assert_eq!(ssh.risk.due, Due::Days3);
     assert_eq!(
-        ssh["risk"]["inputs"],
-        json!({"exposed": true, "kev": false, "automatable": true, "total_impact": true})
+        ssh.risk.inputs,
+        DueInputs { exposed: true, kev: false, automatable: true, total_impact: true }
     );
     // PwnKit is in the real KEV catalog: local vector, total impact -> 3 days when exposed.
     let pwnkit = by("CVE-2021-4034");
-    assert_eq!(pwnkit["risk"]["inputs"]["kev"], true);
-    assert_eq!(pwnkit["risk"]["likelihood"][0], 1.0);
-    assert_eq!(pwnkit["risk"]["due"], "3d");
+    assert!(pwnkit.risk.inputs.kev);
+    assert_eq!(pwnkit.risk.likelihood.0, 1.0);
+    assert_eq!(pwnkit.risk.due, Due::Days3);
     // No fix: exception needed; unimportant ranks last among exposed findings.
-    assert_eq!(by("CVE-2024-0002")["risk"]["due"], "exception");
-    let exposed: Vec<&Value> =
-        found.iter().filter(|a| a["finding"]["verdict"].get("Fixed").is_none()).collect();
-    assert_eq!(exposed.last().unwrap()["finding"]["cve"], "CVE-2024-0003");
+    assert_eq!(by("CVE-2024-0002").risk.due, Due::ExceptionNeeded);
+    let exposed: Vec<&Assessed> =
+        found.iter().filter(|a| !matches!(a.finding.verdict, Verdict::Fixed { .. })).collect();
+    assert_eq!(exposed.last().unwrap().finding.cve, "CVE-2024-0003");
     // Internal by default: the same openssh finding is due in 60 days (row 13).
     let internal = vulns(&f, &[]);
-    let ssh = internal.iter().find(|a| a["finding"]["cve"] == "CVE-2024-6387").unwrap();
-    assert_eq!(ssh["risk"]["due"], "60d");
+    let ssh = internal.iter().find(|a| a.finding.cve == "CVE-2024-6387").unwrap();
+    assert_eq!(ssh.risk.due, Due::Days60);
     // Filters.
     // The same bundle ranking a fleet of exported inventories: two sites, one patched machine.
     let fleet = f.dir.0.join("fleet");
@@ -332,13 +349,13 @@ fn debian_matching_gets_every_hard_case_right() {
     write(&fleet.join("paris/a.json"), inv(STATUS).to_string().as_bytes());
     write(&fleet.join("paris/b.json"), inv(&patched).to_string().as_bytes());
     write(&fleet.join("lyon/c.json"), inv(STATUS).to_string().as_bytes());
-    let ranked: Value =
+    let ranked: Vec<FleetCve> =
         cli_json(&["vulns", "--bundle", &f.bundle, "--fleet", fleet.to_str().unwrap(), "--json"]);
-    let ssh = ranked.as_array().unwrap().iter().find(|c| c["cve"] == "CVE-2024-6387").unwrap();
-    assert_eq!(ssh["nodes"], 2);
-    assert_eq!(ssh["sites"], json!({"lyon": 1, "paris": 1}));
-    let util = ranked.as_array().unwrap().iter().find(|c| c["cve"] == "CVE-2024-28085").unwrap();
-    assert_eq!(util["nodes"], 3);
+    let ssh = ranked.iter().find(|c| c.cve == "CVE-2024-6387").unwrap();
+    assert_eq!(ssh.nodes, 2);
+    assert_eq!(ssh.sites, BTreeMap::from([("lyon".to_string(), 1), ("paris".to_string(), 1)]));
+    let util = ranked.iter().find(|c| c.cve == "CVE-2024-28085").unwrap();
+    assert_eq!(util.nodes, 3);
     let kev_only = vulns(&f, &["--kev"]);
     assert_eq!(kev_only.len(), 1);
     assert!(vulns(&f, &["--min-score", "101"]).is_empty());
@@ -347,20 +364,20 @@ fn debian_matching_gets_every_hard_case_right() {
 #[test]
 fn import_counts_what_it_skipped_and_explain_shows_the_arithmetic() {
     let f = fixture("intel-explain");
-    let header: Value = cli_json(&["intel", "show", &f.bundle, "--json"]);
-    let by_kind = |k: &str| {
-        header["sources"].as_array().unwrap().iter().find(|s| s["kind"] == k).unwrap().clone()
+    let header: Header = cli_json(&["intel", "show", &f.bundle, "--json"]);
+    let by_kind = |k: SourceKind| -> SourceInfo {
+        header.sources.iter().find(|s| s.kind == k).unwrap().clone()
     };
-    let tracker = by_kind("DebianTracker");
-    assert_eq!(tracker["skipped"]["invalid version string"], 1);
-    assert_eq!(tracker["skipped"]["not a CVE id (tracker TEMP- entry)"], 1);
-    let osv = by_kind("Osv");
-    assert_eq!(osv["skipped"]["withdrawn"], 1);
-    assert_eq!(osv["skipped"]["CVSS vector does not parse (record kept without it)"], 1);
-    let epss = by_kind("Epss");
-    assert_eq!(epss["records"], 2);
-    assert_eq!(epss["date"], "2026-11-28");
-    assert!(by_kind("Kev")["records"].as_u64().unwrap() > 1000, "the real KEV catalog");
+    let tracker = by_kind(SourceKind::DebianTracker);
+    assert_eq!(tracker.skipped.get("invalid version string"), Some(&1));
+    assert_eq!(tracker.skipped.get("not a CVE id (tracker TEMP- entry)"), Some(&1));
+    let osv = by_kind(SourceKind::Osv);
+    assert_eq!(osv.skipped.get("withdrawn"), Some(&1));
+    assert_eq!(osv.skipped.get("CVSS vector does not parse (record kept without it)"), Some(&1));
+    let epss = by_kind(SourceKind::Epss);
+    assert_eq!(epss.records, 2);
+    assert_eq!(epss.date.as_deref(), Some("2026-11-28"));
+    assert!(by_kind(SourceKind::Kev).records > 1000, "the real KEV catalog");
     let root = f.root.display().to_string();
     let out = cli(&["explain", "CVE-2024-28085", "--bundle", &f.bundle, "--root", &root]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -455,15 +472,11 @@ fn updates_name_exactly_what_apt_list_upgradable_names() {
     let bundle = dir.0.join("apt.pmi").display().to_string();
     let mut args = vec!["intel", "import", "--out", &bundle, "--json"];
     args.extend(files.iter().map(String::as_str));
-    let imported: Value = cli_json(&args);
-    assert!(imported["index_packages"].as_u64().unwrap() > 1000, "{imported}");
-    let ours: Vec<Value> = cli_json(&["updates", "--bundle", &bundle, "--json"]);
-    let ours: BTreeSet<(String, String)> = ours
-        .iter()
-        .map(|u| {
-            (u["name"].as_str().unwrap().to_string(), u["candidate"].as_str().unwrap().to_string())
-        })
-        .collect();
+    let imported: ImportOut = cli_json(&args);
+    assert!(imported.written.index_packages > 1000, "{imported:?}");
+    let ours: Vec<Update> = cli_json(&["updates", "--bundle", &bundle, "--json"]);
+    let ours: BTreeSet<(String, String)> =
+        ours.into_iter().map(|u| (u.name, u.candidate)).collect();
     let apt = Command::new("apt")
         .args(["list", "--upgradable"])
         .env("LC_ALL", "C")
@@ -513,38 +526,38 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     args.extend(["--admin-key", &admin, "--json"]);
     let out = mesh.cli_at(0, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let content = imported["content_id"].as_str().unwrap().to_string();
+    let imported: ImportOut = serde_json::from_slice(&out.stdout).unwrap();
+    let content = imported.content_id;
     // Every node fetches it, assesses itself and signs its exposure into its record.
     for i in 0..4 {
         let status = wait_for(Duration::from_secs(60), || {
             let out = mesh.cli_at(i, &["intel", "status", "--json"]);
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            (v["bundle"] == content.as_str() && v["summary"].is_object()).then_some(v)
+            let v: IntelView = serde_json::from_slice(&out.stdout).ok()?;
+            (v.bundle.as_deref() == Some(content.as_str()) && v.summary.is_some()).then_some(v)
         })
         .unwrap_or_else(|| panic!("node {i} never used the bundle:\n{}", mesh.log(i)));
-        let exposed = status["findings"].as_array().unwrap().iter().any(|a| {
-            a["finding"]["cve"] == "CVE-2024-6387"
-                && a["finding"]["verdict"].get("Affected").is_some()
+        let exposed = status.findings.iter().any(|a| {
+            a.finding.cve == "CVE-2024-6387"
+                && matches!(a.finding.verdict, Verdict::Affected { .. })
         });
         assert_eq!(exposed, i != 2, "node {i}");
-        assert_eq!(status["summary"]["bundle"], content.as_str());
+        assert_eq!(status.summary.unwrap().bundle.to_hex(), content);
     }
-    let catalog: Value =
+    let catalog: CatalogView =
         serde_json::from_slice(&mesh.cli_at(3, &["catalog", "show", "--json"]).stdout).unwrap();
-    let intel_entries: Vec<&Value> = catalog["entries"]
-        .as_array()
-        .unwrap()
+    let intel_entries: Vec<&str> = catalog
+        .entries
         .iter()
-        .filter(|x| x["key"].as_str().is_some_and(|k| k.starts_with("intel/")))
+        .map(|x| x.key.as_str())
+        .filter(|k| k.starts_with("intel/"))
         .collect();
     assert_eq!(intel_entries.len(), 1, "only the admin's entry exists");
     // The fleet view at node 0: its own site from records, the other from its summary.
     let row = wait_for(Duration::from_secs(60), || {
         let out = mesh.cli_at(0, &["vulns", "--json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let row = v["cves"].as_array()?.iter().find(|r| r["cve"] == "CVE-2024-6387")?.clone();
-        (row["nodes"] == 3).then_some(row)
+        let v: FleetVulnsOut = serde_json::from_slice(&out.stdout).ok()?;
+        let row = v.cves.into_iter().find(|r| r.cve == "CVE-2024-6387")?;
+        (row.nodes == 3).then_some(row)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -552,18 +565,14 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
             String::from_utf8_lossy(&mesh.cli_at(0, &["vulns", "--json"]).stdout)
         )
     });
-    assert_eq!(row["sites"], json!({"site0": 1, "site1": 2}));
-    assert_eq!(row["fixed_version"], "1:9.2p1-2+deb12u3");
+    assert_eq!(row.sites, BTreeMap::from([("site0".to_string(), 1), ("site1".to_string(), 2)]));
+    assert_eq!(row.fixed_version.as_deref(), Some("1:9.2p1-2+deb12u3"));
     // A node's own findings, through the node.
-    let own: Value =
+    let own: VulnsOut =
         serde_json::from_slice(&mesh.cli_at(2, &["vulns", "--node", "self", "--json"]).stdout)
             .unwrap();
-    assert!(!own["findings"].as_array().unwrap().is_empty());
-    assert!(own["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|a| a["finding"]["cve"] != "CVE-2024-6387"));
+    assert!(!own.findings.is_empty());
+    assert!(own.findings.iter().all(|a| a.finding.cve != "CVE-2024-6387"));
     let text =
         String::from_utf8_lossy(&mesh.cli_at(0, &["explain", "CVE-2024-6387"]).stdout).to_string();
     assert!(text.contains("installed 1:9.2p1-2+deb12u2 < fixed 1:9.2p1-2+deb12u3"), "{text}");
@@ -571,14 +580,10 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     // Another member's findings, checked against its signed digest: node 1's are served
     // honestly, node 3's lie is caught.
     let key = |i: usize| mesh.nodes[i].key.clone();
-    let honest: Value =
+    let honest: RemoteFindingsView =
         serde_json::from_slice(&mesh.cli_at(3, &["vulns", "--node", &key(1), "--json"]).stdout)
             .unwrap();
-    assert!(honest["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|a| a["finding"]["cve"] == "CVE-2024-6387"));
+    assert!(honest.findings.iter().any(|a| a.finding.cve == "CVE-2024-6387"));
     let text = String::from_utf8_lossy(
         &mesh.cli_at(3, &["explain", "CVE-2024-6387", "--node", &key(1)]).stdout,
     )
@@ -627,26 +632,19 @@ fn a_published_bundle_reaches_every_node_and_the_fleet_view_counts_exposure() {
     let excepted_at_site1 = |want: bool| {
         wait_for(Duration::from_secs(40), || {
             let out = mesh.cli_at(3, &["vulns", "--node", "self", "--json"]);
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let f = v["findings"]
-                .as_array()?
-                .iter()
-                .find(|a| a["finding"]["cve"] == "CVE-2024-6387")?
-                .clone();
-            (f["finding"]["excepted"].is_object() == want).then_some(f)
+            let v: VulnsOut = serde_json::from_slice(&out.stdout).ok()?;
+            let f = v.findings.into_iter().find(|a| a.finding.cve == "CVE-2024-6387")?;
+            (f.finding.excepted.is_some() == want).then_some(f)
         })
     };
     let f = excepted_at_site1(true).expect("site1's finding never showed the exception");
-    assert_eq!(f["finding"]["excepted"]["kind"], "risk-accepted");
-    assert_eq!(f["finding"]["excepted"]["compensating_control"], "firewall rule 7");
+    let excepted = f.finding.excepted.unwrap();
+    assert_eq!(excepted.kind, ExceptionKind::RiskAccepted);
+    assert_eq!(excepted.compensating_control.as_deref(), Some("firewall rule 7"));
     let fleet_nodes = || -> Option<u64> {
-        let v: Value = serde_json::from_slice(&mesh.cli_at(0, &["vulns", "--json"]).stdout).ok()?;
-        v["cves"]
-            .as_array()?
-            .iter()
-            .find(|r| r["cve"] == "CVE-2024-6387")
-            .and_then(|r| r["nodes"].as_u64())
-            .or(Some(0))
+        let out = mesh.cli_at(0, &["vulns", "--json"]);
+        let v: FleetVulnsOut = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v.cves.iter().find(|r| r.cve == "CVE-2024-6387").map_or(0, |r| u64::from(r.nodes)))
     };
     wait_for(Duration::from_secs(40), || (fleet_nodes()? == 1).then_some(()))
         .expect("the fleet still counts excepted nodes");

@@ -1,6 +1,6 @@
 //! Real `patchmesh node run` processes on 127.0.0.1.
 
-use patchmesh_node::control::{KeygenOutput, StatusView};
+use patchmesh_node::control::{KeyShowOutput, KeygenOutput, StatusView};
 use patchmesh_tests::{cli_json, serial, wait_for, Mesh, RogueReport};
 use std::process::Command;
 use std::time::Duration;
@@ -209,9 +209,9 @@ fn a_revoked_admin_key_is_refused_everywhere() {
     std::fs::remove_file(&ssh).unwrap();
     let fp = agent.fingerprint();
     let held = format!("agent:{fp}");
-    let shown: serde_json::Value = cli_json(&["key", "show", &held, "--json"]);
-    assert_eq!(shown["public_key"], second_pub.as_str());
-    assert_eq!(shown["storage"], "ssh-agent");
+    let shown: KeyShowOutput = cli_json(&["key", "show", &held, "--json"]);
+    assert_eq!(shown.public_key, second_pub);
+    assert_eq!(shown.storage, "ssh-agent");
     let publish_as_second = |i: usize, name: &str| mesh.publish_as(i, name, &held);
     let by_agent = publish_as_second(2, "by-agent");
     assert!(by_agent.status.success(), "{}", String::from_utf8_lossy(&by_agent.stderr));

@@ -2,7 +2,7 @@
 //! fleet's shape (sites, counts, zones, labels), the rehearsal predicts every ring, and the
 //! checks before signing refuse a selector or ring that holds no node.
 
-use patchmesh_node::control::{FleetView, PatchAddOutput};
+use patchmesh_node::control::{FleetView, PatchAddOutput, PlanOutput, RolloutCreateOutput};
 use patchmesh_sim::rehearsal::Rehearsal;
 use patchmesh_tests::{serial, wait_for, Mesh};
 use std::time::Duration;
@@ -197,24 +197,23 @@ fn a_rehearsal_exports_the_live_fleet_and_predicts_each_ring_and_the_checks_refu
         ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = created["rollout"].as_str().unwrap().to_string();
+    let id = serde_json::from_slice::<RolloutCreateOutput>(&out.stdout).unwrap().rollout;
     let held = wait_for(WAIT, || {
         let out = m.cli_at(0, &["rollout", "plan", "--rollout", &id, "--seeds", "2", "--json"]);
-        out.status.success().then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout))
+        out.status.success().then(|| serde_json::from_slice::<PlanOutput<Rehearsal>>(&out.stdout))
     });
     let p = held.expect("node 0 rehearses the rollout it holds").unwrap();
-    assert_eq!(p["progress"]["rollout"], id.as_str(), "{p:#}");
-    let rings: Vec<&str> =
-        p["progress"]["rings"].as_array().unwrap().iter().map(|r| r[0].as_str().unwrap()).collect();
-    assert_eq!(rings, ["canary", "all"], "{p:#}");
+    let progress = p.progress.as_ref().expect("the signed rollout's progress");
+    assert_eq!(progress.rollout, id, "{p:#?}");
+    let rings: Vec<&str> = progress.rings.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(rings, ["canary", "all"], "{p:#?}");
     assert!(
-        p["findings"].as_array().unwrap().iter().any(|f| f["level"] == "problem"
-            && f["message"].as_str().unwrap().contains("ring canary holds no node")),
-        "{p:#}"
+        p.findings
+            .iter()
+            .any(|f| f.level == "problem" && f.message.contains("ring canary holds no node")),
+        "{p:#?}"
     );
-    let rehearsed: Rehearsal = serde_json::from_value(p.clone()).unwrap();
-    assert_eq!(rehearsed.rings[0].nodes, 0, "{p:#}");
+    assert_eq!(p.rehearsal.rings[0].nodes, 0, "{p:#?}");
     // An unknown id is an error that says so.
     let out = m.cli_at(0, &["rollout", "plan", "--rollout", &"ab".repeat(32)]);
     assert!(!out.status.success());

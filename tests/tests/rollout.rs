@@ -3,7 +3,8 @@
 //! after garbage collection with no peer to fetch from, and one install per site at a time.
 
 use patchmesh_node::control::{
-    DemoReport, GcView, PatchAddOutput, RolloutCreateOutput, RolloutStatusOutput, RolloutView,
+    AdminShowOutput, DemoReport, DryRunOutput, GcView, PatchAddOutput, RolloutCreateOutput,
+    RolloutStatusOutput, RolloutView,
 };
 use patchmesh_node::report::{ComplianceReport, SignedReport};
 use patchmesh_tests::{binary, cli, ensure_tools, serial, wait_for, Mesh, TempDir};
@@ -586,11 +587,10 @@ fn a_site_admin_rolls_out_to_its_site_only_and_loses_it_with_its_role() {
     );
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
     assert!(version_everywhere(2).is_some(), "the role did not spread");
-    let show: serde_json::Value =
+    let show: AdminShowOutput =
         serde_json::from_slice(&m.cli_at(3, &["admin", "show", "--json"]).stdout).unwrap();
-    let names: Vec<&str> =
-        show["roles"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["admins", "site0-ops"], "{show}");
+    let names: Vec<&str> = show.roles.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["admins", "site0-ops"], "{show:?}");
 
     // Its own site: nodes 0 and 2. Every node runs the same inventory (this machine's), so the
     // package clause holds everywhere; the certificate's site alone keeps site1 out.
@@ -601,9 +601,9 @@ fn a_site_admin_rolls_out_to_its_site_only_and_loses_it_with_its_role() {
     dry.push("--dry-run");
     let out = try_create(&m, 0, &content, &["all:100"], &dry, &key_file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(printed["dry_run"], true);
-    assert!(printed["edits"][0]["key"].as_str().unwrap().starts_with("rollout/"), "{printed}");
+    let printed: DryRunOutput = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(printed.dry_run);
+    assert!(printed.edits[0].key.starts_with("rollout/"), "{printed:?}");
     assert!(rollouts(&m, 0).unwrap().rollouts.is_empty(), "a dry run published a rollout");
     let out = try_create(&m, 0, &content, &["all:100"], &to_site0, &key_file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -57,13 +57,8 @@ pub(super) fn rehearse(d: &Demo, content: &str, soak_s: u64, fail: bool) -> anyh
     with_policy(d, &["rollout", "plan", "--patch", content], soak_s, &tail)
 }
 
-/// What the demo reads of `patchmesh rollout plan --json` (a [`crate::plan::PlanOutput`]).
-#[derive(serde::Deserialize)]
-pub(super) struct Plan {
-    pub(super) estimated: crate::plan::Estimated,
-    #[serde(flatten)]
-    pub(super) rehearsal: patchmesh_sim::rehearsal::Rehearsal,
-}
+/// What `patchmesh rollout plan --json` prints.
+pub(super) type Plan = patchmesh_node::control::PlanOutput<patchmesh_sim::rehearsal::Rehearsal>;
 
 /// Puts the rehearsal's per-ring prediction beside the actual rings.
 pub(super) fn with_prediction(rings: &mut [DemoRing], plan: &Plan) {

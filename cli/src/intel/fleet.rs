@@ -3,39 +3,6 @@
 
 use super::*;
 
-/// One CVE across the sites a node sees.
-#[derive(Serialize, serde::Deserialize)]
-pub struct FleetRow {
-    /// The CVE.
-    pub cve: String,
-    /// Source packages it is found in.
-    pub sources: std::collections::BTreeSet<String>,
-    /// Exposed nodes, all sites.
-    pub nodes: u32,
-    /// Exposed nodes per site.
-    pub sites: BTreeMap<String, u32>,
-    /// Highest risk score.
-    pub score: f64,
-    /// Most urgent due class.
-    pub due: Due,
-    /// A version that fixes it, if known.
-    pub fixed_version: Option<String>,
-    /// In the KEV catalog.
-    pub kev: bool,
-}
-
-/// `patchmesh vulns --fleet --json` (the default with a running node): the sites shown and one
-/// row per CVE.
-#[derive(Serialize, serde::Deserialize)]
-pub struct FleetVulnsOut {
-    /// The intel bundle the sites' exposure was judged with.
-    pub bundle: Option<String>,
-    /// The sites shown.
-    pub sites: Vec<SiteExposureView>,
-    /// One row per CVE, most urgent first.
-    pub cves: Vec<FleetRow>,
-}
-
 /// Merges the sites' top CVEs into one row per CVE.
 pub(super) fn fleet_rows(sites: &[&SiteExposureView]) -> BTreeMap<String, FleetRow> {
     let mut rows: BTreeMap<String, FleetRow> = BTreeMap::new();

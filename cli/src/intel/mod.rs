@@ -3,7 +3,10 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use patchmesh_node::control::{ExposureView, IntelView, Request, SiteExposureView, StatusView};
+use patchmesh_node::control::{
+    ExposureView, IntelView, Request, SiteExposureView, StatusView, VulnsOut,
+};
+pub use patchmesh_node::control::{FleetRow, FleetVulnsOut, ImportOut};
 use patchmesh_node::intel::Import;
 use patchmesh_node::inventory::{self, Inventory};
 use patchmesh_protocol::catalog::{CatalogEntry, IntelEntry, IntelSourceBrief};
@@ -26,7 +29,7 @@ mod offline;
 mod remediate;
 
 pub use exception::*;
-pub use fleet::*;
+use fleet::*;
 use offline::*;
 pub use remediate::*;
 
@@ -491,20 +494,12 @@ pub fn vulns(args: &LocalArgs, filter: &VulnFilter, json: bool) -> anyhow::Resul
     let s = subject(args)?;
     let shown: Vec<&Assessed> = s.findings.iter().filter(|a| keep(a, filter)).collect();
     if json {
-        #[derive(Serialize)]
-        struct View<'a> {
-            bundle: &'a str,
-            release: &'a str,
-            findings: &'a [&'a Assessed],
-        }
-        outln!(
-            "{}",
-            crate::output::json(&View {
-                bundle: &s.bundle_id,
-                release: &s.release,
-                findings: &shown
-            })
-        );
+        let v = VulnsOut {
+            bundle: s.bundle_id.clone(),
+            release: s.release.clone(),
+            findings: shown.into_iter().cloned().collect(),
+        };
+        outln!("{}", crate::output::json(&v));
         return Ok(());
     }
     banner(&s);
@@ -609,22 +604,6 @@ fn findings_table(shown: &[&Assessed]) {
             excepted.unwrap_or_default(),
         );
     }
-}
-
-/// `patchmesh intel import --json`: the bundle built, and its catalog change if published.
-#[derive(Serialize, serde::Deserialize)]
-pub struct ImportOut {
-    /// The bundle's content id (hex).
-    pub content_id: String,
-    /// Its size.
-    pub bytes: u64,
-    /// How long the import took.
-    pub import_ms: u64,
-    /// The catalog change that published it, with `--admin-key`.
-    pub published: Option<String>,
-    /// What it holds.
-    #[serde(flatten)]
-    pub written: patchmesh_node::intel::Written,
 }
 
 /// `patchmesh updates`.
