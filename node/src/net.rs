@@ -358,8 +358,14 @@ fn behaviour(
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
     let mut kad_cfg = kad::Config::new(kad_proto);
     kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(120)));
-    let mut kad =
-        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+    // Partial holders announce themselves: keep enough records per payload that they spread
+    // over the sites fetching it, not only the first (origin-site) holders.
+    let store_cfg = kad::store::MemoryStoreConfig {
+        max_providers_per_key: patchmesh_protocol::limits::DHT_PROVIDERS_PER_KEY,
+        ..kad::store::MemoryStoreConfig::default()
+    };
+    let store = kad::store::MemoryStore::with_config(peer_id, store_cfg);
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
     // Every node serves the DHT: the mesh is private, and on a LAN or loopback there is no
     // confirmed external address to switch it on by itself.
     kad.set_mode(Some(kad::Mode::Server));

@@ -287,9 +287,13 @@ impl Transfers {
         }
     }
 
-    /// Connected admitted peers, each with whether it is in this node's site.
-    fn peers_input(&self) -> Vec<(NodeId, bool)> {
-        self.view.borrow().peers.iter().map(|(n, (_, site))| (*n, *site == self.site)).collect()
+    /// Connected admitted peers, each with its site (`None`: this node's).
+    fn peers_input(&self) -> Vec<(NodeId, Option<SiteId>)> {
+        let view = self.view.borrow();
+        view.peers
+            .iter()
+            .map(|(n, (_, site))| (*n, (*site != self.site).then(|| site.clone())))
+            .collect()
     }
 
     fn providers_of(&self, content: &ContentId) -> Vec<NodeId> {
@@ -317,10 +321,21 @@ impl Transfers {
         let (tx, mut rx) = mpsc::channel::<Ev>(1024);
         let mut tasks: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
         let mut view = self.view.clone();
+        f.handle_input(now(), FetchInput::Site(self.site.clone()));
         f.handle_input(now(), FetchInput::Peers(self.peers_input()));
         let mut providers_known = 0;
         let mut rate = RateMeter::new(f.download().have_bytes());
+        // A site's elected fetcher announces itself in the DHT once it holds a verified group,
+        // not only when complete: other sites' fetchers find the site and the parts it has,
+        // and feed each other. One record a site (its members announce when complete) keeps
+        // the DHT's records spread over the sites fetching.
+        let mut announced = false;
         loop {
+            let elected = f.download().role() == Role::Wan;
+            if !announced && elected && f.has_outboard() && f.download().have_bytes() > 0 {
+                announced = true;
+                let _ = self.to_daemon.try_send(ToDaemon::Provide(content));
+            }
             while let Some(out) = f.poll_output() {
                 tracing::trace!(content = %content, ?out, "download output");
                 match out {

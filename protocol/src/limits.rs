@@ -71,6 +71,11 @@ pub const RANGE_GROUPS_MAX: u64 = 1024;
 pub const DATA_FRAME_BYTES_MAX: usize = (PAYLOAD_GROUPS_MAX / 8) as usize + 1024;
 /// Sources one download tracks.
 pub const SOURCES_PER_DOWNLOAD_MAX: usize = 64;
+/// Provider records of one content a DHT node keeps (libp2p keeps 20 by default and ignores
+/// later announcements): the first holders are then all the origin site, which a fleet of
+/// branch offices must not all pull from. Partial holders announce themselves, so the records
+/// spread over the sites that are fetching.
+pub const DHT_PROVIDERS_PER_KEY: usize = 256;
 /// Rings of one rollout.
 pub const RINGS_PER_ROLLOUT_MAX: usize = 16;
 /// Maintenance windows of one rollout.
@@ -107,10 +112,16 @@ pub const FETCH_NOTHING_ASK_MAX_MS: u64 = 10_000;
 pub const FETCH_NOTHING_ASK_WAN_MAX_MS: u64 = 60_000;
 /// How often a site's WAN fetcher that has sources looks up providers again.
 pub const FETCH_RELOOKUP_MS: u64 = 15_000;
+/// First wait between lookups of a WAN fetcher that has free WAN slots (doubling up to
+/// [`FETCH_RELOOKUP_MS`]): the sites fetching a payload are found within seconds.
+pub const FETCH_LOOKUP_FILL_MS: u64 = 1_000;
 /// A download with no source holding anything for this long fails (visibly, with a reason).
 pub const FETCH_NO_SOURCE_MS: u64 = 600_000;
 /// Sources in other sites a WAN fetcher uses at once.
 pub const FETCH_WAN_SOURCES_MAX: usize = 8;
+/// WAN sources of one download in any one other site: they share that site's uplink, so a
+/// third adds contention, not rate.
+pub const FETCH_WAN_SOURCES_PER_SITE: usize = 2;
 /// How often a WAN fetcher with more candidates than slots retires its slowest WAN source to
 /// try another (sites that already hold parts feed each other instead of all pulling from the
 /// origin).

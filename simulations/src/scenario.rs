@@ -52,9 +52,10 @@ SCENARIO FILE (TOML). Every field is optional except `nodes` and `sites`.
                                    attackers forwarding only beacons); reported: reach_*
   [[crash]]  nodes          how many random nodes crash (losing what they had not persisted)
              at_ms, down_ms when, and for how long, before they restart from their store
-  [payload]  size_bytes     a patch payload every honest node fetches with the transfer
-                            planner (1 byte to 16 GiB); reported: wan_bytes_per_site_ratio,
-                            payload_complete_ms, payload_complete_nodes, payload_failovers
+  [payload]  size_bytes     a patch payload every honest node fetches with the endpoint's
+                            download machine (1 byte to 16 GiB); reported: wan_bytes_per_site_ratio,
+                            payload_complete_ms, payload_complete_nodes, payload_failovers,
+                            payload_penalties, payload_origin_copies
              at_ms          when it is published at a random up node (the origin); must be
                             before duration_ms
              fetcher_crashes  up to how many sites lose their elected WAN fetcher while it

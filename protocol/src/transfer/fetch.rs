@@ -16,17 +16,25 @@
 //!   stream from the elected node while it is still receiving. A node that loses the role
 //!   cancels its ranges from other sites at once, so its site never pulls a second copy.
 //! - **WAN sources**: the elected node uses up to [`limits::FETCH_WAN_SOURCES_MAX`] peers of
-//!   other sites: those it is connected to and providers from the DHT. It keeps the ones it
-//!   has and fills free slots by a rendezvous hash of (content, itself, candidate), peers it is
-//!   connected to first: every node's connections go to different nodes, while a DHT keeps
-//!   the same few providers for everyone, so connections spread the fetchers of many sites
-//!   over many uplinks; providers fill what is left. Every [`limits::FETCH_ROTATE_MS`], when there are more candidates than slots,
+//!   other sites: those it is connected to and providers from the DHT, at most
+//!   [`limits::FETCH_WAN_SOURCES_PER_SITE`] in any one site (its sources there share one
+//!   uplink). It keeps the ones it has and fills free slots by a rendezvous hash of (content,
+//!   itself, candidate), peers it is connected to first. Nodes announce themselves in the
+//!   DHT from their first verified group, so the providers of a payload being fetched spread
+//!   over the sites fetching it; with the per-site cap, the fetchers of many sites take most
+//!   of their sources from each other and only a share from the site that held it first. Every [`limits::FETCH_ROTATE_MS`], when there are more candidates than slots,
 //!   the slowest WAN source is retired (its ranges finish) and rests, and another is tried: a
 //!   site that already holds parts of the payload is found and feeds its neighbours, instead
 //!   of every site pulling from the origin.
 //! - **Piece order**: each node starts picking at a place of its own (a hash of content and
 //!   node id) and wraps around; sites and site members that fetch at once hold different
-//!   parts, so they have something to give each other.
+//!   parts, so they have something to give each other. From a source that holds everything,
+//!   the elected node takes first what none of its partial WAN sources holds, and of that
+//!   first its *share*: blocks of [`SHARE_BLOCK_GROUPS`] split between the sites it knows to
+//!   be fetching by a rendezvous hash of (content, block, site), so the fetchers of many sites
+//!   each pull different blocks from the origin without a word exchanged, and trade the rest
+//!   (the driver says which site is this node's with [`FetchInput::Site`]). A complete source
+//!   with nothing rare to give is left to the sites that need it.
 //! - **Rests, not bans**: a source whose stream broke, or that is slow *relative to the other
 //!   sources* (see [`super::plan::Download::check`]), rests for [`limits::FETCH_REST_MS`],
 //!   doubling with each strike up to [`limits::FETCH_REST_MAX_MS`]; congestion is never an
@@ -36,7 +44,9 @@
 //! - **Providers**: while no usable source holds anything, the elected node looks up
 //!   providers after [`limits::FETCH_LOOKUP_MS`], doubling the wait after each empty lookup up
 //!   to [`limits::FETCH_LOOKUP_MAX_MS`], and every [`limits::FETCH_RELOOKUP_MS`] while it
-//!   fetches; after [`limits::FETCH_NO_SOURCE_MS`] with no holder the download fails with a
+//!   fetches. While it has free WAN slots it looks again sooner, from
+//!   [`limits::FETCH_LOOKUP_FILL_MS`] doubling: other sites start to hold parts of the
+//!   payload within seconds, and each found takes load off the origin's uplink. After [`limits::FETCH_NO_SOURCE_MS`] with no holder the download fails with a
 //!   reason (never silently stops).
 //! - **Waiting costs nothing**: a download with nothing in flight wakes only for its next
 //!   question, lookup, end of a rest or deadline ([`Fetch::poll_timeout`]); sources that held
@@ -48,9 +58,12 @@
 
 use super::plan::{Action, Download, Fault, Params, Request};
 use super::{group_count, rendezvous, role_of, Availability, Bitfield, Role};
-use crate::ids::{ContentId, Millis, NodeId};
+use crate::ids::{ContentId, Millis, NodeId, SiteId};
 use crate::limits;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Groups per block of the share split between fetching sites (256 KiB).
+const SHARE_BLOCK_GROUPS: u64 = 16;
 
 /// Requests whose origin (site or not) is remembered: those in flight (at most
 /// `SOURCES_PER_DOWNLOAD_MAX × requests_per_source`) and the latest cancelled ones.
@@ -74,9 +87,9 @@ pub enum Failure {
 /// An input to a [`Fetch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FetchInput {
-    /// The admitted peers this node is connected to now, each with whether it is in this
-    /// node's site. Replaces the previous view.
-    Peers(Vec<(NodeId, bool)>),
+    /// The admitted peers this node is connected to now, each with its site: `None` for this
+    /// node's own site. Replaces the previous view.
+    Peers(Vec<(NodeId, Option<SiteId>)>),
     /// Holders of the content found in the DHT (their site is unknown until connected).
     Providers(Vec<NodeId>),
     /// A source's answer to `AskHave`: its payload size and what it holds.
@@ -119,6 +132,9 @@ pub enum FetchInput {
     },
     /// The store cannot go on (disk full, I/O error): the download fails with this reason.
     Stop(String),
+    /// This node's site: with it, the elected node works out its share of what complete
+    /// sources of other sites send (see [`super::plan::Download::set_share`]).
+    Site(SiteId),
 }
 
 /// What the driver must do for a [`Fetch`].
@@ -188,8 +204,12 @@ pub struct Fetch {
     state: FetchState,
     has_outboard: bool,
     outboard_from: Option<NodeId>,
-    /// Connected admitted peers → in this node's site.
-    peers: BTreeMap<NodeId, bool>,
+    /// This node's site, once the driver said.
+    site: Option<SiteId>,
+    /// The sites the share was last worked out for (this one included; empty: none).
+    share_sites: Vec<SiteId>,
+    /// Connected admitted peers → their site (`None`: this node's).
+    peers: BTreeMap<NodeId, Option<SiteId>>,
     providers: BTreeSet<NodeId>,
     /// Resting sources and when their rest ends.
     rests: BTreeMap<NodeId, Millis>,
@@ -208,6 +228,8 @@ pub struct Fetch {
     last_lookup: Option<Millis>,
     /// Wait between lookups while nothing holds the payload: doubles with each empty one.
     lookup_every: u64,
+    /// Wait between lookups while fetching with free WAN slots: doubles with each one.
+    fill_every: u64,
     holder_seen: Millis,
     /// Usable sources that hold something, as of the last step.
     holders: usize,
@@ -236,6 +258,8 @@ impl Fetch {
             state: FetchState::Fetching,
             has_outboard,
             outboard_from: None,
+            site: None,
+            share_sites: Vec::new(),
             peers: BTreeMap::new(),
             providers: BTreeSet::new(),
             rests: BTreeMap::new(),
@@ -248,6 +272,7 @@ impl Fetch {
             next_rotate: now.plus(limits::FETCH_ROTATE_MS),
             last_lookup: None,
             lookup_every: limits::FETCH_LOOKUP_MS,
+            fill_every: limits::FETCH_LOOKUP_FILL_MS,
             holder_seen: now,
             holders: 0,
             stats: FetchStats::default(),
@@ -299,14 +324,13 @@ impl Fetch {
             FetchInput::Peers(peers) => {
                 self.peers = peers.into_iter().filter(|(n, _)| *n != self.me).collect();
                 let peers = &self.peers;
-                self.lan_avail.retain(|n, _| peers.get(n) == Some(&true));
+                self.lan_avail.retain(|n, _| peers.get(n).is_some_and(|s| s.is_none()));
                 self.sync_sources(now);
             }
             FetchInput::Providers(nodes) => {
-                for n in nodes {
-                    if n != self.me && self.providers.len() < limits::SOURCES_PER_DOWNLOAD_MAX {
-                        self.providers.insert(n);
-                    }
+                self.providers.extend(nodes.into_iter().filter(|n| *n != self.me));
+                if self.providers.len() > limits::SOURCES_PER_DOWNLOAD_MAX {
+                    self.keep_best_providers();
                 }
                 self.sync_sources(now);
             }
@@ -316,6 +340,10 @@ impl Fetch {
             FetchInput::RangeEnded { request, result } => self.on_range_ended(now, request, result),
             FetchInput::Fault { source, fault } => self.fault(now, source, Failure::Fault(fault)),
             FetchInput::Stop(reason) => self.fail(reason),
+            FetchInput::Site(site) => {
+                self.site = Some(site);
+                self.sync_sources(now);
+            }
         }
         self.step(now);
     }
@@ -388,8 +416,20 @@ impl Fetch {
         if self.download.role() != Role::Wan {
             return None;
         }
-        let every = if self.holders > 0 { limits::FETCH_RELOOKUP_MS } else { self.lookup_every };
+        let every = if self.holders == 0 {
+            self.lookup_every
+        } else if self.wan_slots_free() {
+            self.fill_every.min(limits::FETCH_RELOOKUP_MS)
+        } else {
+            limits::FETCH_RELOOKUP_MS
+        };
         Some(self.last_lookup.map_or(Millis(0), |t| t.plus(every)))
+    }
+
+    /// Whether the elected node uses fewer WAN sources than it may.
+    fn wan_slots_free(&self) -> bool {
+        let wan = self.download.sources().values().filter(|s| !s.lan).count();
+        wan < limits::FETCH_WAN_SOURCES_MAX
     }
 
     /// When the download fails for want of a holder (if none turns up before).
@@ -399,7 +439,7 @@ impl Fetch {
 
     fn role(&self) -> Role {
         let site: Vec<&NodeId> =
-            self.peers.iter().filter(|(_, lan)| **lan).map(|(n, _)| n).collect();
+            self.peers.iter().filter(|(_, site)| site.is_none()).map(|(n, _)| n).collect();
         role_of(self.download.content(), &self.me, site)
     }
 
@@ -409,8 +449,8 @@ impl Fetch {
         let cancelled = self.download.set_role(role);
         self.cancel(cancelled);
         let mut wanted: BTreeSet<NodeId> = BTreeSet::new();
-        for (n, lan) in &self.peers {
-            if *lan && !self.rests.contains_key(n) {
+        for (n, site) in &self.peers {
+            if site.is_none() && !self.rests.contains_key(n) {
                 wanted.insert(*n);
             }
         }
@@ -427,31 +467,122 @@ impl Fetch {
             }
         }
         for n in wanted {
-            let lan = self.peers.get(&n).copied().unwrap_or(false);
+            let lan = self.peers.get(&n).is_some_and(|s| s.is_none());
             self.download.add_source(n, lan);
         }
-        let site = self.peers.iter().filter(|(_, lan)| **lan).map(|(n, _)| n);
+        let site = self.peers.iter().filter(|(_, site)| site.is_none()).map(|(n, _)| n);
         let lead = super::elect(self.download.content(), site.chain(std::iter::once(&self.me)));
         self.download.set_lead(lead.filter(|n| *n != self.me));
+        self.update_share();
+    }
+
+    /// This node's share of what complete sources of other sites send: each block of
+    /// [`SHARE_BLOCK_GROUPS`] goes to one of the sites fetching it (this one, and those of the
+    /// WAN peers it knows that have not said they hold it all) by a rendezvous hash of
+    /// (content, block, site), so every fetcher that knows the same sites works out the same
+    /// split without a word exchanged. Only while elected, with a site and a peer elsewhere.
+    fn update_share(&mut self) {
+        let Some(mine) = self.site.clone().filter(|_| self.download.role() == Role::Wan) else {
+            self.share_sites.clear();
+            self.download.set_share(None);
+            return;
+        };
+        let complete: BTreeSet<&SiteId> = self
+            .peers
+            .iter()
+            .filter_map(|(n, site)| site.as_ref().map(|s| (n, s)))
+            .filter(|(n, _)| self.download.sources().get(n).is_some_and(|s| s.complete()))
+            .map(|(_, s)| s)
+            .collect();
+        let mut sites: BTreeSet<&SiteId> =
+            self.peers.values().flatten().filter(|s| !complete.contains(s)).collect();
+        sites.insert(&mine);
+        let key: Vec<SiteId> = sites.iter().map(|s| (*s).clone()).collect();
+        if self.share_sites == key {
+            return;
+        }
+        if sites.len() < 2 {
+            self.share_sites = key;
+            self.download.set_share(None);
+            return;
+        }
+        let content = self.download.content();
+        let groups = self.download.have().len();
+        let mut share = vec![0u64; groups.div_ceil(64) as usize];
+        for block in 0..groups.div_ceil(SHARE_BLOCK_GROUPS) {
+            let score = |site: &SiteId| {
+                let mut h = blake3::Hasher::new();
+                h.update(&content.0);
+                h.update(&block.to_le_bytes());
+                h.update(site.as_str().as_bytes());
+                *h.finalize().as_bytes()
+            };
+            let owner = sites.iter().max_by_key(|s| score(s)).copied();
+            if owner == Some(&mine) {
+                let first = block * SHARE_BLOCK_GROUPS;
+                for g in first..(first + SHARE_BLOCK_GROUPS).min(groups) {
+                    share[(g / 64) as usize] |= 1 << (g % 64);
+                }
+            }
+        }
+        self.share_sites = key;
+        self.download.set_share(Some(share));
     }
 
     /// The WAN sources: current ones that are still candidates, then the best-ranked others.
     fn wan_sources(&self, lan_count: usize) -> Vec<NodeId> {
+        let slots = limits::FETCH_WAN_SOURCES_MAX
+            .min(limits::SOURCES_PER_DOWNLOAD_MAX.saturating_sub(lan_count));
+        let mut out = self.wan_candidates();
+        out.truncate(slots);
+        out
+    }
+
+    /// Every WAN candidate that is not resting, in order of preference: current sources, then
+    /// connected peers, then providers, each by a rendezvous rank of this node; at most
+    /// [`limits::FETCH_WAN_SOURCES_PER_SITE`] of any one known site (they share its uplink:
+    /// more would only split it, and would crowd the one site that held the payload first).
+    fn wan_candidates(&self) -> Vec<NodeId> {
         let content = *self.download.content();
         let current = |n: &NodeId| self.download.sources().get(n).is_some_and(|s| !s.lan);
         let mut candidates: Vec<(bool, bool, [u8; 32], NodeId)> = self
             .peers
             .iter()
-            .filter(|(_, lan)| !**lan)
+            .filter(|(_, site)| site.is_some())
             .map(|(n, _)| *n)
             .chain(self.providers.iter().filter(|n| !self.peers.contains_key(n)).copied())
             .filter(|n| !self.rests.contains_key(n))
             .map(|n| (!current(&n), !self.peers.contains_key(&n), self.rank(&content, &n), n))
             .collect();
         candidates.sort();
-        let slots = limits::FETCH_WAN_SOURCES_MAX
-            .min(limits::SOURCES_PER_DOWNLOAD_MAX.saturating_sub(lan_count));
-        candidates.into_iter().take(slots).map(|(_, _, _, n)| n).collect()
+        let mut per_site: BTreeMap<&SiteId, usize> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (_, _, _, n) in candidates {
+            if let Some(Some(site)) = self.peers.get(&n) {
+                let taken = per_site.entry(site).or_default();
+                if *taken >= limits::FETCH_WAN_SOURCES_PER_SITE {
+                    continue;
+                }
+                *taken += 1;
+            }
+            out.push(n);
+        }
+        out
+    }
+
+    /// Keeps [`limits::SOURCES_PER_DOWNLOAD_MAX`] providers: the current sources, then the
+    /// best-ranked for this node, so the fetchers of many sites spread over different
+    /// providers instead of all keeping the same first few.
+    fn keep_best_providers(&mut self) {
+        let content = *self.download.content();
+        let mut ranked: Vec<(bool, [u8; 32], NodeId)> = self
+            .providers
+            .iter()
+            .map(|n| (!self.download.sources().contains_key(n), self.rank(&content, n), *n))
+            .collect();
+        ranked.sort_unstable();
+        ranked.truncate(limits::SOURCES_PER_DOWNLOAD_MAX);
+        self.providers = ranked.into_iter().map(|(_, _, n)| n).collect();
     }
 
     fn rank(&self, content: &ContentId, n: &NodeId) -> [u8; 32] {
@@ -471,13 +602,8 @@ impl Fetch {
         if wan.len() < limits::FETCH_WAN_SOURCES_MAX {
             return;
         }
-        let waiting = self
-            .peers
-            .iter()
-            .filter(|(_, lan)| !**lan)
-            .map(|(n, _)| n)
-            .chain(self.providers.iter())
-            .any(|n| !self.rests.contains_key(n) && !self.download.sources().contains_key(n));
+        let waiting =
+            self.wan_candidates().iter().any(|n| !self.download.sources().contains_key(n));
         if !waiting {
             return;
         }
@@ -537,11 +663,14 @@ impl Fetch {
             Ok((size, avail))
                 if size == self.download.size_bytes() || avail == Availability::Nothing =>
             {
-                if self.peers.get(&n) == Some(&true) {
+                if self.peers.get(&n).is_some_and(|s| s.is_none()) {
                     self.lan_avail.insert(n, avail.clone());
                 }
+                let complete = avail == Availability::Complete;
                 if let Some(f) = self.download.on_have(&n, avail) {
                     self.fault(now, n, Failure::Fault(f));
+                } else if complete && self.peers.get(&n).is_some_and(|s| s.is_some()) {
+                    self.update_share();
                 }
             }
             // Holds another size under this id: it cannot help this download.
@@ -757,6 +886,9 @@ impl Fetch {
         if self.next_lookup().is_some_and(|t| now >= t) {
             if holders == 0 && self.last_lookup.is_some() {
                 self.lookup_every = (self.lookup_every * 2).min(limits::FETCH_LOOKUP_MAX_MS);
+            }
+            if holders > 0 && self.wan_slots_free() {
+                self.fill_every = (self.fill_every * 2).min(limits::FETCH_RELOOKUP_MS);
             }
             self.last_lookup = Some(now);
             self.out.push_back(FetchOutput::FindProviders);

@@ -136,6 +136,10 @@ pub struct Source {
     pub judged_rate_bytes_per_s: u64,
     /// Start of the current rate sample and bytes since.
     meter: Option<(Millis, u64)>,
+    /// The planner's `widened` count when a pick from it last found nothing: until something
+    /// widens the choice again it is not scanned (planning after every verified group would
+    /// otherwise rescan every source that has nothing new).
+    exhausted: Option<u64>,
 }
 
 impl Source {
@@ -157,6 +161,7 @@ impl Source {
             window: None,
             judged_rate_bytes_per_s: 0,
             meter: None,
+            exhausted: None,
         }
     }
 
@@ -168,6 +173,11 @@ impl Source {
     /// Whether it said it holds anything.
     pub fn holds_any(&self) -> bool {
         self.have.as_ref().is_some_and(|a| *a != Availability::Nothing)
+    }
+
+    /// Whether it said it holds the whole payload.
+    pub fn complete(&self) -> bool {
+        matches!(self.have, Some(Availability::Complete))
     }
 
     /// Ranges in flight.
@@ -233,6 +243,14 @@ pub struct Download {
     clock: Millis,
     /// See [`Download::set_site_known`].
     site_known: Vec<u64>,
+    /// Counts changes that may let a source serve a group it could not before: groups going
+    /// back to the pool, sources leaving or retiring (the exclusions shrink), a first or
+    /// different kind of answer, a new role or start. Verified groups and new requests only
+    /// narrow the choice and leave it.
+    widened: u64,
+    /// Groups this node pulls first from a complete source of another site (see
+    /// [`Download::set_share`]); `None`: no share, any rare group.
+    share: Option<Vec<u64>>,
 }
 
 impl Download {
@@ -254,6 +272,8 @@ impl Download {
             params,
             clock: Millis(0),
             site_known: Vec::new(),
+            widened: 0,
+            share: None,
         }
     }
 
@@ -262,6 +282,7 @@ impl Download {
         let words = self.words();
         self.start_word = (g / 64) % words;
         self.frontier = 0;
+        self.widened += 1;
     }
 
     fn words(&self) -> u64 {
@@ -317,6 +338,9 @@ impl Download {
     /// so a returning fetcher does not pull a second copy across its site's link.
     pub fn set_role(&mut self, role: Role) -> Vec<u64> {
         let lost = self.role == Role::Wan && role == Role::Lan;
+        if self.role != role {
+            self.widened += 1;
+        }
         self.role = role;
         if !lost {
             return Vec::new();
@@ -338,12 +362,16 @@ impl Download {
     /// [`limits::SOURCES_PER_DOWNLOAD_MAX`].
     pub fn add_source(&mut self, node: NodeId, lan: bool) {
         if let Some(s) = self.sources.get_mut(&node) {
-            s.lan = lan;
+            if s.lan != lan {
+                s.lan = lan;
+                self.widened += 1;
+            }
             return;
         }
         if self.sources.len() >= limits::SOURCES_PER_DOWNLOAD_MAX {
             return;
         }
+        self.widened += 1;
         self.sources.insert(node, Source::new(lan));
     }
 
@@ -354,6 +382,7 @@ impl Download {
         if self.sources.get(node).is_some_and(|s| s.banned.is_none()) {
             self.sources.remove(node);
         }
+        self.widened += 1;
         cancelled
     }
 
@@ -362,6 +391,7 @@ impl Download {
     pub fn forget(&mut self, node: &NodeId) -> Vec<u64> {
         let cancelled = self.release(node);
         self.sources.remove(node);
+        self.widened += 1;
         cancelled
     }
 
@@ -369,6 +399,7 @@ impl Download {
     pub fn retire(&mut self, node: &NodeId) {
         if let Some(s) = self.sources.get_mut(node) {
             s.retiring = true;
+            self.widened += 1;
         }
     }
 
@@ -435,7 +466,7 @@ impl Download {
             None => 0,
             Some(Availability::Complete) => return None,
             Some(Availability::Partial(_)) if s.lan => refresh,
-            Some(Availability::Partial(_)) => 4 * refresh,
+            Some(Availability::Partial(_)) => 2 * refresh,
             // The elected fetcher: every refresh through the first second (it holds nothing
             // only until its own download starts, and a member then streams from it within a
             // refresh of its first group instead of four); after that at the same times as
@@ -492,6 +523,7 @@ impl Download {
         // Groups this site already holds: never fetched across the WAN (worked out once, and
         // only when a source of another site has room).
         let mut in_site: Option<Option<Vec<u64>>> = None;
+        let mut elsewhere: Option<Option<Vec<u64>>> = None;
         loop {
             let mut order: Vec<(bool, u32, NodeId, u64)> = self
                 .sources
@@ -502,6 +534,7 @@ impl Download {
                         && s.active < self.params.requests_per_source
                         && s.inflight_groups < self.budget_groups(s)
                         && s.holds_any()
+                        && s.exhausted != Some(self.widened)
                 })
                 .map(|(n, s)| {
                     let budget = self.budget_groups(s);
@@ -515,16 +548,50 @@ impl Download {
             }
             order.sort();
             let mut progressed = false;
+            let mut dry = Vec::new();
             for (remote, _, n, count_max) in order {
                 let exclude = if remote {
                     in_site.get_or_insert_with(|| self.site_held()).as_deref()
                 } else {
                     None
                 };
+                // A complete source of another site (the origin's, early on) is asked first
+                // for what no partial source across the WAN holds: each group leaves it about
+                // once, and the fetching sites trade the rest among themselves (rarest
+                // first, as a swarm does).
+                let complete = self.sources.get(&n).is_some_and(|s| s.complete());
+                if remote && complete {
+                    let rare = elsewhere.get_or_insert_with(|| self.wan_partial_held(exclude));
+                    if let Some(rare) = rare.as_deref() {
+                        // This node's share of the rare groups first.
+                        let mine = self.share.as_ref().map(|share| {
+                            rare.iter().zip(share).map(|(r, m)| r | !m).collect::<Vec<u64>>()
+                        });
+                        let picked = mine
+                            .and_then(|m| self.pick_scattered(count_max, &m))
+                            .or_else(|| self.pick_scattered(count_max, rare));
+                        // Nothing rare left: its uplink is better left to sites that need it.
+                        if let Some((first, count)) = picked {
+                            out.push(Action::Fetch(self.start_request(n, first, count, now)));
+                            progressed = true;
+                            break;
+                        }
+                        dry.push(n);
+                        continue;
+                    }
+                }
                 if let Some((first, count)) = self.pick(&n, count_max, exclude) {
                     out.push(Action::Fetch(self.start_request(n, first, count, now)));
                     progressed = true;
                     break;
+                }
+                dry.push(n);
+            }
+            // Nothing narrows between here and the next widening: these stay dry until then.
+            let widened = self.widened;
+            for n in dry {
+                if let Some(s) = self.sources.get_mut(&n) {
+                    s.exhausted = Some(widened);
                 }
             }
             if !progressed {
@@ -534,9 +601,23 @@ impl Download {
         out
     }
 
+    /// The groups this node should be the one to pull from a complete source of another site
+    /// (one bit a group), as the fetch works them out: the sites fetching at once split the
+    /// payload, so what the first holder sends is new to the swarm. Rare groups outside the
+    /// share are pulled once the share is done.
+    pub fn set_share(&mut self, share: Option<Vec<u64>>) {
+        if self.share != share {
+            self.widened += 1;
+            self.share = share;
+        }
+    }
+
     /// Groups that site members which are not sources now (resting) were last heard to hold:
     /// the WAN is not asked for them either.
     pub fn set_site_known(&mut self, words: Vec<u64>) {
+        if self.site_known != words {
+            self.widened += 1;
+        }
         self.site_known = words;
     }
 
@@ -565,6 +646,27 @@ impl Download {
             }
         }
         Some(held)
+    }
+
+    /// `exclude` and what the usable partial sources of other sites hold (`None` when there
+    /// is none): groups a complete WAN source need not be the one to send.
+    fn wan_partial_held(&self, exclude: Option<&[u64]>) -> Option<Vec<u64>> {
+        let words = self.words() as usize;
+        let mut held: Option<Vec<u64>> = None;
+        for s in self.sources.values() {
+            if s.lan || s.retiring || !self.usable(s) {
+                continue;
+            }
+            if let Some(Availability::Partial(b)) = &s.have {
+                let h = held.get_or_insert_with(|| {
+                    let mut h = exclude.map_or_else(Vec::new, |x| x.to_vec());
+                    h.resize(words, 0);
+                    h
+                });
+                h.iter_mut().zip(b.words()).for_each(|(w, x)| *w |= x);
+            }
+        }
+        held
     }
 
     fn start_request(&mut self, n: NodeId, first: u64, count: u64, now: Millis) -> Request {
@@ -634,6 +736,39 @@ impl Download {
         Some((first, count))
     }
 
+    /// A run of needed groups that `exclude` leaves, from a complete source, scanning from a
+    /// word that changes with every request (and from node to node, by the start word): the
+    /// fetchers of many sites pulling from one complete source take different groups instead
+    /// of the same next one, so what it sends is new to the swarm.
+    fn pick_scattered(&self, count_max: u64, exclude: &[u64]) -> Option<(u64, u64)> {
+        let words = self.words();
+        let groups = self.have.len();
+        let spin = self.next_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+        let from = (self.start_word * 64 + spin) % groups;
+        let (from_word, from_bit) = (from / 64, from % 64);
+        let mut first = None;
+        // One lap from the start group, the start word's lower groups last.
+        for k in 0..=words {
+            let w = ((from_word + k) % words) as usize;
+            let mut m = self.word_open(w) & !exclude[w];
+            if k == 0 {
+                m &= u64::MAX << from_bit;
+            }
+            if m != 0 {
+                first = Some(w as u64 * 64 + u64::from(m.trailing_zeros()));
+                break;
+            }
+        }
+        let first = first?;
+        let excluded = |g: u64| exclude[(g / 64) as usize] & (1 << (g % 64)) != 0;
+        let needed = |g: u64| !self.have.get(g) && !self.pending.get(g) && !excluded(g);
+        let mut count = 1;
+        while count < count_max && first + count < groups && needed(first + count) {
+            count += 1;
+        }
+        Some((first, count))
+    }
+
     /// A source answered what it holds. A source that once said `Complete` and now says less
     /// lied.
     pub fn on_have(&mut self, node: &NodeId, availability: Availability) -> Option<Fault> {
@@ -655,6 +790,14 @@ impl Download {
             Availability::Nothing => s.nothing_streak.saturating_add(1),
             _ => 0,
         };
+        // More of the same kind only lets this source serve more; a first answer or a new
+        // kind may also shrink what the site or the partial sources are known to hold.
+        let kind = |a: &Availability| std::mem::discriminant(a);
+        if s.have.as_ref().map(kind) != Some(kind(&availability)) {
+            self.widened += 1;
+        }
+        s.exhausted = None;
+        let s = self.sources.get_mut(node).expect("present");
         s.have = Some(availability);
         None
     }
@@ -663,7 +806,10 @@ impl Download {
     pub fn on_have_failed(&mut self, node: &NodeId) {
         if let Some(s) = self.sources.get_mut(node) {
             s.asking_since = None;
-            s.unanswered |= s.have.is_none();
+            if s.have.is_none() && !s.unanswered {
+                s.unanswered = true;
+                self.widened += 1;
+            }
         }
     }
 
@@ -700,6 +846,7 @@ impl Download {
             let words = self.words();
             for g in r.first..r.first + r.count {
                 if !self.have.get(g) {
+                    self.widened += 1;
                     self.pending.clear(g);
                     let k = (g / 64 + words - self.start_word) % words;
                     self.frontier = self.frontier.min(k);
@@ -733,6 +880,7 @@ impl Download {
             s.banned = Some(fault);
             s.asking_since = None;
         }
+        self.widened += 1;
         cancelled
     }
 

@@ -1,74 +1,68 @@
 //! # Payload transfer model
 //!
-//! Every honest node fetches one patch payload with the protocol core's download planner
-//! ([`Download`]), as the real node does. This module is the driver around the planners: it
-//! decides who the candidate sources are (what site membership and DHT provider records give a
-//! real node), carries out the planners' actions and answers them with modelled timing. Every
-//! choice of *what* to fetch from *whom*, when to ask again and whom to drop is the planner's.
+//! Every honest node fetches one patch payload with the protocol core's download machine,
+//! [`Fetch`], exactly as the real node's transfer task does (`node/src/transfer.rs`): the
+//! same source policy (site election, WAN sources, rests, rotation, provider look-ups, piece
+//! order), the same planner and the same timings from `limits.rs`. This module is only the
+//! driver: it tells each `Fetch` what a real node's connections, DHT and streams would tell
+//! it, carries out its outputs over modelled links, and moves simulated time. Nothing here
+//! chooses a source, a range or a wait.
 //!
-//! ## Sources and roles
-//! - **LAN**: every live member of the node's site as the site sees it (a site LAN is fully
-//!   meshed for the data plane). A member that crashed is seen as gone after [`DETECT_MS`]
-//!   (then `remove_source`, which returns its ranges to the pool); a restarted member is seen
-//!   again as soon as it is up.
-//! - **Role**: [`transfer::role_of`] over that view, recomputed whenever it changes, so the
-//!   next member in rank takes over when the elected one crashes, and hands back on return.
-//! - **WAN** (used only while elected): providers from a directory that models DHT provider
-//!   records. A node is listed once it holds a verified group, visible to others one WAN round
-//!   trip later; a crashed node's record stays (records expire in hours, not seconds). An
-//!   elected node takes up to [`REMOTE_SOURCES`] providers of one site: the nearest ancestor
-//!   of its own site in a [`TREE_FANOUT`]-ary tree over the sites, rooted at the origin's site
-//!   and ordered by a rendezvous hash of (content, site), so every node computes the same tree.
-//!   It passes over an ancestor that is cut off, has no member up, or whose every provider
-//!   failed, but waits for one that simply holds nothing yet. Sources are re-chosen every
-//!   [`CHECK_MS`]; a provider that cannot be reached is dropped and left out for [`AVOID_MS`].
-//!
-//! Why a tree: the planner asks each source for the *lowest* missing run it holds, so every
-//! site fetching from one source asks it for the same ranges, and that source's uplink is
-//! divided among them; nodes that started together also hold the same prefix, so they have
-//! nothing to give each other. With "any providers", all sites start on the origin's site
-//! (the only provider at first), its 20 Mbit/s is shared by every site, each source's rate
-//! falls under the planner's 16 KiB/s minimum and the origin's site is dropped as `Slow` for
-//! the rest of the download: on branch-offices, sites stall with a few percent of the payload.
-//! In a tree each site's uplink feeds at most [`TREE_FANOUT`] sites, and a site streams from
-//! its parent while the parent is still receiving.
+//! ## What a node sees
+//! - **Peers** ([`FetchInput::Peers`]): the live members of its site as the site sees them
+//!   (the node dials every site member; a crashed member is seen gone [`DETECT_MS`] after it
+//!   went, a restarted one at once) and its WAN links of the scenario's topology whose far
+//!   end is up and not behind a partition (seen [`DETECT_MS`] after the cut, at once on the
+//!   heal). The view is pushed again whenever it changes.
+//! - **Providers** ([`FetchOutput::FindProviders`]): a directory modelling the Kademlia
+//!   provider records the real node publishes. A node announces itself once it holds its
+//!   first verified group (as the real node does), the record is visible one WAN round trip
+//!   later, and the directory keeps the first [`limits::DHT_PROVIDERS_PER_KEY`] records of the
+//!   content, as libp2p's record store does (later announcements are ignored, a defence against
+//!   record flooding); a crashed node's record stays (records expire in hours). A look-up is
+//!   answered two WAN round trips after it is made, sorted by node id like the node's set.
 //!
 //! ## Timing
 //! - A question (`AskHave`) reaches the source after one one-way delay and is answered from
 //!   what the source holds then (`Complete`, `Partial` with its bitfield, or `Nothing`); the
 //!   answer takes another one-way delay. Questions to a source that is down or behind a
-//!   partition fail after [`DETECT_MS`].
+//!   partition fail as `Lost` after [`DETECT_MS`].
+//! - The outboard (32 bytes per group) is sent like a range: its bytes cross every link on
+//!   the path, and the WAN bytes count against the requester's site.
 //! - A range is a flow whose bytes cross every bottleneck on the path: the source node's
 //!   uplink and the destination node's downlink (LAN bandwidth) and, between sites, the source
 //!   site's WAN uplink and the destination site's WAN downlink (WAN bandwidth, shared by every
-//!   transfer of the site). Each link has a "free at" time. A flow sends a slice
-//!   ([`WAN_SLICE_GROUPS`] or [`LAN_SLICE_GROUPS`]) and reserves the next only when the slice
-//!   has cleared its links, so flows sharing a link take turns: fair sharing at slice
-//!   granularity, like the streams of a congestion-controlled transport. The groups of a slice
-//!   are verified (`on_group`) one one-way delay after it cleared; `on_done` follows the last.
+//!   transfer of the site). Each link is a FIFO queue with a "free at" time. A flow sends a
+//!   slice ([`WAN_SLICE_GROUPS`] or [`LAN_SLICE_GROUPS`]) through the source's hops and sends
+//!   the next once it has left them, so flows sharing an uplink take turns: fair sharing at
+//!   slice granularity, like the streams of a congestion-controlled transport. One one-way
+//!   delay later the slice queues for the destination's hops (reserved only then, as a router
+//!   queues what reached it), and its groups are verified when it has cleared them
+//!   (`FetchInput::Groups`); `RangeEnded` follows the last.
 //! - A source sends only groups it holds as each slice leaves. A flow whose source went down
-//!   or whose path is cut stops, and the requester hears `on_done` after [`DETECT_MS`]. WAN
-//!   loss is left to the transport's retransmission: WAN bandwidth is taken as goodput.
-//! - The planner is polled after every change that reaches it (at most once per simulated
-//!   instant per node) and every `have_refresh_ms` while the download is incomplete (the real
-//!   node's timer); `check` runs every [`CHECK_MS`]. `poll` is `poll_asks` then
-//!   `poll_fetches`; the latter plans until nothing more can be planned, so it is skipped when
-//!   no source it could use has changed since (`PayloadModel::has_work`): the same
-//!   decisions, without the planner's linear scans on polls that would plan nothing.
+//!   or whose path is cut stops, and the requester hears `RangeEnded(Lost)` after
+//!   [`DETECT_MS`]. A cancelled flow sends nothing more, but slices already on the wire still
+//!   arrive and are kept (the machine's contract: WAN bytes are never thrown away). WAN loss is
+//!   left to the transport's retransmission: WAN bandwidth is taken as goodput.
+//! - Each node's `Fetch` is woken at its [`Fetch::poll_timeout`] (in whole milliseconds, as
+//!   the real node's timer), and after every input.
 //!
 //! ## Crashes
-//! A crashed node's download stops; its verified groups persist (the real node keeps them on
-//! disk) and it resumes on restart with `Download::new(.., have, ..)`.
+//! A crashed node's download stops; its verified groups and outboard persist (the real node
+//! keeps them on disk) and it resumes on restart with a new `Fetch` from what it holds.
 //!
 //! ## Measured
-//! Payload bytes and `Have` replies entering each site over the WAN (the design promises
-//! about one payload per site), and the time from publication to each node holding the whole
-//! payload verified.
+//! Payload bytes, outboards and `Have` replies entering each site over the WAN (the design
+//! promises about one payload per site), the time from publication to each node holding the
+//! whole payload verified, take-overs of the WAN role, and peers penalised (an honest fleet
+//! must penalise no one: a penalty is a violation).
 
 use crate::scenario::{Link, PayloadSpec};
 use crate::stats::Percentiles;
-use patchmesh_protocol::ids::{ContentId, Millis, NodeId};
-use patchmesh_protocol::transfer::plan::{Action, Download, Params, Request};
+use patchmesh_protocol::ids::{ContentId, Millis, NodeId, SiteId};
+use patchmesh_protocol::limits;
+use patchmesh_protocol::transfer::fetch::{Failure, Fetch, FetchInput, FetchOutput};
+use patchmesh_protocol::transfer::plan::{Params, Request};
 use patchmesh_protocol::transfer::{
     self, group_count, Availability, Bitfield, DataReply, Role, GROUP_BYTES,
 };
@@ -76,32 +70,22 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+mod drive;
 mod flows;
-mod planner;
-mod sources;
+mod view;
 
 /// Failure detection: a crashed peer (or one behind a new partition) is seen as gone this
 /// long after it went, the time a transport's keep-alive takes to notice a silent peer. Open
 /// questions and ranges to it fail at the same time.
 pub const DETECT_MS: u64 = 2_000;
-/// How often `Download::check` (slow-source detection) runs and remote sources are re-chosen.
-pub const CHECK_MS: u64 = 1_000;
-/// Providers (of one other site) an elected node fetches from at once.
-pub const REMOTE_SOURCES: usize = 2;
-/// How long an unreachable provider is left out: the real node rests a source whose stream
-/// broke for a second before it is used again.
-pub const AVOID_MS: u64 = 1_000;
 /// Groups a flow sends per slice across the WAN: the granularity of link sharing. One group
-/// (16 KiB, 6.5 ms at 20 Mbit/s) keeps a flow's progress smooth enough for the planner's
-/// rate check even when a hundred flows share one site's uplink.
+/// (16 KiB, 6.5 ms at 20 Mbit/s) keeps a flow's progress smooth enough for the machine's
+/// rate checks even when a hundred flows share one site's uplink.
 pub const WAN_SLICE_GROUPS: u64 = 1;
 /// Groups per slice inside a site (128 KiB, 1 ms at 1 Gbit/s).
 pub const LAN_SLICE_GROUPS: u64 = 8;
-
-/// Children per site in the distribution tree: each site's WAN uplink feeds at most this
-/// many sites, each at its share of the uplink, so 2 trades half the rate per edge for a tree
-/// depth of log2(sites) rather than a chain through every site.
-pub const TREE_FANOUT: usize = 2;
+/// Bytes of outboard per group (one chaining value).
+const OUTBOARD_BYTES_PER_GROUP: u64 = 32;
 
 /// A node must have been up this long at the end of a run to be required to hold the
 /// payload: a node restarted just before the end may still be catching up from its LAN.
@@ -122,27 +106,34 @@ pub(crate) trait Host {
 pub(crate) enum PayloadEv {
     /// The payload is published at a random up node.
     Publish,
-    /// Poll a node's planner (deduplicated by `Holder::poll_at`).
-    Poll { node: u32 },
-    /// Periodic `check` and re-ranking of remote sources.
-    Check { node: u32, epoch: u32 },
+    /// A node's `Fetch` timer (deduplicated by `Holder::timer_at`).
+    Timeout { node: u32, epoch: u32 },
     /// `AskHave`s arrive at their sources.
     HaveQuery { node: u32, epoch: u32, asked_us: u64, sources: Vec<u32> },
     /// Their answers arrive back.
     HaveReply { node: u32, epoch: u32, answers: Vec<(u32, Availability)> },
-    /// Questions that reached no one time out.
+    /// Questions that reached no one fail.
     HaveFailed { node: u32, epoch: u32, sources: Vec<u32> },
+    /// The outboard from `source` arrived (`ok`) or the source could not be reached.
+    Outboard { node: u32, epoch: u32, source: u32, ok: bool },
+    /// A provider look-up is answered.
+    Providers { node: u32, epoch: u32 },
     /// A flow's source may send its next slice.
-    FlowNext { flow: u64 },
+    FlowNext { key: FlowKey },
+    /// A slice reaches the requester's side of the path (its downlinks).
+    Downlink(Box<Arrival>),
     /// A slice reaches the requester.
     Arrive(Box<Arrival>),
     /// A flow that stopped (source gone, path cut) is noticed by its requester.
     FlowFailed { node: u32, epoch: u32, source: u32, req: u64 },
-    /// A crashed node is seen as gone by its site.
+    /// A crashed node is seen as gone by its peers.
     SeenGone { node: u32, epoch: u32 },
-    /// Peers across a new partition are seen as gone.
-    CutSeen,
+    /// A site's cut from the WAN is noticed.
+    CutSeen { site: u32 },
 }
+
+/// A flow: (requester, its epoch, request id).
+pub(crate) type FlowKey = (u32, u32, u64);
 
 /// One slice of a range arriving.
 #[derive(Debug)]
@@ -166,17 +157,20 @@ struct Holder {
     /// Verified groups: what the node has on disk, kept across crashes.
     held: Bitfield,
     held_count: u64,
-    download: Option<Download>,
+    /// Whether the outboard is on disk (kept across crashes).
+    has_outboard: bool,
+    fetch: Option<Fetch>,
     complete_us: Option<u64>,
-    /// The earliest poll queued for this node (`u64::MAX`: none).
-    poll_at: u64,
-    /// Whether the planner's state changed since it last planned ranges in a way that may
-    /// let any source serve more.
-    dirty: bool,
-    /// Sources whose answer or finished range may let them serve more.
-    dirty_sources: Vec<u32>,
-    /// Providers found unreachable, and until when they are left out.
-    avoid: BTreeMap<u32, u64>,
+    /// Why the download stopped, when it failed.
+    failed: Option<String>,
+    /// The earliest `Timeout` queued for this node (`u64::MAX`: none).
+    timer_at: u64,
+    /// The peers last given to its `Fetch`.
+    peers: Vec<(NodeId, Option<SiteId>)>,
+    /// Providers it was told of, which the real node dials: connected peers from then on.
+    dialled: BTreeSet<u32>,
+    /// Whether it announced itself in the DHT (once; the record outlives a crash).
+    listed: bool,
 }
 
 /// A range being sent.
@@ -184,9 +178,6 @@ struct Holder {
 struct Flow {
     source: u32,
     source_epoch: u32,
-    node: u32,
-    epoch: u32,
-    req: u64,
     next: u64,
     end: u64,
 }
@@ -202,7 +193,12 @@ pub(crate) struct PayloadFigures {
     pub complete_nodes: usize,
     /// Times a downloading node took over its site's WAN fetch from a member seen gone.
     pub failovers: usize,
-    /// Nodes that should have completed and did not.
+    /// Peers penalised by honest downloads (should be none).
+    pub penalties: u32,
+    /// Payload bytes that left the origin's site over the WAN / payload size: how many
+    /// copies its uplink carried.
+    pub origin_copies: f64,
+    /// Nodes that should have completed and did not, and honest peers penalised.
     pub violations: Vec<String>,
 }
 
@@ -215,59 +211,50 @@ pub(crate) struct PayloadModel {
     lan: Link,
     wan: Link,
     rng: ChaCha8Rng,
-    salt: u64,
     ids: Vec<NodeId>,
     index: HashMap<NodeId, u32>,
     site_of: Vec<u32>,
-    members: Vec<Vec<u32>>,
+    site_ids: Vec<SiteId>,
+    /// Each node's WAN links (the scenario's topology, honest nodes only).
+    wan_links: Vec<Vec<u32>>,
     holders: Vec<Holder>,
     /// Per site: the members its nodes see as live.
     seen: Vec<BTreeSet<u32>>,
+    /// Sites cut from the WAN now (reachability) and as their peers see it (views).
     partitioned: Vec<bool>,
-    /// The directory: per site, provider → when its record became visible.
-    providers: BTreeMap<u32, BTreeMap<u32, u64>>,
-    /// Per site, its parent in the distribution tree (the root: itself).
-    parent: Vec<u32>,
-    flows: BTreeMap<u64, Flow>,
-    next_flow: u64,
+    cut_seen: Vec<bool>,
+    /// The DHT's provider records: node → when its record became visible, in order of
+    /// announcement, at most `DHT_PROVIDERS_PER_KEY`.
+    providers: Vec<(u32, u64)>,
+    flows: BTreeMap<FlowKey, Flow>,
     node_up_free: Vec<u64>,
     node_down_free: Vec<u64>,
     site_up_free: Vec<u64>,
     site_down_free: Vec<u64>,
-    /// Payload bytes (and `Have` replies) entering each site over the WAN.
+    /// Payload bytes (and outboards and `Have` replies) entering each site over the WAN.
     wan_in: Vec<u64>,
+    /// Payload bytes (and outboards) leaving each site over the WAN.
+    wan_out: Vec<u64>,
     published_us: Option<u64>,
+    /// The origin's site (set at publication).
+    origin_site: usize,
     /// Times a downloading node took over its site's WAN fetch.
     failovers: usize,
-}
-
-/// Sets bits `from .. to` of a bitfield's words.
-fn set_range(words: &mut [u64], from: u64, to: u64) {
-    let mut g = from;
-    while g < to {
-        let (w, bit) = ((g / 64) as usize, g % 64);
-        let n = (64 - bit).min(to - g);
-        let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
-        words[w] |= mask;
-        g += n;
-    }
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    /// Peers penalised, as (penaliser, peer, fault).
+    penalties: Vec<(u32, u32, &'static str)>,
 }
 
 impl PayloadModel {
-    /// A model for honest nodes `ids` in sites `site_of`, all up at time zero.
+    /// A model for honest nodes `ids` in sites `site_of`, all up at time zero, with the
+    /// scenario's links `links` (only those between honest nodes of different sites count).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         spec: PayloadSpec,
         seed: u64,
         ids: Vec<NodeId>,
         site_of: Vec<u32>,
         sites: usize,
+        links: &[BTreeSet<u32>],
         lan: Link,
         wan: Link,
     ) -> PayloadModel {
@@ -275,31 +262,38 @@ impl PayloadModel {
         h.update(b"patchmesh-sim payload");
         h.update(&seed.to_le_bytes());
         let content = ContentId(*h.finalize().as_bytes());
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7061_796c_6f61_6473);
-        let salt = rng.gen();
+        let rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7061_796c_6f61_6473);
         let groups = group_count(spec.size_bytes);
         let mut members = vec![Vec::new(); sites];
         for (i, s) in site_of.iter().enumerate() {
             members[*s as usize].push(i as u32);
         }
+        let n = ids.len();
+        let wan_links = (0..n)
+            .map(|i| {
+                let l = links.get(i).into_iter().flatten().copied();
+                l.filter(|j| (*j as usize) < n && site_of[*j as usize] != site_of[i]).collect()
+            })
+            .collect();
         let seen = members.iter().map(|m| m.iter().copied().collect()).collect();
-        let holders = (0..ids.len())
+        let holders = (0..n)
             .map(|_| Holder {
                 up: true,
                 epoch: 0,
                 up_since_us: 0,
                 held: Bitfield::new(groups),
                 held_count: 0,
-                download: None,
+                has_outboard: false,
+                fetch: None,
                 complete_us: None,
-                poll_at: u64::MAX,
-                dirty: false,
-                dirty_sources: Vec::new(),
-                avoid: BTreeMap::new(),
+                failed: None,
+                timer_at: u64::MAX,
+                peers: Vec::new(),
+                dialled: BTreeSet::new(),
+                listed: false,
             })
             .collect();
         let index = ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
-        let n = ids.len();
         PayloadModel {
             spec,
             content,
@@ -308,25 +302,27 @@ impl PayloadModel {
             lan,
             wan,
             rng,
-            salt,
             ids,
             index,
             site_of,
-            members,
+            site_ids: (0..sites).map(|s| SiteId::from(format!("site-{s:04}").as_str())).collect(),
+            wan_links,
             holders,
             seen,
             partitioned: vec![false; sites],
-            providers: BTreeMap::new(),
-            parent: (0..sites as u32).collect(),
+            cut_seen: vec![false; sites],
+            providers: Vec::new(),
             flows: BTreeMap::new(),
-            next_flow: 1,
             node_up_free: vec![0; n],
             node_down_free: vec![0; n],
             site_up_free: vec![0; sites],
             site_down_free: vec![0; sites],
             wan_in: vec![0; sites],
+            wan_out: vec![0; sites],
             published_us: None,
+            origin_site: 0,
             failovers: 0,
+            penalties: Vec::new(),
         }
     }
 
@@ -334,8 +330,7 @@ impl PayloadModel {
     pub(crate) fn step(&mut self, host: &mut impl Host, ev: PayloadEv) {
         match ev {
             PayloadEv::Publish => self.publish(host),
-            PayloadEv::Poll { node } => self.poll(host, node),
-            PayloadEv::Check { node, epoch } => self.check(host, node, epoch),
+            PayloadEv::Timeout { node, epoch } => self.timeout(host, node, epoch),
             PayloadEv::HaveQuery { node, epoch, asked_us, sources } => {
                 self.have_query(host, node, epoch, asked_us, sources)
             }
@@ -343,28 +338,41 @@ impl PayloadModel {
                 self.have_reply(host, node, epoch, answers)
             }
             PayloadEv::HaveFailed { node, epoch, sources } => {
-                if !self.alive(node, epoch) {
-                    return;
-                }
                 for s in sources {
-                    if let Some(d) = self.holders[node as usize].download.as_mut() {
-                        d.on_have_failed(&self.ids[s as usize]);
-                    }
-                    self.drop_if_unreachable(host, node, s);
+                    let source = self.ids[s as usize];
+                    let reply = Err(Failure::Lost);
+                    self.input(host, node, epoch, FetchInput::Have { source, reply });
                 }
             }
-            PayloadEv::FlowNext { flow } => self.flow_next(host, flow),
-            PayloadEv::Arrive(a) => self.arrive(host, *a),
-            PayloadEv::FlowFailed { node, epoch, source, req } => {
+            PayloadEv::Outboard { node, epoch, source, ok } => {
+                self.outboard_arrived(host, node, epoch, source, ok)
+            }
+            PayloadEv::Providers { node, epoch } => {
+                let now = host.now_us();
+                let mut found: Vec<NodeId> = self
+                    .providers
+                    .iter()
+                    .filter(|(p, visible)| *visible <= now && *p != node)
+                    .map(|(p, _)| self.ids[*p as usize])
+                    .collect();
+                found.sort_unstable();
+                host.trace_payload(26, node, found.len() as u32, 0);
                 if !self.alive(node, epoch) {
                     return;
                 }
-                if let Some(d) = self.holders[node as usize].download.as_mut() {
-                    d.on_done(req);
-                }
+                // The node dials the providers it was told of: they join its peers.
+                let dialled = found.iter().map(|id| self.index[id]);
+                self.holders[node as usize].dialled.extend(dialled);
+                self.view_changed(host, node);
+                self.input(host, node, epoch, FetchInput::Providers(found));
+            }
+            PayloadEv::FlowNext { key } => self.flow_next(host, key),
+            PayloadEv::Downlink(a) => self.downlink(host, *a),
+            PayloadEv::Arrive(a) => self.arrive(host, *a),
+            PayloadEv::FlowFailed { node, epoch, source, req } => {
                 host.trace_payload(24, source, node, req);
-                self.drop_if_unreachable(host, node, source);
-                self.request_poll(host, node, host.now_us());
+                let input = FetchInput::RangeEnded { request: req, result: Err(Failure::Lost) };
+                self.input(host, node, epoch, input);
             }
             PayloadEv::SeenGone { node, epoch } => {
                 let h = &self.holders[node as usize];
@@ -372,23 +380,13 @@ impl PayloadModel {
                     let site = self.site_of[node as usize];
                     self.seen[site as usize].remove(&node);
                     host.trace_payload(25, node, site, 0);
-                    self.site_changed(host, site);
+                    self.views_changed(host);
                 }
             }
-            PayloadEv::CutSeen => {
-                for n in 0..self.holders.len() as u32 {
-                    let remote: Vec<u32> = match self.holders[n as usize].download.as_ref() {
-                        Some(d) => d
-                            .sources()
-                            .iter()
-                            .filter(|(_, s)| !s.lan)
-                            .map(|(id, _)| self.index[id])
-                            .collect(),
-                        None => continue,
-                    };
-                    for s in remote {
-                        self.drop_if_unreachable(host, n, s);
-                    }
+            PayloadEv::CutSeen { site } => {
+                if self.partitioned[site as usize] {
+                    self.cut_seen[site as usize] = true;
+                    self.views_changed(host);
                 }
             }
         }
@@ -428,64 +426,10 @@ impl PayloadModel {
         let h = &self.holders[s as usize];
         if h.held_count == self.groups {
             Availability::Complete
-        } else if h.held_count == 0 {
+        } else if h.held_count == 0 || !h.has_outboard {
             Availability::Nothing
         } else {
             Availability::Partial(h.held.clone())
-        }
-    }
-
-    /// The site's elected fetcher as node `n` sees it (`None` when it is `n`).
-    fn lead(&self, n: u32) -> Option<NodeId> {
-        let site = self.site_of[n as usize] as usize;
-        let me = &self.ids[n as usize];
-        let seen = self.seen[site].iter().map(|m| &self.ids[*m as usize]);
-        transfer::elect(&self.content, seen.chain(std::iter::once(me))).filter(|l| l != me)
-    }
-
-    fn role(&self, n: u32) -> Role {
-        let site = self.site_of[n as usize] as usize;
-        transfer::role_of(
-            &self.content,
-            &self.ids[n as usize],
-            self.seen[site].iter().map(|m| &self.ids[*m as usize]),
-        )
-    }
-
-    /// The site's view changed: LAN sources follow it, and roles are recomputed.
-    fn site_changed(&mut self, host: &mut impl Host, site: u32) {
-        let now = host.now_us();
-        for m in self.members[site as usize].clone() {
-            if !self.holders[m as usize].up || self.holders[m as usize].download.is_none() {
-                continue;
-            }
-            let role = self.role(m);
-            let lead = self.lead(m);
-            let seen = &self.seen[site as usize];
-            let d = self.holders[m as usize].download.as_mut().expect("checked");
-            let gone: Vec<NodeId> = d
-                .sources()
-                .iter()
-                .filter(|(id, s)| s.lan && !seen.contains(&self.index[*id]))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in gone {
-                d.remove_source(&id);
-            }
-            for p in seen {
-                if *p != m {
-                    d.add_source(self.ids[*p as usize], true);
-                }
-            }
-            d.set_lead(lead);
-            let was = d.role();
-            d.set_role(role);
-            if role == Role::Wan && was != Role::Wan {
-                host.trace_payload(28, m, site, 0);
-                self.failovers += 1;
-                self.refresh_remote(host, m);
-            }
-            self.request_poll(host, m, now);
         }
     }
 
@@ -494,8 +438,10 @@ impl PayloadModel {
         let h = &mut self.holders[n as usize];
         h.up = false;
         h.epoch += 1;
-        h.download = None;
-        h.poll_at = u64::MAX;
+        h.fetch = None;
+        h.timer_at = u64::MAX;
+        h.peers.clear();
+        h.dialled.clear();
         let epoch = h.epoch;
         let at = host.now_us() + DETECT_MS * 1000;
         host.schedule_payload(at, PayloadEv::SeenGone { node: n, epoch });
@@ -516,14 +462,18 @@ impl PayloadModel {
         if resume {
             self.start_download(host, n);
         }
-        self.site_changed(host, site);
+        self.views_changed(host);
     }
 
     /// Hook: a site's WAN links were cut (`true`) or restored.
     pub(crate) fn on_partition(&mut self, host: &mut impl Host, site: u32, cut: bool) {
         self.partitioned[site as usize] = cut;
         if cut {
-            host.schedule_payload(host.now_us() + DETECT_MS * 1000, PayloadEv::CutSeen);
+            let at = host.now_us() + DETECT_MS * 1000;
+            host.schedule_payload(at, PayloadEv::CutSeen { site });
+        } else {
+            self.cut_seen[site as usize] = false;
+            self.views_changed(host);
         }
     }
 
@@ -539,7 +489,7 @@ impl PayloadModel {
             let Some(winner) = transfer::elect(&self.content, ids) else { continue };
             let w = self.index[&winner];
             let h = &self.holders[w as usize];
-            if h.up && h.download.is_some() && h.held_count > 0 {
+            if h.up && h.fetch.is_some() && h.held_count > 0 {
                 out.push(w);
             }
         }
@@ -573,7 +523,16 @@ impl PayloadModel {
             let shown: Vec<String> = missing
                 .iter()
                 .take(8)
-                .map(|i| format!("{i} ({}/{} groups)", self.holders[*i].held_count, self.groups))
+                .map(|i| {
+                    let h = &self.holders[*i];
+                    let why = h.failed.as_deref().map(|r| format!(", failed: {r}"));
+                    format!(
+                        "{i} ({}/{} groups{})",
+                        h.held_count,
+                        self.groups,
+                        why.unwrap_or_default()
+                    )
+                })
                 .collect();
             violations.push(format!(
                 "{} live nodes never completed the payload: {}",
@@ -581,11 +540,19 @@ impl PayloadModel {
                 shown.join(", ")
             ));
         }
+        if let Some((by, peer, fault)) = self.penalties.first() {
+            violations.push(format!(
+                "honest nodes penalised {} times: the first, node {by} penalised node {peer} ({fault})",
+                self.penalties.len()
+            ));
+        }
         PayloadFigures {
             wan_bytes_per_site_ratio: (worst / size * 1000.0).round() / 1000.0,
             complete_nodes: times.len(),
             complete_ms: Percentiles::of(times),
             failovers: self.failovers,
+            penalties: self.penalties.len() as u32,
+            origin_copies: (self.wan_out[self.origin_site] as f64 / size * 1000.0).round() / 1000.0,
             violations,
         }
     }

@@ -307,7 +307,7 @@ impl World {
             let ids = ents[..s.nodes].iter().map(|e| NodeId(e.config.key.public().0)).collect();
             let sites = site_of[..s.nodes].to_vec();
             let (lan, wan) = (s.lan.clone(), s.wan.clone());
-            Box::new(PayloadModel::new(spec, seed, ids, sites, s.sites, lan, wan))
+            Box::new(PayloadModel::new(spec, seed, ids, sites, s.sites, &links, lan, wan))
         });
         let rollout = s.rollout.clone().map(|spec| {
             let nodes = ents

@@ -61,6 +61,12 @@ pub struct Report {
     /// Times a downloading node took over its site's WAN fetch because the elected member
     /// was seen gone.
     pub payload_failovers: usize,
+    /// Peers penalised by honest downloads (any is also a violation: an honest fleet has no
+    /// one to penalise; congestion is never an offence).
+    pub payload_penalties: u32,
+    /// Payload bytes that left the origin's site over the WAN, in copies of the payload: the
+    /// sites fetching should take most of it from each other (0 without a payload).
+    pub payload_origin_copies: f64,
     /// Links two nodes dialled again after dropping each other (a hello lost on a lossy
     /// link): the simulator redials as endpoints do.
     pub links_redialled: u64,
@@ -250,6 +256,8 @@ impl World {
             payload_complete_ms: figures.complete_ms,
             payload_complete_nodes: figures.complete_nodes,
             payload_failovers: figures.failovers,
+            payload_penalties: figures.penalties,
+            payload_origin_copies: figures.origin_copies,
             links_redialled: self.redialled,
             rollout,
             intel,

@@ -7,6 +7,11 @@ fn n(i: u8) -> NodeId {
     NodeId([i; 32])
 }
 
+/// A peer in a site of its own (not this node's).
+fn other(x: NodeId) -> (NodeId, Option<SiteId>) {
+    (x, Some(SiteId::from(format!("site-{}", x.0[0]).as_str())))
+}
+
 const ME: u8 = 200;
 const GROUPS: u64 = 4096;
 
@@ -63,7 +68,7 @@ fn a_congested_uplink_never_costs_a_source() {
     let mut f = fetch(true);
     // Elected (no site member beats it), with three sources in another site.
     let wan = [n(1), n(2), n(3)];
-    f.handle_input(Millis(0), FetchInput::Peers(wan.iter().map(|x| (*x, false)).collect()));
+    f.handle_input(Millis(0), FetchInput::Peers(wan.iter().map(|x| other(*x)).collect()));
     let out = drain(&mut f);
     answer_all(&mut f, Millis(0), &out);
     // Each source trickles 8 KiB/s (half the old fixed floor): one group per range (two
@@ -99,7 +104,7 @@ fn a_congested_uplink_never_costs_a_source() {
 #[test]
 fn broken_streams_rest_with_backoff_and_come_back() {
     let mut f = fetch(true);
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(1))]));
     // (Nothing is known to hold the content yet, so the elected node also looks it up.)
     assert!(drain(&mut f).contains(&FetchOutput::AskHave(n(1))));
     let lost = FetchInput::Have { source: n(1), reply: Err(Failure::Lost) };
@@ -125,7 +130,7 @@ fn broken_streams_rest_with_backoff_and_come_back() {
 #[test]
 fn a_broken_stream_lets_the_sources_other_ranges_finish_then_rests_it() {
     let mut f = fetch(true);
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false), (n(2), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(1)), other(n(2))]));
     let out = drain(&mut f);
     answer_all(&mut f, Millis(0), &out);
     let rs = ranges(&drain(&mut f));
@@ -157,7 +162,7 @@ fn the_end_game_cuts_a_struck_sources_last_ranges_short() {
     let size = 8 * GROUP_BYTES;
     let p = Params::default();
     let mut f = Fetch::new(n(ME), content, size, Bitfield::new(8), true, p, Millis(0));
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false), (n(2), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(1)), other(n(2))]));
     for o in drain(&mut f) {
         if let FetchOutput::AskHave(s) = o {
             let reply = Ok((size, Availability::Complete));
@@ -204,7 +209,7 @@ fn the_end_game_cuts_a_struck_sources_last_ranges_short() {
 #[test]
 fn a_timed_out_range_goes_back_and_the_source_stays() {
     let mut f = fetch(true);
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(1))]));
     let out = drain(&mut f);
     answer_all(&mut f, Millis(0), &out);
     let rs = ranges(&drain(&mut f));
@@ -222,7 +227,7 @@ fn a_timed_out_range_goes_back_and_the_source_stays() {
 #[test]
 fn a_corrupt_source_is_penalised_and_rests_longer() {
     let mut f = fetch(true);
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false), (n(2), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(1)), other(n(2))]));
     let out = drain(&mut f);
     answer_all(&mut f, Millis(0), &out);
     let rs = ranges(&drain(&mut f));
@@ -250,7 +255,7 @@ fn roles_follow_the_site_and_a_lost_role_cancels_wan_ranges() {
         .map(n)
         .find(|x| rendezvous(&content, x) > rendezvous(&content, &n(ME)))
         .unwrap();
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(mate, true), (n(252), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![(mate, None), other(n(252))]));
     assert_eq!(f.download().role(), Role::Wan);
     drain(&mut f);
     // The site holds nothing yet; the other site everything.
@@ -262,7 +267,7 @@ fn roles_follow_the_site_and_a_lost_role_cancels_wan_ranges() {
     let remote: Vec<u64> = rs.iter().filter(|r| r.source == n(252)).map(|r| r.id).collect();
     assert!(!remote.is_empty());
     // The winner joins: this node hands the WAN role back and cancels what it had there.
-    let view = vec![(mate, true), (winner, true), (n(252), false)];
+    let view = vec![(mate, None), (winner, None), other(n(252))];
     f.handle_input(Millis(5), FetchInput::Peers(view));
     assert_eq!(f.download().role(), Role::Lan);
     let out = drain(&mut f);
@@ -277,7 +282,7 @@ fn roles_follow_the_site_and_a_lost_role_cancels_wan_ranges() {
 fn the_wan_is_not_asked_for_what_a_resting_site_member_holds() {
     let mut f = fetch(true);
     let mate = losers(1)[0];
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(mate, true), (n(252), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![(mate, None), other(n(252))]));
     assert_eq!(f.download().role(), Role::Wan);
     drain(&mut f);
     // The other site answers first: nothing is fetched before the site has answered.
@@ -301,7 +306,7 @@ fn a_lying_or_silent_site_member_cannot_hold_the_wan_back() {
     let content = ContentId([9; 32]);
     let [mate, silent] = [losers(2)[0], losers(2)[1]];
     let mut f = fetch(true);
-    let view = vec![(mate, true), (silent, true), (n(252), false)];
+    let view = vec![(mate, None), (silent, None), other(n(252))];
     f.handle_input(Millis(0), FetchInput::Peers(view));
     assert_eq!(f.download().role(), Role::Wan, "{content:?}");
     drain(&mut f);
@@ -367,7 +372,7 @@ fn with_no_source_the_elected_node_looks_up_providers_then_fails_visibly() {
 #[test]
 fn groups_of_a_cancelled_range_are_kept_and_counted() {
     let mut f = fetch(true);
-    f.handle_input(Millis(0), FetchInput::Peers(vec![(n(1), false)]));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(1))]));
     let out = drain(&mut f);
     answer_all(&mut f, Millis(0), &out);
     let rs = ranges(&drain(&mut f));
@@ -387,7 +392,7 @@ fn groups_of_a_cancelled_range_are_kept_and_counted() {
 #[test]
 fn wan_sources_are_capped_and_the_slowest_rotates_out() {
     let mut f = fetch(true);
-    let wan: Vec<(NodeId, bool)> = (1..=12u8).map(|i| (n(i), false)).collect();
+    let wan: Vec<(NodeId, Option<SiteId>)> = (1..=12u8).map(|i| other(n(i))).collect();
     f.handle_input(Millis(0), FetchInput::Peers(wan));
     assert_eq!(f.download().sources().len(), limits::FETCH_WAN_SOURCES_MAX);
     let out = drain(&mut f);
@@ -444,4 +449,21 @@ fn wan_sources_are_capped_and_the_slowest_rotates_out() {
     f.handle_timeout(Millis(t + 1));
     assert!(!f.download().sources().contains_key(&slowest));
     assert_eq!(f.download().sources().len(), limits::FETCH_WAN_SOURCES_MAX);
+}
+
+#[test]
+fn at_most_two_wan_sources_share_a_site() {
+    let mut f = fetch(true);
+    // Six peers in the origin's site (ranked first by their ids' hash or not), six alone.
+    let origin = Some(SiteId::from("origin"));
+    let mut view: Vec<(NodeId, Option<SiteId>)> =
+        (1..=6u8).map(|i| (n(i), origin.clone())).collect();
+    view.extend((7..=12u8).map(|i| other(n(i))));
+    f.handle_input(Millis(0), FetchInput::Peers(view));
+    let sources: Vec<&NodeId> = f.download().sources().keys().collect();
+    assert_eq!(sources.len(), limits::FETCH_WAN_SOURCES_MAX);
+    let in_origin = sources.iter().filter(|x| x.0[0] <= 6).count();
+    assert_eq!(in_origin, limits::FETCH_WAN_SOURCES_PER_SITE, "{sources:?}");
+    // The six peers alone in their sites take the other slots.
+    assert!((7..=12u8).all(|i| f.download().sources().contains_key(&n(i))));
 }
