@@ -321,7 +321,10 @@ async fn switcher_open(
         crate::context::one_tenant(&exe, &name, &args, std::time::Duration::from_secs(15))
     })
     .await;
-    let url = r.as_ref().ok().and_then(|r| r.result.as_ref()?["url"].as_str().map(str::to_string));
+    let url = r.as_ref().ok().and_then(|r| {
+        let v = serde_json::from_value::<LoginView>(r.result.clone()?).ok()?;
+        Some(v.url)
+    });
     match url {
         Some(url) => axum::response::Redirect::to(&url).into_response(),
         None => {
