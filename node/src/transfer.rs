@@ -222,12 +222,13 @@ impl Transfers {
         self.progress.lock().expect("progress lock").clone()
     }
 
-    /// Holders of a content found in the DHT.
+    /// Holders of a content found in the DHT, as many as the DHT keeps: the download's
+    /// [`Fetch`] keeps the best-ranked for this node among them.
     pub fn add_providers(&self, content: ContentId, nodes: impl IntoIterator<Item = NodeId>) {
         let mut p = self.providers.lock().expect("providers lock");
         let set = p.entry(content).or_default();
         for n in nodes {
-            if n != self.me && set.len() < limits::SOURCES_PER_DOWNLOAD_MAX {
+            if n != self.me && set.len() < limits::DHT_PROVIDERS_PER_KEY {
                 set.insert(n);
             }
         }

@@ -19,11 +19,14 @@
 //!   other sites: those it is connected to and providers from the DHT, at most
 //!   [`limits::FETCH_WAN_SOURCES_PER_SITE`] in any one site (its sources there share one
 //!   uplink). It keeps the ones it has and fills free slots by a rendezvous hash of (content,
-//!   itself, candidate), peers it is connected to first. Nodes announce themselves in the
-//!   DHT from their first verified group, so the providers of a payload being fetched spread
-//!   over the sites fetching it; with the per-site cap, the fetchers of many sites take most
-//!   of their sources from each other and only a share from the site that held it first. Every [`limits::FETCH_ROTATE_MS`], when there are more candidates than slots,
-//!   the slowest WAN source is retired (its ranges finish) and rests, and another is tried: a
+//!   itself, candidate), peers it is connected to first. Each site's elected node announces
+//!   itself in the DHT from its first verified group (the node's driver does), so the
+//!   providers of a payload being fetched spread over the sites fetching it; with the
+//!   per-site cap, the fetchers of many sites take most of their sources from each other and
+//!   only a share from the site that held it first. Of more than
+//!   [`limits::SOURCES_PER_DOWNLOAD_MAX`] providers it keeps the best-ranked for itself.
+//!   Every [`limits::FETCH_ROTATE_MS`], when there are more candidates than slots, the
+//!   slowest WAN source is retired (its ranges finish) and rests, and another is tried: a
 //!   site that already holds parts of the payload is found and feeds its neighbours, instead
 //!   of every site pulling from the origin.
 //! - **Piece order**: each node starts picking at a place of its own (a hash of content and
@@ -46,8 +49,9 @@
 //!   to [`limits::FETCH_LOOKUP_MAX_MS`], and every [`limits::FETCH_RELOOKUP_MS`] while it
 //!   fetches. While it has free WAN slots it looks again sooner, from
 //!   [`limits::FETCH_LOOKUP_FILL_MS`] doubling: other sites start to hold parts of the
-//!   payload within seconds, and each found takes load off the origin's uplink. After [`limits::FETCH_NO_SOURCE_MS`] with no holder the download fails with a
-//!   reason (never silently stops).
+//!   payload within seconds, and each found takes load off the origin's uplink. After
+//!   [`limits::FETCH_NO_SOURCE_MS`] with no holder the download fails with a reason (never
+//!   silently stops).
 //! - **Waiting costs nothing**: a download with nothing in flight wakes only for its next
 //!   question, lookup, end of a rest or deadline ([`Fetch::poll_timeout`]); sources that held
 //!   nothing are asked ever less often (see [`super::plan::Download::next_ask`]).
