@@ -105,11 +105,14 @@ pub const FETCH_REST_MAX_MS: u64 = 600_000;
 pub const FETCH_LOOKUP_MS: u64 = 5_000;
 /// Longest wait between provider lookups while nothing holds the payload.
 pub const FETCH_LOOKUP_MAX_MS: u64 = 60_000;
-/// Longest wait before asking a site member that held nothing again (the wait doubles with
-/// each "nothing"; a member that starts receiving is streamed from within this).
-pub const FETCH_NOTHING_ASK_MAX_MS: u64 = 10_000;
-/// Longest wait before asking a peer of another site that held nothing again.
-pub const FETCH_NOTHING_ASK_WAN_MAX_MS: u64 = 60_000;
+/// Longest wait before asking the site's elected fetcher again while it holds nothing (the
+/// wait doubles with each "nothing"): the payload reaches a site through it, and once it holds
+/// a part every member that held nothing is asked each second anyway.
+pub const FETCH_NOTHING_ASK_LEAD_MAX_MS: u64 = 10_000;
+/// Longest wait before asking any other peer that held nothing again, site member or not,
+/// while nothing holds the payload anywhere the node looks: a fleet waiting for a payload
+/// nobody holds yet asks each peer about once a minute, not every few seconds.
+pub const FETCH_NOTHING_ASK_MAX_MS: u64 = 60_000;
 /// How often a site's WAN fetcher that has sources looks up providers again.
 pub const FETCH_RELOOKUP_MS: u64 = 15_000;
 /// First wait between lookups of a WAN fetcher that has free WAN slots (doubling up to

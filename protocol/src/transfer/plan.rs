@@ -457,9 +457,9 @@ impl Download {
     /// the WAN's pace). One that holds nothing is asked again after four refreshes while the
     /// payload flows (it may get parts any moment, and sites feed each other through such
     /// answers). While nothing holds it anywhere, each "nothing" doubles the wait, up to
-    /// [`limits::FETCH_NOTHING_ASK_MAX_MS`] (a site member) or
-    /// [`limits::FETCH_NOTHING_ASK_WAN_MAX_MS`]: a fleet waiting for a payload nobody holds
-    /// yet costs almost nothing.
+    /// [`limits::FETCH_NOTHING_ASK_LEAD_MAX_MS`] (the site's elected fetcher, through which
+    /// the payload arrives) or [`limits::FETCH_NOTHING_ASK_MAX_MS`] (anyone else): a fleet
+    /// waiting for a payload nobody holds yet costs almost nothing.
     fn ask_due(&self, s: &Source, flowing: bool) -> Option<Millis> {
         let refresh = self.params.have_refresh_ms;
         let wait = match &s.have {
@@ -480,17 +480,10 @@ impl Download {
             Some(Availability::Nothing) if flowing => 4 * refresh,
             Some(Availability::Nothing) if s.lan && s.lead => (4 * refresh)
                 .saturating_mul(1 << (s.nothing_streak - LEAD_FAST_ASKS).min(20))
+                .min(limits::FETCH_NOTHING_ASK_LEAD_MAX_MS),
+            Some(Availability::Nothing) => (4 * refresh)
+                .saturating_mul(1 << s.nothing_streak.saturating_sub(1).min(20))
                 .min(limits::FETCH_NOTHING_ASK_MAX_MS),
-            Some(Availability::Nothing) => {
-                let cap = if s.lan {
-                    limits::FETCH_NOTHING_ASK_MAX_MS
-                } else {
-                    limits::FETCH_NOTHING_ASK_WAN_MAX_MS
-                };
-                (4 * refresh)
-                    .saturating_mul(1 << s.nothing_streak.saturating_sub(1).min(20))
-                    .min(cap)
-            }
         };
         Some(s.asked_at.map_or(Millis(0), |at| at.plus(wait)))
     }

@@ -1,19 +1,19 @@
-//! `scripts/bench-mesh.sh`: 30 real node processes on loopback; one policy published; the time
-//! until all hold it; then idle RSS, CPU and traffic per node.
+//! `scripts/bench-mesh.sh`: 30 real node processes on loopback; one patch published; the time
+//! until all hold it; then RSS, CPU and traffic per node in two windows:
+//! - **idle**: the patch carries a real payload (`BENCH_PAYLOAD_BYTES`, default 64 KiB) that
+//!   every node fetches first, so the window shows what a fleet with nothing to do costs;
+//! - **waiting**: a second patch names a payload nobody holds, so the window shows what a fleet
+//!   waiting for a payload costs (each site's elected fetcher looking up providers, site
+//!   members asking each other, all backing off).
 //!
 //! Convergence is read from the nodes' own JSON logs: each logs `catalog changed` with a
 //! microsecond timestamp when it applies the change, and all run on this machine's clock, so
 //! `converge_ms` = last node's timestamp − the publishing node's timestamp. The nodes run the
-//! production defaults (anti-entropy every 10 s, summaries every 30 s): idle figures are what a
-//! quiet fleet costs.
+//! production defaults (anti-entropy every 10 s, summaries every 30 s).
 //!
-//! The published patch names a payload nobody holds, so the idle window includes what a fleet
-//! waiting for a payload costs (questions to site members, provider look-ups, both backing off).
-//! With `BENCH_PAYLOAD_BYTES=N` the patch carries a real N-byte payload instead, which every
-//! node fetches before the idle window: a fleet with nothing to do.
-//!
-//! Environment: `BENCH_NODES` (default 30), `BENCH_IDLE_S` (default 60), `BENCH_PAYLOAD_BYTES`
-//! (default 0: a payload nobody holds).
+//! Environment: `BENCH_NODES` (default 30), `BENCH_IDLE_S` (default 60, each window),
+//! `BENCH_PAYLOAD_BYTES` (default 65536; 0 publishes the first patch without a payload too, so
+//! both windows wait).
 
 use patchmesh_tests::{wait_for, Mesh};
 use serde_json::json;
@@ -132,7 +132,7 @@ fn form_mesh(n: usize) -> Mesh {
 fn publish_and_converge(mesh: &Mesh, n: usize) -> (f64, f64, Option<String>) {
     let origin = n / 2;
     let cli_start = Instant::now();
-    let payload_bytes = env_or("BENCH_PAYLOAD_BYTES", 0) as usize;
+    let payload_bytes = env_or("BENCH_PAYLOAD_BYTES", 65_536) as usize;
     let content = if payload_bytes == 0 {
         let out = mesh.publish(origin, "bench-policy");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -163,16 +163,26 @@ fn publish_and_converge(mesh: &Mesh, n: usize) -> (f64, f64, Option<String>) {
     (converge_ms, publish_cli_ms, content)
 }
 
-fn main() {
-    let n = env_or("BENCH_NODES", 30) as usize;
-    let idle_s = env_or("BENCH_IDLE_S", 60);
-    let mesh = form_mesh(n);
-    let (converge_ms, publish_cli_ms, content) = publish_and_converge(&mesh, n);
-    if let Some(content) = &content {
-        let held = mesh.await_payload(content, Duration::from_secs(120));
-        assert!(held.is_ok(), "{held:?}");
-    }
-    std::thread::sleep(Duration::from_secs(5));
+/// CPU, traffic and messages over one window.
+struct Window {
+    secs: f64,
+    cpu_pct: Vec<f64>,
+    rss_mb: Vec<f64>,
+    /// libp2p stream bytes per node per second, sent and received over all nodes / 2.
+    bytes_per_s: f64,
+    /// The node's own messages by kind: (messages, bytes) per node per second.
+    kinds: BTreeMap<String, (f64, f64)>,
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(0.0, f64::max)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn measure(mesh: &Mesh, n: usize, secs: u64) -> Window {
     let pids: Vec<u64> = (0..n).map(|i| u64::from(mesh.status(i).pid)).collect();
     let bytes = |mesh: &Mesh| -> Vec<u64> {
         (0..n)
@@ -195,64 +205,98 @@ fn main() {
         sum
     };
     let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
-    let bytes0 = bytes(&mesh);
-    let kinds0 = by_kind(&mesh);
+    let bytes0 = bytes(mesh);
+    let kinds0 = by_kind(mesh);
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(idle_s));
+    std::thread::sleep(Duration::from_secs(secs));
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
-    let bytes1 = bytes(&mesh);
-    let kinds1 = by_kind(&mesh);
+    let bytes1 = bytes(mesh);
+    let kinds1 = by_kind(mesh);
     let hz = clock_ticks_per_s();
-    let cpu_pct: Vec<f64> =
+    let cpu_pct =
         cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / hz / elapsed * 100.0).collect();
-    let rss: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect();
     // Sent + received over all nodes counts every byte twice (once at each end).
     let total: u64 = bytes0.iter().zip(&bytes1).map(|(a, b)| b - a).sum();
-    let per_node_bps = total as f64 / 2.0 / n as f64 / elapsed;
-    let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let per_node = |x: u64| x as f64 / n as f64 / elapsed;
+    let kinds = kinds1
+        .iter()
+        .filter_map(|(k, (m1, b1))| {
+            let (m0, b0) = kinds0.get(k).copied().unwrap_or_default();
+            (*m1 > m0).then(|| (k.clone(), (per_node(m1 - m0), per_node(b1 - b0))))
+        })
+        .collect();
+    Window {
+        secs: elapsed,
+        cpu_pct,
+        rss_mb: pids.iter().map(|p| rss_mb(*p)).collect(),
+        bytes_per_s: total as f64 / 2.0 / n as f64 / elapsed,
+        kinds,
+    }
+}
+
+/// Prints one window's figures under `name`; returns its JSON fields.
+fn report(name: &str, w: &Window) -> serde_json::Map<String, serde_json::Value> {
+    println!(
+        "{name}_rss_mb      max {:.1}  mean {:.1}   (goal <= 40)",
+        max(&w.rss_mb),
+        mean(&w.rss_mb)
+    );
+    println!(
+        "{name}_cpu_pct     max {:.2}  mean {:.2}   over {:.0} s (goal <= 0.5)",
+        max(&w.cpu_pct),
+        mean(&w.cpu_pct),
+        w.secs
+    );
+    println!(
+        "{name}_bytes_per_s_per_node  {:.0}   (libp2p stream bytes, both directions / 2; goal <= 500)",
+        w.bytes_per_s
+    );
+    // What the node's own protocol sent; the rest of the bytes are libp2p's (gossipsub
+    // forwarding and control, Kademlia, identify, ping, stream negotiation).
+    let mut kinds = serde_json::Map::new();
+    let mut protocol_bps = 0.0;
+    for (k, (msgs, bps)) in &w.kinds {
+        protocol_bps += bps;
+        println!("  {name} {k:<16} {msgs:>8.2} msg/s/node  {bps:>7.1} B/s/node");
+        kinds.insert(k.clone(), json!((bps * 10.0).round() / 10.0));
+    }
+    println!(
+        "{name}_protocol_bytes_per_s_per_node  {protocol_bps:.0}   (messages the node sent; the rest is libp2p)"
+    );
+    let mut out = serde_json::Map::new();
+    out.insert(format!("{name}_protocol_bytes_per_s_per_node"), json!(protocol_bps.round()));
+    out.insert(format!("{name}_bytes_by_kind"), serde_json::Value::Object(kinds));
+    out.insert(format!("{name}_rss_mb_max"), json!((max(&w.rss_mb) * 10.0).round() / 10.0));
+    out.insert(format!("{name}_cpu_pct_max"), json!((max(&w.cpu_pct) * 100.0).round() / 100.0));
+    out.insert(format!("{name}_bytes_per_s_per_node"), json!(w.bytes_per_s.round()));
+    out
+}
+
+fn main() {
+    let n = env_or("BENCH_NODES", 30) as usize;
+    let idle_s = env_or("BENCH_IDLE_S", 60);
+    let mesh = form_mesh(n);
+    let (converge_ms, publish_cli_ms, content) = publish_and_converge(&mesh, n);
+    if let Some(content) = &content {
+        let held = mesh.await_payload(content, Duration::from_secs(120));
+        assert!(held.is_ok(), "{held:?}");
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = measure(&mesh, n, idle_s);
+    // A patch whose payload nobody holds: every prefetching node starts waiting for it.
+    let out = mesh.publish(n / 2, "bench-missing-payload");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let converged = mesh.converge(2, Duration::from_secs(120));
+    assert!(converged.is_ok(), "not every node got the second patch");
+    let waiting = measure(&mesh, n, idle_s);
+
     println!("nodes                      {n}");
     println!("converge_ms                {converge_ms:.1}   (goal <= 2000; from the publishing node applying it)");
     println!("publish_cli_ms             {publish_cli_ms:.1}   (patchmesh patch add: prepare, sign, submit)");
-    println!("idle_rss_mb      max {:.1}  mean {:.1}   (goal <= 40)", max(&rss), mean(&rss));
-    println!(
-        "idle_cpu_pct     max {:.2}  mean {:.2}   over {elapsed:.0} s (goal <= 1)",
-        max(&cpu_pct),
-        mean(&cpu_pct)
-    );
-    println!(
-        "idle_bytes_per_s_per_node  {per_node_bps:.0}   (libp2p stream bytes, both directions / 2)"
-    );
-    // What the node's own protocol sent while idle; the rest of the bytes are libp2p's
-    // (gossipsub control, Kademlia, identify, ping, QUIC streams).
-    let mut idle_kinds = serde_json::Map::new();
-    let mut protocol_bps = 0.0;
-    for (k, (m1, b1)) in &kinds1 {
-        let (m0, b0) = kinds0.get(k).copied().unwrap_or_default();
-        if m1 > &m0 {
-            let bps = (b1 - b0) as f64 / n as f64 / elapsed;
-            protocol_bps += bps;
-            println!(
-                "  idle {k:<16} {:>8.2} msg/s/node  {bps:>7.1} B/s/node",
-                (m1 - m0) as f64 / n as f64 / elapsed
-            );
-            idle_kinds.insert(k.clone(), json!((bps * 10.0).round() / 10.0));
-        }
-    }
-    println!(
-        "idle_protocol_bytes_per_s_per_node  {protocol_bps:.0}   (messages the node sent; the rest is libp2p)"
-    );
-    println!(
-        "{}",
-        json!({
-            "idle_protocol_bytes_per_s_per_node": protocol_bps.round(),
-            "idle_bytes_by_kind": idle_kinds,
-            "nodes": n,
-            "converge_ms": (converge_ms * 10.0).round() / 10.0,
-            "idle_rss_mb_max": (max(&rss) * 10.0).round() / 10.0,
-            "idle_cpu_pct_max": (max(&cpu_pct) * 100.0).round() / 100.0,
-            "idle_bytes_per_s_per_node": per_node_bps.round(),
-        })
-    );
+    let mut all = report("idle", &idle);
+    all.extend(report("waiting", &waiting));
+    all.insert("nodes".into(), json!(n));
+    all.insert("converge_ms".into(), json!((converge_ms * 10.0).round() / 10.0));
+    println!("{}", serde_json::Value::Object(all));
 }
