@@ -285,7 +285,6 @@ fn behaviour(
     key: &identity::Keypair,
     relay_client: relay::client::Behaviour,
     cfg: &NetConfig,
-    registry: &mut libp2p::metrics::Registry,
 ) -> Result<Behaviour, NetError> {
     let peer_id = key.public().to_peer_id();
     let m = short(&cfg.mesh);
@@ -305,11 +304,8 @@ fn behaviour(
         .protocol_id_prefix(format!("/patchmesh/{m}/meshsub"))
         .build()
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
-    // Its mesh health (peers per topic, grafts and prunes, bytes per topic, score penalties)
-    // goes to the node's metrics under `gossipsub_`.
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
-        .map_err(|e| NetError::Behaviour(e.to_string()))?
-        .with_metrics(registry.sub_registry_with_prefix("gossipsub"), Default::default());
+        .map_err(|e| NetError::Behaviour(e.to_string()))?;
     // Sybil resistance comes from admission certificates, not addresses, and the nodes of a
     // branch office usually share one NAT address: IP colocation must not cost score (with it,
     // ten nodes behind one address would stop hearing each other).
@@ -361,8 +357,9 @@ fn behaviour(
     let kad_proto = StreamProtocol::try_from_owned(format!("/patchmesh/{m}/kad/1"))
         .map_err(|e| NetError::Behaviour(e.to_string()))?;
     let mut kad_cfg = kad::Config::new(kad_proto);
-    // A bootstrap walks every bucket (in a 30-node mesh, some 150 look-ups answered by each
-    // node, 2 KB each): every 2 minutes it was most of an idle mesh's traffic. Membership is
+    // A bootstrap walks every bucket: in a 30-node mesh each node answers 120-160 FIND_NODE
+    // requests of up to 2 KB in a bootstrap round, which every 2 minutes was most of a
+    // waiting mesh's traffic (`scripts/bench-mesh.sh`). Membership is
     // stable, a node short of peers bootstraps by itself (`Daemon::discover`), and look-ups
     // refresh the buckets they pass through.
     kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(600)));
@@ -432,7 +429,7 @@ pub fn build(
             .with_relay_client(noise, yamux::Config::default)
             .map_err(|e| tr(&e))?
             .with_bandwidth_metrics(registry)
-            .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg, registry)))
+            .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg)))
             .map_err(|e| tr(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
@@ -453,7 +450,7 @@ pub fn build(
             .with_relay_client(noise, yamux::Config::default)
             .map_err(|e| tr(&e))?
             .with_bandwidth_metrics(registry)
-            .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg, registry)))
+            .with_behaviour(|k, relay_client| boxed(behaviour(k, relay_client, cfg)))
             .map_err(|e| tr(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build(),
