@@ -359,9 +359,9 @@ fn behaviour(
     let mut kad_cfg = kad::Config::new(kad_proto);
     // A bootstrap walks every bucket: in a 30-node mesh each node answers 120-160 FIND_NODE
     // requests of up to 2 KB in a bootstrap round, which every 2 minutes was most of a
-    // waiting mesh's traffic (`scripts/bench-mesh.sh`). Membership is
-    // stable, a node short of peers bootstraps by itself (`Daemon::discover`), and look-ups
-    // refresh the buckets they pass through.
+    // waiting mesh's traffic (`scripts/bench-mesh.sh`). Membership is stable, a node short of
+    // peers bootstraps by itself (`Daemon::discover`), and look-ups refresh the buckets they
+    // pass through.
     kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(600)));
     // Partial holders announce themselves: keep enough records per payload that they spread
     // over the sites fetching it, not only the first (origin-site) holders.
