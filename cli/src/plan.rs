@@ -619,6 +619,9 @@ fn scenario(
             label_fraction,
             fail_fraction: a.fail_fraction,
             fetch_ms,
+            // Each start pays the payload's WAN copy, as if the fleet did not prefetch: the
+            // rehearsal errs long rather than count on a download finishing before a window.
+            prefetch: false,
             stage_ms: 0,
             install_ms,
             verify_ms: 0,

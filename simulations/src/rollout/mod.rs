@@ -18,6 +18,10 @@
 //!   U[0,1)` (seeded). Everything succeeds except verification on a bad node. A node that
 //!   crashes loses the effects it had in flight; on restart it is rebuilt from its store (its
 //!   journal entries among it) and the core re-issues the step its journal names.
+//! - **Payload.** As a node does by default (`prefetch = true`), each node starts fetching the
+//!   payload when the patch reaches its catalog (`fetch_ms`, jittered); its Fetch step waits
+//!   only for what is left of that download, as the node's Fetch effect does (see
+//!   [`RolloutSpec::prefetch`]; `prefetch = false` charges `fetch_ms` to every Fetch step).
 //!
 //! ## Measured (all in simulated time)
 //! - **Blast radius**: once the rollout halted, the number of nodes in rings after the ring that
@@ -171,6 +175,17 @@ struct Member {
     hold_since_us: Option<u64>,
     /// (crash, restart) times; restart `u64::MAX` while down.
     downs: Vec<(u64, u64)>,
+    /// The payload download: the life it began in, and when it completes (see
+    /// [`RolloutSpec::prefetch`]).
+    payload: Option<(u32, u64)>,
+}
+
+impl Member {
+    /// When the payload download this node has is done: None if it has none, or lost the one
+    /// in flight in a crash.
+    fn payload_at(&self, now_us: u64) -> Option<u64> {
+        self.payload.filter(|(life, at)| *at <= now_us || *life == self.life).map(|(_, at)| at)
+    }
 }
 
 /// Whether a member at `step` holds one of its site's install slots (as the engine counts
@@ -378,6 +393,11 @@ impl RolloutModel {
         }
     }
 
+    /// The catalog key of the patch.
+    pub(crate) fn patch_key(&self) -> String {
+        CatalogEntry::Patch(self.patch.clone()).key()
+    }
+
     /// The catalog edits the admin publishes: the patch and its rollout, in one change.
     pub(crate) fn publish(&mut self, now_us: u64) -> Vec<(String, Option<CatalogEntry>)> {
         self.published_us = Some(now_us);
@@ -386,18 +406,54 @@ impl RolloutModel {
         vec![(patch.key(), Some(patch)), (rollout.key(), Some(rollout))]
     }
 
-    /// Starts an effect; returns when it completes and the event that completes it.
-    pub(crate) fn on_effect(&mut self, node: u32, effect: Effect, now_us: u64) -> (u64, RolloutEv) {
-        let m = &self.members[node as usize];
-        let nominal = self.spec.step_ms(effect.action) as f64;
+    /// The catalog of `node` changed; `has_patch` says whether it now holds the patch entry.
+    /// A prefetching node starts fetching the payload (see [`RolloutSpec::prefetch`]).
+    pub(crate) fn on_catalog(&mut self, node: u32, has_patch: impl FnOnce() -> bool, now_us: u64) {
+        if !self.spec.prefetch || self.members[node as usize].payload_at(now_us).is_some() {
+            return;
+        }
+        if has_patch() {
+            let at = now_us + self.step_us(Action::Fetch);
+            let m = &mut self.members[node as usize];
+            m.payload = Some((m.life, at));
+        }
+    }
+
+    /// Whether `on_catalog` still wants to hear of `node`'s catalog changes.
+    pub(crate) fn awaits_catalog(&self, node: u32, now_us: u64) -> bool {
+        self.spec.prefetch && self.members[node as usize].payload_at(now_us).is_none()
+    }
+
+    /// A step's duration, jittered, in microseconds.
+    fn step_us(&mut self, action: Action) -> u64 {
+        let nominal = self.spec.step_ms(action) as f64;
         let ms = nominal * (1.0 + self.spec.step_jitter * self.rng.gen::<f64>());
+        (ms * 1000.0) as u64
+    }
+
+    /// Starts an effect; returns when it completes and the event that completes it. A Fetch
+    /// waits for the payload download the node has (see [`RolloutSpec::prefetch`]), or starts
+    /// one.
+    pub(crate) fn on_effect(&mut self, node: u32, effect: Effect, now_us: u64) -> (u64, RolloutEv) {
+        let fetched = self.members[node as usize].payload_at(now_us);
+        let at = match (effect.action, fetched) {
+            (Action::Fetch, Some(at)) => at.max(now_us),
+            (Action::Fetch, None) => {
+                let at = now_us + self.step_us(Action::Fetch);
+                let m = &mut self.members[node as usize];
+                m.payload = Some((m.life, at));
+                at
+            }
+            (action, _) => now_us + self.step_us(action),
+        };
+        let m = &self.members[node as usize];
         let ok = !(effect.action == Action::Verify && m.bad);
         let detail = match (effect.action, ok) {
             (Action::Verify, false) => "nginx is not active after the upgrade".to_string(),
             (a, _) => format!("{a:?} ok"),
         };
         let result = EffectResult { id: effect.id, ok, detail };
-        (now_us + (ms * 1000.0) as u64, RolloutEv::Done { node, life: m.life, result })
+        (at, RolloutEv::Done { node, life: m.life, result })
     }
 
     /// Whether a completed effect still reaches its node (it has not crashed since).

@@ -162,9 +162,18 @@ pub struct RolloutSpec {
     /// Fraction of the `fail_label` nodes whose verification fails.
     #[serde(default)]
     pub fail_fraction: f64,
-    /// Fetch step duration.
+    /// Fetch step duration: how long a node takes to fetch the payload.
     #[serde(default = "d_fetch")]
     pub fetch_ms: u64,
+    /// Nodes prefetch the payload, as a node does by default (`prefetch = true` in its
+    /// config): each starts fetching it (for `fetch_ms`, jittered) when the patch reaches its
+    /// catalog, and its Fetch step then waits only for what is left of that download (nothing,
+    /// once the payload is held), as the node's Fetch effect does. A node that crashes while
+    /// prefetching loses the download in flight, and its Fetch step takes `fetch_ms` again.
+    /// False: every Fetch step takes `fetch_ms` from its start (the payload is fetched only
+    /// when the node's ring opens).
+    #[serde(default = "d_true")]
+    pub prefetch: bool,
     /// Stage step duration.
     #[serde(default = "d_stage")]
     pub stage_ms: u64,

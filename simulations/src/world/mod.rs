@@ -438,6 +438,15 @@ impl World {
                         self.schedule(self.now_us + REDIAL_US, Ev::Redial { a, b, tries: 0 });
                     }
                 }
+                Output::Event(Event::CatalogChanged { .. }) => {
+                    let now_us = self.now_us;
+                    if let Some(m) = self.rollout.as_mut().filter(|m| m.awaits_catalog(i, now_us)) {
+                        let node = self.ents[i as usize].node.as_ref();
+                        let key = m.patch_key();
+                        let has = || node.is_some_and(|n| n.catalog().entries().contains_key(&key));
+                        m.on_catalog(i, has, now_us);
+                    }
+                }
                 Output::Event(Event::Reach(r)) => {
                     if !self.ents[i as usize].adversary {
                         self.reach.note(i, self.now_us, r.holds_installs());
