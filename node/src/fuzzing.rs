@@ -60,7 +60,11 @@ pub fn import_feed(
     data: &[u8],
 ) -> Option<Result<patchmesh_protocol::intel::bundle::SourceInfo, intel::ImportError>> {
     let (&kind, body) = data.split_first()?;
-    let dir = std::env::temp_dir().join(format!("patchmesh-fuzz-{}", std::process::id()));
+    // One directory per call: tests import seeds from several threads of one process at once,
+    // and a shared file would let one call read what another just wrote.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("patchmesh-fuzz-{}-{call}", std::process::id()));
     let (name, read): (&str, fn(&mut Import, &Path) -> Result<_, intel::ImportError>) =
         match kind % 7 {
             0 => ("tracker.json", intel::tracker::read),
@@ -89,5 +93,7 @@ pub fn import_feed(
         return None;
     }
     let mut import = Import::new(Millis(1_700_000_000_000));
-    Some(read(&mut import, &path))
+    let got = read(&mut import, &path);
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(got)
 }
