@@ -16,7 +16,10 @@
 # Env: SITES (3, at most 8), PAYLOAD_MIB (50), WAN_MBIT (20), NODES_PER_SITE (4), PATCHMESH_BIN
 # (target/release/patchmesh, built if missing), TIMEOUT_S (600, for the payload to reach every
 # node), MESH_WAIT_S (90, for every node to be connected to its site mates), IDLE_S (5, idle
-# time measured before publishing), KEEP=1 keeps the working directory (configs, data, logs).
+# time measured before publishing), ANTI_ENTROPY_MS and SUMMARY_MS (the nodes' anti-entropy and
+# site-summary periods; the node's defaults, 10000 and 30000, unless given: the background a
+# deployed mesh adds to the link is what counts), KEEP=1 keeps the working directory (configs,
+# data, logs).
 # Needs ip/tc (iproute2) and jq; installs them with apt-get when missing.
 set -euo pipefail
 caller_pwd=$PWD
@@ -38,7 +41,9 @@ NODES_PER_SITE=${NODES_PER_SITE:-4}
 TIMEOUT_S=${TIMEOUT_S:-600}
 MESH_WAIT_S=${MESH_WAIT_S:-90}
 IDLE_S=${IDLE_S:-5}
-for v in SITE_COUNT PAYLOAD_MIB WAN_MBIT NODES_PER_SITE TIMEOUT_S MESH_WAIT_S IDLE_S; do
+ANTI_ENTROPY_MS=${ANTI_ENTROPY_MS:-10000}
+SUMMARY_MS=${SUMMARY_MS:-30000}
+for v in SITE_COUNT PAYLOAD_MIB WAN_MBIT NODES_PER_SITE TIMEOUT_S MESH_WAIT_S IDLE_S ANTI_ENTROPY_MS SUMMARY_MS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 ((NODES_PER_SITE <= 200)) || die "NODES_PER_SITE must be at most 200"
@@ -214,8 +219,8 @@ admission = "admission.pm"
 listen = ["/ip4/${NODE_IP[$n]}/udp/7946/quic-v1"]
 bootstrap = [$boot]
 mdns = false
-anti_entropy_interval_ms = 1000
-summary_interval_ms = 2000
+anti_entropy_interval_ms = $ANTI_ENTROPY_MS
+summary_interval_ms = $SUMMARY_MS
 peers_target = 16
 EOF
   NO_COLOR=1 PATCHMESH_LOG=${PATCHMESH_LOG:-info,libp2p=warn} \
@@ -418,4 +423,4 @@ for n in "${NODES[@]}"; do
 done
 echo "penalties given to honest peers: $penalties"
 echo
-echo "{\"sites\":$SITE_COUNT,\"penalties\":$penalties,\"nodes\":${#NODES[@]},\"payload_bytes\":$SIZE,\"wan_ratio_max\":$max_ratio,\"all_complete_ms\":$all_ms,\"wan_mbit\":$WAN_MBIT,\"per_site\":{$sites_json}}"
+echo "{\"sites\":$SITE_COUNT,\"penalties\":$penalties,\"nodes\":${#NODES[@]},\"payload_bytes\":$SIZE,\"wan_ratio_max\":$max_ratio,\"all_complete_ms\":$all_ms,\"wan_mbit\":$WAN_MBIT,\"anti_entropy_ms\":$ANTI_ENTROPY_MS,\"summary_ms\":$SUMMARY_MS,\"per_site\":{$sites_json}}"
