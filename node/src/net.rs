@@ -293,10 +293,10 @@ fn behaviour(
         // Mesh degree 4 (between 3 and 8) instead of gossipsub's 6 (5 to 12): a message
         // reaches a node about once per mesh peer, and in a mesh at rest those duplicates are
         // most of its traffic (bench-mesh: 545 -> 494 B/s per node idle, 681 -> 625 waiting;
-        // bench-wan's 4 Mbit/s sites: 16-18 -> 10-14 KB/s of background per site). Delivery
-        // does not rest on gossip alone (anti-entropy repairs what it misses), and a node
-        // still publishes its own messages to every peer (flood publish, kept on: an
-        // eclipsing mesh neighbourhood cannot swallow them, and a halt leaves at once).
+        // without flood publish too, 417 and 589). Delivery does not rest on gossip alone
+        // (anti-entropy repairs what it misses), and a node still publishes its own messages
+        // to every peer (flood publish, kept on: an eclipsing mesh neighbourhood cannot
+        // swallow them, and a halt leaves at once).
         .mesh_n(4)
         .mesh_n_low(3)
         .mesh_n_high(8)
