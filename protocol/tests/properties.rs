@@ -62,6 +62,36 @@ fn merged(
     state.digest()
 }
 
+#[test]
+fn the_site_digest_tells_states_apart_and_the_bulk_restore_agrees() {
+    // The digest is kept as a running sum: each change must move it, undoing a change must move
+    // it back, and a store restored in one pass must give what merging one by one gives.
+    let keys = Keys::new();
+    let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();
+    let bundles = record_bundles(&keys);
+    let held = |i: usize| site::verify_record(&bundles[i], &trust, T0, &Ed25519).unwrap();
+    let mut state = SiteState::new(SiteId::from("s"));
+    let empty = state.digest();
+    let mut seen = vec![empty];
+    // Node 0 at versions 1 to 4, then node 1 at version 1: every step is a new state.
+    for i in [0, 1, 2, 3, 4] {
+        state.merge_record(held(i)).unwrap();
+        let d = state.digest();
+        assert!(!seen.contains(&d), "step {i} left the digest at an earlier state's");
+        seen.push(d);
+    }
+    let node1 = held(4).record().node;
+    assert!(state.remove_record(&node1));
+    assert_eq!(state.digest(), seen[4], "removing node 1 gives back the state before it");
+    assert!(state.remove_record(&held(0).record().node));
+    assert_eq!(state.digest(), empty, "removing every record gives back the empty state");
+
+    let all: Vec<usize> = (0..bundles.len()).collect();
+    let mut bulk = SiteState::new(SiteId::from("s"));
+    assert_eq!(bulk.merge_records(all.iter().map(|&i| held(i)).collect()), 9, "superseded");
+    assert_eq!(bulk.digest(), merged(&trust, &bundles, &all));
+}
+
 /// Catalog changes by two admins on two diverging replicas (so they have concurrent heads).
 fn catalog_changes(keys: &Keys) -> Vec<Envelope> {
     let trust = Trust::new(keys.genesis.clone(), &Ed25519).unwrap();

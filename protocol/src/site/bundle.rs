@@ -77,10 +77,7 @@ impl Bundle {
     /// digest of held summaries ([`Summaries`]).
     pub(super) fn summary_lanes(&self) -> [u64; 4] {
         *self.cache.lanes.get_or_init(|| {
-            let h = self.summary_body_hash().expect("held summaries are verified");
-            let lane =
-                |i: usize| u64::from_le_bytes(h[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-            [lane(0), lane(1), lane(2), lane(3)]
+            super::state::lanes(&self.summary_body_hash().expect("held summaries are verified"))
         })
     }
 

@@ -18,6 +18,14 @@ pub struct SiteState {
     site: SiteId,
     records: BTreeMap<NodeId, HeldRecord>,
     evidence: BTreeMap<ObjectId, (Evidence, Arc<Bundle>)>,
+    /// Lane-wise wrapping sums of the body hashes of the records held and of the evidence ids
+    /// held, updated in O(1) on every change: the digest never walks the records (a site of
+    /// 200 members otherwise hashes all 200 again after each record that changes, on every
+    /// member). As for [`Summaries`], the digest only decides whether two peers run a repair
+    /// exchange; what a summary commits to is in its signed roots ([`SiteState::summarise`]).
+    /// A record's body names its node and version, so its body hash alone identifies it.
+    records_sum: [u64; 4],
+    evidence_sum: [u64; 4],
     digest: Option<StateHash>,
     /// Counts changes to `records` (see [`SiteState::records_changed`]).
     records_changes: u64,
@@ -59,6 +67,8 @@ impl SiteState {
             site,
             records: BTreeMap::new(),
             evidence: BTreeMap::new(),
+            records_sum: [0; 4],
+            evidence_sum: [0; 4],
             digest: None,
             records_changes: 0,
             equivocations: Vec::new(),
@@ -130,7 +140,10 @@ impl SiteState {
         } else if self.records.len() >= limits::RECORDS_MAX {
             return Err(SiteError::Full("site records"));
         }
-        self.records.insert(node, held);
+        lanes_add(&mut self.records_sum, lanes(&held.body_hash()), true);
+        if let Some(old) = self.records.insert(node, held) {
+            lanes_add(&mut self.records_sum, lanes(&old.body_hash()), false);
+        }
         self.digest = None;
         self.records_changes += 1;
         Ok(Merge::New)
@@ -147,8 +160,10 @@ impl SiteState {
     /// Drops a node's record (a member this node no longer admits: its enrolment is over its
     /// voucher's limit or the voucher was revoked). Returns whether one was held.
     pub fn remove_record(&mut self, node: &NodeId) -> bool {
-        let had = self.records.remove(node).is_some();
-        if had {
+        let old = self.records.remove(node);
+        let had = old.is_some();
+        if let Some(old) = old {
+            lanes_add(&mut self.records_sum, lanes(&old.body_hash()), false);
             self.digest = None;
             self.records_changes += 1;
         }
@@ -175,6 +190,10 @@ impl SiteState {
         let mut last = keep_last_per_key(held, |h| h.record().node);
         last.truncate(limits::RECORDS_MAX);
         let kept = last.len();
+        self.records_sum = [0; 4];
+        for h in &last {
+            lanes_add(&mut self.records_sum, lanes(&h.body_hash()), true);
+        }
         self.records = last.into_iter().map(|h| (h.record().node, h)).collect();
         self.digest = None;
         self.records_changes += 1;
@@ -198,6 +217,7 @@ impl SiteState {
             return Err(SiteError::Full("site evidence"));
         }
         self.evidence.insert(id, (ev, bundle));
+        lanes_add(&mut self.evidence_sum, lanes(&id.0), true);
         self.digest = None;
         Ok(Merge::New)
     }
@@ -212,12 +232,18 @@ impl SiteState {
         if let Some(d) = self.digest {
             return d;
         }
-        let (records_root, evidence_root) = self.roots();
+        let bytes = |sum: &[u64; 4]| -> [u8; 32] {
+            let mut out = [0u8; 32];
+            for (chunk, lane) in out.chunks_exact_mut(8).zip(sum) {
+                chunk.copy_from_slice(&lane.to_le_bytes());
+            }
+            out
+        };
         let d = StateHash(crate::crypto::hash_parts(&[
             b"site",
             self.site.0.as_bytes(),
-            &records_root,
-            &evidence_root,
+            &bytes(&self.records_sum),
+            &bytes(&self.evidence_sum),
         ]));
         self.digest = Some(d);
         d
@@ -445,6 +471,12 @@ fn summary_entry_hash(_site: &SiteId, held: &HeldSummary) -> [u64; 4] {
     // The summary names the site, so its body hash alone identifies the entry (the same for
     // every endorsement of it).
     held.bundle.summary_lanes()
+}
+
+/// A 32-byte hash as four little-endian 64-bit lanes.
+pub(super) fn lanes(h: &[u8; 32]) -> [u64; 4] {
+    let lane = |i: usize| u64::from_le_bytes(h[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    [lane(0), lane(1), lane(2), lane(3)]
 }
 
 fn lanes_add(sum: &mut [u64; 4], x: [u64; 4], sign: bool) {

@@ -286,11 +286,13 @@ impl World {
         }
         let links = build_links(&s, &site_of, first_machine, &mut rng);
         let (crash_sets, crashing) = pick_crashes(&s, &mut rng);
+        phase("keys and admissions", t_new);
         let (made, site_stores) = if steady {
             steady_stores(s.epoch_ms, made, &site_of, s.sites, &keys.genesis, &check)
         } else {
             (made, Vec::new())
         };
+        phase("steady stores", t_new);
         let stores = Stores { site_stores: &site_stores, crashing: &crashing };
         let mut ents =
             entities(&s, made, &site_of, &links, &keys.genesis, &check, stores, &mut rng);
@@ -472,7 +474,9 @@ impl World {
     /// Runs to the end and reports.
     pub fn run(mut self) -> Report {
         let wall = self.started;
+        phase("world built", wall);
         self.boot_all();
+        phase("nodes booted", wall);
 
         self.schedule_script();
         let end_us = self.s.duration_ms * 1000;
@@ -503,6 +507,7 @@ impl World {
             });
         }
         self.now_us = end_us;
+        phase("events run", wall);
         if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
             PROF.with(|p| {
                 for (k, (n, ns)) in p.borrow().iter() {
@@ -663,6 +668,13 @@ fn keep(store: &mut Vec<Persist>, p: Persist) {
 /// Runs a scenario with a seed.
 pub fn run(s: &Scenario, seed: u64) -> Report {
     World::new(s.clone(), seed).run()
+}
+
+/// With `PATCHMESH_SIM_PROFILE` set, prints how long the run has taken so far at a phase's end.
+fn phase(label: &str, since: std::time::Instant) {
+    if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
+        eprintln!("{label:24} done at {:8} ms", since.elapsed().as_millis());
+    }
 }
 
 thread_local! { static PROF: std::cell::RefCell<BTreeMap<&'static str, (u64, u64)>> = Default::default(); }
