@@ -224,6 +224,7 @@ impl World {
             a.extend(h.join().expect("boot thread"));
             a
         });
+        super::phase("stores restored", self.started);
         for (i, (node, problem)) in built.into_iter().enumerate() {
             if let Some(p) = problem {
                 self.violations.push(p);

@@ -671,7 +671,7 @@ pub fn run(s: &Scenario, seed: u64) -> Report {
 }
 
 /// With `PATCHMESH_SIM_PROFILE` set, prints how long the run has taken so far at a phase's end.
-fn phase(label: &str, since: std::time::Instant) {
+pub(super) fn phase(label: &str, since: std::time::Instant) {
     if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
         eprintln!("{label:24} done at {:8} ms", since.elapsed().as_millis());
     }
