@@ -305,3 +305,76 @@ fn records_re_signed_with_nothing_new_for_other_sites_publish_no_summary() {
     assert_eq!(h.nodes[2].summaries().all()[&a].rank(), before, "a summary with nothing new");
     assert!(h.nodes[1].site().records()[&h.nodes[0].id()].record().inventory.package_count == 5);
 }
+
+#[test]
+fn nodes_restoring_one_store_share_what_it_verified_and_nothing_else() {
+    use patchmesh_protocol::node::{Node, Persist, RestoreMemo};
+    use std::sync::Arc;
+    let mut h = Harness::new(&["a", "a", "b", "b"]);
+    h.connect_all();
+    h.run_for(15_000);
+    // Node 1's store: its site's records and every site's summary.
+    let mut store: Vec<Persist> = h.nodes[1]
+        .site()
+        .records()
+        .values()
+        .map(|held| Persist::SiteObject(held.bundle.clone()))
+        .collect();
+    store.extend(h.nodes[1].summaries().all().values().map(|s| Persist::Summary(s.bundle.clone())));
+    assert_eq!(store.len(), 4, "two records of site a and two summaries: {}", store.len());
+    let node = |n: u8, site: &str, now| {
+        let mut config = h.keys.config(common::key(n), site);
+        config.seed = u64::from(n);
+        Node::new(config, now).unwrap()
+    };
+    let memo = RestoreMemo::default();
+    let mut first = node(101, "a", h.now);
+    assert_eq!(first.restore_shared(&store, Some(&memo)), 0);
+    assert_eq!(memo.hits(), 0, "the first restore verifies everything itself");
+    let mut second = node(102, "a", h.now);
+    assert_eq!(second.restore_shared(&store, Some(&memo)), 0);
+    assert_eq!(memo.hits(), 1, "the second restore of the same store shares it");
+    let mut alone = node(103, "a", h.now);
+    assert_eq!(alone.restore(&store), 0);
+    assert_eq!(second.state_hash(), alone.state_hash());
+    assert_eq!(second.state_hash(), first.state_hash());
+    assert_eq!(second.summaries().all().len(), 2);
+    assert_eq!(second.summaries().ranks(), alone.summaries().ranks());
+    assert_eq!(second.site().records().len(), 2);
+
+    // Another site, or the same objects in other bundles, share nothing.
+    let mut other_site = node(104, "b", h.now);
+    assert_eq!(other_site.restore_shared(&store, Some(&memo)), 0);
+    assert!(other_site.site().records().is_empty(), "site a's records are not site b's");
+    let copied: Vec<Persist> = store
+        .iter()
+        .map(|p| match p {
+            Persist::SiteObject(b) => Persist::SiteObject(Arc::new((**b).clone())),
+            Persist::Summary(b) => Persist::Summary(Arc::new((**b).clone())),
+            other => other.clone(),
+        })
+        .collect();
+    let mut from_copies = node(105, "a", h.now);
+    assert_eq!(from_copies.restore_shared(&copied, Some(&memo)), 0);
+    assert_eq!(memo.hits(), 1, "other bundles are verified, not taken on trust");
+    assert_eq!(from_copies.state_hash(), alone.state_hash());
+
+    // A node whose clock is past the certificates the store rests on verifies for itself and
+    // refuses them, though the memo holds the verdict of a node whose clock was before.
+    let later = patchmesh_protocol::ids::Millis(common::T0.0 + 366 * common::DAY_MS);
+    let key = common::key(106);
+    let mut config = h.keys.config(key.clone(), "a");
+    config.admission = patchmesh_protocol::mesh::admit(
+        &h.keys.admins[0],
+        &h.keys.genesis_body,
+        patchmesh_protocol::ids::NodeId(key.public().0),
+        &SiteId::from("a"),
+        Default::default(),
+        common::T0,
+        400 * common::DAY_MS,
+    );
+    let mut late = Node::new(config, later).unwrap();
+    assert_eq!(late.restore_shared(&store, Some(&memo)), 4, "every object's certificate expired");
+    assert_eq!(memo.hits(), 1);
+    assert!(late.site().records().is_empty());
+}

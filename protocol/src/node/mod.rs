@@ -16,10 +16,11 @@
 //! | [`timers`] | one deadline per [`timers::Timer`] | when the node wakes |
 //! | [`rollouts`] | (the [`crate::rollout::Engine`] and its policies) | installs, reports, halts |
 //!
-//! Three more files hold the router's own steps, not sub-machines: [`accept`] (the one path of
+//! Four more files hold the router's own steps, not sub-machines: [`accept`] (the one path of
 //! every new object and each kind of message's acceptance), [`commands`] (the driver's
-//! commands) and [`vouchers`] (admission by voucher and enrolment, re-judged as the catalog
-//! changes).
+//! commands), [`restore`] (a node's state from its store, which many simulated nodes
+//! restoring one store can share: [`RestoreMemo`]) and [`vouchers`] (admission by voucher and
+//! enrolment, re-judged as the catalog changes).
 //!
 //! A message that arrived by pubsub gets a verdict from what its handling returned (`Judged`:
 //! anything new → accept; anything invalid → reject; else ignore), never from a flag.
@@ -53,6 +54,7 @@ mod reach;
 mod refusal;
 mod relay;
 mod replicas;
+mod restore;
 mod rollouts;
 mod timers;
 mod vouchers;
@@ -83,6 +85,7 @@ pub use io::{
 };
 pub use reach::{Holdings, Reach};
 pub use refusal::{Offence, Refusal};
+pub use restore::RestoreMemo;
 
 /// The protocol state machine of one node.
 pub struct Node {
@@ -243,93 +246,6 @@ impl Node {
             own,
             config,
         })
-    }
-
-    /// Restores verified state from the driver's store. Every object is verified again: a
-    /// store is no more trusted than a peer.
-    pub fn restore(&mut self, persisted: &[Persist]) -> usize {
-        let mut refused = 0;
-        let check = self.config.check.clone();
-        let now = self.now;
-        // Trust first: later objects are judged by the admin set the store reached.
-        for p in persisted {
-            if let Persist::AdminSet(env) = p {
-                if self.state.trust.apply_admin_set(env, check.as_ref()).is_err() {
-                    refused += 1;
-                }
-            }
-        }
-        let (mut records, mut summaries) = (Vec::new(), Vec::new());
-        for p in persisted {
-            let s = &mut self.state;
-            let ok = match p {
-                Persist::AdminSet(_) => true,
-                Persist::CatalogChange(env) => {
-                    s.catalog.offer(env, &s.trust, check.as_ref()).is_ok()
-                }
-                Persist::SiteObject(b) if b.object().domain == Domain::NodeRecord => {
-                    site::verify_record(b, &s.trust, now, check.as_ref())
-                        .map(|h| records.push(h))
-                        .is_ok()
-                }
-                Persist::SiteObject(b) => self.accept_site_object(b).is_ok(),
-                // (An unendorsed summary of several records, from a store written before
-                // summaries were endorsed, is dropped: no one else counts it.)
-                Persist::Summary(b) => site::verify_summary(b, &s.trust, now, check.as_ref())
-                    .is_ok_and(|h| {
-                        h.countable() && {
-                            summaries.push(h);
-                            true
-                        }
-                    }),
-                Persist::RecordVersionFloor(v) => {
-                    self.publisher.raise_floor(*v);
-                    true
-                }
-                Persist::Alarm(b) => Alarms::verify(b, &s.trust, now, check.as_ref())
-                    .is_ok_and(|a| s.alarms.merge(a).is_ok()),
-                Persist::Journal(entry) => {
-                    self.engine.restore(entry.clone());
-                    true
-                }
-            };
-            if !ok {
-                refused += 1;
-            }
-        }
-        // Superseded versions in a store are expected, not refusals.
-        self.state.site.merge_records(records);
-        // Our own newest record bounds the floor too (a floor write lost with a damaged store),
-        // and is known as ours: a peer sending it back is no sign of an earlier life.
-        if let Some(held) = self.state.site.records().get(&self.id) {
-            self.publisher.raise_floor(held.version);
-            self.publisher.adopt_record(held.body_hash());
-            self.publisher.inventory = held.record().inventory.clone();
-            self.publisher.exposure = held.record().exposure.clone();
-        }
-        self.state.summaries.merge_all(summaries);
-        // The enrolments the restored records carry, and the vouchers' catalog state: a restart
-        // must not forget which machines took a voucher's slots or that a voucher was revoked.
-        let enrolled: Vec<crate::enrol::Enrolled> = self
-            .state
-            .site
-            .records()
-            .values()
-            .filter(|h| h.bundle.admission().domain == Domain::Enrolment)
-            .filter_map(|h| crate::enrol::open(h.bundle.admission(), check.as_ref()).ok())
-            .map(|(_, _, e)| e)
-            .collect();
-        for e in enrolled {
-            self.gate.saw(&e);
-            self.enrolled_members.insert(e.node, e);
-        }
-        self.refresh_vouchers();
-        self.rejudge_enrolled();
-        // Restoring queued nothing worth sending: drop it all, with its capacity.
-        self.out.clear();
-        self.relay.clear();
-        self.timers.clear(Timer::Flush);
-        refused
     }
 
     /// This node's id.

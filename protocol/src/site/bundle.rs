@@ -201,6 +201,16 @@ impl Bundle {
         }
     }
 
+    /// When the first of the admission certificates a verified bundle rests on expires: its
+    /// author's, and for an endorsement the summary author's too.
+    pub(crate) fn certs_expire_at(&self) -> Option<Millis> {
+        let checked = self.cache.pure.get()?.as_ref().ok()?;
+        Some(match &checked.body {
+            Body::Endorsed(e) => checked.cert.expires_at.min(e.1.cert.expires_at),
+            _ => checked.cert.expires_at,
+        })
+    }
+
     /// BLAKE3 of the signed body, once verified.
     pub fn body_hash(&self) -> Option<[u8; 32]> {
         Some(self.cache.pure.get()?.as_ref().ok()?.body_hash)

@@ -16,7 +16,9 @@ pub enum Merge {
 #[derive(Clone, Debug)]
 pub struct SiteState {
     site: SiteId,
-    records: BTreeMap<NodeId, HeldRecord>,
+    /// Shared on clone and copied on the first write after one (`Arc::make_mut`): replicas
+    /// restored from one store can hold one table (see [`crate::node::RestoreMemo`]).
+    records: Arc<BTreeMap<NodeId, HeldRecord>>,
     evidence: BTreeMap<ObjectId, (Evidence, Arc<Bundle>)>,
     /// Lane-wise wrapping sums of the body hashes of the records held and of the evidence ids
     /// held, updated in O(1) on every change: the digest never walks the records (a site of
@@ -32,6 +34,13 @@ pub struct SiteState {
     /// Members caught signing audit checkpoints that contradict each other: the two signed
     /// records are the evidence (bounded by [`limits::EQUIVOCATIONS_MAX`]; the oldest kept).
     equivocations: Vec<Equivocation>,
+}
+
+/// A site's records as one replica holds them, shared with another ([`SiteState::records_table`]).
+#[derive(Clone, Debug)]
+pub(crate) struct RecordsTable {
+    records: Arc<BTreeMap<NodeId, HeldRecord>>,
+    sum: [u64; 4],
 }
 
 /// Two records of one node whose audit checkpoints cannot both be true.
@@ -65,7 +74,7 @@ impl SiteState {
     pub fn new(site: SiteId) -> SiteState {
         SiteState {
             site,
-            records: BTreeMap::new(),
+            records: Arc::default(),
             evidence: BTreeMap::new(),
             records_sum: [0; 4],
             evidence_sum: [0; 4],
@@ -141,7 +150,7 @@ impl SiteState {
             return Err(SiteError::Full("site records"));
         }
         lanes_add(&mut self.records_sum, lanes(&held.body_hash()), true);
-        if let Some(old) = self.records.insert(node, held) {
+        if let Some(old) = Arc::make_mut(&mut self.records).insert(node, held) {
             lanes_add(&mut self.records_sum, lanes(&old.body_hash()), false);
         }
         self.digest = None;
@@ -160,7 +169,11 @@ impl SiteState {
     /// Drops a node's record (a member this node no longer admits: its enrolment is over its
     /// voucher's limit or the voucher was revoked). Returns whether one was held.
     pub fn remove_record(&mut self, node: &NodeId) -> bool {
-        let old = self.records.remove(node);
+        let old = if self.records.contains_key(node) {
+            Arc::make_mut(&mut self.records).remove(node)
+        } else {
+            None
+        };
         let had = old.is_some();
         if let Some(old) = old {
             lanes_add(&mut self.records_sum, lanes(&old.body_hash()), false);
@@ -168,6 +181,23 @@ impl SiteState {
             self.records_changes += 1;
         }
         had
+    }
+
+    /// The records table with its digest sum, to share with replicas restored from the same
+    /// store ([`crate::node::RestoreMemo`]).
+    pub(crate) fn records_table(&self) -> RecordsTable {
+        RecordsTable { records: self.records.clone(), sum: self.records_sum }
+    }
+
+    /// Takes a records table another replica restored from the same store (shared until the
+    /// first write). Only into a state that holds no records yet; otherwise does nothing.
+    pub(crate) fn adopt_records(&mut self, table: &RecordsTable) {
+        if self.records.is_empty() {
+            self.records = table.records.clone();
+            self.records_sum = table.sum;
+            self.digest = None;
+            self.records_changes += 1;
+        }
     }
 
     /// Merges many verified records. Into an empty state this builds the map in one pass
@@ -194,7 +224,7 @@ impl SiteState {
         for h in &last {
             lanes_add(&mut self.records_sum, lanes(&h.body_hash()), true);
         }
-        self.records = last.into_iter().map(|h| (h.record().node, h)).collect();
+        self.records = Arc::new(last.into_iter().map(|h| (h.record().node, h)).collect());
         self.digest = None;
         self.records_changes += 1;
         before - kept
@@ -251,7 +281,7 @@ impl SiteState {
 
     fn roots(&self) -> ([u8; 32], [u8; 32]) {
         let mut h = blake3::Hasher::new();
-        for (node, held) in &self.records {
+        for (node, held) in self.records.iter() {
             h.update(&node.0);
             h.update(&held.version.to_le_bytes());
             h.update(&held.body_hash());
@@ -459,7 +489,8 @@ impl SiteState {
 /// Summaries of every site, one per site, the highest-ranked kept.
 #[derive(Clone, Debug, Default)]
 pub struct Summaries {
-    by_site: BTreeMap<SiteId, HeldSummary>,
+    /// Shared on clone, copied on the first write after one, as `SiteState`'s records.
+    by_site: Arc<BTreeMap<SiteId, HeldSummary>>,
     /// Lane-wise wrapping sum of the entry hashes of every summary held: updated in O(1) as
     /// summaries are replaced, so the digest never walks the table (which at 500 sites means
     /// touching 500 objects on every anti-entropy round). The digest only decides whether two
@@ -497,7 +528,7 @@ impl Summaries {
             _ => {}
         }
         lanes_add(&mut self.sum, summary_entry_hash(&site, &held), true);
-        if let Some(old) = self.by_site.insert(site.clone(), held) {
+        if let Some(old) = Arc::make_mut(&mut self.by_site).insert(site.clone(), held) {
             lanes_add(&mut self.sum, summary_entry_hash(&site, &old), false);
         }
         Ok(Merge::New)
@@ -517,7 +548,7 @@ impl Summaries {
         for h in &last {
             lanes_add(&mut self.sum, summary_entry_hash(&h.summary().site, h), true);
         }
-        self.by_site = last.into_iter().map(|h| (h.summary().site.clone(), h)).collect();
+        self.by_site = Arc::new(last.into_iter().map(|h| (h.summary().site.clone(), h)).collect());
         before - kept
     }
 

@@ -192,16 +192,18 @@ impl World {
         }
         let now = self.node_now(i);
         let mut node = Node::new(config, now).expect("simulated node config is valid");
-        let store: Option<&[Persist]> = match &e.store {
-            Some(store) if !store.is_empty() => Some(store),
+        // A node's own store is its own; a site's steady store is restored by each of its
+        // members, which share the verified records and summaries (`RestoreMemo`).
+        let (store, memo): (Option<&[Persist]>, _) = match &e.store {
+            Some(store) if !store.is_empty() => (Some(store), None),
             _ if first_boot && !self.site_stores.is_empty() => {
-                Some(self.site_stores[e.site as usize].as_slice())
+                (Some(self.site_stores[e.site as usize].as_slice()), Some(&self.restore_memo))
             }
-            _ => None,
+            _ => (None, None),
         };
         let mut problem = None;
         if let Some(store) = store {
-            let refused = node.restore(store);
+            let refused = node.restore_shared(store, memo);
             if refused > 0 {
                 problem = Some(format!("node {i} refused {refused} objects of its store"));
             }

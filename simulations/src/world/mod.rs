@@ -206,6 +206,8 @@ pub struct World {
     rejected_adversary_free: bool,
     /// For a steady start: what every node of a site has in its store at time zero.
     site_stores: Vec<Arc<Vec<Persist>>>,
+    /// Site records and summaries verified once per steady store, shared by the site's members.
+    restore_memo: patchmesh_protocol::node::RestoreMemo,
     /// The payload transfer model, when the scenario has a payload.
     payload: Option<Box<PayloadModel>>,
     /// The rollout model, when the scenario has a rollout.
@@ -352,6 +354,7 @@ impl World {
             eligible: vec![false; s.nodes],
             keys,
             site_stores,
+            restore_memo: Default::default(),
             s,
             seed,
             rng,
@@ -477,6 +480,9 @@ impl World {
         phase("world built", wall);
         self.boot_all();
         phase("nodes booted", wall);
+        if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
+            eprintln!("{} restores shared a verified store", self.restore_memo.hits());
+        }
 
         self.schedule_script();
         let end_us = self.s.duration_ms * 1000;
