@@ -382,6 +382,18 @@ impl Node {
             .is_some_and(|held| held.body_hash() == hash)
     }
 
+    /// True if we hold this exact report already (by its signed body); such a copy needs no
+    /// verification.
+    fn holds_alarm_bytes(&self, bundle: &Bundle) -> bool {
+        let (Some(ev), Some(hash)) = (bundle.evidence(), bundle.body_hash()) else {
+            return false;
+        };
+        self.state
+            .alarms
+            .get(&ev.rollout, &ev.node)
+            .is_some_and(|held| held.bundle.body_hash() == Some(hash))
+    }
+
     pub(super) fn on_site_objects(&mut self, via: Via, bundles: &[Arc<Bundle>]) -> Judged {
         let mut judged = Judged::default();
         let mut resign = false;
@@ -465,6 +477,11 @@ impl Node {
         let mut judged = Judged::default();
         let mut fresh = Vec::new();
         for bundle in bundles.iter().take(limits::OBJECTS_PER_SYNC_MAX) {
+            if self.holds_alarm_bytes(bundle) {
+                // A copy of a report held: the first report of a node is kept, so there is
+                // nothing to verify or merge (a flood brings one from every peer).
+                continue;
+            }
             let merged = Alarms::verify(bundle, &self.state.trust, self.now, check.as_ref())
                 .map_err(Refusal::from)
                 .and_then(|alarm| self.state.alarms.merge(alarm).map_err(Refusal::from));

@@ -79,6 +79,11 @@ impl Alarms {
         self.by_rollout.get(rollout).is_some_and(|n| n.contains_key(node))
     }
 
+    /// The report held of `node` for `rollout`.
+    pub fn get(&self, rollout: &RolloutId, node: &NodeId) -> Option<&Alarm> {
+        self.by_rollout.get(rollout)?.get(node)
+    }
+
     /// How many reports of a rollout are held (they only grow while the node runs).
     pub fn count_of(&self, rollout: &RolloutId) -> usize {
         self.by_rollout.get(rollout).map_or(0, BTreeMap::len)

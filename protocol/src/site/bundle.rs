@@ -9,7 +9,8 @@ use super::*;
 /// The bundle memoises the pure parts of checking it — signature validity and decoding, both
 /// functions of its bytes alone — so a bundle relayed through many hands is verified once per
 /// process. Everything that depends on a node's trust state or clock (admin membership,
-/// revocation, expiry, site) is checked by every node every time.
+/// revocation, expiry, site) is checked by every node every time (but by nodes that restore
+/// one store through a [`crate::node::RestoreMemo`], which share one node's verdicts).
 #[derive(Serialize, Deserialize)]
 pub struct Bundle {
     object: Envelope,
@@ -161,6 +162,14 @@ impl Bundle {
     pub fn record(&self) -> Option<&NodeRecord> {
         match self.cache.pure.get()?.as_ref().ok()?.body {
             Body::Record(ref r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The decoded evidence, once verified by [`verify_evidence`].
+    pub fn evidence(&self) -> Option<&Evidence> {
+        match self.cache.pure.get()?.as_ref().ok()?.body {
+            Body::Evidence(ref e) => Some(e),
             _ => None,
         }
     }
