@@ -480,7 +480,8 @@ impl World {
         phase("world built", wall);
         self.boot_all();
         phase("nodes booted", wall);
-        if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
+        let profile = std::env::var_os("PATCHMESH_SIM_PROFILE").is_some();
+        if profile {
             eprintln!("{} restores shared a verified store", self.restore_memo.hits());
         }
 
@@ -493,6 +494,10 @@ impl World {
                 break;
             }
             self.now_us = q.t;
+            if !profile {
+                self.step(q.ev);
+                continue;
+            }
             let kind: &'static str = match &q.ev {
                 Ev::Deliver { msg, .. } => msg.kind(),
                 Ev::Timer { node } if self.ents[*node as usize].timer_at != q.t => "timer_stale",
@@ -514,7 +519,7 @@ impl World {
         }
         self.now_us = end_us;
         phase("events run", wall);
-        if std::env::var_os("PATCHMESH_SIM_PROFILE").is_some() {
+        if profile {
             PROF.with(|p| {
                 for (k, (n, ns)) in p.borrow().iter() {
                     eprintln!(
