@@ -378,3 +378,36 @@ fn nodes_restoring_one_store_share_what_it_verified_and_nothing_else() {
     assert_eq!(memo.hits(), 1);
     assert!(late.site().records().is_empty());
 }
+
+#[test]
+fn a_summary_exchange_answers_alike_whether_the_peer_lists_its_sites_in_order_or_not() {
+    let mut h = Harness::new(&["a", "a", "b", "b", "c"]);
+    h.connect_all();
+    h.run_for(15_000);
+    let table = h.nodes[0].summaries();
+    let ours = table.ranks();
+    assert_eq!(ours.len(), 3, "one summary per site");
+    let ids = |bundles: Vec<std::sync::Arc<patchmesh_protocol::site::Bundle>>| {
+        bundles.iter().map(|b| b.id()).collect::<Vec<_>>()
+    };
+    // A peer holding the same: nothing to send, in either order.
+    let mut reversed = ours.clone();
+    reversed.reverse();
+    assert!(table.newer_than(&ours, 10).is_empty());
+    assert!(table.newer_than(&reversed, 10).is_empty());
+    // A peer lacking the middle site and holding nothing newer: that site's summary alone.
+    let lacking: Vec<_> =
+        ours.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, r)| r.clone()).collect();
+    let middle = table.all()[&ours[1].0].bundle.id();
+    assert_eq!(ids(table.newer_than(&lacking, 10)), vec![middle]);
+    let mut lacking_reversed = lacking.clone();
+    lacking_reversed.reverse();
+    assert_eq!(ids(table.newer_than(&lacking_reversed, 10)), vec![middle]);
+    // A peer listing a site twice (out of order by definition) is answered as by a table.
+    let mut doubled = lacking.clone();
+    doubled.push(lacking[0].clone());
+    assert_eq!(ids(table.newer_than(&doubled, 10)), vec![middle]);
+    // Nothing held by the peer: everything, at most `max`.
+    assert_eq!(table.newer_than(&[], 10).len(), 3);
+    assert_eq!(table.newer_than(&[], 2).len(), 2);
+}

@@ -117,6 +117,9 @@ pub struct Node {
     /// its clock: a member heard from lately is live for install-slot ranking even when this
     /// node holds no connection to it.
     member_heard: BTreeMap<NodeId, Millis>,
+    /// When `member_heard` was last pruned of members not heard from lately (its readers judge
+    /// freshness themselves; pruning only bounds it, so once per `MEMBER_LIVE_MS`).
+    member_heard_pruned_at: Option<Millis>,
     /// The driver's clock at the previous input, and how far the node's clock is ahead of it
     /// after the driver's clock stepped back (slewed off at half rate; see "Time").
     driver_last: Option<Millis>,
@@ -235,6 +238,7 @@ impl Node {
             rollouts_due: true,
             gate_hint_at: None,
             member_heard: BTreeMap::new(),
+            member_heard_pruned_at: None,
             proposals: endorse::Proposals::default(),
             beacons: reach::Beacons::new(own.cert.site.clone(), now),
             reach: Reach::Listening { until: now },
@@ -459,7 +463,10 @@ impl Node {
     /// publishes the site summary if it is due.
     fn anti_entropy(&mut self) {
         let now = self.now;
-        self.member_heard.retain(|_, at| now.since(*at) < limits::MEMBER_LIVE_MS);
+        if self.member_heard_pruned_at.is_none_or(|at| now.since(at) >= limits::MEMBER_LIVE_MS) {
+            self.member_heard.retain(|_, at| now.since(*at) < limits::MEMBER_LIVE_MS);
+            self.member_heard_pruned_at = Some(now);
+        }
         for peer in self.peers.late(self.now) {
             self.refuse(Some(peer), Refusal::HelloTimeout);
             self.peers.remove(peer);

@@ -569,10 +569,31 @@ impl Summaries {
 
     /// Summaries that outrank what a peer holding `theirs` has, at most `max`.
     pub fn newer_than(&self, theirs: &[(SiteId, SummaryRank)], max: usize) -> Vec<Arc<Bundle>> {
-        let theirs: BTreeMap<&SiteId, &SummaryRank> = theirs.iter().map(|(s, r)| (s, r)).collect();
+        let outranks = |theirs: Option<&SummaryRank>, held: &HeldSummary| {
+            theirs.is_none_or(|r| *r < held.rank())
+        };
+        if !theirs.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Not in order (an honest peer sends `ranks()`, which is): look each site up.
+            let theirs: BTreeMap<&SiteId, &SummaryRank> =
+                theirs.iter().map(|(s, r)| (s, r)).collect();
+            return self
+                .by_site
+                .iter()
+                .filter(|(s, h)| outranks(theirs.get(s).copied(), h))
+                .map(|(_, h)| h.bundle.clone())
+                .take(max)
+                .collect();
+        }
+        // Both in site order: one walk, nothing built.
+        let mut j = 0;
         self.by_site
             .iter()
-            .filter(|(s, h)| theirs.get(s).is_none_or(|r| **r < h.rank()))
+            .filter(|(s, h)| {
+                while theirs.get(j).is_some_and(|(t, _)| t < *s) {
+                    j += 1;
+                }
+                outranks(theirs.get(j).filter(|(t, _)| t == *s).map(|(_, r)| r), h)
+            })
             .map(|(_, h)| h.bundle.clone())
             .take(max)
             .collect()
