@@ -31,7 +31,7 @@ struct Shared {
     from: Vec<Arc<Bundle>>,
     records: site::RecordsTable,
     summaries: Summaries,
-    /// The earliest expiry of any certificate the held objects rest on.
+    /// The earliest expiry of any certificate the store's site objects and summaries rest on.
     expires_at: Millis,
 }
 
@@ -164,9 +164,9 @@ impl Node {
             self.state.site.merge_records(records);
             self.state.summaries.merge_all(summaries);
             if let (Some(memo), Some(key), 0, false) = (memo, key, site_refused, evidence) {
-                let held = self.state.site.records().values().map(|h| &h.bundle);
-                let expires_at = held
-                    .chain(self.state.summaries.all().values().map(|h| &h.bundle))
+                // Over every object verified, held or superseded: a later clock must find each
+                // of them as this one did, or the count of refusals would differ.
+                let expires_at = shared_objects(persisted)
                     .filter_map(|b| b.certs_expire_at())
                     .min()
                     .unwrap_or(Millis(u64::MAX));
