@@ -168,7 +168,15 @@ for n in R A B; do
 done
 cfg() { echo "$WORK/$1/node.toml"; }
 status_of() { "$BIN" status --json --config "$(cfg "$1")" 2> /dev/null || true; }
-peers_of() { "$BIN" peers --json --config "$(cfg "$1")" 2> /dev/null || echo '[]'; }
+# A query that fails (a busy machine) is asked again rather than read as "no connection".
+peers_of() {
+  local i
+  for i in 1 2 3; do
+    "$BIN" peers --json --config "$(cfg "$1")" 2> /dev/null && return
+    sleep 0.2
+  done
+  echo '[]'
+}
 
 start_node() { # name, extra config lines
   local n=$1 extra=$2

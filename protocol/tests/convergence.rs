@@ -7,6 +7,7 @@ use common::Harness;
 use patchmesh_protocol::catalog::{AdminCommand, CatalogEntry, CommandAction};
 use patchmesh_protocol::ids::{RolloutId, SiteId};
 use patchmesh_protocol::node::{Command, Input, PeerId};
+use patchmesh_protocol::wire::Message;
 
 fn command(n: u8, admin: &patchmesh_protocol::crypto::SecretKey) -> (String, Option<CatalogEntry>) {
     let c = CatalogEntry::Command(AdminCommand {
@@ -410,4 +411,38 @@ fn a_summary_exchange_answers_alike_whether_the_peer_lists_its_sites_in_order_or
     // Nothing held by the peer: everything, at most `max`.
     assert_eq!(table.newer_than(&[], 10).len(), 3);
     assert_eq!(table.newer_than(&[], 2).len(), 2);
+}
+
+#[test]
+fn a_peer_that_begins_a_new_session_is_answered_and_both_ends_keep_talking() {
+    // Two nodes, connected and admitted both ways.
+    let mut h = Harness::new(&["a", "b"]);
+    h.connect(0, 1);
+    h.run_for(3_000);
+    let admitted = |h: &Harness, i: usize| h.nodes[i].admitted_peers().count();
+    assert_eq!((admitted(&h, 0), admitted(&h, 1)), (1, 1));
+
+    // Node 1 lost its last connection to node 0 and got a new one a moment later (a restart,
+    // or a relayed connection closed before the direct one came up on its side); node 0 never
+    // saw a gap. Node 1 says hello again; node 0 must answer, or node 1 would hold node 0
+    // unadmitted and drop it for the next thing it sends.
+    h.input(1, Input::Disconnected { peer: PeerId(0) });
+    assert_eq!(admitted(&h, 1), 0);
+    let id0 = h.nodes[0].id();
+    h.input(1, Input::Connected { peer: PeerId(0), node: id0 });
+    h.run_for(10_000);
+    assert_eq!((admitted(&h, 0), admitted(&h, 1)), (1, 1));
+    assert!(h.disconnected.is_empty(), "a peer was dropped: {:?}", h.disconnected);
+    let hellos = h.sent.iter().filter(|(_, _, m)| matches!(**m, Message::Hello { .. })).count();
+    assert_eq!(hellos, 4, "two at connect, node 1's new one and node 0's answer (no echo)");
+
+    // And they still converge: a change published at node 1 reaches node 0.
+    let admin = h.keys.admins[0].clone();
+    h.input(
+        1,
+        Input::Command(Command::Publish { admin: admin.clone(), edits: vec![command(1, &admin)] }),
+    );
+    h.settle();
+    assert_eq!(h.nodes[0].catalog().state_hash(), h.nodes[1].catalog().state_hash());
+    assert_eq!(h.nodes[0].catalog().entries().len(), 1);
 }

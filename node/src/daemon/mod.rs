@@ -75,6 +75,17 @@ const DISCOVER_FIRST: Duration = Duration::from_secs(15);
 const DISCOVER_MAX: Duration = Duration::from_secs(300);
 /// Control requests waiting for the owner task.
 const CONTROL_QUEUE: usize = 64;
+/// How long a peer's session outlives its last connection when that was a relayed one. The
+/// two ends of a handover from relayed to direct (hole punching) see the connections open and
+/// close at different moments: the end that closes the relayed connection holds the direct
+/// one already, while the other end may be without any connection for a few milliseconds.
+/// Ending the session there and then leaves the two ends disagreeing: one says hello again
+/// while the other's session never ended (the core answers such a hello, but anything the
+/// other end sent before the answer arrives gets it dropped for talking before its hello).
+/// A peer that connects again within the grace keeps its session. The grace is not for a
+/// direct connection (a peer that closes its last one ended the session: it shut down or
+/// disconnected this node) nor for a peer this node disconnects on purpose.
+pub(super) const SESSION_GRACE: Duration = Duration::from_secs(2);
 
 /// Sets up `tracing` in the configured format.
 pub fn init_logging(format: LogFormat) {
@@ -133,6 +144,11 @@ struct Daemon {
     discover: (Instant, Duration),
     /// Configured relays: address, and the listener through it once reserved.
     relays: HashMap<PeerId, (Multiaddr, Option<libp2p::core::transport::ListenerId>)>,
+    /// Peers without a connection whose session ends at the given time ([`SESSION_GRACE`]).
+    parting: HashMap<PeerId, Instant>,
+    /// Peers this node is disconnecting on purpose: their session ends with their last
+    /// connection, without a grace.
+    dropping: HashSet<PeerId>,
     pending_gossip: HashMap<u64, (gossipsub::MessageId, PeerId)>,
     next_token: u64,
     inventory: Inventory,
@@ -343,6 +359,33 @@ impl Daemon {
         self.discover();
     }
 
+    /// Closes every connection to `peer`; its session ends with the last one.
+    pub(super) fn disconnect(&mut self, peer: PeerId) {
+        self.dropping.insert(peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// The peer is gone: the core is told, and its admission and id are forgotten.
+    pub(super) fn end_session(&mut self, peer: PeerId) {
+        self.parting.remove(&peer);
+        self.admitted.remove(&peer);
+        if let Some(id) = self.ids.remove(&peer) {
+            self.peers.remove(&id);
+            self.input(Input::Disconnected { peer: core::PeerId(id) });
+            self.publish_view();
+        }
+    }
+
+    /// Ends the sessions of peers that did not connect again within [`SESSION_GRACE`].
+    fn end_parted_sessions(&mut self) {
+        let now = Instant::now();
+        let due: Vec<PeerId> =
+            self.parting.iter().filter(|(_, at)| **at <= now).map(|(p, _)| *p).collect();
+        for peer in due {
+            self.end_session(peer);
+        }
+    }
+
     /// Once a direct connection to `peer` is up (hole punching succeeded, or a direct dial),
     /// its relayed connections are closed: streams would otherwise keep opening on them and
     /// every byte would cross the relay twice.
@@ -527,6 +570,8 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         hole_punches: (0, 0),
         discover: (Instant::now() + DISCOVER_FIRST, DISCOVER_FIRST),
         relays: relay_list.into_iter().map(|(p, a)| (p, (a, None))).collect(),
+        parting: HashMap::new(),
+        dropping: HashSet::new(),
         pending_gossip: HashMap::new(),
         next_token: 1,
         inventory,
@@ -649,7 +694,10 @@ impl Daemon {
                         d.test_events_done = integrations::test_events(d);
                     }
                 }
-                _ = notice_tick.tick() => d.flush_delivery_notices(),
+                _ = notice_tick.tick() => {
+                    d.flush_delivery_notices();
+                    d.end_parted_sessions();
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
             }
@@ -827,7 +875,7 @@ impl Daemon {
             Output::Disconnect { peer } => {
                 if let Some(p) = self.peers.get(&peer.0).copied() {
                     tracing::info!(peer = %p, "disconnecting peer");
-                    let _ = self.swarm.disconnect_peer_id(p);
+                    self.disconnect(p);
                 }
             }
             Output::Penalize { peer } => {
@@ -887,7 +935,7 @@ impl Daemon {
             self.bans.insert(p, (Instant::now() + long, bans));
             self.swarm.behaviour_mut().blocked.block_peer(p);
             tracing::warn!(peer = %p, ban_s = long.as_secs(), "too many offences; disconnected and banned");
-            let _ = self.swarm.disconnect_peer_id(p);
+            self.disconnect(p);
         }
     }
 

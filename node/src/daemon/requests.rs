@@ -487,6 +487,8 @@ impl Daemon {
         let mut out: Vec<control::PeerView> = self
             .ids
             .keys()
+            // A peer between connections (within the session grace) is not listed.
+            .filter(|p| self.conns.contains_key(p))
             .map(|p| {
                 let node = net::node_of(p);
                 let site = node.and_then(|n| admitted.get(&n).cloned());

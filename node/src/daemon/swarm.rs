@@ -41,9 +41,13 @@ impl Daemon {
                 if num_established.get() > 1 {
                     return;
                 }
+                if self.parting.remove(&peer_id).is_some() {
+                    tracing::info!(peer = %peer_id, "connected again within the grace; the session goes on");
+                    return;
+                }
                 let Some(node) = net::node_of(&peer_id) else {
                     tracing::warn!(peer = %peer_id, "peer key is not ed25519; disconnecting");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    self.disconnect(peer_id);
                     return;
                 };
                 let id = self.next_peer;
@@ -60,7 +64,15 @@ impl Daemon {
                 }
                 self.input(Input::Connected { peer: core::PeerId(id), node });
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id, connection_id, num_established, cause, ..
+            } => {
+                let relayed = self
+                    .conns
+                    .get(&peer_id)
+                    .and_then(|c| c.get(&connection_id))
+                    .is_some_and(|c| c.1);
+                tracing::info!(peer = %peer_id, relayed, remaining = num_established, cause = ?cause, "connection closed");
                 if let Some(c) = self.conns.get_mut(&peer_id) {
                     c.remove(&connection_id);
                     if c.is_empty() {
@@ -71,11 +83,11 @@ impl Daemon {
                 if num_established > 0 {
                     return;
                 }
-                self.admitted.remove(&peer_id);
-                if let Some(id) = self.ids.remove(&peer_id) {
-                    self.peers.remove(&id);
-                    self.input(Input::Disconnected { peer: core::PeerId(id) });
-                    self.publish_view();
+                let dropping = self.dropping.remove(&peer_id);
+                if !relayed || dropping || !self.ids.contains_key(&peer_id) {
+                    self.end_session(peer_id);
+                } else {
+                    self.parting.insert(peer_id, Instant::now() + SESSION_GRACE);
                 }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),

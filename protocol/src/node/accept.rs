@@ -275,11 +275,32 @@ impl Node {
                     }
                 }
                 let site = admitted.cert.site.clone();
-                if self.peers.admit(peer, admitted, self.state.site.site()) == Hello::Admitted {
-                    self.out.push(Output::Event(Event::PeerAdmitted { peer, node, site }));
-                    // Anti-entropy on connect.
-                    let digest = self.state.digest();
-                    self.out.send(peer, digest);
+                match self.peers.admit(peer, admitted, self.state.site.site()) {
+                    Hello::Admitted => {
+                        self.out.push(Output::Event(Event::PeerAdmitted { peer, node, site }));
+                        // Anti-entropy on connect.
+                        let digest = self.state.digest();
+                        self.out.send(peer, digest);
+                    }
+                    Hello::Renewed => {
+                        // A node says hello only when its session with a peer begins, so this
+                        // peer began a new one while this node's went on: it restarted, or the
+                        // two ends saw a handover between connections differently. Its view of
+                        // this node starts over; so does this node's catalog sync with it, and
+                        // this node introduces itself again (without this answer the peer would
+                        // wait for a hello that never comes, and drop this node for talking
+                        // before it). The answer cannot echo: a hello for a peer not yet
+                        // admitted is not answered.
+                        if let Some(p) = self.peers.get_mut(peer) {
+                            p.catalog = crate::catalog::PeerSync::default();
+                        }
+                        // Only the hello: anything else could reach the peer before it (streams
+                        // are not ordered) and get this node dropped. The peer sends its digest
+                        // once it admits this node.
+                        let hello = self.hello();
+                        self.out.send(peer, hello);
+                    }
+                    Hello::Unknown => {}
                 }
                 return;
             }

@@ -36,7 +36,8 @@ impl Peer {
 pub(crate) enum Hello {
     /// First valid hello: the peer is admitted now.
     Admitted,
-    /// Already admitted (a renewed certificate replaced the old one).
+    /// Already admitted: the peer began a new session while this node's went on (a restart,
+    /// or a handover between connections); its certificate replaced the one held.
     Renewed,
     /// Not connected (it went away).
     Unknown,
