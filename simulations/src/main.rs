@@ -1,6 +1,12 @@
 //! `patchmesh-sim run SCENARIO --seed N`: one JSON report on stdout; exit 1 on a violation.
 
 use anyhow::Context;
+
+/// mimalloc: a simulated fleet makes tens of millions of small, short-lived allocations
+/// (messages, outputs, B-tree nodes) over gigabytes of node state; `bad-patch.toml` runs
+/// 10–15% faster than with the system allocator (the README's simulator paragraph).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use patchmesh_sim::scenario::FIELDS_HELP;
 
