@@ -74,6 +74,13 @@ pub struct StatusView {
     /// Hole punching attempts that failed (the connection stays relayed).
     #[serde(default)]
     pub hole_punches_failed: u64,
+    /// DHT bootstraps this node started to find more peers (fewer connected than
+    /// `peers_target`).
+    #[serde(default)]
+    pub dht_bootstraps: u64,
+    /// Whether those bootstraps wait for a change: the last one brought no new peer.
+    #[serde(default)]
+    pub dht_discovery_parked: bool,
     /// Process id.
     pub pid: u32,
     /// Objects restored from the store at start.

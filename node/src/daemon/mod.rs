@@ -18,6 +18,7 @@
 //! [`PENALTIES_MAX`]), `Disconnect` closes every connection to the peer.
 
 mod audit;
+mod discovery;
 mod facts;
 mod install;
 mod integrations;
@@ -67,12 +68,6 @@ pub const PENALTIES_MAX: u32 = 5;
 pub const BAN_FIRST: Duration = Duration::from_secs(60);
 /// The longest ban.
 pub const BAN_MAX: Duration = Duration::from_secs(3600);
-/// First wait between DHT bootstraps while a node has fewer peers than `peers_target` (the
-/// DHT's own period is 5 minutes: a node that joined just before a peer it should know, or
-/// behind a NAT that became reachable through a relay, would wait that long to find it).
-const DISCOVER_FIRST: Duration = Duration::from_secs(15);
-/// Longest wait between those bootstraps.
-const DISCOVER_MAX: Duration = Duration::from_secs(300);
 /// Control requests waiting for the owner task.
 const CONTROL_QUEUE: usize = 64;
 /// How long a peer's session outlives its last connection when that was a relayed one. The
@@ -139,9 +134,8 @@ struct Daemon {
     conns: HashMap<PeerId, BTreeMap<libp2p::swarm::ConnectionId, (Multiaddr, bool)>>,
     /// Relayed connections upgraded to direct ones by hole punching, and attempts that failed.
     hole_punches: (u64, u64),
-    /// The next DHT bootstrap while this node has fewer peers than it wants, and the wait
-    /// after it (doubling from 15 s to 5 min; reset when the node gets a relay reservation).
-    discover: (Instant, Duration),
+    /// When this node, with fewer peers than it wants, next runs a DHT bootstrap.
+    discover: discovery::Discovery<kad::QueryId>,
     /// Configured relays: address, and the listener through it once reserved.
     relays: HashMap<PeerId, (Multiaddr, Option<libp2p::core::transport::ListenerId>)>,
     /// Peers without a connection whose session ends at the given time ([`SESSION_GRACE`]).
@@ -340,22 +334,24 @@ impl Daemon {
     }
 
     /// Runs a DHT bootstrap (a lookup of this node's own key, which also announces it) when
-    /// the node has fewer peers than it wants and the wait since the last one is over.
+    /// the node has fewer peers than it wants and [`discovery::Discovery`] says it is due.
     pub(super) fn discover(&mut self) {
-        let (next, wait) = self.discover;
-        if self.ids.len() >= self.cfg.peers_target || Instant::now() < next {
+        let now = Instant::now();
+        if !self.discover.due(now, self.ids.len(), self.cfg.peers_target) {
             return;
         }
-        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-            tracing::debug!(error = %e, "no DHT bootstrap");
+        match self.swarm.behaviour_mut().kad.bootstrap() {
+            Ok(q) => self.discover.started(now, q),
+            Err(e) => {
+                tracing::debug!(error = %e, "no DHT bootstrap");
+                self.discover.failed(now);
+            }
         }
-        let wait = (wait * 2).min(DISCOVER_MAX);
-        self.discover = (Instant::now() + wait, wait);
     }
 
     /// Look again soon (a relay reservation just made this node reachable).
     pub(super) fn discover_soon(&mut self) {
-        self.discover = (Instant::now(), DISCOVER_FIRST);
+        self.discover.soon(Instant::now());
         self.discover();
     }
 
@@ -371,6 +367,7 @@ impl Daemon {
         self.admitted.remove(&peer);
         if let Some(id) = self.ids.remove(&peer) {
             self.peers.remove(&id);
+            self.discover.peer_lost(Instant::now());
             self.input(Input::Disconnected { peer: core::PeerId(id) });
             self.publish_view();
         }
@@ -568,7 +565,7 @@ async fn start(cfg: NodeConfig) -> Result<(Daemon, Inbox), DaemonError> {
         banned_refused: 0,
         conns: HashMap::new(),
         hole_punches: (0, 0),
-        discover: (Instant::now() + DISCOVER_FIRST, DISCOVER_FIRST),
+        discover: discovery::Discovery::new(Instant::now()),
         relays: relay_list.into_iter().map(|(p, a)| (p, (a, None))).collect(),
         parting: HashMap::new(),
         dropping: HashSet::new(),

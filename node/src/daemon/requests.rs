@@ -377,6 +377,8 @@ impl Daemon {
             banned_refused: self.banned_refused,
             hole_punches_ok: self.hole_punches.0,
             hole_punches_failed: self.hole_punches.1,
+            dht_bootstraps: self.discover.bootstraps(),
+            dht_discovery_parked: self.discover.parked(),
             pid: std::process::id(),
             restored_objects: self.restored.0,
             restore_refused: self.restored.1,

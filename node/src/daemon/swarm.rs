@@ -208,10 +208,13 @@ impl Daemon {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
-                if self.ids.len() < self.cfg.peers_target && !self.ids.contains_key(&peer) =>
-            {
-                let _ = self.swarm.dial(peer);
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, is_new_peer, .. }) => {
+                if is_new_peer {
+                    self.discover.new_peer();
+                }
+                if self.ids.len() < self.cfg.peers_target && !self.ids.contains_key(&peer) {
+                    let _ = self.swarm.dial(peer);
+                }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
@@ -225,6 +228,11 @@ impl Daemon {
                 }
                 if step.last {
                     self.query_done(id);
+                    if self.discover.finished(id) {
+                        tracing::debug!(
+                            "the DHT brought no new peer: bootstraps wait until a peer is lost"
+                        );
+                    }
                 }
             }
             BehaviourEvent::Dcutr(ev) => match ev.result {
