@@ -5,15 +5,16 @@
 //! a mesh smaller than `peers_target` (a branch office fleet, or any mesh where every node
 //! already knows every other) the node can never reach its target, so with a timer alone it
 //! bootstrapped every 5 minutes for ever, and every few seconds at first: in
-//! `scripts/bench-wan.sh` (15 nodes, target 16) two bootstrap rounds fell inside a 65 s
-//! download, about 2% of the payload on every site's WAN link.
+//! `scripts/bench-wan.sh` (15 nodes, target 16) bootstraps fell inside a 65 s download, about
+//! 2% of the payload on every site's WAN link.
 //!
-//! The rule here: bootstraps back off from 15 s to 5 minutes as before, and a bootstrap during
-//! which the DHT brought no new peer *parks* discovery. A parked node asks again only when
-//! something changed: a peer lost, or a relay reservation that made it reachable. New nodes
-//! are not missed: a node that joins bootstraps itself, which reaches the nodes already there
-//! (they add it to their routing tables and dial it), and the DHT's own 10-minute refresh
-//! still runs.
+//! The rule here: bootstraps back off from 15 s to 5 minutes as before, and discovery *parks*
+//! when a bootstrap finishes (this node's, or one the DHT runs by itself as peers join) and
+//! the DHT's routing table gained no peer since the previous one finished: the DHT has
+//! nobody new to tell. A parked node asks again only when something changed: a peer lost, or
+//! a relay reservation that made it reachable. New nodes are not missed: a node that joins
+//! bootstraps itself, which reaches the nodes already there (they add it to their routing
+//! tables and dial it), and the DHT's own 10-minute refresh still runs.
 
 use std::time::{Duration, Instant};
 
@@ -31,10 +32,12 @@ pub struct Discovery<Q> {
     next: Option<Instant>,
     /// The wait after the next one (doubling up to [`DISCOVER_MAX`]).
     wait: Duration,
-    /// The bootstrap under way, and the count of new DHT peers when it started.
-    running: Option<(Q, u64)>,
+    /// This node's bootstrap under way.
+    running: Option<Q>,
     /// Peers the DHT's routing table gained, ever.
     new_peers: u64,
+    /// `new_peers` when the last bootstrap (any) finished; `None` before the first.
+    at_last_done: Option<u64>,
     /// Bootstraps started, for the status view.
     started: u64,
 }
@@ -47,6 +50,7 @@ impl<Q: PartialEq + Copy> Discovery<Q> {
             wait: DISCOVER_FIRST,
             running: None,
             new_peers: 0,
+            at_last_done: None,
             started: 0,
         }
     }
@@ -59,7 +63,7 @@ impl<Q: PartialEq + Copy> Discovery<Q> {
 
     /// A bootstrap started as query `q`; the next waits twice as long.
     pub fn started(&mut self, now: Instant, q: Q) {
-        self.running = Some((q, self.new_peers));
+        self.running = Some(q);
         self.started += 1;
         self.wait = (self.wait * 2).min(DISCOVER_MAX);
         self.next = Some(now + self.wait);
@@ -76,20 +80,19 @@ impl<Q: PartialEq + Copy> Discovery<Q> {
         self.new_peers += 1;
     }
 
-    /// Query `q` finished. If it was the bootstrap under way and the routing table gained no
-    /// peer meanwhile, discovery parks. Returns whether it parked.
-    pub fn finished(&mut self, q: Q) -> bool {
-        match self.running {
-            Some((r, at_start)) if r == q => {
-                self.running = None;
-                if self.new_peers == at_start {
-                    self.next = None;
-                    return true;
-                }
-                false
-            }
-            _ => false,
+    /// Bootstrap `q` finished: this node's, or one the DHT ran by itself. If the routing
+    /// table gained no peer since the previous bootstrap finished, discovery parks. Returns
+    /// whether it parked.
+    pub fn bootstrap_done(&mut self, q: Q) -> bool {
+        if self.running == Some(q) {
+            self.running = None;
         }
+        let quiet = self.at_last_done == Some(self.new_peers);
+        self.at_last_done = Some(self.new_peers);
+        if quiet {
+            self.next = None;
+        }
+        quiet
     }
 
     /// A peer was lost: a parked schedule resumes after its current wait.
@@ -134,36 +137,43 @@ mod tests {
         d.started(at(t0, 15), 1);
         assert!(!d.due(at(t0, 100), 2, 8), "never while one runs");
         d.new_peer();
-        assert!(!d.finished(2), "another query's end changes nothing");
-        assert!(!d.finished(1), "a bootstrap that found a peer does not park");
+        assert!(!d.bootstrap_done(1), "the first one to finish does not park");
         assert!(!d.due(at(t0, 44), 3, 8));
         assert!(d.due(at(t0, 45), 3, 8), "the wait doubled to 30 s");
         d.started(at(t0, 45), 3);
         d.new_peer();
-        d.finished(3);
+        assert!(!d.bootstrap_done(3), "a peer came since the last one finished");
         assert!(d.due(at(t0, 105), 3, 8), "then 60 s");
         assert_eq!(d.bootstraps(), 2);
     }
 
     #[test]
-    fn a_bootstrap_that_finds_nobody_new_parks_until_a_peer_is_lost() {
+    fn two_bootstraps_in_a_row_that_find_nobody_new_park_until_a_peer_is_lost() {
         let t0 = Instant::now();
         let mut d = Discovery::<u32>::new(t0);
-        d.started(at(t0, 15), 1);
-        assert!(d.finished(1));
+        // The DHT bootstraps by itself as the first peers join, then settles.
+        d.new_peer();
+        d.new_peer();
+        assert!(!d.bootstrap_done(7));
+        assert!(d.bootstrap_done(8), "nothing new since the DHT's own last bootstrap");
         assert!(d.parked());
         assert!(!d.due(at(t0, 10_000), 4, 8), "parked: no bootstrap however long");
+        assert_eq!(d.bootstraps(), 0, "this node never had to ask");
         d.peer_lost(at(t0, 10_000));
         assert!(!d.parked());
-        assert!(!d.due(at(t0, 10_029), 3, 8));
-        assert!(d.due(at(t0, 10_030), 3, 8), "resumes after its current wait");
+        assert!(!d.due(at(t0, 10_014), 3, 8));
+        assert!(d.due(at(t0, 10_015), 3, 8), "resumes after its current wait");
+        d.started(at(t0, 10_015), 2);
+        assert!(!d.due(at(t0, 20_000), 3, 8), "not while it runs");
+        assert!(d.bootstrap_done(2), "it found nobody: parked again");
         // A peer lost while not parked does not move the schedule.
-        d.started(at(t0, 10_030), 2);
+        d.soon(at(t0, 20_000));
+        d.started(at(t0, 20_000), 3);
         d.new_peer();
-        d.finished(2);
-        d.peer_lost(at(t0, 10_031));
-        assert!(!d.due(at(t0, 10_089), 3, 8));
-        assert!(d.due(at(t0, 10_090), 3, 8));
+        d.bootstrap_done(3);
+        d.peer_lost(at(t0, 20_001));
+        assert!(!d.due(at(t0, 20_029), 3, 8));
+        assert!(d.due(at(t0, 20_030), 3, 8));
     }
 
     #[test]
@@ -171,12 +181,14 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Discovery::<u32>::new(t0);
         d.started(at(t0, 15), 1);
-        d.finished(1);
+        d.bootstrap_done(1);
+        d.bootstrap_done(9);
+        assert!(d.parked());
         d.soon(at(t0, 500));
         assert!(d.due(at(t0, 500), 1, 8));
         d.started(at(t0, 500), 2);
         d.new_peer();
-        d.finished(2);
+        d.bootstrap_done(2);
         assert!(d.due(at(t0, 530), 1, 8), "the wait starts over at 15 s, doubled once");
     }
 

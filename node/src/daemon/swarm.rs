@@ -219,6 +219,14 @@ impl Daemon {
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             }) => {
+                if step.last && matches!(result, kad::QueryResult::Bootstrap(_)) {
+                    // This node's bootstrap or one the DHT ran by itself.
+                    if self.discover.bootstrap_done(id) {
+                        tracing::debug!(
+                            "the DHT brought no new peer: bootstraps wait until a peer is lost"
+                        );
+                    }
+                }
                 if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
                     providers,
                     ..
@@ -228,11 +236,6 @@ impl Daemon {
                 }
                 if step.last {
                     self.query_done(id);
-                    if self.discover.finished(id) {
-                        tracing::debug!(
-                            "the DHT brought no new peer: bootstraps wait until a peer is lost"
-                        );
-                    }
                 }
             }
             BehaviourEvent::Dcutr(ev) => match ev.result {

@@ -370,6 +370,28 @@ fn with_no_source_the_elected_node_looks_up_providers_then_fails_visibly() {
 }
 
 #[test]
+fn no_provider_look_up_before_the_node_knows_its_site_members() {
+    // Site first, then peers, as both drivers give them: the node is not the elected one,
+    // and looks nothing up in between.
+    let content = ContentId([9; 32]);
+    let winner = (1..=250u8)
+        .map(n)
+        .find(|x| rendezvous(&content, x) > rendezvous(&content, &n(ME)))
+        .unwrap();
+    let mut f = fetch(false);
+    f.handle_input(Millis(0), FetchInput::Site(SiteId::from("home")));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![(winner, None), other(n(252))]));
+    assert_eq!(f.download().role(), Role::Lan);
+    assert!(!drain(&mut f).contains(&FetchOutput::FindProviders));
+    // Told it is alone in its site, it is the elected one and looks at once.
+    let mut f = fetch(false);
+    f.handle_input(Millis(0), FetchInput::Site(SiteId::from("home")));
+    assert!(!drain(&mut f).contains(&FetchOutput::FindProviders));
+    f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(252))]));
+    assert!(drain(&mut f).contains(&FetchOutput::FindProviders));
+}
+
+#[test]
 fn groups_of_a_cancelled_range_are_kept_and_counted() {
     let mut f = fetch(true);
     f.handle_input(Millis(0), FetchInput::Peers(vec![other(n(1))]));
