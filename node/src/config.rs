@@ -88,7 +88,9 @@ pub struct NodeConfig {
     /// Most established connections.
     #[serde(default = "default_connections")]
     pub connections_max: u32,
-    /// Connections this node tries to keep (it dials peers the DHT finds until it has them).
+    /// Connections this node tries to keep (it dials peers the DHT finds until it has them;
+    /// below it, DHT bootstraps back off and stop once one finds nobody new: see
+    /// `daemon::discovery`).
     #[serde(default = "default_peers_target")]
     pub peers_target: usize,
     /// Fetch the payload of every patch in the catalog as soon as it is published.
