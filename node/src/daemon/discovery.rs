@@ -5,8 +5,8 @@
 //! a mesh smaller than `peers_target` (a branch office fleet, or any mesh where every node
 //! already knows every other) the node can never reach its target, so with a timer alone it
 //! bootstrapped every 5 minutes for ever, and every few seconds at first: in
-//! `scripts/bench-wan.sh` (15 nodes, target 16) bootstraps fell inside a 65 s download, about
-//! 2% of the payload on every site's WAN link.
+//! `scripts/bench-wan.sh` (15 nodes, target 16) bootstraps fell inside a 65 s download, 1–2%
+//! of the payload on every site's WAN link.
 //!
 //! The rule here: bootstraps back off from 15 s to 5 minutes as before, and discovery *parks*
 //! when a bootstrap finishes (this node's, or one the DHT runs by itself as peers join) and
