@@ -427,6 +427,14 @@ const ACK_ELICITING_THRESHOLD: u32 = 7;
 /// Longest a peer may hold back an ACK (quinn caps it at the path's round trip, or 25 ms if
 /// that is longer).
 const ACK_DELAY_MAX: Duration = Duration::from_millis(100);
+/// UDP socket buffers asked of the kernel for the QUIC socket, each way (a patch in
+/// `vendor/libp2p-quic`). With the usual 208 KiB default, a node receiving a payload at LAN
+/// speed overflows its receive buffer whenever it is busy verifying and writing for a moment,
+/// and QUIC reads each dropped datagram as congestion: `scripts/bench-transfer.sh` (1 GiB, one
+/// source) went from 247–269 to 282–325 MiB/s with these buffers. Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max`; the Debian package raises both to this size
+/// (`/usr/lib/sysctl.d/60-patchmesh.conf`).
+const UDP_BUFFER_BYTES: usize = 4 << 20;
 
 /// Builds the swarm; bandwidth counters are registered in `registry`.
 pub fn build(
@@ -448,7 +456,10 @@ pub fn build(
         None => builder
             .with_tcp(tcp::Config::default().nodelay(true), noise.clone(), yamux::Config::default)
             .map_err(|e| tr(&e))?
-            .with_quic_config(|c| c.ack_frequency(ACK_ELICITING_THRESHOLD, ACK_DELAY_MAX))
+            .with_quic_config(|c| {
+                c.ack_frequency(ACK_ELICITING_THRESHOLD, ACK_DELAY_MAX)
+                    .socket_buffer_bytes(UDP_BUFFER_BYTES)
+            })
             .with_relay_client(noise, yamux::Config::default)
             .map_err(|e| tr(&e))?
             .with_bandwidth_metrics(registry)
@@ -508,4 +519,20 @@ pub fn bandwidth(registry: &libp2p::metrics::Registry) -> (u64, u64) {
         }
     }
     (sent, received)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The Debian package raises the kernel's cap to exactly what the node asks for.
+    #[test]
+    fn the_package_sysctl_allows_the_buffers_the_node_asks_for() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../cli/debian/sysctl.conf");
+        let text = std::fs::read_to_string(path).expect("cli/debian/sysctl.conf");
+        for key in ["net.core.rmem_max", "net.core.wmem_max"] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().strip_prefix('=')?.trim().parse().ok());
+            assert_eq!(value, Some(super::UDP_BUFFER_BYTES), "{key} in {path}");
+        }
+    }
 }

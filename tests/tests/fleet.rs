@@ -248,6 +248,7 @@ fn the_debian_package_unpacks_into_a_throwaway_root_and_its_unit_verifies() {
         "/usr/bin/patchmesh",
         "/usr/lib/systemd/system/patchmesh.service",
         "/etc/patchmesh/node.toml",
+        "/usr/lib/sysctl.d/60-patchmesh.conf",
         "/usr/share/man/man1/patchmesh.1.gz",
         "/usr/share/man/man1/patchmesh-node-doctor.1.gz",
         "/usr/share/bash-completion/completions/patchmesh",

@@ -75,6 +75,10 @@ pub struct Config {
     /// ACK frequency asked of the peer (QUIC ACK frequency extension), if any: see
     /// [`Config::ack_frequency`].
     ack_frequency: Option<(u32, Duration)>,
+
+    /// Size asked of the kernel for the UDP socket's receive and send buffers, if any: see
+    /// [`Config::socket_buffer_bytes`].
+    pub(crate) socket_buffer_bytes: Option<usize>,
 }
 
 #[expect(deprecated)]
@@ -103,7 +107,18 @@ impl Config {
             keypair: keypair.clone(),
             mtu_discovery_config: Some(Default::default()),
             ack_frequency: None,
+            socket_buffer_bytes: None,
         }
+    }
+
+    /// Asks the kernel for UDP socket buffers of `bytes` each way (`SO_RCVBUF`, `SO_SNDBUF`)
+    /// on every socket the transport binds, instead of the system default (often 208 KiB).
+    /// Linux caps the request at `net.core.rmem_max` / `wmem_max`; a refused request leaves
+    /// the default. A receive buffer that overflows drops datagrams, which QUIC reads as
+    /// congestion.
+    pub fn socket_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.socket_buffer_bytes = Some(bytes);
+        self
     }
 
     /// Asks the peer (when it supports the QUIC ACK frequency extension) to acknowledge only
@@ -153,6 +168,7 @@ impl From<Config> for QuinnConfig {
             keypair,
             mtu_discovery_config,
             ack_frequency,
+            socket_buffer_bytes: _,
         } = config;
         let mut transport = quinn::TransportConfig::default();
         // Disable uni-directional streams.

@@ -72,6 +72,8 @@ pub struct GenTransport<P: Provider> {
     quinn_config: QuinnConfig,
     /// Timeout for the [`Connecting`] future.
     handshake_timeout: Duration,
+    /// UDP socket buffer size asked of the kernel, if any.
+    socket_buffer_bytes: Option<usize>,
     /// Whether draft-29 is supported for dialing and listening.
     support_draft_29: bool,
     /// Streams of active [`Listener`]s.
@@ -89,12 +91,14 @@ impl<P: Provider> GenTransport<P> {
     /// Create a new [`GenTransport`] with the given [`Config`].
     pub fn new(config: Config) -> Self {
         let handshake_timeout = config.handshake_timeout;
+        let socket_buffer_bytes = config.socket_buffer_bytes;
         let support_draft_29 = config.support_draft_29;
         let quinn_config = config.into();
         Self {
             listeners: SelectAll::new(),
             quinn_config,
             handshake_timeout,
+            socket_buffer_bytes,
             dialer: HashMap::new(),
             waker: None,
             support_draft_29,
@@ -180,6 +184,30 @@ impl<P: Provider> GenTransport<P> {
         }
     }
 
+    /// Asks for the configured socket buffer sizes; a refusal keeps the kernel's default, and
+    /// a receive buffer granted smaller than asked is logged.
+    fn size_buffers(&self, socket: &Socket) {
+        let Some(bytes) = self.socket_buffer_bytes else {
+            return;
+        };
+        if let Err(e) = socket.set_recv_buffer_size(bytes) {
+            tracing::debug!(error = %e, "UDP receive buffer size refused");
+        }
+        if let Err(e) = socket.set_send_buffer_size(bytes) {
+            tracing::debug!(error = %e, "UDP send buffer size refused");
+        }
+        // Linux reports twice what it granted (the doubling covers its bookkeeping).
+        if let Ok(granted) = socket.recv_buffer_size() {
+            if granted < bytes {
+                tracing::info!(
+                    granted,
+                    asked = bytes,
+                    "UDP receive buffer smaller than asked: raise net.core.rmem_max"
+                );
+            }
+        }
+    }
+
     fn create_socket(&self, socket_addr: SocketAddr) -> io::Result<UdpSocket> {
         let socket = Socket::new(
             Domain::for_address(socket_addr),
@@ -191,6 +219,7 @@ impl<P: Provider> GenTransport<P> {
         }
 
         socket.bind(&socket_addr.into())?;
+        self.size_buffers(&socket);
 
         Ok(socket.into())
     }
@@ -205,6 +234,7 @@ impl<P: Provider> GenTransport<P> {
             SocketFamily::Ipv6 => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
         };
         let socket = UdpSocket::bind(listen_socket_addr)?;
+        self.size_buffers(&socket2::SockRef::from(&socket));
         let endpoint_config = self.quinn_config.endpoint_config.clone();
         let endpoint = Self::new_endpoint(endpoint_config, None, socket)?;
         Ok(endpoint)
