@@ -434,7 +434,7 @@ const ACK_DELAY_MAX: Duration = Duration::from_millis(100);
 /// source) went from 247–269 to 282–325 MiB/s with these buffers. Linux caps the request at
 /// `net.core.rmem_max` / `wmem_max`; the Debian package raises both to this size
 /// (`/usr/lib/sysctl.d/60-patchmesh.conf`).
-const UDP_BUFFER_BYTES: usize = 4 << 20;
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
 
 /// Builds the swarm; bandwidth counters are registered in `registry`.
 pub fn build(

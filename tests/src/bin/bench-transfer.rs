@@ -6,7 +6,9 @@
 //!    verified and written to disk);
 //! 2. baseline, at once after: a raw quinn connection between two processes, one stream
 //!    carrying the same number of bytes from memory to memory (same QUIC library, same
-//!    cipher suite, AES-128-GCM).
+//!    cipher suite, AES-128-GCM); once with the system's UDP socket buffers, once with the
+//!    buffers the node asks for ([`patchmesh_node::net::UDP_BUFFER_BYTES`]), so the figure
+//!    shows what the node's data path costs apart from socket tuning.
 //!
 //! Loopback throughput on a shared 2-core machine varies by a third from run to run, so the
 //! rounds run side by side and the figures are the best of each (`ratio`) and the median of
@@ -14,7 +16,8 @@
 //! node 4 fetches it from the four holders at once.
 //!
 //! Prints figures as it goes and, last, one JSON object: `{"payload_bytes":…,"rounds":…,
-//! "patchmesh_mib_s":…,"quinn_mib_s":…,"ratio":…,"ratio_median":…,"multi_source_mib_s":…}`.
+//! "patchmesh_mib_s":…,"quinn_mib_s":…,"ratio":…,"ratio_median":…,"quinn_same_buffers_mib_s":…,
+//! "ratio_same_buffers":…,"ratio_same_buffers_median":…,"multi_source_mib_s":…}`.
 
 use patchmesh_node::control::ContentView;
 use patchmesh_tests::{wait_for, Mesh};
@@ -69,12 +72,29 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
+/// A UDP socket on loopback, with `buffers` bytes of socket buffer each way if given (as the
+/// node asks for its own: [`patchmesh_node::net::UDP_BUFFER_BYTES`]).
+fn udp_socket(buffers: Option<usize>) -> anyhow::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    if let Some(b) = buffers {
+        let s = socket2::SockRef::from(&socket);
+        s.set_recv_buffer_size(b)?;
+        s.set_send_buffer_size(b)?;
+    }
+    Ok(socket)
+}
+
 /// The baseline's server process: serves `bytes` on the first stream, then exits.
-async fn quinn_server(bytes: u64) -> anyhow::Result<()> {
+async fn quinn_server(bytes: u64, buffers: Option<usize>) -> anyhow::Result<()> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
     let config = quinn::ServerConfig::with_single_cert(vec![cert.cert.der().clone()], key)?;
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        udp_socket(buffers)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     println!("{}", endpoint.local_addr()?);
     std::io::stdout().flush()?;
     let conn = endpoint.accept().await.ok_or_else(|| anyhow::anyhow!("no connection"))?.await?;
@@ -94,7 +114,11 @@ async fn quinn_server(bytes: u64) -> anyhow::Result<()> {
 }
 
 /// The baseline's client: returns milliseconds to receive `bytes` on one stream.
-async fn quinn_client(addr: std::net::SocketAddr, bytes: u64) -> anyhow::Result<f64> {
+async fn quinn_client(
+    addr: std::net::SocketAddr,
+    bytes: u64,
+    buffers: Option<usize>,
+) -> anyhow::Result<f64> {
     // The suite the nodes negotiate (vendor/libp2p-tls prefers it), so both sides encrypt alike.
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites =
@@ -106,7 +130,12 @@ async fn quinn_client(addr: std::net::SocketAddr, bytes: u64) -> anyhow::Result<
         .with_no_client_auth();
     let config =
         quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(buffers)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(config);
     let conn = endpoint.connect(addr, "localhost")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -123,10 +152,12 @@ async fn quinn_client(addr: std::net::SocketAddr, bytes: u64) -> anyhow::Result<
     Ok(ms)
 }
 
-fn quinn_baseline(bytes: u64) -> anyhow::Result<f64> {
+/// One baseline run: a server process and this process as the client; `buffers` as in
+/// [`udp_socket`] on both sides.
+fn quinn_baseline(bytes: u64, buffers: Option<usize>) -> anyhow::Result<f64> {
     let me = std::env::current_exe()?;
     let mut server = std::process::Command::new(me)
-        .args(["quinn-server", &bytes.to_string()])
+        .args(["quinn-server", &bytes.to_string(), &buffers.unwrap_or(0).to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut line = String::new();
@@ -136,7 +167,7 @@ fn quinn_baseline(bytes: u64) -> anyhow::Result<f64> {
     )?;
     let addr: std::net::SocketAddr = line.trim().parse()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let ms = rt.block_on(quinn_client(addr, bytes))?;
+    let ms = rt.block_on(quinn_client(addr, bytes, buffers))?;
     let _ = server.wait();
     Ok(ms)
 }
@@ -158,11 +189,12 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("quinn-server") {
         let bytes: u64 = args[2].parse()?;
+        let buffers = args.get(3).and_then(|b| b.parse().ok()).filter(|&b: &usize| b > 0);
         return tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(quinn_server(bytes));
+            .block_on(quinn_server(bytes, buffers));
     }
     let mib: u64 = std::env::var("BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     let bytes = mib * 1024 * 1024;
@@ -182,7 +214,9 @@ fn main() -> anyhow::Result<()> {
 
     // Each round: node 1 fetches a fresh payload from node 0 alone, then the raw quinn
     // baseline moves as many bytes; the two run back to back so both see the same machine.
-    let mut samples: Vec<(f64, f64)> = Vec::new();
+    // (patchmesh, raw quinn, raw quinn with the node's socket buffers), MiB/s.
+    let mut samples: Vec<(f64, f64, f64)> = Vec::new();
+    let buffers = patchmesh_node::net::UDP_BUFFER_BYTES;
     let mut first_content = String::new();
     for round in 0..rounds {
         let file = mesh.root.0.join(format!("payload-{round}.bin"));
@@ -198,14 +232,18 @@ fn main() -> anyhow::Result<()> {
         let one = fetch_ms(&mesh, 1, &content)?;
         let one_ms = (one.elapsed_ms as f64).max(1.0);
         let patchmesh = mib_s(bytes, one_ms);
-        let quinn_ms = quinn_baseline(bytes)?;
+        let quinn_ms = quinn_baseline(bytes, None)?;
         let quinn = mib_s(bytes, quinn_ms);
+        let tuned_ms = quinn_baseline(bytes, Some(buffers))?;
+        let tuned = mib_s(bytes, tuned_ms);
         eprintln!(
-            "round {}: patchmesh 1 source {patchmesh:.1} MiB/s ({one_ms:.0} ms), raw quinn 1 stream {quinn:.1} MiB/s ({quinn_ms:.0} ms), ratio {:.3}",
+            "round {}: patchmesh 1 source {patchmesh:.1} MiB/s ({one_ms:.0} ms), raw quinn 1 stream {quinn:.1} MiB/s ({quinn_ms:.0} ms), ratio {:.3}; raw quinn with the node's {} MiB socket buffers {tuned:.1} MiB/s ({tuned_ms:.0} ms), ratio {:.3}",
             round + 1,
-            patchmesh / quinn
+            patchmesh / quinn,
+            buffers >> 20,
+            patchmesh / tuned
         );
-        samples.push((patchmesh, quinn));
+        samples.push((patchmesh, quinn, tuned));
         if round == 0 {
             first_content = content;
         }
@@ -222,15 +260,23 @@ fn main() -> anyhow::Result<()> {
     );
     drop(mesh);
 
-    let best = |f: fn(&(f64, f64)) -> f64| samples.iter().map(f).fold(0.0, f64::max);
-    let (patchmesh, quinn) = (best(|s| s.0), best(|s| s.1));
-    let mut ratios: Vec<f64> = samples.iter().map(|(p, q)| p / q).collect();
-    ratios.sort_by(|a, b| a.total_cmp(b));
-    let median = ratios[ratios.len() / 2];
+    let best = |f: fn(&(f64, f64, f64)) -> f64| samples.iter().map(f).fold(0.0, f64::max);
+    let (patchmesh, quinn, tuned) = (best(|s| s.0), best(|s| s.1), best(|s| s.2));
+    let median = |f: fn(&(f64, f64, f64)) -> f64| {
+        let mut r: Vec<f64> = samples.iter().map(f).collect();
+        r.sort_by(|a, b| a.total_cmp(b));
+        r[r.len() / 2]
+    };
+    let (ratio_median, tuned_median) = (median(|s| s.0 / s.1), median(|s| s.0 / s.2));
     eprintln!(
-        "best of {rounds}: patchmesh {patchmesh:.1} MiB/s, raw quinn {quinn:.1} MiB/s; ratio of the bests {:.3}, median of the rounds' ratios {median:.3}",
+        "best of {rounds}: patchmesh {patchmesh:.1} MiB/s, raw quinn {quinn:.1} MiB/s; ratio of the bests {:.3}, median of the rounds' ratios {ratio_median:.3}",
         patchmesh / quinn
     );
+    eprintln!(
+        "against raw quinn with the node's socket buffers ({tuned:.1} MiB/s): ratio of the bests {:.3}, median {tuned_median:.3}",
+        patchmesh / tuned
+    );
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "{}",
         serde_json::json!({
@@ -238,8 +284,11 @@ fn main() -> anyhow::Result<()> {
             "rounds": rounds,
             "patchmesh_mib_s": round1(patchmesh),
             "quinn_mib_s": round1(quinn),
-            "ratio": (patchmesh / quinn * 1000.0).round() / 1000.0,
-            "ratio_median": (median * 1000.0).round() / 1000.0,
+            "ratio": r3(patchmesh / quinn),
+            "ratio_median": r3(ratio_median),
+            "quinn_same_buffers_mib_s": round1(tuned),
+            "ratio_same_buffers": r3(patchmesh / tuned),
+            "ratio_same_buffers_median": r3(tuned_median),
             "multi_source_mib_s": round1(multi_rate),
         })
     );
