@@ -611,7 +611,8 @@ impl Transfers {
         // event per batch.
         const BATCH: u64 = 16;
         let group = patchmesh_protocol::transfer::GROUP_BYTES;
-        let mut buf = vec![0u8; (BATCH * group) as usize];
+        // Aligned, so the store can write the batch past the page cache.
+        let (mut buf, at) = crate::content::aligned_buffer((BATCH * group) as usize);
         let end = req.first + req.count;
         let mut g = req.first;
         while g < end {
@@ -623,7 +624,7 @@ impl Transfers {
             if !lan {
                 self.wan_bucket.take(len).await;
             }
-            let part = &mut buf[..len as usize];
+            let part = &mut buf[at..at + len as usize];
             match tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(part)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
