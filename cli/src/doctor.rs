@@ -50,6 +50,39 @@ impl Report {
     }
 }
 
+/// Whether the kernel lets the node's QUIC socket have the UDP buffers it asks for
+/// ([`patchmesh_node::net::UDP_BUFFER_BYTES`]); the Debian package's sysctl file allows them.
+fn udp_buffers(r: &mut Report) {
+    let want = patchmesh_node::net::UDP_BUFFER_BYTES;
+    let read = |key: &str| -> Option<usize> {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{key}")).ok()?.trim().parse().ok()
+    };
+    let (Some(rmem), Some(wmem)) = (read("rmem_max"), read("wmem_max")) else {
+        r.ok("udp buffers", "not checked (no /proc/sys/net/core here)");
+        return;
+    };
+    if rmem.min(wmem) < want {
+        r.warn(
+            "udp buffers",
+            format!(
+                "net.core.rmem_max {rmem} and wmem_max {wmem} bytes: the node asks for {want} \
+                 ({} MiB) each way; with less, a fast LAN download drops datagrams and slows \
+                 down",
+                want >> 20
+            ),
+            format!(
+                "sysctl -w net.core.rmem_max={want} net.core.wmem_max={want} (the Debian \
+                 package installs this as /usr/lib/sysctl.d/60-patchmesh.conf)"
+            ),
+        );
+    } else {
+        r.ok(
+            "udp buffers",
+            format!("the kernel allows the {} MiB socket buffers the node asks for", want >> 20),
+        );
+    }
+}
+
 /// Runs every check on the node configured at `config`; exit code 1 if any failed.
 pub fn run(config: &Path, json: bool, now: Millis) -> anyhow::Result<i32> {
     let mut r = Report::default();
@@ -240,6 +273,7 @@ fn checks(r: &mut Report, cfg: &NodeConfig, now: Millis) {
             r.warn("disk", format!("cannot read free space: {e}"), "check the data_dir volume")
         }
     }
+    udp_buffers(r);
     // The running node: store health, peers, clock.
     let socket = cfg.control_socket();
     fn ask<T: serde::de::DeserializeOwned>(

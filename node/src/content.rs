@@ -540,6 +540,12 @@ impl ContentStore {
         })
     }
 
+    /// Whether batches of `id` are written past the page cache now (tests).
+    #[cfg(test)]
+    fn writes_direct(&self, id: &ContentId) -> bool {
+        self.entries.lock().expect("store lock").get(id).is_some_and(|e| e.direct.is_some())
+    }
+
     /// Marks a payload whose every group verified as complete: flushes the data, then removes
     /// the partial marker. Returns false if groups are still missing.
     pub fn finish(&self, id: &ContentId) -> Result<bool, StoreError> {
@@ -776,6 +782,54 @@ mod tests {
         let (written, result) = store.write_groups(&id, first + 2, &data[rest as usize..]);
         assert_eq!((written, result.is_ok()), (2, true));
         assert!(store.finish(&id).unwrap());
+        assert_eq!(std::fs::read(store.complete_path(&id).unwrap()).unwrap(), data);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn aligned_batches_go_past_the_page_cache_and_read_back_exactly() {
+        let dir = tempdir("direct");
+        let data = payload(40 * GROUP_BYTES as usize + 777, 5);
+        let (store, id, size, outboard) = fetching(&dir, &data);
+        store.set_outboard(&id, &outboard).unwrap();
+        // Whether this file system takes direct I/O at all (tmpfs before Linux 6.6 does not).
+        let probe = dir.join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let direct_ok = {
+            use std::os::unix::fs::OpenOptionsExt;
+            let flag = nix::fcntl::OFlag::O_DIRECT.bits();
+            OpenOptions::new().write(true).custom_flags(flag).open(&probe).is_ok()
+        };
+        assert_eq!(store.writes_direct(&id), direct_ok);
+        // Batches of 16 groups from an aligned buffer, as a download hands them over; the
+        // second batch has a damaged group 20, so it keeps only groups 16..20.
+        let batch = |store: &ContentStore, first: u64, damage: Option<usize>| {
+            let (from, _) = group_span(size, first);
+            let to = (from as usize + 16 * GROUP_BYTES as usize).min(data.len());
+            let (mut buf, at) = aligned_buffer(16 * GROUP_BYTES as usize);
+            let len = to - from as usize;
+            buf[at..at + len].copy_from_slice(&data[from as usize..to]);
+            if let Some(i) = damage {
+                buf[at + i] ^= 1;
+            }
+            store.write_groups(&id, first, &buf[at..at + len])
+        };
+        assert_eq!(batch(&store, 0, None).0, 16);
+        let (written, result) = batch(&store, 16, Some(4 * GROUP_BYTES as usize + 9));
+        assert_eq!(written, 4);
+        assert!(matches!(result, Err(StoreError::Corrupt { group: 20, .. })));
+        assert_eq!(store.writes_direct(&id), direct_ok, "a direct write fell back");
+        // What went past the cache is on disk: a reopened store verifies exactly those groups.
+        drop(store);
+        let store = ContentStore::open(&dir.join("b"), limits()).unwrap();
+        let Availability::Partial(b) = store.availability(&id).1 else { panic!("partial") };
+        assert_eq!((0..41).filter(|g| b.get(*g)).collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
+        // The rest: 20..36 (aligned) and the short tail 36..41 (written through the cache).
+        assert_eq!(batch(&store, 20, None).0, 16);
+        let (written, result) = batch(&store, 36, None);
+        assert_eq!((written, result.is_ok()), (5, true));
+        assert!(store.finish(&id).unwrap());
+        assert!(!store.writes_direct(&id), "a complete payload keeps no direct handle");
         assert_eq!(std::fs::read(store.complete_path(&id).unwrap()).unwrap(), data);
         std::fs::remove_dir_all(&dir).unwrap();
     }
