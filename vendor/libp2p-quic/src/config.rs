@@ -79,6 +79,10 @@ pub struct Config {
     /// Size asked of the kernel for the UDP socket's receive and send buffers, if any: see
     /// [`Config::socket_buffer_bytes`].
     pub(crate) socket_buffer_bytes: Option<usize>,
+
+    /// Length of the connection IDs this endpoint issues, if not quinn's default of 8 bytes:
+    /// see [`Config::connection_id_bytes`].
+    connection_id_bytes: Option<usize>,
 }
 
 #[expect(deprecated)]
@@ -108,7 +112,17 @@ impl Config {
             mtu_discovery_config: Some(Default::default()),
             ack_frequency: None,
             socket_buffer_bytes: None,
+            connection_id_bytes: None,
         }
+    }
+
+    /// Issues connection IDs of `bytes` bytes (4 to 20) instead of quinn's 8. Every packet
+    /// sent to this endpoint carries one in its header, so shorter IDs cost fewer bytes on
+    /// the wire. IDs are random; quinn draws again on the rare collision with an ID in use.
+    /// Shorter IDs give up the hashed generator's cheap rejection of stray packets.
+    pub fn connection_id_bytes(mut self, bytes: usize) -> Self {
+        self.connection_id_bytes = Some(bytes.clamp(4, 20));
+        self
     }
 
     /// Asks the kernel for UDP socket buffers of `bytes` each way (`SO_RCVBUF`, `SO_SNDBUF`)
@@ -169,6 +183,7 @@ impl From<Config> for QuinnConfig {
             mtu_discovery_config,
             ack_frequency,
             socket_buffer_bytes: _,
+            connection_id_bytes,
         } = config;
         let mut transport = quinn::TransportConfig::default();
         // Disable uni-directional streams.
@@ -210,6 +225,11 @@ impl From<Config> for QuinnConfig {
 
         if !support_draft_29 {
             endpoint_config.supported_versions(vec![1]);
+        }
+        if let Some(bytes) = connection_id_bytes {
+            endpoint_config.cid_generator(move || {
+                Box::new(quinn_proto::RandomConnectionIdGenerator::new(bytes))
+            });
         }
 
         QuinnConfig {
