@@ -120,11 +120,19 @@ pub const FETCH_RELOOKUP_MS: u64 = 15_000;
 pub const FETCH_LOOKUP_FILL_MS: u64 = 1_000;
 /// A download with no source holding anything for this long fails (visibly, with a reason).
 pub const FETCH_NO_SOURCE_MS: u64 = 600_000;
-/// Sources in other sites a WAN fetcher uses at once.
-pub const FETCH_WAN_SOURCES_MAX: usize = 8;
-/// WAN sources of one download in any one other site: they share that site's uplink, so a
-/// third adds contention, not rate.
-pub const FETCH_WAN_SOURCES_PER_SITE: usize = 2;
+/// Sources in other sites a WAN fetcher uses at once. Each is a flow into the site's own WAN
+/// downlink, and on a slow link every extra flow adds contention, not rate: congestion control
+/// keeps each flow's window at a share of the link's queue, so many small windows overflow it
+/// more often (retransmissions) and draw an ACK every couple of packets. In
+/// `scripts/bench-wan.sh` with `SITES=5 NODES_PER_SITE=3 WAN_MBIT=4 PAYLOAD_MIB=20`, 8 sources
+/// (2 per site) against 4 (1 per site): datagrams into a site 24,400-26,100 -> 21,400-22,600,
+/// shaper drops 500-690 -> 320-560, busiest site 1.148-1.163 -> 1.113-1.147 payload sizes;
+/// in the default run 1.067-1.070 -> 1.064-1.066, and done 27.2-27.3 s -> 25.3-26.0 s.
+pub const FETCH_WAN_SOURCES_MAX: usize = 4;
+/// WAN sources of one download in any one other site. One flow's congestion control already
+/// finds what the path to that site gives; a second shares the same uplink, so it splits the
+/// rate instead of adding to it, and crowds the site that held the payload first.
+pub const FETCH_WAN_SOURCES_PER_SITE: usize = 1;
 /// How often a WAN fetcher with more candidates than slots retires its slowest WAN source to
 /// try another (sites that already hold parts feed each other instead of all pulling from the
 /// origin).
