@@ -30,6 +30,8 @@ pub(super) struct Shared {
     pub wake: Arc<tokio::sync::Notify>,
     /// Deliveries made here, to tell the site (so standby copies are dropped, not resent).
     pub delivered: Arc<Mutex<Vec<(String, String)>>>,
+    /// Wakes the owner task when `delivered` has something to tell.
+    pub delivered_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The owner task's integration bookkeeping.
@@ -54,6 +56,7 @@ impl IntegrationsState {
                 disabled: Default::default(),
                 wake: Default::default(),
                 delivered: Default::default(),
+                delivered_wake: Default::default(),
             },
             evidence_seen: BTreeSet::new(),
         })
@@ -69,8 +72,9 @@ pub(super) fn spawn(
 ) {
     tokio::spawn(async move {
         let mut last_prune = 0u64;
+        let mut wait = Duration::ZERO;
         loop {
-            let _ = tokio::time::timeout(Duration::from_millis(500), shared.wake.notified()).await;
+            let _ = tokio::time::timeout(wait, shared.wake.notified()).await;
             let now = crate::clock::now_ms().0;
             if now.saturating_sub(last_prune) > 3_600_000 {
                 shared.outbox.prune_done(now, DONE_KEEP_MS);
@@ -78,84 +82,122 @@ pub(super) fn spawn(
             }
             let due: Vec<_> =
                 shared.outbox.list("pending").into_iter().filter(|i| i.next_at_ms <= now).collect();
-            if due.is_empty() {
-                continue;
+            if !due.is_empty() {
+                deliver_due(&shared, due, &key, credentials.as_deref(), &hostname).await;
             }
-            let creds = match &credentials {
-                Some(p) => load_credentials(p).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "integration credentials not read");
-                    Default::default()
-                }),
-                None => Default::default(),
-            };
-            for mut item in due {
-                let now = crate::clock::now_ms().0;
-                // No policy yet (the catalog is still loading): keep everything for later.
-                let Some(policy) = lock(&shared.policy).clone() else { break };
-                let Some(sink) = policy.sinks.iter().find(|s| s.name == item.sink).cloned() else {
-                    let _ = shared.outbox.drop_standby(&item); // the policy no longer names it
-                    continue;
-                };
-                if let Some(why) = lock(&shared.disabled).get(&sink.name).cloned() {
-                    let _ = shared.outbox.dead(item, format!("sink disabled: {why}"));
-                    continue;
-                }
-                if !lock(&shared.election).mine(&item.event, &sink.name) {
-                    if now.saturating_sub(item.queued_at_ms) > STANDBY_MS {
-                        let _ = shared.outbox.drop_standby(&item);
-                    }
-                    continue;
-                }
-                let (k, cred, event, node, host) = (
-                    key.clone(),
-                    creds.get(&sink.name).cloned(),
-                    item.event.clone(),
-                    hex::encode(key.public().0),
-                    hostname.clone(),
-                );
-                let sink2 = sink.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let ctx =
-                        deliver::Ctx { key: &k, cred: cred.as_ref(), node: &node, hostname: &host };
-                    deliver::deliver(&sink2, &event, &ctx, crate::clock::now_ms().0)
-                })
-                .await
-                .unwrap_or_else(|e| Outcome::Retry { after_ms: None, why: e.to_string() });
-                item.attempts += 1;
-                let now = crate::clock::now_ms().0;
-                let r = match outcome {
-                    Outcome::Delivered => {
-                        tracing::info!(event = %item.event.id, sink = %sink.name, attempts = item.attempts, "event delivered");
-                        lock(&shared.delivered).push((item.event.id.clone(), item.sink.clone()));
-                        shared.outbox.delivered(item, now)
-                    }
-                    Outcome::Retry { after_ms, why } => {
-                        if now.saturating_sub(item.queued_at_ms) > GIVE_UP_MS {
-                            shared
-                                .outbox
-                                .dead(item, format!("gave up after {GIVE_UP_MS} ms: {why}"))
-                        } else {
-                            let wait = after_ms.unwrap_or(0).max(backoff_ms(item.attempts - 1));
-                            tracing::warn!(event = %item.event.id, sink = %sink.name, %why, wait_ms = wait, "delivery failed; retrying");
-                            shared.outbox.retry(item, why, wait, now)
-                        }
-                    }
-                    Outcome::Disable(why) => {
-                        tracing::error!(sink = %sink.name, %why, "sink disabled until the policy changes");
-                        lock(&shared.disabled).insert(sink.name.clone(), why.clone());
-                        shared.outbox.dead(item, why)
-                    }
-                    Outcome::Dead(why) => {
-                        tracing::error!(event = %item.event.id, sink = %sink.name, %why, "event dead-lettered");
-                        shared.outbox.dead(item, why)
-                    }
-                };
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "outbox write failed");
-                }
-            }
+            wait = next_pass(&shared, crate::clock::now_ms().0);
         }
     });
+}
+
+/// Shortest sleep of the delivery task between passes that found nothing to send: a pending
+/// item it cannot settle (a failing outbox write) is retried this often, not in a busy loop.
+const PASS_MIN: Duration = Duration::from_millis(250);
+/// Longest sleep of the delivery task: new events, a new policy and a new election wake it at
+/// once, so this only bounds how late a missed wake-up could make a delivery.
+const PASS_MAX: Duration = Duration::from_secs(30);
+
+/// How long the delivery task sleeps after a pass: until the first pending item comes due (a
+/// retry's backoff ends, or a standby copy another member was elected for ages out), within
+/// [`PASS_MIN`]..=[`PASS_MAX`]. An idle node wakes for nothing.
+fn next_pass(shared: &Shared, now: u64) -> Duration {
+    if lock(&shared.policy).is_none() {
+        return PASS_MAX; // nothing can be sent before a policy arrives, and its arrival wakes us
+    }
+    let election = lock(&shared.election).clone();
+    let next = shared
+        .outbox
+        .list("pending")
+        .iter()
+        .map(|i| match election.mine(&i.event, &i.sink) {
+            true => i.next_at_ms,
+            false => i.queued_at_ms.saturating_add(STANDBY_MS + 1),
+        })
+        .min();
+    next.map_or(PASS_MAX, |at| Duration::from_millis(at.saturating_sub(now)))
+        .clamp(PASS_MIN, PASS_MAX)
+}
+
+/// One pass over the pending items that are due: each is sent (on a blocking thread), retried
+/// later, dropped as a standby copy or dead-lettered.
+async fn deliver_due(
+    shared: &Shared,
+    due: Vec<crate::integrations::Item>,
+    key: &patchmesh_protocol::crypto::SecretKey,
+    credentials: Option<&std::path::Path>,
+    hostname: &str,
+) {
+    let creds = match credentials {
+        Some(p) => load_credentials(p).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "integration credentials not read");
+            Default::default()
+        }),
+        None => Default::default(),
+    };
+    for mut item in due {
+        let now = crate::clock::now_ms().0;
+        // No policy yet (the catalog is still loading): keep everything for later.
+        let Some(policy) = lock(&shared.policy).clone() else { break };
+        let Some(sink) = policy.sinks.iter().find(|s| s.name == item.sink).cloned() else {
+            let _ = shared.outbox.drop_standby(&item); // the policy no longer names it
+            continue;
+        };
+        if let Some(why) = lock(&shared.disabled).get(&sink.name).cloned() {
+            let _ = shared.outbox.dead(item, format!("sink disabled: {why}"));
+            continue;
+        }
+        if !lock(&shared.election).mine(&item.event, &sink.name) {
+            if now.saturating_sub(item.queued_at_ms) > STANDBY_MS {
+                let _ = shared.outbox.drop_standby(&item);
+            }
+            continue;
+        }
+        let (k, cred, event, node, host) = (
+            key.clone(),
+            creds.get(&sink.name).cloned(),
+            item.event.clone(),
+            hex::encode(key.public().0),
+            hostname.to_string(),
+        );
+        let sink2 = sink.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let ctx = deliver::Ctx { key: &k, cred: cred.as_ref(), node: &node, hostname: &host };
+            deliver::deliver(&sink2, &event, &ctx, crate::clock::now_ms().0)
+        })
+        .await
+        .unwrap_or_else(|e| Outcome::Retry { after_ms: None, why: e.to_string() });
+        item.attempts += 1;
+        let now = crate::clock::now_ms().0;
+        let r = match outcome {
+            Outcome::Delivered => {
+                tracing::info!(event = %item.event.id, sink = %sink.name, attempts = item.attempts, "event delivered");
+                lock(&shared.delivered).push((item.event.id.clone(), item.sink.clone()));
+                shared.delivered_wake.notify_one();
+                shared.outbox.delivered(item, now)
+            }
+            Outcome::Retry { after_ms, why } => {
+                if now.saturating_sub(item.queued_at_ms) > GIVE_UP_MS {
+                    shared.outbox.dead(item, format!("gave up after {GIVE_UP_MS} ms: {why}"))
+                } else {
+                    let wait = after_ms.unwrap_or(0).max(backoff_ms(item.attempts - 1));
+                    tracing::warn!(event = %item.event.id, sink = %sink.name, %why, wait_ms = wait, "delivery failed; retrying");
+                    shared.outbox.retry(item, why, wait, now)
+                }
+            }
+            Outcome::Disable(why) => {
+                tracing::error!(sink = %sink.name, %why, "sink disabled until the policy changes");
+                lock(&shared.disabled).insert(sink.name.clone(), why.clone());
+                shared.outbox.dead(item, why)
+            }
+            Outcome::Dead(why) => {
+                tracing::error!(event = %item.event.id, sink = %sink.name, %why, "event dead-lettered");
+                shared.outbox.dead(item, why)
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "outbox write failed");
+        }
+    }
 }
 
 impl Daemon {

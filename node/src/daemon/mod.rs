@@ -374,6 +374,12 @@ impl Daemon {
     }
 
     /// Ends the sessions of peers that did not connect again within [`SESSION_GRACE`].
+    /// When the first parted session's grace ends (far off when none is parting).
+    fn parting_deadline(&self) -> tokio::time::Instant {
+        let first = self.parting.values().min().copied();
+        first.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()
+    }
+
     fn end_parted_sessions(&mut self) {
         let now = Instant::now();
         let due: Vec<PeerId> =
@@ -661,14 +667,16 @@ impl Daemon {
         let mut activity_tick =
             tokio::time::interval(Duration::from_millis(d.cfg.activity_interval_ms.max(1000)));
         let mut site_tick = tokio::time::interval(Duration::from_secs(5));
-        let mut notice_tick = tokio::time::interval(Duration::from_millis(250));
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(io("handling SIGTERM".into()))?;
+        let delivered = d.integrations.shared.delivered_wake.clone();
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate()).map_err(io("handling SIGTERM".into()))?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(io("handling SIGINT".into()))?;
         loop {
             if let Some(why) = d.fatal.take() {
                 return Err(DaemonError::Stopped(why));
             }
             let deadline = d.deadline();
+            let (parting, parting_at) = (!d.parting.is_empty(), d.parting_deadline());
             tokio::select! {
                 ev = d.swarm.select_next_some() => d.on_swarm(ev),
                 () = tokio::time::sleep_until(deadline) => d.input(Input::Timer),
@@ -691,11 +699,11 @@ impl Daemon {
                         d.test_events_done = integrations::test_events(d);
                     }
                 }
-                _ = notice_tick.tick() => {
-                    d.flush_delivery_notices();
+                () = delivered.notified() => d.flush_delivery_notices(),
+                () = tokio::time::sleep_until(parting_at), if parting => {
                     d.end_parted_sessions();
                 }
-                _ = tokio::signal::ctrl_c() => break,
+                _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
             d.sync_audit_head();

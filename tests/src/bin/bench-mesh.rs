@@ -38,12 +38,17 @@ fn cpu_ticks(pid: u64) -> u64 {
     get(11) + get(12)
 }
 
-fn rss_mb(pid: u64) -> f64 {
+/// One `/proc/<pid>/status` field in kB, as MB.
+fn status_mb(pid: u64, field: &str) -> f64 {
     proc_field(pid, "status")
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn rss_mb(pid: u64) -> f64 {
+    status_mb(pid, "VmRSS")
 }
 
 fn clock_ticks_per_s() -> f64 {
@@ -168,6 +173,11 @@ struct Window {
     secs: f64,
     cpu_pct: Vec<f64>,
     rss_mb: Vec<f64>,
+    /// The node's own memory (heap, stacks): what each further node costs.
+    anon_mb: Vec<f64>,
+    /// Pages of the executable and other files mapped: shared by every node run from the
+    /// same binary, and counted in each one's RSS.
+    file_mb: Vec<f64>,
     /// libp2p stream bytes per node per second, sent and received over all nodes / 2.
     bytes_per_s: f64,
     /// The node's own messages by kind: (messages, bytes) per node per second.
@@ -230,6 +240,8 @@ fn measure(mesh: &Mesh, n: usize, secs: u64) -> Window {
         secs: elapsed,
         cpu_pct,
         rss_mb: pids.iter().map(|p| rss_mb(*p)).collect(),
+        anon_mb: pids.iter().map(|p| status_mb(*p, "RssAnon")).collect(),
+        file_mb: pids.iter().map(|p| status_mb(*p, "RssFile")).collect(),
         bytes_per_s: total as f64 / 2.0 / n as f64 / elapsed,
         kinds,
     }
@@ -241,6 +253,16 @@ fn report(name: &str, w: &Window) -> serde_json::Map<String, serde_json::Value> 
         "{name}_rss_mb      max {:.1}  mean {:.1}   (goal <= 40)",
         max(&w.rss_mb),
         mean(&w.rss_mb)
+    );
+    println!(
+        "  {name}_rss_anon_mb  max {:.1}  mean {:.1}   (the node's own memory: heap, stacks)",
+        max(&w.anon_mb),
+        mean(&w.anon_mb)
+    );
+    println!(
+        "  {name}_rss_file_mb  max {:.1}  mean {:.1}   (mapped pages of the binary, shared by all nodes)",
+        max(&w.file_mb),
+        mean(&w.file_mb)
     );
     println!(
         "{name}_cpu_pct     max {:.2}  mean {:.2}   over {:.0} s (goal <= 0.5)",
@@ -268,6 +290,8 @@ fn report(name: &str, w: &Window) -> serde_json::Map<String, serde_json::Value> 
     out.insert(format!("{name}_protocol_bytes_per_s_per_node"), json!(protocol_bps.round()));
     out.insert(format!("{name}_bytes_by_kind"), serde_json::Value::Object(kinds));
     out.insert(format!("{name}_rss_mb_max"), json!((max(&w.rss_mb) * 10.0).round() / 10.0));
+    out.insert(format!("{name}_rss_anon_mb_max"), json!((max(&w.anon_mb) * 10.0).round() / 10.0));
+    out.insert(format!("{name}_rss_file_mb_max"), json!((max(&w.file_mb) * 10.0).round() / 10.0));
     out.insert(format!("{name}_cpu_pct_max"), json!((max(&w.cpu_pct) * 100.0).round() / 100.0));
     out.insert(format!("{name}_bytes_per_s_per_node"), json!(w.bytes_per_s.round()));
     out
