@@ -607,25 +607,36 @@ impl Transfers {
             (_, DataReply::Missing) => return Err(Failure::Fault(Fault::Lied)),
             _ => return Err(Failure::Fault(Fault::Protocol)),
         };
-        // Read a batch of groups at once, then verify and write each: fewer wake-ups and one
-        // event per batch.
+        // Batches of groups, pipelined: while one batch is verified and written on a blocking
+        // thread (a direct write waits for the disk), the next is read from the stream. The
+        // runtime's workers stay free for the QUIC connection, which must keep draining its
+        // socket: a receive buffer that overflows drops datagrams, and QUIC slows down for
+        // each as if the path were congested.
         const BATCH: u64 = 16;
         let group = patchmesh_protocol::transfer::GROUP_BYTES;
-        // Aligned, so the store can write the batch past the page cache.
-        let (mut buf, at) = crate::content::aligned_buffer((BATCH * group) as usize);
+        // Aligned, so the store can write a batch past the page cache.
+        let new_buffer = || crate::content::aligned_buffer((BATCH * group) as usize);
+        let mut spare = Some(new_buffer());
+        let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
         let end = req.first + req.count;
         let mut g = req.first;
         while g < end {
             let n_groups = BATCH.min(end - g);
             let (start, _) = group_span(size_bytes, g);
             let (last_off, last_len) = group_span(size_bytes, g + n_groups - 1);
-            let len = last_off + last_len - start;
-            self.node_bucket.take(len).await;
+            let len = (last_off + last_len - start) as usize;
+            self.node_bucket.take(len as u64).await;
             if !lan {
-                self.wan_bucket.take(len).await;
+                self.wan_bucket.take(len as u64).await;
             }
-            let part = &mut buf[at..at + len as usize];
-            match tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(part)).await {
+            let (mut buf, at) = spare.take().unwrap_or_else(new_buffer);
+            let read =
+                tokio::time::timeout(GROUP_TIMEOUT, s.read_exact(&mut buf[at..at + len])).await;
+            // The batch before this one is stored (or not) whatever this read gave.
+            if let Some(w) = writing.take() {
+                spare = Some(self.stored(w, req.id, &content, tx).await?);
+            }
+            match read {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %n, error = %e, "reading a range failed");
@@ -635,31 +646,48 @@ impl Transfers {
                 // rested by the core's rate check; never penalised).
                 Err(_) => return Err(Failure::Timeout),
             }
-            // Verified and written in one go; the groups before a bad one are kept.
-            let (written, result) = self.store.write_groups(&content, g, part);
-            if let Err(e) = result {
-                if written > 0 {
-                    Self::report(tx, req.id, g, written).await;
-                }
-                return match e {
-                    StoreError::Corrupt { .. } => Err(Failure::Fault(Fault::Corrupt)),
-                    other => {
-                        let stop = match other {
-                            StoreError::DiskFull(_) => StoreError::DiskFull(content).to_string(),
-                            other => other.to_string(),
-                        };
-                        let _ = tx.send(Ev::Input(FetchInput::Stop(stop))).await;
-                        Err(Failure::Lost)
-                    }
-                };
-            }
-            Self::report(tx, req.id, g, n_groups).await;
-            if let Some(flush) = self.store.writeback_due(&content) {
-                drop(tokio::task::spawn_blocking(flush));
-            }
+            let store = self.store.clone();
+            writing = Some(tokio::task::spawn_blocking(move || {
+                // Verified and written in one go; the groups before a bad one are kept.
+                let (written, result) = store.write_groups(&content, g, &buf[at..at + len]);
+                Written { buf: (buf, at), first: g, written, result }
+            }));
             g += n_groups;
         }
+        if let Some(w) = writing.take() {
+            self.stored(w, req.id, &content, tx).await?;
+        }
         Ok(s)
+    }
+
+    /// Waits for a batch's verify-and-write, reports the groups stored and hands the buffer
+    /// back; a corrupt group is the source's fault, a store error stops the download.
+    async fn stored(
+        &self,
+        w: tokio::task::JoinHandle<Written>,
+        request: u64,
+        content: &ContentId,
+        tx: &mpsc::Sender<Ev>,
+    ) -> Result<(Vec<u8>, usize), Failure> {
+        let Written { buf, first, written, result } = w.await.map_err(|_| Failure::Lost)?;
+        if written > 0 {
+            Self::report(tx, request, first, written).await;
+        }
+        if let Some(flush) = self.store.writeback_due(content) {
+            drop(tokio::task::spawn_blocking(flush));
+        }
+        match result {
+            Ok(()) => Ok(buf),
+            Err(StoreError::Corrupt { .. }) => Err(Failure::Fault(Fault::Corrupt)),
+            Err(other) => {
+                let stop = match other {
+                    StoreError::DiskFull(_) => StoreError::DiskFull(*content).to_string(),
+                    other => other.to_string(),
+                };
+                let _ = tx.send(Ev::Input(FetchInput::Stop(stop))).await;
+                Err(Failure::Lost)
+            }
+        }
     }
 
     /// Serves incoming data streams until the node stops.
@@ -757,6 +785,15 @@ impl Transfers {
             }
         }
     }
+}
+
+/// A batch verified and written on a blocking thread: its buffer (and the aligned start in
+/// it), to be reused, and what [`ContentStore::write_groups`] said.
+struct Written {
+    buf: (Vec<u8>, usize),
+    first: u64,
+    written: u64,
+    result: Result<(), StoreError>,
 }
 
 /// Recent download rate over a few seconds.
