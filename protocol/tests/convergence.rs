@@ -289,6 +289,28 @@ fn a_node_whose_store_lost_its_floor_signs_above_the_record_its_peers_hold() {
 }
 
 #[test]
+fn a_node_handed_back_its_own_current_record_does_not_sign_again() {
+    // Repair exchanges cross: a peer that has just taken this node's newest record can still
+    // answer a key list sent before it did, and send the record back. That copy is no sign of
+    // an earlier life; signing again would put the new version in the same race, forever.
+    let mut h = Harness::new(&["a", "a"]);
+    h.connect(0, 1);
+    h.run_for(2_000);
+    let id0 = h.nodes[0].id();
+    let version = h.nodes[0].site().record_version(&id0).unwrap();
+    assert_eq!(h.nodes[1].site().record_version(&id0), Some(version));
+    // Off the wire, as repair sends it: decoded, not yet verified.
+    let held = h.nodes[1].site().records()[&id0].bundle.clone();
+    let bytes = Message::SiteObjects(vec![held]).to_bytes();
+    for _ in 0..3 {
+        h.input(0, Input::Bytes { peer: PeerId(1), bytes: bytes.clone() });
+        h.run_for(1_000);
+    }
+    assert_eq!(h.nodes[0].site().record_version(&id0), Some(version), "node 0 signed again");
+    assert_eq!(h.nodes[1].site().record_version(&id0), Some(version));
+}
+
+#[test]
 fn records_re_signed_with_nothing_new_for_other_sites_publish_no_summary() {
     let mut h = Harness::new(&["a", "a", "b"]);
     for (x, y) in [(0, 1), (1, 2)] {

@@ -28,11 +28,23 @@ fn converged(mesh: &Mesh, changes: usize) {
                 None => "(no answer)".to_string(),
             })
             .collect();
-        panic!(
-            "no convergence on {changes} changes:\n{}\nnode 0 log:\n{}",
-            summary.join("\n"),
-            mesh.log(0)
-        );
+        // The log of node 0 and of every node whose state differs from the most common one.
+        let key = |s: &Option<StatusView>| {
+            s.as_ref().map(|s| (s.catalog_state.clone(), s.state_hash.clone()))
+        };
+        let common = seen
+            .iter()
+            .max_by_key(|a| seen.iter().filter(|b| key(b) == key(a)).count())
+            .and_then(key);
+        // `seen` holds the running nodes, in order.
+        let running = (0..mesh.nodes.len()).filter(|i| mesh.nodes[*i].child.is_some());
+        let logs: Vec<String> = running
+            .zip(&seen)
+            .enumerate()
+            .filter(|(k, (_, s))| *k == 0 || key(s) != common)
+            .map(|(_, (i, s))| format!("node {i}: {s:?}\nnode {i} log:\n{}", mesh.log(i)))
+            .collect();
+        panic!("no convergence on {changes} changes:\n{}\n{}", summary.join("\n"), logs.join("\n"));
     }
 }
 

@@ -392,10 +392,9 @@ impl Node {
 
     /// True if we hold this exact record already; such a copy needs no verification.
     pub(super) fn holds_record_bytes(&self, bundle: &Bundle) -> bool {
-        let (Some(hash), Some(signer)) = (bundle.body_hash(), bundle.object().signatures.first())
-        else {
-            return false;
-        };
+        // The body's hash, from the envelope: a copy off the wire is not verified yet.
+        let hash = bundle.object().body_hash();
+        let Some(signer) = bundle.object().signatures.first() else { return false };
         self.state
             .site
             .records()
@@ -406,9 +405,14 @@ impl Node {
     /// True if we hold this exact report already (by its signed body); such a copy needs no
     /// verification.
     fn holds_alarm_bytes(&self, bundle: &Bundle) -> bool {
-        let (Some(ev), Some(hash)) = (bundle.evidence(), bundle.body_hash()) else {
+        // Read from the envelope: a copy off the wire is not verified yet (decoding the body
+        // costs far less than checking its signatures).
+        let object = bundle.object();
+        if object.domain != Domain::Evidence {
             return false;
-        };
+        }
+        let Ok(ev) = object.open::<site::Evidence>("evidence") else { return false };
+        let hash = object.body_hash();
         self.state
             .alarms
             .get(&ev.rollout, &ev.node)
@@ -522,7 +526,7 @@ impl Node {
     pub(super) fn own_record_from_elsewhere(&mut self, bundle: &Bundle) -> bool {
         let Some(signer) = bundle.object().signatures.first() else { return false };
         if NodeId(signer.key.0) != self.id
-            || bundle.body_hash() == self.publisher.last_record_body()
+            || Some(bundle.object().body_hash()) == self.publisher.last_record_body()
         {
             return false;
         }

@@ -133,7 +133,8 @@ impl Publisher {
             audit: self.audit,
         };
         let bundle = self.seal(Domain::NodeRecord, &record);
-        self.last_record_body = bundle.body_hash();
+        // From the envelope: the bundle's own `body_hash` is known only once it is verified.
+        self.last_record_body = Some(bundle.object().body_hash());
         self.record_signed_at = Some(now);
         (self.record_version, bundle)
     }
