@@ -392,8 +392,7 @@ impl Node {
 
     /// True if we hold this exact record already; such a copy needs no verification.
     pub(super) fn holds_record_bytes(&self, bundle: &Bundle) -> bool {
-        // The body's hash, from the envelope: a copy off the wire is not verified yet.
-        let hash = bundle.object().body_hash();
+        let hash = bundle.signed_body_hash();
         let Some(signer) = bundle.object().signatures.first() else { return false };
         self.state
             .site
@@ -405,18 +404,20 @@ impl Node {
     /// True if we hold this exact report already (by its signed body); such a copy needs no
     /// verification.
     fn holds_alarm_bytes(&self, bundle: &Bundle) -> bool {
-        // Read from the envelope: a copy off the wire is not verified yet (decoding the body
-        // costs far less than checking its signatures).
-        let object = bundle.object();
-        if object.domain != Domain::Evidence {
-            return false;
+        let held = |ev: &site::Evidence| {
+            self.state
+                .alarms
+                .get(&ev.rollout, &ev.node)
+                .is_some_and(|held| held.bundle.body_hash() == Some(bundle.signed_body_hash()))
+        };
+        if let Some(ev) = bundle.evidence() {
+            return held(ev);
         }
-        let Ok(ev) = object.open::<site::Evidence>("evidence") else { return false };
-        let hash = object.body_hash();
-        self.state
-            .alarms
-            .get(&ev.rollout, &ev.node)
-            .is_some_and(|held| held.bundle.body_hash() == Some(hash))
+        // A copy off the wire is not verified yet: its body is read (far cheaper than checking
+        // its signatures).
+        let object = bundle.object();
+        object.domain == Domain::Evidence
+            && object.open::<site::Evidence>("evidence").is_ok_and(|ev| held(&ev))
     }
 
     pub(super) fn on_site_objects(&mut self, via: Via, bundles: &[Arc<Bundle>]) -> Judged {
@@ -526,7 +527,7 @@ impl Node {
     pub(super) fn own_record_from_elsewhere(&mut self, bundle: &Bundle) -> bool {
         let Some(signer) = bundle.object().signatures.first() else { return false };
         if NodeId(signer.key.0) != self.id
-            || Some(bundle.object().body_hash()) == self.publisher.last_record_body()
+            || Some(bundle.signed_body_hash()) == self.publisher.last_record_body()
         {
             return false;
         }

@@ -225,6 +225,13 @@ impl Bundle {
         Some(self.cache.pure.get()?.as_ref().ok()?.body_hash)
     }
 
+    /// BLAKE3 of the signed body, verified or not: what a copy off the wire is compared by
+    /// before anyone spends a signature check on it (taken from the verification if there
+    /// was one).
+    pub fn signed_body_hash(&self) -> [u8; 32] {
+        self.body_hash().unwrap_or_else(|| self.object.body_hash())
+    }
+
     /// Checks authorship against a node's trust state and clock: the object is signed by the
     /// node it names, that node's certificate is from a current admin of our mesh and has not
     /// expired, and the object's site is the certificate's site.
