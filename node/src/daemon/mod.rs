@@ -373,13 +373,13 @@ impl Daemon {
         }
     }
 
-    /// Ends the sessions of peers that did not connect again within [`SESSION_GRACE`].
     /// When the first parted session's grace ends (far off when none is parting).
     fn parting_deadline(&self) -> tokio::time::Instant {
         let first = self.parting.values().min().copied();
         first.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()
     }
 
+    /// Ends the sessions of peers that did not connect again within [`SESSION_GRACE`].
     fn end_parted_sessions(&mut self) {
         let now = Instant::now();
         let due: Vec<PeerId> =
