@@ -517,6 +517,10 @@ impl Download {
         // only when a source of another site has room).
         let mut in_site: Option<Option<Vec<u64>>> = None;
         let mut elsewhere: Option<Option<Vec<u64>>> = None;
+        // Whether rare groups outside this node's share may be pulled from a complete source:
+        // only once no partial source across the WAN has anything in flight (see below).
+        let mut outside_share = self.share.is_none();
+        let mut deferred = false;
         loop {
             let mut order: Vec<(bool, u32, NodeId, u64)> = self
                 .sources
@@ -556,13 +560,27 @@ impl Download {
                 if remote && complete {
                     let rare = elsewhere.get_or_insert_with(|| self.wan_partial_held(exclude));
                     if let Some(rare) = rare.as_deref() {
-                        // This node's share of the rare groups first.
+                        // This node's share of the rare groups first. The rest is other
+                        // sites' share: they are pulling it from this source now, and this
+                        // node would take each such group from them a moment later; pulled
+                        // here too, it would leave the source's uplink twice (in
+                        // `scripts/bench-wan.sh`'s congested run the origin's uplink carried
+                        // 1.3-1.6 copies). So it waits while a partial source across the WAN
+                        // still has something in flight to this node; once none has (they
+                        // hold nothing more it lacks, or a site that owns a share is not
+                        // fetching at all), it is pulled here.
                         let mine = self.share.as_ref().map(|share| {
                             rare.iter().zip(share).map(|(r, m)| r | !m).collect::<Vec<u64>>()
                         });
-                        let picked = mine
-                            .and_then(|m| self.pick_scattered(count_max, &m))
-                            .or_else(|| self.pick_scattered(count_max, rare));
+                        let picked = mine.and_then(|m| self.pick_scattered(count_max, &m));
+                        let picked = match picked {
+                            None if outside_share => self.pick_scattered(count_max, rare),
+                            None => {
+                                deferred = true;
+                                continue;
+                            }
+                            picked => picked,
+                        };
                         // Nothing rare left: its uplink is better left to sites that need it.
                         if let Some((first, count)) = picked {
                             out.push(Action::Fetch(self.start_request(n, first, count, now)));
@@ -588,10 +606,19 @@ impl Download {
                 }
             }
             if !progressed {
+                if deferred && !outside_share && !self.wan_partial_in_flight() {
+                    outside_share = true;
+                    continue;
+                }
                 break;
             }
         }
         out
+    }
+
+    /// Whether a partial source of another site has a range of this download in flight.
+    fn wan_partial_in_flight(&self) -> bool {
+        self.sources.values().any(|s| !s.lan && !s.complete() && s.active > 0)
     }
 
     /// The groups this node should be the one to pull from a complete source of another site

@@ -390,3 +390,63 @@ fn picks_the_lowest_needed_group_a_scattered_partial_source_holds() {
     d.on_have(&n(2), Availability::Nothing);
     assert!(fetches(&d.poll_fetches(Millis(1))).iter().all(|r| r.source == n(1)));
 }
+
+#[test]
+fn a_complete_source_gives_other_sites_share_only_once_partial_sources_have_nothing_in_flight() {
+    // 64 groups. n(1) in another site holds all (the origin's site); n(2), in a third, holds
+    // the second half. This node's share of what the complete source sends: groups 0..16.
+    let mut d = dl(64);
+    d.set_role(Role::Wan);
+    d.add_source(n(1), false);
+    d.add_source(n(2), false);
+    d.poll(Millis(0));
+    d.on_have(&n(1), Availability::Complete);
+    let mut half = Bitfield::new(64);
+    for g in 32..64 {
+        half.set(g);
+    }
+    d.on_have(&n(2), Availability::Partial(half));
+    d.set_share(Some(vec![0xffff]));
+    let mut from: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
+    let mut held_back: Vec<Request> = Vec::new();
+    // Only the complete source's ranges arrive; n(2)'s stay in flight.
+    for t in 1..50 {
+        for r in fetches(&d.poll(Millis(t))) {
+            from.entry(r.source).or_default().extend(r.first..r.first + r.count);
+            if r.source == n(2) {
+                held_back.push(r);
+                continue;
+            }
+            for g in r.first..r.first + r.count {
+                assert!(d.on_group(r.id, g), "group {g} arrived twice");
+            }
+            d.on_done(r.id);
+        }
+    }
+    // Its share came from the complete source, and nothing more while n(2) sends.
+    assert_eq!(from[&n(1)], (0..16).collect::<Vec<u64>>());
+    assert!(!held_back.is_empty());
+    assert!(held_back.iter().all(|r| r.first >= 32));
+    // n(2)'s ranges arrive, and it is asked for the rest of what it holds; once it has nothing
+    // in flight, the other sites' share (16..32) comes from the complete source after all:
+    // a site that owns a share but is not fetching never stalls this node.
+    for t in 50..200 {
+        for r in std::mem::take(&mut held_back) {
+            for g in r.first..r.first + r.count {
+                assert!(d.on_group(r.id, g), "group {g} arrived twice");
+            }
+            d.on_done(r.id);
+        }
+        for r in fetches(&d.poll(Millis(t))) {
+            from.entry(r.source).or_default().extend(r.first..r.first + r.count);
+            held_back.push(r);
+        }
+    }
+    assert!(d.is_complete());
+    let mut one = from[&n(1)].clone();
+    one.sort();
+    assert_eq!(one, (0..32).collect::<Vec<u64>>(), "each group once, from the complete source");
+    let mut two = from[&n(2)].clone();
+    two.sort();
+    assert_eq!(two, (32..64).collect::<Vec<u64>>());
+}
