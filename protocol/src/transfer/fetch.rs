@@ -36,8 +36,11 @@
 //!   first its *share*: blocks of [`SHARE_BLOCK_GROUPS`] split between the sites it knows to
 //!   be fetching by a rendezvous hash of (content, block, site), so the fetchers of many sites
 //!   each pull different blocks from the origin without a word exchanged, and trade the rest
-//!   (the driver says which site is this node's with [`FetchInput::Site`]). A complete source
-//!   with nothing rare to give is left to the sites that need it.
+//!   (the driver says which site is this node's with [`FetchInput::Site`]). Other sites'
+//!   share it leaves to them while a partial WAN source still has a range in flight to it,
+//!   and takes it from the complete source once none has (so a site that owns a share but
+//!   is not fetching never stalls it). A complete source with nothing rare to give is left to
+//!   the sites that need it.
 //! - **Rests, not bans**: a source whose stream broke, or that is slow *relative to the other
 //!   sources* (see [`super::plan::Download::check`]), rests for [`limits::FETCH_REST_MS`],
 //!   doubling with each strike up to [`limits::FETCH_REST_MAX_MS`]; congestion is never an
