@@ -624,7 +624,8 @@ impl Download {
     /// The groups this node should be the one to pull from a complete source of another site
     /// (one bit a group), as the fetch works them out: the sites fetching at once split the
     /// payload, so what the first holder sends is new to the swarm. Rare groups outside the
-    /// share are pulled once the share is done.
+    /// share are pulled once the share is done and no partial source of another site has a
+    /// range in flight.
     pub fn set_share(&mut self, share: Option<Vec<u64>>) {
         if self.share != share {
             self.widened += 1;
